@@ -1,0 +1,1 @@
+//! doppel-exec: see the issue tracker; built on doppel-core.

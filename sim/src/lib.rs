@@ -1,0 +1,1 @@
+//! doppel-sim: see the issue tracker; built on doppel-core.

@@ -1,0 +1,44 @@
+//! doppel: one binary, three families of subcommands. CLI only; the work lives in the crates.
+
+mod bench_cli;
+mod exec_cli;
+mod sim_cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "doppel", version, about = "An SGLang-style LLM serving engine and its exact-twin simulator")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The discrete-event simulator (no GPU needed).
+    #[command(subcommand)]
+    Sim(sim_cli::SimCmd),
+    /// The real engine: generate, serve, benchmark on CPU or CUDA.
+    #[command(subcommand)]
+    Exec(exec_cli::ExecCmd),
+    /// Benchmarks against a running server.
+    #[command(subcommand)]
+    Bench(bench_cli::BenchCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Sim(c) => sim_cli::run(c),
+        Cmd::Exec(c) => exec_cli::run(c),
+        Cmd::Bench(c) => bench_cli::run(c),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
