@@ -1,0 +1,246 @@
+//! The cost model: how long a step takes on the virtual GPU, from the batch's real contents.
+
+use crate::profile::Profile;
+use doppel_core::{ForwardMode, Plan};
+
+/// The figures of a batch that decide its cost (built from a plan, or synthetically by one-batch).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BatchShape {
+    /// Tokens computed (extend tokens + one per decode entry).
+    pub tokens: usize,
+    /// Extend (prefill) entries.
+    pub extend_reqs: usize,
+    /// Decode entries.
+    pub decode_reqs: usize,
+    /// Rows that need logits (LM head).
+    pub logits: usize,
+    /// Causal attention work of extend entries: sum of extend x (prefix + (extend + 1) / 2).
+    pub attn_pairs: f64,
+    /// KV tokens read by attention: decode seq lengths plus the cached prefixes of extend entries.
+    pub kv_read_tokens: usize,
+    /// Whether the whole step is decode.
+    pub is_decode: bool,
+}
+
+impl BatchShape {
+    /// The shape of a scheduler plan.
+    pub fn of_plan(plan: &Plan) -> BatchShape {
+        let mut s = BatchShape {
+            is_decode: plan.mode == ForwardMode::Decode,
+            ..Default::default()
+        };
+        for e in &plan.entries {
+            s.tokens += e.extend_len;
+            if e.need_logits {
+                s.logits += 1;
+            }
+            if e.is_decode {
+                s.decode_reqs += 1;
+                s.kv_read_tokens += e.seq_len();
+            } else {
+                s.extend_reqs += 1;
+                s.kv_read_tokens += e.prefix_len;
+                s.attn_pairs +=
+                    e.extend_len as f64 * (e.prefix_len as f64 + (e.extend_len as f64 + 1.0) / 2.0);
+            }
+        }
+        s
+    }
+
+    /// A prefill of `batch` fresh prompts of `input_len` tokens.
+    pub fn prefill(batch: usize, input_len: usize) -> BatchShape {
+        BatchShape {
+            tokens: batch * input_len,
+            extend_reqs: batch,
+            decode_reqs: 0,
+            logits: batch,
+            attn_pairs: batch as f64 * input_len as f64 * (input_len as f64 + 1.0) / 2.0,
+            kv_read_tokens: 0,
+            is_decode: false,
+        }
+    }
+
+    /// A decode step of `batch` requests attending to `kv_len` tokens each.
+    pub fn decode(batch: usize, kv_len: usize) -> BatchShape {
+        BatchShape {
+            tokens: batch,
+            extend_reqs: 0,
+            decode_reqs: batch,
+            logits: batch,
+            attn_pairs: 0.0,
+            kv_read_tokens: batch * kv_len,
+            is_decode: true,
+        }
+    }
+}
+
+/// Prices steps and host work in integer nanoseconds.
+pub trait CostModel {
+    /// GPU time of one forward step.
+    fn step_ns(&self, shape: &BatchShape) -> u64;
+    /// Scheduler CPU time to form a step with `entries` requests.
+    fn schedule_ns(&self, entries: usize) -> u64;
+}
+
+/// Roofline terms plus the profile's fitted efficiencies.
+#[derive(Clone, Debug)]
+pub struct RooflineCost {
+    profile: Profile,
+    tp: usize,
+    // Precomputed per-step constants (hot path: one call per simulated step).
+    weight_read_s: f64,
+    gemm_flops_per_token: f64,
+    lm_head_flops_per_row: f64,
+    attn_flops_per_pair: f64,
+    kv_bytes_per_token: f64,
+    allreduce_bytes_per_token: f64,
+    gemm_log_points: Vec<(f64, f64)>,
+}
+
+impl RooflineCost {
+    /// A cost model for `profile` at tensor-parallel size `tp` (at least 1).
+    pub fn new(profile: &Profile, tp: usize) -> RooflineCost {
+        let tp = tp.max(1);
+        let m = &profile.model;
+        let tpf = tp as f64;
+        let eff = &profile.efficiency;
+        RooflineCost {
+            weight_read_s: m.weight_read_bytes(tp)
+                / (profile.hardware.hbm_bandwidth * eff.weight_bandwidth),
+            gemm_flops_per_token: 2.0 * m.layers as f64 * m.layer_params() / tpf,
+            lm_head_flops_per_row: 2.0 * m.lm_head_params() / tpf,
+            // QK^T and PV: 2 matmuls x 2 FLOP per multiply-add, per head, per layer.
+            attn_flops_per_pair: 4.0 * (m.heads as f64 / tpf) * m.head_dim as f64 * m.layers as f64,
+            kv_bytes_per_token: m.kv_bytes_per_token(tp) as f64,
+            allreduce_bytes_per_token: (m.hidden * m.dtype_bytes) as f64,
+            gemm_log_points: eff.gemm.iter().map(|&(t, e)| (t.ln(), e)).collect(),
+            profile: profile.clone(),
+            tp,
+        }
+    }
+
+    /// The profile.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// GEMM efficiency at `tokens` rows, interpolated linearly in log(tokens).
+    pub fn gemm_efficiency(&self, tokens: usize) -> f64 {
+        let x = (tokens.max(1) as f64).ln();
+        let pts = &self.gemm_log_points;
+        if x <= pts[0].0 {
+            return pts[0].1;
+        }
+        for w in pts.windows(2) {
+            let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+            if x <= x1 {
+                return y0 + (y1 - y0) * (x - x0) / (x1 - x0);
+            }
+        }
+        pts[pts.len() - 1].1
+    }
+
+    /// Seconds of GPU time, unrounded (one-batch prints these).
+    pub fn step_seconds(&self, s: &BatchShape) -> f64 {
+        let hw = &self.profile.hardware;
+        let eff = &self.profile.efficiency;
+        let m = &self.profile.model;
+        // Linear layers: weight-bandwidth bound at small batches, compute bound at large ones.
+        let flops = self.gemm_flops_per_token * s.tokens as f64
+            + self.lm_head_flops_per_row * s.logits as f64;
+        let gemm_s = flops / (hw.bf16_flops * self.gemm_efficiency(s.tokens));
+        let linear_s = gemm_s.max(self.weight_read_s);
+        // Attention: prefill is quadratic compute, decode is KV-read bound.
+        let attn_s = s.attn_pairs * self.attn_flops_per_pair
+            / (hw.bf16_flops * eff.attention_compute)
+            + s.kv_read_tokens as f64 * self.kv_bytes_per_token
+                / (hw.hbm_bandwidth * eff.kv_bandwidth);
+        // TP: two ring all-reduces of the activations per layer.
+        let comm_s = if self.tp > 1 {
+            let ic = &hw.interconnect;
+            let bytes = self.allreduce_bytes_per_token * s.tokens as f64;
+            let ring = 2.0 * (self.tp as f64 - 1.0) / self.tp as f64 * bytes / ic.bandwidth;
+            2.0 * m.layers as f64 * (ring + ic.latency_ns * 1e-9)
+        } else {
+            0.0
+        };
+        let kernels = m.layers as f64 * eff.kernels_per_layer;
+        let fixed_s = if s.is_decode {
+            let graph = s.decode_reqs <= self.profile.engine.cuda_graph_max_bs;
+            if graph {
+                eff.decode_step_ns * 1e-9
+            } else {
+                // Too large for a captured graph: every kernel is launched eagerly.
+                (eff.decode_step_ns + kernels * (hw.kernel_launch_ns - hw.graph_kernel_ns).max(0.0))
+                    * 1e-9
+            }
+        } else {
+            (eff.prefill_step_ns + eff.prefill_per_req_ns * (s.extend_reqs + s.decode_reqs) as f64)
+                * 1e-9
+        };
+        fixed_s + linear_s + attn_s + comm_s
+    }
+}
+
+impl CostModel for RooflineCost {
+    fn step_ns(&self, shape: &BatchShape) -> u64 {
+        (self.step_seconds(shape) * 1e9).round().max(1.0) as u64
+    }
+
+    fn schedule_ns(&self, entries: usize) -> u64 {
+        let e = &self.profile.engine;
+        (e.schedule_ns_per_step + e.schedule_ns_per_req * entries as f64).round() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a100() -> RooflineCost {
+        RooflineCost::new(&Profile::load("a100-80g/qwen3-0.6b/sglang").unwrap(), 1)
+    }
+
+    #[test]
+    fn decode_cost_grows_with_batch_and_kv() {
+        let c = a100();
+        let t1 = c.step_ns(&BatchShape::decode(1, 160));
+        let t64 = c.step_ns(&BatchShape::decode(64, 160));
+        let t64_long = c.step_ns(&BatchShape::decode(64, 4096));
+        assert!(t1 < t64 && t64 < t64_long, "{t1} {t64} {t64_long}");
+    }
+
+    #[test]
+    fn prefill_attention_is_quadratic() {
+        let c = a100();
+        let short = c.step_seconds(&BatchShape::prefill(1, 4096));
+        let long = c.step_seconds(&BatchShape::prefill(1, 32768));
+        // 8x the tokens costs clearly more than 8x once attention dominates.
+        assert!(
+            long > 8.0 * (short - c.profile().efficiency.prefill_step_ns * 1e-9),
+            "{short} {long}"
+        );
+    }
+
+    #[test]
+    fn tp_splits_work_but_adds_communication() {
+        let p = Profile::load("h100-80g/llama-3-8b/sglang").unwrap();
+        let tp1 = RooflineCost::new(&p, 1).step_seconds(&BatchShape::prefill(8, 2048));
+        let tp2 = RooflineCost::new(&p, 2).step_seconds(&BatchShape::prefill(8, 2048));
+        assert!(tp2 < tp1, "{tp1} {tp2}");
+        let mut pcie = p.clone();
+        pcie.hardware.interconnect.bandwidth = 16e9;
+        let tp2_pcie = RooflineCost::new(&pcie, 2).step_seconds(&BatchShape::prefill(8, 2048));
+        assert!(tp2_pcie > tp2);
+    }
+
+    #[test]
+    fn gemm_efficiency_interpolates_and_clamps() {
+        let c = a100();
+        let pts = c.profile().efficiency.gemm.clone();
+        assert_eq!(c.gemm_efficiency(1), pts[0].1);
+        assert_eq!(c.gemm_efficiency(10_000_000), pts[pts.len() - 1].1);
+        let mid = c.gemm_efficiency(((pts[0].0 * pts[1].0).sqrt()) as usize);
+        assert!(mid > pts[0].1.min(pts[1].1) - 1e-9 && mid < pts[0].1.max(pts[1].1) + 1e-9);
+    }
+}

@@ -1,0 +1,425 @@
+//! Hardware/model/engine profiles (sim/profiles/*.yaml): what the cost model needs to price a step.
+
+use crate::error::SimError;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The transformer's shape.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelShape {
+    /// Model name (Hugging Face id).
+    pub name: String,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+    /// MLP intermediate size (gated MLP: three matrices).
+    pub intermediate: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Bytes per weight and KV element (2 for bf16).
+    pub dtype_bytes: usize,
+    /// Input embedding shared with the LM head (counted once in memory).
+    pub tied_embeddings: bool,
+    /// Maximum context length.
+    pub context_len: usize,
+}
+
+impl ModelShape {
+    /// Parameters of one decoder layer (attention projections + gated MLP; norms ignored).
+    pub fn layer_params(&self) -> f64 {
+        let h = self.hidden as f64;
+        let q = (self.heads * self.head_dim) as f64;
+        let kv = (self.kv_heads * self.head_dim) as f64;
+        let attn = h * q + 2.0 * h * kv + q * h;
+        let mlp = 3.0 * h * self.intermediate as f64;
+        attn + mlp
+    }
+
+    /// Parameters of the LM head.
+    pub fn lm_head_params(&self) -> f64 {
+        (self.hidden * self.vocab) as f64
+    }
+
+    /// Bytes of weights held in GPU memory on one of `tp` ranks.
+    pub fn weight_bytes(&self, tp: usize) -> f64 {
+        let embed = self.lm_head_params() * if self.tied_embeddings { 1.0 } else { 2.0 };
+        (self.layers as f64 * self.layer_params() + embed) * self.dtype_bytes as f64 / tp as f64
+    }
+
+    /// Bytes of weights a forward pass reads on one rank (decoder layers + LM head).
+    pub fn weight_read_bytes(&self, tp: usize) -> f64 {
+        (self.layers as f64 * self.layer_params() + self.lm_head_params()) * self.dtype_bytes as f64
+            / tp as f64
+    }
+
+    /// KV bytes per token on one rank: kv_heads (split over TP, at least one) x head_dim x layers x 2 x dtype.
+    pub fn kv_bytes_per_token(&self, tp: usize) -> usize {
+        let kv_heads = (self.kv_heads / tp).max(1);
+        kv_heads * self.head_dim * self.layers * 2 * self.dtype_bytes
+    }
+}
+
+/// Interconnect between TP ranks.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Topology {
+    /// NVLink/NVSwitch.
+    Nvlink,
+    /// PCIe within one NUMA node.
+    Pcie,
+    /// PCIe across NUMA nodes (through the CPU interconnect).
+    CrossNuma,
+}
+
+/// Link figures for TP all-reduce.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Interconnect {
+    /// Topology.
+    pub topology: Topology,
+    /// Per-GPU bus bandwidth in bytes/s.
+    pub bandwidth: f64,
+    /// Latency of one all-reduce (ns), independent of size.
+    pub latency_ns: f64,
+}
+
+/// The GPU.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Hardware {
+    /// GPU name.
+    pub name: String,
+    /// Memory in MiB as the driver reports it.
+    pub memory_mib: f64,
+    /// Memory the runtime keeps outside weights and KV (CUDA context, activations), in MiB.
+    pub runtime_reserved_mib: f64,
+    /// Dense bf16 tensor-core FLOP/s.
+    pub bf16_flops: f64,
+    /// HBM bandwidth in bytes/s.
+    pub hbm_bandwidth: f64,
+    /// One kernel launched eagerly (ns).
+    pub kernel_launch_ns: f64,
+    /// One kernel inside a replayed CUDA graph (ns).
+    pub graph_kernel_ns: f64,
+    /// TP interconnect.
+    pub interconnect: Interconnect,
+}
+
+/// Host-side costs of the serving engine.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineOverheads {
+    /// Scheduler CPU time per step (ns).
+    pub schedule_ns_per_step: f64,
+    /// Scheduler CPU time per request in a step (ns).
+    pub schedule_ns_per_req: f64,
+    /// HTTP handling per request, before tokenization (ns).
+    pub http_ns: f64,
+    /// Tokenization: fixed part (ns).
+    pub tokenize_ns: f64,
+    /// Tokenization per prompt token (ns).
+    pub tokenize_ns_per_token: f64,
+    /// Detokenize + stream one chunk to the client (ns).
+    pub stream_ns: f64,
+    /// Largest batch captured in a CUDA graph (decode steps above it run eagerly).
+    pub cuda_graph_max_bs: usize,
+}
+
+/// Fitted efficiency terms: fractions of the hardware's peak that kernels reach.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Efficiency {
+    /// GEMM efficiency against token count: (tokens, fraction of peak FLOP/s), increasing tokens;
+    /// interpolated linearly in log(tokens), clamped at the ends.
+    pub gemm: Vec<(f64, f64)>,
+    /// Fraction of HBM bandwidth reached reading weights.
+    pub weight_bandwidth: f64,
+    /// Fraction of HBM bandwidth reached reading KV in decode attention.
+    pub kv_bandwidth: f64,
+    /// Fraction of peak FLOP/s reached by prefill attention.
+    pub attention_compute: f64,
+    /// Fixed GPU time of a decode step replayed from a CUDA graph (ns): launch, sampling, sync.
+    pub decode_step_ns: f64,
+    /// Fixed GPU time of an eager prefill/extend step (ns).
+    pub prefill_step_ns: f64,
+    /// Extra time per request in a prefill step (ns): attention planning, sampling.
+    pub prefill_per_req_ns: f64,
+    /// Kernels per layer (for eager launch costs and graph replay).
+    pub kernels_per_layer: f64,
+}
+
+/// A complete profile.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Name used in traces and on the command line (hardware/model/engine).
+    pub name: String,
+    /// Whether the figures were fitted to measurements (false: roofline estimates only).
+    pub calibrated: bool,
+    /// Where the figures come from.
+    pub source: String,
+    /// Model shape.
+    pub model: ModelShape,
+    /// GPU.
+    pub hardware: Hardware,
+    /// Host-side overheads.
+    pub engine: EngineOverheads,
+    /// Fitted efficiency terms.
+    pub efficiency: Efficiency,
+}
+
+/// Profiles shipped with doppel, embedded at build time: (file name, text).
+const BUILTIN: [(&str, &str); 6] = [
+    (
+        "a100-80g_qwen3-0.6b_sglang.yaml",
+        include_str!("../profiles/a100-80g_qwen3-0.6b_sglang.yaml"),
+    ),
+    (
+        "h100-80g_qwen3-0.6b_sglang.yaml",
+        include_str!("../profiles/h100-80g_qwen3-0.6b_sglang.yaml"),
+    ),
+    (
+        "h200_qwen3-0.6b_sglang.yaml",
+        include_str!("../profiles/h200_qwen3-0.6b_sglang.yaml"),
+    ),
+    (
+        "h100-80g_llama-3-8b_sglang.yaml",
+        include_str!("../profiles/h100-80g_llama-3-8b_sglang.yaml"),
+    ),
+    (
+        "h200_llama-3-8b_sglang.yaml",
+        include_str!("../profiles/h200_llama-3-8b_sglang.yaml"),
+    ),
+    (
+        "h100-80g_llama-2-7b_sglang.yaml",
+        include_str!("../profiles/h100-80g_llama-2-7b_sglang.yaml"),
+    ),
+];
+
+impl Profile {
+    /// Names of the built-in profiles, in a fixed order.
+    pub fn builtin_names() -> Vec<String> {
+        BUILTIN
+            .iter()
+            .filter_map(|(file, text)| Profile::parse(text, file).ok().map(|p| p.name))
+            .collect()
+    }
+
+    /// Parse a profile from YAML text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Profile, SimError> {
+        let p: Profile = serde_yaml::from_str(text).map_err(|e| SimError::yaml(origin, &e))?;
+        p.validate(origin)?;
+        Ok(p)
+    }
+
+    /// A built-in profile by name, or a profile file if `name` ends in .yaml/.yml.
+    pub fn load(name: &str) -> Result<Profile, SimError> {
+        if name.ends_with(".yaml") || name.ends_with(".yml") {
+            let text = std::fs::read_to_string(Path::new(name)).map_err(|e| SimError::Io {
+                path: name.to_string(),
+                source: e,
+            })?;
+            return Profile::parse(&text, name);
+        }
+        for (file, text) in BUILTIN {
+            let p = Profile::parse(text, file)?;
+            if p.name == name {
+                return Ok(p);
+            }
+        }
+        Err(SimError::UnknownProfile {
+            name: name.to_string(),
+            known: Profile::builtin_names(),
+        })
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), SimError> {
+        let bad = |field: &str, value: String, why: &str| SimError::Invalid {
+            file: origin.to_string(),
+            field: field.to_string(),
+            value,
+            why: why.to_string(),
+            line: None,
+        };
+        let m = &self.model;
+        for (field, v) in [
+            ("model.layers", m.layers),
+            ("model.hidden", m.hidden),
+            ("model.heads", m.heads),
+            ("model.kv_heads", m.kv_heads),
+            ("model.head_dim", m.head_dim),
+            ("model.intermediate", m.intermediate),
+            ("model.vocab", m.vocab),
+            ("model.dtype_bytes", m.dtype_bytes),
+            ("model.context_len", m.context_len),
+        ] {
+            if v == 0 {
+                return Err(bad(field, "0".into(), "must be at least 1"));
+            }
+        }
+        let h = &self.hardware;
+        for (field, v) in [
+            ("hardware.memory_mib", h.memory_mib),
+            ("hardware.bf16_flops", h.bf16_flops),
+            ("hardware.hbm_bandwidth", h.hbm_bandwidth),
+            ("hardware.interconnect.bandwidth", h.interconnect.bandwidth),
+            (
+                "efficiency.weight_bandwidth",
+                self.efficiency.weight_bandwidth,
+            ),
+            ("efficiency.kv_bandwidth", self.efficiency.kv_bandwidth),
+            (
+                "efficiency.attention_compute",
+                self.efficiency.attention_compute,
+            ),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(field, v.to_string(), "must be a positive number"));
+            }
+        }
+        let e = &self.efficiency;
+        if e.gemm.is_empty() {
+            return Err(bad(
+                "efficiency.gemm",
+                "[]".into(),
+                "needs at least one (tokens, efficiency) point",
+            ));
+        }
+        for (i, w) in e.gemm.iter().enumerate() {
+            if !(w.0 >= 1.0 && w.1 > 0.0 && w.1 <= 1.0) {
+                return Err(bad(
+                    &format!("efficiency.gemm[{i}]"),
+                    format!("{:?}", w),
+                    "needs tokens >= 1 and efficiency in (0, 1]",
+                ));
+            }
+            if i > 0 && e.gemm[i - 1].0 >= w.0 {
+                return Err(bad(
+                    &format!("efficiency.gemm[{i}]"),
+                    format!("{:?}", w),
+                    "token counts must increase",
+                ));
+            }
+        }
+        for (field, v) in [
+            ("hardware.runtime_reserved_mib", h.runtime_reserved_mib),
+            ("hardware.kernel_launch_ns", h.kernel_launch_ns),
+            ("hardware.graph_kernel_ns", h.graph_kernel_ns),
+            (
+                "hardware.interconnect.latency_ns",
+                h.interconnect.latency_ns,
+            ),
+            (
+                "engine.schedule_ns_per_step",
+                self.engine.schedule_ns_per_step,
+            ),
+            (
+                "engine.schedule_ns_per_req",
+                self.engine.schedule_ns_per_req,
+            ),
+            ("engine.http_ns", self.engine.http_ns),
+            ("engine.tokenize_ns", self.engine.tokenize_ns),
+            (
+                "engine.tokenize_ns_per_token",
+                self.engine.tokenize_ns_per_token,
+            ),
+            ("engine.stream_ns", self.engine.stream_ns),
+            ("efficiency.decode_step_ns", e.decode_step_ns),
+            ("efficiency.prefill_step_ns", e.prefill_step_ns),
+            ("efficiency.prefill_per_req_ns", e.prefill_per_req_ns),
+            ("efficiency.kernels_per_layer", e.kernels_per_layer),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(bad(field, v.to_string(), "must be a non-negative number"));
+            }
+        }
+        Ok(())
+    }
+
+    /// SGLang's default mem_fraction_static for this GPU (sglang-semantics.md section 2).
+    pub fn default_mem_fraction(&self, chunked_prefill_size: Option<usize>, tp: usize) -> f64 {
+        let chunk = chunked_prefill_size.unwrap_or(0).max(2048) as f64;
+        let mut reserved = 512.0
+            + chunk * 1.5
+            + self.engine.cuda_graph_max_bs as f64 * 2.0
+            + tp as f64 / 8.0 * 1024.0;
+        if self.hardware.memory_mib > 60.0 * 1024.0 {
+            reserved = reserved.max(10240.0);
+        }
+        ((self.hardware.memory_mib - reserved) / self.hardware.memory_mib).clamp(0.0, 1.0)
+    }
+
+    /// KV capacity in tokens at a memory fraction: (free after weights - total x (1 - fraction)) / bytes per token.
+    pub fn kv_capacity_from_fraction(&self, fraction: f64, tp: usize) -> usize {
+        let mib = 1024.0 * 1024.0;
+        let total = self.hardware.memory_mib * mib;
+        let free_after_weights =
+            total - self.hardware.runtime_reserved_mib * mib - self.model.weight_bytes(tp);
+        let kv_bytes = free_after_weights - total * (1.0 - fraction);
+        if kv_bytes <= 0.0 {
+            return 0;
+        }
+        (kv_bytes / self.model.kv_bytes_per_token(tp) as f64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_profile_parses_and_names_are_unique() {
+        let names = Profile::builtin_names();
+        assert_eq!(names.len(), BUILTIN.len());
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len());
+        assert!(names.contains(&"a100-80g/qwen3-0.6b/sglang".to_string()));
+    }
+
+    #[test]
+    fn qwen3_kv_bytes_and_a100_pool_match_sglang() {
+        let p = Profile::load("a100-80g/qwen3-0.6b/sglang").unwrap();
+        assert_eq!(p.model.kv_bytes_per_token(1), 114_688);
+        // The server log: 615,409 tokens at mem fraction 0.85.
+        let cap = p.kv_capacity_from_fraction(0.85, 1);
+        let err = (cap as f64 - 615_409.0).abs() / 615_409.0;
+        assert!(err < 0.01, "capacity {cap}");
+        // About 596M parameters with tied embeddings.
+        let params = p.model.weight_bytes(1) / 2.0;
+        assert!((params - 596e6).abs() / 596e6 < 0.01, "params {params}");
+    }
+
+    #[test]
+    fn h100_default_fraction_is_sglangs() {
+        let p = Profile::load("h100-80g/qwen3-0.6b/sglang").unwrap();
+        let f = p.default_mem_fraction(Some(8192), 1);
+        assert!((f - 0.835).abs() < 0.005, "{f}");
+    }
+
+    #[test]
+    fn unknown_profile_lists_known_ones() {
+        let e = Profile::load("tpu/whatever").unwrap_err().to_string();
+        assert!(
+            e.contains("tpu/whatever") && e.contains("a100-80g/qwen3-0.6b/sglang"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_profile_names_the_field() {
+        let text = include_str!("../profiles/a100-80g_qwen3-0.6b_sglang.yaml")
+            .replace("layers: 28", "layers: 0");
+        let e = Profile::parse(&text, "x.yaml").unwrap_err().to_string();
+        assert!(e.contains("model.layers") && e.contains("x.yaml"), "{e}");
+    }
+}
