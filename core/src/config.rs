@@ -219,7 +219,10 @@ impl SchedulerConfig {
             ("kv_capacity_tokens", self.kv_capacity_tokens),
             ("context_len", self.context_len),
             ("max_prefill_tokens", self.max_prefill_tokens),
-            ("new_token_ratio_decay_steps", self.new_token_ratio_decay_steps),
+            (
+                "new_token_ratio_decay_steps",
+                self.new_token_ratio_decay_steps,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero { field });
@@ -274,7 +277,11 @@ impl SchedulerConfig {
             ),
         ] {
             if !ok || !value.is_finite() {
-                return Err(ConfigError::BadRatio { field, range, value });
+                return Err(ConfigError::BadRatio {
+                    field,
+                    range,
+                    value,
+                });
             }
         }
         Ok(())
@@ -289,7 +296,8 @@ impl SchedulerConfig {
     /// min(max(capacity / context * 512, 2048), 4096).
     pub fn effective_req_pool_size(&self) -> usize {
         self.req_pool_size.unwrap_or_else(|| {
-            let by_ratio = (self.capacity_tokens() as f64 / self.context_len as f64 * 512.0) as usize;
+            let by_ratio =
+                (self.capacity_tokens() as f64 / self.context_len as f64 * 512.0) as usize;
             by_ratio.clamp(2048, 4096)
         })
     }

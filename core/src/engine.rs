@@ -82,6 +82,7 @@ impl<B: Backend> Engine<B> {
     pub fn iterate(&mut self, now: TimeNs, events: &mut Vec<Event>) -> Result<Iteration, B::Error> {
         let mut plan = self.spare.pop().unwrap_or_default();
         let formed = self.scheduler.schedule(&mut plan);
+        self.scheduler.take_events(events);
         let mut it = Iteration::default();
         if formed {
             self.backend.launch(&plan, now)?;

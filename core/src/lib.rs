@@ -15,11 +15,14 @@ pub mod radix;
 pub mod request;
 pub mod scheduler;
 pub mod stats;
+pub mod testing;
 
 pub use config::{ConfigError, EvictionPolicy, Policy, SchedulerConfig};
 pub use engine::{Backend, Engine, Iteration};
 pub use ids::{KvSlot, NodeId, RequestId, RowId, TimeNs, TokenId, FUTURE_TOKEN};
-pub use plan::{Event, FinishInfo, ForwardMode, Plan, PlanEntry, StepResult, TableWrite, TokenLogprob};
+pub use plan::{
+    Event, FinishInfo, ForwardMode, Plan, PlanEntry, StepResult, TableWrite, TokenLogprob,
+};
 pub use request::{Admitted, FinishReason, RequestSpec, SamplingParams, SubmitError};
 pub use scheduler::Scheduler;
 pub use stats::{format_decode_log, format_prefill_log, StepStats};

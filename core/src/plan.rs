@@ -89,7 +89,9 @@ pub struct Plan {
     pub table_writes: Vec<TableWrite>,
     /// Slot values referenced by `table_writes`.
     pub write_slots: Vec<KvSlot>,
-    /// Requests that finished or were aborted since the previous plan: executors drop their state.
+    /// Requests that finished or were aborted since the previous plan: executors drop their state
+    /// for them once the plans launched before this one have completed (in the overlap order the
+    /// previous plan may still name them).
     pub released: Vec<RequestId>,
     /// Batch statistics (SGLang's batch log figures) at the time the plan was formed.
     pub stats: StepStats,

@@ -95,7 +95,12 @@ pub struct RequestSpec {
 
 impl RequestSpec {
     /// A request with default namespace and priority.
-    pub fn new(id: RequestId, prompt: Vec<TokenId>, sampling: SamplingParams, arrival: TimeNs) -> Self {
+    pub fn new(
+        id: RequestId,
+        prompt: Vec<TokenId>,
+        sampling: SamplingParams,
+        arrival: TimeNs,
+    ) -> Self {
         RequestSpec {
             id,
             prompt,

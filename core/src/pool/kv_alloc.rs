@@ -1,0 +1,207 @@
+//! KV slot allocator, token-granular (page_size 1) or paged, with SGLang's allocation rules.
+
+use crate::ids::KvSlot;
+
+/// Hands out KV slots page by page. Page 0 (slot 0 when page_size is 1) is the padding dummy and
+/// is never handed out. Running short is a value (`false`), never a panic.
+#[derive(Clone, Debug)]
+pub struct KvAllocator {
+    page_size: usize,
+    num_pages: usize,
+    free_pages: Vec<u32>,
+    is_free: Vec<bool>,
+    grouping: bool,
+    pending: Vec<u32>,
+}
+
+impl KvAllocator {
+    /// An allocator for `capacity_tokens` (rounded down to whole pages) in pages of `page_size`.
+    pub fn new(capacity_tokens: usize, page_size: usize) -> Self {
+        assert!(page_size > 0, "page_size validated by SchedulerConfig");
+        let num_pages = capacity_tokens / page_size;
+        let mut is_free = vec![true; num_pages + 1];
+        is_free[0] = false;
+        KvAllocator {
+            page_size,
+            num_pages,
+            // Popping from the end hands out page 1 first.
+            free_pages: (1..=num_pages as u32).rev().collect(),
+            is_free,
+            grouping: false,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Tokens per page.
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    /// Usable capacity in tokens (excludes the dummy page).
+    pub fn capacity(&self) -> usize {
+        self.num_pages * self.page_size
+    }
+
+    /// Slots an executor's KV buffer must have (including the dummy page).
+    pub fn total_slots(&self) -> usize {
+        (self.num_pages + 1) * self.page_size
+    }
+
+    /// Free tokens (whole free pages; frees pending in an open group count once it closes).
+    pub fn available_size(&self) -> usize {
+        self.free_pages.len() * self.page_size
+    }
+
+    /// Tokens freed inside an open group, not yet allocatable.
+    pub fn pending_size(&self) -> usize {
+        self.pending.len() * self.page_size
+    }
+
+    /// Pages needed to grow a sequence from `prefix_len` to `prefix_len + n` tokens.
+    pub fn pages_needed(&self, prefix_len: usize, n: usize) -> usize {
+        (prefix_len + n).div_ceil(self.page_size) - prefix_len.div_ceil(self.page_size)
+    }
+
+    /// Tokens that growing by `n` takes from the free pool (whole pages).
+    pub fn tokens_needed(&self, prefix_len: usize, n: usize) -> usize {
+        self.pages_needed(prefix_len, n) * self.page_size
+    }
+
+    /// Allocate slots for positions `prefix_len .. prefix_len + n` of a sequence whose last slot (at
+    /// position `prefix_len - 1`) is `last_slot`: first the rest of that partial page, then whole
+    /// pages. Appends the slots to `out`; returns false (changing nothing) when pages are short.
+    pub fn alloc_extend(
+        &mut self,
+        prefix_len: usize,
+        last_slot: Option<KvSlot>,
+        n: usize,
+        out: &mut Vec<KvSlot>,
+    ) -> bool {
+        let pages = self.pages_needed(prefix_len, n);
+        if pages > self.free_pages.len() {
+            return false;
+        }
+        let ps = self.page_size;
+        let mut remaining = n;
+        let in_page = prefix_len % ps;
+        if in_page != 0 && remaining > 0 {
+            let last = last_slot
+                .expect("a partial last page implies a last slot")
+                .0 as usize;
+            debug_assert_eq!(
+                last % ps,
+                in_page - 1,
+                "last slot must sit at the position before prefix_len"
+            );
+            let take = remaining.min(ps - in_page);
+            out.extend((1..=take).map(|k| KvSlot((last + k) as u32)));
+            remaining -= take;
+        }
+        for _ in 0..pages {
+            let page = self.free_pages.pop().expect("checked above") as usize;
+            self.is_free[page] = false;
+            let take = remaining.min(ps);
+            out.extend((0..take).map(|k| KvSlot((page * ps + k) as u32)));
+            remaining -= take;
+        }
+        debug_assert_eq!(remaining, 0);
+        true
+    }
+
+    /// Free the pages of `slots`. Every run of slots must start at a page boundary (requests free
+    /// page-aligned position ranges), so a page is freed when its first slot is seen.
+    pub fn free(&mut self, slots: &[KvSlot]) {
+        let ps = self.page_size;
+        let mut last_page = usize::MAX;
+        for s in slots {
+            let page = s.0 as usize / ps;
+            if page == last_page {
+                continue;
+            }
+            debug_assert_eq!(
+                s.0 as usize % ps,
+                0,
+                "freeing a page from its middle: slot {}",
+                s.0
+            );
+            debug_assert!(page != 0, "freeing the dummy page");
+            debug_assert!(!self.is_free[page], "page {page} freed twice");
+            self.is_free[page] = true;
+            if self.grouping {
+                self.pending.push(page as u32);
+            } else {
+                self.free_pages.push(page as u32);
+            }
+            last_page = page;
+        }
+    }
+
+    /// Start batching frees (SGLang's free_group_begin): they become allocatable at `free_group_end`.
+    pub fn free_group_begin(&mut self) {
+        self.grouping = true;
+    }
+
+    /// Release the batched frees.
+    pub fn free_group_end(&mut self) {
+        self.grouping = false;
+        self.free_pages.append(&mut self.pending);
+    }
+
+    /// Whether the page holding `slot` is free (for invariant checks).
+    pub fn is_slot_free(&self, slot: KvSlot) -> bool {
+        self.is_free[slot.0 as usize / self.page_size]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_allocator_skips_dummy_slot_and_fails_as_a_value() {
+        let mut a = KvAllocator::new(4, 1);
+        let mut out = Vec::new();
+        assert!(a.alloc_extend(0, None, 3, &mut out));
+        assert_eq!(out, vec![KvSlot(1), KvSlot(2), KvSlot(3)]);
+        assert!(!a.alloc_extend(3, Some(KvSlot(3)), 2, &mut out));
+        assert_eq!(out.len(), 3, "failed allocation changes nothing");
+        assert_eq!(a.available_size(), 1);
+        a.free(&out[..2]);
+        assert_eq!(a.available_size(), 3);
+    }
+
+    #[test]
+    fn paged_extend_fills_partial_page_then_whole_pages() {
+        let mut a = KvAllocator::new(64, 4);
+        let mut out = Vec::new();
+        assert!(a.alloc_extend(0, None, 6, &mut out)); // pages 1, 2
+        assert_eq!(
+            out.iter().map(|s| s.0).collect::<Vec<_>>(),
+            vec![4, 5, 6, 7, 8, 9]
+        );
+        let mut more = Vec::new();
+        assert_eq!(a.pages_needed(6, 5), 1);
+        assert!(a.alloc_extend(6, Some(KvSlot(9)), 5, &mut more));
+        assert_eq!(
+            more.iter().map(|s| s.0).collect::<Vec<_>>(),
+            vec![10, 11, 12, 13, 14]
+        );
+        // Decode inside a page takes no new page; at a boundary it takes one.
+        assert_eq!(a.pages_needed(10, 1), 0);
+        assert_eq!(a.pages_needed(12, 1), 1);
+    }
+
+    #[test]
+    fn free_group_defers_reuse_until_end() {
+        let mut a = KvAllocator::new(8, 2);
+        let mut out = Vec::new();
+        assert!(a.alloc_extend(0, None, 8, &mut out));
+        a.free_group_begin();
+        a.free(&out[..4]);
+        assert_eq!((a.available_size(), a.pending_size()), (0, 4));
+        let mut o2 = Vec::new();
+        assert!(!a.alloc_extend(0, None, 2, &mut o2));
+        a.free_group_end();
+        assert!(a.alloc_extend(0, None, 2, &mut o2));
+    }
+}

@@ -1,0 +1,460 @@
+//! Prefill admission (SGLang's PrefillAdder) and the prefill / mixed plan.
+
+use super::req::State;
+use super::Scheduler;
+use crate::config::{
+    Policy, CLIP_MAX_NEW_TOKENS, IN_BATCH_PREFIX_CHECK_THRESHOLD,
+    IN_BATCH_PREFIX_DEPRIORITIZE_THRESHOLD, LPM_FALLBACK_QUEUE_LEN,
+};
+use crate::ids::{KvSlot, NodeId, TokenId};
+use crate::plan::{ForwardMode, Plan, PlanEntry};
+use crate::policy::{self, Candidate};
+use crate::radix::RadixCache;
+
+/// One request chosen for this prefill step.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Admit {
+    handle: u32,
+    prefix_len: usize,
+    node: NodeId,
+    extend: usize,
+    /// Only part of the request is computed: it becomes (or stays) the chunked request.
+    truncated: bool,
+    /// Continuation of the chunked request (already holds a row and KV).
+    cont: bool,
+}
+
+#[derive(PartialEq, Eq)]
+enum BudgetState {
+    Continue,
+    NoToken,
+    Other,
+}
+
+/// SGLang's prefill budgets, in tokens.
+struct Budget {
+    page: usize,
+    rem_input: i64,
+    rem_chunk: Option<i64>,
+    total_offset: f64,
+    cur_offset: i64,
+}
+
+impl Budget {
+    fn rem_total(&self, avail: usize) -> f64 {
+        avail as f64 - self.total_offset
+    }
+
+    fn state(&self, avail: usize) -> BudgetState {
+        if self.rem_total(avail) <= 0.0 || avail as i64 - self.cur_offset <= 0 {
+            BudgetState::NoToken
+        } else if self.rem_input <= 0 || self.rem_chunk.is_some_and(|c| c <= 0) {
+            BudgetState::Other
+        } else {
+            BudgetState::Continue
+        }
+    }
+
+    fn page_ceil(&self, n: usize) -> usize {
+        n.div_ceil(self.page) * self.page
+    }
+
+    fn update(&mut self, extend: usize, max_new: usize) {
+        let ext = self.page_ceil(extend);
+        self.total_offset += (ext + max_new) as f64;
+        self.cur_offset += ext as i64;
+        self.rem_input -= ext as i64;
+        if let Some(c) = self.rem_chunk.as_mut() {
+            *c -= ext as i64;
+        }
+    }
+}
+
+/// The key a request matches against the cache: prompt ++ output minus the last token (at least
+/// one token is always computed, its logits give the next token).
+fn match_key<'a>(
+    prompt: &'a [TokenId],
+    output: &[TokenId],
+    buf: &'a mut Vec<TokenId>,
+) -> &'a [TokenId] {
+    if output.is_empty() {
+        &prompt[..prompt.len() - 1]
+    } else {
+        buf.clear();
+        buf.extend_from_slice(prompt);
+        buf.extend_from_slice(&output[..output.len() - 1]);
+        buf
+    }
+}
+
+impl Scheduler {
+    fn avail_evictable(&self) -> usize {
+        self.alloc.available_size() + self.tree.evictable_size()
+    }
+
+    /// Try to form a prefill (or mixed) step. Prefill always wins over decode.
+    pub(super) fn form_prefill(&mut self, plan: &mut Plan) -> bool {
+        // The chunked request's computed part goes into the cache before its next chunk
+        // (SGLang's cache_unfinished_req at batch formation).
+        if let Some(h) = self.chunked {
+            let committed = self.req(h).seq_len;
+            self.cache_unfinished(h, committed);
+        }
+        if self.waiting.is_empty() && self.chunked.is_none() {
+            return false;
+        }
+        let running_bs = self.running.len();
+        if running_bs >= self.max_running {
+            return false;
+        }
+        let mixed_bs = if self.cfg.enable_mixed_chunk {
+            self.running
+                .iter()
+                .filter(|&&h| self.req(h).remaining() > 0)
+                .count()
+        } else {
+            0
+        };
+        let ratio = self.new_token_ratio;
+        let running_reserve: f64 = self
+            .running
+            .iter()
+            .map(|&h| {
+                let r = self.req(h);
+                (r.max_new.saturating_sub(r.output.len())).min(CLIP_MAX_NEW_TOKENS) as f64 * ratio
+            })
+            .sum();
+        let mut b = Budget {
+            page: self.cfg.page_size,
+            rem_input: self.cfg.max_prefill_tokens as i64 - mixed_bs as i64,
+            rem_chunk: self
+                .cfg
+                .chunked_prefill_size
+                .map(|c| c as i64 - mixed_bs as i64),
+            total_offset: mixed_bs as f64 + running_reserve,
+            cur_offset: mixed_bs as i64,
+        };
+        let mut admitted = std::mem::take(&mut self.scratch.admitted);
+        admitted.clear();
+        if let Some(h) = self.chunked {
+            let r = self.req(h);
+            let ext = r.fill_len() - r.seq_len;
+            let rem = b
+                .rem_chunk
+                .unwrap_or(i64::MAX)
+                .min(b.rem_total(self.avail_evictable()) as i64);
+            let ps = self.cfg.page_size as i64;
+            let n = if (ext as i64) <= rem {
+                ext
+            } else {
+                (rem.max(0) / ps * ps) as usize
+            };
+            if n == 0 {
+                // No room for the chunk: decode runs instead, the chunk continues later.
+                self.scratch.admitted = admitted;
+                return false;
+            }
+            let truncated = n < ext;
+            let charge = if truncated {
+                0
+            } else {
+                r.remaining().min(CLIP_MAX_NEW_TOKENS)
+            };
+            b.update(n, charge);
+            admitted.push(Admit {
+                handle: h,
+                prefix_len: r.seq_len,
+                node: r.node,
+                extend: n,
+                truncated,
+                cont: true,
+            });
+        }
+        if !self.waiting.is_empty() && b.state(self.avail_evictable()) == BudgetState::Continue {
+            self.admit_waiting(&mut b, &mut admitted, running_bs);
+        }
+        let formed = self.build_prefill(plan, &mut admitted, running_bs);
+        self.scratch.admitted = admitted;
+        formed
+    }
+
+    /// Walk the waiting queue in policy order, adding requests until a budget runs out.
+    fn admit_waiting(&mut self, b: &mut Budget, admitted: &mut Vec<Admit>, running_bs: usize) {
+        let matched = self.order_waiting();
+        let mut cands = std::mem::take(&mut self.scratch.cands);
+        let mut key_buf = Vec::new();
+        let rows_free = self.table.available();
+        // Every candidate before a break was admitted, so the index counts new admissions.
+        for (new_count, c) in cands.iter().enumerate() {
+            if running_bs + admitted.len() >= self.max_running || new_count >= rows_free {
+                break;
+            }
+            let h = c.handle;
+            let (prefix_len, node) = if matched {
+                (c.prefix_len, c.node)
+            } else if self.cfg.disable_radix_cache {
+                (0, self.req(h).node)
+            } else {
+                let r = self.reqs[h as usize]
+                    .as_ref()
+                    .expect("waiting handle is live");
+                let key = match_key(&r.spec.prompt, &r.output, &mut key_buf);
+                let m = self.tree.match_prefix(r.spec.namespace, key, None);
+                (m.len, m.node)
+            };
+            let r = self.req(h);
+            let ext = r.fill_len() - prefix_len;
+            let max_new = r.remaining().min(CLIP_MAX_NEW_TOKENS);
+            let total = (ext + max_new) as f64;
+            let real_input = b.page_ceil(ext) as i64;
+            if total >= b.rem_total(self.avail_evictable()) {
+                break;
+            }
+            if real_input >= b.rem_input && !admitted.is_empty() {
+                break;
+            }
+            self.tree.inc_lock_ref(node);
+            if total >= b.rem_total(self.avail_evictable()) {
+                self.tree.dec_lock_ref(node);
+                break;
+            }
+            let input_tokens = b.page_ceil(ext);
+            let fits = b.rem_chunk.is_none_or(|c| input_tokens as i64 <= c);
+            let (extend, truncated) = if fits {
+                b.update(ext, max_new);
+                (ext, false)
+            } else {
+                let ps = self.cfg.page_size as i64;
+                let trunc = b.rem_chunk.expect("not fits implies chunking") / ps * ps;
+                if trunc <= 0 {
+                    self.tree.dec_lock_ref(node);
+                    break;
+                }
+                b.update(trunc as usize, 0);
+                (trunc as usize, true)
+            };
+            admitted.push(Admit {
+                handle: h,
+                prefix_len,
+                node,
+                extend,
+                truncated,
+                cont: false,
+            });
+            if truncated || b.state(self.avail_evictable()) != BudgetState::Continue {
+                break;
+            }
+        }
+        cands.clear();
+        self.scratch.cands = cands;
+    }
+
+    /// Fill `scratch.cands` with the waiting queue in policy order. Returns true when prefixes
+    /// were matched (cache-aware policies), so admission need not match again.
+    fn order_waiting(&mut self) -> bool {
+        let mut policy = self.cfg.policy;
+        if policy.is_cache_aware()
+            && (self.cfg.disable_radix_cache
+                || self.waiting.len() > LPM_FALLBACK_QUEUE_LEN && policy == Policy::Lpm)
+        {
+            policy = Policy::Fcfs;
+        }
+        let mut cands = std::mem::take(&mut self.scratch.cands);
+        cands.clear();
+        for &h in &self.waiting {
+            let r = self.req(h);
+            cands.push(Candidate {
+                handle: h,
+                arrival: r.spec.arrival,
+                seq: r.seq,
+                priority: r.spec.priority,
+                max_new_tokens: r.max_new,
+                prefix_len: 0,
+                node: r.node,
+            });
+        }
+        let aware = policy.is_cache_aware();
+        let mut deferred = Vec::new();
+        if aware {
+            let mut scratch_tree = self
+                .scratch
+                .in_batch
+                .take()
+                .unwrap_or_else(|| RadixCache::new(self.cfg.page_size, self.cfg.eviction));
+            scratch_tree.reset(None);
+            let mut key_buf = Vec::new();
+            let mut kept = 0;
+            for i in 0..cands.len() {
+                let h = cands[i].handle;
+                let r = self.reqs[h as usize]
+                    .as_ref()
+                    .expect("waiting handle is live");
+                let key = match_key(&r.spec.prompt, &r.output, &mut key_buf);
+                let m = self.tree.match_prefix(r.spec.namespace, key, None);
+                cands[i].prefix_len = m.len;
+                cands[i].node = m.node;
+                // In-batch prefix caching: a request whose prefix another queued request is about to
+                // create waits a round, so the prefix is computed once.
+                let mut defer = false;
+                if m.len <= IN_BATCH_PREFIX_CHECK_THRESHOLD {
+                    let sm = scratch_tree.match_prefix(r.spec.namespace, key, None);
+                    if sm.len >= IN_BATCH_PREFIX_DEPRIORITIZE_THRESHOLD {
+                        defer = true;
+                    } else {
+                        if self.scratch.zeros.len() < key.len() {
+                            self.scratch.zeros.resize(key.len(), KvSlot(0));
+                        }
+                        scratch_tree.insert(
+                            r.spec.namespace,
+                            key,
+                            &self.scratch.zeros[..key.len()],
+                            0,
+                        );
+                    }
+                }
+                if defer {
+                    deferred.push(cands[i]);
+                } else {
+                    cands[kept] = cands[i];
+                    kept += 1;
+                }
+            }
+            cands.truncate(kept);
+            self.scratch.in_batch = Some(scratch_tree);
+        }
+        if policy != Policy::Fcfs {
+            policy::order(policy, &mut cands, &self.tree, &mut self.rng);
+        }
+        cands.extend(deferred);
+        self.scratch.cands = cands;
+        aware
+    }
+
+    /// Allocate rows and KV for the admitted requests and write the plan.
+    fn build_prefill(
+        &mut self,
+        plan: &mut Plan,
+        admitted: &mut Vec<Admit>,
+        running_bs: usize,
+    ) -> bool {
+        let mut ok = 0;
+        for a in admitted.iter() {
+            if !self.alloc_admit(a, plan) {
+                break;
+            }
+            ok += 1;
+        }
+        // Anything that could not get memory goes back to waiting (rare: budgets said it fits).
+        for a in admitted.drain(ok..) {
+            if !a.cont {
+                self.tree.dec_lock_ref(a.node);
+            }
+        }
+        if plan.entries.is_empty() {
+            return false;
+        }
+        let mut stats = plan.stats;
+        stats.running_reqs = running_bs;
+        for a in admitted.iter() {
+            let h = a.handle;
+            stats.new_seqs += 1;
+            stats.new_tokens += a.extend;
+            if !a.cont {
+                stats.cached_tokens += a.prefix_len;
+            }
+            let (fill_len, seq_len) = {
+                let r = self.req(h);
+                (r.fill_len(), r.seq_len)
+            };
+            if a.truncated {
+                self.chunked = Some(h);
+            } else {
+                if a.cont {
+                    self.chunked = None;
+                }
+                debug_assert_eq!(seq_len, fill_len);
+                self.running.push(h);
+            }
+        }
+        let admitted_new = admitted.iter().any(|a| !a.cont);
+        if admitted_new {
+            self.waiting.retain(|&h| {
+                self.reqs[h as usize]
+                    .as_ref()
+                    .is_some_and(|r| r.state == State::Waiting)
+            });
+        }
+        plan.mode = ForwardMode::Extend;
+        plan.stats = stats;
+        self.counters.prefill_steps += 1;
+        if self.cfg.enable_mixed_chunk && running_bs > 0 {
+            self.add_mixed_decode(plan, running_bs);
+        }
+        true
+    }
+
+    /// Give one admitted request its row and KV slots and write its plan entry.
+    fn alloc_admit(&mut self, a: &Admit, plan: &mut Plan) -> bool {
+        let h = a.handle;
+        let offset = plan.input_ids.len();
+        let row = if a.cont {
+            self.req(h).row.expect("a chunked request holds a row")
+        } else {
+            let Some(row) = self.table.alloc() else {
+                return false;
+            };
+            let mut slots = std::mem::take(&mut self.scratch.slots);
+            slots.clear();
+            self.tree.path_slots(a.node, &mut slots);
+            debug_assert_eq!(slots.len(), a.prefix_len);
+            self.table.write_logged(row, 0, &slots);
+            self.scratch.slots = slots;
+            row
+        };
+        let last = (a.prefix_len > 0).then(|| self.table.row(row)[a.prefix_len - 1]);
+        let need = self.alloc.tokens_needed(a.prefix_len, a.extend);
+        if !self.ensure_free(need)
+            || !self
+                .alloc
+                .alloc_extend(a.prefix_len, last, a.extend, &mut plan.out_slots)
+        {
+            if !a.cont {
+                self.table.free(row);
+            }
+            return false;
+        }
+        self.table.append(row, &plan.out_slots[offset..]);
+        let r = self.req_mut(h);
+        r.fill_into(a.prefix_len, a.prefix_len + a.extend, &mut plan.input_ids);
+        if !a.cont {
+            r.state = State::Running;
+            r.row = Some(row);
+            r.tree_len = a.prefix_len;
+            r.node = a.node;
+            r.cached_tokens += a.prefix_len;
+        }
+        r.seq_len = a.prefix_len + a.extend;
+        let need_logits = r.seq_len == r.fill_len();
+        if need_logits {
+            r.inflight += 1;
+        }
+        let fill_len = r.fill_len() as u64;
+        plan.entries.push(PlanEntry {
+            id: r.spec.id,
+            handle: h,
+            row,
+            prefix_len: a.prefix_len,
+            extend_len: a.extend,
+            offset,
+            prompt_len: r.spec.prompt.len(),
+            need_logits,
+            is_decode: false,
+            sampling: r.spec.sampling.clone(),
+        });
+        if !a.cont {
+            self.counters.prompt_tokens += fill_len;
+            self.counters.cached_tokens += a.prefix_len as u64;
+        }
+        true
+    }
+}

@@ -1,0 +1,271 @@
+use super::*;
+use crate::engine::Engine;
+use crate::ids::TokenId;
+use crate::plan::ForwardMode;
+use crate::request::SamplingParams;
+use crate::testing::{run_to_idle, ToyBackend};
+
+fn cfg(capacity: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        kv_capacity_tokens: capacity,
+        context_len: 4096,
+        chunked_prefill_size: None,
+        ..Default::default()
+    }
+}
+
+fn spec(id: u64, prompt: Vec<TokenId>, max_new: usize) -> RequestSpec {
+    let mut sp = SamplingParams::greedy(max_new);
+    sp.ignore_eos = true;
+    RequestSpec::new(RequestId(id), prompt, sp, id)
+}
+
+fn prompt(seed: u32, len: usize) -> Vec<TokenId> {
+    (0..len as u32)
+        .map(|i| (seed * 7919 + i * 31) % 997 + 1)
+        .collect()
+}
+
+fn finished(events: &[Event]) -> Vec<&FinishInfo> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Finished(f) => Some(f),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn requests_run_to_completion_and_memory_returns() {
+    let mut s = Scheduler::new(cfg(10_000)).unwrap();
+    for i in 0..5 {
+        s.submit(spec(i, prompt(i as u32, 20 + i as usize), 7))
+            .unwrap();
+    }
+    let mut e = Engine::new(s, ToyBackend::new(), false);
+    let ev = run_to_idle(&mut e, 0, 1000).unwrap();
+    let f = finished(&ev);
+    assert_eq!(f.len(), 5);
+    assert!(f
+        .iter()
+        .all(|f| f.output_tokens == 7 && f.reason == FinishReason::Length));
+    e.scheduler.check_invariants().unwrap();
+    let m = e.scheduler.memory();
+    assert_eq!(m.free + m.evictable, m.capacity);
+    assert_eq!(m.protected, 0);
+}
+
+#[test]
+fn second_identical_prompt_hits_the_cache() {
+    let mut s = Scheduler::new(cfg(10_000)).unwrap();
+    let p = prompt(1, 64);
+    s.submit(spec(1, p.clone(), 4)).unwrap();
+    let mut e = Engine::new(s, ToyBackend::new(), false);
+    run_to_idle(&mut e, 0, 100).unwrap();
+    e.scheduler.submit(spec(2, p, 4)).unwrap();
+    let ev = run_to_idle(&mut e, 0, 100).unwrap();
+    // All but the last prompt token come from the cache.
+    assert_eq!(finished(&ev)[0].cached_tokens, 63);
+    e.scheduler.check_invariants().unwrap();
+}
+
+#[test]
+fn chunked_prefill_splits_long_prompts() {
+    let mut c = cfg(10_000);
+    c.chunked_prefill_size = Some(32);
+    let mut s = Scheduler::new(c).unwrap();
+    s.submit(spec(1, prompt(3, 100), 3)).unwrap();
+    let mut plan = Plan::default();
+    let mut lens = Vec::new();
+    let mut b = ToyBackend::new();
+    let mut events = Vec::new();
+    while s.schedule(&mut plan) {
+        if plan.mode == ForwardMode::Decode {
+            break;
+        }
+        lens.push((
+            plan.entries[0].prefix_len,
+            plan.entries[0].extend_len,
+            plan.entries[0].need_logits,
+        ));
+        let mut r = StepResult::default();
+        crate::Backend::launch(&mut b, &plan, 0).unwrap();
+        crate::Backend::collect(&mut b, &plan, &mut r).unwrap();
+        s.complete(&plan, &r, &mut events);
+        s.check_invariants().unwrap();
+    }
+    assert_eq!(
+        lens,
+        vec![
+            (0, 32, false),
+            (32, 32, false),
+            (64, 32, false),
+            (96, 4, true)
+        ]
+    );
+}
+
+#[test]
+fn retraction_keeps_generated_tokens_and_everything_finishes() {
+    // 8 requests of 40 + 60 tokens cannot all decode in 400 slots.
+    let mut c = cfg(400);
+    // An optimistic ratio admits more than fits, so decode must retract.
+    c.init_new_token_ratio = 0.05;
+    let mut s = Scheduler::new(c).unwrap();
+    for i in 0..8 {
+        s.submit(spec(i, prompt(i as u32, 40), 60)).unwrap();
+    }
+    let mut e = Engine::new(s, ToyBackend::new(), false);
+    let ev = run_to_idle(&mut e, 0, 10_000).unwrap();
+    assert!(
+        e.scheduler.counters().retractions > 0,
+        "the pool is small enough to force retraction"
+    );
+    let f = finished(&ev);
+    assert_eq!(f.len(), 8);
+    assert!(f.iter().all(|f| f.output_tokens == 60));
+    // Tokens equal the reference sequence whatever the retractions did.
+    let b = ToyBackend::new();
+    for i in 0..8u64 {
+        let toks: Vec<TokenId> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Token { id, token, .. } if id.0 == i => Some(*token),
+                _ => None,
+            })
+            .collect();
+        let mut last = *prompt(i as u32, 40).last().unwrap();
+        for (k, &t) in toks.iter().enumerate() {
+            let want = b.next_token(RequestId(i), last, 39 + k);
+            assert_eq!(t, want, "request {i} token {k}");
+            last = t;
+        }
+    }
+    e.scheduler.check_invariants().unwrap();
+}
+
+#[test]
+fn impossible_requests_are_refused_at_submission() {
+    let mut s = Scheduler::new(cfg(1000)).unwrap();
+    assert!(matches!(
+        s.submit(spec(1, vec![], 4)),
+        Err(SubmitError::EmptyPrompt(_))
+    ));
+    assert!(matches!(
+        s.submit(spec(2, prompt(1, 5000), 4)),
+        Err(SubmitError::PromptTooLong { .. })
+    ));
+    assert!(matches!(
+        s.submit(spec(3, prompt(1, 900), 200)),
+        Err(SubmitError::ExceedsPool { .. })
+    ));
+    assert!(matches!(
+        s.submit(spec(4, prompt(1, 9), 0)),
+        Err(SubmitError::ZeroMaxNewTokens(_))
+    ));
+    s.submit(spec(5, prompt(1, 9), 4)).unwrap();
+    assert!(matches!(
+        s.submit(spec(5, prompt(1, 9), 4)),
+        Err(SubmitError::DuplicateId(_))
+    ));
+    let mut s = Scheduler::new(cfg(100_000)).unwrap();
+    let a = s.submit(spec(6, prompt(2, 4000), 500)).unwrap();
+    assert_eq!((a.max_new_tokens, a.clipped), (96, true));
+}
+
+#[test]
+fn bad_configurations_are_rejected() {
+    let mut c = cfg(1000);
+    c.page_size = 0;
+    assert_eq!(
+        Scheduler::new(c).err(),
+        Some(ConfigError::Zero { field: "page_size" })
+    );
+    let mut c = cfg(1000);
+    c.page_size = 16;
+    c.chunked_prefill_size = Some(8);
+    assert!(matches!(
+        Scheduler::new(c).err(),
+        Some(ConfigError::ChunkBelowPage { .. })
+    ));
+    let mut c = cfg(20);
+    c.page_size = 16;
+    assert!(matches!(
+        Scheduler::new(c).err(),
+        Some(ConfigError::PoolTooSmall { .. })
+    ));
+}
+
+#[test]
+fn abort_frees_everything_and_skips_inflight_results() {
+    let mut s = Scheduler::new(cfg(10_000)).unwrap();
+    s.submit(spec(1, prompt(1, 30), 50)).unwrap();
+    s.submit(spec(2, prompt(2, 30), 50)).unwrap();
+    let mut e = Engine::new(s, ToyBackend::new(), true);
+    let mut ev = Vec::new();
+    for t in 0..5 {
+        e.iterate(t, &mut ev).unwrap();
+    }
+    assert!(e.scheduler.abort(
+        RequestId(1),
+        FinishReason::Abort("client gone".into()),
+        10,
+        &mut ev
+    ));
+    assert!(!e.scheduler.abort(
+        RequestId(1),
+        FinishReason::Abort("again".into()),
+        10,
+        &mut ev
+    ));
+    ev.extend(run_to_idle(&mut e, 10, 1000).unwrap());
+    let f = finished(&ev);
+    assert_eq!(f.len(), 2);
+    assert_eq!(f[1].output_tokens, 50);
+    e.scheduler.check_invariants().unwrap();
+}
+
+#[test]
+fn stop_token_ends_a_request_after_min_new_tokens() {
+    let mut c = cfg(10_000);
+    c.eos_token_ids = vec![0];
+    let mut s = Scheduler::new(c).unwrap();
+    let mut sp = SamplingParams::greedy(50);
+    sp.min_new_tokens = 0;
+    s.submit(RequestSpec::new(RequestId(3), prompt(1, 10), sp.clone(), 0))
+        .unwrap();
+    let mut b = ToyBackend::new();
+    b.eos = 0;
+    b.eos_every = 16; // (3 + pos) % 16 == 0 first at pos 13: output positions 9..=13, the 5th token
+    let mut e = Engine::new(s, b, false);
+    let ev = run_to_idle(&mut e, 0, 1000).unwrap();
+    let f = finished(&ev);
+    assert_eq!(f[0].reason, FinishReason::StopToken(0));
+    assert_eq!(f[0].output_tokens, 5);
+}
+
+#[test]
+fn overlap_and_plain_orders_give_the_same_tokens() {
+    let run = |overlap: bool| {
+        let mut s = Scheduler::new(cfg(600)).unwrap();
+        for i in 0..6 {
+            s.submit(spec(i, prompt(i as u32 % 2, 50), 30)).unwrap();
+        }
+        let mut e = Engine::new(s, ToyBackend::new(), overlap);
+        let ev = run_to_idle(&mut e, 0, 10_000).unwrap();
+        e.scheduler.check_invariants().unwrap();
+        let mut toks: Vec<(u64, usize, TokenId)> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Token {
+                    id, token, index, ..
+                } => Some((id.0, *index, *token)),
+                _ => None,
+            })
+            .collect();
+        toks.sort();
+        toks
+    };
+    assert_eq!(run(false), run(true));
+}
