@@ -7,6 +7,8 @@ pub mod cost;
 pub mod error;
 pub mod one_batch;
 pub mod profile;
+pub mod trace;
+pub mod workload;
 
 pub use cost::{BatchShape, CostModel, RooflineCost};
 pub use error::SimError;
