@@ -1,1 +1,3 @@
 //! doppel-exec: see the issue tracker; built on doppel-core.
+
+pub mod cuda;

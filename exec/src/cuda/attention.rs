@@ -1,0 +1,422 @@
+//! Attention launch wrappers and their per-batch metadata.
+//!
+//! Both kernels read K/V through the request-to-slot table (`table[row * table_stride + pos]` is
+//! the KV slot of position `pos` of the request in that row), so a batch's metadata is only
+//! (token offset, new tokens, total KV length, table row) per entry.
+
+use super::ops::{check, int, need};
+use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::bf16;
+
+/// Query rows per extend tile (BM in attention_extend.cu).
+pub const EXTEND_TILE: usize = 64;
+
+/// One entry of an attention batch, as the host knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnEntry {
+    /// Row of this entry's first new token in q and out.
+    pub q_start: usize,
+    /// New tokens (1 for decode).
+    pub q_len: usize,
+    /// KV length after this step (cached prefix + new tokens).
+    pub kv_len: usize,
+    /// Row of the slot table.
+    pub row: usize,
+}
+
+/// Device-side metadata of an extend batch.
+pub struct ExtendMeta {
+    tile_entry: CudaSlice<i32>,
+    tile_m0: CudaSlice<i32>,
+    q_start: CudaSlice<i32>,
+    q_len: CudaSlice<i32>,
+    kv_len: CudaSlice<i32>,
+    row: CudaSlice<i32>,
+    num_tiles: usize,
+    tokens: usize,
+}
+
+/// Device-side metadata of a decode batch.
+pub struct DecodeMeta {
+    q_tok: CudaSlice<i32>,
+    kv_len: CudaSlice<i32>,
+    row: CudaSlice<i32>,
+    entries: usize,
+    tokens: usize,
+}
+
+fn validate(
+    kernel: &'static str,
+    entries: &[AttnEntry],
+    tokens: usize,
+    rows: usize,
+    table_stride: usize,
+) -> Result<()> {
+    for (i, e) in entries.iter().enumerate() {
+        let bad = |msg: String| CudaError::Invalid {
+            kernel,
+            msg: format!("entry {i}: {msg}"),
+        };
+        if e.q_len == 0 || e.q_len > e.kv_len {
+            return Err(bad(format!(
+                "q_len {} must be in 1..=kv_len {}",
+                e.q_len, e.kv_len
+            )));
+        }
+        if e.q_start + e.q_len > tokens {
+            return Err(bad(format!(
+                "tokens {}..{} exceed the batch's {tokens}",
+                e.q_start,
+                e.q_start + e.q_len
+            )));
+        }
+        if e.kv_len > table_stride {
+            return Err(bad(format!(
+                "kv_len {} exceeds the table width {table_stride}",
+                e.kv_len
+            )));
+        }
+        if e.row >= rows {
+            return Err(bad(format!(
+                "row {} is outside the table's {rows} rows",
+                e.row
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl ExtendMeta {
+    /// Validate `entries` against a batch of `tokens` tokens and a `rows` x `table_stride` slot
+    /// table, build the tile list, and upload.
+    pub fn new(
+        gpu: &Gpu,
+        entries: &[AttnEntry],
+        tokens: usize,
+        rows: usize,
+        table_stride: usize,
+    ) -> Result<ExtendMeta> {
+        const K: &str = "attention_extend";
+        validate(K, entries, tokens, rows, table_stride)?;
+        let (mut te, mut tm) = (Vec::new(), Vec::new());
+        for (i, e) in entries.iter().enumerate() {
+            for m0 in (0..e.q_len).step_by(EXTEND_TILE) {
+                te.push(int(K, i)?);
+                tm.push(int(K, m0)?);
+            }
+        }
+        let col = |f: fn(&AttnEntry) -> usize| -> Result<Vec<i32>> {
+            entries.iter().map(|e| int(K, f(e))).collect()
+        };
+        Ok(ExtendMeta {
+            num_tiles: te.len(),
+            tile_entry: gpu.upload(&nonempty(te))?,
+            tile_m0: gpu.upload(&nonempty(tm))?,
+            q_start: gpu.upload(&nonempty(col(|e| e.q_start)?))?,
+            q_len: gpu.upload(&nonempty(col(|e| e.q_len)?))?,
+            kv_len: gpu.upload(&nonempty(col(|e| e.kv_len)?))?,
+            row: gpu.upload(&nonempty(col(|e| e.row)?))?,
+            tokens,
+        })
+    }
+}
+
+impl DecodeMeta {
+    /// Validate decode `entries` (q_len 1 each) and upload.
+    pub fn new(
+        gpu: &Gpu,
+        entries: &[AttnEntry],
+        tokens: usize,
+        rows: usize,
+        table_stride: usize,
+    ) -> Result<DecodeMeta> {
+        const K: &str = "attention_decode";
+        validate(K, entries, tokens, rows, table_stride)?;
+        check(K, entries.iter().all(|e| e.q_len == 1), || {
+            "decode entries must have q_len 1".into()
+        })?;
+        let col = |f: fn(&AttnEntry) -> usize| -> Result<Vec<i32>> {
+            entries.iter().map(|e| int(K, f(e))).collect()
+        };
+        Ok(DecodeMeta {
+            q_tok: gpu.upload(&nonempty(col(|e| e.q_start)?))?,
+            kv_len: gpu.upload(&nonempty(col(|e| e.kv_len)?))?,
+            row: gpu.upload(&nonempty(col(|e| e.row)?))?,
+            entries: entries.len(),
+            tokens,
+        })
+    }
+}
+
+/// cudarc cannot upload an empty slice; a batch with no entries launches nothing anyway.
+fn nonempty(mut v: Vec<i32>) -> Vec<i32> {
+    if v.is_empty() {
+        v.push(0);
+    }
+    v
+}
+
+/// Which extend kernel to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtendVariant {
+    /// The fast path (V fragments through ldmatrix.trans).
+    Fast,
+    /// V fragments from scalar shared loads (head_dim 128 only): a cross-check of the fast path.
+    ScalarV,
+}
+
+/// Shapes shared by both attention kernels.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    /// Query heads.
+    pub nq: usize,
+    /// KV heads (divides nq).
+    pub nk: usize,
+    /// Head dimension (64 or 128).
+    pub head_dim: usize,
+    /// Row stride of the q buffer (the fused qkv buffer's width).
+    pub q_stride: usize,
+    /// Row stride of the slot table.
+    pub table_stride: usize,
+    /// Rows of the slot table.
+    pub table_rows: usize,
+    /// KV slots in each cache buffer.
+    pub num_slots: usize,
+    /// Softmax scale (1 / sqrt(head_dim) for these models).
+    pub scale: f32,
+}
+
+impl AttnShape {
+    fn check(
+        &self,
+        kernel: &'static str,
+        q: &DPtr<bf16>,
+        out: &DPtr<bf16>,
+        kc: &DPtr<bf16>,
+        vc: &DPtr<bf16>,
+        table: &DPtr<u32>,
+        tokens: usize,
+    ) -> Result<()> {
+        check(kernel, self.head_dim == 64 || self.head_dim == 128, || {
+            format!("head_dim {} is not 64 or 128", self.head_dim)
+        })?;
+        check(kernel, self.nk > 0 && self.nq % self.nk == 0, || {
+            format!("nq {} is not a multiple of nk {}", self.nq, self.nk)
+        })?;
+        check(kernel, self.q_stride >= self.nq * self.head_dim, || {
+            "q stride below nq * head_dim".into()
+        })?;
+        need(
+            kernel,
+            "q",
+            q,
+            tokens.saturating_sub(1) * self.q_stride + self.nq * self.head_dim,
+        )?;
+        need(kernel, "out", out, tokens * self.nq * self.head_dim)?;
+        need(
+            kernel,
+            "k_cache",
+            kc,
+            self.num_slots * self.nk * self.head_dim,
+        )?;
+        need(
+            kernel,
+            "v_cache",
+            vc,
+            self.num_slots * self.nk * self.head_dim,
+        )?;
+        need(kernel, "table", table, self.table_rows * self.table_stride)
+    }
+}
+
+/// KV caches and slot table as seen by the attention kernels.
+#[derive(Clone, Copy, Debug)]
+pub struct KvView {
+    /// This layer's K cache, `[num_slots, nk * head_dim]`.
+    pub k_cache: DPtr<bf16>,
+    /// This layer's V cache, same shape.
+    pub v_cache: DPtr<bf16>,
+    /// The slot table, `[table_rows, table_stride]`; entries below kv_len must be valid slots.
+    pub table: DPtr<u32>,
+}
+
+impl Gpu {
+    /// Extend / prefill attention: each entry's new queries attend causally to its whole KV
+    /// (cached prefix and new tokens, whose K/V must already be stored in the cache).
+    pub fn attention_extend(
+        &self,
+        out: DPtr<bf16>,
+        q: DPtr<bf16>,
+        kv: KvView,
+        meta: &ExtendMeta,
+        shape: &AttnShape,
+        variant: ExtendVariant,
+    ) -> Result<()> {
+        const K: &str = "attention_extend";
+        shape.check(
+            K,
+            &q,
+            &out,
+            &kv.k_cache,
+            &kv.v_cache,
+            &kv.table,
+            meta.tokens,
+        )?;
+        let name = match (shape.head_dim, variant) {
+            (64, ExtendVariant::Fast) => "attention_extend_d64",
+            (128, ExtendVariant::Fast) => "attention_extend_d128",
+            (128, ExtendVariant::ScalarV) => "attention_extend_d128_scalar_v",
+            _ => {
+                return Err(CudaError::Invalid {
+                    kernel: K,
+                    msg: "the scalar-V variant exists for head_dim 128 only".into(),
+                })
+            }
+        };
+        if meta.num_tiles == 0 {
+            return Ok(());
+        }
+        let (nq, nk, qs, ts) = (
+            int(K, shape.nq)?,
+            int(K, shape.nk)?,
+            int(K, shape.q_stride)?,
+            int(K, shape.table_stride)?,
+        );
+        let (o, qa, kc, vc, t) = (
+            out.addr(),
+            q.addr(),
+            kv.k_cache.addr(),
+            kv.v_cache.addr(),
+            kv.table.addr(),
+        );
+        let [te, tm, qst, ql, kl, rw] = [
+            &meta.tile_entry,
+            &meta.tile_m0,
+            &meta.q_start,
+            &meta.q_len,
+            &meta.kv_len,
+            &meta.row,
+        ]
+        .map(|b| self.ptr(b).addr());
+        let f = self.kernels.get(name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&o)
+            .arg(&qa)
+            .arg(&kc)
+            .arg(&vc)
+            .arg(&t)
+            .arg(&te)
+            .arg(&tm)
+            .arg(&qst)
+            .arg(&ql)
+            .arg(&kl)
+            .arg(&rw);
+        b.arg(&nq).arg(&nk).arg(&qs).arg(&ts).arg(&shape.scale);
+        let cfg = LaunchConfig {
+            grid_dim: (meta.num_tiles as u32, shape.nq as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.ctx(name).map(|_| ())
+    }
+
+    /// Decode attention (split-KV flash-decoding): `splits` blocks per (entry, kv head) write
+    /// partials to `part_o` (`[entries, nq, splits, head_dim]` f32) and `part_ml`
+    /// (`[entries, nq, splits, 2]` f32), then a second kernel merges them into `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode(
+        &self,
+        out: DPtr<bf16>,
+        q: DPtr<bf16>,
+        kv: KvView,
+        meta: &DecodeMeta,
+        shape: &AttnShape,
+        part_o: DPtr<f32>,
+        part_ml: DPtr<f32>,
+        splits: usize,
+    ) -> Result<()> {
+        const K: &str = "attention_decode";
+        shape.check(
+            K,
+            &q,
+            &out,
+            &kv.k_cache,
+            &kv.v_cache,
+            &kv.table,
+            meta.tokens,
+        )?;
+        check(K, shape.nq / shape.nk <= 8, || {
+            format!("GQA group {} exceeds 8", shape.nq / shape.nk)
+        })?;
+        check(K, (1..=1024).contains(&splits), || {
+            format!("splits {splits} not in 1..=1024")
+        })?;
+        let n = meta.entries;
+        need(K, "part_o", &part_o, n * shape.nq * splits * shape.head_dim)?;
+        need(K, "part_ml", &part_ml, n * shape.nq * splits * 2)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (split_name, combine_name) = if shape.head_dim == 64 {
+            ("attention_decode_split_d64", "attention_decode_combine_d64")
+        } else {
+            (
+                "attention_decode_split_d128",
+                "attention_decode_combine_d128",
+            )
+        };
+        let (nq, nk, qs, ts, sp) = (
+            int(K, shape.nq)?,
+            int(K, shape.nk)?,
+            int(K, shape.q_stride)?,
+            int(K, shape.table_stride)?,
+            int(K, splits)?,
+        );
+        let (o, qa, kc, vc, t, po, pm) = (
+            out.addr(),
+            q.addr(),
+            kv.k_cache.addr(),
+            kv.v_cache.addr(),
+            kv.table.addr(),
+            part_o.addr(),
+            part_ml.addr(),
+        );
+        let [qt, kl, rw] = [&meta.q_tok, &meta.kv_len, &meta.row].map(|b| self.ptr(b).addr());
+        let f = self.kernels.get(split_name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&po)
+            .arg(&pm)
+            .arg(&qa)
+            .arg(&kc)
+            .arg(&vc)
+            .arg(&t)
+            .arg(&qt)
+            .arg(&kl)
+            .arg(&rw);
+        b.arg(&nq).arg(&nk).arg(&qs).arg(&ts).arg(&shape.scale);
+        let cfg = LaunchConfig {
+            grid_dim: (splits as u32, shape.nk as u32, n as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.ctx(split_name)?;
+        let f = self.kernels.get(combine_name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&o).arg(&po).arg(&pm).arg(&qt).arg(&nq).arg(&sp);
+        let cfg = LaunchConfig {
+            grid_dim: (shape.nq as u32, n as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.ctx(combine_name).map(|_| ())
+    }
+}
+
+/// A split count for decode: enough blocks to cover the GPU about twice, with at least 64 keys
+/// per split.
+pub fn decode_splits(entries: usize, nk: usize, max_kv: usize, sm_count: usize) -> usize {
+    let blocks = (entries * nk).max(1);
+    let want = (2 * sm_count).div_ceil(blocks);
+    want.clamp(1, max_kv.div_ceil(64).max(1))
+}

@@ -1,0 +1,117 @@
+//! cuBLAS GEMMs in the layout the model uses: activations `x` row-major `[m, k]`, weights `w`
+//! row-major `[n, k]` (as checkpoints store them), `y = x w^T` row-major `[m, n]`.
+
+use super::ops::{check, int, need};
+use super::{CudaError, DPtr, Result};
+use cudarc::cublas::{result as cr, sys, CudaBlas};
+use cudarc::driver::CudaStream;
+use half::bf16;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// A cuBLAS handle bound to one stream.
+pub struct Blas {
+    handle: CudaBlas,
+}
+
+/// Output type of a GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutType {
+    Bf16,
+    F32,
+}
+
+impl Blas {
+    /// A handle on `stream`.
+    pub fn new(stream: Arc<CudaStream>) -> Result<Blas> {
+        let handle = CudaBlas::new(stream).map_err(|err| CudaError::Blas {
+            what: "creating the handle".into(),
+            err,
+        })?;
+        Ok(Blas { handle })
+    }
+
+    /// `y[m, n] = x[m, k] w[n, k]^T` in bf16 with f32 accumulation; `ldy` is y's row stride.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16(
+        &self,
+        y: DPtr<bf16>,
+        x: DPtr<bf16>,
+        w: DPtr<bf16>,
+        m: usize,
+        n: usize,
+        k: usize,
+        ldy: usize,
+    ) -> Result<()> {
+        need("gemm_bf16", "y", &y, m.saturating_sub(1) * ldy + n)?;
+        self.gemm(y.addr(), OutType::Bf16, x, w, (m, n, k), ldy)
+    }
+
+    /// As [`Blas::gemm_bf16`] with an f32 output (the logits, so sampling sees full precision).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16_f32out(
+        &self,
+        y: DPtr<f32>,
+        x: DPtr<bf16>,
+        w: DPtr<bf16>,
+        m: usize,
+        n: usize,
+        k: usize,
+        ldy: usize,
+    ) -> Result<()> {
+        need("gemm_bf16_f32out", "y", &y, m.saturating_sub(1) * ldy + n)?;
+        self.gemm(y.addr(), OutType::F32, x, w, (m, n, k), ldy)
+    }
+
+    fn gemm(
+        &self,
+        y: u64,
+        out: OutType,
+        x: DPtr<bf16>,
+        w: DPtr<bf16>,
+        (m, n, k): (usize, usize, usize),
+        ldy: usize,
+    ) -> Result<()> {
+        const K: &str = "gemm";
+        check(K, ldy >= n, || format!("ldy {ldy} < n {n}"))?;
+        need(K, "x", &x, m * k)?;
+        need(K, "w", &w, n * k)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let (mi, ni, ki, ld) = (int(K, m)?, int(K, n)?, int(K, k)?, int(K, ldy)?);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let c_type = match out {
+            OutType::Bf16 => sys::cudaDataType_t::CUDA_R_16BF,
+            OutType::F32 => sys::cudaDataType_t::CUDA_R_32F,
+        };
+        // Column-major view: y^T [n, m] = w [n, k] (w^T stored) * x^T [k, m].
+        unsafe {
+            cr::gemm_ex(
+                *self.handle.handle(),
+                sys::cublasOperation_t::CUBLAS_OP_T,
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                ni,
+                mi,
+                ki,
+                (&alpha) as *const f32 as *const c_void,
+                w.addr() as *const c_void,
+                sys::cudaDataType_t::CUDA_R_16BF,
+                ki,
+                x.addr() as *const c_void,
+                sys::cudaDataType_t::CUDA_R_16BF,
+                ki,
+                (&beta) as *const f32 as *const c_void,
+                y as *mut c_void,
+                c_type,
+                ld,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|err| CudaError::Blas {
+            what: format!("gemm m={m} n={n} k={k}"),
+            err,
+        })
+    }
+}

@@ -1,0 +1,563 @@
+//! Typed launch wrappers: one method on [`Gpu`] per kernel. Each checks that every buffer is
+//! large enough for the shapes it is given and that the shapes suit the kernel (vector widths,
+//! head sizes), so a wrong call is an error rather than a stray memory access.
+
+use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::bf16;
+
+fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: grid,
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Check that `p` holds at least `n` elements.
+pub(crate) fn need<T>(kernel: &'static str, what: &str, p: &DPtr<T>, n: usize) -> Result<()> {
+    if p.len() < n {
+        return Err(CudaError::Invalid {
+            kernel,
+            msg: format!("{what} holds {} elements, {n} needed", p.len()),
+        });
+    }
+    Ok(())
+}
+
+/// Fail with `msg` unless `ok`.
+pub(crate) fn check(kernel: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(CudaError::Invalid { kernel, msg: msg() })
+    }
+}
+
+/// A size as the kernels' `int`.
+pub(crate) fn int(kernel: &'static str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| CudaError::Invalid {
+        kernel,
+        msg: format!("{v} does not fit in an int"),
+    })
+}
+
+fn ceil_div(a: usize, b: usize) -> u32 {
+    a.div_ceil(b) as u32
+}
+
+impl Gpu {
+    /// `out[t] = table[ids[t]]`, resolving FUTURE_TOKEN ids from `last_token[tok_row[t]]` (and
+    /// writing the resolved id back into `ids`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn embedding_gather(
+        &self,
+        out: DPtr<bf16>,
+        table: DPtr<bf16>,
+        ids: DPtr<u32>,
+        tok_row: DPtr<u32>,
+        last_token: DPtr<u32>,
+        tokens: usize,
+        hidden: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        const K: &str = "embedding_gather";
+        check(K, hidden % 8 == 0, || {
+            format!("hidden {hidden} is not a multiple of 8")
+        })?;
+        need(K, "out", &out, tokens * hidden)?;
+        need(K, "table", &table, vocab * hidden)?;
+        need(K, "ids", &ids, tokens)?;
+        need(K, "tok_row", &tok_row, tokens)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let (t, h, v) = (int(K, tokens)?, int(K, hidden)?, int(K, vocab)?);
+        let (o, ta, i, r, l) = (
+            out.addr(),
+            table.addr(),
+            ids.addr(),
+            tok_row.addr(),
+            last_token.addr(),
+        );
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&o)
+            .arg(&ta)
+            .arg(&i)
+            .arg(&r)
+            .arg(&l)
+            .arg(&t)
+            .arg(&h)
+            .arg(&v);
+        unsafe { b.launch(cfg((tokens as u32, 1, 1), 128)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    /// `out[i] = x[rows[i]]` for `n` rows of `width` elements.
+    pub fn gather_rows(
+        &self,
+        out: DPtr<bf16>,
+        x: DPtr<bf16>,
+        rows: DPtr<u32>,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        const K: &str = "gather_rows";
+        check(K, width % 8 == 0, || {
+            format!("width {width} is not a multiple of 8")
+        })?;
+        need(K, "out", &out, n * width)?;
+        need(K, "rows", &rows, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (ni, w) = (int(K, n)?, int(K, width)?);
+        let (o, xa, r) = (out.addr(), x.addr(), rows.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&o).arg(&xa).arg(&r).arg(&ni).arg(&w);
+        unsafe { b.launch(cfg((n as u32, 1, 1), 128)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    /// `last_token[rows[i]] = tokens[i]` for `n` entries.
+    pub fn store_last_token(
+        &self,
+        last_token: DPtr<u32>,
+        rows: DPtr<u32>,
+        tokens: DPtr<u32>,
+        n: usize,
+    ) -> Result<()> {
+        const K: &str = "store_last_token";
+        need(K, "rows", &rows, n)?;
+        need(K, "tokens", &tokens, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let ni = int(K, n)?;
+        let (l, r, t) = (last_token.addr(), rows.addr(), tokens.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&l).arg(&r).arg(&t).arg(&ni);
+        unsafe { b.launch(cfg((ceil_div(n, 256), 1, 1), 256)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    /// `out = x / rms(x) * w` row-wise.
+    pub fn rmsnorm(
+        &self,
+        out: DPtr<bf16>,
+        x: DPtr<bf16>,
+        w: DPtr<bf16>,
+        tokens: usize,
+        hidden: usize,
+        eps: f32,
+    ) -> Result<()> {
+        const K: &str = "rmsnorm";
+        check(K, hidden % 8 == 0, || {
+            format!("hidden {hidden} is not a multiple of 8")
+        })?;
+        need(K, "out", &out, tokens * hidden)?;
+        need(K, "x", &x, tokens * hidden)?;
+        need(K, "w", &w, hidden)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let (t, h) = (int(K, tokens)?, int(K, hidden)?);
+        let (o, xa, wa) = (out.addr(), x.addr(), w.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&o).arg(&xa).arg(&wa).arg(&t).arg(&h).arg(&eps);
+        unsafe { b.launch(cfg((tokens as u32, 1, 1), norm_block(hidden))) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    /// `residual = bf16(x + residual); x = residual / rms(residual) * w`, in place.
+    pub fn fused_add_rmsnorm(
+        &self,
+        x: DPtr<bf16>,
+        residual: DPtr<bf16>,
+        w: DPtr<bf16>,
+        tokens: usize,
+        hidden: usize,
+        eps: f32,
+    ) -> Result<()> {
+        const K: &str = "fused_add_rmsnorm";
+        check(K, hidden % 8 == 0, || {
+            format!("hidden {hidden} is not a multiple of 8")
+        })?;
+        need(K, "x", &x, tokens * hidden)?;
+        need(K, "residual", &residual, tokens * hidden)?;
+        need(K, "w", &w, hidden)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let (t, h) = (int(K, tokens)?, int(K, hidden)?);
+        let (xa, ra, wa) = (x.addr(), residual.addr(), w.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&xa).arg(&ra).arg(&wa).arg(&t).arg(&h).arg(&eps);
+        unsafe { b.launch(cfg((tokens as u32, 1, 1), norm_block(hidden))) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    /// Per-head RMSNorm of the q and k heads inside the fused qkv buffer, in place.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qk_rmsnorm(
+        &self,
+        qkv: DPtr<bf16>,
+        wq: DPtr<bf16>,
+        wk: DPtr<bf16>,
+        tokens: usize,
+        heads: (usize, usize),
+        head_dim: usize,
+        row_stride: usize,
+        eps: f32,
+    ) -> Result<()> {
+        const K: &str = "qk_rmsnorm";
+        let (nq, nk) = heads;
+        check(K, head_dim % 64 == 0 && head_dim <= 256, || {
+            format!("head_dim {head_dim} is not 64, 128, 192 or 256")
+        })?;
+        check(K, row_stride >= (nq + nk) * head_dim, || {
+            format!("row stride {row_stride} too small")
+        })?;
+        need(
+            K,
+            "qkv",
+            &qkv,
+            tokens.saturating_sub(1) * row_stride + (nq + nk) * head_dim,
+        )?;
+        need(K, "wq", &wq, head_dim)?;
+        need(K, "wk", &wk, head_dim)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let (t, a, c, d, s) = (
+            int(K, tokens)?,
+            int(K, nq)?,
+            int(K, nk)?,
+            int(K, head_dim)?,
+            int(K, row_stride)?,
+        );
+        let (p, q, k) = (qkv.addr(), wq.addr(), wk.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&p)
+            .arg(&q)
+            .arg(&k)
+            .arg(&t)
+            .arg(&a)
+            .arg(&c)
+            .arg(&d)
+            .arg(&s)
+            .arg(&eps);
+        unsafe { b.launch(cfg((ceil_div(tokens * (nq + nk), 4), 1, 1), 128)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    /// Neox-style RoPE on the q and k heads of the fused qkv buffer, in place. `cos_sin` is the
+    /// table from [`super::rope::cos_sin_table`]; every position must be below its row count.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_neox(
+        &self,
+        qkv: DPtr<bf16>,
+        positions: DPtr<i32>,
+        cos_sin: DPtr<f32>,
+        tokens: usize,
+        heads: (usize, usize),
+        head_dim: usize,
+        row_stride: usize,
+    ) -> Result<()> {
+        const K: &str = "rope_neox";
+        let (nq, nk) = heads;
+        check(K, head_dim % 2 == 0 && head_dim > 0, || {
+            format!("head_dim {head_dim} is not even")
+        })?;
+        check(K, cos_sin.len() % head_dim == 0, || {
+            "cos/sin table is not [max_pos, head_dim]".into()
+        })?;
+        check(K, row_stride >= (nq + nk) * head_dim, || {
+            format!("row stride {row_stride} too small")
+        })?;
+        need(
+            K,
+            "qkv",
+            &qkv,
+            tokens.saturating_sub(1) * row_stride + (nq + nk) * head_dim,
+        )?;
+        need(K, "positions", &positions, tokens)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let (t, a, c, d, s) = (
+            int(K, tokens)?,
+            int(K, nq)?,
+            int(K, nk)?,
+            int(K, head_dim)?,
+            int(K, row_stride)?,
+        );
+        let (p, pos, cs) = (qkv.addr(), positions.addr(), cos_sin.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&p)
+            .arg(&pos)
+            .arg(&cs)
+            .arg(&t)
+            .arg(&a)
+            .arg(&c)
+            .arg(&d)
+            .arg(&s);
+        unsafe { b.launch(cfg((ceil_div(tokens * (nq + nk), 4), 1, 1), 128)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    /// Store each token's k and v heads (from the fused qkv buffer) into slot `slots[t]` of one
+    /// layer's K and V caches (`[num_slots, nk * head_dim]` each). Slots must be below num_slots.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_store(
+        &self,
+        k_cache: DPtr<bf16>,
+        v_cache: DPtr<bf16>,
+        qkv: DPtr<bf16>,
+        slots: DPtr<u32>,
+        tokens: usize,
+        heads: (usize, usize),
+        head_dim: usize,
+        row_stride: usize,
+    ) -> Result<()> {
+        const K: &str = "kv_store";
+        let (nq, nk) = heads;
+        check(K, (nk * head_dim) % 8 == 0, || {
+            "nk * head_dim is not a multiple of 8".into()
+        })?;
+        check(K, row_stride >= (nq + 2 * nk) * head_dim, || {
+            format!("row stride {row_stride} too small")
+        })?;
+        check(K, k_cache.len() == v_cache.len(), || {
+            "K and V caches differ in size".into()
+        })?;
+        need(
+            K,
+            "qkv",
+            &qkv,
+            tokens.saturating_sub(1) * row_stride + (nq + 2 * nk) * head_dim,
+        )?;
+        need(K, "slots", &slots, tokens)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let (t, a, c, d, s) = (
+            int(K, tokens)?,
+            int(K, nq)?,
+            int(K, nk)?,
+            int(K, head_dim)?,
+            int(K, row_stride)?,
+        );
+        let (kc, vc, p, sl) = (k_cache.addr(), v_cache.addr(), qkv.addr(), slots.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&kc)
+            .arg(&vc)
+            .arg(&p)
+            .arg(&sl)
+            .arg(&t)
+            .arg(&a)
+            .arg(&c)
+            .arg(&d)
+            .arg(&s);
+        unsafe { b.launch(cfg((tokens as u32, 1, 1), 128)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    /// `table[rows[i] * stride + cols[i]] = vals[i]` for `n` writes.
+    pub fn table_scatter(
+        &self,
+        table: DPtr<u32>,
+        rows: DPtr<u32>,
+        cols: DPtr<u32>,
+        vals: DPtr<u32>,
+        n: usize,
+        stride: usize,
+    ) -> Result<()> {
+        const K: &str = "table_scatter";
+        need(K, "rows", &rows, n)?;
+        need(K, "cols", &cols, n)?;
+        need(K, "vals", &vals, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (ni, s) = (int(K, n)?, int(K, stride)?);
+        let (t, r, c, v) = (table.addr(), rows.addr(), cols.addr(), vals.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&t).arg(&r).arg(&c).arg(&v).arg(&ni).arg(&s);
+        unsafe { b.launch(cfg((ceil_div(n, 256), 1, 1), 256)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    /// `out[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i]`.
+    pub fn silu_and_mul(
+        &self,
+        out: DPtr<bf16>,
+        gate_up: DPtr<bf16>,
+        tokens: usize,
+        inter: usize,
+    ) -> Result<()> {
+        const K: &str = "silu_and_mul";
+        check(K, inter % 8 == 0, || {
+            format!("intermediate size {inter} is not a multiple of 8")
+        })?;
+        need(K, "out", &out, tokens * inter)?;
+        need(K, "gate_up", &gate_up, tokens * 2 * inter)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let (t, i) = (int(K, tokens)?, int(K, inter)?);
+        let (o, g) = (out.addr(), gate_up.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&o).arg(&g).arg(&t).arg(&i);
+        unsafe { b.launch(cfg((ceil_div(inter / 8, 128), tokens as u32, 1), 128)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    /// Small-batch GEMV: `y[b, n] = sum_k x[b, k] * w[n, k]` for `batch <= 8`; `ldy` is y's row stride.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv(
+        &self,
+        y: DPtr<bf16>,
+        x: DPtr<bf16>,
+        w: DPtr<bf16>,
+        batch: usize,
+        n: usize,
+        k: usize,
+        ldy: usize,
+    ) -> Result<()> {
+        const K: &str = "gemv_bf16";
+        check(K, (1..=8).contains(&batch), || {
+            format!("batch {batch} is not in 1..=8")
+        })?;
+        check(K, k % 8 == 0, || format!("k {k} is not a multiple of 8"))?;
+        check(K, ldy >= n, || format!("ldy {ldy} < n {n}"))?;
+        need(K, "y", &y, (batch - 1) * ldy + n)?;
+        need(K, "x", &x, batch * k)?;
+        need(K, "w", &w, n * k)?;
+        let (bi, ni, ki, l) = (int(K, batch)?, int(K, n)?, int(K, k)?, int(K, ldy)?);
+        let (ya, xa, wa) = (y.addr(), x.addr(), w.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&ya)
+            .arg(&xa)
+            .arg(&wa)
+            .arg(&bi)
+            .arg(&ni)
+            .arg(&ki)
+            .arg(&l);
+        unsafe { b.launch(cfg((ceil_div(n, 8), 1, 1), 256)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    /// `out[r] = argmax(logits[r, :])` (lowest index on ties) for `n` rows.
+    pub fn argmax_rows(
+        &self,
+        out: DPtr<u32>,
+        logits: DPtr<f32>,
+        n: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        const K: &str = "argmax_rows";
+        need(K, "out", &out, n)?;
+        need(K, "logits", &logits, n * vocab)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (ni, v) = (int(K, n)?, int(K, vocab)?);
+        let (o, l) = (out.addr(), logits.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&o).arg(&l).arg(&ni).arg(&v);
+        unsafe { b.launch(cfg((n as u32, 1, 1), 1024)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    /// Sample one token per row with per-row temperature (<= 0: greedy), top-k (<= 0: off),
+    /// top-p (>= 1: off), min-p (<= 0: off) and a uniform draw in [0, 1).
+    pub fn sample_rows(
+        &self,
+        out: DPtr<u32>,
+        logits: DPtr<f32>,
+        params: &SamplingBufs,
+        n: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        const K: &str = "sample_rows";
+        need(K, "out", &out, n)?;
+        need(K, "logits", &logits, n * vocab)?;
+        need(K, "temperature", &params.temperature, n)?;
+        need(K, "top_k", &params.top_k, n)?;
+        need(K, "top_p", &params.top_p, n)?;
+        need(K, "min_p", &params.min_p, n)?;
+        need(K, "uniform", &params.uniform, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (ni, v) = (int(K, n)?, int(K, vocab)?);
+        let (o, l) = (out.addr(), logits.addr());
+        let (t, k, p, m, u) = (
+            params.temperature.addr(),
+            params.top_k.addr(),
+            params.top_p.addr(),
+            params.min_p.addr(),
+            params.uniform.addr(),
+        );
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&o)
+            .arg(&l)
+            .arg(&t)
+            .arg(&k)
+            .arg(&p)
+            .arg(&m)
+            .arg(&u)
+            .arg(&ni)
+            .arg(&v);
+        unsafe { b.launch(cfg((n as u32, 1, 1), 1024)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+}
+
+/// Per-row sampling parameters on the device.
+#[derive(Clone, Copy, Debug)]
+pub struct SamplingBufs {
+    /// Temperature per row (<= 0: greedy).
+    pub temperature: DPtr<f32>,
+    /// Top-k per row (<= 0: off).
+    pub top_k: DPtr<i32>,
+    /// Top-p per row (>= 1: off).
+    pub top_p: DPtr<f32>,
+    /// Min-p per row (<= 0: off).
+    pub min_p: DPtr<f32>,
+    /// Uniform draw in [0, 1) per row.
+    pub uniform: DPtr<f32>,
+}
+
+/// Threads per row for the norm kernels: one 8-element chunk per thread up to 1024 threads.
+fn norm_block(hidden: usize) -> u32 {
+    let chunks = hidden / 8;
+    (chunks.div_ceil(32) * 32).clamp(32, 1024) as u32
+}

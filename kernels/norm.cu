@@ -1,0 +1,147 @@
+// RMSNorm variants: plain, fused residual add, and Qwen3's per-head q/k norm.
+//
+// bf16 storage, f32 accumulation. Rows are read with 16-byte vectors: widths must be multiples
+// of 8 (checked by the host wrappers).
+#include <cuda_bf16.h>
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float part[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // part[] may still be read by a previous call
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    int nw = blockDim.x >> 5;
+    v = lane < nw ? part[lane] : 0.f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ void unpack8(const uint4& u, float* f) {
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __bfloat1622float2(h[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+
+__device__ __forceinline__ uint4 pack8(const float* f) {
+    uint4 u;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+    return u;
+}
+
+// out[t] = x[t] / rms(x[t]) * w. Grid (T), block 128..1024.
+extern "C" __global__ void rmsnorm(__nv_bfloat16* __restrict__ out,
+                                   const __nv_bfloat16* __restrict__ x,
+                                   const __nv_bfloat16* __restrict__ w, int num_tokens,
+                                   int hidden, float eps) {
+    int t = blockIdx.x;
+    if (t >= num_tokens) return;
+    const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)t * hidden);
+    const uint4* wr = reinterpret_cast<const uint4*>(w);
+    uint4* o = reinterpret_cast<uint4*>(out + (size_t)t * hidden);
+    int n = hidden / 8;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float f[8];
+        unpack8(xr[i], f);
+#pragma unroll
+        for (int j = 0; j < 8; j++) ss += f[j] * f[j];
+    }
+    float inv = rsqrtf(block_sum(ss) / hidden + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float f[8], g[8];
+        unpack8(xr[i], f);
+        unpack8(wr[i], g);
+#pragma unroll
+        for (int j = 0; j < 8; j++) f[j] = f[j] * inv * g[j];
+        o[i] = pack8(f);
+    }
+}
+
+// residual[t] = bf16(x[t] + residual[t]); x[t] = residual[t] / rms(residual[t]) * w.
+// The sum is rounded to bf16 before the norm, as a bf16 framework does. Grid (T), block 128..1024.
+extern "C" __global__ void fused_add_rmsnorm(__nv_bfloat16* __restrict__ x,
+                                             __nv_bfloat16* __restrict__ residual,
+                                             const __nv_bfloat16* __restrict__ w,
+                                             int num_tokens, int hidden, float eps) {
+    int t = blockIdx.x;
+    if (t >= num_tokens) return;
+    uint4* xr = reinterpret_cast<uint4*>(x + (size_t)t * hidden);
+    uint4* rr = reinterpret_cast<uint4*>(residual + (size_t)t * hidden);
+    const uint4* wr = reinterpret_cast<const uint4*>(w);
+    int n = hidden / 8;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float a[8], b[8];
+        unpack8(xr[i], a);
+        unpack8(rr[i], b);
+#pragma unroll
+        for (int j = 0; j < 8; j++) a[j] += b[j];
+        uint4 s = pack8(a);
+        rr[i] = s;
+        unpack8(s, a);
+#pragma unroll
+        for (int j = 0; j < 8; j++) ss += a[j] * a[j];
+    }
+    float inv = rsqrtf(block_sum(ss) / hidden + eps);
+    // Each thread re-reads only the residual chunks it wrote itself: no barrier needed.
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float f[8], g[8];
+        unpack8(rr[i], f);
+        unpack8(wr[i], g);
+#pragma unroll
+        for (int j = 0; j < 8; j++) f[j] = f[j] * inv * g[j];
+        xr[i] = pack8(f);
+    }
+}
+
+// Qwen3's per-head RMSNorm of q and k, in place in the fused qkv buffer
+// [T, row_stride]: q heads at columns [0, nq*D), k heads at [nq*D, (nq+nk)*D).
+// One warp per (token, head). head_dim must be a multiple of 64 and at most 256.
+// Grid (ceil(T*(nq+nk)/4)), block 128.
+extern "C" __global__ void qk_rmsnorm(__nv_bfloat16* __restrict__ qkv,
+                                      const __nv_bfloat16* __restrict__ wq,
+                                      const __nv_bfloat16* __restrict__ wk, int num_tokens,
+                                      int nq, int nk, int head_dim, int row_stride, float eps) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    int heads = nq + nk;
+    if (warp >= num_tokens * heads) return;
+    int t = warp / heads, h = warp % heads;
+    __nv_bfloat16* p = qkv + (size_t)t * row_stride + (size_t)h * head_dim;
+    const __nv_bfloat16* w = h < nq ? wq : wk;
+    // Each lane owns head_dim/32 consecutive elements, read as bf16 pairs.
+    int per = head_dim / 32;  // 2, 4, 6 or 8
+    float v[8];
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; j += 2) {
+        if (j < per) {
+            float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p + lane * per + j));
+            v[j] = f.x;
+            v[j + 1] = f.y;
+            ss += f.x * f.x + f.y * f.y;
+        }
+    }
+    float inv = rsqrtf(warp_sum(ss) / head_dim + eps);
+#pragma unroll
+    for (int j = 0; j < 8; j += 2) {
+        if (j < per) {
+            float2 g = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(w + lane * per + j));
+            *reinterpret_cast<__nv_bfloat162*>(p + lane * per + j) =
+                __floats2bfloat162_rn(v[j] * inv * g.x, v[j + 1] * inv * g.y);
+        }
+    }
+}
