@@ -1,3 +1,7 @@
-//! doppel-exec: see the issue tracker; built on doppel-core.
+//! doppel-exec: the real engine's model side, built on doppel-core: Hugging Face checkpoint
+//! loading, the CPU reference backend, tokenizer and chat template, sampling and stopping.
 
 pub mod cuda;
+pub mod model;
+pub mod sampling;
+pub mod testgen;
