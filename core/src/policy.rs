@@ -84,3 +84,104 @@ fn dfs_weight(cands: &mut [Candidate], tree: &RadixCache) {
     debug_assert_eq!(out.len(), cands.len());
     cands.copy_from_slice(&out);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EvictionPolicy;
+    use crate::ids::KvSlot;
+    use rand::SeedableRng;
+
+    fn cand(handle: u32, arrival: u64, priority: i64, max_new: usize, prefix: usize) -> Candidate {
+        Candidate {
+            handle,
+            arrival,
+            seq: handle as u64,
+            priority,
+            max_new_tokens: max_new,
+            prefix_len: prefix,
+            node: NodeId(0),
+        }
+    }
+
+    fn handles(c: &[Candidate]) -> Vec<u32> {
+        c.iter().map(|c| c.handle).collect()
+    }
+
+    fn queue() -> Vec<Candidate> {
+        vec![
+            cand(0, 5, 0, 10, 3),
+            cand(1, 1, 2, 30, 9),
+            cand(2, 3, 2, 20, 9),
+            cand(3, 1, -1, 40, 0),
+        ]
+    }
+
+    #[test]
+    fn simple_policies_order_hand_made_queues() {
+        let tree = RadixCache::new(1, EvictionPolicy::Lru);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let run = |p: Policy, rng: &mut ChaCha8Rng| {
+            let mut q = queue();
+            order(p, &mut q, &tree, rng);
+            handles(&q)
+        };
+        assert_eq!(run(Policy::Fcfs, &mut rng), vec![1, 3, 2, 0]);
+        assert_eq!(
+            run(Policy::Lpm, &mut rng),
+            vec![1, 2, 0, 3],
+            "stable among equal prefixes"
+        );
+        assert_eq!(run(Policy::Lof, &mut rng), vec![3, 1, 2, 0]);
+        assert_eq!(run(Policy::Priority, &mut rng), vec![1, 2, 0, 3]);
+        let a = run(Policy::Random, &mut ChaCha8Rng::seed_from_u64(7));
+        let b = run(Policy::Random, &mut ChaCha8Rng::seed_from_u64(7));
+        assert_eq!(a, b, "seeded");
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn dfs_weight_visits_heavier_subtrees_first_and_parents_after_children() {
+        let mut t = RadixCache::new(1, EvictionPolicy::Lru);
+        let z = vec![KvSlot(1); 8];
+        t.insert(None, &[1, 2, 3], &z[..3], 0);
+        t.insert(None, &[1, 2, 4], &z[..3], 0);
+        t.insert(None, &[5, 6], &z[..2], 0);
+        let a = t.match_prefix(None, &[1, 2, 3], None).node;
+        let b = t.match_prefix(None, &[1, 2, 4], None).node;
+        let c = t.match_prefix(None, &[5, 6], None).node;
+        let ab = t.match_prefix(None, &[1, 2], None).node;
+        let mut q = vec![
+            Candidate {
+                node: c,
+                ..cand(4, 0, 0, 1, 2)
+            },
+            Candidate {
+                node: a,
+                ..cand(1, 0, 0, 1, 3)
+            },
+            Candidate {
+                node: b,
+                ..cand(2, 0, 0, 1, 3)
+            },
+            Candidate {
+                node: ab,
+                ..cand(5, 0, 0, 1, 2)
+            },
+            Candidate {
+                node: b,
+                ..cand(3, 0, 0, 1, 3)
+            },
+        ];
+        order(
+            Policy::DfsWeight,
+            &mut q,
+            &t,
+            &mut ChaCha8Rng::seed_from_u64(0),
+        );
+        // [1,2] weighs 4 (B: 2, A: 1, itself: 1) and goes before [5,6] (1).
+        assert_eq!(handles(&q), vec![2, 3, 1, 5, 4]);
+    }
+}

@@ -157,6 +157,11 @@ impl Scheduler {
         self.table.size()
     }
 
+    /// The scheduler's current slots of a request-table row (for checking executor mirrors).
+    pub fn table_row(&self, row: crate::ids::RowId) -> &[KvSlot] {
+        self.table.row(row)
+    }
+
     /// Queue a request, or refuse it with the reason it can never run.
     pub fn submit(&mut self, spec: RequestSpec) -> Result<Admitted, SubmitError> {
         let id = spec.id;

@@ -4,6 +4,7 @@ use crate::ids::TokenId;
 use crate::plan::ForwardMode;
 use crate::request::SamplingParams;
 use crate::testing::{run_to_idle, ToyBackend};
+use std::collections::BTreeMap;
 
 fn cfg(capacity: usize) -> SchedulerConfig {
     SchedulerConfig {
@@ -268,4 +269,160 @@ fn overlap_and_plain_orders_give_the_same_tokens() {
         toks
     };
     assert_eq!(run(false), run(true));
+}
+
+fn first_plan(s: &mut Scheduler) -> Plan {
+    let mut p = Plan::default();
+    assert!(s.schedule(&mut p));
+    p
+}
+
+#[test]
+fn admission_stops_when_the_total_budget_runs_out() {
+    // Each request is charged prompt 100 + max_new 100 against 1000 free tokens: the fifth's 200
+    // is not below the remaining 200.
+    let mut s = Scheduler::new(cfg(1000)).unwrap();
+    for i in 0..10 {
+        s.submit(spec(i, prompt(i as u32, 100), 100)).unwrap();
+    }
+    let p = first_plan(&mut s);
+    assert_eq!(p.entries.len(), 4);
+    assert_eq!(p.stats.new_tokens, 400);
+    assert_eq!(p.stats.queue_reqs, 6);
+}
+
+#[test]
+fn admission_stops_when_the_prefill_token_budget_runs_out() {
+    let mut c = cfg(100_000);
+    c.max_prefill_tokens = 250;
+    let mut s = Scheduler::new(c).unwrap();
+    for i in 0..10 {
+        s.submit(spec(i, prompt(i as u32, 100), 10)).unwrap();
+    }
+    assert_eq!(first_plan(&mut s).entries.len(), 2);
+    // The first request may exceed the budget on its own.
+    let mut c = cfg(100_000);
+    c.max_prefill_tokens = 50;
+    let mut s = Scheduler::new(c).unwrap();
+    s.submit(spec(1, prompt(1, 100), 10)).unwrap();
+    s.submit(spec(2, prompt(2, 100), 10)).unwrap();
+    assert_eq!(first_plan(&mut s).entries.len(), 1);
+}
+
+#[test]
+fn running_requests_reserve_their_remaining_output_at_new_token_ratio() {
+    // One running request with 1000 tokens to go reserves 1000 * 0.7 = 700 of 1500 free.
+    let mut s = Scheduler::new(cfg(1600)).unwrap();
+    s.submit(spec(1, prompt(1, 100), 1000)).unwrap();
+    let p = first_plan(&mut s);
+    let mut ev = Vec::new();
+    s.complete(
+        &p,
+        &StepResult {
+            tokens: vec![5],
+            logprobs: vec![],
+            done_at: 1,
+        },
+        &mut ev,
+    );
+    // available 1500 (+0 evictable: prompt cached but locked): rem_total = 1500 - 999*0.7 = 800.7.
+    // A new request charged 100 + 700 = 800 fits; 100 + 701 does not.
+    s.submit(spec(2, prompt(2, 100), 700)).unwrap();
+    assert_eq!(first_plan(&mut s).mode, ForwardMode::Extend);
+    let mut s2 = Scheduler::new(cfg(1600)).unwrap();
+    s2.submit(spec(1, prompt(1, 100), 1000)).unwrap();
+    let p = first_plan(&mut s2);
+    s2.complete(
+        &p,
+        &StepResult {
+            tokens: vec![5],
+            logprobs: vec![],
+            done_at: 1,
+        },
+        &mut ev,
+    );
+    s2.submit(spec(2, prompt(2, 100), 701)).unwrap();
+    assert_eq!(first_plan(&mut s2).mode, ForwardMode::Decode);
+}
+
+#[test]
+fn new_token_ratio_decays_per_decode_step_to_its_floor_and_resets_when_idle() {
+    let c = cfg(100_000);
+    let (init, min, decay) = (c.init_ratio(), c.min_ratio(), c.ratio_decay());
+    assert!((init - 0.7).abs() < 1e-12 && (min - 0.098).abs() < 1e-12);
+    assert!((decay - (0.7 - 0.098) / 600.0).abs() < 1e-15);
+    let mut s = Scheduler::new(c).unwrap();
+    s.submit(spec(1, prompt(1, 10), 700)).unwrap();
+    let mut e = Engine::new(s, ToyBackend::new(), false);
+    let mut ev = Vec::new();
+    for t in 0..11 {
+        e.iterate(t, &mut ev).unwrap();
+    }
+    // One prefill and ten decode steps.
+    assert!((e.scheduler.new_token_ratio() - (init - 10.0 * decay)).abs() < 1e-9);
+    run_to_idle(&mut e, 100, 10_000).unwrap();
+    let mut p = Plan::default();
+    assert!(!e.scheduler.schedule(&mut p));
+    assert_eq!(e.scheduler.new_token_ratio(), init);
+}
+
+#[test]
+fn retraction_picks_fewest_outputs_then_longest_prompt_and_resets_the_ratio() {
+    let mut c = cfg(300);
+    c.init_new_token_ratio = 0.01;
+    let mut s = Scheduler::new(c).unwrap();
+    let prompts = [(1u64, 50usize), (2, 60), (3, 40), (4, 60)];
+    for &(id, len) in &prompts {
+        s.submit(spec(id, prompt(id as u32, len), 120)).unwrap();
+    }
+    let plen = |id: u64| prompts.iter().find(|p| p.0 == id).unwrap().1;
+    let mut b = ToyBackend::new();
+    let mut ev = Vec::new();
+    let mut outputs: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut prev: Vec<u64> = Vec::new();
+    for _ in 0..2000 {
+        let mut p = Plan::default();
+        if !s.schedule(&mut p) {
+            break;
+        }
+        let ids: Vec<u64> = p.entries.iter().map(|e| e.id.0).collect();
+        if p.stats.retracted > 0 {
+            let mut victims: Vec<u64> = prev.clone();
+            victims.sort_by_key(|&i| {
+                (
+                    outputs.get(&i).copied().unwrap_or(0),
+                    std::cmp::Reverse(plen(i)),
+                    std::cmp::Reverse(i),
+                )
+            });
+            let gone: Vec<u64> = prev.iter().copied().filter(|i| !ids.contains(i)).collect();
+            let mut want_gone = victims[..gone.len()].to_vec();
+            want_gone.sort();
+            assert_eq!(
+                gone, want_gone,
+                "victims: fewest outputs first, ties to the longest prompt"
+            );
+            let gen: usize = ids.iter().map(|i| outputs[i]).sum();
+            let want = ((gen + 20 * ids.len()) as f64 / (120 * ids.len() + 1) as f64).min(1.0);
+            assert!(
+                (s.new_token_ratio() - want).abs() < 1e-9,
+                "{} vs {want}",
+                s.new_token_ratio()
+            );
+            return;
+        }
+        if p.mode == ForwardMode::Decode {
+            prev = ids;
+        }
+        let mut r = StepResult::default();
+        crate::Backend::launch(&mut b, &p, 0).unwrap();
+        crate::Backend::collect(&mut b, &p, &mut r).unwrap();
+        s.complete(&p, &r, &mut ev);
+        for e in ev.drain(..) {
+            if let Event::Token { id, .. } = e {
+                *outputs.entry(id.0).or_default() += 1;
+            }
+        }
+    }
+    panic!("no retraction happened");
 }
