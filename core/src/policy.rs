@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn dfs_weight_visits_heavier_subtrees_first_and_parents_after_children() {
         let mut t = RadixCache::new(1, EvictionPolicy::Lru);
-        let z = vec![KvSlot(1); 8];
+        let z = [KvSlot(1); 8];
         t.insert(None, &[1, 2, 3], &z[..3], 0);
         t.insert(None, &[1, 2, 4], &z[..3], 0);
         t.insert(None, &[5, 6], &z[..2], 0);
