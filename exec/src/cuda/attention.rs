@@ -149,6 +149,44 @@ impl DecodeMeta {
     }
 }
 
+impl DecodeMeta {
+    /// Overwrite the metadata in place with `entries` (same count as at creation): what a
+    /// captured CUDA graph needs, since it keeps reading the buffers it was captured with.
+    pub fn update(
+        &mut self,
+        gpu: &Gpu,
+        entries: &[AttnEntry],
+        rows: usize,
+        table_stride: usize,
+    ) -> Result<()> {
+        const K: &str = "attention_decode";
+        check(K, entries.len() == self.entries, || {
+            format!(
+                "{} entries given, the graph was captured with {}",
+                entries.len(),
+                self.entries
+            )
+        })?;
+        validate(K, entries, self.tokens, rows, table_stride)?;
+        check(K, entries.iter().all(|e| e.q_len == 1), || {
+            "decode entries must have q_len 1".into()
+        })?;
+        let col = |f: fn(&AttnEntry) -> usize| -> Result<Vec<i32>> {
+            entries.iter().map(|e| int(K, f(e))).collect()
+        };
+        let (q, kv, rw) = (col(|e| e.q_start)?, col(|e| e.kv_len)?, col(|e| e.row)?);
+        gpu.stream
+            .memcpy_htod(&q, &mut self.q_tok)
+            .ctx("updating decode metadata")?;
+        gpu.stream
+            .memcpy_htod(&kv, &mut self.kv_len)
+            .ctx("updating decode metadata")?;
+        gpu.stream
+            .memcpy_htod(&rw, &mut self.row)
+            .ctx("updating decode metadata")
+    }
+}
+
 /// cudarc cannot upload an empty slice; a batch with no entries launches nothing anyway.
 fn nonempty(mut v: Vec<i32>) -> Vec<i32> {
     if v.is_empty() {
