@@ -5,7 +5,10 @@ pub mod cpu;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig, RopeScaling};
-pub use cpu::{CpuModel, KvCache, LoadError, LoadReport, LogitsWanted, SeqInput};
+pub use cpu::{
+    CpuModel, ForwardError as ForwardErrorKind, KvCache, LoadError, LoadReport, LogitsWanted,
+    SeqInput,
+};
 pub use weights::{
     tensor_specs, DType, LayerNames, TensorRef, TensorSpec, WeightError, WeightStore,
 };
