@@ -1,21 +1,161 @@
 //! `doppel sim ...` subcommands.
 
+use anyhow::Context;
 use clap::Subcommand;
+use doppel_sim::{one_batch, sweep, Profile, RooflineCost, SimOptions};
 use std::process::ExitCode;
 
 /// `doppel sim` subcommands.
 #[derive(Subcommand)]
 pub enum SimCmd {
-    /// Placeholder until this family of subcommands lands.
-    Status,
+    /// Replay a trace and print bench_serving's result table plus cache and scheduler figures.
+    Replay {
+        /// The trace file (see traces/README.md).
+        trace: String,
+        /// Write every figure and per-request records as JSON.
+        #[arg(long)]
+        json: Option<String>,
+        /// Write a Chrome trace (open in Perfetto) of GPU steps and requests.
+        #[arg(long)]
+        timeline: Option<String>,
+        /// Print SGLang-style "Prefill batch." / "Decode batch." log lines.
+        #[arg(long)]
+        log_batches: bool,
+    },
+    /// SGLang's bench_one_batch straight from a profile's cost model.
+    OneBatch {
+        /// Profile name (see `doppel sim profiles`) or a profile YAML file.
+        #[arg(long, default_value = "a100-80g/qwen3-0.6b/sglang")]
+        profile: String,
+        /// Batch sizes.
+        #[arg(long, num_args = 1.., default_values_t = [1usize])]
+        batch_size: Vec<usize>,
+        /// Prompt length.
+        #[arg(long, default_value_t = 1024)]
+        input_len: usize,
+        /// Output length.
+        #[arg(long, default_value_t = 16)]
+        output_len: usize,
+        /// Tensor-parallel size.
+        #[arg(long, default_value_t = 1)]
+        tp: usize,
+    },
+    /// Replay a trace once per value of one parameter; print a table and write an SVG chart.
+    Sweep {
+        /// The trace file.
+        trace: String,
+        /// Parameter: rate, concurrency, policy, chunk, tp, kv, page, max-running, overlap, mixed.
+        #[arg(long)]
+        param: String,
+        /// Values to try.
+        #[arg(long, num_args = 1.., required = true)]
+        values: Vec<String>,
+        /// Where to write the SVG chart.
+        #[arg(long, default_value = "sweep.svg")]
+        svg: String,
+        /// Also write every run's figures as JSON.
+        #[arg(long)]
+        json: Option<String>,
+    },
+    /// List the built-in profiles.
+    Profiles,
+}
+
+fn write(path: &str, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {path}"))
 }
 
 /// Run a `doppel sim` subcommand.
 pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        SimCmd::Status => {
-            eprintln!("doppel sim: not built yet");
-            Ok(ExitCode::from(2))
+        SimCmd::Replay {
+            trace,
+            json,
+            timeline,
+            log_batches,
+        } => {
+            let opts = SimOptions {
+                record_steps: timeline.is_some(),
+                log_batches,
+            };
+            let r = doppel_sim::replay_file(&trace, opts)?;
+            print!("{}", r.stdout(log_batches));
+            if let Some(path) = json {
+                write(
+                    &path,
+                    &doppel_sim::report::to_json(&r.trace, &r.outcome, &r.summary),
+                )?;
+            }
+            if let Some(path) = timeline {
+                write(&path, &doppel_sim::report::to_chrome_trace(&r.outcome))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SimCmd::OneBatch {
+            profile,
+            batch_size,
+            input_len,
+            output_len,
+            tp,
+        } => {
+            anyhow::ensure!(
+                input_len > 0 && output_len > 0,
+                "--input-len and --output-len must be at least 1"
+            );
+            anyhow::ensure!(
+                batch_size.iter().all(|&b| b > 0),
+                "--batch-size values must be at least 1"
+            );
+            anyhow::ensure!(tp > 0, "--tp must be at least 1");
+            let p = Profile::load(&profile)?;
+            let cost = RooflineCost::new(&p, tp);
+            let rows: Vec<_> = batch_size
+                .iter()
+                .map(|&b| one_batch::run(&cost, b, input_len, output_len))
+                .collect();
+            println!(
+                "profile: {}{}",
+                p.name,
+                if p.calibrated {
+                    ""
+                } else {
+                    " (UNCALIBRATED: roofline estimate)"
+                }
+            );
+            print!("{}", one_batch::format(&rows, input_len, output_len));
+            Ok(ExitCode::SUCCESS)
+        }
+        SimCmd::Sweep {
+            trace,
+            param,
+            values,
+            svg,
+            json,
+        } => {
+            let result = sweep::run(&trace, &param, &values)?;
+            print!("{}", sweep::format_table(&result));
+            write(&svg, &sweep::to_svg(&result))?;
+            println!("chart written to {svg}");
+            if let Some(path) = json {
+                write(&path, &sweep::to_json(&result))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SimCmd::Profiles => {
+            for name in Profile::builtin_names() {
+                let p = Profile::load(&name)?;
+                println!(
+                    "{:<32} {}{}",
+                    name,
+                    p.hardware.name,
+                    if p.calibrated {
+                        "  [calibrated]"
+                    } else {
+                        "  [uncalibrated]"
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

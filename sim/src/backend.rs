@@ -1,0 +1,124 @@
+//! The virtual GPU: prices each plan with the cost model and returns synthetic tokens.
+
+use crate::cost::{BatchShape, CostModel};
+use crate::workload::synth_token;
+use doppel_core::{Backend, ForwardMode, Plan, StepResult, TimeNs};
+use std::collections::VecDeque;
+
+/// One executed step, for the timeline and the batch statistics.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepRecord {
+    /// Step number.
+    pub step: u64,
+    /// When the GPU started it.
+    pub start: TimeNs,
+    /// When it finished.
+    pub end: TimeNs,
+    /// Kind of pass.
+    pub mode: ForwardMode,
+    /// Requests in the batch.
+    pub batch: u32,
+    /// Tokens computed.
+    pub tokens: u32,
+}
+
+/// Failure of the virtual GPU: only a misuse of the Backend contract can cause one.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// `collect` without a matching `launch`.
+    #[error("collect for step {0} without a launched step")]
+    NothingInFlight(u64),
+}
+
+/// A [`Backend`] whose steps take the time the cost model says, on one virtual GPU.
+pub struct SimBackend<C: CostModel> {
+    cost: C,
+    vocab: usize,
+    busy_until: TimeNs,
+    cpu_free_at: TimeNs,
+    inflight: VecDeque<(TimeNs, TimeNs)>,
+    gpu_busy_ns: u64,
+    record: bool,
+    last_mode: ForwardMode,
+    /// Executed steps (only when recording).
+    pub steps: Vec<StepRecord>,
+}
+
+impl<C: CostModel> SimBackend<C> {
+    /// A virtual GPU priced by `cost`; `record` keeps a [`StepRecord`] per step.
+    pub fn new(cost: C, vocab: usize, record: bool) -> Self {
+        SimBackend {
+            cost,
+            vocab,
+            busy_until: 0,
+            cpu_free_at: 0,
+            inflight: VecDeque::with_capacity(2),
+            gpu_busy_ns: 0,
+            record,
+            last_mode: ForwardMode::Extend,
+            steps: Vec::new(),
+        }
+    }
+
+    /// The cost model.
+    pub fn cost(&self) -> &C {
+        &self.cost
+    }
+
+    /// When the scheduler CPU finished forming the last launched step.
+    pub fn cpu_free_at(&self) -> TimeNs {
+        self.cpu_free_at
+    }
+
+    /// Kind of the last launched plan (the core leaves `StepStats::mode` at its default).
+    pub fn last_mode(&self) -> ForwardMode {
+        self.last_mode
+    }
+
+    /// Total GPU busy time so far.
+    pub fn gpu_busy_ns(&self) -> u64 {
+        self.gpu_busy_ns
+    }
+}
+
+impl<C: CostModel> Backend for SimBackend<C> {
+    type Error = BackendError;
+
+    fn launch(&mut self, plan: &Plan, now: TimeNs) -> Result<(), BackendError> {
+        // The scheduler spends CPU time forming the plan; the GPU starts it when both are ready.
+        // In the overlap order `now` is while the previous step still runs, so this time hides.
+        self.cpu_free_at = now + self.cost.schedule_ns(plan.entries.len());
+        let start = self.cpu_free_at.max(self.busy_until);
+        let shape = BatchShape::of_plan(plan);
+        let end = start + self.cost.step_ns(&shape);
+        self.busy_until = end;
+        self.gpu_busy_ns += end - start;
+        self.inflight.push_back((start, end));
+        self.last_mode = plan.mode;
+        if self.record {
+            self.steps.push(StepRecord {
+                step: plan.step,
+                start,
+                end,
+                mode: plan.mode,
+                batch: plan.entries.len() as u32,
+                tokens: shape.tokens as u32,
+            });
+        }
+        Ok(())
+    }
+
+    fn collect(&mut self, plan: &Plan, out: &mut StepResult) -> Result<(), BackendError> {
+        let (_, end) = self
+            .inflight
+            .pop_front()
+            .ok_or(BackendError::NothingInFlight(plan.step))?;
+        out.tokens.extend(plan.entries.iter().map(|e| {
+            // The token after position seq_len - 1 is output number seq_len - prompt_len.
+            let index = e.seq_len().saturating_sub(e.prompt_len);
+            synth_token(e.id.0, index, self.vocab)
+        }));
+        out.done_at = end;
+        Ok(())
+    }
+}
