@@ -6,3 +6,4 @@ pub mod cuda;
 pub mod model;
 pub mod sampling;
 pub mod testgen;
+pub mod tokenizer;
