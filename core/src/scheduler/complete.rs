@@ -68,7 +68,8 @@ impl Scheduler {
         if aligned <= old_tree_len {
             return;
         }
-        let mut key = Vec::with_capacity(aligned);
+        let mut key = std::mem::take(&mut self.scratch.key);
+        key.clear();
         self.req(h).fill_into(0, aligned, &mut key);
         let cached = self
             .tree
@@ -84,6 +85,7 @@ impl Scheduler {
         self.table
             .write_logged(row, old_tree_len, &slots[old_tree_len..]);
         self.scratch.slots = slots;
+        self.scratch.key = key;
         self.tree.inc_lock_ref(m.node);
         self.tree.dec_lock_ref(old_node);
         let r = self.req_mut(h);
@@ -115,7 +117,8 @@ impl Scheduler {
             let aligned = committed / ps * ps;
             let mut keep = tree_len;
             if aligned > tree_len {
-                let mut key = Vec::with_capacity(aligned);
+                let mut key = std::mem::take(&mut self.scratch.key);
+                key.clear();
                 self.req(h).fill_into(0, aligned, &mut key);
                 let cached = self
                     .tree
@@ -123,6 +126,7 @@ impl Scheduler {
                 if cached > tree_len {
                     self.alloc.free(&self.table.row(row)[tree_len..cached]);
                 }
+                self.scratch.key = key;
                 keep = aligned;
             }
             let first = keep.div_ceil(ps) * ps;

@@ -100,6 +100,8 @@ pub struct Scheduler {
 #[derive(Default)]
 struct Scratch {
     slots: Vec<KvSlot>,
+    prefix_slots: Vec<KvSlot>,
+    key: Vec<crate::ids::TokenId>,
     cands: Vec<crate::policy::Candidate>,
     batch: Vec<u32>,
     admitted: Vec<prefill::Admit>,

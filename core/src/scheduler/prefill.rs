@@ -22,6 +22,8 @@ pub(super) struct Admit {
     truncated: bool,
     /// Continuation of the chunked request (already holds a row and KV).
     cont: bool,
+    /// Offset of the prefix's slots in `scratch.prefix_slots`, when the match collected them.
+    slots_at: Option<usize>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -168,6 +170,7 @@ impl Scheduler {
                 extend: n,
                 truncated,
                 cont: true,
+                slots_at: None,
             });
         }
         if !self.waiting.is_empty() && b.state(self.avail_evictable()) == BudgetState::Continue {
@@ -183,6 +186,8 @@ impl Scheduler {
         let matched = self.order_waiting();
         let mut cands = std::mem::take(&mut self.scratch.cands);
         let mut key_buf = Vec::new();
+        let mut prefix_slots = std::mem::take(&mut self.scratch.prefix_slots);
+        prefix_slots.clear();
         let rows_free = self.table.available();
         // Every candidate before a break was admitted, so the index counts new admissions.
         for (new_count, c) in cands.iter().enumerate() {
@@ -190,17 +195,21 @@ impl Scheduler {
                 break;
             }
             let h = c.handle;
-            let (prefix_len, node) = if matched {
-                (c.prefix_len, c.node)
+            let slots_start = prefix_slots.len();
+            let (prefix_len, node, slots_at) = if matched {
+                (c.prefix_len, c.node, None)
             } else if self.cfg.disable_radix_cache {
-                (0, self.req(h).node)
+                (0, self.req(h).node, None)
             } else {
+                // Collect the prefix's slots now: admission needs them if it succeeds.
                 let r = self.reqs[h as usize]
                     .as_ref()
                     .expect("waiting handle is live");
                 let key = match_key(&r.spec.prompt, &r.output, &mut key_buf);
-                let m = self.tree.match_prefix(r.spec.namespace, key, None);
-                (m.len, m.node)
+                let m = self
+                    .tree
+                    .match_prefix(r.spec.namespace, key, Some(&mut prefix_slots));
+                (m.len, m.node, Some(slots_start))
             };
             let r = self.req(h);
             let ext = r.fill_len() - prefix_len;
@@ -240,6 +249,7 @@ impl Scheduler {
                 extend,
                 truncated,
                 cont: false,
+                slots_at,
             });
             if truncated || b.state(self.avail_evictable()) != BudgetState::Continue {
                 break;
@@ -247,6 +257,7 @@ impl Scheduler {
         }
         cands.clear();
         self.scratch.cands = cands;
+        self.scratch.prefix_slots = prefix_slots;
     }
 
     /// Fill `scratch.cands` with the waiting queue in policy order. Returns true when prefixes
@@ -403,12 +414,20 @@ impl Scheduler {
             let Some(row) = self.table.alloc() else {
                 return false;
             };
-            let mut slots = std::mem::take(&mut self.scratch.slots);
-            slots.clear();
-            self.tree.path_slots(a.node, &mut slots);
-            debug_assert_eq!(slots.len(), a.prefix_len);
-            self.table.write_logged(row, 0, &slots);
-            self.scratch.slots = slots;
+            match a.slots_at {
+                Some(at) => {
+                    let slots = &self.scratch.prefix_slots[at..at + a.prefix_len];
+                    self.table.write_logged(row, 0, slots);
+                }
+                None => {
+                    let mut slots = std::mem::take(&mut self.scratch.slots);
+                    slots.clear();
+                    self.tree.path_slots(a.node, &mut slots);
+                    debug_assert_eq!(slots.len(), a.prefix_len);
+                    self.table.write_logged(row, 0, &slots);
+                    self.scratch.slots = slots;
+                }
+            }
             row
         };
         let last = (a.prefix_len > 0).then(|| self.table.row(row)[a.prefix_len - 1]);
