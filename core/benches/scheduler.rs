@@ -88,7 +88,7 @@ fn bench_prefill(label: &str, cuts: &[usize]) {
     let systems: Vec<Vec<TokenId>> = (0..200)
         .map(|_| (0..64).map(|_| rng.gen_range(1..50_000)).collect())
         .collect();
-    let mut make = |id: u64, rng: &mut ChaCha8Rng| {
+    let make = |id: u64, rng: &mut ChaCha8Rng| {
         let mut p = systems[rng.gen_range(0..systems.len())].clone();
         let cut = cuts[rng.gen_range(0..cuts.len())];
         p.truncate(cut);
