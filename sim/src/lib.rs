@@ -90,3 +90,6 @@ pub fn replay(trace: Trace, origin: &str, opts: SimOptions) -> Result<Replay, Si
         summary,
     })
 }
+
+/// Re-exported so callers (and the workspace tests) can read the JSON reports with the same version.
+pub use serde_json;

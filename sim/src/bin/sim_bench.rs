@@ -1,1 +1,71 @@
-fn main() {}
+//! Simulator speed benchmark: `cargo run --release -p doppel-sim --bin sim-bench [N]`.
+//! Prints simulated requests per second (wall clock) and peak memory for growing traces.
+
+use doppel_sim::{replay, SimOptions, Trace};
+use std::time::Instant;
+
+fn trace(n: usize, arrival: &str) -> Trace {
+    let text = format!(
+        "name: bench\nprofile: a100-80g/qwen3-0.6b/sglang\nseed: 1\nworkload:\n  kind: random\n  num_requests: {n}\n  input_len: 1024\n  output_len: 256\n  range_ratio: 0.0\narrival:\n{arrival}\n"
+    );
+    match Trace::parse(&text, "bench.yaml") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Peak resident memory of this process (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn main() {
+    let big: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000);
+    println!(
+        "{:>8} {:>10} {:>10} {:>12} {:>14} {:>16} {:>12}",
+        "requests",
+        "arrival",
+        "wall (s)",
+        "sim req/s",
+        "sim tokens/s",
+        "simulated (s)",
+        "peak RSS MiB"
+    );
+    for (label, arrival) in [
+        ("burst", "  pattern: burst".to_string()),
+        ("poisson", "  pattern: poisson\n  rate: 40".to_string()),
+    ] {
+        for n in [big / 4, big / 2, big] {
+            let t = trace(n.max(1), &arrival);
+            let start = Instant::now();
+            let r = match replay(t, "bench.yaml", SimOptions::default()) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
+            };
+            let wall = start.elapsed().as_secs_f64();
+            let tokens = r.summary.total_input + r.summary.total_output;
+            println!(
+                "{:>8} {:>10} {:>10.3} {:>12.0} {:>14.0} {:>16.1} {:>12.1}",
+                n,
+                label,
+                wall,
+                r.summary.completed as f64 / wall,
+                tokens as f64 / wall,
+                r.summary.duration_s,
+                peak_rss_mib().unwrap_or(f64::NAN)
+            );
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The `doppel sim` command line: the README's main command, determinism of its output, and the
+//! errors a user sees for bad input.
+
+use doppel_sim::serde_json;
+use std::process::Command;
+
+fn doppel(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_doppel"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run doppel");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("doppel-sim-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn replay_burst_prints_the_table_and_is_byte_identical() {
+    let j1 = tmp("a.json");
+    let j2 = tmp("b.json");
+    let tl = tmp("t.json");
+    let (ok1, out1, err1) = doppel(&[
+        "sim",
+        "replay",
+        "traces/burst.yaml",
+        "--json",
+        j1.to_str().unwrap(),
+        "--timeline",
+        tl.to_str().unwrap(),
+    ]);
+    assert!(ok1, "{err1}");
+    assert!(out1.contains("============ Serving Benchmark Result ============"));
+    assert!(out1.contains("Successful requests:                     500"));
+    let (ok2, out2, _) = doppel(&[
+        "sim",
+        "replay",
+        "traces/burst.yaml",
+        "--json",
+        j2.to_str().unwrap(),
+    ]);
+    assert!(ok2);
+    assert_eq!(out1, out2);
+    assert_eq!(std::fs::read(&j1).unwrap(), std::fs::read(&j2).unwrap());
+    let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&tl).unwrap()).unwrap();
+    assert!(t["traceEvents"].as_array().unwrap().len() > 500);
+}
+
+#[test]
+fn log_batches_prints_sglang_lines() {
+    let (ok, out, _) = doppel(&["sim", "replay", "traces/burst.yaml", "--log-batches"]);
+    assert!(ok);
+    assert!(out.contains("Prefill batch. #new-seq: "));
+    assert!(out.contains("Decode batch. #running-req: "));
+}
+
+#[test]
+fn malformed_trace_names_file_line_column_and_field() {
+    let p = tmp("bad.yaml");
+    std::fs::write(
+        &p,
+        "profile: a100-80g/qwen3-0.6b/sglang\nworkload:\n  kind: random\n  num_requests: 10\n  input_len: 64\n  output_lenn: 8\n",
+    )
+    .unwrap();
+    let (ok, _, err) = doppel(&["sim", "replay", p.to_str().unwrap()]);
+    assert!(!ok);
+    let want = format!("{}:", p.display());
+    assert!(err.contains(&want) && err.contains("output_lenn"), "{err}");
+    // line:column follow the file name.
+    let rest = &err[err.find(&want).unwrap() + want.len()..];
+    let mut parts = rest.split(':');
+    assert!(parts.next().unwrap().parse::<usize>().unwrap() > 0, "{err}");
+    assert!(parts.next().unwrap().parse::<usize>().unwrap() > 0, "{err}");
+}
+
+#[test]
+fn unknown_profile_lists_the_known_ones() {
+    let p = tmp("prof.yaml");
+    std::fs::write(&p, "profile: b200/qwen3\nworkload: {kind: random, num_requests: 1, input_len: 8, output_len: 8}\n").unwrap();
+    let (ok, _, err) = doppel(&["sim", "replay", p.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("unknown profile `b200/qwen3`") && err.contains("h100-80g/llama-3-8b/sglang"),
+        "{err}"
+    );
+}
+
+#[test]
+fn impossible_pool_says_so() {
+    let p = tmp("pool.yaml");
+    std::fs::write(
+        &p,
+        "profile: a100-80g/qwen3-0.6b/sglang\nengine: {kv_capacity_tokens: 1}\nworkload: {kind: random, num_requests: 1, input_len: 8, output_len: 8}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = doppel(&["sim", "replay", p.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("smaller than one request"), "{err}");
+}
+
+#[test]
+fn missing_trace_file_is_a_clear_error() {
+    let (ok, _, err) = doppel(&["sim", "replay", "traces/nope.yaml"]);
+    assert!(!ok);
+    assert!(err.contains("traces/nope.yaml"), "{err}");
+}
+
+#[test]
+fn one_batch_prints_bench_one_batch_table() {
+    let (ok, out, err) = doppel(&[
+        "sim",
+        "one-batch",
+        "--profile",
+        "a100-80g/qwen3-0.6b/sglang",
+        "--batch-size",
+        "1",
+        "4",
+        "16",
+        "64",
+        "--input-len",
+        "128",
+        "--output-len",
+        "64",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Prefill. latency: "));
+    assert!(out.contains("Decode.  median latency: "));
+    assert!(out.contains("Total. latency: "));
+    assert_eq!(out.matches("\n| ").count(), 5, "{out}");
+}
+
+#[test]
+fn sweep_writes_table_and_svg() {
+    let svg = tmp("sweep.svg");
+    let (ok, out, err) = doppel(&[
+        "sim",
+        "sweep",
+        "traces/shared_prefix.yaml",
+        "--param",
+        "policy",
+        "--values",
+        "fcfs",
+        "lpm",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("sweep of shared_prefix over policy"));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.starts_with("<svg")
+            && text.contains("polyline")
+            && text.trim_end().ends_with("</svg>")
+    );
+    let (ok, _, err) = doppel(&[
+        "sim",
+        "sweep",
+        "traces/burst.yaml",
+        "--param",
+        "colour",
+        "--values",
+        "1",
+    ]);
+    assert!(!ok && err.contains("unknown parameter"), "{err}");
+}
