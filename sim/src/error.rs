@@ -66,15 +66,57 @@ pub enum SimError {
 impl SimError {
     /// Wrap a serde_yaml error with its location.
     pub fn yaml(file: &str, e: &serde_yaml::Error) -> SimError {
-        let (line, column) = e
+        SimError::yaml_in(file, "", e)
+    }
+
+    /// Wrap a serde_yaml error, using the source `text` to locate fields that serde_yaml reports
+    /// without a position (inside internally tagged sections such as `workload`).
+    pub fn yaml_in(file: &str, text: &str, e: &serde_yaml::Error) -> SimError {
+        let (mut line, mut column) = e
             .location()
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
+        let mut message = e.to_string();
+        // serde_yaml appends the position to its message; it is already in front.
+        if let Some(at) = message.rfind(" at line ") {
+            message.truncate(at);
+        }
+        let quoted = |marker: &str| {
+            let start = message.find(marker)? + marker.len();
+            let end = start + message[start..].find('`')?;
+            Some(message[start..end].to_string())
+        };
+        if line <= 1 && !text.is_empty() {
+            if let Some(f) = quoted("unknown field `") {
+                if let Some((l, c)) = locate(text, &f) {
+                    (line, column) = (l, c);
+                    message = format!("workload: {message}");
+                }
+            } else if let Some(f) = quoted("missing field `") {
+                if let Some((l, c)) = locate(text, "workload") {
+                    (line, column) = (l, c);
+                    message = format!("workload: missing field `{f}`");
+                }
+            }
+        }
         SimError::Yaml {
             file: file.to_string(),
             line,
             column,
-            message: e.to_string(),
+            message,
         }
     }
+}
+
+/// 1-based (line, column) of the first `key:` in `text`.
+pub(crate) fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
+    let pat = format!("{key}:");
+    text.lines().enumerate().find_map(|(i, l)| {
+        let trimmed = l.trim_start().trim_start_matches("- ");
+        if trimmed.starts_with(&pat) {
+            Some((i + 1, l.len() - trimmed.len() + 1))
+        } else {
+            None
+        }
+    })
 }

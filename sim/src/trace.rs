@@ -250,15 +250,14 @@ pub enum ArrivalPattern {
     Concurrency,
 }
 
-/// Where a field sits in the YAML text: the first line that starts with `key:` (best effort).
-fn find_line(text: &str, key: &str) -> Option<usize> {
-    let pat = format!("{key}:");
-    text.lines()
-        .position(|l| {
-            let t = l.trim_start().trim_start_matches("- ");
-            t.starts_with(&pat)
-        })
-        .map(|i| i + 1)
+/// Where a dotted field sits in the YAML text: the line of its last component found (best effort).
+fn find_line(text: &str, field: &str) -> Option<usize> {
+    field
+        .split('.')
+        .rev()
+        .map(|k| k.split('[').next().unwrap_or(k))
+        .find_map(|k| crate::error::locate(text, k))
+        .map(|(l, _)| l)
 }
 
 impl Trace {
@@ -273,7 +272,8 @@ impl Trace {
 
     /// Parse and validate trace text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Trace, SimError> {
-        let mut t: Trace = serde_yaml::from_str(text).map_err(|e| SimError::yaml(origin, &e))?;
+        let mut t: Trace =
+            serde_yaml::from_str(text).map_err(|e| SimError::yaml_in(origin, text, &e))?;
         if t.name.is_none() {
             let stem = std::path::Path::new(origin)
                 .file_stem()
@@ -291,16 +291,12 @@ impl Trace {
     }
 
     fn validate(&self, text: &str, origin: &str) -> Result<(), SimError> {
-        let bad = |field: &str, value: String, why: &str| {
-            let key = field.rsplit('.').next().unwrap_or(field);
-            let key = key.split('[').next().unwrap_or(key);
-            SimError::Invalid {
-                file: origin.to_string(),
-                field: field.to_string(),
-                value,
-                why: why.to_string(),
-                line: find_line(text, key),
-            }
+        let bad = |field: &str, value: String, why: &str| SimError::Invalid {
+            file: origin.to_string(),
+            field: field.to_string(),
+            value,
+            why: why.to_string(),
+            line: find_line(text, field),
         };
         let e = &self.engine;
         if Policy::parse(&e.policy).is_none() {
