@@ -282,12 +282,12 @@ fn rope_and_kv(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
         let out = gpu.download(&dq).unwrap();
         let (mut o, mut rf) = (Vec::new(), Vec::new());
         let half = d / 2;
-        for tok in 0..t {
+        for (tok, &ps) in pos.iter().enumerate() {
             for h in 0..nq + nk {
                 let s = tok * stride + h * d;
                 let x = f64s(&qkv[s..s + d]);
                 for i in 0..half {
-                    let a = pos[tok] as f64 * inv[i];
+                    let a = ps as f64 * inv[i];
                     let (c, sn) = (a.cos(), a.sin());
                     rf.push(x[i] * c - x[half + i] * sn);
                     o.push(out[s + i].to_f64());

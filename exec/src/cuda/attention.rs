@@ -226,6 +226,7 @@ pub struct AttnShape {
 }
 
 impl AttnShape {
+    #[allow(clippy::too_many_arguments)]
     fn check(
         &self,
         kernel: &'static str,
@@ -239,9 +240,11 @@ impl AttnShape {
         check(kernel, self.head_dim == 64 || self.head_dim == 128, || {
             format!("head_dim {} is not 64 or 128", self.head_dim)
         })?;
-        check(kernel, self.nk > 0 && self.nq % self.nk == 0, || {
-            format!("nq {} is not a multiple of nk {}", self.nq, self.nk)
-        })?;
+        check(
+            kernel,
+            self.nk > 0 && self.nq.is_multiple_of(self.nk),
+            || format!("nq {} is not a multiple of nk {}", self.nq, self.nk),
+        )?;
         check(kernel, self.q_stride >= self.nq * self.head_dim, || {
             "q stride below nq * head_dim".into()
         })?;

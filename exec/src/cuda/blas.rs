@@ -4,7 +4,7 @@
 use super::ops::{check, int, need};
 use super::{CudaError, DPtr, Result};
 use cudarc::cublas::{result as cr, sys, CudaBlas};
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -12,7 +12,12 @@ use std::sync::Arc;
 /// A cuBLAS handle bound to one stream.
 pub struct Blas {
     handle: CudaBlas,
+    // A fixed workspace, so cuBLAS never allocates during CUDA graph capture.
+    _workspace: CudaSlice<u8>,
 }
+
+/// Bytes of cuBLAS workspace (what PyTorch gives Hopper).
+const WORKSPACE_BYTES: usize = 32 << 20;
 
 /// Output type of a GEMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,11 +29,32 @@ enum OutType {
 impl Blas {
     /// A handle on `stream`.
     pub fn new(stream: Arc<CudaStream>) -> Result<Blas> {
-        let handle = CudaBlas::new(stream).map_err(|err| CudaError::Blas {
+        let workspace =
+            stream
+                .alloc_zeros::<u8>(WORKSPACE_BYTES)
+                .map_err(|err| CudaError::Driver {
+                    what: "allocating the cuBLAS workspace".into(),
+                    err,
+                })?;
+        let handle = CudaBlas::new(stream.clone()).map_err(|err| CudaError::Blas {
             what: "creating the handle".into(),
             err,
         })?;
-        Ok(Blas { handle })
+        let (ptr, _guard) = workspace.device_ptr(&stream);
+        let status = unsafe {
+            sys::cublasSetWorkspace_v2(*handle.handle(), ptr as *mut c_void, WORKSPACE_BYTES)
+        };
+        if status != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(CudaError::Blas {
+                what: "setting the workspace".into(),
+                err: cr::CublasError(status),
+            });
+        }
+        drop(_guard);
+        Ok(Blas {
+            handle,
+            _workspace: workspace,
+        })
     }
 
     /// `y[m, n] = x[m, k] w[n, k]^T` in bf16 with f32 accumulation; `ldy` is y's row stride.

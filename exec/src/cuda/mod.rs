@@ -9,9 +9,11 @@
 //! `kernels/README.md` documents each kernel and the KV cache layout.
 
 pub mod attention;
+pub mod backend;
 pub mod blas;
 pub mod compile;
 pub mod kernels;
+pub mod model;
 pub mod ops;
 pub mod rope;
 

@@ -62,7 +62,7 @@ impl Gpu {
         vocab: usize,
     ) -> Result<()> {
         const K: &str = "embedding_gather";
-        check(K, hidden % 8 == 0, || {
+        check(K, hidden.is_multiple_of(8), || {
             format!("hidden {hidden} is not a multiple of 8")
         })?;
         need(K, "out", &out, tokens * hidden)?;
@@ -105,7 +105,7 @@ impl Gpu {
         width: usize,
     ) -> Result<()> {
         const K: &str = "gather_rows";
-        check(K, width % 8 == 0, || {
+        check(K, width.is_multiple_of(8), || {
             format!("width {width} is not a multiple of 8")
         })?;
         need(K, "out", &out, n * width)?;
@@ -158,7 +158,7 @@ impl Gpu {
         eps: f32,
     ) -> Result<()> {
         const K: &str = "rmsnorm";
-        check(K, hidden % 8 == 0, || {
+        check(K, hidden.is_multiple_of(8), || {
             format!("hidden {hidden} is not a multiple of 8")
         })?;
         need(K, "out", &out, tokens * hidden)?;
@@ -188,7 +188,7 @@ impl Gpu {
         eps: f32,
     ) -> Result<()> {
         const K: &str = "fused_add_rmsnorm";
-        check(K, hidden % 8 == 0, || {
+        check(K, hidden.is_multiple_of(8), || {
             format!("hidden {hidden} is not a multiple of 8")
         })?;
         need(K, "x", &x, tokens * hidden)?;
@@ -222,7 +222,7 @@ impl Gpu {
     ) -> Result<()> {
         const K: &str = "qk_rmsnorm";
         let (nq, nk) = heads;
-        check(K, head_dim % 64 == 0 && head_dim <= 256, || {
+        check(K, head_dim.is_multiple_of(64) && head_dim <= 256, || {
             format!("head_dim {head_dim} is not 64, 128, 192 or 256")
         })?;
         check(K, row_stride >= (nq + nk) * head_dim, || {
@@ -278,10 +278,10 @@ impl Gpu {
     ) -> Result<()> {
         const K: &str = "rope_neox";
         let (nq, nk) = heads;
-        check(K, head_dim % 2 == 0 && head_dim > 0, || {
+        check(K, head_dim.is_multiple_of(2) && head_dim > 0, || {
             format!("head_dim {head_dim} is not even")
         })?;
-        check(K, cos_sin.len() % head_dim == 0, || {
+        check(K, cos_sin.len().is_multiple_of(head_dim), || {
             "cos/sin table is not [max_pos, head_dim]".into()
         })?;
         check(K, row_stride >= (nq + nk) * head_dim, || {
@@ -336,7 +336,7 @@ impl Gpu {
     ) -> Result<()> {
         const K: &str = "kv_store";
         let (nq, nk) = heads;
-        check(K, (nk * head_dim) % 8 == 0, || {
+        check(K, (nk * head_dim).is_multiple_of(8), || {
             "nk * head_dim is not a multiple of 8".into()
         })?;
         check(K, row_stride >= (nq + 2 * nk) * head_dim, || {
@@ -415,7 +415,7 @@ impl Gpu {
         inter: usize,
     ) -> Result<()> {
         const K: &str = "silu_and_mul";
-        check(K, inter % 8 == 0, || {
+        check(K, inter.is_multiple_of(8), || {
             format!("intermediate size {inter} is not a multiple of 8")
         })?;
         need(K, "out", &out, tokens * inter)?;
@@ -449,7 +449,9 @@ impl Gpu {
         check(K, (1..=8).contains(&batch), || {
             format!("batch {batch} is not in 1..=8")
         })?;
-        check(K, k % 8 == 0, || format!("k {k} is not a multiple of 8"))?;
+        check(K, k.is_multiple_of(8), || {
+            format!("k {k} is not a multiple of 8")
+        })?;
         check(K, ldy >= n, || format!("ldy {ldy} < n {n}"))?;
         need(K, "y", &y, (batch - 1) * ldy + n)?;
         need(K, "x", &x, batch * k)?;

@@ -1,0 +1,595 @@
+//! `CudaBackend`: runs the core's plans on [`GpuModel`] with the KV pool on the GPU.
+//!
+//! Per plan: the plan's table writes and each entry's new slots are scattered into a device
+//! mirror of the request-to-slot table; FUTURE_TOKEN inputs are resolved on the device from the
+//! last token sampled for that request (kept per table row by the sampling kernels), so the
+//! overlap loop never waits for the previous step. Decode-only plans of up to
+//! `max_graph_batch` entries replay a CUDA graph captured for the padded batch size (exact sizes
+//! 1-8, then multiples of 8, then of 16 and 32); other plans run eagerly. Sampling runs on the
+//! GPU (greedy, temperature, top-k, top-p, min-p with the request's seeded uniform); requests
+//! with logit bias, penalties or logprobs are sampled on the host from downloaded logits.
+
+use super::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
+use super::model::{GpuModel, KvPool, RowSampling, StepInput, Workspace};
+use super::{CudaError, DriverCtx, Gpu, Result};
+use crate::sampling::RequestSampler;
+use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaSlice};
+use doppel_core::{
+    Backend, Plan, RequestId, SamplingParams, StepResult, TimeNs, TokenLogprob, FUTURE_TOKEN,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+/// Padded batch sizes that get a CUDA graph: 1..=8, then steps of 8 to 64, 16 to 128, 32 after.
+pub fn graph_sizes(max: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (1..=8.min(max)).collect();
+    let mut b = 16;
+    while b <= max {
+        v.push(b);
+        b += if b < 64 {
+            8
+        } else if b < 128 {
+            16
+        } else {
+            32
+        };
+    }
+    v
+}
+
+/// Sizes of the backend.
+#[derive(Clone, Debug)]
+pub struct CudaBackendConfig {
+    /// KV slots the scheduler may hand out (slot 0 is the padding dummy; one more is allocated).
+    pub kv_capacity_tokens: usize,
+    /// Rows of the request table (the scheduler's request pool size).
+    pub table_rows: usize,
+    /// Longest context (prompt + output) of any request.
+    pub context_len: usize,
+    /// Most tokens in one plan.
+    pub max_tokens: usize,
+    /// Most entries in one plan.
+    pub max_seqs: usize,
+    /// Largest decode batch replayed from a CUDA graph (0 disables graphs).
+    pub max_graph_batch: usize,
+    /// Seed for requests that bring none.
+    pub seed: u64,
+}
+
+struct Captured {
+    graph: CudaGraph,
+    meta: DecodeMeta,
+}
+
+struct Pending {
+    step: u64,
+    entries: usize,
+    want: Vec<bool>,
+    /// Tokens the host sampled for rows the GPU could not (by entry index).
+    host: BTreeMap<usize, (u32, Option<TokenLogprob>)>,
+    result: usize,
+    want_lp: bool,
+    started: Instant,
+    now: TimeNs,
+}
+
+/// The GPU backend.
+pub struct CudaBackend {
+    /// The device.
+    pub gpu: Gpu,
+    /// The model.
+    pub model: GpuModel,
+    /// The KV pool and slot table.
+    pub kv: KvPool,
+    ws: Workspace,
+    cfg: CudaBackendConfig,
+    pad_row: usize,
+    sms: usize,
+    graphs: HashMap<(usize, bool), Captured>,
+    results: [CudaSlice<u32>; 2],
+    next_result: usize,
+    samplers: HashMap<RequestId, RequestSampler>,
+    last_row: HashMap<RequestId, u32>,
+    pending: VecDeque<Pending>,
+}
+
+impl CudaBackend {
+    /// A backend over `model` on `gpu`.
+    pub fn new(gpu: Gpu, model: GpuModel, cfg: CudaBackendConfig) -> Result<CudaBackend> {
+        if cfg.context_len > model.max_pos {
+            return Err(CudaError::Invalid {
+                kernel: "backend",
+                msg: format!(
+                    "context length {} exceeds the RoPE table ({})",
+                    cfg.context_len, model.max_pos
+                ),
+            });
+        }
+        // One extra table row: the padding row for graph batches (never handed out by the core).
+        let kv = KvPool::new(
+            &gpu,
+            &model,
+            cfg.kv_capacity_tokens + 1,
+            cfg.table_rows + 1,
+            cfg.context_len,
+        )?;
+        let sms = gpu
+            .ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .ctx("reading the SM count")? as usize;
+        let max_seqs = cfg.max_seqs.max(cfg.max_graph_batch).max(1);
+        let max_splits = decode_splits(1, model.cfg.num_kv_heads, cfg.context_len, sms).max(1);
+        let ws = Workspace::new(
+            &gpu,
+            &model,
+            cfg.max_tokens.max(max_seqs),
+            max_seqs,
+            max_splits,
+        )?;
+        let results = [gpu.zeros::<u32>(max_seqs)?, gpu.zeros::<u32>(max_seqs)?];
+        Ok(CudaBackend {
+            pad_row: cfg.table_rows,
+            gpu,
+            model,
+            kv,
+            ws,
+            cfg,
+            sms,
+            graphs: HashMap::new(),
+            results,
+            next_result: 0,
+            samplers: HashMap::new(),
+            last_row: HashMap::new(),
+            pending: VecDeque::new(),
+        })
+    }
+
+    /// KV tokens that fit in `fraction` of the device memory after the weights (SGLang's
+    /// mem_fraction_static rule: what is left of total * fraction once weights are loaded,
+    /// less a reserve for activations, divided by the bytes per token).
+    pub fn kv_capacity_for(
+        gpu: &Gpu,
+        model: &GpuModel,
+        fraction: f64,
+        activation_reserve: usize,
+    ) -> Result<usize> {
+        let (free, total) = gpu.ctx.mem_get_info().ctx("reading memory info")?;
+        let budget =
+            (total as f64 * fraction) as i64 - (total - free) as i64 - activation_reserve as i64;
+        Ok((budget.max(0) as usize) / model.kv_bytes_per_slot())
+    }
+
+    /// A one-paragraph start-up summary (as SGLang logs it).
+    pub fn summary(&self) -> String {
+        let sizes = graph_sizes(self.cfg.max_graph_batch);
+        format!(
+            "GPU {} (sm_{}{}): weights {:.2} GB; KV cache {} tokens ({:.2} GB); kernels loaded in {:.2}s ({} cached); CUDA graph batch sizes {:?}",
+            self.gpu.name,
+            self.gpu.cc.0,
+            self.gpu.cc.1,
+            self.model.weight_bytes as f64 / 1e9,
+            self.cfg.kv_capacity_tokens,
+            self.kv.bytes() as f64 / 1e9,
+            self.gpu.kernels.load_seconds,
+            self.gpu.kernels.cache_hits,
+            sizes
+        )
+    }
+
+    fn row_sampling(&self, p: &SamplingParams, id: RequestId, index: usize) -> RowSampling {
+        if p.is_greedy() {
+            return RowSampling {
+                temperature: 0.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                uniform: 0.0,
+            };
+        }
+        // The same uniform the CPU sampler draws for this request and output index.
+        let seed = RequestSampler::seed_for(p, self.cfg.seed, id.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(index as u64);
+        let u: f32 = rng.gen();
+        RowSampling {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            uniform: u,
+        }
+    }
+
+    fn needs_host_sampling(p: &SamplingParams) -> bool {
+        !p.logit_bias.is_empty()
+            || p.repetition_penalty != 1.0
+            || p.frequency_penalty != 0.0
+            || p.presence_penalty != 0.0
+            || p.return_logprob
+    }
+
+    fn bad(step: u64, msg: String) -> CudaError {
+        CudaError::Invalid {
+            kernel: "plan",
+            msg: format!("step {step}: {msg}"),
+        }
+    }
+
+    /// Apply the plan's table writes and the entries' new slots to the device table.
+    fn write_table(&mut self, plan: &Plan) -> Result<()> {
+        let (mut rows, mut cols, mut vals) = (Vec::new(), Vec::new(), Vec::new());
+        let mut push = |row: usize, col: usize, slot: u32, step: u64| -> Result<()> {
+            if row >= self.cfg.table_rows
+                || col >= self.kv.max_ctx
+                || slot as usize >= self.kv.num_slots
+            {
+                return Err(Self::bad(
+                    step,
+                    format!("table write row {row} pos {col} slot {slot} out of range"),
+                ));
+            }
+            rows.push(row as u32);
+            cols.push(col as u32);
+            vals.push(slot);
+            Ok(())
+        };
+        for w in &plan.table_writes {
+            for (i, s) in plan.write_values(w).iter().enumerate() {
+                push(w.row.index(), w.start + i, s.0, plan.step)?;
+            }
+        }
+        for e in &plan.entries {
+            for (p, s) in e.positions().zip(plan.entry_slots(e)) {
+                push(e.row.index(), p, s.0, plan.step)?;
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let g = &self.gpu;
+        let (r, c, v) = (g.upload(&rows)?, g.upload(&cols)?, g.upload(&vals)?);
+        g.table_scatter(
+            g.ptr(&self.kv.table),
+            g.ptr(&r),
+            g.ptr(&c),
+            g.ptr(&v),
+            rows.len(),
+            self.kv.max_ctx,
+        )
+    }
+
+    fn run(&mut self, plan: &Plan, now: TimeNs) -> Result<Pending> {
+        let started = Instant::now();
+        for id in &plan.released {
+            self.samplers.remove(id);
+            self.last_row.remove(id);
+        }
+        if plan.entries.len() > self.ws.max_seqs || plan.num_tokens() > self.ws.max_tokens {
+            return Err(Self::bad(
+                plan.step,
+                format!(
+                    "{} entries / {} tokens exceed the backend's sizes",
+                    plan.entries.len(),
+                    plan.num_tokens()
+                ),
+            ));
+        }
+        self.write_table(plan)?;
+        let mut s = StepInput::default();
+        let mut want = Vec::with_capacity(plan.entries.len());
+        let mut host_rows = Vec::new();
+        let mut want_lp = false;
+        for (i, e) in plan.entries.iter().enumerate() {
+            if e.seq_len() > self.kv.max_ctx {
+                return Err(Self::bad(
+                    plan.step,
+                    format!(
+                        "request {} reaches {} tokens, beyond the context {}",
+                        e.id,
+                        e.seq_len(),
+                        self.kv.max_ctx
+                    ),
+                ));
+            }
+            for (p, &t) in e.positions().zip(plan.entry_tokens(e)) {
+                let row = if t == FUTURE_TOKEN {
+                    *self.last_row.get(&e.id).ok_or_else(|| {
+                        Self::bad(
+                            plan.step,
+                            format!("request {}: FUTURE_TOKEN before any sample", e.id),
+                        )
+                    })?
+                } else {
+                    e.row.0
+                };
+                s.ids.push(t);
+                s.tok_row.push(row);
+                s.positions.push(p as i32);
+            }
+            s.out_slots.extend(plan.entry_slots(e).iter().map(|x| x.0));
+            let a = AttnEntry {
+                q_start: e.offset,
+                q_len: e.extend_len,
+                kv_len: e.seq_len(),
+                row: e.row.index(),
+            };
+            if e.is_decode {
+                s.decode.push(a)
+            } else {
+                s.extend.push(a)
+            }
+            // Generated tokens re-fed after a retraction keep the host sampler's history in step.
+            let sampler = self.samplers.entry(e.id).or_insert_with(|| {
+                RequestSampler::new(RequestSampler::seed_for(&e.sampling, self.cfg.seed, e.id.0))
+            });
+            for (p, &t) in e.positions().zip(plan.entry_tokens(e)) {
+                if p >= e.prompt_len && t != FUTURE_TOKEN {
+                    sampler.record(p - e.prompt_len, t);
+                }
+            }
+            want.push(e.need_logits);
+            want_lp |= e.sampling.return_logprob;
+            if e.need_logits {
+                let index = e.seq_len() - e.prompt_len.min(e.seq_len());
+                s.logit_tok.push((e.offset + e.extend_len - 1) as u32);
+                s.logit_row.push(e.row.0);
+                s.sampling.push(self.row_sampling(&e.sampling, e.id, index));
+                if Self::needs_host_sampling(&e.sampling) {
+                    host_rows.push((i, s.logit_tok.len() - 1, index));
+                }
+                self.last_row.insert(e.id, e.row.0);
+            }
+        }
+        let rows = s.logit_tok.len();
+        let greedy = s.sampling.iter().all(|r| r.temperature <= 0.0);
+        let decode_only = s.extend.is_empty() && !s.decode.is_empty() && rows == s.decode.len();
+        let gb = graph_sizes(self.cfg.max_graph_batch)
+            .into_iter()
+            .find(|&b| b >= s.decode.len());
+        match (decode_only, gb) {
+            (true, Some(gb)) => self.run_graph(&mut s, gb, greedy)?,
+            _ => {
+                s.validate(&self.model, &self.kv, &self.ws)?;
+                self.model.upload_step(&self.gpu, &mut self.ws, &s)?;
+                let t = s.ids.len();
+                let ext = if s.extend.is_empty() {
+                    None
+                } else {
+                    Some(ExtendMeta::new(
+                        &self.gpu,
+                        &s.extend,
+                        t,
+                        self.kv.rows,
+                        self.kv.max_ctx,
+                    )?)
+                };
+                let dec = if s.decode.is_empty() {
+                    None
+                } else {
+                    Some(DecodeMeta::new(
+                        &self.gpu,
+                        &s.decode,
+                        t,
+                        self.kv.rows,
+                        self.kv.max_ctx,
+                    )?)
+                };
+                let splits = decode_splits(
+                    s.decode.len(),
+                    self.model.cfg.num_kv_heads,
+                    self.kv.max_ctx,
+                    self.sms,
+                )
+                .min(self.ws.max_splits);
+                self.model.forward(
+                    &self.gpu,
+                    &self.kv,
+                    &self.ws,
+                    t,
+                    ext.as_ref(),
+                    dec.as_ref().map(|d| (d, splits)),
+                    rows,
+                    greedy,
+                )?;
+            }
+        }
+        // Rows that need host sampling: download their logits now (this waits for the step).
+        let mut host = BTreeMap::new();
+        if !host_rows.is_empty() {
+            let vocab = self.model.cfg.vocab_size;
+            let all = self
+                .gpu
+                .stream
+                .clone_dtoh(&self.ws.logits.slice(0..rows * vocab))
+                .ctx("downloading logits")?;
+            // FUTURE_TOKEN inputs were resolved on the device (and written back into ids): the
+            // penalty history needs them before sampling.
+            let ids = self
+                .gpu
+                .stream
+                .clone_dtoh(&self.ws.ids.slice(0..plan.num_tokens()))
+                .ctx("downloading ids")?;
+            for &(entry, r, index) in &host_rows {
+                let e = &plan.entries[entry];
+                if let Some(sm) = self.samplers.get_mut(&e.id) {
+                    for (p, &t) in e.positions().zip(&ids[e.offset..e.offset + e.extend_len]) {
+                        if p >= e.prompt_len {
+                            sm.record(p - e.prompt_len, t);
+                        }
+                    }
+                }
+                let mut row = all[r * vocab..(r + 1) * vocab].to_vec();
+                let sampler = self
+                    .samplers
+                    .get_mut(&e.id)
+                    .ok_or_else(|| Self::bad(plan.step, "sampler missing".into()))?;
+                let sm = sampler.sample(&mut row, &e.sampling, index);
+                let mut one = self.ws.sampled.slice_mut(r..r + 1);
+                self.gpu
+                    .stream
+                    .memcpy_htod(&[sm.token], &mut one)
+                    .ctx("uploading a host-sampled token")?;
+                let mut lt = self
+                    .kv
+                    .last_token
+                    .slice_mut(e.row.index()..e.row.index() + 1);
+                self.gpu
+                    .stream
+                    .memcpy_htod(&[sm.token], &mut lt)
+                    .ctx("uploading a host-sampled token")?;
+                host.insert(entry, (sm.token, sm.logprob));
+            }
+        }
+        // Keep this step's samples apart from the next step's (overlap order collects late).
+        let result = self.next_result;
+        self.next_result ^= 1;
+        if rows > 0 {
+            let src = self.ws.sampled.slice(0..rows);
+            let mut dst = self.results[result].slice_mut(0..rows);
+            self.gpu
+                .stream
+                .memcpy_dtod(&src, &mut dst)
+                .ctx("saving samples")?;
+        }
+        Ok(Pending {
+            step: plan.step,
+            entries: plan.entries.len(),
+            want,
+            host,
+            result,
+            want_lp,
+            started,
+            now,
+        })
+    }
+
+    /// Pad a decode-only step to `gb` entries and replay (capturing on first use) its graph.
+    fn run_graph(&mut self, s: &mut StepInput, gb: usize, greedy: bool) -> Result<()> {
+        let n = s.decode.len();
+        let pad = self.pad_row as u32;
+        for i in n..gb {
+            s.ids.push(0);
+            s.tok_row.push(pad);
+            s.positions.push(0);
+            s.out_slots.push(0);
+            s.decode.push(AttnEntry {
+                q_start: i,
+                q_len: 1,
+                kv_len: 1,
+                row: self.pad_row,
+            });
+            s.logit_tok.push(i as u32);
+            s.logit_row.push(pad);
+            s.sampling.push(RowSampling {
+                temperature: 0.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                uniform: 0.0,
+            });
+        }
+        s.validate(&self.model, &self.kv, &self.ws)?;
+        self.model.upload_step(&self.gpu, &mut self.ws, s)?;
+        let splits = decode_splits(gb, self.model.cfg.num_kv_heads, self.kv.max_ctx, self.sms)
+            .min(self.ws.max_splits);
+        if let Some(c) = self.graphs.get_mut(&(gb, greedy)) {
+            c.meta
+                .update(&self.gpu, &s.decode, self.kv.rows, self.kv.max_ctx)?;
+            return c.graph.launch().ctx("replaying a decode graph");
+        }
+        let meta = DecodeMeta::new(&self.gpu, &s.decode, gb, self.kv.rows, self.kv.max_ctx)?;
+        self.gpu.sync()?;
+        self.gpu
+            .stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .ctx("starting graph capture")?;
+        let fwd = self.model.forward(
+            &self.gpu,
+            &self.kv,
+            &self.ws,
+            gb,
+            None,
+            Some((&meta, splits)),
+            gb,
+            greedy,
+        );
+        let graph = self
+            .gpu
+            .stream
+            .end_capture(CUgraphInstantiate_flags_enum(0))
+            .ctx("ending graph capture")?;
+        fwd?;
+        let graph = graph.ok_or(CudaError::Invalid {
+            kernel: "backend",
+            msg: "graph capture produced no graph".into(),
+        })?;
+        graph.launch().ctx("launching a decode graph")?;
+        self.graphs.insert((gb, greedy), Captured { graph, meta });
+        Ok(())
+    }
+}
+
+impl Backend for CudaBackend {
+    type Error = CudaError;
+
+    fn launch(&mut self, plan: &Plan, now: TimeNs) -> Result<()> {
+        let p = self.run(plan, now)?;
+        self.pending.push_back(p);
+        Ok(())
+    }
+
+    fn collect(&mut self, plan: &Plan, out: &mut StepResult) -> Result<()> {
+        let p = match self.pending.front() {
+            Some(p) if p.step == plan.step => self.pending.pop_front(),
+            _ => None,
+        }
+        .ok_or(CudaError::Invalid {
+            kernel: "backend",
+            msg: format!("collect for step {} without a launched plan", plan.step),
+        })?;
+        let rows = p.want.iter().filter(|w| **w).count();
+        let sampled = if rows > 0 {
+            self.gpu
+                .stream
+                .clone_dtoh(&self.results[p.result].slice(0..rows))
+                .ctx("downloading samples")?
+        } else {
+            self.gpu.sync()?;
+            Vec::new()
+        };
+        out.tokens.clear();
+        out.logprobs.clear();
+        let mut r = 0;
+        for i in 0..p.entries {
+            if !p.want[i] {
+                out.tokens.push(0);
+                if p.want_lp {
+                    out.logprobs.push(None);
+                }
+                continue;
+            }
+            let (tok, lp) = match p.host.get(&i) {
+                Some((t, lp)) => (*t, lp.clone()),
+                None => (sampled[r], None),
+            };
+            r += 1;
+            out.tokens.push(tok);
+            if p.want_lp {
+                out.logprobs.push(lp);
+            }
+            if let Some(id) = plan.entries.get(i).map(|e| e.id) {
+                if let Some(s) = self.samplers.get_mut(&id) {
+                    let e = &plan.entries[i];
+                    s.record(e.seq_len() - e.prompt_len.min(e.seq_len()), tok);
+                }
+            }
+        }
+        out.done_at = p.now + p.started.elapsed().as_nanos() as u64;
+        Ok(())
+    }
+}

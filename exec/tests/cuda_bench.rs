@@ -1,0 +1,567 @@
+//! GPU timings (ignored by default; run on the GPU machine with `--ignored`, see docs/cuda.md):
+//! the device's copy bandwidth and GEMM rate, the custom GEMV against cuBLAS at decode shapes,
+//! per-kernel times at Qwen3-0.6B shapes, and whole forward passes of a random-weight
+//! Qwen3-0.6B (decode eager and as a CUDA graph, prefill) at bench_one_batch's batch sizes.
+//! Times are CUDA-event medians after warm-up. Prints tables; asserts nothing about speed.
+
+mod cuda_common;
+
+use cuda_common::{open_gpu, Rng};
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
+use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
+use doppel_exec::cuda::model::{GpuModel, KvPool, RowSampling, StepInput, Workspace};
+use doppel_exec::cuda::Gpu;
+use doppel_exec::model::{Arch, ModelConfig, RopeScaling};
+use half::bf16;
+
+/// Median milliseconds of one call of `f`, timing `inner` calls between two events, `samples` times.
+fn time_ms(gpu: &Gpu, samples: usize, inner: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    gpu.sync().unwrap();
+    let mut v = Vec::new();
+    for _ in 0..samples {
+        let a = gpu
+            .stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
+        for _ in 0..inner {
+            f();
+        }
+        let b = gpu
+            .stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
+        b.synchronize().unwrap();
+        v.push(a.elapsed_ms(&b).unwrap() as f64 / inner as f64);
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn qwen3_06b() -> ModelConfig {
+    ModelConfig {
+        arch: Arch::Qwen3,
+        hidden_size: 1024,
+        intermediate_size: 3072,
+        num_layers: 28,
+        num_heads: 16,
+        num_kv_heads: 8,
+        head_dim: 128,
+        vocab_size: 151936,
+        rms_norm_eps: 1e-6,
+        rope_theta: 1_000_000.0,
+        rope_scaling: RopeScaling::None,
+        max_position_embeddings: 40960,
+        tie_word_embeddings: true,
+        qkv_bias: false,
+        o_bias: false,
+        qk_norm: true,
+        bos_token_id: None,
+        eos_token_ids: vec![151645],
+        torch_dtype: Some("bfloat16".into()),
+    }
+}
+
+#[test]
+#[ignore = "GPU timing; run explicitly on the GPU machine"]
+fn bench_kernels_and_forward() {
+    let Some(gpu) = open_gpu() else { return };
+    let mut rng = Rng::new(42);
+    ceilings(&gpu);
+    gemv_vs_cublas(&gpu, &mut rng);
+    forward_passes(&gpu, &mut rng);
+}
+
+fn ceilings(gpu: &Gpu) {
+    let n = 1usize << 29; // 1 GiB of bytes
+    let a = gpu.zeros::<u8>(n).unwrap();
+    let mut b = gpu.zeros::<u8>(n).unwrap();
+    let ms = time_ms(gpu, 5, 2, || gpu.stream.memcpy_dtod(&a, &mut b).unwrap());
+    println!(
+        "ceiling: device-to-device copy {:.0} GB/s (read + write)",
+        2.0 * n as f64 / ms / 1e6
+    );
+    let m = 8192;
+    let x = gpu.upload(&vec![bf16::from_f32(0.01); m * m]).unwrap();
+    let y = gpu.zeros::<bf16>(m * m).unwrap();
+    let ms = time_ms(gpu, 5, 2, || {
+        gpu.blas
+            .gemm_bf16(gpu.ptr(&y), gpu.ptr(&x), gpu.ptr(&x), m, m, m, m)
+            .unwrap()
+    });
+    println!(
+        "ceiling: cuBLAS bf16 GEMM 8192^3 {:.0} TFLOP/s",
+        2.0 * (m as f64).powi(3) / ms / 1e9
+    );
+}
+
+fn gemv_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
+    println!(
+        "\nGEMV vs cuBLAS (weights rotated over >= 256 MB so L2 holds none; median us per call)"
+    );
+    println!(
+        "{:<22} {:>3} {:>10} {:>10} {:>9} {:>9}",
+        "shape (N x K)", "B", "gemv us", "cublas us", "gemv GB/s", "speedup"
+    );
+    for (name, n, k) in [
+        ("qkv 4096x1024", 4096usize, 1024usize),
+        ("o 1024x2048", 1024, 2048),
+        ("gate_up 6144x1024", 6144, 1024),
+        ("down 1024x3072", 1024, 3072),
+        ("lm_head 151936x1024", 151936, 1024),
+    ] {
+        let bytes = n * k * 2;
+        let copies = (256usize << 20).div_ceil(bytes).clamp(1, 64);
+        let base = gpu.upload(&rng.bf16s(n * k, 0.05)).unwrap();
+        let ws: Vec<_> = (0..copies)
+            .map(|_| gpu.stream.clone_dtod(&base).unwrap())
+            .collect();
+        for b in [1usize, 2, 4, 8] {
+            let x = gpu.upload(&rng.bf16s(b * k, 1.0)).unwrap();
+            let y = gpu.zeros::<bf16>(b * n).unwrap();
+            let mut i = 0;
+            let g = time_ms(gpu, 9, copies, || {
+                gpu.gemv(
+                    gpu.ptr(&y),
+                    gpu.ptr(&x),
+                    gpu.ptr(&ws[i % copies]),
+                    b,
+                    n,
+                    k,
+                    n,
+                )
+                .unwrap();
+                i += 1;
+            });
+            let c = time_ms(gpu, 9, copies, || {
+                gpu.blas
+                    .gemm_bf16(
+                        gpu.ptr(&y),
+                        gpu.ptr(&x),
+                        gpu.ptr(&ws[i % copies]),
+                        b,
+                        n,
+                        k,
+                        n,
+                    )
+                    .unwrap();
+                i += 1;
+            });
+            println!(
+                "{name:<22} {b:>3} {:>10.2} {:>10.2} {:>9.0} {:>8.2}x",
+                g * 1e3,
+                c * 1e3,
+                bytes as f64 / g / 1e6,
+                c / g
+            );
+        }
+    }
+}
+
+/// A batch of `b` sequences, each with `prefix` cached and `new` new tokens, rows 1..=b of a
+/// table whose row r maps position p to slot 1 + (r - 1) * max_ctx + p.
+fn step(
+    b: usize,
+    prefix: usize,
+    new: usize,
+    max_ctx: usize,
+    vocab: usize,
+    rng: &mut Rng,
+) -> StepInput {
+    let mut s = StepInput::default();
+    for i in 0..b {
+        let row = i + 1;
+        let q_start = s.ids.len();
+        for p in prefix..prefix + new {
+            s.ids.push(rng.below(vocab) as u32);
+            s.tok_row.push(row as u32);
+            s.positions.push(p as i32);
+            s.out_slots.push((1 + i * max_ctx + p) as u32);
+        }
+        let e = AttnEntry {
+            q_start,
+            q_len: new,
+            kv_len: prefix + new,
+            row,
+        };
+        if new == 1 && prefix > 0 {
+            s.decode.push(e);
+        } else {
+            s.extend.push(e);
+        }
+        s.logit_tok.push((q_start + new - 1) as u32);
+        s.logit_row.push(row as u32);
+        s.sampling.push(RowSampling {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            uniform: 0.5,
+        });
+    }
+    s
+}
+
+fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
+    let cfg = qwen3_06b();
+    let max_ctx = 256;
+    let max_b = 64;
+    let model = GpuModel::random(gpu, &cfg, 7, 4096).unwrap();
+    let mut kv = KvPool::new(gpu, &model, 1 + max_b * max_ctx, max_b + 1, max_ctx).unwrap();
+    let table: Vec<u32> = (0..(max_b + 1) * max_ctx)
+        .map(|i| {
+            if i < max_ctx {
+                0
+            } else {
+                (1 + i - max_ctx) as u32
+            }
+        })
+        .collect();
+    gpu.stream.memcpy_htod(&table, &mut kv.table).unwrap();
+    let sms = gpu
+        .ctx
+        .attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+        .unwrap() as usize;
+    let mut ws = Workspace::new(gpu, &model, max_b * 128, max_b, 64).unwrap();
+    println!(
+        "\nrandom-weight Qwen3-0.6B: {:.2} GB of weights, {} SMs; decode at kv_len 160 (128 prompt + 32 generated)",
+        model.weight_bytes as f64 / 1e9,
+        sms
+    );
+    println!("{:<34} {:>10} {:>12}", "pass", "median ms", "floor ms");
+    let bw = 3.35e12; // H100 SXM HBM3 peak; the measured copy ceiling is printed above
+    for b in [1usize, 4, 16, 64] {
+        // Prefill b x 128 (positions 0..128), eager.
+        let s = step(b, 0, 128, max_ctx, cfg.vocab_size, rng);
+        s.validate(&model, &kv, &ws).unwrap();
+        model.upload_step(gpu, &mut ws, &s).unwrap();
+        let meta = ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx).unwrap();
+        let ms = time_ms(gpu, 5, 1, || {
+            model
+                .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+                .unwrap()
+        });
+        let flops = 2.0
+            * (model.weight_bytes as f64 / 2.0 - (cfg.vocab_size * cfg.hidden_size) as f64)
+            * (b * 128) as f64;
+        let floor = (flops / 700e12).max(model.weight_bytes as f64 / bw) * 1e3;
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("prefill {b} x 128 (eager)"),
+            ms,
+            floor
+        );
+
+        // Extend positions 128..159 (untimed) so decode attends over real K/V, not zeros.
+        let s = step(b, 128, 31, max_ctx, cfg.vocab_size, rng);
+        model.upload_step(gpu, &mut ws, &s).unwrap();
+        let meta = ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx).unwrap();
+        model
+            .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+            .unwrap();
+
+        // Decode b tokens at kv_len 160.
+        let s = step(b, 159, 1, max_ctx, cfg.vocab_size, rng);
+        s.validate(&model, &kv, &ws).unwrap();
+        model.upload_step(gpu, &mut ws, &s).unwrap();
+        let meta = DecodeMeta::new(gpu, &s.decode, s.ids.len(), kv.rows, kv.max_ctx).unwrap();
+        let splits = decode_splits(b, cfg.num_kv_heads, 160, sms).min(ws.max_splits);
+        let eager = time_ms(gpu, 9, 3, || {
+            model
+                .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
+                .unwrap()
+        });
+        gpu.sync().unwrap();
+        gpu.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .unwrap();
+        model
+            .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
+            .unwrap();
+        let graph = gpu
+            .stream
+            .end_capture(CUgraphInstantiate_flags_enum(0))
+            .unwrap()
+            .expect("graph");
+        let replay = time_ms(gpu, 15, 10, || graph.launch().unwrap());
+        let kv_bytes = (b * 160 * model.kv_bytes_per_slot()) as f64;
+        let floor = (model.weight_bytes as f64 + kv_bytes) / bw * 1e3;
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("decode b={b} (eager)"),
+            eager,
+            floor
+        );
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("decode b={b} (CUDA graph replay)"),
+            replay,
+            floor
+        );
+    }
+    kernel_breakdown(gpu, &model, &kv, &mut ws, rng, sms);
+}
+
+/// Each kernel of one decode step (b = 1 and 64) and of a 64 x 128 prefill, timed alone at the
+/// step's shapes, times the number of launches per step.
+fn kernel_breakdown(
+    gpu: &Gpu,
+    model: &GpuModel,
+    kv: &KvPool,
+    ws: &mut Workspace,
+    rng: &mut Rng,
+    sms: usize,
+) {
+    let c = &model.cfg;
+    let (h, nq, nk, d, inter, layers) = (
+        c.hidden_size,
+        c.num_heads,
+        c.num_kv_heads,
+        c.head_dim,
+        c.intermediate_size,
+        c.num_layers,
+    );
+    let qkv_w = (nq + 2 * nk) * d;
+    for (label, b, prefix, new) in [
+        ("decode b=1", 1usize, 159usize, 1usize),
+        ("decode b=64", 64, 159, 1),
+        ("prefill 64x128", 64, 0, 128),
+    ] {
+        let s = step(b, prefix, new, kv.max_ctx, c.vocab_size, rng);
+        model.upload_step(gpu, ws, &s).unwrap();
+        let t = s.ids.len();
+        let x = gpu
+            .upload(&rng.bf16s(t * qkv_w.max(2 * inter), 1.0))
+            .unwrap();
+        let y = gpu.zeros::<bf16>(t * qkv_w.max(2 * inter)).unwrap();
+        let r = gpu.upload(&rng.bf16s(t * h, 1.0)).unwrap();
+        let wts: Vec<_> = [qkv_w * h, h * nq * d, 2 * inter * h, h * inter]
+            .iter()
+            .map(|&n| gpu.upload(&rng.bf16s(n, 0.05)).unwrap())
+            .collect();
+        let norm_w = gpu.upload(&rng.bf16s(h.max(d), 1.0)).unwrap();
+        let cos = gpu
+            .upload(&doppel_exec::cuda::rope::cos_sin_table(
+                &c.rope_inv_freq(),
+                4096,
+            ))
+            .unwrap();
+        let kc = gpu.upload(&rng.bf16s(kv.num_slots * nk * d, 1.0)).unwrap();
+        let vc = gpu.upload(&rng.bf16s(kv.num_slots * nk * d, 1.0)).unwrap();
+        let p = |b: &cudarc::driver::CudaSlice<bf16>| gpu.ptr(b);
+        let lin = |y: &cudarc::driver::CudaSlice<bf16>,
+                   x: &cudarc::driver::CudaSlice<bf16>,
+                   w: &cudarc::driver::CudaSlice<bf16>,
+                   n: usize,
+                   k: usize| {
+            if t <= 8 {
+                gpu.gemv(p(y), p(x), p(w), t, n, k, n).unwrap()
+            } else {
+                gpu.blas.gemm_bf16(p(y), p(x), p(w), t, n, k, n).unwrap()
+            }
+        };
+        let mut rows: Vec<(&str, f64, usize)> = vec![
+            (
+                "qkv proj",
+                time_ms(gpu, 9, 5, || lin(&y, &x, &wts[0], qkv_w, h)),
+                layers,
+            ),
+            (
+                "o proj",
+                time_ms(gpu, 9, 5, || lin(&y, &x, &wts[1], h, nq * d)),
+                layers,
+            ),
+            (
+                "gate_up proj",
+                time_ms(gpu, 9, 5, || lin(&y, &x, &wts[2], 2 * inter, h)),
+                layers,
+            ),
+            (
+                "down proj",
+                time_ms(gpu, 9, 5, || lin(&y, &x, &wts[3], h, inter)),
+                layers,
+            ),
+            (
+                "fused_add_rmsnorm",
+                time_ms(gpu, 9, 5, || {
+                    gpu.fused_add_rmsnorm(p(&y), p(&r), p(&norm_w), t, h, 1e-6)
+                        .unwrap()
+                }),
+                2 * layers,
+            ),
+            (
+                "qk_rmsnorm",
+                time_ms(gpu, 9, 5, || {
+                    gpu.qk_rmsnorm(p(&y), p(&norm_w), p(&norm_w), t, (nq, nk), d, qkv_w, 1e-6)
+                        .unwrap()
+                }),
+                layers,
+            ),
+            (
+                "rope_neox",
+                time_ms(gpu, 9, 5, || {
+                    gpu.rope_neox(
+                        p(&y),
+                        gpu.ptr(&ws.positions),
+                        gpu.ptr(&cos),
+                        t,
+                        (nq, nk),
+                        d,
+                        qkv_w,
+                    )
+                    .unwrap()
+                }),
+                layers,
+            ),
+            (
+                "kv_store",
+                time_ms(gpu, 9, 5, || {
+                    gpu.kv_store(
+                        p(&kc),
+                        p(&vc),
+                        p(&y),
+                        gpu.ptr(&ws.out_slots),
+                        t,
+                        (nq, nk),
+                        d,
+                        qkv_w,
+                    )
+                    .unwrap()
+                }),
+                layers,
+            ),
+            (
+                "silu_and_mul",
+                time_ms(gpu, 9, 5, || {
+                    gpu.silu_and_mul(p(&y), p(&x), t, inter).unwrap()
+                }),
+                layers,
+            ),
+        ];
+        let view = doppel_exec::cuda::attention::KvView {
+            k_cache: p(&kc),
+            v_cache: p(&vc),
+            table: gpu.ptr(&kv.table),
+        };
+        let shape = doppel_exec::cuda::attention::AttnShape {
+            nq,
+            nk,
+            head_dim: d,
+            q_stride: qkv_w,
+            table_stride: kv.max_ctx,
+            table_rows: kv.rows,
+            num_slots: kv.num_slots,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        if new == 1 {
+            let meta = DecodeMeta::new(gpu, &s.decode, t, kv.rows, kv.max_ctx).unwrap();
+            let splits = decode_splits(b, nk, prefix + 1, sms).min(64);
+            let po = gpu.zeros::<f32>(b * nq * splits * d).unwrap();
+            let pm = gpu.zeros::<f32>(b * nq * splits * 2).unwrap();
+            rows.push((
+                "attention_decode (split+combine)",
+                time_ms(gpu, 9, 5, || {
+                    gpu.attention_decode(
+                        p(&y),
+                        p(&x),
+                        view,
+                        &meta,
+                        &shape,
+                        gpu.ptr(&po),
+                        gpu.ptr(&pm),
+                        splits,
+                    )
+                    .unwrap()
+                }),
+                layers,
+            ));
+        } else {
+            let meta = ExtendMeta::new(gpu, &s.extend, t, kv.rows, kv.max_ctx).unwrap();
+            rows.push((
+                "attention_extend",
+                time_ms(gpu, 9, 5, || {
+                    gpu.attention_extend(
+                        p(&y),
+                        p(&x),
+                        view,
+                        &meta,
+                        &shape,
+                        doppel_exec::cuda::attention::ExtendVariant::Fast,
+                    )
+                    .unwrap()
+                }),
+                layers,
+            ));
+        }
+        let logits = gpu.zeros::<f32>(b * c.vocab_size).unwrap();
+        let emb = gpu.upload(&rng.bf16s(c.vocab_size * h, 0.05)).unwrap();
+        rows.push((
+            "lm_head (cuBLAS, f32 out)",
+            time_ms(gpu, 9, 3, || {
+                gpu.blas
+                    .gemm_bf16_f32out(
+                        gpu.ptr(&logits),
+                        p(&x),
+                        p(&emb),
+                        b,
+                        c.vocab_size,
+                        h,
+                        c.vocab_size,
+                    )
+                    .unwrap()
+            }),
+            1,
+        ));
+        let out = gpu.zeros::<u32>(b).unwrap();
+        rows.push((
+            "argmax_rows",
+            time_ms(gpu, 9, 5, || {
+                gpu.argmax_rows(gpu.ptr(&out), gpu.ptr(&logits), b, c.vocab_size)
+                    .unwrap()
+            }),
+            1,
+        ));
+        let f = gpu.upload(&vec![0.8f32; b]).unwrap();
+        let one = gpu.upload(&vec![0.9f32; b]).unwrap();
+        let z = gpu.upload(&vec![0.0f32; b]).unwrap();
+        let k = gpu.upload(&vec![50i32; b]).unwrap();
+        let u = gpu.upload(&vec![0.37f32; b]).unwrap();
+        let sb = doppel_exec::cuda::ops::SamplingBufs {
+            temperature: gpu.ptr(&f),
+            top_k: gpu.ptr(&k),
+            top_p: gpu.ptr(&one),
+            min_p: gpu.ptr(&z),
+            uniform: gpu.ptr(&u),
+        };
+        rows.push((
+            "sample_rows (T=0.8, top_k=50, top_p=0.9)",
+            time_ms(gpu, 5, 2, || {
+                gpu.sample_rows(gpu.ptr(&out), gpu.ptr(&logits), &sb, b, c.vocab_size)
+                    .unwrap()
+            }),
+            0,
+        ));
+        println!("\nper-kernel breakdown, {label} (each kernel timed alone at the step's shape)");
+        println!(
+            "{:<42} {:>10} {:>7} {:>10}",
+            "kernel", "us/call", "calls", "ms/step"
+        );
+        let mut total = 0.0;
+        for (n, ms, calls) in &rows {
+            total += ms * *calls as f64;
+            println!(
+                "{n:<42} {:>10.2} {calls:>7} {:>10.3}",
+                ms * 1e3,
+                ms * *calls as f64
+            );
+        }
+        println!(
+            "{:<42} {:>10} {:>7} {:>10.3}",
+            "sum (greedy step)", "", "", total
+        );
+    }
+}

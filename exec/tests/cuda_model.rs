@@ -1,0 +1,466 @@
+//! The whole model on the GPU.
+//!
+//! * `qwen3_logits_match_transformers`: a random-weight Qwen3-0.6B checkpoint (real shapes) and
+//!   transformers' bf16 logits, made on the GPU machine by scripts/gpu/make_reference.py and
+//!   passed as DOPPEL_HF_REF=dir; our logits for several batch mixes (one extend batch, one
+//!   prompt at a time, chunked prefill over a cached prefix, decode of the last token) must be
+//!   within 2e-2 relative error. Also runs CudaBackend under the real scheduler for 8 greedy
+//!   tokens and reports agreement with transformers' greedy continuation.
+//! * `cuda_backend_matches_cpu_backend`: a tiny random model (head_dim 64, bf16 weights) under
+//!   the real scheduler: the same greedy tokens from CudaBackend as from CpuBackend, in plain and
+//!   overlap order, with prefix hits, chunked prefill and a pool small enough to retract.
+//!
+//! Both skip (printing why) without a GPU.
+
+mod cuda_common;
+
+use cuda_common::{open_gpu, rel_err, Rng};
+use doppel_core::{
+    Engine, Event, RequestId, RequestSpec, SamplingParams, Scheduler, SchedulerConfig,
+};
+use doppel_exec::cpu_backend::CpuBackend;
+use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
+use doppel_exec::cuda::backend::{CudaBackend, CudaBackendConfig};
+use doppel_exec::cuda::model::{GpuModel, KvPool, RowSampling, StepInput, Workspace};
+use doppel_exec::cuda::Gpu;
+use doppel_exec::model::{Arch, CpuModel, DType, ModelConfig, RopeScaling, WeightStore};
+use doppel_exec::testgen::{write_model, TinySpec};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One sequence of a step: table row, the new tokens, and how many positions are cached.
+struct Seq<'a> {
+    row: usize,
+    tokens: &'a [u32],
+    prefix: usize,
+}
+
+/// Run one step and return each sequence's last-position logits.
+fn run_step(
+    gpu: &Gpu,
+    model: &GpuModel,
+    kv: &KvPool,
+    ws: &mut Workspace,
+    table: &[u32],
+    seqs: &[Seq<'_>],
+    decode: bool,
+) -> Vec<Vec<f32>> {
+    let mut s = StepInput::default();
+    for q in seqs {
+        let q_start = s.ids.len();
+        for (i, &t) in q.tokens.iter().enumerate() {
+            let p = q.prefix + i;
+            s.ids.push(t);
+            s.tok_row.push(q.row as u32);
+            s.positions.push(p as i32);
+            s.out_slots.push(table[q.row * kv.max_ctx + p]);
+        }
+        let e = AttnEntry {
+            q_start,
+            q_len: q.tokens.len(),
+            kv_len: q.prefix + q.tokens.len(),
+            row: q.row,
+        };
+        if decode {
+            s.decode.push(e)
+        } else {
+            s.extend.push(e)
+        }
+        s.logit_tok.push((s.ids.len() - 1) as u32);
+        s.logit_row.push(q.row as u32);
+        s.sampling.push(RowSampling {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            uniform: 0.0,
+        });
+    }
+    s.validate(model, kv, ws).unwrap();
+    model.upload_step(gpu, ws, &s).unwrap();
+    let t = s.ids.len();
+    let ext = (!decode).then(|| ExtendMeta::new(gpu, &s.extend, t, kv.rows, kv.max_ctx).unwrap());
+    let dec = decode.then(|| DecodeMeta::new(gpu, &s.decode, t, kv.rows, kv.max_ctx).unwrap());
+    let splits =
+        decode_splits(seqs.len(), model.cfg.num_kv_heads, kv.max_ctx, 132).min(ws.max_splits);
+    model
+        .forward(
+            gpu,
+            kv,
+            ws,
+            t,
+            ext.as_ref(),
+            dec.as_ref().map(|d| (d, splits)),
+            seqs.len(),
+            true,
+        )
+        .unwrap();
+    let v = model.cfg.vocab_size;
+    let all = gpu
+        .stream
+        .clone_dtoh(&ws.logits.slice(0..seqs.len() * v))
+        .unwrap();
+    all.chunks(v).map(|c| c.to_vec()).collect()
+}
+
+#[test]
+fn qwen3_logits_match_transformers() {
+    let Some(dir) = std::env::var_os("DOPPEL_HF_REF") else {
+        eprintln!("skipping: DOPPEL_HF_REF is not set (scripts/gpu/make_reference.py makes it)");
+        return;
+    };
+    let Some(gpu) = open_gpu() else { return };
+    let dir = Path::new(&dir);
+    let cfg = ModelConfig::load(dir).unwrap();
+    let store = WeightStore::open(dir).unwrap();
+    let model = GpuModel::load(&gpu, &cfg, &store, 4096).unwrap();
+    let prompts: Vec<Vec<u32>> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/prompts.json")).unwrap())
+            .unwrap();
+    let bytes = std::fs::read(dir.join("reference/logits.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("logits").unwrap();
+    let reference: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let v = cfg.vocab_size;
+    let (max_ctx, n) = (512, prompts.len());
+    let mut kv = KvPool::new(&gpu, &model, 8192, n + 1, max_ctx).unwrap();
+    let mut ws = Workspace::new(&gpu, &model, 1024, n, 64).unwrap();
+    let mut rng = Rng::new(3);
+    let mut worst = 0f64;
+    let mut check = |what: &str, i: usize, got: &[f32]| {
+        let r = &reference[i * v..(i + 1) * v];
+        let e = rel_err(
+            &got.iter().map(|x| *x as f64).collect::<Vec<_>>(),
+            &r.iter().map(|x| *x as f64).collect::<Vec<_>>(),
+        );
+        let am = |x: &[f32]| {
+            x.iter()
+                .enumerate()
+                .fold(0, |b, (j, &y)| if y > x[b] { j } else { b })
+        };
+        eprintln!(
+            "{what:<34} prompt {i} (len {:>3}): rel err {e:.3e}, argmax ours {} ref {}",
+            prompts[i].len(),
+            am(got),
+            am(r)
+        );
+        worst = worst.max(e);
+    };
+    for mix in [
+        "one extend batch",
+        "one prompt at a time",
+        "chunked prefill",
+        "decode last token",
+    ] {
+        // Fresh scattered slots for every mix: prefixes cross arbitrary slots.
+        let total: usize = prompts.iter().map(Vec::len).sum();
+        let mut slots = rng.distinct(total, 8192).into_iter();
+        let mut table = vec![0u32; (n + 1) * max_ctx];
+        for (i, p) in prompts.iter().enumerate() {
+            for pos in 0..p.len() {
+                table[(i + 1) * max_ctx + pos] = slots.next().unwrap();
+            }
+        }
+        gpu.stream.memcpy_htod(&table, &mut kv.table).unwrap();
+        let kvm = &kv;
+        match mix {
+            "one extend batch" => {
+                let seqs: Vec<Seq> = prompts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| Seq {
+                        row: i + 1,
+                        tokens: p,
+                        prefix: 0,
+                    })
+                    .collect();
+                for (i, l) in run_step(&gpu, &model, kvm, &mut ws, &table, &seqs, false)
+                    .iter()
+                    .enumerate()
+                {
+                    check(mix, i, l);
+                }
+            }
+            "one prompt at a time" => {
+                for (i, p) in prompts.iter().enumerate() {
+                    let l = run_step(
+                        &gpu,
+                        &model,
+                        kvm,
+                        &mut ws,
+                        &table,
+                        &[Seq {
+                            row: i + 1,
+                            tokens: p,
+                            prefix: 0,
+                        }],
+                        false,
+                    );
+                    check(mix, i, &l[0]);
+                }
+            }
+            "chunked prefill" => {
+                let cut: Vec<usize> = prompts
+                    .iter()
+                    .map(|p| (p.len() * 2 / 3).max(1).min(p.len()))
+                    .collect();
+                let first: Vec<Seq> = prompts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| Seq {
+                        row: i + 1,
+                        tokens: &p[..cut[i]],
+                        prefix: 0,
+                    })
+                    .collect();
+                run_step(&gpu, &model, kvm, &mut ws, &table, &first, false);
+                let idx: Vec<usize> = (0..n).filter(|&i| cut[i] < prompts[i].len()).collect();
+                let rest: Vec<Seq> = idx
+                    .iter()
+                    .map(|&i| Seq {
+                        row: i + 1,
+                        tokens: &prompts[i][cut[i]..],
+                        prefix: cut[i],
+                    })
+                    .collect();
+                for (k, l) in run_step(&gpu, &model, kvm, &mut ws, &table, &rest, false)
+                    .iter()
+                    .enumerate()
+                {
+                    check(mix, idx[k], l);
+                }
+            }
+            _ => {
+                let idx: Vec<usize> = (0..n).filter(|&i| prompts[i].len() > 1).collect();
+                let pre: Vec<Seq> = idx
+                    .iter()
+                    .map(|&i| Seq {
+                        row: i + 1,
+                        tokens: &prompts[i][..prompts[i].len() - 1],
+                        prefix: 0,
+                    })
+                    .collect();
+                run_step(&gpu, &model, kvm, &mut ws, &table, &pre, false);
+                let last: Vec<Seq> = idx
+                    .iter()
+                    .map(|&i| Seq {
+                        row: i + 1,
+                        tokens: &prompts[i][prompts[i].len() - 1..],
+                        prefix: prompts[i].len() - 1,
+                    })
+                    .collect();
+                for (k, l) in run_step(&gpu, &model, kvm, &mut ws, &table, &last, true)
+                    .iter()
+                    .enumerate()
+                {
+                    check(mix, idx[k], l);
+                }
+            }
+        }
+    }
+    eprintln!("worst logits relative error vs transformers: {worst:.3e} (limit 2e-2)");
+
+    // Greedy continuations through the real scheduler and CudaBackend.
+    let greedy_ref: Vec<Vec<u32>> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference/greedy.json")).unwrap())
+            .unwrap();
+    drop(model);
+    let model = GpuModel::load(&gpu, &cfg, &store, 4096).unwrap();
+    let scfg = SchedulerConfig {
+        kv_capacity_tokens: 8192,
+        context_len: 512,
+        req_pool_size: Some(16),
+        max_prefill_tokens: 4096,
+        ..Default::default()
+    };
+    let bcfg = backend_cfg(&scfg);
+    let backend = CudaBackend::new(gpu, model, bcfg).unwrap();
+    eprintln!("{}", backend.summary());
+    let reqs: Vec<RequestSpec> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| greedy_req(i as u64, p.clone(), 8))
+        .collect();
+    let got = run_engine(
+        Engine::new(Scheduler::new(scfg).unwrap(), backend, true),
+        &[reqs],
+    );
+    let (mut same, mut total) = (0, 0);
+    for (i, r) in greedy_ref.iter().enumerate() {
+        let g = got.get(&(i as u64)).cloned().unwrap_or_default();
+        let agree = g.iter().zip(r).take_while(|(a, b)| a == b).count();
+        eprintln!("prompt {i}: greedy tokens agreeing with transformers before the first difference: {agree}/{}", r.len());
+        same += agree;
+        total += r.len();
+    }
+    eprintln!("greedy agreement with transformers (bf16 both; prefix before first divergence): {same}/{total}");
+    assert!(
+        worst < 2e-2,
+        "logits differ from transformers by {worst:.3e}"
+    );
+}
+
+fn backend_cfg(s: &SchedulerConfig) -> CudaBackendConfig {
+    CudaBackendConfig {
+        kv_capacity_tokens: s.kv_capacity_tokens,
+        table_rows: s.req_pool_size.unwrap_or(64),
+        context_len: s.context_len,
+        max_tokens: s.max_prefill_tokens + s.req_pool_size.unwrap_or(64),
+        max_seqs: s.req_pool_size.unwrap_or(64),
+        max_graph_batch: 16,
+        seed: 99,
+    }
+}
+
+fn greedy_req(id: u64, prompt: Vec<u32>, n: usize) -> RequestSpec {
+    let mut p = SamplingParams::greedy(n);
+    p.ignore_eos = true;
+    RequestSpec::new(RequestId(id), prompt, p, 0)
+}
+
+/// Run waves of requests (each wave after the engine went idle); tokens by request.
+fn run_engine<B: doppel_core::Backend>(
+    mut engine: Engine<B>,
+    waves: &[Vec<RequestSpec>],
+) -> BTreeMap<u64, Vec<u32>> {
+    let mut events = Vec::new();
+    let mut now = 0;
+    for wave in waves {
+        for r in wave {
+            engine.scheduler.submit(r.clone()).unwrap();
+        }
+        let mut iters = 0;
+        while !engine.is_idle() {
+            engine.iterate(now, &mut events).unwrap();
+            now += 1000;
+            iters += 1;
+            assert!(iters < 20_000, "engine did not finish");
+        }
+    }
+    let mut out: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for e in events {
+        if let Event::Token {
+            id, token, index, ..
+        } = e
+        {
+            let v = out.entry(id.0).or_default();
+            assert_eq!(v.len(), index);
+            v.push(token);
+        }
+    }
+    out
+}
+
+fn tiny_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let mut spec = TinySpec::tiny(Arch::Qwen3);
+    spec.hidden_size = 256;
+    spec.intermediate_size = 512;
+    spec.num_heads = 4;
+    spec.num_kv_heads = 2;
+    spec.head_dim = 64;
+    spec.dtype = DType::BF16;
+    spec.rope_scaling = RopeScaling::None;
+    write_model(d.path(), &spec).unwrap();
+    d
+}
+
+fn prompt(seed: u32, len: usize) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| (i * 31 + seed * 17 + 3) % 380)
+        .collect()
+}
+
+#[test]
+fn cuda_backend_matches_cpu_backend() {
+    let Some(gpu) = open_gpu() else { return };
+    drop(gpu);
+    let dir = tiny_dir();
+    let shared = prompt(1, 40);
+    let with = |tail: Vec<u32>| {
+        let mut p = shared.clone();
+        p.extend(tail);
+        p
+    };
+    let waves = vec![
+        vec![
+            greedy_req(1, with(prompt(2, 9)), 12),
+            greedy_req(2, prompt(5, 70), 10),
+        ],
+        vec![
+            greedy_req(3, with(prompt(3, 5)), 16),
+            greedy_req(4, prompt(7, 3), 20),
+            greedy_req(5, with(prompt(4, 30)), 8),
+            greedy_req(6, prompt(9, 1), 12),
+        ],
+    ];
+    let base = SchedulerConfig {
+        kv_capacity_tokens: 2000,
+        context_len: 512,
+        req_pool_size: Some(32),
+        max_prefill_tokens: 512,
+        chunked_prefill_size: None,
+        ..Default::default()
+    };
+    let chunked = SchedulerConfig {
+        chunked_prefill_size: Some(16),
+        max_prefill_tokens: 64,
+        ..base.clone()
+    };
+    let tight = SchedulerConfig {
+        kv_capacity_tokens: 160,
+        ..base.clone()
+    };
+    let mixed = SchedulerConfig {
+        chunked_prefill_size: Some(32),
+        enable_mixed_chunk: true,
+        ..base.clone()
+    };
+    let cpu_ref = {
+        let (m, _) = CpuModel::load(dir.path(), false).unwrap();
+        run_engine(
+            Engine::new(
+                Scheduler::new(base.clone()).unwrap(),
+                CpuBackend::new(m, base.kv_capacity_tokens, 99),
+                false,
+            ),
+            &waves,
+        )
+    };
+    let mut failures = Vec::new();
+    for (name, sc, overlap) in [
+        ("plain", &base, false),
+        ("overlap", &base, true),
+        ("chunked prefill", &chunked, false),
+        ("retraction (160-token pool)", &tight, true),
+        ("mixed chunk", &mixed, true),
+    ] {
+        let gpu = Gpu::new(0).unwrap();
+        let cfg = ModelConfig::load(dir.path()).unwrap();
+        let store = WeightStore::open(dir.path()).unwrap();
+        let model = GpuModel::load(&gpu, &cfg, &store, 1024).unwrap();
+        let backend = CudaBackend::new(gpu, model, backend_cfg(sc)).unwrap();
+        let got = run_engine(
+            Engine::new(Scheduler::new(sc.clone()).unwrap(), backend, overlap),
+            &waves,
+        );
+        let (mut agree, mut total) = (0, 0);
+        for (id, toks) in &cpu_ref {
+            let g = got.get(id).cloned().unwrap_or_default();
+            agree += g.iter().zip(toks).take_while(|(a, b)| a == b).count();
+            total += toks.len();
+        }
+        eprintln!("GPU {name}: {agree}/{total} greedy tokens equal to the CPU backend's");
+        if got != cpu_ref {
+            failures.push(name);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "GPU tokens differ from the CPU backend in: {failures:?}"
+    );
+}

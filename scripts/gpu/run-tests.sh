@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the repository root: every CUDA check, then the timings.
+#   BIN: folder holding the release test executables cuda_nvrtc, cuda_kernels, cuda_model,
+#        cuda_bench (scripts/gpu/stage.sh copies them from target/release/deps; default carry/bin)
+#   OUT: folder for logs (default /tmp/doppel-gpu-out)
+# Each stage has its own time limit so one hang cannot take the others down; the exit status is
+# non-zero if any correctness stage failed.
+set -uo pipefail
+BIN=${BIN:-carry/bin}
+OUT=${OUT:-/tmp/doppel-gpu-out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+export DOPPEL_CUDA_INCLUDE=${DOPPEL_CUDA_INCLUDE:-/usr/local/cuda/include}
+export DOPPEL_KERNEL_CACHE=${DOPPEL_KERNEL_CACHE:-/tmp/doppel-kernels}
+export PYTHONUNBUFFERED=1
+STAGES=${STAGES:-"nvrtc kernels bench reference model"}
+status=0
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+for s in $STAGES; do
+    echo "=== $s ==="
+    case $s in
+    nvrtc) DOPPEL_REQUIRE_NVRTC=1 timeout 60 "$BIN/cuda_nvrtc" --nocapture 2>&1 | tee "$OUT/nvrtc.log" ;;
+    kernels) timeout 180 "$BIN/cuda_kernels" --nocapture --test-threads=1 2>&1 | tee "$OUT/kernels.log" ;;
+    bench) timeout 200 "$BIN/cuda_bench" --ignored --nocapture --test-threads=1 2>&1 | tee "$OUT/bench.log" ;;
+    reference) timeout 150 python3 scripts/gpu/make_reference.py /tmp/qwen3-ref 2>&1 | tee "$OUT/reference.log" ;;
+    model) DOPPEL_HF_REF=/tmp/qwen3-ref timeout 200 "$BIN/cuda_model" --nocapture --test-threads=1 2>&1 | tee "$OUT/model.log" ;;
+    esac
+    rc=${PIPESTATUS[0]}
+    echo "=== $s: exit $rc ==="
+    [ "$s" != bench ] && [ "$rc" != 0 ] && status=1
+done
+exit $status

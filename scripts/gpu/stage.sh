@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Here (no GPU needed): build the release test executables and copy them, stripped, into
+# carry/bin for a device run (`carry: ["carry"]`; carry/ is git-ignored via .git/info/exclude).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ex=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$ex")"
+grep -qx '/carry/' "$ex" 2>/dev/null || echo '/carry/' >> "$ex"
+mkdir -p carry/bin
+cargo test --release --no-run -p doppel-exec --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys, shutil, subprocess
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"].startswith("cuda_"):
+        subprocess.run(["strip", "-o", "carry/bin/" + m["target"]["name"], m["executable"]], check=True)
+        print("staged", m["target"]["name"])
+'
+du -sh carry
