@@ -19,11 +19,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,
 for s in $STAGES; do
     echo "=== $s ==="
     case $s in
-    nvrtc) DOPPEL_REQUIRE_NVRTC=1 timeout 60 "$BIN/cuda_nvrtc" --nocapture 2>&1 | tee "$OUT/nvrtc.log" ;;
-    kernels) timeout 180 "$BIN/cuda_kernels" --nocapture --test-threads=1 2>&1 | tee "$OUT/kernels.log" ;;
-    bench) timeout 200 "$BIN/cuda_bench" --ignored --nocapture --test-threads=1 2>&1 | tee "$OUT/bench.log" ;;
-    reference) timeout 150 python3 scripts/gpu/make_reference.py /tmp/qwen3-ref 2>&1 | tee "$OUT/reference.log" ;;
-    model) DOPPEL_HF_REF=/tmp/qwen3-ref timeout 200 "$BIN/cuda_model" --nocapture --test-threads=1 2>&1 | tee "$OUT/model.log" ;;
+    nvrtc) DOPPEL_REQUIRE_NVRTC=1 timeout 40 "$BIN/cuda_nvrtc" --nocapture 2>&1 | tee "$OUT/nvrtc.log" ;;
+    kernels) timeout 150 "$BIN/cuda_kernels" --nocapture --test-threads=1 2>&1 | tee "$OUT/kernels.log" ;;
+    bench) timeout 150 "$BIN/cuda_bench" --ignored --nocapture --test-threads=1 2>&1 | tee "$OUT/bench.log" ;;
+    reference) timeout 110 python3 scripts/gpu/make_reference.py /tmp/qwen3-ref 2>&1 | tee "$OUT/reference.log" ;;
+    model) DOPPEL_HF_REF=/tmp/qwen3-ref timeout 120 "$BIN/cuda_model" --nocapture --test-threads=1 2>&1 | tee "$OUT/model.log" ;;
     esac
     rc=${PIPESTATUS[0]}
     echo "=== $s: exit $rc ==="
