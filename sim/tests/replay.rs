@@ -246,3 +246,33 @@ fn refused_requests_are_reported_not_fatal() {
         "{e}"
     );
 }
+
+#[test]
+fn explicit_requests_share_prefix_groups_and_keep_arrival_times() {
+    let text = "profile: a100-80g/qwen3-0.6b/sglang\nworkload:\n  kind: requests\n  requests:\n    - {arrival_ms: 0, prompt_len: 600, prefix_group: 1, prefix_len: 512, output_len: 8}\n    - {arrival_ms: 500, prompt_len: 700, prefix_group: 1, prefix_len: 512, output_len: 8}\n    - {arrival_ms: 1000, prompt: [5, 6, 7, 8], output_len: 3}\n";
+    let r = replay(
+        Trace::parse(text, "e.yaml").unwrap(),
+        "e.yaml",
+        SimOptions::default(),
+    )
+    .unwrap();
+    let recs = &r.outcome.records;
+    assert_eq!(recs[1].send, 500_000_000);
+    assert_eq!(recs[2].send, 1_000_000_000);
+    assert_eq!(recs[0].cached_tokens, 0);
+    assert_eq!(recs[1].cached_tokens, 512);
+    assert_eq!((recs[2].prompt_len, recs[2].output_tokens), (4, 3));
+}
+
+#[test]
+fn gamma_arrivals_replay() {
+    let text = "profile: h100-80g/llama-3-8b/sglang\nworkload: {kind: random, num_requests: 200, input_len: 512, output_len: 64}\narrival: {pattern: gamma, rate: 20, burstiness: 0.5}\n";
+    let r = replay(
+        Trace::parse(text, "g.yaml").unwrap(),
+        "g.yaml",
+        SimOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(r.summary.completed, 200);
+    assert_eq!(r.summary.request_rate, "20.00");
+}
