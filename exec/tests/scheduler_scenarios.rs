@@ -157,14 +157,14 @@ fn chunked_prefill_equals_one_pass() {
         req(1, prompt(4, 61), SamplingParams::greedy(6)),
         req(2, prompt(5, 23), SamplingParams::greedy(6)),
     ];
-    let one = run(cfg(), false, &[reqs.clone()]);
+    let one = run(cfg(), false, std::slice::from_ref(&reqs));
     for chunk in [1, 5, 16, 32] {
         for overlap in [false, true] {
             let c = SchedulerConfig {
                 chunked_prefill_size: Some(chunk),
                 ..cfg()
             };
-            let got = run(c, overlap, &[reqs.clone()]);
+            let got = run(c, overlap, std::slice::from_ref(&reqs));
             assert_same(&got, &one, &format!("chunk {chunk} overlap {overlap}"));
         }
     }
@@ -185,14 +185,14 @@ fn retraction_then_reprefill_continues_exactly() {
     let reqs: Vec<RequestSpec> = (0..6)
         .map(|i| req(i, prompt(i as u32 + 10, 20), SamplingParams::greedy(40)))
         .collect();
-    let roomy = run(cfg(), false, &[reqs.clone()]);
+    let roomy = run(cfg(), false, std::slice::from_ref(&reqs));
     for overlap in [false, true] {
         let tight = SchedulerConfig {
             kv_capacity_tokens: 160,
             init_new_token_ratio: 0.05,
             ..cfg()
         };
-        let got = run(tight, overlap, &[reqs.clone()]);
+        let got = run(tight, overlap, std::slice::from_ref(&reqs));
         assert!(
             got.retractions > 0,
             "the tight pool should force a retraction (overlap {overlap})"

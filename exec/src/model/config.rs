@@ -280,7 +280,7 @@ impl ModelConfig {
         let hidden_size = r.usize_req("hidden_size")?;
         let num_heads = r.usize_req("num_attention_heads")?;
         let num_kv_heads = r.usize_opt("num_key_value_heads")?.unwrap_or(num_heads);
-        if num_heads % num_kv_heads != 0 {
+        if !num_heads.is_multiple_of(num_kv_heads) {
             return Err(r.bad(
                 "num_key_value_heads",
                 &Value::from(num_kv_heads),
@@ -290,7 +290,7 @@ impl ModelConfig {
         let head_dim = match r.usize_opt("head_dim")? {
             Some(d) => d,
             None => {
-                if hidden_size % num_heads != 0 {
+                if !hidden_size.is_multiple_of(num_heads) {
                     return Err(r.bad(
                         "hidden_size",
                         &Value::from(hidden_size),
@@ -300,7 +300,7 @@ impl ModelConfig {
                 hidden_size / num_heads
             }
         };
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(r.bad(
                 "head_dim",
                 &Value::from(head_dim),

@@ -13,6 +13,9 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, NormalizerWrapper, PostProcessorWrapper, TokenizerImpl};
 
+/// Named tensors: name -> (shape, f32 values).
+pub type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Text the tiny tokenizers are trained on.
 pub const CORPUS: &str = include_str!("corpus.txt");
 
@@ -176,10 +179,7 @@ fn train_tokenizer(vocab: usize, add_bos: bool) -> Result<(TinyTokenizer, Vec<u3
 }
 
 /// Serialize tensors (name -> (shape, f32 values)) as safetensors bytes in `dtype`.
-pub fn safetensors_bytes(
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    dtype: DType,
-) -> Vec<u8> {
+pub fn safetensors_bytes(tensors: &Tensors, dtype: DType) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
     header.insert("__metadata__".into(), json!({"format": "pt"}));
@@ -198,7 +198,7 @@ pub fn safetensors_bytes(
         );
     }
     let mut h = Value::Object(header).to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + data.len());
@@ -216,7 +216,10 @@ fn config_for(spec: &TinySpec, tok_vocab: usize, ids: &[u32]) -> Result<ModelCon
             "vocab_size {vocab_size} is smaller than the tokenizer ({tok_vocab})"
         )));
     }
-    if spec.num_kv_heads == 0 || spec.num_heads % spec.num_kv_heads != 0 || spec.head_dim % 2 != 0 {
+    if spec.num_kv_heads == 0
+        || !spec.num_heads.is_multiple_of(spec.num_kv_heads)
+        || !spec.head_dim.is_multiple_of(2)
+    {
         return Err(GenError::Spec(
             "heads must be a multiple of kv heads and head_dim even".into(),
         ));
@@ -257,7 +260,7 @@ fn config_for(spec: &TinySpec, tok_vocab: usize, ids: &[u32]) -> Result<ModelCon
 }
 
 /// Random weights for `cfg`, scaled so activations and logits have useful spread.
-fn random_tensors(cfg: &ModelConfig, seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+fn random_tensors(cfg: &ModelConfig, seed: u64) -> Tensors {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = BTreeMap::new();
     for spec in tensor_specs(cfg) {
@@ -334,8 +337,7 @@ pub fn write_model(dir: &Path, spec: &TinySpec) -> Result<ModelConfig, GenError>
         )?;
     } else {
         // Round-robin tensors over shards in name order, like sharded exports spread layers.
-        let mut parts: Vec<BTreeMap<String, (Vec<usize>, Vec<f32>)>> =
-            vec![BTreeMap::new(); spec.shards];
+        let mut parts: Vec<Tensors> = vec![BTreeMap::new(); spec.shards];
         let mut weight_map = serde_json::Map::new();
         let file_name = |i: usize| format!("model-{:05}-of-{:05}.safetensors", i + 1, spec.shards);
         for (i, (name, t)) in tensors.into_iter().enumerate() {
