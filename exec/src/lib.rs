@@ -5,5 +5,6 @@ pub mod cpu_backend;
 pub mod cuda;
 pub mod model;
 pub mod sampling;
+pub mod server;
 pub mod testgen;
 pub mod tokenizer;

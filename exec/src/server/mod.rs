@@ -1,0 +1,77 @@
+//! `doppel exec serve`: SGLang-native and OpenAI-compatible HTTP serving on axum.
+//!
+//! The engine (core loop + backend) runs on its own OS thread ([`engine`]); handlers validate,
+//! tokenize, apply chat templates and stream detokenized text, and talk to the engine through
+//! channels. See docs/server.md.
+
+pub mod client;
+mod codec;
+pub mod engine;
+mod error;
+mod gen;
+pub mod log;
+mod metrics;
+mod native;
+mod openai;
+mod params;
+mod routes;
+mod setup;
+
+pub use codec::Codec;
+pub use error::ApiError;
+pub use setup::{run_blocking, BackendKind, Server, ServerConfig, ServerError};
+
+use engine::{Command, Shared};
+use metrics::Metrics;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+/// Fixed facts about the served model and configuration.
+#[derive(Clone, Debug)]
+pub struct Info {
+    /// Name clients use in `model`.
+    pub model_name: String,
+    /// Checkpoint (or tokenizer) directory, if any.
+    pub model_path: Option<String>,
+    /// "cpu" or "sim:<profile>".
+    pub backend: String,
+    /// Vocabulary size (token ids must be below it).
+    pub vocab: usize,
+    /// Context length.
+    pub context_len: usize,
+    /// KV capacity in tokens.
+    pub capacity: usize,
+    /// KV page size.
+    pub page_size: usize,
+    /// Chunked prefill size (None = off).
+    pub chunked_prefill_size: Option<usize>,
+    /// Cap on running requests.
+    pub max_running_requests: usize,
+    /// Cap on waiting requests (None = unbounded).
+    pub max_queued_requests: Option<usize>,
+    /// Scheduling policy name.
+    pub policy: String,
+    /// Prefix cache off.
+    pub disable_radix_cache: bool,
+    /// Overlap order.
+    pub overlap: bool,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Architecture name (for /get_model_info).
+    pub arch: String,
+    /// Unix time the server started (OpenAI's `created`).
+    pub created: u64,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    cmd: Sender<Command>,
+    shared: Arc<Shared>,
+    codec: Codec,
+    info: Info,
+    metrics: Metrics,
+    next_id: AtomicU64,
+    draining: AtomicBool,
+    defaults: doppel_core::SamplingParams,
+}

@@ -1,0 +1,300 @@
+//! SGLang's native POST /generate.
+
+use super::error::ApiError;
+use super::gen::{self, Chunk, End, Finish, Generation};
+use super::params::{self, Api, Fields, MAX_TOP_LOGPROBS};
+use super::routes::{done_frame, frame, read_body, sse};
+use super::AppState;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use doppel_core::{TokenId, TokenLogprob};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// POST /generate.
+pub async fn generate(State(s): State<Arc<AppState>>, body: Body) -> Response {
+    match run(s, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Prompts of a request: token ids per prompt, whether it was a batch, the field they came from.
+pub struct Prompts {
+    /// Token ids per prompt.
+    pub ids: Vec<Vec<TokenId>>,
+    /// A list was given (answer with a list).
+    pub batch: bool,
+    /// "text" or "input_ids".
+    pub field: &'static str,
+}
+
+fn prompts(s: &AppState, f: &Fields) -> Result<Prompts, ApiError> {
+    let enc = |t: &str, name: &str| {
+        s.codec
+            .encode(t)
+            .map_err(|e| ApiError::field(name, format!("`{name}`: {e}")))
+    };
+    let vocab = s.info.vocab;
+    match (f.get("text"), f.get("input_ids")) {
+        (Some(_), Some(_)) => Err(ApiError::bad("give either `text` or `input_ids`, not both")),
+        (None, None) => Err(ApiError::field(
+            "text",
+            "one of `text` or `input_ids` is required",
+        )),
+        (Some(Value::String(t)), None) => Ok(Prompts {
+            ids: vec![enc(t, "text")?],
+            batch: false,
+            field: "text",
+        }),
+        (Some(Value::Array(a)), None) => {
+            if a.is_empty() {
+                return Err(ApiError::field("text", "`text` is an empty list"));
+            }
+            let ids = a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v.as_str() {
+                    Some(t) => enc(t, &format!("text[{i}]")),
+                    None => Err(ApiError::field(
+                        "text",
+                        format!("`text[{i}]` must be a string, got {}", params::kind(v)),
+                    )),
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Prompts {
+                ids,
+                batch: true,
+                field: "text",
+            })
+        }
+        (Some(v), None) => Err(ApiError::field(
+            "text",
+            format!(
+                "`text` must be a string or a list of strings, got {}",
+                params::kind(v)
+            ),
+        )),
+        (None, Some(v)) => match v.as_array() {
+            Some(a) if a.first().is_some_and(Value::is_array) => Ok(Prompts {
+                ids: a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| params::token_list(p, &format!("input_ids[{i}]"), vocab))
+                    .collect::<Result<_, _>>()?,
+                batch: true,
+                field: "input_ids",
+            }),
+            _ => Ok(Prompts {
+                ids: vec![params::token_list(v, "input_ids", vocab)?],
+                batch: false,
+                field: "input_ids",
+            }),
+        },
+    }
+}
+
+async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let bytes = read_body(&s, body).await?;
+    let obj = params::parse_object(&bytes)?;
+    let f = Fields::new(&obj, "");
+    let p = prompts(&s, &f)?;
+    let empty = Map::new();
+    let spm = f.object("sampling_params")?.unwrap_or(&empty);
+    let sf = Fields::new(spm, "sampling_params");
+    let mut gp = params::sampling(
+        &sf,
+        Api::Native,
+        &s.defaults,
+        s.info.vocab,
+        s.info.context_len,
+    )?;
+    let stream = f.bool("stream")?.unwrap_or(false);
+    let return_logprob = f.bool("return_logprob")?.unwrap_or(false);
+    let top = f
+        .int_in("top_logprobs_num", 0, MAX_TOP_LOGPROBS as i64)?
+        .unwrap_or(0) as usize;
+    gp.sampling.return_logprob = return_logprob;
+    gp.sampling.top_logprobs = if return_logprob { top } else { 0 };
+    let total = p.ids.len() * gp.n;
+    let rids: Option<Vec<String>> = match f.get("rid") {
+        None => None,
+        Some(Value::String(r)) if total == 1 => Some(vec![r.clone()]),
+        Some(Value::Array(a)) if a.len() == total && a.iter().all(Value::is_string) => Some(
+            a.iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect(),
+        ),
+        Some(v) => {
+            return Err(ApiError::field(
+                "rid",
+                format!(
+                    "`rid` must be a string (one request) or a list of {total} strings (one per prompt and choice), got {v}"
+                ),
+            ))
+        }
+    };
+    let mut sps = Vec::with_capacity(p.ids.len());
+    for (i, ids) in p.ids.iter().enumerate() {
+        let field = if p.batch {
+            format!("{}[{i}]", p.field)
+        } else {
+            p.field.to_string()
+        };
+        sps.push(gp.for_prompt(ids.len(), s.info.context_len, &field)?);
+    }
+    let mut gens = Vec::with_capacity(total);
+    for (ids, sp) in p.ids.into_iter().zip(sps) {
+        for j in 0..gp.n {
+            let mut sp = sp.clone();
+            sp.seed = sp.seed.map(|x| x.wrapping_add(j as u64));
+            gens.push(gen::submit(&s, ids.clone(), sp, &gp, started)?);
+        }
+    }
+    gen::admit_all(&mut gens, p.field).await?;
+    let rids: Vec<String> = rids.unwrap_or_else(|| gens.iter().map(Generation::rid).collect());
+    let list = p.batch || gp.n > 1;
+    if stream {
+        return Ok(stream_response(s, gens, rids, list, return_logprob));
+    }
+    let mut items = Vec::with_capacity(gens.len());
+    for (g, rid) in gens.iter_mut().zip(&rids) {
+        let c = g.collect().await;
+        if let Some(End {
+            finish: Finish::Failed(m),
+            ..
+        }) = &c.end
+        {
+            return Err(ApiError::status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "engine_error",
+                m.clone(),
+            ));
+        }
+        let mut acc = Acc::new(g.prompt_tokens());
+        acc.add(&c);
+        items.push(acc.item(&s, rid, return_logprob, None));
+    }
+    Ok(if list {
+        Json(Value::Array(items)).into_response()
+    } else {
+        Json(items.pop().unwrap_or(Value::Null)).into_response()
+    })
+}
+
+/// Output so far of one generation.
+struct Acc {
+    text: String,
+    ids: Vec<TokenId>,
+    lps: Vec<Option<TokenLogprob>>,
+    prompt_tokens: usize,
+    end: Option<End>,
+}
+
+impl Acc {
+    fn new(prompt_tokens: usize) -> Acc {
+        Acc {
+            text: String::new(),
+            ids: Vec::new(),
+            lps: Vec::new(),
+            prompt_tokens,
+            end: None,
+        }
+    }
+
+    fn add(&mut self, c: &Chunk) {
+        self.text.push_str(&c.delta);
+        self.ids.extend(&c.tokens);
+        self.lps.extend(c.logprobs.iter().cloned());
+        if c.end.is_some() {
+            self.end = c.end.clone();
+        }
+    }
+
+    fn item(&self, _s: &AppState, rid: &str, logprobs: bool, index: Option<usize>) -> Value {
+        let completion = self
+            .end
+            .as_ref()
+            .map_or(self.ids.len(), |e| e.completion_tokens);
+        let mut meta = json!({
+            "id": rid,
+            "finish_reason": self.end.as_ref().map(|e| e.finish.native(completion)),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "cached_tokens": self.end.as_ref().map_or(0, |e| e.cached_tokens),
+            "e2e_latency": self.end.as_ref().map(|e| e.e2e_latency),
+        });
+        if logprobs {
+            let toks: Vec<Value> = self
+                .ids
+                .iter()
+                .zip(&self.lps)
+                .map(|(t, lp)| json!([lp.as_ref().map(|l| l.logprob), t, Value::Null]))
+                .collect();
+            let tops: Vec<Value> = self
+                .lps
+                .iter()
+                .map(|lp| {
+                    Value::Array(
+                        lp.as_ref()
+                            .map(|l| {
+                                l.top
+                                    .iter()
+                                    .map(|(t, p)| json!([p, t, Value::Null]))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect();
+            meta["output_token_logprobs"] = Value::Array(toks);
+            meta["output_top_logprobs"] = Value::Array(tops);
+        }
+        let mut v = json!({"text": self.text, "output_ids": self.ids, "meta_info": meta});
+        if let Some(i) = index {
+            v["index"] = json!(i);
+        }
+        v
+    }
+}
+
+fn stream_response(
+    s: Arc<AppState>,
+    gens: Vec<Generation>,
+    rids: Vec<String>,
+    list: bool,
+    logprobs: bool,
+) -> Response {
+    let accs: Vec<Acc> = gens.iter().map(|g| Acc::new(g.prompt_tokens())).collect();
+    let rx = gen::fan_in(gens);
+    let st = Some((rx, accs, rids, s));
+    let stream = futures_util::stream::unfold(st, move |st| async move {
+        let (mut rx, mut accs, rids, s) = st?;
+        match rx.recv().await {
+            Some((i, c)) => {
+                let acc = &mut accs[i];
+                acc.add(&c);
+                let v = match &acc.end {
+                    Some(End {
+                        finish: Finish::Failed(m),
+                        ..
+                    }) => ApiError::status(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "engine_error",
+                        m.clone(),
+                    )
+                    .body(),
+                    _ => acc.item(&s, &rids[i], logprobs, list.then_some(i)),
+                };
+                Some((Ok(frame(&v)), Some((rx, accs, rids, s))))
+            }
+            None => Some((Ok(done_frame()), None)),
+        }
+    });
+    sse(stream)
+}

@@ -1,0 +1,480 @@
+//! Reading request JSON field by field, so every error names the field and the value.
+
+use super::error::ApiError;
+use doppel_core::{SamplingParams, TokenId};
+use serde_json::{Map, Value};
+
+/// Largest n (choices per prompt) accepted.
+pub const MAX_N: usize = 128;
+/// Largest number of top logprobs accepted.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// Parse a request body as a JSON object.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("request body is not valid JSON: {e}")))?;
+    match v {
+        Value::Object(m) => Ok(m),
+        other => Err(ApiError::bad(format!(
+            "request body must be a JSON object, got {}",
+            kind(&other)
+        ))),
+    }
+}
+
+/// The JSON kind of a value, for messages.
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn show(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() <= 60 {
+        return s;
+    }
+    let mut cut = 60;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &s[..cut])
+}
+
+/// Typed access to the fields of one JSON object; `prefix` qualifies names in errors.
+pub struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    prefix: String,
+}
+
+impl<'a> Fields<'a> {
+    /// Fields of `map`, named `prefix.key` in errors (no prefix at top level).
+    pub fn new(map: &'a Map<String, Value>, prefix: &str) -> Fields<'a> {
+        Fields {
+            map,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The qualified name of a field.
+    pub fn name(&self, k: &str) -> String {
+        if self.prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{}.{k}", self.prefix)
+        }
+    }
+
+    /// A field's value; null counts as absent.
+    pub fn get(&self, k: &str) -> Option<&'a Value> {
+        self.map.get(k).filter(|v| !v.is_null())
+    }
+
+    fn wrong(&self, k: &str, want: &str, v: &Value) -> ApiError {
+        ApiError::field(
+            &self.name(k),
+            format!(
+                "`{}` must be {want}, got {} {}",
+                self.name(k),
+                kind(v),
+                show(v)
+            ),
+        )
+    }
+
+    /// A range error for a field.
+    pub fn range(&self, k: &str, want: &str, v: impl std::fmt::Display) -> ApiError {
+        ApiError::field(
+            &self.name(k),
+            format!("`{}` must be {want}, got {v}", self.name(k)),
+        )
+    }
+
+    /// A number.
+    pub fn f64(&self, k: &str) -> Result<Option<f64>, ApiError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.wrong(k, "a number", v)),
+        }
+    }
+
+    /// An integer (a float with no fraction is accepted).
+    pub fn i64(&self, k: &str) -> Result<Option<i64>, ApiError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => {
+                if let Some(i) = v.as_i64() {
+                    return Ok(Some(i));
+                }
+                match v.as_f64() {
+                    Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+                    _ => Err(self.wrong(k, "an integer", v)),
+                }
+            }
+        }
+    }
+
+    /// An integer within `lo..=hi`.
+    pub fn int_in(&self, k: &str, lo: i64, hi: i64) -> Result<Option<i64>, ApiError> {
+        match self.i64(k)? {
+            Some(i) if i < lo || i > hi => {
+                Err(self.range(k, &format!("an integer in [{lo}, {hi}]"), i))
+            }
+            x => Ok(x),
+        }
+    }
+
+    /// A boolean.
+    pub fn bool(&self, k: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.wrong(k, "a boolean", v)),
+        }
+    }
+
+    /// A string.
+    pub fn str(&self, k: &str) -> Result<Option<&'a str>, ApiError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.wrong(k, "a string", v)),
+        }
+    }
+
+    /// An object.
+    pub fn object(&self, k: &str) -> Result<Option<&'a Map<String, Value>>, ApiError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_object()
+                .map(Some)
+                .ok_or_else(|| self.wrong(k, "an object", v)),
+        }
+    }
+
+    /// A string or a list of strings (stop sequences).
+    pub fn strings(&self, k: &str) -> Result<Vec<String>, ApiError> {
+        match self.get(k) {
+            None => Ok(Vec::new()),
+            Some(Value::String(s)) => Ok(vec![s.clone()]),
+            Some(Value::Array(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_str().map(str::to_string).ok_or_else(|| {
+                        ApiError::field(
+                            &self.name(k),
+                            format!(
+                                "`{}[{i}]` must be a string, got {} {}",
+                                self.name(k),
+                                kind(v),
+                                show(v)
+                            ),
+                        )
+                    })
+                })
+                .collect(),
+            Some(v) => Err(self.wrong(k, "a string or a list of strings", v)),
+        }
+    }
+
+    /// A list of token ids below `vocab`.
+    pub fn token_ids(&self, k: &str, vocab: usize) -> Result<Vec<TokenId>, ApiError> {
+        match self.get(k) {
+            None => Ok(Vec::new()),
+            Some(v) => token_list(v, &self.name(k), vocab),
+        }
+    }
+}
+
+/// A JSON list of token ids, each below `vocab`.
+pub fn token_list(v: &Value, name: &str, vocab: usize) -> Result<Vec<TokenId>, ApiError> {
+    let Some(a) = v.as_array() else {
+        return Err(ApiError::field(
+            name,
+            format!(
+                "`{name}` must be a list of token ids, got {} {}",
+                kind(v),
+                show(v)
+            ),
+        ));
+    };
+    a.iter()
+        .enumerate()
+        .map(|(i, t)| match t.as_u64() {
+            Some(id) if (id as usize) < vocab => Ok(id as TokenId),
+            _ => Err(ApiError::field(
+                name,
+                format!(
+                    "`{name}[{i}]` must be a token id in [0, {vocab}), got {}",
+                    show(t)
+                ),
+            )),
+        })
+        .collect()
+}
+
+/// Which API's field names to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// SGLang's /generate `sampling_params`.
+    Native,
+    /// /v1/completions.
+    Completions,
+    /// /v1/chat/completions.
+    Chat,
+}
+
+/// Generation settings of one request, before the prompt is known.
+#[derive(Clone, Debug)]
+pub struct GenParams {
+    /// Core sampling parameters (max_new_tokens resolved later if not given).
+    pub sampling: SamplingParams,
+    /// The client set the output length.
+    pub max_new_given: bool,
+    /// Name of the output-length field (for errors).
+    pub max_new_field: &'static str,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Keep the matched stop string in the text.
+    pub include_stop: bool,
+    /// Drop special tokens from the text.
+    pub skip_special_tokens: bool,
+    /// Choices per prompt.
+    pub n: usize,
+}
+
+/// Read sampling fields in `f` with `api`'s names; `defaults` come from generation_config.json.
+pub fn sampling(
+    f: &Fields,
+    api: Api,
+    defaults: &SamplingParams,
+    vocab: usize,
+    context_len: usize,
+) -> Result<GenParams, ApiError> {
+    let mut sp = defaults.clone();
+    let (max_new, max_new_field) = match api {
+        Api::Native => (f.i64("max_new_tokens")?, "max_new_tokens"),
+        Api::Completions => (f.i64("max_tokens")?, "max_tokens"),
+        Api::Chat => match f.i64("max_completion_tokens")? {
+            Some(m) => (Some(m), "max_completion_tokens"),
+            None => (f.i64("max_tokens")?, "max_tokens"),
+        },
+    };
+    let max_new = match (max_new, api) {
+        (Some(m), _) => Some(m),
+        (None, Api::Native) => Some(128),
+        (None, Api::Completions) => Some(16),
+        (None, Api::Chat) => None,
+    };
+    if let Some(m) = max_new {
+        if m < 1 || m as u64 > context_len as u64 {
+            return Err(f.range(
+                max_new_field,
+                &format!("an integer in [1, {context_len}] (the context length)"),
+                m,
+            ));
+        }
+        sp.max_new_tokens = m as usize;
+    }
+    if let Some(t) = f.f64("temperature")? {
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(f.range("temperature", "a finite number >= 0", t));
+        }
+        sp.temperature = t as f32;
+    }
+    if let Some(p) = f.f64("top_p")? {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(f.range("top_p", "in (0, 1]", p));
+        }
+        sp.top_p = p as f32;
+    }
+    if let Some(k) = f.i64("top_k")? {
+        sp.top_k = match k {
+            -1 | 0 => -1,
+            k if k >= 1 && k <= vocab as i64 => k as i32,
+            k => {
+                return Err(f.range(
+                    "top_k",
+                    &format!("-1 or 0 (off) or an integer in [1, {vocab}]"),
+                    k,
+                ))
+            }
+        };
+    }
+    if let Some(m) = f.f64("min_p")? {
+        if !(0.0..=1.0).contains(&m) {
+            return Err(f.range("min_p", "in [0, 1]", m));
+        }
+        sp.min_p = m as f32;
+    }
+    for (k, slot) in [
+        ("frequency_penalty", &mut sp.frequency_penalty),
+        ("presence_penalty", &mut sp.presence_penalty),
+    ] {
+        if let Some(v) = f.f64(k)? {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(f.range(k, "in [-2, 2]", v));
+            }
+            *slot = v as f32;
+        }
+    }
+    if let Some(r) = f.f64("repetition_penalty")? {
+        if !(r > 0.0 && r <= 2.0) {
+            return Err(f.range("repetition_penalty", "in (0, 2]", r));
+        }
+        sp.repetition_penalty = r as f32;
+    }
+    let min_key = if api == Api::Native {
+        "min_new_tokens"
+    } else {
+        "min_tokens"
+    };
+    if let Some(m) = f.int_in(min_key, 0, context_len as i64)? {
+        sp.min_new_tokens = m as usize;
+    }
+    if let Some(m) = max_new {
+        if sp.min_new_tokens as i64 > m {
+            return Err(f.range(
+                min_key,
+                &format!("at most {max_new_field} ({m})"),
+                sp.min_new_tokens,
+            ));
+        }
+    }
+    if let Some(b) = f.bool("ignore_eos")? {
+        sp.ignore_eos = b;
+    }
+    sp.stop_token_ids = f.token_ids("stop_token_ids", vocab)?;
+    let seed_key = if api == Api::Native {
+        "sampling_seed"
+    } else {
+        "seed"
+    };
+    // OpenAI seeds are signed 64-bit; any integer is a valid seed.
+    sp.seed = f.i64(seed_key)?.map(|s| s as u64);
+    if let Some(lb) = f.object("logit_bias")? {
+        let mut bias = Vec::new();
+        for (k, v) in lb {
+            let id: usize = k.parse().map_err(|_| {
+                f.range(
+                    "logit_bias",
+                    "an object keyed by token id",
+                    format!("key {k:?}"),
+                )
+            })?;
+            if id >= vocab {
+                return Err(f.range(
+                    "logit_bias",
+                    &format!("keyed by token ids in [0, {vocab})"),
+                    id,
+                ));
+            }
+            match v.as_f64() {
+                Some(b) if (-100.0..=100.0).contains(&b) => bias.push((id as TokenId, b as f32)),
+                _ => {
+                    return Err(f.range(
+                        "logit_bias",
+                        "biases in [-100, 100]",
+                        format!("{v} for token {id}"),
+                    ))
+                }
+            }
+        }
+        bias.sort_by_key(|b| b.0);
+        sp.logit_bias = bias;
+    }
+    let n = f.int_in("n", 1, MAX_N as i64)?.unwrap_or(1) as usize;
+    if api == Api::Completions {
+        if let Some(b) = f.i64("best_of")? {
+            if b != n as i64 {
+                return Err(f.range(
+                    "best_of",
+                    "equal to n (best_of sampling is not supported)",
+                    b,
+                ));
+            }
+        }
+    }
+    for k in ["json_schema", "regex", "ebnf", "response_format"] {
+        if let Some(v) = f.get(k) {
+            let is_text =
+                k == "response_format" && v.get("type").and_then(Value::as_str) == Some("text");
+            if !is_text {
+                return Err(ApiError::field(
+                    &f.name(k),
+                    format!(
+                        "`{}`: constrained decoding is not supported by this server",
+                        f.name(k)
+                    ),
+                ));
+            }
+        }
+    }
+    let stop = f.strings("stop")?;
+    let include_stop = f.bool("no_stop_trim")?.unwrap_or(false);
+    let skip_special_tokens = f.bool("skip_special_tokens")?.unwrap_or(true);
+    Ok(GenParams {
+        sampling: sp,
+        max_new_given: max_new.is_some(),
+        max_new_field,
+        stop,
+        include_stop,
+        skip_special_tokens,
+        n,
+    })
+}
+
+impl GenParams {
+    /// Resolve the output length for a prompt of `prompt_len` tokens, refusing (as SGLang does)
+    /// a request whose prompt plus output exceeds the context instead of clipping it.
+    pub fn for_prompt(
+        &self,
+        prompt_len: usize,
+        context_len: usize,
+        prompt_field: &str,
+    ) -> Result<SamplingParams, ApiError> {
+        if prompt_len == 0 {
+            return Err(ApiError::field(
+                prompt_field,
+                format!("`{prompt_field}` is empty (it encodes to no tokens)"),
+            ));
+        }
+        if prompt_len >= context_len {
+            return Err(ApiError::field(
+                prompt_field,
+                format!(
+                    "`{prompt_field}` has {prompt_len} tokens; the model's context length is {context_len} (room for at least one output token is needed)"
+                ),
+            ));
+        }
+        let mut sp = self.sampling.clone();
+        if !self.max_new_given {
+            sp.max_new_tokens = context_len - prompt_len;
+        } else if prompt_len + sp.max_new_tokens > context_len {
+            return Err(ApiError::field(
+                self.max_new_field,
+                format!(
+                    "requested {} tokens ({prompt_len} in `{prompt_field}` + {} from `{}`), more than the model's context length of {context_len}",
+                    prompt_len + sp.max_new_tokens,
+                    sp.max_new_tokens,
+                    self.max_new_field
+                ),
+            ));
+        }
+        Ok(sp)
+    }
+}

@@ -1,0 +1,263 @@
+//! The router, the small endpoints (health, info, models, flush, metrics) and shared plumbing:
+//! body reading with a size limit, and server-sent events.
+
+use super::engine::Command;
+use super::error::ApiError;
+use super::gen;
+use super::params::GenParams;
+use super::{native, openai, AppState};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// All endpoints.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/generate", post(native::generate))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/health_generate", get(health_generate))
+        .route("/get_model_info", get(model_info))
+        .route("/get_server_info", get(server_info))
+        .route("/flush_cache", post(flush_cache).get(flush_cache))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::status(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no endpoint {} {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Read a body of at most the configured size.
+pub async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.info.max_body_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        ApiError::status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("request body larger than {limit} bytes or unreadable: {e}"),
+        )
+    })
+}
+
+/// Reject a `model` that is not the served one (absent is fine).
+pub fn check_model(state: &AppState, obj: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    match obj.get("model") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(m)) if *m == state.info.model_name => Ok(()),
+        Some(Value::String(m)) => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "the model `{m}` does not exist; this server serves `{}`",
+                state.info.model_name
+            ),
+            param: Some("model".into()),
+            kind: "model_not_found",
+        }),
+        Some(v) => Err(ApiError::field(
+            "model",
+            format!("`model` must be a string, got {v}"),
+        )),
+    }
+}
+
+/// An SSE response over a stream of ready-made `data: ...` frames.
+pub fn sse(stream: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// One SSE frame.
+pub fn frame(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// The terminating frame.
+pub fn done_frame() -> Bytes {
+    Bytes::from_static(b"data: [DONE]\n\n")
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": s.info.model_name,
+            "object": "model",
+            "created": s.info.created,
+            "owned_by": "doppel",
+            "root": s.info.model_name,
+            "max_model_len": s.info.context_len,
+        }]
+    }))
+}
+
+async fn health(State(s): State<Arc<AppState>>) -> Response {
+    let snap = s.shared.snapshot();
+    if snap.alive && !snap.draining {
+        StatusCode::OK.into_response()
+    } else {
+        ApiError::status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy",
+            snap.error
+                .unwrap_or_else(|| "the server is shutting down".into()),
+        )
+        .into_response()
+    }
+}
+
+/// Generate one token end to end (SGLang's /health_generate).
+async fn health_generate(State(s): State<Arc<AppState>>) -> Response {
+    let gp = GenParams {
+        sampling: doppel_core::SamplingParams::greedy(1),
+        max_new_given: true,
+        max_new_field: "max_new_tokens",
+        stop: Vec::new(),
+        include_stop: false,
+        skip_special_tokens: true,
+        n: 1,
+    };
+    let prompt = s.codec.encode("health").unwrap_or_default();
+    let prompt = if prompt.is_empty() { vec![0] } else { prompt };
+    let run = async {
+        let mut g = gen::submit(&s, prompt, gp.sampling.clone(), &gp, Instant::now())?;
+        g.admitted("input_ids").await?;
+        let c = g.collect().await;
+        match c.end.map(|e| e.finish) {
+            Some(gen::Finish::Failed(m)) => Err(ApiError::status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unhealthy",
+                m,
+            )),
+            _ => Ok(()),
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(20), run).await {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(e)) => ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            ..e
+        }
+        .into_response(),
+        Err(_) => ApiError::status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy",
+            "no token within 20 s",
+        )
+        .into_response(),
+    }
+}
+
+async fn model_info(State(s): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "model_path": s.info.model_path,
+        "tokenizer_path": s.info.model_path,
+        "served_model_name": s.info.model_name,
+        "is_generation": true,
+        "architecture": s.info.arch,
+        "context_length": s.info.context_len,
+        "vocab_size": s.info.vocab,
+    }))
+}
+
+async fn server_info(State(s): State<Arc<AppState>>) -> Json<Value> {
+    let snap = s.shared.snapshot();
+    let m = &snap.memory;
+    let c = &snap.counters;
+    let i = &s.info;
+    Json(json!({
+        "model_path": i.model_path,
+        "served_model_name": i.model_name,
+        "backend": i.backend,
+        "context_length": i.context_len,
+        "max_total_num_tokens": i.capacity,
+        "page_size": i.page_size,
+        "chunked_prefill_size": i.chunked_prefill_size,
+        "max_running_requests": i.max_running_requests,
+        "max_queued_requests": i.max_queued_requests,
+        "schedule_policy": i.policy,
+        "disable_radix_cache": i.disable_radix_cache,
+        "enable_overlap": i.overlap,
+        "version": env!("CARGO_PKG_VERSION"),
+        "alive": snap.alive,
+        "draining": snap.draining,
+        "num_running_reqs": snap.running,
+        "num_waiting_reqs": snap.waiting,
+        "memory": {
+            "capacity": m.capacity,
+            "free": m.free,
+            "evictable": m.evictable,
+            "protected": m.protected,
+            "held": m.held,
+            "used": m.used(),
+        },
+        "counters": {
+            "steps": c.steps,
+            "prefill_steps": c.prefill_steps,
+            "decode_steps": c.decode_steps,
+            "prompt_tokens": c.prompt_tokens,
+            "cached_tokens": c.cached_tokens,
+            "evicted_tokens": c.evicted_tokens,
+            "retractions": c.retractions,
+            "finished": c.finished,
+            "generated_tokens": c.generated_tokens,
+            "peak_used_tokens": c.peak_used_tokens,
+        },
+        "gen_throughput": snap.gen_throughput,
+    }))
+}
+
+async fn flush_cache(State(s): State<Arc<AppState>>) -> Response {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if s.cmd.send(Command::Flush { reply: tx }).is_err() {
+        return ApiError::status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_unavailable",
+            "the engine is not running",
+        )
+        .into_response();
+    }
+    match rx.await {
+        Ok(true) => (StatusCode::OK, "Cache flushed.\n").into_response(),
+        Ok(false) => ApiError::bad(
+            "cannot flush the cache while requests are running or waiting; retry when idle",
+        )
+        .into_response(),
+        Err(_) => ApiError::status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_unavailable",
+            "the engine is not running",
+        )
+        .into_response(),
+    }
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let snap = s.shared.snapshot();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(&snap, &s.info.model_name),
+    )
+        .into_response()
+}

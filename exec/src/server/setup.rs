@@ -1,0 +1,412 @@
+//! Building a server: backend, tokenizer, scheduler, the engine thread; serving and shutdown.
+
+use super::engine::{self, Command, LoopOptions, Shared, Snapshot};
+use super::{log, AppState, Codec, Info};
+use crate::cpu_backend::CpuBackend;
+use crate::model::CpuModel;
+use crate::tokenizer::{GenerationConfig, Tokenizer};
+use doppel_core::{
+    Backend, Engine, Plan, Policy, SamplingParams, Scheduler, SchedulerConfig, StepResult, TimeNs,
+};
+use doppel_sim::backend::SimBackend;
+use doppel_sim::{CostModel, Profile, RooflineCost};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Which backend executes plans.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackendKind {
+    /// The CPU reference model (needs `model`).
+    Cpu,
+    /// The simulator in real time: a profile's latencies, synthetic tokens.
+    Sim {
+        /// Built-in profile name or a .yaml file.
+        profile: String,
+    },
+}
+
+/// Everything `doppel exec serve` takes.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Checkpoint directory (CPU), or a tokenizer directory for the simulator (optional there).
+    pub model: Option<PathBuf>,
+    /// Backend.
+    pub backend: BackendKind,
+    /// Name clients pass as `model` (default: the directory name, or the profile name).
+    pub served_model_name: Option<String>,
+    /// KV capacity in tokens (default: 8192 on the CPU, the profile's memory rule for sim).
+    pub kv_capacity: Option<usize>,
+    /// KV page size.
+    pub page_size: usize,
+    /// Chunked prefill size (None = off).
+    pub chunked_prefill_size: Option<usize>,
+    /// Cap on running requests.
+    pub max_running_requests: Option<usize>,
+    /// Prefill token budget per batch.
+    pub max_prefill_tokens: Option<usize>,
+    /// Waiting-queue policy.
+    pub policy: Policy,
+    /// Turn the prefix cache off.
+    pub disable_radix_cache: bool,
+    /// SGLang's overlap order.
+    pub overlap: bool,
+    /// Requests beyond this many waiting get 503 (None = unbounded).
+    pub max_queued_requests: Option<usize>,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// On shutdown, how long live requests may run before they are aborted.
+    pub shutdown_timeout: Duration,
+    /// Seed of requests that bring none.
+    pub seed: u64,
+    /// Print SGLang's batch log lines.
+    pub log_batches: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            model: None,
+            backend: BackendKind::Cpu,
+            served_model_name: None,
+            kv_capacity: None,
+            page_size: 1,
+            chunked_prefill_size: Some(8192),
+            max_running_requests: None,
+            max_prefill_tokens: None,
+            policy: Policy::Fcfs,
+            disable_radix_cache: false,
+            overlap: true,
+            max_queued_requests: None,
+            max_body_bytes: 16 << 20,
+            shutdown_timeout: Duration::from_secs(30),
+            seed: 0,
+            log_batches: true,
+        }
+    }
+}
+
+/// The server could not start or failed while running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A setting is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// Loading the model, tokenizer or profile failed.
+    #[error("{0}")]
+    Load(String),
+    /// Binding or serving failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A built server: the engine thread is running; call [`Server::serve`].
+pub struct Server {
+    state: Arc<AppState>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    shutdown_timeout: Duration,
+}
+
+/// The simulator's virtual GPU on the wall clock: results are released when the cost model says
+/// the step ends, so clients see real latencies.
+struct Realtime<C: CostModel> {
+    inner: SimBackend<C>,
+    start: Instant,
+}
+
+impl<C: CostModel> Backend for Realtime<C> {
+    type Error = doppel_sim::backend::BackendError;
+
+    fn launch(&mut self, plan: &Plan, now: TimeNs) -> Result<(), Self::Error> {
+        self.inner.launch(plan, now)
+    }
+
+    fn collect(&mut self, plan: &Plan, out: &mut StepResult) -> Result<(), Self::Error> {
+        self.inner.collect(plan, out)?;
+        let due = self.start + Duration::from_nanos(out.done_at);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        Ok(())
+    }
+}
+
+fn dir_name(p: &std::path::Path) -> String {
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn spawn<B: Backend + Send + 'static>(
+    sched: SchedulerConfig,
+    backend: B,
+    overlap: bool,
+    rx: std::sync::mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    opts: LoopOptions,
+) -> Result<(std::thread::JoinHandle<()>, usize), ServerError> {
+    let scheduler =
+        Scheduler::new(sched).map_err(|e| ServerError::Config(format!("scheduler: {e}")))?;
+    let max_running = scheduler.max_running_requests();
+    let eng = Engine::new(scheduler, backend, overlap);
+    let h = std::thread::Builder::new()
+        .name("doppel-engine".into())
+        .spawn(move || engine::run(eng, rx, shared, opts))
+        .map_err(|e| ServerError::Io(format!("cannot start the engine thread: {e}")))?;
+    Ok((h, max_running))
+}
+
+impl Server {
+    /// Load the model (or profile), build the scheduler and start the engine thread.
+    pub fn build(cfg: ServerConfig) -> Result<Server, ServerError> {
+        if cfg.page_size == 0 {
+            return Err(ServerError::Config("--page-size must be at least 1".into()));
+        }
+        let start = Instant::now();
+        let shared = Arc::new(Shared {
+            snapshot: Mutex::new(Snapshot {
+                alive: true,
+                ..Default::default()
+            }),
+            start,
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut sched = SchedulerConfig {
+            page_size: cfg.page_size,
+            chunked_prefill_size: cfg.chunked_prefill_size,
+            max_running_requests: cfg.max_running_requests,
+            policy: cfg.policy,
+            disable_radix_cache: cfg.disable_radix_cache,
+            seed: cfg.seed,
+            ..Default::default()
+        };
+        if let Some(m) = cfg.max_prefill_tokens {
+            sched.max_prefill_tokens = m;
+        }
+        let mut opts = LoopOptions {
+            max_queued: cfg.max_queued_requests,
+            log_batches: cfg.log_batches,
+            cuda_graph: false,
+        };
+        let mut defaults = SamplingParams::default();
+        let (codec, name, backend_name, vocab, arch, thread, max_running) = match &cfg.backend {
+            BackendKind::Cpu => {
+                let dir = cfg.model.clone().ok_or_else(|| {
+                    ServerError::Config("--model is required with --device cpu".into())
+                })?;
+                let tok = Tokenizer::load(&dir).map_err(|e| ServerError::Load(e.to_string()))?;
+                let gen_cfg = GenerationConfig::load(&dir)
+                    .map_err(|e| ServerError::Load(e.to_string()))?
+                    .unwrap_or_default();
+                gen_cfg.apply_defaults(&mut defaults);
+                let (model, report) =
+                    CpuModel::load(&dir, false).map_err(|e| ServerError::Load(e.to_string()))?;
+                let mc = model.config().clone();
+                log::info(&format!(
+                    "loaded {:?} from {} in {:.2} s ({:.1} MiB of f32 weights)",
+                    mc.arch,
+                    dir.display(),
+                    report.elapsed.as_secs_f64(),
+                    report.weight_bytes as f64 / (1 << 20) as f64
+                ));
+                let mut eos = gen_cfg.eos_token_ids.clone();
+                for e in &mc.eos_token_ids {
+                    if !eos.contains(e) {
+                        eos.push(*e);
+                    }
+                }
+                sched.eos_token_ids = eos;
+                sched.kv_capacity_tokens = cfg.kv_capacity.unwrap_or(8192);
+                sched.context_len = mc.max_position_embeddings;
+                let backend = CpuBackend::new(model, sched.capacity_tokens(), cfg.seed);
+                let (h, mr) = spawn(
+                    sched.clone(),
+                    backend,
+                    cfg.overlap,
+                    rx,
+                    shared.clone(),
+                    opts.clone(),
+                )?;
+                (
+                    Codec::Hf(Arc::new(tok)),
+                    dir_name(&dir),
+                    "cpu".to_string(),
+                    mc.vocab_size,
+                    format!("{:?}", mc.arch),
+                    h,
+                    mr,
+                )
+            }
+            BackendKind::Sim { profile } => {
+                let p = Profile::load(profile).map_err(|e| ServerError::Load(e.to_string()))?;
+                let codec = match &cfg.model {
+                    Some(dir) => Codec::Hf(Arc::new(
+                        Tokenizer::load(dir).map_err(|e| ServerError::Load(e.to_string()))?,
+                    )),
+                    None => Codec::Synthetic,
+                };
+                sched.context_len = p.model.context_len;
+                sched.kv_capacity_tokens = match cfg.kv_capacity {
+                    Some(c) => c,
+                    None => p.kv_capacity_from_fraction(
+                        p.default_mem_fraction(cfg.chunked_prefill_size, 1),
+                        1,
+                    ),
+                };
+                opts.cuda_graph = true;
+                let backend = Realtime {
+                    inner: SimBackend::new(RooflineCost::new(&p, 1), p.model.vocab, false),
+                    start,
+                };
+                let (h, mr) = spawn(
+                    sched.clone(),
+                    backend,
+                    cfg.overlap,
+                    rx,
+                    shared.clone(),
+                    opts.clone(),
+                )?;
+                (
+                    codec,
+                    p.name.clone(),
+                    format!("sim:{}", p.name),
+                    p.model.vocab,
+                    "sim".to_string(),
+                    h,
+                    mr,
+                )
+            }
+        };
+        let info = Info {
+            model_name: cfg.served_model_name.clone().unwrap_or(name),
+            model_path: cfg.model.as_ref().map(|p| p.display().to_string()),
+            backend: backend_name,
+            vocab,
+            context_len: sched.context_len,
+            capacity: sched.capacity_tokens(),
+            page_size: sched.page_size,
+            chunked_prefill_size: sched.chunked_prefill_size,
+            max_running_requests: max_running,
+            max_queued_requests: cfg.max_queued_requests,
+            policy: sched.policy.name().to_string(),
+            disable_radix_cache: sched.disable_radix_cache,
+            overlap: cfg.overlap,
+            max_body_bytes: cfg.max_body_bytes,
+            arch,
+            created: unix_now(),
+        };
+        Ok(Server {
+            state: Arc::new(AppState {
+                cmd: tx,
+                shared,
+                codec,
+                info,
+                metrics: Default::default(),
+                next_id: AtomicU64::new(0),
+                draining: AtomicBool::new(false),
+                defaults,
+            }),
+            thread: Some(thread),
+            shutdown_timeout: cfg.shutdown_timeout,
+        })
+    }
+
+    /// The served model's facts.
+    pub fn info(&self) -> &Info {
+        &self.state.info
+    }
+
+    /// Serve on `listener` until `shutdown` resolves; then refuse new requests, let live ones run
+    /// for the shutdown timeout, abort the rest, and stop the engine thread. Returns the final
+    /// engine snapshot (tests check it for KV leaks).
+    pub async fn serve(
+        mut self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Snapshot, ServerError> {
+        let state = self.state.clone();
+        let drain = self.shutdown_timeout;
+        let app = super::routes::router(self.state.clone());
+        let stop = async move {
+            shutdown.await;
+            log::info("shutting down: refusing new requests, draining live ones");
+            state.draining.store(true, Ordering::Relaxed);
+            let _ = state.cmd.send(Command::Shutdown { drain });
+        };
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+            .map_err(|e| ServerError::Io(format!("serving: {e}")));
+        // Make sure the engine stops even if serving failed before the shutdown signal.
+        self.state.draining.store(true, Ordering::Relaxed);
+        let _ = self.state.cmd.send(Command::Shutdown {
+            drain: Duration::ZERO,
+        });
+        if let Some(h) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        served?;
+        let snap = self.state.shared.snapshot();
+        let m = &snap.memory;
+        log::info(&format!(
+            "engine stopped: KV free {} + evictable {} of capacity {}",
+            m.free, m.evictable, m.capacity
+        ));
+        Ok(snap)
+    }
+}
+
+/// Bind `host:port` and serve until SIGTERM or Ctrl-C (what `doppel exec serve` runs).
+pub fn run_blocking(cfg: ServerConfig, host: &str, port: u16) -> Result<Snapshot, ServerError> {
+    let server = Server::build(cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::Io(format!("tokio runtime: {e}")))?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((host, port))
+            .await
+            .map_err(|e| ServerError::Io(format!("cannot listen on {host}:{port}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ServerError::Io(e.to_string()))?;
+        log::info(&format!(
+            "serving {} ({}) on http://{addr}",
+            server.info().model_name,
+            server.info().backend
+        ));
+        server.serve(listener, termination()).await
+    })
+}
+
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
