@@ -276,3 +276,44 @@ fn gamma_arrivals_replay() {
     assert_eq!(r.summary.completed, 200);
     assert_eq!(r.summary.request_rate, "20.00");
 }
+
+/// One request alone: every client-visible time follows from the profile and the cost model.
+#[test]
+fn single_request_times_follow_the_cost_model_exactly() {
+    use doppel_sim::{BatchShape, CostModel, Profile, RooflineCost};
+    let p = Profile::load("a100-80g/qwen3-0.6b/sglang").unwrap();
+    let cost = RooflineCost::new(&p, 1);
+    let e = &p.engine;
+    let (prompt, out) = (300usize, 40usize);
+    for overlap in [true, false] {
+        let text = format!(
+            "profile: a100-80g/qwen3-0.6b/sglang\nengine: {{overlap: {overlap}}}\nworkload:\n  kind: requests\n  requests:\n    - {{prompt_len: {prompt}, output_len: {out}}}\n"
+        );
+        let r = replay(
+            Trace::parse(&text, "one.yaml").unwrap(),
+            "one.yaml",
+            SimOptions::default(),
+        )
+        .unwrap();
+        let rec = r.outcome.records[0];
+        let arrive =
+            (e.http_ns + e.tokenize_ns + e.tokenize_ns_per_token * prompt as f64).round() as u64;
+        let sched = cost.schedule_ns(1);
+        let prefill = cost.step_ns(&BatchShape::prefill(1, prompt));
+        let stream = e.stream_ns.round() as u64;
+        assert_eq!(
+            rec.first - rec.send,
+            arrive + sched + prefill + stream,
+            "overlap {overlap}"
+        );
+        // Decode step k attends to prompt + k + 1 tokens; without overlap the scheduling CPU
+        // time sits between steps, with overlap it hides behind the GPU.
+        let mut expect = rec.first;
+        for k in 0..out - 1 {
+            let step = cost.step_ns(&BatchShape::decode(1, prompt + k + 1));
+            expect += step + if overlap { 0 } else { sched };
+        }
+        assert_eq!(rec.finish, expect, "overlap {overlap}");
+        assert_eq!(r.outcome.itls.len(), out - 1);
+    }
+}
