@@ -372,6 +372,11 @@ impl WeightStore {
         self.tensors.contains_key(name)
     }
 
+    /// A tensor's stored shape, whatever its dtype.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|e| e.shape.as_slice())
+    }
+
     /// Total bytes of tensor data.
     pub fn total_bytes(&self) -> usize {
         self.tensors.values().map(|e| e.end - e.start).sum()
