@@ -21,6 +21,12 @@ pub enum SimCmd {
         /// Print SGLang-style "Prefill batch." / "Decode batch." log lines.
         #[arg(long)]
         log_batches: bool,
+        /// Replace the trace's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Replace the trace's profile (name or YAML file).
+        #[arg(long)]
+        profile: Option<String>,
     },
     /// SGLang's bench_one_batch straight from a profile's cost model.
     OneBatch {
@@ -73,12 +79,21 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             json,
             timeline,
             log_batches,
+            seed,
+            profile,
         } => {
             let opts = SimOptions {
                 record_steps: timeline.is_some(),
                 log_batches,
             };
-            let r = doppel_sim::replay_file(&trace, opts)?;
+            let mut t = doppel_sim::Trace::load(&trace)?;
+            if let Some(seed) = seed {
+                t.seed = seed;
+            }
+            if let Some(profile) = profile {
+                t.profile = profile;
+            }
+            let r = doppel_sim::replay(t, &trace, opts)?;
             print!("{}", r.stdout(log_batches));
             if let Some(path) = json {
                 write(
