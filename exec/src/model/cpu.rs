@@ -6,20 +6,71 @@
 
 use super::config::ModelConfig;
 use super::weights::{
-    tensor_specs, LayerNames, WeightError, WeightStore, EMBED, FINAL_NORM, LM_HEAD,
+    tensor_specs, DType, LayerNames, TensorRef, WeightError, WeightStore, EMBED, FINAL_NORM,
+    LM_HEAD,
 };
 use doppel_core::KvSlot;
 use rayon::prelude::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// One decoder layer in f32.
+/// A weight matrix [out, in] kept in the checkpoint's precision when that is bf16 (widening
+/// bf16 to f32 is exact, so results are identical to converting at load, with half the memory
+/// traffic per decode step); every other dtype is converted to f32 at load.
+enum Mat {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+impl Mat {
+    fn from_tensor(t: &TensorRef<'_>) -> Mat {
+        match t.dtype {
+            DType::BF16 => Mat::Bf16(
+                t.bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            _ => Mat::F32(t.to_f32()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Mat::F32(v) => v.len(),
+            Mat::Bf16(v) => v.len(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Mat::F32(v) => v.len() * 4,
+            Mat::Bf16(v) => v.len() * 2,
+        }
+    }
+
+    /// Row `o` of width `w` as f32, widened into `buf` when stored as bf16.
+    #[inline]
+    fn row<'a>(&'a self, o: usize, w: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        match self {
+            Mat::F32(v) => &v[o * w..(o + 1) * w],
+            Mat::Bf16(v) => {
+                for (d, &b) in buf[..w].iter_mut().zip(&v[o * w..(o + 1) * w]) {
+                    *d = f32::from_bits((b as u32) << 16);
+                }
+                &buf[..w]
+            }
+        }
+    }
+}
+
+/// One decoder layer (norms and biases in f32).
 struct Layer {
     input_norm: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    o: Vec<f32>,
+    q: Mat,
+    k: Mat,
+    v: Mat,
+    o: Mat,
     q_bias: Option<Vec<f32>>,
     k_bias: Option<Vec<f32>>,
     v_bias: Option<Vec<f32>>,
@@ -27,19 +78,19 @@ struct Layer {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     post_norm: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    down: Vec<f32>,
+    gate: Mat,
+    up: Mat,
+    down: Mat,
 }
 
 /// A loaded model on the CPU.
 pub struct CpuModel {
     cfg: ModelConfig,
-    embed: Vec<f32>,
+    embed: Mat,
     layers: Vec<Layer>,
     final_norm: Vec<f32>,
     /// None when tied to the embedding.
-    lm_head: Option<Vec<f32>>,
+    lm_head: Option<Mat>,
     inv_freq: Vec<f32>,
 }
 
@@ -48,7 +99,7 @@ pub struct CpuModel {
 pub struct LoadReport {
     /// Wall time.
     pub elapsed: Duration,
-    /// Bytes of f32 weights held.
+    /// Bytes of weights held (bf16 matrices stay bf16, everything else f32).
     pub weight_bytes: usize,
     /// Bytes of tensor data in the checkpoint files.
     pub checkpoint_bytes: usize,
@@ -171,14 +222,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// y[t, o] = x[t, :] . w[o, :] (+ bias[o]) for `rows` rows; w is [out, in] row-major.
-fn linear(
-    x: &[f32],
-    rows: usize,
-    w: &[f32],
-    bias: Option<&[f32]>,
-    out_dim: usize,
-    y: &mut Vec<f32>,
-) {
+fn linear(x: &[f32], rows: usize, w: &Mat, bias: Option<&[f32]>, out_dim: usize, y: &mut Vec<f32>) {
     let in_dim = w.len() / out_dim;
     y.clear();
     y.resize(rows * out_dim, 0.0);
@@ -191,9 +235,10 @@ fn linear(
     yt.par_chunks_mut(BLOCK * rows)
         .enumerate()
         .for_each(|(b, chunk)| {
+            let mut buf = vec![0f32; in_dim];
             for (j, col) in chunk.chunks_mut(rows).enumerate() {
                 let o = b * BLOCK + j;
-                let wr = &w[o * in_dim..(o + 1) * in_dim];
+                let wr = w.row(o, in_dim, &mut buf);
                 let bo = bias.map_or(0.0, |b| b[o]);
                 for (t, c) in col.iter_mut().enumerate() {
                     *c = dot(&x[t * in_dim..(t + 1) * in_dim], wr) + bo;
@@ -235,21 +280,30 @@ impl CpuModel {
         } else {
             indicatif::ProgressBar::hidden()
         };
-        let mut bytes = 0usize;
-        let mut get = |name: &str| -> Result<Vec<f32>, WeightError> {
-            let spec = specs
+        let fetch = |name: &str| -> Result<TensorRef<'_>, WeightError> {
+            let shape = specs
                 .iter()
                 .find(|s| s.name == name)
-                .map(|s| s.shape.clone())
+                .map(|s| s.shape.as_slice())
                 .unwrap_or_default();
-            let t = store.get(name, &spec)?;
+            let t = store.get(name, shape)?;
             bar.set_message(name.to_string());
             bar.inc(1);
-            let v = t.to_f32();
+            Ok(t)
+        };
+        let mut bytes = 0usize;
+        let mut get = |name: &str| -> Result<Vec<f32>, WeightError> {
+            let v = fetch(name)?.to_f32();
             bytes += v.len() * 4;
             Ok(v)
         };
-        let embed = get(EMBED)?;
+        let mut mat_bytes = 0usize;
+        let mut getm = |name: &str| -> Result<Mat, WeightError> {
+            let m = Mat::from_tensor(&fetch(name)?);
+            mat_bytes += m.bytes();
+            Ok(m)
+        };
+        let embed = getm(EMBED)?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let n = LayerNames::new(l);
@@ -262,10 +316,10 @@ impl CpuModel {
             let k_norm = opt(cfg.qk_norm, &n.k_norm)?;
             layers.push(Layer {
                 input_norm: get(&n.input_norm)?,
-                q: get(&n.q_proj)?,
-                k: get(&n.k_proj)?,
-                v: get(&n.v_proj)?,
-                o: get(&n.o_proj)?,
+                q: getm(&n.q_proj)?,
+                k: getm(&n.k_proj)?,
+                v: getm(&n.v_proj)?,
+                o: getm(&n.o_proj)?,
                 q_bias,
                 k_bias,
                 v_bias,
@@ -273,17 +327,18 @@ impl CpuModel {
                 q_norm,
                 k_norm,
                 post_norm: get(&n.post_norm)?,
-                gate: get(&n.gate_proj)?,
-                up: get(&n.up_proj)?,
-                down: get(&n.down_proj)?,
+                gate: getm(&n.gate_proj)?,
+                up: getm(&n.up_proj)?,
+                down: getm(&n.down_proj)?,
             });
         }
         let final_norm = get(FINAL_NORM)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(get(LM_HEAD)?)
+            Some(getm(LM_HEAD)?)
         };
+        let bytes = bytes + mat_bytes;
         bar.finish_and_clear();
         let inv_freq = cfg.rope_inv_freq().into_iter().map(|f| f as f32).collect();
         let model = CpuModel {
@@ -362,7 +417,9 @@ impl CpuModel {
         let n = ids.len();
         let mut x = Vec::with_capacity(n * h);
         for &t in &ids {
-            x.extend_from_slice(&self.embed[t as usize * h..(t as usize + 1) * h]);
+            let mut buf = vec![0f32; h];
+            let row = self.embed.row(t as usize, h, &mut buf);
+            x.extend_from_slice(row);
         }
         let mut xn = vec![0f32; n * h];
         let (mut q, mut k, mut v, mut att, mut tmp, mut g, mut u) = (
@@ -485,7 +542,7 @@ impl CpuModel {
                 &mut hn[i * h..(i + 1) * h],
             );
         }
-        let head = self.lm_head.as_deref().unwrap_or(&self.embed);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let mut out = Vec::new();
         linear(&hn, rows.len(), head, None, c.vocab_size, &mut out);
         logits.extend_from_slice(&out);
