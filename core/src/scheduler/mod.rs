@@ -220,7 +220,7 @@ impl Scheduler {
             }
         };
         self.by_id.insert(id, handle);
-        self.waiting.push(handle);
+        self.insert_waiting(handle);
         Ok(Admitted {
             max_new_tokens: max_new,
             clipped: max_new < self.req(handle).spec.sampling.max_new_tokens,

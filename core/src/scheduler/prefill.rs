@@ -272,7 +272,14 @@ impl Scheduler {
         }
         let mut cands = std::mem::take(&mut self.scratch.cands);
         cands.clear();
-        for &h in &self.waiting {
+        // The queue is kept in FCFS order, and one step can admit at most this many requests,
+        // so FCFS needs only the head of a long queue.
+        let take = if policy == Policy::Fcfs {
+            (self.max_running.saturating_sub(self.running.len())).min(self.table.available()) + 1
+        } else {
+            usize::MAX
+        };
+        for &h in self.waiting.iter().take(take) {
             let r = self.req(h);
             cands.push(Candidate {
                 handle: h,
