@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "doppel", version, about = "An SGLang-style LLM serving engine and its exact-twin simulator")]
+#[command(
+    name = "doppel",
+    version,
+    about = "An SGLang-style LLM serving engine and its exact-twin simulator"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
