@@ -17,7 +17,7 @@
 
 #define NW 4
 #define MAXG 8  // largest GQA group (nq / nk) supported
-#define UNROLL 4
+#define UNROLL 8
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -79,14 +79,19 @@ __device__ void decode_split_impl(float* __restrict__ part_o, float* __restrict_
     }
 
     const size_t kvw = (size_t)nk * D;
-    for (int k0 = k_begin + warp * UNROLL; k0 < k_end; k0 += NW * UNROLL) {
+    // Lane u < UNROLL holds the slot of key k0 + u: one load for the warp's UNROLL keys, and the
+    // next iteration's slots are fetched before this iteration's arithmetic.
+    int k0 = k_begin + warp * UNROLL;
+    unsigned int my_slot = (lane < UNROLL && k0 + lane < k_end) ? trow[k0 + lane] : 0u;
+    for (; k0 < k_end; k0 += NW * UNROLL) {
         float kf[UNROLL][E], vf[UNROLL][E];
         bool ok[UNROLL];
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             ok[u] = k0 + u < k_end;
+            unsigned int slot = __shfl_sync(0xffffffffu, my_slot, u);
             if (ok[u]) {
-                size_t off = (size_t)trow[k0 + u] * kvw + kvh * D + lane * E;
+                size_t off = (size_t)slot * kvw + kvh * D + lane * E;
                 load_row<D>(k_cache + off, kf[u]);
                 load_row<D>(v_cache + off, vf[u]);
             } else {
@@ -94,6 +99,8 @@ __device__ void decode_split_impl(float* __restrict__ part_o, float* __restrict_
                 for (int e = 0; e < E; e++) kf[u][e] = vf[u][e] = 0.f;
             }
         }
+        int kn = k0 + NW * UNROLL;
+        my_slot = (lane < UNROLL && kn + lane < k_end) ? trow[kn + lane] : 0u;
 #pragma unroll
         for (int g = 0; g < MAXG; g++) {
             if (g < G) {

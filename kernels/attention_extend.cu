@@ -14,8 +14,6 @@
 #endif
 
 #define BM 64
-#define BN 32
-#define NWARPS 4
 
 __device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
     asm volatile(
@@ -35,7 +33,7 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
 // kv_len[b] (prefix + new), row[b] (its row of the slot table).
 // q: [T, q_stride] (q heads at column h*D); k_cache/v_cache: [slots, nk*D]; out: [T, nq*D].
 // Grid (num_tiles, nq), block 128.
-template <int D, bool LDMATRIX>
+template <int D, int BN, bool LDMATRIX>
 __device__ void attention_extend_impl(__nv_bfloat16* __restrict__ out,
                                       const __nv_bfloat16* __restrict__ q,
                                       const __nv_bfloat16* __restrict__ k_cache,
@@ -47,9 +45,13 @@ __device__ void attention_extend_impl(__nv_bfloat16* __restrict__ out,
                                       const int* __restrict__ kv_len, const int* __restrict__ row,
                                       int nq, int nk, int q_stride, int table_stride, float scale) {
     constexpr int LD = D + 8;  // padded row: conflict-free fragment loads and ldmatrix rows
-    __shared__ __align__(16) __nv_bfloat16 Qs[BM][LD];
-    __shared__ __align__(16) __nv_bfloat16 Ks[BN][LD];
+    // Q is staged through the K buffer: once its fragments are in registers the space holds K
+    // tiles (the barrier at the top of the key loop separates the two uses).
+    constexpr int QK_ROWS = BM > BN ? BM : BN;
+    __shared__ __align__(16) __nv_bfloat16 QKs[QK_ROWS][LD];
     __shared__ __align__(16) __nv_bfloat16 Vs[BN][LD];
+    auto& Qs = QKs;
+    auto& Ks = QKs;
 
     const int tile = blockIdx.x, qh = blockIdx.y;
     const int b = tile_entry[tile], m0 = tile_m0[tile];
@@ -205,19 +207,21 @@ __device__ void attention_extend_impl(__nv_bfloat16* __restrict__ out,
     }
 }
 
-#define ATTN_EXTEND_ENTRY(NAME, D, LDM)                                                         \
+#define ATTN_EXTEND_ENTRY(NAME, D, BN, LDM)                                                         \
     extern "C" __global__ void __launch_bounds__(128) NAME(                                     \
         __nv_bfloat16* out, const __nv_bfloat16* q, const __nv_bfloat16* k_cache,                \
         const __nv_bfloat16* v_cache, const unsigned int* table, const int* tile_entry,         \
         const int* tile_m0, const int* q_start, const int* q_len, const int* kv_len,            \
         const int* row, int nq, int nk, int q_stride, int table_stride, float scale) {          \
-        attention_extend_impl<D, LDM>(out, q, k_cache, v_cache, table, tile_entry, tile_m0,     \
+        attention_extend_impl<D, BN, LDM>(out, q, k_cache, v_cache, table, tile_entry, tile_m0,     \
                                       q_start, q_len, kv_len, row, nq, nk, q_stride,            \
                                       table_stride, scale);                                     \
     }
 
-ATTN_EXTEND_ENTRY(attention_extend_d64, 64, true)
-ATTN_EXTEND_ENTRY(attention_extend_d128, 128, true)
-// Same computation with V fragments assembled from scalar shared loads instead of ldmatrix.trans:
-// a cross-check of the fast path's fragment layout.
-ATTN_EXTEND_ENTRY(attention_extend_d128_scalar_v, 128, false)
+ATTN_EXTEND_ENTRY(attention_extend_d64, 64, 64, true)
+ATTN_EXTEND_ENTRY(attention_extend_d128, 128, 64, true)
+// 32-key tiles: the first version, kept as a cross-check of the 64-key one.
+ATTN_EXTEND_ENTRY(attention_extend_d128_bn32, 128, 32, true)
+// V fragments assembled from scalar shared loads instead of ldmatrix.trans: a cross-check of
+// the fast path's fragment layout.
+ATTN_EXTEND_ENTRY(attention_extend_d128_scalar_v, 128, 32, false)

@@ -65,3 +65,65 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(__nv_bfloat16* __res
         }
     }
 }
+
+// The MLP's gate/up projection with SiLU-and-mul fused in: w is [gate; up] as [2I, K];
+// y[b, n] = bf16(silu(bf16(x_b . w[n]))) * bf16(x_b . w[I + n]) for n < I (the same roundings
+// as gemv_bf16 followed by silu_and_mul). One warp per n: it reads both rows. Grid (ceil(I/8)),
+// block 256.
+extern "C" __global__ void __launch_bounds__(256) gemv_gate_up_silu(__nv_bfloat16* __restrict__ y,
+                                                                    const __nv_bfloat16* __restrict__ x,
+                                                                    const __nv_bfloat16* __restrict__ w,
+                                                                    int B, int I, int K) {
+    int n = blockIdx.x * WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (n >= I) return;
+    const uint4* wg = reinterpret_cast<const uint4*>(w + (size_t)n * K);
+    const uint4* wu = reinterpret_cast<const uint4*>(w + (size_t)(I + n) * K);
+    const int kc = K / 8;
+    float ag[MAXB], au[MAXB];
+#pragma unroll
+    for (int b = 0; b < MAXB; b++) ag[b] = au[b] = 0.f;
+    int c = lane;
+    for (; c + 32 < kc; c += 64) {
+        uint4 g0 = __ldg(wg + c), g1 = __ldg(wg + c + 32), u0 = __ldg(wu + c), u1 = __ldg(wu + c + 32);
+#pragma unroll
+        for (int b = 0; b < MAXB; b++) {
+            if (b < B) {
+                const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)b * K);
+                uint4 x0 = __ldg(xr + c), x1 = __ldg(xr + c + 32);
+                dot8(ag[b], g0, x0);
+                dot8(ag[b], g1, x1);
+                dot8(au[b], u0, x0);
+                dot8(au[b], u1, x1);
+            }
+        }
+    }
+    for (; c < kc; c += 32) {
+        uint4 g0 = __ldg(wg + c), u0 = __ldg(wu + c);
+#pragma unroll
+        for (int b = 0; b < MAXB; b++) {
+            if (b < B) {
+                uint4 x0 = __ldg(reinterpret_cast<const uint4*>(x + (size_t)b * K) + c);
+                dot8(ag[b], g0, x0);
+                dot8(au[b], u0, x0);
+            }
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < MAXB; b++) {
+        if (b < B) {
+            float g = ag[b], u = au[b];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                g += __shfl_xor_sync(0xffffffffu, g, o);
+                u += __shfl_xor_sync(0xffffffffu, u, o);
+            }
+            if (lane == 0) {
+                g = __bfloat162float(__float2bfloat16(g));
+                u = __bfloat162float(__float2bfloat16(u));
+                float sg = __bfloat162float(__float2bfloat16(g / (1.f + __expf(-g))));
+                y[(size_t)b * I + n] = __float2bfloat16(sg * u);
+            }
+        }
+    }
+}

@@ -27,3 +27,84 @@ extern "C" __global__ void rope_neox(__nv_bfloat16* __restrict__ qkv,
         p[half + i] = __float2bfloat16(x2 * c + x1 * s);
     }
 }
+
+__device__ __forceinline__ float warp_sum_f(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// One pass over a token's fused qkv row doing what qk_rmsnorm, rope_neox and kv_store do in three:
+// q heads: [per-head RMSNorm] + RoPE, written back in place (attention reads q from here);
+// k heads: [per-head RMSNorm] + RoPE, written to k_cache[slots[t]] (not back to qkv);
+// v heads: copied to v_cache[slots[t]].
+// wq/wk may be null (no q/k norm, e.g. Llama). One warp per (token, head); lane owns EPH
+// consecutive elements of each half of the head, so each RoPE pair stays inside one lane.
+// Grid (ceil(T*(nq+2nk)/4)), block 128.
+template <int D>
+__device__ void qk_norm_rope_store_impl(__nv_bfloat16* __restrict__ qkv,
+                                        const __nv_bfloat16* __restrict__ wq,
+                                        const __nv_bfloat16* __restrict__ wk,
+                                        const int* __restrict__ positions,
+                                        const float* __restrict__ cos_sin,
+                                        __nv_bfloat16* __restrict__ k_cache,
+                                        __nv_bfloat16* __restrict__ v_cache,
+                                        const unsigned int* __restrict__ slots, int num_tokens,
+                                        int nq, int nk, int row_stride, float eps) {
+    constexpr int HALF = D / 2, EPH = D / 64;
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    int heads = nq + 2 * nk;
+    if (warp >= num_tokens * heads) return;
+    int t = warp / heads, h = warp % heads;
+    __nv_bfloat16* p = qkv + (size_t)t * row_stride + (size_t)h * D;
+    int i0 = lane * EPH;
+    if (h >= nq + nk) {  // v head: copy
+        __nv_bfloat16* dst = v_cache + (size_t)slots[t] * nk * D + (size_t)(h - nq - nk) * D;
+#pragma unroll
+        for (int j = 0; j < EPH; j++) {
+            dst[i0 + j] = p[i0 + j];
+            dst[HALF + i0 + j] = p[HALF + i0 + j];
+        }
+        return;
+    }
+    float a[EPH], b[EPH];
+#pragma unroll
+    for (int j = 0; j < EPH; j++) {
+        a[j] = __bfloat162float(p[i0 + j]);
+        b[j] = __bfloat162float(p[HALF + i0 + j]);
+    }
+    const __nv_bfloat16* w = h < nq ? wq : wk;
+    if (w != nullptr) {
+        float ss = 0.f;
+#pragma unroll
+        for (int j = 0; j < EPH; j++) ss += a[j] * a[j] + b[j] * b[j];
+        float inv = rsqrtf(warp_sum_f(ss) / D + eps);
+#pragma unroll
+        for (int j = 0; j < EPH; j++) {
+            // Round after the norm, as the unfused qk_rmsnorm kernel stores bf16 before RoPE.
+            a[j] = __bfloat162float(__float2bfloat16(a[j] * inv * __bfloat162float(w[i0 + j])));
+            b[j] = __bfloat162float(__float2bfloat16(b[j] * inv * __bfloat162float(w[HALF + i0 + j])));
+        }
+    }
+    const float* cs = cos_sin + (size_t)positions[t] * D;
+    __nv_bfloat16* dst = h < nq ? p : k_cache + (size_t)slots[t] * nk * D + (size_t)(h - nq) * D;
+#pragma unroll
+    for (int j = 0; j < EPH; j++) {
+        float c = cs[i0 + j], s = cs[HALF + i0 + j];
+        dst[i0 + j] = __float2bfloat16(a[j] * c - b[j] * s);
+        dst[HALF + i0 + j] = __float2bfloat16(b[j] * c + a[j] * s);
+    }
+}
+
+#define QK_NORM_ROPE_STORE(D)                                                                     \
+    extern "C" __global__ void qk_norm_rope_store_d##D(                                           \
+        __nv_bfloat16* qkv, const __nv_bfloat16* wq, const __nv_bfloat16* wk, const int* positions, \
+        const float* cos_sin, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,                     \
+        const unsigned int* slots, int num_tokens, int nq, int nk, int row_stride, float eps) {   \
+        qk_norm_rope_store_impl<D>(qkv, wq, wk, positions, cos_sin, k_cache, v_cache, slots,      \
+                                   num_tokens, nq, nk, row_stride, eps);                          \
+    }
+
+QK_NORM_ROPE_STORE(64)
+QK_NORM_ROPE_STORE(128)

@@ -24,6 +24,37 @@ pub enum ExecCmd {
     MakeModel(MakeModelArgs),
     /// Serve the SGLang-native and OpenAI-compatible HTTP API (see docs/server.md).
     Serve(ServeArgs),
+    /// SGLang's bench_one_batch on the GPU: prefill and decode latency/throughput per batch size.
+    BenchOneBatch(BenchOneBatchArgs),
+}
+
+/// `doppel exec bench-one-batch` (GPU; see docs/cuda.md).
+#[derive(Args)]
+pub struct BenchOneBatchArgs {
+    /// Checkpoint directory (config.json, *.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Random weights of the checkpoint's shapes (reads config.json only).
+    #[arg(long)]
+    random_weights: bool,
+    /// Batch sizes.
+    #[arg(long, num_args = 1.., default_values_t = [1usize, 4, 16, 64])]
+    batch_size: Vec<usize>,
+    /// Prompt tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    input_len: usize,
+    /// Generated tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    output_len: usize,
+    /// Timed repeats per batch size (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Print the raw figures as JSON.
+    #[arg(long)]
+    json: bool,
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
 }
 
 /// `doppel exec generate`.
@@ -171,7 +202,51 @@ pub fn run(cmd: ExecCmd) -> anyhow::Result<ExitCode> {
         ExecCmd::Generate(a) => generate(a),
         ExecCmd::MakeModel(a) => make_model(a),
         ExecCmd::Serve(a) => serve(a),
+        ExecCmd::BenchOneBatch(a) => bench_one_batch(a),
     }
+}
+
+fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
+    use doppel_exec::cuda::bench_one_batch::{format_table, run, to_json, BenchOptions};
+    use doppel_exec::cuda::{model::GpuModel, Gpu};
+    if a.input_len == 0 || a.output_len == 0 || a.batch_size.contains(&0) {
+        bail!("--input-len, --output-len and every --batch-size must be at least 1");
+    }
+    let cfg = doppel_exec::model::ModelConfig::load(&a.model)?;
+    let gpu = Gpu::new(a.device).context("--device cuda")?;
+    let ctx = a.input_len + a.output_len;
+    let model = if a.random_weights {
+        GpuModel::random(&gpu, &cfg, 7, ctx)?
+    } else {
+        let store = doppel_exec::model::WeightStore::open(&a.model)?;
+        GpuModel::load(&gpu, &cfg, &store, ctx)?
+    };
+    let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
+    eprintln!(
+        "{} (sm_{}{}): weights {:.2} GB; KV cache {} tokens ({:.3} GB); decode CUDA graphs for batch sizes {:?}; kernels loaded in {:.2}s",
+        gpu.name,
+        gpu.cc.0,
+        gpu.cc.1,
+        model.weight_bytes as f64 / 1e9,
+        max_b * ctx,
+        (max_b * ctx * model.kv_bytes_per_slot()) as f64 / 1e9,
+        a.batch_size,
+        gpu.kernels.load_seconds
+    );
+    let opts = BenchOptions {
+        batch_sizes: a.batch_size,
+        input_len: a.input_len,
+        output_len: a.output_len,
+        repeats: a.repeats,
+        seed: 1,
+    };
+    let rows = run(&gpu, &model, &opts)?;
+    if a.json {
+        println!("{}", to_json(&rows));
+    } else {
+        print!("{}", format_table(&rows));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn make_model(a: MakeModelArgs) -> anyhow::Result<ExitCode> {

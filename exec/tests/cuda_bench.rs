@@ -208,7 +208,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
     let cfg = qwen3_06b();
     let max_ctx = 256;
     let max_b = 64;
-    let model = GpuModel::random(gpu, &cfg, 7, 4096).unwrap();
+    let mut model = GpuModel::random(gpu, &cfg, 7, 4096).unwrap();
     let mut kv = KvPool::new(gpu, &model, 1 + max_b * max_ctx, max_b + 1, max_ctx).unwrap();
     let table: Vec<u32> = (0..(max_b + 1) * max_ctx)
         .map(|i| {
@@ -288,6 +288,22 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             .unwrap()
             .expect("graph");
         let replay = time_ms(gpu, 15, 10, || graph.launch().unwrap());
+        // The same step with the separate (unfused) kernels, for comparison.
+        model.fused = false;
+        gpu.sync().unwrap();
+        gpu.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .unwrap();
+        model
+            .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
+            .unwrap();
+        let graph2 = gpu
+            .stream
+            .end_capture(CUgraphInstantiate_flags_enum(0))
+            .unwrap()
+            .expect("graph");
+        model.fused = true;
+        let unfused = time_ms(gpu, 15, 10, || graph2.launch().unwrap());
         let kv_bytes = (b * 160 * model.kv_bytes_per_slot()) as f64;
         let floor = (model.weight_bytes as f64 + kv_bytes) / bw * 1e3;
         println!(
@@ -300,6 +316,12 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             "{:<34} {:>10.3} {:>12.3}",
             format!("decode b={b} (CUDA graph replay)"),
             replay,
+            floor
+        );
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("decode b={b} (graph, unfused kernels)"),
+            unfused,
             floor
         );
     }
@@ -442,6 +464,40 @@ fn kernel_breakdown(
                 layers,
             ),
         ];
+        // The model runs the fused kernels: the separate ones stay listed (0 calls) for comparison.
+        for row in rows.iter_mut() {
+            if ["qk_rmsnorm", "rope_neox", "kv_store"].contains(&row.0)
+                || (t <= 4 && ["gate_up proj", "silu_and_mul"].contains(&row.0))
+            {
+                row.2 = 0;
+            }
+        }
+        let post = doppel_exec::cuda::ops::QkvPost {
+            qk_norm: Some((p(&norm_w), p(&norm_w))),
+            positions: gpu.ptr(&ws.positions),
+            cos_sin: gpu.ptr(&cos),
+            k_cache: p(&kc),
+            v_cache: p(&vc),
+            slots: gpu.ptr(&ws.out_slots),
+        };
+        rows.push((
+            "qk_norm_rope_store (fused)",
+            time_ms(gpu, 9, 5, || {
+                gpu.qk_norm_rope_store(p(&y), &post, t, (nq, nk), d, qkv_w, 1e-6)
+                    .unwrap()
+            }),
+            layers,
+        ));
+        if t <= 8 {
+            rows.push((
+                "gemv_gate_up_silu (fused)",
+                time_ms(gpu, 9, 5, || {
+                    gpu.gemv_gate_up_silu(p(&y), p(&x), p(&wts[2]), t, inter, h)
+                        .unwrap()
+                }),
+                if t <= 4 { layers } else { 0 },
+            ));
+        }
         let view = doppel_exec::cuda::attention::KvView {
             k_cache: p(&kc),
             v_cache: p(&vc),
@@ -495,6 +551,21 @@ fn kernel_breakdown(
                     .unwrap()
                 }),
                 layers,
+            ));
+            rows.push((
+                "attention_extend 32-key tiles (old)",
+                time_ms(gpu, 9, 5, || {
+                    gpu.attention_extend(
+                        p(&y),
+                        p(&x),
+                        view,
+                        &meta,
+                        &shape,
+                        doppel_exec::cuda::attention::ExtendVariant::Bn32,
+                    )
+                    .unwrap()
+                }),
+                0,
             ));
         }
         let logits = gpu.zeros::<f32>(b * c.vocab_size).unwrap();

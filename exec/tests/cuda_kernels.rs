@@ -640,7 +640,11 @@ fn attention_extend(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, nq: usize, nk: u
     let meta = ExtendMeta::new(gpu, &entries, t, kv.rows, kv.stride).unwrap();
     let reference = attn_ref(&q, &shape, &kv, &entries, t);
     let variants: &[ExtendVariant] = if d == 128 {
-        &[ExtendVariant::Fast, ExtendVariant::ScalarV]
+        &[
+            ExtendVariant::Fast,
+            ExtendVariant::Bn32,
+            ExtendVariant::ScalarV,
+        ]
     } else {
         &[ExtendVariant::Fast]
     };

@@ -16,4 +16,7 @@ for line in sys.stdin:
         subprocess.run(["strip", "-o", "carry/bin/" + m["target"]["name"], m["executable"]], check=True)
         print("staged", m["target"]["name"])
 '
+cargo build --release --bin doppel
+strip -o carry/bin/doppel target/release/doppel
+echo "staged doppel"
 du -sh carry

@@ -198,8 +198,10 @@ fn nonempty(mut v: Vec<i32>) -> Vec<i32> {
 /// Which extend kernel to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExtendVariant {
-    /// The fast path (V fragments through ldmatrix.trans).
+    /// The fast path (64-key tiles, V fragments through ldmatrix.trans).
     Fast,
+    /// 32-key tiles (head_dim 128 only): the first version, a cross-check of the fast path.
+    Bn32,
     /// V fragments from scalar shared loads (head_dim 128 only): a cross-check of the fast path.
     ScalarV,
 }
@@ -308,10 +310,11 @@ impl Gpu {
             (64, ExtendVariant::Fast) => "attention_extend_d64",
             (128, ExtendVariant::Fast) => "attention_extend_d128",
             (128, ExtendVariant::ScalarV) => "attention_extend_d128_scalar_v",
+            (128, ExtendVariant::Bn32) => "attention_extend_d128_bn32",
             _ => {
                 return Err(CudaError::Invalid {
                     kernel: K,
-                    msg: "the scalar-V variant exists for head_dim 128 only".into(),
+                    msg: "the cross-check variants exist for head_dim 128 only".into(),
                 })
             }
         };
@@ -454,10 +457,10 @@ impl Gpu {
     }
 }
 
-/// A split count for decode: enough blocks to cover the GPU about twice, with at least 64 keys
-/// per split.
+/// A split count for decode: enough blocks to cover the GPU about four times over, with at
+/// least 16 keys per split (shorter splits only leave a block's warps idle).
 pub fn decode_splits(entries: usize, nk: usize, max_kv: usize, sm_count: usize) -> usize {
     let blocks = (entries * nk).max(1);
-    let want = (2 * sm_count).div_ceil(blocks);
-    want.clamp(1, max_kv.div_ceil(64).max(1))
+    let want = (4 * sm_count).div_ceil(blocks);
+    want.clamp(1, max_kv.div_ceil(16).max(1))
 }

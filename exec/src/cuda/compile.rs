@@ -36,13 +36,21 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         ["embedding_gather", "gather_rows", "store_last_token"]
     ),
     kernel_source!("norm.cu", ["rmsnorm", "fused_add_rmsnorm", "qk_rmsnorm"]),
-    kernel_source!("rope.cu", ["rope_neox"]),
+    kernel_source!(
+        "rope.cu",
+        [
+            "rope_neox",
+            "qk_norm_rope_store_d64",
+            "qk_norm_rope_store_d128"
+        ]
+    ),
     kernel_source!("kv_cache.cu", ["kv_store", "table_scatter"]),
     kernel_source!(
         "attention_extend.cu",
         [
             "attention_extend_d64",
             "attention_extend_d128",
+            "attention_extend_d128_bn32",
             "attention_extend_d128_scalar_v"
         ]
     ),
@@ -57,7 +65,7 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
     ),
     kernel_source!("activation.cu", ["silu_and_mul"]),
     kernel_source!("sampling.cu", ["argmax_rows", "sample_rows"]),
-    kernel_source!("gemv.cu", ["gemv_bf16"]),
+    kernel_source!("gemv.cu", ["gemv_bf16", "gemv_gate_up_silu"]),
 ];
 
 /// Options every kernel is compiled with (besides the architecture and include path).

@@ -10,6 +10,7 @@
 
 pub mod attention;
 pub mod backend;
+pub mod bench_one_batch;
 pub mod blas;
 pub mod compile;
 pub mod kernels;

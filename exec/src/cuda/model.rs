@@ -8,7 +8,7 @@
 //! `gemv_max_tokens` tokens and cuBLAS above. Only the rows that need logits reach the LM head.
 
 use super::attention::{AttnEntry, AttnShape, DecodeMeta, ExtendMeta, ExtendVariant, KvView};
-use super::ops::SamplingBufs;
+use super::ops::{QkvPost, SamplingBufs};
 use super::rope::cos_sin_table;
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use crate::model::weights::{LayerNames, EMBED, FINAL_NORM, LM_HEAD};
@@ -43,8 +43,13 @@ pub struct GpuModel {
     pub max_pos: usize,
     /// Bytes of weights held.
     pub weight_bytes: usize,
-    /// Projections with at most this many tokens use the custom GEMV (at most 8).
+    /// Projections with at most this many tokens use the custom GEMV (at most 8; default 4, where
+    /// it stops beating cuBLAS on the H100: docs/cuda.md).
     pub gemv_max_tokens: usize,
+    /// Use the fused kernels (q/k norm + RoPE + KV store in one pass; gate/up GEMV with
+    /// SiLU-and-mul) instead of the separate ones. Both paths are tested; the flag exists to
+    /// measure the difference.
+    pub fused: bool,
 }
 
 fn unsupported(msg: String) -> CudaError {
@@ -267,7 +272,8 @@ impl GpuModel {
             cos_sin,
             max_pos,
             weight_bytes,
-            gemv_max_tokens: 8,
+            gemv_max_tokens: 4,
+            fused: true,
         })
     }
 
@@ -626,33 +632,49 @@ impl GpuModel {
                 gpu.fused_add_rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
             }
             self.linear(gpu, qkv, hidden, &lw.qkv, tokens, qkv_w, h)?;
-            if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
-                gpu.qk_rmsnorm(qkv, p(qn), p(kn), tokens, (nq, nk), d, qkv_w, eps)?;
-            }
-            gpu.rope_neox(
-                qkv,
-                gpu.ptr(&ws.positions),
-                gpu.ptr(&self.cos_sin),
-                tokens,
-                (nq, nk),
-                d,
-                qkv_w,
-            )?;
             let view = KvView {
                 k_cache: p(&kv.k[l]),
                 v_cache: p(&kv.v[l]),
                 table: gpu.ptr(&kv.table),
             };
-            gpu.kv_store(
-                view.k_cache,
-                view.v_cache,
-                qkv,
-                gpu.ptr(&ws.out_slots),
-                tokens,
-                (nq, nk),
-                d,
-                qkv_w,
-            )?;
+            if self.fused {
+                let post = QkvPost {
+                    qk_norm: lw
+                        .q_norm
+                        .as_ref()
+                        .zip(lw.k_norm.as_ref())
+                        .map(|(q, k)| (p(q), p(k))),
+                    positions: gpu.ptr(&ws.positions),
+                    cos_sin: gpu.ptr(&self.cos_sin),
+                    k_cache: view.k_cache,
+                    v_cache: view.v_cache,
+                    slots: gpu.ptr(&ws.out_slots),
+                };
+                gpu.qk_norm_rope_store(qkv, &post, tokens, (nq, nk), d, qkv_w, eps)?;
+            } else {
+                if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+                    gpu.qk_rmsnorm(qkv, p(qn), p(kn), tokens, (nq, nk), d, qkv_w, eps)?;
+                }
+                gpu.rope_neox(
+                    qkv,
+                    gpu.ptr(&ws.positions),
+                    gpu.ptr(&self.cos_sin),
+                    tokens,
+                    (nq, nk),
+                    d,
+                    qkv_w,
+                )?;
+                gpu.kv_store(
+                    view.k_cache,
+                    view.v_cache,
+                    qkv,
+                    gpu.ptr(&ws.out_slots),
+                    tokens,
+                    (nq, nk),
+                    d,
+                    qkv_w,
+                )?;
+            }
             if let Some(meta) = extend {
                 gpu.attention_extend(attn, qkv, view, meta, &shape, ExtendVariant::Fast)?;
             }
@@ -670,8 +692,12 @@ impl GpuModel {
             }
             self.linear(gpu, hidden, attn, &lw.o, tokens, h, nq * d)?;
             gpu.fused_add_rmsnorm(hidden, residual, p(&lw.post_norm), tokens, h, eps)?;
-            self.linear(gpu, gu, hidden, &lw.gate_up, tokens, 2 * inter, h)?;
-            gpu.silu_and_mul(act, gu, tokens, inter)?;
+            if self.fused && tokens <= self.gemv_max_tokens.min(8) {
+                gpu.gemv_gate_up_silu(act, hidden, p(&lw.gate_up), tokens, inter, h)?;
+            } else {
+                self.linear(gpu, gu, hidden, &lw.gate_up, tokens, 2 * inter, h)?;
+                gpu.silu_and_mul(act, gu, tokens, inter)?;
+            }
             self.linear(gpu, hidden, act, &lw.down, tokens, h, inter)?;
         }
         if rows == 0 {

@@ -1,0 +1,150 @@
+//! The fused kernels against CPU references (f64 from the same bf16 inputs): q/k norm + RoPE +
+//! KV store in one pass, and the gate/up GEMV with SiLU-and-mul. Skips without a GPU.
+
+mod cuda_common;
+
+use cuda_common::{f64s, open_gpu, Report, Rng};
+use doppel_exec::cuda::ops::QkvPost;
+use doppel_exec::cuda::rope::{cos_sin_table, llama3_inv_freq, plain_inv_freq};
+use half::bf16;
+
+fn rms(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
+    let inv = 1.0 / (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64 + eps).sqrt();
+    x.iter().zip(w).map(|(v, w)| v * inv * w).collect()
+}
+
+fn rope(x: &[f64], pos: i32, inv: &[f64]) -> Vec<f64> {
+    let half = x.len() / 2;
+    let mut o = vec![0.0; x.len()];
+    for i in 0..half {
+        let a = pos as f64 * inv[i];
+        o[i] = x[i] * a.cos() - x[half + i] * a.sin();
+        o[half + i] = x[half + i] * a.cos() + x[i] * a.sin();
+    }
+    o
+}
+
+#[test]
+fn fused_kernels_match_cpu_references() {
+    let Some(gpu) = open_gpu() else { return };
+    let mut rep = Report::default();
+    let mut rng = Rng::new(0x5eed_0002);
+    let eps = 1e-6f32;
+    for (nq, nk, d, norm, inv) in [
+        (16usize, 8usize, 128usize, true, plain_inv_freq(1e6, 128)),
+        (
+            32,
+            8,
+            128,
+            false,
+            llama3_inv_freq(500000.0, 128, 8.0, 1.0, 4.0, 8192.0),
+        ),
+        (8, 2, 64, true, plain_inv_freq(10000.0, 64)),
+    ] {
+        let (t, max_pos, slots_n) = (45usize, 4096usize, 300usize);
+        let stride = (nq + 2 * nk) * d;
+        let qkv = rng.bf16s(t * stride, 2.0);
+        let pos: Vec<i32> = (0..t).map(|_| rng.below(max_pos) as i32).collect();
+        let slots = rng.distinct(t, slots_n);
+        let (wq, wk) = (rng.bf16s(d, 1.5), rng.bf16s(d, 1.5));
+        let poison = vec![bf16::from_f32(-3.0); slots_n * nk * d];
+        let dq = gpu.upload(&qkv).unwrap();
+        let (dwq, dwk) = (gpu.upload(&wq).unwrap(), gpu.upload(&wk).unwrap());
+        let (dp, ds) = (gpu.upload(&pos).unwrap(), gpu.upload(&slots).unwrap());
+        let dcs = gpu.upload(&cos_sin_table(&inv, max_pos)).unwrap();
+        let (dk, dv) = (gpu.upload(&poison).unwrap(), gpu.upload(&poison).unwrap());
+        let post = QkvPost {
+            qk_norm: norm.then(|| (gpu.ptr(&dwq), gpu.ptr(&dwk))),
+            positions: gpu.ptr(&dp),
+            cos_sin: gpu.ptr(&dcs),
+            k_cache: gpu.ptr(&dk),
+            v_cache: gpu.ptr(&dv),
+            slots: gpu.ptr(&ds),
+        };
+        gpu.qk_norm_rope_store(gpu.ptr(&dq), &post, t, (nq, nk), d, stride, eps)
+            .unwrap();
+        let (out, k, v) = (
+            gpu.download(&dq).unwrap(),
+            gpu.download(&dk).unwrap(),
+            gpu.download(&dv).unwrap(),
+        );
+        let (wqf, wkf) = (f64s(&wq), f64s(&wk));
+        let (mut qo, mut qr, mut ko, mut kr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut v_ok = true;
+        for tok in 0..t {
+            let sl = slots[tok] as usize;
+            for h in 0..nq + nk {
+                let s = tok * stride + h * d;
+                let mut x = f64s(&qkv[s..s + d]);
+                if norm {
+                    // The kernel rounds the normalised head to bf16 before RoPE.
+                    x = rms(&x, if h < nq { &wqf } else { &wkf }, eps as f64)
+                        .into_iter()
+                        .map(|y| bf16::from_f64(y).to_f64())
+                        .collect();
+                }
+                let r = rope(&x, pos[tok], &inv);
+                if h < nq {
+                    qr.extend(r);
+                    qo.extend(f64s(&out[s..s + d]));
+                } else {
+                    kr.extend(r);
+                    let c = sl * nk * d + (h - nq) * d;
+                    ko.extend(f64s(&k[c..c + d]));
+                }
+            }
+            for h in 0..nk {
+                let s = tok * stride + (nq + nk + h) * d;
+                let c = sl * nk * d + h * d;
+                v_ok &= qkv[s..s + d]
+                    .iter()
+                    .zip(&v[c..c + d])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+            }
+        }
+        let name = format!("qk_norm_rope_store nq={nq} nk={nk} D={d} norm={norm}");
+        rep.rel(&format!("{name}: q in place"), &qo, &qr, 1e-2);
+        rep.rel(&format!("{name}: k into the cache"), &ko, &kr, 1e-2);
+        rep.check(&format!("{name}: v copied exactly"), 0.0, v_ok);
+        let used: std::collections::BTreeSet<usize> = slots.iter().map(|s| *s as usize).collect();
+        let untouched = (0..slots_n).filter(|s| !used.contains(s)).all(|s| {
+            k[s * nk * d..(s + 1) * nk * d]
+                .iter()
+                .chain(&v[s * nk * d..(s + 1) * nk * d])
+                .all(|x| x.to_f32() == -3.0)
+        });
+        rep.check(&format!("{name}: other slots untouched"), 0.0, untouched);
+    }
+
+    for (b, inter, k) in [
+        (1usize, 3072usize, 1024usize),
+        (4, 1000, 2048),
+        (8, 512, 1000),
+    ] {
+        let x = rng.bf16s(b * k, 1.0);
+        let w = rng.bf16s(2 * inter * k, 0.08);
+        let (dx, dw) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
+        let dy = gpu
+            .upload(&vec![bf16::from_f32(f32::NAN); b * inter])
+            .unwrap();
+        gpu.gemv_gate_up_silu(gpu.ptr(&dy), gpu.ptr(&dx), gpu.ptr(&dw), b, inter, k)
+            .unwrap();
+        let (xf, wf) = (f64s(&x), f64s(&w));
+        let dot =
+            |bi: usize, n: usize| -> f64 { (0..k).map(|j| xf[bi * k + j] * wf[n * k + j]).sum() };
+        let reference: Vec<f64> = (0..b * inter)
+            .map(|i| {
+                let (bi, n) = (i / inter, i % inter);
+                let (g, u) = (dot(bi, n), dot(bi, inter + n));
+                g / (1.0 + (-g).exp()) * u
+            })
+            .collect();
+        rep.rel(
+            &format!("gemv_gate_up_silu B={b} I={inter} K={k}"),
+            &f64s(&gpu.download(&dy).unwrap()),
+            &reference,
+            1e-2,
+        );
+    }
+    rep.finish();
+}
