@@ -374,7 +374,7 @@ pub fn run_blocking(cfg: ServerConfig, host: &str, port: u16) -> Result<Snapshot
         .build()
         .map_err(|e| ServerError::Io(format!("tokio runtime: {e}")))?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((host, port))
+        let listener = listen(host, port)
             .await
             .map_err(|e| ServerError::Io(format!("cannot listen on {host}:{port}: {e}")))?;
         let addr = listener
@@ -387,6 +387,25 @@ pub fn run_blocking(cfg: ServerConfig, host: &str, port: u16) -> Result<Snapshot
         ));
         server.serve(listener, termination()).await
     })
+}
+
+/// Bind with a deep accept queue: a burst of connects beyond it loses SYNs, which clients retry
+/// only after a second.
+async fn listen(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.set_reuseaddr(true)?;
+        match sock.bind(addr).and_then(|_| sock.listen(4096)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address to listen on")))
 }
 
 async fn termination() {
