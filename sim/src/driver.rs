@@ -3,6 +3,7 @@
 use crate::backend::{SimBackend, StepRecord};
 use crate::cost::RooflineCost;
 use crate::error::SimError;
+use crate::gaps::Gaps;
 use crate::profile::Profile;
 use crate::trace::Trace;
 use crate::workload::{expand, Start};
@@ -57,7 +58,7 @@ pub struct Outcome {
     /// Per-request records, by request id.
     pub records: Vec<ReqRecord>,
     /// Every inter-token gap seen by clients (ns).
-    pub itls: Vec<u64>,
+    pub itls: Gaps,
     /// Output tokens per 1-second bucket of client time.
     pub tokens_per_sec: Vec<u32>,
     /// Scheduler counters at the end.
@@ -133,14 +134,14 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
             send: 0,
             first: 0,
             finish: 0,
-            prompt_len: r.prompt.len() as u32,
+            prompt_len: r.prompt_len as u32,
             output_tokens: 0,
             cached_tokens: 0,
             retractions: 0,
             status: Status::Pending,
         })
         .collect();
-    out.itls = Vec::with_capacity(work.requests.iter().map(|r| r.output_len).sum());
+    out.itls = Gaps::new();
     // Followers of each request (multi-turn), by index.
     let mut followers: Vec<Vec<(usize, TimeNs)>> = vec![Vec::new(); n];
     // Client-side: ready to send (time, id); blocked on the concurrency cap; in flight.
@@ -192,18 +193,17 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
                 break;
             }
             incoming.pop();
-            let r = &mut work.requests[i];
+            let prompt = work.build_prompt(i).ok_or_else(|| SimError::Stalled {
+                at_ns: now,
+                why: format!("request {i} was sent before the turn it continues"),
+            })?;
+            let r = &work.requests[i];
             let sampling = SamplingParams {
                 max_new_tokens: r.output_len,
                 ignore_eos: r.ignore_eos,
                 ..SamplingParams::greedy(r.output_len)
             };
-            let spec = RequestSpec::new(
-                RequestId(i as u64),
-                std::mem::take(&mut r.prompt),
-                sampling,
-                t,
-            );
+            let spec = RequestSpec::new(RequestId(i as u64), prompt, sampling, t);
             if let Err(e) = engine.scheduler.submit(spec) {
                 out.records[i].status = Status::Refused;
                 out.records[i].finish = t;

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod cost;
 pub mod driver;
 pub mod error;
+pub mod gaps;
 pub mod metrics;
 pub mod one_batch;
 pub mod profile;

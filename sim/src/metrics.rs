@@ -169,7 +169,7 @@ pub fn summarize(
         .filter(|r| r.output_tokens > 1)
         .map(|r| ms(r.finish - r.first) / (r.output_tokens - 1) as f64)
         .collect();
-    let itl: Vec<f64> = o.itls.iter().map(|&g| ms(g)).collect();
+    let mut gaps = o.itls.clone();
     // Requests alive per 1-second bucket: a difference array over the buckets each one spans.
     let buckets = (last_finish / 1_000_000_000 + 2) as usize;
     let mut diff = vec![0i64; buckets + 1];
@@ -216,7 +216,14 @@ pub fn summarize(
         e2e_ms: Dist::of(e2e),
         ttft_ms: Dist::of(ttft),
         tpot_ms: Dist::of(tpot),
-        itl_ms: Dist::of(itl),
+        itl_ms: Dist {
+            mean: gaps.mean() * 1e-6,
+            median: gaps.percentile(50.0) * 1e-6,
+            p90: gaps.percentile(90.0) * 1e-6,
+            p95: gaps.percentile(95.0) * 1e-6,
+            p99: gaps.percentile(99.0) * 1e-6,
+            max: ms(gaps.max()),
+        },
         cache_hit_rate: if c.prompt_tokens > 0 {
             c.cached_tokens as f64 / c.prompt_tokens as f64
         } else {

@@ -1,4 +1,8 @@
 //! Turning a trace's workload and arrival sections into concrete requests (seeded, deterministic).
+//!
+//! Prompts are described, not stored: each request's tokens are drawn from its own ChaCha stream
+//! when the client sends it, so memory stays proportional to the requests in flight rather than
+//! to the whole trace.
 
 use crate::trace::{Arrival, ArrivalPattern, Trace, Workload};
 use doppel_core::{TimeNs, TokenId};
@@ -19,11 +23,36 @@ pub enum Start {
     },
 }
 
+/// How a request's prompt is made.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PromptSpec {
+    /// Given token ids.
+    Tokens(Vec<TokenId>),
+    /// `prefix_len` tokens of a shared group prefix, then random tokens up to `len`.
+    Random {
+        /// Shared prefix group (index into `Expanded::groups`), if any.
+        group: Option<u32>,
+        /// Tokens taken from the group prefix.
+        prefix_len: u32,
+        /// Total prompt length.
+        len: u32,
+    },
+    /// The previous turn's prompt and reply, then `new_len` random tokens.
+    Continue {
+        /// The previous turn (an earlier request).
+        prev: usize,
+        /// Tokens of the new message.
+        new_len: u32,
+    },
+}
+
 /// One request of the workload.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimRequest {
-    /// Prompt tokens.
-    pub prompt: Vec<TokenId>,
+    /// How its prompt is made.
+    pub prompt: PromptSpec,
+    /// Prompt length.
+    pub prompt_len: usize,
     /// Tokens to generate (max_new_tokens, with ignore_eos).
     pub output_len: usize,
     /// As given in the trace (the simulator never samples EOS, so every request runs to output_len).
@@ -37,8 +66,61 @@ pub struct SimRequest {
 pub struct Expanded {
     /// Requests; the index is the request id.
     pub requests: Vec<SimRequest>,
+    /// Shared prefixes (system prompts, explicit prefix groups).
+    pub groups: Vec<Vec<TokenId>>,
     /// Cap on requests in flight.
     pub max_concurrency: Option<usize>,
+    /// Seed of the per-request token streams.
+    pub seed: u64,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Prompts kept for follow-up turns, until the follower is built.
+    history: Vec<Option<Vec<TokenId>>>,
+    /// Whether request i has a follower (its prompt must be kept).
+    has_follower: Vec<bool>,
+}
+
+impl Expanded {
+    /// Build request `i`'s prompt. Call in send order: a follow-up turn needs its previous turn
+    /// built first. Returns None if that order was broken.
+    pub fn build_prompt(&mut self, i: usize) -> Option<Vec<TokenId>> {
+        let r = &self.requests[i];
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        // Stream 0 made the shared prefixes; request i draws from stream i + 1.
+        rng.set_stream(i as u64 + 1);
+        let mut v = Vec::with_capacity(r.prompt_len);
+        match &r.prompt {
+            PromptSpec::Tokens(t) => v.extend_from_slice(t),
+            PromptSpec::Random {
+                group,
+                prefix_len,
+                len,
+            } => {
+                if let Some(g) = group {
+                    v.extend_from_slice(&self.groups[*g as usize][..*prefix_len as usize]);
+                }
+                random_tokens(&mut rng, *len as usize - v.len(), self.vocab, &mut v);
+            }
+            PromptSpec::Continue { prev, new_len } => {
+                let prev_prompt = self.history.get_mut(*prev)?.take()?;
+                v.extend_from_slice(&prev_prompt);
+                let prev_out = self.requests[*prev].output_len;
+                v.extend((0..prev_out).map(|k| synth_token(*prev as u64, k, self.vocab)));
+                random_tokens(&mut rng, *new_len as usize, self.vocab, &mut v);
+            }
+        }
+        if self.has_follower[i] {
+            self.history[i] = Some(v.clone());
+        }
+        Some(v)
+    }
+
+    /// Every prompt, in request order (small workloads and tests).
+    pub fn build_all(&mut self) -> Vec<Vec<TokenId>> {
+        (0..self.requests.len())
+            .map(|i| self.build_prompt(i).unwrap_or_default())
+            .collect()
+    }
 }
 
 /// The token the virtual GPU "samples" for output position `index` of request `id`: a fixed hash,
@@ -123,41 +205,49 @@ pub fn arrival_times(n: usize, arrival: &Arrival, seed: u64) -> Vec<TimeNs> {
 pub fn expand(trace: &Trace, vocab: usize) -> Expanded {
     let mut rng = ChaCha8Rng::seed_from_u64(trace.seed);
     let mut requests = Vec::new();
+    let mut groups: Vec<Vec<TokenId>> = Vec::new();
     let at = |times: &[TimeNs], i: usize| Start::At(times[i]);
+    let random = |len: usize| PromptSpec::Random {
+        group: None,
+        prefix_len: 0,
+        len: len as u32,
+    };
     match &trace.workload {
         Workload::Requests { requests: list } => {
             // Group prefixes: one token stream per group, long enough for the longest use.
-            let mut groups: std::collections::BTreeMap<u32, usize> = Default::default();
+            let mut lens: std::collections::BTreeMap<u32, usize> = Default::default();
             for r in list {
                 if let (Some(g), Some(l)) = (r.prefix_group, r.prefix_len) {
-                    let e = groups.entry(g).or_insert(0);
+                    let e = lens.entry(g).or_insert(0);
                     *e = (*e).max(l);
                 }
             }
-            let group_tokens: std::collections::BTreeMap<u32, Vec<TokenId>> = groups
-                .into_iter()
-                .map(|(g, l)| {
-                    let mut v = Vec::with_capacity(l);
-                    random_tokens(&mut rng, l, vocab, &mut v);
-                    (g, v)
-                })
-                .collect();
+            let mut index: std::collections::BTreeMap<u32, u32> = Default::default();
+            for (g, l) in lens {
+                let mut v = Vec::with_capacity(l);
+                random_tokens(&mut rng, l, vocab, &mut v);
+                index.insert(g, groups.len() as u32);
+                groups.push(v);
+            }
             for r in list {
-                let prompt = match (&r.prompt, r.prompt_len) {
-                    (Some(p), _) => p.clone(),
+                let (prompt, len) = match (&r.prompt, r.prompt_len) {
+                    (Some(p), _) => (PromptSpec::Tokens(p.clone()), p.len()),
                     (None, len) => {
                         let len = len.unwrap_or(1);
-                        let mut v = Vec::with_capacity(len);
-                        if let (Some(g), Some(l)) = (r.prefix_group, r.prefix_len) {
-                            v.extend_from_slice(&group_tokens[&g][..l]);
-                        }
-                        let rest = len - v.len();
-                        random_tokens(&mut rng, rest, vocab, &mut v);
-                        v
+                        let spec = match (r.prefix_group, r.prefix_len) {
+                            (Some(g), Some(l)) => PromptSpec::Random {
+                                group: index.get(&g).copied(),
+                                prefix_len: l as u32,
+                                len: len as u32,
+                            },
+                            _ => random(len),
+                        };
+                        (spec, len)
                     }
                 };
                 requests.push(SimRequest {
                     prompt,
+                    prompt_len: len,
                     output_len: r.output_len,
                     ignore_eos: r.ignore_eos,
                     start: Start::At((r.arrival_ms * 1e6).round() as TimeNs),
@@ -179,10 +269,9 @@ pub fn expand(trace: &Trace, vocab: usize) -> Expanded {
                 .collect();
             let times = arrival_times(n, &trace.arrival, trace.seed);
             for i in 0..n {
-                let mut prompt = Vec::with_capacity(ins[i]);
-                random_tokens(&mut rng, ins[i], vocab, &mut prompt);
                 requests.push(SimRequest {
-                    prompt,
+                    prompt: random(ins[i]),
+                    prompt_len: ins[i],
                     output_len: outs[i],
                     ignore_eos: true,
                     start: at(&times, i),
@@ -196,13 +285,11 @@ pub fn expand(trace: &Trace, vocab: usize) -> Expanded {
             question_len,
             output_len,
         } => {
-            let systems: Vec<Vec<TokenId>> = (0..*num_groups)
-                .map(|_| {
-                    let mut v = Vec::with_capacity(*system_prompt_len);
-                    random_tokens(&mut rng, *system_prompt_len, vocab, &mut v);
-                    v
-                })
-                .collect();
+            for _ in 0..*num_groups {
+                let mut v = Vec::with_capacity(*system_prompt_len);
+                random_tokens(&mut rng, *system_prompt_len, vocab, &mut v);
+                groups.push(v);
+            }
             // Interleave groups in a seeded random order, as a mixed client population would.
             let mut order: Vec<usize> = (0..num_groups * prompts_per_group)
                 .map(|i| i % num_groups)
@@ -212,12 +299,15 @@ pub fn expand(trace: &Trace, vocab: usize) -> Expanded {
                 order.swap(i, j);
             }
             let times = arrival_times(order.len(), &trace.arrival, trace.seed);
+            let len = system_prompt_len + question_len;
             for (i, g) in order.into_iter().enumerate() {
-                let mut prompt = Vec::with_capacity(system_prompt_len + question_len);
-                prompt.extend_from_slice(&systems[g]);
-                random_tokens(&mut rng, *question_len, vocab, &mut prompt);
                 requests.push(SimRequest {
-                    prompt,
+                    prompt: PromptSpec::Random {
+                        group: Some(g as u32),
+                        prefix_len: *system_prompt_len as u32,
+                        len: len as u32,
+                    },
+                    prompt_len: len,
                     output_len: *output_len,
                     ignore_eos: true,
                     start: at(&times, i),
@@ -238,22 +328,25 @@ pub fn expand(trace: &Trace, vocab: usize) -> Expanded {
             for turn in 0..*turns {
                 for sess in 0..s {
                     let id = requests.len();
-                    let (prompt, start) = if turn == 0 {
-                        let mut v = Vec::with_capacity(*first_prompt_len);
-                        random_tokens(&mut rng, *first_prompt_len, vocab, &mut v);
-                        (v, at(&times, sess))
+                    let (prompt, len, start) = if turn == 0 {
+                        (
+                            random(*first_prompt_len),
+                            *first_prompt_len,
+                            at(&times, sess),
+                        )
                     } else {
                         let prev = id - s;
                         let p: &SimRequest = &requests[prev];
-                        let mut v =
-                            Vec::with_capacity(p.prompt.len() + p.output_len + turn_prompt_len);
-                        v.extend_from_slice(&p.prompt);
-                        v.extend((0..p.output_len).map(|k| synth_token(prev as u64, k, vocab)));
-                        random_tokens(&mut rng, *turn_prompt_len, vocab, &mut v);
-                        (v, Start::After { prev, think_ns })
+                        let len = p.prompt_len + p.output_len + turn_prompt_len;
+                        let spec = PromptSpec::Continue {
+                            prev,
+                            new_len: *turn_prompt_len as u32,
+                        };
+                        (spec, len, Start::After { prev, think_ns })
                     };
                     requests.push(SimRequest {
                         prompt,
+                        prompt_len: len,
                         output_len: *output_len,
                         ignore_eos: true,
                         start,
@@ -279,10 +372,9 @@ pub fn expand(trace: &Trace, vocab: usize) -> Expanded {
                     random_len(&mut rng, *input_len, *range_ratio)
                 };
                 let out = random_len(&mut rng, *output_len, *range_ratio);
-                let mut prompt = Vec::with_capacity(len);
-                random_tokens(&mut rng, len, vocab, &mut prompt);
                 requests.push(SimRequest {
-                    prompt,
+                    prompt: random(len),
+                    prompt_len: len,
                     output_len: out,
                     ignore_eos: true,
                     start: at(&times, i),
@@ -290,9 +382,20 @@ pub fn expand(trace: &Trace, vocab: usize) -> Expanded {
             }
         }
     }
+    let mut has_follower = vec![false; requests.len()];
+    for r in &requests {
+        if let PromptSpec::Continue { prev, .. } = r.prompt {
+            has_follower[prev] = true;
+        }
+    }
     Expanded {
+        history: vec![None; requests.len()],
+        has_follower,
         requests,
+        groups,
         max_concurrency: trace.arrival.max_concurrency,
+        seed: trace.seed,
+        vocab,
     }
 }
 
@@ -311,9 +414,15 @@ mod tests {
             "  kind: random\n  num_requests: 2000\n  input_len: 100\n  output_len: 50\n  range_ratio: 0.5",
             "  pattern: burst",
         );
-        let w = expand(&t, 1000);
+        let mut w = expand(&t, 1000);
         assert_eq!(w.requests.len(), 2000);
-        let lens: Vec<usize> = w.requests.iter().map(|r| r.prompt.len()).collect();
+        let prompts = w.build_all();
+        let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+        assert!(w
+            .requests
+            .iter()
+            .zip(&lens)
+            .all(|(r, &l)| r.prompt_len == l));
         assert!(lens.iter().all(|&l| (50..=100).contains(&l)));
         assert!(lens.contains(&50) && lens.contains(&100));
         assert!(w
@@ -321,7 +430,7 @@ mod tests {
             .iter()
             .all(|r| (25..=50).contains(&r.output_len) && r.start == Start::At(0)));
         // Deterministic.
-        assert_eq!(expand(&t, 1000), w);
+        assert_eq!(expand(&t, 1000).build_all(), prompts);
     }
 
     #[test]
@@ -364,9 +473,10 @@ mod tests {
             "  kind: shared_prefix\n  num_groups: 3\n  prompts_per_group: 4\n  system_prompt_len: 64\n  question_len: 8\n  output_len: 4",
             "  pattern: burst",
         );
-        let w = expand(&t, 5000);
+        let mut w = expand(&t, 5000);
         assert_eq!(w.requests.len(), 12);
-        let mut prefixes: Vec<&[u32]> = w.requests.iter().map(|r| &r.prompt[..64]).collect();
+        let prompts = w.build_all();
+        let mut prefixes: Vec<&[u32]> = prompts.iter().map(|p| &p[..64]).collect();
         prefixes.sort();
         prefixes.dedup();
         assert_eq!(prefixes.len(), 3);
@@ -378,21 +488,23 @@ mod tests {
             "  kind: multi_turn\n  num_sessions: 2\n  turns: 3\n  first_prompt_len: 10\n  turn_prompt_len: 5\n  output_len: 4\n  think_time_ms: 100",
             "  pattern: burst",
         );
-        let w = expand(&t, 5000);
+        let mut w = expand(&t, 5000);
         assert_eq!(w.requests.len(), 6);
-        let r0 = &w.requests[0];
-        let r2 = &w.requests[2];
         assert_eq!(
-            r2.start,
+            w.requests[2].start,
             Start::After {
                 prev: 0,
                 think_ns: 100_000_000
             }
         );
-        assert_eq!(r2.prompt.len(), 10 + 4 + 5);
-        assert_eq!(&r2.prompt[..10], &r0.prompt[..]);
-        assert_eq!(r2.prompt[10], synth_token(0, 0, 5000));
-        assert_eq!(w.requests[4].prompt.len(), 19 + 4 + 5);
+        let prompts = w.build_all();
+        let (r0, r2) = (&prompts[0], &prompts[2]);
+        assert_eq!(r2.len(), 10 + 4 + 5);
+        assert_eq!(w.requests[2].prompt_len, r2.len());
+        assert_eq!(&r2[..10], &r0[..]);
+        assert_eq!(r2[10], synth_token(0, 0, 5000));
+        assert_eq!(prompts[4].len(), 19 + 4 + 5);
+        assert_eq!(&prompts[4][..19], &r2[..]);
     }
 
     #[test]

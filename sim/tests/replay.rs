@@ -314,6 +314,6 @@ fn single_request_times_follow_the_cost_model_exactly() {
             expect += step + if overlap { 0 } else { sched };
         }
         assert_eq!(rec.finish, expect, "overlap {overlap}");
-        assert_eq!(r.outcome.itls.len(), out - 1);
+        assert_eq!(r.outcome.itls.count(), out as u64 - 1);
     }
 }

@@ -1,5 +1,6 @@
-//! Simulator speed benchmark: `cargo run --release -p doppel-sim --bin sim-bench [N]`.
-//! Prints simulated requests per second (wall clock) and peak memory for growing traces.
+//! Simulator speed benchmark: `cargo run --release -p doppel-sim --bin sim-bench [N] [burst|poisson]`.
+//! Prints simulated requests per second (wall clock) and peak memory for traces of N/4, N/2 and N
+//! requests (default N = 10,000; both arrival patterns unless one is named).
 
 use doppel_sim::{replay, SimOptions, Trace};
 use std::time::Instant;
@@ -30,6 +31,7 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(10_000);
+    let only = std::env::args().nth(2);
     println!(
         "{:>8} {:>10} {:>10} {:>12} {:>14} {:>16} {:>12}",
         "requests",
@@ -44,6 +46,9 @@ fn main() {
         ("burst", "  pattern: burst".to_string()),
         ("poisson", "  pattern: poisson\n  rate: 40".to_string()),
     ] {
+        if only.as_deref().is_some_and(|o| o != label) {
+            continue;
+        }
         for n in [big / 4, big / 2, big] {
             let t = trace(n.max(1), &arrival);
             let start = Instant::now();

@@ -1,0 +1,152 @@
+//! Inter-token gaps in bounded memory: exact values, stored as sorted (value, count) runs.
+//!
+//! Gaps repeat (every request in a decode batch sees the same step), so the runs grow with the
+//! number of steps, not of tokens; new gaps go to a fixed buffer that is merged when full, so
+//! recording a token never allocates.
+
+/// A multiset of gaps in nanoseconds with exact percentiles.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Gaps {
+    buf: Vec<u64>,
+    runs: Vec<(u64, u64)>,
+    count: u64,
+    sum: u128,
+}
+
+const BUF: usize = 1 << 16;
+
+impl Gaps {
+    /// An empty set.
+    pub fn new() -> Gaps {
+        Gaps {
+            buf: Vec::with_capacity(BUF),
+            ..Default::default()
+        }
+    }
+
+    /// Record one gap.
+    pub fn push(&mut self, g: u64) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(BUF);
+        }
+        self.buf.push(g);
+        self.count += 1;
+        self.sum += g as u128;
+        if self.buf.len() == BUF {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        self.buf.sort_unstable();
+        let mut merged = Vec::with_capacity(self.runs.len() + 64);
+        let mut a = self.runs.iter().copied().peekable();
+        let mut b = self.buf.iter().copied().peekable();
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(&(va, ca)), Some(&vb)) if va <= vb => {
+                    a.next();
+                    (va, ca)
+                }
+                (_, Some(&vb)) => {
+                    b.next();
+                    (vb, 1)
+                }
+                (Some(&run), None) => {
+                    a.next();
+                    run
+                }
+                (None, None) => break,
+            };
+            match merged.last_mut() {
+                Some((v, c)) if *v == next.0 => *c += next.1,
+                _ => merged.push(next),
+            }
+        }
+        self.runs = merged;
+        self.buf.clear();
+    }
+
+    /// Number of gaps.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Mean gap (ns).
+    pub fn mean(&mut self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum as f64 / self.count as f64
+        }
+    }
+
+    fn nth(&self, k: u64) -> u64 {
+        let mut seen = 0;
+        for &(v, c) in &self.runs {
+            seen += c;
+            if k < seen {
+                return v;
+            }
+        }
+        self.runs.last().map(|r| r.0).unwrap_or(0)
+    }
+
+    /// Percentile with linear interpolation between closest ranks (numpy's default), in ns.
+    pub fn percentile(&mut self, p: f64) -> f64 {
+        self.flush();
+        if self.count == 0 {
+            return 0.0;
+        }
+        let rank = p / 100.0 * (self.count - 1) as f64;
+        let (lo, hi) = (rank.floor() as u64, rank.ceil() as u64);
+        let (a, b) = (self.nth(lo) as f64, self.nth(hi) as f64);
+        a + (b - a) * (rank - lo as f64)
+    }
+
+    /// Largest gap (ns).
+    pub fn max(&mut self) -> u64 {
+        self.flush();
+        self.runs.last().map(|r| r.0).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::percentile;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn matches_sorting_everything() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut g = Gaps::new();
+        let mut all = Vec::new();
+        // More than one buffer's worth, with many repeats.
+        for _ in 0..(3 * BUF + 123) {
+            let v = rng.gen_range(0..5000u64) * 1000;
+            g.push(v);
+            all.push(v as f64);
+        }
+        all.sort_by(f64::total_cmp);
+        for p in [0.0, 50.0, 90.0, 95.0, 99.0, 100.0] {
+            assert_eq!(g.percentile(p), percentile(&all, p), "p{p}");
+        }
+        assert_eq!(g.max() as f64, *all.last().unwrap());
+        let mean = all.iter().sum::<f64>() / all.len() as f64;
+        assert!((g.mean() - mean).abs() < 1e-6);
+        assert_eq!(g.count(), all.len() as u64);
+        assert!(g.runs.len() <= 5000);
+    }
+
+    #[test]
+    fn empty_is_zero() {
+        let mut g = Gaps::default();
+        assert_eq!((g.percentile(50.0), g.max(), g.mean()), (0.0, 0, 0.0));
+        g.push(7);
+        assert_eq!((g.percentile(99.0), g.max()), (7.0, 7));
+    }
+}
