@@ -231,3 +231,11 @@ pub async fn post_json(addr: &str, path: &str, v: &serde_json::Value) -> io::Res
 pub async fn get(addr: &str, path: &str) -> io::Result<Reply> {
     request(addr, "GET", path, None).await
 }
+
+/// Run client code from a synchronous caller (tests without their own runtime).
+pub fn block_on<F: std::future::Future>(f: F) -> io::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f))
+}
