@@ -553,7 +553,7 @@ fn kernel_breakdown(
                 layers,
             ));
             rows.push((
-                "attention_extend 32-key tiles (old)",
+                "attention_extend 64-key tiles (cross-check)",
                 time_ms(gpu, 9, 5, || {
                     gpu.attention_extend(
                         p(&y),
@@ -561,7 +561,7 @@ fn kernel_breakdown(
                         view,
                         &meta,
                         &shape,
-                        doppel_exec::cuda::attention::ExtendVariant::Bn32,
+                        doppel_exec::cuda::attention::ExtendVariant::Bn64,
                     )
                     .unwrap()
                 }),

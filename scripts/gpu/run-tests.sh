@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root: every CUDA check, then the timings.
-#   BIN: folder holding the release test executables cuda_nvrtc, cuda_kernels, cuda_fused,
+#   BIN: folder holding the release test executables cuda_nvrtc, cuda_kernels, cuda_attention, cuda_fused,
 #        cuda_model, cuda_bench and the doppel binary (scripts/gpu/stage.sh puts them in carry/bin)
 #   OUT: folder for logs (default /tmp/doppel-gpu-out)
 # Each stage has its own time limit so one hang cannot take the others down; the exit status is
@@ -20,7 +20,8 @@ for s in $STAGES; do
     echo "=== $s ==="
     case $s in
     nvrtc) DOPPEL_REQUIRE_NVRTC=1 timeout 40 "$BIN/cuda_nvrtc" --nocapture 2>&1 | tee "$OUT/nvrtc.log" ;;
-    kernels) { timeout 100 "$BIN/cuda_kernels" --nocapture --test-threads=1 && timeout 50 "$BIN/cuda_fused" --nocapture; } 2>&1 | tee "$OUT/kernels.log" ;;
+    kernels) { timeout 60 "$BIN/cuda_kernels" --nocapture --test-threads=1 && timeout 60 "$BIN/cuda_attention" --nocapture &&
+        timeout 30 "$BIN/cuda_fused" --nocapture; } 2>&1 | tee "$OUT/kernels.log" ;;
     bench) timeout 150 "$BIN/cuda_bench" --ignored --nocapture --test-threads=1 2>&1 | tee "$OUT/bench.log" ;;
     reference) timeout 110 python3 scripts/gpu/make_reference.py /tmp/qwen3-ref 2>&1 | tee "$OUT/reference.log" ;;
     model) DOPPEL_HF_REF=/tmp/qwen3-ref timeout 120 "$BIN/cuda_model" --nocapture --test-threads=1 2>&1 | tee "$OUT/model.log" ;;

@@ -198,10 +198,10 @@ fn nonempty(mut v: Vec<i32>) -> Vec<i32> {
 /// Which extend kernel to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExtendVariant {
-    /// The fast path (64-key tiles, V fragments through ldmatrix.trans).
+    /// The fast path (32-key tiles, V fragments through ldmatrix.trans).
     Fast,
-    /// 32-key tiles (head_dim 128 only): the first version, a cross-check of the fast path.
-    Bn32,
+    /// 64-key tiles (head_dim 128 only): slower on the H100, kept as a cross-check.
+    Bn64,
     /// V fragments from scalar shared loads (head_dim 128 only): a cross-check of the fast path.
     ScalarV,
 }
@@ -310,7 +310,7 @@ impl Gpu {
             (64, ExtendVariant::Fast) => "attention_extend_d64",
             (128, ExtendVariant::Fast) => "attention_extend_d128",
             (128, ExtendVariant::ScalarV) => "attention_extend_d128_scalar_v",
-            (128, ExtendVariant::Bn32) => "attention_extend_d128_bn32",
+            (128, ExtendVariant::Bn64) => "attention_extend_d128_bn64",
             _ => {
                 return Err(CudaError::Invalid {
                     kernel: K,

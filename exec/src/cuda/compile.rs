@@ -50,7 +50,7 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         [
             "attention_extend_d64",
             "attention_extend_d128",
-            "attention_extend_d128_bn32",
+            "attention_extend_d128_bn64",
             "attention_extend_d128_scalar_v"
         ]
     ),

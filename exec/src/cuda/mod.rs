@@ -13,6 +13,8 @@ pub mod backend;
 pub mod bench_one_batch;
 pub mod blas;
 pub mod compile;
+pub mod forward;
+pub mod fused;
 pub mod kernels;
 pub mod model;
 pub mod ops;

@@ -1,0 +1,477 @@
+//! The forward pass of [`GpuModel`]: the KV pool, the fixed workspace buffers, a step's inputs,
+//! and the kernel sequence (see model.rs for the per-layer order).
+
+use super::attention::{AttnEntry, AttnShape, DecodeMeta, ExtendMeta, ExtendVariant, KvView};
+use super::model::GpuModel;
+use super::ops::{QkvPost, SamplingBufs};
+use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
+use cudarc::driver::CudaSlice;
+use half::bf16;
+
+/// The KV pool: per layer a K and a V buffer of `[num_slots, nk * head_dim]` bf16, plus the
+/// request-to-slot table mirror and each row's last sampled token (for FUTURE_TOKEN).
+pub struct KvPool {
+    k: Vec<CudaSlice<bf16>>,
+    v: Vec<CudaSlice<bf16>>,
+    /// Slots per layer buffer (slot 0 is the padding dummy).
+    pub num_slots: usize,
+    /// `[rows, max_ctx]` slot table.
+    pub table: CudaSlice<u32>,
+    /// Rows of the table.
+    pub rows: usize,
+    /// Positions per row.
+    pub max_ctx: usize,
+    /// Last sampled token per row.
+    pub last_token: CudaSlice<u32>,
+}
+
+impl KvPool {
+    /// Allocate `num_slots` slots for `model`, and a `rows` x `max_ctx` slot table.
+    pub fn new(
+        gpu: &Gpu,
+        model: &GpuModel,
+        num_slots: usize,
+        rows: usize,
+        max_ctx: usize,
+    ) -> Result<KvPool> {
+        let w = model.cfg.kv_dim();
+        let mut k = Vec::new();
+        let mut v = Vec::new();
+        for _ in 0..model.cfg.num_layers {
+            k.push(gpu.zeros::<bf16>(num_slots * w)?);
+            v.push(gpu.zeros::<bf16>(num_slots * w)?);
+        }
+        Ok(KvPool {
+            k,
+            v,
+            num_slots,
+            table: gpu.zeros::<u32>(rows * max_ctx)?,
+            rows,
+            max_ctx,
+            last_token: gpu.zeros::<u32>(rows)?,
+        })
+    }
+
+    /// Bytes of K/V held.
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|b| b.len() * 2).sum()
+    }
+}
+
+/// Fixed-size device buffers for one forward pass of up to `max_tokens` tokens and `max_seqs`
+/// sequences. Fixed addresses are what lets a captured CUDA graph be replayed.
+pub struct Workspace {
+    /// Capacity in tokens.
+    pub max_tokens: usize,
+    /// Capacity in sequences (logit rows).
+    pub max_seqs: usize,
+    /// Decode split capacity.
+    pub max_splits: usize,
+    hidden: CudaSlice<bf16>,
+    residual: CudaSlice<bf16>,
+    qkv: CudaSlice<bf16>,
+    attn: CudaSlice<bf16>,
+    gate_up: CudaSlice<bf16>,
+    act: CudaSlice<bf16>,
+    /// Input ids (FUTURE_TOKEN resolved on the device).
+    pub ids: CudaSlice<u32>,
+    /// Table row of each token (for FUTURE_TOKEN).
+    pub tok_row: CudaSlice<u32>,
+    /// Position of each token.
+    pub positions: CudaSlice<i32>,
+    /// KV slot of each token.
+    pub out_slots: CudaSlice<u32>,
+    /// Token index of each logits row.
+    pub logit_tok: CudaSlice<u32>,
+    /// Table row of each logits row (where its sample is recorded).
+    pub logit_row: CudaSlice<u32>,
+    sel: CudaSlice<bf16>,
+    /// Logits of the selected rows, f32 `[max_seqs, vocab]`.
+    pub logits: CudaSlice<f32>,
+    /// Sampled tokens.
+    pub sampled: CudaSlice<u32>,
+    /// Sampling parameters: temperature, top_p, min_p, uniform.
+    pub samp_f: [CudaSlice<f32>; 4],
+    /// Sampling parameter top_k.
+    pub samp_k: CudaSlice<i32>,
+    part_o: CudaSlice<f32>,
+    part_ml: CudaSlice<f32>,
+}
+
+impl Workspace {
+    /// Buffers for `model` with the given capacities.
+    pub fn new(
+        gpu: &Gpu,
+        model: &GpuModel,
+        max_tokens: usize,
+        max_seqs: usize,
+        max_splits: usize,
+    ) -> Result<Workspace> {
+        let c = &model.cfg;
+        let (t, s) = (max_tokens.max(1), max_seqs.max(1));
+        Ok(Workspace {
+            max_tokens: t,
+            max_seqs: s,
+            max_splits,
+            hidden: gpu.zeros(t * c.hidden_size)?,
+            residual: gpu.zeros(t * c.hidden_size)?,
+            qkv: gpu.zeros(t * (c.q_dim() + 2 * c.kv_dim()))?,
+            attn: gpu.zeros(t * c.q_dim())?,
+            gate_up: gpu.zeros(t * 2 * c.intermediate_size)?,
+            act: gpu.zeros(t * c.intermediate_size)?,
+            ids: gpu.zeros(t)?,
+            tok_row: gpu.zeros(t)?,
+            positions: gpu.zeros(t)?,
+            out_slots: gpu.zeros(t)?,
+            logit_tok: gpu.zeros(s)?,
+            logit_row: gpu.zeros(s)?,
+            sel: gpu.zeros(s * c.hidden_size)?,
+            logits: gpu.zeros(s * c.vocab_size)?,
+            sampled: gpu.zeros(s)?,
+            samp_f: [gpu.zeros(s)?, gpu.zeros(s)?, gpu.zeros(s)?, gpu.zeros(s)?],
+            samp_k: gpu.zeros(s)?,
+            part_o: gpu.zeros(s * c.num_heads * max_splits * c.head_dim)?,
+            part_ml: gpu.zeros(s * c.num_heads * max_splits * 2)?,
+        })
+    }
+}
+
+/// Per-row sampling parameters for the GPU sampler.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowSampling {
+    /// Temperature (<= 0: greedy).
+    pub temperature: f32,
+    /// Top-k (<= 0: off).
+    pub top_k: i32,
+    /// Top-p (>= 1: off).
+    pub top_p: f32,
+    /// Min-p (<= 0: off).
+    pub min_p: f32,
+    /// Uniform draw in [0, 1).
+    pub uniform: f32,
+}
+
+/// One forward pass, described on the host. Token-level vectors have one element per token;
+/// extend entries' tokens come first, then decode entries' (as in a core plan).
+#[derive(Clone, Debug, Default)]
+pub struct StepInput {
+    /// Token ids (FUTURE_TOKEN allowed: resolved from the row's last sampled token).
+    pub ids: Vec<u32>,
+    /// Table row of each token.
+    pub tok_row: Vec<u32>,
+    /// Position of each token.
+    pub positions: Vec<i32>,
+    /// KV slot each token's K/V goes to.
+    pub out_slots: Vec<u32>,
+    /// Extend entries (q_start indexes tokens).
+    pub extend: Vec<AttnEntry>,
+    /// Decode entries.
+    pub decode: Vec<AttnEntry>,
+    /// Token index of each row that needs logits.
+    pub logit_tok: Vec<u32>,
+    /// Table row of each such row (its sample becomes that row's last token).
+    pub logit_row: Vec<u32>,
+    /// Sampling per logits row.
+    pub sampling: Vec<RowSampling>,
+}
+
+impl StepInput {
+    /// Check every index against the model, pool and workspace, so a bad plan is an error
+    /// rather than an out-of-bounds access on the device.
+    pub fn validate(&self, model: &GpuModel, kv: &KvPool, ws: &Workspace) -> Result<()> {
+        let bad = |msg: String| CudaError::Invalid {
+            kernel: "forward",
+            msg,
+        };
+        let t = self.ids.len();
+        if t > ws.max_tokens || self.logit_tok.len() > ws.max_seqs {
+            return Err(bad(format!(
+                "{t} tokens / {} logit rows exceed the workspace",
+                self.logit_tok.len()
+            )));
+        }
+        if self.tok_row.len() != t || self.positions.len() != t || self.out_slots.len() != t {
+            return Err(bad("token vectors differ in length".into()));
+        }
+        if self.logit_row.len() != self.logit_tok.len()
+            || self.sampling.len() != self.logit_tok.len()
+        {
+            return Err(bad("logit vectors differ in length".into()));
+        }
+        let vocab = model.cfg.vocab_size as u32;
+        for i in 0..t {
+            let id = self.ids[i];
+            if id != doppel_core::FUTURE_TOKEN && id >= vocab {
+                return Err(bad(format!(
+                    "token {i}: id {id} outside the vocabulary of {vocab}"
+                )));
+            }
+            if self.positions[i] < 0 || self.positions[i] as usize >= model.max_pos {
+                return Err(bad(format!(
+                    "token {i}: position {} beyond the RoPE table ({})",
+                    self.positions[i], model.max_pos
+                )));
+            }
+            if self.out_slots[i] as usize >= kv.num_slots {
+                return Err(bad(format!(
+                    "token {i}: slot {} beyond the pool ({})",
+                    self.out_slots[i], kv.num_slots
+                )));
+            }
+            if self.tok_row[i] as usize >= kv.rows {
+                return Err(bad(format!(
+                    "token {i}: row {} beyond the table",
+                    self.tok_row[i]
+                )));
+            }
+        }
+        for (&tk, &r) in self.logit_tok.iter().zip(&self.logit_row) {
+            if tk as usize >= t || r as usize >= kv.rows {
+                return Err(bad(format!(
+                    "logits row for token {tk} / table row {r} out of range"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GpuModel {
+    fn lm_head(&self) -> &CudaSlice<bf16> {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// y[m, n] = x[m, k] w^T through the GEMV for small m, cuBLAS otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        gpu: &Gpu,
+        y: DPtr<bf16>,
+        x: DPtr<bf16>,
+        w: &CudaSlice<bf16>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        if m <= self.gemv_max_tokens.min(8) {
+            gpu.gemv(y, x, gpu.ptr(w), m, n, k, n)
+        } else {
+            gpu.blas.gemm_bf16(y, x, gpu.ptr(w), m, n, k, n)
+        }
+    }
+
+    /// Upload a step's host vectors into the workspace (outside any graph capture).
+    pub fn upload_step(&self, gpu: &Gpu, ws: &mut Workspace, s: &StepInput) -> Result<()> {
+        fn put<T: cudarc::driver::DeviceRepr>(
+            gpu: &Gpu,
+            src: &[T],
+            dst: &mut CudaSlice<T>,
+        ) -> Result<()> {
+            if src.is_empty() {
+                return Ok(());
+            }
+            let mut v = dst.slice_mut(0..src.len());
+            gpu.stream
+                .memcpy_htod(src, &mut v)
+                .ctx("uploading step inputs")
+        }
+        put(gpu, &s.ids, &mut ws.ids)?;
+        put(gpu, &s.tok_row, &mut ws.tok_row)?;
+        put(gpu, &s.positions, &mut ws.positions)?;
+        put(gpu, &s.out_slots, &mut ws.out_slots)?;
+        put(gpu, &s.logit_tok, &mut ws.logit_tok)?;
+        put(gpu, &s.logit_row, &mut ws.logit_row)?;
+        let f = |g: fn(&RowSampling) -> f32| s.sampling.iter().map(g).collect::<Vec<f32>>();
+        let [a, b, c, d] = &mut ws.samp_f;
+        put(gpu, &f(|r| r.temperature), a)?;
+        put(gpu, &f(|r| r.top_p), b)?;
+        put(gpu, &f(|r| r.min_p), c)?;
+        put(gpu, &f(|r| r.uniform), d)?;
+        put(
+            gpu,
+            &s.sampling.iter().map(|r| r.top_k).collect::<Vec<i32>>(),
+            &mut ws.samp_k,
+        )
+    }
+
+    /// Queue the forward pass for `tokens` tokens (inputs already in `ws`), attention per the
+    /// given metadata, logits for `rows` rows, sampling into `ws.sampled` and each sampled row's
+    /// last token. `greedy` selects the argmax kernel for all rows. Launches only (capturable).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        kv: &KvPool,
+        ws: &Workspace,
+        tokens: usize,
+        extend: Option<&ExtendMeta>,
+        decode: Option<(&DecodeMeta, usize)>,
+        rows: usize,
+        greedy: bool,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let (h, nq, nk, d, inter) = (
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.intermediate_size,
+        );
+        let qkv_w = (nq + 2 * nk) * d;
+        let eps = c.rms_norm_eps as f32;
+        let p = |b: &CudaSlice<bf16>| gpu.ptr(b);
+        let (hidden, residual, qkv, attn, gu, act) = (
+            p(&ws.hidden),
+            p(&ws.residual),
+            p(&ws.qkv),
+            p(&ws.attn),
+            p(&ws.gate_up),
+            p(&ws.act),
+        );
+        if tokens > 0 {
+            gpu.embedding_gather(
+                residual,
+                p(&self.embed),
+                gpu.ptr(&ws.ids),
+                gpu.ptr(&ws.tok_row),
+                gpu.ptr(&kv.last_token),
+                tokens,
+                h,
+                c.vocab_size,
+            )?;
+        }
+        let shape = AttnShape {
+            nq,
+            nk,
+            head_dim: d,
+            q_stride: qkv_w,
+            table_stride: kv.max_ctx,
+            table_rows: kv.rows,
+            num_slots: kv.num_slots,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        for (l, lw) in self.layers.iter().enumerate() {
+            if l == 0 {
+                gpu.rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
+            } else {
+                gpu.fused_add_rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
+            }
+            self.linear(gpu, qkv, hidden, &lw.qkv, tokens, qkv_w, h)?;
+            let view = KvView {
+                k_cache: p(&kv.k[l]),
+                v_cache: p(&kv.v[l]),
+                table: gpu.ptr(&kv.table),
+            };
+            if self.fused {
+                let post = QkvPost {
+                    qk_norm: lw
+                        .q_norm
+                        .as_ref()
+                        .zip(lw.k_norm.as_ref())
+                        .map(|(q, k)| (p(q), p(k))),
+                    positions: gpu.ptr(&ws.positions),
+                    cos_sin: gpu.ptr(&self.cos_sin),
+                    k_cache: view.k_cache,
+                    v_cache: view.v_cache,
+                    slots: gpu.ptr(&ws.out_slots),
+                };
+                gpu.qk_norm_rope_store(qkv, &post, tokens, (nq, nk), d, qkv_w, eps)?;
+            } else {
+                if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+                    gpu.qk_rmsnorm(qkv, p(qn), p(kn), tokens, (nq, nk), d, qkv_w, eps)?;
+                }
+                gpu.rope_neox(
+                    qkv,
+                    gpu.ptr(&ws.positions),
+                    gpu.ptr(&self.cos_sin),
+                    tokens,
+                    (nq, nk),
+                    d,
+                    qkv_w,
+                )?;
+                gpu.kv_store(
+                    view.k_cache,
+                    view.v_cache,
+                    qkv,
+                    gpu.ptr(&ws.out_slots),
+                    tokens,
+                    (nq, nk),
+                    d,
+                    qkv_w,
+                )?;
+            }
+            if let Some(meta) = extend {
+                gpu.attention_extend(attn, qkv, view, meta, &shape, ExtendVariant::Fast)?;
+            }
+            if let Some((meta, splits)) = decode {
+                gpu.attention_decode(
+                    attn,
+                    qkv,
+                    view,
+                    meta,
+                    &shape,
+                    gpu.ptr(&ws.part_o),
+                    gpu.ptr(&ws.part_ml),
+                    splits,
+                )?;
+            }
+            self.linear(gpu, hidden, attn, &lw.o, tokens, h, nq * d)?;
+            gpu.fused_add_rmsnorm(hidden, residual, p(&lw.post_norm), tokens, h, eps)?;
+            if self.fused && tokens <= self.gemv_max_tokens.min(8) {
+                gpu.gemv_gate_up_silu(act, hidden, p(&lw.gate_up), tokens, inter, h)?;
+            } else {
+                self.linear(gpu, gu, hidden, &lw.gate_up, tokens, 2 * inter, h)?;
+                gpu.silu_and_mul(act, gu, tokens, inter)?;
+            }
+            self.linear(gpu, hidden, act, &lw.down, tokens, h, inter)?;
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        // Only the rows that need logits: gather them (hidden and residual), then the final norm.
+        let sel = p(&ws.sel);
+        let sel_res = attn; // free now: reuse as the gathered residual
+        gpu.gather_rows(sel, hidden, gpu.ptr(&ws.logit_tok), rows, h)?;
+        gpu.gather_rows(sel_res, residual, gpu.ptr(&ws.logit_tok), rows, h)?;
+        gpu.fused_add_rmsnorm(sel, sel_res, p(&self.final_norm), rows, h, eps)?;
+        gpu.blas.gemm_bf16_f32out(
+            gpu.ptr(&ws.logits),
+            sel,
+            p(self.lm_head()),
+            rows,
+            c.vocab_size,
+            h,
+            c.vocab_size,
+        )?;
+        if greedy {
+            gpu.argmax_rows(
+                gpu.ptr(&ws.sampled),
+                gpu.ptr(&ws.logits),
+                rows,
+                c.vocab_size,
+            )?;
+        } else {
+            let [t, tp, mp, u] = &ws.samp_f;
+            let bufs = SamplingBufs {
+                temperature: gpu.ptr(t),
+                top_k: gpu.ptr(&ws.samp_k),
+                top_p: gpu.ptr(tp),
+                min_p: gpu.ptr(mp),
+                uniform: gpu.ptr(u),
+            };
+            gpu.sample_rows(
+                gpu.ptr(&ws.sampled),
+                gpu.ptr(&ws.logits),
+                &bufs,
+                rows,
+                c.vocab_size,
+            )?;
+        }
+        gpu.store_last_token(
+            gpu.ptr(&kv.last_token),
+            gpu.ptr(&ws.logit_row),
+            gpu.ptr(&ws.sampled),
+            rows,
+        )
+    }
+}

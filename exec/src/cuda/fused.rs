@@ -1,0 +1,141 @@
+//! Launch wrappers for the fused kernels: q/k norm + RoPE + KV store in one pass, and the
+//! gate/up GEMV with SiLU-and-mul.
+
+use super::ops::{ceil_div, cfg, check, int, need};
+use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
+use cudarc::driver::PushKernelArg;
+use half::bf16;
+
+/// What the fused q/k-norm + RoPE + KV-store kernel reads and writes besides qkv.
+#[derive(Clone, Copy, Debug)]
+pub struct QkvPost {
+    /// Per-head q and k RMSNorm weights (`head_dim` each), or None (no q/k norm).
+    pub qk_norm: Option<(DPtr<bf16>, DPtr<bf16>)>,
+    /// Position of each token.
+    pub positions: DPtr<i32>,
+    /// The RoPE cos/sin table (`[max_pos, head_dim]`).
+    pub cos_sin: DPtr<f32>,
+    /// This layer's K cache, `[num_slots, nk * head_dim]`.
+    pub k_cache: DPtr<bf16>,
+    /// This layer's V cache, same shape.
+    pub v_cache: DPtr<bf16>,
+    /// KV slot of each token.
+    pub slots: DPtr<u32>,
+}
+
+impl Gpu {
+    /// One pass doing `qk_rmsnorm` (when weights are given), `rope_neox` and `kv_store`: q heads
+    /// are normalised and rotated in place; k heads normalised, rotated and stored into the
+    /// cache (qkv's k columns are left as they were); v heads stored. head_dim 64 or 128.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qk_norm_rope_store(
+        &self,
+        qkv: DPtr<bf16>,
+        post: &QkvPost,
+        tokens: usize,
+        heads: (usize, usize),
+        head_dim: usize,
+        row_stride: usize,
+        eps: f32,
+    ) -> Result<()> {
+        const K: &str = "qk_norm_rope_store";
+        let (nq, nk) = heads;
+        let name = match head_dim {
+            64 => "qk_norm_rope_store_d64",
+            128 => "qk_norm_rope_store_d128",
+            _ => {
+                return Err(CudaError::Invalid {
+                    kernel: K,
+                    msg: format!("head_dim {head_dim} is not 64 or 128"),
+                })
+            }
+        };
+        check(K, row_stride >= (nq + 2 * nk) * head_dim, || {
+            format!("row stride {row_stride} too small")
+        })?;
+        check(K, post.cos_sin.len().is_multiple_of(head_dim), || {
+            "cos/sin table is not [max_pos, head_dim]".into()
+        })?;
+        check(K, post.k_cache.len() == post.v_cache.len(), || {
+            "K and V caches differ in size".into()
+        })?;
+        need(
+            K,
+            "qkv",
+            &qkv,
+            tokens.saturating_sub(1) * row_stride + (nq + 2 * nk) * head_dim,
+        )?;
+        need(K, "positions", &post.positions, tokens)?;
+        need(K, "slots", &post.slots, tokens)?;
+        if let Some((wq, wk)) = &post.qk_norm {
+            need(K, "wq", wq, head_dim)?;
+            need(K, "wk", wk, head_dim)?;
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let (t, a, c, s) = (
+            int(K, tokens)?,
+            int(K, nq)?,
+            int(K, nk)?,
+            int(K, row_stride)?,
+        );
+        let (wq, wk) = post
+            .qk_norm
+            .map_or((0u64, 0u64), |(q, k)| (q.addr(), k.addr()));
+        let (p, pos, cs, kc, vc, sl) = (
+            qkv.addr(),
+            post.positions.addr(),
+            post.cos_sin.addr(),
+            post.k_cache.addr(),
+            post.v_cache.addr(),
+            post.slots.addr(),
+        );
+        let f = self.kernels.get(name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&p)
+            .arg(&wq)
+            .arg(&wk)
+            .arg(&pos)
+            .arg(&cs)
+            .arg(&kc)
+            .arg(&vc)
+            .arg(&sl);
+        b.arg(&t).arg(&a).arg(&c).arg(&s).arg(&eps);
+        unsafe { b.launch(cfg((ceil_div(tokens * (nq + 2 * nk), 4), 1, 1), 128)) }
+            .ctx(name)
+            .map(|_| ())
+    }
+
+    /// Gate/up projection with SiLU-and-mul fused: `w` is `[gate; up]` (`[2 * inter, k]`),
+    /// `y[b, n] = silu(x_b . w[n]) * (x_b . w[inter + n])` for `batch <= 8`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_gate_up_silu(
+        &self,
+        y: DPtr<bf16>,
+        x: DPtr<bf16>,
+        w: DPtr<bf16>,
+        batch: usize,
+        inter: usize,
+        k: usize,
+    ) -> Result<()> {
+        const K: &str = "gemv_gate_up_silu";
+        check(K, (1..=8).contains(&batch), || {
+            format!("batch {batch} is not in 1..=8")
+        })?;
+        check(K, k.is_multiple_of(8), || {
+            format!("k {k} is not a multiple of 8")
+        })?;
+        need(K, "y", &y, batch * inter)?;
+        need(K, "x", &x, batch * k)?;
+        need(K, "w", &w, 2 * inter * k)?;
+        let (bi, ii, ki) = (int(K, batch)?, int(K, inter)?, int(K, k)?);
+        let (ya, xa, wa) = (y.addr(), x.addr(), w.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&ya).arg(&xa).arg(&wa).arg(&bi).arg(&ii).arg(&ki);
+        unsafe { b.launch(cfg((ceil_div(inter, 8), 1, 1), 256)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,343 @@
+//! Attention kernels against an f64 CPU reference: extend (prefill over a cached prefix) and
+//! split-KV decode, on ragged batches whose positions sit in random KV slots (so prefixes cross
+//! pages arbitrarily), GQA groups 1 to 8, head_dim 64 and 128, KV up to 8191 tokens, and a decode
+//! CUDA graph replayed with new lengths. Skips without a GPU; see docs/cuda.md.
+
+mod cuda_common;
+
+use cuda_common::{f64s, open_gpu, Report, Rng};
+use doppel_exec::cuda::attention::{
+    AttnEntry, AttnShape, DecodeMeta, ExtendMeta, ExtendVariant, KvView,
+};
+use doppel_exec::cuda::Gpu;
+use half::bf16;
+
+#[test]
+fn attention_matches_cpu_reference() {
+    let Some(gpu) = open_gpu() else { return };
+    let mut rep = Report::default();
+    let mut rng = Rng::new(0x5eed_0003);
+    for (nq, nk, d) in [(16, 8, 128), (32, 8, 64), (8, 1, 128)] {
+        attention_extend(&gpu, &mut rng, &mut rep, nq, nk, d);
+        attention_decode(&gpu, &mut rng, &mut rep, nq, nk, d);
+    }
+    decode_graph_replay(&gpu, &mut rng, &mut rep);
+    rep.finish();
+}
+
+/// KV caches filled with random values, and a slot table giving each entry's positions distinct
+/// random slots (so a prefix is spread over the pool the way the radix cache leaves it).
+struct KvSetup {
+    k: Vec<bf16>,
+    v: Vec<bf16>,
+    table: Vec<u32>,
+    dk: cudarc::driver::CudaSlice<bf16>,
+    dv: cudarc::driver::CudaSlice<bf16>,
+    dt: cudarc::driver::CudaSlice<u32>,
+    num_slots: usize,
+    stride: usize,
+    rows: usize,
+}
+
+impl KvSetup {
+    /// Row i + 1 of the table serves entry i (row 0 stays unused, as the core's padding row).
+    fn new(
+        gpu: &Gpu,
+        rng: &mut Rng,
+        nk: usize,
+        d: usize,
+        lens: &[usize],
+        stride: usize,
+    ) -> KvSetup {
+        let total: usize = lens.iter().sum();
+        let num_slots = total + 257;
+        let rows = lens.len() + 2;
+        let slots = rng.distinct(total, num_slots);
+        let mut table = vec![0u32; rows * stride];
+        let mut it = slots.into_iter();
+        for (i, &l) in lens.iter().enumerate() {
+            for p in 0..l {
+                table[(i + 1) * stride + p] = it.next().unwrap();
+            }
+        }
+        let k = rng.bf16s(num_slots * nk * d, 1.0);
+        let v = rng.bf16s(num_slots * nk * d, 1.0);
+        let (dk, dv, dt) = (
+            gpu.upload(&k).unwrap(),
+            gpu.upload(&v).unwrap(),
+            gpu.upload(&table).unwrap(),
+        );
+        KvSetup {
+            k,
+            v,
+            table,
+            dk,
+            dv,
+            dt,
+            num_slots,
+            stride,
+            rows,
+        }
+    }
+
+    fn view(&self, gpu: &Gpu) -> KvView {
+        KvView {
+            k_cache: gpu.ptr(&self.dk),
+            v_cache: gpu.ptr(&self.dv),
+            table: gpu.ptr(&self.dt),
+        }
+    }
+
+    fn shape(&self, nq: usize, nk: usize, d: usize, q_stride: usize) -> AttnShape {
+        AttnShape {
+            nq,
+            nk,
+            head_dim: d,
+            q_stride,
+            table_stride: self.stride,
+            table_rows: self.rows,
+            num_slots: self.num_slots,
+            scale: 1.0 / (d as f32).sqrt(),
+        }
+    }
+}
+
+/// f64 attention over the cache for every new token of every entry; rows of `out` not covered
+/// by an entry are left as NaN (and not compared).
+fn attn_ref(
+    q: &[bf16],
+    s: &AttnShape,
+    kv: &KvSetup,
+    entries: &[AttnEntry],
+    tokens: usize,
+) -> Vec<f64> {
+    let (nq, nk, d) = (s.nq, s.nk, s.head_dim);
+    let mut out = vec![f64::NAN; tokens * nq * d];
+    for e in entries {
+        for i in 0..e.q_len {
+            let tok = e.q_start + i;
+            let pos = e.kv_len - e.q_len + i;
+            for h in 0..nq {
+                let kvh = h / (nq / nk);
+                let qv = f64s(&q[tok * s.q_stride + h * d..tok * s.q_stride + (h + 1) * d]);
+                let slots: Vec<usize> = (0..=pos)
+                    .map(|j| kv.table[e.row * kv.stride + j] as usize)
+                    .collect();
+                let sc: Vec<f64> = slots
+                    .iter()
+                    .map(|&sl| {
+                        let kr = &kv.k[sl * nk * d + kvh * d..sl * nk * d + (kvh + 1) * d];
+                        qv.iter().zip(kr).map(|(a, b)| a * b.to_f64()).sum::<f64>() * s.scale as f64
+                    })
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = p.iter().sum();
+                for dd in 0..d {
+                    out[tok * nq * d + h * d + dd] = slots
+                        .iter()
+                        .zip(&p)
+                        .map(|(&sl, pp)| pp * kv.v[sl * nk * d + kvh * d + dd].to_f64())
+                        .sum::<f64>()
+                        / z;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Compare only the rows the reference defines.
+fn compare_rows(rep: &mut Report, name: &str, out: &[bf16], reference: &[f64], tol: f64) {
+    let (mut o, mut r) = (Vec::new(), Vec::new());
+    for (a, b) in out.iter().zip(reference) {
+        if !b.is_nan() {
+            o.push(a.to_f64());
+            r.push(*b);
+        }
+    }
+    rep.rel(name, &o, &r, tol);
+}
+
+fn attention_extend(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, nq: usize, nk: usize, d: usize) {
+    // (cached prefix, new tokens): ragged, single-token, tile-crossing, prefix not a multiple of 64.
+    let shapes = [
+        (0usize, 37usize),
+        (100, 1),
+        (69, 130),
+        (300, 64),
+        (17, 200),
+        (0, 1),
+        (1000, 65),
+    ];
+    let lens: Vec<usize> = shapes.iter().map(|(p, n)| p + n).collect();
+    let kv = KvSetup::new(gpu, rng, nk, d, &lens, 2048);
+    let mut entries = Vec::new();
+    let mut t = 0;
+    for (i, (p, n)) in shapes.iter().enumerate() {
+        entries.push(AttnEntry {
+            q_start: t,
+            q_len: *n,
+            kv_len: p + n,
+            row: i + 1,
+        });
+        t += n;
+    }
+    let q_stride = (nq + 2 * nk) * d;
+    let q = rng.bf16s(t * q_stride, 1.0);
+    let dq = gpu.upload(&q).unwrap();
+    let shape = kv.shape(nq, nk, d, q_stride);
+    let meta = ExtendMeta::new(gpu, &entries, t, kv.rows, kv.stride).unwrap();
+    let reference = attn_ref(&q, &shape, &kv, &entries, t);
+    let variants: &[ExtendVariant] = if d == 128 {
+        &[
+            ExtendVariant::Fast,
+            ExtendVariant::Bn64,
+            ExtendVariant::ScalarV,
+        ]
+    } else {
+        &[ExtendVariant::Fast]
+    };
+    for &var in variants {
+        let dout = gpu
+            .upload(&vec![bf16::from_f32(f32::NAN); t * nq * d])
+            .unwrap();
+        gpu.attention_extend(
+            gpu.ptr(&dout),
+            gpu.ptr(&dq),
+            kv.view(gpu),
+            &meta,
+            &shape,
+            var,
+        )
+        .unwrap();
+        let out = gpu.download(&dout).unwrap();
+        compare_rows(
+            rep,
+            &format!("attention_extend {var:?} nq={nq} nk={nk} D={d} T={t}"),
+            &out,
+            &reference,
+            1e-2,
+        );
+    }
+}
+
+fn attention_decode(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, nq: usize, nk: usize, d: usize) {
+    let lens = [1usize, 33, 257, 1000, 4096, 8191, 64];
+    let kv = KvSetup::new(gpu, rng, nk, d, &lens, 8192);
+    // Decode tokens after 5 other tokens, as in a mixed batch.
+    let off = 5;
+    let entries: Vec<AttnEntry> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| AttnEntry {
+            q_start: off + i,
+            q_len: 1,
+            kv_len: l,
+            row: i + 1,
+        })
+        .collect();
+    let t = off + lens.len();
+    let q_stride = (nq + 2 * nk) * d;
+    let q = rng.bf16s(t * q_stride, 1.0);
+    let dq = gpu.upload(&q).unwrap();
+    let shape = kv.shape(nq, nk, d, q_stride);
+    let meta = DecodeMeta::new(gpu, &entries, t, kv.rows, kv.stride).unwrap();
+    let reference = attn_ref(&q, &shape, &kv, &entries, t);
+    for splits in [1usize, 7, 32] {
+        let n = entries.len();
+        let po = gpu.zeros::<f32>(n * nq * splits * d).unwrap();
+        let pm = gpu.zeros::<f32>(n * nq * splits * 2).unwrap();
+        let dout = gpu
+            .upload(&vec![bf16::from_f32(f32::NAN); t * nq * d])
+            .unwrap();
+        gpu.attention_decode(
+            gpu.ptr(&dout),
+            gpu.ptr(&dq),
+            kv.view(gpu),
+            &meta,
+            &shape,
+            gpu.ptr(&po),
+            gpu.ptr(&pm),
+            splits,
+        )
+        .unwrap();
+        let out = gpu.download(&dout).unwrap();
+        compare_rows(
+            rep,
+            &format!("attention_decode nq={nq} nk={nk} D={d} kv<=8191 splits={splits}"),
+            &out,
+            &reference,
+            1e-2,
+        );
+    }
+}
+
+/// A decode attention captured once in a CUDA graph and replayed with new lengths written into
+/// the same metadata buffers: the graph must read them from the device, not bake them in.
+fn decode_graph_replay(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
+    let (nq, nk, d, splits) = (16, 8, 128, 8);
+    let max_lens = [3000usize, 2000, 1024];
+    let kv = KvSetup::new(gpu, rng, nk, d, &max_lens, 4096);
+    let q_stride = (nq + 2 * nk) * d;
+    let t = max_lens.len();
+    let q = rng.bf16s(t * q_stride, 1.0);
+    let dq = gpu.upload(&q).unwrap();
+    let shape = kv.shape(nq, nk, d, q_stride);
+    let mk = |lens: [usize; 3]| -> Vec<AttnEntry> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &l)| AttnEntry {
+                q_start: i,
+                q_len: 1,
+                kv_len: l,
+                row: i + 1,
+            })
+            .collect()
+    };
+    let (a, b) = (mk([100, 2000, 5]), mk([3000, 7, 1024]));
+    let mut meta = DecodeMeta::new(gpu, &a, t, kv.rows, kv.stride).unwrap();
+    let po = gpu.zeros::<f32>(t * nq * splits * d).unwrap();
+    let pm = gpu.zeros::<f32>(t * nq * splits * 2).unwrap();
+    let dout = gpu.zeros::<bf16>(t * nq * d).unwrap();
+    gpu.sync().unwrap();
+    gpu.stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    gpu.attention_decode(
+        gpu.ptr(&dout),
+        gpu.ptr(&dq),
+        kv.view(gpu),
+        &meta,
+        &shape,
+        gpu.ptr(&po),
+        gpu.ptr(&pm),
+        splits,
+    )
+    .unwrap();
+    let graph = gpu
+        .stream
+        .end_capture(CUgraphInstantiate_flags_enum(0))
+        .unwrap()
+        .expect("a captured graph");
+    graph.launch().unwrap();
+    let out_a = gpu.download(&dout).unwrap();
+    compare_rows(
+        rep,
+        "CUDA graph replay: decode attention, lengths A",
+        &out_a,
+        &attn_ref(&q, &shape, &kv, &a, t),
+        1e-2,
+    );
+    meta.update(gpu, &b, kv.rows, kv.stride).unwrap();
+    graph.launch().unwrap();
+    let out_b = gpu.download(&dout).unwrap();
+    compare_rows(
+        rep,
+        "CUDA graph replay: decode attention, lengths B",
+        &out_b,
+        &attn_ref(&q, &shape, &kv, &b, t),
+        1e-2,
+    );
+}
