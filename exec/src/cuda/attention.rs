@@ -464,3 +464,18 @@ pub fn decode_splits(entries: usize, nk: usize, max_kv: usize, sm_count: usize) 
     let want = (4 * sm_count).div_ceil(blocks);
     want.clamp(1, max_kv.div_ceil(16).max(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_splits_fill_the_gpu_without_tiny_splits() {
+        // One sequence, 8 kv heads, 132 SMs: 66 splits wanted, capped by 16 keys per split.
+        assert_eq!(decode_splits(1, 8, 160, 132), 10);
+        assert_eq!(decode_splits(1, 8, 8192, 132), 66);
+        // Enough blocks already: one split.
+        assert_eq!(decode_splits(128, 8, 8192, 132), 1);
+        assert_eq!(decode_splits(0, 8, 0, 132), 1);
+    }
+}

@@ -593,3 +593,24 @@ impl Backend for CudaBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_sizes_are_exact_to_8_then_stepped() {
+        assert_eq!(graph_sizes(0), Vec::<usize>::new());
+        assert_eq!(graph_sizes(5), vec![1, 2, 3, 4, 5]);
+        assert_eq!(graph_sizes(16), vec![1, 2, 3, 4, 5, 6, 7, 8, 16]);
+        let g = graph_sizes(256);
+        assert_eq!(
+            &g[8..],
+            &[16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256]
+        );
+        // Every batch up to the maximum has a graph at least as large.
+        for b in 1..=256 {
+            assert!(g.iter().any(|&s| s >= b));
+        }
+    }
+}
