@@ -487,6 +487,12 @@ async fn bad_requests_get_4xx_naming_the_field() {
         ),
         ("/generate", json!([1, 2]), 400, "JSON object"),
         (
+            "/generate",
+            json!({"text": vec!["a"; 9], "sampling_params": {"n": 128}}),
+            400,
+            "generations",
+        ),
+        (
             "/v1/completions",
             json!({"model": "nope", "prompt": "x"}),
             404,

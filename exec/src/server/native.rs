@@ -121,7 +121,7 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
         .unwrap_or(0) as usize;
     gp.sampling.return_logprob = return_logprob;
     gp.sampling.top_logprobs = if return_logprob { top } else { 0 };
-    let total = p.ids.len() * gp.n;
+    let total = gp.check_total(p.ids.len(), p.field)?;
     let rids: Option<Vec<String>> = match f.get("rid") {
         None => None,
         Some(Value::String(r)) if total == 1 => Some(vec![r.clone()]),

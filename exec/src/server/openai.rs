@@ -214,6 +214,7 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
     } else {
         "prompt"
     };
+    gp.check_total(req.prompts.len(), field)?;
     let mut sps = Vec::new();
     for (i, (ids, _)) in req.prompts.iter().enumerate() {
         let name = if req.prompts.len() > 1 {

@@ -6,6 +6,8 @@ use serde_json::{Map, Value};
 
 /// Largest n (choices per prompt) accepted.
 pub const MAX_N: usize = 128;
+/// Most generations (prompts times n) one HTTP request may start.
+pub const MAX_GENERATIONS: usize = 1024;
 /// Largest number of top logprobs accepted.
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
@@ -439,6 +441,21 @@ pub fn sampling(
 }
 
 impl GenParams {
+    /// Refuse a request that would start more than [`MAX_GENERATIONS`] generations.
+    pub fn check_total(&self, prompts: usize, prompt_field: &str) -> Result<usize, ApiError> {
+        let total = prompts.saturating_mul(self.n);
+        if total > MAX_GENERATIONS {
+            return Err(ApiError::field(
+                prompt_field,
+                format!(
+                    "{prompts} prompts x n = {} is {total} generations; at most {MAX_GENERATIONS} per request",
+                    self.n
+                ),
+            ));
+        }
+        Ok(total)
+    }
+
     /// Resolve the output length for a prompt of `prompt_len` tokens, refusing (as SGLang does)
     /// a request whose prompt plus output exceeds the context instead of clipping it.
     pub fn for_prompt(
