@@ -210,10 +210,14 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
                 out.refused.push((i, e.to_string()));
                 settled += 1;
                 in_flight -= 1;
-                if let Some(&b) = blocked.front() {
-                    blocked.pop_front();
+                if let Some(b) = blocked.pop_front() {
                     in_flight += 1;
                     send(b, t, &mut out, &mut incoming);
+                }
+                // The conversation goes on (its next turn is longer and will likely be refused too,
+                // which the report then lists).
+                for &(f, think) in &followers[i] {
+                    ready.push(Reverse((t + think, f)));
                 }
             }
         }

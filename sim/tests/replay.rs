@@ -317,3 +317,17 @@ fn single_request_times_follow_the_cost_model_exactly() {
         assert_eq!(r.outcome.itls.count(), out as u64 - 1);
     }
 }
+
+#[test]
+fn a_refused_turn_does_not_stall_its_conversation() {
+    let text = "profile: a100-80g/qwen3-0.6b/sglang\nengine: {kv_capacity_tokens: 2000}\nworkload: {kind: multi_turn, num_sessions: 2, turns: 5, first_prompt_len: 300, turn_prompt_len: 200, output_len: 300, think_time_ms: 10}\n";
+    let r = replay(
+        Trace::parse(text, "m.yaml").unwrap(),
+        "m.yaml",
+        SimOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(r.summary.completed + r.summary.refused, 10);
+    assert_eq!(r.summary.refused, 4, "turns 4 and 5 of both sessions");
+    assert!(r.summary.refused > 0 && r.summary.completed > 0);
+}
