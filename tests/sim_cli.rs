@@ -171,3 +171,25 @@ fn sweep_writes_table_and_svg() {
     ]);
     assert!(!ok && err.contains("unknown parameter"), "{err}");
 }
+
+#[test]
+fn profiles_lists_every_builtin_and_overrides_apply() {
+    let (ok, out, _) = doppel(&["sim", "profiles"]);
+    assert!(ok);
+    assert!(out.contains("a100-80g/qwen3-0.6b/sglang") && out.contains("[calibrated]"));
+    assert_eq!(out.matches("[uncalibrated]").count(), 5, "{out}");
+    let (ok, out, err) = doppel(&[
+        "sim",
+        "replay",
+        "traces/poisson.yaml",
+        "--seed",
+        "7",
+        "--profile",
+        "h200/qwen3-0.6b/sglang",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("trace: poisson  profile: h200/qwen3-0.6b/sglang  seed: 7"),
+        "{out}"
+    );
+}
