@@ -495,3 +495,100 @@ impl GenParams {
         Ok(sp)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn read(api: Api, v: Value) -> Result<GenParams, ApiError> {
+        let m = v.as_object().unwrap().clone();
+        sampling(
+            &Fields::new(&m, "sampling_params"),
+            api,
+            &SamplingParams::default(),
+            1000,
+            2048,
+        )
+    }
+
+    #[test]
+    fn defaults_per_api() {
+        assert_eq!(
+            read(Api::Native, json!({}))
+                .unwrap()
+                .sampling
+                .max_new_tokens,
+            128
+        );
+        assert_eq!(
+            read(Api::Completions, json!({}))
+                .unwrap()
+                .sampling
+                .max_new_tokens,
+            16
+        );
+        let chat = read(Api::Chat, json!({})).unwrap();
+        assert!(!chat.max_new_given);
+        // Chat without a limit gets the rest of the context.
+        assert_eq!(
+            chat.for_prompt(48, 2048, "messages")
+                .unwrap()
+                .max_new_tokens,
+            2000
+        );
+        let g = read(
+            Api::Chat,
+            json!({"max_completion_tokens": 7, "max_tokens": 9}),
+        )
+        .unwrap();
+        assert_eq!(g.sampling.max_new_tokens, 7);
+    }
+
+    #[test]
+    fn errors_name_the_qualified_field_and_value() {
+        let e = read(Api::Native, json!({"temperature": "hot"})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("sampling_params.temperature"));
+        assert!(e.message.contains("\"hot\""), "{}", e.message);
+        let e = read(Api::Native, json!({"top_p": 0})).unwrap_err();
+        assert!(
+            e.message.contains("top_p") && e.message.contains("got 0"),
+            "{}",
+            e.message
+        );
+        let e = read(
+            Api::Completions,
+            json!({"min_tokens": 20, "max_tokens": 10}),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("min_tokens"), "{}", e.message);
+        let e = read(Api::Completions, json!({"stop_token_ids": [1000]})).unwrap_err();
+        assert!(e.message.contains("stop_token_ids[0]"), "{}", e.message);
+        let e = read(Api::Completions, json!({"logit_bias": {"5": 500}})).unwrap_err();
+        assert!(e.message.contains("logit_bias"), "{}", e.message);
+        let g = read(Api::Completions, json!({"max_tokens": 100})).unwrap();
+        let e = g.for_prompt(1990, 2048, "prompt").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+        assert!(g.for_prompt(0, 2048, "prompt").is_err());
+        assert!(g.for_prompt(2048, 2048, "prompt").is_err());
+    }
+
+    #[test]
+    fn accepted_values_reach_the_sampling_params() {
+        let g = read(
+            Api::Completions,
+            json!({"temperature": 0, "top_k": 0, "seed": -1, "stop": "x", "n": 3,
+                   "logit_bias": {"7": -100, "3": 2.5}, "ignore_eos": true}),
+        )
+        .unwrap();
+        assert!(g.sampling.is_greedy());
+        assert_eq!(g.sampling.top_k, -1);
+        assert_eq!(g.sampling.seed, Some(u64::MAX));
+        assert_eq!(g.stop, vec!["x".to_string()]);
+        assert_eq!(g.n, 3);
+        assert_eq!(g.sampling.logit_bias, vec![(3, 2.5), (7, -100.0)]);
+        assert!(g.sampling.ignore_eos);
+        assert!(g.check_total(400, "prompt").is_err());
+        assert_eq!(g.check_total(2, "prompt").unwrap(), 6);
+    }
+}

@@ -21,6 +21,16 @@ use std::time::{Duration, Instant};
 pub enum BackendKind {
     /// The CPU reference model (needs `model`).
     Cpu,
+    /// The CUDA backend (needs `model`).
+    Cuda {
+        /// Device ordinal.
+        device: usize,
+        /// SGLang's mem_fraction_static (None: SGLang's default for the card); ignored when
+        /// `kv_capacity` is set.
+        mem_fraction_static: Option<f64>,
+        /// Largest decode batch replayed from a CUDA graph (0 = none).
+        cuda_graph_max_bs: usize,
+    },
     /// The simulator in real time: a profile's latencies, synthetic tokens.
     Sim {
         /// Built-in profile name or a .yaml file.
@@ -161,7 +171,17 @@ fn spawn<B: Backend + Send + 'static>(
     let eng = Engine::new(scheduler, backend, overlap);
     let h = std::thread::Builder::new()
         .name("doppel-engine".into())
-        .spawn(move || engine::run(eng, rx, shared, opts))
+        .spawn(move || {
+            let s2 = shared.clone();
+            let run = std::panic::AssertUnwindSafe(move || engine::run(eng, rx, s2, opts));
+            if std::panic::catch_unwind(run).is_err() {
+                // Handlers see their channels close; /health must see it too.
+                let mut snap = shared.snapshot();
+                snap.alive = false;
+                snap.error = Some("the engine thread panicked".into());
+                shared.publish(snap);
+            }
+        })
         .map_err(|e| ServerError::Io(format!("cannot start the engine thread: {e}")))?;
     Ok((h, max_running))
 }
@@ -241,6 +261,60 @@ impl Server {
                     Codec::Hf(Arc::new(tok)),
                     dir_name(&dir),
                     "cpu".to_string(),
+                    mc.vocab_size,
+                    format!("{:?}", mc.arch),
+                    h,
+                    mr,
+                )
+            }
+            BackendKind::Cuda {
+                device,
+                mem_fraction_static,
+                cuda_graph_max_bs,
+            } => {
+                use crate::cuda::{backend::CudaBackend, startup::CudaOptions};
+                let dir = cfg.model.clone().ok_or_else(|| {
+                    ServerError::Config("--model is required with --device cuda".into())
+                })?;
+                let load = |e: &dyn std::fmt::Display| ServerError::Load(e.to_string());
+                let tok = Tokenizer::load(&dir).map_err(|e| load(&e))?;
+                let gen_cfg = GenerationConfig::load(&dir)
+                    .map_err(|e| load(&e))?
+                    .unwrap_or_default();
+                gen_cfg.apply_defaults(&mut defaults);
+                let mc = crate::model::ModelConfig::load(&dir).map_err(|e| load(&e))?;
+                let mut eos = gen_cfg.eos_token_ids.clone();
+                for e in &mc.eos_token_ids {
+                    if !eos.contains(e) {
+                        eos.push(*e);
+                    }
+                }
+                sched.eos_token_ids = eos;
+                sched.context_len = mc.max_position_embeddings;
+                let opts_cuda = CudaOptions {
+                    device: *device,
+                    mem_fraction_static: *mem_fraction_static,
+                    kv_capacity_tokens: cfg.kv_capacity,
+                    cuda_graph_max_bs: *cuda_graph_max_bs,
+                    random_weights: false,
+                    seed: cfg.seed,
+                };
+                let (backend, capacity) = CudaBackend::from_checkpoint(&dir, &opts_cuda, &sched)
+                    .map_err(|e| ServerError::Load(format!("--device cuda:{device}: {e}")))?;
+                sched.kv_capacity_tokens = capacity;
+                opts.cuda_graph = *cuda_graph_max_bs > 0;
+                let (h, mr) = spawn(
+                    sched.clone(),
+                    backend,
+                    cfg.overlap,
+                    rx,
+                    shared.clone(),
+                    opts.clone(),
+                )?;
+                (
+                    Codec::Hf(Arc::new(tok)),
+                    dir_name(&dir),
+                    format!("cuda:{device}"),
                     mc.vocab_size,
                     format!("{:?}", mc.arch),
                     h,
