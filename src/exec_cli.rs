@@ -3,7 +3,8 @@
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use doppel_core::{
-    Engine, Event, FinishReason, RequestId, RequestSpec, SamplingParams, Scheduler, SchedulerConfig,
+    Backend, Engine, Event, FinishReason, RequestId, RequestSpec, SamplingParams, Scheduler,
+    SchedulerConfig,
 };
 use doppel_exec::cpu_backend::CpuBackend;
 use doppel_exec::model::{Arch, CpuModel, DType, RopeScaling};
@@ -123,12 +124,19 @@ pub struct GenerateArgs {
     /// Run this many copies of the request at once (throughput check; only the first is printed).
     #[arg(long, default_value_t = 1)]
     n: usize,
-    /// Device: cpu (the CUDA backend is not wired into this command yet).
+    /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// KV cache capacity in tokens.
-    #[arg(long, default_value_t = 8192)]
-    kv_capacity: usize,
+    /// KV cache capacity in tokens (default: 8192 on the CPU; on CUDA, sized from
+    /// --mem-fraction-static).
+    #[arg(long)]
+    kv_capacity: Option<usize>,
+    /// CUDA: share of device memory for weights + KV cache (default: SGLang's rule).
+    #[arg(long)]
+    mem_fraction_static: Option<f64>,
+    /// CUDA: largest decode batch replayed from a CUDA graph (0 = no graphs).
+    #[arg(long, default_value_t = 256)]
+    cuda_graph_max_bs: usize,
     /// KV page size in tokens.
     #[arg(long, default_value_t = 1)]
     page_size: usize,
@@ -293,13 +301,20 @@ fn make_model(a: MakeModelArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
-    if a.device != "cpu" {
-        bail!(
-            "--device {}: only `cpu` is available in `exec generate` so far",
-            a.device
-        );
+/// `cpu` → None, `cuda` → Some(0), `cuda:N` → Some(N).
+fn parse_device(d: &str) -> anyhow::Result<Option<usize>> {
+    match d {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
+        _ => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(Some(n)),
+            _ => bail!("--device {d}: expected cpu, cuda or cuda:N"),
+        },
     }
+}
+
+fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let cuda = parse_device(&a.device)?;
     if a.n == 0 {
         bail!("--n must be at least 1");
     }
@@ -311,16 +326,21 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     }
     let tok = Tokenizer::load(&a.model)?;
     let gen_cfg = GenerationConfig::load(&a.model)?.unwrap_or_default();
-    let (model, report) = CpuModel::load(&a.model, !a.quiet)?;
-    let cfg = model.config().clone();
-    eprintln!(
-        "loaded {:?} from {} in {:.2} s: {:.1} MiB of f32 weights ({:.1} MiB on disk)",
-        cfg.arch,
-        a.model.display(),
-        report.elapsed.as_secs_f64(),
-        report.weight_bytes as f64 / (1 << 20) as f64,
-        report.checkpoint_bytes as f64 / (1 << 20) as f64
-    );
+    let (cpu_model, cfg) = if cuda.is_some() {
+        (None, doppel_exec::model::ModelConfig::load(&a.model)?)
+    } else {
+        let (model, report) = CpuModel::load(&a.model, !a.quiet)?;
+        let cfg = model.config().clone();
+        eprintln!(
+            "loaded {:?} from {} in {:.2} s: {:.1} MiB of f32 weights ({:.1} MiB on disk)",
+            cfg.arch,
+            a.model.display(),
+            report.elapsed.as_secs_f64(),
+            report.weight_bytes as f64 / (1 << 20) as f64,
+            report.checkpoint_bytes as f64 / (1 << 20) as f64
+        );
+        (Some(model), cfg)
+    };
     let text = if a.chat {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
@@ -371,21 +391,55 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
             eos.push(*e);
         }
     }
-    let sched = SchedulerConfig {
-        kv_capacity_tokens: a.kv_capacity,
+    let mut sched = SchedulerConfig {
+        kv_capacity_tokens: a.kv_capacity.unwrap_or(8192),
         page_size: a.page_size,
         context_len: cfg.max_position_embeddings,
         chunked_prefill_size: (a.chunked_prefill_size > 0).then_some(a.chunked_prefill_size),
         eos_token_ids: eos,
         ..Default::default()
     };
-    let backend = CpuBackend::new(model, sched.capacity_tokens(), a.seed.unwrap_or(0));
-    let mut engine = Engine::new(Scheduler::new(sched)?, backend, a.overlap);
+    if a.page_size == 0 {
+        bail!("--page-size must be at least 1");
+    }
+    match (cpu_model, cuda) {
+        (Some(model), _) => {
+            let backend = CpuBackend::new(model, sched.capacity_tokens(), a.seed.unwrap_or(0));
+            let engine = Engine::new(Scheduler::new(sched)?, backend, a.overlap);
+            run_requests(engine, &a, &tok, &prompt, &sp)
+        }
+        (None, device) => {
+            use doppel_exec::cuda::{backend::CudaBackend, startup::CudaOptions};
+            let opts = CudaOptions {
+                device: device.unwrap_or(0),
+                mem_fraction_static: a.mem_fraction_static,
+                kv_capacity_tokens: a.kv_capacity,
+                cuda_graph_max_bs: a.cuda_graph_max_bs,
+                random_weights: false,
+                seed: a.seed.unwrap_or(0),
+            };
+            let (backend, capacity) = CudaBackend::from_checkpoint(&a.model, &opts, &sched)
+                .with_context(|| format!("--device {}", a.device))?;
+            sched.kv_capacity_tokens = capacity;
+            let engine = Engine::new(Scheduler::new(sched)?, backend, a.overlap);
+            run_requests(engine, &a, &tok, &prompt, &sp)
+        }
+    }
+}
+
+/// Submit `a.n` copies of the prompt, stream request 0's text to stdout, print the totals.
+fn run_requests<B: Backend>(
+    mut engine: Engine<B>,
+    a: &GenerateArgs,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    sp: &SamplingParams,
+) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let now = || start.elapsed().as_nanos() as u64;
     let mut streams = BTreeMap::new();
     for i in 0..a.n as u64 {
-        let spec = RequestSpec::new(RequestId(i), prompt.clone(), sp.clone(), now());
+        let spec = RequestSpec::new(RequestId(i), prompt.to_vec(), sp.clone(), now());
         let adm = engine.scheduler.submit(spec)?;
         if adm.clipped && i == 0 {
             eprintln!(
@@ -418,7 +472,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
                     };
                     generated += 1;
                     first_token_at.get_or_insert_with(&now);
-                    let step = stream.push(&tok, token)?;
+                    let step = stream.push(tok, token)?;
                     if id.0 == 0 {
                         out.write_all(step.emit.as_bytes())?;
                         out.flush()?;
@@ -451,7 +505,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
                 }
                 Event::Finished(info) => {
                     if let Some(mut stream) = streams.remove(&info.id.0) {
-                        let tail = stream.finish(&tok)?;
+                        let tail = stream.finish(tok)?;
                         if info.id.0 == 0 {
                             out.write_all(tail.as_bytes())?;
                             out.flush()?;
@@ -522,9 +576,15 @@ pub struct ServeArgs {
     /// `engine` (a real model on --device) or `sim` (the simulator in real time, --profile).
     #[arg(long, default_value = "engine")]
     backend: String,
-    /// Device for --backend engine: cpu (cuda is not wired into the server yet).
+    /// Device for --backend engine: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// CUDA: share of device memory for weights + KV cache (default: SGLang's rule).
+    #[arg(long)]
+    mem_fraction_static: Option<f64>,
+    /// CUDA: largest decode batch replayed from a CUDA graph (0 = no graphs).
+    #[arg(long, default_value_t = 256)]
+    cuda_graph_max_bs: usize,
     /// Simulator profile (built-in name or .yaml file) for --backend sim.
     #[arg(long)]
     profile: Option<String>,
@@ -597,9 +657,14 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
                 .clone()
                 .ok_or_else(|| anyhow!("--backend sim needs --profile"))?,
         },
-        ("engine", "cpu") => BackendKind::Cpu,
-        ("engine", "cuda") => bail!("--device cuda: the CUDA backend is not wired into the server yet; use --device cpu or --backend sim"),
-        ("engine", d) => bail!("--device {d}: expected cpu or cuda"),
+        ("engine", d) => match parse_device(d)? {
+            None => BackendKind::Cpu,
+            Some(device) => BackendKind::Cuda {
+                device,
+                mem_fraction_static: a.mem_fraction_static,
+                cuda_graph_max_bs: a.cuda_graph_max_bs,
+            },
+        },
         (b, _) => bail!("--backend {b}: expected engine or sim"),
     };
     let policy = doppel_core::Policy::parse(&a.schedule_policy).ok_or_else(|| {

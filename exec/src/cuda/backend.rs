@@ -64,6 +64,11 @@ struct Captured {
     meta: DecodeMeta,
 }
 
+// SAFETY: a CUDA graph and its executable are driver handles valid in any thread that has their
+// context current; the backend binds its context before every step, and a `Captured` is only
+// touched through `&mut CudaBackend`, so moving it to the engine thread is sound.
+unsafe impl Send for Captured {}
+
 struct Pending {
     step: u64,
     entries: usize,
@@ -162,6 +167,11 @@ impl CudaBackend {
         let budget =
             (total as f64 * fraction) as i64 - (total - free) as i64 - activation_reserve as i64;
         Ok((budget.max(0) as usize) / model.kv_bytes_per_slot())
+    }
+
+    /// Largest decode batch replayed from a CUDA graph.
+    pub fn max_graph_batch(&self) -> usize {
+        self.cfg.max_graph_batch
     }
 
     /// A one-paragraph start-up summary (as SGLang logs it).
@@ -538,12 +548,21 @@ impl Backend for CudaBackend {
     type Error = CudaError;
 
     fn launch(&mut self, plan: &Plan, now: TimeNs) -> Result<()> {
+        // The backend may be built on one thread and driven from another (the server's engine).
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .ctx("binding the CUDA context")?;
         let p = self.run(plan, now)?;
         self.pending.push_back(p);
         Ok(())
     }
 
     fn collect(&mut self, plan: &Plan, out: &mut StepResult) -> Result<()> {
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .ctx("binding the CUDA context")?;
         let p = match self.pending.front() {
             Some(p) if p.step == plan.step => self.pending.pop_front(),
             _ => None,

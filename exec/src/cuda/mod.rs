@@ -19,6 +19,7 @@ pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod rope;
+pub mod startup;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr};
 use std::marker::PhantomData;
@@ -74,6 +75,14 @@ pub enum CudaError {
     Invalid {
         /// The kernel.
         kernel: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The checkpoint or a start-up setting cannot be used.
+    #[error("{path}: {msg}")]
+    Model {
+        /// The checkpoint directory.
+        path: String,
         /// What is wrong.
         msg: String,
     },
