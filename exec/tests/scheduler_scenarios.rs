@@ -271,3 +271,36 @@ fn seeded_sampling_is_independent_of_batching() {
     let other = run(cfg(), false, &[vec![sampled(0, 5)]]);
     assert_ne!(other.tokens[&0], together.tokens[&0]);
 }
+
+#[test]
+fn paged_kv_equals_token_granular() {
+    let shared = prompt(8, 37);
+    let mut a = shared.clone();
+    a.extend(prompt(9, 6));
+    let mut b = shared;
+    b.extend(prompt(10, 11));
+    let waves = [
+        vec![req(1, a, SamplingParams::greedy(9))],
+        vec![req(2, b, SamplingParams::greedy(9))],
+    ];
+    let flat = run(cfg(), false, &waves);
+    for (page, chunk, overlap) in [(4, Some(8), false), (16, Some(16), true), (8, None, true)] {
+        let c = SchedulerConfig {
+            page_size: page,
+            chunked_prefill_size: chunk,
+            ..cfg()
+        };
+        let got = run(c, overlap, &waves);
+        let f = got.finished.iter().find(|f| f.id == RequestId(2)).unwrap();
+        assert!(
+            f.cached_tokens >= 32,
+            "page {page}: expected a paged prefix hit, cached {}",
+            f.cached_tokens
+        );
+        assert_same(
+            &got,
+            &flat,
+            &format!("page {page} chunk {chunk:?} overlap {overlap}"),
+        );
+    }
+}
