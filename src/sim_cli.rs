@@ -67,6 +67,16 @@ pub enum SimCmd {
     Profiles,
 }
 
+/// Print to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn write(path: &str, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {path}"))
 }
@@ -94,7 +104,7 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
                 t.profile = profile;
             }
             let r = doppel_sim::replay(t, &trace, opts)?;
-            print!("{}", r.stdout(log_batches));
+            emit(&r.stdout(log_batches))?;
             if let Some(path) = json {
                 write(
                     &path,
@@ -128,16 +138,16 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|&b| one_batch::run(&cost, b, input_len, output_len))
                 .collect();
-            println!(
-                "profile: {}{}",
+            emit(&format!(
+                "profile: {}{}\n{}",
                 p.name,
                 if p.calibrated {
                     ""
                 } else {
                     " (UNCALIBRATED: roofline estimate)"
-                }
-            );
-            print!("{}", one_batch::format(&rows, input_len, output_len));
+                },
+                one_batch::format(&rows, input_len, output_len)
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         SimCmd::Sweep {
@@ -148,19 +158,22 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let result = sweep::run(&trace, &param, &values)?;
-            print!("{}", sweep::format_table(&result));
             write(&svg, &sweep::to_svg(&result))?;
-            println!("chart written to {svg}");
+            emit(&format!(
+                "{}chart written to {svg}\n",
+                sweep::format_table(&result)
+            ))?;
             if let Some(path) = json {
                 write(&path, &sweep::to_json(&result))?;
             }
             Ok(ExitCode::SUCCESS)
         }
         SimCmd::Profiles => {
+            let mut text = String::new();
             for name in Profile::builtin_names() {
                 let p = Profile::load(&name)?;
-                println!(
-                    "{:<32} {}{}",
+                text.push_str(&format!(
+                    "{:<32} {}{}\n",
                     name,
                     p.hardware.name,
                     if p.calibrated {
@@ -168,8 +181,9 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
                     } else {
                         "  [uncalibrated]"
                     }
-                );
+                ));
             }
+            emit(&text)?;
             Ok(ExitCode::SUCCESS)
         }
     }

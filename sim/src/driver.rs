@@ -239,6 +239,16 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
             }
             if opts.log_batches {
                 let at = engine.backend.cpu_free_at();
+                if s.retracted > 0 {
+                    // SGLang's warning when decode runs out of KV and retracts requests.
+                    let _ = writeln!(
+                        out.batch_log,
+                        "{} KV cache pool is full. Retract requests. #retracted_reqs: {}, #new_token_ratio: {:.4}",
+                        fmt_time(at),
+                        s.retracted,
+                        s.new_token_ratio
+                    );
+                }
                 if s.mode == ForwardMode::Decode {
                     if out.decode_steps.is_multiple_of(DECODE_LOG_INTERVAL) {
                         let dt = at.saturating_sub(decode_log_since).max(1) as f64 * 1e-9;
