@@ -16,6 +16,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+// replay and profile live in their own file (the measuring tools).
+#[path = "exec_tools_cli.rs"]
+mod tools;
+
 /// `doppel exec` subcommands.
 #[derive(Subcommand)]
 pub enum ExecCmd {
@@ -27,6 +31,10 @@ pub enum ExecCmd {
     Serve(ServeArgs),
     /// SGLang's bench_one_batch on the GPU: prefill and decode latency/throughput per batch size.
     BenchOneBatch(BenchOneBatchArgs),
+    /// Run a trace in-process on the real engine with its arrival schedule; print the same report as `doppel sim replay`.
+    Replay(Box<tools::ReplayArgs>),
+    /// Measure step times over a sweep of batch shapes and write a measurement file for `doppel sim calibrate`.
+    Profile(Box<tools::ProfileArgs>),
 }
 
 /// `doppel exec bench-one-batch` (GPU; see docs/cuda.md).
@@ -211,6 +219,8 @@ pub fn run(cmd: ExecCmd) -> anyhow::Result<ExitCode> {
         ExecCmd::MakeModel(a) => make_model(a),
         ExecCmd::Serve(a) => serve(a),
         ExecCmd::BenchOneBatch(a) => bench_one_batch(a),
+        ExecCmd::Replay(a) => tools::replay(*a),
+        ExecCmd::Profile(a) => tools::profile(*a),
     }
 }
 

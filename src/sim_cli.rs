@@ -65,6 +65,27 @@ pub enum SimCmd {
     },
     /// List the built-in profiles.
     Profiles,
+    /// Error of each metric of a simulated run against a real one, and the first differing step.
+    Compare {
+        /// Report of the real run (`doppel exec replay --json`).
+        real: String,
+        /// Report of the simulated run (`doppel sim replay --json`).
+        sim: String,
+    },
+    /// Fit a profile to step times measured by `doppel exec profile`.
+    Calibrate {
+        /// The measurement file.
+        measurements: String,
+        /// Profile to start from: hardware sheet, model shape, engine figures (name or YAML file).
+        #[arg(long, default_value = "h100-80g/qwen3-0.6b/sglang")]
+        base: String,
+        /// Name of the fitted profile.
+        #[arg(long, default_value = "h100-80g/qwen3-0.6b/doppel")]
+        name: String,
+        /// Where to write the fitted profile YAML.
+        #[arg(long)]
+        out: String,
+    },
 }
 
 /// Print to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
@@ -93,7 +114,8 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             profile,
         } => {
             let opts = SimOptions {
-                record_steps: timeline.is_some(),
+                // The JSON report carries the batch sequence (for `doppel sim compare`).
+                record_steps: timeline.is_some() || json.is_some(),
                 log_batches,
             };
             let mut t = doppel_sim::Trace::load(&trace)?;
@@ -108,7 +130,7 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             if let Some(path) = json {
                 write(
                     &path,
-                    &doppel_sim::report::to_json(&r.trace, &r.outcome, &r.summary),
+                    &doppel_sim::compare::report_with_steps(&r.trace, &r.outcome, &r.summary),
                 )?;
             }
             if let Some(path) = timeline {
@@ -166,6 +188,32 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             if let Some(path) = json {
                 write(&path, &sweep::to_json(&result))?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        SimCmd::Compare { real, sim } => {
+            use doppel_sim::compare;
+            let (a, b) = (compare::load_report(&real)?, compare::load_report(&sim)?);
+            let c = compare::compare(&a, &real, &b, &sim)?;
+            print!("{}", compare::format(&c));
+            Ok(ExitCode::SUCCESS)
+        }
+        SimCmd::Calibrate {
+            measurements,
+            base,
+            name,
+            out,
+        } => {
+            use doppel_sim::calibrate;
+            let m = calibrate::Measurements::load(&measurements)?;
+            let fit = calibrate::calibrate(&Profile::load(&base)?, &m, &name, &measurements)?;
+            write(&out, &calibrate::to_yaml(&fit)?)?;
+            let (mean, max) = fit.errors();
+            println!(
+                "fitted {name} to {} steps: mean |error| {:.2}%, max {:.2}%; written to {out}",
+                fit.residuals.len(),
+                mean * 100.0,
+                max * 100.0
+            );
             Ok(ExitCode::SUCCESS)
         }
         SimCmd::Profiles => {

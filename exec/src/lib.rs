@@ -4,6 +4,8 @@
 pub mod cpu_backend;
 pub mod cuda;
 pub mod model;
+pub mod profile;
+pub mod replay;
 pub mod sampling;
 pub mod server;
 pub mod testgen;

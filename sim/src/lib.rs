@@ -4,6 +4,8 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod calibrate;
+pub mod compare;
 pub mod cost;
 pub mod driver;
 pub mod error;

@@ -1,0 +1,281 @@
+//! `doppel exec profile`: step times of the real engine over a sweep of batch shapes (prefill
+//! lengths x batch sizes, decode batch x KV lengths, mixed batches), plus the scheduler's CPU time
+//! per step. Every step runs through the real scheduler and backend in the plain order, so each
+//! measured span is one whole step (launch to results) and the scheduler time is what is left of
+//! the loop iteration.
+
+use crate::replay::{ByRef, Recorder};
+use doppel_core::{
+    Backend, Engine, Event, ForwardMode, RequestId, RequestSpec, SamplingParams, Scheduler,
+    SchedulerConfig, TimeNs, TokenId,
+};
+use doppel_sim::calibrate::{Measurements, SchedulePoint, StepPoint};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::time::Instant;
+
+/// The sweep.
+#[derive(Clone, Debug)]
+pub struct ProfilePlan {
+    /// Prompt lengths of prefill batches.
+    pub prefill_lens: Vec<usize>,
+    /// Requests per prefill batch.
+    pub prefill_batches: Vec<usize>,
+    /// Decode batch sizes.
+    pub decode_batches: Vec<usize>,
+    /// KV lengths of decode batches.
+    pub decode_kv: Vec<usize>,
+    /// Decode steps measured per (batch, KV length).
+    pub decode_steps: usize,
+    /// Mixed batches: (decode batch, prefill length) pairs run with mixed chunks on.
+    pub mixed: Vec<(usize, usize)>,
+    /// Timed repeats of the whole sweep (after one untimed warm-up pass).
+    pub repeats: usize,
+    /// Prefill token budget per step (larger prefill batches are skipped).
+    pub max_prefill_tokens: usize,
+    /// KV pool in tokens (decode shapes that do not fit are skipped).
+    pub kv_capacity: usize,
+    /// Prompt token seed.
+    pub seed: u64,
+}
+
+impl ProfilePlan {
+    /// Shapes for a Qwen3-0.6B-sized model on one GPU.
+    pub fn gpu_default() -> ProfilePlan {
+        ProfilePlan {
+            prefill_lens: vec![64, 256, 1024, 4096],
+            prefill_batches: vec![1, 2, 4, 8, 16],
+            decode_batches: vec![1, 4, 16, 32, 64, 128, 256],
+            decode_kv: vec![128, 512, 2048],
+            decode_steps: 8,
+            mixed: vec![(16, 256), (64, 512), (128, 1024)],
+            repeats: 2,
+            max_prefill_tokens: 16384,
+            kv_capacity: 300_000,
+            seed: 1,
+        }
+    }
+
+    /// Small shapes for the CPU backend.
+    pub fn cpu_default() -> ProfilePlan {
+        ProfilePlan {
+            prefill_lens: vec![16, 64, 256],
+            prefill_batches: vec![1, 4],
+            decode_batches: vec![1, 4, 16],
+            decode_kv: vec![32, 256],
+            decode_steps: 4,
+            mixed: vec![(4, 64)],
+            repeats: 1,
+            max_prefill_tokens: 4096,
+            kv_capacity: 16_384,
+            seed: 1,
+        }
+    }
+
+    /// Largest request (prompt + output) in the sweep.
+    pub fn longest(&self) -> usize {
+        let p = self.prefill_lens.iter().max().copied().unwrap_or(1) + 1;
+        let d = self.decode_kv.iter().max().copied().unwrap_or(1) + self.decode_steps + 1;
+        let m = self.mixed.iter().map(|&(_, l)| l + 2).max().unwrap_or(1)
+            + self.decode_kv.first().copied().unwrap_or(1)
+            + 4 * self.decode_steps;
+        p.max(d).max(m)
+    }
+}
+
+/// One batch of requests run to completion: (prompt length, output length, submitted after step).
+struct Scenario {
+    mixed: bool,
+    /// (prompt length, max new tokens, submit once this many steps ran).
+    reqs: Vec<(usize, usize, usize)>,
+}
+
+fn scenarios(p: &ProfilePlan) -> Vec<Scenario> {
+    let mut out = Vec::new();
+    for &len in &p.prefill_lens {
+        for &b in &p.prefill_batches {
+            if b * len <= p.max_prefill_tokens && b * (len + 1) <= p.kv_capacity {
+                out.push(Scenario {
+                    mixed: false,
+                    reqs: vec![(len, 1, 0); b],
+                });
+            }
+        }
+    }
+    for &b in &p.decode_batches {
+        for &kv in &p.decode_kv {
+            if b * (kv + p.decode_steps + 1) <= p.kv_capacity {
+                out.push(Scenario {
+                    mixed: false,
+                    reqs: vec![(kv, p.decode_steps + 1, 0); b],
+                });
+            }
+        }
+    }
+    let kv0 = p.decode_kv.first().copied().unwrap_or(32);
+    for &(b, len) in &p.mixed {
+        if b * (kv0 + 4 * p.decode_steps) + len + 2 <= p.kv_capacity {
+            // A decode batch is running when a new prompt arrives: with mixed chunks on, its
+            // prefill carries the running decodes in one step.
+            let mut reqs = vec![(kv0, 4 * p.decode_steps, 0); b];
+            reqs.push((
+                len,
+                2,
+                2 + b.div_ceil(p.max_prefill_tokens / kv0.max(1)).max(1),
+            ));
+            out.push(Scenario { mixed: true, reqs });
+        }
+    }
+    out
+}
+
+/// What went wrong while profiling.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The scheduler refused a configuration or request.
+    #[error("profile: {0}")]
+    Scheduler(String),
+    /// The backend failed a step.
+    #[error("profile: backend: {0}")]
+    Backend(String),
+}
+
+/// Request-table rows the profile's scheduler uses (a backend's table must have this many).
+pub const PROFILE_ROWS: usize = 1024;
+
+/// Run the sweep on `backend`; `vocab` bounds prompt tokens, `context_len` the model's positions;
+/// `show_progress` draws a progress bar on stderr.
+pub fn run<B: Backend>(
+    backend: &mut B,
+    p: &ProfilePlan,
+    vocab: usize,
+    context_len: usize,
+    show_progress: bool,
+) -> Result<(Vec<StepPoint>, Vec<SchedulePoint>), ProfileError> {
+    let bar = if show_progress {
+        indicatif::ProgressBar::new(1)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let list = scenarios(p);
+    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+    let mut next_id = 0u64;
+    let mut steps = Vec::new();
+    let mut sched = Vec::new();
+    let total = list.len() * (p.repeats + 1);
+    for pass in 0..=p.repeats {
+        for (k, sc) in list.iter().enumerate() {
+            progress(pass * list.len() + k, total);
+            let cfg = SchedulerConfig {
+                kv_capacity_tokens: p.kv_capacity,
+                context_len,
+                max_prefill_tokens: p.max_prefill_tokens,
+                chunked_prefill_size: None,
+                disable_radix_cache: true,
+                req_pool_size: Some(PROFILE_ROWS),
+                enable_mixed_chunk: sc.mixed,
+                eos_token_ids: Vec::new(),
+                ..Default::default()
+            };
+            let scheduler =
+                Scheduler::new(cfg).map_err(|e| ProfileError::Scheduler(e.to_string()))?;
+            let origin = Instant::now();
+            let mut engine = Engine::new(scheduler, Recorder::new(ByRef(backend), origin), false);
+            let mut events: Vec<Event> = Vec::new();
+            let mut pending: Vec<(usize, usize, usize)> = sc.reqs.clone();
+            let mut iter_ns: Vec<(usize, u64)> = Vec::new();
+            let mut ran = 0usize;
+            loop {
+                let mut i = 0;
+                while i < pending.len() {
+                    if pending[i].2 <= ran {
+                        let (len, out, _) = pending.swap_remove(i);
+                        let prompt: Vec<TokenId> = (0..len)
+                            .map(|_| rng.gen_range(0..vocab as TokenId))
+                            .collect();
+                        let mut sp = SamplingParams::greedy(out);
+                        sp.ignore_eos = true;
+                        let now = origin.elapsed().as_nanos() as TimeNs;
+                        engine
+                            .scheduler
+                            .submit(RequestSpec::new(RequestId(next_id), prompt, sp, now))
+                            .map_err(|e| ProfileError::Scheduler(e.to_string()))?;
+                        next_id += 1;
+                    } else {
+                        i += 1;
+                    }
+                }
+                let t0 = Instant::now();
+                let now = origin.elapsed().as_nanos() as TimeNs;
+                events.clear();
+                let it = engine
+                    .iterate(now, &mut events)
+                    .map_err(|e| ProfileError::Backend(e.to_string()))?;
+                let spent = t0.elapsed().as_nanos() as u64;
+                if let Some(s) = it.launched {
+                    iter_ns.push((s.batch_size, spent));
+                    ran += 1;
+                } else if pending.is_empty() && engine.is_idle() {
+                    break;
+                } else if pending.is_empty() {
+                    return Err(ProfileError::Scheduler(format!(
+                        "{} requests left but no step was formed",
+                        engine.scheduler.num_waiting() + engine.scheduler.num_running()
+                    )));
+                } else {
+                    ran += 1;
+                }
+            }
+            if pass == 0 {
+                continue;
+            }
+            let rec = &engine.backend;
+            for ((r, shape), (entries, spent)) in rec.steps.iter().zip(&rec.shapes).zip(&iter_ns) {
+                let ns = r.end.saturating_sub(r.start).max(1);
+                let mode = match r.mode {
+                    ForwardMode::Extend => "prefill",
+                    ForwardMode::Decode => "decode",
+                    ForwardMode::Mixed => "mixed",
+                };
+                steps.push(StepPoint::of(shape, mode, ns));
+                sched.push(SchedulePoint {
+                    entries: *entries,
+                    ns: spent.saturating_sub(ns),
+                });
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok((steps, sched))
+}
+
+/// Package the points as a measurement file.
+pub fn measurements(
+    device: &str,
+    model: &str,
+    cfg: &crate::model::ModelConfig,
+    method: &str,
+    steps: Vec<StepPoint>,
+    schedule: Vec<SchedulePoint>,
+) -> Measurements {
+    Measurements {
+        device: device.to_string(),
+        model: model.to_string(),
+        shape: [
+            cfg.num_layers,
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+            cfg.vocab_size,
+        ],
+        method: method.to_string(),
+        steps,
+        schedule,
+    }
+}

@@ -1,0 +1,439 @@
+//! `doppel exec replay`: a trace run in-process on the real engine (CPU or CUDA backend) on the
+//! wall clock, with the trace's arrival schedule. It fills the simulator's [`Outcome`], so the
+//! report, the JSON and the batch log are the simulator's own and the two runs compare field by
+//! field (`doppel sim compare`).
+
+mod setup;
+
+pub use setup::{load_and_replay, Device, ReplaySetup};
+
+use doppel_core::stats::DECODE_LOG_INTERVAL;
+use doppel_core::{
+    format_decode_log, format_prefill_log, Backend, Engine, Event, FinishReason, ForwardMode, Plan,
+    RequestId, RequestSpec, SamplingParams, Scheduler, SchedulerConfig, StepResult, TimeNs,
+    TokenId,
+};
+use doppel_sim::backend::StepRecord;
+use doppel_sim::cost::BatchShape;
+use doppel_sim::driver::{Outcome, ReqRecord, Status};
+use doppel_sim::gaps::Gaps;
+use doppel_sim::trace::Trace;
+use doppel_sim::workload::{expand, PromptSpec, Start};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+/// What can stop a replay.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The trace or its profile is bad.
+    #[error(transparent)]
+    Sim(#[from] doppel_sim::SimError),
+    /// The scheduler refused the configuration.
+    #[error("{origin}: scheduler configuration: {why}")]
+    Config {
+        /// The trace file.
+        origin: String,
+        /// Why.
+        why: String,
+    },
+    /// The backend failed a step.
+    #[error("backend failed at {at_s:.3} s: {why}")]
+    Backend {
+        /// Seconds since the start.
+        at_s: f64,
+        /// The backend's error.
+        why: String,
+    },
+    /// A prompt holds a token the model cannot embed.
+    #[error("request {id}: prompt token {token} is outside the model's vocabulary of {vocab}")]
+    Vocab {
+        /// Request index.
+        id: usize,
+        /// The token.
+        token: TokenId,
+        /// Model vocabulary size.
+        vocab: usize,
+    },
+    /// Requests are left but the engine formed no step and none will arrive.
+    #[error("stalled at {at_s:.3} s: {why}")]
+    Stalled {
+        /// Seconds since the start.
+        at_s: f64,
+        /// What was left.
+        why: String,
+    },
+    /// The run went past its time limit.
+    #[error("time limit of {limit_s} s reached with {left} of {total} requests unfinished")]
+    TimeLimit {
+        /// The limit.
+        limit_s: f64,
+        /// Requests not finished.
+        left: usize,
+        /// Requests in the trace.
+        total: usize,
+    },
+    /// Model loading or device setup failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Options of a replay.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplayOptions {
+    /// Produce SGLang batch log lines.
+    pub log_batches: bool,
+    /// Give up after this long.
+    pub time_limit: Option<Duration>,
+}
+
+/// Wraps a backend: launches at the wall-clock time, and records each step's mode, shape and span.
+pub(crate) struct Recorder<B> {
+    pub(crate) inner: B,
+    pub(crate) origin: Instant,
+    pub(crate) steps: Vec<StepRecord>,
+    pub(crate) shapes: Vec<BatchShape>,
+    pub(crate) open: VecDeque<usize>,
+    pub(crate) last_mode: ForwardMode,
+}
+
+impl<B> Recorder<B> {
+    pub(crate) fn new(inner: B, origin: Instant) -> Recorder<B> {
+        Recorder {
+            inner,
+            origin,
+            steps: Vec::new(),
+            shapes: Vec::new(),
+            open: VecDeque::new(),
+            last_mode: ForwardMode::Extend,
+        }
+    }
+}
+
+impl<B> Recorder<B> {
+    fn now(&self) -> TimeNs {
+        self.origin.elapsed().as_nanos() as TimeNs
+    }
+}
+
+impl<B: Backend> Backend for Recorder<B> {
+    type Error = B::Error;
+
+    fn launch(&mut self, plan: &Plan, _now: TimeNs) -> Result<(), B::Error> {
+        // The engine's `now` was read before the scheduler formed the plan: the step really
+        // starts after that CPU work, so read the clock again.
+        let start = self.now();
+        self.inner.launch(plan, start)?;
+        self.last_mode = plan.mode;
+        self.shapes.push(BatchShape::of_plan(plan));
+        self.open.push_back(self.steps.len());
+        self.steps.push(StepRecord {
+            step: plan.step,
+            start,
+            end: start,
+            mode: plan.mode,
+            batch: plan.entries.len() as u32,
+            tokens: plan.num_tokens() as u32,
+        });
+        Ok(())
+    }
+
+    fn collect(&mut self, plan: &Plan, out: &mut StepResult) -> Result<(), B::Error> {
+        self.inner.collect(plan, out)?;
+        if let Some(i) = self.open.pop_front() {
+            let s = &mut self.steps[i];
+            s.end = out.done_at.max(s.start);
+        }
+        Ok(())
+    }
+}
+
+/// A backend used through a mutable reference (one model serves several engines in turn).
+pub(crate) struct ByRef<'a, B>(pub(crate) &'a mut B);
+
+impl<B: Backend> Backend for ByRef<'_, B> {
+    type Error = B::Error;
+
+    fn launch(&mut self, plan: &Plan, now: TimeNs) -> Result<(), B::Error> {
+        self.0.launch(plan, now)
+    }
+
+    fn collect(&mut self, plan: &Plan, out: &mut StepResult) -> Result<(), B::Error> {
+        self.0.collect(plan, out)
+    }
+}
+
+fn fmt_time(ns: TimeNs) -> String {
+    format!("[{:>10.6}s]", ns as f64 * 1e-9)
+}
+
+/// Replay `trace` on `backend` with scheduler configuration `cfg`; `vocab` is the model's
+/// vocabulary (prompts are drawn from it); `origin` names the trace in errors.
+pub fn replay<B: Backend>(
+    trace: &Trace,
+    origin: &str,
+    cfg: SchedulerConfig,
+    backend: B,
+    vocab: usize,
+    opts: ReplayOptions,
+) -> Result<Outcome, ReplayError> {
+    let scheduler = Scheduler::new(cfg.clone()).map_err(|e| ReplayError::Config {
+        origin: origin.to_string(),
+        why: e.to_string(),
+    })?;
+    let clock = Instant::now();
+    let rec = Recorder::new(backend, clock);
+    let mut engine = Engine::new(scheduler, rec, trace.engine.overlap);
+    let mut work = expand(trace, vocab);
+    let n = work.requests.len();
+    let mut out = Outcome {
+        kv_capacity: cfg.capacity_tokens(),
+        max_running: engine.scheduler.max_running_requests(),
+        config: Some(cfg),
+        overlap: trace.engine.overlap,
+        itls: Gaps::new(),
+        ..Default::default()
+    };
+    out.records = work
+        .requests
+        .iter()
+        .map(|r| ReqRecord {
+            send: 0,
+            first: 0,
+            finish: 0,
+            prompt_len: r.prompt_len as u32,
+            output_tokens: 0,
+            cached_tokens: 0,
+            retractions: 0,
+            status: Status::Pending,
+        })
+        .collect();
+    let mut followers: Vec<Vec<(usize, TimeNs)>> = vec![Vec::new(); n];
+    let mut ready: BinaryHeap<Reverse<(TimeNs, usize)>> = BinaryHeap::with_capacity(n);
+    for (i, r) in work.requests.iter().enumerate() {
+        match r.start {
+            Start::At(t) => ready.push(Reverse((t, i))),
+            Start::After { prev, think_ns } => followers[prev].push((i, think_ns)),
+        }
+    }
+    // Replies of turns that have a follow-up: a real client re-sends what the model said, so the
+    // next prompt carries these tokens where the simulator puts its synthetic ones.
+    let mut replies: Vec<Option<Vec<TokenId>>> = followers
+        .iter()
+        .map(|f| (!f.is_empty()).then(Vec::new))
+        .collect();
+    let cap = work.max_concurrency.unwrap_or(usize::MAX);
+    let mut blocked: VecDeque<usize> = VecDeque::new();
+    let mut in_flight = 0usize;
+    let mut incoming: VecDeque<(TimeNs, usize)> = VecDeque::new();
+    let mut last_token_at: Vec<TimeNs> = vec![0; n];
+    let mut events: Vec<Event> = Vec::with_capacity(1024);
+    let mut decode_log_tokens = 0u64;
+    let mut decode_log_since: TimeNs = 0;
+    let mut settled = 0usize;
+    let now_ns = || clock.elapsed().as_nanos() as TimeNs;
+    let secs = |ns: TimeNs| ns as f64 * 1e-9;
+
+    loop {
+        let now = now_ns();
+        if let Some(limit) = opts.time_limit {
+            if now > limit.as_nanos() as TimeNs {
+                return Err(ReplayError::TimeLimit {
+                    limit_s: limit.as_secs_f64(),
+                    left: n - settled,
+                    total: n,
+                });
+            }
+        }
+        // Clients: a request is sent at its scheduled time (the server queues it even while a
+        // step is running), up to the concurrency cap.
+        while let Some(&Reverse((t, i))) = ready.peek() {
+            if t > now {
+                break;
+            }
+            ready.pop();
+            if in_flight < cap {
+                in_flight += 1;
+                out.records[i].send = t;
+                incoming.push_back((t, i));
+            } else {
+                blocked.push_back(i);
+            }
+        }
+        // Server: submit in arrival order (no HTTP or tokenization in-process).
+        while let Some((t, i)) = incoming.pop_front() {
+            let mut prompt = work.build_prompt(i).ok_or_else(|| ReplayError::Stalled {
+                at_s: secs(now),
+                why: format!("request {i} was sent before the turn it continues"),
+            })?;
+            let r = &work.requests[i];
+            if let PromptSpec::Continue { prev, .. } = r.prompt {
+                let at = work.requests[prev].prompt_len;
+                if let Some(reply) = replies[prev].take() {
+                    let end = (at + reply.len()).min(prompt.len());
+                    prompt[at..end].copy_from_slice(&reply[..end - at]);
+                }
+            }
+            if let Some(&token) = prompt.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ReplayError::Vocab {
+                    id: i,
+                    token,
+                    vocab,
+                });
+            }
+            let sampling = SamplingParams {
+                max_new_tokens: r.output_len,
+                ignore_eos: r.ignore_eos,
+                ..SamplingParams::greedy(r.output_len)
+            };
+            let spec = RequestSpec::new(RequestId(i as u64), prompt, sampling, t);
+            if let Err(e) = engine.scheduler.submit(spec) {
+                out.records[i].status = Status::Refused;
+                out.records[i].finish = t;
+                out.refused.push((i, e.to_string()));
+                settled += 1;
+                in_flight -= 1;
+                if let Some(b) = blocked.pop_front() {
+                    in_flight += 1;
+                    out.records[b].send = t;
+                    incoming.push_back((t, b));
+                }
+            }
+        }
+
+        events.clear();
+        let it = engine
+            .iterate(now, &mut events)
+            .map_err(|e| ReplayError::Backend {
+                at_s: secs(now_ns()),
+                why: e.to_string(),
+            })?;
+        if let Some(mut s) = it.launched {
+            s.mode = engine.backend.last_mode;
+            out.steps += 1;
+            out.batch_sum += s.batch_size as u64;
+            if s.mode == ForwardMode::Decode {
+                out.decode_steps += 1;
+                out.decode_batch_sum += s.batch_size as u64;
+            }
+            if opts.log_batches {
+                let at = engine.backend.steps.last().map(|r| r.start).unwrap_or(now);
+                if s.mode == ForwardMode::Decode {
+                    if out.decode_steps.is_multiple_of(DECODE_LOG_INTERVAL) {
+                        let dt = at.saturating_sub(decode_log_since).max(1) as f64 * 1e-9;
+                        let graph = false;
+                        let line = format_decode_log(&s, graph, decode_log_tokens as f64 / dt);
+                        let _ = writeln!(out.batch_log, "{} {line}", fmt_time(at));
+                        decode_log_tokens = 0;
+                        decode_log_since = at;
+                    }
+                } else {
+                    let _ = writeln!(out.batch_log, "{} {}", fmt_time(at), format_prefill_log(&s));
+                }
+            }
+        }
+        if it.is_idle() && ready.is_empty() && incoming.is_empty() && engine.is_idle() {
+            break;
+        }
+        if it.is_idle() {
+            let mut drained = false;
+            if engine.inflight().is_some() {
+                drained = engine
+                    .drain(&mut events)
+                    .map_err(|e| ReplayError::Backend {
+                        at_s: secs(now_ns()),
+                        why: e.to_string(),
+                    })?
+                    .is_some();
+            }
+            // Pending events may make a follow-up turn ready sooner: handle them first.
+            if !drained && incoming.is_empty() && events.is_empty() {
+                match ready.peek() {
+                    Some(&Reverse((t, _))) => {
+                        // Idle until the next send (bounded so the time limit is still checked).
+                        let wait = t.saturating_sub(now_ns()).min(50_000_000);
+                        std::thread::sleep(Duration::from_nanos(wait));
+                    }
+                    None => {
+                        let why = format!(
+                            "{} waiting and {} running requests but no step was formed",
+                            engine.scheduler.num_waiting(),
+                            engine.scheduler.num_running()
+                        );
+                        return Err(ReplayError::Stalled {
+                            at_s: secs(now),
+                            why,
+                        });
+                    }
+                }
+            }
+        }
+
+        for ev in events.drain(..) {
+            match ev {
+                Event::Token {
+                    id,
+                    token,
+                    index,
+                    at,
+                    ..
+                } => {
+                    let i = id.0 as usize;
+                    let rec = &mut out.records[i];
+                    if index == 0 || rec.output_tokens == 0 {
+                        rec.first = at;
+                    } else {
+                        out.itls.push(at.saturating_sub(last_token_at[i]));
+                    }
+                    last_token_at[i] = at;
+                    rec.output_tokens += 1;
+                    decode_log_tokens += 1;
+                    if let Some(reply) = replies[i].as_mut() {
+                        reply.truncate(index);
+                        reply.push(token);
+                    }
+                    let sec = (at / 1_000_000_000) as usize;
+                    if out.tokens_per_sec.len() <= sec {
+                        out.tokens_per_sec.resize(sec + 1, 0);
+                    }
+                    out.tokens_per_sec[sec] += 1;
+                }
+                Event::Finished(info) => {
+                    let i = info.id.0 as usize;
+                    let rec = &mut out.records[i];
+                    rec.finish = info.at.max(last_token_at[i]);
+                    rec.cached_tokens = info.cached_tokens as u32;
+                    rec.retractions = info.retractions;
+                    rec.status = match info.reason {
+                        FinishReason::Abort(_) => Status::Aborted,
+                        _ => Status::Done,
+                    };
+                    settled += 1;
+                    in_flight -= 1;
+                    let done = rec.finish;
+                    if let Some(b) = blocked.pop_front() {
+                        in_flight += 1;
+                        out.records[b].send = done;
+                        incoming.push_back((done, b));
+                    }
+                    for &(f, think) in &followers[i] {
+                        ready.push(Reverse((done + think, f)));
+                    }
+                }
+            }
+        }
+        out.end_ns = out.end_ns.max(now_ns());
+    }
+    if settled < n {
+        return Err(ReplayError::Stalled {
+            at_s: secs(now_ns()),
+            why: format!("{} of {n} requests never finished", n - settled),
+        });
+    }
+    out.counters = engine.scheduler.counters();
+    let rec = engine.backend;
+    out.gpu_busy_ns = rec.steps.iter().map(|s| s.end - s.start).sum();
+    out.step_records = rec.steps;
+    Ok(out)
+}

@@ -1,0 +1,369 @@
+//! `doppel sim calibrate MEASUREMENTS`: fit a profile's efficiency terms and host overheads to step
+//! times measured on the real engine (`doppel exec profile` writes the measurement file).
+//!
+//! The fit keeps the base profile's hardware sheet and model shape, and chooses the efficiencies
+//! (GEMM curve at the base's token grid, weight/KV bandwidth, attention compute, fixed per-step
+//! times) that minimise the squared log error of the cost model over every measured step, by
+//! Nelder-Mead from several starts. Scheduler CPU time is a least-squares line in batch entries.
+
+use crate::cost::{BatchShape, RooflineCost};
+use crate::error::SimError;
+use crate::profile::Profile;
+use serde::{Deserialize, Serialize};
+
+/// One measured step: its shape (as [`BatchShape`]) and how long it took.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepPoint {
+    /// prefill, decode or mixed.
+    pub mode: String,
+    /// Tokens computed.
+    pub tokens: usize,
+    /// Extend entries.
+    pub extend_reqs: usize,
+    /// Decode entries.
+    pub decode_reqs: usize,
+    /// Rows that needed logits.
+    pub logits: usize,
+    /// Causal attention pairs of extend entries.
+    pub attn_pairs: f64,
+    /// KV tokens read by attention.
+    pub kv_read_tokens: usize,
+    /// Measured time (ns), launch to results.
+    pub ns: u64,
+}
+
+impl StepPoint {
+    /// The cost model's view of this step.
+    pub fn shape(&self) -> BatchShape {
+        BatchShape {
+            tokens: self.tokens,
+            extend_reqs: self.extend_reqs,
+            decode_reqs: self.decode_reqs,
+            logits: self.logits,
+            attn_pairs: self.attn_pairs,
+            kv_read_tokens: self.kv_read_tokens,
+            is_decode: self.mode == "decode",
+        }
+    }
+
+    /// A point of `shape` measured at `ns`.
+    pub fn of(shape: &BatchShape, mode: &str, ns: u64) -> StepPoint {
+        StepPoint {
+            mode: mode.to_string(),
+            tokens: shape.tokens,
+            extend_reqs: shape.extend_reqs,
+            decode_reqs: shape.decode_reqs,
+            logits: shape.logits,
+            attn_pairs: shape.attn_pairs,
+            kv_read_tokens: shape.kv_read_tokens,
+            ns,
+        }
+    }
+}
+
+/// Scheduler CPU time of one step with `entries` requests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulePoint {
+    /// Requests in the step.
+    pub entries: usize,
+    /// Scheduler time (form the plan + apply the results), ns.
+    pub ns: u64,
+}
+
+/// A measurement file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Measurements {
+    /// The device, in words.
+    pub device: String,
+    /// The checkpoint measured.
+    pub model: String,
+    /// Model shape: layers, hidden, heads, kv_heads, head_dim, intermediate, vocab.
+    pub shape: [usize; 7],
+    /// How the numbers were taken (command line, repeats).
+    pub method: String,
+    /// Step times.
+    pub steps: Vec<StepPoint>,
+    /// Scheduler times.
+    pub schedule: Vec<SchedulePoint>,
+}
+
+impl Measurements {
+    /// Read a measurement file (JSON).
+    pub fn load(path: &str) -> Result<Measurements, SimError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
+            path: path.to_string(),
+            source,
+        })?;
+        let m: Measurements = serde_json::from_str(&text).map_err(|e| SimError::Yaml {
+            file: path.to_string(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })?;
+        if m.steps.is_empty() {
+            return Err(invalid(path, "steps", "[]", "no measured steps to fit"));
+        }
+        for (i, s) in m.steps.iter().enumerate() {
+            if s.ns == 0 || s.tokens == 0 || !(s.attn_pairs.is_finite() && s.attn_pairs >= 0.0) {
+                return Err(invalid(
+                    path,
+                    &format!("steps[{i}]"),
+                    &format!("{s:?}"),
+                    "needs ns > 0, tokens > 0 and attn_pairs >= 0",
+                ));
+            }
+            if !matches!(s.mode.as_str(), "prefill" | "decode" | "mixed") {
+                return Err(invalid(
+                    path,
+                    &format!("steps[{i}].mode"),
+                    &s.mode,
+                    "expected prefill, decode or mixed",
+                ));
+            }
+        }
+        Ok(m)
+    }
+}
+
+fn invalid(file: &str, field: &str, value: &str, why: &str) -> SimError {
+    SimError::Invalid {
+        file: file.to_string(),
+        field: field.to_string(),
+        value: value.to_string(),
+        why: why.to_string(),
+        line: None,
+    }
+}
+
+/// The fitted profile and how well it fits.
+#[derive(Clone, Debug)]
+pub struct Fit {
+    /// The profile.
+    pub profile: Profile,
+    /// Per step: (measured ns, predicted ns).
+    pub residuals: Vec<(u64, u64)>,
+}
+
+impl Fit {
+    /// Mean and largest |relative error| over the measured steps.
+    pub fn errors(&self) -> (f64, f64) {
+        let errs: Vec<f64> = self
+            .residuals
+            .iter()
+            .map(|&(m, p)| (p as f64 - m as f64).abs() / m as f64)
+            .collect();
+        let mean = errs.iter().sum::<f64>() / errs.len().max(1) as f64;
+        (mean, errs.iter().copied().fold(0.0, f64::max))
+    }
+}
+
+// Parameter vector layout (natural logs): fixed terms first, then the GEMM curve values.
+const N_FIXED: usize = 6;
+
+fn apply(base: &Profile, x: &[f64]) -> Profile {
+    let mut p = base.clone();
+    let e = &mut p.efficiency;
+    e.weight_bandwidth = x[0].exp();
+    e.kv_bandwidth = x[1].exp();
+    e.attention_compute = x[2].exp();
+    e.decode_step_ns = x[3].exp();
+    e.prefill_step_ns = x[4].exp();
+    e.prefill_per_req_ns = x[5].exp();
+    for (g, v) in e.gemm.iter_mut().zip(&x[N_FIXED..]) {
+        g.1 = v.exp().min(1.0);
+    }
+    p
+}
+
+fn start(p: &Profile) -> Vec<f64> {
+    let e = &p.efficiency;
+    let pos = |v: f64| v.max(1e-9).ln();
+    let mut x = vec![
+        pos(e.weight_bandwidth),
+        pos(e.kv_bandwidth),
+        pos(e.attention_compute),
+        pos(e.decode_step_ns.max(1.0)),
+        pos(e.prefill_step_ns.max(1.0)),
+        pos(e.prefill_per_req_ns.max(1.0)),
+    ];
+    x.extend(e.gemm.iter().map(|g| pos(g.1)));
+    x
+}
+
+fn loss(base: &Profile, shapes: &[(BatchShape, f64)], x: &[f64]) -> f64 {
+    let cost = RooflineCost::new(&apply(base, x), 1);
+    shapes
+        .iter()
+        .map(|(s, m)| {
+            let d = (cost.step_seconds(s) / m).ln();
+            d * d
+        })
+        .sum::<f64>()
+        / shapes.len() as f64
+}
+
+/// Minimise `f` from `x0` by Nelder-Mead with initial step `step` (log units).
+fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64], step: f64, iters: usize) -> (Vec<f64>, f64) {
+    let n = x0.len();
+    let mut simplex: Vec<(Vec<f64>, f64)> = (0..=n)
+        .map(|i| {
+            let mut x = x0.to_vec();
+            if i > 0 {
+                x[i - 1] += step;
+            }
+            let v = f(&x);
+            (x, v)
+        })
+        .collect();
+    for _ in 0..iters {
+        simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
+        if (simplex[n].1 - simplex[0].1).abs() < 1e-16 {
+            break;
+        }
+        let centroid: Vec<f64> = (0..n)
+            .map(|j| simplex[..n].iter().map(|p| p.0[j]).sum::<f64>() / n as f64)
+            .collect();
+        let at = |t: f64| -> Vec<f64> {
+            centroid
+                .iter()
+                .zip(&simplex[n].0)
+                .map(|(c, w)| c + t * (w - c))
+                .collect()
+        };
+        let xr = at(-1.0);
+        let fr = f(&xr);
+        if fr < simplex[0].1 {
+            let xe = at(-2.0);
+            let fe = f(&xe);
+            simplex[n] = if fe < fr { (xe, fe) } else { (xr, fr) };
+        } else if fr < simplex[n - 1].1 {
+            simplex[n] = (xr, fr);
+        } else {
+            let xc = at(0.5);
+            let fc = f(&xc);
+            if fc < simplex[n].1 {
+                simplex[n] = (xc, fc);
+            } else {
+                let best = simplex[0].0.clone();
+                for p in simplex.iter_mut().skip(1) {
+                    p.0 = best
+                        .iter()
+                        .zip(&p.0)
+                        .map(|(b, x)| b + 0.5 * (x - b))
+                        .collect();
+                    p.1 = f(&p.0);
+                }
+            }
+        }
+    }
+    simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let (x, v) = simplex.swap_remove(0);
+    (x, v)
+}
+
+/// Least-squares line ns = a + b * entries (b = 0 with fewer than two distinct entry counts).
+pub fn fit_schedule(points: &[SchedulePoint]) -> (f64, f64) {
+    let n = points.len() as f64;
+    if points.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mx = points.iter().map(|p| p.entries as f64).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.ns as f64).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.entries as f64 - mx).powi(2)).sum();
+    let sxy: f64 = points
+        .iter()
+        .map(|p| (p.entries as f64 - mx) * (p.ns as f64 - my))
+        .sum();
+    let b = if sxx > 0.0 { (sxy / sxx).max(0.0) } else { 0.0 };
+    ((my - b * mx).max(0.0), b)
+}
+
+/// Fit `base` to `m`; the result is named `name`. `origin` names the measurement file.
+pub fn calibrate(
+    base: &Profile,
+    m: &Measurements,
+    name: &str,
+    origin: &str,
+) -> Result<Fit, SimError> {
+    let s = &base.model;
+    let want = [
+        s.layers,
+        s.hidden,
+        s.heads,
+        s.kv_heads,
+        s.head_dim,
+        s.intermediate,
+        s.vocab,
+    ];
+    if m.shape != want {
+        return Err(invalid(
+            origin,
+            "shape",
+            &format!("{:?}", m.shape),
+            &format!(
+                "the base profile {} has model shape {want:?} (layers, hidden, heads, kv_heads, head_dim, intermediate, vocab)",
+                base.name
+            ),
+        ));
+    }
+    let shapes: Vec<(BatchShape, f64)> = m
+        .steps
+        .iter()
+        .map(|p| (p.shape(), p.ns as f64 * 1e-9))
+        .collect();
+    let f = |x: &[f64]| loss(base, &shapes, x);
+    let x0 = start(base);
+    let (mut best, mut best_v) = nelder_mead(&f, &x0, 0.5, 4000);
+    // Restarts from the best point with shrinking steps escape the simplex's early collapse.
+    for step in [1.0, 0.3, 0.1, 0.03] {
+        let (x, v) = nelder_mead(&f, &best, step, 4000);
+        if v < best_v {
+            best = x;
+            best_v = v;
+        }
+    }
+    let mut profile = apply(base, &best);
+    let (a, b) = fit_schedule(&m.schedule);
+    if !m.schedule.is_empty() {
+        profile.engine.schedule_ns_per_step = a.round();
+        profile.engine.schedule_ns_per_req = b.round();
+    }
+    profile.name = name.to_string();
+    profile.calibrated = true;
+    profile.source = format!(
+        "fitted by `doppel sim calibrate` to {} steps measured on {} ({}) from {origin}; base {}",
+        m.steps.len(),
+        m.device,
+        m.model,
+        base.name
+    );
+    let cost = RooflineCost::new(&profile, 1);
+    let residuals = shapes
+        .iter()
+        .map(|(s, meas)| {
+            use crate::cost::CostModel;
+            ((meas * 1e9).round() as u64, cost.step_ns(s))
+        })
+        .collect();
+    Ok(Fit { profile, residuals })
+}
+
+/// The fitted profile as YAML, with a header comment.
+pub fn to_yaml(fit: &Fit) -> Result<String, SimError> {
+    let body = serde_yaml::to_string(&fit.profile).map_err(|e| SimError::Yaml {
+        file: fit.profile.name.clone(),
+        line: 0,
+        column: 0,
+        message: e.to_string(),
+    })?;
+    let (mean, max) = fit.errors();
+    Ok(format!(
+        "# Fitted by `doppel sim calibrate`: mean |error| {:.2}%, max {:.2}% over {} measured steps.\n{body}",
+        mean * 100.0,
+        max * 100.0,
+        fit.residuals.len()
+    ))
+}

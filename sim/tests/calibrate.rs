@@ -1,0 +1,133 @@
+//! `doppel sim calibrate`: step times generated from a known profile are fitted back.
+
+use doppel_sim::calibrate::{calibrate, Measurements, SchedulePoint, StepPoint};
+use doppel_sim::cost::{BatchShape, CostModel, RooflineCost};
+use doppel_sim::Profile;
+
+fn shapes() -> Vec<BatchShape> {
+    let mut v = Vec::new();
+    for len in [64, 256, 1024, 4096] {
+        for b in [1, 2, 4, 8, 16] {
+            if b * len <= 16384 {
+                v.push(BatchShape::prefill(b, len));
+            }
+        }
+    }
+    for b in [1, 4, 16, 32, 64, 128, 256] {
+        for kv in [128, 512, 2048] {
+            v.push(BatchShape::decode(b, kv));
+        }
+    }
+    v
+}
+
+fn known() -> Profile {
+    let mut p = Profile::load("h100-80g/qwen3-0.6b/sglang").unwrap();
+    let e = &mut p.efficiency;
+    e.gemm = vec![(1.0, 0.3), (1024.0, 0.45), (8192.0, 0.62)];
+    e.weight_bandwidth = 0.55;
+    e.kv_bandwidth = 0.6;
+    e.attention_compute = 0.35;
+    e.decode_step_ns = 900_000.0;
+    e.prefill_step_ns = 1_800_000.0;
+    e.prefill_per_req_ns = 35_000.0;
+    p
+}
+
+fn measurements(p: &Profile, shapes: &[BatchShape]) -> Measurements {
+    let cost = RooflineCost::new(p, 1);
+    let m = &p.model;
+    Measurements {
+        device: "generated".into(),
+        model: "known profile".into(),
+        shape: [
+            m.layers,
+            m.hidden,
+            m.heads,
+            m.kv_heads,
+            m.head_dim,
+            m.intermediate,
+            m.vocab,
+        ],
+        method: "generated from a known profile".into(),
+        steps: shapes
+            .iter()
+            .map(|s| {
+                let mode = if s.is_decode { "decode" } else { "prefill" };
+                StepPoint::of(s, mode, cost.step_ns(s))
+            })
+            .collect(),
+        schedule: (1..=64)
+            .map(|n| SchedulePoint {
+                entries: n,
+                ns: 150_000 + 2_500 * n as u64,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn fits_a_known_profile_back() {
+    let truth = known();
+    let m = measurements(&truth, &shapes());
+    let base = Profile::load("h100-80g/qwen3-0.6b/sglang").unwrap();
+    let fit = calibrate(&base, &m, "test/fitted", "generated").unwrap();
+    let (mean, max) = fit.errors();
+    eprintln!("fit: mean {mean} max {max}: {:?}", fit.profile.efficiency);
+    assert!(mean < 0.005 && max < 0.02, "mean {mean} max {max}");
+    assert!(fit.profile.calibrated);
+    assert_eq!(fit.profile.name, "test/fitted");
+    let e = &fit.profile.engine;
+    assert!((e.schedule_ns_per_step - 150_000.0).abs() < 1.0, "{e:?}");
+    assert!((e.schedule_ns_per_req - 2_500.0).abs() < 0.5, "{e:?}");
+    // Shapes not used for fitting are predicted as well.
+    let held_out = [
+        BatchShape::prefill(3, 700),
+        BatchShape::prefill(1, 3000),
+        BatchShape::decode(48, 1500),
+        BatchShape::decode(200, 300),
+    ];
+    let (a, b) = (
+        RooflineCost::new(&truth, 1),
+        RooflineCost::new(&fit.profile, 1),
+    );
+    for s in held_out {
+        let (t, f) = (a.step_ns(&s) as f64, b.step_ns(&s) as f64);
+        assert!((f - t).abs() / t < 0.03, "{s:?}: truth {t} fitted {f}");
+    }
+    // The fitted profile round-trips through YAML and loads as a profile.
+    let yaml = doppel_sim::calibrate::to_yaml(&fit).unwrap();
+    let back = Profile::parse(&yaml, "fitted.yaml").unwrap();
+    assert_eq!(back.name, "test/fitted");
+}
+
+#[test]
+fn a_base_of_another_model_is_refused() {
+    let m = measurements(&known(), &shapes());
+    let base = Profile::load("h100-80g/llama-3-8b/sglang").unwrap();
+    let e = calibrate(&base, &m, "x", "meas.json")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("meas.json") && e.contains("shape"), "{e}");
+}
+
+#[test]
+fn bad_measurement_files_name_the_problem() {
+    let dir = std::env::temp_dir().join(format!("doppel-calibrate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.json");
+    let p = path.to_str().unwrap();
+    std::fs::write(&path, "{\"device\": 1}").unwrap();
+    let e = Measurements::load(p).unwrap_err().to_string();
+    assert!(e.contains("m.json"), "{e}");
+    let mut m = measurements(&known(), &shapes());
+    m.steps[3].ns = 0;
+    std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+    let e = Measurements::load(p).unwrap_err().to_string();
+    assert!(e.contains("steps[3]"), "{e}");
+    m.steps.clear();
+    std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+    let e = Measurements::load(p).unwrap_err().to_string();
+    assert!(e.contains("no measured steps"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
