@@ -265,6 +265,7 @@ impl Scheduler {
         plan.stats.used_tokens = mem.used();
         plan.stats.capacity_tokens = mem.capacity;
         plan.stats.queue_reqs = self.waiting.len();
+        plan.stats.mode = plan.mode;
         plan.stats.batch_size = plan.entries.len();
         plan.stats.has_chunked = self.chunked.is_some();
         plan.stats.kv_tokens = plan.entries.iter().map(|e| e.seq_len()).sum();

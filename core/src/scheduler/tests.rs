@@ -426,3 +426,14 @@ fn retraction_picks_fewest_outputs_then_longest_prompt_and_resets_the_ratio() {
     }
     panic!("no retraction happened");
 }
+
+#[test]
+fn plan_stats_carry_the_forward_mode() {
+    let mut s = Scheduler::new(cfg(10_000)).unwrap();
+    s.submit(spec(1, prompt(1, 10), 3)).unwrap();
+    let mut e = Engine::new(s, ToyBackend::new(), false);
+    let mut ev = Vec::new();
+    let a = e.iterate(0, &mut ev).unwrap().launched.unwrap();
+    let b = e.iterate(1, &mut ev).unwrap().launched.unwrap();
+    assert_eq!((a.mode, b.mode), (ForwardMode::Extend, ForwardMode::Decode));
+}
