@@ -71,6 +71,18 @@ fn greedy_text_matches_reference_and_stops_on_strings() {
     assert!(err.contains("StopString"), "{err}");
     let (_, out, _) = generate(&["--temperature", "0", "--stop", &stop, "--include-stop"]);
     assert_eq!(out, format!("{}\n", &text[..at + stop.len()]));
+    // The overlap order (one step in flight when the stop string is seen) prints the same.
+    let (ok, out, err) = generate(&[
+        "--temperature",
+        "0",
+        "--stop",
+        &stop,
+        "--overlap",
+        "--chunked-prefill-size",
+        "5",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("{}\n", &text[..at]));
 }
 
 #[test]
