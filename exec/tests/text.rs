@@ -141,3 +141,37 @@ SYS={{ ns.sys }}{{ eos_token }}"#;
         .to_string();
     assert!(e.contains("bad role tool"), "{e}");
 }
+
+#[test]
+fn qwen_style_template_constructs_render() {
+    // The constructs Qwen3-style templates rely on: reversed slices, `is string`, dict `.get`,
+    // `in` on strings, rstrip/lstrip with arguments, `tojson`, `is defined`, loop.last.
+    let d = tempfile::tempdir().unwrap();
+    let src =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen3/tokenizer.json");
+    std::fs::copy(src, d.path().join("tokenizer.json")).unwrap();
+    let template = r#"{%- set ns = namespace(last_user=-1) -%}
+{%- for m in messages[::-1] -%}
+  {%- if ns.last_user < 0 and m.role == 'user' and m.content is string -%}{%- set ns.last_user = (messages|length - 1) - loop.index0 -%}{%- endif -%}
+{%- endfor -%}
+{%- for m in messages -%}
+  {%- set content = m.get('content', '') -%}
+  {%- if '</think>' in content -%}{%- set content = content.split('</think>')[-1].lstrip('\n') -%}{%- endif -%}
+  <|im_start|>{{ m.role }}{{ '*' if loop.index0 == ns.last_user else '' }}
+{{ content.rstrip('\n') }}{% if m.extra is defined %}{{ m.extra | tojson }}{% endif %}{{ '<|im_end|>' if not loop.last else '' }}
+{% endfor -%}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif -%}"#;
+    let cfg = serde_json::json!({ "chat_template": template });
+    std::fs::write(d.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let t = Tokenizer::load(d.path()).unwrap();
+    let msgs = [
+        ChatMessage::new("user", "first"),
+        ChatMessage::new("assistant", "<think>\nhmm\n</think>\n\nanswer\n\n"),
+        ChatMessage::new("user", "second"),
+    ];
+    assert_eq!(
+        t.apply_chat_template(&msgs, true).unwrap(),
+        "<|im_start|>user\nfirst<|im_end|>\n<|im_start|>assistant\nanswer<|im_end|>\n<|im_start|>user*\nsecond\n<|im_start|>assistant\n"
+    );
+}
