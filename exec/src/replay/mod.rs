@@ -223,6 +223,7 @@ pub fn replay<B: Backend>(
         .iter()
         .map(|f| (!f.is_empty()).then(Vec::new))
         .collect();
+    let mut sent: Vec<Option<Vec<TokenId>>> = vec![None; n];
     let cap = work.max_concurrency.unwrap_or(usize::MAX);
     let mut blocked: VecDeque<usize> = VecDeque::new();
     let mut in_flight = 0usize;
@@ -269,11 +270,17 @@ pub fn replay<B: Backend>(
             })?;
             let r = &work.requests[i];
             if let PromptSpec::Continue { prev, .. } = r.prompt {
-                let at = work.requests[prev].prompt_len;
-                if let Some(reply) = replies[prev].take() {
-                    let end = (at + reply.len()).min(prompt.len());
-                    prompt[at..end].copy_from_slice(&reply[..end - at]);
+                // The simulator's prompt is the previous prompt, its synthetic reply, the new
+                // message; rebuild it from what was really sent and really generated.
+                let skip = work.requests[prev].prompt_len + work.requests[prev].output_len;
+                if let (Some(mut sent), Some(reply)) = (sent[prev].take(), replies[prev].take()) {
+                    sent.extend_from_slice(&reply);
+                    sent.extend_from_slice(prompt.get(skip..).unwrap_or(&[]));
+                    prompt = sent;
                 }
+            }
+            if replies[i].is_some() {
+                sent[i] = Some(prompt.clone());
             }
             if let Some(&token) = prompt.iter().find(|&&t| t as usize >= vocab) {
                 return Err(ReplayError::Vocab {
