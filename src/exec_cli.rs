@@ -24,13 +24,13 @@ mod tools;
 #[derive(Subcommand)]
 pub enum ExecCmd {
     /// Generate text from a prompt with a Hugging Face checkpoint directory.
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Write a random-weight checkpoint directory (config, safetensors, BPE tokenizer) for tests and benchmarks.
-    MakeModel(MakeModelArgs),
+    MakeModel(Box<MakeModelArgs>),
     /// Serve the SGLang-native and OpenAI-compatible HTTP API (see docs/server.md).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// SGLang's bench_one_batch on the GPU: prefill and decode latency/throughput per batch size.
-    BenchOneBatch(BenchOneBatchArgs),
+    BenchOneBatch(Box<BenchOneBatchArgs>),
     /// Run a trace in-process on the real engine with its arrival schedule; print the same report as `doppel sim replay`.
     Replay(Box<tools::ReplayArgs>),
     /// Measure step times over a sweep of batch shapes and write a measurement file for `doppel sim calibrate`.
@@ -215,10 +215,10 @@ pub struct MakeModelArgs {
 /// Run a `doppel exec` subcommand.
 pub fn run(cmd: ExecCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        ExecCmd::Generate(a) => generate(a),
-        ExecCmd::MakeModel(a) => make_model(a),
-        ExecCmd::Serve(a) => serve(a),
-        ExecCmd::BenchOneBatch(a) => bench_one_batch(a),
+        ExecCmd::Generate(a) => generate(*a),
+        ExecCmd::MakeModel(a) => make_model(*a),
+        ExecCmd::Serve(a) => serve(*a),
+        ExecCmd::BenchOneBatch(a) => bench_one_batch(*a),
         ExecCmd::Replay(a) => tools::replay(*a),
         ExecCmd::Profile(a) => tools::profile(*a),
     }
