@@ -411,16 +411,33 @@ impl Server {
         let state = self.state.clone();
         let drain = self.shutdown_timeout;
         let app = super::routes::router(self.state.clone());
+        let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
         let stop = async move {
             shutdown.await;
             log::info("shutting down: refusing new requests, draining live ones");
             state.draining.store(true, Ordering::Relaxed);
             let _ = state.cmd.send(Command::Shutdown { drain });
+            let _ = begun_tx.send(());
         };
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-            .map_err(|e| ServerError::Io(format!("serving: {e}")));
+        // Graceful shutdown waits for every connection; a client that stops reading would hold
+        // it forever, so connections still open well after the drain are dropped.
+        let give_up = async move {
+            if begun_rx.await.is_ok() {
+                tokio::time::sleep(drain + Duration::from_secs(5)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let serving = std::future::IntoFuture::into_future(
+            axum::serve(listener, app).with_graceful_shutdown(stop),
+        );
+        let served = tokio::select! {
+            r = serving => r.map_err(|e| ServerError::Io(format!("serving: {e}"))),
+            _ = give_up => {
+                log::warn("connections still open after the drain; closing them");
+                Ok(())
+            }
+        };
         // Make sure the engine stops even if serving failed before the shutdown signal.
         self.state.draining.store(true, Ordering::Relaxed);
         let _ = self.state.cmd.send(Command::Shutdown {
