@@ -1,0 +1,246 @@
+//! `doppel bench serve` against `doppel exec serve` on loopback (CPU backend, tiny model): every
+//! dataset and arrival mode completes with exactly the requested output lengths, per-request JSON
+//! lines are written, and bad options are refused.
+
+use doppel_exec::model::Arch;
+use doppel_exec::testgen::{write_model, TinySpec};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Served {
+    child: Child,
+    addr: String,
+    dir: PathBuf,
+}
+
+impl Served {
+    fn start() -> Served {
+        let dir = std::env::temp_dir().join(format!("doppel-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut spec = TinySpec::tiny(Arch::Qwen3);
+        spec.vocab_size = Some(2048);
+        write_model(&dir.join("model"), &spec).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_doppel"))
+            .args(["exec", "serve", "--port", "0", "--threads", "1", "--model"])
+            .arg(dir.join("model"))
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(a) = line.split("on http://").nth(1) {
+                    let _ = tx.send(a.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start");
+            }
+        };
+        Served { child, addr, dir }
+    }
+
+    fn bench(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_doppel"))
+            .args(["bench", "serve", "--disable-tqdm", "--time-limit", "120"])
+            .args(["--base-url", &format!("http://{}", self.addr)])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn figure(table: &str, label: &str) -> f64 {
+    table
+        .lines()
+        .find(|l| l.starts_with(label))
+        .and_then(|l| l[label.len()..].trim().parse().ok())
+        .unwrap_or_else(|| panic!("{label} not in\n{table}"))
+}
+
+/// Output tokens the dataset asks for (ignore_eos: the server generates exactly these).
+fn expected_output(trace_yaml: &str) -> u64 {
+    let t = doppel_sim::Trace::parse(trace_yaml, "t.yaml").unwrap();
+    doppel_sim::workload::expand(&t, 2048)
+        .requests
+        .iter()
+        .map(|r| r.output_len as u64)
+        .sum()
+}
+
+#[test]
+fn every_dataset_and_arrival_mode_completes() {
+    let s = Served::start();
+    let jsonl = s.dir.join("out.jsonl");
+    let json = s.dir.join("report.json");
+    // random-ids, Poisson with a concurrency cap, per-request lines and a JSON report.
+    let (ok, out, err) = s.bench(&[
+        "--dataset-name",
+        "random-ids",
+        "--num-prompts",
+        "24",
+        "--random-input-len",
+        "120",
+        "--random-output-len",
+        "12",
+        "--random-range-ratio",
+        "0.5",
+        "--request-rate",
+        "80",
+        "--max-concurrency",
+        "4",
+        "--flush-cache",
+        "--output-file",
+        jsonl.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("============ Serving Benchmark Result ============"),
+        "{out}"
+    );
+    assert_eq!(figure(&out, "Successful requests:"), 24.0);
+    assert_eq!(figure(&out, "Max request concurrency:"), 4.0);
+    assert_eq!(figure(&out, "Failed requests:"), 0.0);
+    let want = expected_output(
+        "profile: x\nworkload: {kind: random, num_requests: 24, input_len: 120, output_len: 12, range_ratio: 0.5}\n",
+    );
+    assert_eq!(figure(&out, "Total generated tokens:") as u64, want);
+    assert!(figure(&out, "Median TTFT (ms):") > 0.0 && figure(&out, "Median ITL (ms):") > 0.0);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 24);
+    for l in &lines {
+        assert_eq!(l["success"], true);
+        let n = l["output_len"].as_u64().unwrap();
+        assert_eq!(l["itl_ms"].as_array().unwrap().len() as u64, n - 1, "{l}");
+        assert!(l["latency_ms"].as_f64().unwrap() >= l["ttft_ms"].as_f64().unwrap());
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["summary"]["completed"], 24);
+
+    // random text through the OpenAI API, gamma arrivals.
+    let (ok, out, err) = s.bench(&[
+        "--backend",
+        "openai",
+        "--dataset-name",
+        "random",
+        "--tokenizer",
+        s.dir.join("model").to_str().unwrap(),
+        "--num-prompts",
+        "8",
+        "--random-input-len",
+        "64",
+        "--random-output-len",
+        "6",
+        "--random-range-ratio",
+        "1",
+        "--request-rate",
+        "100",
+        "--burstiness",
+        "0.5",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(figure(&out, "Successful requests:"), 8.0);
+    assert_eq!(figure(&out, "Total generated tokens:"), 48.0);
+
+    // shared prefixes: the server reports cache hits.
+    let (ok, out, err) = s.bench(&[
+        "--dataset-name",
+        "shared-prefix",
+        "--gsp-num-groups",
+        "2",
+        "--gsp-prompts-per-group",
+        "4",
+        "--gsp-system-prompt-len",
+        "96",
+        "--gsp-question-len",
+        "8",
+        "--gsp-output-len",
+        "4",
+        "--max-concurrency",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(figure(&out, "Successful requests:"), 8.0);
+    assert!(
+        figure(&out, "Cached tokens (server-reported):") >= 6.0 * 96.0,
+        "{out}"
+    );
+
+    // A doppel trace: its workload and schedule (multi-turn follow-ups after the reply).
+    let trace = s.dir.join("turns.yaml");
+    std::fs::write(
+        &trace,
+        "profile: x\nseed: 2\nworkload: {kind: multi_turn, num_sessions: 2, turns: 3, first_prompt_len: 30, turn_prompt_len: 10, output_len: 5, think_time_ms: 10}\n",
+    )
+    .unwrap();
+    let (ok, out, err) = s.bench(&[
+        "--dataset-name",
+        "trace",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--warmup-requests",
+        "0",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(figure(&out, "Successful requests:"), 6.0);
+    assert_eq!(figure(&out, "Total generated tokens:"), 30.0);
+}
+
+#[test]
+fn bad_options_are_refused_with_the_reason() {
+    let bin = env!("CARGO_BIN_EXE_doppel");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin)
+            .args(["bench", "serve", "--disable-tqdm", "--vocab", "100"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run(&["--request-rate=-3"]).contains("--request-rate -3"));
+    assert!(run(&["--dataset-name", "sharegpt"]).contains("--dataset-name sharegpt"));
+    assert!(run(&["--dataset-name", "trace"]).contains("--trace"));
+    assert!(run(&["--backend", "tgi"]).contains("--backend tgi"));
+    assert!(run(&["--dataset-name", "random"]).contains("--tokenizer"));
+    // Nothing listens on port 1: the warm-up names the address.
+    let e = run(&[
+        "--dataset-name",
+        "random-ids",
+        "--port",
+        "1",
+        "--num-prompts",
+        "2",
+    ]);
+    assert!(e.contains("127.0.0.1:1"), "{e}");
+}
