@@ -188,7 +188,9 @@ pub fn logprobs(logits: &[f32], token: Option<TokenId>, top: usize) -> TokenLogp
 }
 
 /// The probability distribution after temperature, top-k, top-p and min-p, as (token, prob)
-/// pairs sorted by probability (descending, then token id), renormalised.
+/// pairs, renormalised. Sorted by probability (descending, then token id) when top-k or top-p
+/// is on; otherwise in token order, which saves sorting the whole vocabulary every step.
+/// Top-p and min-p are measured on the full distribution, as SGLang does.
 pub fn filtered_distribution(logits: &[f32], p: &SamplingParams) -> Vec<(TokenId, f32)> {
     let t = p.temperature.max(1e-6);
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -198,13 +200,22 @@ pub fn filtered_distribution(logits: &[f32], p: &SamplingParams) -> Vec<(TokenId
         .map(|(i, &l)| (i as TokenId, ((l - m) / t).exp()))
         .filter(|&(_, q)| q > 0.0)
         .collect();
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let sum: f32 = probs.iter().map(|x| x.1).sum();
     for x in probs.iter_mut() {
         x.1 /= sum;
     }
-    if p.top_k > 0 && (p.top_k as usize) < probs.len() {
-        probs.truncate(p.top_k as usize);
+    let by_prob = |a: &(TokenId, f32), b: &(TokenId, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let k = if p.top_k > 0 {
+        p.top_k as usize
+    } else {
+        usize::MAX
+    };
+    if k < probs.len() {
+        probs.select_nth_unstable_by(k - 1, by_prob);
+        probs.truncate(k);
+        probs.sort_by(by_prob);
+    } else if p.top_p < 1.0 {
+        probs.sort_by(by_prob);
     }
     if p.top_p < 1.0 {
         // Keep the smallest prefix whose mass reaches top_p (the token that crosses it stays).
@@ -220,7 +231,8 @@ pub fn filtered_distribution(logits: &[f32], p: &SamplingParams) -> Vec<(TokenId
         probs.truncate(keep.max(1));
     }
     if p.min_p > 0.0 {
-        let floor = probs[0].1 * p.min_p;
+        let top = probs.iter().map(|x| x.1).fold(0.0, f32::max);
+        let floor = top * p.min_p;
         probs.retain(|x| x.1 >= floor);
     }
     let sum: f32 = probs.iter().map(|x| x.1).sum();
