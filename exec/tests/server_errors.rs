@@ -1,0 +1,372 @@
+//! The HTTP server's refusals and lifecycle over loopback (tiny CPU model): every bad request is
+//! a 4xx naming the field, the bounded queue answers 503, flush is refused while busy, clients
+//! that leave are aborted at once, shutdown aborts live streams cleanly, and nothing leaks.
+
+mod server_common;
+
+use doppel_exec::server::client::{self, get, post_json};
+use serde_json::{json, Value};
+use server_common::{assert_no_leak, idle_info, start};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_4xx_naming_the_field() {
+    let srv = start(|c| c.max_body_bytes = 64 << 10).await;
+    let a = srv.addr.as_str();
+    let long: Vec<u32> = (0..2100).map(|i| 3 + i % 300).collect();
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        ("/generate", json!({"sampling_params": {}}), 400, "text"),
+        (
+            "/generate",
+            json!({"text": "x", "input_ids": [1]}),
+            400,
+            "input_ids",
+        ),
+        ("/generate", json!({"text": 5}), 400, "text"),
+        ("/generate", json!({"text": ""}), 400, "empty"),
+        ("/generate", json!({"input_ids": []}), 400, "input_ids"),
+        (
+            "/generate",
+            json!({"input_ids": [1, 99999]}),
+            400,
+            "input_ids[1]",
+        ),
+        (
+            "/generate",
+            json!({"input_ids": long}),
+            400,
+            "context length",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"temperature": "hot"}}),
+            400,
+            "sampling_params.temperature",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"temperature": -1}}),
+            400,
+            "temperature",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"max_new_tokens": -3}}),
+            400,
+            "max_new_tokens",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"max_new_tokens": 0}}),
+            400,
+            "max_new_tokens",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"max_new_tokens": 1_000_000_000_000u64}}),
+            400,
+            "max_new_tokens",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"max_new_tokens": 2048}}),
+            400,
+            "context length",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"top_p": 1.5}}),
+            400,
+            "top_p",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"top_k": -7}}),
+            400,
+            "top_k",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"n": 0}}),
+            400,
+            "n",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"stop": [1]}}),
+            400,
+            "stop[0]",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"stop_token_ids": [-1]}}),
+            400,
+            "stop_token_ids",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"regex": "a+"}}),
+            400,
+            "regex",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": "hot"}),
+            400,
+            "sampling_params",
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "top_logprobs_num": 1000}),
+            400,
+            "top_logprobs_num",
+        ),
+        (
+            "/generate",
+            json!({"text": ["a", "b"], "rid": "one"}),
+            400,
+            "rid",
+        ),
+        ("/generate", json!([1, 2]), 400, "JSON object"),
+        (
+            "/generate",
+            json!({"text": vec!["a"; 9], "sampling_params": {"n": 128}}),
+            400,
+            "generations",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "nope", "prompt": "x"}),
+            404,
+            "nope",
+        ),
+        ("/v1/completions", json!({"model": "tiny"}), 400, "prompt"),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "max_tokens": "many"}),
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "logprobs": 50}),
+            400,
+            "logprobs",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "presence_penalty": 9}),
+            400,
+            "presence_penalty",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "best_of": 3}),
+            400,
+            "best_of",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "logit_bias": {"abc": 1}}),
+            400,
+            "logit_bias",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": [[1, 2], [3, 999999]]}),
+            400,
+            "prompt[1]",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "tiny"}),
+            400,
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": []}),
+            400,
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"content": "x"}]}),
+            400,
+            "messages[0].role",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": 3}]}),
+            400,
+            "messages[0].content",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}),
+            400,
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "n": 500}),
+            400,
+            "n",
+        ),
+    ];
+    for (path, body, status, needle) in cases {
+        let r = post_json(a, path, &body).await.unwrap();
+        assert_eq!(r.status, status, "{path} {body}: {}", r.text());
+        let e = r.json();
+        let msg = e["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}", r.text()));
+        assert!(
+            msg.contains(needle) || e["error"]["param"].as_str() == Some(needle),
+            "{path} {body}: {msg:?} does not name {needle:?}"
+        );
+        assert_eq!(e["error"]["code"], status);
+    }
+    // Malformed JSON, an oversized body, an unknown path.
+    let r = client::request(a, "POST", "/v1/completions", Some(b"{\"prompt\": "))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("JSON"));
+    let big = format!("{{\"prompt\": \"{}\"}}", "a".repeat(100 << 10));
+    let r = client::request(a, "POST", "/v1/completions", Some(big.as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.json()["error"]["message"].is_string());
+    assert_eq!(get(a, "/nope").await.unwrap().status, 404);
+    // The engine is still fine and nothing leaked.
+    let r = post_json(
+        a,
+        "/generate",
+        &json!({"text": "still alive", "sampling_params": {"max_new_tokens": 2}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_no_leak(&idle_info(a).await);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_bound_flush_refusal_disconnects_and_shutdown_leave_no_leak() {
+    let srv = start(|c| {
+        c.max_running_requests = Some(1);
+        c.max_queued_requests = Some(1);
+        c.shutdown_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let a = srv.addr.as_str();
+    let long = |text: &str| json!({"text": text, "stream": true, "sampling_params": {"max_new_tokens": 1500, "ignore_eos": true}});
+    // One running, one waiting, the third is refused with 503.
+    let mut s1 = client::open(
+        a,
+        "POST",
+        "/generate",
+        Some(long("first").to_string().as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s1.status, 200);
+    assert!(s1.event().await.unwrap().is_some());
+    let s2 = client::open(
+        a,
+        "POST",
+        "/generate",
+        Some(long("second").to_string().as_bytes()),
+    )
+    .await
+    .unwrap();
+    for _ in 0..500 {
+        if get(a, "/get_server_info").await.unwrap().json()["num_waiting_reqs"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = post_json(a, "/generate", &json!({"text": "third"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("queue"));
+    // Flushing while busy is refused.
+    let f = client::request(a, "POST", "/flush_cache", None)
+        .await
+        .unwrap();
+    assert_eq!(f.status, 400);
+    // Both clients leave: the running one mid-stream, the waiting one before its first token.
+    drop(s1);
+    drop(s2);
+    let info = idle_info(a).await;
+    assert_no_leak(&info);
+    assert_eq!(info["counters"]["finished"], 2);
+    assert!(info["counters"]["generated_tokens"].as_u64().unwrap() < 1500);
+
+    // Non-streamed clients that leave are aborted too.
+    let before = info["counters"]["generated_tokens"].as_u64().unwrap();
+    let body = json!({"text": "non streamed", "sampling_params": {"max_new_tokens": 1500, "ignore_eos": true}}).to_string();
+    let s3 = client::open(a, "POST", "/generate", Some(body.as_bytes()));
+    let _ = tokio::time::timeout(Duration::from_millis(50), s3).await;
+    let info = idle_info(a).await;
+    assert_no_leak(&info);
+    let made = info["counters"]["generated_tokens"].as_u64().unwrap() - before;
+    assert!(
+        made > 0 && made < 1500,
+        "{made} tokens generated for a client that left"
+    );
+
+    // Shutdown with a live stream: it is aborted after the drain timeout and ends well-formed.
+    let mut s4 = client::open(
+        a,
+        "POST",
+        "/generate",
+        Some(long("at shutdown").to_string().as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert!(s4.event().await.unwrap().is_some());
+    let addr = srv.addr.clone();
+    let snap = srv.shutdown();
+    let reader = async {
+        let mut last = Value::Null;
+        let mut done = false;
+        while let Some(d) = s4.event().await.unwrap() {
+            if d == "[DONE]" {
+                done = true;
+            } else {
+                last = serde_json::from_str(&d).unwrap();
+            }
+        }
+        (last, done)
+    };
+    let (snap, (last, done)) = tokio::join!(snap, reader);
+    assert!(done);
+    assert_eq!(
+        last["meta_info"]["finish_reason"]["type"], "abort",
+        "{last}"
+    );
+    assert_eq!(
+        snap.memory.free + snap.memory.evictable,
+        snap.memory.capacity
+    );
+    assert!(
+        client::get(&addr, "/health").await.is_err(),
+        "still listening"
+    );
+}
