@@ -342,7 +342,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         let (model, report) = CpuModel::load(&a.model, !a.quiet)?;
         let cfg = model.config().clone();
         eprintln!(
-            "loaded {:?} from {} in {:.2} s: {:.1} MiB of f32 weights ({:.1} MiB on disk)",
+            "loaded {:?} from {} in {:.2} s: {:.1} MiB of weights in memory ({:.1} MiB on disk)",
             cfg.arch,
             a.model.display(),
             report.elapsed.as_secs_f64(),
