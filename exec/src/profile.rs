@@ -277,5 +277,7 @@ pub fn measurements(
         method: method.to_string(),
         steps,
         schedule,
+        // In-process: no HTTP, tokenization or streaming between clients and the engine.
+        host: Default::default(),
     }
 }

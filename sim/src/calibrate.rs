@@ -72,6 +72,21 @@ pub struct SchedulePoint {
     pub ns: u64,
 }
 
+/// Client-path costs outside the engine loop (ns). `doppel exec profile` measures the engine
+/// in-process, where there is no HTTP, tokenization or streaming: all zero.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostOverheads {
+    /// HTTP handling per request.
+    pub http_ns: f64,
+    /// Tokenization, fixed part.
+    pub tokenize_ns: f64,
+    /// Tokenization per prompt token.
+    pub tokenize_ns_per_token: f64,
+    /// Detokenize and stream one chunk.
+    pub stream_ns: f64,
+}
+
 /// A measurement file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +103,9 @@ pub struct Measurements {
     pub steps: Vec<StepPoint>,
     /// Scheduler times.
     pub schedule: Vec<SchedulePoint>,
+    /// Client-path costs the fitted profile gets.
+    #[serde(default)]
+    pub host: HostOverheads,
 }
 
 impl Measurements {
@@ -331,6 +349,26 @@ pub fn calibrate(
         profile.engine.schedule_ns_per_step = a.round();
         profile.engine.schedule_ns_per_req = b.round();
     }
+    let h = &m.host;
+    for (field, v) in [
+        ("host.http_ns", h.http_ns),
+        ("host.tokenize_ns", h.tokenize_ns),
+        ("host.tokenize_ns_per_token", h.tokenize_ns_per_token),
+        ("host.stream_ns", h.stream_ns),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(invalid(
+                origin,
+                field,
+                &v.to_string(),
+                "must be a non-negative number",
+            ));
+        }
+    }
+    profile.engine.http_ns = h.http_ns;
+    profile.engine.tokenize_ns = h.tokenize_ns;
+    profile.engine.tokenize_ns_per_token = h.tokenize_ns_per_token;
+    profile.engine.stream_ns = h.stream_ns;
     profile.name = name.to_string();
     profile.calibrated = true;
     profile.source = format!(

@@ -1,6 +1,6 @@
 //! `doppel sim calibrate`: step times generated from a known profile are fitted back.
 
-use doppel_sim::calibrate::{calibrate, Measurements, SchedulePoint, StepPoint};
+use doppel_sim::calibrate::{calibrate, HostOverheads, Measurements, SchedulePoint, StepPoint};
 use doppel_sim::cost::{BatchShape, CostModel, RooflineCost};
 use doppel_sim::Profile;
 
@@ -63,6 +63,10 @@ fn measurements(p: &Profile, shapes: &[BatchShape]) -> Measurements {
                 ns: 150_000 + 2_500 * n as u64,
             })
             .collect(),
+        host: HostOverheads {
+            http_ns: 1000.0,
+            ..Default::default()
+        },
     }
 }
 
@@ -73,13 +77,13 @@ fn fits_a_known_profile_back() {
     let base = Profile::load("h100-80g/qwen3-0.6b/sglang").unwrap();
     let fit = calibrate(&base, &m, "test/fitted", "generated").unwrap();
     let (mean, max) = fit.errors();
-    eprintln!("fit: mean {mean} max {max}: {:?}", fit.profile.efficiency);
     assert!(mean < 0.005 && max < 0.02, "mean {mean} max {max}");
     assert!(fit.profile.calibrated);
     assert_eq!(fit.profile.name, "test/fitted");
     let e = &fit.profile.engine;
     assert!((e.schedule_ns_per_step - 150_000.0).abs() < 1.0, "{e:?}");
     assert!((e.schedule_ns_per_req - 2_500.0).abs() < 0.5, "{e:?}");
+    assert_eq!((e.http_ns, e.tokenize_ns, e.stream_ns), (1000.0, 0.0, 0.0));
     // Shapes not used for fitting are predicted as well.
     let held_out = [
         BatchShape::prefill(3, 700),

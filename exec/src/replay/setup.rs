@@ -101,8 +101,9 @@ pub fn load_and_replay(
             let backend = CpuBackend::new(model, cfg.capacity_tokens(), trace.seed);
             replay(&trace, trace_path, cfg, backend, vocab, opts)?
         }
-        Device::Cuda(ordinal) => {
-            cuda_replay(&trace, trace_path, &s.model, &mcfg, cfg, ordinal, s, opts)?
+        Device::Cuda(_) => {
+            let graphs = profile.engine.cuda_graph_max_bs;
+            cuda_replay(&trace, trace_path, &s.model, &mcfg, cfg, graphs, s, opts)?
         }
     };
     let rate = match trace.arrival.pattern {
@@ -127,34 +128,30 @@ fn cuda_replay(
     dir: &Path,
     mcfg: &ModelConfig,
     cfg: doppel_core::SchedulerConfig,
-    ordinal: usize,
+    graph_max_bs: usize,
     s: &ReplaySetup,
     opts: ReplayOptions,
 ) -> Result<doppel_sim::Outcome, ReplayError> {
-    use crate::cuda::backend::{CudaBackend, CudaBackendConfig};
-    use crate::cuda::{model::GpuModel, Gpu};
-    let gpu = Gpu::new(ordinal).map_err(setup_err)?;
-    let model = if s.random_weights {
-        GpuModel::random(&gpu, mcfg, 7, cfg.context_len)
-    } else {
-        let store = crate::model::WeightStore::open(dir).map_err(setup_err)?;
-        GpuModel::load(&gpu, mcfg, &store, cfg.context_len)
-    }
-    .map_err(setup_err)?;
-    let rows = cfg.effective_req_pool_size();
-    let bcfg = CudaBackendConfig {
-        kv_capacity_tokens: cfg.capacity_tokens(),
-        table_rows: rows,
-        context_len: cfg.context_len,
-        max_tokens: cfg
-            .max_prefill_tokens
-            .max(cfg.chunked_prefill_size.unwrap_or(0))
-            + rows,
-        max_seqs: rows,
-        max_graph_batch: 256.min(rows),
+    use crate::cuda::backend::CudaBackend;
+    use crate::cuda::startup::CudaOptions;
+    let Device::Cuda(device) = s.device else {
+        return Err(ReplayError::Setup("not a CUDA device".into()));
+    };
+    // The trace's KV pool, so the simulator replays the same configuration.
+    let copts = CudaOptions {
+        device,
+        mem_fraction_static: None,
+        kv_capacity_tokens: Some(cfg.capacity_tokens()),
+        cuda_graph_max_bs: graph_max_bs,
+        random_weights: s.random_weights,
         seed: trace.seed,
     };
-    let backend = CudaBackend::new(gpu, model, bcfg).map_err(setup_err)?;
-    eprintln!("{}", backend.summary());
+    let (backend, capacity) = CudaBackend::from_checkpoint(dir, &copts, &cfg).map_err(setup_err)?;
+    if capacity != cfg.capacity_tokens() {
+        return Err(ReplayError::Setup(format!(
+            "the CUDA backend made a KV pool of {capacity} tokens, the trace asks for {}",
+            cfg.capacity_tokens()
+        )));
+    }
     replay(trace, origin, cfg, backend, mcfg.vocab_size, opts)
 }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the repository root (issue 7): measure step times for calibration, then
+# replay the five fidelity traces on the real engine. Everything lands in $OUT/fidelity.tar.gz.
+#   BIN: the doppel binary (built here, carried); MODEL: a folder with a Qwen3-0.6B config.json
+#   (random weights: nothing else is read).
+set -uo pipefail
+BIN=${BIN:-mycarry/doppel}
+MODEL=${MODEL:-mycarry/qwen3-0.6b}
+OUT=${OUT:-/tmp/doppel-fidelity}
+W=$(mktemp -d)
+export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+export DOPPEL_CUDA_INCLUDE=${DOPPEL_CUDA_INCLUDE:-/usr/local/cuda/include}
+export DOPPEL_KERNEL_CACHE=${DOPPEL_KERNEL_CACHE:-/tmp/doppel-kernels}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$W/gpu.txt"
+echo "=== profile ==="
+timeout ${PROFILE_LIMIT:-240} "$BIN" exec profile --device cuda --random-weights --model "$MODEL" \
+    --out "$W/h100-qwen3-0.6b-measurements.json" 2>&1 | tee "$W/profile.log"
+for t in ${TRACES:-burst poisson_low poisson_high shared_prefix multi_turn}; do
+    echo "=== replay $t ==="
+    timeout 100 "$BIN" exec replay "traces/fidelity/$t.yaml" --device cuda --random-weights \
+        --model "$MODEL" --profile h100-80g/qwen3-0.6b/sglang --time-limit 90 \
+        --json "$W/real-$t.json" >"$W/real-$t.txt" 2>&1
+    echo "exit $?"
+    grep -E "Successful|Median TTFT|Median ITL|Output token throughput|error" "$W/real-$t.txt"
+done
+tar -C "$W" -czf "$OUT/fidelity.tar.gz" .
+ls -la "$W"
