@@ -354,6 +354,32 @@ mod tests {
     }
 
     #[test]
+    fn combined_filters_distribution() {
+        let full = softmax(&LOGITS, 1.0);
+        // top_p 0.9 alone keeps 5, 0, 1, 2; top_k 2 cuts that to 5, 0.
+        let s = full[5] + full[0];
+        let exp: Vec<f64> = (0..6)
+            .map(|i| {
+                if [5, 0].contains(&i) {
+                    full[i] / s
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        check_distribution(
+            &params(|p| {
+                p.top_k = 2;
+                p.top_p = 0.9;
+            }),
+            &exp,
+        );
+        // min_p 0.4 of the top probability leaves only token 5.
+        let only: Vec<f64> = (0..6).map(|i| if i == 5 { 1.0 } else { 0.0 }).collect();
+        check_distribution(&params(|p| p.min_p = 0.4), &only);
+    }
+
+    #[test]
     fn greedy_penalties_and_bias() {
         let mut s = RequestSampler::new(1);
         let p = SamplingParams::greedy(10);
