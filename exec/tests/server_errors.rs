@@ -399,3 +399,59 @@ async fn shutdown_does_not_wait_forever_for_a_client_that_stopped_reading() {
     );
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_request_ends_a_live_request_by_rid() {
+    let srv = start(|_| {}).await;
+    let a = srv.addr.as_str();
+    let body = json!({"text": "abort me", "rid": "job-1", "stream": true,
+                      "sampling_params": {"max_new_tokens": 1500, "ignore_eos": true}});
+    let mut s = client::open(a, "POST", "/generate", Some(body.to_string().as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(s.status, 200);
+    let first: Value = serde_json::from_str(&s.event().await.unwrap().unwrap()).unwrap();
+    assert_eq!(first["meta_info"]["id"], "job-1");
+    // The rid is taken while the request lives.
+    let dup = post_json(a, "/generate", &json!({"text": "x", "rid": "job-1"}))
+        .await
+        .unwrap();
+    assert_eq!(dup.status, 400, "{}", dup.text());
+    assert_eq!(dup.json()["error"]["param"], "rid");
+    let r = post_json(a, "/abort_request", &json!({})).await.unwrap();
+    assert_eq!(r.status, 400);
+    let r = post_json(a, "/abort_request", &json!({"rid": "job-1"}))
+        .await
+        .unwrap();
+    assert_eq!(r.json()["aborted"], 1);
+    let mut last = Value::Null;
+    let mut done = false;
+    while let Some(d) = s.event().await.unwrap() {
+        if d == "[DONE]" {
+            done = true;
+        } else {
+            last = serde_json::from_str(&d).unwrap();
+        }
+    }
+    assert!(done);
+    assert_eq!(
+        last["meta_info"]["finish_reason"]["type"], "abort",
+        "{last}"
+    );
+    assert!(last["meta_info"]["completion_tokens"].as_u64().unwrap() < 1500);
+    // Gone from the table: the rid is free again and unknown rids abort nothing.
+    let r = post_json(a, "/abort_request", &json!({"rid": "job-1"}))
+        .await
+        .unwrap();
+    assert_eq!(r.json()["aborted"], 0);
+    let r = post_json(
+        a,
+        "/generate",
+        &json!({"text": "x", "rid": "job-1", "sampling_params": {"max_new_tokens": 2}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_no_leak(&idle_info(a).await);
+    srv.shutdown().await;
+}

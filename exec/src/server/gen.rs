@@ -108,6 +108,18 @@ pub struct Generation {
     started: Instant,
     last_token: Option<Instant>,
     done: bool,
+    rid: String,
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        let (rid, id) = (&self.rid, self.guard.id);
+        self.state.with_rids(|m| {
+            if m.get(rid) == Some(&id) {
+                m.remove(rid);
+            }
+        });
+    }
 }
 
 /// Submit a request; the caller awaits [`Generation::admitted`] (submit all of a batch first, so
@@ -142,7 +154,10 @@ pub fn submit(
         .cmd
         .send(Command::Submit { spec, events: tx })
         .map_err(|_| engine_down())?;
+    let rid = format!("{:016x}", id.0);
+    state.with_rids(|m| m.insert(rid.clone(), id));
     Ok(Generation {
+        rid,
         guard: AbortGuard {
             id,
             cmd: state.cmd.clone(),
@@ -208,9 +223,32 @@ impl Generation {
         }
     }
 
-    /// A request id for clients that gave none.
+    /// The request id (/abort_request takes it).
     pub fn rid(&self) -> String {
-        format!("{:016x}", self.guard.id.0)
+        self.rid.clone()
+    }
+
+    /// Use the client's rid instead of the generated one (refused if a live request has it).
+    pub fn set_rid(&mut self, rid: &str) -> Result<(), ApiError> {
+        let id = self.guard.id;
+        let old = std::mem::take(&mut self.rid);
+        let taken = self.state.with_rids(|m| {
+            if m.contains_key(rid) {
+                return true;
+            }
+            m.remove(&old);
+            m.insert(rid.to_string(), id);
+            false
+        });
+        if taken {
+            self.rid = old;
+            return Err(ApiError::field(
+                "rid",
+                format!("`rid` {rid:?} is already used by a live request"),
+            ));
+        }
+        self.rid = rid.to_string();
+        Ok(())
     }
 
     /// Prompt length in tokens.

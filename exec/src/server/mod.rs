@@ -74,4 +74,18 @@ pub struct AppState {
     next_id: AtomicU64,
     draining: AtomicBool,
     defaults: doppel_core::SamplingParams,
+    /// Live generations by rid (for /abort_request).
+    rids: std::sync::Mutex<std::collections::HashMap<String, doppel_core::RequestId>>,
+}
+
+impl AppState {
+    fn with_rids<T>(
+        &self,
+        f: impl FnOnce(&mut std::collections::HashMap<String, doppel_core::RequestId>) -> T,
+    ) -> T {
+        match self.rids.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
 }

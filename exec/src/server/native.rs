@@ -157,7 +157,12 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
         }
     }
     gen::admit_all(&mut gens, p.field).await?;
-    let rids: Vec<String> = rids.unwrap_or_else(|| gens.iter().map(Generation::rid).collect());
+    if let Some(rids) = &rids {
+        for (g, rid) in gens.iter_mut().zip(rids) {
+            g.set_rid(rid)?;
+        }
+    }
+    let rids: Vec<String> = gens.iter().map(Generation::rid).collect();
     let list = p.batch || gp.n > 1;
     if stream {
         return Ok(stream_response(s, gens, rids, list, return_logprob));

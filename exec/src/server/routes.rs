@@ -30,6 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/get_model_info", get(model_info))
         .route("/get_server_info", get(server_info))
         .route("/flush_cache", post(flush_cache).get(flush_cache))
+        .route("/abort_request", post(abort_request))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
@@ -260,4 +261,36 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         s.metrics.render(&snap, &s.info.model_name),
     )
         .into_response()
+}
+
+/// SGLang's /abort_request: `{"rid": "..."}` or `{"abort_all": true}`; unknown rids are ignored.
+async fn abort_request(State(s): State<Arc<AppState>>, body: Body) -> Response {
+    let run = async {
+        let bytes = read_body(&s, body).await?;
+        let obj = super::params::parse_object(&bytes)?;
+        let f = super::params::Fields::new(&obj, "");
+        let all = f.bool("abort_all")?.unwrap_or(false);
+        let rid = f.str("rid")?;
+        if !all && rid.is_none() {
+            return Err(ApiError::field("rid", "give `rid` or `abort_all: true`"));
+        }
+        let ids: Vec<doppel_core::RequestId> = s.with_rids(|m| {
+            if all {
+                m.values().copied().collect()
+            } else {
+                rid.and_then(|r| m.get(r)).copied().into_iter().collect()
+            }
+        });
+        for id in &ids {
+            let _ = s.cmd.send(Command::Abort {
+                id: *id,
+                reason: doppel_core::FinishReason::Abort("aborted by /abort_request".into()),
+            });
+        }
+        Ok(Json(json!({"aborted": ids.len()})))
+    };
+    match run.await {
+        Ok(j) => j.into_response(),
+        Err(e) => e.into_response(),
+    }
 }

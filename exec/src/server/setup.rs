@@ -389,6 +389,7 @@ impl Server {
                 next_id: AtomicU64::new(0),
                 draining: AtomicBool::new(false),
                 defaults,
+                rids: Default::default(),
             }),
             thread: Some(thread),
             shutdown_timeout: cfg.shutdown_timeout,
