@@ -188,6 +188,222 @@ __device__ void decode_combine_impl(__nv_bfloat16* __restrict__ out,
     }
 }
 
+// Version 3 of pass 1 (the default): the same partial outputs, read with 16-byte loads. A key's
+// D-wide row is read by LPK = D/8 lanes (8 dims each), so a warp covers KPW = 32/LPK keys per
+// load and U loads of K and of V are in flight per lane before their first use; the score needs
+// only a log2(LPK)-step reduction. Each KPW-lane subgroup keeps its own running softmax state
+// (its lanes hold identical scores), merged across subgroups with shuffles and across the 4 warps
+// in shared memory. MG (>= the GQA group, a power of two) sizes the per-head register arrays.
+// With a counter buffer (one zeroed u32 per entry and kv head) the last split block also does
+// pass 2 and writes `out`; with counters == nullptr it leaves that to attention_decode_combine.
+template <int D, int MG, int U>
+__device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restrict__ part_ml,
+                                     const __nv_bfloat16* __restrict__ q,
+                                     const __nv_bfloat16* __restrict__ k_cache,
+                                     const __nv_bfloat16* __restrict__ v_cache,
+                                     const unsigned int* __restrict__ table,
+                                     const int* __restrict__ q_tok, const int* __restrict__ kv_len,
+                                     const int* __restrict__ row, int nq, int nk, int q_stride,
+                                     int table_stride, float scale,
+                                     __nv_bfloat16* __restrict__ out,
+                                     unsigned int* __restrict__ counters) {
+    constexpr int LPK = D / 8;
+    constexpr int KPW = 32 / LPK;
+    constexpr int KPI = U * KPW;  // keys per warp iteration (<= 32: one slot per lane)
+    static_assert(KPI <= 32, "one slot per lane");
+    __shared__ float sm_m[NW][MG], sm_l[NW][MG];
+    __shared__ float sm_o[NW][MG][D];
+
+    const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, splits = gridDim.x;
+    const int G = nq / nk;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int sub = lane / LPK, dl = lane % LPK;
+    const int kvl = kv_len[b];
+    const int chunk = (kvl + splits - 1) / splits;
+    const int k_begin = split * chunk, k_end = min(kvl, k_begin + chunk);
+    const unsigned int* trow = table + (size_t)row[b] * table_stride;
+    const float sl2 = scale * 1.4426950408889634f;
+
+    float qv[MG][8], acc[MG][8], m[MG], l[MG];
+#pragma unroll
+    for (int g = 0; g < MG; g++) {
+        m[g] = -INFINITY;
+        l[g] = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[g][e] = qv[g][e] = 0.f;
+        if (g < G) {
+            uint4 u = *reinterpret_cast<const uint4*>(q + (size_t)q_tok[b] * q_stride +
+                                                      (size_t)(kvh * G + g) * D + dl * 8);
+            const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                float2 f = __bfloat1622float2(h2[j]);
+                qv[g][2 * j] = f.x * sl2;
+                qv[g][2 * j + 1] = f.y * sl2;
+            }
+        }
+    }
+
+    const size_t kvw = (size_t)nk * D;
+    const __nv_bfloat16* kb = k_cache + kvh * D + dl * 8;
+    const __nv_bfloat16* vb = v_cache + kvh * D + dl * 8;
+    int k0 = k_begin + warp * KPI;
+    unsigned int my_slot = (lane < KPI && k0 + lane < k_end) ? trow[k0 + lane] : 0u;
+    for (; k0 < k_end; k0 += NW * KPI) {
+        uint4 kr[U], vr[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            unsigned int slot = __shfl_sync(0xffffffffu, my_slot, u * KPW + sub);
+            if (k0 + u * KPW + sub < k_end) {
+                kr[u] = __ldg(reinterpret_cast<const uint4*>(kb + (size_t)slot * kvw));
+                vr[u] = __ldg(reinterpret_cast<const uint4*>(vb + (size_t)slot * kvw));
+            } else {
+                kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+        const int kn = k0 + NW * KPI;
+        my_slot = (lane < KPI && kn + lane < k_end) ? trow[kn + lane] : 0u;
+#pragma unroll
+        for (int g = 0; g < MG; g++) {
+            if (g < G) {
+                float s[U];
+                float mx = m[g];
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    const __nv_bfloat162* k2 = reinterpret_cast<const __nv_bfloat162*>(&kr[u]);
+                    float d = 0.f;
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        float2 f = __bfloat1622float2(k2[j]);
+                        d = fmaf(qv[g][2 * j], f.x, d);
+                        d = fmaf(qv[g][2 * j + 1], f.y, d);
+                    }
+#pragma unroll
+                    for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                    s[u] = k0 + u * KPW + sub < k_end ? d : -INFINITY;
+                    mx = fmaxf(mx, s[u]);
+                }
+                // A subgroup past the end has seen no key yet: keep exp2 away from inf - inf.
+                const float ms = mx == -INFINITY ? 0.f : mx;
+                const float alpha = exp2f(m[g] - ms);
+                m[g] = mx;
+                l[g] *= alpha;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[g][e] *= alpha;
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    const float p = exp2f(s[u] - ms);
+                    l[g] += p;
+                    const __nv_bfloat162* v2 = reinterpret_cast<const __nv_bfloat162*>(&vr[u]);
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        float2 f = __bfloat1622float2(v2[j]);
+                        acc[g][2 * j] = fmaf(p, f.x, acc[g][2 * j]);
+                        acc[g][2 * j + 1] = fmaf(p, f.y, acc[g][2 * j + 1]);
+                    }
+                }
+            }
+        }
+    }
+
+    // Merge the subgroups of the warp (they hold the same dims of different keys).
+#pragma unroll
+    for (int g = 0; g < MG; g++) {
+        if (g < G) {
+#pragma unroll
+            for (int o = LPK; o < 32; o <<= 1) {
+                const float m2 = __shfl_xor_sync(0xffffffffu, m[g], o);
+                const float l2 = __shfl_xor_sync(0xffffffffu, l[g], o);
+                const float M = fmaxf(m[g], m2);
+                const float Ms = M == -INFINITY ? 0.f : M;
+                const float f1 = exp2f(m[g] - Ms), f2 = exp2f(m2 - Ms);
+                l[g] = l[g] * f1 + l2 * f2;
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    const float a2 = __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+                    acc[g][e] = acc[g][e] * f1 + a2 * f2;
+                }
+                m[g] = M;
+            }
+            if (sub == 0) {
+                if (dl == 0) {
+                    sm_m[warp][g] = m[g];
+                    sm_l[warp][g] = l[g];
+                }
+#pragma unroll
+                for (int e = 0; e < 8; e++) sm_o[warp][g][dl * 8 + e] = acc[g][e];
+            }
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        int g = i / D, d = i % D;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < NW; w++) M = fmaxf(M, sm_m[w][g]);
+        float Ms = M == -INFINITY ? 0.f : M;
+        float L = 0.f, O = 0.f;
+#pragma unroll
+        for (int w = 0; w < NW; w++) {
+            float f = exp2f(sm_m[w][g] - Ms);
+            L += sm_l[w][g] * f;
+            O += sm_o[w][g][d] * f;
+        }
+        size_t base = ((size_t)b * nq + kvh * G + g) * splits + split;
+        part_o[base * D + d] = O;
+        if (d == 0) {
+            part_ml[base * 2] = M;
+            part_ml[base * 2 + 1] = L;
+        }
+    }
+    if (counters == nullptr) return;
+    // Pass 2 folded in: the last of this (entry, kv head)'s split blocks to finish merges the
+    // splits (the partials of the others are visible after their fences and its atomic), writes
+    // the bf16 output and re-arms the counter: one launch per layer instead of two.
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counters + (size_t)b * nk + kvh, 1u) == (unsigned int)(splits - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        const int g = i / D, d = i % D, h = kvh * G + g;
+        const size_t base = ((size_t)b * nq + h) * splits;
+        float M = -INFINITY;
+        for (int s2 = 0; s2 < splits; s2++) M = fmaxf(M, __ldcg(part_ml + (base + s2) * 2));
+        const float Ms = M == -INFINITY ? 0.f : M;
+        float L = 0.f, O = 0.f;
+        for (int s2 = 0; s2 < splits; s2++) {
+            const float f = exp2f(__ldcg(part_ml + (base + s2) * 2) - Ms);
+            L += __ldcg(part_ml + (base + s2) * 2 + 1) * f;
+            O += __ldcg(part_o + (base + s2) * D + d) * f;
+        }
+        out[(size_t)q_tok[b] * nq * D + h * D + d] = __float2bfloat16(L > 0.f ? O / L : 0.f);
+    }
+    if (threadIdx.x == 0) counters[(size_t)b * nk + kvh] = 0u;
+}
+
+#define DECODE_V3(D, MG, U, MINB)                                                                  \
+    extern "C" __global__ void __launch_bounds__(128, MINB) attention_decode_v3_d##D##_g##MG(      \
+        float* part_o, float* part_ml, const __nv_bfloat16* q, const __nv_bfloat16* k_cache,       \
+        const __nv_bfloat16* v_cache, const unsigned int* table, const int* q_tok,                 \
+        const int* kv_len, const int* row, int nq, int nk, int q_stride, int table_stride,         \
+        float scale, __nv_bfloat16* out, unsigned int* counters) {                                 \
+        decode_split_v3_impl<D, MG, U>(part_o, part_ml, q, k_cache, v_cache, table, q_tok, kv_len, \
+                                       row, nq, nk, q_stride, table_stride, scale, out, counters); \
+    }
+
+// Key loads in flight per lane (U) shrink as the group grows, to keep registers for 4 blocks/SM.
+DECODE_V3(64, 1, 8, 4)
+DECODE_V3(64, 2, 8, 4)
+DECODE_V3(64, 4, 4, 4)
+DECODE_V3(64, 8, 4, 2)
+DECODE_V3(128, 1, 8, 4)
+DECODE_V3(128, 2, 8, 4)
+DECODE_V3(128, 4, 4, 4)
+DECODE_V3(128, 8, 4, 2)
+
 #define DECODE_ENTRIES(D)                                                                          \
     extern "C" __global__ void __launch_bounds__(128) attention_decode_split_d##D(                  \
         float* part_o, float* part_ml, const __nv_bfloat16* q, const __nv_bfloat16* k_cache,       \

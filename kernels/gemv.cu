@@ -1,4 +1,5 @@
-// Small-batch bf16 GEMV: y[b, n] = sum_k x[b, k] * W[n, k] for b < B <= 8 (decode at batch 1-8).
+// Small-batch bf16 GEMV: y[b, n] = sum_k x[b, k] * W[n, k] for b < B <= 8 (decode at batch 1-8),
+// and variants with the RMSNorm before the projection or the residual add after it folded in.
 //
 // Memory-bound: W (N x K, row-major, as stored in the checkpoint) is read exactly once with
 // 16-byte loads, 4 in flight per lane before their first use; x (a few KB) stays in L1/L2.
@@ -20,12 +21,83 @@ __device__ __forceinline__ void dot8(float& acc, const uint4& w, const uint4& x)
     }
 }
 
-// x: [B, K] bf16, W: [N, K] bf16, y: [B, N] bf16 (ldy: row stride of y). K % 8 == 0.
-// Grid (ceil(N / 8)), block 256.
-extern "C" __global__ void __launch_bounds__(256) gemv_bf16(__nv_bfloat16* __restrict__ y,
-                                                            const __nv_bfloat16* __restrict__ x,
-                                                            const __nv_bfloat16* __restrict__ w,
-                                                            int B, int N, int K, int ldy) {
+// x rows come from global memory (read-only cache) or, normalised, from shared memory.
+template <bool SX>
+__device__ __forceinline__ uint4 ldx(const uint4* p) {
+    if constexpr (SX) {
+        return *p;
+    } else {
+        return __ldg(p);
+    }
+}
+
+__device__ __forceinline__ void unpack8(const uint4& u, float* f) {
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __bfloat1622float2(h[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+
+__device__ __forceinline__ uint4 pack8(const float* f) {
+    uint4 u;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+    return u;
+}
+
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float part[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();  // part[] may still be read by a previous call
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    v = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// The RMSNorm of each of the B rows of r (width K), times nw, into shared memory as bf16: the
+// same arithmetic as norm.cu's rmsnorm, done by every block so no separate norm kernel (and its
+// launch) is needed between a residual update and the next projection.
+__device__ void norm_rows_to_smem(__nv_bfloat16* xs, const __nv_bfloat16* __restrict__ r,
+                                  const __nv_bfloat16* __restrict__ nw, int B, int K, float eps) {
+    const int n8 = K / 8;
+    const uint4* wr = reinterpret_cast<const uint4*>(nw);
+    for (int b = 0; b < B; b++) {
+        const uint4* rr = reinterpret_cast<const uint4*>(r + (size_t)b * K);
+        float ss = 0.f;
+        for (int i = threadIdx.x; i < n8; i += blockDim.x) {
+            float f[8];
+            unpack8(rr[i], f);
+#pragma unroll
+            for (int j = 0; j < 8; j++) ss += f[j] * f[j];
+        }
+        const float inv = rsqrtf(block_sum(ss) / K + eps);
+        uint4* o = reinterpret_cast<uint4*>(xs + (size_t)b * K);
+        for (int i = threadIdx.x; i < n8; i += blockDim.x) {
+            float f[8], g[8];
+            unpack8(rr[i], f);
+            unpack8(wr[i], g);
+#pragma unroll
+            for (int j = 0; j < 8; j++) f[j] = f[j] * inv * g[j];
+            o[i] = pack8(f);
+        }
+    }
+    __syncthreads();
+}
+
+// y[b, n] = bf16(x_b . w[n]), or with RES: y[b, n] = bf16(bf16(x_b . w[n]) + y[b, n]) (the
+// residual add of fused_add_rmsnorm, same roundings, folded into the projection's epilogue).
+template <bool SX, bool RES>
+__device__ void gemv_body(__nv_bfloat16* __restrict__ y, const __nv_bfloat16* x,
+                          const __nv_bfloat16* __restrict__ w, int B, int N, int K, int ldy) {
     int n = blockIdx.x * WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (n >= N) return;
@@ -44,7 +116,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(__nv_bfloat16* __res
             if (b < B) {
                 const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)b * K);
 #pragma unroll
-                for (int u = 0; u < 4; u++) dot8(acc[b], wv[u], __ldg(xr + c + 32 * u));
+                for (int u = 0; u < 4; u++) dot8(acc[b], wv[u], ldx<SX>(xr + c + 32 * u));
             }
         }
     }
@@ -52,7 +124,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(__nv_bfloat16* __res
         uint4 wv = __ldg(wr + c);
 #pragma unroll
         for (int b = 0; b < MAXB; b++) {
-            if (b < B) dot8(acc[b], wv, __ldg(reinterpret_cast<const uint4*>(x + (size_t)b * K) + c));
+            if (b < B) dot8(acc[b], wv, ldx<SX>(reinterpret_cast<const uint4*>(x + (size_t)b * K) + c));
         }
     }
 #pragma unroll
@@ -61,19 +133,56 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(__nv_bfloat16* __res
             float v = acc[b];
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-            if (lane == 0) y[(size_t)b * ldy + n] = __float2bfloat16(v);
+            if (lane == 0) {
+                __nv_bfloat16* p = y + (size_t)b * ldy + n;
+                if constexpr (RES) {
+                    *p = __float2bfloat16(__bfloat162float(__float2bfloat16(v)) + __bfloat162float(*p));
+                } else {
+                    *p = __float2bfloat16(v);
+                }
+            }
         }
     }
+}
+
+// x: [B, K] bf16, W: [N, K] bf16, y: [B, N] bf16 (ldy: row stride of y). K % 8 == 0.
+// Grid (ceil(N / 8)), block 256.
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16(__nv_bfloat16* __restrict__ y,
+                                                            const __nv_bfloat16* __restrict__ x,
+                                                            const __nv_bfloat16* __restrict__ w,
+                                                            int B, int N, int K, int ldy) {
+    gemv_body<false, false>(y, x, w, B, N, K, ldy);
+}
+
+// r[b, n] = bf16(bf16(x_b . w[n]) + r[b, n]): a projection whose output goes straight into the
+// residual stream (o_proj, down_proj at small batch). Grid (ceil(N / 8)), block 256.
+extern "C" __global__ void __launch_bounds__(256) gemv_resadd(__nv_bfloat16* __restrict__ r,
+                                                              const __nv_bfloat16* __restrict__ x,
+                                                              const __nv_bfloat16* __restrict__ w,
+                                                              int B, int N, int K, int ldr) {
+    gemv_body<false, true>(r, x, w, B, N, K, ldr);
+}
+
+// y[b, n] = bf16(rmsnorm(r_b) * nw) . w[n]: the projection after a norm (qkv) with the norm
+// folded in. Dynamic shared memory B * K * 2 bytes. Grid (ceil(N / 8)), block 256.
+extern "C" __global__ void __launch_bounds__(256) gemv_norm(__nv_bfloat16* __restrict__ y,
+                                                            const __nv_bfloat16* __restrict__ r,
+                                                            const __nv_bfloat16* __restrict__ nw,
+                                                            const __nv_bfloat16* __restrict__ w,
+                                                            int B, int N, int K, int ldy, float eps) {
+    extern __shared__ uint4 xs_raw[];
+    __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(xs_raw);
+    norm_rows_to_smem(xs, r, nw, B, K, eps);
+    gemv_body<true, false>(y, xs, w, B, N, K, ldy);
 }
 
 // The MLP's gate/up projection with SiLU-and-mul fused in: w is [gate; up] as [2I, K];
 // y[b, n] = bf16(silu(bf16(x_b . w[n]))) * bf16(x_b . w[I + n]) for n < I (the same roundings
 // as gemv_bf16 followed by silu_and_mul). One warp per n: it reads both rows. Grid (ceil(I/8)),
 // block 256.
-extern "C" __global__ void __launch_bounds__(256) gemv_gate_up_silu(__nv_bfloat16* __restrict__ y,
-                                                                    const __nv_bfloat16* __restrict__ x,
-                                                                    const __nv_bfloat16* __restrict__ w,
-                                                                    int B, int I, int K) {
+template <bool SX>
+__device__ void gate_up_body(__nv_bfloat16* __restrict__ y, const __nv_bfloat16* x,
+                             const __nv_bfloat16* __restrict__ w, int B, int I, int K) {
     int n = blockIdx.x * WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (n >= I) return;
@@ -90,7 +199,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_gate_up_silu(__nv_bfloat1
         for (int b = 0; b < MAXB; b++) {
             if (b < B) {
                 const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)b * K);
-                uint4 x0 = __ldg(xr + c), x1 = __ldg(xr + c + 32);
+                uint4 x0 = ldx<SX>(xr + c), x1 = ldx<SX>(xr + c + 32);
                 dot8(ag[b], g0, x0);
                 dot8(ag[b], g1, x1);
                 dot8(au[b], u0, x0);
@@ -103,7 +212,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_gate_up_silu(__nv_bfloat1
 #pragma unroll
         for (int b = 0; b < MAXB; b++) {
             if (b < B) {
-                uint4 x0 = __ldg(reinterpret_cast<const uint4*>(x + (size_t)b * K) + c);
+                uint4 x0 = ldx<SX>(reinterpret_cast<const uint4*>(x + (size_t)b * K) + c);
                 dot8(ag[b], g0, x0);
                 dot8(au[b], u0, x0);
             }
@@ -126,4 +235,23 @@ extern "C" __global__ void __launch_bounds__(256) gemv_gate_up_silu(__nv_bfloat1
             }
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemv_gate_up_silu(__nv_bfloat16* __restrict__ y,
+                                                                    const __nv_bfloat16* __restrict__ x,
+                                                                    const __nv_bfloat16* __restrict__ w,
+                                                                    int B, int I, int K) {
+    gate_up_body<false>(y, x, w, B, I, K);
+}
+
+// gemv_gate_up_silu of bf16(rmsnorm(r_b) * nw): the post-attention norm folded in. Dynamic
+// shared memory B * K * 2 bytes. Grid (ceil(I / 8)), block 256.
+extern "C" __global__ void __launch_bounds__(256) gemv_gate_up_silu_norm(
+    __nv_bfloat16* __restrict__ y, const __nv_bfloat16* __restrict__ r,
+    const __nv_bfloat16* __restrict__ nw, const __nv_bfloat16* __restrict__ w, int B, int I, int K,
+    float eps) {
+    extern __shared__ uint4 xs_raw[];
+    __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(xs_raw);
+    norm_rows_to_smem(xs, r, nw, B, K, eps);
+    gate_up_body<true>(y, xs, w, B, I, K);
 }

@@ -97,6 +97,67 @@ __device__ ArgMax row_argmax(const float* x, int vocab) {
     return a;
 }
 
+// out[r] = argmax(logits[r, :]), many blocks per row: block c of row r reduces columns
+// [c*span, (c+1)*span) and writes (value, index) to scratch; the row's last block to finish
+// (counted with an atomic, after a fence) reduces the partials, writes out[r] and re-arms the
+// counter, so one launch does it and a CUDA graph can replay it. n is the scratch's row
+// capacity (fixed for a buffer, so no launch's partials overlap another's counters); rows done =
+// gridDim.y <= n. scratch: [n] counters (zero before the first launch) then [rows, gridDim.x]
+// (value bits, index) pairs. Grid (chunks, rows), block 256.
+extern "C" __global__ void __launch_bounds__(256) argmax_rows_split(unsigned int* __restrict__ out,
+                                                                   const float* __restrict__ logits,
+                                                                   unsigned int* __restrict__ scratch,
+                                                                   int n, int vocab) {
+    const int r = blockIdx.y, c = blockIdx.x, chunks = gridDim.x;
+    if (r >= n) return;
+    const int span = (vocab + chunks - 1) / chunks;
+    const int lo = c * span, hi = min(vocab, lo + span);
+    const float* x = logits + (size_t)r * vocab;
+    ArgMax a = {-INFINITY, 0x7fffffff};
+    // Four loads in flight per thread before their first use.
+    int i = lo + threadIdx.x;
+    for (; i + 3 * 256 < hi; i += 4 * 256) {
+        float v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) v[u] = x[i + u * 256];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            float w = v[u] != v[u] ? -INFINITY : v[u];
+            a = better(a, ArgMax{w, i + u * 256});
+        }
+    }
+    for (; i < hi; i += 256) {
+        float w = x[i];
+        if (w != w) w = -INFINITY;
+        a = better(a, ArgMax{w, i});
+    }
+    a = block_argmax(a);
+    unsigned int* counter = scratch + r;
+    unsigned int* part = scratch + n + (size_t)r * chunks * 2;
+    __shared__ bool last;
+    if (threadIdx.x == 0) {
+        part[2 * c] = __float_as_uint(a.v);
+        part[2 * c + 1] = (unsigned int)a.i;
+        __threadfence();
+        last = atomicAdd(counter, 1u) == (unsigned int)(chunks - 1);
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    ArgMax b = {-INFINITY, 0x7fffffff};
+    for (int j = threadIdx.x; j < chunks; j += blockDim.x) {
+        // Volatile: the other blocks' partials, not a cached copy.
+        float v = __uint_as_float(((volatile unsigned int*)part)[2 * j]);
+        int idx = (int)((volatile unsigned int*)part)[2 * j + 1];
+        b = better(b, ArgMax{v, idx});
+    }
+    b = block_argmax(b);
+    if (threadIdx.x == 0) {
+        out[r] = b.i == 0x7fffffff ? 0 : b.i;  // all -inf/NaN: token 0, like row_argmax
+        *counter = 0u;
+    }
+}
+
 // out[r] = argmax(logits[r, :]). Grid (n), block 1024.
 extern "C" __global__ void __launch_bounds__(NT) argmax_rows(unsigned int* __restrict__ out,
                                                              const float* __restrict__ logits,

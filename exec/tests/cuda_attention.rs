@@ -7,7 +7,7 @@ mod cuda_common;
 
 use cuda_common::{f64s, open_gpu, Report, Rng};
 use doppel_exec::cuda::attention::{
-    AttnEntry, AttnShape, DecodeMeta, ExtendMeta, ExtendVariant, KvView,
+    AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant, KvView,
 };
 use doppel_exec::cuda::Gpu;
 use half::bf16;
@@ -19,7 +19,23 @@ fn attention_matches_cpu_reference() {
     let mut rng = Rng::new(0x5eed_0003);
     for (nq, nk, d) in [(16, 8, 128), (32, 8, 64), (8, 1, 128)] {
         attention_extend(&gpu, &mut rng, &mut rep, nq, nk, d);
-        attention_decode(&gpu, &mut rng, &mut rep, nq, nk, d);
+        attention_decode(&gpu, &mut rng, &mut rep, nq, nk, d, Which::Fused);
+    }
+    // Every register-array size of the decode kernel (groups 1, 2, 3 of 4, 4, 8 at D 64 and
+    // 128), with and without the combine folded in, and the run-2 kernel kept for benchmarks.
+    for (nq, nk, d) in [
+        (8, 8, 64),
+        (16, 8, 64),
+        (12, 4, 128),
+        (16, 4, 128),
+        (64, 8, 64),
+        (16, 16, 128),
+    ] {
+        attention_decode(&gpu, &mut rng, &mut rep, nq, nk, d, Which::Fused);
+    }
+    for (nq, nk, d) in [(16, 8, 128), (16, 8, 64)] {
+        attention_decode(&gpu, &mut rng, &mut rep, nq, nk, d, Which::V3);
+        attention_decode(&gpu, &mut rng, &mut rep, nq, nk, d, Which::V2);
     }
     decode_graph_replay(&gpu, &mut rng, &mut rep);
     rep.finish();
@@ -192,11 +208,12 @@ fn attention_extend(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, nq: usize, nk: u
     let variants: &[ExtendVariant] = if d == 128 {
         &[
             ExtendVariant::Fast,
+            ExtendVariant::Prefetch,
             ExtendVariant::Bn64,
             ExtendVariant::ScalarV,
         ]
     } else {
-        &[ExtendVariant::Fast]
+        &[ExtendVariant::Fast, ExtendVariant::Prefetch]
     };
     for &var in variants {
         let dout = gpu
@@ -222,7 +239,22 @@ fn attention_extend(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, nq: usize, nk: u
     }
 }
 
-fn attention_decode(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, nq: usize, nk: usize, d: usize) {
+#[derive(Clone, Copy, Debug)]
+enum Which {
+    V2,
+    V3,
+    Fused,
+}
+
+fn attention_decode(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    rep: &mut Report,
+    nq: usize,
+    nk: usize,
+    d: usize,
+    which: Which,
+) {
     let lens = [1usize, 33, 257, 1000, 4096, 8191, 64];
     let kv = KvSetup::new(gpu, rng, nk, d, &lens, 8192);
     // Decode tokens after 5 other tokens, as in a mixed batch.
@@ -244,6 +276,13 @@ fn attention_decode(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, nq: usize, nk: u
     let shape = kv.shape(nq, nk, d, q_stride);
     let meta = DecodeMeta::new(gpu, &entries, t, kv.rows, kv.stride).unwrap();
     let reference = attn_ref(&q, &shape, &kv, &entries, t);
+    // One counter buffer for all launches: the fused kernel must leave it zeroed.
+    let counters = gpu.zeros::<u32>(entries.len() * nk).unwrap();
+    let variant = match which {
+        Which::V2 => DecodeVariant::V2,
+        Which::V3 => DecodeVariant::V3,
+        Which::Fused => DecodeVariant::V3Fused(gpu.ptr(&counters)),
+    };
     for splits in [1usize, 7, 32] {
         let n = entries.len();
         let po = gpu.zeros::<f32>(n * nq * splits * d).unwrap();
@@ -251,7 +290,7 @@ fn attention_decode(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, nq: usize, nk: u
         let dout = gpu
             .upload(&vec![bf16::from_f32(f32::NAN); t * nq * d])
             .unwrap();
-        gpu.attention_decode(
+        gpu.attention_decode_variant(
             gpu.ptr(&dout),
             gpu.ptr(&dq),
             kv.view(gpu),
@@ -260,12 +299,13 @@ fn attention_decode(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, nq: usize, nk: u
             gpu.ptr(&po),
             gpu.ptr(&pm),
             splits,
+            variant,
         )
         .unwrap();
         let out = gpu.download(&dout).unwrap();
         compare_rows(
             rep,
-            &format!("attention_decode nq={nq} nk={nk} D={d} kv<=8191 splits={splits}"),
+            &format!("attention_decode {which:?} nq={nq} nk={nk} D={d} kv<=8191 splits={splits}"),
             &out,
             &reference,
             1e-2,

@@ -8,7 +8,9 @@ mod cuda_common;
 
 use cuda_common::{open_gpu, Rng};
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
-use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
+use doppel_exec::cuda::attention::{
+    decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta,
+};
 use doppel_exec::cuda::model::{GpuModel, KvPool, RowSampling, StepInput, Workspace};
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{Arch, ModelConfig, RopeScaling};
@@ -518,8 +520,28 @@ fn kernel_breakdown(
             let splits = decode_splits(b, nk, prefix + 1, sms).min(64);
             let po = gpu.zeros::<f32>(b * nq * splits * d).unwrap();
             let pm = gpu.zeros::<f32>(b * nq * splits * 2).unwrap();
+            let counters = gpu.zeros::<u32>(b * nk).unwrap();
             rows.push((
-                "attention_decode (split+combine)",
+                "attention_decode (one launch, combine fused)",
+                time_ms(gpu, 9, 5, || {
+                    gpu.attention_decode_variant(
+                        p(&y),
+                        p(&x),
+                        view,
+                        &meta,
+                        &shape,
+                        gpu.ptr(&po),
+                        gpu.ptr(&pm),
+                        splits,
+                        DecodeVariant::V3Fused(gpu.ptr(&counters)),
+                    )
+                    .unwrap()
+                }),
+                // The model fuses the combine only for one split (DecodeKernel::Auto).
+                if splits == 1 { layers } else { 0 },
+            ));
+            rows.push((
+                "attention_decode V3 split + combine kernel",
                 time_ms(gpu, 9, 5, || {
                     gpu.attention_decode(
                         p(&y),
@@ -533,8 +555,48 @@ fn kernel_breakdown(
                     )
                     .unwrap()
                 }),
-                layers,
+                if splits == 1 { 0 } else { layers },
             ));
+            // Cross-checks, not summed: run 2's kernel, and other split counts.
+            let po4 = gpu.zeros::<f32>(b * nq * 4 * splits.max(4) * d).unwrap();
+            let pm4 = gpu.zeros::<f32>(b * nq * 4 * splits.max(4) * 2).unwrap();
+            for (label, sp, variant) in [
+                (
+                    "attention_decode run-2 kernel (V2)",
+                    splits,
+                    DecodeVariant::V2,
+                ),
+                ("attention_decode V3, 1 split", 1, DecodeVariant::V3),
+                (
+                    "attention_decode V3, 2x splits",
+                    2 * splits,
+                    DecodeVariant::V3,
+                ),
+                (
+                    "attention_decode V3, 4x splits",
+                    4 * splits,
+                    DecodeVariant::V3,
+                ),
+            ] {
+                rows.push((
+                    label,
+                    time_ms(gpu, 9, 5, || {
+                        gpu.attention_decode_variant(
+                            p(&y),
+                            p(&x),
+                            view,
+                            &meta,
+                            &shape,
+                            gpu.ptr(&po4),
+                            gpu.ptr(&pm4),
+                            sp,
+                            variant,
+                        )
+                        .unwrap()
+                    }),
+                    0,
+                ));
+            }
         } else {
             let meta = ExtendMeta::new(gpu, &s.extend, t, kv.rows, kv.max_ctx).unwrap();
             rows.push((
@@ -551,6 +613,21 @@ fn kernel_breakdown(
                     .unwrap()
                 }),
                 layers,
+            ));
+            rows.push((
+                "attention_extend prefetching K/V (candidate)",
+                time_ms(gpu, 9, 5, || {
+                    gpu.attention_extend(
+                        p(&y),
+                        p(&x),
+                        view,
+                        &meta,
+                        &shape,
+                        doppel_exec::cuda::attention::ExtendVariant::Prefetch,
+                    )
+                    .unwrap()
+                }),
+                0,
             ));
             rows.push((
                 "attention_extend 64-key tiles (cross-check)",
@@ -588,13 +665,30 @@ fn kernel_breakdown(
             1,
         ));
         let out = gpu.zeros::<u32>(b).unwrap();
+        let scratch = gpu
+            .zeros::<u32>(doppel_exec::cuda::ops::argmax_scratch_len(b))
+            .unwrap();
         rows.push((
-            "argmax_rows",
+            "argmax_rows (multi-block)",
             time_ms(gpu, 9, 5, || {
-                gpu.argmax_rows(gpu.ptr(&out), gpu.ptr(&logits), b, c.vocab_size)
-                    .unwrap()
+                gpu.argmax_rows(
+                    gpu.ptr(&out),
+                    gpu.ptr(&logits),
+                    gpu.ptr(&scratch),
+                    b,
+                    c.vocab_size,
+                )
+                .unwrap()
             }),
             1,
+        ));
+        rows.push((
+            "argmax_rows one block per row (run 2)",
+            time_ms(gpu, 9, 5, || {
+                gpu.argmax_rows_single(gpu.ptr(&out), gpu.ptr(&logits), b, c.vocab_size)
+                    .unwrap()
+            }),
+            0,
         ));
         let f = gpu.upload(&vec![0.8f32; b]).unwrap();
         let one = gpu.upload(&vec![0.9f32; b]).unwrap();

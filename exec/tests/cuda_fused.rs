@@ -1,5 +1,6 @@
 //! The fused kernels against CPU references (f64 from the same bf16 inputs): q/k norm + RoPE +
-//! KV store in one pass, and the gate/up GEMV with SiLU-and-mul. Skips without a GPU.
+//! KV store in one pass, the gate/up GEMV with SiLU-and-mul, and the GEMVs with a norm or a
+//! residual add folded in. Skips without a GPU.
 
 mod cuda_common;
 
@@ -146,5 +147,108 @@ fn fused_kernels_match_cpu_references() {
             1e-2,
         );
     }
+    folded_gemvs(&gpu, &mut rng, &mut rep);
     rep.finish();
+}
+
+/// The GEMVs with the RMSNorm before them (qkv, gate/up + SiLU) or the residual add after them
+/// (o, down) folded in, against f64 references: norm of the residual rows then the product; the
+/// product rounded to bf16 then added to the residual.
+fn folded_gemvs(gpu: &doppel_exec::cuda::Gpu, rng: &mut Rng, rep: &mut Report) {
+    let eps = 1e-6;
+    for (b, n, k) in [
+        (1usize, 4096usize, 1024usize),
+        (4, 1000, 2048),
+        (3, 257, 1000),
+    ] {
+        let r = rng.bf16s(b * k, 2.0);
+        let nw = rng.bf16s(k, 1.0);
+        let w = rng.bf16s(2 * n * k, 0.08);
+        let (dr, dn, dw) = (
+            gpu.upload(&r).unwrap(),
+            gpu.upload(&nw).unwrap(),
+            gpu.upload(&w).unwrap(),
+        );
+        let (rf, nf, wf) = (f64s(&r), f64s(&nw), f64s(&w));
+        // The normalised rows, rounded to bf16 as the kernel stores them.
+        let xn: Vec<f64> = (0..b)
+            .flat_map(|bi| rms(&rf[bi * k..(bi + 1) * k], &nf, eps))
+            .map(|v| bf16::from_f64(v).to_f64())
+            .collect();
+        let dot = |x: &[f64], bi: usize, row: usize| -> f64 {
+            (0..k).map(|j| x[bi * k + j] * wf[row * k + j]).sum()
+        };
+        let dy = gpu.upload(&vec![bf16::from_f32(f32::NAN); b * n]).unwrap();
+        gpu.gemv_norm(
+            gpu.ptr(&dy),
+            gpu.ptr(&dr),
+            gpu.ptr(&dn),
+            gpu.ptr(&dw),
+            b,
+            n,
+            k,
+            eps as f32,
+        )
+        .unwrap();
+        let reference: Vec<f64> = (0..b * n).map(|i| dot(&xn, i / n, i % n)).collect();
+        rep.rel(
+            &format!("gemv_norm (rmsnorm folded in) B={b} N={n} K={k}"),
+            &f64s(&gpu.download(&dy).unwrap()),
+            &reference,
+            1e-2,
+        );
+        gpu.gemv_gate_up_silu_norm(
+            gpu.ptr(&dy),
+            gpu.ptr(&dr),
+            gpu.ptr(&dn),
+            gpu.ptr(&dw),
+            b,
+            n,
+            k,
+            eps as f32,
+        )
+        .unwrap();
+        let reference: Vec<f64> = (0..b * n)
+            .map(|i| {
+                let (bi, j) = (i / n, i % n);
+                let (g, u) = (dot(&xn, bi, j), dot(&xn, bi, n + j));
+                g / (1.0 + (-g).exp()) * u
+            })
+            .collect();
+        rep.rel(
+            &format!("gemv_gate_up_silu_norm B={b} I={n} K={k}"),
+            &f64s(&gpu.download(&dy).unwrap()),
+            &reference,
+            1e-2,
+        );
+        // Residual add: r_out = bf16(bf16(x . w) + r_in); r has row stride ldr > n.
+        let ldr = n + 3;
+        let res = rng.bf16s(b * ldr, 3.0);
+        let dres = gpu.upload(&res).unwrap();
+        let x = rng.bf16s(b * k, 1.0);
+        let dx = gpu.upload(&x).unwrap();
+        let xf = f64s(&x);
+        gpu.gemv_resadd(gpu.ptr(&dres), gpu.ptr(&dx), gpu.ptr(&dw), b, n, k, ldr)
+            .unwrap();
+        let out = f64s(&gpu.download(&dres).unwrap());
+        let resf = f64s(&res);
+        let reference: Vec<f64> = (0..b * ldr)
+            .map(|i| {
+                let (bi, j) = (i / ldr, i % ldr);
+                if j < n {
+                    bf16::from_f64(dot(&xf, bi, j)).to_f64() + resf[i]
+                } else {
+                    resf[i]
+                }
+            })
+            .collect();
+        rep.rel(
+            &format!("gemv_resadd (residual add folded in) B={b} N={n} K={k} ldr={ldr}"),
+            &out,
+            &reference,
+            1e-2,
+        );
+        let pad_kept = (0..b * ldr).all(|i| i % ldr < n || out[i] == resf[i]);
+        rep.check("gemv_resadd: columns past n untouched", 0.0, pad_kept);
+    }
 }

@@ -546,16 +546,75 @@ fn sampling(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
     logits[vocab + 500] = 100.0;
     logits[vocab + 90000] = 100.0; // tie: lowest index wins
     logits[2 * vocab + 7] = f32::NAN;
+    // A row of only NaN and -inf gives token 0.
+    for (i, v) in logits[3 * vocab..4 * vocab].iter_mut().enumerate() {
+        *v = if i % 3 == 0 {
+            f32::NAN
+        } else {
+            f32::NEG_INFINITY
+        };
+    }
+    // The maximum in the very last column (the last block's tail).
+    logits[5 * vocab - 1] = 200.0;
     let dl = gpu.upload(&logits).unwrap();
+    let reference: Vec<u32> = logits
+        .chunks(vocab)
+        .map(|r| {
+            if r.iter().all(|v| v.is_nan() || *v == f32::NEG_INFINITY) {
+                0
+            } else {
+                argmax_ref(r) as u32
+            }
+        })
+        .collect();
     let dout = gpu.zeros::<u32>(n).unwrap();
-    gpu.argmax_rows(gpu.ptr(&dout), gpu.ptr(&dl), n, vocab)
+    gpu.argmax_rows_single(gpu.ptr(&dout), gpu.ptr(&dl), n, vocab)
         .unwrap();
-    let reference: Vec<u32> = logits.chunks(vocab).map(|r| argmax_ref(r) as u32).collect();
     rep.exact(
-        "argmax_rows V=151936 (ties, NaN)",
+        "argmax_rows (one block per row) V=151936 (ties, NaN)",
         &gpu.download(&dout).unwrap(),
         &reference,
     );
+    // The multi-block argmax, three launches on one scratch (the counters must re-arm), then
+    // small and odd vocabularies.
+    let scratch = gpu
+        .zeros::<u32>(doppel_exec::cuda::ops::argmax_scratch_len(n))
+        .unwrap();
+    for rep_i in 0..3 {
+        let dout = gpu.upload(&vec![u32::MAX; n]).unwrap();
+        gpu.argmax_rows(gpu.ptr(&dout), gpu.ptr(&dl), gpu.ptr(&scratch), n, vocab)
+            .unwrap();
+        rep.exact(
+            &format!("argmax_rows multi-block V=151936 (ties, NaN, all -inf), launch {rep_i}"),
+            &gpu.download(&dout).unwrap(),
+            &reference,
+        );
+    }
+    // Launches with different row counts on one scratch (as the backend does: prefill rows,
+    // then decode batches): every row right each time.
+    for rows in [2usize, 7, 5, 1, 7] {
+        let dout = gpu.upload(&vec![u32::MAX; rows]).unwrap();
+        gpu.argmax_rows(gpu.ptr(&dout), gpu.ptr(&dl), gpu.ptr(&scratch), rows, vocab)
+            .unwrap();
+        rep.exact(
+            &format!("argmax_rows multi-block, {rows} rows after other row counts"),
+            &gpu.download(&dout).unwrap(),
+            &reference[..rows],
+        );
+    }
+    for v in [1usize, 1000, 50_001] {
+        let l: Vec<f32> = (0..n * v).map(|_| rng.normal()).collect();
+        let want: Vec<u32> = l.chunks(v).map(|r| argmax_ref(r) as u32).collect();
+        let d = gpu.upload(&l).unwrap();
+        let dout = gpu.upload(&vec![u32::MAX; n]).unwrap();
+        gpu.argmax_rows(gpu.ptr(&dout), gpu.ptr(&d), gpu.ptr(&scratch), n, v)
+            .unwrap();
+        rep.exact(
+            &format!("argmax_rows multi-block V={v}"),
+            &gpu.download(&dout).unwrap(),
+            &want,
+        );
+    }
 
     // Mixed sampling parameters, many rows.
     let (n, vocab) = (256usize, 32000usize);

@@ -21,7 +21,9 @@ use doppel_core::{
 use doppel_exec::cpu_backend::CpuBackend;
 use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
 use doppel_exec::cuda::backend::{CudaBackend, CudaBackendConfig};
-use doppel_exec::cuda::model::{GpuModel, KvPool, RowSampling, StepInput, Workspace};
+use doppel_exec::cuda::model::{
+    DecodeKernel, GpuModel, KernelChoice, KvPool, RowSampling, StepInput, Workspace,
+};
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{Arch, CpuModel, DType, ModelConfig, RopeScaling, WeightStore};
 use doppel_exec::testgen::{write_model, TinySpec};
@@ -457,6 +459,77 @@ fn cuda_backend_matches_cpu_backend() {
         eprintln!("GPU {name}: {agree}/{total} greedy tokens equal to the CPU backend's");
         if got != cpu_ref {
             failures.push(name);
+        }
+    }
+    // The non-default kernel choices on the same scenarios, reported (not asserted): tells
+    // which kernel a difference comes from.
+    for (label, choice) in [
+        (
+            "decode V3 + combine kernel",
+            KernelChoice {
+                decode: DecodeKernel::V3,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode V3 with the combine always fused",
+            KernelChoice {
+                decode: DecodeKernel::V3Fused,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode V2 (run 2)",
+            KernelChoice {
+                decode: DecodeKernel::V2,
+                ..Default::default()
+            },
+        ),
+        (
+            "norms not folded",
+            KernelChoice {
+                fold_norms: false,
+                ..Default::default()
+            },
+        ),
+        (
+            "one-block argmax",
+            KernelChoice {
+                argmax_single_block: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "all run-2 kernels",
+            KernelChoice {
+                decode: DecodeKernel::V2,
+                fold_norms: false,
+                argmax_single_block: true,
+            },
+        ),
+    ] {
+        for (name, sc, overlap) in [("plain", &base, false), ("mixed chunk", &mixed, true)] {
+            let gpu = Gpu::new(0).unwrap();
+            let cfg = ModelConfig::load(dir.path()).unwrap();
+            let store = WeightStore::open(dir.path()).unwrap();
+            let mut model = GpuModel::load(&gpu, &cfg, &store, 1024).unwrap();
+            model.kernels = choice;
+            let backend = CudaBackend::new(gpu, model, backend_cfg(sc)).unwrap();
+            let got = run_engine(
+                Engine::new(Scheduler::new(sc.clone()).unwrap(), backend, overlap),
+                &waves,
+            );
+            let agree: usize = cpu_ref
+                .iter()
+                .map(|(id, toks)| {
+                    let g = got.get(id).cloned().unwrap_or_default();
+                    g.iter().zip(toks).take_while(|(a, b)| a == b).count()
+                })
+                .sum();
+            let total: usize = cpu_ref.values().map(|t| t.len()).sum();
+            eprintln!(
+                "GPU {name} with {label}: {agree}/{total} greedy tokens equal to the CPU backend's"
+            );
         }
     }
     assert!(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root: every CUDA check, then the timings.
 #   BIN: folder holding the release test executables cuda_nvrtc, cuda_kernels, cuda_attention, cuda_fused,
-#        cuda_model, cuda_bench and the doppel binary (scripts/gpu/stage.sh puts them in carry/bin)
+#        cuda_startup, cuda_model, cuda_bench and the doppel binary (scripts/gpu/stage.sh puts them in carry/bin)
 #   OUT: folder for logs (default /tmp/doppel-gpu-out)
 # Each stage has its own time limit so one hang cannot take the others down; the exit status is
 # non-zero if any correctness stage failed.
@@ -13,7 +13,8 @@ export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PAT
 export DOPPEL_CUDA_INCLUDE=${DOPPEL_CUDA_INCLUDE:-/usr/local/cuda/include}
 export DOPPEL_KERNEL_CACHE=${DOPPEL_KERNEL_CACHE:-/tmp/doppel-kernels}
 export PYTHONUNBUFFERED=1
-STAGES=${STAGES:-"nvrtc kernels bench reference model bob"}
+# Correctness first (kernels, start-up, whole model), then the timings.
+STAGES=${STAGES:-"nvrtc kernels startup reference model bench bob"}
 status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 for s in $STAGES; do
@@ -22,6 +23,7 @@ for s in $STAGES; do
     nvrtc) DOPPEL_REQUIRE_NVRTC=1 timeout 40 "$BIN/cuda_nvrtc" --nocapture 2>&1 | tee "$OUT/nvrtc.log" ;;
     kernels) { timeout 60 "$BIN/cuda_kernels" --nocapture --test-threads=1 && timeout 60 "$BIN/cuda_attention" --nocapture &&
         timeout 30 "$BIN/cuda_fused" --nocapture; } 2>&1 | tee "$OUT/kernels.log" ;;
+    startup) timeout 60 "$BIN/cuda_startup" --nocapture --test-threads=1 2>&1 | tee -a "$OUT/kernels.log" ;;
     bench) timeout 150 "$BIN/cuda_bench" --ignored --nocapture --test-threads=1 2>&1 | tee "$OUT/bench.log" ;;
     reference) timeout 110 python3 scripts/gpu/make_reference.py /tmp/qwen3-ref 2>&1 | tee "$OUT/reference.log" ;;
     model) DOPPEL_HF_REF=/tmp/qwen3-ref timeout 120 "$BIN/cuda_model" --nocapture --test-threads=1 2>&1 | tee "$OUT/model.log" ;;

@@ -50,6 +50,8 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         [
             "attention_extend_d64",
             "attention_extend_d128",
+            "attention_extend_d64_pf",
+            "attention_extend_d128_pf",
             "attention_extend_d128_bn64",
             "attention_extend_d128_scalar_v"
         ]
@@ -61,11 +63,31 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
             "attention_decode_combine_d64",
             "attention_decode_split_d128",
             "attention_decode_combine_d128",
+            "attention_decode_v3_d64_g1",
+            "attention_decode_v3_d64_g2",
+            "attention_decode_v3_d64_g4",
+            "attention_decode_v3_d64_g8",
+            "attention_decode_v3_d128_g1",
+            "attention_decode_v3_d128_g2",
+            "attention_decode_v3_d128_g4",
+            "attention_decode_v3_d128_g8",
         ]
     ),
     kernel_source!("activation.cu", ["silu_and_mul"]),
-    kernel_source!("sampling.cu", ["argmax_rows", "sample_rows"]),
-    kernel_source!("gemv.cu", ["gemv_bf16", "gemv_gate_up_silu"]),
+    kernel_source!(
+        "sampling.cu",
+        ["argmax_rows", "argmax_rows_split", "sample_rows"]
+    ),
+    kernel_source!(
+        "gemv.cu",
+        [
+            "gemv_bf16",
+            "gemv_resadd",
+            "gemv_norm",
+            "gemv_gate_up_silu",
+            "gemv_gate_up_silu_norm"
+        ]
+    ),
 ];
 
 /// Options every kernel is compiled with (besides the architecture and include path).

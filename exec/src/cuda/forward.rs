@@ -1,8 +1,10 @@
 //! The forward pass of [`GpuModel`]: the KV pool, the fixed workspace buffers, a step's inputs,
 //! and the kernel sequence (see model.rs for the per-layer order).
 
-use super::attention::{AttnEntry, AttnShape, DecodeMeta, ExtendMeta, ExtendVariant, KvView};
-use super::model::GpuModel;
+use super::attention::{
+    AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant, KvView,
+};
+use super::model::{DecodeKernel, GpuModel};
 use super::ops::{QkvPost, SamplingBufs};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::CudaSlice;
@@ -94,6 +96,10 @@ pub struct Workspace {
     pub samp_f: [CudaSlice<f32>; 4],
     /// Sampling parameter top_k.
     pub samp_k: CudaSlice<i32>,
+    /// Counters and per-block partials of the multi-block argmax.
+    pub argmax_scratch: CudaSlice<u32>,
+    /// Per (decode entry, kv head) counters of the one-launch decode attention.
+    pub decode_counters: CudaSlice<u32>,
     part_o: CudaSlice<f32>,
     part_ml: CudaSlice<f32>,
 }
@@ -130,6 +136,8 @@ impl Workspace {
             sampled: gpu.zeros(s)?,
             samp_f: [gpu.zeros(s)?, gpu.zeros(s)?, gpu.zeros(s)?, gpu.zeros(s)?],
             samp_k: gpu.zeros(s)?,
+            argmax_scratch: gpu.zeros(super::ops::argmax_scratch_len(s))?,
+            decode_counters: gpu.zeros(s * c.num_kv_heads)?,
             part_o: gpu.zeros(s * c.num_heads * max_splits * c.head_dim)?,
             part_ml: gpu.zeros(s * c.num_heads * max_splits * 2)?,
         })
@@ -350,13 +358,33 @@ impl GpuModel {
             num_slots: kv.num_slots,
             scale: 1.0 / (d as f32).sqrt(),
         };
+        // Small batches fold each RMSNorm into the GEMV after it and each residual add into the
+        // GEMV before it (same roundings): 7 launches per layer instead of 9.
+        let fold = self.fused
+            && self.kernels.fold_norms
+            && tokens > 0
+            && tokens <= self.gemv_max_tokens.min(8)
+            && tokens * h <= Gpu::GEMV_NORM_MAX_ELEMS;
         for (l, lw) in self.layers.iter().enumerate() {
-            if l == 0 {
-                gpu.rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
+            if fold {
+                gpu.gemv_norm(
+                    qkv,
+                    residual,
+                    p(&lw.input_norm),
+                    p(&lw.qkv),
+                    tokens,
+                    qkv_w,
+                    h,
+                    eps,
+                )?;
             } else {
-                gpu.fused_add_rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
+                if l == 0 {
+                    gpu.rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
+                } else {
+                    gpu.fused_add_rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
+                }
+                self.linear(gpu, qkv, hidden, &lw.qkv, tokens, qkv_w, h)?;
             }
-            self.linear(gpu, qkv, hidden, &lw.qkv, tokens, qkv_w, h)?;
             let view = KvView {
                 k_cache: p(&kv.k[l]),
                 v_cache: p(&kv.v[l]),
@@ -404,7 +432,16 @@ impl GpuModel {
                 gpu.attention_extend(attn, qkv, view, meta, &shape, ExtendVariant::Fast)?;
             }
             if let Some((meta, splits)) = decode {
-                gpu.attention_decode(
+                let variant = match self.kernels.decode {
+                    DecodeKernel::V2 => DecodeVariant::V2,
+                    DecodeKernel::V3 => DecodeVariant::V3,
+                    DecodeKernel::V3Fused => DecodeVariant::V3Fused(gpu.ptr(&ws.decode_counters)),
+                    DecodeKernel::Auto if splits == 1 => {
+                        DecodeVariant::V3Fused(gpu.ptr(&ws.decode_counters))
+                    }
+                    DecodeKernel::Auto => DecodeVariant::V3,
+                };
+                gpu.attention_decode_variant(
                     attn,
                     qkv,
                     view,
@@ -413,7 +450,23 @@ impl GpuModel {
                     gpu.ptr(&ws.part_o),
                     gpu.ptr(&ws.part_ml),
                     splits,
+                    variant,
                 )?;
+            }
+            if fold {
+                gpu.gemv_resadd(residual, attn, p(&lw.o), tokens, h, nq * d, h)?;
+                gpu.gemv_gate_up_silu_norm(
+                    act,
+                    residual,
+                    p(&lw.post_norm),
+                    p(&lw.gate_up),
+                    tokens,
+                    inter,
+                    h,
+                    eps,
+                )?;
+                gpu.gemv_resadd(residual, act, p(&lw.down), tokens, h, inter, h)?;
+                continue;
             }
             self.linear(gpu, hidden, attn, &lw.o, tokens, h, nq * d)?;
             gpu.fused_add_rmsnorm(hidden, residual, p(&lw.post_norm), tokens, h, eps)?;
@@ -431,9 +484,15 @@ impl GpuModel {
         // Only the rows that need logits: gather them (hidden and residual), then the final norm.
         let sel = p(&ws.sel);
         let sel_res = attn; // free now: reuse as the gathered residual
-        gpu.gather_rows(sel, hidden, gpu.ptr(&ws.logit_tok), rows, h)?;
-        gpu.gather_rows(sel_res, residual, gpu.ptr(&ws.logit_tok), rows, h)?;
-        gpu.fused_add_rmsnorm(sel, sel_res, p(&self.final_norm), rows, h, eps)?;
+        if fold {
+            // The last down projection already went into the residual stream.
+            gpu.gather_rows(sel_res, residual, gpu.ptr(&ws.logit_tok), rows, h)?;
+            gpu.rmsnorm(sel, sel_res, p(&self.final_norm), rows, h, eps)?;
+        } else {
+            gpu.gather_rows(sel, hidden, gpu.ptr(&ws.logit_tok), rows, h)?;
+            gpu.gather_rows(sel_res, residual, gpu.ptr(&ws.logit_tok), rows, h)?;
+            gpu.fused_add_rmsnorm(sel, sel_res, p(&self.final_norm), rows, h, eps)?;
+        }
         gpu.blas.gemm_bf16_f32out(
             gpu.ptr(&ws.logits),
             sel,
@@ -443,10 +502,18 @@ impl GpuModel {
             h,
             c.vocab_size,
         )?;
-        if greedy {
+        if greedy && self.kernels.argmax_single_block {
+            gpu.argmax_rows_single(
+                gpu.ptr(&ws.sampled),
+                gpu.ptr(&ws.logits),
+                rows,
+                c.vocab_size,
+            )?;
+        } else if greedy {
             gpu.argmax_rows(
                 gpu.ptr(&ws.sampled),
                 gpu.ptr(&ws.logits),
+                gpu.ptr(&ws.argmax_scratch),
                 rows,
                 c.vocab_size,
             )?;

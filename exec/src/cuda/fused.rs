@@ -1,5 +1,6 @@
-//! Launch wrappers for the fused kernels: q/k norm + RoPE + KV store in one pass, and the
-//! gate/up GEMV with SiLU-and-mul.
+//! Launch wrappers for the fused kernels: q/k norm + RoPE + KV store in one pass, the gate/up
+//! GEMV with SiLU-and-mul, and GEMVs with the RMSNorm before them or the residual add after
+//! them folded in (small-batch decode: two fewer launches per layer).
 
 use super::ops::{ceil_div, cfg, check, int, need};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
@@ -137,5 +138,139 @@ impl Gpu {
         unsafe { b.launch(cfg((ceil_div(inter, 8), 1, 1), 256)) }
             .ctx(K)
             .map(|_| ())
+    }
+
+    /// The most `batch * k` the norm-folded GEMVs take (their normalised rows sit in 48 KB of
+    /// shared memory).
+    pub const GEMV_NORM_MAX_ELEMS: usize = 24 * 1024;
+
+    /// `r[b, n] = bf16(bf16(x_b . w[n]) + r[b, n])` for `batch <= 8`: a projection added into the
+    /// residual stream in its epilogue (row stride of `r`: `ldr`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_resadd(
+        &self,
+        r: DPtr<bf16>,
+        x: DPtr<bf16>,
+        w: DPtr<bf16>,
+        batch: usize,
+        n: usize,
+        k: usize,
+        ldr: usize,
+    ) -> Result<()> {
+        const K: &str = "gemv_resadd";
+        check(K, (1..=8).contains(&batch), || {
+            format!("batch {batch} is not in 1..=8")
+        })?;
+        check(K, k.is_multiple_of(8), || {
+            format!("k {k} is not a multiple of 8")
+        })?;
+        check(K, ldr >= n, || format!("ldr {ldr} < n {n}"))?;
+        need(K, "r", &r, (batch - 1) * ldr + n)?;
+        need(K, "x", &x, batch * k)?;
+        need(K, "w", &w, n * k)?;
+        let (bi, ni, ki, l) = (int(K, batch)?, int(K, n)?, int(K, k)?, int(K, ldr)?);
+        let (ra, xa, wa) = (r.addr(), x.addr(), w.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&ra)
+            .arg(&xa)
+            .arg(&wa)
+            .arg(&bi)
+            .arg(&ni)
+            .arg(&ki)
+            .arg(&l);
+        unsafe { b.launch(cfg((ceil_div(n, 8), 1, 1), 256)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    fn check_norm_gemv(
+        kernel: &'static str,
+        r: &DPtr<bf16>,
+        nw: &DPtr<bf16>,
+        batch: usize,
+        k: usize,
+    ) -> Result<()> {
+        check(kernel, (1..=8).contains(&batch), || {
+            format!("batch {batch} is not in 1..=8")
+        })?;
+        check(kernel, k.is_multiple_of(8), || {
+            format!("k {k} is not a multiple of 8")
+        })?;
+        check(kernel, batch * k <= Self::GEMV_NORM_MAX_ELEMS, || {
+            format!("batch {batch} x k {k} exceeds the shared-memory rows")
+        })?;
+        need(kernel, "r", r, batch * k)?;
+        need(kernel, "norm weight", nw, k)
+    }
+
+    /// `y[b, n] = bf16(rmsnorm(r_b) * nw) . w[n]` for `batch <= 8`: the RMSNorm before a
+    /// projection folded into it (every block normalises the rows into shared memory).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_norm(
+        &self,
+        y: DPtr<bf16>,
+        r: DPtr<bf16>,
+        nw: DPtr<bf16>,
+        w: DPtr<bf16>,
+        batch: usize,
+        n: usize,
+        k: usize,
+        eps: f32,
+    ) -> Result<()> {
+        const K: &str = "gemv_norm";
+        Self::check_norm_gemv(K, &r, &nw, batch, k)?;
+        need(K, "y", &y, batch * n)?;
+        need(K, "w", &w, n * k)?;
+        let (bi, ni, ki) = (int(K, batch)?, int(K, n)?, int(K, k)?);
+        let (ya, ra, na, wa) = (y.addr(), r.addr(), nw.addr(), w.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&ya)
+            .arg(&ra)
+            .arg(&na)
+            .arg(&wa)
+            .arg(&bi)
+            .arg(&ni)
+            .arg(&ki)
+            .arg(&ni)
+            .arg(&eps);
+        let mut c = cfg((ceil_div(n, 8), 1, 1), 256);
+        c.shared_mem_bytes = (batch * k * 2) as u32;
+        unsafe { b.launch(c) }.ctx(K).map(|_| ())
+    }
+
+    /// [`Gpu::gemv_gate_up_silu`] of `bf16(rmsnorm(r_b) * nw)`: the post-attention norm folded in.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_gate_up_silu_norm(
+        &self,
+        y: DPtr<bf16>,
+        r: DPtr<bf16>,
+        nw: DPtr<bf16>,
+        w: DPtr<bf16>,
+        batch: usize,
+        inter: usize,
+        k: usize,
+        eps: f32,
+    ) -> Result<()> {
+        const K: &str = "gemv_gate_up_silu_norm";
+        Self::check_norm_gemv(K, &r, &nw, batch, k)?;
+        need(K, "y", &y, batch * inter)?;
+        need(K, "w", &w, 2 * inter * k)?;
+        let (bi, ii, ki) = (int(K, batch)?, int(K, inter)?, int(K, k)?);
+        let (ya, ra, na, wa) = (y.addr(), r.addr(), nw.addr(), w.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&ya)
+            .arg(&ra)
+            .arg(&na)
+            .arg(&wa)
+            .arg(&bi)
+            .arg(&ii)
+            .arg(&ki)
+            .arg(&eps);
+        let mut c = cfg((ceil_div(inter, 8), 1, 1), 256);
+        c.shared_mem_bytes = (batch * k * 2) as u32;
+        unsafe { b.launch(c) }.ctx(K).map(|_| ())
     }
 }

@@ -19,6 +19,7 @@ pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod rope;
+pub mod sample;
 pub mod startup;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr};

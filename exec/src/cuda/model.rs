@@ -50,6 +50,44 @@ pub struct GpuModel {
     /// SiLU-and-mul) instead of the separate ones. Both paths are tested; the flag exists to
     /// measure the difference.
     pub fused: bool,
+    /// Kernel choices kept switchable so the GPU runs can compare them on the whole model.
+    pub kernels: KernelChoice,
+}
+
+/// Which decode attention kernels the forward pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeKernel {
+    /// Run 2's kernel + combine.
+    V2,
+    /// 16-byte-load kernel + combine.
+    V3,
+    /// 16-byte-load kernel with the combine in its last block (one launch).
+    V3Fused,
+    /// V3Fused when a step uses one split (its fused tail only normalises), else V3 + combine:
+    /// the fused tail was slower than the separate combine with many splits on the H100
+    /// (b=1: 10.6 vs 10.1 us per layer), faster with one (b=64: 23.2 vs 24.1 us). Default.
+    Auto,
+}
+
+/// Kernel choices of the forward pass (defaults: the fastest measured).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelChoice {
+    /// Decode attention.
+    pub decode: DecodeKernel,
+    /// At GEMV batch sizes, fold the RMSNorms and residual adds into the projections.
+    pub fold_norms: bool,
+    /// Greedy sampling with run 2's one-block-per-row argmax instead of the multi-block one.
+    pub argmax_single_block: bool,
+}
+
+impl Default for KernelChoice {
+    fn default() -> Self {
+        KernelChoice {
+            decode: DecodeKernel::Auto,
+            fold_norms: true,
+            argmax_single_block: false,
+        }
+    }
 }
 
 fn unsupported(msg: String) -> CudaError {
@@ -274,6 +312,7 @@ impl GpuModel {
             weight_bytes,
             gemv_max_tokens: 4,
             fused: true,
+            kernels: KernelChoice::default(),
         })
     }
 

@@ -7,6 +7,8 @@ use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
 
+pub use super::sample::{argmax_scratch_len, SamplingBufs, ARGMAX_CHUNKS};
+
 pub(crate) fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: grid,
@@ -472,91 +474,6 @@ impl Gpu {
             .ctx(K)
             .map(|_| ())
     }
-
-    /// `out[r] = argmax(logits[r, :])` (lowest index on ties) for `n` rows.
-    pub fn argmax_rows(
-        &self,
-        out: DPtr<u32>,
-        logits: DPtr<f32>,
-        n: usize,
-        vocab: usize,
-    ) -> Result<()> {
-        const K: &str = "argmax_rows";
-        need(K, "out", &out, n)?;
-        need(K, "logits", &logits, n * vocab)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let (ni, v) = (int(K, n)?, int(K, vocab)?);
-        let (o, l) = (out.addr(), logits.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&o).arg(&l).arg(&ni).arg(&v);
-        unsafe { b.launch(cfg((n as u32, 1, 1), 1024)) }
-            .ctx(K)
-            .map(|_| ())
-    }
-
-    /// Sample one token per row with per-row temperature (<= 0: greedy), top-k (<= 0: off),
-    /// top-p (>= 1: off), min-p (<= 0: off) and a uniform draw in [0, 1).
-    pub fn sample_rows(
-        &self,
-        out: DPtr<u32>,
-        logits: DPtr<f32>,
-        params: &SamplingBufs,
-        n: usize,
-        vocab: usize,
-    ) -> Result<()> {
-        const K: &str = "sample_rows";
-        need(K, "out", &out, n)?;
-        need(K, "logits", &logits, n * vocab)?;
-        need(K, "temperature", &params.temperature, n)?;
-        need(K, "top_k", &params.top_k, n)?;
-        need(K, "top_p", &params.top_p, n)?;
-        need(K, "min_p", &params.min_p, n)?;
-        need(K, "uniform", &params.uniform, n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let (ni, v) = (int(K, n)?, int(K, vocab)?);
-        let (o, l) = (out.addr(), logits.addr());
-        let (t, k, p, m, u) = (
-            params.temperature.addr(),
-            params.top_k.addr(),
-            params.top_p.addr(),
-            params.min_p.addr(),
-            params.uniform.addr(),
-        );
-        let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&o)
-            .arg(&l)
-            .arg(&t)
-            .arg(&k)
-            .arg(&p)
-            .arg(&m)
-            .arg(&u)
-            .arg(&ni)
-            .arg(&v);
-        unsafe { b.launch(cfg((n as u32, 1, 1), 1024)) }
-            .ctx(K)
-            .map(|_| ())
-    }
-}
-
-/// Per-row sampling parameters on the device.
-#[derive(Clone, Copy, Debug)]
-pub struct SamplingBufs {
-    /// Temperature per row (<= 0: greedy).
-    pub temperature: DPtr<f32>,
-    /// Top-k per row (<= 0: off).
-    pub top_k: DPtr<i32>,
-    /// Top-p per row (>= 1: off).
-    pub top_p: DPtr<f32>,
-    /// Min-p per row (<= 0: off).
-    pub min_p: DPtr<f32>,
-    /// Uniform draw in [0, 1) per row.
-    pub uniform: DPtr<f32>,
 }
 
 /// Threads per row for the norm kernels: one 8-element chunk per thread up to 1024 threads.

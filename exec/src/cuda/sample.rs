@@ -1,0 +1,141 @@
+//! Launch wrappers for greedy argmax (one block per row, and many blocks per row with the
+//! reduction finished by the row's last block) and for temperature/top-k/top-p/min-p sampling.
+
+use super::ops::{cfg, check, int, need};
+use super::{DPtr, DriverCtx, Gpu, Result};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+/// Most blocks per row in [`Gpu::argmax_rows`].
+pub const ARGMAX_CHUNKS: usize = 64;
+
+/// `u32`s of scratch [`Gpu::argmax_rows`] needs for `n` rows: a counter per row (zero before the
+/// first launch; the kernel leaves it zero) and a (value, index) pair per block.
+pub fn argmax_scratch_len(n: usize) -> usize {
+    n * (1 + 2 * ARGMAX_CHUNKS)
+}
+
+/// Per-row sampling parameters on the device.
+#[derive(Clone, Copy, Debug)]
+pub struct SamplingBufs {
+    /// Temperature per row (<= 0: greedy).
+    pub temperature: DPtr<f32>,
+    /// Top-k per row (<= 0: off).
+    pub top_k: DPtr<i32>,
+    /// Top-p per row (>= 1: off).
+    pub top_p: DPtr<f32>,
+    /// Min-p per row (<= 0: off).
+    pub min_p: DPtr<f32>,
+    /// Uniform draw in [0, 1) per row.
+    pub uniform: DPtr<f32>,
+}
+
+impl Gpu {
+    /// `out[r] = argmax(logits[r, :])` (lowest index on ties; NaN never wins; a row of only
+    /// -inf/NaN gives 0) for `n` rows; `scratch` is [`argmax_scratch_len`]`(m)` zeroed `u32`s
+    /// (m >= n, the same buffer for every launch) reserved for this use.
+    pub fn argmax_rows(
+        &self,
+        out: DPtr<u32>,
+        logits: DPtr<f32>,
+        scratch: DPtr<u32>,
+        n: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        const K: &str = "argmax_rows_split";
+        need(K, "out", &out, n)?;
+        need(K, "logits", &logits, n * vocab)?;
+        // The kernel places its counters and partials by the scratch's row capacity, not by this
+        // launch's row count: a layout that moved with n let one launch's partials land on the
+        // next (larger) launch's counters (caught by the whole-model tests on the H100).
+        let capacity = scratch.len() / (1 + 2 * ARGMAX_CHUNKS);
+        check(K, n <= capacity, || {
+            format!("{n} rows exceed the scratch's {capacity}")
+        })?;
+        if n == 0 {
+            return Ok(());
+        }
+        // Blocks of about 2k columns: a 152k vocabulary takes 64 blocks per row instead of one.
+        let chunks = vocab.div_ceil(2048).clamp(1, ARGMAX_CHUNKS);
+        let (ni, v) = (int(K, capacity)?, int(K, vocab)?);
+        let (o, l, sc) = (out.addr(), logits.addr(), scratch.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&o).arg(&l).arg(&sc).arg(&ni).arg(&v);
+        let cfg = LaunchConfig {
+            grid_dim: (chunks as u32, n as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.ctx(K).map(|_| ())
+    }
+
+    /// The one-block-per-row argmax (run 2's kernel; kept as a cross-check).
+    pub fn argmax_rows_single(
+        &self,
+        out: DPtr<u32>,
+        logits: DPtr<f32>,
+        n: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        const K: &str = "argmax_rows";
+        need(K, "out", &out, n)?;
+        need(K, "logits", &logits, n * vocab)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (ni, v) = (int(K, n)?, int(K, vocab)?);
+        let (o, l) = (out.addr(), logits.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&o).arg(&l).arg(&ni).arg(&v);
+        unsafe { b.launch(cfg((n as u32, 1, 1), 1024)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
+    /// Sample one token per row with per-row temperature (<= 0: greedy), top-k (<= 0: off),
+    /// top-p (>= 1: off), min-p (<= 0: off) and a uniform draw in [0, 1).
+    pub fn sample_rows(
+        &self,
+        out: DPtr<u32>,
+        logits: DPtr<f32>,
+        params: &SamplingBufs,
+        n: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        const K: &str = "sample_rows";
+        need(K, "out", &out, n)?;
+        need(K, "logits", &logits, n * vocab)?;
+        need(K, "temperature", &params.temperature, n)?;
+        need(K, "top_k", &params.top_k, n)?;
+        need(K, "top_p", &params.top_p, n)?;
+        need(K, "min_p", &params.min_p, n)?;
+        need(K, "uniform", &params.uniform, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (ni, v) = (int(K, n)?, int(K, vocab)?);
+        let (o, l) = (out.addr(), logits.addr());
+        let (t, k, p, m, u) = (
+            params.temperature.addr(),
+            params.top_k.addr(),
+            params.top_p.addr(),
+            params.min_p.addr(),
+            params.uniform.addr(),
+        );
+        let f = self.kernels.get(K)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&o)
+            .arg(&l)
+            .arg(&t)
+            .arg(&k)
+            .arg(&p)
+            .arg(&m)
+            .arg(&u)
+            .arg(&ni)
+            .arg(&v);
+        unsafe { b.launch(cfg((n as u32, 1, 1), 1024)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+}
