@@ -470,6 +470,8 @@ fn kernel_breakdown(
         for row in rows.iter_mut() {
             if ["qk_rmsnorm", "rope_neox", "kv_store"].contains(&row.0)
                 || (t <= 4 && ["gate_up proj", "silu_and_mul"].contains(&row.0))
+                // At <= 4 tokens the norms are folded into the GEMVs.
+                || (t <= 4 && row.0 == "fused_add_rmsnorm")
             {
                 row.2 = 0;
             }
