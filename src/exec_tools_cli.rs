@@ -107,6 +107,7 @@ pub fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let opts = ReplayOptions {
         log_batches: a.log_batches,
         time_limit: a.time_limit.map(Duration::from_secs_f64),
+        ..Default::default()
     };
     let r = replay::load_and_replay(&a.trace, &setup, opts)?;
     print!("{}", r.stdout(a.log_batches));

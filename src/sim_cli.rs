@@ -214,6 +214,13 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
                 mean * 100.0,
                 max * 100.0
             );
+            for (mode, n, abs, signed) in fit.errors_by_mode() {
+                println!(
+                    "  {mode:<8} {n:>5} steps: mean |error| {:.2}%, mean error {:+.2}%",
+                    abs * 100.0,
+                    signed * 100.0
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         SimCmd::Profiles => {

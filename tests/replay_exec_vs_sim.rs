@@ -72,6 +72,7 @@ fn both(dir: &Path, trace: &str) -> (serde_json::Value, serde_json::Value) {
     let opts = ReplayOptions {
         log_batches: true,
         time_limit: Some(std::time::Duration::from_secs(120)),
+        ..Default::default()
     };
     let real = load_and_replay(trace, &setup, opts).unwrap();
     assert_eq!(real.summary.backend, "doppel-exec-cpu");

@@ -163,6 +163,8 @@ pub struct Fit {
     pub profile: Profile,
     /// Per step: (measured ns, predicted ns).
     pub residuals: Vec<(u64, u64)>,
+    /// Mode of each step (prefill, decode, mixed), parallel to `residuals`.
+    pub modes: Vec<String>,
 }
 
 impl Fit {
@@ -176,22 +178,50 @@ impl Fit {
         let mean = errs.iter().sum::<f64>() / errs.len().max(1) as f64;
         (mean, errs.iter().copied().fold(0.0, f64::max))
     }
+
+    /// Per mode: (mode, steps, mean |relative error|, mean signed relative error).
+    pub fn errors_by_mode(&self) -> Vec<(String, usize, f64, f64)> {
+        ["prefill", "decode", "mixed"]
+            .iter()
+            .filter_map(|mode| {
+                let e: Vec<f64> = self
+                    .residuals
+                    .iter()
+                    .zip(&self.modes)
+                    .filter(|(_, m)| m.as_str() == *mode)
+                    .map(|(&(m, p), _)| (p as f64 - m as f64) / m as f64)
+                    .collect();
+                (!e.is_empty()).then(|| {
+                    let n = e.len() as f64;
+                    (
+                        mode.to_string(),
+                        e.len(),
+                        e.iter().map(|v| v.abs()).sum::<f64>() / n,
+                        e.iter().sum::<f64>() / n,
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 // Parameter vector layout (natural logs): fixed terms first, then the GEMM curve values.
 const N_FIXED: usize = 6;
 
 fn apply(base: &Profile, x: &[f64]) -> Profile {
+    // Bounded: a term the measurements do not constrain must not run off to 0 or infinity.
+    let eff = |v: f64| v.clamp(-25.0, 12.0).exp();
+    let ns = |v: f64| v.clamp(-25.0, 25.0).exp();
     let mut p = base.clone();
     let e = &mut p.efficiency;
-    e.weight_bandwidth = x[0].exp();
-    e.kv_bandwidth = x[1].exp();
-    e.attention_compute = x[2].exp();
-    e.decode_step_ns = x[3].exp();
-    e.prefill_step_ns = x[4].exp();
-    e.prefill_per_req_ns = x[5].exp();
+    e.weight_bandwidth = eff(x[0]);
+    e.kv_bandwidth = eff(x[1]);
+    e.attention_compute = eff(x[2]);
+    e.decode_step_ns = ns(x[3]);
+    e.prefill_step_ns = ns(x[4]);
+    e.prefill_per_req_ns = ns(x[5]);
     for (g, v) in e.gemm.iter_mut().zip(&x[N_FIXED..]) {
-        g.1 = v.exp().min(1.0);
+        g.1 = eff(*v).min(1.0);
     }
     p
 }
@@ -386,7 +416,12 @@ pub fn calibrate(
             ((meas * 1e9).round() as u64, cost.step_ns(s))
         })
         .collect();
-    Ok(Fit { profile, residuals })
+    let modes = m.steps.iter().map(|p| p.mode.clone()).collect();
+    Ok(Fit {
+        profile,
+        residuals,
+        modes,
+    })
 }
 
 /// The fitted profile as YAML, with a header comment.

@@ -79,6 +79,8 @@ pub fn load_and_replay(
     // Every request runs to its output length (ignore_eos), as in the simulator.
     cfg.eos_token_ids.clear();
     let vocab = mcfg.vocab_size;
+    let mut opts = opts;
+    opts.warm_up_batch = profile.engine.cuda_graph_max_bs;
     let outcome = match s.device {
         Device::Cpu => {
             // f32 K and V per layer per token.
