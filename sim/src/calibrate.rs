@@ -226,6 +226,18 @@ fn apply(base: &Profile, x: &[f64]) -> Profile {
     p
 }
 
+/// The base's GEMM points plus powers of 4 from 1 to 16384, valued on the base's curve.
+fn gemm_grid(p: &Profile) -> Vec<(f64, f64)> {
+    let cost = RooflineCost::new(p, 1);
+    let mut t: Vec<f64> = p.efficiency.gemm.iter().map(|g| g.0).collect();
+    t.extend((0..8).map(|k| 4f64.powi(k)));
+    t.sort_by(f64::total_cmp);
+    t.dedup();
+    t.into_iter()
+        .map(|x| (x, cost.gemm_efficiency(x as usize)))
+        .collect()
+}
+
 fn start(p: &Profile) -> Vec<f64> {
     let e = &p.efficiency;
     let pos = |v: f64| v.max(1e-9).ln();
@@ -362,11 +374,16 @@ pub fn calibrate(
         .iter()
         .map(|p| (p.shape(), p.ns as f64 * 1e-9))
         .collect();
+    // A finer GEMM curve than a hand-written profile's: small decode batches sit between its
+    // points, and a coarse log-linear curve cannot follow them.
+    let mut base = base.clone();
+    base.efficiency.gemm = gemm_grid(&base);
+    let base = &base;
     let f = |x: &[f64]| loss(base, &shapes, x);
     let x0 = start(base);
     let (mut best, mut best_v) = nelder_mead(&f, &x0, 0.5, 4000);
     // Restarts from the best point with shrinking steps escape the simplex's early collapse.
-    for step in [1.0, 0.3, 0.1, 0.03] {
+    for step in [1.0, 0.3, 1.0, 0.3, 1.0, 0.3, 0.1, 0.03, 0.01] {
         let (x, v) = nelder_mead(&f, &best, step, 4000);
         if v < best_v {
             best = x;

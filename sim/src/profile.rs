@@ -177,7 +177,7 @@ pub struct Profile {
 }
 
 /// Profiles shipped with doppel, embedded at build time: (file name, text).
-const BUILTIN: [(&str, &str); 6] = [
+const BUILTIN: [(&str, &str); 7] = [
     (
         "a100-80g_qwen3-0.6b_sglang.yaml",
         include_str!("../profiles/a100-80g_qwen3-0.6b_sglang.yaml"),
@@ -201,6 +201,11 @@ const BUILTIN: [(&str, &str); 6] = [
     (
         "h100-80g_llama-2-7b_sglang.yaml",
         include_str!("../profiles/h100-80g_llama-2-7b_sglang.yaml"),
+    ),
+    // Fitted by `doppel sim calibrate` to our own engine on an H100 (docs/fidelity.md).
+    (
+        "h100-80g_qwen3-0.6b_doppel.yaml",
+        include_str!("../profiles/h100-80g_qwen3-0.6b_doppel.yaml"),
     ),
 ];
 

@@ -135,3 +135,26 @@ fn bad_measurement_files_name_the_problem() {
     assert!(e.contains("no measured steps"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_shipped_h100_profile_is_the_fit_of_the_shipped_measurements() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/profiles/measurements/h100-80g_qwen3-0.6b_doppel.json"
+    );
+    let m = Measurements::load(path).unwrap();
+    let base = Profile::load("h100-80g/qwen3-0.6b/sglang").unwrap();
+    let fit = calibrate(&base, &m, "h100-80g/qwen3-0.6b/doppel", path).unwrap();
+    let shipped = Profile::load("h100-80g/qwen3-0.6b/doppel").unwrap();
+    assert!(shipped.calibrated);
+    let (a, b) = (
+        RooflineCost::new(&fit.profile, 1),
+        RooflineCost::new(&shipped, 1),
+    );
+    for s in shapes() {
+        let (x, y) = (a.step_ns(&s) as f64, b.step_ns(&s) as f64);
+        assert!((x - y).abs() / y < 1e-6, "{s:?}: refit {x} shipped {y}");
+    }
+    let (mean, _) = fit.errors();
+    assert!(mean < 0.08, "mean fit error {mean}");
+}
