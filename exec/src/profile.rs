@@ -29,6 +29,11 @@ pub struct ProfilePlan {
     pub decode_steps: usize,
     /// Mixed batches: (decode batch, prefill length) pairs run with mixed chunks on.
     pub mixed: Vec<(usize, usize)>,
+    /// Prefix hits: (cached prefix, new suffix, batch): one request caches the prefix, then the
+    /// batch extends it (radix cache on).
+    pub prefix_hits: Vec<(usize, usize, usize)>,
+    /// Chunked prefill: (prompt length, chunk size): each chunk attends to the ones before it.
+    pub chunked: Vec<(usize, usize)>,
     /// Timed repeats of the whole sweep (after one untimed warm-up pass).
     pub repeats: usize,
     /// Prefill token budget per step (larger prefill batches are skipped).
@@ -49,6 +54,13 @@ impl ProfilePlan {
             decode_kv: vec![128, 512, 2048],
             decode_steps: 8,
             mixed: vec![(16, 256), (64, 512), (128, 1024)],
+            prefix_hits: vec![
+                (512, 64, 16),
+                (1024, 128, 8),
+                (2048, 128, 32),
+                (4096, 256, 4),
+            ],
+            chunked: vec![(8192, 2048), (12288, 4096), (16384, 8192)],
             repeats: 2,
             max_prefill_tokens: 16384,
             kv_capacity: 300_000,
@@ -65,6 +77,8 @@ impl ProfilePlan {
             decode_kv: vec![32, 256],
             decode_steps: 4,
             mixed: vec![(4, 64)],
+            prefix_hits: vec![(64, 16, 4)],
+            chunked: vec![(256, 64)],
             repeats: 1,
             max_prefill_tokens: 4096,
             kv_capacity: 16_384,
@@ -79,15 +93,38 @@ impl ProfilePlan {
         let m = self.mixed.iter().map(|&(_, l)| l + 2).max().unwrap_or(1)
             + self.decode_kv.first().copied().unwrap_or(1)
             + 4 * self.decode_steps;
-        p.max(d).max(m)
+        let h = self
+            .prefix_hits
+            .iter()
+            .map(|&(a, b, _)| a + b + 3)
+            .max()
+            .unwrap_or(1);
+        let c = self.chunked.iter().map(|&(l, _)| l + 2).max().unwrap_or(1);
+        p.max(d).max(m).max(h).max(c)
     }
 }
 
 /// One batch of requests run to completion: (prompt length, output length, submitted after step).
 struct Scenario {
     mixed: bool,
-    /// (prompt length, max new tokens, submit once this many steps ran).
-    reqs: Vec<(usize, usize, usize)>,
+    /// Chunked prefill size (None: off).
+    chunk: Option<usize>,
+    /// Radix cache on (prefix hits).
+    cache: bool,
+    /// (prompt length, max new tokens, submit once this many steps ran, leading tokens taken
+    /// from the scenario's shared prefix).
+    reqs: Vec<(usize, usize, usize, usize)>,
+}
+
+impl Scenario {
+    fn plain(reqs: Vec<(usize, usize, usize, usize)>) -> Scenario {
+        Scenario {
+            mixed: false,
+            chunk: None,
+            cache: false,
+            reqs,
+        }
+    }
 }
 
 fn scenarios(p: &ProfilePlan) -> Vec<Scenario> {
@@ -95,20 +132,14 @@ fn scenarios(p: &ProfilePlan) -> Vec<Scenario> {
     for &len in &p.prefill_lens {
         for &b in &p.prefill_batches {
             if b * len <= p.max_prefill_tokens && b * (len + 1) <= p.kv_capacity {
-                out.push(Scenario {
-                    mixed: false,
-                    reqs: vec![(len, 1, 0); b],
-                });
+                out.push(Scenario::plain(vec![(len, 1, 0, 0); b]));
             }
         }
     }
     for &b in &p.decode_batches {
         for &kv in &p.decode_kv {
             if b * (kv + p.decode_steps + 1) <= p.kv_capacity {
-                out.push(Scenario {
-                    mixed: false,
-                    reqs: vec![(kv, p.decode_steps + 1, 0); b],
-                });
+                out.push(Scenario::plain(vec![(kv, p.decode_steps + 1, 0, 0); b]));
             }
         }
     }
@@ -117,13 +148,36 @@ fn scenarios(p: &ProfilePlan) -> Vec<Scenario> {
         if b * (kv0 + 4 * p.decode_steps) + len + 2 <= p.kv_capacity {
             // A decode batch is running when a new prompt arrives: with mixed chunks on, its
             // prefill carries the running decodes in one step.
-            let mut reqs = vec![(kv0, 4 * p.decode_steps, 0); b];
+            let mut reqs = vec![(kv0, 4 * p.decode_steps, 0, 0); b];
             reqs.push((
                 len,
                 2,
                 2 + b.div_ceil(p.max_prefill_tokens / kv0.max(1)).max(1),
+                0,
             ));
-            out.push(Scenario { mixed: true, reqs });
+            out.push(Scenario {
+                mixed: true,
+                ..Scenario::plain(reqs)
+            });
+        }
+    }
+    for &(prefix, suffix, b) in &p.prefix_hits {
+        let len = prefix + suffix;
+        if prefix > 0 && b * len <= p.max_prefill_tokens && (b + 1) * (len + 2) <= p.kv_capacity {
+            let mut reqs = vec![(prefix, 1, 0, prefix)];
+            reqs.extend(vec![(len, 1, 2, prefix); b]);
+            out.push(Scenario {
+                cache: true,
+                ..Scenario::plain(reqs)
+            });
+        }
+    }
+    for &(len, chunk) in &p.chunked {
+        if chunk > 0 && len + 2 <= p.kv_capacity {
+            out.push(Scenario {
+                chunk: Some(chunk),
+                ..Scenario::plain(vec![(len, 1, 0, 0)])
+            });
         }
     }
     out
@@ -174,8 +228,8 @@ pub fn run<B: Backend>(
                 kv_capacity_tokens: p.kv_capacity,
                 context_len,
                 max_prefill_tokens: p.max_prefill_tokens,
-                chunked_prefill_size: None,
-                disable_radix_cache: true,
+                chunked_prefill_size: sc.chunk,
+                disable_radix_cache: !sc.cache,
                 req_pool_size: Some(PROFILE_ROWS),
                 enable_mixed_chunk: sc.mixed,
                 eos_token_ids: Vec::new(),
@@ -186,17 +240,22 @@ pub fn run<B: Backend>(
             let origin = Instant::now();
             let mut engine = Engine::new(scheduler, Recorder::new(ByRef(backend), origin), false);
             let mut events: Vec<Event> = Vec::new();
-            let mut pending: Vec<(usize, usize, usize)> = sc.reqs.clone();
+            let mut pending: Vec<(usize, usize, usize, usize)> = sc.reqs.clone();
+            let longest = sc.reqs.iter().map(|r| r.3).max().unwrap_or(0);
+            let shared: Vec<TokenId> = (0..longest)
+                .map(|_| rng.gen_range(0..vocab as TokenId))
+                .collect();
             let mut iter_ns: Vec<(usize, u64)> = Vec::new();
             let mut ran = 0usize;
             loop {
                 let mut i = 0;
                 while i < pending.len() {
                     if pending[i].2 <= ran {
-                        let (len, out, _) = pending.swap_remove(i);
-                        let prompt: Vec<TokenId> = (0..len)
-                            .map(|_| rng.gen_range(0..vocab as TokenId))
-                            .collect();
+                        let (len, out, _, from_shared) = pending.swap_remove(i);
+                        let mut prompt: Vec<TokenId> = shared[..from_shared.min(len)].to_vec();
+                        prompt.extend(
+                            (prompt.len()..len).map(|_| rng.gen_range(0..vocab as TokenId)),
+                        );
                         let mut sp = SamplingParams::greedy(out);
                         sp.ignore_eos = true;
                         let now = origin.elapsed().as_nanos() as TimeNs;
