@@ -88,6 +88,8 @@ pub struct ReplayOptions {
     pub time_limit: Option<Duration>,
     /// Largest decode batch the warm-up runs (the CUDA graph limit; 0: prefills only).
     pub warm_up_batch: usize,
+    /// Decode batches up to this size replay a CUDA graph (for the batch log; None on the CPU).
+    pub graph_max: Option<usize>,
 }
 
 /// Wraps a backend: launches at the wall-clock time, and records each step's mode, shape and span.
@@ -383,7 +385,7 @@ pub fn replay<B: Backend>(
                 if s.mode == ForwardMode::Decode {
                     if out.decode_steps.is_multiple_of(DECODE_LOG_INTERVAL) {
                         let dt = at.saturating_sub(decode_log_since).max(1) as f64 * 1e-9;
-                        let graph = false;
+                        let graph = opts.graph_max.is_some_and(|g| s.decode_reqs <= g);
                         let line = format_decode_log(&s, graph, decode_log_tokens as f64 / dt);
                         let _ = writeln!(out.batch_log, "{} {line}", fmt_time(at));
                         decode_log_tokens = 0;

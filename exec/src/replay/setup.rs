@@ -81,6 +81,9 @@ pub fn load_and_replay(
     let vocab = mcfg.vocab_size;
     let mut opts = opts;
     opts.warm_up_batch = profile.engine.cuda_graph_max_bs;
+    if let Device::Cuda(_) = s.device {
+        opts.graph_max = Some(profile.engine.cuda_graph_max_bs);
+    }
     let outcome = match s.device {
         Device::Cpu => {
             // f32 K and V per layer per token.
