@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root (issue 7): measure step times for calibration, then
 # replay the five fidelity traces on the real engine. Everything lands in $OUT/fidelity.tar.gz.
-#   BIN: the doppel binary (built here, carried); MODEL: a folder with a Qwen3-0.6B config.json
-#   (random weights: nothing else is read).
+#   BIN: the doppel binary, built here and carried:
+#     cargo build --release --bin doppel && mkdir -p mycarry && strip -o mycarry/doppel target/release/doppel
+#     (mycarry/ listed in .git/info/exclude; run with carry: ["mycarry"])
+#   MODEL: a folder with a Qwen3-0.6B config.json (random weights: nothing else is read).
 set -uo pipefail
 BIN=${BIN:-mycarry/doppel}
-MODEL=${MODEL:-mycarry/qwen3-0.6b}
+MODEL=${MODEL:-scripts/gpu/qwen3-0.6b}
 OUT=${OUT:-/tmp/doppel-fidelity}
 W=$(mktemp -d)
 export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
