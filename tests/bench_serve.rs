@@ -140,7 +140,10 @@ fn every_dataset_and_arrival_mode_completes() {
     for l in &lines {
         assert_eq!(l["success"], true);
         let n = l["output_len"].as_u64().unwrap();
-        assert_eq!(l["itl_ms"].as_array().unwrap().len() as u64, n - 1, "{l}");
+        // bench_serving gives no ITL to the tokens of the first chunk, and a loaded server may
+        // stream its first tokens together: one gap per later token, at most n - 1.
+        let gaps = l["itl_ms"].as_array().unwrap().len() as u64;
+        assert!(gaps < n, "{l}");
         assert!(l["latency_ms"].as_f64().unwrap() >= l["ttft_ms"].as_f64().unwrap());
     }
     let report: serde_json::Value =
