@@ -109,10 +109,7 @@ struct Outcome {
 /// Run a workload to completion, checking the memory invariants after every iteration.
 fn run(w: &Workload) -> Result<Outcome, TestCaseError> {
     let sched = Scheduler::new(w.cfg.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let mut backend = ToyBackend::new();
-    backend.eos = 0;
-    backend.eos_every = 23;
-    let mut engine = Engine::new(sched, backend, w.overlap);
+    let mut engine = Engine::new(sched, toy_backend(), w.overlap);
     let mut out = Outcome {
         finished: BTreeMap::new(),
         tokens: BTreeMap::new(),
@@ -173,19 +170,22 @@ fn run(w: &Workload) -> Result<Outcome, TestCaseError> {
 
 /// The token sequence the toy backend gives a request when nothing interferes.
 fn reference_tokens(spec: &RequestSpec, n: usize) -> Vec<TokenId> {
-    let b = ToyBackend::new();
+    let b = toy_backend();
     let mut last = *spec.prompt.last().expect("non-empty");
     (0..n)
         .map(|k| {
-            let mut bb = ToyBackend::new();
-            bb.eos = 0;
-            bb.eos_every = 23;
-            let _ = &b;
-            let t = bb.next_token(spec.id, last, spec.prompt.len() - 1 + k);
-            last = t;
-            t
+            last = b.next_token(spec.id, last, spec.prompt.len() - 1 + k);
+            last
         })
         .collect()
+}
+
+/// The backend every property run uses: EOS (token 0) now and then, so stop tokens are exercised.
+fn toy_backend() -> ToyBackend {
+    let mut b = ToyBackend::new();
+    b.eos = 0;
+    b.eos_every = 23;
+    b
 }
 
 proptest! {
