@@ -11,3 +11,4 @@ pub mod sampling;
 pub mod server;
 pub mod testgen;
 pub mod tokenizer;
+pub mod warmup;

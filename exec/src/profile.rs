@@ -4,7 +4,8 @@
 //! measured span is one whole step (launch to results) and the scheduler time is what is left of
 //! the loop iteration.
 
-use crate::replay::{ByRef, Recorder};
+use crate::replay::Recorder;
+use crate::warmup::ByRef;
 use doppel_core::{
     Backend, Engine, Event, ForwardMode, RequestId, RequestSpec, SamplingParams, Scheduler,
     SchedulerConfig, TimeNs, TokenId,

@@ -7,6 +7,7 @@ mod setup;
 
 pub use setup::{load_and_replay, Device, ReplaySetup};
 
+use crate::warmup::warm_up;
 use doppel_core::stats::DECODE_LOG_INTERVAL;
 use doppel_core::{
     format_decode_log, format_prefill_log, Backend, Engine, Event, FinishReason, ForwardMode, Plan,
@@ -153,71 +154,6 @@ impl<B: Backend> Backend for Recorder<B> {
     }
 }
 
-/// A backend used through a mutable reference (one model serves several engines in turn).
-pub(crate) struct ByRef<'a, B>(pub(crate) &'a mut B);
-
-impl<B: Backend> Backend for ByRef<'_, B> {
-    type Error = B::Error;
-
-    fn launch(&mut self, plan: &Plan, now: TimeNs) -> Result<(), B::Error> {
-        self.0.launch(plan, now)
-    }
-
-    fn collect(&mut self, plan: &Plan, out: &mut StepResult) -> Result<(), B::Error> {
-        self.0.collect(plan, out)
-    }
-}
-
-/// Steps run before the clock starts, as SGLang's server warms up and captures its CUDA graphs at
-/// start-up: a few prefills, then a decode batch that shrinks by one request per step, so every
-/// decode batch size up to `graph_max` has run once (the CUDA backend captures a graph the first
-/// time it meets a padded batch size). Runs on its own scheduler, so the replay starts with an
-/// empty cache.
-fn warm_up<B: Backend>(
-    backend: &mut B,
-    cfg: &SchedulerConfig,
-    vocab: usize,
-    graph_max: usize,
-) -> Result<(), ReplayError> {
-    let err = |why: String| ReplayError::Backend { at_s: 0.0, why };
-    let scheduler = Scheduler::new(cfg.clone()).map_err(|e| err(e.to_string()))?;
-    let mut engine = Engine::new(scheduler, ByRef(backend), false);
-    let cap = cfg.capacity_tokens();
-    let mut n = graph_max.min(cfg.effective_max_running());
-    // Each staircase request holds 8 prompt tokens and up to n + 2 outputs.
-    while n > 1 && n * (n + 12) > cap / 2 {
-        n /= 2;
-    }
-    let mut specs: Vec<(usize, usize)> = (0..n).map(|k| (8, k + 2)).collect();
-    for len in [64usize, 256, 512] {
-        if len * 4 < cap && len + 9 < cfg.context_len {
-            specs.push((len, 2));
-        }
-    }
-    for (k, (len, out)) in specs.into_iter().enumerate() {
-        let prompt: Vec<TokenId> = (0..len).map(|i| ((i * 7 + k) % vocab) as TokenId).collect();
-        let mut sp = SamplingParams::greedy(out);
-        sp.ignore_eos = true;
-        // Ids far above any trace's, so no backend state can be confused with a real request.
-        let id = RequestId(u64::MAX - k as u64);
-        engine
-            .scheduler
-            .submit(RequestSpec::new(id, prompt, sp, 0))
-            .map_err(|e| err(format!("warm-up: {e}")))?;
-    }
-    let mut events = Vec::new();
-    for _ in 0..100_000 {
-        events.clear();
-        let it = engine
-            .iterate(0, &mut events)
-            .map_err(|e| err(format!("warm-up: {e}")))?;
-        if it.is_idle() && engine.is_idle() {
-            return Ok(());
-        }
-    }
-    Err(err("warm-up did not finish".into()))
-}
-
 fn fmt_time(ns: TimeNs) -> String {
     format!("[{:>10.6}s]", ns as f64 * 1e-9)
 }
@@ -237,7 +173,8 @@ pub fn replay<B: Backend>(
         why: e.to_string(),
     })?;
     let mut backend = backend;
-    warm_up(&mut backend, &cfg, vocab, opts.warm_up_batch)?;
+    warm_up(&mut backend, &cfg, vocab, opts.warm_up_batch)
+        .map_err(|why| ReplayError::Backend { at_s: 0.0, why })?;
     let clock = Instant::now();
     let rec = Recorder::new(backend, clock);
     let mut engine = Engine::new(scheduler, rec, trace.engine.overlap);
