@@ -1,8 +1,8 @@
 //! Radix prefix cache: an arena of nodes keyed by token ids (page-aligned), holding KV slots.
 //!
 //! Follows SGLang's RadixCache (see shared/reference/sglang-semantics.md section 1) with two
-//! documented differences: LFU really counts hits (every match increments `hits` on the matched
-//! path), and evictable leaves are kept in an ordered set updated incrementally instead of
+//! documented differences: LFU really counts hits (each request admitted with a cached prefix
+//! increments `hits` along it, see `record_hit`), and evictable leaves are kept in an ordered set updated incrementally instead of
 //! rebuilding a heap on every `evict` call. Time is a logical clock (one tick per stamp), so the
 //! cache is deterministic.
 
@@ -152,7 +152,6 @@ impl RadixCache {
             {
                 let c = &mut self.nodes[child.index()];
                 c.last_access = now;
-                c.hits += 1;
             }
             self.refresh_leaf(child);
             let common = self.common_len(&self.nodes[child.index()].key, key);
@@ -271,6 +270,17 @@ impl RadixCache {
         self.evictable_size += key.len();
         self.refresh_leaf(parent);
         self.refresh_leaf(leaf);
+    }
+
+    /// Count a cache hit on the path root -> `node` (LFU's frequency): called once per request
+    /// admitted with that prefix, so policy look-ups and retries do not inflate it.
+    pub fn record_hit(&mut self, mut node: NodeId) {
+        while self.nodes[node.index()].parent != NO_PARENT {
+            self.nodes[node.index()].hits += 1;
+            let parent = self.nodes[node.index()].parent;
+            self.refresh_leaf(node);
+            node = parent;
+        }
     }
 
     /// Lock the path from `node` to its root: its tokens become protected from eviction.

@@ -68,9 +68,12 @@ fn evict_order(policy: EvictionPolicy) -> Vec<u32> {
     for (i, k) in [1u32, 2, 3].iter().enumerate() {
         t.insert(None, &[*k], &a[i..i + 1], i64::from(*k == 2) * 5);
     }
-    t.match_prefix(None, &[3], None);
-    t.match_prefix(None, &[1], None);
-    t.match_prefix(None, &[1], None);
+    // Accessed 3 then 1; admissions hit 1 twice and 3 once.
+    let n3 = t.match_prefix(None, &[3], None).node;
+    t.record_hit(n3);
+    let n1 = t.match_prefix(None, &[1], None).node;
+    t.record_hit(n1);
+    t.record_hit(n1);
     let mut order = Vec::new();
     while t.evictable_size() > 0 {
         let before: Vec<u32> = [1, 2, 3]
@@ -114,10 +117,12 @@ fn lfu_counts_hits_so_a_hot_old_prefix_outlives_a_cold_recent_one() {
     assert!(alloc.alloc_extend(0, None, 2, &mut a));
     t.insert(None, &[1], &a[..1], 0);
     for _ in 0..5 {
-        t.match_prefix(None, &[1], None);
+        let n = t.match_prefix(None, &[1], None).node;
+        t.record_hit(n);
     }
     t.insert(None, &[2], &a[1..], 0);
-    t.match_prefix(None, &[2], None);
+    let n = t.match_prefix(None, &[2], None).node;
+    t.record_hit(n);
     t.evict(1, &mut alloc);
     assert!(t.match_prefix_peek(1) && !t.match_prefix_peek(2));
 }

@@ -480,6 +480,7 @@ impl Scheduler {
         if !a.cont {
             self.counters.prompt_tokens += fill_len;
             self.counters.cached_tokens += a.prefix_len as u64;
+            self.tree.record_hit(a.node);
         }
         true
     }
