@@ -1,20 +1,21 @@
 //! The discrete-event loop: clients, the real scheduler and engine loop, the virtual GPU.
 
 use crate::backend::{SimBackend, StepRecord};
+use crate::clients::{fmt_time, Clients};
 use crate::cost::RooflineCost;
 use crate::error::SimError;
 use crate::gaps::Gaps;
 use crate::profile::Profile;
 use crate::trace::Trace;
-use crate::workload::{expand, Start};
+use crate::workload::expand;
 use doppel_core::scheduler::Counters;
 use doppel_core::stats::DECODE_LOG_INTERVAL;
 use doppel_core::{
-    format_decode_log, format_prefill_log, Engine, Event, FinishReason, ForwardMode, RequestId,
-    RequestSpec, SamplingParams, Scheduler, SchedulerConfig, TimeNs,
+    format_decode_log, format_prefill_log, Engine, Event, ForwardMode, RequestId, RequestSpec,
+    SamplingParams, Scheduler, SchedulerConfig, TimeNs,
 };
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::fmt::Write;
 
 /// What happened to a request.
@@ -100,10 +101,6 @@ pub struct SimOptions {
     pub log_batches: bool,
 }
 
-fn fmt_time(ns: TimeNs) -> String {
-    format!("[{:>10.6}s]", ns as f64 * 1e-9)
-}
-
 /// Replay a trace (`origin` names it in errors).
 pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome, SimError> {
     let profile = Profile::load(&trace.profile)?;
@@ -127,66 +124,30 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
         overlap: trace.engine.overlap,
         ..Default::default()
     };
-    out.records = work
-        .requests
-        .iter()
-        .map(|r| ReqRecord {
-            send: 0,
-            first: 0,
-            finish: 0,
-            prompt_len: r.prompt_len as u32,
-            output_tokens: 0,
-            cached_tokens: 0,
-            retractions: 0,
-            status: Status::Pending,
-        })
-        .collect();
     out.itls = Gaps::new();
-    // Followers of each request (multi-turn), by index.
-    let mut followers: Vec<Vec<(usize, TimeNs)>> = vec![Vec::new(); n];
-    // Client-side: ready to send (time, id); blocked on the concurrency cap; in flight.
-    let mut ready: BinaryHeap<Reverse<(TimeNs, usize)>> = BinaryHeap::with_capacity(n);
-    for (i, r) in work.requests.iter().enumerate() {
-        match r.start {
-            Start::At(t) => ready.push(Reverse((t, i))),
-            Start::After { prev, think_ns } => followers[prev].push((i, think_ns)),
-        }
-    }
-    let cap = work.max_concurrency.unwrap_or(usize::MAX);
-    let mut blocked: VecDeque<usize> = VecDeque::new();
-    let mut in_flight = 0usize;
+    let mut clients = Clients::new(&work, &mut out);
+    // Sends by clients, before the path to the server: (time, id).
+    let mut sent: Vec<(TimeNs, usize)> = Vec::new();
     // Server-side arrivals (after HTTP + tokenization): (time, id).
     let mut incoming: BinaryHeap<Reverse<(TimeNs, usize)>> = BinaryHeap::with_capacity(n);
-    let mut last_token_at: Vec<TimeNs> = vec![0; n];
     let mut events: Vec<Event> = Vec::with_capacity(1024);
     let mut now: TimeNs = 0;
     let mut decode_log_tokens = 0u64;
     let mut decode_log_since: TimeNs = 0;
-    let mut settled = 0usize;
-
-    let send = |i: usize,
-                at: TimeNs,
-                out: &mut Outcome,
-                incoming: &mut BinaryHeap<Reverse<(TimeNs, usize)>>| {
-        out.records[i].send = at;
-        let tok = eng.tokenize_ns + eng.tokenize_ns_per_token * out.records[i].prompt_len as f64;
-        incoming.push(Reverse((at + (eng.http_ns + tok).round() as TimeNs, i)));
+    let arrive = |sent: &mut Vec<(TimeNs, usize)>,
+                  out: &Outcome,
+                  incoming: &mut BinaryHeap<Reverse<(TimeNs, usize)>>| {
+        for (at, i) in sent.drain(..) {
+            let tok =
+                eng.tokenize_ns + eng.tokenize_ns_per_token * out.records[i].prompt_len as f64;
+            incoming.push(Reverse((at + (eng.http_ns + tok).round() as TimeNs, i)));
+        }
     };
 
     loop {
         // Clients: send what is ready, up to the concurrency cap.
-        while let Some(&Reverse((t, i))) = ready.peek() {
-            if t > now {
-                break;
-            }
-            ready.pop();
-            if in_flight < cap {
-                in_flight += 1;
-                send(i, t, &mut out, &mut incoming);
-            } else {
-                blocked.push_back(i);
-            }
-        }
+        clients.send_due(now, &mut out, &mut sent);
+        arrive(&mut sent, &out, &mut incoming);
         // Server: submit what has arrived.
         while let Some(&Reverse((t, i))) = incoming.peek() {
             if t > now {
@@ -205,20 +166,8 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
             };
             let spec = RequestSpec::new(RequestId(i as u64), prompt, sampling, t);
             if let Err(e) = engine.scheduler.submit(spec) {
-                out.records[i].status = Status::Refused;
-                out.records[i].finish = t;
-                out.refused.push((i, e.to_string()));
-                settled += 1;
-                in_flight -= 1;
-                if let Some(b) = blocked.pop_front() {
-                    in_flight += 1;
-                    send(b, t, &mut out, &mut incoming);
-                }
-                // The conversation goes on (its next turn is longer and will likely be refused too,
-                // which the report then lists).
-                for &(f, think) in &followers[i] {
-                    ready.push(Reverse((t + think, f)));
-                }
+                clients.refused(i, t, e.to_string(), &mut out, &mut sent);
+                arrive(&mut sent, &out, &mut incoming);
             }
         }
 
@@ -264,7 +213,8 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
             }
         }
         let mut drained = false;
-        if it.is_idle() && ready.is_empty() && incoming.is_empty() && engine.is_idle() {
+        if it.is_idle() && clients.next_ready().is_none() && incoming.is_empty() && engine.is_idle()
+        {
             break;
         }
         if it.is_idle() {
@@ -279,11 +229,13 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
                 }
             }
             if !drained {
-                let next = [ready.peek(), incoming.peek()]
-                    .into_iter()
-                    .flatten()
-                    .map(|Reverse((t, _))| *t)
-                    .min();
+                let next = [
+                    clients.next_ready(),
+                    incoming.peek().map(|Reverse((t, _))| *t),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
                 match next {
                     Some(t) => now = now.max(t),
                     None => {
@@ -308,53 +260,21 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
         for ev in events.drain(..) {
             match ev {
                 Event::Token { id, index, at, .. } => {
-                    let i = id.0 as usize;
-                    let seen = at + stream_ns;
-                    let rec = &mut out.records[i];
-                    if index == 0 || rec.output_tokens == 0 {
-                        rec.first = seen;
-                    } else {
-                        out.itls.push(seen - last_token_at[i]);
-                    }
-                    last_token_at[i] = seen;
-                    rec.output_tokens += 1;
+                    clients.token(id.0 as usize, index, at + stream_ns, &mut out);
                     decode_log_tokens += 1;
-                    let sec = (seen / 1_000_000_000) as usize;
-                    if out.tokens_per_sec.len() <= sec {
-                        out.tokens_per_sec.resize(sec + 1, 0);
-                    }
-                    out.tokens_per_sec[sec] += 1;
                 }
                 Event::Finished(info) => {
-                    let i = info.id.0 as usize;
-                    let seen = info.at + stream_ns;
-                    let rec = &mut out.records[i];
-                    rec.finish = seen.max(last_token_at[i]);
-                    rec.cached_tokens = info.cached_tokens as u32;
-                    rec.retractions = info.retractions;
-                    rec.status = match info.reason {
-                        FinishReason::Abort(_) => Status::Aborted,
-                        _ => Status::Done,
-                    };
-                    settled += 1;
-                    in_flight -= 1;
-                    let done = rec.finish;
-                    if let Some(b) = blocked.pop_front() {
-                        in_flight += 1;
-                        send(b, done, &mut out, &mut incoming);
-                    }
-                    for &(f, think) in &followers[i] {
-                        ready.push(Reverse((done + think, f)));
-                    }
+                    clients.finished(&info, info.at + stream_ns, &mut out, &mut sent);
+                    arrive(&mut sent, &out, &mut incoming);
                 }
             }
         }
         out.end_ns = out.end_ns.max(now);
     }
-    if settled < n {
+    if clients.settled() < n {
         return Err(SimError::Stalled {
             at_ns: now,
-            why: format!("{} of {n} requests never finished", n - settled),
+            why: format!("{} of {n} requests never finished", n - clients.settled()),
         });
     }
     if out.refused.len() == n {

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod calibrate;
+pub mod clients;
 pub mod compare;
 pub mod cost;
 pub mod driver;

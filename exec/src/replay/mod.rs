@@ -10,18 +10,17 @@ pub use setup::{load_and_replay, Device, ReplaySetup};
 use crate::warmup::warm_up;
 use doppel_core::stats::DECODE_LOG_INTERVAL;
 use doppel_core::{
-    format_decode_log, format_prefill_log, Backend, Engine, Event, FinishReason, ForwardMode, Plan,
-    RequestId, RequestSpec, SamplingParams, Scheduler, SchedulerConfig, StepResult, TimeNs,
-    TokenId,
+    format_decode_log, format_prefill_log, Backend, Engine, Event, ForwardMode, Plan, RequestId,
+    RequestSpec, SamplingParams, Scheduler, SchedulerConfig, StepResult, TimeNs, TokenId,
 };
 use doppel_sim::backend::StepRecord;
+use doppel_sim::clients::{fmt_time, Clients};
 use doppel_sim::cost::BatchShape;
-use doppel_sim::driver::{Outcome, ReqRecord, Status};
+use doppel_sim::driver::Outcome;
 use doppel_sim::gaps::Gaps;
 use doppel_sim::trace::Trace;
-use doppel_sim::workload::{expand, PromptSpec, Start};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use doppel_sim::workload::{expand, PromptSpec};
+use std::collections::VecDeque;
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
@@ -154,10 +153,6 @@ impl<B: Backend> Backend for Recorder<B> {
     }
 }
 
-fn fmt_time(ns: TimeNs) -> String {
-    format!("[{:>10.6}s]", ns as f64 * 1e-9)
-}
-
 /// Replay `trace` on `backend` with scheduler configuration `cfg`; `vocab` is the model's
 /// vocabulary (prompts are drawn from it); `origin` names the trace in errors.
 pub fn replay<B: Backend>(
@@ -188,44 +183,18 @@ pub fn replay<B: Backend>(
         itls: Gaps::new(),
         ..Default::default()
     };
-    out.records = work
-        .requests
-        .iter()
-        .map(|r| ReqRecord {
-            send: 0,
-            first: 0,
-            finish: 0,
-            prompt_len: r.prompt_len as u32,
-            output_tokens: 0,
-            cached_tokens: 0,
-            retractions: 0,
-            status: Status::Pending,
-        })
-        .collect();
-    let mut followers: Vec<Vec<(usize, TimeNs)>> = vec![Vec::new(); n];
-    let mut ready: BinaryHeap<Reverse<(TimeNs, usize)>> = BinaryHeap::with_capacity(n);
-    for (i, r) in work.requests.iter().enumerate() {
-        match r.start {
-            Start::At(t) => ready.push(Reverse((t, i))),
-            Start::After { prev, think_ns } => followers[prev].push((i, think_ns)),
-        }
-    }
+    let mut clients = Clients::new(&work, &mut out);
     // Replies of turns that have a follow-up: a real client re-sends what the model said, so the
     // next prompt carries these tokens where the simulator puts its synthetic ones.
-    let mut replies: Vec<Option<Vec<TokenId>>> = followers
-        .iter()
-        .map(|f| (!f.is_empty()).then(Vec::new))
+    let mut replies: Vec<Option<Vec<TokenId>>> = (0..n)
+        .map(|i| clients.has_followers(i).then(Vec::new))
         .collect();
     let mut sent: Vec<Option<Vec<TokenId>>> = vec![None; n];
-    let cap = work.max_concurrency.unwrap_or(usize::MAX);
-    let mut blocked: VecDeque<usize> = VecDeque::new();
-    let mut in_flight = 0usize;
-    let mut incoming: VecDeque<(TimeNs, usize)> = VecDeque::new();
-    let mut last_token_at: Vec<TimeNs> = vec![0; n];
+    // Sent requests reach the server at once (in-process): (time, id).
+    let mut incoming: Vec<(TimeNs, usize)> = Vec::new();
     let mut events: Vec<Event> = Vec::with_capacity(1024);
     let mut decode_log_tokens = 0u64;
     let mut decode_log_since: TimeNs = 0;
-    let mut settled = 0usize;
     let now_ns = || clock.elapsed().as_nanos() as TimeNs;
     let secs = |ns: TimeNs| ns as f64 * 1e-9;
 
@@ -235,28 +204,19 @@ pub fn replay<B: Backend>(
             if now > limit.as_nanos() as TimeNs {
                 return Err(ReplayError::TimeLimit {
                     limit_s: limit.as_secs_f64(),
-                    left: n - settled,
+                    left: n - clients.settled(),
                     total: n,
                 });
             }
         }
         // Clients: a request is sent at its scheduled time (the server queues it even while a
         // step is running), up to the concurrency cap.
-        while let Some(&Reverse((t, i))) = ready.peek() {
-            if t > now {
-                break;
-            }
-            ready.pop();
-            if in_flight < cap {
-                in_flight += 1;
-                out.records[i].send = t;
-                incoming.push_back((t, i));
-            } else {
-                blocked.push_back(i);
-            }
-        }
+        clients.send_due(now, &mut out, &mut incoming);
         // Server: submit in arrival order (no HTTP or tokenization in-process).
-        while let Some((t, i)) = incoming.pop_front() {
+        let mut k = 0;
+        while k < incoming.len() {
+            let (t, i) = incoming[k];
+            k += 1;
             let mut prompt = work.build_prompt(i).ok_or_else(|| ReplayError::Stalled {
                 at_s: secs(now),
                 why: format!("request {i} was sent before the turn it continues"),
@@ -289,18 +249,10 @@ pub fn replay<B: Backend>(
             };
             let spec = RequestSpec::new(RequestId(i as u64), prompt, sampling, t);
             if let Err(e) = engine.scheduler.submit(spec) {
-                out.records[i].status = Status::Refused;
-                out.records[i].finish = t;
-                out.refused.push((i, e.to_string()));
-                settled += 1;
-                in_flight -= 1;
-                if let Some(b) = blocked.pop_front() {
-                    in_flight += 1;
-                    out.records[b].send = t;
-                    incoming.push_back((t, b));
-                }
+                clients.refused(i, t, e.to_string(), &mut out, &mut incoming);
             }
         }
+        incoming.clear();
 
         events.clear();
         let it = engine
@@ -333,7 +285,8 @@ pub fn replay<B: Backend>(
                 }
             }
         }
-        if it.is_idle() && ready.is_empty() && incoming.is_empty() && engine.is_idle() {
+        if it.is_idle() && clients.next_ready().is_none() && incoming.is_empty() && engine.is_idle()
+        {
             break;
         }
         if it.is_idle() {
@@ -349,8 +302,8 @@ pub fn replay<B: Backend>(
             }
             // Pending events may make a follow-up turn ready sooner: handle them first.
             if !drained && incoming.is_empty() && events.is_empty() {
-                match ready.peek() {
-                    Some(&Reverse((t, _))) => {
+                match clients.next_ready() {
+                    Some(t) => {
                         // Idle until the next send (bounded so the time limit is still checked).
                         let wait = t.saturating_sub(now_ns()).min(50_000_000);
                         std::thread::sleep(Duration::from_nanos(wait));
@@ -380,55 +333,24 @@ pub fn replay<B: Backend>(
                     ..
                 } => {
                     let i = id.0 as usize;
-                    let rec = &mut out.records[i];
-                    if index == 0 || rec.output_tokens == 0 {
-                        rec.first = at;
-                    } else {
-                        out.itls.push(at.saturating_sub(last_token_at[i]));
-                    }
-                    last_token_at[i] = at;
-                    rec.output_tokens += 1;
+                    clients.token(i, index, at, &mut out);
                     decode_log_tokens += 1;
                     if let Some(reply) = replies[i].as_mut() {
                         reply.truncate(index);
                         reply.push(token);
                     }
-                    let sec = (at / 1_000_000_000) as usize;
-                    if out.tokens_per_sec.len() <= sec {
-                        out.tokens_per_sec.resize(sec + 1, 0);
-                    }
-                    out.tokens_per_sec[sec] += 1;
                 }
                 Event::Finished(info) => {
-                    let i = info.id.0 as usize;
-                    let rec = &mut out.records[i];
-                    rec.finish = info.at.max(last_token_at[i]);
-                    rec.cached_tokens = info.cached_tokens as u32;
-                    rec.retractions = info.retractions;
-                    rec.status = match info.reason {
-                        FinishReason::Abort(_) => Status::Aborted,
-                        _ => Status::Done,
-                    };
-                    settled += 1;
-                    in_flight -= 1;
-                    let done = rec.finish;
-                    if let Some(b) = blocked.pop_front() {
-                        in_flight += 1;
-                        out.records[b].send = done;
-                        incoming.push_back((done, b));
-                    }
-                    for &(f, think) in &followers[i] {
-                        ready.push(Reverse((done + think, f)));
-                    }
+                    clients.finished(&info, info.at, &mut out, &mut incoming);
                 }
             }
         }
         out.end_ns = out.end_ns.max(now_ns());
     }
-    if settled < n {
+    if clients.settled() < n {
         return Err(ReplayError::Stalled {
             at_s: secs(now_ns()),
-            why: format!("{} of {n} requests never finished", n - settled),
+            why: format!("{} of {n} requests never finished", n - clients.settled()),
         });
     }
     out.counters = engine.scheduler.counters();
