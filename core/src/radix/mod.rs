@@ -217,6 +217,20 @@ impl RadixCache {
         value: &[KvSlot],
         priority: i64,
     ) -> usize {
+        self.insert_path(namespace, key, value, priority, None).0
+    }
+
+    /// `insert`, also returning the deepest node of the inserted sequence and appending the slots
+    /// the tree now holds for it to `out` (the tree's copies where it already had the tokens), so
+    /// a caller can adopt them without matching again.
+    pub fn insert_path(
+        &mut self,
+        namespace: Option<u64>,
+        key: &[TokenId],
+        value: &[KvSlot],
+        priority: i64,
+        mut out: Option<&mut Vec<KvSlot>>,
+    ) -> (usize, NodeId) {
         debug_assert_eq!(key.len(), value.len());
         let aligned = self.page_align(key.len());
         let (mut key, mut value) = (&key[..aligned], &value[..aligned]);
@@ -224,7 +238,10 @@ impl RadixCache {
         let mut cached = 0;
         while !key.is_empty() {
             let Some(child) = self.find_child(node, key) else {
-                self.add_leaf(node, key, value, priority);
+                node = self.add_leaf(node, key, value, priority);
+                if let Some(out) = out.as_deref_mut() {
+                    out.extend_from_slice(value);
+                }
                 break;
             };
             let now = self.tick();
@@ -240,15 +257,24 @@ impl RadixCache {
             } else {
                 child
             };
+            if let Some(out) = out.as_deref_mut() {
+                out.extend_from_slice(&self.nodes[child.index()].value);
+            }
             cached += common;
             node = child;
             key = &key[common..];
             value = &value[common..];
         }
-        cached
+        (cached, node)
     }
 
-    fn add_leaf(&mut self, parent: NodeId, key: &[TokenId], value: &[KvSlot], priority: i64) {
+    fn add_leaf(
+        &mut self,
+        parent: NodeId,
+        key: &[TokenId],
+        value: &[KvSlot],
+        priority: i64,
+    ) -> NodeId {
         let now = self.tick();
         let leaf = self.new_node(Node {
             parent,
@@ -270,6 +296,7 @@ impl RadixCache {
         self.evictable_size += key.len();
         self.refresh_leaf(parent);
         self.refresh_leaf(leaf);
+        leaf
     }
 
     /// Count a cache hit on the path root -> `node` (LFU's frequency): called once per request

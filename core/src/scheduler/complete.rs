@@ -71,26 +71,31 @@ impl Scheduler {
         let mut key = std::mem::take(&mut self.scratch.key);
         key.clear();
         self.req(h).fill_into(0, aligned, &mut key);
-        let cached = self
-            .tree
-            .insert(ns, &key, &self.table.row(row)[..aligned], prio);
+        // The insert hands back the tree's slots for the whole sequence, so the row can adopt
+        // them without a second walk.
+        let mut slots = std::mem::take(&mut self.scratch.slots);
+        slots.clear();
+        let (cached, node) = self.tree.insert_path(
+            ns,
+            &key,
+            &self.table.row(row)[..aligned],
+            prio,
+            Some(&mut slots),
+        );
+        debug_assert_eq!(slots.len(), aligned, "the whole sequence is in the tree");
         if cached > old_tree_len {
             // Another request cached these tokens meanwhile: our copies are duplicates.
             self.alloc.free(&self.table.row(row)[old_tree_len..cached]);
         }
-        let mut slots = std::mem::take(&mut self.scratch.slots);
-        slots.clear();
-        let m = self.tree.match_prefix(ns, &key, Some(&mut slots));
-        debug_assert_eq!(m.len, aligned, "just inserted");
         self.table
             .write_logged(row, old_tree_len, &slots[old_tree_len..]);
         self.scratch.slots = slots;
         self.scratch.key = key;
-        self.tree.inc_lock_ref(m.node);
+        self.tree.inc_lock_ref(node);
         self.tree.dec_lock_ref(old_node);
         let r = self.req_mut(h);
         r.tree_len = aligned;
-        r.node = m.node;
+        r.node = node;
     }
 
     /// Release a running request's memory: insert its computed sequence into the cache (or free
