@@ -148,6 +148,8 @@ pub struct StepResult {
     pub logprobs: Vec<Option<TokenLogprob>>,
     /// When the step's results became available.
     pub done_at: TimeNs,
+    /// Device execution time of the step (ns), where the backend measures it (CUDA events).
+    pub device_ns: Option<u64>,
 }
 
 impl StepResult {
@@ -156,6 +158,7 @@ impl StepResult {
         self.tokens.clear();
         self.logprobs.clear();
         self.done_at = 0;
+        self.device_ns = None;
     }
 }
 

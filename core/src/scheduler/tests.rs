@@ -322,6 +322,7 @@ fn running_requests_reserve_their_remaining_output_at_new_token_ratio() {
             tokens: vec![5],
             logprobs: vec![],
             done_at: 1,
+            device_ns: None,
         },
         &mut ev,
     );
@@ -338,6 +339,7 @@ fn running_requests_reserve_their_remaining_output_at_new_token_ratio() {
             tokens: vec![5],
             logprobs: vec![],
             done_at: 1,
+            device_ns: None,
         },
         &mut ev,
     );

@@ -11,10 +11,11 @@
 
 use super::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
 use super::model::{GpuModel, KvPool, RowSampling, StepInput, Workspace};
+use super::timing::StepEvents;
 use super::{CudaError, DriverCtx, Gpu, Result};
 use crate::sampling::RequestSampler;
 use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
-use cudarc::driver::{CudaGraph, CudaSlice};
+use cudarc::driver::{CudaEvent, CudaGraph, PinnedHostSlice};
 use doppel_core::{
     Backend, Plan, RequestId, SamplingParams, StepResult, TimeNs, TokenLogprob, FUTURE_TOKEN,
 };
@@ -79,6 +80,10 @@ struct Pending {
     want_lp: bool,
     started: Instant,
     now: TimeNs,
+    /// CUDA events around the step (when step timing is on).
+    events: Option<StepEvents>,
+    /// Recorded after the step's samples were downloaded.
+    done: CudaEvent,
 }
 
 /// The GPU backend.
@@ -94,11 +99,20 @@ pub struct CudaBackend {
     pad_row: usize,
     sms: usize,
     graphs: HashMap<(usize, bool), Captured>,
-    results: [CudaSlice<u32>; 2],
+    // Page-locked host copies of two steps' samples: a step's results are downloaded
+    // asynchronously and waited on by their own event, so in the overlap order collecting step N
+    // does not also wait for step N+1, which is already queued behind it.
+    results: [PinnedHostSlice<u32>; 2],
     next_result: usize,
     samplers: HashMap<RequestId, RequestSampler>,
     last_row: HashMap<RequestId, u32>,
     pending: VecDeque<Pending>,
+    /// Record CUDA events around every step and report `StepResult::device_ns`.
+    step_timing: bool,
+    /// GPU stall (ns) queued before the next step's work (profiling: see `stall_next_step`).
+    stall_next: u64,
+    /// End event of the last collected timed step.
+    last_end: Option<cudarc::driver::CudaEvent>,
 }
 
 impl CudaBackend {
@@ -136,7 +150,12 @@ impl CudaBackend {
             max_seqs,
             max_splits,
         )?;
-        let results = [gpu.zeros::<u32>(max_seqs)?, gpu.zeros::<u32>(max_seqs)?];
+        let pinned = || {
+            // SAFETY: every element is written by a download before it is read (rows <= len).
+            unsafe { gpu.ctx.alloc_pinned_with_flags::<u32>(max_seqs, 0) }
+                .ctx("allocating page-locked result buffers")
+        };
+        let results = [pinned()?, pinned()?];
         Ok(CudaBackend {
             pad_row: cfg.table_rows,
             gpu,
@@ -151,7 +170,23 @@ impl CudaBackend {
             samplers: HashMap::new(),
             last_row: HashMap::new(),
             pending: VecDeque::new(),
+            step_timing: false,
+            stall_next: 0,
+            last_end: None,
         })
+    }
+
+    /// Time every step with CUDA events (reported as `StepResult::device_ns`); costs two event
+    /// records per step.
+    pub fn set_step_timing(&mut self, on: bool) {
+        self.step_timing = on;
+        self.last_end = None;
+    }
+
+    /// Keep the GPU busy for `ns` before the next step's first work, so the whole step is
+    /// launched before the GPU reaches it and its device time excludes host launch gaps.
+    pub fn stall_next_step(&mut self, ns: u64) {
+        self.stall_next = ns;
     }
 
     /// KV tokens that fit in `fraction` of the device memory after the weights (SGLang's
@@ -289,6 +324,14 @@ impl CudaBackend {
                 ),
             ));
         }
+        if self.stall_next > 0 {
+            self.gpu.spin_ns(std::mem::take(&mut self.stall_next))?;
+        }
+        let start_ev = if self.step_timing {
+            Some(self.gpu.timing_event()?)
+        } else {
+            None
+        };
         self.write_table(plan)?;
         let mut s = StepInput::default();
         let mut want = Vec::with_capacity(plan.entries.len());
@@ -460,12 +503,23 @@ impl CudaBackend {
         self.next_result ^= 1;
         if rows > 0 {
             let src = self.ws.sampled.slice(0..rows);
-            let mut dst = self.results[result].slice_mut(0..rows);
             self.gpu
                 .stream
-                .memcpy_dtod(&src, &mut dst)
-                .ctx("saving samples")?;
+                .memcpy_dtoh(&src, &mut self.results[result])
+                .ctx("downloading samples")?;
         }
+        let done = self
+            .gpu
+            .stream
+            .record_event(None)
+            .ctx("recording the step's completion")?;
+        let events = match start_ev {
+            Some(start) => Some(StepEvents {
+                start,
+                end: self.gpu.timing_event()?,
+            }),
+            None => None,
+        };
         Ok(Pending {
             step: plan.step,
             entries: plan.entries.len(),
@@ -475,6 +529,8 @@ impl CudaBackend {
             want_lp,
             started,
             now,
+            events,
+            done,
         })
     }
 
@@ -572,15 +628,13 @@ impl Backend for CudaBackend {
             msg: format!("collect for step {} without a launched plan", plan.step),
         })?;
         let rows = p.want.iter().filter(|w| **w).count();
-        let sampled = if rows > 0 {
-            self.gpu
-                .stream
-                .clone_dtoh(&self.results[p.result].slice(0..rows))
-                .ctx("downloading samples")?
-        } else {
-            self.gpu.sync()?;
-            Vec::new()
-        };
+        // Wait for this step only (spinning on its event; the buffer's own event has then
+        // completed too, so reading it does not block again).
+        p.done.synchronize().ctx("waiting for the step")?;
+        let all = self.results[p.result]
+            .as_slice()
+            .ctx("reading the samples")?;
+        let sampled = &all[..rows];
         out.tokens.clear();
         out.logprobs.clear();
         let mut r = 0;
@@ -609,6 +663,11 @@ impl Backend for CudaBackend {
             }
         }
         out.done_at = p.now + p.started.elapsed().as_nanos() as u64;
+        if let Some(ev) = p.events {
+            // The step's completion was waited for above, so both events have completed.
+            out.device_ns = Some(ev.device_ns(self.last_end.as_ref())?);
+            self.last_end = Some(ev.end);
+        }
         Ok(())
     }
 }
