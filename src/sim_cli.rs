@@ -85,6 +85,9 @@ pub enum SimCmd {
         /// Where to write the fitted profile YAML.
         #[arg(long)]
         out: String,
+        /// Also write every measured step with the fitted prediction (CSV).
+        #[arg(long)]
+        residuals: Option<String>,
     },
 }
 
@@ -202,11 +205,31 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             base,
             name,
             out,
+            residuals,
         } => {
             use doppel_sim::calibrate;
             let m = calibrate::Measurements::load(&measurements)?;
             let fit = calibrate::calibrate(&Profile::load(&base)?, &m, &name, &measurements)?;
             write(&out, &calibrate::to_yaml(&fit)?)?;
+            if let Some(path) = residuals {
+                let mut csv = String::from(
+                    "mode,tokens,extend_reqs,decode_reqs,kv_read_tokens,attn_pairs,ns,host_ns,device_ns,fitted_ns\n",
+                );
+                for (p, (meas, pred)) in m.steps.iter().zip(&fit.residuals) {
+                    csv.push_str(&format!(
+                        "{},{},{},{},{},{},{},{},{meas},{pred}\n",
+                        p.mode,
+                        p.tokens,
+                        p.extend_reqs,
+                        p.decode_reqs,
+                        p.kv_read_tokens,
+                        p.attn_pairs,
+                        p.ns,
+                        p.host_ns
+                    ));
+                }
+                write(&path, &csv)?;
+            }
             let (mean, max) = fit.errors();
             println!(
                 "fitted {name} to {} steps: mean |error| {:.2}%, max {:.2}%; written to {out}",

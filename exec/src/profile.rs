@@ -11,6 +11,7 @@ use doppel_core::{
     SchedulerConfig, TimeNs, TokenId,
 };
 use doppel_sim::calibrate::{Measurements, SchedulePoint, StepPoint};
+use doppel_sim::cost::BatchShape;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
@@ -51,7 +52,9 @@ impl ProfilePlan {
         ProfilePlan {
             prefill_lens: vec![64, 256, 1024, 4096],
             prefill_batches: vec![1, 2, 4, 8, 16],
-            decode_batches: vec![1, 4, 16, 32, 64, 128, 256],
+            // Every CUDA-graph batch size: a decode batch runs padded to one of them, so the
+            // simulator's decode table is exact at each.
+            decode_batches: crate::cuda::backend::graph_sizes(256),
             decode_kv: vec![128, 512, 2048],
             decode_steps: 8,
             mixed: vec![(16, 256), (64, 512), (128, 1024)],
@@ -184,6 +187,36 @@ fn scenarios(p: &ProfilePlan) -> Vec<Scenario> {
     out
 }
 
+/// A backend's hooks for measuring device time apart from host launch time.
+pub trait StepTiming {
+    /// Report each step's device time in `StepResult::device_ns` (default: not measured).
+    fn set_step_timing(&mut self, _on: bool) {}
+    /// Keep the device busy for `ns` before the next step, so the step is wholly launched before
+    /// the device reaches it (default: nothing to stall).
+    fn stall_next_step(&mut self, _ns: u64) {}
+}
+
+impl StepTiming for crate::cpu_backend::CpuBackend {}
+
+impl StepTiming for crate::cuda::backend::CudaBackend {
+    fn set_step_timing(&mut self, on: bool) {
+        crate::cuda::backend::CudaBackend::set_step_timing(self, on);
+    }
+    fn stall_next_step(&mut self, ns: u64) {
+        crate::cuda::backend::CudaBackend::stall_next_step(self, ns);
+    }
+}
+
+/// GPU stall queued before each step of the stalled runs: longer than any measured launch.
+const STALL_NS: u64 = 8_000_000;
+
+/// One scenario's steps as measured: (shape, mode, plain span, host launch, device ns), and
+/// the scheduler time per step.
+type ScenarioRun = (
+    Vec<(BatchShape, ForwardMode, u64, u64, Option<u64>)>,
+    Vec<(usize, u64)>,
+);
+
 /// What went wrong while profiling.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -200,7 +233,12 @@ pub const PROFILE_ROWS: usize = 1024;
 
 /// Run the sweep on `backend`; `vocab` bounds prompt tokens, `context_len` the model's positions;
 /// `show_progress` draws a progress bar on stderr.
-pub fn run<B: Backend>(
+///
+/// Each timed pass runs every scenario twice: in the plain order as it comes (the step's span
+/// from launch to results, and how long the launch call took), then with the device stalled
+/// before every step, so that the step's CUDA-event time is its device time without the gaps
+/// of a host that launches slower than the GPU runs.
+pub fn run<B: Backend + StepTiming>(
     backend: &mut B,
     p: &ProfilePlan,
     vocab: usize,
@@ -222,95 +260,152 @@ pub fn run<B: Backend>(
     let mut steps = Vec::new();
     let mut sched = Vec::new();
     let total = list.len() * (p.repeats + 1);
+    backend.set_step_timing(true);
     for pass in 0..=p.repeats {
         for (k, sc) in list.iter().enumerate() {
             progress(pass * list.len() + k, total);
-            let cfg = SchedulerConfig {
-                kv_capacity_tokens: p.kv_capacity,
+            let mut ctx = RunCtx {
+                p,
+                vocab,
                 context_len,
-                max_prefill_tokens: p.max_prefill_tokens,
-                chunked_prefill_size: sc.chunk,
-                disable_radix_cache: !sc.cache,
-                req_pool_size: Some(PROFILE_ROWS),
-                enable_mixed_chunk: sc.mixed,
-                eos_token_ids: Vec::new(),
-                ..Default::default()
+                rng: &mut rng,
+                next_id: &mut next_id,
             };
-            let scheduler =
-                Scheduler::new(cfg).map_err(|e| ProfileError::Scheduler(e.to_string()))?;
-            let origin = Instant::now();
-            let mut engine = Engine::new(scheduler, Recorder::new(ByRef(backend), origin), false);
-            let mut events: Vec<Event> = Vec::new();
-            let mut pending: Vec<(usize, usize, usize, usize)> = sc.reqs.clone();
-            let longest = sc.reqs.iter().map(|r| r.3).max().unwrap_or(0);
-            let shared: Vec<TokenId> = (0..longest)
-                .map(|_| rng.gen_range(0..vocab as TokenId))
-                .collect();
-            let mut iter_ns: Vec<(usize, u64)> = Vec::new();
-            let mut ran = 0usize;
-            loop {
-                let mut i = 0;
-                while i < pending.len() {
-                    if pending[i].2 <= ran {
-                        let (len, out, _, from_shared) = pending.swap_remove(i);
-                        let mut prompt: Vec<TokenId> = shared[..from_shared.min(len)].to_vec();
-                        prompt.extend(
-                            (prompt.len()..len).map(|_| rng.gen_range(0..vocab as TokenId)),
-                        );
-                        let mut sp = SamplingParams::greedy(out);
-                        sp.ignore_eos = true;
-                        let now = origin.elapsed().as_nanos() as TimeNs;
-                        engine
-                            .scheduler
-                            .submit(RequestSpec::new(RequestId(next_id), prompt, sp, now))
-                            .map_err(|e| ProfileError::Scheduler(e.to_string()))?;
-                        next_id += 1;
-                    } else {
-                        i += 1;
-                    }
-                }
-                let t0 = Instant::now();
-                let now = origin.elapsed().as_nanos() as TimeNs;
-                events.clear();
-                let it = engine
-                    .iterate(now, &mut events)
-                    .map_err(|e| ProfileError::Backend(e.to_string()))?;
-                let spent = t0.elapsed().as_nanos() as u64;
-                if let Some(s) = it.launched {
-                    iter_ns.push((s.batch_size, spent));
-                    ran += 1;
-                } else if pending.is_empty() && engine.is_idle() {
-                    break;
-                } else if pending.is_empty() {
-                    return Err(ProfileError::Scheduler(format!(
-                        "{} requests left but no step was formed",
-                        engine.scheduler.num_waiting() + engine.scheduler.num_running()
-                    )));
-                } else {
-                    ran += 1;
-                }
-            }
+            let (plain, iter_ns) = run_scenario(backend, sc, &mut ctx, false)?;
             if pass == 0 {
                 continue;
             }
-            let rec = &engine.backend;
-            for ((r, shape), (entries, spent)) in rec.steps.iter().zip(&rec.shapes).zip(&iter_ns) {
-                let ns = r.end.saturating_sub(r.start).max(1);
-                let mode = match r.mode {
+            let (stalled, _) = run_scenario(backend, sc, &mut ctx, true)?;
+            // The last iteration queued a stall no step consumed: drop it.
+            backend.stall_next_step(0);
+            // Same scenario, same scheduler: the same step sequence, unless the scheduler saw
+            // different timing (it does not read the clock for plans); check anyway.
+            let same = stalled.len() == plain.len()
+                && stalled
+                    .iter()
+                    .zip(&plain)
+                    .all(|(a, b)| a.0 == b.0 && a.1 == b.1);
+            for (i, ((shape, mode, ns, host_ns, _), (entries, spent))) in
+                plain.iter().zip(&iter_ns).enumerate()
+            {
+                let mode = match mode {
                     ForwardMode::Extend => "prefill",
                     ForwardMode::Decode => "decode",
                     ForwardMode::Mixed => "mixed",
                 };
-                steps.push(StepPoint::of(shape, mode, ns));
+                let mut point = StepPoint::of(shape, mode, *ns);
+                point.host_ns = *host_ns;
+                if same {
+                    let (_, _, _, stalled_host, dev) = stalled[i];
+                    // A launch longer than the stall let the device catch up: no clean figure.
+                    point.device_ns = dev.filter(|_| stalled_host < STALL_NS);
+                }
+                steps.push(point);
                 sched.push(SchedulePoint {
                     entries: *entries,
-                    ns: spent.saturating_sub(ns),
+                    ns: spent.saturating_sub(*ns),
                 });
             }
         }
     }
+    backend.set_step_timing(false);
     bar.finish_and_clear();
     Ok((steps, sched))
+}
+
+/// What a scenario run needs besides the backend.
+struct RunCtx<'a> {
+    p: &'a ProfilePlan,
+    vocab: usize,
+    context_len: usize,
+    rng: &'a mut ChaCha8Rng,
+    next_id: &'a mut u64,
+}
+
+/// Run one scenario to completion in the plain order; `stall`: stall the device before each step.
+fn run_scenario<B: Backend + StepTiming>(
+    backend: &mut B,
+    sc: &Scenario,
+    c: &mut RunCtx<'_>,
+    stall: bool,
+) -> Result<ScenarioRun, ProfileError> {
+    let p = c.p;
+    let cfg = SchedulerConfig {
+        kv_capacity_tokens: p.kv_capacity,
+        context_len: c.context_len,
+        max_prefill_tokens: p.max_prefill_tokens,
+        chunked_prefill_size: sc.chunk,
+        disable_radix_cache: !sc.cache,
+        req_pool_size: Some(PROFILE_ROWS),
+        enable_mixed_chunk: sc.mixed,
+        eos_token_ids: Vec::new(),
+        ..Default::default()
+    };
+    let scheduler = Scheduler::new(cfg).map_err(|e| ProfileError::Scheduler(e.to_string()))?;
+    let origin = Instant::now();
+    let mut engine = Engine::new(scheduler, Recorder::new(ByRef(backend), origin), false);
+    let mut events: Vec<Event> = Vec::new();
+    let mut pending: Vec<(usize, usize, usize, usize)> = sc.reqs.clone();
+    let longest = sc.reqs.iter().map(|r| r.3).max().unwrap_or(0);
+    let vocab = c.vocab as TokenId;
+    let shared: Vec<TokenId> = (0..longest).map(|_| c.rng.gen_range(0..vocab)).collect();
+    let mut iter_ns: Vec<(usize, u64)> = Vec::new();
+    let mut ran = 0usize;
+    loop {
+        let mut i = 0;
+        while i < pending.len() {
+            if pending[i].2 <= ran {
+                let (len, out, _, from_shared) = pending.swap_remove(i);
+                let mut prompt: Vec<TokenId> = shared[..from_shared.min(len)].to_vec();
+                prompt.extend((prompt.len()..len).map(|_| c.rng.gen_range(0..vocab)));
+                let mut sp = SamplingParams::greedy(out);
+                sp.ignore_eos = true;
+                let now = origin.elapsed().as_nanos() as TimeNs;
+                engine
+                    .scheduler
+                    .submit(RequestSpec::new(RequestId(*c.next_id), prompt, sp, now))
+                    .map_err(|e| ProfileError::Scheduler(e.to_string()))?;
+                *c.next_id += 1;
+            } else {
+                i += 1;
+            }
+        }
+        if stall {
+            engine.backend.inner.0.stall_next_step(STALL_NS);
+        }
+        let t0 = Instant::now();
+        let now = origin.elapsed().as_nanos() as TimeNs;
+        events.clear();
+        let it = engine
+            .iterate(now, &mut events)
+            .map_err(|e| ProfileError::Backend(e.to_string()))?;
+        let spent = t0.elapsed().as_nanos() as u64;
+        if let Some(s) = it.launched {
+            iter_ns.push((s.batch_size, spent));
+            ran += 1;
+        } else if pending.is_empty() && engine.is_idle() {
+            break;
+        } else if pending.is_empty() {
+            return Err(ProfileError::Scheduler(format!(
+                "{} requests left but no step was formed",
+                engine.scheduler.num_waiting() + engine.scheduler.num_running()
+            )));
+        } else {
+            ran += 1;
+        }
+    }
+    let rec = &engine.backend;
+    let steps = rec
+        .steps
+        .iter()
+        .zip(&rec.shapes)
+        .map(|(r, shape)| {
+            let ns = r.end.saturating_sub(r.start).max(1);
+            let host = r.launched.saturating_sub(r.start);
+            (*shape, r.mode, ns, host, r.device_ns)
+        })
+        .collect();
+    Ok((steps, iter_ns))
 }
 
 /// Package the points as a measurement file.

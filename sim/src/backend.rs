@@ -14,12 +14,18 @@ pub struct StepRecord {
     pub start: TimeNs,
     /// When it finished.
     pub end: TimeNs,
+    /// When the host finished launching it.
+    pub launched: TimeNs,
+    /// Device time where it was measured (real engine with CUDA events) or modelled.
+    pub device_ns: Option<u64>,
     /// Kind of pass.
     pub mode: ForwardMode,
     /// Requests in the batch.
     pub batch: u32,
     /// Tokens computed.
     pub tokens: u32,
+    /// KV tokens read by attention (decode lengths and cached prefixes).
+    pub kv_tokens: u64,
 }
 
 /// Failure of the virtual GPU: only a misuse of the Backend contract can cause one.
@@ -36,6 +42,9 @@ pub struct SimBackend<C: CostModel> {
     vocab: usize,
     busy_until: TimeNs,
     cpu_free_at: TimeNs,
+    // When the host finished the latest launch: in the overlap order a step's results are
+    // collected only after the next step's launch call has returned.
+    last_host_end: TimeNs,
     inflight: VecDeque<(TimeNs, TimeNs)>,
     gpu_busy_ns: u64,
     record: bool,
@@ -52,6 +61,7 @@ impl<C: CostModel> SimBackend<C> {
             vocab,
             busy_until: 0,
             cpu_free_at: 0,
+            last_host_end: 0,
             inflight: VecDeque::with_capacity(2),
             gpu_busy_ns: 0,
             record,
@@ -65,7 +75,7 @@ impl<C: CostModel> SimBackend<C> {
         &self.cost
     }
 
-    /// When the scheduler CPU finished forming the last launched step.
+    /// When the host finished forming and launching the last launched step.
     pub fn cpu_free_at(&self) -> TimeNs {
         self.cpu_free_at
     }
@@ -85,12 +95,19 @@ impl<C: CostModel> Backend for SimBackend<C> {
     type Error = BackendError;
 
     fn launch(&mut self, plan: &Plan, now: TimeNs) -> Result<(), BackendError> {
-        // The scheduler spends CPU time forming the plan; the GPU starts it when both are ready.
-        // In the overlap order `now` is while the previous step still runs, so this time hides.
-        self.cpu_free_at = now + self.cost.schedule_ns(plan.entries.len());
-        let start = self.cpu_free_at.max(self.busy_until);
+        // The scheduler spends CPU time forming the plan, then the host launches it; the GPU
+        // starts it when the launch has begun and the previous step is done, and cannot finish
+        // before the host's last launch. In the overlap order `now` is while the previous step
+        // still runs, so the host's time hides behind it.
+        let formed = now + self.cost.schedule_ns(plan.entries.len());
         let shape = BatchShape::of_plan(plan);
-        let end = start + self.cost.step_ns(&shape);
+        let l = self.cost.launch_ns(&shape);
+        let host_end = formed + l.host_ns;
+        let start = (formed + l.lead_ns).max(self.busy_until);
+        let device = self.cost.step_ns(&shape);
+        let end = (start + device).max(host_end + l.tail_ns);
+        self.cpu_free_at = host_end;
+        self.last_host_end = host_end;
         self.busy_until = end;
         self.gpu_busy_ns += end - start;
         self.inflight.push_back((start, end));
@@ -100,9 +117,12 @@ impl<C: CostModel> Backend for SimBackend<C> {
                 step: plan.step,
                 start,
                 end,
+                launched: host_end,
+                device_ns: Some(device),
                 mode: plan.mode,
                 batch: plan.entries.len() as u32,
                 tokens: shape.tokens as u32,
+                kv_tokens: shape.kv_read_tokens as u64,
             });
         }
         Ok(())
@@ -118,7 +138,7 @@ impl<C: CostModel> Backend for SimBackend<C> {
             let index = e.seq_len().saturating_sub(e.prompt_len);
             synth_token(e.id.0, index, self.vocab)
         }));
-        out.done_at = end;
+        out.done_at = end.max(self.last_host_end);
         Ok(())
     }
 }

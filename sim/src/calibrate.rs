@@ -8,6 +8,7 @@
 
 use crate::cost::{BatchShape, RooflineCost};
 use crate::error::SimError;
+use crate::fit_split::{fit_decode_table, fit_launch};
 use crate::profile::Profile;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,13 @@ pub struct StepPoint {
     pub kv_read_tokens: usize,
     /// Measured time (ns), launch to results.
     pub ns: u64,
+    /// Host time of the launch call (ns): from the start of the launch until it returned.
+    #[serde(default)]
+    pub host_ns: u64,
+    /// Device time (ns) of the same step run behind a GPU stall, so every kernel was queued
+    /// before the GPU reached it (CUDA events; absent where the backend does not measure it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_ns: Option<u64>,
 }
 
 impl StepPoint {
@@ -47,7 +55,7 @@ impl StepPoint {
         }
     }
 
-    /// A point of `shape` measured at `ns`.
+    /// A point of `shape` measured at `ns` (no host or device split).
     pub fn of(shape: &BatchShape, mode: &str, ns: u64) -> StepPoint {
         StepPoint {
             mode: mode.to_string(),
@@ -58,6 +66,8 @@ impl StepPoint {
             attn_pairs: shape.attn_pairs,
             kv_read_tokens: shape.kv_read_tokens,
             ns,
+            host_ns: 0,
+            device_ns: None,
         }
     }
 }
@@ -369,11 +379,19 @@ pub fn calibrate(
             ),
         ));
     }
-    let shapes: Vec<(BatchShape, f64)> = m
+    // With the host/device split (`exec profile` with CUDA events), the cost model prices
+    // device time, decode steps come from a measured table, and launches get their own costs.
+    let table = fit_decode_table(&m.steps);
+    let device_s = |p: &StepPoint| p.device_ns.unwrap_or(p.ns) as f64 * 1e-9;
+    let mut shapes: Vec<(BatchShape, f64)> = m
         .steps
         .iter()
-        .map(|p| (p.shape(), p.ns as f64 * 1e-9))
+        .filter(|p| table.is_empty() || p.mode != "decode")
+        .map(|p| (p.shape(), device_s(p)))
         .collect();
+    if shapes.is_empty() {
+        shapes = m.steps.iter().map(|p| (p.shape(), device_s(p))).collect();
+    }
     // A finer GEMM curve than a hand-written profile's: small decode batches sit between its
     // points, and a coarse log-linear curve cannot follow them.
     let mut base = base.clone();
@@ -391,6 +409,8 @@ pub fn calibrate(
         }
     }
     let mut profile = apply(base, &best);
+    profile.decode_table = table;
+    profile.launch = fit_launch(&m.steps, base.engine.cuda_graph_max_bs);
     let (a, b) = fit_schedule(&m.schedule);
     if !m.schedule.is_empty() {
         profile.engine.schedule_ns_per_step = a.round();
@@ -426,11 +446,12 @@ pub fn calibrate(
         base.name
     );
     let cost = RooflineCost::new(&profile, 1);
-    let residuals = shapes
+    let residuals = m
+        .steps
         .iter()
-        .map(|(s, meas)| {
+        .map(|p| {
             use crate::cost::CostModel;
-            ((meas * 1e9).round() as u64, cost.step_ns(s))
+            ((device_s(p) * 1e9).round() as u64, cost.step_ns(&p.shape()))
         })
         .collect();
     let modes = m.steps.iter().map(|p| p.mode.clone()).collect();

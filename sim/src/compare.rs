@@ -40,8 +40,11 @@ fn step_json(s: &StepRecord) -> Value {
         "mode": mode_name(s.mode),
         "batch": s.batch,
         "tokens": s.tokens,
+        "kv_tokens": s.kv_tokens,
         "start_ns": s.start,
         "end_ns": s.end,
+        "launched_ns": s.launched,
+        "device_ns": s.device_ns,
     })
 }
 

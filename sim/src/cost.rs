@@ -74,12 +74,27 @@ impl BatchShape {
     }
 }
 
+/// How launching a step occupies the host, and how the GPU follows the launch (ns).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaunchCost {
+    /// Host time of the launch call.
+    pub host_ns: u64,
+    /// From the start of the launch until the GPU can start the step.
+    pub lead_ns: u64,
+    /// The step ends no sooner than this long after the launch call returns.
+    pub tail_ns: u64,
+}
+
 /// Prices steps and host work in integer nanoseconds.
 pub trait CostModel {
     /// GPU time of one forward step.
     fn step_ns(&self, shape: &BatchShape) -> u64;
     /// Scheduler CPU time to form a step with `entries` requests.
     fn schedule_ns(&self, entries: usize) -> u64;
+    /// Host-side launch of a step (default: free and instantaneous).
+    fn launch_ns(&self, _shape: &BatchShape) -> LaunchCost {
+        LaunchCost::default()
+    }
 }
 
 /// Roofline terms plus the profile's fitted efficiencies.
@@ -140,8 +155,40 @@ impl RooflineCost {
         pts[pts.len() - 1].1
     }
 
+    /// Whether `s` is a decode step replayed from a CUDA graph.
+    fn is_graph(&self, s: &BatchShape) -> bool {
+        s.is_decode && s.decode_reqs <= self.profile.engine.cuda_graph_max_bs
+    }
+
+    /// Decode device time from the measured table: the smallest listed batch at or above the
+    /// step's (graphs pad to their sizes), extrapolated from the last two rows beyond the table.
+    fn decode_table_seconds(&self, s: &BatchShape) -> Option<f64> {
+        let t = &self.profile.decode_table;
+        let last = t.last()?;
+        let b = s.decode_reqs.max(1) as f64;
+        let kv = s.kv_read_tokens as f64;
+        let row = match t.iter().find(|r| r.0 >= b) {
+            Some(r) => (r.1, r.2),
+            None if t.len() >= 2 => {
+                let prev = t[t.len() - 2];
+                let f = (b - prev.0) / (last.0 - prev.0);
+                (
+                    (prev.1 + f * (last.1 - prev.1)).max(0.0),
+                    (prev.2 + f * (last.2 - prev.2)).max(0.0),
+                )
+            }
+            None => (last.1 * b / last.0, last.2),
+        };
+        Some((row.0 + row.1 * kv) * 1e-9)
+    }
+
     /// Seconds of GPU time, unrounded (one-batch prints these).
     pub fn step_seconds(&self, s: &BatchShape) -> f64 {
+        if s.is_decode {
+            if let Some(t) = self.decode_table_seconds(s) {
+                return t;
+            }
+        }
         let hw = &self.profile.hardware;
         let eff = &self.profile.efficiency;
         let m = &self.profile.model;
@@ -166,8 +213,7 @@ impl RooflineCost {
         };
         let kernels = m.layers as f64 * eff.kernels_per_layer;
         let fixed_s = if s.is_decode {
-            let graph = s.decode_reqs <= self.profile.engine.cuda_graph_max_bs;
-            if graph {
+            if self.is_graph(s) {
                 eff.decode_step_ns * 1e-9
             } else {
                 // Too large for a captured graph: every kernel is launched eagerly.
@@ -190,6 +236,23 @@ impl CostModel for RooflineCost {
     fn schedule_ns(&self, entries: usize) -> u64 {
         let e = &self.profile.engine;
         (e.schedule_ns_per_step + e.schedule_ns_per_req * entries as f64).round() as u64
+    }
+
+    fn launch_ns(&self, s: &BatchShape) -> LaunchCost {
+        let Some(l) = &self.profile.launch else {
+            return LaunchCost::default();
+        };
+        let reqs = (s.extend_reqs + s.decode_reqs) as f64;
+        let host = if self.is_graph(s) {
+            l.graph_ns + l.graph_per_req_ns * reqs
+        } else {
+            l.eager_ns + l.eager_per_req_ns * reqs + l.eager_per_token_ns * s.tokens as f64
+        };
+        LaunchCost {
+            host_ns: host.round() as u64,
+            lead_ns: l.lead_ns.round() as u64,
+            tail_ns: l.tail_ns.round() as u64,
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod compare;
 pub mod cost;
 pub mod driver;
 pub mod error;
+pub mod fit_split;
 pub mod gaps;
 pub mod metrics;
 pub mod one_batch;

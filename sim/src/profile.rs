@@ -174,6 +174,41 @@ pub struct Profile {
     pub engine: EngineOverheads,
     /// Fitted efficiency terms.
     pub efficiency: Efficiency,
+    /// Host-side launch costs measured on the real engine (absent: a launch takes no host time
+    /// and the GPU starts a step as soon as the scheduler has formed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<LaunchCosts>,
+    /// Measured decode device times, `(batch, fixed ns, ns per KV token read)` by increasing
+    /// batch; a decode step costs the smallest listed batch at or above its own (CUDA graphs pad
+    /// to their captured sizes), beyond the last one the last two rows are extrapolated. Empty:
+    /// decode steps use the roofline terms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decode_table: Vec<(f64, f64, f64)>,
+}
+
+/// How a step's launch occupies the host and how the GPU follows it (ns).
+///
+/// A replayed CUDA graph is launched in a few calls; an eager step launches every kernel
+/// from the host, and for small batches the host is slower than the GPU, which then trails
+/// the launches. The GPU starts a step `lead_ns` after its launch begins (or when the previous
+/// step ends), and ends no sooner than `tail_ns` after the launch returns.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchCosts {
+    /// Launch of a decode step replayed from a CUDA graph: fixed part.
+    pub graph_ns: f64,
+    /// Same, per request (table and input uploads).
+    pub graph_per_req_ns: f64,
+    /// Launch of an eager step (prefill, mixed, decode above the graph sizes): fixed part.
+    pub eager_ns: f64,
+    /// Same, per request.
+    pub eager_per_req_ns: f64,
+    /// Same, per token computed.
+    pub eager_per_token_ns: f64,
+    /// From the start of a launch until the GPU starts on an idle device.
+    pub lead_ns: f64,
+    /// GPU time left after the launch call returns, when the GPU trails the host.
+    pub tail_ns: f64,
 }
 
 /// Profiles shipped with doppel, embedded at build time: (file name, text).
@@ -344,6 +379,33 @@ impl Profile {
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(bad(field, v.to_string(), "must be a non-negative number"));
+            }
+        }
+        if let Some(l) = &self.launch {
+            for (field, v) in [
+                ("launch.graph_ns", l.graph_ns),
+                ("launch.graph_per_req_ns", l.graph_per_req_ns),
+                ("launch.eager_ns", l.eager_ns),
+                ("launch.eager_per_req_ns", l.eager_per_req_ns),
+                ("launch.eager_per_token_ns", l.eager_per_token_ns),
+                ("launch.lead_ns", l.lead_ns),
+                ("launch.tail_ns", l.tail_ns),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(bad(field, v.to_string(), "must be a non-negative number"));
+                }
+            }
+        }
+        for (i, row) in self.decode_table.iter().enumerate() {
+            let ok = row.0 >= 1.0
+                && [row.1, row.2].iter().all(|v| v.is_finite() && *v >= 0.0)
+                && (i == 0 || self.decode_table[i - 1].0 < row.0);
+            if !ok {
+                return Err(bad(
+                    &format!("decode_table[{i}]"),
+                    format!("{row:?}"),
+                    "needs batch >= 1 (increasing) and non-negative times",
+                ));
             }
         }
         Ok(())

@@ -74,6 +74,7 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         ]
     ),
     kernel_source!("activation.cu", ["silu_and_mul"]),
+    kernel_source!("timing.cu", ["spin_ns"]),
     kernel_source!(
         "sampling.cu",
         ["argmax_rows", "argmax_rows_split", "sample_rows"]

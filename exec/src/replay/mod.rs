@@ -129,6 +129,7 @@ impl<B: Backend> Backend for Recorder<B> {
         // starts after that CPU work, so read the clock again.
         let start = self.now();
         self.inner.launch(plan, start)?;
+        let launched = self.now();
         self.last_mode = plan.mode;
         self.shapes.push(BatchShape::of_plan(plan));
         self.open.push_back(self.steps.len());
@@ -136,9 +137,12 @@ impl<B: Backend> Backend for Recorder<B> {
             step: plan.step,
             start,
             end: start,
+            launched,
+            device_ns: None,
             mode: plan.mode,
             batch: plan.entries.len() as u32,
             tokens: plan.num_tokens() as u32,
+            kv_tokens: self.shapes.last().map_or(0, |s| s.kv_read_tokens as u64),
         });
         Ok(())
     }
@@ -148,6 +152,7 @@ impl<B: Backend> Backend for Recorder<B> {
         if let Some(i) = self.open.pop_front() {
             let s = &mut self.steps[i];
             s.end = out.done_at.max(s.start);
+            s.device_ns = out.device_ns;
         }
         Ok(())
     }

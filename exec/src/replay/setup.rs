@@ -151,7 +151,10 @@ fn cuda_replay(
         random_weights: s.random_weights,
         seed: trace.seed,
     };
-    let (backend, capacity) = CudaBackend::from_checkpoint(dir, &copts, &cfg).map_err(setup_err)?;
+    let (mut backend, capacity) =
+        CudaBackend::from_checkpoint(dir, &copts, &cfg).map_err(setup_err)?;
+    // Device time per step in the JSON report (two event records per step, a few us of host).
+    backend.set_step_timing(true);
     if capacity != cfg.capacity_tokens() {
         return Err(ReplayError::Setup(format!(
             "the CUDA backend made a KV pool of {capacity} tokens, the trace asks for {}",

@@ -1,0 +1,264 @@
+//! The parts of a calibration that need the host/device split of `doppel exec profile`
+//! (`StepPoint::host_ns`, `StepPoint::device_ns`): the measured decode table and the launch
+//! costs. Plain least squares over medians, so a few noisy repeats do not move the fit.
+
+use crate::calibrate::StepPoint;
+use crate::profile::LaunchCosts;
+use std::collections::BTreeMap;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Least squares `y = a + b x` (b clamped at 0, a at 0).
+fn line(points: &[(f64, f64)]) -> (f64, f64) {
+    let n = points.len() as f64;
+    if points.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let b = if sxx > 0.0 { (sxy / sxx).max(0.0) } else { 0.0 };
+    ((my - b * mx).max(0.0), b)
+}
+
+/// Least squares `y = a + b x1 + c x2`, coefficients clamped at 0 (a dropped term is refitted
+/// without it).
+fn plane(points: &[(f64, f64, f64)]) -> (f64, f64, f64) {
+    let solve = |use_b: bool, use_c: bool| -> Option<(f64, f64, f64)> {
+        // Normal equations over the kept columns.
+        let cols = |p: &(f64, f64, f64)| {
+            let mut v = vec![1.0];
+            if use_b {
+                v.push(p.0);
+            }
+            if use_c {
+                v.push(p.1);
+            }
+            v
+        };
+        let k = 1 + use_b as usize + use_c as usize;
+        let mut m = vec![vec![0.0; k + 1]; k];
+        for p in points {
+            let x = cols(p);
+            for i in 0..k {
+                for j in 0..k {
+                    m[i][j] += x[i] * x[j];
+                }
+                m[i][k] += x[i] * p.2;
+            }
+        }
+        // Gaussian elimination with partial pivoting.
+        for c in 0..k {
+            let piv = (c..k).max_by(|&a, &b| m[a][c].abs().total_cmp(&m[b][c].abs()))?;
+            if m[piv][c].abs() < 1e-12 {
+                return None;
+            }
+            m.swap(c, piv);
+            let pivot = m[c].clone();
+            for (r, row) in m.iter_mut().enumerate() {
+                if r != c {
+                    let f = row[c] / pivot[c];
+                    for (v, p) in row.iter_mut().zip(&pivot).skip(c) {
+                        *v -= f * p;
+                    }
+                }
+            }
+        }
+        let x: Vec<f64> = (0..k).map(|i| m[i][k] / m[i][i]).collect();
+        let mut it = x.into_iter();
+        let a = it.next().unwrap_or(0.0);
+        let b = if use_b { it.next().unwrap_or(0.0) } else { 0.0 };
+        let c = if use_c { it.next().unwrap_or(0.0) } else { 0.0 };
+        Some((a, b, c))
+    };
+    let mean = points.iter().map(|p| p.2).sum::<f64>() / points.len().max(1) as f64;
+    for (ub, uc) in [(true, true), (true, false), (false, true), (false, false)] {
+        if let Some((a, b, c)) = solve(ub, uc) {
+            if a >= 0.0 && b >= 0.0 && c >= 0.0 {
+                return (a, b, c);
+            }
+        }
+    }
+    (mean.max(0.0), 0.0, 0.0)
+}
+
+/// Decode device times by batch size: `(batch, fixed ns, ns per KV token read)` for every
+/// batch measured at two or more KV lengths, from the steps' `device_ns`.
+pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64)> {
+    // batch -> KV tokens read -> device times
+    let mut by: BTreeMap<usize, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
+    for s in steps {
+        if let (true, Some(d)) = (s.mode == "decode", s.device_ns) {
+            by.entry(s.decode_reqs)
+                .or_default()
+                .entry(s.kv_read_tokens)
+                .or_default()
+                .push(d as f64);
+        }
+    }
+    let mut table = Vec::new();
+    for (batch, kvs) in by {
+        let pts: Vec<(f64, f64)> = kvs
+            .into_iter()
+            .map(|(kv, ts)| (kv as f64, median(ts)))
+            .collect();
+        let lo = pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+        let hi = pts.iter().map(|p| p.0).fold(0.0, f64::max);
+        // A batch seen at one KV length only (a mixed scenario's transient) cannot give a slope.
+        if hi < 2.0 * lo.max(1.0) {
+            continue;
+        }
+        let (a, b) = line(&pts);
+        table.push((batch as f64, a.round(), (b * 1000.0).round() / 1000.0));
+    }
+    table
+}
+
+/// Launch costs from the steps' `host_ns`, `device_ns` and plain spans; `graph_max` is the
+/// largest decode batch replayed from a CUDA graph. None without host/device measurements.
+pub fn fit_launch(steps: &[StepPoint], graph_max: usize) -> Option<LaunchCosts> {
+    let split: Vec<&StepPoint> = steps
+        .iter()
+        .filter(|s| s.host_ns > 0 && s.device_ns.is_some())
+        .collect();
+    if split.is_empty() {
+        return None;
+    }
+    let is_graph = |s: &StepPoint| s.mode == "decode" && s.decode_reqs <= graph_max;
+    let mut graph: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut eager = Vec::new();
+    for s in &split {
+        let reqs = s.extend_reqs + s.decode_reqs;
+        if is_graph(s) {
+            graph.entry(reqs).or_default().push(s.host_ns as f64);
+        } else {
+            eager.push((reqs as f64, s.tokens as f64, s.host_ns as f64));
+        }
+    }
+    let graph_pts: Vec<(f64, f64)> = graph
+        .into_iter()
+        .map(|(r, v)| (r as f64, median(v)))
+        .collect();
+    let (graph_ns, graph_per_req_ns) = line(&graph_pts);
+    let (eager_ns, eager_per_req_ns, eager_per_token_ns) = plane(&eager);
+    // Plain spans: a step the device bounds takes lead + device (+ the result download); one
+    // the host bounds ends a tail after its launch returns.
+    let margin = 100_000.0;
+    let lead: Vec<f64> = split
+        .iter()
+        .filter_map(|s| {
+            let d = s.device_ns? as f64;
+            (d > s.host_ns as f64 + margin).then_some(s.ns as f64 - d)
+        })
+        .collect();
+    let tail: Vec<f64> = split
+        .iter()
+        .filter_map(|s| {
+            let d = s.device_ns? as f64;
+            (s.host_ns as f64 > d + margin).then_some(s.ns as f64 - s.host_ns as f64)
+        })
+        .collect();
+    Some(LaunchCosts {
+        graph_ns: graph_ns.round(),
+        graph_per_req_ns: (graph_per_req_ns * 10.0).round() / 10.0,
+        eager_ns: eager_ns.round(),
+        eager_per_req_ns: (eager_per_req_ns * 10.0).round() / 10.0,
+        eager_per_token_ns: (eager_per_token_ns * 1000.0).round() / 1000.0,
+        lead_ns: median(lead).max(0.0).round(),
+        tail_ns: median(tail).max(0.0).round(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cost::BatchShape;
+
+    fn point(shape: BatchShape, mode: &str, ns: u64, host: u64, dev: u64) -> StepPoint {
+        let mut p = StepPoint::of(&shape, mode, ns);
+        p.host_ns = host;
+        p.device_ns = Some(dev);
+        p
+    }
+
+    #[test]
+    fn decode_table_recovers_base_and_slope_per_batch() {
+        let mut steps = Vec::new();
+        for (b, base, slope) in [(1usize, 1_000_000.0, 60.0), (4, 1_400_000.0, 50.0)] {
+            for kv in [128usize, 512, 2048] {
+                let total = b * kv;
+                let d = (base + slope * total as f64) as u64;
+                steps.push(point(
+                    BatchShape::decode(b, kv),
+                    "decode",
+                    d + 50_000,
+                    60_000,
+                    d,
+                ));
+            }
+        }
+        // A transient batch seen at one KV length is left out.
+        steps.push(point(
+            BatchShape::decode(5, 130),
+            "decode",
+            2_000_000,
+            60_000,
+            1_900_000,
+        ));
+        let t = fit_decode_table(&steps);
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert!(
+            (t[0].1 - 1_000_000.0).abs() < 2.0 && (t[0].2 - 60.0).abs() < 1e-3,
+            "{t:?}"
+        );
+        assert!(
+            (t[1].1 - 1_400_000.0).abs() < 2.0 && (t[1].2 - 50.0).abs() < 1e-3,
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn launch_fit_separates_graph_eager_lead_and_tail() {
+        let mut steps = Vec::new();
+        // Graph decodes: host 40 us + 0.5 us per request, device-bound, lead 30 us.
+        for b in [1usize, 8, 64] {
+            let host = 40_000 + 500 * b as u64;
+            let dev = 1_000_000 + 2_000 * b as u64;
+            steps.push(point(
+                BatchShape::decode(b, 128),
+                "decode",
+                dev + 30_000,
+                host,
+                dev,
+            ));
+        }
+        // Eager prefills: host 1.5 ms + 20 us per request + 10 ns per token; small ones are
+        // host-bound with a 120 us tail, big ones device-bound.
+        for (b, len) in [(1usize, 64usize), (2, 256), (4, 128), (16, 1024), (8, 2048)] {
+            let tokens = b * len;
+            let host = 1_500_000 + 20_000 * b as u64 + 10 * tokens as u64;
+            let dev = 200_000 + 1_000 * tokens as u64;
+            let ns = (host + 120_000).max(dev + 30_000);
+            steps.push(point(BatchShape::prefill(b, len), "prefill", ns, host, dev));
+        }
+        let l = fit_launch(&steps, 256).expect("split measurements");
+        assert!((l.graph_ns - 40_000.0).abs() < 1.0, "{l:?}");
+        assert!((l.graph_per_req_ns - 500.0).abs() < 0.1, "{l:?}");
+        assert!((l.eager_ns - 1_500_000.0).abs() < 1.0, "{l:?}");
+        assert!((l.eager_per_req_ns - 20_000.0).abs() < 0.1, "{l:?}");
+        assert!((l.eager_per_token_ns - 10.0).abs() < 1e-3, "{l:?}");
+        assert_eq!((l.lead_ns, l.tail_ns), (30_000.0, 120_000.0), "{l:?}");
+        assert!(fit_launch(&[StepPoint::of(&BatchShape::decode(1, 1), "decode", 1)], 8).is_none());
+    }
+}
