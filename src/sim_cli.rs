@@ -27,6 +27,11 @@ pub enum SimCmd {
         /// Replace the trace's profile (name or YAML file).
         #[arg(long)]
         profile: Option<String>,
+        /// Take step times from a real run of this trace (`doppel exec replay --json`): each
+        /// step is formed when the real one was and lasts as long, so the batch sequences
+        /// differ only where the schedulers decide differently.
+        #[arg(long)]
+        timing_from: Option<String>,
     },
     /// SGLang's bench_one_batch straight from a profile's cost model.
     OneBatch {
@@ -115,11 +120,20 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             log_batches,
             seed,
             profile,
+            timing_from,
         } => {
+            let timing_from = match timing_from {
+                Some(path) => {
+                    let v = doppel_sim::compare::load_report(&path)?;
+                    Some(doppel_sim::compare::step_records(&v, &path)?)
+                }
+                None => None,
+            };
             let opts = SimOptions {
                 // The JSON report carries the batch sequence (for `doppel sim compare`).
                 record_steps: timeline.is_some() || json.is_some(),
                 log_batches,
+                timing_from,
             };
             let mut t = doppel_sim::Trace::load(&trace)?;
             if let Some(seed) = seed {

@@ -61,6 +61,11 @@ const ENGINE: &str = "engine:\n  kv_capacity_tokens: 3000\n  max_running_request
 
 /// Replay `trace` on both; return (real JSON, simulated JSON).
 fn both(dir: &Path, trace: &str) -> (serde_json::Value, serde_json::Value) {
+    both_with(dir, trace, false)
+}
+
+/// Replay `trace` on both; with `locked`, the simulator takes the real run's step times.
+fn both_with(dir: &Path, trace: &str, locked: bool) -> (serde_json::Value, serde_json::Value) {
     let setup = ReplaySetup {
         model: dir.join("model"),
         device: Device::Cpu,
@@ -83,6 +88,7 @@ fn both(dir: &Path, trace: &str) -> (serde_json::Value, serde_json::Value) {
         SimOptions {
             record_steps: true,
             log_batches: true,
+            timing_from: locked.then(|| real.outcome.step_records.clone()),
         },
     )
     .unwrap();
@@ -138,6 +144,27 @@ fn burst_and_shared_prefix_run_the_same_batches_as_the_simulator() {
         &format!("{ENGINE}workload:\n  kind: random\n  num_requests: 10\n  input_len: 64\n  output_len: 8\narrival:\n  pattern: concurrency\n  max_concurrency: 3\n"),
     );
     let (real, sim) = both(&dir, &capped);
+    assert_same_batches(&real, &sim);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn poisson_arrivals_run_the_same_batches_when_the_simulator_takes_the_real_step_times() {
+    let dir = fixture("locked");
+    // Arrivals land between steps, so which step admits a request depends on the clock.
+    let poisson = write_trace(
+        &dir,
+        "poisson",
+        &format!("{ENGINE}workload:\n  kind: random\n  num_requests: 24\n  input_len: 96\n  output_len: 16\n  range_ratio: 0.5\narrival:\n  pattern: poisson\n  rate: 150\n"),
+    );
+    let (real, sim) = both_with(&dir, &poisson, true);
+    assert_same_batches(&real, &sim);
+    let turns = write_trace(
+        &dir,
+        "turns",
+        &format!("{ENGINE}workload:\n  kind: multi_turn\n  num_sessions: 4\n  turns: 3\n  first_prompt_len: 48\n  turn_prompt_len: 16\n  output_len: 8\n  think_time_ms: 3\narrival:\n  pattern: poisson\n  rate: 200\n"),
+    );
+    let (real, sim) = both_with(&dir, &turns, true);
     assert_same_batches(&real, &sim);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -58,16 +58,25 @@ impl ProfilePlan {
             decode_kv: vec![128, 512, 2048],
             decode_steps: 8,
             mixed: vec![(16, 256), (64, 512), (128, 1024)],
+            // Batches of extends over cached prefixes, and single ones (a follow-up turn, a
+            // question after a shared system prompt), which do not fill the GPU.
             prefix_hits: vec![
                 (512, 64, 16),
                 (1024, 128, 8),
                 (2048, 128, 32),
                 (4096, 256, 4),
+                (256, 128, 1),
+                (512, 128, 1),
+                (1024, 128, 1),
+                (1024, 256, 2),
+                (2048, 64, 1),
+                (4096, 128, 1),
             ],
             chunked: vec![(8192, 2048), (12288, 4096), (16384, 8192)],
             repeats: 2,
             max_prefill_tokens: 16384,
-            kv_capacity: 300_000,
+            // Room for every graph batch at every KV length (256 x 2057 tokens, 59 GB here).
+            kv_capacity: 540_000,
             seed: 1,
         }
     }

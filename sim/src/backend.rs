@@ -14,6 +14,8 @@ pub struct StepRecord {
     pub start: TimeNs,
     /// When it finished.
     pub end: TimeNs,
+    /// When the engine loop began forming it (the clock the scheduler saw arrivals by).
+    pub scheduled: TimeNs,
     /// When the host finished launching it.
     pub launched: TimeNs,
     /// Device time where it was measured (real engine with CUDA events) or modelled.
@@ -51,6 +53,10 @@ pub struct SimBackend<C: CostModel> {
     last_mode: ForwardMode,
     /// Executed steps (only when recording).
     pub steps: Vec<StepRecord>,
+    // Step times taken from a real run instead of the cost model (`lock_to`), and how many
+    // steps were launched so far.
+    locked: Vec<StepRecord>,
+    launched: usize,
 }
 
 impl<C: CostModel> SimBackend<C> {
@@ -67,7 +73,20 @@ impl<C: CostModel> SimBackend<C> {
             record,
             last_mode: ForwardMode::Extend,
             steps: Vec::new(),
+            locked: Vec::new(),
+            launched: 0,
         }
+    }
+
+    /// Take step times from a real run: launch number `i` starts, returns from its launch and
+    /// ends when `steps[i]` did (steps beyond the list are priced by the cost model).
+    pub fn lock_to(&mut self, steps: Vec<StepRecord>) {
+        self.locked = steps;
+    }
+
+    /// When the real run began forming launch number `i` (None past the locked steps).
+    pub fn locked_schedule(&self, i: usize) -> Option<TimeNs> {
+        self.locked.get(i).map(|r| r.scheduled)
     }
 
     /// The cost model.
@@ -102,10 +121,15 @@ impl<C: CostModel> Backend for SimBackend<C> {
         let formed = now + self.cost.schedule_ns(plan.entries.len());
         let shape = BatchShape::of_plan(plan);
         let l = self.cost.launch_ns(&shape);
-        let host_end = formed + l.host_ns;
-        let start = (formed + l.lead_ns).max(self.busy_until);
-        let device = self.cost.step_ns(&shape);
-        let end = (start + device).max(host_end + l.tail_ns);
+        let mut host_end = formed + l.host_ns;
+        let mut start = (formed + l.lead_ns).max(self.busy_until);
+        let mut device = self.cost.step_ns(&shape);
+        let mut end = (start + device).max(host_end + l.tail_ns);
+        if let Some(r) = self.locked.get(self.launched) {
+            (start, host_end, end) = (r.start.max(now), r.launched.max(now), r.end.max(now));
+            device = r.device_ns.unwrap_or(end - start);
+        }
+        self.launched += 1;
         self.cpu_free_at = host_end;
         self.last_host_end = host_end;
         self.busy_until = end;
@@ -117,6 +141,7 @@ impl<C: CostModel> Backend for SimBackend<C> {
                 step: plan.step,
                 start,
                 end,
+                scheduled: now,
                 launched: host_end,
                 device_ns: Some(device),
                 mode: plan.mode,

@@ -30,6 +30,9 @@ pub struct StepPoint {
     pub attn_pairs: f64,
     /// KV tokens read by attention.
     pub kv_read_tokens: usize,
+    /// Longest extend entry's context (prefix + extend); 0 in files from before it was kept.
+    #[serde(default)]
+    pub max_seq: usize,
     /// Measured time (ns), launch to results.
     pub ns: u64,
     /// Host time of the launch call (ns): from the start of the launch until it returned.
@@ -52,6 +55,7 @@ impl StepPoint {
             attn_pairs: self.attn_pairs,
             kv_read_tokens: self.kv_read_tokens,
             is_decode: self.mode == "decode",
+            max_seq: self.max_seq,
         }
     }
 
@@ -65,6 +69,7 @@ impl StepPoint {
             logits: shape.logits,
             attn_pairs: shape.attn_pairs,
             kv_read_tokens: shape.kv_read_tokens,
+            max_seq: shape.max_seq,
             ns,
             host_ns: 0,
             device_ns: None,
@@ -216,7 +221,7 @@ impl Fit {
 }
 
 // Parameter vector layout (natural logs): fixed terms first, then the GEMM curve values.
-const N_FIXED: usize = 6;
+const N_FIXED: usize = 7;
 
 fn apply(base: &Profile, x: &[f64]) -> Profile {
     // Bounded: a term the measurements do not constrain must not run off to 0 or infinity.
@@ -230,6 +235,7 @@ fn apply(base: &Profile, x: &[f64]) -> Profile {
     e.decode_step_ns = ns(x[3]);
     e.prefill_step_ns = ns(x[4]);
     e.prefill_per_req_ns = ns(x[5]);
+    e.attention_seq_ns = ns(x[6]);
     for (g, v) in e.gemm.iter_mut().zip(&x[N_FIXED..]) {
         g.1 = eff(*v).min(1.0);
     }
@@ -258,6 +264,7 @@ fn start(p: &Profile) -> Vec<f64> {
         pos(e.decode_step_ns.max(1.0)),
         pos(e.prefill_step_ns.max(1.0)),
         pos(e.prefill_per_req_ns.max(1.0)),
+        pos(e.attention_seq_ns.max(1.0)),
     ];
     x.extend(e.gemm.iter().map(|g| pos(g.1)));
     x

@@ -41,6 +41,7 @@ fn step_json(s: &StepRecord) -> Value {
         "batch": s.batch,
         "tokens": s.tokens,
         "kv_tokens": s.kv_tokens,
+        "scheduled_ns": s.scheduled,
         "start_ns": s.start,
         "end_ns": s.end,
         "launched_ns": s.launched,
@@ -198,6 +199,53 @@ fn steps(v: &Value, file: &str) -> Result<Option<Vec<StepSig>>, SimError> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
+}
+
+/// The step records of a report with times (`doppel exec replay --json`), for
+/// `doppel sim replay --timing-from`.
+pub fn step_records(v: &Value, file: &str) -> Result<Vec<StepRecord>, SimError> {
+    let arr = v
+        .get("steps")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad(file, "steps", "missing or not an array"))?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let int = |k: &str| {
+                s.get(k).and_then(Value::as_u64).ok_or_else(|| {
+                    bad(
+                        file,
+                        &format!("steps[{i}].{k}"),
+                        "missing or not an integer (a report from an older doppel?)",
+                    )
+                })
+            };
+            let mode = match s.get("mode").and_then(Value::as_str) {
+                Some("prefill") => ForwardMode::Extend,
+                Some("decode") => ForwardMode::Decode,
+                Some("mixed") => ForwardMode::Mixed,
+                _ => {
+                    return Err(bad(
+                        file,
+                        &format!("steps[{i}].mode"),
+                        "expected prefill, decode or mixed",
+                    ))
+                }
+            };
+            Ok(StepRecord {
+                step: int("step")?,
+                start: int("start_ns")?,
+                end: int("end_ns")?,
+                scheduled: int("scheduled_ns")?,
+                launched: int("launched_ns")?,
+                device_ns: s.get("device_ns").and_then(Value::as_u64),
+                mode,
+                batch: int("batch")? as u32,
+                tokens: int("tokens")? as u32,
+                kv_tokens: int("kv_tokens")?,
+            })
+        })
+        .collect()
 }
 
 /// Compare two parsed reports (`real_file`/`sim_file` name them in errors).

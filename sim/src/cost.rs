@@ -20,6 +20,9 @@ pub struct BatchShape {
     pub kv_read_tokens: usize,
     /// Whether the whole step is decode.
     pub is_decode: bool,
+    /// Longest extend entry's context (cached prefix + extend tokens): the serial work of the
+    /// attention block that finishes last when the batch is too small to fill the GPU.
+    pub max_seq: usize,
 }
 
 impl BatchShape {
@@ -42,6 +45,7 @@ impl BatchShape {
                 s.kv_read_tokens += e.prefix_len;
                 s.attn_pairs +=
                     e.extend_len as f64 * (e.prefix_len as f64 + (e.extend_len as f64 + 1.0) / 2.0);
+                s.max_seq = s.max_seq.max(e.prefix_len + e.extend_len);
             }
         }
         s
@@ -57,6 +61,7 @@ impl BatchShape {
             attn_pairs: batch as f64 * input_len as f64 * (input_len as f64 + 1.0) / 2.0,
             kv_read_tokens: 0,
             is_decode: false,
+            max_seq: input_len,
         }
     }
 
@@ -70,6 +75,7 @@ impl BatchShape {
             attn_pairs: 0.0,
             kv_read_tokens: batch * kv_len,
             is_decode: true,
+            max_seq: 0,
         }
     }
 }
@@ -198,8 +204,9 @@ impl RooflineCost {
         let gemm_s = flops / (hw.bf16_flops * self.gemm_efficiency(s.tokens));
         let linear_s = gemm_s.max(self.weight_read_s);
         // Attention: prefill is quadratic compute, decode is KV-read bound.
-        let attn_s = s.attn_pairs * self.attn_flops_per_pair
-            / (hw.bf16_flops * eff.attention_compute)
+        let attn_s = (s.attn_pairs * self.attn_flops_per_pair
+            / (hw.bf16_flops * eff.attention_compute))
+            .max(s.max_seq as f64 * m.layers as f64 * eff.attention_seq_ns * 1e-9)
             + s.kv_read_tokens as f64 * self.kv_bytes_per_token
                 / (hw.hbm_bandwidth * eff.kv_bandwidth);
         // TP: two ring all-reduces of the activations per layer.

@@ -93,12 +93,16 @@ pub struct Outcome {
 }
 
 /// Options of a replay.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SimOptions {
     /// Keep a record per step (for the timeline).
     pub record_steps: bool,
     /// Produce SGLang batch log lines.
     pub log_batches: bool,
+    /// Step times of a real run of the same trace (`doppel exec replay --json`): each step is
+    /// formed when the real one was and lasts as long, so the simulated scheduler sees the
+    /// arrivals the real one saw and only its decisions can differ.
+    pub timing_from: Option<Vec<StepRecord>>,
 }
 
 /// Replay a trace (`origin` names it in errors).
@@ -110,7 +114,10 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
         source,
     })?;
     let cost = RooflineCost::new(&profile, trace.engine.tp_size);
-    let backend = SimBackend::new(cost, profile.model.vocab, opts.record_steps);
+    let mut backend = SimBackend::new(cost, profile.model.vocab, opts.record_steps);
+    if let Some(steps) = &opts.timing_from {
+        backend.lock_to(steps.clone());
+    }
     let mut engine = Engine::new(scheduler, backend, trace.engine.overlap);
     let mut work = expand(trace, profile.model.vocab);
     let n = work.requests.len();
@@ -145,6 +152,10 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
     };
 
     loop {
+        // Locked to a real run's timing: form the next step when the real engine formed it.
+        if let Some(t) = engine.backend.locked_schedule(out.steps as usize) {
+            now = now.max(t);
+        }
         // Clients: send what is ready, up to the concurrency cap.
         clients.send_due(now, &mut out, &mut sent);
         arrive(&mut sent, &out, &mut incoming);

@@ -154,6 +154,15 @@ pub struct Efficiency {
     pub prefill_per_req_ns: f64,
     /// Kernels per layer (for eager launch costs and graph replay).
     pub kernels_per_layer: f64,
+    /// Prefill attention's serial time per layer and per key of the longest sequence (ns): a
+    /// floor for batches too small to fill the GPU (a short extend over a long cached prefix).
+    /// 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attention_seq_ns: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// A complete profile.
@@ -376,6 +385,7 @@ impl Profile {
             ("efficiency.prefill_step_ns", e.prefill_step_ns),
             ("efficiency.prefill_per_req_ns", e.prefill_per_req_ns),
             ("efficiency.kernels_per_layer", e.kernels_per_layer),
+            ("efficiency.attention_seq_ns", e.attention_seq_ns),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(bad(field, v.to_string(), "must be a non-negative number"));

@@ -19,6 +19,7 @@ fn path(p: &str) -> String {
 
 fn all_opts() -> SimOptions {
     SimOptions {
+        timing_from: None,
         record_steps: true,
         log_batches: true,
     }

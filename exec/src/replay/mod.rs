@@ -124,7 +124,7 @@ impl<B> Recorder<B> {
 impl<B: Backend> Backend for Recorder<B> {
     type Error = B::Error;
 
-    fn launch(&mut self, plan: &Plan, _now: TimeNs) -> Result<(), B::Error> {
+    fn launch(&mut self, plan: &Plan, scheduled: TimeNs) -> Result<(), B::Error> {
         // The engine's `now` was read before the scheduler formed the plan: the step really
         // starts after that CPU work, so read the clock again.
         let start = self.now();
@@ -137,6 +137,7 @@ impl<B: Backend> Backend for Recorder<B> {
             step: plan.step,
             start,
             end: start,
+            scheduled,
             launched,
             device_ns: None,
             mode: plan.mode,
