@@ -36,6 +36,11 @@ pub struct ProfilePlan {
     pub prefix_hits: Vec<(usize, usize, usize)>,
     /// Chunked prefill: (prompt length, chunk size): each chunk attends to the ones before it.
     pub chunked: Vec<(usize, usize)>,
+    /// Decode batches with ragged lengths: (batch, mean length), lengths spread evenly from a
+    /// quarter to 1.75 times the mean.
+    pub ragged_decode: Vec<(usize, usize)>,
+    /// Prefill batches with ragged prompt lengths, spread the same way: (batch, mean length).
+    pub ragged_prefill: Vec<(usize, usize)>,
     /// Timed repeats of the whole sweep (after one untimed warm-up pass).
     pub repeats: usize,
     /// Prefill token budget per step (larger prefill batches are skipped).
@@ -73,6 +78,18 @@ impl ProfilePlan {
                 (4096, 128, 1),
             ],
             chunked: vec![(8192, 2048), (12288, 4096), (16384, 8192)],
+            ragged_decode: [2, 4, 6, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+                .iter()
+                .map(|&b| (b, 1024))
+                .collect(),
+            ragged_prefill: vec![
+                (2, 2048),
+                (4, 1024),
+                (8, 1024),
+                (12, 680),
+                (16, 512),
+                (32, 256),
+            ],
             repeats: 2,
             max_prefill_tokens: 16384,
             // Room for every graph batch at every KV length (256 x 2057 tokens, 59 GB here).
@@ -92,6 +109,8 @@ impl ProfilePlan {
             mixed: vec![(4, 64)],
             prefix_hits: vec![(64, 16, 4)],
             chunked: vec![(256, 64)],
+            ragged_decode: vec![(4, 64)],
+            ragged_prefill: vec![(4, 64)],
             repeats: 1,
             max_prefill_tokens: 4096,
             kv_capacity: 16_384,
@@ -113,7 +132,14 @@ impl ProfilePlan {
             .max()
             .unwrap_or(1);
         let c = self.chunked.iter().map(|&(l, _)| l + 2).max().unwrap_or(1);
-        p.max(d).max(m).max(h).max(c)
+        let r = self
+            .ragged_decode
+            .iter()
+            .chain(&self.ragged_prefill)
+            .map(|&(_, mean)| spread(2, mean)[1] + self.decode_steps + 1)
+            .max()
+            .unwrap_or(1);
+        p.max(d).max(m).max(h).max(c).max(r)
     }
 }
 
@@ -138,6 +164,19 @@ impl Scenario {
             reqs,
         }
     }
+}
+
+/// `n` lengths spread evenly from a quarter to 1.75 times `mean` (mean `mean`).
+fn spread(n: usize, mean: usize) -> Vec<usize> {
+    let lo = mean as f64 / 4.0;
+    let step = if n > 1 {
+        1.5 * mean as f64 / (n - 1) as f64
+    } else {
+        0.0
+    };
+    (0..n)
+        .map(|i| ((lo + step * i as f64).round() as usize).max(1))
+        .collect()
 }
 
 fn scenarios(p: &ProfilePlan) -> Vec<Scenario> {
@@ -183,6 +222,25 @@ fn scenarios(p: &ProfilePlan) -> Vec<Scenario> {
                 cache: true,
                 ..Scenario::plain(reqs)
             });
+        }
+    }
+    for &(b, mean) in &p.ragged_decode {
+        let lens = spread(b, mean);
+        if lens.iter().map(|l| l + p.decode_steps + 1).sum::<usize>() <= p.kv_capacity {
+            let reqs = lens
+                .iter()
+                .map(|&l| (l, p.decode_steps + 1, 0, 0))
+                .collect();
+            out.push(Scenario::plain(reqs));
+        }
+    }
+    for &(b, mean) in &p.ragged_prefill {
+        let lens = spread(b, mean);
+        let total: usize = lens.iter().sum();
+        if total <= p.max_prefill_tokens && total + 2 * b <= p.kv_capacity {
+            out.push(Scenario::plain(
+                lens.iter().map(|&l| (l, 1, 0, 0)).collect(),
+            ));
         }
     }
     for &(len, chunk) in &p.chunked {

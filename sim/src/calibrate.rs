@@ -33,6 +33,9 @@ pub struct StepPoint {
     /// Longest extend entry's context (prefix + extend); 0 in files from before it was kept.
     #[serde(default)]
     pub max_seq: usize,
+    /// Longest decode entry's sequence; 0 in files from before it was kept.
+    #[serde(default)]
+    pub max_kv: usize,
     /// Measured time (ns), launch to results.
     pub ns: u64,
     /// Host time of the launch call (ns): from the start of the launch until it returned.
@@ -56,6 +59,7 @@ impl StepPoint {
             kv_read_tokens: self.kv_read_tokens,
             is_decode: self.mode == "decode",
             max_seq: self.max_seq,
+            max_kv: self.max_kv,
         }
     }
 
@@ -70,6 +74,7 @@ impl StepPoint {
             attn_pairs: shape.attn_pairs,
             kv_read_tokens: shape.kv_read_tokens,
             max_seq: shape.max_seq,
+            max_kv: shape.max_kv,
             ns,
             host_ns: 0,
             device_ns: None,

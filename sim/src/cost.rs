@@ -23,6 +23,9 @@ pub struct BatchShape {
     /// Longest extend entry's context (cached prefix + extend tokens): the serial work of the
     /// attention block that finishes last when the batch is too small to fill the GPU.
     pub max_seq: usize,
+    /// Longest decode entry's sequence: with ragged lengths the longest request's attention
+    /// finishes last.
+    pub max_kv: usize,
 }
 
 impl BatchShape {
@@ -40,6 +43,7 @@ impl BatchShape {
             if e.is_decode {
                 s.decode_reqs += 1;
                 s.kv_read_tokens += e.seq_len();
+                s.max_kv = s.max_kv.max(e.seq_len());
             } else {
                 s.extend_reqs += 1;
                 s.kv_read_tokens += e.prefix_len;
@@ -62,6 +66,7 @@ impl BatchShape {
             kv_read_tokens: 0,
             is_decode: false,
             max_seq: input_len,
+            max_kv: 0,
         }
     }
 
@@ -76,6 +81,7 @@ impl BatchShape {
             kv_read_tokens: batch * kv_len,
             is_decode: true,
             max_seq: 0,
+            max_kv: kv_len,
         }
     }
 }
@@ -174,18 +180,18 @@ impl RooflineCost {
         let b = s.decode_reqs.max(1) as f64;
         let kv = s.kv_read_tokens as f64;
         let row = match t.iter().find(|r| r.0 >= b) {
-            Some(r) => (r.1, r.2),
+            Some(r) => (r.1, r.2, r.3),
             None if t.len() >= 2 => {
                 let prev = t[t.len() - 2];
                 let f = (b - prev.0) / (last.0 - prev.0);
-                (
-                    (prev.1 + f * (last.1 - prev.1)).max(0.0),
-                    (prev.2 + f * (last.2 - prev.2)).max(0.0),
-                )
+                let at = |x: f64, y: f64| (x + f * (y - x)).max(0.0);
+                (at(prev.1, last.1), at(prev.2, last.2), at(prev.3, last.3))
             }
-            None => (last.1 * b / last.0, last.2),
+            None => (last.1 * b / last.0, last.2, last.3),
         };
-        Some((row.0 + row.1 * kv) * 1e-9)
+        // Ragged lengths: the excess of the longest request over an even spread.
+        let ragged = (b * s.max_kv as f64 - kv).max(0.0);
+        Some((row.0 + row.1 * kv + row.2 * ragged) * 1e-9)
     }
 
     /// Seconds of GPU time, unrounded (one-batch prints these).
@@ -204,9 +210,9 @@ impl RooflineCost {
         let gemm_s = flops / (hw.bf16_flops * self.gemm_efficiency(s.tokens));
         let linear_s = gemm_s.max(self.weight_read_s);
         // Attention: prefill is quadratic compute, decode is KV-read bound.
-        let attn_s = (s.attn_pairs * self.attn_flops_per_pair
-            / (hw.bf16_flops * eff.attention_compute))
-            .max(s.max_seq as f64 * m.layers as f64 * eff.attention_seq_ns * 1e-9)
+        let attn_s = s.attn_pairs * self.attn_flops_per_pair
+            / (hw.bf16_flops * eff.attention_compute)
+            + s.max_seq as f64 * m.layers as f64 * eff.attention_seq_ns * 1e-9
             + s.kv_read_tokens as f64 * self.kv_bytes_per_token
                 / (hw.hbm_bandwidth * eff.kv_bandwidth);
         // TP: two ring all-reduces of the activations per layer.

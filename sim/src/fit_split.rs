@@ -93,18 +93,36 @@ fn plane(points: &[(f64, f64, f64)]) -> (f64, f64, f64) {
     (mean.max(0.0), 0.0, 0.0)
 }
 
-/// Decode device times by batch size: `(batch, fixed ns, ns per KV token read)` for every
-/// batch measured at two or more KV lengths, from the steps' `device_ns`.
-pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64)> {
-    // batch -> KV tokens read -> device times
+/// Raggedness of a decode step: batch x longest sequence - KV tokens read (0 when even).
+fn ragged(s: &StepPoint) -> f64 {
+    (s.decode_reqs as f64 * s.max_kv as f64 - s.kv_read_tokens as f64).max(0.0)
+}
+
+/// Decode device times by batch size: `(batch, fixed ns, ns per KV token read, ns per token of
+/// raggedness)` for every batch measured at two or more KV lengths, from the steps'
+/// `device_ns`. Even batches fit the first two; ragged ones (lengths spread around the same
+/// mean) the third.
+pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64, f64)> {
+    // batch -> KV tokens read -> device times, for even batches
     let mut by: BTreeMap<usize, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
+    // batch -> (KV tokens read, raggedness, device time)
+    let mut uneven: BTreeMap<usize, Vec<(f64, f64, f64)>> = BTreeMap::new();
     for s in steps {
         if let (true, Some(d)) = (s.mode == "decode", s.device_ns) {
-            by.entry(s.decode_reqs)
-                .or_default()
-                .entry(s.kv_read_tokens)
-                .or_default()
-                .push(d as f64);
+            // Even within a token per request (lengths grow by one per step).
+            if ragged(s) <= s.decode_reqs as f64 {
+                by.entry(s.decode_reqs)
+                    .or_default()
+                    .entry(s.kv_read_tokens)
+                    .or_default()
+                    .push(d as f64);
+            } else {
+                uneven.entry(s.decode_reqs).or_default().push((
+                    s.kv_read_tokens as f64,
+                    ragged(s),
+                    d as f64,
+                ));
+            }
         }
     }
     let mut table = Vec::new();
@@ -120,9 +138,32 @@ pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64)> {
             continue;
         }
         let (a, b) = line(&pts);
-        table.push((batch as f64, a.round(), (b * 1000.0).round() / 1000.0));
+        // Least squares through the origin of what the even fit leaves unexplained.
+        let (mut sxy, mut sxx) = (0.0, 0.0);
+        for &(kv, x, d) in uneven.get(&batch).map_or(&[][..], |v| &v[..]) {
+            sxy += (d - a - b * kv) * x;
+            sxx += x * x;
+        }
+        let c = if sxx > 0.0 { (sxy / sxx).max(0.0) } else { 0.0 };
+        let r3 = |v: f64| (v * 1000.0).round() / 1000.0;
+        let measured = sxx > 0.0;
+        table.push((batch as f64, a.round(), r3(b), r3(c), measured));
     }
+    // Rows without uneven measurements take the nearest measured row's term.
+    let with: Vec<(f64, f64)> = table.iter().filter(|r| r.4).map(|r| (r.0, r.3)).collect();
     table
+        .iter()
+        .map(|&(b, base, slope, c, measured)| {
+            let c = if measured {
+                c
+            } else {
+                with.iter()
+                    .min_by(|x, y| (x.0 - b).abs().total_cmp(&(y.0 - b).abs()))
+                    .map_or(0.0, |x| x.1)
+            };
+            (b, base, slope, c)
+        })
+        .collect()
 }
 
 /// Launch costs from the steps' `host_ns`, `device_ns` and plain spans; `graph_max` is the
@@ -190,6 +231,27 @@ mod tests {
         p.host_ns = host;
         p.device_ns = Some(dev);
         p
+    }
+
+    #[test]
+    fn decode_table_fits_the_raggedness_term_from_uneven_batches() {
+        let mut steps = Vec::new();
+        // 4 requests; even at 128/512/2048, and uneven: lengths 256..1792 (mean 1024).
+        for kv in [128usize, 512, 2048] {
+            let d = 1_000_000 + 50 * 4 * kv as u64;
+            steps.push(point(BatchShape::decode(4, kv), "decode", d, 50_000, d));
+        }
+        let mut s = BatchShape::decode(4, 1024);
+        s.max_kv = 1792;
+        let excess = (4 * 1792 - 4 * 1024) as f64;
+        let d = 1_000_000 + 50 * 4096 + (20.0 * excess) as u64;
+        steps.push(point(s, "decode", d, 50_000, d));
+        let t = fit_decode_table(&steps);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert!(
+            (t[0].2 - 50.0).abs() < 1e-3 && (t[0].3 - 20.0).abs() < 1e-2,
+            "{t:?}"
+        );
     }
 
     #[test]

@@ -154,9 +154,9 @@ pub struct Efficiency {
     pub prefill_per_req_ns: f64,
     /// Kernels per layer (for eager launch costs and graph replay).
     pub kernels_per_layer: f64,
-    /// Prefill attention's serial time per layer and per key of the longest sequence (ns): a
-    /// floor for batches too small to fill the GPU (a short extend over a long cached prefix).
-    /// 0: none.
+    /// Prefill attention's serial time per layer and per key of the longest sequence (ns): the
+    /// tail of the longest sequence's blocks, which dominates when the batch does not fill the
+    /// GPU (a short extend over a long cached prefix). 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attention_seq_ns: f64,
 }
@@ -187,12 +187,13 @@ pub struct Profile {
     /// and the GPU starts a step as soon as the scheduler has formed it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<LaunchCosts>,
-    /// Measured decode device times, `(batch, fixed ns, ns per KV token read)` by increasing
-    /// batch; a decode step costs the smallest listed batch at or above its own (CUDA graphs pad
+    /// Measured decode device times, `(batch, fixed ns, ns per KV token read, ns per token of
+    /// raggedness)` by increasing batch, raggedness being batch x longest sequence - KV tokens
+    /// read; a decode step costs the smallest listed batch at or above its own (CUDA graphs pad
     /// to their captured sizes), beyond the last one the last two rows are extrapolated. Empty:
     /// decode steps use the roofline terms.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub decode_table: Vec<(f64, f64, f64)>,
+    pub decode_table: Vec<(f64, f64, f64, f64)>,
 }
 
 /// How a step's launch occupies the host and how the GPU follows it (ns).
@@ -408,7 +409,9 @@ impl Profile {
         }
         for (i, row) in self.decode_table.iter().enumerate() {
             let ok = row.0 >= 1.0
-                && [row.1, row.2].iter().all(|v| v.is_finite() && *v >= 0.0)
+                && [row.1, row.2, row.3]
+                    .iter()
+                    .all(|v| v.is_finite() && *v >= 0.0)
                 && (i == 0 || self.decode_table[i - 1].0 < row.0);
             if !ok {
                 return Err(bad(
