@@ -4,8 +4,9 @@
 //! Per layer: RMSNorm (fused with the residual add from the previous layer), one fused QKV
 //! projection, Qwen3's q/k norm, RoPE, KV store, attention (extend kernel for extend entries,
 //! split-KV decode kernel for decode entries), output projection, fused add + RMSNorm, one fused
-//! gate/up projection, SiLU-and-mul, down projection. Projections use the custom GEMV for up to
-//! `gemv_max_tokens` tokens and cuBLAS above. Only the rows that need logits reach the LM head.
+//! gate/up projection, SiLU-and-mul, down projection. Projections use the custom GEMV (norms
+//! folded in) up to `gemv_max_tokens` tokens, the skinny tensor-core GEMM up to
+//! `KernelChoice::skinny_max_tokens`, and cuBLAS above. Only the rows that need logits reach the LM head.
 //! This file holds the weights; the forward pass, KV pool and workspace are in `forward.rs`.
 
 pub use super::forward::{KvPool, RowSampling, StepInput, Workspace};
