@@ -110,6 +110,21 @@ __device__ void gemv_body(TO* __restrict__ y, const __nv_bfloat16* x,
 #pragma unroll
     for (int b = 0; b < MAXB; b++) acc[b] = 0.f;
     int c = lane;
+    // Long rows (o: K = 2048, down: 3072) first take 8 loads per lane in flight, so the row
+    // needs fewer dependent round trips to memory (the GEMV is latency-bound at B = 1).
+    for (; c + 224 < kc; c += 256) {
+        uint4 wv[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) wv[u] = __ldg(wr + c + 32 * u);
+#pragma unroll
+        for (int b = 0; b < MAXB; b++) {
+            if (b < B) {
+                const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)b * K);
+#pragma unroll
+                for (int u = 0; u < 8; u++) dot8(acc[b], wv[u], ldx<SX>(xr + c + 32 * u));
+            }
+        }
+    }
     for (; c + 96 < kc; c += 128) {
         uint4 wv[4];
 #pragma unroll

@@ -1,6 +1,7 @@
 //! Launch wrapper for the skinny tensor-core GEMM (`kernels/gemm_skinny.cu`): `y = x wᵀ` for
-//! up to 64 tokens, weights streamed at close to HBM bandwidth by many CTAs, K split over CTAs
-//! for narrow outputs, with the residual add or SiLU-and-mul folded into the epilogue.
+//! up to 64 tokens, weights streamed by one wave of CTAs straight into tensor-core fragments
+//! (K can be split over CTAs, though no split measured faster), with the residual add or
+//! SiLU-and-mul folded into the epilogue.
 
 use super::ops::{cfg, check, int, need};
 use super::{DPtr, DriverCtx, Gpu, Result};
@@ -65,19 +66,17 @@ pub fn skinny_tiles(n: usize, epi: SkinnyEpilogue, wn: usize) -> usize {
 }
 
 /// The default plan for a `[n, k]` weight on a device with `sms` SMs. One 256-thread CTA fits
-/// per SM (140-186 registers), so the grid is kept to one wave: the fewest warps along N (1, 2,
-/// 4) whose column tiles fit on the SMs, then K split over the SMs left (run 6: a second wave
-/// doubled the time), never below two 32-wide k-steps per warp.
-pub fn skinny_plan(n: usize, k: usize, epi: SkinnyEpilogue, sms: usize) -> SkinnyPlan {
+/// per SM (140-188 registers), so the grid is kept to one wave: the fewest warps along N (1, 2,
+/// 4) whose column tiles fit on the SMs. K is not split: in run 6's sweep every split was
+/// slower than none, even for the 32 column tiles of N = 1024 (o at 16 tokens: 6.4 µs unsplit,
+/// 8.3 µs with 4 splits), so split plans are only used when asked for.
+pub fn skinny_plan(n: usize, _k: usize, epi: SkinnyEpilogue, sms: usize) -> SkinnyPlan {
     let sms = sms.max(1);
     let wn = [1, 2, 4]
         .into_iter()
         .find(|&wn| skinny_tiles(n, epi, wn) <= sms)
         .unwrap_or(4);
-    let tiles = skinny_tiles(n, epi, wn).max(1);
-    let max_splits = (k.div_ceil(32) / 16).clamp(1, SKINNY_MAX_SPLITS);
-    let splits = (sms / tiles).clamp(1, max_splits);
-    SkinnyPlan { wn, splits }
+    SkinnyPlan { wn, splits: 1 }
 }
 
 impl Gpu {
@@ -216,13 +215,13 @@ mod tests {
         let p = skinny_plan(4096, 1024, SkinnyEpilogue::Plain, 132);
         assert_eq!(p, SkinnyPlan { wn: 1, splits: 1 });
         let p = skinny_plan(1024, 2048, SkinnyEpilogue::ResAdd, 132);
-        assert_eq!(p.splits, 4);
+        assert_eq!(p, SkinnyPlan { wn: 1, splits: 1 });
         let p = skinny_plan(1024, 3072, SkinnyEpilogue::ResAdd, 132);
-        assert_eq!(p.splits, 4);
+        assert_eq!(p, SkinnyPlan { wn: 1, splits: 1 });
         // 192 one-warp tiles would need two waves: two warps along N instead.
         let p = skinny_plan(6144, 1024, SkinnyEpilogue::SiluMul, 132);
         assert_eq!(p, SkinnyPlan { wn: 2, splits: 1 });
-        // A short K never splits below two k-steps per warp.
-        assert_eq!(skinny_plan(64, 256, SkinnyEpilogue::Plain, 132).splits, 1);
+        // Wide outputs take more warps along N to stay in one wave.
+        assert_eq!(skinny_plan(151936, 1024, SkinnyEpilogue::Plain, 132).wn, 4);
     }
 }
