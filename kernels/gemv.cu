@@ -95,8 +95,11 @@ __device__ void norm_rows_to_smem(__nv_bfloat16* xs, const __nv_bfloat16* __rest
 
 // y[b, n] = bf16(x_b . w[n]), or with RES: y[b, n] = bf16(bf16(x_b . w[n]) + y[b, n]) (the
 // residual add of fused_add_rmsnorm, same roundings, folded into the projection's epilogue).
-template <bool SX, bool RES>
-__device__ void gemv_body(__nv_bfloat16* __restrict__ y, const __nv_bfloat16* x,
+__device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
+
+template <bool SX, bool RES, typename TO = __nv_bfloat16>
+__device__ void gemv_body(TO* __restrict__ y, const __nv_bfloat16* x,
                           const __nv_bfloat16* __restrict__ w, int B, int N, int K, int ldy) {
     int n = blockIdx.x * WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -107,6 +110,21 @@ __device__ void gemv_body(__nv_bfloat16* __restrict__ y, const __nv_bfloat16* x,
 #pragma unroll
     for (int b = 0; b < MAXB; b++) acc[b] = 0.f;
     int c = lane;
+    // Long rows (o: K = 2048, down: 3072) first take 8 loads per lane in flight, so the row
+    // needs fewer dependent round trips to memory (the GEMV is latency-bound at B = 1).
+    for (; c + 224 < kc; c += 256) {
+        uint4 wv[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) wv[u] = __ldg(wr + c + 32 * u);
+#pragma unroll
+        for (int b = 0; b < MAXB; b++) {
+            if (b < B) {
+                const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)b * K);
+#pragma unroll
+                for (int u = 0; u < 8; u++) dot8(acc[b], wv[u], ldx<SX>(xr + c + 32 * u));
+            }
+        }
+    }
     for (; c + 96 < kc; c += 128) {
         uint4 wv[4];
 #pragma unroll
@@ -134,11 +152,11 @@ __device__ void gemv_body(__nv_bfloat16* __restrict__ y, const __nv_bfloat16* x,
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
             if (lane == 0) {
-                __nv_bfloat16* p = y + (size_t)b * ldy + n;
+                TO* p = y + (size_t)b * ldy + n;
                 if constexpr (RES) {
                     *p = __float2bfloat16(__bfloat162float(__float2bfloat16(v)) + __bfloat162float(*p));
                 } else {
-                    *p = __float2bfloat16(v);
+                    store_out(p, v);
                 }
             }
         }
@@ -152,6 +170,15 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(__nv_bfloat16* __res
                                                             const __nv_bfloat16* __restrict__ w,
                                                             int B, int N, int K, int ldy) {
     gemv_body<false, false>(y, x, w, B, N, K, ldy);
+}
+
+// y[b, n] = x_b . w[n] in f32: the LM head at small batch (logits stay f32 for sampling).
+// Grid (ceil(N / 8)), block 256.
+extern "C" __global__ void __launch_bounds__(256) gemv_f32out(float* __restrict__ y,
+                                                              const __nv_bfloat16* __restrict__ x,
+                                                              const __nv_bfloat16* __restrict__ w,
+                                                              int B, int N, int K, int ldy) {
+    gemv_body<false, false, float>(y, x, w, B, N, K, ldy);
 }
 
 // r[b, n] = bf16(bf16(x_b . w[n]) + r[b, n]): a projection whose output goes straight into the
@@ -255,3 +282,99 @@ extern "C" __global__ void __launch_bounds__(256) gemv_gate_up_silu_norm(
     norm_rows_to_smem(xs, r, nw, B, K, eps);
     gate_up_body<true>(y, xs, w, B, I, K);
 }
+
+// The per-head work of rope.cu's qk_norm_rope_store for one (token t, head h), by one warp: q
+// heads [RMSNorm] + RoPE in place, k heads [RMSNorm] + RoPE into k_cache[slots[t]], v heads
+// copied to v_cache[slots[t]]. The same arithmetic and roundings as qk_norm_rope_store_impl; the
+// head is read through L2 (__ldcg) because other blocks wrote it during this launch.
+template <int D>
+__device__ void qkv_post_head(__nv_bfloat16* __restrict__ qkv, const __nv_bfloat16* __restrict__ wq,
+                              const __nv_bfloat16* __restrict__ wk, const int* __restrict__ positions,
+                              const float* __restrict__ cos_sin, __nv_bfloat16* __restrict__ k_cache,
+                              __nv_bfloat16* __restrict__ v_cache, const unsigned int* __restrict__ slots,
+                              int t, int h, int nq, int nk, int row_stride, float eps) {
+    constexpr int HALF = D / 2, EPH = D / 64;
+    const int lane = threadIdx.x & 31;
+    __nv_bfloat16* p = qkv + (size_t)t * row_stride + (size_t)h * D;
+    const int i0 = lane * EPH;
+    float a[EPH], b[EPH];
+#pragma unroll
+    for (int j = 0; j < EPH; j++) {
+        a[j] = __bfloat162float(__ldcg(p + i0 + j));
+        b[j] = __bfloat162float(__ldcg(p + HALF + i0 + j));
+    }
+    if (h >= nq + nk) {  // v head: copy
+        __nv_bfloat16* dst = v_cache + (size_t)slots[t] * nk * D + (size_t)(h - nq - nk) * D;
+#pragma unroll
+        for (int j = 0; j < EPH; j++) {
+            dst[i0 + j] = __float2bfloat16(a[j]);
+            dst[HALF + i0 + j] = __float2bfloat16(b[j]);
+        }
+        return;
+    }
+    const __nv_bfloat16* w = h < nq ? wq : wk;
+    if (w != nullptr) {
+        float ss = 0.f;
+#pragma unroll
+        for (int j = 0; j < EPH; j++) ss += a[j] * a[j] + b[j] * b[j];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        const float inv = rsqrtf(ss / D + eps);
+#pragma unroll
+        for (int j = 0; j < EPH; j++) {
+            a[j] = __bfloat162float(__float2bfloat16(a[j] * inv * __bfloat162float(w[i0 + j])));
+            b[j] = __bfloat162float(__float2bfloat16(b[j] * inv * __bfloat162float(w[HALF + i0 + j])));
+        }
+    }
+    const float* cs = cos_sin + (size_t)positions[t] * D;
+    __nv_bfloat16* dst = h < nq ? p : k_cache + (size_t)slots[t] * nk * D + (size_t)(h - nq) * D;
+#pragma unroll
+    for (int j = 0; j < EPH; j++) {
+        const float c = cs[i0 + j], s = cs[HALF + i0 + j];
+        dst[i0 + j] = __float2bfloat16(a[j] * c - b[j] * s);
+        dst[HALF + i0 + j] = __float2bfloat16(b[j] * c + a[j] * s);
+    }
+}
+
+// gemv_norm for the fused qkv projection with qk_norm_rope_store folded in: the D/8 blocks of a
+// head each write their 8 rows, and the last of them to finish (counter per head, re-armed)
+// post-processes that head for every token. qkv [B, (nq + 2 nk) * D]; wq/wk may be null.
+// Dynamic shared memory B * K * 2 bytes. Grid ((nq + 2 nk) * D / 8), block 256.
+template <int D>
+__device__ void gemv_norm_qkv_impl(__nv_bfloat16* __restrict__ qkv, const __nv_bfloat16* __restrict__ r,
+                                   const __nv_bfloat16* __restrict__ nw, const __nv_bfloat16* __restrict__ w,
+                                   int B, int K, float eps, const __nv_bfloat16* __restrict__ wq,
+                                   const __nv_bfloat16* __restrict__ wk, const int* __restrict__ positions,
+                                   const float* __restrict__ cos_sin, __nv_bfloat16* __restrict__ k_cache,
+                                   __nv_bfloat16* __restrict__ v_cache, const unsigned int* __restrict__ slots,
+                                   int nq, int nk, unsigned int* __restrict__ counters) {
+    extern __shared__ uint4 xs_raw[];
+    __shared__ bool last;
+    __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(xs_raw);
+    const int N = (nq + 2 * nk) * D;
+    norm_rows_to_smem(xs, r, nw, B, K, eps);
+    gemv_body<true, false>(qkv, xs, w, B, N, K, N);  // N % 8 == 0: no warp leaves early
+    __threadfence();
+    __syncthreads();
+    const int head = blockIdx.x * WARPS / D;
+    if (threadIdx.x == 0) last = atomicAdd(counters + head, 1u) == (unsigned int)(D / WARPS - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const int warp = threadIdx.x >> 5;
+    if (warp < B) qkv_post_head<D>(qkv, wq, wk, positions, cos_sin, k_cache, v_cache, slots, warp, head, nq, nk, N, eps);
+    if (threadIdx.x == 0) counters[head] = 0u;
+}
+
+#define GEMV_NORM_QKV(D)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(256) gemv_norm_qkv_d##D(                                  \
+        __nv_bfloat16* qkv, const __nv_bfloat16* r, const __nv_bfloat16* nw, const __nv_bfloat16* w,      \
+        int B, int K, float eps, const __nv_bfloat16* wq, const __nv_bfloat16* wk, const int* positions,   \
+        const float* cos_sin, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache, const unsigned int* slots,  \
+        int nq, int nk, unsigned int* counters) {                                                          \
+        gemv_norm_qkv_impl<D>(qkv, r, nw, w, B, K, eps, wq, wk, positions, cos_sin, k_cache, v_cache,     \
+                              slots, nq, nk, counters);                                                    \
+    }
+
+GEMV_NORM_QKV(64)
+GEMV_NORM_QKV(128)

@@ -12,6 +12,7 @@ use doppel_exec::cuda::attention::{
     decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta,
 };
 use doppel_exec::cuda::model::{GpuModel, KvPool, RowSampling, StepInput, Workspace};
+use doppel_exec::cuda::skinny::{skinny_plan, SkinnyEpilogue, SkinnyScratch, SKINNY_COUNTERS};
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{Arch, ModelConfig, RopeScaling};
 use half::bf16;
@@ -73,7 +74,127 @@ fn bench_kernels_and_forward() {
     let mut rng = Rng::new(42);
     ceilings(&gpu);
     gemv_vs_cublas(&gpu, &mut rng);
+    skinny_vs_cublas(&gpu, &mut rng);
     forward_passes(&gpu, &mut rng);
+}
+
+/// The skinny tensor-core GEMM against cuBLAS (and the GEMV up to 8 tokens) at the decode
+/// projections' shapes, weights rotated over >= 256 MB; then every layout at M = 16 and 64.
+fn skinny_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
+    use doppel_exec::cuda::skinny::SkinnyPlan;
+    println!("\nskinny GEMM vs cuBLAS (weights rotated over >= 256 MB; median us per call; default plan)");
+    println!(
+        "{:<26} {:>3} {:>9} {:>9} {:>9} {:>10} {:>8}",
+        "shape (N x K)", "M", "skinny", "cublas", "gemv", "skinny GB/s", "plan"
+    );
+    let part = gpu.zeros::<f32>(8 * 64 * 6144).unwrap();
+    let counters = gpu.zeros::<u32>(SKINNY_COUNTERS).unwrap();
+    let scratch = SkinnyScratch {
+        part: gpu.ptr(&part),
+        counters: gpu.ptr(&counters),
+    };
+    let mut sweep = Vec::new();
+    for (name, n, k, epi) in [
+        ("qkv 4096x1024", 4096usize, 1024usize, SkinnyEpilogue::Plain),
+        ("o 1024x2048 (+res)", 1024, 2048, SkinnyEpilogue::ResAdd),
+        (
+            "gate_up 6144x1024 (+silu)",
+            6144,
+            1024,
+            SkinnyEpilogue::SiluMul,
+        ),
+        ("down 1024x3072 (+res)", 1024, 3072, SkinnyEpilogue::ResAdd),
+    ] {
+        let bytes = n * k * 2;
+        let copies = (256usize << 20).div_ceil(bytes).clamp(1, 64);
+        let base = gpu.upload(&rng.bf16s(n * k, 0.05)).unwrap();
+        let ws: Vec<_> = (0..copies)
+            .map(|_| gpu.stream.clone_dtod(&base).unwrap())
+            .collect();
+        let x = gpu.upload(&rng.bf16s(64 * k, 1.0)).unwrap();
+        let y = gpu.upload(&rng.bf16s(64 * n, 1.0)).unwrap();
+        let nout = if epi == SkinnyEpilogue::SiluMul {
+            n / 2
+        } else {
+            n
+        };
+        let mut i = 0;
+        let mut run = |m: usize, plan: SkinnyPlan| {
+            time_ms(gpu, 9, copies, || {
+                gpu.gemm_skinny(
+                    gpu.ptr(&y),
+                    gpu.ptr(&x),
+                    gpu.ptr(&ws[i % copies]),
+                    &scratch,
+                    (m, n, k),
+                    nout,
+                    epi,
+                    plan,
+                )
+                .unwrap();
+                i += 1;
+            })
+        };
+        let mut j = 0;
+        for m in [2usize, 4, 8, 16, 24, 32, 48, 64] {
+            let plan = skinny_plan(n, k, epi, gpu.sms);
+            let s = run(m, plan);
+            let c = time_ms(gpu, 9, copies, || {
+                gpu.blas
+                    .gemm_bf16(
+                        gpu.ptr(&y),
+                        gpu.ptr(&x),
+                        gpu.ptr(&ws[j % copies]),
+                        m,
+                        n,
+                        k,
+                        n,
+                    )
+                    .unwrap();
+                j += 1;
+            });
+            let g = if m <= 8 {
+                time_ms(gpu, 9, copies, || {
+                    gpu.gemv(
+                        gpu.ptr(&y),
+                        gpu.ptr(&x),
+                        gpu.ptr(&ws[j % copies]),
+                        m,
+                        n,
+                        k,
+                        n,
+                    )
+                    .unwrap();
+                    j += 1;
+                }) * 1e3
+            } else {
+                f64::NAN
+            };
+            println!(
+                "{name:<26} {m:>3} {:>9.2} {:>9.2} {:>9.2} {:>10.0} {:>8}",
+                s * 1e3,
+                c * 1e3,
+                g,
+                bytes as f64 / s / 1e6,
+                format!("w{}s{}", plan.wn, plan.splits)
+            );
+        }
+        for m in [16usize, 64] {
+            for wn in [1usize, 2, 4] {
+                for splits in [1usize, 2, 3, 4, 6, 8] {
+                    if splits > k / 32 / 2 {
+                        continue;
+                    }
+                    let t = run(m, SkinnyPlan { wn, splits });
+                    sweep.push((name, m, wn, splits, t * 1e3));
+                }
+            }
+        }
+    }
+    println!("\nskinny GEMM layouts (us per call; wn warps along N, splits CTAs along K)");
+    for (name, m, wn, splits, us) in sweep {
+        println!("{name:<26} M={m:<3} wn={wn} splits={splits} {us:>8.2}");
+    }
 }
 
 fn ceilings(gpu: &Gpu) {
@@ -257,6 +378,19 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             ms,
             floor
         );
+        model.kernels.proj_resadd = false;
+        let ms_old = time_ms(gpu, 5, 1, || {
+            model
+                .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+                .unwrap()
+        });
+        model.kernels.proj_resadd = true;
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("prefill {b} x 128 (separate res add)"),
+            ms_old,
+            floor
+        );
 
         // Extend positions 128..159 (untimed) so decode attends over real K/V, not zeros.
         let s = step(b, 128, 31, max_ctx, cfg.vocab_size, rng);
@@ -306,6 +440,53 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             .expect("graph");
         model.fused = true;
         let unfused = time_ms(gpu, 15, 10, || graph2.launch().unwrap());
+        // The same step with run 5's projections (cuBLAS above the GEMV, separate residual adds).
+        let saved = model.kernels;
+        model.kernels.skinny_max_tokens = 0;
+        model.kernels.proj_resadd = false;
+        model.kernels.lm_head_gemv_max = 0;
+        model.kernels.qkv_post_fused = false;
+        let gemv_max = model.gemv_max_tokens;
+        model.gemv_max_tokens = 4;
+        gpu.sync().unwrap();
+        gpu.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .unwrap();
+        model
+            .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
+            .unwrap();
+        let graph3 = gpu
+            .stream
+            .end_capture(CUgraphInstantiate_flags_enum(0))
+            .unwrap()
+            .expect("graph");
+        model.kernels = saved;
+        model.gemv_max_tokens = gemv_max;
+        let old_proj = time_ms(gpu, 15, 10, || graph3.launch().unwrap());
+        // The other side of each default: up to 8 tokens the norm-folded GEMVs (run 5's choice
+        // up to 4), above the skinny GEMM up to 64 tokens instead of cuBLAS.
+        let variant = if b <= 8 {
+            model.gemv_max_tokens = b;
+            "norm-folded GEMVs"
+        } else {
+            model.kernels.skinny_max_tokens = 64;
+            "skinny GEMM up to 64"
+        };
+        gpu.sync().unwrap();
+        gpu.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .unwrap();
+        model
+            .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
+            .unwrap();
+        let graph4 = gpu
+            .stream
+            .end_capture(CUgraphInstantiate_flags_enum(0))
+            .unwrap()
+            .expect("graph");
+        model.gemv_max_tokens = gemv_max;
+        model.kernels = saved;
+        let other = time_ms(gpu, 15, 10, || graph4.launch().unwrap());
         let kv_bytes = (b * 160 * model.kv_bytes_per_slot()) as f64;
         let floor = (model.weight_bytes as f64 + kv_bytes) / bw * 1e3;
         println!(
@@ -326,6 +507,20 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             unfused,
             floor
         );
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("decode b={b} (graph, run-5 kernels)"),
+            old_proj,
+            floor
+        );
+        if b > 1 {
+            println!(
+                "{:<34} {:>10.3} {:>12.3}",
+                format!("decode b={b} (graph, {variant})"),
+                other,
+                floor
+            );
+        }
     }
     kernel_breakdown(gpu, &model, &kv, &mut ws, rng, sms);
 }
@@ -377,13 +572,32 @@ fn kernel_breakdown(
         let kc = gpu.upload(&rng.bf16s(kv.num_slots * nk * d, 1.0)).unwrap();
         let vc = gpu.upload(&rng.bf16s(kv.num_slots * nk * d, 1.0)).unwrap();
         let p = |b: &cudarc::driver::CudaSlice<bf16>| gpu.ptr(b);
+        let part = gpu.zeros::<f32>(8 * 64 * 6144).unwrap();
+        let counters = gpu.zeros::<u32>(SKINNY_COUNTERS).unwrap();
+        let scratch = SkinnyScratch {
+            part: gpu.ptr(&part),
+            counters: gpu.ptr(&counters),
+        };
         let lin = |y: &cudarc::driver::CudaSlice<bf16>,
                    x: &cudarc::driver::CudaSlice<bf16>,
                    w: &cudarc::driver::CudaSlice<bf16>,
                    n: usize,
                    k: usize| {
-            if t <= 8 {
+            if t <= 1 {
                 gpu.gemv(p(y), p(x), p(w), t, n, k, n).unwrap()
+            } else if t <= 16 {
+                let plan = skinny_plan(n, k, SkinnyEpilogue::Plain, gpu.sms);
+                gpu.gemm_skinny(
+                    p(y),
+                    p(x),
+                    p(w),
+                    &scratch,
+                    (t, n, k),
+                    n,
+                    SkinnyEpilogue::Plain,
+                    plan,
+                )
+                .unwrap()
             } else {
                 gpu.blas.gemm_bf16(p(y), p(x), p(w), t, n, k, n).unwrap()
             }
@@ -466,15 +680,43 @@ fn kernel_breakdown(
                 layers,
             ),
         ];
+        rows.push((
+            "rmsnorm",
+            time_ms(gpu, 9, 5, || {
+                gpu.rmsnorm(p(&y), p(&r), p(&norm_w), t, h, 1e-6).unwrap()
+            }),
+            if t <= 1 { 0 } else { 2 * layers },
+        ));
         // The model runs the fused kernels: the separate ones stay listed (0 calls) for comparison.
         for row in rows.iter_mut() {
             if ["qk_rmsnorm", "rope_neox", "kv_store"].contains(&row.0)
-                || (t <= 4 && ["gate_up proj", "silu_and_mul"].contains(&row.0))
-                // At <= 4 tokens the norms are folded into the GEMVs.
-                || (t <= 4 && row.0 == "fused_add_rmsnorm")
+                || (t <= 16 && ["gate_up proj", "silu_and_mul"].contains(&row.0))
+                // At 1 token the norms are folded into the GEMVs; above, the residual adds
+                // are in the o/down projections and the norms are plain RMSNorms.
+                || row.0 == "fused_add_rmsnorm"
             {
                 row.2 = 0;
             }
+        }
+        if t > 1 && t <= 64 {
+            let plan = skinny_plan(2 * inter, h, SkinnyEpilogue::SiluMul, gpu.sms);
+            rows.push((
+                "gate_up + silu (skinny, fused)",
+                time_ms(gpu, 9, 5, || {
+                    gpu.gemm_skinny(
+                        p(&y),
+                        p(&x),
+                        p(&wts[2]),
+                        &scratch,
+                        (t, 2 * inter, h),
+                        inter,
+                        SkinnyEpilogue::SiluMul,
+                        plan,
+                    )
+                    .unwrap()
+                }),
+                if t <= 16 { layers } else { 0 },
+            ));
         }
         let post = doppel_exec::cuda::ops::QkvPost {
             qk_norm: Some((p(&norm_w), p(&norm_w))),
@@ -499,7 +741,7 @@ fn kernel_breakdown(
                     gpu.gemv_gate_up_silu(p(&y), p(&x), p(&wts[2]), t, inter, h)
                         .unwrap()
                 }),
-                if t <= 4 { layers } else { 0 },
+                if t <= 1 { layers } else { 0 },
             ));
         }
         let view = doppel_exec::cuda::attention::KvView {
@@ -664,8 +906,26 @@ fn kernel_breakdown(
                     )
                     .unwrap()
             }),
-            1,
+            if b <= 2 { 0 } else { 1 },
         ));
+        if b <= 8 {
+            rows.push((
+                "lm_head (GEMV, f32 out)",
+                time_ms(gpu, 9, 3, || {
+                    gpu.gemv_f32out(
+                        gpu.ptr(&logits),
+                        p(&x),
+                        p(&emb),
+                        b,
+                        c.vocab_size,
+                        h,
+                        c.vocab_size,
+                    )
+                    .unwrap()
+                }),
+                if b <= 2 { 1 } else { 0 },
+            ));
+        }
         let out = gpu.zeros::<u32>(b).unwrap();
         let scratch = gpu
             .zeros::<u32>(doppel_exec::cuda::ops::argmax_scratch_len(b))

@@ -148,7 +148,119 @@ fn fused_kernels_match_cpu_references() {
         );
     }
     folded_gemvs(&gpu, &mut rng, &mut rep);
+    qkv_gemv_with_post(&gpu, &mut rng, &mut rep);
     rep.finish();
+}
+
+/// gemv_norm_qkv (q/k norm + RoPE + KV store in the qkv GEMV's last block per head) against
+/// gemv_norm followed by qk_norm_rope_store (both checked against f64 references above): the
+/// same arithmetic, so the outputs must be bit-identical (they were in every run-6 launch).
+/// Launched twice (counters re-armed).
+fn qkv_gemv_with_post(gpu: &doppel_exec::cuda::Gpu, rng: &mut Rng, rep: &mut Report) {
+    let eps = 1e-6f32;
+    let counters = gpu.zeros::<u32>(64).unwrap();
+    for (b, nq, nk, d, norm) in [
+        (1usize, 16usize, 8usize, 128usize, true),
+        (4, 16, 8, 128, true),
+        (3, 8, 2, 64, true),
+        (2, 4, 4, 128, false),
+    ] {
+        let (h, max_pos, slots_n) = (1024usize, 4096usize, 50usize);
+        let n = (nq + 2 * nk) * d;
+        let r = rng.bf16s(b * h, 2.0);
+        let nw = rng.bf16s(h, 1.0);
+        let w = rng.bf16s(n * h, 0.08);
+        let (wq, wk) = (rng.bf16s(d, 1.5), rng.bf16s(d, 1.5));
+        let pos: Vec<i32> = (0..b).map(|_| rng.below(max_pos) as i32).collect();
+        let slots = rng.distinct(b, slots_n);
+        let inv = plain_inv_freq(1e6, d);
+        let up = |v: &[bf16]| gpu.upload(v).unwrap();
+        let (dr, dn, dw, dwq, dwk) = (up(&r), up(&nw), up(&w), up(&wq), up(&wk));
+        let (dp, ds) = (gpu.upload(&pos).unwrap(), gpu.upload(&slots).unwrap());
+        let dcs = gpu.upload(&cos_sin_table(&inv, max_pos)).unwrap();
+        let poison = vec![bf16::from_f32(-3.0); slots_n * nk * d];
+        let mut outs = Vec::new();
+        for fused in [false, true, true] {
+            let (dk, dv) = (up(&poison), up(&poison));
+            let dq = gpu.upload(&vec![bf16::from_f32(f32::NAN); b * n]).unwrap();
+            let post = QkvPost {
+                qk_norm: norm.then(|| (gpu.ptr(&dwq), gpu.ptr(&dwk))),
+                positions: gpu.ptr(&dp),
+                cos_sin: gpu.ptr(&dcs),
+                k_cache: gpu.ptr(&dk),
+                v_cache: gpu.ptr(&dv),
+                slots: gpu.ptr(&ds),
+            };
+            if fused {
+                gpu.gemv_norm_qkv(
+                    gpu.ptr(&dq),
+                    gpu.ptr(&dr),
+                    gpu.ptr(&dn),
+                    gpu.ptr(&dw),
+                    &post,
+                    gpu.ptr(&counters),
+                    b,
+                    (nq, nk),
+                    d,
+                    h,
+                    eps,
+                )
+                .unwrap();
+            } else {
+                gpu.gemv_norm(
+                    gpu.ptr(&dq),
+                    gpu.ptr(&dr),
+                    gpu.ptr(&dn),
+                    gpu.ptr(&dw),
+                    b,
+                    n,
+                    h,
+                    eps,
+                )
+                .unwrap();
+                gpu.qk_norm_rope_store(gpu.ptr(&dq), &post, b, (nq, nk), d, n, eps)
+                    .unwrap();
+            }
+            // q heads (in place) and the caches; qkv's k/v columns hold the projection in both.
+            let q: Vec<u16> = gpu
+                .download(&dq)
+                .unwrap()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % n < nq * d)
+                .map(|(_, v)| v.to_bits())
+                .collect();
+            let k: Vec<u16> = gpu
+                .download(&dk)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let v: Vec<u16> = gpu
+                .download(&dv)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            outs.push((q, k, v));
+        }
+        for (i, o) in outs.iter().enumerate().skip(1) {
+            let name = format!("gemv_norm_qkv B={b} nq={nq} nk={nk} D={d} norm={norm} #{i}");
+            rep.exact(
+                &format!("{name}: q vs gemv_norm + qk_norm_rope_store"),
+                &o.0,
+                &outs[0].0,
+            );
+            rep.exact(&format!("{name}: K cache"), &o.1, &outs[0].1);
+            rep.exact(&format!("{name}: V cache"), &o.2, &outs[0].2);
+        }
+    }
+    let left = gpu.download(&counters).unwrap();
+    rep.check(
+        "gemv_norm_qkv: head counters re-armed to 0",
+        0.0,
+        left.iter().all(|&c| c == 0),
+    );
 }
 
 /// The GEMVs with the RMSNorm before them (qkv, gate/up + SiLU) or the residual add after them
@@ -251,4 +363,173 @@ fn folded_gemvs(gpu: &doppel_exec::cuda::Gpu, rng: &mut Rng, rep: &mut Report) {
         let pad_kept = (0..b * ldr).all(|i| i % ldr < n || out[i] == resf[i]);
         rep.check("gemv_resadd: columns past n untouched", 0.0, pad_kept);
     }
+}
+
+/// The skinny tensor-core GEMM (every epilogue, 16-row tile count and layout; split K with its
+/// counters re-armed between launches), the f32-output GEMV of the LM head and cuBLAS with
+/// beta = 1, against f64 references from the same bf16 inputs.
+#[test]
+fn skinny_gemm_matches_cpu_reference() {
+    use doppel_exec::cuda::skinny::{SkinnyEpilogue, SkinnyPlan, SkinnyScratch};
+    let Some(gpu) = open_gpu() else { return };
+    let mut rep = Report::default();
+    let mut rng = Rng::new(0x5eed_0003);
+    let part = gpu.zeros::<f32>(8 * 64 * 4096).unwrap();
+    let counters = gpu.zeros::<u32>(4096).unwrap();
+    let scratch = SkinnyScratch {
+        part: gpu.ptr(&part),
+        counters: gpu.ptr(&counters),
+    };
+    use SkinnyEpilogue::{Plain, ResAdd, SiluMul};
+    // (m, n = weight rows, k, epilogue, wn, splits)
+    let cases: &[(usize, usize, usize, SkinnyEpilogue, usize, usize)] = &[
+        (1, 257, 1000, Plain, 1, 1),
+        (5, 257, 1000, Plain, 2, 3),
+        (16, 1024, 2048, Plain, 1, 4),
+        (17, 96, 264, Plain, 4, 1),
+        (33, 4096, 1024, Plain, 1, 1),
+        (48, 1000, 520, Plain, 2, 2),
+        (64, 1024, 2048, Plain, 1, 8),
+        (64, 4096, 1024, Plain, 2, 2),
+        (64, 520, 3072, Plain, 4, 6),
+        (9, 1024, 3072, ResAdd, 1, 4),
+        (64, 1024, 3072, ResAdd, 1, 6),
+        (31, 257, 1000, ResAdd, 2, 1),
+        (64, 1024, 2048, ResAdd, 4, 4),
+        (8, 6144, 1024, SiluMul, 1, 1),
+        (64, 6144, 1024, SiluMul, 2, 1),
+        (40, 2000, 1000, SiluMul, 1, 4),
+        (64, 514, 256, SiluMul, 4, 2),
+    ];
+    for &(m, n, k, epi, wn, splits) in cases {
+        let plan = SkinnyPlan { wn, splits };
+        let x = rng.bf16s(m * k, 1.0);
+        let w = rng.bf16s(n * k, 0.08);
+        let (xf, wf) = (f64s(&x), f64s(&w));
+        let (dx, dw) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
+        let dot = |mi: usize, row: usize| -> f64 {
+            (0..k).map(|j| xf[mi * k + j] * wf[row * k + j]).sum()
+        };
+        let nout = if epi == SiluMul { n / 2 } else { n };
+        // The residual case writes into a stream with a wider row stride (columns past n kept).
+        let ldy = if epi == ResAdd { nout + 5 } else { nout };
+        let init: Vec<bf16> = if epi == ResAdd {
+            rng.bf16s(m * ldy, 3.0)
+        } else {
+            vec![bf16::from_f32(f32::NAN); m * ldy]
+        };
+        let initf = f64s(&init);
+        let reference: Vec<f64> = (0..m * ldy)
+            .map(|i| {
+                let (mi, c) = (i / ldy, i % ldy);
+                if c >= nout {
+                    return initf[i];
+                }
+                match epi {
+                    Plain => dot(mi, c),
+                    ResAdd => bf16::from_f64(dot(mi, c)).to_f64() + initf[i],
+                    SiluMul => {
+                        let (g, u) = (dot(mi, c), dot(mi, nout + c));
+                        g / (1.0 + (-g).exp()) * u
+                    }
+                }
+            })
+            .collect();
+        // Twice: the second launch checks that the first re-armed the split counters.
+        for round in 0..2 {
+            let dy = gpu.upload(&init).unwrap();
+            gpu.gemm_skinny(
+                gpu.ptr(&dy),
+                gpu.ptr(&dx),
+                gpu.ptr(&dw),
+                &scratch,
+                (m, n, k),
+                ldy,
+                epi,
+                plan,
+            )
+            .unwrap();
+            let out = f64s(&gpu.download(&dy).unwrap());
+            rep.rel(
+                &format!("gemm_skinny {epi:?} M={m} N={n} K={k} wn={wn} S={splits} #{round}"),
+                &out,
+                &reference,
+                1e-2,
+            );
+            if epi == ResAdd && round == 0 {
+                let kept = (0..m * ldy).all(|i| i % ldy < nout || out[i] == initf[i]);
+                rep.check("gemm_skinny ResAdd: columns past n untouched", 0.0, kept);
+            }
+        }
+    }
+    let left = gpu.download(&counters).unwrap();
+    rep.check(
+        "gemm_skinny: every split counter re-armed to 0",
+        left.iter().filter(|&&c| c != 0).count() as f64,
+        left.iter().all(|&c| c == 0),
+    );
+
+    // The LM head's f32-output GEMV and cuBLAS with beta = 1 (residual add in the GEMM).
+    for (b, n, k) in [
+        (1usize, 151936usize, 1024usize),
+        (2, 1001, 1000),
+        (8, 257, 2048),
+    ] {
+        let x = rng.bf16s(b * k, 1.0);
+        let w = rng.bf16s(n * k, 0.05);
+        let (xf, wf) = (f64s(&x), f64s(&w));
+        let (dx, dw) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
+        let dy = gpu.upload(&vec![f32::NAN; b * n]).unwrap();
+        gpu.gemv_f32out(gpu.ptr(&dy), gpu.ptr(&dx), gpu.ptr(&dw), b, n, k, n)
+            .unwrap();
+        let reference: Vec<f64> = (0..b * n)
+            .map(|i| {
+                let (bi, c) = (i / n, i % n);
+                (0..k).map(|j| xf[bi * k + j] * wf[c * k + j]).sum()
+            })
+            .collect();
+        let out: Vec<f64> = gpu
+            .download(&dy)
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        rep.rel(
+            &format!("gemv_f32out B={b} N={n} K={k}"),
+            &out,
+            &reference,
+            1e-4,
+        );
+    }
+    for (m, n, k) in [
+        (77usize, 1024usize, 2048usize),
+        (3, 257, 1000),
+        (130, 1000, 1000),
+    ] {
+        let x = rng.bf16s(m * k, 1.0);
+        let w = rng.bf16s(n * k, 0.05);
+        let r = rng.bf16s(m * n, 3.0);
+        let (xf, wf, rf) = (f64s(&x), f64s(&w), f64s(&r));
+        let (dx, dw, dr) = (
+            gpu.upload(&x).unwrap(),
+            gpu.upload(&w).unwrap(),
+            gpu.upload(&r).unwrap(),
+        );
+        gpu.blas
+            .gemm_bf16_acc(gpu.ptr(&dr), gpu.ptr(&dx), gpu.ptr(&dw), m, n, k, n)
+            .unwrap();
+        let reference: Vec<f64> = (0..m * n)
+            .map(|i| {
+                let (mi, c) = (i / n, i % n);
+                (0..k).map(|j| xf[mi * k + j] * wf[c * k + j]).sum::<f64>() + rf[i]
+            })
+            .collect();
+        rep.rel(
+            &format!("cuBLAS gemm_bf16_acc (beta = 1, residual add) M={m} N={n} K={k}"),
+            &f64s(&gpu.download(&dr).unwrap()),
+            &reference,
+            1e-2,
+        );
+    }
+    rep.finish();
 }

@@ -500,11 +500,38 @@ fn cuda_backend_matches_cpu_backend() {
             },
         ),
         (
+            "run-5 projections (cuBLAS above 4 tokens, separate residual adds, cuBLAS LM head)",
+            KernelChoice {
+                skinny_max_tokens: 0,
+                proj_resadd: false,
+                lm_head_gemv_max: 0,
+                ..Default::default()
+            },
+        ),
+        (
+            "skinny GEMM with separate residual adds",
+            KernelChoice {
+                proj_resadd: false,
+                ..Default::default()
+            },
+        ),
+        (
             "all run-2 kernels",
             KernelChoice {
                 decode: DecodeKernel::V2,
                 fold_norms: false,
                 argmax_single_block: true,
+                skinny_max_tokens: 0,
+                proj_resadd: false,
+                lm_head_gemv_max: 0,
+                qkv_post_fused: false,
+            },
+        ),
+        (
+            "q/k norm + RoPE + KV store as its own kernel at GEMV sizes",
+            KernelChoice {
+                qkv_post_fused: false,
+                ..Default::default()
             },
         ),
     ] {

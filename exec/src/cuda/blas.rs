@@ -70,7 +70,24 @@ impl Blas {
         ldy: usize,
     ) -> Result<()> {
         need("gemm_bf16", "y", &y, m.saturating_sub(1) * ldy + n)?;
-        self.gemm(y.addr(), OutType::Bf16, x, w, (m, n, k), ldy)
+        self.gemm(y.addr(), OutType::Bf16, x, w, (m, n, k), ldy, 0.0)
+    }
+
+    /// `y[m, n] = bf16(x[m, k] w[n, k]^T + y[m, n])` (beta = 1, one rounding): a projection added
+    /// into the residual stream in place, so no separate residual add is needed after it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16_acc(
+        &self,
+        y: DPtr<bf16>,
+        x: DPtr<bf16>,
+        w: DPtr<bf16>,
+        m: usize,
+        n: usize,
+        k: usize,
+        ldy: usize,
+    ) -> Result<()> {
+        need("gemm_bf16_acc", "y", &y, m.saturating_sub(1) * ldy + n)?;
+        self.gemm(y.addr(), OutType::Bf16, x, w, (m, n, k), ldy, 1.0)
     }
 
     /// As [`Blas::gemm_bf16`] with an f32 output (the logits, so sampling sees full precision).
@@ -86,9 +103,10 @@ impl Blas {
         ldy: usize,
     ) -> Result<()> {
         need("gemm_bf16_f32out", "y", &y, m.saturating_sub(1) * ldy + n)?;
-        self.gemm(y.addr(), OutType::F32, x, w, (m, n, k), ldy)
+        self.gemm(y.addr(), OutType::F32, x, w, (m, n, k), ldy, 0.0)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
         y: u64,
@@ -97,6 +115,7 @@ impl Blas {
         w: DPtr<bf16>,
         (m, n, k): (usize, usize, usize),
         ldy: usize,
+        beta: f32,
     ) -> Result<()> {
         const K: &str = "gemm";
         check(K, ldy >= n, || format!("ldy {ldy} < n {n}"))?;
@@ -106,7 +125,7 @@ impl Blas {
             return Ok(());
         }
         let (mi, ni, ki, ld) = (int(K, m)?, int(K, n)?, int(K, k)?, int(K, ldy)?);
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        let alpha = 1.0f32;
         let c_type = match out {
             OutType::Bf16 => sys::cudaDataType_t::CUDA_R_16BF,
             OutType::F32 => sys::cudaDataType_t::CUDA_R_32F,

@@ -6,6 +6,9 @@ use super::attention::{
 };
 use super::model::{DecodeKernel, GpuModel};
 use super::ops::{QkvPost, SamplingBufs};
+use super::skinny::{
+    skinny_plan, SkinnyEpilogue, SkinnyScratch, SKINNY_COUNTERS, SKINNY_MAX_M, SKINNY_MAX_SPLITS,
+};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -102,6 +105,10 @@ pub struct Workspace {
     pub decode_counters: CudaSlice<u32>,
     part_o: CudaSlice<f32>,
     part_ml: CudaSlice<f32>,
+    /// Split-K partial sums of the skinny GEMM.
+    skinny_part: CudaSlice<f32>,
+    /// Column-tile counters of the skinny GEMM.
+    skinny_counters: CudaSlice<u32>,
 }
 
 impl Workspace {
@@ -140,6 +147,14 @@ impl Workspace {
             decode_counters: gpu.zeros(s * c.num_kv_heads)?,
             part_o: gpu.zeros(s * c.num_heads * max_splits * c.head_dim)?,
             part_ml: gpu.zeros(s * c.num_heads * max_splits * 2)?,
+            skinny_part: gpu.zeros(
+                SKINNY_MAX_SPLITS
+                    * t.min(SKINNY_MAX_M)
+                    * (c.q_dim() + 2 * c.kv_dim())
+                        .max(2 * c.intermediate_size)
+                        .max(c.hidden_size),
+            )?,
+            skinny_counters: gpu.zeros(SKINNY_COUNTERS)?,
         })
     }
 }
@@ -249,11 +264,38 @@ impl GpuModel {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// y[m, n] = x[m, k] w^T through the GEMV for small m, cuBLAS otherwise.
+    /// Whether `m` tokens go through the skinny GEMM (above the GEMV's batch sizes).
+    fn use_skinny(&self, m: usize) -> bool {
+        m > self.gemv_max_tokens.min(8) && m <= self.kernels.skinny_max_tokens.min(SKINNY_MAX_M)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn skinny(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        y: DPtr<bf16>,
+        x: DPtr<bf16>,
+        w: &CudaSlice<bf16>,
+        (m, n, k): (usize, usize, usize),
+        ldy: usize,
+        epi: SkinnyEpilogue,
+    ) -> Result<()> {
+        let scratch = SkinnyScratch {
+            part: gpu.ptr(&ws.skinny_part),
+            counters: gpu.ptr(&ws.skinny_counters),
+        };
+        let plan = skinny_plan(n, k, epi, gpu.sms);
+        gpu.gemm_skinny(y, x, gpu.ptr(w), &scratch, (m, n, k), ldy, epi, plan)
+    }
+
+    /// y[m, n] = x[m, k] w^T through the GEMV for small m, the skinny GEMM up to 64 tokens,
+    /// cuBLAS otherwise.
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
         gpu: &Gpu,
+        ws: &Workspace,
         y: DPtr<bf16>,
         x: DPtr<bf16>,
         w: &CudaSlice<bf16>,
@@ -263,8 +305,65 @@ impl GpuModel {
     ) -> Result<()> {
         if m <= self.gemv_max_tokens.min(8) {
             gpu.gemv(y, x, gpu.ptr(w), m, n, k, n)
+        } else if self.use_skinny(m) {
+            self.skinny(gpu, ws, y, x, w, (m, n, k), n, SkinnyEpilogue::Plain)
         } else {
             gpu.blas.gemm_bf16(y, x, gpu.ptr(w), m, n, k, n)
+        }
+    }
+
+    /// r[m, n] = bf16(x[m, k] w^T + r[m, n]): a projection added into the residual stream.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_resadd(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        r: DPtr<bf16>,
+        x: DPtr<bf16>,
+        w: &CudaSlice<bf16>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        if m <= self.gemv_max_tokens.min(8) {
+            gpu.gemv_resadd(r, x, gpu.ptr(w), m, n, k, n)
+        } else if self.use_skinny(m) {
+            self.skinny(gpu, ws, r, x, w, (m, n, k), n, SkinnyEpilogue::ResAdd)
+        } else {
+            gpu.blas.gemm_bf16_acc(r, x, gpu.ptr(w), m, n, k, n)
+        }
+    }
+
+    /// act = silu(x gate^T) * (x up^T), w = [gate; up].
+    #[allow(clippy::too_many_arguments)]
+    fn gate_up_act(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        act: DPtr<bf16>,
+        x: DPtr<bf16>,
+        w: &CudaSlice<bf16>,
+        m: usize,
+        inter: usize,
+        k: usize,
+    ) -> Result<()> {
+        if self.fused && m <= self.gemv_max_tokens.min(8) {
+            gpu.gemv_gate_up_silu(act, x, gpu.ptr(w), m, inter, k)
+        } else if self.fused && self.use_skinny(m) {
+            self.skinny(
+                gpu,
+                ws,
+                act,
+                x,
+                w,
+                (m, 2 * inter, k),
+                inter,
+                SkinnyEpilogue::SiluMul,
+            )
+        } else {
+            let gu = gpu.ptr(&ws.gate_up);
+            self.linear(gpu, ws, gu, x, w, m, 2 * inter, k)?;
+            gpu.silu_and_mul(act, gu, m, inter)
         }
     }
 
@@ -328,12 +427,11 @@ impl GpuModel {
         let qkv_w = (nq + 2 * nk) * d;
         let eps = c.rms_norm_eps as f32;
         let p = |b: &CudaSlice<bf16>| gpu.ptr(b);
-        let (hidden, residual, qkv, attn, gu, act) = (
+        let (hidden, residual, qkv, attn, act) = (
             p(&ws.hidden),
             p(&ws.residual),
             p(&ws.qkv),
             p(&ws.attn),
-            p(&ws.gate_up),
             p(&ws.act),
         );
         if tokens > 0 {
@@ -365,68 +463,87 @@ impl GpuModel {
             && tokens > 0
             && tokens <= self.gemv_max_tokens.min(8)
             && tokens * h <= Gpu::GEMV_NORM_MAX_ELEMS;
+        // Otherwise the o and down projections can add into the residual stream themselves, so
+        // the norms after them only normalise (one read and one write of the stream fewer).
+        let res_proj = !fold && self.kernels.proj_resadd;
         for (l, lw) in self.layers.iter().enumerate() {
-            if fold {
-                gpu.gemv_norm(
-                    qkv,
-                    residual,
-                    p(&lw.input_norm),
-                    p(&lw.qkv),
-                    tokens,
-                    qkv_w,
-                    h,
-                    eps,
-                )?;
-            } else {
-                if l == 0 {
-                    gpu.rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
-                } else {
-                    gpu.fused_add_rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
-                }
-                self.linear(gpu, qkv, hidden, &lw.qkv, tokens, qkv_w, h)?;
-            }
             let view = KvView {
                 k_cache: p(&kv.k[l]),
                 v_cache: p(&kv.v[l]),
                 table: gpu.ptr(&kv.table),
             };
-            if self.fused {
-                let post = QkvPost {
-                    qk_norm: lw
-                        .q_norm
-                        .as_ref()
-                        .zip(lw.k_norm.as_ref())
-                        .map(|(q, k)| (p(q), p(k))),
-                    positions: gpu.ptr(&ws.positions),
-                    cos_sin: gpu.ptr(&self.cos_sin),
-                    k_cache: view.k_cache,
-                    v_cache: view.v_cache,
-                    slots: gpu.ptr(&ws.out_slots),
-                };
-                gpu.qk_norm_rope_store(qkv, &post, tokens, (nq, nk), d, qkv_w, eps)?;
+            let post = QkvPost {
+                qk_norm: lw
+                    .q_norm
+                    .as_ref()
+                    .zip(lw.k_norm.as_ref())
+                    .map(|(q, k)| (p(q), p(k))),
+                positions: gpu.ptr(&ws.positions),
+                cos_sin: gpu.ptr(&self.cos_sin),
+                k_cache: view.k_cache,
+                v_cache: view.v_cache,
+                slots: gpu.ptr(&ws.out_slots),
+            };
+            if fold && self.fused && self.kernels.qkv_post_fused {
+                gpu.gemv_norm_qkv(
+                    qkv,
+                    residual,
+                    p(&lw.input_norm),
+                    p(&lw.qkv),
+                    &post,
+                    gpu.ptr(&ws.skinny_counters),
+                    tokens,
+                    (nq, nk),
+                    d,
+                    h,
+                    eps,
+                )?;
             } else {
-                if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
-                    gpu.qk_rmsnorm(qkv, p(qn), p(kn), tokens, (nq, nk), d, qkv_w, eps)?;
+                if fold {
+                    gpu.gemv_norm(
+                        qkv,
+                        residual,
+                        p(&lw.input_norm),
+                        p(&lw.qkv),
+                        tokens,
+                        qkv_w,
+                        h,
+                        eps,
+                    )?;
+                } else {
+                    if l == 0 || res_proj {
+                        gpu.rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
+                    } else {
+                        gpu.fused_add_rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
+                    }
+                    self.linear(gpu, ws, qkv, hidden, &lw.qkv, tokens, qkv_w, h)?;
                 }
-                gpu.rope_neox(
-                    qkv,
-                    gpu.ptr(&ws.positions),
-                    gpu.ptr(&self.cos_sin),
-                    tokens,
-                    (nq, nk),
-                    d,
-                    qkv_w,
-                )?;
-                gpu.kv_store(
-                    view.k_cache,
-                    view.v_cache,
-                    qkv,
-                    gpu.ptr(&ws.out_slots),
-                    tokens,
-                    (nq, nk),
-                    d,
-                    qkv_w,
-                )?;
+                if self.fused {
+                    gpu.qk_norm_rope_store(qkv, &post, tokens, (nq, nk), d, qkv_w, eps)?;
+                } else {
+                    if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+                        gpu.qk_rmsnorm(qkv, p(qn), p(kn), tokens, (nq, nk), d, qkv_w, eps)?;
+                    }
+                    gpu.rope_neox(
+                        qkv,
+                        gpu.ptr(&ws.positions),
+                        gpu.ptr(&self.cos_sin),
+                        tokens,
+                        (nq, nk),
+                        d,
+                        qkv_w,
+                    )?;
+                    gpu.kv_store(
+                        view.k_cache,
+                        view.v_cache,
+                        qkv,
+                        gpu.ptr(&ws.out_slots),
+                        tokens,
+                        (nq, nk),
+                        d,
+                        qkv_w,
+                    )?;
+                }
             }
             if let Some(meta) = extend {
                 gpu.attention_extend(attn, qkv, view, meta, &shape, ExtendVariant::Fast)?;
@@ -468,15 +585,19 @@ impl GpuModel {
                 gpu.gemv_resadd(residual, act, p(&lw.down), tokens, h, inter, h)?;
                 continue;
             }
-            self.linear(gpu, hidden, attn, &lw.o, tokens, h, nq * d)?;
-            gpu.fused_add_rmsnorm(hidden, residual, p(&lw.post_norm), tokens, h, eps)?;
-            if self.fused && tokens <= self.gemv_max_tokens.min(8) {
-                gpu.gemv_gate_up_silu(act, hidden, p(&lw.gate_up), tokens, inter, h)?;
+            if res_proj {
+                self.linear_resadd(gpu, ws, residual, attn, &lw.o, tokens, h, nq * d)?;
+                gpu.rmsnorm(hidden, residual, p(&lw.post_norm), tokens, h, eps)?;
             } else {
-                self.linear(gpu, gu, hidden, &lw.gate_up, tokens, 2 * inter, h)?;
-                gpu.silu_and_mul(act, gu, tokens, inter)?;
+                self.linear(gpu, ws, hidden, attn, &lw.o, tokens, h, nq * d)?;
+                gpu.fused_add_rmsnorm(hidden, residual, p(&lw.post_norm), tokens, h, eps)?;
             }
-            self.linear(gpu, hidden, act, &lw.down, tokens, h, inter)?;
+            self.gate_up_act(gpu, ws, act, hidden, &lw.gate_up, tokens, inter, h)?;
+            if res_proj {
+                self.linear_resadd(gpu, ws, residual, act, &lw.down, tokens, h, inter)?;
+            } else {
+                self.linear(gpu, ws, hidden, act, &lw.down, tokens, h, inter)?;
+            }
         }
         if rows == 0 {
             return Ok(());
@@ -484,7 +605,7 @@ impl GpuModel {
         // Only the rows that need logits: gather them (hidden and residual), then the final norm.
         let sel = p(&ws.sel);
         let sel_res = attn; // free now: reuse as the gathered residual
-        if fold {
+        if fold || res_proj {
             // The last down projection already went into the residual stream.
             gpu.gather_rows(sel_res, residual, gpu.ptr(&ws.logit_tok), rows, h)?;
             gpu.rmsnorm(sel, sel_res, p(&self.final_norm), rows, h, eps)?;
@@ -493,15 +614,27 @@ impl GpuModel {
             gpu.gather_rows(sel_res, residual, gpu.ptr(&ws.logit_tok), rows, h)?;
             gpu.fused_add_rmsnorm(sel, sel_res, p(&self.final_norm), rows, h, eps)?;
         }
-        gpu.blas.gemm_bf16_f32out(
-            gpu.ptr(&ws.logits),
-            sel,
-            p(self.lm_head()),
-            rows,
-            c.vocab_size,
-            h,
-            c.vocab_size,
-        )?;
+        if rows <= self.kernels.lm_head_gemv_max.min(8) {
+            gpu.gemv_f32out(
+                gpu.ptr(&ws.logits),
+                sel,
+                p(self.lm_head()),
+                rows,
+                c.vocab_size,
+                h,
+                c.vocab_size,
+            )?;
+        } else {
+            gpu.blas.gemm_bf16_f32out(
+                gpu.ptr(&ws.logits),
+                sel,
+                p(self.lm_head()),
+                rows,
+                c.vocab_size,
+                h,
+                c.vocab_size,
+            )?;
+        }
         if greedy && self.kernels.argmax_single_block {
             gpu.argmax_rows_single(
                 gpu.ptr(&ws.sampled),

@@ -273,4 +273,89 @@ impl Gpu {
         c.shared_mem_bytes = (batch * k * 2) as u32;
         unsafe { b.launch(c) }.ctx(K).map(|_| ())
     }
+
+    /// [`Gpu::gemv_norm`] for the fused qkv projection with [`Gpu::qk_norm_rope_store`] folded
+    /// in (`batch <= 8`): the last block to finish each head (one of `counters` per head, zero
+    /// between launches, re-armed by the kernel) normalises, rotates and stores it. qkv is
+    /// `[batch, (nq + 2 nk) * head_dim]`, head_dim 64 or 128.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_norm_qkv(
+        &self,
+        qkv: DPtr<bf16>,
+        r: DPtr<bf16>,
+        nw: DPtr<bf16>,
+        w: DPtr<bf16>,
+        post: &QkvPost,
+        counters: DPtr<u32>,
+        batch: usize,
+        (nq, nk): (usize, usize),
+        head_dim: usize,
+        k: usize,
+        eps: f32,
+    ) -> Result<()> {
+        const K: &str = "gemv_norm_qkv";
+        let name = match head_dim {
+            64 => "gemv_norm_qkv_d64",
+            128 => "gemv_norm_qkv_d128",
+            _ => {
+                return Err(CudaError::Invalid {
+                    kernel: K,
+                    msg: format!("head_dim {head_dim} is not 64 or 128"),
+                })
+            }
+        };
+        Self::check_norm_gemv(K, &r, &nw, batch, k)?;
+        let heads = nq + 2 * nk;
+        let n = heads * head_dim;
+        need(K, "qkv", &qkv, batch * n)?;
+        need(K, "w", &w, n * k)?;
+        need(K, "counters", &counters, heads)?;
+        need(K, "positions", &post.positions, batch)?;
+        need(K, "slots", &post.slots, batch)?;
+        check(K, post.cos_sin.len().is_multiple_of(head_dim), || {
+            "cos/sin table is not [max_pos, head_dim]".into()
+        })?;
+        check(K, post.k_cache.len() == post.v_cache.len(), || {
+            "K and V caches differ in size".into()
+        })?;
+        if let Some((wq, wk)) = &post.qk_norm {
+            need(K, "wq", wq, head_dim)?;
+            need(K, "wk", wk, head_dim)?;
+        }
+        let (bi, ki, a, c) = (int(K, batch)?, int(K, k)?, int(K, nq)?, int(K, nk)?);
+        let (wq, wk) = post
+            .qk_norm
+            .map_or((0u64, 0u64), |(q, k)| (q.addr(), k.addr()));
+        let (ya, ra, na, wa) = (qkv.addr(), r.addr(), nw.addr(), w.addr());
+        let (pos, cs, kc, vc, sl, ca) = (
+            post.positions.addr(),
+            post.cos_sin.addr(),
+            post.k_cache.addr(),
+            post.v_cache.addr(),
+            post.slots.addr(),
+            counters.addr(),
+        );
+        let f = self.kernels.get(name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&ya)
+            .arg(&ra)
+            .arg(&na)
+            .arg(&wa)
+            .arg(&bi)
+            .arg(&ki)
+            .arg(&eps);
+        b.arg(&wq)
+            .arg(&wk)
+            .arg(&pos)
+            .arg(&cs)
+            .arg(&kc)
+            .arg(&vc)
+            .arg(&sl)
+            .arg(&a)
+            .arg(&c)
+            .arg(&ca);
+        let mut lc = cfg(((n / 8) as u32, 1, 1), 256);
+        lc.shared_mem_bytes = (batch * k * 2) as u32;
+        unsafe { b.launch(lc) }.ctx(name).map(|_| ())
+    }
 }

@@ -20,6 +20,7 @@ pub mod model;
 pub mod ops;
 pub mod rope;
 pub mod sample;
+pub mod skinny;
 pub mod startup;
 pub mod timing;
 
@@ -186,6 +187,8 @@ pub struct Gpu {
     pub cc: (i32, i32),
     /// Device name.
     pub name: String,
+    /// Streaming multiprocessors (sizes the skinny GEMM's grid).
+    pub sms: usize,
 }
 
 impl Gpu {
@@ -203,6 +206,12 @@ impl Gpu {
         let stream = ctx.new_stream().ctx("creating a stream")?;
         let kernels = Kernels::load(&ctx, cc)?;
         let blas = Blas::new(stream.clone())?;
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .ctx("reading the SM count")?
+            .max(1) as usize;
         Ok(Gpu {
             ctx,
             stream,
@@ -210,6 +219,7 @@ impl Gpu {
             blas,
             cc,
             name,
+            sms,
         })
     }
 

@@ -4,8 +4,9 @@
 //! Per layer: RMSNorm (fused with the residual add from the previous layer), one fused QKV
 //! projection, Qwen3's q/k norm, RoPE, KV store, attention (extend kernel for extend entries,
 //! split-KV decode kernel for decode entries), output projection, fused add + RMSNorm, one fused
-//! gate/up projection, SiLU-and-mul, down projection. Projections use the custom GEMV for up to
-//! `gemv_max_tokens` tokens and cuBLAS above. Only the rows that need logits reach the LM head.
+//! gate/up projection, SiLU-and-mul, down projection. Projections use the custom GEMV (norms
+//! folded in) up to `gemv_max_tokens` tokens, the skinny tensor-core GEMM up to
+//! `KernelChoice::skinny_max_tokens`, and cuBLAS above. Only the rows that need logits reach the LM head.
 //! This file holds the weights; the forward pass, KV pool and workspace are in `forward.rs`.
 
 pub use super::forward::{KvPool, RowSampling, StepInput, Workspace};
@@ -43,8 +44,9 @@ pub struct GpuModel {
     pub max_pos: usize,
     /// Bytes of weights held.
     pub weight_bytes: usize,
-    /// Projections with at most this many tokens use the custom GEMV (at most 8; default 4, where
-    /// it stops beating cuBLAS on the H100: docs/cuda.md).
+    /// Projections with at most this many tokens use the custom GEMV with the norms folded in
+    /// (at most 8; default 1: from 2 tokens the skinny GEMM is faster, run 6: b=4 graph 1.53 →
+    /// 1.23 ms; docs/cuda.md).
     pub gemv_max_tokens: usize,
     /// Use the fused kernels (q/k norm + RoPE + KV store in one pass; gate/up GEMV with
     /// SiLU-and-mul) instead of the separate ones. Both paths are tested; the flag exists to
@@ -78,6 +80,19 @@ pub struct KernelChoice {
     pub fold_norms: bool,
     /// Greedy sampling with run 2's one-block-per-row argmax instead of the multi-block one.
     pub argmax_single_block: bool,
+    /// Projections with more tokens than the GEMV takes and at most this many (≤ 64) use the
+    /// skinny tensor-core GEMM instead of cuBLAS (0: cuBLAS). Default 16: in run 6's CUDA
+    /// graphs cuBLAS was faster at 64 tokens (1.84 vs 2.51 ms per step), the skinny GEMM at 16.
+    pub skinny_max_tokens: usize,
+    /// Above GEMV batch sizes, the o and down projections add into the residual stream in their
+    /// epilogue (skinny GEMM) or through beta = 1 (cuBLAS), so the norms after them are plain
+    /// RMSNorms instead of fused add + RMSNorm.
+    pub proj_resadd: bool,
+    /// The LM head uses the GEMV (f32 logits) for at most this many rows, cuBLAS above.
+    pub lm_head_gemv_max: usize,
+    /// With the norms folded (GEMV batch sizes), fold q/k norm + RoPE + KV store into the qkv
+    /// GEMV too (the last block of each head does it): one launch fewer per layer.
+    pub qkv_post_fused: bool,
 }
 
 impl Default for KernelChoice {
@@ -86,6 +101,10 @@ impl Default for KernelChoice {
             decode: DecodeKernel::Auto,
             fold_norms: true,
             argmax_single_block: false,
+            skinny_max_tokens: 16,
+            proj_resadd: true,
+            lm_head_gemv_max: 2,
+            qkv_post_fused: true,
         }
     }
 }
@@ -310,7 +329,7 @@ impl GpuModel {
             cos_sin,
             max_pos,
             weight_bytes,
-            gemv_max_tokens: 4,
+            gemv_max_tokens: 1,
             fused: true,
             kernels: KernelChoice::default(),
         })

@@ -448,7 +448,36 @@ impl Gpu {
         k: usize,
         ldy: usize,
     ) -> Result<()> {
-        const K: &str = "gemv_bf16";
+        self.gemv_any("gemv_bf16", y.addr(), y.len(), x, w, (batch, n, k), ldy)
+    }
+
+    /// [`Gpu::gemv`] with f32 output (the LM head at small batch: logits stay f32).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_f32out(
+        &self,
+        y: DPtr<f32>,
+        x: DPtr<bf16>,
+        w: DPtr<bf16>,
+        batch: usize,
+        n: usize,
+        k: usize,
+        ldy: usize,
+    ) -> Result<()> {
+        self.gemv_any("gemv_f32out", y.addr(), y.len(), x, w, (batch, n, k), ldy)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemv_any(
+        &self,
+        name: &'static str,
+        ya: u64,
+        y_len: usize,
+        x: DPtr<bf16>,
+        w: DPtr<bf16>,
+        (batch, n, k): (usize, usize, usize),
+        ldy: usize,
+    ) -> Result<()> {
+        const K: &str = "gemv";
         check(K, (1..=8).contains(&batch), || {
             format!("batch {batch} is not in 1..=8")
         })?;
@@ -456,12 +485,14 @@ impl Gpu {
             format!("k {k} is not a multiple of 8")
         })?;
         check(K, ldy >= n, || format!("ldy {ldy} < n {n}"))?;
-        need(K, "y", &y, (batch - 1) * ldy + n)?;
+        check(K, y_len >= (batch - 1) * ldy + n, || {
+            format!("y holds {y_len} elements, {} needed", (batch - 1) * ldy + n)
+        })?;
         need(K, "x", &x, batch * k)?;
         need(K, "w", &w, n * k)?;
         let (bi, ni, ki, l) = (int(K, batch)?, int(K, n)?, int(K, k)?, int(K, ldy)?);
-        let (ya, xa, wa) = (y.addr(), x.addr(), w.addr());
-        let f = self.kernels.get(K)?;
+        let (xa, wa) = (x.addr(), w.addr());
+        let f = self.kernels.get(name)?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&ya)
             .arg(&xa)
@@ -471,7 +502,7 @@ impl Gpu {
             .arg(&ki)
             .arg(&l);
         unsafe { b.launch(cfg((ceil_div(n, 8), 1, 1), 256)) }
-            .ctx(K)
+            .ctx(name)
             .map(|_| ())
     }
 }
