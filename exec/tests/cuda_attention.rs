@@ -21,6 +21,11 @@ fn attention_matches_cpu_reference() {
         attention_extend(&gpu, &mut rng, &mut rep, nq, nk, d);
         attention_decode(&gpu, &mut rng, &mut rep, nq, nk, d, Which::Fused);
     }
+    // The GQA-packed extend kernel's row packing with groups 1 and 3 (tiles that split a
+    // token's heads) and 4 at D=128.
+    for (nq, nk, d) in [(8, 8, 64), (12, 4, 128), (16, 4, 128)] {
+        attention_extend(&gpu, &mut rng, &mut rep, nq, nk, d);
+    }
     // Every register-array size of the decode kernel (groups 1, 2, 3 of 4, 4, 8 at D 64 and
     // 128), with and without the combine folded in, and the run-2 kernel kept for benchmarks.
     for (nq, nk, d) in [
@@ -203,17 +208,26 @@ fn attention_extend(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, nq: usize, nk: u
     let q = rng.bf16s(t * q_stride, 1.0);
     let dq = gpu.upload(&q).unwrap();
     let shape = kv.shape(nq, nk, d, q_stride);
-    let meta = ExtendMeta::new(gpu, &entries, t, kv.rows, kv.stride).unwrap();
+    let meta = ExtendMeta::new(gpu, &entries, t, kv.rows, kv.stride, nq / nk).unwrap();
     let reference = attn_ref(&q, &shape, &kv, &entries, t);
     let variants: &[ExtendVariant] = if d == 128 {
         &[
+            ExtendVariant::Gqa,
+            ExtendVariant::GqaQSmem,
+            ExtendVariant::GqaQSmemB4,
+            ExtendVariant::GqaStages3,
+            ExtendVariant::GqaBn64,
             ExtendVariant::Fast,
             ExtendVariant::Prefetch,
             ExtendVariant::Bn64,
             ExtendVariant::ScalarV,
         ]
     } else {
-        &[ExtendVariant::Fast, ExtendVariant::Prefetch]
+        &[
+            ExtendVariant::Gqa,
+            ExtendVariant::Fast,
+            ExtendVariant::Prefetch,
+        ]
     };
     for &var in variants {
         let dout = gpu

@@ -9,7 +9,7 @@ mod cuda_common;
 use cuda_common::{open_gpu, Rng};
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
 use doppel_exec::cuda::attention::{
-    decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta,
+    decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant,
 };
 use doppel_exec::cuda::model::{GpuModel, KvPool, RowSampling, StepInput, Workspace};
 use doppel_exec::cuda::Gpu;
@@ -241,12 +241,41 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let s = step(b, 0, 128, max_ctx, cfg.vocab_size, rng);
         s.validate(&model, &kv, &ws).unwrap();
         model.upload_step(gpu, &mut ws, &s).unwrap();
-        let meta = ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx).unwrap();
+        let group = cfg.num_heads / cfg.num_kv_heads;
+        let meta =
+            ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx, group).unwrap();
         let ms = time_ms(gpu, 5, 1, || {
             model
                 .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
                 .unwrap()
         });
+        // The same prefill with run 5's extend attention (one q head per block), same process.
+        let default_extend = model.kernels.extend;
+        model.kernels.extend = ExtendVariant::Fast;
+        let ms_old = time_ms(gpu, 5, 1, || {
+            model
+                .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+                .unwrap()
+        });
+        model.kernels.extend = default_extend;
+        // The MLP in token chunks (gate_up output small enough to stay in L2), b = 64 only.
+        let chunked: Vec<(usize, f64)> = if b == 64 {
+            [512usize, 1024, 2048]
+                .into_iter()
+                .map(|c| {
+                    model.kernels.mlp_chunk = c;
+                    let ms = time_ms(gpu, 5, 1, || {
+                        model
+                            .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+                            .unwrap()
+                    });
+                    (c, ms)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        model.kernels.mlp_chunk = 0;
         let flops = 2.0
             * (model.weight_bytes as f64 / 2.0 - (cfg.vocab_size * cfg.hidden_size) as f64)
             * (b * 128) as f64;
@@ -257,11 +286,26 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             ms,
             floor
         );
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("prefill {b} x 128, run-5 extend"),
+            ms_old,
+            floor
+        );
+        for (c, ms) in chunked {
+            println!(
+                "{:<34} {:>10.3} {:>12.3}",
+                format!("prefill {b} x 128, MLP in {c}s"),
+                ms,
+                floor
+            );
+        }
 
         // Extend positions 128..159 (untimed) so decode attends over real K/V, not zeros.
         let s = step(b, 128, 31, max_ctx, cfg.vocab_size, rng);
         model.upload_step(gpu, &mut ws, &s).unwrap();
-        let meta = ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx).unwrap();
+        let meta =
+            ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx, group).unwrap();
         model
             .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
             .unwrap();
@@ -600,52 +644,40 @@ fn kernel_breakdown(
                 ));
             }
         } else {
-            let meta = ExtendMeta::new(gpu, &s.extend, t, kv.rows, kv.max_ctx).unwrap();
-            rows.push((
-                "attention_extend",
-                time_ms(gpu, 9, 5, || {
-                    gpu.attention_extend(
-                        p(&y),
-                        p(&x),
-                        view,
-                        &meta,
-                        &shape,
-                        doppel_exec::cuda::attention::ExtendVariant::Fast,
-                    )
-                    .unwrap()
-                }),
-                layers,
-            ));
-            rows.push((
-                "attention_extend prefetching K/V (candidate)",
-                time_ms(gpu, 9, 5, || {
-                    gpu.attention_extend(
-                        p(&y),
-                        p(&x),
-                        view,
-                        &meta,
-                        &shape,
-                        doppel_exec::cuda::attention::ExtendVariant::Prefetch,
-                    )
-                    .unwrap()
-                }),
-                0,
-            ));
-            rows.push((
-                "attention_extend 64-key tiles (cross-check)",
-                time_ms(gpu, 9, 5, || {
-                    gpu.attention_extend(
-                        p(&y),
-                        p(&x),
-                        view,
-                        &meta,
-                        &shape,
-                        doppel_exec::cuda::attention::ExtendVariant::Bn64,
-                    )
-                    .unwrap()
-                }),
-                0,
-            ));
+            let meta = ExtendMeta::new(gpu, &s.extend, t, kv.rows, kv.max_ctx, nq / nk).unwrap();
+            // The model's kernel is summed; the others are candidates and cross-checks.
+            for (label, var) in [
+                ("attention_extend GQA-packed (default)", ExtendVariant::Gqa),
+                ("attention_extend run-5 (per q head)", ExtendVariant::Fast),
+                ("attention_extend GQA, Q from smem", ExtendVariant::GqaQSmem),
+                (
+                    "attention_extend GQA, Q smem, 128 regs",
+                    ExtendVariant::GqaQSmemB4,
+                ),
+                (
+                    "attention_extend GQA, 3 K/V buffers",
+                    ExtendVariant::GqaStages3,
+                ),
+                ("attention_extend GQA, 64-key tiles", ExtendVariant::GqaBn64),
+                (
+                    "attention_extend K/V prefetch (run 3)",
+                    ExtendVariant::Prefetch,
+                ),
+                ("attention_extend 64-key tiles (run 2)", ExtendVariant::Bn64),
+            ] {
+                rows.push((
+                    label,
+                    time_ms(gpu, 9, 5, || {
+                        gpu.attention_extend(p(&y), p(&x), view, &meta, &shape, var)
+                            .unwrap()
+                    }),
+                    if var == model.kernels.extend {
+                        layers
+                    } else {
+                        0
+                    },
+                ));
+            }
         }
         let logits = gpu.zeros::<f32>(b * c.vocab_size).unwrap();
         let emb = gpu.upload(&rng.bf16s(c.vocab_size * h, 0.05)).unwrap();

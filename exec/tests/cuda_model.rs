@@ -19,7 +19,9 @@ use doppel_core::{
     Engine, Event, RequestId, RequestSpec, SamplingParams, Scheduler, SchedulerConfig,
 };
 use doppel_exec::cpu_backend::CpuBackend;
-use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
+use doppel_exec::cuda::attention::{
+    decode_splits, AttnEntry, DecodeMeta, ExtendMeta, ExtendVariant,
+};
 use doppel_exec::cuda::backend::{CudaBackend, CudaBackendConfig};
 use doppel_exec::cuda::model::{
     DecodeKernel, GpuModel, KernelChoice, KvPool, RowSampling, StepInput, Workspace,
@@ -81,7 +83,9 @@ fn run_step(
     s.validate(model, kv, ws).unwrap();
     model.upload_step(gpu, ws, &s).unwrap();
     let t = s.ids.len();
-    let ext = (!decode).then(|| ExtendMeta::new(gpu, &s.extend, t, kv.rows, kv.max_ctx).unwrap());
+    let group = model.cfg.num_heads / model.cfg.num_kv_heads;
+    let ext =
+        (!decode).then(|| ExtendMeta::new(gpu, &s.extend, t, kv.rows, kv.max_ctx, group).unwrap());
     let dec = decode.then(|| DecodeMeta::new(gpu, &s.decode, t, kv.rows, kv.max_ctx).unwrap());
     let splits =
         decode_splits(seqs.len(), model.cfg.num_kv_heads, kv.max_ctx, 132).min(ws.max_splits);
@@ -500,11 +504,27 @@ fn cuda_backend_matches_cpu_backend() {
             },
         ),
         (
+            "run-5 extend attention (one q head per block)",
+            KernelChoice {
+                extend: ExtendVariant::Fast,
+                ..Default::default()
+            },
+        ),
+        (
             "all run-2 kernels",
             KernelChoice {
                 decode: DecodeKernel::V2,
                 fold_norms: false,
                 argmax_single_block: true,
+                extend: ExtendVariant::Fast,
+                mlp_chunk: 0,
+            },
+        ),
+        (
+            "MLP in 16-token chunks",
+            KernelChoice {
+                mlp_chunk: 16,
+                ..Default::default()
             },
         ),
     ] {

@@ -6,10 +6,12 @@
 
 use super::ops::{check, int, need};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 
-/// Query rows per extend tile (BM in attention_extend.cu).
+/// Query rows per extend tile (BM in attention_extend.cu): tokens for the per-head kernels,
+/// (token, q head) rows for the GQA-packed ones.
 pub const EXTEND_TILE: usize = 64;
 
 /// One entry of an attention batch, as the host knows it.
@@ -34,6 +36,11 @@ pub struct ExtendMeta {
     kv_len: CudaSlice<i32>,
     row: CudaSlice<i32>,
     num_tiles: usize,
+    /// The GQA-packed kernels' tiles: 64 (token, q head of the group) rows each, heaviest first.
+    g_tile_entry: CudaSlice<i32>,
+    g_tile_f0: CudaSlice<i32>,
+    g_num_tiles: usize,
+    group: usize,
     tokens: usize,
 }
 
@@ -89,16 +96,23 @@ fn validate(
 
 impl ExtendMeta {
     /// Validate `entries` against a batch of `tokens` tokens and a `rows` x `table_stride` slot
-    /// table, build the tile list, and upload.
+    /// table, build the tile lists (`group` = q heads per kv head, for the GQA-packed kernels),
+    /// and upload.
     pub fn new(
         gpu: &Gpu,
         entries: &[AttnEntry],
         tokens: usize,
         rows: usize,
         table_stride: usize,
+        group: usize,
     ) -> Result<ExtendMeta> {
         const K: &str = "attention_extend";
         validate(K, entries, tokens, rows, table_stride)?;
+        check(K, group >= 1, || "GQA group must be at least 1".into())?;
+        let (g_te, g_tf) = gqa_tiles(entries, group)
+            .into_iter()
+            .map(|(e, f0)| Ok((int(K, e)?, int(K, f0)?)))
+            .collect::<Result<(Vec<i32>, Vec<i32>)>>()?;
         let (mut te, mut tm) = (Vec::new(), Vec::new());
         for (i, e) in entries.iter().enumerate() {
             for m0 in (0..e.q_len).step_by(EXTEND_TILE) {
@@ -117,9 +131,29 @@ impl ExtendMeta {
             q_len: gpu.upload(&nonempty(col(|e| e.q_len)?))?,
             kv_len: gpu.upload(&nonempty(col(|e| e.kv_len)?))?,
             row: gpu.upload(&nonempty(col(|e| e.row)?))?,
+            g_num_tiles: g_te.len(),
+            g_tile_entry: gpu.upload(&nonempty(g_te))?,
+            g_tile_f0: gpu.upload(&nonempty(g_tf))?,
+            group,
             tokens,
         })
     }
+}
+
+/// The GQA-packed kernels' tiles as (entry, first row): each entry's `q_len * group` rows in
+/// tiles of [`EXTEND_TILE`], ordered by the keys they attend to, most first (stable), so the
+/// longest blocks start first instead of forming the tail of the grid.
+pub fn gqa_tiles(entries: &[AttnEntry], group: usize) -> Vec<(usize, usize)> {
+    let mut tiles: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let rows = e.q_len * group;
+        for f0 in (0..rows).step_by(EXTEND_TILE) {
+            let last_tok = ((f0 + EXTEND_TILE).min(rows) - 1) / group;
+            tiles.push((e.kv_len - e.q_len + last_tok + 1, i, f0));
+        }
+    }
+    tiles.sort_by_key(|t| std::cmp::Reverse(t.0));
+    tiles.into_iter().map(|(_, i, f0)| (i, f0)).collect()
 }
 
 impl DecodeMeta {
@@ -198,7 +232,19 @@ fn nonempty(mut v: Vec<i32>) -> Vec<i32> {
 /// Which extend kernel to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExtendVariant {
-    /// The fast path (32-key tiles, V fragments through ldmatrix.trans).
+    /// GQA-packed (run 6): a block's 64 rows are (token, q head) pairs of one kv head, 32-key
+    /// K/V tiles double-buffered with cp.async, Q fragments in registers. The default.
+    Gqa,
+    /// [`ExtendVariant::Gqa`] with Q re-read from shared memory for every key tile (fewer
+    /// registers). head_dim 128 only, as the other candidates below.
+    GqaQSmem,
+    /// [`ExtendVariant::GqaQSmem`] capped at 128 registers (4 blocks per SM).
+    GqaQSmemB4,
+    /// [`ExtendVariant::Gqa`] with three K/V buffers (two tiles in flight).
+    GqaStages3,
+    /// [`ExtendVariant::Gqa`] with 64-key tiles.
+    GqaBn64,
+    /// One q head per block, 32-key tiles loaded synchronously (run 5's default).
     Fast,
     /// The fast path with the next K/V tile prefetched into registers during this tile's math.
     Prefetch,
@@ -315,6 +361,12 @@ impl Gpu {
             (128, ExtendVariant::Prefetch) => "attention_extend_d128_pf",
             (128, ExtendVariant::ScalarV) => "attention_extend_d128_scalar_v",
             (128, ExtendVariant::Bn64) => "attention_extend_d128_bn64",
+            (64, ExtendVariant::Gqa) => "attention_extend_gqa_d64",
+            (128, ExtendVariant::Gqa) => "attention_extend_gqa_d128",
+            (128, ExtendVariant::GqaQSmem) => "attention_extend_gqa_d128_qsmem",
+            (128, ExtendVariant::GqaQSmemB4) => "attention_extend_gqa_d128_qsmem_b4",
+            (128, ExtendVariant::GqaStages3) => "attention_extend_gqa_d128_s3",
+            (128, ExtendVariant::GqaBn64) => "attention_extend_gqa_d128_bn64",
             _ => {
                 return Err(CudaError::Invalid {
                     kernel: K,
@@ -322,7 +374,29 @@ impl Gpu {
                 })
             }
         };
-        if meta.num_tiles == 0 {
+        // (key tile, buffers) of the GQA-packed kernels; None for the per-head ones.
+        let gqa = match variant {
+            ExtendVariant::Gqa | ExtendVariant::GqaQSmem | ExtendVariant::GqaQSmemB4 => {
+                Some((32, 2))
+            }
+            ExtendVariant::GqaStages3 => Some((32, 3)),
+            ExtendVariant::GqaBn64 => Some((64, 2)),
+            _ => None,
+        };
+        if gqa.is_some() {
+            check(K, meta.group * shape.nk == shape.nq, || {
+                format!(
+                    "metadata built for GQA group {}, the shape has {} q heads over {} kv heads",
+                    meta.group, shape.nq, shape.nk
+                )
+            })?;
+        }
+        let tiles = if gqa.is_some() {
+            meta.g_num_tiles
+        } else {
+            meta.num_tiles
+        };
+        if tiles == 0 {
             return Ok(());
         }
         let (nq, nk, qs, ts) = (
@@ -338,9 +412,14 @@ impl Gpu {
             kv.v_cache.addr(),
             kv.table.addr(),
         );
+        let (te_buf, tm_buf) = if gqa.is_some() {
+            (&meta.g_tile_entry, &meta.g_tile_f0)
+        } else {
+            (&meta.tile_entry, &meta.tile_m0)
+        };
         let [te, tm, qst, ql, kl, rw] = [
-            &meta.tile_entry,
-            &meta.tile_m0,
+            te_buf,
+            tm_buf,
             &meta.q_start,
             &meta.q_len,
             &meta.kv_len,
@@ -361,10 +440,26 @@ impl Gpu {
             .arg(&kl)
             .arg(&rw);
         b.arg(&nq).arg(&nk).arg(&qs).arg(&ts).arg(&shape.scale);
-        let cfg = LaunchConfig {
-            grid_dim: (meta.num_tiles as u32, shape.nq as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+        let cfg = match gqa {
+            Some((bn, stages)) => {
+                // Q tile + `stages` K and V tiles, rows padded by 8 elements.
+                let smem = (EXTEND_TILE + 2 * stages * bn) * (shape.head_dim + 8) * 2;
+                f.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .ctx(name)?;
+                LaunchConfig {
+                    grid_dim: (tiles as u32, shape.nk as u32, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: smem as u32,
+                }
+            }
+            None => LaunchConfig {
+                grid_dim: (tiles as u32, shape.nq as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            },
         };
         unsafe { b.launch(cfg) }.ctx(name).map(|_| ())
     }
@@ -538,6 +633,36 @@ pub fn decode_splits(entries: usize, nk: usize, max_kv: usize, sm_count: usize) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gqa_tiles_cover_every_row_once_heaviest_first() {
+        let e = |q_start, q_len, kv_len| AttnEntry {
+            q_start,
+            q_len,
+            kv_len,
+            row: 0,
+        };
+        // Group 3: tiles of 64 rows split a token's heads (row 63 is token 21, head 0).
+        let entries = [e(0, 37, 37), e(37, 1, 101), e(38, 130, 199)];
+        for group in [1, 2, 3, 8] {
+            let tiles = gqa_tiles(&entries, group);
+            let keys = |&(i, f0): &(usize, usize)| {
+                let en = &entries[i];
+                let rows = en.q_len * group;
+                en.kv_len - en.q_len + ((f0 + EXTEND_TILE).min(rows) - 1) / group + 1
+            };
+            assert!(tiles.windows(2).all(|w| keys(&w[0]) >= keys(&w[1])));
+            for (i, en) in entries.iter().enumerate() {
+                let mut f0s: Vec<usize> = tiles.iter().filter(|t| t.0 == i).map(|t| t.1).collect();
+                f0s.sort();
+                let want: Vec<usize> = (0..en.q_len * group).step_by(EXTEND_TILE).collect();
+                assert_eq!(f0s, want, "entry {i} group {group}");
+            }
+        }
+        // The entry with 100 cached tokens and one new token attends to the most keys per
+        // row, but the last tile of the 130-token entry (prefix 69) reaches key 198.
+        assert_eq!(gqa_tiles(&entries, 2)[0], (2, 256));
+    }
 
     #[test]
     fn decode_splits_fill_the_gpu_without_tiny_splits() {

@@ -1,9 +1,7 @@
 //! The forward pass of [`GpuModel`]: the KV pool, the fixed workspace buffers, a step's inputs,
 //! and the kernel sequence (see model.rs for the per-layer order).
 
-use super::attention::{
-    AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant, KvView,
-};
+use super::attention::{AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, KvView};
 use super::model::{DecodeKernel, GpuModel};
 use super::ops::{QkvPost, SamplingBufs};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
@@ -429,7 +427,7 @@ impl GpuModel {
                 )?;
             }
             if let Some(meta) = extend {
-                gpu.attention_extend(attn, qkv, view, meta, &shape, ExtendVariant::Fast)?;
+                gpu.attention_extend(attn, qkv, view, meta, &shape, self.kernels.extend)?;
             }
             if let Some((meta, splits)) = decode {
                 let variant = match self.kernels.decode {
@@ -472,11 +470,27 @@ impl GpuModel {
             gpu.fused_add_rmsnorm(hidden, residual, p(&lw.post_norm), tokens, h, eps)?;
             if self.fused && tokens <= self.gemv_max_tokens.min(8) {
                 gpu.gemv_gate_up_silu(act, hidden, p(&lw.gate_up), tokens, inter, h)?;
+                self.linear(gpu, hidden, act, &lw.down, tokens, h, inter)?;
             } else {
-                self.linear(gpu, gu, hidden, &lw.gate_up, tokens, 2 * inter, h)?;
-                gpu.silu_and_mul(act, gu, tokens, inter)?;
+                // Chunk c's down projection overwrites only chunk c's rows of `hidden`, which
+                // its gate_up already read.
+                let chunk = match self.kernels.mlp_chunk {
+                    0 => tokens,
+                    c => c,
+                };
+                for c0 in (0..tokens).step_by(chunk) {
+                    let n = chunk.min(tokens - c0);
+                    let rows = |b: DPtr<bf16>, w: usize| {
+                        b.sub(c0 * w, n * w).ok_or(CudaError::Invalid {
+                            kernel: "mlp",
+                            msg: format!("rows {c0}..{} outside the workspace", c0 + n),
+                        })
+                    };
+                    self.linear(gpu, gu, rows(hidden, h)?, &lw.gate_up, n, 2 * inter, h)?;
+                    gpu.silu_and_mul(act, gu, n, inter)?;
+                    self.linear(gpu, rows(hidden, h)?, act, &lw.down, n, h, inter)?;
+                }
             }
-            self.linear(gpu, hidden, act, &lw.down, tokens, h, inter)?;
         }
         if rows == 0 {
             return Ok(());

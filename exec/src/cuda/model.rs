@@ -8,6 +8,7 @@
 //! `gemv_max_tokens` tokens and cuBLAS above. Only the rows that need logits reach the LM head.
 //! This file holds the weights; the forward pass, KV pool and workspace are in `forward.rs`.
 
+use super::attention::ExtendVariant;
 pub use super::forward::{KvPool, RowSampling, StepInput, Workspace};
 use super::rope::cos_sin_table;
 use super::{CudaError, DriverCtx, Gpu, Result};
@@ -78,6 +79,11 @@ pub struct KernelChoice {
     pub fold_norms: bool,
     /// Greedy sampling with run 2's one-block-per-row argmax instead of the multi-block one.
     pub argmax_single_block: bool,
+    /// Extend (prefill) attention.
+    pub extend: ExtendVariant,
+    /// Run the MLP (gate_up GEMM, SiLU-and-mul, down GEMM) over chunks of this many tokens
+    /// so the gate_up output can stay in L2 between the three launches; 0: one pass.
+    pub mlp_chunk: usize,
 }
 
 impl Default for KernelChoice {
@@ -86,6 +92,8 @@ impl Default for KernelChoice {
             decode: DecodeKernel::Auto,
             fold_norms: true,
             argmax_single_block: false,
+            extend: ExtendVariant::Gqa,
+            mlp_chunk: 0,
         }
     }
 }
