@@ -269,9 +269,10 @@ ATTN_EXTEND_ENTRY(attention_extend_d128_scalar_v, 128, 32, false, false)
 // the next tiles' loads are in flight during this tile's tensor-core work (the register prefetch
 // of run 3 cost 230 registers; cp.async costs none). Per warp, key tiles wholly after the warp's
 // last query are skipped, and only the diagonal tile computes the causal mask.
-// Tile list (host): tile i is rows [tile_f0[i], +64) of entry tile_entry[i], heaviest (most keys)
-// first so the long blocks do not form the tail. Grid (num_tiles, nk), block 128, dynamic shared
-// memory (64 + 2 * STAGES * BN) * (D + 8) * 2 bytes.
+// Tile list (host): tile i is rows [tile_f0[i], +64) of entry tile_entry[i]; entries with the
+// heaviest tile (most keys) first, each entry's tiles heaviest first, so long blocks do not form
+// the tail and an entry's blocks run close together (its K/V stays in L2). Grid num_tiles * nk,
+// block 128, dynamic shared memory (64 + 2 * STAGES * BN) * (D + 8) * 2 bytes.
 // ---------------------------------------------------------------------------------------------
 
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool full) {
@@ -392,9 +393,72 @@ __device__ __forceinline__ void gqa_tile_math(float (&o)[D / 8][4], float (&mrow
     }
 }
 
+// Qwen3's q RMSNorm (when w is given) and NeoX RoPE on one Q row in shared memory, with the
+// roundings of qk_norm_rope_store (bf16 after the norm, bf16 after the rotation). Two threads
+// per row (partner = lane ^ 1); thread `half` owns the rotation pairs (i, i + D/2) for i in
+// [half * D/4, (half + 1) * D/4). c/sn: this thread's cos and sin values, loaded into registers
+// at block start so their latency overlaps the Q load.
+template <int D>
+__device__ __forceinline__ void q_norm_rope_row(__nv_bfloat16* rowp, int half, bool valid,
+                                                const __nv_bfloat16* __restrict__ w,
+                                                const float (&c)[D / 4], const float (&sn)[D / 4],
+                                                float eps) {
+    constexpr int HALF = D / 2, PAIRS = D / 4;
+    const int i0 = half * PAIRS;
+    float ss = 0.f;
+    if (valid) {
+#pragma unroll
+        for (int i = 0; i < PAIRS; i += 8) {
+            uint4 ua = *reinterpret_cast<const uint4*>(rowp + i0 + i);
+            uint4 ub = *reinterpret_cast<const uint4*>(rowp + HALF + i0 + i);
+            const __nv_bfloat16* a = reinterpret_cast<const __nv_bfloat16*>(&ua);
+            const __nv_bfloat16* b = reinterpret_cast<const __nv_bfloat16*>(&ub);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float x = __bfloat162float(a[j]), y = __bfloat162float(b[j]);
+                ss += x * x + y * y;
+            }
+        }
+    }
+    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+    if (!valid) return;
+    const float inv = rsqrtf(ss / D + eps);
+#pragma unroll
+    for (int i = 0; i < PAIRS; i += 8) {
+        uint4 ua = *reinterpret_cast<const uint4*>(rowp + i0 + i);
+        uint4 ub = *reinterpret_cast<const uint4*>(rowp + HALF + i0 + i);
+        __nv_bfloat16* a = reinterpret_cast<__nv_bfloat16*>(&ua);
+        __nv_bfloat16* b = reinterpret_cast<__nv_bfloat16*>(&ub);
+        uint4 uwa = make_uint4(0, 0, 0, 0), uwb = make_uint4(0, 0, 0, 0);
+        if (w != nullptr) {
+            uwa = *reinterpret_cast<const uint4*>(w + i0 + i);
+            uwb = *reinterpret_cast<const uint4*>(w + HALF + i0 + i);
+        }
+        const __nv_bfloat16* wa = reinterpret_cast<const __nv_bfloat16*>(&uwa);
+        const __nv_bfloat16* wb = reinterpret_cast<const __nv_bfloat16*>(&uwb);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float x = __bfloat162float(a[j]), y = __bfloat162float(b[j]);
+            if (w != nullptr) {
+                x = __bfloat162float(__float2bfloat16(x * inv * __bfloat162float(wa[j])));
+                y = __bfloat162float(__float2bfloat16(y * inv * __bfloat162float(wb[j])));
+            }
+            a[j] = __float2bfloat16(x * c[i + j] - y * sn[i + j]);
+            b[j] = __float2bfloat16(y * c[i + j] + x * sn[i + j]);
+        }
+        *reinterpret_cast<uint4*>(rowp + i0 + i) = ua;
+        *reinterpret_cast<uint4*>(rowp + HALF + i0 + i) = ub;
+    }
+}
+
 // QREG: Q fragments held in registers for the whole key loop (32 registers at D=128) rather
 // than re-read from shared memory with ldmatrix for every key tile.
-template <int D, int BN, int STAGES, bool QREG>
+// KVH_FAST: block x is (tile, kv head) with the kv head fastest, so the nk blocks of a tile run
+// together and read whole q rows and whole K/V cache slots between them (DRAM locality);
+// otherwise tile fastest (run 6's first version).
+// q_rope: q in qkv is raw (before q norm and RoPE): apply them while loading (the fused
+// qk_norm_rope_store then only handles k and v).
+template <int D, int BN, int STAGES, bool QREG, bool KVH_FAST>
 __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
                                           const __nv_bfloat16* __restrict__ q,
                                           const __nv_bfloat16* __restrict__ k_cache,
@@ -406,7 +470,10 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
                                           const int* __restrict__ q_len,
                                           const int* __restrict__ kv_len,
                                           const int* __restrict__ row, int nq, int nk,
-                                          int q_stride, int table_stride, float scale) {
+                                          int q_stride, int table_stride, float scale,
+                                          int q_rope, const __nv_bfloat16* __restrict__ q_norm_w,
+                                          const int* __restrict__ positions,
+                                          const float* __restrict__ cos_sin, float eps) {
     constexpr int CH = D / 8;              // 16-byte chunks per row
     constexpr int ROWB = (D + 8) * 2;      // padded smem row: conflict-free ldmatrix
     constexpr int TPR = 128 / BN;          // threads per K/V row
@@ -417,7 +484,9 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
     const unsigned s_k = s_q + BM * ROWB;
     const unsigned s_v = s_k + STAGES * BN * ROWB;
 
-    const int tile = blockIdx.x, kvh = blockIdx.y;
+    const int ntile_all = gridDim.x / nk;
+    const int tile = KVH_FAST ? blockIdx.x / nk : blockIdx.x % ntile_all;
+    const int kvh = KVH_FAST ? blockIdx.x % nk : blockIdx.x / ntile_all;
     const int b = tile_entry[tile], f0 = tile_f0[tile];
     const int G = nq / nk;
     const int qs = q_start[b], ql = q_len[b], kvl = kv_len[b];
@@ -430,7 +499,23 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
     const int g = lane >> 2, tig = lane & 3;
     const size_t slot_elems = (size_t)nk * D;
 
-    // Q rows: thread -> row tid / 2, chunks (tid & 1) + 2j. Joins cp.async group 0 (tile 0).
+    // q norm + RoPE: this thread's row's cos/sin values, requested before anything else.
+    constexpr int PAIRS = D / 4;
+    float rc[PAIRS], rs[PAIRS];
+    const bool rope_row = q_rope && (tid >> 1) < rows_valid;
+    if (rope_row) {
+        const int f = f0 + (tid >> 1);
+        const float* cs = cos_sin + (size_t)positions[qs + f / G] * D + (tid & 1) * PAIRS;
+#pragma unroll
+        for (int i = 0; i < PAIRS; i += 4) {
+            const float4 c4 = *reinterpret_cast<const float4*>(cs + i);
+            const float4 s4 = *reinterpret_cast<const float4*>(cs + D / 2 + i);
+            rc[i] = c4.x, rc[i + 1] = c4.y, rc[i + 2] = c4.z, rc[i + 3] = c4.w;
+            rs[i] = s4.x, rs[i + 1] = s4.y, rs[i + 2] = s4.z, rs[i + 3] = s4.w;
+        }
+    }
+
+    // Q rows: thread -> row tid / 2, chunks (tid & 1) + 2j. Its own cp.async group.
     {
         const int r = tid >> 1, f = f0 + r;
         const bool ok = r < rows_valid;
@@ -441,6 +526,7 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
             const int c = (tid & 1) + 2 * j;
             cp_async16(s_q + r * ROWB + c * 16, src + c * 8, ok);
         }
+        cp_async_commit();
     }
 
     // K/V rows: thread -> row tid / TPR of the tile, chunks tid % TPR + TPR * j: one slot per
@@ -472,6 +558,14 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
         cp_async_commit();
     }
 
+    if (q_rope) {  // Q landed (the K/V groups after it may still be in flight): transform it
+        cp_async_wait<STAGES - 1>();
+        __syncthreads();
+        q_norm_rope_row<D>(reinterpret_cast<__nv_bfloat16*>(smem + (tid >> 1) * ROWB), tid & 1,
+                           rope_row, q_norm_w, rc, rs, eps);
+        // The key loop's first barrier orders these writes before any warp's Q reads.
+    }
+
     // This warp's rows and query positions (padding rows past the entry get positions past
     // its end: they see extra zero keys, and their output is not stored).
     const int wf = f0 + warp * 16;
@@ -494,7 +588,7 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
             slot_next = slot_of(tn + 1);
         }
         cp_async_commit();
-        cp_async_wait<STAGES - 1>();  // tile t (and, for t = 0, Q) has landed for this thread
+        cp_async_wait<STAGES - 1>();  // tile t (and Q) has landed for this thread
         __syncthreads();              // ... and for every thread
         if constexpr (QREG) {
             if (t == 0) {
@@ -548,22 +642,24 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
 }
 
 // MINB: blocks per SM the register allocation must allow (__launch_bounds__).
-#define ATTN_EXTEND_GQA_ENTRY(NAME, D, BN, STAGES, QREG, MINB)                                  \
-    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                     \
+#define ATTN_EXTEND_GQA_ENTRY(NAME, D, BN, STAGES, QREG, KVH_FAST, MINB)                        \
+    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                               \
         __nv_bfloat16* out, const __nv_bfloat16* q, const __nv_bfloat16* k_cache,                \
         const __nv_bfloat16* v_cache, const unsigned int* table, const int* tile_entry,         \
         const int* tile_f0, const int* q_start, const int* q_len, const int* kv_len,            \
-        const int* row, int nq, int nk, int q_stride, int table_stride, float scale) {          \
-        attention_extend_gqa_impl<D, BN, STAGES, QREG>(out, q, k_cache, v_cache, table,         \
-                                                       tile_entry, tile_f0, q_start, q_len,     \
-                                                       kv_len, row, nq, nk, q_stride,           \
-                                                       table_stride, scale);                    \
+        const int* row, int nq, int nk, int q_stride, int table_stride, float scale,            \
+        int q_rope, const __nv_bfloat16* q_norm_w, const int* positions, const float* cos_sin,  \
+        float eps) {                                                                            \
+        attention_extend_gqa_impl<D, BN, STAGES, QREG, KVH_FAST>(                               \
+            out, q, k_cache, v_cache, table, tile_entry, tile_f0, q_start, q_len, kv_len, row,  \
+            nq, nk, q_stride, table_stride, scale, q_rope, q_norm_w, positions, cos_sin, eps);  \
     }
 
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d64, 64, 32, 2, true, 4)
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128, 128, 32, 2, true, 3)
+ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d64, 64, 32, 2, true, true, 4)
+ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128, 128, 32, 2, true, true, 3)
 // Candidates measured against the above (docs/cuda.md, run 6).
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_qsmem, 128, 32, 2, false, 3)
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_qsmem_b4, 128, 32, 2, false, 4)
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_s3, 128, 32, 3, true, 3)
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_bn64, 128, 64, 2, true, 2)
+ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_kvh_major, 128, 32, 2, true, false, 3)
+ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_qsmem, 128, 32, 2, false, true, 3)
+ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_qsmem_b4, 128, 32, 2, false, true, 4)
+ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_s3, 128, 32, 3, true, true, 3)
+ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_bn64, 128, 64, 2, true, true, 2)

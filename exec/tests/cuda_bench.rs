@@ -258,24 +258,14 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
                 .unwrap()
         });
         model.kernels.extend = default_extend;
-        // The MLP in token chunks (gate_up output small enough to stay in L2), b = 64 only.
-        let chunked: Vec<(usize, f64)> = if b == 64 {
-            [512usize, 1024, 2048]
-                .into_iter()
-                .map(|c| {
-                    model.kernels.mlp_chunk = c;
-                    let ms = time_ms(gpu, 5, 1, || {
-                        model
-                            .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
-                            .unwrap()
-                    });
-                    (c, ms)
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        model.kernels.mlp_chunk = 0;
+        // And with q norm + RoPE done in the q/k pass instead of the extend kernel.
+        model.kernels.extend_q_rope = false;
+        let ms_qpass = time_ms(gpu, 5, 1, || {
+            model
+                .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+                .unwrap()
+        });
+        model.kernels.extend_q_rope = true;
         let flops = 2.0
             * (model.weight_bytes as f64 / 2.0 - (cfg.vocab_size * cfg.hidden_size) as f64)
             * (b * 128) as f64;
@@ -292,14 +282,12 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             ms_old,
             floor
         );
-        for (c, ms) in chunked {
-            println!(
-                "{:<34} {:>10.3} {:>12.3}",
-                format!("prefill {b} x 128, MLP in {c}s"),
-                ms,
-                floor
-            );
-        }
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("prefill {b} x 128, q rope in q/k pass"),
+            ms_qpass,
+            floor
+        );
 
         // Extend positions 128..159 (untimed) so decode attends over real K/V, not zeros.
         let s = step(b, 128, 31, max_ctx, cfg.vocab_size, rng);
@@ -528,14 +516,28 @@ fn kernel_breakdown(
             v_cache: p(&vc),
             slots: gpu.ptr(&ws.out_slots),
         };
+        // A prefill (extend-only step) leaves q norm + RoPE to the extend kernel: the q/k pass
+        // then only sees k and v.
+        let prefill = prefix == 0 && model.kernels.extend_q_rope && model.kernels.extend.is_gqa();
         rows.push((
             "qk_norm_rope_store (fused)",
             time_ms(gpu, 9, 5, || {
                 gpu.qk_norm_rope_store(p(&y), &post, t, (nq, nk), d, qkv_w, 1e-6)
                     .unwrap()
             }),
-            layers,
+            if prefill { 0 } else { layers },
         ));
+        if prefill {
+            let kv_cols = p(&y).sub(nq * d, y.len() - nq * d).unwrap();
+            rows.push((
+                "qk_norm_rope_store, k and v only",
+                time_ms(gpu, 9, 5, || {
+                    gpu.qk_norm_rope_store(kv_cols, &post, t, (0, nk), d, qkv_w, 1e-6)
+                        .unwrap()
+                }),
+                layers,
+            ));
+        }
         if t <= 8 {
             rows.push((
                 "gemv_gate_up_silu (fused)",
@@ -646,8 +648,49 @@ fn kernel_breakdown(
         } else {
             let meta = ExtendMeta::new(gpu, &s.extend, t, kv.rows, kv.max_ctx, nq / nk).unwrap();
             // The model's kernel is summed; the others are candidates and cross-checks.
+            let rope = doppel_exec::cuda::attention::QRope {
+                q_norm: Some(p(&norm_w)),
+                positions: gpu.ptr(&ws.positions),
+                cos_sin: gpu.ptr(&cos),
+                eps: 1e-6,
+            };
+            for (label, var) in [
+                (
+                    "attention_extend GQA + q norm/RoPE on load",
+                    model.kernels.extend,
+                ),
+                (
+                    "attention_extend GQA Q smem 128 regs + q norm/RoPE",
+                    ExtendVariant::GqaQSmemB4,
+                ),
+            ] {
+                rows.push((
+                    label,
+                    time_ms(gpu, 9, 5, || {
+                        gpu.attention_extend_rope(
+                            p(&y),
+                            p(&x),
+                            view,
+                            &meta,
+                            &shape,
+                            var,
+                            Some(&rope),
+                        )
+                        .unwrap()
+                    }),
+                    if model.kernels.extend_q_rope && var == model.kernels.extend {
+                        layers
+                    } else {
+                        0
+                    },
+                ));
+            }
             for (label, var) in [
                 ("attention_extend GQA-packed (default)", ExtendVariant::Gqa),
+                (
+                    "attention_extend GQA, kvh-major grid",
+                    ExtendVariant::GqaKvhMajor,
+                ),
                 ("attention_extend run-5 (per q head)", ExtendVariant::Fast),
                 ("attention_extend GQA, Q from smem", ExtendVariant::GqaQSmem),
                 (
@@ -671,7 +714,7 @@ fn kernel_breakdown(
                         gpu.attention_extend(p(&y), p(&x), view, &meta, &shape, var)
                             .unwrap()
                     }),
-                    if var == model.kernels.extend {
+                    if var == model.kernels.extend && !model.kernels.extend_q_rope {
                         layers
                     } else {
                         0

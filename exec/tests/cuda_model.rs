@@ -504,6 +504,13 @@ fn cuda_backend_matches_cpu_backend() {
             },
         ),
         (
+            "q norm + RoPE of extend tokens in the q/k pass",
+            KernelChoice {
+                extend_q_rope: false,
+                ..Default::default()
+            },
+        ),
+        (
             "run-5 extend attention (one q head per block)",
             KernelChoice {
                 extend: ExtendVariant::Fast,
@@ -517,14 +524,7 @@ fn cuda_backend_matches_cpu_backend() {
                 fold_norms: false,
                 argmax_single_block: true,
                 extend: ExtendVariant::Fast,
-                mlp_chunk: 0,
-            },
-        ),
-        (
-            "MLP in 16-token chunks",
-            KernelChoice {
-                mlp_chunk: 16,
-                ..Default::default()
+                extend_q_rope: false,
             },
         ),
     ] {

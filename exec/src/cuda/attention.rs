@@ -41,6 +41,7 @@ pub struct ExtendMeta {
     g_tile_f0: CudaSlice<i32>,
     g_num_tiles: usize,
     group: usize,
+    leading: Option<usize>,
     tokens: usize,
 }
 
@@ -131,6 +132,7 @@ impl ExtendMeta {
             q_len: gpu.upload(&nonempty(col(|e| e.q_len)?))?,
             kv_len: gpu.upload(&nonempty(col(|e| e.kv_len)?))?,
             row: gpu.upload(&nonempty(col(|e| e.row)?))?,
+            leading: leading_tokens(entries),
             g_num_tiles: g_te.len(),
             g_tile_entry: gpu.upload(&nonempty(g_te))?,
             g_tile_f0: gpu.upload(&nonempty(g_tf))?,
@@ -140,20 +142,51 @@ impl ExtendMeta {
     }
 }
 
-/// The GQA-packed kernels' tiles as (entry, first row): each entry's `q_len * group` rows in
-/// tiles of [`EXTEND_TILE`], ordered by the keys they attend to, most first (stable), so the
-/// longest blocks start first instead of forming the tail of the grid.
-pub fn gqa_tiles(entries: &[AttnEntry], group: usize) -> Vec<(usize, usize)> {
-    let mut tiles: Vec<(usize, usize, usize)> = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        let rows = e.q_len * group;
-        for f0 in (0..rows).step_by(EXTEND_TILE) {
-            let last_tok = ((f0 + EXTEND_TILE).min(rows) - 1) / group;
-            tiles.push((e.kv_len - e.q_len + last_tok + 1, i, f0));
+/// `Some(n)` when the entries' new tokens are exactly rows `0..n` (entries in order, no gaps).
+fn leading_tokens(entries: &[AttnEntry]) -> Option<usize> {
+    let mut n = 0;
+    for e in entries {
+        if e.q_start != n {
+            return None;
         }
+        n += e.q_len;
     }
-    tiles.sort_by_key(|t| std::cmp::Reverse(t.0));
-    tiles.into_iter().map(|(_, i, f0)| (i, f0)).collect()
+    Some(n)
+}
+
+/// The GQA-packed kernels' tiles as (entry, first row): each entry's `q_len * group` rows in
+/// tiles of [`EXTEND_TILE`]. Entries whose heaviest tile attends to the most keys come first
+/// (stable) and each entry's tiles run heaviest first, so the longest blocks start early
+/// instead of forming the tail of the grid, and an entry's blocks run close together (its K/V
+/// is read from DRAM once and then from L2).
+pub fn gqa_tiles(entries: &[AttnEntry], group: usize) -> Vec<(usize, usize)> {
+    let mut order: Vec<(usize, usize)> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.kv_len, i))
+        .collect();
+    order.sort_by_key(|t| std::cmp::Reverse(t.0));
+    let mut tiles = Vec::new();
+    for (_, i) in order {
+        let rows = entries[i].q_len * group;
+        let n = rows.div_ceil(EXTEND_TILE);
+        tiles.extend((0..n).rev().map(|t| (i, t * EXTEND_TILE)));
+    }
+    tiles
+}
+
+/// Normalise (Qwen3's q norm, when given) and rotate (RoPE) q as the GQA extend kernels load it,
+/// instead of in the qk_norm_rope_store pass: saves that pass's read and write of every q row.
+#[derive(Clone, Copy, Debug)]
+pub struct QRope {
+    /// The q RMSNorm weight (`head_dim`), or None (RoPE only).
+    pub q_norm: Option<DPtr<bf16>>,
+    /// Position of each token of the batch.
+    pub positions: DPtr<i32>,
+    /// The RoPE cos/sin table (`[max_pos, head_dim]`: cos in the first half of a row).
+    pub cos_sin: DPtr<f32>,
+    /// RMSNorm epsilon.
+    pub eps: f32,
 }
 
 impl DecodeMeta {
@@ -244,6 +277,9 @@ pub enum ExtendVariant {
     GqaStages3,
     /// [`ExtendVariant::Gqa`] with 64-key tiles.
     GqaBn64,
+    /// [`ExtendVariant::Gqa`] with the grid's tile index fastest (run 6's first version), not
+    /// the kv head.
+    GqaKvhMajor,
     /// One q head per block, 32-key tiles loaded synchronously (run 5's default).
     Fast,
     /// The fast path with the next K/V tile prefetched into registers during this tile's math.
@@ -252,6 +288,53 @@ pub enum ExtendVariant {
     Bn64,
     /// V fragments from scalar shared loads (head_dim 128 only): a cross-check of the fast path.
     ScalarV,
+}
+
+/// The kernel entry point of an extend variant at a head dimension (None: not built).
+fn extend_kernel_name(head_dim: usize, variant: ExtendVariant) -> Option<&'static str> {
+    Some(match (head_dim, variant) {
+        (64, ExtendVariant::Fast) => "attention_extend_d64",
+        (128, ExtendVariant::Fast) => "attention_extend_d128",
+        (64, ExtendVariant::Prefetch) => "attention_extend_d64_pf",
+        (128, ExtendVariant::Prefetch) => "attention_extend_d128_pf",
+        (128, ExtendVariant::ScalarV) => "attention_extend_d128_scalar_v",
+        (128, ExtendVariant::Bn64) => "attention_extend_d128_bn64",
+        (64, ExtendVariant::Gqa) => "attention_extend_gqa_d64",
+        (128, ExtendVariant::Gqa) => "attention_extend_gqa_d128",
+        (128, ExtendVariant::GqaQSmem) => "attention_extend_gqa_d128_qsmem",
+        (128, ExtendVariant::GqaQSmemB4) => "attention_extend_gqa_d128_qsmem_b4",
+        (128, ExtendVariant::GqaStages3) => "attention_extend_gqa_d128_s3",
+        (128, ExtendVariant::GqaBn64) => "attention_extend_gqa_d128_bn64",
+        (128, ExtendVariant::GqaKvhMajor) => "attention_extend_gqa_d128_kvh_major",
+        _ => return None,
+    })
+}
+
+impl ExtendVariant {
+    /// Every variant.
+    pub const ALL: [ExtendVariant; 10] = [
+        ExtendVariant::Gqa,
+        ExtendVariant::GqaQSmem,
+        ExtendVariant::GqaQSmemB4,
+        ExtendVariant::GqaStages3,
+        ExtendVariant::GqaBn64,
+        ExtendVariant::GqaKvhMajor,
+        ExtendVariant::Fast,
+        ExtendVariant::Prefetch,
+        ExtendVariant::Bn64,
+        ExtendVariant::ScalarV,
+    ];
+
+    /// One of the GQA-packed kernels (these can apply q norm + RoPE on load).
+    pub fn is_gqa(self) -> bool {
+        !matches!(
+            self,
+            ExtendVariant::Fast
+                | ExtendVariant::Prefetch
+                | ExtendVariant::Bn64
+                | ExtendVariant::ScalarV
+        )
+    }
 }
 
 /// Shapes shared by both attention kernels.
@@ -332,6 +415,14 @@ pub struct KvView {
     pub table: DPtr<u32>,
 }
 
+impl ExtendMeta {
+    /// Tokens `0..n` are exactly the extend entries' new tokens (what a forward pass needs to
+    /// leave the q of these tokens to the extend kernel and process only the rest): `Some(n)`.
+    pub fn leading_tokens(&self) -> Option<usize> {
+        self.leading
+    }
+}
+
 impl Gpu {
     /// Extend / prefill attention: each entry's new queries attend causally to its whole KV
     /// (cached prefix and new tokens, whose K/V must already be stored in the cache).
@@ -344,6 +435,22 @@ impl Gpu {
         shape: &AttnShape,
         variant: ExtendVariant,
     ) -> Result<()> {
+        self.attention_extend_rope(out, q, kv, meta, shape, variant, None)
+    }
+
+    /// [`Gpu::attention_extend`] on raw q (before q norm and RoPE) with `rope` applied as q is
+    /// loaded (GQA variants only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_extend_rope(
+        &self,
+        out: DPtr<bf16>,
+        q: DPtr<bf16>,
+        kv: KvView,
+        meta: &ExtendMeta,
+        shape: &AttnShape,
+        variant: ExtendVariant,
+        rope: Option<&QRope>,
+    ) -> Result<()> {
         const K: &str = "attention_extend";
         shape.check(
             K,
@@ -354,35 +461,34 @@ impl Gpu {
             &kv.table,
             meta.tokens,
         )?;
-        let name = match (shape.head_dim, variant) {
-            (64, ExtendVariant::Fast) => "attention_extend_d64",
-            (128, ExtendVariant::Fast) => "attention_extend_d128",
-            (64, ExtendVariant::Prefetch) => "attention_extend_d64_pf",
-            (128, ExtendVariant::Prefetch) => "attention_extend_d128_pf",
-            (128, ExtendVariant::ScalarV) => "attention_extend_d128_scalar_v",
-            (128, ExtendVariant::Bn64) => "attention_extend_d128_bn64",
-            (64, ExtendVariant::Gqa) => "attention_extend_gqa_d64",
-            (128, ExtendVariant::Gqa) => "attention_extend_gqa_d128",
-            (128, ExtendVariant::GqaQSmem) => "attention_extend_gqa_d128_qsmem",
-            (128, ExtendVariant::GqaQSmemB4) => "attention_extend_gqa_d128_qsmem_b4",
-            (128, ExtendVariant::GqaStages3) => "attention_extend_gqa_d128_s3",
-            (128, ExtendVariant::GqaBn64) => "attention_extend_gqa_d128_bn64",
-            _ => {
-                return Err(CudaError::Invalid {
-                    kernel: K,
-                    msg: "the cross-check variants exist for head_dim 128 only".into(),
-                })
-            }
-        };
+        let name = extend_kernel_name(shape.head_dim, variant).ok_or(CudaError::Invalid {
+            kernel: K,
+            msg: "the cross-check variants exist for head_dim 128 only".into(),
+        })?;
         // (key tile, buffers) of the GQA-packed kernels; None for the per-head ones.
         let gqa = match variant {
-            ExtendVariant::Gqa | ExtendVariant::GqaQSmem | ExtendVariant::GqaQSmemB4 => {
-                Some((32, 2))
-            }
+            ExtendVariant::Gqa
+            | ExtendVariant::GqaQSmem
+            | ExtendVariant::GqaQSmemB4
+            | ExtendVariant::GqaKvhMajor => Some((32, 2)),
             ExtendVariant::GqaStages3 => Some((32, 3)),
             ExtendVariant::GqaBn64 => Some((64, 2)),
             _ => None,
         };
+        check(K, rope.is_none() || gqa.is_some(), || {
+            "q norm + RoPE on load needs a GQA variant".into()
+        })?;
+        if let Some(r) = rope {
+            need(K, "positions", &r.positions, meta.tokens)?;
+            check(
+                K,
+                !r.cos_sin.is_empty() && r.cos_sin.len().is_multiple_of(shape.head_dim),
+                || "cos/sin table is not [max_pos, head_dim]".into(),
+            )?;
+            if let Some(w) = &r.q_norm {
+                need(K, "q_norm", w, shape.head_dim)?;
+            }
+        }
         if gqa.is_some() {
             check(K, meta.group * shape.nk == shape.nq, || {
                 format!(
@@ -440,6 +546,19 @@ impl Gpu {
             .arg(&kl)
             .arg(&rw);
         b.arg(&nq).arg(&nk).arg(&qs).arg(&ts).arg(&shape.scale);
+        let (q_rope, qn, pos, cs, eps) = match rope {
+            Some(r) => (
+                1i32,
+                r.q_norm.map_or(0u64, |w| w.addr()),
+                r.positions.addr(),
+                r.cos_sin.addr(),
+                r.eps,
+            ),
+            None => (0i32, 0u64, 0u64, 0u64, 0f32),
+        };
+        if gqa.is_some() {
+            b.arg(&q_rope).arg(&qn).arg(&pos).arg(&cs).arg(&eps);
+        }
         let cfg = match gqa {
             Some((bn, stages)) => {
                 // Q tile + `stages` K and V tiles, rows padded by 8 elements.
@@ -449,8 +568,12 @@ impl Gpu {
                     smem as i32,
                 )
                 .ctx(name)?;
+                let blocks = u32::try_from(tiles * shape.nk).map_err(|_| CudaError::Invalid {
+                    kernel: K,
+                    msg: format!("{tiles} tiles x {} kv heads is too many blocks", shape.nk),
+                })?;
                 LaunchConfig {
-                    grid_dim: (tiles as u32, shape.nk as u32, 1),
+                    grid_dim: (blocks, 1, 1),
                     block_dim: (128, 1, 1),
                     shared_mem_bytes: smem as u32,
                 }
@@ -635,6 +758,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_extend_variant_names_a_listed_kernel() {
+        let listed: Vec<&str> = super::super::compile::KERNEL_SOURCES
+            .iter()
+            .flat_map(|k| k.entries.iter().copied())
+            .collect();
+        for v in ExtendVariant::ALL {
+            for d in [64, 128] {
+                if let Some(name) = extend_kernel_name(d, v) {
+                    assert!(listed.contains(&name), "{name} is not in KERNEL_SOURCES");
+                }
+            }
+            assert!(
+                extend_kernel_name(128, v).is_some(),
+                "{v:?} has no D=128 kernel"
+            );
+        }
+        assert!(extend_kernel_name(64, ExtendVariant::Gqa).is_some());
+    }
+
+    #[test]
     fn gqa_tiles_cover_every_row_once_heaviest_first() {
         let e = |q_start, q_len, kv_len| AttnEntry {
             q_start,
@@ -646,22 +789,21 @@ mod tests {
         let entries = [e(0, 37, 37), e(37, 1, 101), e(38, 130, 199)];
         for group in [1, 2, 3, 8] {
             let tiles = gqa_tiles(&entries, group);
-            let keys = |&(i, f0): &(usize, usize)| {
-                let en = &entries[i];
-                let rows = en.q_len * group;
-                en.kv_len - en.q_len + ((f0 + EXTEND_TILE).min(rows) - 1) / group + 1
-            };
-            assert!(tiles.windows(2).all(|w| keys(&w[0]) >= keys(&w[1])));
+            // Entries by KV length, most first; each entry's tiles together, last rows first.
+            let order: Vec<usize> = tiles.iter().map(|t| t.0).collect();
+            let mut dedup = order.clone();
+            dedup.dedup();
+            assert_eq!(dedup, vec![2, 1, 0], "group {group}");
             for (i, en) in entries.iter().enumerate() {
-                let mut f0s: Vec<usize> = tiles.iter().filter(|t| t.0 == i).map(|t| t.1).collect();
-                f0s.sort();
-                let want: Vec<usize> = (0..en.q_len * group).step_by(EXTEND_TILE).collect();
+                let f0s: Vec<usize> = tiles.iter().filter(|t| t.0 == i).map(|t| t.1).collect();
+                let mut want: Vec<usize> = (0..en.q_len * group).step_by(EXTEND_TILE).collect();
+                want.reverse();
                 assert_eq!(f0s, want, "entry {i} group {group}");
             }
         }
-        // The entry with 100 cached tokens and one new token attends to the most keys per
-        // row, but the last tile of the 130-token entry (prefix 69) reaches key 198.
         assert_eq!(gqa_tiles(&entries, 2)[0], (2, 256));
+        assert_eq!(leading_tokens(&entries), Some(168));
+        assert_eq!(leading_tokens(&[e(0, 5, 5), e(6, 1, 1)]), None);
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
             "attention_extend_d128_scalar_v",
             "attention_extend_gqa_d64",
             "attention_extend_gqa_d128",
+            "attention_extend_gqa_d128_kvh_major",
             "attention_extend_gqa_d128_qsmem",
             "attention_extend_gqa_d128_s3",
             "attention_extend_gqa_d128_qsmem_b4",

@@ -1,7 +1,9 @@
 //! The forward pass of [`GpuModel`]: the KV pool, the fixed workspace buffers, a step's inputs,
 //! and the kernel sequence (see model.rs for the per-layer order).
 
-use super::attention::{AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, KvView};
+use super::attention::{
+    AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, KvView, QRope,
+};
 use super::model::{DecodeKernel, GpuModel};
 use super::ops::{QkvPost, SamplingBufs};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
@@ -388,7 +390,49 @@ impl GpuModel {
                 v_cache: p(&kv.v[l]),
                 table: gpu.ptr(&kv.table),
             };
-            if self.fused {
+            // Tokens 0..q_rope_tokens get q norm + RoPE inside the extend kernel.
+            let q_rope_tokens = extend
+                .filter(|_| {
+                    self.fused && self.kernels.extend_q_rope && self.kernels.extend.is_gqa()
+                })
+                .and_then(|m| m.leading_tokens())
+                .filter(|&n| n > 0);
+            if let (true, Some(te)) = (self.fused, q_rope_tokens) {
+                let post = QkvPost {
+                    qk_norm: lw
+                        .q_norm
+                        .as_ref()
+                        .zip(lw.k_norm.as_ref())
+                        .map(|(q, k)| (p(q), p(k))),
+                    positions: gpu.ptr(&ws.positions),
+                    cos_sin: gpu.ptr(&self.cos_sin),
+                    k_cache: view.k_cache,
+                    v_cache: view.v_cache,
+                    slots: gpu.ptr(&ws.out_slots),
+                };
+                let bad = |what: &str| CudaError::Invalid {
+                    kernel: "qk_norm_rope_store",
+                    msg: format!("{what} outside the workspace"),
+                };
+                // k and v of every token: the pass sees the k columns as its first head.
+                let kv_cols = qkv
+                    .sub(nq * d, qkv.len() - nq * d)
+                    .ok_or_else(|| bad("k/v columns"))?;
+                gpu.qk_norm_rope_store(kv_cols, &post, tokens, (0, nk), d, qkv_w, eps)?;
+                if tokens > te {
+                    // q of the decode tokens after the extend ones.
+                    let n = tokens - te;
+                    let sub_post = QkvPost {
+                        positions: post.positions.sub(te, n).ok_or_else(|| bad("positions"))?,
+                        slots: post.slots.sub(te, n).ok_or_else(|| bad("slots"))?,
+                        ..post
+                    };
+                    let rows = qkv
+                        .sub(te * qkv_w, qkv.len() - te * qkv_w)
+                        .ok_or_else(|| bad("decode rows"))?;
+                    gpu.qk_norm_rope_store(rows, &sub_post, n, (nq, 0), d, qkv_w, eps)?;
+                }
+            } else if self.fused {
                 let post = QkvPost {
                     qk_norm: lw
                         .q_norm
@@ -427,7 +471,26 @@ impl GpuModel {
                 )?;
             }
             if let Some(meta) = extend {
-                gpu.attention_extend(attn, qkv, view, meta, &shape, self.kernels.extend)?;
+                let rope = q_rope_tokens.map(|_| QRope {
+                    // As the q/k pass: q/k norm only when the model has both.
+                    q_norm: lw
+                        .q_norm
+                        .as_ref()
+                        .zip(lw.k_norm.as_ref())
+                        .map(|(q, _)| p(q)),
+                    positions: gpu.ptr(&ws.positions),
+                    cos_sin: gpu.ptr(&self.cos_sin),
+                    eps,
+                });
+                gpu.attention_extend_rope(
+                    attn,
+                    qkv,
+                    view,
+                    meta,
+                    &shape,
+                    self.kernels.extend,
+                    rope.as_ref(),
+                )?;
             }
             if let Some((meta, splits)) = decode {
                 let variant = match self.kernels.decode {
@@ -470,27 +533,11 @@ impl GpuModel {
             gpu.fused_add_rmsnorm(hidden, residual, p(&lw.post_norm), tokens, h, eps)?;
             if self.fused && tokens <= self.gemv_max_tokens.min(8) {
                 gpu.gemv_gate_up_silu(act, hidden, p(&lw.gate_up), tokens, inter, h)?;
-                self.linear(gpu, hidden, act, &lw.down, tokens, h, inter)?;
             } else {
-                // Chunk c's down projection overwrites only chunk c's rows of `hidden`, which
-                // its gate_up already read.
-                let chunk = match self.kernels.mlp_chunk {
-                    0 => tokens,
-                    c => c,
-                };
-                for c0 in (0..tokens).step_by(chunk) {
-                    let n = chunk.min(tokens - c0);
-                    let rows = |b: DPtr<bf16>, w: usize| {
-                        b.sub(c0 * w, n * w).ok_or(CudaError::Invalid {
-                            kernel: "mlp",
-                            msg: format!("rows {c0}..{} outside the workspace", c0 + n),
-                        })
-                    };
-                    self.linear(gpu, gu, rows(hidden, h)?, &lw.gate_up, n, 2 * inter, h)?;
-                    gpu.silu_and_mul(act, gu, n, inter)?;
-                    self.linear(gpu, rows(hidden, h)?, act, &lw.down, n, h, inter)?;
-                }
+                self.linear(gpu, gu, hidden, &lw.gate_up, tokens, 2 * inter, h)?;
+                gpu.silu_and_mul(act, gu, tokens, inter)?;
             }
+            self.linear(gpu, hidden, act, &lw.down, tokens, h, inter)?;
         }
         if rows == 0 {
             return Ok(());

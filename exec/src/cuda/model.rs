@@ -81,9 +81,10 @@ pub struct KernelChoice {
     pub argmax_single_block: bool,
     /// Extend (prefill) attention.
     pub extend: ExtendVariant,
-    /// Run the MLP (gate_up GEMM, SiLU-and-mul, down GEMM) over chunks of this many tokens
-    /// so the gate_up output can stay in L2 between the three launches; 0: one pass.
-    pub mlp_chunk: usize,
+    /// With a GQA extend kernel and the fused q/k pass: the extend kernel applies q norm and
+    /// RoPE to its q rows as it loads them, and the q/k pass handles only k, v and the q of
+    /// decode tokens (saves a read and a write of every extend q row).
+    pub extend_q_rope: bool,
 }
 
 impl Default for KernelChoice {
@@ -93,7 +94,7 @@ impl Default for KernelChoice {
             fold_norms: true,
             argmax_single_block: false,
             extend: ExtendVariant::Gqa,
-            mlp_chunk: 0,
+            extend_q_rope: true,
         }
     }
 }
