@@ -53,7 +53,12 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
             "attention_extend_d64_pf",
             "attention_extend_d128_pf",
             "attention_extend_d128_bn64",
-            "attention_extend_d128_scalar_v",
+            "attention_extend_d128_scalar_v"
+        ]
+    ),
+    kernel_source!(
+        "attention_extend_gqa.cu",
+        [
             "attention_extend_gqa_d64",
             "attention_extend_gqa_d128",
             "attention_extend_gqa_d128_kvh_major",
