@@ -7,7 +7,7 @@ mod cuda_common;
 
 use cuda_common::{f64s, open_gpu, Report, Rng};
 use doppel_exec::cuda::attention::{
-    AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant, KvView,
+    AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant, KvView, QRope,
 };
 use doppel_exec::cuda::Gpu;
 use half::bf16;
@@ -20,6 +20,15 @@ fn attention_matches_cpu_reference() {
     for (nq, nk, d) in [(16, 8, 128), (32, 8, 64), (8, 1, 128)] {
         attention_extend(&gpu, &mut rng, &mut rep, nq, nk, d);
         attention_decode(&gpu, &mut rng, &mut rep, nq, nk, d, Which::Fused);
+    }
+    // The GQA-packed extend kernel's row packing with groups 1 and 3 (tiles that split a
+    // token's heads) and 4 at D=128.
+    for (nq, nk, d) in [(8, 8, 64), (12, 4, 128), (16, 4, 128)] {
+        attention_extend(&gpu, &mut rng, &mut rep, nq, nk, d);
+    }
+    // q norm + RoPE applied by the extend kernel as it loads q.
+    for (nq, nk, d, norm) in [(16, 8, 128, true), (12, 4, 128, false), (32, 8, 64, true)] {
+        attention_extend_q_rope(&gpu, &mut rng, &mut rep, nq, nk, d, norm);
     }
     // Every register-array size of the decode kernel (groups 1, 2, 3 of 4, 4, 8 at D 64 and
     // 128), with and without the combine folded in, and the run-2 kernel kept for benchmarks.
@@ -203,17 +212,27 @@ fn attention_extend(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, nq: usize, nk: u
     let q = rng.bf16s(t * q_stride, 1.0);
     let dq = gpu.upload(&q).unwrap();
     let shape = kv.shape(nq, nk, d, q_stride);
-    let meta = ExtendMeta::new(gpu, &entries, t, kv.rows, kv.stride).unwrap();
+    let meta = ExtendMeta::new(gpu, &entries, t, kv.rows, kv.stride, nq / nk).unwrap();
     let reference = attn_ref(&q, &shape, &kv, &entries, t);
     let variants: &[ExtendVariant] = if d == 128 {
         &[
+            ExtendVariant::Gqa,
+            ExtendVariant::GqaQSmem,
+            ExtendVariant::GqaQSmemB4,
+            ExtendVariant::GqaStages3,
+            ExtendVariant::GqaBn64,
+            ExtendVariant::GqaKvhMajor,
             ExtendVariant::Fast,
             ExtendVariant::Prefetch,
             ExtendVariant::Bn64,
             ExtendVariant::ScalarV,
         ]
     } else {
-        &[ExtendVariant::Fast, ExtendVariant::Prefetch]
+        &[
+            ExtendVariant::Gqa,
+            ExtendVariant::Fast,
+            ExtendVariant::Prefetch,
+        ]
     };
     for &var in variants {
         let dout = gpu
@@ -237,6 +256,105 @@ fn attention_extend(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, nq: usize, nk: u
             1e-2,
         );
     }
+}
+
+/// The GQA extend kernel on raw q with q norm (optional) + RoPE applied on load, against the
+/// f64 reference over q processed by the fused q/k pass (the kernel the model uses otherwise).
+fn attention_extend_q_rope(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    rep: &mut Report,
+    nq: usize,
+    nk: usize,
+    d: usize,
+    norm: bool,
+) {
+    let shapes = [(0usize, 37usize), (100, 1), (69, 130), (1000, 65)];
+    let lens: Vec<usize> = shapes.iter().map(|(p, n)| p + n).collect();
+    let kv = KvSetup::new(gpu, rng, nk, d, &lens, 2048);
+    let (mut entries, mut positions, mut t) = (Vec::new(), Vec::new(), 0);
+    for (i, (p, n)) in shapes.iter().enumerate() {
+        entries.push(AttnEntry {
+            q_start: t,
+            q_len: *n,
+            kv_len: p + n,
+            row: i + 1,
+        });
+        positions.extend((0..*n).map(|j| (p + j) as i32));
+        t += n;
+    }
+    let q_stride = (nq + 2 * nk) * d;
+    let raw = rng.bf16s(t * q_stride, 1.0);
+    let inv_freq: Vec<f64> = (0..d / 2)
+        .map(|i| 1e6f64.powf(-((2 * i) as f64) / d as f64))
+        .collect();
+    let cos = gpu
+        .upload(&doppel_exec::cuda::rope::cos_sin_table(&inv_freq, 2048))
+        .unwrap();
+    let w: Vec<bf16> = (0..d).map(|_| bf16::from_f32(1.0 + rng.sym(0.5))).collect();
+    let (dw, dpos) = (gpu.upload(&w).unwrap(), gpu.upload(&positions).unwrap());
+    let dslots = gpu.upload(&vec![0u32; t]).unwrap();
+    // q processed by the q/k pass (q heads only), as the reference's input.
+    let dproc = gpu.upload(&raw).unwrap();
+    let post = doppel_exec::cuda::ops::QkvPost {
+        qk_norm: norm.then(|| (gpu.ptr(&dw), gpu.ptr(&dw))),
+        positions: gpu.ptr(&dpos),
+        cos_sin: gpu.ptr(&cos),
+        k_cache: gpu.ptr(&kv.dk),
+        v_cache: gpu.ptr(&kv.dv),
+        slots: gpu.ptr(&dslots),
+    };
+    gpu.qk_norm_rope_store(gpu.ptr(&dproc), &post, t, (nq, 0), d, q_stride, 1e-6)
+        .unwrap();
+    let processed = gpu.download(&dproc).unwrap();
+    let shape = kv.shape(nq, nk, d, q_stride);
+    let meta = ExtendMeta::new(gpu, &entries, t, kv.rows, kv.stride, nq / nk).unwrap();
+    let reference = attn_ref(&processed, &shape, &kv, &entries, t);
+    let draw = gpu.upload(&raw).unwrap();
+    let rope = QRope {
+        q_norm: norm.then(|| gpu.ptr(&dw)),
+        positions: gpu.ptr(&dpos),
+        cos_sin: gpu.ptr(&cos),
+        eps: 1e-6,
+    };
+    let variants: &[ExtendVariant] = if d == 128 {
+        &[
+            ExtendVariant::Gqa,
+            ExtendVariant::GqaQSmem,
+            ExtendVariant::GqaKvhMajor,
+        ]
+    } else {
+        &[ExtendVariant::Gqa]
+    };
+    for &var in variants {
+        let dout = gpu
+            .upload(&vec![bf16::from_f32(f32::NAN); t * nq * d])
+            .unwrap();
+        gpu.attention_extend_rope(
+            gpu.ptr(&dout),
+            gpu.ptr(&draw),
+            kv.view(gpu),
+            &meta,
+            &shape,
+            var,
+            Some(&rope),
+        )
+        .unwrap();
+        let out = gpu.download(&dout).unwrap();
+        compare_rows(
+            rep,
+            &format!("attention_extend {var:?} + q norm={norm}/RoPE nq={nq} nk={nk} D={d}"),
+            &out,
+            &reference,
+            1e-2,
+        );
+    }
+    // The raw q is left as it was (the kernel transforms its shared-memory copy).
+    rep.exact(
+        "attention_extend q rope leaves q untouched",
+        &gpu.download(&draw).unwrap(),
+        &raw,
+    );
 }
 
 #[derive(Clone, Copy, Debug)]

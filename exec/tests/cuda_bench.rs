@@ -9,7 +9,7 @@ mod cuda_common;
 use cuda_common::{open_gpu, Rng};
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
 use doppel_exec::cuda::attention::{
-    decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta,
+    decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant,
 };
 use doppel_exec::cuda::model::{GpuModel, KvPool, RowSampling, StepInput, Workspace};
 use doppel_exec::cuda::skinny::{skinny_plan, SkinnyEpilogue, SkinnyScratch, SKINNY_COUNTERS};
@@ -362,12 +362,31 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let s = step(b, 0, 128, max_ctx, cfg.vocab_size, rng);
         s.validate(&model, &kv, &ws).unwrap();
         model.upload_step(gpu, &mut ws, &s).unwrap();
-        let meta = ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx).unwrap();
+        let group = cfg.num_heads / cfg.num_kv_heads;
+        let meta =
+            ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx, group).unwrap();
         let ms = time_ms(gpu, 5, 1, || {
             model
                 .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
                 .unwrap()
         });
+        // The same prefill with run 5's extend attention (one q head per block), same process.
+        let default_extend = model.kernels.extend;
+        model.kernels.extend = ExtendVariant::Fast;
+        let ms_old = time_ms(gpu, 5, 1, || {
+            model
+                .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+                .unwrap()
+        });
+        model.kernels.extend = default_extend;
+        // And with q norm + RoPE done in the q/k pass instead of the extend kernel.
+        model.kernels.extend_q_rope = false;
+        let ms_qpass = time_ms(gpu, 5, 1, || {
+            model
+                .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+                .unwrap()
+        });
+        model.kernels.extend_q_rope = true;
         let flops = 2.0
             * (model.weight_bytes as f64 / 2.0 - (cfg.vocab_size * cfg.hidden_size) as f64)
             * (b * 128) as f64;
@@ -379,7 +398,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             floor
         );
         model.kernels.proj_resadd = false;
-        let ms_old = time_ms(gpu, 5, 1, || {
+        let ms_sep = time_ms(gpu, 5, 1, || {
             model
                 .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
                 .unwrap()
@@ -388,14 +407,27 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         println!(
             "{:<34} {:>10.3} {:>12.3}",
             format!("prefill {b} x 128 (separate res add)"),
+            ms_sep,
+            floor
+        );
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("prefill {b} x 128, run-5 extend"),
             ms_old,
+            floor
+        );
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("prefill {b} x 128, q rope in q/k pass"),
+            ms_qpass,
             floor
         );
 
         // Extend positions 128..159 (untimed) so decode attends over real K/V, not zeros.
         let s = step(b, 128, 31, max_ctx, cfg.vocab_size, rng);
         model.upload_step(gpu, &mut ws, &s).unwrap();
-        let meta = ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx).unwrap();
+        let meta =
+            ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx, group).unwrap();
         model
             .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
             .unwrap();
@@ -726,14 +758,28 @@ fn kernel_breakdown(
             v_cache: p(&vc),
             slots: gpu.ptr(&ws.out_slots),
         };
+        // A prefill (extend-only step) leaves q norm + RoPE to the extend kernel: the q/k pass
+        // then only sees k and v.
+        let prefill = prefix == 0 && model.kernels.extend_q_rope && model.kernels.extend.is_gqa();
         rows.push((
             "qk_norm_rope_store (fused)",
             time_ms(gpu, 9, 5, || {
                 gpu.qk_norm_rope_store(p(&y), &post, t, (nq, nk), d, qkv_w, 1e-6)
                     .unwrap()
             }),
-            layers,
+            if prefill { 0 } else { layers },
         ));
+        if prefill {
+            let kv_cols = p(&y).sub(nq * d, y.len() - nq * d).unwrap();
+            rows.push((
+                "qk_norm_rope_store, k and v only",
+                time_ms(gpu, 9, 5, || {
+                    gpu.qk_norm_rope_store(kv_cols, &post, t, (0, nk), d, qkv_w, 1e-6)
+                        .unwrap()
+                }),
+                layers,
+            ));
+        }
         if t <= 8 {
             rows.push((
                 "gemv_gate_up_silu (fused)",
@@ -842,52 +888,81 @@ fn kernel_breakdown(
                 ));
             }
         } else {
-            let meta = ExtendMeta::new(gpu, &s.extend, t, kv.rows, kv.max_ctx).unwrap();
-            rows.push((
-                "attention_extend",
-                time_ms(gpu, 9, 5, || {
-                    gpu.attention_extend(
-                        p(&y),
-                        p(&x),
-                        view,
-                        &meta,
-                        &shape,
-                        doppel_exec::cuda::attention::ExtendVariant::Fast,
-                    )
-                    .unwrap()
-                }),
-                layers,
-            ));
-            rows.push((
-                "attention_extend prefetching K/V (candidate)",
-                time_ms(gpu, 9, 5, || {
-                    gpu.attention_extend(
-                        p(&y),
-                        p(&x),
-                        view,
-                        &meta,
-                        &shape,
-                        doppel_exec::cuda::attention::ExtendVariant::Prefetch,
-                    )
-                    .unwrap()
-                }),
-                0,
-            ));
-            rows.push((
-                "attention_extend 64-key tiles (cross-check)",
-                time_ms(gpu, 9, 5, || {
-                    gpu.attention_extend(
-                        p(&y),
-                        p(&x),
-                        view,
-                        &meta,
-                        &shape,
-                        doppel_exec::cuda::attention::ExtendVariant::Bn64,
-                    )
-                    .unwrap()
-                }),
-                0,
-            ));
+            let meta = ExtendMeta::new(gpu, &s.extend, t, kv.rows, kv.max_ctx, nq / nk).unwrap();
+            // The model's kernel is summed; the others are candidates and cross-checks.
+            let rope = doppel_exec::cuda::attention::QRope {
+                q_norm: Some(p(&norm_w)),
+                positions: gpu.ptr(&ws.positions),
+                cos_sin: gpu.ptr(&cos),
+                eps: 1e-6,
+            };
+            for (label, var) in [
+                (
+                    "attention_extend GQA + q norm/RoPE on load",
+                    model.kernels.extend,
+                ),
+                (
+                    "attention_extend GQA Q smem 128 regs + q norm/RoPE",
+                    ExtendVariant::GqaQSmemB4,
+                ),
+            ] {
+                rows.push((
+                    label,
+                    time_ms(gpu, 9, 5, || {
+                        gpu.attention_extend_rope(
+                            p(&y),
+                            p(&x),
+                            view,
+                            &meta,
+                            &shape,
+                            var,
+                            Some(&rope),
+                        )
+                        .unwrap()
+                    }),
+                    if model.kernels.extend_q_rope && var == model.kernels.extend {
+                        layers
+                    } else {
+                        0
+                    },
+                ));
+            }
+            for (label, var) in [
+                ("attention_extend GQA-packed (default)", ExtendVariant::Gqa),
+                (
+                    "attention_extend GQA, kvh-major grid",
+                    ExtendVariant::GqaKvhMajor,
+                ),
+                ("attention_extend run-5 (per q head)", ExtendVariant::Fast),
+                ("attention_extend GQA, Q from smem", ExtendVariant::GqaQSmem),
+                (
+                    "attention_extend GQA, Q smem, 128 regs",
+                    ExtendVariant::GqaQSmemB4,
+                ),
+                (
+                    "attention_extend GQA, 3 K/V buffers",
+                    ExtendVariant::GqaStages3,
+                ),
+                ("attention_extend GQA, 64-key tiles", ExtendVariant::GqaBn64),
+                (
+                    "attention_extend K/V prefetch (run 3)",
+                    ExtendVariant::Prefetch,
+                ),
+                ("attention_extend 64-key tiles (run 2)", ExtendVariant::Bn64),
+            ] {
+                rows.push((
+                    label,
+                    time_ms(gpu, 9, 5, || {
+                        gpu.attention_extend(p(&y), p(&x), view, &meta, &shape, var)
+                            .unwrap()
+                    }),
+                    if var == model.kernels.extend && !model.kernels.extend_q_rope {
+                        layers
+                    } else {
+                        0
+                    },
+                ));
+            }
         }
         let logits = gpu.zeros::<f32>(b * c.vocab_size).unwrap();
         let emb = gpu.upload(&rng.bf16s(c.vocab_size * h, 0.05)).unwrap();

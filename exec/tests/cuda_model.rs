@@ -19,7 +19,9 @@ use doppel_core::{
     Engine, Event, RequestId, RequestSpec, SamplingParams, Scheduler, SchedulerConfig,
 };
 use doppel_exec::cpu_backend::CpuBackend;
-use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
+use doppel_exec::cuda::attention::{
+    decode_splits, AttnEntry, DecodeMeta, ExtendMeta, ExtendVariant,
+};
 use doppel_exec::cuda::backend::{CudaBackend, CudaBackendConfig};
 use doppel_exec::cuda::model::{
     DecodeKernel, GpuModel, KernelChoice, KvPool, RowSampling, StepInput, Workspace,
@@ -81,7 +83,9 @@ fn run_step(
     s.validate(model, kv, ws).unwrap();
     model.upload_step(gpu, ws, &s).unwrap();
     let t = s.ids.len();
-    let ext = (!decode).then(|| ExtendMeta::new(gpu, &s.extend, t, kv.rows, kv.max_ctx).unwrap());
+    let group = model.cfg.num_heads / model.cfg.num_kv_heads;
+    let ext =
+        (!decode).then(|| ExtendMeta::new(gpu, &s.extend, t, kv.rows, kv.max_ctx, group).unwrap());
     let dec = decode.then(|| DecodeMeta::new(gpu, &s.decode, t, kv.rows, kv.max_ctx).unwrap());
     let splits =
         decode_splits(seqs.len(), model.cfg.num_kv_heads, kv.max_ctx, 132).min(ws.max_splits);
@@ -509,9 +513,23 @@ fn cuda_backend_matches_cpu_backend() {
             },
         ),
         (
+            "q norm + RoPE of extend tokens in the q/k pass",
+            KernelChoice {
+                extend_q_rope: false,
+                ..Default::default()
+            },
+        ),
+        (
             "skinny GEMM with separate residual adds",
             KernelChoice {
                 proj_resadd: false,
+                ..Default::default()
+            },
+        ),
+        (
+            "run-5 extend attention (one q head per block)",
+            KernelChoice {
+                extend: ExtendVariant::Fast,
                 ..Default::default()
             },
         ),
@@ -525,6 +543,8 @@ fn cuda_backend_matches_cpu_backend() {
                 proj_resadd: false,
                 lm_head_gemv_max: 0,
                 qkv_post_fused: false,
+                extend: ExtendVariant::Fast,
+                extend_q_rope: false,
             },
         ),
         (

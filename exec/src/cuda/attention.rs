@@ -9,8 +9,8 @@ use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 
-/// Query rows per extend tile (BM in attention_extend.cu).
-pub const EXTEND_TILE: usize = 64;
+mod extend;
+pub use extend::{gqa_tiles, ExtendMeta, ExtendVariant, QRope, EXTEND_TILE};
 
 /// One entry of an attention batch, as the host knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,18 +23,6 @@ pub struct AttnEntry {
     pub kv_len: usize,
     /// Row of the slot table.
     pub row: usize,
-}
-
-/// Device-side metadata of an extend batch.
-pub struct ExtendMeta {
-    tile_entry: CudaSlice<i32>,
-    tile_m0: CudaSlice<i32>,
-    q_start: CudaSlice<i32>,
-    q_len: CudaSlice<i32>,
-    kv_len: CudaSlice<i32>,
-    row: CudaSlice<i32>,
-    num_tiles: usize,
-    tokens: usize,
 }
 
 /// Device-side metadata of a decode batch.
@@ -85,41 +73,6 @@ fn validate(
         }
     }
     Ok(())
-}
-
-impl ExtendMeta {
-    /// Validate `entries` against a batch of `tokens` tokens and a `rows` x `table_stride` slot
-    /// table, build the tile list, and upload.
-    pub fn new(
-        gpu: &Gpu,
-        entries: &[AttnEntry],
-        tokens: usize,
-        rows: usize,
-        table_stride: usize,
-    ) -> Result<ExtendMeta> {
-        const K: &str = "attention_extend";
-        validate(K, entries, tokens, rows, table_stride)?;
-        let (mut te, mut tm) = (Vec::new(), Vec::new());
-        for (i, e) in entries.iter().enumerate() {
-            for m0 in (0..e.q_len).step_by(EXTEND_TILE) {
-                te.push(int(K, i)?);
-                tm.push(int(K, m0)?);
-            }
-        }
-        let col = |f: fn(&AttnEntry) -> usize| -> Result<Vec<i32>> {
-            entries.iter().map(|e| int(K, f(e))).collect()
-        };
-        Ok(ExtendMeta {
-            num_tiles: te.len(),
-            tile_entry: gpu.upload(&nonempty(te))?,
-            tile_m0: gpu.upload(&nonempty(tm))?,
-            q_start: gpu.upload(&nonempty(col(|e| e.q_start)?))?,
-            q_len: gpu.upload(&nonempty(col(|e| e.q_len)?))?,
-            kv_len: gpu.upload(&nonempty(col(|e| e.kv_len)?))?,
-            row: gpu.upload(&nonempty(col(|e| e.row)?))?,
-            tokens,
-        })
-    }
 }
 
 impl DecodeMeta {
@@ -193,19 +146,6 @@ fn nonempty(mut v: Vec<i32>) -> Vec<i32> {
         v.push(0);
     }
     v
-}
-
-/// Which extend kernel to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExtendVariant {
-    /// The fast path (32-key tiles, V fragments through ldmatrix.trans).
-    Fast,
-    /// The fast path with the next K/V tile prefetched into registers during this tile's math.
-    Prefetch,
-    /// 64-key tiles (head_dim 128 only): slower on the H100, kept as a cross-check.
-    Bn64,
-    /// V fragments from scalar shared loads (head_dim 128 only): a cross-check of the fast path.
-    ScalarV,
 }
 
 /// Shapes shared by both attention kernels.
@@ -287,88 +227,6 @@ pub struct KvView {
 }
 
 impl Gpu {
-    /// Extend / prefill attention: each entry's new queries attend causally to its whole KV
-    /// (cached prefix and new tokens, whose K/V must already be stored in the cache).
-    pub fn attention_extend(
-        &self,
-        out: DPtr<bf16>,
-        q: DPtr<bf16>,
-        kv: KvView,
-        meta: &ExtendMeta,
-        shape: &AttnShape,
-        variant: ExtendVariant,
-    ) -> Result<()> {
-        const K: &str = "attention_extend";
-        shape.check(
-            K,
-            &q,
-            &out,
-            &kv.k_cache,
-            &kv.v_cache,
-            &kv.table,
-            meta.tokens,
-        )?;
-        let name = match (shape.head_dim, variant) {
-            (64, ExtendVariant::Fast) => "attention_extend_d64",
-            (128, ExtendVariant::Fast) => "attention_extend_d128",
-            (64, ExtendVariant::Prefetch) => "attention_extend_d64_pf",
-            (128, ExtendVariant::Prefetch) => "attention_extend_d128_pf",
-            (128, ExtendVariant::ScalarV) => "attention_extend_d128_scalar_v",
-            (128, ExtendVariant::Bn64) => "attention_extend_d128_bn64",
-            _ => {
-                return Err(CudaError::Invalid {
-                    kernel: K,
-                    msg: "the cross-check variants exist for head_dim 128 only".into(),
-                })
-            }
-        };
-        if meta.num_tiles == 0 {
-            return Ok(());
-        }
-        let (nq, nk, qs, ts) = (
-            int(K, shape.nq)?,
-            int(K, shape.nk)?,
-            int(K, shape.q_stride)?,
-            int(K, shape.table_stride)?,
-        );
-        let (o, qa, kc, vc, t) = (
-            out.addr(),
-            q.addr(),
-            kv.k_cache.addr(),
-            kv.v_cache.addr(),
-            kv.table.addr(),
-        );
-        let [te, tm, qst, ql, kl, rw] = [
-            &meta.tile_entry,
-            &meta.tile_m0,
-            &meta.q_start,
-            &meta.q_len,
-            &meta.kv_len,
-            &meta.row,
-        ]
-        .map(|b| self.ptr(b).addr());
-        let f = self.kernels.get(name)?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&o)
-            .arg(&qa)
-            .arg(&kc)
-            .arg(&vc)
-            .arg(&t)
-            .arg(&te)
-            .arg(&tm)
-            .arg(&qst)
-            .arg(&ql)
-            .arg(&kl)
-            .arg(&rw);
-        b.arg(&nq).arg(&nk).arg(&qs).arg(&ts).arg(&shape.scale);
-        let cfg = LaunchConfig {
-            grid_dim: (meta.num_tiles as u32, shape.nq as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        unsafe { b.launch(cfg) }.ctx(name).map(|_| ())
-    }
-
     /// Decode attention (split-KV flash-decoding): `splits` blocks per (entry, kv head) write
     /// partials to `part_o` (`[entries, nq, splits, head_dim]` f32) and `part_ml`
     /// (`[entries, nq, splits, 2]` f32), then a second kernel merges them into `out`.

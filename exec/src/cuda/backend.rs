@@ -419,6 +419,7 @@ impl CudaBackend {
                         t,
                         self.kv.rows,
                         self.kv.max_ctx,
+                        self.model.cfg.num_heads / self.model.cfg.num_kv_heads,
                     )?)
                 };
                 let dec = if s.decode.is_empty() {

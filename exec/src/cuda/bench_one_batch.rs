@@ -122,7 +122,8 @@ pub fn run(gpu: &Gpu, model: &GpuModel, opt: &BenchOptions) -> Result<Vec<BenchR
             pre.sampling.push(greedy);
         }
         pre.validate(model, &kv, &ws)?;
-        let ext = ExtendMeta::new(gpu, &pre.extend, pre.ids.len(), kv.rows, kv.max_ctx)?;
+        let group = model.cfg.num_heads / model.cfg.num_kv_heads;
+        let ext = ExtendMeta::new(gpu, &pre.extend, pre.ids.len(), kv.rows, kv.max_ctx, group)?;
         // Decode steps: FUTURE_TOKEN inputs, so each step consumes the previous step's samples.
         let decode_input = |step: usize| -> StepInput {
             let mut s = StepInput::default();

@@ -57,6 +57,18 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         ]
     ),
     kernel_source!(
+        "attention_extend_gqa.cu",
+        [
+            "attention_extend_gqa_d64",
+            "attention_extend_gqa_d128",
+            "attention_extend_gqa_d128_kvh_major",
+            "attention_extend_gqa_d128_qsmem",
+            "attention_extend_gqa_d128_s3",
+            "attention_extend_gqa_d128_qsmem_b4",
+            "attention_extend_gqa_d128_bn64"
+        ]
+    ),
+    kernel_source!(
         "attention_decode.cu",
         [
             "attention_decode_split_d64",

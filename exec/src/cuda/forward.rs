@@ -2,7 +2,7 @@
 //! and the kernel sequence (see model.rs for the per-layer order).
 
 use super::attention::{
-    AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant, KvView,
+    AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, KvView, QRope,
 };
 use super::model::{DecodeKernel, GpuModel};
 use super::ops::{QkvPost, SamplingBufs};
@@ -484,7 +484,14 @@ impl GpuModel {
                 v_cache: view.v_cache,
                 slots: gpu.ptr(&ws.out_slots),
             };
-            if fold && self.fused && self.kernels.qkv_post_fused {
+            // Tokens 0..q_rope_tokens get q norm + RoPE inside the extend kernel.
+            let q_rope_tokens = extend
+                .filter(|_| {
+                    self.fused && self.kernels.extend_q_rope && self.kernels.extend.is_gqa()
+                })
+                .and_then(|m| m.leading_tokens())
+                .filter(|&n| n > 0);
+            if fold && self.fused && self.kernels.qkv_post_fused && q_rope_tokens.is_none() {
                 gpu.gemv_norm_qkv(
                     qkv,
                     residual,
@@ -518,7 +525,30 @@ impl GpuModel {
                     }
                     self.linear(gpu, ws, qkv, hidden, &lw.qkv, tokens, qkv_w, h)?;
                 }
-                if self.fused {
+                if let (true, Some(te)) = (self.fused, q_rope_tokens) {
+                    let bad = |what: &str| CudaError::Invalid {
+                        kernel: "qk_norm_rope_store",
+                        msg: format!("{what} outside the workspace"),
+                    };
+                    // k and v of every token: the pass sees the k columns as its first head.
+                    let kv_cols = qkv
+                        .sub(nq * d, qkv.len() - nq * d)
+                        .ok_or_else(|| bad("k/v columns"))?;
+                    gpu.qk_norm_rope_store(kv_cols, &post, tokens, (0, nk), d, qkv_w, eps)?;
+                    if tokens > te {
+                        // q of the decode tokens after the extend ones.
+                        let n = tokens - te;
+                        let sub_post = QkvPost {
+                            positions: post.positions.sub(te, n).ok_or_else(|| bad("positions"))?,
+                            slots: post.slots.sub(te, n).ok_or_else(|| bad("slots"))?,
+                            ..post
+                        };
+                        let rows = qkv
+                            .sub(te * qkv_w, qkv.len() - te * qkv_w)
+                            .ok_or_else(|| bad("decode rows"))?;
+                        gpu.qk_norm_rope_store(rows, &sub_post, n, (nq, 0), d, qkv_w, eps)?;
+                    }
+                } else if self.fused {
                     gpu.qk_norm_rope_store(qkv, &post, tokens, (nq, nk), d, qkv_w, eps)?;
                 } else {
                     if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
@@ -546,7 +576,26 @@ impl GpuModel {
                 }
             }
             if let Some(meta) = extend {
-                gpu.attention_extend(attn, qkv, view, meta, &shape, ExtendVariant::Fast)?;
+                let rope = q_rope_tokens.map(|_| QRope {
+                    // As the q/k pass: q/k norm only when the model has both.
+                    q_norm: lw
+                        .q_norm
+                        .as_ref()
+                        .zip(lw.k_norm.as_ref())
+                        .map(|(q, _)| p(q)),
+                    positions: gpu.ptr(&ws.positions),
+                    cos_sin: gpu.ptr(&self.cos_sin),
+                    eps,
+                });
+                gpu.attention_extend_rope(
+                    attn,
+                    qkv,
+                    view,
+                    meta,
+                    &shape,
+                    self.kernels.extend,
+                    rope.as_ref(),
+                )?;
             }
             if let Some((meta, splits)) = decode {
                 let variant = match self.kernels.decode {

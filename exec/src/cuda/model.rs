@@ -9,6 +9,7 @@
 //! `KernelChoice::skinny_max_tokens`, and cuBLAS above. Only the rows that need logits reach the LM head.
 //! This file holds the weights; the forward pass, KV pool and workspace are in `forward.rs`.
 
+use super::attention::ExtendVariant;
 pub use super::forward::{KvPool, RowSampling, StepInput, Workspace};
 use super::rope::cos_sin_table;
 use super::{CudaError, DriverCtx, Gpu, Result};
@@ -93,6 +94,12 @@ pub struct KernelChoice {
     /// With the norms folded (GEMV batch sizes), fold q/k norm + RoPE + KV store into the qkv
     /// GEMV too (the last block of each head does it): one launch fewer per layer.
     pub qkv_post_fused: bool,
+    /// Extend (prefill) attention.
+    pub extend: ExtendVariant,
+    /// With a GQA extend kernel and the fused q/k pass: the extend kernel applies q norm and
+    /// RoPE to its q rows as it loads them, and the q/k pass handles only k, v and the q of
+    /// decode tokens (saves a read and a write of every extend q row).
+    pub extend_q_rope: bool,
 }
 
 impl Default for KernelChoice {
@@ -105,6 +112,8 @@ impl Default for KernelChoice {
             proj_resadd: true,
             lm_head_gemv_max: 2,
             qkv_post_fused: true,
+            extend: ExtendVariant::Gqa,
+            extend_q_rope: true,
         }
     }
 }
