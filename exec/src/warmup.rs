@@ -22,15 +22,24 @@ impl<B: Backend> Backend for ByRef<'_, B> {
     }
 }
 
+/// Longest prompt the CUDA warm-up runs one prefill per GEMM row bucket for (64 prefills, well
+/// under a second on an H100; longer prompts pay cuBLAS's first-call set-up once, a small part
+/// of their own time).
+pub const PREFILL_BUCKETS: usize = 4096;
+
 /// A few prefills, then a decode batch that shrinks by one request per step, so every decode
 /// batch size up to `graph_max` has run once (the CUDA backend captures a graph the first time it
 /// meets a padded batch size). Runs on its own scheduler, so the caller starts with an empty
-/// cache; the warm-up requests use ids at the top of the id space.
+/// cache; the warm-up requests use ids at the top of the id space. With `prefill_buckets > 0`,
+/// one prefill per GEMM row bucket up to that many tokens follows (`cuda::blas::bucket_rows`:
+/// multiples of 16 to 64, then of 64), so the first prompts of each length bucket do not pay
+/// cuBLAS's first-call set-up while serving.
 pub fn warm_up<B: Backend>(
     backend: &mut B,
     cfg: &SchedulerConfig,
     vocab: usize,
     graph_max: usize,
+    prefill_buckets: usize,
 ) -> Result<(), String> {
     let scheduler = Scheduler::new(cfg.clone()).map_err(|e| e.to_string())?;
     let mut engine = Engine::new(scheduler, ByRef(backend), false);
@@ -56,6 +65,30 @@ pub fn warm_up<B: Backend>(
             .submit(RequestSpec::new(id, prompt, sp, 0))
             .map_err(|e| format!("warm-up: {e}"))?;
     }
+    run_to_idle(&mut engine)?;
+    // One request at a time, so each step's token count is the bucket itself.
+    let longest = prefill_buckets
+        .min(cfg.max_prefill_tokens)
+        .min(cap / 4)
+        .min(cfg.context_len.saturating_sub(2));
+    let lens = (2..=4).map(|k| 16 * k).chain((2..).map(|k| 64 * k));
+    for (k, len) in lens.take_while(|&l| l <= longest).enumerate() {
+        let prompt: Vec<TokenId> = (0..len)
+            .map(|i| ((i * 13 + k) % vocab) as TokenId)
+            .collect();
+        let mut sp = SamplingParams::greedy(1);
+        sp.ignore_eos = true;
+        let id = RequestId(u64::MAX - 100_000 - k as u64);
+        engine
+            .scheduler
+            .submit(RequestSpec::new(id, prompt, sp, 0))
+            .map_err(|e| format!("warm-up: {e}"))?;
+        run_to_idle(&mut engine)?;
+    }
+    Ok(())
+}
+
+fn run_to_idle<B: Backend>(engine: &mut Engine<ByRef<'_, B>>) -> Result<(), String> {
     let mut events = Vec::new();
     for _ in 0..100_000 {
         events.clear();

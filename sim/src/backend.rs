@@ -47,7 +47,8 @@ pub struct SimBackend<C: CostModel> {
     // When the host finished the latest launch: in the overlap order a step's results are
     // collected only after the next step's launch call has returned.
     last_host_end: TimeNs,
-    inflight: VecDeque<(TimeNs, TimeNs)>,
+    // (end, whether the end is a real run's results time, taken as is)
+    inflight: VecDeque<(TimeNs, bool)>,
     gpu_busy_ns: u64,
     record: bool,
     last_mode: ForwardMode,
@@ -125,7 +126,8 @@ impl<C: CostModel> Backend for SimBackend<C> {
         let mut start = (formed + l.lead_ns).max(self.busy_until);
         let mut device = self.cost.step_ns(&shape);
         let mut end = (start + device).max(host_end + l.tail_ns);
-        if let Some(r) = self.locked.get(self.launched) {
+        let locked = self.locked.get(self.launched);
+        if let Some(r) = locked {
             (start, host_end, end) = (r.start.max(now), r.launched.max(now), r.end.max(now));
             device = r.device_ns.unwrap_or(end - start);
         }
@@ -134,7 +136,7 @@ impl<C: CostModel> Backend for SimBackend<C> {
         self.last_host_end = host_end;
         self.busy_until = end;
         self.gpu_busy_ns += end - start;
-        self.inflight.push_back((start, end));
+        self.inflight.push_back((end, locked.is_some()));
         self.last_mode = plan.mode;
         if self.record {
             self.steps.push(StepRecord {
@@ -154,7 +156,7 @@ impl<C: CostModel> Backend for SimBackend<C> {
     }
 
     fn collect(&mut self, plan: &Plan, out: &mut StepResult) -> Result<(), BackendError> {
-        let (_, end) = self
+        let (end, exact) = self
             .inflight
             .pop_front()
             .ok_or(BackendError::NothingInFlight(plan.step))?;
@@ -163,7 +165,13 @@ impl<C: CostModel> Backend for SimBackend<C> {
             let index = e.seq_len().saturating_sub(e.prompt_len);
             synth_token(e.id.0, index, self.vocab)
         }));
-        out.done_at = end.max(self.last_host_end);
+        // A real run's step end is already when its results were available (the CPU backend
+        // computes in the launch call and stamps the end there).
+        out.done_at = if exact {
+            end
+        } else {
+            end.max(self.last_host_end)
+        };
         Ok(())
     }
 }

@@ -127,6 +127,9 @@ impl CudaBackend {
                 ),
             });
         }
+        // The model's workspace has room for cuBLAS's row buckets: few GEMM shapes, so the
+        // warm-up meets them all (see `blas::bucket_rows`).
+        gpu.blas.set_row_buckets(true);
         // One extra table row: the padding row for graph batches (never handed out by the core).
         let kv = KvPool::new(
             &gpu,

@@ -7,6 +7,7 @@ use cudarc::cublas::{result as cr, sys, CudaBlas};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// A cuBLAS handle bound to one stream.
@@ -14,6 +15,21 @@ pub struct Blas {
     handle: CudaBlas,
     // A fixed workspace, so cuBLAS never allocates during CUDA graph capture.
     _workspace: CudaSlice<u8>,
+    /// Round the row count of GEMMs above 16 rows up to a bucket (see `set_row_buckets`).
+    row_buckets: AtomicBool,
+}
+
+/// The row count cuBLAS is asked for: above 16 rows, rounded up to a multiple of 16 (to 64) or
+/// of 64 (beyond). cuBLAS pays milliseconds of host time the first time it meets a GEMM shape
+/// (measured on the H100: 1.3-2.5 ms more per prefill of a new length in Poisson replays, up to
+/// 29 ms), and prompt lengths are all different; buckets make the shapes few, and a warm-up can
+/// meet them all before serving.
+pub fn bucket_rows(m: usize) -> usize {
+    match m {
+        0..=16 => m,
+        17..=64 => m.next_multiple_of(16),
+        _ => m.next_multiple_of(64),
+    }
 }
 
 /// Bytes of cuBLAS workspace (what PyTorch gives Hopper).
@@ -54,7 +70,35 @@ impl Blas {
         Ok(Blas {
             handle,
             _workspace: workspace,
+            row_buckets: AtomicBool::new(false),
         })
+    }
+
+    /// Compute GEMMs above 16 rows on [`bucket_rows`] rows where `x` and `y` have room for
+    /// them: the extra rows read whatever `x` holds there and write only rows of `y` past `m`,
+    /// which callers that turn this on never read (the model's workspace). Off by default, so
+    /// exact-size callers see exactly `m` rows written.
+    pub fn set_row_buckets(&self, on: bool) {
+        self.row_buckets.store(on, Ordering::Relaxed);
+    }
+
+    /// Rows to compute for an `m`-row GEMM given the buffers' lengths.
+    fn rows(
+        &self,
+        m: usize,
+        (n, k, ldy): (usize, usize, usize),
+        x_len: usize,
+        y_len: usize,
+    ) -> usize {
+        if !self.row_buckets.load(Ordering::Relaxed) {
+            return m;
+        }
+        let b = bucket_rows(m);
+        if b * k <= x_len && (b - 1) * ldy + n <= y_len {
+            b
+        } else {
+            m
+        }
     }
 
     /// `y[m, n] = x[m, k] w[n, k]^T` in bf16 with f32 accumulation; `ldy` is y's row stride.
@@ -70,6 +114,7 @@ impl Blas {
         ldy: usize,
     ) -> Result<()> {
         need("gemm_bf16", "y", &y, m.saturating_sub(1) * ldy + n)?;
+        let m = self.rows(m, (n, k, ldy), x.len(), y.len());
         self.gemm(y.addr(), OutType::Bf16, x, w, (m, n, k), ldy, 0.0)
     }
 
@@ -87,6 +132,7 @@ impl Blas {
         ldy: usize,
     ) -> Result<()> {
         need("gemm_bf16_acc", "y", &y, m.saturating_sub(1) * ldy + n)?;
+        let m = self.rows(m, (n, k, ldy), x.len(), y.len());
         self.gemm(y.addr(), OutType::Bf16, x, w, (m, n, k), ldy, 1.0)
     }
 
@@ -103,6 +149,7 @@ impl Blas {
         ldy: usize,
     ) -> Result<()> {
         need("gemm_bf16_f32out", "y", &y, m.saturating_sub(1) * ldy + n)?;
+        let m = self.rows(m, (n, k, ldy), x.len(), y.len());
         self.gemm(y.addr(), OutType::F32, x, w, (m, n, k), ldy, 0.0)
     }
 

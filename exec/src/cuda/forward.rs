@@ -4,6 +4,7 @@
 use super::attention::{
     AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, KvView, QRope,
 };
+use super::blas::bucket_rows;
 use super::model::{DecodeKernel, GpuModel};
 use super::ops::{QkvPost, SamplingBufs};
 use super::skinny::{
@@ -122,24 +123,26 @@ impl Workspace {
     ) -> Result<Workspace> {
         let c = &model.cfg;
         let (t, s) = (max_tokens.max(1), max_seqs.max(1));
+        // Room for the row buckets cuBLAS computes on (`blas::bucket_rows`).
+        let (tb, sb) = (bucket_rows(t), bucket_rows(s));
         Ok(Workspace {
             max_tokens: t,
             max_seqs: s,
             max_splits,
-            hidden: gpu.zeros(t * c.hidden_size)?,
-            residual: gpu.zeros(t * c.hidden_size)?,
-            qkv: gpu.zeros(t * (c.q_dim() + 2 * c.kv_dim()))?,
-            attn: gpu.zeros(t * c.q_dim())?,
-            gate_up: gpu.zeros(t * 2 * c.intermediate_size)?,
-            act: gpu.zeros(t * c.intermediate_size)?,
+            hidden: gpu.zeros(tb * c.hidden_size)?,
+            residual: gpu.zeros(tb * c.hidden_size)?,
+            qkv: gpu.zeros(tb * (c.q_dim() + 2 * c.kv_dim()))?,
+            attn: gpu.zeros(tb * c.q_dim())?,
+            gate_up: gpu.zeros(tb * 2 * c.intermediate_size)?,
+            act: gpu.zeros(tb * c.intermediate_size)?,
             ids: gpu.zeros(t)?,
             tok_row: gpu.zeros(t)?,
             positions: gpu.zeros(t)?,
             out_slots: gpu.zeros(t)?,
             logit_tok: gpu.zeros(s)?,
             logit_row: gpu.zeros(s)?,
-            sel: gpu.zeros(s * c.hidden_size)?,
-            logits: gpu.zeros(s * c.vocab_size)?,
+            sel: gpu.zeros(sb * c.hidden_size)?,
+            logits: gpu.zeros(sb * c.vocab_size)?,
             sampled: gpu.zeros(s)?,
             samp_f: [gpu.zeros(s)?, gpu.zeros(s)?, gpu.zeros(s)?, gpu.zeros(s)?],
             samp_k: gpu.zeros(s)?,

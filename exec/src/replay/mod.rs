@@ -88,6 +88,8 @@ pub struct ReplayOptions {
     pub time_limit: Option<Duration>,
     /// Largest decode batch the warm-up runs (the CUDA graph limit; 0: prefills only).
     pub warm_up_batch: usize,
+    /// Warm-up prefills of every GEMM row bucket up to this many tokens (0: none).
+    pub warm_up_prefill: usize,
     /// Decode batches up to this size replay a CUDA graph (for the batch log; None on the CPU).
     pub graph_max: Option<usize>,
 }
@@ -174,8 +176,14 @@ pub fn replay<B: Backend>(
         why: e.to_string(),
     })?;
     let mut backend = backend;
-    warm_up(&mut backend, &cfg, vocab, opts.warm_up_batch)
-        .map_err(|why| ReplayError::Backend { at_s: 0.0, why })?;
+    warm_up(
+        &mut backend,
+        &cfg,
+        vocab,
+        opts.warm_up_batch,
+        opts.warm_up_prefill,
+    )
+    .map_err(|why| ReplayError::Backend { at_s: 0.0, why })?;
     let clock = Instant::now();
     let rec = Recorder::new(backend, clock);
     let mut engine = Engine::new(scheduler, rec, trace.engine.overlap);

@@ -83,6 +83,7 @@ pub fn load_and_replay(
     opts.warm_up_batch = profile.engine.cuda_graph_max_bs;
     if let Device::Cuda(_) = s.device {
         opts.graph_max = Some(profile.engine.cuda_graph_max_bs);
+        opts.warm_up_prefill = crate::warmup::PREFILL_BUCKETS;
     }
     let outcome = match s.device {
         Device::Cpu => {

@@ -304,8 +304,14 @@ impl Server {
                         .map_err(|e| ServerError::Load(format!("--device cuda:{device}: {e}")))?;
                 sched.kv_capacity_tokens = capacity;
                 // Capture every decode graph before the first request, as SGLang does at start-up.
-                crate::warmup::warm_up(&mut backend, &sched, mc.vocab_size, *cuda_graph_max_bs)
-                    .map_err(|e| ServerError::Load(format!("--device cuda:{device}: {e}")))?;
+                crate::warmup::warm_up(
+                    &mut backend,
+                    &sched,
+                    mc.vocab_size,
+                    *cuda_graph_max_bs,
+                    crate::warmup::PREFILL_BUCKETS,
+                )
+                .map_err(|e| ServerError::Load(format!("--device cuda:{device}: {e}")))?;
                 opts.cuda_graph = *cuda_graph_max_bs > 0;
                 let (h, mr) = spawn(
                     sched.clone(),
