@@ -366,6 +366,7 @@ pub fn run<B: Backend + StepTiming>(
                     let (_, _, _, stalled_host, dev) = stalled[i];
                     // A launch longer than the stall let the device catch up: no clean figure.
                     point.device_ns = dev.filter(|_| stalled_host < STALL_NS);
+                    point.host_busy_ns = (stalled_host < STALL_NS).then_some(stalled_host);
                 }
                 steps.push(point);
                 sched.push(SchedulePoint {

@@ -45,6 +45,10 @@ pub struct StepPoint {
     /// before the GPU reached it (CUDA events; absent where the backend does not measure it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_ns: Option<u64>,
+    /// Host time of the launch call while the device was busy (the stalled run): launching
+    /// behind queued work is cheaper than waking an idle device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_busy_ns: Option<u64>,
 }
 
 impl StepPoint {
@@ -78,6 +82,7 @@ impl StepPoint {
             ns,
             host_ns: 0,
             device_ns: None,
+            host_busy_ns: None,
         }
     }
 }

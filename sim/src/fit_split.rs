@@ -178,13 +178,18 @@ pub fn fit_launch(steps: &[StepPoint], graph_max: usize) -> Option<LaunchCosts> 
     }
     let is_graph = |s: &StepPoint| s.mode == "decode" && s.decode_reqs <= graph_max;
     let mut graph: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
-    let mut eager = Vec::new();
+    // (requests, tokens) -> host times: a launch now and then takes several times its usual
+    // time (the host was descheduled), so the fit goes through each shape's median.
+    let mut eager: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
     for s in &split {
         let reqs = s.extend_reqs + s.decode_reqs;
         if is_graph(s) {
             graph.entry(reqs).or_default().push(s.host_ns as f64);
         } else {
-            eager.push((reqs as f64, s.tokens as f64, s.host_ns as f64));
+            eager
+                .entry((reqs, s.tokens))
+                .or_default()
+                .push(s.host_ns as f64);
         }
     }
     let graph_pts: Vec<(f64, f64)> = graph
@@ -192,6 +197,10 @@ pub fn fit_launch(steps: &[StepPoint], graph_max: usize) -> Option<LaunchCosts> 
         .map(|(r, v)| (r as f64, median(v)))
         .collect();
     let (graph_ns, graph_per_req_ns) = line(&graph_pts);
+    let eager: Vec<(f64, f64, f64)> = eager
+        .into_iter()
+        .map(|((r, t), v)| (r as f64, t as f64, median(v)))
+        .collect();
     let (eager_ns, eager_per_req_ns, eager_per_token_ns) = plane(&eager);
     // Plain spans: a step the device bounds takes lead + device (+ the result download); one
     // the host bounds ends a tail after its launch returns.
@@ -210,6 +219,17 @@ pub fn fit_launch(steps: &[StepPoint], graph_max: usize) -> Option<LaunchCosts> 
             (s.host_ns as f64 > d + margin).then_some(s.ns as f64 - s.host_ns as f64)
         })
         .collect();
+    // Launches made behind queued work (the stalled runs) against the same on an idle GPU.
+    let ratios: Vec<f64> = split
+        .iter()
+        .filter(|s| !is_graph(s))
+        .filter_map(|s| Some(s.host_busy_ns? as f64 / s.host_ns.max(1) as f64))
+        .collect();
+    let eager_busy_factor = if ratios.is_empty() {
+        1.0
+    } else {
+        (median(ratios) * 1000.0).round() / 1000.0
+    };
     Some(LaunchCosts {
         graph_ns: graph_ns.round(),
         graph_per_req_ns: (graph_per_req_ns * 10.0).round() / 10.0,
@@ -218,6 +238,7 @@ pub fn fit_launch(steps: &[StepPoint], graph_max: usize) -> Option<LaunchCosts> 
         eager_per_token_ns: (eager_per_token_ns * 1000.0).round() / 1000.0,
         lead_ns: median(lead).max(0.0).round(),
         tail_ns: median(tail).max(0.0).round(),
+        eager_busy_factor,
     })
 }
 
