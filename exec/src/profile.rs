@@ -80,7 +80,7 @@ impl ProfilePlan {
             chunked: vec![(8192, 2048), (12288, 4096), (16384, 8192)],
             ragged_decode: [2, 4, 6, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
                 .iter()
-                .map(|&b| (b, 1024))
+                .flat_map(|&b| [(b, 512), (b, 1024)])
                 .collect(),
             ragged_prefill: vec![
                 (2, 2048),

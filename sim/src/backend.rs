@@ -124,7 +124,7 @@ impl<C: CostModel> Backend for SimBackend<C> {
         let l = self.cost.launch_ns(&shape);
         // Launching behind queued work runs at the busy rate until the GPU catches up.
         let busy_for = self.busy_until.saturating_sub(formed);
-        let host = if l.host_busy_ns <= busy_for {
+        let host = if busy_for > 0 && l.host_busy_ns <= busy_for {
             l.host_busy_ns
         } else {
             let left = 1.0 - busy_for as f64 / l.host_busy_ns.max(1) as f64;
@@ -136,7 +136,8 @@ impl<C: CostModel> Backend for SimBackend<C> {
         let mut end = (start + device).max(host_end + l.tail_ns);
         let locked = self.locked.get(self.launched);
         if let Some(r) = locked {
-            (start, host_end, end) = (r.start.max(now), r.launched.max(now), r.end.max(now));
+            start = r.start.max(now);
+            (host_end, end) = (r.launched.max(start), r.end.max(start));
             device = r.device_ns.unwrap_or(end - start);
         }
         self.launched += 1;

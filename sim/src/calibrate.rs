@@ -400,10 +400,14 @@ pub fn calibrate(
     // device time, decode steps come from a measured table, and launches get their own costs.
     let table = fit_decode_table(&m.steps);
     let device_s = |p: &StepPoint| p.device_ns.unwrap_or(p.ns) as f64 * 1e-9;
+    // With device times, a step without one (its stalled run could not give a clean figure)
+    // would feed a whole span (host launch included) into the device fit: leave it out.
+    let split = m.steps.iter().any(|p| p.device_ns.is_some());
     let mut shapes: Vec<(BatchShape, f64)> = m
         .steps
         .iter()
         .filter(|p| table.is_empty() || p.mode != "decode")
+        .filter(|p| !split || p.device_ns.is_some())
         .map(|p| (p.shape(), device_s(p)))
         .collect();
     if shapes.is_empty() {

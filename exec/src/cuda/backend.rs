@@ -103,10 +103,10 @@ pub struct CudaBackend {
     // asynchronously and waited on by their own event, so in the overlap order collecting step N
     // does not also wait for step N+1, which is already queued behind it.
     results: [PinnedHostSlice<u32>; 2],
-    next_result: usize,
     samplers: HashMap<RequestId, RequestSampler>,
     last_row: HashMap<RequestId, u32>,
     pending: VecDeque<Pending>,
+    next_result: usize,
     /// Record CUDA events around every step and report `StepResult::device_ns`.
     step_timing: bool,
     /// GPU stall (ns) queued before the next step's work (profiling: see `stall_next_step`).
@@ -153,9 +153,12 @@ impl CudaBackend {
             max_seqs,
             max_splits,
         )?;
+        // The download copies the whole buffer from `ws.sampled` (cudarc copies the destination's
+        // length), so both must hold exactly the same number of rows.
+        let rows = ws.sampled.len();
         let pinned = || {
             // SAFETY: every element is written by a download before it is read (rows <= len).
-            unsafe { gpu.ctx.alloc_pinned_with_flags::<u32>(max_seqs, 0) }
+            unsafe { gpu.ctx.alloc_pinned_with_flags::<u32>(rows, 0) }
                 .ctx("allocating page-locked result buffers")
         };
         let results = [pinned()?, pinned()?];
@@ -169,10 +172,10 @@ impl CudaBackend {
             sms,
             graphs: HashMap::new(),
             results,
-            next_result: 0,
             samplers: HashMap::new(),
             last_row: HashMap::new(),
             pending: VecDeque::new(),
+            next_result: 0,
             step_timing: false,
             stall_next: 0,
             last_end: None,
@@ -503,6 +506,9 @@ impl CudaBackend {
             }
         }
         // Keep this step's samples apart from the next step's (overlap order collects late).
+        // Alternate buffers: the engine has at most two steps launched and not collected. (A
+        // launch that failed after this flip would leave the toggle out of step with `pending`;
+        // launch errors are fatal to the engine today.)
         let result = self.next_result;
         self.next_result ^= 1;
         if rows > 0 {

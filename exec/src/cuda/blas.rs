@@ -90,7 +90,7 @@ impl Blas {
         x_len: usize,
         y_len: usize,
     ) -> usize {
-        if !self.row_buckets.load(Ordering::Relaxed) {
+        if m <= 16 || !self.row_buckets.load(Ordering::Relaxed) {
             return m;
         }
         let b = bucket_rows(m);
