@@ -12,6 +12,7 @@ pub mod attention;
 pub mod backend;
 pub mod bench_one_batch;
 pub mod blas;
+pub mod buffers;
 pub mod compile;
 pub mod forward;
 pub mod fused;
