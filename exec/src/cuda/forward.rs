@@ -18,7 +18,7 @@ impl GpuModel {
 
     /// Whether `m` tokens go through the skinny GEMM (above the GEMV's batch sizes).
     fn use_skinny(&self, m: usize) -> bool {
-        m > self.gemv_max_tokens.min(8) && m <= self.kernels.skinny_max_tokens.min(SKINNY_MAX_M)
+        m > self.gemv_rows() && m <= self.kernels.skinny_max_tokens.min(SKINNY_MAX_M)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -41,8 +41,13 @@ impl GpuModel {
         gpu.gemm_skinny(y, x, gpu.ptr(w), &scratch, (m, n, k), ldy, epi, plan)
     }
 
-    /// y[m, n] = x[m, k] w^T through the GEMV for small m, the skinny GEMM up to 64 tokens,
-    /// cuBLAS otherwise.
+    /// Most tokens the GEMVs take (their kernels hold at most 8 rows).
+    fn gemv_rows(&self) -> usize {
+        self.gemv_max_tokens.min(8)
+    }
+
+    /// y[m, n] = x[m, k] w^T (`add`: y += x w^T, a projection added into the residual stream)
+    /// through the GEMV for small m, the skinny GEMM up to its cut-off, cuBLAS otherwise.
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
@@ -51,38 +56,23 @@ impl GpuModel {
         y: DPtr<bf16>,
         x: DPtr<bf16>,
         w: &CudaSlice<bf16>,
-        m: usize,
-        n: usize,
-        k: usize,
+        (m, n, k): (usize, usize, usize),
+        add: bool,
     ) -> Result<()> {
-        if m <= self.gemv_max_tokens.min(8) {
-            gpu.gemv(y, x, gpu.ptr(w), m, n, k, n)
-        } else if self.use_skinny(m) {
-            self.skinny(gpu, ws, y, x, w, (m, n, k), n, SkinnyEpilogue::Plain)
-        } else {
-            gpu.blas.gemm_bf16(y, x, gpu.ptr(w), m, n, k, n)
-        }
-    }
-
-    /// r[m, n] = bf16(x[m, k] w^T + r[m, n]): a projection added into the residual stream.
-    #[allow(clippy::too_many_arguments)]
-    fn linear_resadd(
-        &self,
-        gpu: &Gpu,
-        ws: &Workspace,
-        r: DPtr<bf16>,
-        x: DPtr<bf16>,
-        w: &CudaSlice<bf16>,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<()> {
-        if m <= self.gemv_max_tokens.min(8) {
-            gpu.gemv_resadd(r, x, gpu.ptr(w), m, n, k, n)
-        } else if self.use_skinny(m) {
-            self.skinny(gpu, ws, r, x, w, (m, n, k), n, SkinnyEpilogue::ResAdd)
-        } else {
-            gpu.blas.gemm_bf16_acc(r, x, gpu.ptr(w), m, n, k, n)
+        let wp = gpu.ptr(w);
+        match (m <= self.gemv_rows(), self.use_skinny(m), add) {
+            (true, _, false) => gpu.gemv(y, x, wp, m, n, k, n),
+            (true, _, true) => gpu.gemv_resadd(y, x, wp, m, n, k, n),
+            (false, true, add) => {
+                let epi = if add {
+                    SkinnyEpilogue::ResAdd
+                } else {
+                    SkinnyEpilogue::Plain
+                };
+                self.skinny(gpu, ws, y, x, w, (m, n, k), n, epi)
+            }
+            (false, false, false) => gpu.blas.gemm_bf16(y, x, wp, m, n, k, n),
+            (false, false, true) => gpu.blas.gemm_bf16_acc(y, x, wp, m, n, k, n),
         }
     }
 
@@ -99,7 +89,7 @@ impl GpuModel {
         inter: usize,
         k: usize,
     ) -> Result<()> {
-        if self.fused && m <= self.gemv_max_tokens.min(8) {
+        if self.fused && m <= self.gemv_rows() {
             gpu.gemv_gate_up_silu(act, x, gpu.ptr(w), m, inter, k)
         } else if self.fused && self.use_skinny(m) {
             self.skinny(
@@ -114,7 +104,7 @@ impl GpuModel {
             )
         } else {
             let gu = gpu.ptr(&ws.gate_up);
-            self.linear(gpu, ws, gu, x, w, m, 2 * inter, k)?;
+            self.linear(gpu, ws, gu, x, w, (m, 2 * inter, k), false)?;
             gpu.silu_and_mul(act, gu, m, inter)
         }
     }
@@ -213,7 +203,7 @@ impl GpuModel {
         let fold = self.fused
             && self.kernels.fold_norms
             && tokens > 0
-            && tokens <= self.gemv_max_tokens.min(8)
+            && tokens <= self.gemv_rows()
             && tokens * h <= Gpu::GEMV_NORM_MAX_ELEMS;
         // Otherwise the o and down projections can add into the residual stream themselves, so
         // the norms after them only normalise (one read and one write of the stream fewer).
@@ -275,7 +265,7 @@ impl GpuModel {
                     } else {
                         gpu.fused_add_rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
                     }
-                    self.linear(gpu, ws, qkv, hidden, &lw.qkv, tokens, qkv_w, h)?;
+                    self.linear(gpu, ws, qkv, hidden, &lw.qkv, (tokens, qkv_w, h), false)?;
                 }
                 if let (true, Some(te)) = (self.fused, q_rope_tokens) {
                     let bad = |what: &str| CudaError::Invalid {
@@ -387,17 +377,17 @@ impl GpuModel {
                 continue;
             }
             if res_proj {
-                self.linear_resadd(gpu, ws, residual, attn, &lw.o, tokens, h, nq * d)?;
+                self.linear(gpu, ws, residual, attn, &lw.o, (tokens, h, nq * d), true)?;
                 gpu.rmsnorm(hidden, residual, p(&lw.post_norm), tokens, h, eps)?;
             } else {
-                self.linear(gpu, ws, hidden, attn, &lw.o, tokens, h, nq * d)?;
+                self.linear(gpu, ws, hidden, attn, &lw.o, (tokens, h, nq * d), false)?;
                 gpu.fused_add_rmsnorm(hidden, residual, p(&lw.post_norm), tokens, h, eps)?;
             }
             self.gate_up_act(gpu, ws, act, hidden, &lw.gate_up, tokens, inter, h)?;
             if res_proj {
-                self.linear_resadd(gpu, ws, residual, act, &lw.down, tokens, h, inter)?;
+                self.linear(gpu, ws, residual, act, &lw.down, (tokens, h, inter), true)?;
             } else {
-                self.linear(gpu, ws, hidden, act, &lw.down, tokens, h, inter)?;
+                self.linear(gpu, ws, hidden, act, &lw.down, (tokens, h, inter), false)?;
             }
         }
         if rows == 0 {
