@@ -353,19 +353,11 @@ fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64], step: f64, iters: usize) -
 
 /// Least-squares line ns = a + b * entries (b = 0 with fewer than two distinct entry counts).
 pub fn fit_schedule(points: &[SchedulePoint]) -> (f64, f64) {
-    let n = points.len() as f64;
-    if points.is_empty() {
-        return (0.0, 0.0);
-    }
-    let mx = points.iter().map(|p| p.entries as f64).sum::<f64>() / n;
-    let my = points.iter().map(|p| p.ns as f64).sum::<f64>() / n;
-    let sxx: f64 = points.iter().map(|p| (p.entries as f64 - mx).powi(2)).sum();
-    let sxy: f64 = points
+    let pts: Vec<(f64, f64)> = points
         .iter()
-        .map(|p| (p.entries as f64 - mx) * (p.ns as f64 - my))
-        .sum();
-    let b = if sxx > 0.0 { (sxy / sxx).max(0.0) } else { 0.0 };
-    ((my - b * mx).max(0.0), b)
+        .map(|p| (p.entries as f64, p.ns as f64))
+        .collect();
+    crate::fit_split::line(&pts)
 }
 
 /// Fit `base` to `m`; the result is named `name`. `origin` names the measurement file.

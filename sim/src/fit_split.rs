@@ -19,7 +19,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Least squares `y = a + b x` (b clamped at 0, a at 0).
-fn line(points: &[(f64, f64)]) -> (f64, f64) {
+pub(crate) fn line(points: &[(f64, f64)]) -> (f64, f64) {
     let n = points.len() as f64;
     if points.is_empty() {
         return (0.0, 0.0);
