@@ -122,15 +122,7 @@ impl<C: CostModel> Backend for SimBackend<C> {
         let formed = now + self.cost.schedule_ns(plan.entries.len());
         let shape = BatchShape::of_plan(plan);
         let l = self.cost.launch_ns(&shape);
-        // Launching behind queued work runs at the busy rate until the GPU catches up.
-        let busy_for = self.busy_until.saturating_sub(formed);
-        let host = if busy_for > 0 && l.host_busy_ns <= busy_for {
-            l.host_busy_ns
-        } else {
-            let left = 1.0 - busy_for as f64 / l.host_busy_ns.max(1) as f64;
-            busy_for + (left * l.host_ns as f64).round() as u64
-        };
-        let mut host_end = formed + host;
+        let mut host_end = formed + l.host_ns;
         let mut start = (formed + l.lead_ns).max(self.busy_until);
         let mut device = self.cost.step_ns(&shape);
         let mut end = (start + device).max(host_end + l.tail_ns);

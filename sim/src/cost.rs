@@ -89,10 +89,8 @@ impl BatchShape {
 /// How launching a step occupies the host, and how the GPU follows the launch (ns).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LaunchCost {
-    /// Host time of the launch call on an idle GPU.
+    /// Host time of the launch call.
     pub host_ns: u64,
-    /// Host time of the launch call while the GPU is busy with earlier work.
-    pub host_busy_ns: u64,
     /// From the start of the launch until the GPU can start the step.
     pub lead_ns: u64,
     /// The step ends no sooner than this long after the launch call returns.
@@ -258,16 +256,13 @@ impl CostModel for RooflineCost {
             return LaunchCost::default();
         };
         let reqs = (s.extend_reqs + s.decode_reqs) as f64;
-        let (host, busy) = if self.is_graph(s) {
-            let h = l.graph_ns + l.graph_per_req_ns * reqs;
-            (h, h)
+        let host = if self.is_graph(s) {
+            l.graph_ns + l.graph_per_req_ns * reqs
         } else {
-            let h = l.eager_ns + l.eager_per_req_ns * reqs + l.eager_per_token_ns * s.tokens as f64;
-            (h, h * l.eager_busy_factor)
+            l.eager_ns + l.eager_per_req_ns * reqs + l.eager_per_token_ns * s.tokens as f64
         };
         LaunchCost {
             host_ns: host.round() as u64,
-            host_busy_ns: busy.round() as u64,
             lead_ns: l.lead_ns.round() as u64,
             tail_ns: l.tail_ns.round() as u64,
         }

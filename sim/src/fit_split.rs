@@ -219,17 +219,6 @@ pub fn fit_launch(steps: &[StepPoint], graph_max: usize) -> Option<LaunchCosts> 
             (s.host_ns as f64 > d + margin).then_some(s.ns as f64 - s.host_ns as f64)
         })
         .collect();
-    // Launches made behind queued work (the stalled runs) against the same on an idle GPU.
-    let ratios: Vec<f64> = split
-        .iter()
-        .filter(|s| !is_graph(s))
-        .filter_map(|s| Some(s.host_busy_ns? as f64 / s.host_ns.max(1) as f64))
-        .collect();
-    let eager_busy_factor = if ratios.is_empty() {
-        1.0
-    } else {
-        (median(ratios) * 1000.0).round() / 1000.0
-    };
     Some(LaunchCosts {
         graph_ns: graph_ns.round(),
         graph_per_req_ns: (graph_per_req_ns * 10.0).round() / 10.0,
@@ -238,7 +227,6 @@ pub fn fit_launch(steps: &[StepPoint], graph_max: usize) -> Option<LaunchCosts> 
         eager_per_token_ns: (eager_per_token_ns * 1000.0).round() / 1000.0,
         lead_ns: median(lead).max(0.0).round(),
         tail_ns: median(tail).max(0.0).round(),
-        eager_busy_factor,
     })
 }
 

@@ -219,14 +219,6 @@ pub struct LaunchCosts {
     pub lead_ns: f64,
     /// GPU time left after the launch call returns, when the GPU trails the host.
     pub tail_ns: f64,
-    /// An eager launch made while the GPU still runs earlier work takes this fraction of the
-    /// time it takes on an idle GPU (measured: launches behind queued work are cheaper).
-    #[serde(default = "one")]
-    pub eager_busy_factor: f64,
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 /// Profiles shipped with doppel, embedded at build time: (file name, text).
@@ -409,7 +401,6 @@ impl Profile {
                 ("launch.eager_per_token_ns", l.eager_per_token_ns),
                 ("launch.lead_ns", l.lead_ns),
                 ("launch.tail_ns", l.tail_ns),
-                ("launch.eager_busy_factor", l.eager_busy_factor),
             ] {
                 if !(v.is_finite() && v >= 0.0) {
                     return Err(bad(field, v.to_string(), "must be a non-negative number"));
