@@ -152,20 +152,14 @@ fn burst_and_shared_prefix_run_the_same_batches_as_the_simulator() {
 fn poisson_arrivals_run_the_same_batches_when_the_simulator_takes_the_real_step_times() {
     let dir = fixture("locked");
     // Arrivals land between steps, so which step admits a request depends on the clock.
-    let poisson = write_trace(
-        &dir,
-        "poisson",
-        &format!("{ENGINE}workload:\n  kind: random\n  num_requests: 24\n  input_len: 96\n  output_len: 16\n  range_ratio: 0.5\narrival:\n  pattern: poisson\n  rate: 150\n"),
-    );
-    let (real, sim) = both_with(&dir, &poisson, true);
-    assert_same_batches(&real, &sim);
-    let turns = write_trace(
-        &dir,
-        "turns",
-        &format!("{ENGINE}workload:\n  kind: multi_turn\n  num_sessions: 4\n  turns: 3\n  first_prompt_len: 48\n  turn_prompt_len: 16\n  output_len: 8\n  think_time_ms: 3\narrival:\n  pattern: poisson\n  rate: 200\n"),
-    );
-    let (real, sim) = both_with(&dir, &turns, true);
-    assert_same_batches(&real, &sim);
+    for (name, workload) in [
+        ("poisson", "kind: random\n  num_requests: 24\n  input_len: 96\n  output_len: 16\n  range_ratio: 0.5\narrival:\n  pattern: poisson\n  rate: 150"),
+        ("turns", "kind: multi_turn\n  num_sessions: 4\n  turns: 3\n  first_prompt_len: 48\n  turn_prompt_len: 16\n  output_len: 8\n  think_time_ms: 3\narrival:\n  pattern: poisson\n  rate: 200"),
+    ] {
+        let trace = write_trace(&dir, name, &format!("{ENGINE}workload:\n  {workload}\n"));
+        let (real, sim) = both_with(&dir, &trace, true);
+        assert_same_batches(&real, &sim);
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
