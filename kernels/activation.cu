@@ -6,6 +6,7 @@
 extern "C" __global__ void silu_and_mul(__nv_bfloat16* __restrict__ out,
                                         const __nv_bfloat16* __restrict__ gate_up,
                                         int num_tokens, int inter) {
+    pdl_enter();
     int t = blockIdx.y;
     int i = blockIdx.x * blockDim.x + threadIdx.x;  // index of an 8-element chunk
     if (t >= num_tokens || i * 8 >= inter) return;

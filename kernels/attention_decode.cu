@@ -223,6 +223,16 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     const int k_begin = split * chunk, k_end = min(kvl, k_begin + chunk);
     const unsigned int* trow = table + (size_t)row[b] * table_stride;
     const float sl2 = scale * 1.4426950408889634f;
+    // Before waiting for the previous kernel (PDL, prelude.cuh): the lengths and the slot table
+    // were written before it started, so this block's K and V rows can be asked into L2 now.
+    // Only q and the newest token's K/V come from that kernel (a prefetch of a row it is still
+    // writing is harmless: L2 is where the writes land).
+    for (int k = k_begin + threadIdx.x; k < k_end; k += blockDim.x) {
+        const size_t off = (size_t)trow[k] * nk * D + (size_t)kvh * D;
+        prefetch_l2(k_cache + off, D * 2);
+        prefetch_l2(v_cache + off, D * 2);
+    }
+    pdl_enter();
 
     float qv[MG][8], acc[MG][8], m[MG], l[MG];
 #pragma unroll
@@ -410,6 +420,7 @@ DECODE_V3(128, 8, 4, 2)
         const __nv_bfloat16* v_cache, const unsigned int* table, const int* q_tok,                 \
         const int* kv_len, const int* row, int nq, int nk, int q_stride, int table_stride,         \
         float scale) {                                                                             \
+        pdl_enter();                                                                               \
         decode_split_impl<D>(part_o, part_ml, q, k_cache, v_cache, table, q_tok, kv_len, row, nq,  \
                              nk, q_stride, table_stride, scale);                                   \
     }                                                                                              \
@@ -417,6 +428,7 @@ DECODE_V3(128, 8, 4, 2)
                                                              const float* part_o,                  \
                                                              const float* part_ml,                 \
                                                              const int* q_tok, int nq, int splits) { \
+        pdl_enter();                                                                                 \
         decode_combine_impl<D>(out, part_o, part_ml, q_tok, nq, splits);                           \
     }
 

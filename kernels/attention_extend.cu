@@ -242,6 +242,7 @@ __device__ void attention_extend_impl(__nv_bfloat16* __restrict__ out,
         const __nv_bfloat16* v_cache, const unsigned int* table, const int* tile_entry,         \
         const int* tile_m0, const int* q_start, const int* q_len, const int* kv_len,            \
         const int* row, int nq, int nk, int q_stride, int table_stride, float scale) {          \
+        pdl_enter();                                                                            \
         attention_extend_impl<D, BN, LDM, PF>(out, q, k_cache, v_cache, table, tile_entry, tile_m0,     \
                                       q_start, q_len, kv_len, row, nq, nk, q_stride,            \
                                       table_stride, scale);                                     \

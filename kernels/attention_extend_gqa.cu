@@ -412,6 +412,7 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
         const int* row, int nq, int nk, int q_stride, int table_stride, float scale,            \
         int q_rope, const __nv_bfloat16* q_norm_w, const int* positions, const float* cos_sin,  \
         float eps) {                                                                            \
+        pdl_enter();                                                                            \
         attention_extend_gqa_impl<D, BN, STAGES, QREG, KVH_FAST>(                               \
             out, q, k_cache, v_cache, table, tile_entry, tile_f0, q_start, q_len, kv_len, row,  \
             nq, nk, q_stride, table_stride, scale, q_rope, q_norm_w, positions, cos_sin, eps);  \

@@ -18,6 +18,7 @@ extern "C" __global__ void embedding_gather(__nv_bfloat16* __restrict__ out,
                                             const unsigned int* __restrict__ tok_row,
                                             const unsigned int* __restrict__ last_token,
                                             int num_tokens, int hidden, int vocab) {
+    pdl_enter();
     int t = blockIdx.x;
     if (t >= num_tokens) return;
     unsigned int id = ids[t];
@@ -40,6 +41,7 @@ extern "C" __global__ void embedding_gather(__nv_bfloat16* __restrict__ out,
 extern "C" __global__ void gather_rows(__nv_bfloat16* __restrict__ out,
                                        const __nv_bfloat16* __restrict__ x,
                                        const unsigned int* __restrict__ rows, int n, int width) {
+    pdl_enter();
     int i = blockIdx.x;
     if (i >= n) return;
     const uint4* src = reinterpret_cast<const uint4*>(x + (size_t)rows[i] * width);
@@ -51,6 +53,7 @@ extern "C" __global__ void gather_rows(__nv_bfloat16* __restrict__ out,
 extern "C" __global__ void store_last_token(unsigned int* __restrict__ last_token,
                                             const unsigned int* __restrict__ rows,
                                             const unsigned int* __restrict__ tokens, int n) {
+    pdl_enter();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) last_token[rows[i]] = tokens[i];
 }

@@ -118,6 +118,16 @@ __device__ __forceinline__ void sk_body(__nv_bfloat16* __restrict__ y, const __n
     const int sb = split * per;
     const int se = min(steps, sb + per);
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    // Programmatic dependent launch: the first k-warp of each warp column asks for its 32 W rows'
+    // share of this split in L2 (weights depend on nothing), then every thread waits for the
+    // previous kernel before touching x, y, part or counters.
+    if (kw == 0) {
+        const int c = (MODE == SK_SILU) ? (lane & 15) : lane;
+        const int row = (MODE == SK_SILU && lane >= 16 ? Nout : 0) + o0 + c;
+        const int k0 = sb * 32, k1 = min(K, se * 32);
+        if (o0 + c < Nout && k1 > k0) prefetch_l2(w + (size_t)row * K + k0, (unsigned int)(k1 - k0) * 2u);
+    }
+    pdl_enter();
     // A round covers U of this warp's k-steps: all U steps' weights are requested first (4U
     // 16-byte loads in flight per lane), then the activations step by step, each step's loads
     // issued before the previous step's mmas so one L2 latency overlaps the tensor-core work.

@@ -49,6 +49,20 @@ __device__ __forceinline__ uint4 pack8(const float* f) {
     return u;
 }
 
+// Programmatic dependent launch: every entry point first asks for its warp's weight row(s) in L2
+// (weights depend on nothing), then waits for the previous kernel (pdl_enter, prelude.cuh), so
+// the rows arrive during that kernel's tail.
+__device__ __forceinline__ void prefetch_row(const __nv_bfloat16* w, int n, int N, int K) {
+    if ((threadIdx.x & 31) == 0 && n < N) prefetch_l2(w + (size_t)n * K, (unsigned int)K * 2u);
+}
+
+__device__ __forceinline__ void enter_after_rows(const __nv_bfloat16* w, int n, int N, int K) {
+    prefetch_row(w, n, N, K);
+    pdl_enter();
+}
+
+__device__ __forceinline__ int warp_row() { return blockIdx.x * WARPS + (threadIdx.x >> 5); }
+
 __device__ __forceinline__ float block_sum(float v) {
     __shared__ float part[32];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -169,6 +183,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(__nv_bfloat16* __res
                                                             const __nv_bfloat16* __restrict__ x,
                                                             const __nv_bfloat16* __restrict__ w,
                                                             int B, int N, int K, int ldy) {
+    enter_after_rows(w, warp_row(), N, K);
     gemv_body<false, false>(y, x, w, B, N, K, ldy);
 }
 
@@ -178,6 +193,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_f32out(float* __restrict_
                                                               const __nv_bfloat16* __restrict__ x,
                                                               const __nv_bfloat16* __restrict__ w,
                                                               int B, int N, int K, int ldy) {
+    enter_after_rows(w, warp_row(), N, K);
     gemv_body<false, false, float>(y, x, w, B, N, K, ldy);
 }
 
@@ -187,6 +203,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_resadd(__nv_bfloat16* __r
                                                               const __nv_bfloat16* __restrict__ x,
                                                               const __nv_bfloat16* __restrict__ w,
                                                               int B, int N, int K, int ldr) {
+    enter_after_rows(w, warp_row(), N, K);
     gemv_body<false, true>(r, x, w, B, N, K, ldr);
 }
 
@@ -197,6 +214,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_norm(__nv_bfloat16* __res
                                                             const __nv_bfloat16* __restrict__ nw,
                                                             const __nv_bfloat16* __restrict__ w,
                                                             int B, int N, int K, int ldy, float eps) {
+    enter_after_rows(w, warp_row(), N, K);
     extern __shared__ uint4 xs_raw[];
     __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(xs_raw);
     norm_rows_to_smem(xs, r, nw, B, K, eps);
@@ -268,6 +286,8 @@ extern "C" __global__ void __launch_bounds__(256) gemv_gate_up_silu(__nv_bfloat1
                                                                     const __nv_bfloat16* __restrict__ x,
                                                                     const __nv_bfloat16* __restrict__ w,
                                                                     int B, int I, int K) {
+    prefetch_row(w, warp_row(), I, K);                   // gate row
+    enter_after_rows(w + (size_t)I * K, warp_row(), I, K);  // up row
     gate_up_body<false>(y, x, w, B, I, K);
 }
 
@@ -277,6 +297,8 @@ extern "C" __global__ void __launch_bounds__(256) gemv_gate_up_silu_norm(
     __nv_bfloat16* __restrict__ y, const __nv_bfloat16* __restrict__ r,
     const __nv_bfloat16* __restrict__ nw, const __nv_bfloat16* __restrict__ w, int B, int I, int K,
     float eps) {
+    prefetch_row(w, warp_row(), I, K);                   // gate row
+    enter_after_rows(w + (size_t)I * K, warp_row(), I, K);  // up row
     extern __shared__ uint4 xs_raw[];
     __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(xs_raw);
     norm_rows_to_smem(xs, r, nw, B, K, eps);
@@ -352,6 +374,7 @@ __device__ void gemv_norm_qkv_impl(__nv_bfloat16* __restrict__ qkv, const __nv_b
     __shared__ bool last;
     __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(xs_raw);
     const int N = (nq + 2 * nk) * D;
+    enter_after_rows(w, warp_row(), N, K);
     norm_rows_to_smem(xs, r, nw, B, K, eps);
     gemv_body<true, false>(qkv, xs, w, B, N, K, N);  // N % 8 == 0: no warp leaves early
     __threadfence();

@@ -13,6 +13,7 @@ extern "C" __global__ void kv_store(__nv_bfloat16* __restrict__ k_cache,
                                     const __nv_bfloat16* __restrict__ qkv,
                                     const unsigned int* __restrict__ slots, int num_tokens,
                                     int nq, int nk, int head_dim, int row_stride) {
+    pdl_enter();
     int t = blockIdx.x;
     if (t >= num_tokens) return;
     int kw = nk * head_dim;
@@ -34,6 +35,7 @@ extern "C" __global__ void table_scatter(unsigned int* __restrict__ table,
                                          const unsigned int* __restrict__ cols,
                                          const unsigned int* __restrict__ vals, int n,
                                          int stride) {
+    pdl_enter();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) table[(size_t)rows[i] * stride + cols[i]] = vals[i];
 }

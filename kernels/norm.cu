@@ -41,14 +41,17 @@ __device__ __forceinline__ uint4 pack8(const float* f) {
     return u;
 }
 
-// out[t] = x[t] / rms(x[t]) * w. Grid (T), block 128..1024.
+// out[t] = x[r] / rms(x[r]) * w with r = rows[t], or r = t when rows is null (a gather of the
+// rows that need logits folded into the final norm). Grid (T), block 128..1024.
 extern "C" __global__ void rmsnorm(__nv_bfloat16* __restrict__ out,
                                    const __nv_bfloat16* __restrict__ x,
                                    const __nv_bfloat16* __restrict__ w, int num_tokens,
-                                   int hidden, float eps) {
+                                   int hidden, float eps, const unsigned int* __restrict__ rows) {
+    pdl_enter();
     int t = blockIdx.x;
     if (t >= num_tokens) return;
-    const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)t * hidden);
+    const size_t r = rows != nullptr ? rows[t] : (unsigned int)t;
+    const uint4* xr = reinterpret_cast<const uint4*>(x + r * hidden);
     const uint4* wr = reinterpret_cast<const uint4*>(w);
     uint4* o = reinterpret_cast<uint4*>(out + (size_t)t * hidden);
     int n = hidden / 8;
@@ -76,6 +79,7 @@ extern "C" __global__ void fused_add_rmsnorm(__nv_bfloat16* __restrict__ x,
                                              __nv_bfloat16* __restrict__ residual,
                                              const __nv_bfloat16* __restrict__ w,
                                              int num_tokens, int hidden, float eps) {
+    pdl_enter();
     int t = blockIdx.x;
     if (t >= num_tokens) return;
     uint4* xr = reinterpret_cast<uint4*>(x + (size_t)t * hidden);
@@ -115,6 +119,7 @@ extern "C" __global__ void qk_rmsnorm(__nv_bfloat16* __restrict__ qkv,
                                       const __nv_bfloat16* __restrict__ wq,
                                       const __nv_bfloat16* __restrict__ wk, int num_tokens,
                                       int nq, int nk, int head_dim, int row_stride, float eps) {
+    pdl_enter();
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     int heads = nq + nk;

@@ -11,6 +11,7 @@ extern "C" __global__ void rope_neox(__nv_bfloat16* __restrict__ qkv,
                                      const int* __restrict__ positions,
                                      const float* __restrict__ cos_sin, int num_tokens, int nq,
                                      int nk, int head_dim, int row_stride) {
+    pdl_enter();
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     int heads = nq + nk;
@@ -38,9 +39,34 @@ __device__ __forceinline__ float warp_sum_f(float v) {
 // q heads: [per-head RMSNorm] + RoPE, written back in place (attention reads q from here);
 // k heads: [per-head RMSNorm] + RoPE, written to k_cache[slots[t]] (not back to qkv);
 // v heads: copied to v_cache[slots[t]].
-// wq/wk may be null (no q/k norm, e.g. Llama). One warp per (token, head); lane owns EPH
-// consecutive elements of each half of the head, so each RoPE pair stays inside one lane.
-// Grid (ceil(T*(nq+2nk)/4)), block 128.
+// wq/wk may be null (no q/k norm, e.g. Llama). One warp per (token, QR_HPW consecutive heads):
+// every head's loads are issued before any is used (a warp with one head kept too few bytes in
+// flight: 41 us for a 64 x 128 prefill's k/v pass against ~23 us of traffic), and the token's
+// position, slot and cos/sin row are read once. A lane owns EPH consecutive elements of each half
+// of a head, so each RoPE pair stays inside one lane. Grid (ceil(T * ceil(H / QR_HPW) / 4)),
+// block 128.
+#define QR_HPW 4
+
+template <int EPH>
+__device__ __forceinline__ void ld_pairs(const __nv_bfloat16* p, float* f) {
+    if constexpr (EPH == 2) {
+        float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+        f[0] = v.x;
+        f[1] = v.y;
+    } else {
+        f[0] = __bfloat162float(*p);
+    }
+}
+
+template <int EPH>
+__device__ __forceinline__ void st_pairs(__nv_bfloat16* p, const float* f) {
+    if constexpr (EPH == 2) {
+        *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(f[0], f[1]);
+    } else {
+        *p = __float2bfloat16(f[0]);
+    }
+}
+
 template <int D>
 __device__ void qk_norm_rope_store_impl(__nv_bfloat16* __restrict__ qkv,
                                         const __nv_bfloat16* __restrict__ wq,
@@ -52,48 +78,65 @@ __device__ void qk_norm_rope_store_impl(__nv_bfloat16* __restrict__ qkv,
                                         const unsigned int* __restrict__ slots, int num_tokens,
                                         int nq, int nk, int row_stride, float eps) {
     constexpr int HALF = D / 2, EPH = D / 64;
-    int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    int heads = nq + 2 * nk;
-    if (warp >= num_tokens * heads) return;
-    int t = warp / heads, h = warp % heads;
-    __nv_bfloat16* p = qkv + (size_t)t * row_stride + (size_t)h * D;
-    int i0 = lane * EPH;
-    if (h >= nq + nk) {  // v head: copy
-        __nv_bfloat16* dst = v_cache + (size_t)slots[t] * nk * D + (size_t)(h - nq - nk) * D;
+    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    const int heads = nq + 2 * nk;
+    const int groups = (heads + QR_HPW - 1) / QR_HPW;
+    if (warp >= num_tokens * groups) return;
+    const int t = warp / groups, h0 = (warp % groups) * QR_HPW;
+    const int i0 = lane * EPH;
+    const __nv_bfloat16* row = qkv + (size_t)t * row_stride;
+    float a[QR_HPW][EPH], b[QR_HPW][EPH];
 #pragma unroll
-        for (int j = 0; j < EPH; j++) {
-            dst[i0 + j] = p[i0 + j];
-            dst[HALF + i0 + j] = p[HALF + i0 + j];
-        }
-        return;
-    }
-    float a[EPH], b[EPH];
-#pragma unroll
-    for (int j = 0; j < EPH; j++) {
-        a[j] = __bfloat162float(p[i0 + j]);
-        b[j] = __bfloat162float(p[HALF + i0 + j]);
-    }
-    const __nv_bfloat16* w = h < nq ? wq : wk;
-    if (w != nullptr) {
-        float ss = 0.f;
-#pragma unroll
-        for (int j = 0; j < EPH; j++) ss += a[j] * a[j] + b[j] * b[j];
-        float inv = rsqrtf(warp_sum_f(ss) / D + eps);
-#pragma unroll
-        for (int j = 0; j < EPH; j++) {
-            // Round after the norm, as the unfused qk_rmsnorm kernel stores bf16 before RoPE.
-            a[j] = __bfloat162float(__float2bfloat16(a[j] * inv * __bfloat162float(w[i0 + j])));
-            b[j] = __bfloat162float(__float2bfloat16(b[j] * inv * __bfloat162float(w[HALF + i0 + j])));
+    for (int i = 0; i < QR_HPW; i++) {
+        if (h0 + i < heads) {
+            ld_pairs<EPH>(row + (size_t)(h0 + i) * D + i0, a[i]);
+            ld_pairs<EPH>(row + (size_t)(h0 + i) * D + HALF + i0, b[i]);
         }
     }
-    const float* cs = cos_sin + (size_t)positions[t] * D;
-    __nv_bfloat16* dst = h < nq ? p : k_cache + (size_t)slots[t] * nk * D + (size_t)(h - nq) * D;
+    const size_t kv_row = (size_t)slots[t] * nk * D;
+    float c[EPH], sn[EPH];
+    if (h0 < nq + nk) {  // some head of the group is rotated
+        const float* cs = cos_sin + (size_t)positions[t] * D;
 #pragma unroll
-    for (int j = 0; j < EPH; j++) {
-        float c = cs[i0 + j], s = cs[HALF + i0 + j];
-        dst[i0 + j] = __float2bfloat16(a[j] * c - b[j] * s);
-        dst[HALF + i0 + j] = __float2bfloat16(b[j] * c + a[j] * s);
+        for (int j = 0; j < EPH; j++) {
+            c[j] = cs[i0 + j];
+            sn[j] = cs[HALF + i0 + j];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < QR_HPW; i++) {
+        const int h = h0 + i;
+        if (h >= heads) break;
+        if (h >= nq + nk) {  // v head: copy
+            __nv_bfloat16* dst = v_cache + kv_row + (size_t)(h - nq - nk) * D;
+            st_pairs<EPH>(dst + i0, a[i]);
+            st_pairs<EPH>(dst + HALF + i0, b[i]);
+            continue;
+        }
+        const __nv_bfloat16* w = h < nq ? wq : wk;
+        if (w != nullptr) {
+            float ss = 0.f;
+#pragma unroll
+            for (int j = 0; j < EPH; j++) ss += a[i][j] * a[i][j] + b[i][j] * b[i][j];
+            const float inv = rsqrtf(warp_sum_f(ss) / D + eps);
+#pragma unroll
+            for (int j = 0; j < EPH; j++) {
+                // Round after the norm, as the unfused qk_rmsnorm kernel stores bf16 before RoPE.
+                a[i][j] = __bfloat162float(__float2bfloat16(a[i][j] * inv * __bfloat162float(w[i0 + j])));
+                b[i][j] = __bfloat162float(__float2bfloat16(b[i][j] * inv * __bfloat162float(w[HALF + i0 + j])));
+            }
+        }
+        __nv_bfloat16* dst = h < nq ? qkv + (size_t)t * row_stride + (size_t)h * D
+                                    : k_cache + kv_row + (size_t)(h - nq) * D;
+        float lo[EPH], hi[EPH];
+#pragma unroll
+        for (int j = 0; j < EPH; j++) {
+            lo[j] = a[i][j] * c[j] - b[i][j] * sn[j];
+            hi[j] = b[i][j] * c[j] + a[i][j] * sn[j];
+        }
+        st_pairs<EPH>(dst + i0, lo);
+        st_pairs<EPH>(dst + HALF + i0, hi);
     }
 }
 
@@ -102,6 +145,7 @@ __device__ void qk_norm_rope_store_impl(__nv_bfloat16* __restrict__ qkv,
         __nv_bfloat16* qkv, const __nv_bfloat16* wq, const __nv_bfloat16* wk, const int* positions, \
         const float* cos_sin, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,                     \
         const unsigned int* slots, int num_tokens, int nq, int nk, int row_stride, float eps) {   \
+        pdl_enter();                                                                              \
         qk_norm_rope_store_impl<D>(qkv, wq, wk, positions, cos_sin, k_cache, v_cache, slots,      \
                                    num_tokens, nq, nk, row_stride, eps);                          \
     }

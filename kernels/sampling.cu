@@ -103,11 +103,16 @@ __device__ ArgMax row_argmax(const float* x, int vocab) {
 // counter, so one launch does it and a CUDA graph can replay it. n is the scratch's row
 // capacity (fixed for a buffer, so no launch's partials overlap another's counters); rows done =
 // gridDim.y <= n. scratch: [n] counters (zero before the first launch) then [rows, gridDim.x]
-// (value bits, index) pairs. Grid (chunks, rows), block 256.
+// (value bits, index) pairs. With last_token non-null the finishing block also does
+// store_last_token's work: last_token[rows[r]] = out[r] (one launch fewer per step).
+// Grid (chunks, rows), block 256.
 extern "C" __global__ void __launch_bounds__(256) argmax_rows_split(unsigned int* __restrict__ out,
                                                                    const float* __restrict__ logits,
                                                                    unsigned int* __restrict__ scratch,
-                                                                   int n, int vocab) {
+                                                                   int n, int vocab,
+                                                                   unsigned int* __restrict__ last_token,
+                                                                   const unsigned int* __restrict__ rows) {
+    pdl_enter();
     const int r = blockIdx.y, c = blockIdx.x, chunks = gridDim.x;
     if (r >= n) return;
     const int span = (vocab + chunks - 1) / chunks;
@@ -153,7 +158,9 @@ extern "C" __global__ void __launch_bounds__(256) argmax_rows_split(unsigned int
     }
     b = block_argmax(b);
     if (threadIdx.x == 0) {
-        out[r] = b.i == 0x7fffffff ? 0 : b.i;  // all -inf/NaN: token 0, like row_argmax
+        const unsigned int tok = b.i == 0x7fffffff ? 0 : b.i;  // all -inf/NaN: token 0, like row_argmax
+        out[r] = tok;
+        if (last_token != nullptr) last_token[rows[r]] = tok;
         *counter = 0u;
     }
 }
@@ -162,6 +169,7 @@ extern "C" __global__ void __launch_bounds__(256) argmax_rows_split(unsigned int
 extern "C" __global__ void __launch_bounds__(NT) argmax_rows(unsigned int* __restrict__ out,
                                                              const float* __restrict__ logits,
                                                              int n, int vocab) {
+    pdl_enter();
     int r = blockIdx.x;
     if (r >= n) return;
     ArgMax a = row_argmax(logits + (size_t)r * vocab, vocab);
@@ -234,6 +242,7 @@ extern "C" __global__ void __launch_bounds__(NT) sample_rows(
     const float* __restrict__ temperature, const int* __restrict__ top_k,
     const float* __restrict__ top_p, const float* __restrict__ min_p,
     const float* __restrict__ uniform, int n, int vocab) {
+    pdl_enter();
     int r = blockIdx.x;
     if (r >= n) return;
     const float* x = logits + (size_t)r * vocab;

@@ -11,7 +11,7 @@ use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags_enum, CUstream
 use doppel_exec::cuda::attention::{
     decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant,
 };
-use doppel_exec::cuda::model::{GpuModel, KvPool, RowSampling, StepInput, Workspace};
+use doppel_exec::cuda::model::{DecodeKernel, GpuModel, KvPool, RowSampling, StepInput, Workspace};
 use doppel_exec::cuda::skinny::{skinny_plan, SkinnyEpilogue, SkinnyScratch, SKINNY_COUNTERS};
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{Arch, ModelConfig, RopeScaling};
@@ -387,6 +387,15 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
                 .unwrap()
         });
         model.kernels.extend_q_rope = true;
+        // And with programmatic dependent launch off (plain launches), same process.
+        let pdl = gpu.pdl();
+        gpu.set_pdl(false);
+        let ms_nopdl = time_ms(gpu, 5, 1, || {
+            model
+                .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+                .unwrap()
+        });
+        gpu.set_pdl(pdl);
         let flops = 2.0
             * (model.weight_bytes as f64 / 2.0 - (cfg.vocab_size * cfg.hidden_size) as f64)
             * (b * 128) as f64;
@@ -404,6 +413,12 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
                 .unwrap()
         });
         model.kernels.proj_resadd = true;
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("prefill {b} x 128 (PDL off)"),
+            ms_nopdl,
+            floor
+        );
         println!(
             "{:<34} {:>10.3} {:>12.3}",
             format!("prefill {b} x 128 (separate res add)"),
@@ -456,6 +471,41 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             .unwrap()
             .expect("graph");
         let replay = time_ms(gpu, 15, 10, || graph.launch().unwrap());
+        // The same graph captured with plain launches (no programmatic dependent launch).
+        gpu.set_pdl(false);
+        gpu.sync().unwrap();
+        gpu.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .unwrap();
+        model
+            .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
+            .unwrap();
+        let graph_nopdl = gpu
+            .stream
+            .end_capture(CUgraphInstantiate_flags_enum(0))
+            .unwrap()
+            .expect("graph");
+        gpu.set_pdl(pdl);
+        let replay_nopdl = time_ms(gpu, 15, 10, || graph_nopdl.launch().unwrap());
+        // PDL on again, replayed after the plain graph: a second sample of the default.
+        let replay2 = time_ms(gpu, 15, 10, || graph.launch().unwrap());
+        // The decode combine always folded into the last split block (one launch per layer).
+        let decode_kernel = model.kernels.decode;
+        model.kernels.decode = DecodeKernel::V3Fused;
+        gpu.sync().unwrap();
+        gpu.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .unwrap();
+        model
+            .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
+            .unwrap();
+        let graph_fused = gpu
+            .stream
+            .end_capture(CUgraphInstantiate_flags_enum(0))
+            .unwrap()
+            .expect("graph");
+        model.kernels.decode = decode_kernel;
+        let replay_fused = time_ms(gpu, 15, 10, || graph_fused.launch().unwrap());
         // The same step with the separate (unfused) kernels, for comparison.
         model.fused = false;
         gpu.sync().unwrap();
@@ -531,6 +581,24 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             "{:<34} {:>10.3} {:>12.3}",
             format!("decode b={b} (CUDA graph replay)"),
             replay,
+            floor
+        );
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("decode b={b} (graph, PDL off)"),
+            replay_nopdl,
+            floor
+        );
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("decode b={b} (graph, PDL on, again)"),
+            replay2,
+            floor
+        );
+        println!(
+            "{:<34} {:>10.3} {:>12.3}",
+            format!("decode b={b} (graph, combine fused)"),
+            replay_fused,
             floor
         );
         println!(
@@ -1014,6 +1082,7 @@ fn kernel_breakdown(
                     gpu.ptr(&scratch),
                     b,
                     c.vocab_size,
+                    None,
                 )
                 .unwrap()
             }),

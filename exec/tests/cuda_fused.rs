@@ -41,6 +41,8 @@ fn fused_kernels_match_cpu_references() {
             llama3_inv_freq(500000.0, 128, 8.0, 1.0, 4.0, 8192.0),
         ),
         (8, 2, 64, true, plain_inv_freq(10000.0, 64)),
+        // 7 heads: the kernel's last 4-head group holds q, k and v heads and a missing one.
+        (5, 1, 128, true, plain_inv_freq(1e6, 128)),
     ] {
         let (t, max_pos, slots_n) = (45usize, 4096usize, 300usize);
         let stride = (nq + 2 * nk) * d;

@@ -147,6 +147,31 @@ fn norms(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
             .flat_map(|r| rms_ref(r, &wf, eps as f64))
             .collect();
         rep.rel(&format!("rmsnorm T={t} H={h}"), &out, &reference, 1e-2);
+        // The gathered form (the final norm of the rows that need logits): rows picked out of
+        // order and repeated give exactly the plain kernel's rows.
+        let pick: Vec<u32> = (0..t as u32).rev().chain([0, (t / 2) as u32]).collect();
+        let d_pick = gpu.upload(&pick).unwrap();
+        let dg = gpu.zeros::<bf16>(pick.len() * h).unwrap();
+        gpu.rmsnorm_gather(
+            gpu.ptr(&dg),
+            gpu.ptr(&dx),
+            gpu.ptr(&d_pick),
+            gpu.ptr(&dw),
+            pick.len(),
+            h,
+            eps,
+        )
+        .unwrap();
+        let plain = gpu.download(&dout).unwrap();
+        let want: Vec<bf16> = pick
+            .iter()
+            .flat_map(|&r| plain[r as usize * h..(r as usize + 1) * h].to_vec())
+            .collect();
+        rep.exact(
+            &format!("rmsnorm_gather T={t} H={h} (rows reversed, repeated)"),
+            &bits(&gpu.download(&dg).unwrap()),
+            &bits(&want),
+        );
     }
     let (t, h) = (37, 1024);
     let x = rng.bf16s(t * h, 2.0);
@@ -582,20 +607,71 @@ fn sampling(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
         .unwrap();
     for rep_i in 0..3 {
         let dout = gpu.upload(&vec![u32::MAX; n]).unwrap();
-        gpu.argmax_rows(gpu.ptr(&dout), gpu.ptr(&dl), gpu.ptr(&scratch), n, vocab)
-            .unwrap();
+        gpu.argmax_rows(
+            gpu.ptr(&dout),
+            gpu.ptr(&dl),
+            gpu.ptr(&scratch),
+            n,
+            vocab,
+            None,
+        )
+        .unwrap();
         rep.exact(
             &format!("argmax_rows multi-block V=151936 (ties, NaN, all -inf), launch {rep_i}"),
             &gpu.download(&dout).unwrap(),
             &reference,
         );
     }
+    // With the last-token store folded in: out as before, and last_token[rows[r]] = out[r]
+    // (rows distinct: 3 is coprime with 2n).
+    {
+        let store_rows: Vec<u32> = (0..n as u32)
+            .map(|r| (r * 3 + 1) % (2 * n as u32))
+            .collect();
+        let d_rows = gpu.upload(&store_rows).unwrap();
+        let d_last = gpu.upload(&vec![u32::MAX; 2 * n]).unwrap();
+        let dout = gpu.upload(&vec![u32::MAX; n]).unwrap();
+        let store = doppel_exec::cuda::ops::LastTokenStore {
+            last_token: gpu.ptr(&d_last),
+            rows: gpu.ptr(&d_rows),
+        };
+        gpu.argmax_rows(
+            gpu.ptr(&dout),
+            gpu.ptr(&dl),
+            gpu.ptr(&scratch),
+            n,
+            vocab,
+            Some(store),
+        )
+        .unwrap();
+        rep.exact(
+            "argmax_rows multi-block with the last-token store: tokens",
+            &gpu.download(&dout).unwrap(),
+            &reference,
+        );
+        let mut want = vec![u32::MAX; 2 * n];
+        for (r, t) in store_rows.iter().zip(&reference) {
+            want[*r as usize] = *t;
+        }
+        rep.exact(
+            "argmax_rows multi-block with the last-token store: last_token",
+            &gpu.download(&d_last).unwrap(),
+            &want,
+        );
+    }
     // Launches with different row counts on one scratch (as the backend does: prefill rows,
     // then decode batches): every row right each time.
     for rows in [2usize, 7, 5, 1, 7] {
         let dout = gpu.upload(&vec![u32::MAX; rows]).unwrap();
-        gpu.argmax_rows(gpu.ptr(&dout), gpu.ptr(&dl), gpu.ptr(&scratch), rows, vocab)
-            .unwrap();
+        gpu.argmax_rows(
+            gpu.ptr(&dout),
+            gpu.ptr(&dl),
+            gpu.ptr(&scratch),
+            rows,
+            vocab,
+            None,
+        )
+        .unwrap();
         rep.exact(
             &format!("argmax_rows multi-block, {rows} rows after other row counts"),
             &gpu.download(&dout).unwrap(),
@@ -607,7 +683,7 @@ fn sampling(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
         let want: Vec<u32> = l.chunks(v).map(|r| argmax_ref(r) as u32).collect();
         let d = gpu.upload(&l).unwrap();
         let dout = gpu.upload(&vec![u32::MAX; n]).unwrap();
-        gpu.argmax_rows(gpu.ptr(&dout), gpu.ptr(&d), gpu.ptr(&scratch), n, v)
+        gpu.argmax_rows(gpu.ptr(&dout), gpu.ptr(&d), gpu.ptr(&scratch), n, v, None)
             .unwrap();
         rep.exact(
             &format!("argmax_rows multi-block V={v}"),

@@ -467,7 +467,9 @@ fn cuda_backend_matches_cpu_backend() {
     }
     // The non-default kernel choices on the same scenarios, reported (not asserted): tells
     // which kernel a difference comes from.
+    const PDL_OFF: &str = "plain launches (programmatic dependent launch off)";
     for (label, choice) in [
+        (PDL_OFF, KernelChoice::default()),
         (
             "decode V3 + combine kernel",
             KernelChoice {
@@ -561,6 +563,7 @@ fn cuda_backend_matches_cpu_backend() {
             let store = WeightStore::open(dir.path()).unwrap();
             let mut model = GpuModel::load(&gpu, &cfg, &store, 1024).unwrap();
             model.kernels = choice;
+            gpu.set_pdl(label != PDL_OFF);
             let backend = CudaBackend::new(gpu, model, backend_cfg(sc)).unwrap();
             let got = run_engine(
                 Engine::new(Scheduler::new(sc.clone()).unwrap(), backend, overlap),

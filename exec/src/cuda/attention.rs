@@ -6,7 +6,7 @@
 
 use super::ops::{check, int, need};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
 mod extend;
@@ -334,7 +334,7 @@ impl Gpu {
         );
         let [qt, kl, rw] = [&meta.q_tok, &meta.kv_len, &meta.row].map(|b| self.ptr(b).addr());
         let f = self.kernels.get(split_name)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&po)
             .arg(&pm)
             .arg(&qa)
@@ -358,7 +358,7 @@ impl Gpu {
             return Ok(());
         }
         let f = self.kernels.get(combine_name)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&o).arg(&po).arg(&pm).arg(&qt).arg(&nq).arg(&sp);
         let cfg = LaunchConfig {
             grid_dim: (shape.nq as u32, n as u32, 1),

@@ -211,7 +211,11 @@ pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// Compile one source to PTX for `compute_<cc>` (e.g. cc = 90), with `include` on the path.
+/// Device helpers put before every source (programmatic dependent launch, L2 prefetch).
+pub const PRELUDE: &str = include_str!("../../../kernels/prelude.cuh");
+
+/// Compile one source to PTX for `compute_<cc>` (e.g. cc = 90), with `include` on the path;
+/// [`PRELUDE`] goes first, and a `#line` keeps error positions those of the file itself.
 pub fn compile_ptx(file: &str, src: &str, cc: u32, include: &Path) -> Result<String> {
     let arch = format!("compute_{cc}");
     let mut options: Vec<String> = OPTIONS.iter().map(|s| s.to_string()).collect();
@@ -222,7 +226,8 @@ pub fn compile_ptx(file: &str, src: &str, cc: u32, include: &Path) -> Result<Str
         name: Some(file.to_string()),
         ..Default::default()
     };
-    match cudarc::nvrtc::compile_ptx_with_opts(src, opts) {
+    let full = format!("{PRELUDE}\n#line 1 \"{file}\"\n{src}");
+    match cudarc::nvrtc::compile_ptx_with_opts(full, opts) {
         Ok(ptx) => Ok(ptx.to_src()),
         Err(CompileError::CompileError { log, .. }) => Err(CudaError::Compile {
             file: file.to_string(),
@@ -258,7 +263,7 @@ pub fn cache_dir() -> PathBuf {
 /// The cache file name for a source compiled for `cc` with NVRTC `ver`.
 pub fn cache_key(k: &KernelSource, cc: u32, ver: (i32, i32)) -> String {
     let opts = OPTIONS.join(" ");
-    let h = fnv1a64(&[k.src.as_bytes(), opts.as_bytes()]);
+    let h = fnv1a64(&[PRELUDE.as_bytes(), k.src.as_bytes(), opts.as_bytes()]);
     let stem = k.file.trim_end_matches(".cu");
     format!("{stem}-sm{cc}-nvrtc{}.{}-{h:016x}.ptx", ver.0, ver.1)
 }

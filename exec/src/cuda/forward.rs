@@ -3,7 +3,7 @@
 
 use super::attention::{AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, KvView, QRope};
 use super::model::{DecodeKernel, GpuModel};
-use super::ops::{QkvPost, SamplingBufs};
+use super::ops::{LastTokenStore, QkvPost, SamplingBufs};
 use super::skinny::{skinny_plan, SkinnyEpilogue, SkinnyScratch, SKINNY_MAX_M};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::CudaSlice;
@@ -395,12 +395,12 @@ impl GpuModel {
         }
         // Only the rows that need logits: gather them (hidden and residual), then the final norm.
         let sel = p(&ws.sel);
-        let sel_res = attn; // free now: reuse as the gathered residual
         if fold || res_proj {
             // The last down projection already went into the residual stream.
-            gpu.gather_rows(sel_res, residual, gpu.ptr(&ws.logit_tok), rows, h)?;
-            gpu.rmsnorm(sel, sel_res, p(&self.final_norm), rows, h, eps)?;
+            let logit_tok = gpu.ptr(&ws.logit_tok);
+            gpu.rmsnorm_gather(sel, residual, logit_tok, p(&self.final_norm), rows, h, eps)?;
         } else {
+            let sel_res = attn; // free now: reuse as the gathered residual
             gpu.gather_rows(sel, hidden, gpu.ptr(&ws.logit_tok), rows, h)?;
             gpu.gather_rows(sel_res, residual, gpu.ptr(&ws.logit_tok), rows, h)?;
             gpu.fused_add_rmsnorm(sel, sel_res, p(&self.final_norm), rows, h, eps)?;
@@ -434,13 +434,19 @@ impl GpuModel {
                 c.vocab_size,
             )?;
         } else if greedy {
-            gpu.argmax_rows(
+            // The argmax also records each row's token for the next step.
+            let store = LastTokenStore {
+                last_token: gpu.ptr(&kv.last_token),
+                rows: gpu.ptr(&ws.logit_row),
+            };
+            return gpu.argmax_rows(
                 gpu.ptr(&ws.sampled),
                 gpu.ptr(&ws.logits),
                 gpu.ptr(&ws.argmax_scratch),
                 rows,
                 c.vocab_size,
-            )?;
+                Some(store),
+            );
         } else {
             let [t, tp, mp, u] = &ws.samp_f;
             let bufs = SamplingBufs {

@@ -4,7 +4,6 @@
 
 use super::ops::{ceil_div, cfg, check, int, need};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
-use cudarc::driver::PushKernelArg;
 use half::bf16;
 
 /// What the fused q/k-norm + RoPE + KV-store kernel reads and writes besides qkv.
@@ -93,7 +92,7 @@ impl Gpu {
             post.slots.addr(),
         );
         let f = self.kernels.get(name)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&p)
             .arg(&wq)
             .arg(&wk)
@@ -103,7 +102,9 @@ impl Gpu {
             .arg(&vc)
             .arg(&sl);
         b.arg(&t).arg(&a).arg(&c).arg(&s).arg(&eps);
-        unsafe { b.launch(cfg((ceil_div(tokens * (nq + 2 * nk), 4), 1, 1), 128)) }
+        // One warp per (token, 4 heads), 4 warps per block (QR_HPW in rope.cu).
+        let warps = tokens * (nq + 2 * nk).div_ceil(4);
+        unsafe { b.launch(cfg((ceil_div(warps, 4), 1, 1), 128)) }
             .ctx(name)
             .map(|_| ())
     }
@@ -133,7 +134,7 @@ impl Gpu {
         let (bi, ii, ki) = (int(K, batch)?, int(K, inter)?, int(K, k)?);
         let (ya, xa, wa) = (y.addr(), x.addr(), w.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&ya).arg(&xa).arg(&wa).arg(&bi).arg(&ii).arg(&ki);
         unsafe { b.launch(cfg((ceil_div(inter, 8), 1, 1), 256)) }
             .ctx(K)
@@ -171,7 +172,7 @@ impl Gpu {
         let (bi, ni, ki, l) = (int(K, batch)?, int(K, n)?, int(K, k)?, int(K, ldr)?);
         let (ra, xa, wa) = (r.addr(), x.addr(), w.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&ra)
             .arg(&xa)
             .arg(&wa)
@@ -225,7 +226,7 @@ impl Gpu {
         let (bi, ni, ki) = (int(K, batch)?, int(K, n)?, int(K, k)?);
         let (ya, ra, na, wa) = (y.addr(), r.addr(), nw.addr(), w.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&ya)
             .arg(&ra)
             .arg(&na)
@@ -260,7 +261,7 @@ impl Gpu {
         let (bi, ii, ki) = (int(K, batch)?, int(K, inter)?, int(K, k)?);
         let (ya, ra, na, wa) = (y.addr(), r.addr(), nw.addr(), w.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&ya)
             .arg(&ra)
             .arg(&na)
@@ -336,7 +337,7 @@ impl Gpu {
             counters.addr(),
         );
         let f = self.kernels.get(name)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&ya)
             .arg(&ra)
             .arg(&na)

@@ -17,6 +17,7 @@ pub mod compile;
 pub mod forward;
 pub mod fused;
 pub mod kernels;
+mod launch;
 pub mod model;
 pub mod ops;
 pub mod rope;
@@ -190,6 +191,8 @@ pub struct Gpu {
     pub name: String,
     /// Streaming multiprocessors (sizes the skinny GEMM's grid).
     pub sms: usize,
+    /// Launch kernels with programmatic dependent launch (see launch.rs).
+    pdl: std::sync::atomic::AtomicBool,
 }
 
 impl Gpu {
@@ -213,6 +216,8 @@ impl Gpu {
             )
             .ctx("reading the SM count")?
             .max(1) as usize;
+        // Programmatic dependent launch needs sm_90; DOPPEL_PDL=0 turns it off (an A/B switch).
+        let pdl = cc.0 >= 9 && std::env::var("DOPPEL_PDL").map_or(true, |v| v != "0");
         Ok(Gpu {
             ctx,
             stream,
@@ -221,6 +226,7 @@ impl Gpu {
             cc,
             name,
             sms,
+            pdl: pdl.into(),
         })
     }
 

@@ -4,10 +4,10 @@
 
 pub use super::fused::QkvPost;
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use half::bf16;
 
-pub use super::sample::{argmax_scratch_len, SamplingBufs, ARGMAX_CHUNKS};
+pub use super::sample::{argmax_scratch_len, LastTokenStore, SamplingBufs, ARGMAX_CHUNKS};
 
 pub(crate) fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
     LaunchConfig {
@@ -84,7 +84,7 @@ impl Gpu {
             last_token.addr(),
         );
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&o)
             .arg(&ta)
             .arg(&i)
@@ -119,7 +119,7 @@ impl Gpu {
         let (ni, w) = (int(K, n)?, int(K, width)?);
         let (o, xa, r) = (out.addr(), x.addr(), rows.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&o).arg(&xa).arg(&r).arg(&ni).arg(&w);
         unsafe { b.launch(cfg((n as u32, 1, 1), 128)) }
             .ctx(K)
@@ -143,7 +143,7 @@ impl Gpu {
         let ni = int(K, n)?;
         let (l, r, t) = (last_token.addr(), rows.addr(), tokens.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&l).arg(&r).arg(&t).arg(&ni);
         unsafe { b.launch(cfg((ceil_div(n, 256), 1, 1), 256)) }
             .ctx(K)
@@ -170,11 +170,62 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
+        self.rmsnorm_launch(out, x, w, tokens, hidden, eps, 0)
+    }
+
+    /// `out[i] = rmsnorm(x[rows[i]]) * w` for `i < n`: [`Gpu::gather_rows`] and [`Gpu::rmsnorm`]
+    /// in one launch (the rows that need logits, before the LM head). `x` holds `x_rows` rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm_gather(
+        &self,
+        out: DPtr<bf16>,
+        x: DPtr<bf16>,
+        rows: DPtr<u32>,
+        w: DPtr<bf16>,
+        n: usize,
+        hidden: usize,
+        eps: f32,
+    ) -> Result<()> {
+        const K: &str = "rmsnorm";
+        check(K, hidden.is_multiple_of(8), || {
+            format!("hidden {hidden} is not a multiple of 8")
+        })?;
+        check(K, hidden > 0, || "hidden is 0".into())?;
+        need(K, "out", &out, n * hidden)?;
+        need(K, "rows", &rows, n)?;
+        need(K, "w", &w, hidden)?;
+        // Row indices are device data: the kernel reads whole rows, so x must at least hold one;
+        // the caller's indices come from validated step inputs (logit_tok < tokens).
+        need(K, "x", &x, hidden)?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.rmsnorm_launch(out, x, w, n, hidden, eps, rows.addr())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_launch(
+        &self,
+        out: DPtr<bf16>,
+        x: DPtr<bf16>,
+        w: DPtr<bf16>,
+        tokens: usize,
+        hidden: usize,
+        eps: f32,
+        rows: u64,
+    ) -> Result<()> {
+        const K: &str = "rmsnorm";
         let (t, h) = (int(K, tokens)?, int(K, hidden)?);
         let (o, xa, wa) = (out.addr(), x.addr(), w.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&o).arg(&xa).arg(&wa).arg(&t).arg(&h).arg(&eps);
+        let mut b = self.launcher(f);
+        b.arg(&o)
+            .arg(&xa)
+            .arg(&wa)
+            .arg(&t)
+            .arg(&h)
+            .arg(&eps)
+            .arg(&rows);
         unsafe { b.launch(cfg((tokens as u32, 1, 1), norm_block(hidden))) }
             .ctx(K)
             .map(|_| ())
@@ -203,7 +254,7 @@ impl Gpu {
         let (t, h) = (int(K, tokens)?, int(K, hidden)?);
         let (xa, ra, wa) = (x.addr(), residual.addr(), w.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&xa).arg(&ra).arg(&wa).arg(&t).arg(&h).arg(&eps);
         unsafe { b.launch(cfg((tokens as u32, 1, 1), norm_block(hidden))) }
             .ctx(K)
@@ -251,7 +302,7 @@ impl Gpu {
         );
         let (p, q, k) = (qkv.addr(), wq.addr(), wk.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&p)
             .arg(&q)
             .arg(&k)
@@ -309,7 +360,7 @@ impl Gpu {
         );
         let (p, pos, cs) = (qkv.addr(), positions.addr(), cos_sin.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&p)
             .arg(&pos)
             .arg(&cs)
@@ -367,7 +418,7 @@ impl Gpu {
         );
         let (kc, vc, p, sl) = (k_cache.addr(), v_cache.addr(), qkv.addr(), slots.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&kc)
             .arg(&vc)
             .arg(&p)
@@ -402,7 +453,7 @@ impl Gpu {
         let (ni, s) = (int(K, n)?, int(K, stride)?);
         let (t, r, c, v) = (table.addr(), rows.addr(), cols.addr(), vals.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&t).arg(&r).arg(&c).arg(&v).arg(&ni).arg(&s);
         unsafe { b.launch(cfg((ceil_div(n, 256), 1, 1), 256)) }
             .ctx(K)
@@ -429,7 +480,7 @@ impl Gpu {
         let (t, i) = (int(K, tokens)?, int(K, inter)?);
         let (o, g) = (out.addr(), gate_up.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&o).arg(&g).arg(&t).arg(&i);
         unsafe { b.launch(cfg((ceil_div(inter / 8, 128), tokens as u32, 1), 128)) }
             .ctx(K)
@@ -493,7 +544,7 @@ impl Gpu {
         let (bi, ni, ki, l) = (int(K, batch)?, int(K, n)?, int(K, k)?, int(K, ldy)?);
         let (xa, wa) = (x.addr(), w.addr());
         let f = self.kernels.get(name)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&ya)
             .arg(&xa)
             .arg(&wa)

@@ -3,7 +3,7 @@
 
 use super::ops::{cfg, check, int, need};
 use super::{DPtr, DriverCtx, Gpu, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 /// Most blocks per row in [`Gpu::argmax_rows`].
 pub const ARGMAX_CHUNKS: usize = 64;
@@ -29,10 +29,21 @@ pub struct SamplingBufs {
     pub uniform: DPtr<f32>,
 }
 
+/// Where [`Gpu::argmax_rows`] also records each row's token for the next step (what
+/// [`Gpu::store_last_token`] does): `last_token[rows[r]] = out[r]`.
+#[derive(Clone, Copy, Debug)]
+pub struct LastTokenStore {
+    /// Last sampled token per request row.
+    pub last_token: DPtr<u32>,
+    /// The request row of each logits row.
+    pub rows: DPtr<u32>,
+}
+
 impl Gpu {
     /// `out[r] = argmax(logits[r, :])` (lowest index on ties; NaN never wins; a row of only
     /// -inf/NaN gives 0) for `n` rows; `scratch` is [`argmax_scratch_len`]`(m)` zeroed `u32`s
-    /// (m >= n, the same buffer for every launch) reserved for this use.
+    /// (m >= n, the same buffer for every launch) reserved for this use. With `store`, each
+    /// token is also written to `last_token[rows[r]]` (no separate store launch).
     pub fn argmax_rows(
         &self,
         out: DPtr<u32>,
@@ -40,9 +51,13 @@ impl Gpu {
         scratch: DPtr<u32>,
         n: usize,
         vocab: usize,
+        store: Option<LastTokenStore>,
     ) -> Result<()> {
         const K: &str = "argmax_rows_split";
         need(K, "out", &out, n)?;
+        if let Some(st) = &store {
+            need(K, "rows", &st.rows, n)?;
+        }
         need(K, "logits", &logits, n * vocab)?;
         // The kernel places its counters and partials by the scratch's row capacity, not by this
         // launch's row count: a layout that moved with n let one launch's partials land on the
@@ -58,9 +73,16 @@ impl Gpu {
         let chunks = vocab.div_ceil(2048).clamp(1, ARGMAX_CHUNKS);
         let (ni, v) = (int(K, capacity)?, int(K, vocab)?);
         let (o, l, sc) = (out.addr(), logits.addr(), scratch.addr());
+        let (lt, rw) = store.map_or((0, 0), |st| (st.last_token.addr(), st.rows.addr()));
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&o).arg(&l).arg(&sc).arg(&ni).arg(&v);
+        let mut b = self.launcher(f);
+        b.arg(&o)
+            .arg(&l)
+            .arg(&sc)
+            .arg(&ni)
+            .arg(&v)
+            .arg(&lt)
+            .arg(&rw);
         let cfg = LaunchConfig {
             grid_dim: (chunks as u32, n as u32, 1),
             block_dim: (256, 1, 1),
@@ -86,7 +108,7 @@ impl Gpu {
         let (ni, v) = (int(K, n)?, int(K, vocab)?);
         let (o, l) = (out.addr(), logits.addr());
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&o).arg(&l).arg(&ni).arg(&v);
         unsafe { b.launch(cfg((n as u32, 1, 1), 1024)) }
             .ctx(K)
@@ -124,7 +146,7 @@ impl Gpu {
             params.uniform.addr(),
         );
         let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&o)
             .arg(&l)
             .arg(&t)

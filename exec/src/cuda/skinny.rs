@@ -5,7 +5,6 @@
 
 use super::ops::{cfg, check, int, need};
 use super::{DPtr, DriverCtx, Gpu, Result};
-use cudarc::driver::PushKernelArg;
 use half::bf16;
 
 /// Most tokens (rows of x) the skinny GEMM takes (four 16-row mma tiles).
@@ -151,7 +150,7 @@ impl Gpu {
             scratch.part.addr(),
             scratch.counters.addr(),
         );
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&ya)
             .arg(&xa)
             .arg(&wa)

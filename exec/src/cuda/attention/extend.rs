@@ -4,7 +4,7 @@ use super::{nonempty, validate, AttnEntry, AttnShape, KvView};
 use crate::cuda::ops::{check, int, need};
 use crate::cuda::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
 /// Query rows per extend tile (BM in attention_extend.cu and attention_extend_gqa.cu): tokens
@@ -316,7 +316,7 @@ impl Gpu {
         ]
         .map(|b| self.ptr(b).addr());
         let f = self.kernels.get(name)?;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.launcher(f);
         b.arg(&o)
             .arg(&qa)
             .arg(&kc)
