@@ -206,7 +206,7 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
                                      const int* __restrict__ row, int nq, int nk, int q_stride,
                                      int table_stride, float scale,
                                      __nv_bfloat16* __restrict__ out,
-                                     unsigned int* __restrict__ counters) {
+                                     unsigned int* __restrict__ counters, int min_keys) {
     constexpr int LPK = D / 8;
     constexpr int KPW = 32 / LPK;
     constexpr int KPI = U * KPW;  // keys per warp iteration (<= 32: one slot per lane)
@@ -219,7 +219,9 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / LPK, dl = lane % LPK;
     const int kvl = kv_len[b];
-    const int chunk = (kvl + splits - 1) / splits;
+    // At least min_keys keys per split: a short sequence uses fewer of the launched splits (the
+    // rest write empty partials), as a CUDA graph launches the splits of its longest context.
+    const int chunk = max(min_keys, (kvl + splits - 1) / splits);
     const int k_begin = split * chunk, k_end = min(kvl, k_begin + chunk);
     const unsigned int* trow = table + (size_t)row[b] * table_stride;
     const float sl2 = scale * 1.4426950408889634f;
@@ -399,9 +401,10 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
         float* part_o, float* part_ml, const __nv_bfloat16* q, const __nv_bfloat16* k_cache,       \
         const __nv_bfloat16* v_cache, const unsigned int* table, const int* q_tok,                 \
         const int* kv_len, const int* row, int nq, int nk, int q_stride, int table_stride,         \
-        float scale, __nv_bfloat16* out, unsigned int* counters) {                                 \
+        float scale, __nv_bfloat16* out, unsigned int* counters, int min_keys) {                   \
         decode_split_v3_impl<D, MG, U>(part_o, part_ml, q, k_cache, v_cache, table, q_tok, kv_len, \
-                                       row, nq, nk, q_stride, table_stride, scale, out, counters); \
+                                       row, nq, nk, q_stride, table_stride, scale, out, counters,  \
+                                       min_keys);                                                  \
     }
 
 // Key loads in flight per lane (U) shrink as the group grows, to keep registers for 4 blocks/SM.

@@ -123,6 +123,7 @@ impl KvSetup {
             table_rows: self.rows,
             num_slots: self.num_slots,
             scale: 1.0 / (d as f32).sqrt(),
+            split_min_keys: 1,
         }
     }
 }
@@ -401,7 +402,13 @@ fn attention_decode(
         Which::V3 => DecodeVariant::V3,
         Which::Fused => DecodeVariant::V3Fused(gpu.ptr(&counters)),
     };
-    for splits in [1usize, 7, 32] {
+    // split_min_keys 40 (the model's default) leaves some launched splits empty on the short
+    // sequences (1, 33, 64 keys) and uses fewer on the others.
+    for (splits, min_keys) in [(1usize, 1usize), (7, 1), (32, 1), (7, 40), (32, 40)] {
+        let shape = AttnShape {
+            split_min_keys: min_keys,
+            ..shape
+        };
         let n = entries.len();
         let po = gpu.zeros::<f32>(n * nq * splits * d).unwrap();
         let pm = gpu.zeros::<f32>(n * nq * splits * 2).unwrap();
@@ -423,7 +430,10 @@ fn attention_decode(
         let out = gpu.download(&dout).unwrap();
         compare_rows(
             rep,
-            &format!("attention_decode {which:?} nq={nq} nk={nk} D={d} kv<=8191 splits={splits}"),
+            &format!(
+                "attention_decode {which:?} nq={nq} nk={nk} D={d} kv<=8191 splits={splits} \
+                 min keys {min_keys}"
+            ),
             &out,
             &reference,
             1e-2,

@@ -506,6 +506,31 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             .expect("graph");
         model.kernels.decode = decode_kernel;
         let replay_fused = time_ms(gpu, 15, 10, || graph_fused.launch().unwrap());
+        // Other fewest-keys-per-split settings (1: every launched split used, as before) and
+        // more launched splits.
+        let mut fewer_splits = Vec::new();
+        let min_keys = model.kernels.decode_split_min_keys;
+        // (10 launched splits at ~160 keys: what a graph captured for a longer context runs.)
+        for (sp, mk) in [(splits, 1usize), (10, min_keys), (10, 1)] {
+            if (sp, mk) == (splits, min_keys) {
+                continue;
+            }
+            model.kernels.decode_split_min_keys = mk;
+            gpu.sync().unwrap();
+            gpu.stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .unwrap();
+            model
+                .forward(gpu, &kv, &ws, b, None, Some((&meta, sp)), b, true)
+                .unwrap();
+            let g = gpu
+                .stream
+                .end_capture(CUgraphInstantiate_flags_enum(0))
+                .unwrap()
+                .expect("graph");
+            model.kernels.decode_split_min_keys = min_keys;
+            fewer_splits.push((sp, mk, time_ms(gpu, 15, 10, || g.launch().unwrap())));
+        }
         // The same step with the separate (unfused) kernels, for comparison.
         model.fused = false;
         gpu.sync().unwrap();
@@ -601,6 +626,14 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             replay_fused,
             floor
         );
+        for (sp, mk, ms) in &fewer_splits {
+            println!(
+                "{:<34} {:>10.3} {:>12.3}",
+                format!("decode b={b} (graph, {sp} of {splits} splits, min keys {mk})"),
+                ms,
+                floor
+            );
+        }
         println!(
             "{:<34} {:>10.3} {:>12.3}",
             format!("decode b={b} (graph, unfused kernels)"),
@@ -872,6 +905,7 @@ fn kernel_breakdown(
             table_rows: kv.rows,
             num_slots: kv.num_slots,
             scale: 1.0 / (d as f32).sqrt(),
+            split_min_keys: 1,
         };
         if new == 1 {
             let meta = DecodeMeta::new(gpu, &s.decode, t, kv.rows, kv.max_ctx).unwrap();

@@ -547,6 +547,14 @@ fn cuda_backend_matches_cpu_backend() {
                 qkv_post_fused: false,
                 extend: ExtendVariant::Fast,
                 extend_q_rope: false,
+                decode_split_min_keys: 1,
+            },
+        ),
+        (
+            "every launched decode split used (min keys 1)",
+            KernelChoice {
+                decode_split_min_keys: 1,
+                ..Default::default()
             },
         ),
         (

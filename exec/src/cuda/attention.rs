@@ -167,6 +167,9 @@ pub struct AttnShape {
     pub num_slots: usize,
     /// Softmax scale (1 / sqrt(head_dim) for these models).
     pub scale: f32,
+    /// Fewest keys a decode split takes (V3 kernels): shorter sequences use fewer of the launched
+    /// splits, which a CUDA graph fixes at capture for the longest context.
+    pub split_min_keys: usize,
 }
 
 impl AttnShape {
@@ -345,8 +348,9 @@ impl Gpu {
             .arg(&kl)
             .arg(&rw);
         b.arg(&nq).arg(&nk).arg(&qs).arg(&ts).arg(&shape.scale);
+        let min_keys = int(K, shape.split_min_keys.max(1))?;
         if !matches!(variant, DecodeVariant::V2) {
-            b.arg(&o).arg(&counters);
+            b.arg(&o).arg(&counters).arg(&min_keys);
         }
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, shape.nk as u32, n as u32),
@@ -386,12 +390,17 @@ pub enum DecodeVariant {
 
 /// A split count for decode: enough blocks to cover the GPU about twice over (four times was
 /// slower at batch 64 on the H100: 26.3 vs 20.9 us per layer for 2 splits vs 1), with at
-/// least 16 keys per split (shorter splits only leave a block's warps idle).
+/// least [`MIN_KEYS_PER_SPLIT`] keys per split (shorter splits leave warps idle and give the
+/// combine more to merge).
 pub fn decode_splits(entries: usize, nk: usize, max_kv: usize, sm_count: usize) -> usize {
     let blocks = (entries * nk).max(1);
     let want = (2 * sm_count).div_ceil(blocks);
-    want.clamp(1, max_kv.div_ceil(16).max(1))
+    want.clamp(1, max_kv.div_ceil(MIN_KEYS_PER_SPLIT).max(1))
 }
+
+/// Fewest keys a launched decode split is planned for. On the H100 at ~160 keys, b = 1 and 4
+/// decode steps took 25-50 us less with 4 splits (40 keys each) than with 9-10 (16 each).
+pub const MIN_KEYS_PER_SPLIT: usize = 40;
 
 #[cfg(test)]
 mod tests {
@@ -399,8 +408,9 @@ mod tests {
 
     #[test]
     fn decode_splits_fill_the_gpu_without_tiny_splits() {
-        // One sequence, 8 kv heads, 132 SMs: 33 splits wanted, capped by 16 keys per split.
-        assert_eq!(decode_splits(1, 8, 160, 132), 10);
+        // One sequence, 8 kv heads, 132 SMs: 33 splits wanted, capped by 40 keys per split.
+        assert_eq!(decode_splits(1, 8, 160, 132), 4);
+        assert_eq!(decode_splits(1, 8, 192, 132), 5);
         assert_eq!(decode_splits(1, 8, 8192, 132), 33);
         // Batch 64: one split (512 blocks already cover 132 SMs).
         assert_eq!(decode_splits(64, 8, 8192, 132), 1);

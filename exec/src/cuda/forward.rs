@@ -197,6 +197,7 @@ impl GpuModel {
             table_rows: kv.rows,
             num_slots: kv.num_slots,
             scale: 1.0 / (d as f32).sqrt(),
+            split_min_keys: self.kernels.decode_split_min_keys,
         };
         // Small batches fold each RMSNorm into the GEMV after it and each residual add into the
         // GEMV before it (same roundings): 7 launches per layer instead of 9.

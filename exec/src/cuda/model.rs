@@ -9,7 +9,7 @@
 //! `KernelChoice::skinny_max_tokens`, and cuBLAS above. Only the rows that need logits reach the LM head.
 //! This file holds the weights; the forward pass, KV pool and workspace are in `forward.rs`.
 
-use super::attention::ExtendVariant;
+use super::attention::{ExtendVariant, MIN_KEYS_PER_SPLIT};
 pub use super::forward::{KvPool, RowSampling, StepInput, Workspace};
 use super::rope::cos_sin_table;
 use super::{CudaError, DriverCtx, Gpu, Result};
@@ -100,6 +100,12 @@ pub struct KernelChoice {
     /// RoPE to its q rows as it loads them, and the q/k pass handles only k, v and the q of
     /// decode tokens (saves a read and a write of every extend q row).
     pub extend_q_rope: bool,
+    /// Fewest keys per decode split at run time (see `AttnShape::split_min_keys`): a CUDA graph
+    /// captured with splits for the longest context leaves the extra ones empty on short
+    /// sequences. Default [`MIN_KEYS_PER_SPLIT`]; on the H100 with 10 launched splits at ~160
+    /// keys, b = 1: 1.179 ms vs 1.190 with every split used (within noise); launching 4 splits
+    /// instead took 1.154.
+    pub decode_split_min_keys: usize,
 }
 
 impl Default for KernelChoice {
@@ -114,6 +120,7 @@ impl Default for KernelChoice {
             qkv_post_fused: true,
             extend: ExtendVariant::Gqa,
             extend_q_rope: true,
+            decode_split_min_keys: MIN_KEYS_PER_SPLIT,
         }
     }
 }
