@@ -64,6 +64,10 @@ pub struct BenchOneBatchArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     device: usize,
+    /// Run every cuBLAS-sized GEMM with cublasGemmEx's default algorithm instead of the one
+    /// measured fastest for its shape (cuBLASLt candidates included).
+    #[arg(long)]
+    no_gemm_tuning: bool,
 }
 
 /// `doppel exec generate`.
@@ -233,12 +237,13 @@ fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
     let cfg = doppel_exec::model::ModelConfig::load(&a.model)?;
     let gpu = Gpu::new(a.device).context("--device cuda")?;
     let ctx = a.input_len + a.output_len;
-    let model = if a.random_weights {
+    let mut model = if a.random_weights {
         GpuModel::random(&gpu, &cfg, 7, ctx)?
     } else {
         let store = doppel_exec::model::WeightStore::open(&a.model)?;
         GpuModel::load(&gpu, &cfg, &store, ctx)?
     };
+    model.kernels.gemm_lt = !a.no_gemm_tuning;
     let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
     eprintln!(
         "{} (sm_{}{}): weights {:.2} GB; KV cache {} tokens ({:.3} GB); decode CUDA graphs for batch sizes {:?}; kernels loaded in {:.2}s",
@@ -259,6 +264,18 @@ fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
         seed: 1,
     };
     let rows = run(&gpu, &model, &opts)?;
+    for r in &rows {
+        eprintln!(
+            "batch {}: GEMM shapes measured in {:.0} ms ({})",
+            r.batch_size,
+            r.gemm_tune_ms,
+            if model.kernels.gemm_lt {
+                "fastest of cublasGemmEx and cuBLASLt per shape"
+            } else {
+                "off: cublasGemmEx default"
+            }
+        );
+    }
     if a.json {
         println!("{}", to_json(&rows));
     } else {

@@ -16,6 +16,10 @@ pub trait Backend {
     /// Wait for `plan` (the oldest launched and not yet collected) and write its results into `out`:
     /// one token per entry, and `done_at`, when the results became available.
     fn collect(&mut self, plan: &Plan, out: &mut StepResult) -> Result<(), Self::Error>;
+
+    /// While on, the backend may spend time measuring kernel choices for the shapes its steps
+    /// meet (the warm-up turns it on, then off before serving). Default: nothing to tune.
+    fn set_tuning(&mut self, _on: bool) {}
 }
 
 /// What one iteration of the loop did.

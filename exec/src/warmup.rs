@@ -20,6 +20,10 @@ impl<B: Backend> Backend for ByRef<'_, B> {
     fn collect(&mut self, plan: &Plan, out: &mut StepResult) -> Result<(), B::Error> {
         self.0.collect(plan, out)
     }
+
+    fn set_tuning(&mut self, on: bool) {
+        self.0.set_tuning(on)
+    }
 }
 
 /// Longest prompt the CUDA warm-up runs one prefill per GEMM row bucket for (64 prefills, well
@@ -33,8 +37,22 @@ pub const PREFILL_BUCKETS: usize = 4096;
 /// cache; the warm-up requests use ids at the top of the id space. With `prefill_buckets > 0`,
 /// one prefill per GEMM row bucket up to that many tokens follows (`cuda::blas::bucket_rows`:
 /// multiples of 16 to 64, then of 64), so the first prompts of each length bucket do not pay
-/// cuBLAS's first-call set-up while serving.
+/// cuBLAS's first-call set-up while serving. The backend may tune kernels for the shapes it
+/// meets during the warm-up (`Backend::set_tuning`), and not after it.
 pub fn warm_up<B: Backend>(
+    backend: &mut B,
+    cfg: &SchedulerConfig,
+    vocab: usize,
+    graph_max: usize,
+    prefill_buckets: usize,
+) -> Result<(), String> {
+    backend.set_tuning(true);
+    let r = warm_up_steps(backend, cfg, vocab, graph_max, prefill_buckets);
+    backend.set_tuning(false);
+    r
+}
+
+fn warm_up_steps<B: Backend>(
     backend: &mut B,
     cfg: &SchedulerConfig,
     vocab: usize,

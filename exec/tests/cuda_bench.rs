@@ -5,6 +5,8 @@
 //! Times are CUDA-event medians after warm-up. Prints tables; asserts nothing about speed.
 
 mod cuda_common;
+#[path = "cuda_bench_parts/gemm_tuning.rs"]
+mod gemm_tuning;
 
 use cuda_common::{open_gpu, Rng};
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
@@ -355,6 +357,8 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         model.weight_bytes as f64 / 1e9,
         sms
     );
+    gemm_tuning::gemm_tuning_table(gpu, &mut model, &ws);
+    gemm_tuning::startup_tuning_cost(gpu, &model, &ws);
     println!("{:<34} {:>10} {:>12}", "pass", "median ms", "floor ms");
     let bw = 3.35e12; // H100 SXM HBM3 peak; the measured copy ceiling is printed above
     for b in [1usize, 4, 16, 64] {
@@ -365,6 +369,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let group = cfg.num_heads / cfg.num_kv_heads;
         let meta =
             ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx, group).unwrap();
+        model.tune_gemms(gpu, &ws, s.ids.len(), b).unwrap();
         let ms = time_ms(gpu, 5, 1, || {
             model
                 .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
@@ -396,6 +401,21 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
                 .unwrap()
         });
         gpu.set_pdl(pdl);
+        if b == 64 {
+            let (on, off) = gemm_tuning::prefill_ab(gpu, &mut model, &kv, &ws, &s, &meta, b);
+            println!(
+                "{:<34} {:>10.3} {:>12}",
+                format!("prefill {b} x 128, GEMM tuning on"),
+                on,
+                ""
+            );
+            println!(
+                "{:<34} {:>10.3} {:>12}",
+                format!("prefill {b} x 128, GEMM tuning off"),
+                off,
+                ""
+            );
+        }
         let flops = 2.0
             * (model.weight_bytes as f64 / 2.0 - (cfg.vocab_size * cfg.hidden_size) as f64)
             * (b * 128) as f64;
@@ -453,6 +473,23 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         model.upload_step(gpu, &mut ws, &s).unwrap();
         let meta = DecodeMeta::new(gpu, &s.decode, s.ids.len(), kv.rows, kv.max_ctx).unwrap();
         let splits = decode_splits(b, cfg.num_kv_heads, 160, sms).min(ws.max_splits);
+        model.tune_gemms(gpu, &ws, b, b).unwrap();
+        if b == 64 {
+            let [on, all, off] =
+                gemm_tuning::decode_graph_ab(gpu, &mut model, &kv, &ws, &meta, b, splits);
+            for (label, t) in [
+                ("GEMM tuning on (default)", on),
+                ("GEMM tuning at every size", all),
+                ("GEMM tuning off", off),
+            ] {
+                println!(
+                    "{:<34} {:>10.3} {:>12}",
+                    format!("decode b={b} graph, {label}"),
+                    t,
+                    ""
+                );
+            }
+        }
         let eager = time_ms(gpu, 9, 3, || {
             model
                 .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)

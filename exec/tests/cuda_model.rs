@@ -89,6 +89,8 @@ fn run_step(
     let dec = decode.then(|| DecodeMeta::new(gpu, &s.decode, t, kv.rows, kv.max_ctx).unwrap());
     let splits =
         decode_splits(seqs.len(), model.cfg.num_kv_heads, kv.max_ctx, 132).min(ws.max_splits);
+    // The measured GEMM algorithms (cuBLASLt where one wins) are what these logits check.
+    model.tune_gemms(gpu, ws, t, seqs.len()).unwrap();
     model
         .forward(
             gpu,
@@ -119,7 +121,9 @@ fn qwen3_logits_match_transformers() {
     let dir = Path::new(&dir);
     let cfg = ModelConfig::load(dir).unwrap();
     let store = WeightStore::open(dir).unwrap();
-    let model = GpuModel::load(&gpu, &cfg, &store, 4096).unwrap();
+    let mut model = GpuModel::load(&gpu, &cfg, &store, 4096).unwrap();
+    // The measured GEMM algorithms at every cuBLAS size, so these batches exercise them.
+    model.kernels.gemm_lt_min_tokens = 0;
     let prompts: Vec<Vec<u32>> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference/prompts.json")).unwrap())
             .unwrap();
@@ -438,18 +442,27 @@ fn cuda_backend_matches_cpu_backend() {
         )
     };
     let mut failures = Vec::new();
-    for (name, sc, overlap) in [
-        ("plain", &base, false),
-        ("overlap", &base, true),
-        ("chunked prefill", &chunked, false),
-        ("retraction (160-token pool)", &tight, true),
-        ("mixed chunk", &mixed, true),
+    // Tuning stays on for the whole run and applies from 1 row, so every eager step's GEMM
+    // shapes are measured and run with the chosen algorithm (cuBLASLt where it won); "GEMM
+    // tuning off" runs every cuBLAS GEMM with cublasGemmEx's default.
+    for (name, sc, overlap, gemm_lt) in [
+        ("plain", &base, false, true),
+        ("overlap", &base, true, true),
+        ("chunked prefill", &chunked, false, true),
+        ("retraction (160-token pool)", &tight, true, true),
+        ("mixed chunk", &mixed, true, true),
+        ("plain, GEMM tuning off", &base, false, false),
+        ("mixed chunk, GEMM tuning off", &mixed, true, false),
     ] {
         let gpu = Gpu::new(0).unwrap();
         let cfg = ModelConfig::load(dir.path()).unwrap();
         let store = WeightStore::open(dir.path()).unwrap();
-        let model = GpuModel::load(&gpu, &cfg, &store, 1024).unwrap();
-        let backend = CudaBackend::new(gpu, model, backend_cfg(sc)).unwrap();
+        let mut model = GpuModel::load(&gpu, &cfg, &store, 1024).unwrap();
+        model.kernels.gemm_lt = gemm_lt;
+        // Measured algorithms at every size, so this tiny model's GEMMs use them.
+        model.kernels.gemm_lt_min_tokens = 0;
+        let mut backend = CudaBackend::new(gpu, model, backend_cfg(sc)).unwrap();
+        doppel_core::Backend::set_tuning(&mut backend, true);
         let got = run_engine(
             Engine::new(Scheduler::new(sc.clone()).unwrap(), backend, overlap),
             &waves,
@@ -548,6 +561,8 @@ fn cuda_backend_matches_cpu_backend() {
                 extend: ExtendVariant::Fast,
                 extend_q_rope: false,
                 decode_split_min_keys: 1,
+                gemm_lt: false,
+                gemm_lt_min_tokens: 4096,
             },
         ),
         (

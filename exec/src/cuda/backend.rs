@@ -85,6 +85,8 @@ pub struct CudaBackend {
     next_result: usize,
     /// Record CUDA events around every step and report `StepResult::device_ns`.
     step_timing: bool,
+    /// Measure the GEMM shapes of eager steps before running them (warm-up; `set_tuning`).
+    tuning: bool,
     /// GPU stall (ns) queued before the next step's work (profiling: see `stall_next_step`).
     stall_next: u64,
     /// End event of the last collected timed step.
@@ -153,6 +155,7 @@ impl CudaBackend {
             pending: VecDeque::new(),
             next_result: 0,
             step_timing: false,
+            tuning: false,
             stall_next: 0,
             last_end: None,
         })
@@ -422,6 +425,9 @@ impl CudaBackend {
                     self.sms,
                 )
                 .min(self.ws.max_splits);
+                if self.tuning {
+                    self.model.tune_gemms(&self.gpu, &self.ws, t, rows)?;
+                }
                 self.model.forward(
                     &self.gpu,
                     &self.kv,
@@ -523,6 +529,10 @@ impl CudaBackend {
 
 impl Backend for CudaBackend {
     type Error = CudaError;
+
+    fn set_tuning(&mut self, on: bool) {
+        self.tuning = on;
+    }
 
     fn launch(&mut self, plan: &Plan, now: TimeNs) -> Result<()> {
         // The backend may be built on one thread and driven from another (the server's engine).

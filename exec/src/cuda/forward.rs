@@ -2,6 +2,7 @@
 //! and the kernel sequence (see model.rs for the per-layer order).
 
 use super::attention::{AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, KvView, QRope};
+use super::blas::GemmOut;
 use super::model::{DecodeKernel, GpuModel};
 use super::ops::{LastTokenStore, QkvPost, SamplingBufs};
 use super::skinny::{skinny_plan, SkinnyEpilogue, SkinnyScratch, SKINNY_MAX_M};
@@ -12,12 +13,12 @@ use half::bf16;
 pub use super::buffers::{KvPool, RowSampling, StepInput, Workspace};
 
 impl GpuModel {
-    fn lm_head(&self) -> &CudaSlice<bf16> {
+    pub(super) fn lm_head(&self) -> &CudaSlice<bf16> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     /// Whether `m` tokens go through the skinny GEMM (above the GEMV's batch sizes).
-    fn use_skinny(&self, m: usize) -> bool {
+    pub(super) fn use_skinny(&self, m: usize) -> bool {
         m > self.gemv_rows() && m <= self.kernels.skinny_max_tokens.min(SKINNY_MAX_M)
     }
 
@@ -41,8 +42,13 @@ impl GpuModel {
         gpu.gemm_skinny(y, x, gpu.ptr(w), &scratch, (m, n, k), ldy, epi, plan)
     }
 
+    /// Whether an `m`-row cuBLAS GEMM runs the algorithm measured for its shape.
+    pub(super) fn gemm_tuned(&self, m: usize) -> bool {
+        self.kernels.gemm_lt && m >= self.kernels.gemm_lt_min_tokens
+    }
+
     /// Most tokens the GEMVs take (their kernels hold at most 8 rows).
-    fn gemv_rows(&self) -> usize {
+    pub(super) fn gemv_rows(&self) -> usize {
         self.gemv_max_tokens.min(8)
     }
 
@@ -71,8 +77,15 @@ impl GpuModel {
                 };
                 self.skinny(gpu, ws, y, x, w, (m, n, k), n, epi)
             }
-            (false, false, false) => gpu.blas.gemm_bf16(y, x, wp, m, n, k, n),
-            (false, false, true) => gpu.blas.gemm_bf16_acc(y, x, wp, m, n, k, n),
+            (false, false, add) => {
+                let out = if add {
+                    GemmOut::Bf16Acc(y)
+                } else {
+                    GemmOut::Bf16(y)
+                };
+                gpu.blas
+                    .project(out, x, wp, (m, n, k), n, self.gemm_tuned(m))
+            }
         }
     }
 
@@ -417,14 +430,13 @@ impl GpuModel {
                 c.vocab_size,
             )?;
         } else {
-            gpu.blas.gemm_bf16_f32out(
-                gpu.ptr(&ws.logits),
+            gpu.blas.project(
+                GemmOut::F32(gpu.ptr(&ws.logits)),
                 sel,
                 p(self.lm_head()),
-                rows,
+                (rows, c.vocab_size, h),
                 c.vocab_size,
-                h,
-                c.vocab_size,
+                self.gemm_tuned(rows),
             )?;
         }
         if greedy && self.kernels.argmax_single_block {

@@ -12,6 +12,7 @@ pub mod attention;
 pub mod backend;
 pub mod bench_one_batch;
 pub mod blas;
+pub mod blas_lt;
 pub mod buffers;
 pub mod compile;
 pub mod forward;
@@ -25,6 +26,7 @@ pub mod sample;
 pub mod skinny;
 pub mod startup;
 pub mod timing;
+pub mod tune;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr};
 use std::marker::PhantomData;
@@ -74,6 +76,14 @@ pub enum CudaError {
         what: String,
         /// cuBLAS's error.
         err: cudarc::cublas::result::CublasError,
+    },
+    /// A cuBLASLt call failed.
+    #[error("cuBLASLt error during {what}: {err}")]
+    BlasLt {
+        /// What was being done.
+        what: String,
+        /// cuBLASLt's error.
+        err: cudarc::cublaslt::result::CublasError,
     },
     /// A launch wrapper was given arguments that do not fit the kernel.
     #[error("invalid arguments for {kernel}: {msg}")]

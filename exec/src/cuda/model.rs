@@ -106,6 +106,17 @@ pub struct KernelChoice {
     /// keys, b = 1: 1.179 ms vs 1.190 with every split used (within noise); launching 4 splits
     /// instead took 1.154.
     pub decode_split_min_keys: usize,
+    /// cuBLAS-sized projections and LM heads of at least `gemm_lt_min_tokens` rows run the GEMM
+    /// algorithm measured fastest for their shape (cuBLASLt candidates vs cublasGemmEx's
+    /// default; `GpuModel::tune_gemms`, before graph capture and in the warm-up); off:
+    /// cublasGemmEx's default for every shape.
+    pub gemm_lt: bool,
+    /// Fewest rows a GEMM needs for `gemm_lt`. Default 4096: on the H100 the measured choice
+    /// made the 64 x 128 prefill (8192 rows) 3-4% faster (gate/up 1.13x), gained 0-3% per GEMM
+    /// at 1024-2048 rows for ~6 ms of tuning per shape (1.1 s for the warm-up's 49 buckets from
+    /// 1024), and left the b=64 decode graph unchanged (docs/cuda.md, "Measured GEMM
+    /// algorithms"); from 4096 the warm-up tunes only its largest bucket.
+    pub gemm_lt_min_tokens: usize,
 }
 
 impl Default for KernelChoice {
@@ -121,6 +132,8 @@ impl Default for KernelChoice {
             extend: ExtendVariant::Gqa,
             extend_q_rope: true,
             decode_split_min_keys: MIN_KEYS_PER_SPLIT,
+            gemm_lt: true,
+            gemm_lt_min_tokens: 4096,
         }
     }
 }

@@ -72,6 +72,8 @@ impl CudaBackend {
             return c.graph.launch().ctx("replaying a decode graph");
         }
         let meta = DecodeMeta::new(&self.gpu, &s.decode, gb, self.kv.rows, self.kv.max_ctx)?;
+        // The graph's GEMM algorithms are fixed at capture: measure them now.
+        self.model.tune_gemms(&self.gpu, &self.ws, gb, gb)?;
         self.gpu.sync()?;
         self.gpu
             .stream
