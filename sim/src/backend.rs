@@ -28,6 +28,9 @@ pub struct StepRecord {
     pub tokens: u32,
     /// KV tokens read by attention (decode lengths and cached prefixes).
     pub kv_tokens: u64,
+    /// With step times taken from a real run: the cost model's device time for the same batch
+    /// and its shape, so the model can be checked step by step against the measured one.
+    pub model: Option<(u64, BatchShape)>,
 }
 
 /// Failure of the virtual GPU: only a misuse of the Backend contract can cause one.
@@ -127,6 +130,7 @@ impl<C: CostModel> Backend for SimBackend<C> {
         let mut device = self.cost.step_ns(&shape);
         let mut end = (start + device).max(host_end + l.tail_ns);
         let locked = self.locked.get(self.launched);
+        let model = locked.map(|_| (device, shape));
         if let Some(r) = locked {
             start = r.start.max(now);
             (host_end, end) = (r.launched.max(start), r.end.max(start));
@@ -151,6 +155,7 @@ impl<C: CostModel> Backend for SimBackend<C> {
                 batch: plan.entries.len() as u32,
                 tokens: shape.tokens as u32,
                 kv_tokens: shape.kv_read_tokens as u64,
+                model,
             });
         }
         Ok(())

@@ -146,6 +146,7 @@ impl<B: Backend> Backend for Recorder<B> {
             batch: plan.entries.len() as u32,
             tokens: plan.num_tokens() as u32,
             kv_tokens: self.shapes.last().map_or(0, |s| s.kv_read_tokens as u64),
+            model: None,
         });
         Ok(())
     }
