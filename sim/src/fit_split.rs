@@ -93,51 +93,62 @@ fn plane(points: &[(f64, f64, f64)]) -> (f64, f64, f64) {
     (mean.max(0.0), 0.0, 0.0)
 }
 
-/// Raggedness of a decode step: batch x longest sequence - KV tokens read (0 when even).
-fn ragged(s: &StepPoint) -> f64 {
-    (s.decode_reqs as f64 * s.max_kv as f64 - s.kv_read_tokens as f64).max(0.0)
+/// Raggedness of a decode step run with `rows` rows (its graph size): rows x longest sequence -
+/// KV tokens read (0 when even and full).
+fn ragged(s: &StepPoint, rows: usize) -> f64 {
+    (rows as f64 * s.max_kv as f64 - s.kv_read_tokens as f64).max(0.0)
 }
 
 /// Decode device times by batch size: `(batch, fixed ns, ns per KV token read, ns per token of
-/// raggedness)` for every batch measured at two or more KV lengths, from the steps'
-/// `device_ns`. Even batches fit the first two; ragged ones (lengths spread around the same
-/// mean) the third.
+/// raggedness)` for every batch measured at two or more KV lengths with even, full batches, from
+/// the steps' `device_ns`. Those fit the first two terms; every other decode step (ragged
+/// lengths, or fewer requests than the row, padded up to it as a CUDA graph is) fits the third,
+/// at the smallest row at or above its batch.
 pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64, f64)> {
+    let decode: Vec<(&StepPoint, f64)> = steps
+        .iter()
+        .filter_map(|s| Some((s, s.device_ns? as f64)).filter(|_| s.mode == "decode"))
+        .collect();
+    // Even within a token per request (lengths grow by one per step).
+    let even = |s: &StepPoint| ragged(s, s.decode_reqs) <= s.decode_reqs as f64;
     // batch -> KV tokens read -> device times, for even batches
     let mut by: BTreeMap<usize, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
-    // batch -> (KV tokens read, raggedness, device time)
-    let mut uneven: BTreeMap<usize, Vec<(f64, f64, f64)>> = BTreeMap::new();
-    for s in steps {
-        if let (true, Some(d)) = (s.mode == "decode", s.device_ns) {
-            // Even within a token per request (lengths grow by one per step).
-            if ragged(s) <= s.decode_reqs as f64 {
-                by.entry(s.decode_reqs)
-                    .or_default()
-                    .entry(s.kv_read_tokens)
-                    .or_default()
-                    .push(d as f64);
-            } else {
-                uneven.entry(s.decode_reqs).or_default().push((
-                    s.kv_read_tokens as f64,
-                    ragged(s),
-                    d as f64,
-                ));
-            }
-        }
+    for &(s, d) in decode.iter().filter(|(s, _)| even(s)) {
+        by.entry(s.decode_reqs)
+            .or_default()
+            .entry(s.kv_read_tokens)
+            .or_default()
+            .push(d);
     }
-    let mut table = Vec::new();
-    for (batch, kvs) in by {
+    // Rows: batches with a slope. A batch seen at one KV length only (a mixed scenario's
+    // transient) cannot give one; its steps join the next row up, as padded ones.
+    let mut rows: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
+    for (&batch, kvs) in &by {
         let pts: Vec<(f64, f64)> = kvs
-            .into_iter()
-            .map(|(kv, ts)| (kv as f64, median(ts)))
+            .iter()
+            .map(|(&kv, ts)| (kv as f64, median(ts.clone())))
             .collect();
         let lo = pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
         let hi = pts.iter().map(|p| p.0).fold(0.0, f64::max);
-        // A batch seen at one KV length only (a mixed scenario's transient) cannot give a slope.
-        if hi < 2.0 * lo.max(1.0) {
+        if hi >= 2.0 * lo.max(1.0) {
+            rows.insert(batch, line(&pts));
+        }
+    }
+    // row -> (KV tokens read, raggedness against the row, device time)
+    let mut uneven: BTreeMap<usize, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    for &(s, d) in &decode {
+        if even(s) && rows.contains_key(&s.decode_reqs) {
             continue;
         }
-        let (a, b) = line(&pts);
+        if let Some((&row, _)) = rows.range(s.decode_reqs..).next() {
+            uneven
+                .entry(row)
+                .or_default()
+                .push((s.kv_read_tokens as f64, ragged(s, row), d));
+        }
+    }
+    let mut table = Vec::new();
+    for (&batch, &(a, b)) in &rows {
         // Least squares through the origin of what the even fit leaves unexplained.
         let (mut sxy, mut sxx) = (0.0, 0.0);
         for &(kv, x, d) in uneven.get(&batch).map_or(&[][..], |v| &v[..]) {
@@ -259,6 +270,27 @@ mod tests {
         assert_eq!(t.len(), 1, "{t:?}");
         assert!(
             (t[0].2 - 50.0).abs() < 1e-3 && (t[0].3 - 20.0).abs() < 1e-2,
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn padded_batches_fit_the_raggedness_term_against_the_graph_rows() {
+        // Graph 16: even full batches, and 9 or 12 even requests padded to 16 rows, which cost
+        // 30 ns per token of (16 x longest - KV read).
+        let mut steps = Vec::new();
+        for kv in [128usize, 512, 2048] {
+            let d = 1_200_000 + 48 * 16 * kv as u64;
+            steps.push(point(BatchShape::decode(16, kv), "decode", d, 60_000, d));
+        }
+        for (b, kv) in [(9usize, 512usize), (12, 1024)] {
+            let d = 1_200_000 + 48 * (b * kv) as u64 + 30 * ((16 - b) * kv) as u64;
+            steps.push(point(BatchShape::decode(b, kv), "decode", d, 60_000, d));
+        }
+        let t = fit_decode_table(&steps);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert!(
+            (t[0].0 - 16.0).abs() < 1e-9 && (t[0].3 - 30.0).abs() < 1e-2,
             "{t:?}"
         );
     }

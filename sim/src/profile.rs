@@ -188,10 +188,11 @@ pub struct Profile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<LaunchCosts>,
     /// Measured decode device times, `(batch, fixed ns, ns per KV token read, ns per token of
-    /// raggedness)` by increasing batch, raggedness being batch x longest sequence - KV tokens
-    /// read; a decode step costs the smallest listed batch at or above its own (CUDA graphs pad
-    /// to their captured sizes), beyond the last one the last two rows are extrapolated. Empty:
-    /// decode steps use the roofline terms.
+    /// raggedness)` by increasing batch; a decode step costs the smallest listed batch at or
+    /// above its own (CUDA graphs pad to their captured sizes), beyond the last one the last two
+    /// rows are extrapolated. Raggedness is the row's batch x longest sequence - KV tokens read:
+    /// the padding rows of a graph count as sequences of length 0, so the term is per token of
+    /// the longest sequence at a fixed graph size. Empty: decode steps use the roofline terms.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decode_table: Vec<(f64, f64, f64, f64)>,
 }
