@@ -1,6 +1,7 @@
 //! The virtual GPU: prices each plan with the cost model and returns synthetic tokens.
 
 use crate::cost::{BatchShape, CostModel};
+use crate::kv_sharing::KvSharing;
 use crate::workload::synth_token;
 use doppel_core::{Backend, ForwardMode, Plan, StepResult, TimeNs};
 use std::collections::VecDeque;
@@ -61,6 +62,7 @@ pub struct SimBackend<C: CostModel> {
     // steps were launched so far.
     locked: Vec<StepRecord>,
     launched: usize,
+    sharing: KvSharing,
 }
 
 impl<C: CostModel> SimBackend<C> {
@@ -79,6 +81,7 @@ impl<C: CostModel> SimBackend<C> {
             steps: Vec::new(),
             locked: Vec::new(),
             launched: 0,
+            sharing: KvSharing::new(),
         }
     }
 
@@ -123,7 +126,8 @@ impl<C: CostModel> Backend for SimBackend<C> {
         // before the host's last launch. In the overlap order `now` is while the previous step
         // still runs, so the host's time hides behind it.
         let formed = now + self.cost.schedule_ns(plan.entries.len());
-        let shape = BatchShape::of_plan(plan);
+        let mut shape = BatchShape::of_plan(plan);
+        shape.shared_kv_tokens = self.sharing.observe(plan);
         let l = self.cost.launch_ns(&shape);
         let mut host_end = formed + l.host_ns;
         let mut start = (formed + l.lead_ns).max(self.busy_until);

@@ -26,6 +26,10 @@ pub struct BatchShape {
     /// Longest decode entry's sequence: with ragged lengths the longest request's attention
     /// finishes last.
     pub max_kv: usize,
+    /// KV tokens the decode entries read that another decode entry of the batch also reads (a
+    /// shared cached prefix; [`crate::kv_sharing::KvSharing`] counts them across plans, so
+    /// `of_plan` leaves 0).
+    pub shared_kv_tokens: usize,
 }
 
 impl BatchShape {
@@ -67,6 +71,7 @@ impl BatchShape {
             is_decode: false,
             max_seq: input_len,
             max_kv: 0,
+            shared_kv_tokens: 0,
         }
     }
 
@@ -82,6 +87,7 @@ impl BatchShape {
             is_decode: true,
             max_seq: 0,
             max_kv: kv_len,
+            shared_kv_tokens: 0,
         }
     }
 }
@@ -200,7 +206,10 @@ impl RooflineCost {
         // sequence; its padding rows are empty (they raise this term, not the KV read).
         let (rows, row) = (row.0, (row.1, row.2, row.3));
         let ragged = (rows * s.max_kv as f64 - kv).max(0.0);
-        Some((row.0 + row.1 * kv + row.2 * ragged) * 1e-9)
+        // A KV token another request of the batch reads too comes from L2 after the first read.
+        let saving = self.profile.efficiency.decode_shared_kv_saving;
+        let read = kv - saving * s.shared_kv_tokens as f64;
+        Some((row.0 + row.1 * read + row.2 * ragged) * 1e-9)
     }
 
     /// Seconds of GPU time, unrounded (one-batch prints these).
@@ -306,7 +315,10 @@ mod tests {
         assert!((got - want).abs() < 1e-3, "{got} {want}");
         // A full graph with even lengths has none.
         let full = c.step_seconds(&BatchShape::decode(16, 512)) * 1e9;
-        assert!((full - (1.2e6 + 48.0 * 16.0 * 512.0)).abs() < 1e-3, "{full}");
+        assert!(
+            (full - (1.2e6 + 48.0 * 16.0 * 512.0)).abs() < 1e-3,
+            "{full}"
+        );
     }
 
     #[test]

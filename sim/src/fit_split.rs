@@ -105,9 +105,11 @@ fn ragged(s: &StepPoint, rows: usize) -> f64 {
 /// lengths, or fewer requests than the row, padded up to it as a CUDA graph is) fits the third,
 /// at the smallest row at or above its batch.
 pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64, f64)> {
+    // Batches sharing a cached prefix read part of their KV from L2: `fit_shared_saving`.
     let decode: Vec<(&StepPoint, f64)> = steps
         .iter()
-        .filter_map(|s| Some((s, s.device_ns? as f64)).filter(|_| s.mode == "decode"))
+        .filter(|s| s.mode == "decode" && s.shared_kv_tokens == 0)
+        .filter_map(|s| Some((s, s.device_ns? as f64)))
         .collect();
     // Even within a token per request (lengths grow by one per step).
     let even = |s: &StepPoint| ragged(s, s.decode_reqs) <= s.decode_reqs as f64;
@@ -175,6 +177,36 @@ pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64, f64)> {
             (b, base, slope, c)
         })
         .collect()
+}
+
+/// The share of the per-KV-token time saved on KV tokens that another request of the same
+/// decode batch also reads (`Efficiency::decode_shared_kv_saving`): least squares through the
+/// origin, over the decode steps with shared prefixes, of what `table` leaves unexplained against
+/// the time those tokens cost at the row's rate; 0 without such steps.
+pub fn fit_shared_saving(steps: &[StepPoint], table: &[(f64, f64, f64, f64)]) -> f64 {
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for s in steps
+        .iter()
+        .filter(|s| s.mode == "decode" && s.shared_kv_tokens > 0)
+    {
+        let (Some(d), Some(row)) = (
+            s.device_ns,
+            table.iter().find(|r| r.0 >= s.decode_reqs as f64),
+        ) else {
+            continue;
+        };
+        let kv = s.kv_read_tokens as f64;
+        let ragged = (row.0 * s.max_kv as f64 - kv).max(0.0);
+        let unexplained = d as f64 - (row.1 + row.2 * kv + row.3 * ragged);
+        let x = row.2 * s.shared_kv_tokens as f64;
+        sxy -= unexplained * x;
+        sxx += x * x;
+    }
+    if sxx > 0.0 {
+        ((sxy / sxx).clamp(0.0, 1.0) * 1000.0).round() / 1000.0
+    } else {
+        0.0
+    }
 }
 
 /// Launch costs from the steps' `host_ns`, `device_ns` and plain spans; `graph_max` is the
@@ -293,6 +325,30 @@ mod tests {
             (t[0].0 - 16.0).abs() < 1e-9 && (t[0].3 - 30.0).abs() < 1e-2,
             "{t:?}"
         );
+    }
+
+    #[test]
+    fn shared_prefix_decodes_fit_the_saving_and_stay_out_of_the_table() {
+        let mut steps = Vec::new();
+        for kv in [128usize, 512, 2048] {
+            let d = 1_200_000 + 48 * 16 * kv as u64;
+            steps.push(point(BatchShape::decode(16, kv), "decode", d, 60_000, d));
+        }
+        // 16 requests over a 1024-token prefix: 15 x 1024 tokens are read again, at 40 % of
+        // the rate.
+        for kv in [1100usize, 1200] {
+            let mut s = BatchShape::decode(16, kv);
+            s.shared_kv_tokens = 15 * 1024;
+            let read = (16 * kv) as f64 - 0.6 * s.shared_kv_tokens as f64;
+            let d = (1_200_000.0 + 48.0 * read) as u64;
+            steps.push(point(s, "decode", d, 60_000, d));
+        }
+        let t = fit_decode_table(&steps);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert!((t[0].1 - 1_200_000.0).abs() < 2.0 && t[0].3 == 0.0, "{t:?}");
+        let saving = fit_shared_saving(&steps, &t);
+        assert!((saving - 0.6).abs() < 2e-3, "{saving}");
+        assert_eq!(fit_shared_saving(&steps[..3], &t), 0.0);
     }
 
     #[test]

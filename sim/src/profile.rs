@@ -159,6 +159,11 @@ pub struct Efficiency {
     /// GPU (a short extend over a long cached prefix). 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attention_seq_ns: f64,
+    /// Share of the decode table's per-KV-token time saved on a KV token that another request
+    /// of the same decode batch also reads (a shared cached prefix, read again from L2), from 0
+    /// (none) to 1. 0 where not measured.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub decode_shared_kv_saving: f64,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -392,6 +397,14 @@ impl Profile {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(bad(field, v.to_string(), "must be a non-negative number"));
             }
+        }
+        let saving = e.decode_shared_kv_saving;
+        if !(0.0..=1.0).contains(&saving) {
+            return Err(bad(
+                "efficiency.decode_shared_kv_saving",
+                saving.to_string(),
+                "must be between 0 and 1",
+            ));
         }
         if let Some(l) = &self.launch {
             for (field, v) in [
