@@ -63,6 +63,8 @@ pub struct SimBackend<C: CostModel> {
     locked: Vec<StepRecord>,
     launched: usize,
     sharing: KvSharing,
+    // The engine thread is busy with other host work (taking in arrivals) until then.
+    host_busy_until: TimeNs,
 }
 
 impl<C: CostModel> SimBackend<C> {
@@ -82,6 +84,7 @@ impl<C: CostModel> SimBackend<C> {
             locked: Vec::new(),
             launched: 0,
             sharing: KvSharing::new(),
+            host_busy_until: 0,
         }
     }
 
@@ -94,6 +97,14 @@ impl<C: CostModel> SimBackend<C> {
     /// When the real run began forming launch number `i` (None past the locked steps).
     pub fn locked_schedule(&self, i: usize) -> Option<TimeNs> {
         self.locked.get(i).map(|r| r.scheduled)
+    }
+
+    /// Host work of `ns` on the engine thread at `now` (submitting arrived requests): the next
+    /// step is formed after it.
+    pub fn host_work(&mut self, now: TimeNs, ns: u64) {
+        if ns > 0 {
+            self.host_busy_until = self.host_busy_until.max(now) + ns;
+        }
     }
 
     /// The cost model.
@@ -125,7 +136,7 @@ impl<C: CostModel> Backend for SimBackend<C> {
         // starts it when the launch has begun and the previous step is done, and cannot finish
         // before the host's last launch. In the overlap order `now` is while the previous step
         // still runs, so the host's time hides behind it.
-        let formed = now + self.cost.schedule_ns(plan.entries.len());
+        let formed = now.max(self.host_busy_until) + self.cost.schedule_ns(plan.entries.len());
         let mut shape = BatchShape::of_plan(plan);
         shape.shared_kv_tokens = self.sharing.observe(plan);
         let l = self.cost.launch_ns(&shape);

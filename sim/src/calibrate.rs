@@ -108,6 +108,17 @@ pub struct SchedulePoint {
     pub ns: u64,
 }
 
+/// Host time of handing one request to the scheduler on the engine's thread (in-process: building
+/// its prompt and `Scheduler::submit`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitPoint {
+    /// Prompt tokens.
+    pub prompt_len: usize,
+    /// Host time, ns.
+    pub ns: u64,
+}
+
 /// Client-path costs outside the engine loop (ns). `doppel exec profile` measures the engine
 /// in-process, where there is no HTTP, tokenization or streaming: all zero.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -139,6 +150,9 @@ pub struct Measurements {
     pub steps: Vec<StepPoint>,
     /// Scheduler times.
     pub schedule: Vec<SchedulePoint>,
+    /// Submission times per request; empty in files from before they were measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub submit: Vec<SubmitPoint>,
     /// Client-path costs the fitted profile gets.
     #[serde(default)]
     pub host: HostOverheads,
@@ -440,6 +454,11 @@ pub fn calibrate(
     if !m.schedule.is_empty() {
         profile.engine.schedule_ns_per_step = a.round();
         profile.engine.schedule_ns_per_req = b.round();
+    }
+    if !m.submit.is_empty() {
+        let (a, b) = crate::fit_split::fit_submit(&m.submit);
+        profile.engine.submit_ns = a.round();
+        profile.engine.submit_ns_per_token = (b * 1000.0).round() / 1000.0;
     }
     let h = &m.host;
     for (field, v) in [

@@ -2,7 +2,7 @@
 //! (`StepPoint::host_ns`, `StepPoint::device_ns`): the measured decode table and the launch
 //! costs. Plain least squares over medians, so a few noisy repeats do not move the fit.
 
-use crate::calibrate::StepPoint;
+use crate::calibrate::{StepPoint, SubmitPoint};
 use crate::profile::LaunchCosts;
 use std::collections::BTreeMap;
 
@@ -207,6 +207,20 @@ pub fn fit_shared_saving(steps: &[StepPoint], table: &[(f64, f64, f64, f64)]) ->
     } else {
         0.0
     }
+}
+
+/// Submission cost `(ns, ns per prompt token)`: least squares through each prompt length's
+/// median (the first submissions of a run pay one-time allocations).
+pub fn fit_submit(points: &[SubmitPoint]) -> (f64, f64) {
+    let mut by: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for p in points {
+        by.entry(p.prompt_len).or_default().push(p.ns as f64);
+    }
+    let pts: Vec<(f64, f64)> = by
+        .into_iter()
+        .map(|(len, v)| (len as f64, median(v)))
+        .collect();
+    line(&pts)
 }
 
 /// Launch costs from the steps' `host_ns`, `device_ns` and plain spans; `graph_max` is the

@@ -129,6 +129,13 @@ pub struct EngineOverheads {
     pub tokenize_ns_per_token: f64,
     /// Detokenize + stream one chunk to the client (ns).
     pub stream_ns: f64,
+    /// Engine-thread time to take in one arrived request (ns): the scheduler's submit (and, in
+    /// process, building the prompt). A burst of arrivals delays the next step by their sum.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub submit_ns: f64,
+    /// The same, per prompt token (ns).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub submit_ns_per_token: f64,
     /// Largest batch captured in a CUDA graph (decode steps above it run eagerly).
     pub cuda_graph_max_bs: usize,
 }
@@ -388,6 +395,11 @@ impl Profile {
                 self.engine.tokenize_ns_per_token,
             ),
             ("engine.stream_ns", self.engine.stream_ns),
+            ("engine.submit_ns", self.engine.submit_ns),
+            (
+                "engine.submit_ns_per_token",
+                self.engine.submit_ns_per_token,
+            ),
             ("efficiency.decode_step_ns", e.decode_step_ns),
             ("efficiency.prefill_step_ns", e.prefill_step_ns),
             ("efficiency.prefill_per_req_ns", e.prefill_per_req_ns),
