@@ -8,7 +8,7 @@
 
 use crate::cost::{BatchShape, RooflineCost};
 use crate::error::SimError;
-use crate::fit_split::{fit_decode_table, fit_launch, fit_shared_saving};
+use crate::fit_split::{fit_decode_table, fit_launch, fit_padding_share, fit_shared_saving};
 use crate::profile::Profile;
 use serde::{Deserialize, Serialize};
 
@@ -447,7 +447,9 @@ pub fn calibrate(
         }
     }
     let mut profile = apply(base, &best);
-    profile.efficiency.decode_shared_kv_saving = fit_shared_saving(&m.steps, &table);
+    let e = &mut profile.efficiency;
+    e.decode_padding_share = fit_padding_share(&m.steps, &table);
+    e.decode_shared_kv_saving = fit_shared_saving(&m.steps, &table, e.decode_padding_share);
     profile.decode_table = table;
     profile.launch = fit_launch(&m.steps, base.engine.cuda_graph_max_bs);
     let (a, b) = fit_schedule(&m.schedule);

@@ -201,14 +201,16 @@ impl RooflineCost {
             }
             None => (b, last.1 * b / last.0, last.2, last.3),
         };
-        // Ragged lengths: the excess of the longest request over an even spread of the graph's
-        // rows. A graph's split-KV attention runs a fixed grid per row and waits for the longest
-        // sequence; its padding rows are empty (they raise this term, not the KV read).
+        // Ragged lengths: the excess of the longest request over an even spread. A graph's
+        // split-KV attention runs a fixed grid per row and waits for the longest sequence; its
+        // padding rows are empty requests (they add to this term, not to the KV read), each
+        // counted at the fitted share.
         let (rows, row) = (row.0, (row.1, row.2, row.3));
-        let ragged = (rows * s.max_kv as f64 - kv).max(0.0);
+        let eff = &self.profile.efficiency;
+        let ragged = (b * s.max_kv as f64 - kv).max(0.0)
+            + eff.decode_padding_share * (rows - b).max(0.0) * s.max_kv as f64;
         // A KV token another request of the batch reads too comes from L2 after the first read.
-        let saving = self.profile.efficiency.decode_shared_kv_saving;
-        let read = kv - saving * s.shared_kv_tokens as f64;
+        let read = kv - eff.decode_shared_kv_saving * s.shared_kv_tokens as f64;
         Some((row.0 + row.1 * read + row.2 * ragged) * 1e-9)
     }
 

@@ -93,26 +93,36 @@ fn plane(points: &[(f64, f64, f64)]) -> (f64, f64, f64) {
     (mean.max(0.0), 0.0, 0.0)
 }
 
-/// Raggedness of a decode step run with `rows` rows (its graph size): rows x longest sequence -
-/// KV tokens read (0 when even and full).
-fn ragged(s: &StepPoint, rows: usize) -> f64 {
-    (rows as f64 * s.max_kv as f64 - s.kv_read_tokens as f64).max(0.0)
+/// Raggedness of a decode step among its own requests: batch x longest sequence - KV tokens read
+/// (0 when even).
+fn ragged(s: &StepPoint) -> f64 {
+    (s.decode_reqs as f64 * s.max_kv as f64 - s.kv_read_tokens as f64).max(0.0)
+}
+
+/// Tokens of the empty rows a graph of `rows` pads a decode step with: each as long as the
+/// step's longest sequence (see `Efficiency::decode_padding_share`).
+fn padding(s: &StepPoint, rows: f64) -> f64 {
+    (rows - s.decode_reqs as f64).max(0.0) * s.max_kv as f64
+}
+
+/// The decode steps a table fit uses: measured device time, no shared prefix (those read part
+/// of their KV from L2: `fit_shared_saving`).
+fn plain_decodes(steps: &[StepPoint]) -> impl Iterator<Item = (&StepPoint, f64)> {
+    steps
+        .iter()
+        .filter(|s| s.mode == "decode" && s.shared_kv_tokens == 0)
+        .filter_map(|s| Some((s, s.device_ns? as f64)))
 }
 
 /// Decode device times by batch size: `(batch, fixed ns, ns per KV token read, ns per token of
 /// raggedness)` for every batch measured at two or more KV lengths with even, full batches, from
-/// the steps' `device_ns`. Those fit the first two terms; every other decode step (ragged
-/// lengths, or fewer requests than the row, padded up to it as a CUDA graph is) fits the third,
-/// at the smallest row at or above its batch.
+/// the steps' `device_ns`. Those fit the first two terms, the same batches with ragged lengths
+/// the third. Steps with fewer requests than a row (a CUDA graph pads them up to it) are left to
+/// `fit_padding_share`.
 pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64, f64)> {
-    // Batches sharing a cached prefix read part of their KV from L2: `fit_shared_saving`.
-    let decode: Vec<(&StepPoint, f64)> = steps
-        .iter()
-        .filter(|s| s.mode == "decode" && s.shared_kv_tokens == 0)
-        .filter_map(|s| Some((s, s.device_ns? as f64)))
-        .collect();
+    let decode: Vec<(&StepPoint, f64)> = plain_decodes(steps).collect();
     // Even within a token per request (lengths grow by one per step).
-    let even = |s: &StepPoint| ragged(s, s.decode_reqs) <= s.decode_reqs as f64;
+    let even = |s: &StepPoint| ragged(s) <= s.decode_reqs as f64;
     // batch -> KV tokens read -> device times, for even batches
     let mut by: BTreeMap<usize, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
     for &(s, d) in decode.iter().filter(|(s, _)| even(s)) {
@@ -123,7 +133,7 @@ pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64, f64)> {
             .push(d);
     }
     // Rows: batches with a slope. A batch seen at one KV length only (a mixed scenario's
-    // transient) cannot give one; its steps join the next row up, as padded ones.
+    // transient) cannot give one; its steps are padded ones of the next row up.
     let mut rows: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     for (&batch, kvs) in &by {
         let pts: Vec<(f64, f64)> = kvs
@@ -136,17 +146,14 @@ pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64, f64)> {
             rows.insert(batch, line(&pts));
         }
     }
-    // row -> (KV tokens read, raggedness against the row, device time)
+    // row -> (KV tokens read, raggedness, device time) of its ragged, full batches
     let mut uneven: BTreeMap<usize, Vec<(f64, f64, f64)>> = BTreeMap::new();
     for &(s, d) in &decode {
-        if even(s) && rows.contains_key(&s.decode_reqs) {
-            continue;
-        }
-        if let Some((&row, _)) = rows.range(s.decode_reqs..).next() {
+        if !even(s) && rows.contains_key(&s.decode_reqs) {
             uneven
-                .entry(row)
+                .entry(s.decode_reqs)
                 .or_default()
-                .push((s.kv_read_tokens as f64, ragged(s, row), d));
+                .push((s.kv_read_tokens as f64, ragged(s), d));
         }
     }
     let mut table = Vec::new();
@@ -179,11 +186,46 @@ pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64, f64)> {
         .collect()
 }
 
+/// How much a padding row of a CUDA graph costs against a ragged request of the same length
+/// (`Efficiency::decode_padding_share`): least squares through the origin, over the decode steps
+/// with fewer requests than their row, of what `table` leaves unexplained against the padding's
+/// tokens at the row's raggedness rate. 1 (padding rows count as empty requests) without such
+/// steps. A batch size with fewer than 4 steps is a one-step transient (the decode after a mixed
+/// scenario's prefill), not a measured shape: the six of the first H100 file are 8 % fast and
+/// 28 % slow against their rows, far from any steady step.
+pub fn fit_padding_share(steps: &[StepPoint], table: &[(f64, f64, f64, f64)]) -> f64 {
+    let mut count: BTreeMap<usize, usize> = BTreeMap::new();
+    for (s, _) in plain_decodes(steps) {
+        *count.entry(s.decode_reqs).or_default() += 1;
+    }
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (s, d) in plain_decodes(steps).filter(|(s, _)| count[&s.decode_reqs] >= 4) {
+        let Some(row) = table.iter().find(|r| r.0 >= s.decode_reqs as f64) else {
+            continue;
+        };
+        let x = row.3 * padding(s, row.0);
+        if x > 0.0 {
+            let kv = s.kv_read_tokens as f64;
+            sxy += (d - (row.1 + row.2 * kv + row.3 * ragged(s))) * x;
+            sxx += x * x;
+        }
+    }
+    if sxx > 0.0 {
+        ((sxy / sxx).clamp(0.0, 2.0) * 1000.0).round() / 1000.0
+    } else {
+        1.0
+    }
+}
+
 /// The share of the per-KV-token time saved on KV tokens that another request of the same
 /// decode batch also reads (`Efficiency::decode_shared_kv_saving`): least squares through the
 /// origin, over the decode steps with shared prefixes, of what `table` leaves unexplained against
 /// the time those tokens cost at the row's rate; 0 without such steps.
-pub fn fit_shared_saving(steps: &[StepPoint], table: &[(f64, f64, f64, f64)]) -> f64 {
+pub fn fit_shared_saving(
+    steps: &[StepPoint],
+    table: &[(f64, f64, f64, f64)],
+    padding_share: f64,
+) -> f64 {
     let (mut sxy, mut sxx) = (0.0, 0.0);
     for s in steps
         .iter()
@@ -196,7 +238,7 @@ pub fn fit_shared_saving(steps: &[StepPoint], table: &[(f64, f64, f64, f64)]) ->
             continue;
         };
         let kv = s.kv_read_tokens as f64;
-        let ragged = (row.0 * s.max_kv as f64 - kv).max(0.0);
+        let ragged = ragged(s) + padding_share * padding(s, row.0);
         let unexplained = d as f64 - (row.1 + row.2 * kv + row.3 * ragged);
         let x = row.2 * s.shared_kv_tokens as f64;
         sxy -= unexplained * x;
@@ -329,15 +371,39 @@ mod tests {
             let d = 1_200_000 + 48 * 16 * kv as u64;
             steps.push(point(BatchShape::decode(16, kv), "decode", d, 60_000, d));
         }
-        for (b, kv) in [(9usize, 512usize), (12, 1024)] {
-            let d = 1_200_000 + 48 * (b * kv) as u64 + 30 * ((16 - b) * kv) as u64;
-            steps.push(point(BatchShape::decode(b, kv), "decode", d, 60_000, d));
+        // (A scenario's run of steps; a lone step of a batch size is a transient.)
+        for (b, kv0) in [(9usize, 512usize), (12, 1024)] {
+            for kv in kv0..kv0 + 4 {
+                let d = 1_200_000 + 48 * (b * kv) as u64 + 30 * ((16 - b) * kv) as u64;
+                steps.push(point(BatchShape::decode(b, kv), "decode", d, 60_000, d));
+            }
         }
+        // Ragged full batches: 30 ns per token of raggedness too.
+        let mut s = BatchShape::decode(16, 1024);
+        s.max_kv = 1792;
+        let d = 1_200_000 + 48 * 16 * 1024 + 30 * 16 * (1792 - 1024);
+        steps.push(point(s, "decode", d, 60_000, d));
         let t = fit_decode_table(&steps);
         assert_eq!(t.len(), 1, "{t:?}");
         assert!(
             (t[0].0 - 16.0).abs() < 1e-9 && (t[0].3 - 30.0).abs() < 1e-2,
             "{t:?}"
+        );
+        assert!((fit_padding_share(&steps, &t) - 1.0).abs() < 1e-3);
+        // Padding rows at 60 % of a ragged request's cost.
+        for p in steps.iter_mut().filter(|p| p.decode_reqs < 16) {
+            let pad = ((16 - p.decode_reqs) * p.max_kv) as u64;
+            let d = p.device_ns.unwrap() - 30 * pad + 18 * pad;
+            p.device_ns = Some(d);
+        }
+        let t = fit_decode_table(&steps);
+        assert!((t[0].3 - 30.0).abs() < 1e-2, "{t:?}");
+        assert!((fit_padding_share(&steps, &t) - 0.6).abs() < 1e-3);
+        assert_eq!(fit_padding_share(&steps[..3], &t), 1.0);
+        assert_eq!(
+            fit_padding_share(&steps[..4], &t),
+            1.0,
+            "a lone step is a transient"
         );
     }
 
@@ -360,9 +426,9 @@ mod tests {
         let t = fit_decode_table(&steps);
         assert_eq!(t.len(), 1, "{t:?}");
         assert!((t[0].1 - 1_200_000.0).abs() < 2.0 && t[0].3 == 0.0, "{t:?}");
-        let saving = fit_shared_saving(&steps, &t);
+        let saving = fit_shared_saving(&steps, &t, 1.0);
         assert!((saving - 0.6).abs() < 2e-3, "{saving}");
-        assert_eq!(fit_shared_saving(&steps[..3], &t), 0.0);
+        assert_eq!(fit_shared_saving(&steps[..3], &t, 1.0), 0.0);
     }
 
     #[test]

@@ -171,6 +171,19 @@ pub struct Efficiency {
     /// (none) to 1. 0 where not measured.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub decode_shared_kv_saving: f64,
+    /// What a CUDA graph's padding row costs in the decode table's raggedness term, against a
+    /// request as long as the step's longest (1: an empty request; fitted from steps with fewer
+    /// requests than their row).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub decode_padding_share: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -409,6 +422,13 @@ impl Profile {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(bad(field, v.to_string(), "must be a non-negative number"));
             }
+        }
+        if !(e.decode_padding_share.is_finite() && e.decode_padding_share >= 0.0) {
+            return Err(bad(
+                "efficiency.decode_padding_share",
+                e.decode_padding_share.to_string(),
+                "must be a non-negative number",
+            ));
         }
         let saving = e.decode_shared_kv_saving;
         if !(0.0..=1.0).contains(&saving) {
