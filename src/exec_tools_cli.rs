@@ -167,20 +167,19 @@ pub fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let method = format!(
-        "doppel exec profile --device {} (plain order, radix cache off, {} timed repeats after a warm-up pass; step = launch to results; schedule = rest of the loop iteration)",
+        "doppel exec profile --device {} (plain order, radix cache off, {} timed repeats after a warm-up pass; step = launch to results; schedule = rest of the loop iteration; submit = building a prompt and submitting it)",
         a.device, plan.repeats
     );
-    let (steps, sched, device_name) = match device {
+    let ((steps, sched, submit), device_name) = match device {
         Device::Cpu => {
             if a.random_weights {
                 bail!("--random-weights is for --device cuda");
             }
             let (model, _) = doppel_exec::model::CpuModel::load(&a.model, false)?;
             let mut b = doppel_exec::cpu_backend::CpuBackend::new(model, plan.kv_capacity, 1);
-            let (s, q) = profile::run(&mut b, &plan, cfg.vocab_size, context, true)?;
+            let run = profile::run(&mut b, &plan, cfg.vocab_size, context, true)?;
             (
-                s,
-                q,
+                run,
                 format!("CPU ({} threads)", rayon::current_num_threads()),
             )
         }
@@ -214,8 +213,8 @@ pub fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
             };
             let mut b = CudaBackend::new(gpu, model, bcfg)?;
             eprintln!("{}", b.summary());
-            let (s, q) = profile::run(&mut b, &plan, cfg.vocab_size, context, true)?;
-            (s, q, name)
+            let run = profile::run(&mut b, &plan, cfg.vocab_size, context, true)?;
+            (run, name)
         }
     };
     let m = profile::measurements(
@@ -225,6 +224,7 @@ pub fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
         &method,
         steps,
         sched,
+        submit,
     );
     let text = doppel_sim::serde_json::to_string_pretty(&m)?;
     std::fs::write(&a.out, text).with_context(|| format!("writing {}", a.out))?;

@@ -227,11 +227,11 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             write(&out, &calibrate::to_yaml(&fit)?)?;
             if let Some(path) = residuals {
                 let mut csv = String::from(
-                    "mode,tokens,extend_reqs,decode_reqs,kv_read_tokens,attn_pairs,ns,host_ns,device_ns,fitted_ns\n",
+                    "mode,tokens,extend_reqs,decode_reqs,kv_read_tokens,attn_pairs,ns,host_ns,device_ns,fitted_ns,max_kv,max_seq,shared_kv_tokens\n",
                 );
                 for (p, (meas, pred)) in m.steps.iter().zip(&fit.residuals) {
                     csv.push_str(&format!(
-                        "{},{},{},{},{},{},{},{},{meas},{pred}\n",
+                        "{},{},{},{},{},{},{},{},{meas},{pred},{},{},{}\n",
                         p.mode,
                         p.tokens,
                         p.extend_reqs,
@@ -239,7 +239,10 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
                         p.kv_read_tokens,
                         p.attn_pairs,
                         p.ns,
-                        p.host_ns
+                        p.host_ns,
+                        p.max_kv,
+                        p.max_seq,
+                        p.shared_kv_tokens
                     ));
                 }
                 write(&path, &csv)?;
@@ -258,6 +261,14 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
                     signed * 100.0
                 );
             }
+            let (e, g) = (&fit.profile.efficiency, &fit.profile.engine);
+            println!(
+                "  decode padding share {} (1: not measured), shared-KV saving {} (0: not measured), submit {} ns + {} ns/token (0: not measured)",
+                e.decode_padding_share,
+                e.decode_shared_kv_saving,
+                g.submit_ns,
+                g.submit_ns_per_token
+            );
             Ok(ExitCode::SUCCESS)
         }
         SimCmd::Profiles => {

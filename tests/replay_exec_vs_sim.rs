@@ -295,6 +295,11 @@ fn cli_profile_on_cpu_then_calibrate() {
     assert!(steps.iter().any(|s| s["mode"] == "decode"
         && s["decode_reqs"] == 4
         && s["kv_read_tokens"].as_u64().unwrap() >= 4 * 97));
+    // The shared-prefix decodes (4 requests over a cached 64-token prefix): each request after
+    // the first reads the prefix again.
+    assert!(steps.iter().any(|s| s["mode"] == "decode"
+        && s["decode_reqs"] == 4
+        && s["shared_kv_tokens"] == 3 * 64));
     let fitted = dir.join("fitted.yaml");
     let out = Command::new(bin)
         .args(["sim", "calibrate"])

@@ -10,7 +10,7 @@ use doppel_core::{
     Backend, Engine, Event, ForwardMode, RequestId, RequestSpec, SamplingParams, Scheduler,
     SchedulerConfig, TimeNs, TokenId,
 };
-use doppel_sim::calibrate::{Measurements, SchedulePoint, StepPoint};
+use doppel_sim::calibrate::{Measurements, SchedulePoint, StepPoint, SubmitPoint};
 use doppel_sim::cost::BatchShape;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -41,6 +41,12 @@ pub struct ProfilePlan {
     pub ragged_decode: Vec<(usize, usize)>,
     /// Prefill batches with ragged prompt lengths, spread the same way: (batch, mean length).
     pub ragged_prefill: Vec<(usize, usize)>,
+    /// Decode batches of even lengths with fewer requests than their CUDA graph, which pads
+    /// them with empty rows: (batch, length).
+    pub padded_decode: Vec<(usize, usize)>,
+    /// Decode batches over a shared cached prefix (one request computes it, then the batch hits
+    /// it and decodes): (batch, shared prefix, own suffix).
+    pub shared_decode: Vec<(usize, usize, usize)>,
     /// Timed repeats of the whole sweep (after one untimed warm-up pass).
     pub repeats: usize,
     /// Prefill token budget per step (larger prefill batches are skipped).
@@ -78,10 +84,14 @@ impl ProfilePlan {
                 (4096, 128, 1),
             ],
             chunked: vec![(8192, 2048), (12288, 4096), (16384, 8192)],
-            ragged_decode: [2, 4, 6, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
-                .iter()
-                .flat_map(|&b| [(b, 512), (b, 1024)])
-                .collect(),
+            // Full graphs, and batches a graph pads (10 and 12 run as 16, 20 as 24, ...), which
+            // real traces run most of the time.
+            ragged_decode: [
+                2, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32, 44, 48, 64, 72, 96, 104, 128, 144, 192, 256,
+            ]
+            .iter()
+            .flat_map(|&b| [(b, 512), (b, 1024)])
+            .collect(),
             ragged_prefill: vec![
                 (2, 2048),
                 (4, 1024),
@@ -89,6 +99,27 @@ impl ProfilePlan {
                 (12, 680),
                 (16, 512),
                 (32, 256),
+            ],
+            padded_decode: vec![
+                (10, 512),
+                (12, 1024),
+                (20, 512),
+                (28, 1024),
+                (44, 512),
+                (72, 1024),
+                (144, 512),
+            ],
+            // Shared system prompts: the KV of the prefix is read once per request, from L2
+            // after the first.
+            shared_decode: vec![
+                (4, 1024, 128),
+                (8, 1024, 128),
+                (12, 1024, 128),
+                (16, 1024, 128),
+                (16, 2048, 64),
+                (32, 512, 128),
+                (64, 1024, 64),
+                (128, 512, 64),
             ],
             repeats: 2,
             max_prefill_tokens: 16384,
@@ -111,6 +142,8 @@ impl ProfilePlan {
             chunked: vec![(256, 64)],
             ragged_decode: vec![(4, 64)],
             ragged_prefill: vec![(4, 64)],
+            padded_decode: vec![(3, 32)],
+            shared_decode: vec![(4, 64, 16)],
             repeats: 1,
             max_prefill_tokens: 4096,
             kv_capacity: 16_384,
@@ -132,6 +165,15 @@ impl ProfilePlan {
             .max()
             .unwrap_or(1);
         let c = self.chunked.iter().map(|&(l, _)| l + 2).max().unwrap_or(1);
+        let s = self
+            .padded_decode
+            .iter()
+            .map(|&(_, l)| l)
+            .chain(self.shared_decode.iter().map(|&(_, a, b)| a + b))
+            .max()
+            .unwrap_or(1)
+            + self.decode_steps
+            + 1;
         let r = self
             .ragged_decode
             .iter()
@@ -139,7 +181,7 @@ impl ProfilePlan {
             .map(|&(_, mean)| spread(2, mean)[1] + self.decode_steps + 1)
             .max()
             .unwrap_or(1);
-        p.max(d).max(m).max(h).max(c).max(r)
+        p.max(d).max(m).max(h).max(c).max(r).max(s)
     }
 }
 
@@ -234,6 +276,24 @@ fn scenarios(p: &ProfilePlan) -> Vec<Scenario> {
             out.push(Scenario::plain(reqs));
         }
     }
+    for &(b, len) in &p.padded_decode {
+        if b * (len + p.decode_steps + 1) <= p.kv_capacity {
+            out.push(Scenario::plain(vec![(len, p.decode_steps + 1, 0, 0); b]));
+        }
+    }
+    for &(b, prefix, suffix) in &p.shared_decode {
+        let len = prefix + suffix;
+        let fits = b * suffix <= p.max_prefill_tokens
+            && prefix + b * (suffix + p.decode_steps + 1) + 2 <= p.kv_capacity;
+        if prefix > 0 && fits {
+            let mut reqs = vec![(prefix, 1, 0, prefix)];
+            reqs.extend(vec![(len, p.decode_steps + 1, 2, prefix); b]);
+            out.push(Scenario {
+                cache: true,
+                ..Scenario::plain(reqs)
+            });
+        }
+    }
     for &(b, mean) in &p.ragged_prefill {
         let lens = spread(b, mean);
         let total: usize = lens.iter().sum();
@@ -277,12 +337,16 @@ impl StepTiming for crate::cuda::backend::CudaBackend {
 /// GPU stall queued before each step of the stalled runs: longer than any measured launch.
 const STALL_NS: u64 = 8_000_000;
 
-/// One scenario's steps as measured: (shape, mode, plain span, host launch, device ns), and
-/// the scheduler time per step.
+/// One scenario's steps as measured: (shape, mode, plain span, host launch, device ns), the
+/// scheduler time per step, and each request's submission time.
 type ScenarioRun = (
     Vec<(BatchShape, ForwardMode, u64, u64, Option<u64>)>,
     Vec<(usize, u64)>,
+    Vec<SubmitPoint>,
 );
+
+/// What the sweep measured: steps, scheduler times, submission times.
+pub type Profiled = (Vec<StepPoint>, Vec<SchedulePoint>, Vec<SubmitPoint>);
 
 /// What went wrong while profiling.
 #[derive(Debug, thiserror::Error)]
@@ -311,7 +375,7 @@ pub fn run<B: Backend + StepTiming>(
     vocab: usize,
     context_len: usize,
     show_progress: bool,
-) -> Result<(Vec<StepPoint>, Vec<SchedulePoint>), ProfileError> {
+) -> Result<Profiled, ProfileError> {
     let bar = if show_progress {
         indicatif::ProgressBar::new(1)
     } else {
@@ -326,6 +390,7 @@ pub fn run<B: Backend + StepTiming>(
     let mut next_id = 0u64;
     let mut steps = Vec::new();
     let mut sched = Vec::new();
+    let mut submit = Vec::new();
     let total = list.len() * (p.repeats + 1);
     backend.set_step_timing(true);
     for pass in 0..=p.repeats {
@@ -338,11 +403,12 @@ pub fn run<B: Backend + StepTiming>(
                 rng: &mut rng,
                 next_id: &mut next_id,
             };
-            let (plain, iter_ns) = run_scenario(backend, sc, &mut ctx, false)?;
+            let (plain, iter_ns, submitted) = run_scenario(backend, sc, &mut ctx, false)?;
             if pass == 0 {
                 continue;
             }
-            let (stalled, _) = run_scenario(backend, sc, &mut ctx, true)?;
+            submit.extend(submitted);
+            let (stalled, _, _) = run_scenario(backend, sc, &mut ctx, true)?;
             // The last iteration queued a stall no step consumed: drop it.
             backend.stall_next_step(0);
             // Same scenario, same scheduler: the same step sequence, unless the scheduler saw
@@ -378,7 +444,7 @@ pub fn run<B: Backend + StepTiming>(
     }
     backend.set_step_timing(false);
     bar.finish_and_clear();
-    Ok((steps, sched))
+    Ok((steps, sched, submit))
 }
 
 /// What a scenario run needs besides the backend.
@@ -418,11 +484,14 @@ fn run_scenario<B: Backend + StepTiming>(
     let vocab = c.vocab as TokenId;
     let shared: Vec<TokenId> = (0..longest).map(|_| c.rng.gen_range(0..vocab)).collect();
     let mut iter_ns: Vec<(usize, u64)> = Vec::new();
+    let mut submitted = Vec::new();
     let mut ran = 0usize;
     loop {
         let mut i = 0;
         while i < pending.len() {
             if pending[i].2 <= ran {
+                // As `exec replay` takes in an arrival: build the prompt, submit it.
+                let t0 = Instant::now();
                 let (len, out, _, from_shared) = pending.swap_remove(i);
                 let mut prompt: Vec<TokenId> = shared[..from_shared.min(len)].to_vec();
                 prompt.extend((prompt.len()..len).map(|_| c.rng.gen_range(0..vocab)));
@@ -433,6 +502,10 @@ fn run_scenario<B: Backend + StepTiming>(
                     .scheduler
                     .submit(RequestSpec::new(RequestId(*c.next_id), prompt, sp, now))
                     .map_err(|e| ProfileError::Scheduler(e.to_string()))?;
+                submitted.push(SubmitPoint {
+                    prompt_len: len,
+                    ns: t0.elapsed().as_nanos() as u64,
+                });
                 *c.next_id += 1;
             } else {
                 i += 1;
@@ -473,7 +546,7 @@ fn run_scenario<B: Backend + StepTiming>(
             (*shape, r.mode, ns, host, r.device_ns)
         })
         .collect();
-    Ok((steps, iter_ns))
+    Ok((steps, iter_ns, submitted))
 }
 
 /// Package the points as a measurement file.
@@ -484,6 +557,7 @@ pub fn measurements(
     method: &str,
     steps: Vec<StepPoint>,
     schedule: Vec<SchedulePoint>,
+    submit: Vec<SubmitPoint>,
 ) -> Measurements {
     Measurements {
         device: device.to_string(),
@@ -500,6 +574,7 @@ pub fn measurements(
         method: method.to_string(),
         steps,
         schedule,
+        submit,
         // In-process: no HTTP, tokenization or streaming between clients and the engine.
         host: Default::default(),
     }

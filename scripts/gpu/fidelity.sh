@@ -16,14 +16,24 @@ export DOPPEL_KERNEL_CACHE=${DOPPEL_KERNEL_CACHE:-/tmp/doppel-kernels}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$W/gpu.txt"
 echo "=== profile ==="
+nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv -lms 250 >"$W/clocks-profile.csv" 2>/dev/null &
+SMI=$!
 timeout ${PROFILE_LIMIT:-240} "$BIN" exec profile --device cuda --random-weights --model "$MODEL" \
     --out "$W/h100-qwen3-0.6b-measurements.json" 2>&1 | tee "$W/profile.log"
+kill "$SMI" 2>/dev/null
 for t in ${TRACES:-burst poisson_low poisson_high shared_prefix multi_turn}; do
     echo "=== replay $t ==="
+    # SM clock, power and throttle reasons every 50 ms: the burst's prefills ran 4 % slower than
+    # the profile measured the same shapes, from the third step on (sustained load?).
+    nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+        --format=csv -lms 50 >"$W/clocks-$t.csv" 2>/dev/null &
+    SMI=$!
     timeout 100 "$BIN" exec replay "traces/fidelity/$t.yaml" --device cuda --random-weights \
         --model "$MODEL" --profile h100-80g/qwen3-0.6b/sglang --time-limit 90 \
         --json "$W/real-$t.json" >"$W/real-$t.txt" 2>&1
     echo "exit $?"
+    kill "$SMI" 2>/dev/null
     grep -E "Successful|Median TTFT|Median ITL|Output token throughput|error" "$W/real-$t.txt"
 done
 tar -C "$W" -czf "$OUT/fidelity.tar.gz" .

@@ -1,6 +1,7 @@
 //! The virtual GPU: prices each plan with the cost model and returns synthetic tokens.
 
 use crate::cost::{BatchShape, CostModel};
+use crate::kv_sharing::KvSharing;
 use crate::workload::synth_token;
 use doppel_core::{Backend, ForwardMode, Plan, StepResult, TimeNs};
 use std::collections::VecDeque;
@@ -28,6 +29,9 @@ pub struct StepRecord {
     pub tokens: u32,
     /// KV tokens read by attention (decode lengths and cached prefixes).
     pub kv_tokens: u64,
+    /// With step times taken from a real run: the cost model's device time for the same batch
+    /// and its shape, so the model can be checked step by step against the measured one.
+    pub model: Option<(u64, BatchShape)>,
 }
 
 /// Failure of the virtual GPU: only a misuse of the Backend contract can cause one.
@@ -58,6 +62,9 @@ pub struct SimBackend<C: CostModel> {
     // steps were launched so far.
     locked: Vec<StepRecord>,
     launched: usize,
+    sharing: KvSharing,
+    // The engine thread is busy with other host work (taking in arrivals) until then.
+    host_busy_until: TimeNs,
 }
 
 impl<C: CostModel> SimBackend<C> {
@@ -76,6 +83,8 @@ impl<C: CostModel> SimBackend<C> {
             steps: Vec::new(),
             locked: Vec::new(),
             launched: 0,
+            sharing: KvSharing::new(),
+            host_busy_until: 0,
         }
     }
 
@@ -88,6 +97,14 @@ impl<C: CostModel> SimBackend<C> {
     /// When the real run began forming launch number `i` (None past the locked steps).
     pub fn locked_schedule(&self, i: usize) -> Option<TimeNs> {
         self.locked.get(i).map(|r| r.scheduled)
+    }
+
+    /// Host work of `ns` on the engine thread at `now` (submitting arrived requests): the next
+    /// step is formed after it.
+    pub fn host_work(&mut self, now: TimeNs, ns: u64) {
+        if ns > 0 {
+            self.host_busy_until = self.host_busy_until.max(now) + ns;
+        }
     }
 
     /// The cost model.
@@ -119,14 +136,16 @@ impl<C: CostModel> Backend for SimBackend<C> {
         // starts it when the launch has begun and the previous step is done, and cannot finish
         // before the host's last launch. In the overlap order `now` is while the previous step
         // still runs, so the host's time hides behind it.
-        let formed = now + self.cost.schedule_ns(plan.entries.len());
-        let shape = BatchShape::of_plan(plan);
+        let formed = now.max(self.host_busy_until) + self.cost.schedule_ns(plan.entries.len());
+        let mut shape = BatchShape::of_plan(plan);
+        shape.shared_kv_tokens = self.sharing.observe(plan);
         let l = self.cost.launch_ns(&shape);
         let mut host_end = formed + l.host_ns;
         let mut start = (formed + l.lead_ns).max(self.busy_until);
         let mut device = self.cost.step_ns(&shape);
         let mut end = (start + device).max(host_end + l.tail_ns);
         let locked = self.locked.get(self.launched);
+        let model = locked.map(|_| (device, shape));
         if let Some(r) = locked {
             start = r.start.max(now);
             (host_end, end) = (r.launched.max(start), r.end.max(start));
@@ -151,6 +170,7 @@ impl<C: CostModel> Backend for SimBackend<C> {
                 batch: plan.entries.len() as u32,
                 tokens: shape.tokens as u32,
                 kv_tokens: shape.kv_read_tokens as u64,
+                model,
             });
         }
         Ok(())

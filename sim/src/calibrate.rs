@@ -8,7 +8,7 @@
 
 use crate::cost::{BatchShape, RooflineCost};
 use crate::error::SimError;
-use crate::fit_split::{fit_decode_table, fit_launch};
+use crate::fit_split::{fit_decode_table, fit_launch, fit_padding_share, fit_shared_saving};
 use crate::profile::Profile;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,10 @@ pub struct StepPoint {
     /// Longest decode entry's sequence; 0 in files from before it was kept.
     #[serde(default)]
     pub max_kv: usize,
+    /// KV tokens of decode entries that another decode entry of the step also read (a shared
+    /// cached prefix); 0 in files from before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shared_kv_tokens: usize,
     /// Measured time (ns), launch to results.
     pub ns: u64,
     /// Host time of the launch call (ns): from the start of the launch until it returned.
@@ -65,6 +69,7 @@ impl StepPoint {
             is_decode: self.mode == "decode",
             max_seq: self.max_seq,
             max_kv: self.max_kv,
+            shared_kv_tokens: self.shared_kv_tokens,
         }
     }
 
@@ -80,12 +85,17 @@ impl StepPoint {
             kv_read_tokens: shape.kv_read_tokens,
             max_seq: shape.max_seq,
             max_kv: shape.max_kv,
+            shared_kv_tokens: shape.shared_kv_tokens,
             ns,
             host_ns: 0,
             device_ns: None,
             host_busy_ns: None,
         }
     }
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 /// Scheduler CPU time of one step with `entries` requests.
@@ -95,6 +105,17 @@ pub struct SchedulePoint {
     /// Requests in the step.
     pub entries: usize,
     /// Scheduler time (form the plan + apply the results), ns.
+    pub ns: u64,
+}
+
+/// Host time of handing one request to the scheduler on the engine's thread (in-process: building
+/// its prompt and `Scheduler::submit`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitPoint {
+    /// Prompt tokens.
+    pub prompt_len: usize,
+    /// Host time, ns.
     pub ns: u64,
 }
 
@@ -129,6 +150,9 @@ pub struct Measurements {
     pub steps: Vec<StepPoint>,
     /// Scheduler times.
     pub schedule: Vec<SchedulePoint>,
+    /// Submission times per request; empty in files from before they were measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub submit: Vec<SubmitPoint>,
     /// Client-path costs the fitted profile gets.
     #[serde(default)]
     pub host: HostOverheads,
@@ -423,12 +447,20 @@ pub fn calibrate(
         }
     }
     let mut profile = apply(base, &best);
+    let e = &mut profile.efficiency;
+    e.decode_padding_share = fit_padding_share(&m.steps, &table);
+    e.decode_shared_kv_saving = fit_shared_saving(&m.steps, &table, e.decode_padding_share);
     profile.decode_table = table;
     profile.launch = fit_launch(&m.steps, base.engine.cuda_graph_max_bs);
     let (a, b) = fit_schedule(&m.schedule);
     if !m.schedule.is_empty() {
         profile.engine.schedule_ns_per_step = a.round();
         profile.engine.schedule_ns_per_req = b.round();
+    }
+    if !m.submit.is_empty() {
+        let (a, b) = crate::fit_split::fit_submit(&m.submit);
+        profile.engine.submit_ns = a.round();
+        profile.engine.submit_ns_per_token = (b * 1000.0).round() / 1000.0;
     }
     let h = &m.host;
     for (field, v) in [

@@ -35,7 +35,7 @@ fn mode_name(m: ForwardMode) -> &'static str {
 }
 
 fn step_json(s: &StepRecord) -> Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "step": s.step,
         "mode": mode_name(s.mode),
         "batch": s.batch,
@@ -46,7 +46,15 @@ fn step_json(s: &StepRecord) -> Value {
         "end_ns": s.end,
         "launched_ns": s.launched,
         "device_ns": s.device_ns,
-    })
+    });
+    if let (Some((ns, shape)), Value::Object(map)) = (&s.model, &mut v) {
+        map.insert("model_device_ns".into(), (*ns).into());
+        map.insert("extend_reqs".into(), shape.extend_reqs.into());
+        map.insert("max_kv".into(), shape.max_kv.into());
+        map.insert("max_seq".into(), shape.max_seq.into());
+        map.insert("shared_kv_tokens".into(), shape.shared_kv_tokens.into());
+    }
+    v
 }
 
 /// What identifies a step in the batch sequence: kind, requests, tokens computed.
@@ -243,6 +251,7 @@ pub fn step_records(v: &Value, file: &str) -> Result<Vec<StepRecord>, SimError> 
                 batch: int("batch")? as u32,
                 tokens: int("tokens")? as u32,
                 kv_tokens: int("kv_tokens")?,
+                model: None,
             })
         })
         .collect()

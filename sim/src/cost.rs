@@ -26,6 +26,10 @@ pub struct BatchShape {
     /// Longest decode entry's sequence: with ragged lengths the longest request's attention
     /// finishes last.
     pub max_kv: usize,
+    /// KV tokens the decode entries read that another decode entry of the batch also reads (a
+    /// shared cached prefix; [`crate::kv_sharing::KvSharing`] counts them across plans, so
+    /// `of_plan` leaves 0).
+    pub shared_kv_tokens: usize,
 }
 
 impl BatchShape {
@@ -67,6 +71,7 @@ impl BatchShape {
             is_decode: false,
             max_seq: input_len,
             max_kv: 0,
+            shared_kv_tokens: 0,
         }
     }
 
@@ -82,6 +87,7 @@ impl BatchShape {
             is_decode: true,
             max_seq: 0,
             max_kv: kv_len,
+            shared_kv_tokens: 0,
         }
     }
 }
@@ -179,19 +185,33 @@ impl RooflineCost {
         let last = t.last()?;
         let b = s.decode_reqs.max(1) as f64;
         let kv = s.kv_read_tokens as f64;
+        // (rows the step runs with, fixed, per KV token, per token of raggedness)
         let row = match t.iter().find(|r| r.0 >= b) {
-            Some(r) => (r.1, r.2, r.3),
+            Some(r) => (r.0, r.1, r.2, r.3),
             None if t.len() >= 2 => {
                 let prev = t[t.len() - 2];
                 let f = (b - prev.0) / (last.0 - prev.0);
                 let at = |x: f64, y: f64| (x + f * (y - x)).max(0.0);
-                (at(prev.1, last.1), at(prev.2, last.2), at(prev.3, last.3))
+                (
+                    b,
+                    at(prev.1, last.1),
+                    at(prev.2, last.2),
+                    at(prev.3, last.3),
+                )
             }
-            None => (last.1 * b / last.0, last.2, last.3),
+            None => (b, last.1 * b / last.0, last.2, last.3),
         };
-        // Ragged lengths: the excess of the longest request over an even spread.
-        let ragged = (b * s.max_kv as f64 - kv).max(0.0);
-        Some((row.0 + row.1 * kv + row.2 * ragged) * 1e-9)
+        // Ragged lengths: the excess of the longest request over an even spread. A graph's
+        // split-KV attention runs a fixed grid per row and waits for the longest sequence; its
+        // padding rows are empty requests (they add to this term, not to the KV read), each
+        // counted at the fitted share.
+        let (rows, row) = (row.0, (row.1, row.2, row.3));
+        let eff = &self.profile.efficiency;
+        let ragged = (b * s.max_kv as f64 - kv).max(0.0)
+            + eff.decode_padding_share * (rows - b).max(0.0) * s.max_kv as f64;
+        // A KV token another request of the batch reads too comes from L2 after the first read.
+        let read = kv - eff.decode_shared_kv_saving * s.shared_kv_tokens as f64;
+        Some((row.0 + row.1 * read + row.2 * ragged) * 1e-9)
     }
 
     /// Seconds of GPU time, unrounded (one-batch prints these).
@@ -284,6 +304,23 @@ mod tests {
         let t64 = c.step_ns(&BatchShape::decode(64, 160));
         let t64_long = c.step_ns(&BatchShape::decode(64, 4096));
         assert!(t1 < t64 && t64 < t64_long, "{t1} {t64} {t64_long}");
+    }
+
+    #[test]
+    fn a_padded_decode_batch_costs_its_graph_row_with_empty_padding_rows() {
+        let mut p = Profile::load("h100-80g/qwen3-0.6b/doppel").unwrap();
+        p.decode_table = vec![(8.0, 1e6, 50.0, 20.0), (16.0, 1.2e6, 48.0, 25.0)];
+        let c = RooflineCost::new(&p, 1);
+        // 9 requests of 512 tokens run as graph 16: 7 empty rows of raggedness each 512 long.
+        let want = 1.2e6 + 48.0 * 9.0 * 512.0 + 25.0 * 7.0 * 512.0;
+        let got = c.step_seconds(&BatchShape::decode(9, 512)) * 1e9;
+        assert!((got - want).abs() < 1e-3, "{got} {want}");
+        // A full graph with even lengths has none.
+        let full = c.step_seconds(&BatchShape::decode(16, 512)) * 1e9;
+        assert!(
+            (full - (1.2e6 + 48.0 * 16.0 * 512.0)).abs() < 1e-3,
+            "{full}"
+        );
     }
 
     #[test]

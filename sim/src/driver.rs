@@ -159,7 +159,8 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
         // Clients: send what is ready, up to the concurrency cap.
         clients.send_due(now, &mut out, &mut sent);
         arrive(&mut sent, &out, &mut incoming);
-        // Server: submit what has arrived.
+        // Server: submit what has arrived (engine-thread time before the next step).
+        let mut submit_ns = 0.0;
         while let Some(&Reverse((t, i))) = incoming.peek() {
             if t > now {
                 break;
@@ -175,12 +176,14 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
                 ignore_eos: r.ignore_eos,
                 ..SamplingParams::greedy(r.output_len)
             };
+            submit_ns += eng.submit_ns + eng.submit_ns_per_token * prompt.len() as f64;
             let spec = RequestSpec::new(RequestId(i as u64), prompt, sampling, t);
             if let Err(e) = engine.scheduler.submit(spec) {
                 clients.refused(i, t, e.to_string(), &mut out, &mut sent);
                 arrive(&mut sent, &out, &mut incoming);
             }
         }
+        engine.backend.host_work(now, submit_ns.round() as u64);
 
         events.clear();
         let it = engine

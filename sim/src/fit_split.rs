@@ -2,7 +2,7 @@
 //! (`StepPoint::host_ns`, `StepPoint::device_ns`): the measured decode table and the launch
 //! costs. Plain least squares over medians, so a few noisy repeats do not move the fit.
 
-use crate::calibrate::StepPoint;
+use crate::calibrate::{StepPoint, SubmitPoint};
 use crate::profile::LaunchCosts;
 use std::collections::BTreeMap;
 
@@ -93,51 +93,71 @@ fn plane(points: &[(f64, f64, f64)]) -> (f64, f64, f64) {
     (mean.max(0.0), 0.0, 0.0)
 }
 
-/// Raggedness of a decode step: batch x longest sequence - KV tokens read (0 when even).
+/// Raggedness of a decode step among its own requests: batch x longest sequence - KV tokens read
+/// (0 when even).
 fn ragged(s: &StepPoint) -> f64 {
     (s.decode_reqs as f64 * s.max_kv as f64 - s.kv_read_tokens as f64).max(0.0)
 }
 
+/// Tokens of the empty rows a graph of `rows` pads a decode step with: each as long as the
+/// step's longest sequence (see `Efficiency::decode_padding_share`).
+fn padding(s: &StepPoint, rows: f64) -> f64 {
+    (rows - s.decode_reqs as f64).max(0.0) * s.max_kv as f64
+}
+
+/// The decode steps a table fit uses: measured device time, no shared prefix (those read part
+/// of their KV from L2: `fit_shared_saving`).
+fn plain_decodes(steps: &[StepPoint]) -> impl Iterator<Item = (&StepPoint, f64)> {
+    steps
+        .iter()
+        .filter(|s| s.mode == "decode" && s.shared_kv_tokens == 0)
+        .filter_map(|s| Some((s, s.device_ns? as f64)))
+}
+
 /// Decode device times by batch size: `(batch, fixed ns, ns per KV token read, ns per token of
-/// raggedness)` for every batch measured at two or more KV lengths, from the steps'
-/// `device_ns`. Even batches fit the first two; ragged ones (lengths spread around the same
-/// mean) the third.
+/// raggedness)` for every batch measured at two or more KV lengths with even, full batches, from
+/// the steps' `device_ns`. Those fit the first two terms, the same batches with ragged lengths
+/// the third. Steps with fewer requests than a row (a CUDA graph pads them up to it) are left to
+/// `fit_padding_share`.
 pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64, f64)> {
+    let decode: Vec<(&StepPoint, f64)> = plain_decodes(steps).collect();
+    // Even within a token per request (lengths grow by one per step).
+    let even = |s: &StepPoint| ragged(s) <= s.decode_reqs as f64;
     // batch -> KV tokens read -> device times, for even batches
     let mut by: BTreeMap<usize, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
-    // batch -> (KV tokens read, raggedness, device time)
-    let mut uneven: BTreeMap<usize, Vec<(f64, f64, f64)>> = BTreeMap::new();
-    for s in steps {
-        if let (true, Some(d)) = (s.mode == "decode", s.device_ns) {
-            // Even within a token per request (lengths grow by one per step).
-            if ragged(s) <= s.decode_reqs as f64 {
-                by.entry(s.decode_reqs)
-                    .or_default()
-                    .entry(s.kv_read_tokens)
-                    .or_default()
-                    .push(d as f64);
-            } else {
-                uneven.entry(s.decode_reqs).or_default().push((
-                    s.kv_read_tokens as f64,
-                    ragged(s),
-                    d as f64,
-                ));
-            }
-        }
+    for &(s, d) in decode.iter().filter(|(s, _)| even(s)) {
+        by.entry(s.decode_reqs)
+            .or_default()
+            .entry(s.kv_read_tokens)
+            .or_default()
+            .push(d);
     }
-    let mut table = Vec::new();
-    for (batch, kvs) in by {
+    // Rows: batches with a slope. A batch seen at one KV length only (a mixed scenario's
+    // transient) cannot give one; its steps are padded ones of the next row up.
+    let mut rows: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
+    for (&batch, kvs) in &by {
         let pts: Vec<(f64, f64)> = kvs
-            .into_iter()
-            .map(|(kv, ts)| (kv as f64, median(ts)))
+            .iter()
+            .map(|(&kv, ts)| (kv as f64, median(ts.clone())))
             .collect();
         let lo = pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
         let hi = pts.iter().map(|p| p.0).fold(0.0, f64::max);
-        // A batch seen at one KV length only (a mixed scenario's transient) cannot give a slope.
-        if hi < 2.0 * lo.max(1.0) {
-            continue;
+        if hi >= 2.0 * lo.max(1.0) {
+            rows.insert(batch, line(&pts));
         }
-        let (a, b) = line(&pts);
+    }
+    // row -> (KV tokens read, raggedness, device time) of its ragged, full batches
+    let mut uneven: BTreeMap<usize, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    for &(s, d) in &decode {
+        if !even(s) && rows.contains_key(&s.decode_reqs) {
+            uneven
+                .entry(s.decode_reqs)
+                .or_default()
+                .push((s.kv_read_tokens as f64, ragged(s), d));
+        }
+    }
+    let mut table = Vec::new();
+    for (&batch, &(a, b)) in &rows {
         // Least squares through the origin of what the even fit leaves unexplained.
         let (mut sxy, mut sxx) = (0.0, 0.0);
         for &(kv, x, d) in uneven.get(&batch).map_or(&[][..], |v| &v[..]) {
@@ -164,6 +184,85 @@ pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64, f64)> {
             (b, base, slope, c)
         })
         .collect()
+}
+
+/// How much a padding row of a CUDA graph costs against a ragged request of the same length
+/// (`Efficiency::decode_padding_share`): least squares through the origin, over the decode steps
+/// with fewer requests than their row, of what `table` leaves unexplained against the padding's
+/// tokens at the row's raggedness rate. 1 (padding rows count as empty requests) without such
+/// steps. A batch size with fewer than 4 steps is a one-step transient (the decode after a mixed
+/// scenario's prefill), not a measured shape: the six of the first H100 file are 8 % fast and
+/// 28 % slow against their rows, far from any steady step.
+pub fn fit_padding_share(steps: &[StepPoint], table: &[(f64, f64, f64, f64)]) -> f64 {
+    let mut count: BTreeMap<usize, usize> = BTreeMap::new();
+    for (s, _) in plain_decodes(steps) {
+        *count.entry(s.decode_reqs).or_default() += 1;
+    }
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (s, d) in plain_decodes(steps).filter(|(s, _)| count[&s.decode_reqs] >= 4) {
+        let Some(row) = table.iter().find(|r| r.0 >= s.decode_reqs as f64) else {
+            continue;
+        };
+        let x = row.3 * padding(s, row.0);
+        if x > 0.0 {
+            let kv = s.kv_read_tokens as f64;
+            sxy += (d - (row.1 + row.2 * kv + row.3 * ragged(s))) * x;
+            sxx += x * x;
+        }
+    }
+    if sxx > 0.0 {
+        ((sxy / sxx).clamp(0.0, 2.0) * 1000.0).round() / 1000.0
+    } else {
+        1.0
+    }
+}
+
+/// The share of the per-KV-token time saved on KV tokens that another request of the same
+/// decode batch also reads (`Efficiency::decode_shared_kv_saving`): least squares through the
+/// origin, over the decode steps with shared prefixes, of what `table` leaves unexplained against
+/// the time those tokens cost at the row's rate; 0 without such steps.
+pub fn fit_shared_saving(
+    steps: &[StepPoint],
+    table: &[(f64, f64, f64, f64)],
+    padding_share: f64,
+) -> f64 {
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for s in steps
+        .iter()
+        .filter(|s| s.mode == "decode" && s.shared_kv_tokens > 0)
+    {
+        let (Some(d), Some(row)) = (
+            s.device_ns,
+            table.iter().find(|r| r.0 >= s.decode_reqs as f64),
+        ) else {
+            continue;
+        };
+        let kv = s.kv_read_tokens as f64;
+        let ragged = ragged(s) + padding_share * padding(s, row.0);
+        let unexplained = d as f64 - (row.1 + row.2 * kv + row.3 * ragged);
+        let x = row.2 * s.shared_kv_tokens as f64;
+        sxy -= unexplained * x;
+        sxx += x * x;
+    }
+    if sxx > 0.0 {
+        ((sxy / sxx).clamp(0.0, 1.0) * 1000.0).round() / 1000.0
+    } else {
+        0.0
+    }
+}
+
+/// Submission cost `(ns, ns per prompt token)`: least squares through each prompt length's
+/// median (the first submissions of a run pay one-time allocations).
+pub fn fit_submit(points: &[SubmitPoint]) -> (f64, f64) {
+    let mut by: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for p in points {
+        by.entry(p.prompt_len).or_default().push(p.ns as f64);
+    }
+    let pts: Vec<(f64, f64)> = by
+        .into_iter()
+        .map(|(len, v)| (len as f64, median(v)))
+        .collect();
+    line(&pts)
 }
 
 /// Launch costs from the steps' `host_ns`, `device_ns` and plain spans; `graph_max` is the
@@ -261,6 +360,75 @@ mod tests {
             (t[0].2 - 50.0).abs() < 1e-3 && (t[0].3 - 20.0).abs() < 1e-2,
             "{t:?}"
         );
+    }
+
+    #[test]
+    fn padded_batches_fit_the_raggedness_term_against_the_graph_rows() {
+        // Graph 16: even full batches, and 9 or 12 even requests padded to 16 rows, which cost
+        // 30 ns per token of (16 x longest - KV read).
+        let mut steps = Vec::new();
+        for kv in [128usize, 512, 2048] {
+            let d = 1_200_000 + 48 * 16 * kv as u64;
+            steps.push(point(BatchShape::decode(16, kv), "decode", d, 60_000, d));
+        }
+        // (A scenario's run of steps; a lone step of a batch size is a transient.)
+        for (b, kv0) in [(9usize, 512usize), (12, 1024)] {
+            for kv in kv0..kv0 + 4 {
+                let d = 1_200_000 + 48 * (b * kv) as u64 + 30 * ((16 - b) * kv) as u64;
+                steps.push(point(BatchShape::decode(b, kv), "decode", d, 60_000, d));
+            }
+        }
+        // Ragged full batches: 30 ns per token of raggedness too.
+        let mut s = BatchShape::decode(16, 1024);
+        s.max_kv = 1792;
+        let d = 1_200_000 + 48 * 16 * 1024 + 30 * 16 * (1792 - 1024);
+        steps.push(point(s, "decode", d, 60_000, d));
+        let t = fit_decode_table(&steps);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert!(
+            (t[0].0 - 16.0).abs() < 1e-9 && (t[0].3 - 30.0).abs() < 1e-2,
+            "{t:?}"
+        );
+        assert!((fit_padding_share(&steps, &t) - 1.0).abs() < 1e-3);
+        // Padding rows at 60 % of a ragged request's cost.
+        for p in steps.iter_mut().filter(|p| p.decode_reqs < 16) {
+            let pad = ((16 - p.decode_reqs) * p.max_kv) as u64;
+            let d = p.device_ns.unwrap() - 30 * pad + 18 * pad;
+            p.device_ns = Some(d);
+        }
+        let t = fit_decode_table(&steps);
+        assert!((t[0].3 - 30.0).abs() < 1e-2, "{t:?}");
+        assert!((fit_padding_share(&steps, &t) - 0.6).abs() < 1e-3);
+        assert_eq!(fit_padding_share(&steps[..3], &t), 1.0);
+        assert_eq!(
+            fit_padding_share(&steps[..4], &t),
+            1.0,
+            "a lone step is a transient"
+        );
+    }
+
+    #[test]
+    fn shared_prefix_decodes_fit_the_saving_and_stay_out_of_the_table() {
+        let mut steps = Vec::new();
+        for kv in [128usize, 512, 2048] {
+            let d = 1_200_000 + 48 * 16 * kv as u64;
+            steps.push(point(BatchShape::decode(16, kv), "decode", d, 60_000, d));
+        }
+        // 16 requests over a 1024-token prefix: 15 x 1024 tokens are read again, at 40 % of
+        // the rate.
+        for kv in [1100usize, 1200] {
+            let mut s = BatchShape::decode(16, kv);
+            s.shared_kv_tokens = 15 * 1024;
+            let read = (16 * kv) as f64 - 0.6 * s.shared_kv_tokens as f64;
+            let d = (1_200_000.0 + 48.0 * read) as u64;
+            steps.push(point(s, "decode", d, 60_000, d));
+        }
+        let t = fit_decode_table(&steps);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert!((t[0].1 - 1_200_000.0).abs() < 2.0 && t[0].3 == 0.0, "{t:?}");
+        let saving = fit_shared_saving(&steps, &t, 1.0);
+        assert!((saving - 0.6).abs() < 2e-3, "{saving}");
+        assert_eq!(fit_shared_saving(&steps[..3], &t, 1.0), 0.0);
     }
 
     #[test]

@@ -129,6 +129,13 @@ pub struct EngineOverheads {
     pub tokenize_ns_per_token: f64,
     /// Detokenize + stream one chunk to the client (ns).
     pub stream_ns: f64,
+    /// Engine-thread time to take in one arrived request (ns): the scheduler's submit (and, in
+    /// process, building the prompt). A burst of arrivals delays the next step by their sum.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub submit_ns: f64,
+    /// The same, per prompt token (ns).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub submit_ns_per_token: f64,
     /// Largest batch captured in a CUDA graph (decode steps above it run eagerly).
     pub cuda_graph_max_bs: usize,
 }
@@ -159,6 +166,24 @@ pub struct Efficiency {
     /// GPU (a short extend over a long cached prefix). 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attention_seq_ns: f64,
+    /// Share of the decode table's per-KV-token time saved on a KV token that another request
+    /// of the same decode batch also reads (a shared cached prefix, read again from L2), from 0
+    /// (none) to 1. 0 where not measured.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub decode_shared_kv_saving: f64,
+    /// What a CUDA graph's padding row costs in the decode table's raggedness term, against a
+    /// request as long as the step's longest (1: an empty request; fitted from steps with fewer
+    /// requests than their row).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub decode_padding_share: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -188,10 +213,11 @@ pub struct Profile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<LaunchCosts>,
     /// Measured decode device times, `(batch, fixed ns, ns per KV token read, ns per token of
-    /// raggedness)` by increasing batch, raggedness being batch x longest sequence - KV tokens
-    /// read; a decode step costs the smallest listed batch at or above its own (CUDA graphs pad
-    /// to their captured sizes), beyond the last one the last two rows are extrapolated. Empty:
-    /// decode steps use the roofline terms.
+    /// raggedness)` by increasing batch; a decode step costs the smallest listed batch at or
+    /// above its own (CUDA graphs pad to their captured sizes), beyond the last one the last two
+    /// rows are extrapolated. Raggedness is the row's batch x longest sequence - KV tokens read:
+    /// the padding rows of a graph count as sequences of length 0, so the term is per token of
+    /// the longest sequence at a fixed graph size. Empty: decode steps use the roofline terms.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decode_table: Vec<(f64, f64, f64, f64)>,
 }
@@ -382,6 +408,11 @@ impl Profile {
                 self.engine.tokenize_ns_per_token,
             ),
             ("engine.stream_ns", self.engine.stream_ns),
+            ("engine.submit_ns", self.engine.submit_ns),
+            (
+                "engine.submit_ns_per_token",
+                self.engine.submit_ns_per_token,
+            ),
             ("efficiency.decode_step_ns", e.decode_step_ns),
             ("efficiency.prefill_step_ns", e.prefill_step_ns),
             ("efficiency.prefill_per_req_ns", e.prefill_per_req_ns),
@@ -391,6 +422,21 @@ impl Profile {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(bad(field, v.to_string(), "must be a non-negative number"));
             }
+        }
+        if !(e.decode_padding_share.is_finite() && e.decode_padding_share >= 0.0) {
+            return Err(bad(
+                "efficiency.decode_padding_share",
+                e.decode_padding_share.to_string(),
+                "must be a non-negative number",
+            ));
+        }
+        let saving = e.decode_shared_kv_saving;
+        if !(0.0..=1.0).contains(&saving) {
+            return Err(bad(
+                "efficiency.decode_shared_kv_saving",
+                saving.to_string(),
+                "must be between 0 and 1",
+            ));
         }
         if let Some(l) = &self.launch {
             for (field, v) in [

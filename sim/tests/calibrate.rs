@@ -1,6 +1,8 @@
 //! `doppel sim calibrate`: step times generated from a known profile are fitted back.
 
-use doppel_sim::calibrate::{calibrate, HostOverheads, Measurements, SchedulePoint, StepPoint};
+use doppel_sim::calibrate::{
+    calibrate, HostOverheads, Measurements, SchedulePoint, StepPoint, SubmitPoint,
+};
 use doppel_sim::cost::{BatchShape, CostModel, RooflineCost};
 use doppel_sim::Profile;
 
@@ -63,6 +65,17 @@ fn measurements(p: &Profile, shapes: &[BatchShape]) -> Measurements {
                 ns: 150_000 + 2_500 * n as u64,
             })
             .collect(),
+        // 8 us + 20 ns per prompt token, one slow first submission per length.
+        submit: [64usize, 512, 2048]
+            .iter()
+            .flat_map(|&len| {
+                let ns = 8_000 + 20 * len as u64;
+                [ns * 5, ns, ns].map(|ns| SubmitPoint {
+                    prompt_len: len,
+                    ns,
+                })
+            })
+            .collect(),
         host: HostOverheads {
             http_ns: 1000.0,
             ..Default::default()
@@ -84,6 +97,11 @@ fn fits_a_known_profile_back() {
     assert!((e.schedule_ns_per_step - 150_000.0).abs() < 1.0, "{e:?}");
     assert!((e.schedule_ns_per_req - 2_500.0).abs() < 0.5, "{e:?}");
     assert_eq!((e.http_ns, e.tokenize_ns, e.stream_ns), (1000.0, 0.0, 0.0));
+    assert_eq!(
+        (e.submit_ns, e.submit_ns_per_token),
+        (8_000.0, 20.0),
+        "{e:?}"
+    );
     // Shapes not used for fitting are predicted as well.
     let held_out = [
         BatchShape::prefill(3, 700),

@@ -332,3 +332,39 @@ fn a_refused_turn_does_not_stall_its_conversation() {
     assert_eq!(r.summary.refused, 4, "turns 4 and 5 of both sessions");
     assert!(r.summary.refused > 0 && r.summary.completed > 0);
 }
+
+#[test]
+fn taking_in_a_burst_of_arrivals_delays_the_first_step_by_its_submit_time() {
+    use doppel_sim::Profile;
+    let mut p = Profile::load("a100-80g/qwen3-0.6b/sglang").unwrap();
+    // In-process: both requests reach the engine at 0.
+    (
+        p.engine.http_ns,
+        p.engine.tokenize_ns,
+        p.engine.tokenize_ns_per_token,
+    ) = (0.0, 0.0, 0.0);
+    let dir = std::env::temp_dir().join(format!("doppel-submit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let first = |p: &Profile, name: &str| {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, serde_yaml::to_string(p).unwrap()).unwrap();
+        let text = format!(
+            "profile: {}\nworkload:\n  kind: requests\n  requests:\n    - {{prompt_len: 300, output_len: 4}}\n    - {{prompt_len: 500, output_len: 4}}\n",
+            file.display()
+        );
+        let r = replay(
+            Trace::parse(&text, "two.yaml").unwrap(),
+            "two.yaml",
+            SimOptions::default(),
+        )
+        .unwrap();
+        r.outcome.records.iter().map(|x| x.first).min().unwrap()
+    };
+    let free = first(&p, "free");
+    p.engine.submit_ns = 20_000.0;
+    p.engine.submit_ns_per_token = 10.0;
+    let charged = first(&p, "charged");
+    // Both arrive at 0 and are taken in before the first step is formed.
+    assert_eq!(charged - free, 2 * 20_000 + 10 * (300 + 500));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

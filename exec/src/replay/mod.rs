@@ -18,6 +18,7 @@ use doppel_sim::clients::{fmt_time, Clients};
 use doppel_sim::cost::BatchShape;
 use doppel_sim::driver::Outcome;
 use doppel_sim::gaps::Gaps;
+use doppel_sim::kv_sharing::KvSharing;
 use doppel_sim::trace::Trace;
 use doppel_sim::workload::{expand, PromptSpec};
 use std::collections::VecDeque;
@@ -102,6 +103,8 @@ pub(crate) struct Recorder<B> {
     pub(crate) shapes: Vec<BatchShape>,
     pub(crate) open: VecDeque<usize>,
     pub(crate) last_mode: ForwardMode,
+    // Shared cached prefixes of decode batches, for the shapes.
+    sharing: KvSharing,
 }
 
 impl<B> Recorder<B> {
@@ -113,6 +116,7 @@ impl<B> Recorder<B> {
             shapes: Vec::new(),
             open: VecDeque::new(),
             last_mode: ForwardMode::Extend,
+            sharing: KvSharing::new(),
         }
     }
 }
@@ -133,7 +137,9 @@ impl<B: Backend> Backend for Recorder<B> {
         self.inner.launch(plan, start)?;
         let launched = self.now();
         self.last_mode = plan.mode;
-        self.shapes.push(BatchShape::of_plan(plan));
+        let mut shape = BatchShape::of_plan(plan);
+        shape.shared_kv_tokens = self.sharing.observe(plan);
+        self.shapes.push(shape);
         self.open.push_back(self.steps.len());
         self.steps.push(StepRecord {
             step: plan.step,
@@ -146,6 +152,7 @@ impl<B: Backend> Backend for Recorder<B> {
             batch: plan.entries.len() as u32,
             tokens: plan.num_tokens() as u32,
             kv_tokens: self.shapes.last().map_or(0, |s| s.kv_read_tokens as u64),
+            model: None,
         });
         Ok(())
     }
