@@ -196,7 +196,10 @@ __device__ void decode_combine_impl(__nv_bfloat16* __restrict__ out,
 // in shared memory. MG (>= the GQA group, a power of two) sizes the per-head register arrays.
 // With a counter buffer (one zeroed u32 per entry and kv head) the last split block also does
 // pass 2 and writes `out`; with counters == nullptr it leaves that to attention_decode_combine.
-template <int D, int MG, int U>
+// PIPE: the next iteration's K/V rows are requested before this iteration's math (two register
+// buffers of U keys), so a warp always has loads in flight; without it a warp requests U keys,
+// waits, computes, and only then requests the next ones.
+template <int D, int MG, int U, bool PIPE = false>
 __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restrict__ part_ml,
                                      const __nv_bfloat16* __restrict__ q,
                                      const __nv_bfloat16* __restrict__ k_cache,
@@ -261,20 +264,27 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     const __nv_bfloat16* vb = v_cache + kvh * D + dl * 8;
     int k0 = k_begin + warp * KPI;
     unsigned int my_slot = (lane < KPI && k0 + lane < k_end) ? trow[k0 + lane] : 0u;
-    for (; k0 < k_end; k0 += NW * KPI) {
-        uint4 kr[U], vr[U];
+    // Request the U keys of the iteration at kk (slots in my_slot), then read the slots of the
+    // iteration after it.
+    auto load_kv = [&](uint4 (&kr)[U], uint4 (&vr)[U], int kk) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             unsigned int slot = __shfl_sync(0xffffffffu, my_slot, u * KPW + sub);
-            if (k0 + u * KPW + sub < k_end) {
+            if (kk + u * KPW + sub < k_end) {
                 kr[u] = __ldg(reinterpret_cast<const uint4*>(kb + (size_t)slot * kvw));
                 vr[u] = __ldg(reinterpret_cast<const uint4*>(vb + (size_t)slot * kvw));
             } else {
                 kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);
             }
         }
-        const int kn = k0 + NW * KPI;
+        const int kn = kk + NW * KPI;
         my_slot = (lane < KPI && kn + lane < k_end) ? trow[kn + lane] : 0u;
+    };
+    uint4 kr[U], vr[U];
+    if (k0 < k_end) load_kv(kr, vr, k0);
+    for (; k0 < k_end; k0 += NW * KPI) {
+        uint4 kr2[U], vr2[U];
+        if constexpr (PIPE) load_kv(kr2, vr2, k0 + NW * KPI);
 #pragma unroll
         for (int g = 0; g < MG; g++) {
             if (g < G) {
@@ -315,6 +325,15 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
                     }
                 }
             }
+        }
+        if constexpr (PIPE) {
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                kr[u] = kr2[u];
+                vr[u] = vr2[u];
+            }
+        } else if (k0 + NW * KPI < k_end) {
+            load_kv(kr, vr, k0 + NW * KPI);
         }
     }
 
@@ -396,26 +415,31 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     if (threadIdx.x == 0) counters[(size_t)b * nk + kvh] = 0u;
 }
 
-#define DECODE_V3(D, MG, U, MINB)                                                                  \
-    extern "C" __global__ void __launch_bounds__(128, MINB) attention_decode_v3_d##D##_g##MG(      \
+#define DECODE_V3(NAME, D, MG, U, MINB, PIPE)                                                      \
+    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                  \
         float* part_o, float* part_ml, const __nv_bfloat16* q, const __nv_bfloat16* k_cache,       \
         const __nv_bfloat16* v_cache, const unsigned int* table, const int* q_tok,                 \
         const int* kv_len, const int* row, int nq, int nk, int q_stride, int table_stride,         \
         float scale, __nv_bfloat16* out, unsigned int* counters, int min_keys) {                   \
-        decode_split_v3_impl<D, MG, U>(part_o, part_ml, q, k_cache, v_cache, table, q_tok, kv_len, \
-                                       row, nq, nk, q_stride, table_stride, scale, out, counters,  \
-                                       min_keys);                                                  \
+        decode_split_v3_impl<D, MG, U, PIPE>(part_o, part_ml, q, k_cache, v_cache, table, q_tok,   \
+                                             kv_len, row, nq, nk, q_stride, table_stride, scale,   \
+                                             out, counters, min_keys);                             \
     }
 
 // Key loads in flight per lane (U) shrink as the group grows, to keep registers for 4 blocks/SM.
-DECODE_V3(64, 1, 8, 4)
-DECODE_V3(64, 2, 8, 4)
-DECODE_V3(64, 4, 4, 4)
-DECODE_V3(64, 8, 4, 2)
-DECODE_V3(128, 1, 8, 4)
-DECODE_V3(128, 2, 8, 4)
-DECODE_V3(128, 4, 4, 4)
-DECODE_V3(128, 8, 4, 2)
+DECODE_V3(attention_decode_v3_d64_g1, 64, 1, 8, 4, false)
+DECODE_V3(attention_decode_v3_d64_g2, 64, 2, 8, 4, false)
+DECODE_V3(attention_decode_v3_d64_g4, 64, 4, 4, 4, false)
+DECODE_V3(attention_decode_v3_d64_g8, 64, 8, 4, 2, false)
+DECODE_V3(attention_decode_v3_d128_g1, 128, 1, 8, 4, false)
+DECODE_V3(attention_decode_v3_d128_g2, 128, 2, 8, 4, false)
+DECODE_V3(attention_decode_v3_d128_g4, 128, 4, 4, 4, false)
+DECODE_V3(attention_decode_v3_d128_g8, 128, 8, 4, 2, false)
+// Pipelined (two buffers of 4 keys) for the small groups, where the registers allow it.
+DECODE_V3(attention_decode_v3p_d64_g1, 64, 1, 4, 4, true)
+DECODE_V3(attention_decode_v3p_d64_g2, 64, 2, 4, 4, true)
+DECODE_V3(attention_decode_v3p_d128_g1, 128, 1, 4, 4, true)
+DECODE_V3(attention_decode_v3p_d128_g2, 128, 2, 4, 4, true)
 
 #define DECODE_ENTRIES(D)                                                                          \
     extern "C" __global__ void __launch_bounds__(128) attention_decode_split_d##D(                  \

@@ -124,6 +124,7 @@ impl KvSetup {
             num_slots: self.num_slots,
             scale: 1.0 / (d as f32).sqrt(),
             split_min_keys: 1,
+            decode_pipelined: false,
         }
     }
 }
@@ -404,9 +405,20 @@ fn attention_decode(
     };
     // split_min_keys 40 (the model's default) leaves some launched splits empty on the short
     // sequences (1, 33, 64 keys) and uses fewer on the others.
-    for (splits, min_keys) in [(1usize, 1usize), (7, 1), (32, 1), (7, 40), (32, 40)] {
+    // Pipelined: the kernels that request the next keys first (groups 1-2; others ignore it).
+    for (splits, min_keys, pipe) in [
+        (1usize, 1usize, false),
+        (7, 1, false),
+        (32, 1, false),
+        (7, 40, false),
+        (32, 40, false),
+        (1, 1, true),
+        (7, 40, true),
+        (32, 1, true),
+    ] {
         let shape = AttnShape {
             split_min_keys: min_keys,
+            decode_pipelined: pipe,
             ..shape
         };
         let n = entries.len();
@@ -432,7 +444,7 @@ fn attention_decode(
             rep,
             &format!(
                 "attention_decode {which:?} nq={nq} nk={nk} D={d} kv<=8191 splits={splits} \
-                 min keys {min_keys}"
+                 min keys {min_keys} pipelined {pipe}"
             ),
             &out,
             &reference,

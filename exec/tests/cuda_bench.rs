@@ -548,11 +548,16 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let mut fewer_splits = Vec::new();
         let min_keys = model.kernels.decode_split_min_keys;
         // (10 launched splits at ~160 keys: what a graph captured for a longer context runs.)
-        for (sp, mk) in [(splits, 1usize), (10, min_keys), (10, 1)] {
+        // min keys 0 stands for the default split plan with the non-pipelined decode kernel.
+        for (sp, mk) in [(splits, 0usize), (splits, 1), (10, min_keys), (10, 1)] {
             if (sp, mk) == (splits, min_keys) {
                 continue;
             }
-            model.kernels.decode_split_min_keys = mk;
+            let pipelined = model.kernels.decode_pipelined;
+            if mk == 0 {
+                model.kernels.decode_pipelined = false;
+            }
+            model.kernels.decode_split_min_keys = if mk == 0 { min_keys } else { mk };
             gpu.sync().unwrap();
             gpu.stream
                 .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
@@ -566,6 +571,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
                 .unwrap()
                 .expect("graph");
             model.kernels.decode_split_min_keys = min_keys;
+            model.kernels.decode_pipelined = pipelined;
             fewer_splits.push((sp, mk, time_ms(gpu, 15, 10, || g.launch().unwrap())));
         }
         // The same step with the separate (unfused) kernels, for comparison.
@@ -664,9 +670,14 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             floor
         );
         for (sp, mk, ms) in &fewer_splits {
+            let what = if *mk == 0 {
+                "decode attention not pipelined".to_string()
+            } else {
+                format!("{sp} of {splits} splits, min keys {mk}")
+            };
             println!(
                 "{:<34} {:>10.3} {:>12.3}",
-                format!("decode b={b} (graph, {sp} of {splits} splits, min keys {mk})"),
+                format!("decode b={b} (graph, {what})"),
                 ms,
                 floor
             );
@@ -943,6 +954,7 @@ fn kernel_breakdown(
             num_slots: kv.num_slots,
             scale: 1.0 / (d as f32).sqrt(),
             split_min_keys: 1,
+            decode_pipelined: false,
         };
         if new == 1 {
             let meta = DecodeMeta::new(gpu, &s.decode, t, kv.rows, kv.max_ctx).unwrap();

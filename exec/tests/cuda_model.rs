@@ -561,8 +561,16 @@ fn cuda_backend_matches_cpu_backend() {
                 extend: ExtendVariant::Fast,
                 extend_q_rope: false,
                 decode_split_min_keys: 1,
+                decode_pipelined: false,
                 gemm_lt: false,
                 gemm_lt_min_tokens: 4096,
+            },
+        ),
+        (
+            "decode attention not pipelined",
+            KernelChoice {
+                decode_pipelined: false,
+                ..Default::default()
             },
         ),
         (

@@ -170,6 +170,9 @@ pub struct AttnShape {
     /// Fewest keys a decode split takes (V3 kernels): shorter sequences use fewer of the launched
     /// splits, which a CUDA graph fixes at capture for the longest context.
     pub split_min_keys: usize,
+    /// Decode (V3, GQA groups of 1-2): the pipelined kernel, which requests the next keys
+    /// before the math on the current ones.
+    pub decode_pipelined: bool,
 }
 
 impl AttnShape {
@@ -302,9 +305,14 @@ impl Gpu {
             return Ok(());
         }
         let group = shape.nq / shape.nk;
+        let pipe = shape.decode_pipelined;
         let split_name = match (variant, shape.head_dim, group) {
             (DecodeVariant::V2, 64, _) => "attention_decode_split_d64",
             (DecodeVariant::V2, _, _) => "attention_decode_split_d128",
+            (_, 64, 1) if pipe => "attention_decode_v3p_d64_g1",
+            (_, 64, 2) if pipe => "attention_decode_v3p_d64_g2",
+            (_, 128, 1) if pipe => "attention_decode_v3p_d128_g1",
+            (_, 128, 2) if pipe => "attention_decode_v3p_d128_g2",
             (_, 64, 1) => "attention_decode_v3_d64_g1",
             (_, 64, 2) => "attention_decode_v3_d64_g2",
             (_, 64, 3..=4) => "attention_decode_v3_d64_g4",

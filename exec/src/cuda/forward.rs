@@ -211,6 +211,7 @@ impl GpuModel {
             num_slots: kv.num_slots,
             scale: 1.0 / (d as f32).sqrt(),
             split_min_keys: self.kernels.decode_split_min_keys,
+            decode_pipelined: self.kernels.decode_pipelined,
         };
         // Small batches fold each RMSNorm into the GEMV after it and each residual add into the
         // GEMV before it (same roundings): 7 launches per layer instead of 9.

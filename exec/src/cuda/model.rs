@@ -106,6 +106,9 @@ pub struct KernelChoice {
     /// keys, b = 1: 1.179 ms vs 1.190 with every split used (within noise); launching 4 splits
     /// instead took 1.154.
     pub decode_split_min_keys: usize,
+    /// Decode attention with the next keys requested before the math on the current ones (GQA
+    /// groups of 1-2; others use the plain V3 kernels).
+    pub decode_pipelined: bool,
     /// cuBLAS-sized projections and LM heads of at least `gemm_lt_min_tokens` rows run the GEMM
     /// algorithm measured fastest for their shape (cuBLASLt candidates vs cublasGemmEx's
     /// default; `GpuModel::tune_gemms`, before graph capture and in the warm-up); off:
@@ -132,6 +135,7 @@ impl Default for KernelChoice {
             extend: ExtendVariant::Gqa,
             extend_q_rope: true,
             decode_split_min_keys: MIN_KEYS_PER_SPLIT,
+            decode_pipelined: true,
             gemm_lt: true,
             gemm_lt_min_tokens: 4096,
         }
