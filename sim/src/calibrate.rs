@@ -9,6 +9,7 @@
 use crate::cost::{BatchShape, RooflineCost};
 use crate::error::SimError;
 use crate::fit_split::{fit_decode, fit_launch, fit_shared_saving};
+use crate::nelder_mead::nelder_mead;
 use crate::profile::Profile;
 use serde::{Deserialize, Serialize};
 
@@ -346,65 +347,6 @@ fn loss(base: &Profile, shapes: &[(BatchShape, f64)], x: &[f64]) -> f64 {
         / shapes.len() as f64
 }
 
-/// Minimise `f` from `x0` by Nelder-Mead with initial step `step` (log units).
-fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64], step: f64, iters: usize) -> (Vec<f64>, f64) {
-    let n = x0.len();
-    let mut simplex: Vec<(Vec<f64>, f64)> = (0..=n)
-        .map(|i| {
-            let mut x = x0.to_vec();
-            if i > 0 {
-                x[i - 1] += step;
-            }
-            let v = f(&x);
-            (x, v)
-        })
-        .collect();
-    for _ in 0..iters {
-        simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
-        if (simplex[n].1 - simplex[0].1).abs() < 1e-16 {
-            break;
-        }
-        let centroid: Vec<f64> = (0..n)
-            .map(|j| simplex[..n].iter().map(|p| p.0[j]).sum::<f64>() / n as f64)
-            .collect();
-        let at = |t: f64| -> Vec<f64> {
-            centroid
-                .iter()
-                .zip(&simplex[n].0)
-                .map(|(c, w)| c + t * (w - c))
-                .collect()
-        };
-        let xr = at(-1.0);
-        let fr = f(&xr);
-        if fr < simplex[0].1 {
-            let xe = at(-2.0);
-            let fe = f(&xe);
-            simplex[n] = if fe < fr { (xe, fe) } else { (xr, fr) };
-        } else if fr < simplex[n - 1].1 {
-            simplex[n] = (xr, fr);
-        } else {
-            let xc = at(0.5);
-            let fc = f(&xc);
-            if fc < simplex[n].1 {
-                simplex[n] = (xc, fc);
-            } else {
-                let best = simplex[0].0.clone();
-                for p in simplex.iter_mut().skip(1) {
-                    p.0 = best
-                        .iter()
-                        .zip(&p.0)
-                        .map(|(b, x)| b + 0.5 * (x - b))
-                        .collect();
-                    p.1 = f(&p.0);
-                }
-            }
-        }
-    }
-    simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let (x, v) = simplex.swap_remove(0);
-    (x, v)
-}
-
 /// One point per distinct shape, at its median time: each measured shape weighs the same in the
 /// fit, however many steps of it a scenario ran (a scenario's decode transients or a long
 /// chunked prefill would otherwise outweigh the single extends the traces are made of).
@@ -580,4 +522,37 @@ pub fn to_yaml(fit: &Fit) -> Result<String, SimError> {
         max * 100.0,
         fit.residuals.len()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_extend_is_derived_where_a_file_lacks_it() {
+        // 4 requests of 128 tokens over a 1024-token prefix each.
+        let mut p = StepPoint::of(&BatchShape::prefill(4, 128), "prefill", 1);
+        p.kv_read_tokens = 4 * 1024;
+        p.max_seq = 1152;
+        p.max_seq_extend = 0;
+        assert_eq!(p.shape().max_seq_extend, 128);
+        // Fresh prompts: the longest prompt is all extend.
+        let mut q = StepPoint::of(&BatchShape::prefill(2, 300), "prefill", 1);
+        q.max_seq_extend = 0;
+        assert_eq!(q.shape().max_seq_extend, 300);
+        // A mixed step: at most its tokens less one per decode entry.
+        let mut m = q.clone();
+        m.mode = "mixed".into();
+        m.decode_reqs = 8;
+        m.tokens = 308;
+        m.kv_read_tokens = 8 * 500;
+        assert_eq!(m.shape().max_seq_extend, 300);
+        // Kept where the file has it.
+        let mut k = p.clone();
+        k.max_seq_extend = 64;
+        assert_eq!(k.shape().max_seq_extend, 64);
+        // A decode step has none.
+        let d = StepPoint::of(&BatchShape::decode(4, 100), "decode", 1);
+        assert_eq!(d.shape().max_seq_extend, 0);
+    }
 }

@@ -352,6 +352,44 @@ mod tests {
     }
 
     #[test]
+    fn the_serial_extend_term_goes_with_rows_up_to_its_cap_then_falls_off() {
+        let mut p = Profile::load("h100-80g/qwen3-0.6b/doppel").unwrap();
+        p.efficiency.attention_seq_ns = 0.5;
+        p.efficiency.attention_seq_rows = 128.0;
+        let c = RooflineCost::new(&p, 1);
+        // One extend of `rows` tokens over a 4096-token cached prefix.
+        let extend = |rows: usize| BatchShape {
+            tokens: rows,
+            extend_reqs: 1,
+            logits: 1,
+            attn_pairs: rows as f64 * (4096.0 + (rows as f64 + 1.0) / 2.0),
+            kv_read_tokens: 4096,
+            max_seq: 4096 + rows,
+            max_seq_extend: rows,
+            ..Default::default()
+        };
+        let layers = p.model.layers as f64;
+        let serial = |rows: usize| {
+            let s = extend(rows);
+            c.serial_attention_keys(&s) * layers * 0.5e-9
+        };
+        assert!((serial(64) - 4160.0 * 64.0 * layers * 0.5e-9).abs() < 1e-12);
+        assert!((serial(128) - 4224.0 * 128.0 * layers * 0.5e-9).abs() < 1e-12);
+        // Past the cap: 128^2 / 2048 = 8 rows' worth.
+        assert!((serial(2048) - 6144.0 * 8.0 * layers * 0.5e-9).abs() < 1e-12);
+        // The step time carries the term.
+        let t64 = c.step_seconds(&extend(64));
+        p.efficiency.attention_seq_ns = 0.0;
+        let plain = RooflineCost::new(&p, 1).step_seconds(&extend(64));
+        assert!((t64 - plain - serial(64)).abs() < 1e-12, "{t64} {plain}");
+        // Without a cap the term is per key only.
+        p.efficiency.attention_seq_ns = 0.5;
+        p.efficiency.attention_seq_rows = 0.0;
+        let c = RooflineCost::new(&p, 1);
+        assert_eq!(c.serial_attention_keys(&extend(64)), 4160.0);
+    }
+
+    #[test]
     fn prefill_attention_is_quadratic() {
         let c = a100();
         let short = c.step_seconds(&BatchShape::prefill(1, 4096));
