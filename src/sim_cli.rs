@@ -263,7 +263,7 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             }
             let (e, g) = (&fit.profile.efficiency, &fit.profile.engine);
             println!(
-                "  decode padding share {} (1: not measured), shared-KV saving {} (0: not measured), submit {} ns + {} ns/token (0: not measured)",
+                "  decode padding share {} (0: not measured), shared-KV saving {} (0: not measured), submit {} ns + {} ns/token (0: not measured)",
                 e.decode_padding_share,
                 e.decode_shared_kv_saving,
                 g.submit_ns,

@@ -8,7 +8,8 @@
 
 use crate::cost::{BatchShape, RooflineCost};
 use crate::error::SimError;
-use crate::fit_split::{fit_decode_table, fit_launch, fit_padding_share, fit_shared_saving};
+use crate::fit_split::{fit_decode, fit_launch, fit_shared_saving};
+use crate::nelder_mead::nelder_mead;
 use crate::profile::Profile;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,10 @@ pub struct StepPoint {
     /// Longest extend entry's context (prefix + extend); 0 in files from before it was kept.
     #[serde(default)]
     pub max_seq: usize,
+    /// Extend tokens of the longest extend entry; 0 in files from before it was kept (then
+    /// derived from the other fields: exact for the profile's even scenarios).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_seq_extend: usize,
     /// Longest decode entry's sequence; 0 in files from before it was kept.
     #[serde(default)]
     pub max_kv: usize,
@@ -68,9 +73,26 @@ impl StepPoint {
             kv_read_tokens: self.kv_read_tokens,
             is_decode: self.mode == "decode",
             max_seq: self.max_seq,
+            max_seq_extend: self.longest_extend(),
             max_kv: self.max_kv,
             shared_kv_tokens: self.shared_kv_tokens,
         }
+    }
+
+    /// `max_seq_extend`, or where the file lacks it, from the other fields: a prefill without
+    /// cached prefixes extends its whole longest prompt; one with prefixes is taken as even
+    /// (every entry the same prefix); a mixed step's extend tokens are its tokens less one per
+    /// decode entry.
+    fn longest_extend(&self) -> usize {
+        if self.max_seq_extend > 0 || self.extend_reqs == 0 {
+            return self.max_seq_extend;
+        }
+        let extend_tokens = self.tokens.saturating_sub(self.decode_reqs).max(1);
+        if self.mode == "mixed" || self.kv_read_tokens == 0 {
+            return self.max_seq.min(extend_tokens);
+        }
+        let prefix = self.kv_read_tokens / self.extend_reqs;
+        self.max_seq.saturating_sub(prefix).clamp(1, extend_tokens)
     }
 
     /// A point of `shape` measured at `ns` (no host or device split).
@@ -84,6 +106,7 @@ impl StepPoint {
             attn_pairs: shape.attn_pairs,
             kv_read_tokens: shape.kv_read_tokens,
             max_seq: shape.max_seq,
+            max_seq_extend: shape.max_seq_extend,
             max_kv: shape.max_kv,
             shared_kv_tokens: shape.shared_kv_tokens,
             ns,
@@ -256,7 +279,7 @@ impl Fit {
 }
 
 // Parameter vector layout (natural logs): fixed terms first, then the GEMM curve values.
-const N_FIXED: usize = 7;
+const N_FIXED: usize = 8;
 
 fn apply(base: &Profile, x: &[f64]) -> Profile {
     // Bounded: a term the measurements do not constrain must not run off to 0 or infinity.
@@ -271,6 +294,7 @@ fn apply(base: &Profile, x: &[f64]) -> Profile {
     e.prefill_step_ns = ns(x[4]);
     e.prefill_per_req_ns = ns(x[5]);
     e.attention_seq_ns = ns(x[6]);
+    e.attention_seq_rows = ns(x[7]).max(1.0);
     for (g, v) in e.gemm.iter_mut().zip(&x[N_FIXED..]) {
         g.1 = eff(*v).min(1.0);
     }
@@ -300,6 +324,12 @@ fn start(p: &Profile) -> Vec<f64> {
         pos(e.prefill_step_ns.max(1.0)),
         pos(e.prefill_per_req_ns.max(1.0)),
         pos(e.attention_seq_ns.max(1.0)),
+        // A block's worth of rows (64) where the base has none.
+        pos(if e.attention_seq_rows > 0.0 {
+            e.attention_seq_rows
+        } else {
+            64.0
+        }),
     ];
     x.extend(e.gemm.iter().map(|g| pos(g.1)));
     x
@@ -317,63 +347,30 @@ fn loss(base: &Profile, shapes: &[(BatchShape, f64)], x: &[f64]) -> f64 {
         / shapes.len() as f64
 }
 
-/// Minimise `f` from `x0` by Nelder-Mead with initial step `step` (log units).
-fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64], step: f64, iters: usize) -> (Vec<f64>, f64) {
-    let n = x0.len();
-    let mut simplex: Vec<(Vec<f64>, f64)> = (0..=n)
-        .map(|i| {
-            let mut x = x0.to_vec();
-            if i > 0 {
-                x[i - 1] += step;
-            }
-            let v = f(&x);
-            (x, v)
-        })
-        .collect();
-    for _ in 0..iters {
-        simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
-        if (simplex[n].1 - simplex[0].1).abs() < 1e-16 {
-            break;
-        }
-        let centroid: Vec<f64> = (0..n)
-            .map(|j| simplex[..n].iter().map(|p| p.0[j]).sum::<f64>() / n as f64)
-            .collect();
-        let at = |t: f64| -> Vec<f64> {
-            centroid
-                .iter()
-                .zip(&simplex[n].0)
-                .map(|(c, w)| c + t * (w - c))
-                .collect()
-        };
-        let xr = at(-1.0);
-        let fr = f(&xr);
-        if fr < simplex[0].1 {
-            let xe = at(-2.0);
-            let fe = f(&xe);
-            simplex[n] = if fe < fr { (xe, fe) } else { (xr, fr) };
-        } else if fr < simplex[n - 1].1 {
-            simplex[n] = (xr, fr);
-        } else {
-            let xc = at(0.5);
-            let fc = f(&xc);
-            if fc < simplex[n].1 {
-                simplex[n] = (xc, fc);
-            } else {
-                let best = simplex[0].0.clone();
-                for p in simplex.iter_mut().skip(1) {
-                    p.0 = best
-                        .iter()
-                        .zip(&p.0)
-                        .map(|(b, x)| b + 0.5 * (x - b))
-                        .collect();
-                    p.1 = f(&p.0);
-                }
-            }
+/// One point per distinct shape, at its median time: each measured shape weighs the same in the
+/// fit, however many steps of it a scenario ran (a scenario's decode transients or a long
+/// chunked prefill would otherwise outweigh the single extends the traces are made of).
+fn per_shape_medians(points: Vec<(BatchShape, f64)>) -> Vec<(BatchShape, f64)> {
+    let mut groups: Vec<(BatchShape, Vec<f64>)> = Vec::new();
+    for (s, t) in points {
+        match groups.iter_mut().find(|g| g.0 == s) {
+            Some(g) => g.1.push(t),
+            None => groups.push((s, vec![t])),
         }
     }
-    simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let (x, v) = simplex.swap_remove(0);
-    (x, v)
+    groups
+        .into_iter()
+        .map(|(s, mut v)| {
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            let med = if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                0.5 * (v[n / 2 - 1] + v[n / 2])
+            };
+            (s, med)
+        })
+        .collect()
 }
 
 /// Least-squares line ns = a + b * entries (b = 0 with fewer than two distinct entry counts).
@@ -415,7 +412,8 @@ pub fn calibrate(
     }
     // With the host/device split (`exec profile` with CUDA events), the cost model prices
     // device time, decode steps come from a measured table, and launches get their own costs.
-    let table = fit_decode_table(&m.steps);
+    let decode = fit_decode(&m.steps);
+    let table = decode.table;
     let device_s = |p: &StepPoint| p.device_ns.unwrap_or(p.ns) as f64 * 1e-9;
     // With device times, a step without one (its stalled run could not give a clean figure)
     // would feed a whole span (host launch included) into the device fit: leave it out.
@@ -430,6 +428,7 @@ pub fn calibrate(
     if shapes.is_empty() {
         shapes = m.steps.iter().map(|p| (p.shape(), device_s(p))).collect();
     }
+    let shapes = per_shape_medians(shapes);
     // A finer GEMM curve than a hand-written profile's: small decode batches sit between its
     // points, and a coarse log-linear curve cannot follow them.
     let mut base = base.clone();
@@ -448,7 +447,7 @@ pub fn calibrate(
     }
     let mut profile = apply(base, &best);
     let e = &mut profile.efficiency;
-    e.decode_padding_share = fit_padding_share(&m.steps, &table);
+    e.decode_padding_share = decode.padding_share;
     e.decode_shared_kv_saving = fit_shared_saving(&m.steps, &table, e.decode_padding_share);
     profile.decode_table = table;
     profile.launch = fit_launch(&m.steps, base.engine.cuda_graph_max_bs);
@@ -523,4 +522,37 @@ pub fn to_yaml(fit: &Fit) -> Result<String, SimError> {
         max * 100.0,
         fit.residuals.len()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_extend_is_derived_where_a_file_lacks_it() {
+        // 4 requests of 128 tokens over a 1024-token prefix each.
+        let mut p = StepPoint::of(&BatchShape::prefill(4, 128), "prefill", 1);
+        p.kv_read_tokens = 4 * 1024;
+        p.max_seq = 1152;
+        p.max_seq_extend = 0;
+        assert_eq!(p.shape().max_seq_extend, 128);
+        // Fresh prompts: the longest prompt is all extend.
+        let mut q = StepPoint::of(&BatchShape::prefill(2, 300), "prefill", 1);
+        q.max_seq_extend = 0;
+        assert_eq!(q.shape().max_seq_extend, 300);
+        // A mixed step: at most its tokens less one per decode entry.
+        let mut m = q.clone();
+        m.mode = "mixed".into();
+        m.decode_reqs = 8;
+        m.tokens = 308;
+        m.kv_read_tokens = 8 * 500;
+        assert_eq!(m.shape().max_seq_extend, 300);
+        // Kept where the file has it.
+        let mut k = p.clone();
+        k.max_seq_extend = 64;
+        assert_eq!(k.shape().max_seq_extend, 64);
+        // A decode step has none.
+        let d = StepPoint::of(&BatchShape::decode(4, 100), "decode", 1);
+        assert_eq!(d.shape().max_seq_extend, 0);
+    }
 }

@@ -52,6 +52,7 @@ fn step_json(s: &StepRecord) -> Value {
         map.insert("extend_reqs".into(), shape.extend_reqs.into());
         map.insert("max_kv".into(), shape.max_kv.into());
         map.insert("max_seq".into(), shape.max_seq.into());
+        map.insert("max_seq_extend".into(), shape.max_seq_extend.into());
         map.insert("shared_kv_tokens".into(), shape.shared_kv_tokens.into());
     }
     v

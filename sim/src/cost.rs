@@ -23,6 +23,9 @@ pub struct BatchShape {
     /// Longest extend entry's context (cached prefix + extend tokens): the serial work of the
     /// attention block that finishes last when the batch is too small to fill the GPU.
     pub max_seq: usize,
+    /// Extend tokens of that longest extend entry (its query rows): the extend kernel gives an
+    /// entry few blocks, and each works through the whole context for its rows.
+    pub max_seq_extend: usize,
     /// Longest decode entry's sequence: with ragged lengths the longest request's attention
     /// finishes last.
     pub max_kv: usize,
@@ -53,7 +56,10 @@ impl BatchShape {
                 s.kv_read_tokens += e.prefix_len;
                 s.attn_pairs +=
                     e.extend_len as f64 * (e.prefix_len as f64 + (e.extend_len as f64 + 1.0) / 2.0);
-                s.max_seq = s.max_seq.max(e.prefix_len + e.extend_len);
+                let ctx = e.prefix_len + e.extend_len;
+                if (ctx, e.extend_len) > (s.max_seq, s.max_seq_extend) {
+                    (s.max_seq, s.max_seq_extend) = (ctx, e.extend_len);
+                }
             }
         }
         s
@@ -70,6 +76,7 @@ impl BatchShape {
             kv_read_tokens: 0,
             is_decode: false,
             max_seq: input_len,
+            max_seq_extend: input_len,
             max_kv: 0,
             shared_kv_tokens: 0,
         }
@@ -86,6 +93,7 @@ impl BatchShape {
             kv_read_tokens: batch * kv_len,
             is_decode: true,
             max_seq: 0,
+            max_seq_extend: 0,
             max_kv: kv_len,
             shared_kv_tokens: 0,
         }
@@ -202,16 +210,34 @@ impl RooflineCost {
             None => (b, last.1 * b / last.0, last.2, last.3),
         };
         // Ragged lengths: the excess of the longest request over an even spread. A graph's
-        // split-KV attention runs a fixed grid per row and waits for the longest sequence; its
-        // padding rows are empty requests (they add to this term, not to the KV read), each
-        // counted at the fitted share.
+        // split-KV attention runs a grid fixed by its row count and waits for the longest
+        // sequence, so each padding row costs a share of a request as long as the longest, at
+        // the per-KV rate (measured: a padded batch runs between its KV read and its full row).
         let (rows, row) = (row.0, (row.1, row.2, row.3));
         let eff = &self.profile.efficiency;
-        let ragged = (b * s.max_kv as f64 - kv).max(0.0)
-            + eff.decode_padding_share * (rows - b).max(0.0) * s.max_kv as f64;
+        let ragged = (b * s.max_kv as f64 - kv).max(0.0);
+        let padding = eff.decode_padding_share * (rows - b).max(0.0) * s.max_kv as f64;
         // A KV token another request of the batch reads too comes from L2 after the first read.
-        let read = kv - eff.decode_shared_kv_saving * s.shared_kv_tokens as f64;
+        let read = kv - eff.decode_shared_kv_saving * s.shared_kv_tokens as f64 + padding;
         Some((row.0 + row.1 * read + row.2 * ragged) * 1e-9)
+    }
+
+    /// The longest extend entry's serial attention work, in keys (x query rows where
+    /// `attention_seq_rows` is fitted): an entry with few rows gets few blocks, each running
+    /// through the whole context, and on the H100 such an extend ran at a fixed rate per (row,
+    /// key) whether it had 64 or 128 rows, ~12x the cost of a large prefill's pair (single
+    /// extends over a long cached prefix: a follow-up turn, a question after a shared system
+    /// prompt). Past `attention_seq_rows` rows the blocks fill the GPU and the term falls off
+    /// as 1 / rows (a 2048-token chunk over its prefix costs what its FLOPs say).
+    fn serial_attention_keys(&self, s: &BatchShape) -> f64 {
+        let cap = self.profile.efficiency.attention_seq_rows;
+        let rows = if cap > 0.0 {
+            let r = s.max_seq_extend.max(1) as f64;
+            r.min(cap * cap / r)
+        } else {
+            1.0
+        };
+        s.max_seq as f64 * rows
     }
 
     /// Seconds of GPU time, unrounded (one-batch prints these).
@@ -232,7 +258,7 @@ impl RooflineCost {
         // Attention: prefill is quadratic compute, decode is KV-read bound.
         let attn_s = s.attn_pairs * self.attn_flops_per_pair
             / (hw.bf16_flops * eff.attention_compute)
-            + s.max_seq as f64 * m.layers as f64 * eff.attention_seq_ns * 1e-9
+            + self.serial_attention_keys(s) * m.layers as f64 * eff.attention_seq_ns * 1e-9
             + s.kv_read_tokens as f64 * self.kv_bytes_per_token
                 / (hw.hbm_bandwidth * eff.kv_bandwidth);
         // TP: two ring all-reduces of the activations per layer.
@@ -307,12 +333,14 @@ mod tests {
     }
 
     #[test]
-    fn a_padded_decode_batch_costs_its_graph_row_with_empty_padding_rows() {
+    fn a_padded_decode_batch_costs_its_graph_row_with_a_share_of_each_padding_row() {
         let mut p = Profile::load("h100-80g/qwen3-0.6b/doppel").unwrap();
         p.decode_table = vec![(8.0, 1e6, 50.0, 20.0), (16.0, 1.2e6, 48.0, 25.0)];
+        p.efficiency.decode_padding_share = 0.4;
         let c = RooflineCost::new(&p, 1);
-        // 9 requests of 512 tokens run as graph 16: 7 empty rows of raggedness each 512 long.
-        let want = 1.2e6 + 48.0 * 9.0 * 512.0 + 25.0 * 7.0 * 512.0;
+        // 9 requests of 512 tokens run as graph 16: 7 padding rows, each 0.4 of a 512-token
+        // request at the per-KV rate.
+        let want = 1.2e6 + 48.0 * 9.0 * 512.0 + 0.4 * 48.0 * 7.0 * 512.0;
         let got = c.step_seconds(&BatchShape::decode(9, 512)) * 1e9;
         assert!((got - want).abs() < 1e-3, "{got} {want}");
         // A full graph with even lengths has none.
@@ -321,6 +349,44 @@ mod tests {
             (full - (1.2e6 + 48.0 * 16.0 * 512.0)).abs() < 1e-3,
             "{full}"
         );
+    }
+
+    #[test]
+    fn the_serial_extend_term_goes_with_rows_up_to_its_cap_then_falls_off() {
+        let mut p = Profile::load("h100-80g/qwen3-0.6b/doppel").unwrap();
+        p.efficiency.attention_seq_ns = 0.5;
+        p.efficiency.attention_seq_rows = 128.0;
+        let c = RooflineCost::new(&p, 1);
+        // One extend of `rows` tokens over a 4096-token cached prefix.
+        let extend = |rows: usize| BatchShape {
+            tokens: rows,
+            extend_reqs: 1,
+            logits: 1,
+            attn_pairs: rows as f64 * (4096.0 + (rows as f64 + 1.0) / 2.0),
+            kv_read_tokens: 4096,
+            max_seq: 4096 + rows,
+            max_seq_extend: rows,
+            ..Default::default()
+        };
+        let layers = p.model.layers as f64;
+        let serial = |rows: usize| {
+            let s = extend(rows);
+            c.serial_attention_keys(&s) * layers * 0.5e-9
+        };
+        assert!((serial(64) - 4160.0 * 64.0 * layers * 0.5e-9).abs() < 1e-12);
+        assert!((serial(128) - 4224.0 * 128.0 * layers * 0.5e-9).abs() < 1e-12);
+        // Past the cap: 128^2 / 2048 = 8 rows' worth.
+        assert!((serial(2048) - 6144.0 * 8.0 * layers * 0.5e-9).abs() < 1e-12);
+        // The step time carries the term.
+        let t64 = c.step_seconds(&extend(64));
+        p.efficiency.attention_seq_ns = 0.0;
+        let plain = RooflineCost::new(&p, 1).step_seconds(&extend(64));
+        assert!((t64 - plain - serial(64)).abs() < 1e-12, "{t64} {plain}");
+        // Without a cap the term is per key only.
+        p.efficiency.attention_seq_ns = 0.5;
+        p.efficiency.attention_seq_rows = 0.0;
+        let c = RooflineCost::new(&p, 1);
+        assert_eq!(c.serial_attention_keys(&extend(64)), 4160.0);
     }
 
     #[test]

@@ -99,7 +99,7 @@ fn ragged(s: &StepPoint) -> f64 {
     (s.decode_reqs as f64 * s.max_kv as f64 - s.kv_read_tokens as f64).max(0.0)
 }
 
-/// Tokens of the empty rows a graph of `rows` pads a decode step with: each as long as the
+/// Tokens of the rows a graph of `rows` pads a decode step with, each counted as long as the
 /// step's longest sequence (see `Efficiency::decode_padding_share`).
 fn padding(s: &StepPoint, rows: f64) -> f64 {
     (rows - s.decode_reqs as f64).max(0.0) * s.max_kv as f64
@@ -114,13 +114,34 @@ fn plain_decodes(steps: &[StepPoint]) -> impl Iterator<Item = (&StepPoint, f64)>
         .filter_map(|s| Some((s, s.device_ns? as f64)))
 }
 
-/// Decode device times by batch size: `(batch, fixed ns, ns per KV token read, ns per token of
-/// raggedness)` for every batch measured at two or more KV lengths with even, full batches, from
-/// the steps' `device_ns`. Those fit the first two terms, the same batches with ragged lengths
-/// the third. Steps with fewer requests than a row (a CUDA graph pads them up to it) are left to
-/// `fit_padding_share`.
-pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64, f64)> {
+/// The fitted decode model: the table by graph batch size and the padding rows' share.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodeFit {
+    /// `(batch, fixed ns, ns per KV token read, ns per token of raggedness)` per graph row.
+    pub table: Vec<(f64, f64, f64, f64)>,
+    /// `Efficiency::decode_padding_share` (0 without padded measurements).
+    pub padding_share: f64,
+}
+
+/// The graph row a decode batch of `b` requests runs as.
+fn row_of(table: &[(f64, f64, f64, f64)], b: usize) -> Option<(f64, f64, f64, f64)> {
+    table.iter().find(|r| r.0 >= b as f64).copied()
+}
+
+/// Decode device times by batch size, from the steps' `device_ns`, in three passes: (1) the
+/// fixed and per-KV-token terms of every batch measured at two or more KV lengths with even,
+/// full batches; (2) the padding share, from even batches with fewer requests than their row
+/// (a CUDA graph pads them up to it), so raggedness does not enter it; (3) each row's
+/// raggedness rate from its ragged batches, full or padded (the padding's share taken off).
+/// A batch size with fewer than 4 steps is a one-step transient (the decode after a mixed
+/// scenario's prefill), not a measured shape, and stays out of (2) and (3).
+pub fn fit_decode(steps: &[StepPoint]) -> DecodeFit {
     let decode: Vec<(&StepPoint, f64)> = plain_decodes(steps).collect();
+    let mut count: BTreeMap<usize, usize> = BTreeMap::new();
+    for (s, _) in &decode {
+        *count.entry(s.decode_reqs).or_default() += 1;
+    }
+    let steady = |s: &StepPoint| count.get(&s.decode_reqs).copied().unwrap_or(0) >= 4;
     // Even within a token per request (lengths grow by one per step).
     let even = |s: &StepPoint| ragged(s) <= s.decode_reqs as f64;
     // batch -> KV tokens read -> device times, for even batches
@@ -133,7 +154,7 @@ pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64, f64)> {
             .push(d);
     }
     // Rows: batches with a slope. A batch seen at one KV length only (a mixed scenario's
-    // transient) cannot give one; its steps are padded ones of the next row up.
+    // transient, or a padded scenario) cannot give one.
     let mut rows: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     for (&batch, kvs) in &by {
         let pts: Vec<(f64, f64)> = kvs
@@ -146,74 +167,57 @@ pub fn fit_decode_table(steps: &[StepPoint]) -> Vec<(f64, f64, f64, f64)> {
             rows.insert(batch, line(&pts));
         }
     }
-    // row -> (KV tokens read, raggedness, device time) of its ragged, full batches
-    let mut uneven: BTreeMap<usize, Vec<(f64, f64, f64)>> = BTreeMap::new();
-    for &(s, d) in &decode {
-        if !even(s) && rows.contains_key(&s.decode_reqs) {
-            uneven
-                .entry(s.decode_reqs)
-                .or_default()
-                .push((s.kv_read_tokens as f64, ragged(s), d));
-        }
-    }
-    let mut table = Vec::new();
-    for (&batch, &(a, b)) in &rows {
-        // Least squares through the origin of what the even fit leaves unexplained.
-        let (mut sxy, mut sxx) = (0.0, 0.0);
-        for &(kv, x, d) in uneven.get(&batch).map_or(&[][..], |v| &v[..]) {
-            sxy += (d - a - b * kv) * x;
-            sxx += x * x;
-        }
-        let c = if sxx > 0.0 { (sxy / sxx).max(0.0) } else { 0.0 };
-        let r3 = |v: f64| (v * 1000.0).round() / 1000.0;
-        let measured = sxx > 0.0;
-        table.push((batch as f64, a.round(), r3(b), r3(c), measured));
-    }
-    // Rows without uneven measurements take the nearest measured row's term.
-    let with: Vec<(f64, f64)> = table.iter().filter(|r| r.4).map(|r| (r.0, r.3)).collect();
-    table
+    let r3 = |v: f64| (v * 1000.0).round() / 1000.0;
+    let mut table: Vec<(f64, f64, f64, f64)> = rows
         .iter()
-        .map(|&(b, base, slope, c, measured)| {
-            let c = if measured {
-                c
-            } else {
-                with.iter()
-                    .min_by(|x, y| (x.0 - b).abs().total_cmp(&(y.0 - b).abs()))
-                    .map_or(0.0, |x| x.1)
-            };
-            (b, base, slope, c)
-        })
-        .collect()
-}
-
-/// How much a padding row of a CUDA graph costs against a ragged request of the same length
-/// (`Efficiency::decode_padding_share`): least squares through the origin, over the decode steps
-/// with fewer requests than their row, of what `table` leaves unexplained against the padding's
-/// tokens at the row's raggedness rate. 1 (padding rows count as empty requests) without such
-/// steps. A batch size with fewer than 4 steps is a one-step transient (the decode after a mixed
-/// scenario's prefill), not a measured shape: the six of the first H100 file are 8 % fast and
-/// 28 % slow against their rows, far from any steady step.
-pub fn fit_padding_share(steps: &[StepPoint], table: &[(f64, f64, f64, f64)]) -> f64 {
-    let mut count: BTreeMap<usize, usize> = BTreeMap::new();
-    for (s, _) in plain_decodes(steps) {
-        *count.entry(s.decode_reqs).or_default() += 1;
-    }
+        .map(|(&b, &(a, slope))| (b as f64, a.round(), r3(slope), 0.0))
+        .collect();
+    // Padding share: least squares of the relative residual against the padding's time at the
+    // row's per-KV rate, over even padded batches.
     let (mut sxy, mut sxx) = (0.0, 0.0);
-    for (s, d) in plain_decodes(steps).filter(|(s, _)| count[&s.decode_reqs] >= 4) {
-        let Some(row) = table.iter().find(|r| r.0 >= s.decode_reqs as f64) else {
+    for &(s, d) in decode.iter().filter(|(s, _)| even(s) && steady(s)) {
+        let Some(row) = row_of(&table, s.decode_reqs) else {
             continue;
         };
-        let x = row.3 * padding(s, row.0);
+        let x = row.2 * padding(s, row.0) / d;
         if x > 0.0 {
-            let kv = s.kv_read_tokens as f64;
-            sxy += (d - (row.1 + row.2 * kv + row.3 * ragged(s))) * x;
+            sxy += (d - row.1 - row.2 * s.kv_read_tokens as f64) / d * x;
             sxx += x * x;
         }
     }
-    if sxx > 0.0 {
-        ((sxy / sxx).clamp(0.0, 2.0) * 1000.0).round() / 1000.0
+    let padding_share = if sxx > 0.0 {
+        r3((sxy / sxx).clamp(0.0, 1.0))
     } else {
-        1.0
+        0.0
+    };
+    // Raggedness rates: least squares through the origin of what the even fit and the padding
+    // leave unexplained, per row.
+    let mut uneven: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
+    for &(s, d) in decode.iter().filter(|(s, _)| !even(s) && steady(s)) {
+        let Some(row) = row_of(&table, s.decode_reqs) else {
+            continue;
+        };
+        let pad = padding_share * padding(s, row.0);
+        let x = ragged(s);
+        let e = uneven.entry(row.0 as usize).or_default();
+        e.0 += (d - row.1 - row.2 * (s.kv_read_tokens as f64 + pad)) * x;
+        e.1 += x * x;
+    }
+    let measured: Vec<(f64, f64)> = uneven
+        .iter()
+        .filter(|(_, v)| v.1 > 0.0)
+        .map(|(&b, v)| (b as f64, r3((v.0 / v.1).max(0.0))))
+        .collect();
+    // Rows without ragged measurements take the nearest measured row's rate.
+    for r in &mut table {
+        r.3 = measured
+            .iter()
+            .min_by(|x, y| (x.0 - r.0).abs().total_cmp(&(y.0 - r.0).abs()))
+            .map_or(0.0, |x| x.1);
+    }
+    DecodeFit {
+        table,
+        padding_share,
     }
 }
 
@@ -237,9 +241,8 @@ pub fn fit_shared_saving(
         ) else {
             continue;
         };
-        let kv = s.kv_read_tokens as f64;
-        let ragged = ragged(s) + padding_share * padding(s, row.0);
-        let unexplained = d as f64 - (row.1 + row.2 * kv + row.3 * ragged);
+        let kv = s.kv_read_tokens as f64 + padding_share * padding(s, row.0);
+        let unexplained = d as f64 - (row.1 + row.2 * kv + row.3 * ragged(s));
         let x = row.2 * s.shared_kv_tokens as f64;
         sxy -= unexplained * x;
         sxx += x * x;
@@ -354,7 +357,7 @@ mod tests {
         let excess = (4 * 1792 - 4 * 1024) as f64;
         let d = 1_000_000 + 50 * 4096 + (20.0 * excess) as u64;
         steps.push(point(s, "decode", d, 50_000, d));
-        let t = fit_decode_table(&steps);
+        let t = fit_decode(&steps).table;
         assert_eq!(t.len(), 1, "{t:?}");
         assert!(
             (t[0].2 - 50.0).abs() < 1e-3 && (t[0].3 - 20.0).abs() < 1e-2,
@@ -363,48 +366,46 @@ mod tests {
     }
 
     #[test]
-    fn padded_batches_fit_the_raggedness_term_against_the_graph_rows() {
-        // Graph 16: even full batches, and 9 or 12 even requests padded to 16 rows, which cost
-        // 30 ns per token of (16 x longest - KV read).
+    fn padded_batches_fit_the_padding_share_then_ragged_ones_the_raggedness_rate() {
+        // Graph 16 at 48 ns per KV token; 9 or 12 even requests padded to 16 rows, each padding
+        // row 0.4 of a request as long as the longest.
+        let dev = |b: usize, kv: usize, max: usize| {
+            1_200_000.0
+                + 48.0 * (b * kv) as f64
+                + 0.4 * 48.0 * ((16 - b) * max) as f64
+                + 30.0 * (b * max - b * kv) as f64
+        };
         let mut steps = Vec::new();
         for kv in [128usize, 512, 2048] {
-            let d = 1_200_000 + 48 * 16 * kv as u64;
+            let d = dev(16, kv, kv) as u64;
             steps.push(point(BatchShape::decode(16, kv), "decode", d, 60_000, d));
         }
         // (A scenario's run of steps; a lone step of a batch size is a transient.)
         for (b, kv0) in [(9usize, 512usize), (12, 1024)] {
             for kv in kv0..kv0 + 4 {
-                let d = 1_200_000 + 48 * (b * kv) as u64 + 30 * ((16 - b) * kv) as u64;
+                let d = dev(b, kv, kv) as u64;
                 steps.push(point(BatchShape::decode(b, kv), "decode", d, 60_000, d));
             }
         }
-        // Ragged full batches: 30 ns per token of raggedness too.
-        let mut s = BatchShape::decode(16, 1024);
-        s.max_kv = 1792;
-        let d = 1_200_000 + 48 * 16 * 1024 + 30 * 16 * (1792 - 1024);
-        steps.push(point(s, "decode", d, 60_000, d));
-        let t = fit_decode_table(&steps);
-        assert_eq!(t.len(), 1, "{t:?}");
-        assert!(
-            (t[0].0 - 16.0).abs() < 1e-9 && (t[0].3 - 30.0).abs() < 1e-2,
-            "{t:?}"
-        );
-        assert!((fit_padding_share(&steps, &t) - 1.0).abs() < 1e-3);
-        // Padding rows at 60 % of a ragged request's cost.
-        for p in steps.iter_mut().filter(|p| p.decode_reqs < 16) {
-            let pad = ((16 - p.decode_reqs) * p.max_kv) as u64;
-            let d = p.device_ns.unwrap() - 30 * pad + 18 * pad;
-            p.device_ns = Some(d);
+        let even = steps.len();
+        // Ragged padded batches only: 30 ns per token of raggedness.
+        for kv in 1000..1004 {
+            let mut s = BatchShape::decode(10, kv);
+            s.max_kv = kv + 700;
+            let d = dev(10, kv, kv + 700) as u64;
+            steps.push(point(s, "decode", d, 60_000, d));
         }
-        let t = fit_decode_table(&steps);
-        assert!((t[0].3 - 30.0).abs() < 1e-2, "{t:?}");
-        assert!((fit_padding_share(&steps, &t) - 0.6).abs() < 1e-3);
-        assert_eq!(fit_padding_share(&steps[..3], &t), 1.0);
+        let f = fit_decode(&steps);
+        assert_eq!(f.table.len(), 1, "{f:?}");
+        assert!((f.padding_share - 0.4).abs() < 2e-3, "{f:?}");
+        assert!((f.table[0].3 - 30.0).abs() < 0.5, "{f:?}");
+        assert_eq!(fit_decode(&steps[..3]).padding_share, 0.0);
         assert_eq!(
-            fit_padding_share(&steps[..4], &t),
-            1.0,
+            fit_decode(&steps[..4]).padding_share,
+            0.0,
             "a lone step is a transient"
         );
+        assert_eq!(fit_decode(&steps[..even]).table[0].3, 0.0);
     }
 
     #[test]
@@ -423,7 +424,7 @@ mod tests {
             let d = (1_200_000.0 + 48.0 * read) as u64;
             steps.push(point(s, "decode", d, 60_000, d));
         }
-        let t = fit_decode_table(&steps);
+        let t = fit_decode(&steps).table;
         assert_eq!(t.len(), 1, "{t:?}");
         assert!((t[0].1 - 1_200_000.0).abs() < 2.0 && t[0].3 == 0.0, "{t:?}");
         let saving = fit_shared_saving(&steps, &t, 1.0);
@@ -455,7 +456,7 @@ mod tests {
             60_000,
             1_900_000,
         ));
-        let t = fit_decode_table(&steps);
+        let t = fit_decode(&steps).table;
         assert_eq!(t.len(), 2, "{t:?}");
         assert!(
             (t[0].1 - 1_000_000.0).abs() < 2.0 && (t[0].2 - 60.0).abs() < 1e-3,

@@ -14,6 +14,7 @@ pub mod fit_split;
 pub mod gaps;
 pub mod kv_sharing;
 pub mod metrics;
+mod nelder_mead;
 pub mod one_batch;
 pub mod profile;
 pub mod report;

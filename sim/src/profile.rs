@@ -161,29 +161,27 @@ pub struct Efficiency {
     pub prefill_per_req_ns: f64,
     /// Kernels per layer (for eager launch costs and graph replay).
     pub kernels_per_layer: f64,
-    /// Prefill attention's serial time per layer and per key of the longest sequence (ns): the
-    /// tail of the longest sequence's blocks, which dominates when the batch does not fill the
-    /// GPU (a short extend over a long cached prefix). 0: none.
+    /// Prefill attention's serial time per layer and per key of the longest sequence (ns), times
+    /// its query rows up to `attention_seq_rows` where that is set: the tail of the longest
+    /// sequence's blocks, which dominates when the batch does not fill the GPU (a short extend
+    /// over a long cached prefix). 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attention_seq_ns: f64,
+    /// Query rows of the longest sequence that `attention_seq_ns` scales with, at most (more rows
+    /// get more blocks, which run in parallel). 0: the term is per key only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attention_seq_rows: f64,
     /// Share of the decode table's per-KV-token time saved on a KV token that another request
     /// of the same decode batch also reads (a shared cached prefix, read again from L2), from 0
     /// (none) to 1. 0 where not measured.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub decode_shared_kv_saving: f64,
-    /// What a CUDA graph's padding row costs in the decode table's raggedness term, against a
-    /// request as long as the step's longest (1: an empty request; fitted from steps with fewer
-    /// requests than their row).
-    #[serde(default = "one", skip_serializing_if = "is_one")]
+    /// What a CUDA graph's padding row costs at the decode table's per-KV-token rate, as a share
+    /// of a request as long as the step's longest (the graph's split-KV grid is fixed by its
+    /// row count, so a padded batch runs closer to its full row than its KV read says; fitted
+    /// from even batches with fewer requests than their row). 0: free (not measured).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub decode_padding_share: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-fn is_one(v: &f64) -> bool {
-    *v == 1.0
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -418,6 +416,7 @@ impl Profile {
             ("efficiency.prefill_per_req_ns", e.prefill_per_req_ns),
             ("efficiency.kernels_per_layer", e.kernels_per_layer),
             ("efficiency.attention_seq_ns", e.attention_seq_ns),
+            ("efficiency.attention_seq_rows", e.attention_seq_rows),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(bad(field, v.to_string(), "must be a non-negative number"));
