@@ -79,6 +79,10 @@ pub struct ProfileArgs {
     /// KV pool in tokens.
     #[arg(long)]
     kv_capacity: Option<usize>,
+    /// Idle time after each scenario, as a multiple of its run time, so the device's power and
+    /// clocks stay near what serving sees (default: 1 on a GPU, 0 on the CPU).
+    #[arg(long)]
+    rest: Option<f64>,
 }
 
 fn parse_device(s: &str) -> anyhow::Result<Device> {
@@ -156,6 +160,12 @@ pub fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(k) = a.kv_capacity {
         plan.kv_capacity = k;
+    }
+    if let Some(r) = a.rest {
+        if !(r.is_finite() && (0.0..=100.0).contains(&r)) {
+            bail!("--rest {r}: must be a number from 0 to 100");
+        }
+        plan.rest = r;
     }
     let cfg = ModelConfig::load(&a.model)?;
     let context = plan.longest().min(cfg.max_position_embeddings);

@@ -55,6 +55,10 @@ pub struct ProfilePlan {
     pub kv_capacity: usize,
     /// Prompt token seed.
     pub seed: u64,
+    /// Idle time after each scenario run, as a multiple of its wall time. A sweep run back to back
+    /// held an H100 at its power cap (592 W, SM clock 1846 MHz on average) while the replays it
+    /// calibrates for ran at 317-420 W and 1965-1978 MHz, so every step was measured slow.
+    pub rest: f64,
 }
 
 impl ProfilePlan {
@@ -108,6 +112,9 @@ impl ProfilePlan {
                 (44, 512),
                 (72, 1024),
                 (144, 512),
+                // A burst's decode batches: 170-200 requests in graphs 192 and 224.
+                (170, 1024),
+                (200, 1024),
             ],
             // Shared system prompts: the KV of the prefix is read once per request, from L2
             // after the first.
@@ -126,6 +133,7 @@ impl ProfilePlan {
             // Room for every graph batch at every KV length (256 x 2057 tokens, 59 GB here).
             kv_capacity: 540_000,
             seed: 1,
+            rest: 1.0,
         }
     }
 
@@ -148,6 +156,7 @@ impl ProfilePlan {
             max_prefill_tokens: 4096,
             kv_capacity: 16_384,
             seed: 1,
+            rest: 0.0,
         }
     }
 
@@ -403,12 +412,13 @@ pub fn run<B: Backend + StepTiming>(
                 rng: &mut rng,
                 next_id: &mut next_id,
             };
-            let (plain, iter_ns, submitted) = run_scenario(backend, sc, &mut ctx, false)?;
+            let (plain, iter_ns, submitted) =
+                rested(p.rest, || run_scenario(backend, sc, &mut ctx, false))?;
             if pass == 0 {
                 continue;
             }
             submit.extend(submitted);
-            let (stalled, _, _) = run_scenario(backend, sc, &mut ctx, true)?;
+            let (stalled, _, _) = rested(p.rest, || run_scenario(backend, sc, &mut ctx, true))?;
             // The last iteration queued a stall no step consumed: drop it.
             backend.stall_next_step(0);
             // Same scenario, same scheduler: the same step sequence, unless the scheduler saw
@@ -445,6 +455,17 @@ pub fn run<B: Backend + StepTiming>(
     backend.set_step_timing(false);
     bar.finish_and_clear();
     Ok((steps, sched, submit))
+}
+
+/// Run `f`, then stay idle for `rest` times as long as it took (keeps the device's average
+/// power, and so its clocks, near what serving sees).
+fn rested<T>(rest: f64, f: impl FnOnce() -> T) -> T {
+    let t0 = Instant::now();
+    let out = f();
+    if rest > 0.0 {
+        std::thread::sleep(t0.elapsed().mul_f64(rest));
+    }
+    out
 }
 
 /// What a scenario run needs besides the backend.
