@@ -105,13 +105,15 @@ fn padding(s: &StepPoint, rows: f64) -> f64 {
     (rows - s.decode_reqs as f64).max(0.0) * s.max_kv as f64
 }
 
-/// The decode steps a table fit uses: measured device time, no shared prefix (those read part
-/// of their KV from L2: `fit_shared_saving`).
+/// The decode steps a table fit uses: measured device time (a zero one is no measurement: the
+/// fits divide by it), no shared prefix (those read part of their KV from L2:
+/// `fit_shared_saving`).
 fn plain_decodes(steps: &[StepPoint]) -> impl Iterator<Item = (&StepPoint, f64)> {
     steps
         .iter()
         .filter(|s| s.mode == "decode" && s.shared_kv_tokens == 0)
         .filter_map(|s| Some((s, s.device_ns? as f64)))
+        .filter(|(_, d)| *d > 0.0)
 }
 
 /// The fitted decode model: the table by graph batch size and the padding rows' share.
@@ -406,6 +408,12 @@ mod tests {
             "a lone step is a transient"
         );
         assert_eq!(fit_decode(&steps[..even]).table[0].3, 0.0);
+        // A padded step measured at 0 ns (no measurement) is left out: the share stays finite.
+        let mut zero = steps.clone();
+        zero[3].device_ns = Some(0);
+        let z = fit_decode(&zero);
+        assert!(z.padding_share.is_finite(), "{z:?}");
+        assert!((z.padding_share - 0.4).abs() < 2e-3, "{z:?}");
     }
 
     #[test]

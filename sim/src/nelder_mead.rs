@@ -9,6 +9,9 @@ pub(crate) fn nelder_mead(
     iters: usize,
 ) -> (Vec<f64>, f64) {
     let n = x0.len();
+    if n == 0 {
+        return (Vec::new(), f(x0));
+    }
     let mut simplex: Vec<(Vec<f64>, f64)> = (0..=n)
         .map(|i| {
             let mut x = x0.to_vec();
@@ -63,4 +66,21 @@ pub(crate) fn nelder_mead(
     simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
     let (x, v) = simplex.swap_remove(0);
     (x, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimises_a_bowl_and_takes_no_parameters_without_panicking() {
+        let bowl = |x: &[f64]| (x[0] - 1.0).powi(2) + (x[1] + 2.0).powi(2);
+        let (x, v) = nelder_mead(&bowl, &[0.0, 0.0], 0.5, 500);
+        assert!(
+            (x[0] - 1.0).abs() < 1e-3 && (x[1] + 2.0).abs() < 1e-3 && v < 1e-6,
+            "{x:?}"
+        );
+        let (x, v) = nelder_mead(&|_: &[f64]| f64::NAN, &[], 0.5, 10);
+        assert!(x.is_empty() && v.is_nan());
+    }
 }
