@@ -459,13 +459,16 @@ pub fn run<B: Backend + StepTiming>(
 
 /// Run `f`, then stay idle for `rest` times as long as it took (keeps the device's average
 /// power, and so its clocks, near what serving sees).
-fn rested<T>(rest: f64, f: impl FnOnce() -> T) -> T {
+/// An error returns at once.
+fn rested<T, E>(rest: f64, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     let t0 = Instant::now();
-    let out = f();
+    let out = f()?;
     if rest > 0.0 {
-        std::thread::sleep(t0.elapsed().mul_f64(rest));
+        if let Ok(d) = std::time::Duration::try_from_secs_f64(t0.elapsed().as_secs_f64() * rest) {
+            std::thread::sleep(d);
+        }
     }
-    out
+    Ok(out)
 }
 
 /// What a scenario run needs besides the backend.

@@ -426,7 +426,8 @@ impl CudaBackend {
                 )
                 .min(self.ws.max_splits);
                 if self.tuning {
-                    self.model.tune_gemms(&self.gpu, &self.ws, t, rows)?;
+                    self.model
+                        .tune_gemms_or_default(&self.gpu, &self.ws, t, rows);
                 }
                 self.model.forward(
                     &self.gpu,

@@ -255,7 +255,7 @@ impl Blas {
             Ok(c) => c.values().map(|e| e.report.clone()).collect(),
             Err(_) => Vec::new(),
         };
-        v.sort_by_key(|r| (r.m, r.n, r.k, r.acc, r.f32_out));
+        v.sort_by_key(|r| (r.m, r.n, r.k, r.ldy, r.acc, r.f32_out));
         v
     }
 
@@ -280,9 +280,9 @@ impl Blas {
             .capture_status()
             .ctx("reading the capture status")?;
         let (ya, ylen, out, beta) = y.parts();
-        let Some(&w0) = w.first() else {
+        if w.is_empty() {
             return Ok(None);
-        };
+        }
         if capturing != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE || m == 0 || n == 0 {
             return Ok(None);
         }
@@ -312,7 +312,12 @@ impl Blas {
             return Ok(Some(e.report.clone()));
         }
         let t0 = Instant::now();
-        let align = alignment(&[ya, x.addr(), w0.addr()]);
+        // The timed calls cycle through every layer's weights: the algorithm must suit all.
+        let ptrs: Vec<u64> = [ya, x.addr()]
+            .into_iter()
+            .chain(w.iter().map(|p| p.addr()))
+            .collect();
+        let align = alignment(&ptrs);
         let plan = Plan::new(&key)?;
         // Bytes and flops of one call, to size the repeats (~150 us of timed calls per
         // candidate) and pick the timing: calls of more than ~30 us are timed straight on the
@@ -323,7 +328,12 @@ impl Blas {
         let small = est_us < 30.0;
         let reps = ((150.0 / est_us) as usize).clamp(2, 24);
         let want = if m <= 256 && small { 32 } else { 8 };
-        let mut cands = self.lt.candidates(&plan, want, WORKSPACE_BYTES, align)?;
+        // No candidates (the heuristic found none for this shape or alignment, or failed): the
+        // default GEMM is measured alone and kept.
+        let mut cands = self
+            .lt
+            .candidates(&plan, want, WORKSPACE_BYTES, align)
+            .unwrap_or_default();
         if want > 8 {
             let extra = self.lt.split_k_variants(&plan, &cands, 2, WORKSPACE_BYTES);
             cands.extend(extra);
@@ -358,6 +368,7 @@ impl Blas {
             m,
             n,
             k,
+            ldy,
             acc: key.acc,
             f32_out: key.f32_out,
             default_us,

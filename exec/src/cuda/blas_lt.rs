@@ -45,6 +45,8 @@ pub struct TuneReport {
     pub m: usize,
     pub n: usize,
     pub k: usize,
+    /// Row stride of the output.
+    pub ldy: usize,
     /// beta = 1 (the GEMM adds into its output).
     pub acc: bool,
     /// f32 output (the LM head).

@@ -9,6 +9,15 @@ use cudarc::driver::CudaSlice;
 use half::bf16;
 
 impl GpuModel {
+    /// [`GpuModel::tune_gemms`] where a failure is not an error: tuning only chooses among
+    /// correct GEMMs, so the shapes it could not measure keep cublasGemmEx's default (reported
+    /// on stderr).
+    pub fn tune_gemms_or_default(&self, gpu: &Gpu, ws: &Workspace, tokens: usize, rows: usize) {
+        if let Err(e) = self.tune_gemms(gpu, ws, tokens, rows) {
+            eprintln!("GEMM tuning for {tokens} tokens failed, default GEMMs kept: {e}");
+        }
+    }
+
     /// Measure (once per shape) the cuBLAS GEMMs of a forward pass over `tokens` tokens with
     /// `rows` logit rows: the four projections when `tokens` is above the GEMV and skinny-GEMM
     /// sizes, the LM head when `rows` is above its GEMV size (either only from

@@ -72,8 +72,12 @@ impl CudaBackend {
             return c.graph.launch().ctx("replaying a decode graph");
         }
         let meta = DecodeMeta::new(&self.gpu, &s.decode, gb, self.kv.rows, self.kv.max_ctx)?;
-        // The graph's GEMM algorithms are fixed at capture: measure them now.
-        self.model.tune_gemms(&self.gpu, &self.ws, gb, gb)?;
+        // The graph's GEMM algorithms are fixed at capture: measure them now, in the warm-up only
+        // (a graph first met while serving takes the default GEMMs rather than stall a step).
+        if self.tuning {
+            self.model
+                .tune_gemms_or_default(&self.gpu, &self.ws, gb, gb);
+        }
         self.gpu.sync()?;
         self.gpu
             .stream
