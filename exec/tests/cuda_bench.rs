@@ -12,6 +12,7 @@ mod gemm_tuning;
 
 use cuda_common::{open_gpu, Rng};
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
+use cudarc::driver::CudaGraph;
 use doppel_exec::cuda::attention::{
     decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant,
 };
@@ -287,6 +288,30 @@ fn gemv_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
     }
 }
 
+/// One decode step of `b` tokens with `splits` key splits, captured as a CUDA graph from the
+/// model as it is configured now (its kernel switches are read at capture).
+pub(crate) fn decode_graph(
+    gpu: &Gpu,
+    model: &GpuModel,
+    kv: &KvPool,
+    ws: &Workspace,
+    meta: &DecodeMeta,
+    b: usize,
+    splits: usize,
+) -> CudaGraph {
+    gpu.sync().unwrap();
+    gpu.stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    model
+        .forward(gpu, kv, ws, b, None, Some((meta, splits)), b, true)
+        .unwrap();
+    gpu.stream
+        .end_capture(CUgraphInstantiate_flags_enum(0))
+        .unwrap()
+        .expect("graph")
+}
+
 /// A batch of `b` sequences, each with `prefix` cached and `new` new tokens, rows 1..=b of a
 /// table whose row r maps position p to slot 1 + (r - 1) * max_ctx + p.
 fn step(
@@ -497,33 +522,11 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
                 .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
                 .unwrap()
         });
-        gpu.sync().unwrap();
-        gpu.stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .unwrap();
-        model
-            .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
-            .unwrap();
-        let graph = gpu
-            .stream
-            .end_capture(CUgraphInstantiate_flags_enum(0))
-            .unwrap()
-            .expect("graph");
+        let graph = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
         let replay = time_ms(gpu, 15, 10, || graph.launch().unwrap());
         // The same graph captured with plain launches (no programmatic dependent launch).
         gpu.set_pdl(false);
-        gpu.sync().unwrap();
-        gpu.stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .unwrap();
-        model
-            .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
-            .unwrap();
-        let graph_nopdl = gpu
-            .stream
-            .end_capture(CUgraphInstantiate_flags_enum(0))
-            .unwrap()
-            .expect("graph");
+        let graph_nopdl = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
         gpu.set_pdl(pdl);
         let replay_nopdl = time_ms(gpu, 15, 10, || graph_nopdl.launch().unwrap());
         // PDL on again, replayed after the plain graph: a second sample of the default.
@@ -531,18 +534,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         // The decode combine always folded into the last split block (one launch per layer).
         let decode_kernel = model.kernels.decode;
         model.kernels.decode = DecodeKernel::V3Fused;
-        gpu.sync().unwrap();
-        gpu.stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .unwrap();
-        model
-            .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
-            .unwrap();
-        let graph_fused = gpu
-            .stream
-            .end_capture(CUgraphInstantiate_flags_enum(0))
-            .unwrap()
-            .expect("graph");
+        let graph_fused = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
         model.kernels.decode = decode_kernel;
         let replay_fused = time_ms(gpu, 15, 10, || graph_fused.launch().unwrap());
         // Other fewest-keys-per-split settings (1: every launched split used, as before) and
@@ -560,36 +552,14 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
                 model.kernels.decode_pipelined = false;
             }
             model.kernels.decode_split_min_keys = if mk == 0 { min_keys } else { mk };
-            gpu.sync().unwrap();
-            gpu.stream
-                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-                .unwrap();
-            model
-                .forward(gpu, &kv, &ws, b, None, Some((&meta, sp)), b, true)
-                .unwrap();
-            let g = gpu
-                .stream
-                .end_capture(CUgraphInstantiate_flags_enum(0))
-                .unwrap()
-                .expect("graph");
+            let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, sp);
             model.kernels.decode_split_min_keys = min_keys;
             model.kernels.decode_pipelined = pipelined;
             fewer_splits.push((sp, mk, time_ms(gpu, 15, 10, || g.launch().unwrap())));
         }
         // The same step with the separate (unfused) kernels, for comparison.
         model.fused = false;
-        gpu.sync().unwrap();
-        gpu.stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .unwrap();
-        model
-            .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
-            .unwrap();
-        let graph2 = gpu
-            .stream
-            .end_capture(CUgraphInstantiate_flags_enum(0))
-            .unwrap()
-            .expect("graph");
+        let graph2 = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
         model.fused = true;
         let unfused = time_ms(gpu, 15, 10, || graph2.launch().unwrap());
         // The same step with run 5's projections (cuBLAS above the GEMV, separate residual adds).
@@ -600,18 +570,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         model.kernels.qkv_post_fused = false;
         let gemv_max = model.gemv_max_tokens;
         model.gemv_max_tokens = 4;
-        gpu.sync().unwrap();
-        gpu.stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .unwrap();
-        model
-            .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
-            .unwrap();
-        let graph3 = gpu
-            .stream
-            .end_capture(CUgraphInstantiate_flags_enum(0))
-            .unwrap()
-            .expect("graph");
+        let graph3 = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
         model.kernels = saved;
         model.gemv_max_tokens = gemv_max;
         let old_proj = time_ms(gpu, 15, 10, || graph3.launch().unwrap());
@@ -624,18 +583,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             model.kernels.skinny_max_tokens = 64;
             "skinny GEMM up to 64"
         };
-        gpu.sync().unwrap();
-        gpu.stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .unwrap();
-        model
-            .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
-            .unwrap();
-        let graph4 = gpu
-            .stream
-            .end_capture(CUgraphInstantiate_flags_enum(0))
-            .unwrap()
-            .expect("graph");
+        let graph4 = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
         model.gemv_max_tokens = gemv_max;
         model.kernels = saved;
         let other = time_ms(gpu, 15, 10, || graph4.launch().unwrap());

@@ -2,7 +2,6 @@
 //! shapes of a random-weight Qwen3-0.6B, and whole passes with the choice on and off.
 
 use super::time_ms;
-use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
 use doppel_exec::cuda::attention::{DecodeMeta, ExtendMeta};
 use doppel_exec::cuda::blas::TuneReport;
 use doppel_exec::cuda::model::{GpuModel, KvPool, StepInput, Workspace};
@@ -127,18 +126,7 @@ pub fn decode_graph_ab(
         model.kernels.gemm_lt = on;
         model.kernels.gemm_lt_min_tokens = min;
         model.tune_gemms(gpu, ws, b, b).unwrap();
-        gpu.sync().unwrap();
-        gpu.stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .unwrap();
-        model
-            .forward(gpu, kv, ws, b, None, Some((meta, splits)), b, true)
-            .unwrap();
-        let graph = gpu
-            .stream
-            .end_capture(CUgraphInstantiate_flags_enum(0))
-            .unwrap()
-            .expect("graph");
+        let graph = super::decode_graph(gpu, model, kv, ws, meta, b, splits);
         t[i] = time_ms(gpu, 15, 10, || graph.launch().unwrap());
     }
     model.kernels = saved;
