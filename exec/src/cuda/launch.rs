@@ -8,19 +8,29 @@ use cudarc::driver::{sys, CudaFunction, DeviceRepr, DriverError, LaunchConfig};
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
+/// Most arguments a kernel of ours takes (the extend attention with q norm + RoPE: 21).
+const MAX_ARGS: usize = 24;
+
 /// A kernel's arguments, collected by reference as cudarc's launch builder does, and launched
-/// with or without the PDL attribute.
+/// with or without the PDL attribute. A fixed array, not a Vec: an eager prefill makes ~450
+/// launches, each of which would otherwise allocate.
 pub(crate) struct Launch<'a> {
     gpu: &'a Gpu,
     f: &'a CudaFunction,
-    args: Vec<*mut c_void>,
+    args: [*mut c_void; MAX_ARGS],
+    len: usize,
     _args: PhantomData<&'a ()>,
 }
 
 impl<'a> Launch<'a> {
     /// Add the next argument (it must outlive the launch call, which copies it).
     pub fn arg<T: DeviceRepr>(&mut self, v: &'a T) -> &mut Self {
-        self.args.push(v as *const T as *mut c_void);
+        assert!(
+            self.len < MAX_ARGS,
+            "a kernel wrapper passes more than MAX_ARGS arguments"
+        );
+        self.args[self.len] = v as *const T as *mut c_void;
+        self.len += 1;
         self
     }
 
@@ -64,7 +74,8 @@ impl Gpu {
         Launch {
             gpu: self,
             f,
-            args: Vec::with_capacity(20),
+            args: [std::ptr::null_mut(); MAX_ARGS],
+            len: 0,
             _args: PhantomData,
         }
     }
