@@ -160,21 +160,11 @@ impl Gpu {
         hidden: usize,
         eps: f32,
     ) -> Result<()> {
-        const K: &str = "rmsnorm";
-        check(K, hidden.is_multiple_of(8), || {
-            format!("hidden {hidden} is not a multiple of 8")
-        })?;
-        need(K, "out", &out, tokens * hidden)?;
-        need(K, "x", &x, tokens * hidden)?;
-        need(K, "w", &w, hidden)?;
-        if tokens == 0 {
-            return Ok(());
-        }
-        self.rmsnorm_launch(out, x, w, tokens, hidden, eps, 0)
+        self.rmsnorm_rows(out, x, None, w, tokens, hidden, eps)
     }
 
     /// `out[i] = rmsnorm(x[rows[i]]) * w` for `i < n`: [`Gpu::gather_rows`] and [`Gpu::rmsnorm`]
-    /// in one launch (the rows that need logits, before the LM head). `x` holds `x_rows` rows.
+    /// in one launch (the rows that need logits, before the LM head).
     #[allow(clippy::too_many_arguments)]
     pub fn rmsnorm_gather(
         &self,
@@ -186,35 +176,41 @@ impl Gpu {
         hidden: usize,
         eps: f32,
     ) -> Result<()> {
-        const K: &str = "rmsnorm";
-        check(K, hidden.is_multiple_of(8), || {
-            format!("hidden {hidden} is not a multiple of 8")
-        })?;
-        check(K, hidden > 0, || "hidden is 0".into())?;
-        need(K, "out", &out, n * hidden)?;
-        need(K, "rows", &rows, n)?;
-        need(K, "w", &w, hidden)?;
-        // Row indices are device data: the kernel reads whole rows, so x must at least hold one;
-        // the caller's indices come from validated step inputs (logit_tok < tokens).
-        need(K, "x", &x, hidden)?;
-        if n == 0 {
-            return Ok(());
-        }
-        self.rmsnorm_launch(out, x, w, n, hidden, eps, rows.addr())
+        self.rmsnorm_rows(out, x, Some(rows), w, n, hidden, eps)
     }
 
+    /// The `rmsnorm` kernel over `tokens` rows of `x`, or over the rows `rows` picks.
     #[allow(clippy::too_many_arguments)]
-    fn rmsnorm_launch(
+    fn rmsnorm_rows(
         &self,
         out: DPtr<bf16>,
         x: DPtr<bf16>,
+        rows: Option<DPtr<u32>>,
         w: DPtr<bf16>,
         tokens: usize,
         hidden: usize,
         eps: f32,
-        rows: u64,
     ) -> Result<()> {
         const K: &str = "rmsnorm";
+        check(K, hidden.is_multiple_of(8), || {
+            format!("hidden {hidden} is not a multiple of 8")
+        })?;
+        need(K, "out", &out, tokens * hidden)?;
+        need(K, "w", &w, hidden)?;
+        match &rows {
+            Some(r) => {
+                check(K, hidden > 0, || "hidden is 0".into())?;
+                need(K, "rows", r, tokens)?;
+                // Row indices are device data: the kernel reads whole rows, so x must at least
+                // hold one; the caller's indices come from validated step inputs.
+                need(K, "x", &x, hidden)?;
+            }
+            None => need(K, "x", &x, tokens * hidden)?,
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let rows = rows.map_or(0, |r| r.addr());
         let (t, h) = (int(K, tokens)?, int(K, hidden)?);
         let (o, xa, wa) = (out.addr(), x.addr(), w.addr());
         let f = self.kernels.get(K)?;
