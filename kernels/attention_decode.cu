@@ -19,12 +19,6 @@
 #define MAXG 8  // largest GQA group (nq / nk) supported
 #define UNROLL 8
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 template <int D>
 __device__ __forceinline__ void load_row(const __nv_bfloat16* p, float* f) {
     constexpr int E = D / 32;

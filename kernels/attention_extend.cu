@@ -23,11 +23,6 @@ __device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<unsigned*>(&h);
-}
-
 // Tile list (built on the host): tile i covers query rows [tile_m0[i], tile_m0[i] + BM) of entry
 // tile_entry[i]. Per entry b: q_start[b] (first token row in q/out), q_len[b] (new tokens),
 // kv_len[b] (prefix + new), row[b] (its row of the slot table).

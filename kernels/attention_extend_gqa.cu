@@ -17,11 +17,6 @@ __device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<unsigned*>(&h);
-}
-
 // ---------------------------------------------------------------------------------------------
 // A block owns 64 rows of one (entry, kv head), a row being
 // one (new token, q head of the group) pair, token-major: row f of an entry is token f / G and q

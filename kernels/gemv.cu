@@ -31,24 +31,6 @@ __device__ __forceinline__ uint4 ldx(const uint4* p) {
     }
 }
 
-__device__ __forceinline__ void unpack8(const uint4& u, float* f) {
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 t = __bfloat1622float2(h[i]);
-        f[2 * i] = t.x;
-        f[2 * i + 1] = t.y;
-    }
-}
-
-__device__ __forceinline__ uint4 pack8(const float* f) {
-    uint4 u;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-    for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
-    return u;
-}
-
 // Programmatic dependent launch: every entry point first asks for its warp's weight row(s) in L2
 // (weights depend on nothing), then waits for the previous kernel (pdl_enter, prelude.cuh), so
 // the rows arrive during that kernel's tail.
@@ -62,20 +44,6 @@ __device__ __forceinline__ void enter_after_rows(const __nv_bfloat16* w, int n, 
 }
 
 __device__ __forceinline__ int warp_row() { return blockIdx.x * WARPS + (threadIdx.x >> 5); }
-
-__device__ __forceinline__ float block_sum(float v) {
-    __shared__ float part[32];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __syncthreads();  // part[] may still be read by a previous call
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    v = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // The RMSNorm of each of the B rows of r (width K), times nw, into shared memory as bf16: the
 // same arithmetic as norm.cu's rmsnorm, done by every block so no separate norm kernel (and its

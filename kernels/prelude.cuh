@@ -1,4 +1,5 @@
-// Put before every kernel source by exec/src/cuda/compile.rs (not compiled on its own).
+// Put before every kernel source by exec/src/cuda/compile.rs (not compiled on its own): the
+// programmatic dependent launch helpers and the small device helpers several kernels share.
 //
 // Programmatic dependent launch (sm_90+). A kernel launched with the PDL attribute may start
 // while the kernel before it in the stream is still running, so it must call pdl_wait() before
@@ -7,6 +8,8 @@
 // pdl_trigger() lets the next kernel launch once every block of this one has called it. Both
 // are no-ops before sm_90 and in launches without the attribute, so every caller stays correct
 // on every architecture.
+#include <cuda_bf16.h>
+
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -35,3 +38,46 @@ __device__ __forceinline__ void prefetch_l2(const void* p, unsigned int bytes) {
 #endif
 }
 
+// Reductions and bf16 packing several kernels share.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over the block (every thread gets it); blockDim.x a multiple of 32, at most 1024.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float part[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // part[] may still be read by a previous call
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    v = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
+    return warp_sum(v);
+}
+
+// 8 bf16 (one 16-byte load) to floats and back.
+__device__ __forceinline__ void unpack8(const uint4& u, float* f) {
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __bfloat1622float2(h[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+
+__device__ __forceinline__ uint4 pack8(const float* f) {
+    uint4 u;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+    return u;
+}
+
+// Two floats as a bf16x2 register (an mma operand).
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&h);
+}

@@ -29,12 +29,6 @@ extern "C" __global__ void rope_neox(__nv_bfloat16* __restrict__ qkv,
     }
 }
 
-__device__ __forceinline__ float warp_sum_f(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 // One pass over a token's fused qkv row doing what qk_rmsnorm, rope_neox and kv_store do in three:
 // q heads: [per-head RMSNorm] + RoPE, written back in place (attention reads q from here);
 // k heads: [per-head RMSNorm] + RoPE, written to k_cache[slots[t]] (not back to qkv);
@@ -119,7 +113,7 @@ __device__ void qk_norm_rope_store_impl(__nv_bfloat16* __restrict__ qkv,
             float ss = 0.f;
 #pragma unroll
             for (int j = 0; j < EPH; j++) ss += a[i][j] * a[i][j] + b[i][j] * b[i][j];
-            const float inv = rsqrtf(warp_sum_f(ss) / D + eps);
+            const float inv = rsqrtf(warp_sum(ss) / D + eps);
 #pragma unroll
             for (int j = 0; j < EPH; j++) {
                 // Round after the norm, as the unfused qk_rmsnorm kernel stores bf16 before RoPE.
