@@ -18,7 +18,7 @@ impl GpuModel {
     }
 
     /// Whether `m` tokens go through the skinny GEMM (above the GEMV's batch sizes).
-    pub(super) fn use_skinny(&self, m: usize) -> bool {
+    fn use_skinny(&self, m: usize) -> bool {
         m > self.gemv_rows() && m <= self.kernels.skinny_max_tokens.min(SKINNY_MAX_M)
     }
 
@@ -47,8 +47,18 @@ impl GpuModel {
         self.kernels.gemm_lt && m >= self.kernels.gemm_lt_min_tokens
     }
 
+    /// Whether the LM head over `rows` rows runs the f32 GEMV (else cuBLAS).
+    pub(super) fn lm_head_on_gemv(&self, rows: usize) -> bool {
+        rows <= self.kernels.lm_head_gemv_max.min(8)
+    }
+
+    /// Whether `m`-token projections go to cuBLAS (above the GEMV's and the skinny GEMM's sizes).
+    pub(super) fn proj_on_cublas(&self, m: usize) -> bool {
+        m > self.gemv_rows() && !self.use_skinny(m)
+    }
+
     /// Most tokens the GEMVs take (their kernels hold at most 8 rows).
-    pub(super) fn gemv_rows(&self) -> usize {
+    fn gemv_rows(&self) -> usize {
         self.gemv_max_tokens.min(8)
     }
 
@@ -420,7 +430,7 @@ impl GpuModel {
             gpu.gather_rows(sel_res, residual, gpu.ptr(&ws.logit_tok), rows, h)?;
             gpu.fused_add_rmsnorm(sel, sel_res, p(&self.final_norm), rows, h, eps)?;
         }
-        if rows <= self.kernels.lm_head_gemv_max.min(8) {
+        if self.lm_head_on_gemv(rows) {
             gpu.gemv_f32out(
                 gpu.ptr(&ws.logits),
                 sel,

@@ -53,7 +53,7 @@ impl GpuModel {
         // As `forward`: above the GEMV's rows nothing is folded, so the o and down projections
         // add into the residual stream when `proj_resadd` is on; the skinny GEMM's sizes never
         // reach cuBLAS (gate/up included: `gate_up_act` takes the skinny path there too).
-        if tokens > self.gemv_rows() && !self.use_skinny(tokens) && self.gemm_tuned(tokens) {
+        if self.proj_on_cublas(tokens) && self.gemm_tuned(tokens) {
             let blas = &gpu.blas;
             let res = self.kernels.proj_resadd;
             let (resid, hidden) = (p(&ws.residual), p(&ws.hidden));
@@ -85,7 +85,7 @@ impl GpuModel {
                 h,
             )?);
         }
-        if rows > self.kernels.lm_head_gemv_max.min(8) && self.gemm_tuned(rows) {
+        if !self.lm_head_on_gemv(rows) && self.gemm_tuned(rows) {
             push(gpu.blas.tune(
                 GemmOut::F32(gpu.ptr(&ws.logits)),
                 p(&ws.sel),
