@@ -11,10 +11,6 @@
 // captured CUDA graph serves any sequence lengths.
 #include <cuda_bf16.h>
 
-#ifndef INFINITY  // NVRTC has no <math.h>
-#define INFINITY __int_as_float(0x7f800000)
-#endif
-
 #define NW 4
 #define MAXG 8  // largest GQA group (nq / nk) supported
 #define UNROLL 8

@@ -11,10 +11,6 @@
 // a fixed-order block scan: same logits + same uniform => same token.
 #include <cuda_bf16.h>
 
-#ifndef INFINITY  // NVRTC has no <math.h>
-#define INFINITY __int_as_float(0x7f800000)
-#endif
-
 #define NT 1024
 #define MASS_SCALE 1099511627776.0  // 2^40
 
