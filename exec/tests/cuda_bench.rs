@@ -9,6 +9,8 @@ mod breakdown;
 mod cuda_common;
 #[path = "cuda_bench_parts/gemm_tuning.rs"]
 mod gemm_tuning;
+#[path = "cuda_bench_parts/tile.rs"]
+mod tile;
 
 use cuda_common::{open_gpu, Rng};
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
@@ -16,7 +18,9 @@ use cudarc::driver::CudaGraph;
 use doppel_exec::cuda::attention::{
     decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant,
 };
-use doppel_exec::cuda::model::{DecodeKernel, GpuModel, KvPool, RowSampling, StepInput, Workspace};
+use doppel_exec::cuda::model::{
+    DecodeKernel, GpuModel, KvPool, RowSampling, StepInput, TileUse, Workspace,
+};
 use doppel_exec::cuda::skinny::{skinny_plan, SkinnyEpilogue, SkinnyScratch, SKINNY_COUNTERS};
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{Arch, ModelConfig, RopeScaling};
@@ -79,6 +83,7 @@ fn bench_kernels_and_forward() {
     let mut rng = Rng::new(42);
     ceilings(&gpu);
     gemv_vs_cublas(&gpu, &mut rng);
+    tile::tile_vs_cublas(&gpu, &mut rng);
     skinny_vs_cublas(&gpu, &mut rng);
     forward_passes(&gpu, &mut rng);
 }
@@ -184,7 +189,13 @@ fn skinny_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
                 format!("w{}s{}", plan.wn, plan.splits)
             );
         }
-        for m in [16usize, 64] {
+        // Every layout (run 6's sweep; docs/cuda.md) only when asked: it takes ~20 s.
+        let layouts: &[usize] = if std::env::var_os("DOPPEL_BENCH_SKINNY_SWEEP").is_some() {
+            &[16, 64]
+        } else {
+            &[]
+        };
+        for &m in layouts {
             for wn in [1usize, 2, 4] {
                 for splits in [1usize, 2, 3, 4, 6, 8] {
                     if splits > k / 32 / 2 {
@@ -501,7 +512,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let meta = DecodeMeta::new(gpu, &s.decode, s.ids.len(), kv.rows, kv.max_ctx).unwrap();
         let splits = decode_splits(b, cfg.num_kv_heads, 160, sms).min(ws.max_splits);
         model.tune_gemms(gpu, &ws, b, b).unwrap();
-        if b == 64 {
+        if b == 64 && model.tile_plans(b, sms).iter().all(Option::is_none) {
             let [on, all, off] =
                 gemm_tuning::decode_graph_ab(gpu, &mut model, &kv, &ws, &meta, b, splits);
             for (label, t) in [
@@ -513,6 +524,31 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
                     "{:<34} {:>10.3} {:>12}",
                     format!("decode b={b} graph, {label}"),
                     t,
+                    ""
+                );
+            }
+        }
+        if model.tile_plans(b, sms).iter().any(Option::is_some) {
+            let t = |model: &GpuModel| {
+                let g = decode_graph(gpu, model, &kv, &ws, &meta, b, splits);
+                time_ms(gpu, 15, 10, || g.launch().unwrap())
+            };
+            let mut rows = Vec::new();
+            for (label, use_) in [
+                ("tiled gate/up (default)", TileUse::GateUp),
+                ("cuBLAS + separate kernels", TileUse::Off),
+                ("all four projections tiled", TileUse::All),
+                ("tiled gate/up, again", TileUse::GateUp),
+            ] {
+                model.kernels.tile_gemm = use_;
+                rows.push((label, t(&model)));
+            }
+            model.kernels.tile_gemm = TileUse::GateUp;
+            for (label, v) in rows {
+                println!(
+                    "{:<34} {:>10.3} {:>12}",
+                    format!("decode b={b} graph, {label}"),
+                    v,
                     ""
                 );
             }

@@ -24,7 +24,7 @@ use doppel_exec::cuda::attention::{
 };
 use doppel_exec::cuda::backend::{CudaBackend, CudaBackendConfig};
 use doppel_exec::cuda::model::{
-    DecodeKernel, GpuModel, KernelChoice, KvPool, RowSampling, StepInput, Workspace,
+    DecodeKernel, GpuModel, KernelChoice, KvPool, RowSampling, StepInput, TileUse, Workspace,
 };
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{Arch, CpuModel, DType, ModelConfig, RopeScaling, WeightStore};
@@ -564,6 +564,21 @@ fn cuda_backend_matches_cpu_backend() {
                 decode_pipelined: false,
                 gemm_lt: false,
                 gemm_lt_min_tokens: 4096,
+                tile_gemm: TileUse::Off,
+            },
+        ),
+        (
+            "cuBLAS with separate norms and SiLU at 17-64 tokens (tiled GEMM off)",
+            KernelChoice {
+                tile_gemm: TileUse::Off,
+                ..Default::default()
+            },
+        ),
+        (
+            "every 17-64-token projection on the tiled GEMM",
+            KernelChoice {
+                tile_gemm: TileUse::All,
+                ..Default::default()
             },
         ),
         (

@@ -109,6 +109,25 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         ]
     ),
     kernel_source!(
+        "gemm_tile.cu",
+        [
+            "gemm_tile_resadd_n4_s4",
+            "gemm_tile_resadd_n4_s6",
+            "gemm_tile_resadd_n8_s4",
+            "gemm_tile_resadd_n8_s6",
+            "gemm_tile_norm_n4_s4",
+            "gemm_tile_norm_n4_s6",
+            "gemm_tile_norm_n8_s4",
+            "gemm_tile_norm_n8_s6",
+            "gemm_tile_silu_n4_s4",
+            "gemm_tile_silu_n4_s6",
+            "gemm_tile_silu_n6_s4",
+            "gemm_tile_silu_n6_s6",
+            "gemm_tile_silu_n8_s4",
+            "gemm_tile_silu_n8_s6"
+        ]
+    ),
+    kernel_source!(
         "gemm_skinny.cu",
         [
             "gemm_skinny_plain_m1_w1",

@@ -17,6 +17,7 @@ pub mod buffers;
 pub mod compile;
 pub mod forward;
 pub mod fused;
+pub mod gemm_tile;
 pub mod kernels;
 mod launch;
 pub mod model;
