@@ -269,6 +269,11 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
                 g.submit_ns,
                 g.submit_ns_per_token
             );
+            println!(
+                "  sustained-load slowdown {:.2}% at full heat, time constant {:.0} ms (0: no runs of back-to-back steps measured)",
+                e.sustained_slowdown * 100.0,
+                e.sustained_tau_ns / 1e6
+            );
             Ok(ExitCode::SUCCESS)
         }
         SimCmd::Profiles => {

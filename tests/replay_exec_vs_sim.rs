@@ -300,6 +300,24 @@ fn cli_profile_on_cpu_then_calibrate() {
     assert!(steps.iter().any(|s| s["mode"] == "decode"
         && s["decode_reqs"] == 4
         && s["shared_kv_tokens"] == 3 * 64));
+    // Every timed step carries its scenario run and its start in the run; the sustained run
+    // (8 ragged prompts prefilled back to back in 128-token chunks) is one run of prefills.
+    assert!(steps
+        .iter()
+        .all(|s| s["run"].is_u64() && s["run_ns"].is_u64()));
+    let runs: std::collections::BTreeSet<u64> =
+        steps.iter().map(|s| s["run"].as_u64().unwrap()).collect();
+    let sustained = runs.iter().rev().find_map(|&r| {
+        let at: Vec<u64> = steps
+            .iter()
+            .filter(|s| s["run"] == r && s["mode"] == "prefill" && s["host_ns"] == 0)
+            .map(|s| s["run_ns"].as_u64().unwrap())
+            .collect();
+        (at.len() >= 4).then_some(at)
+    });
+    let at = sustained.expect("a sustained run of at least 4 prefills");
+    assert_eq!(at[0], 0);
+    assert!(at.windows(2).all(|w| w[1] > w[0]), "{at:?}");
     let fitted = dir.join("fitted.yaml");
     let out = Command::new(bin)
         .args(["sim", "calibrate"])

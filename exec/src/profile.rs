@@ -55,6 +55,13 @@ pub struct ProfilePlan {
     pub kv_capacity: usize,
     /// Prompt token seed.
     pub seed: u64,
+    /// Sustained load: (requests, mean prompt length, chunk size): a burst of ragged prompts
+    /// (spread as `ragged_prefill`'s) prefilled back to back in the overlap order, as serving
+    /// runs them, after `cool_s` of rest, so the steps' device times show how the GPU slows as
+    /// it heats toward its power cap (each step carries its start since the run's first).
+    pub sustained: Vec<(usize, usize, usize)>,
+    /// Rest before each sustained run (s), so it starts on a rested GPU.
+    pub cool_s: f64,
     /// Idle time after each scenario run, as a multiple of its wall time. A sweep run back to back
     /// held an H100 at its power cap (592 W, SM clock 1846 MHz on average) while the replays it
     /// calibrates for ran at 317-420 W and 1965-1978 MHz, so every step was measured slow.
@@ -128,6 +135,10 @@ impl ProfilePlan {
                 (64, 1024, 64),
                 (128, 512, 64),
             ],
+            // ~460k tokens in 8192-token steps (SGLang's chunk on an H100): ~1 s of prefill
+            // without a pause, long enough for the power cap to settle (~150 ms).
+            sustained: vec![(448, 1024, 8192)],
+            cool_s: 1.0,
             repeats: 2,
             max_prefill_tokens: 16384,
             // Room for every graph batch at every KV length (256 x 2057 tokens, 59 GB here).
@@ -152,6 +163,8 @@ impl ProfilePlan {
             ragged_prefill: vec![(4, 64)],
             padded_decode: vec![(3, 32)],
             shared_decode: vec![(4, 64, 16)],
+            sustained: vec![(8, 64, 128)],
+            cool_s: 0.0,
             repeats: 1,
             max_prefill_tokens: 4096,
             kv_capacity: 16_384,
@@ -190,13 +203,21 @@ impl ProfilePlan {
             .map(|&(_, mean)| spread(2, mean)[1] + self.decode_steps + 1)
             .max()
             .unwrap_or(1);
-        p.max(d).max(m).max(h).max(c).max(r).max(s)
+        let u = self
+            .sustained
+            .iter()
+            .map(|&(n, mean, _)| spread(n, mean).last().copied().unwrap_or(1) + 2)
+            .max()
+            .unwrap_or(1);
+        p.max(d).max(m).max(h).max(c).max(r).max(s).max(u)
     }
 }
 
 /// One batch of requests run to completion: (prompt length, output length, submitted after step).
 struct Scenario {
     mixed: bool,
+    /// Run in the overlap order, once per pass, without a stall (a sustained run).
+    overlap: bool,
     /// Chunked prefill size (None: off).
     chunk: Option<usize>,
     /// Radix cache on (prefix hits).
@@ -210,6 +231,7 @@ impl Scenario {
     fn plain(reqs: Vec<(usize, usize, usize, usize)>) -> Scenario {
         Scenario {
             mixed: false,
+            overlap: false,
             chunk: None,
             cache: false,
             reqs,
@@ -320,6 +342,16 @@ fn scenarios(p: &ProfilePlan) -> Vec<Scenario> {
             });
         }
     }
+    for &(n, mean, chunk) in &p.sustained {
+        let lens = spread(n, mean);
+        if chunk > 0 && lens.iter().map(|l| l + 2).sum::<usize>() <= p.kv_capacity {
+            out.push(Scenario {
+                overlap: true,
+                chunk: Some(chunk),
+                ..Scenario::plain(lens.iter().map(|&l| (l, 1, 0, 0)).collect())
+            });
+        }
+    }
     out
 }
 
@@ -346,10 +378,11 @@ impl StepTiming for crate::cuda::backend::CudaBackend {
 /// GPU stall queued before each step of the stalled runs: longer than any measured launch.
 const STALL_NS: u64 = 8_000_000;
 
-/// One scenario's steps as measured: (shape, mode, plain span, host launch, device ns), the
-/// scheduler time per step, and each request's submission time.
+/// One scenario's steps as measured: (shape, mode, plain span, host launch, device ns, start
+/// since the run's first step started), the scheduler time per step, and each request's
+/// submission time.
 type ScenarioRun = (
-    Vec<(BatchShape, ForwardMode, u64, u64, Option<u64>)>,
+    Vec<(BatchShape, ForwardMode, u64, u64, Option<u64>, u64)>,
     Vec<(usize, u64)>,
     Vec<SubmitPoint>,
 );
@@ -401,6 +434,8 @@ pub fn run<B: Backend + StepTiming>(
     let mut sched = Vec::new();
     let mut submit = Vec::new();
     let total = list.len() * (p.repeats + 1);
+    // Each timed scenario run gets an id: the fit follows the GPU's heat along a run.
+    let mut run_id = 0u32;
     backend.set_step_timing(true);
     for pass in 0..=p.repeats {
         for (k, sc) in list.iter().enumerate() {
@@ -412,6 +447,27 @@ pub fn run<B: Backend + StepTiming>(
                 rng: &mut rng,
                 next_id: &mut next_id,
             };
+            if sc.overlap {
+                if let Ok(d) = std::time::Duration::try_from_secs_f64(p.cool_s) {
+                    std::thread::sleep(d);
+                }
+                let (run, _, _) = rested(p.rest, || run_scenario(backend, sc, &mut ctx, false))?;
+                if pass > 0 {
+                    steps.extend(run.iter().map(|&(shape, mode, ns, _, dev, at)| {
+                        // The device time from the step's own events: in the overlap order the
+                        // GPU reaches a step when the previous one ends. Launch times are not
+                        // the plain order's (host_ns 0 keeps the step out of the launch fit),
+                        // nor is the loop's time the scheduler's alone.
+                        let mut point = StepPoint::of(&shape, mode_name(mode), ns);
+                        point.device_ns = dev;
+                        point.run = Some(run_id);
+                        point.run_ns = Some(at);
+                        point
+                    }));
+                    run_id += 1;
+                }
+                continue;
+            }
             let (plain, iter_ns, submitted) =
                 rested(p.rest, || run_scenario(backend, sc, &mut ctx, false))?;
             if pass == 0 {
@@ -428,21 +484,19 @@ pub fn run<B: Backend + StepTiming>(
                     .iter()
                     .zip(&plain)
                     .all(|(a, b)| a.0 == b.0 && a.1 == b.1);
-            for (i, ((shape, mode, ns, host_ns, _), (entries, spent))) in
+            for (i, ((shape, mode, ns, host_ns, _, _), (entries, spent))) in
                 plain.iter().zip(&iter_ns).enumerate()
             {
-                let mode = match mode {
-                    ForwardMode::Extend => "prefill",
-                    ForwardMode::Decode => "decode",
-                    ForwardMode::Mixed => "mixed",
-                };
-                let mut point = StepPoint::of(shape, mode, *ns);
+                let mut point = StepPoint::of(shape, mode_name(*mode), *ns);
                 point.host_ns = *host_ns;
                 if same {
-                    let (_, _, _, stalled_host, dev) = stalled[i];
+                    let (_, _, _, stalled_host, dev, at) = stalled[i];
                     // A launch longer than the stall let the device catch up: no clean figure.
                     point.device_ns = dev.filter(|_| stalled_host < STALL_NS);
                     point.host_busy_ns = (stalled_host < STALL_NS).then_some(stalled_host);
+                    // The device time is the stalled run's: so is the heat it ran at.
+                    point.run = Some(run_id);
+                    point.run_ns = Some(at);
                 }
                 steps.push(point);
                 sched.push(SchedulePoint {
@@ -450,11 +504,20 @@ pub fn run<B: Backend + StepTiming>(
                     ns: spent.saturating_sub(*ns),
                 });
             }
+            run_id += u32::from(same);
         }
     }
     backend.set_step_timing(false);
     bar.finish_and_clear();
     Ok((steps, sched, submit))
+}
+
+fn mode_name(mode: ForwardMode) -> &'static str {
+    match mode {
+        ForwardMode::Extend => "prefill",
+        ForwardMode::Decode => "decode",
+        ForwardMode::Mixed => "mixed",
+    }
 }
 
 /// Run `f`, then stay idle for `rest` times as long as it took (keeps the device's average
@@ -501,7 +564,7 @@ fn run_scenario<B: Backend + StepTiming>(
     };
     let scheduler = Scheduler::new(cfg).map_err(|e| ProfileError::Scheduler(e.to_string()))?;
     let origin = Instant::now();
-    let mut engine = Engine::new(scheduler, Recorder::new(ByRef(backend), origin), false);
+    let mut engine = Engine::new(scheduler, Recorder::new(ByRef(backend), origin), sc.overlap);
     let mut events: Vec<Event> = Vec::new();
     let mut pending: Vec<(usize, usize, usize, usize)> = sc.reqs.clone();
     let longest = sc.reqs.iter().map(|r| r.3).max().unwrap_or(0);
@@ -560,6 +623,7 @@ fn run_scenario<B: Backend + StepTiming>(
         }
     }
     let rec = &engine.backend;
+    let first = rec.steps.first().map_or(0, |r| r.start);
     let steps = rec
         .steps
         .iter()
@@ -567,7 +631,8 @@ fn run_scenario<B: Backend + StepTiming>(
         .map(|(r, shape)| {
             let ns = r.end.saturating_sub(r.start).max(1);
             let host = r.launched.saturating_sub(r.start);
-            (*shape, r.mode, ns, host, r.device_ns)
+            let at = r.start.saturating_sub(first);
+            (*shape, r.mode, ns, host, r.device_ns, at)
         })
         .collect();
     Ok((steps, iter_ns, submitted))

@@ -1,6 +1,7 @@
 //! The virtual GPU: prices each plan with the cost model and returns synthetic tokens.
 
 use crate::cost::{BatchShape, CostModel};
+use crate::heat::Heat;
 use crate::kv_sharing::KvSharing;
 use crate::workload::synth_token;
 use doppel_core::{Backend, ForwardMode, Plan, StepResult, TimeNs};
@@ -65,6 +66,9 @@ pub struct SimBackend<C: CostModel> {
     sharing: KvSharing,
     // The engine thread is busy with other host work (taking in arrivals) until then.
     host_busy_until: TimeNs,
+    // Sustained-load heat (`crate::heat`) and when the GPU finished its last step's work.
+    heat: Heat,
+    heat_end: TimeNs,
 }
 
 impl<C: CostModel> SimBackend<C> {
@@ -85,6 +89,8 @@ impl<C: CostModel> SimBackend<C> {
             launched: 0,
             sharing: KvSharing::new(),
             host_busy_until: 0,
+            heat: Heat::new(),
+            heat_end: 0,
         }
     }
 
@@ -143,8 +149,16 @@ impl<C: CostModel> Backend for SimBackend<C> {
         let mut host_end = formed + l.host_ns;
         let mut start = (formed + l.lead_ns).max(self.busy_until);
         let mut device = self.cost.step_ns(&shape);
-        let mut end = (start + device).max(host_end + l.tail_ns);
         let locked = self.locked.get(self.launched);
+        if let Some((slowdown, tau)) = self.cost.sustained() {
+            // The GPU cooled while idle since its last step; this step runs at its mean heat.
+            let at = locked.map_or(start, |r| r.start.max(now));
+            self.heat.idle(at.saturating_sub(self.heat_end) as f64, tau);
+            let h = self.heat.run(device as f64, self.cost.load(&shape), tau);
+            device = ((device as f64) * (1.0 + slowdown * h)).round().max(1.0) as u64;
+            self.heat_end = at + device;
+        }
+        let mut end = (start + device).max(host_end + l.tail_ns);
         let model = locked.map(|_| (device, shape));
         if let Some(r) = locked {
             start = r.start.max(now);

@@ -59,6 +59,14 @@ pub struct StepPoint {
     /// has one launch rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_busy_ns: Option<u64>,
+    /// The scenario run the step belongs to (its steps ran back to back after a rest, in file
+    /// order); absent in files from before it was kept (then no sustained-load term is fitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<u32>,
+    /// When the step started, since its run's first step started (ns), in the run that gave
+    /// `device_ns` (gaps between steps are idle GPU time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_ns: Option<u64>,
 }
 
 impl StepPoint {
@@ -113,6 +121,8 @@ impl StepPoint {
             host_ns: 0,
             device_ns: None,
             host_busy_ns: None,
+            run: None,
+            run_ns: None,
         }
     }
 }
@@ -382,6 +392,52 @@ pub fn fit_schedule(points: &[SchedulePoint]) -> (f64, f64) {
     crate::fit_split::line(&pts)
 }
 
+/// The device-time terms (decode table, roofline efficiencies, padding and shared-KV terms) and
+/// launch costs fitted to `steps`, on `base`'s hardware and model.
+fn fit_device(base: &Profile, steps: &[StepPoint]) -> Profile {
+    // With the host/device split (`exec profile` with CUDA events), the cost model prices
+    // device time, decode steps come from a measured table, and launches get their own costs.
+    let decode = fit_decode(steps);
+    let table = decode.table;
+    let device_s = |p: &StepPoint| p.device_ns.unwrap_or(p.ns) as f64 * 1e-9;
+    // With device times, a step without one (its stalled run could not give a clean figure)
+    // would feed a whole span (host launch included) into the device fit: leave it out.
+    let split = steps.iter().any(|p| p.device_ns.is_some());
+    let mut shapes: Vec<(BatchShape, f64)> = steps
+        .iter()
+        .filter(|p| table.is_empty() || p.mode != "decode")
+        .filter(|p| !split || p.device_ns.is_some())
+        .map(|p| (p.shape(), device_s(p)))
+        .collect();
+    if shapes.is_empty() {
+        shapes = steps.iter().map(|p| (p.shape(), device_s(p))).collect();
+    }
+    let shapes = per_shape_medians(shapes);
+    // A finer GEMM curve than a hand-written profile's: small decode batches sit between its
+    // points, and a coarse log-linear curve cannot follow them.
+    let mut base = base.clone();
+    base.efficiency.gemm = gemm_grid(&base);
+    let base = &base;
+    let f = |x: &[f64]| loss(base, &shapes, x);
+    let x0 = start(base);
+    let (mut best, mut best_v) = nelder_mead(&f, &x0, 0.5, 4000);
+    // Restarts from the best point with shrinking steps escape the simplex's early collapse.
+    for step in [1.0, 0.3, 1.0, 0.3, 1.0, 0.3, 0.1, 0.03, 0.01] {
+        let (x, v) = nelder_mead(&f, &best, step, 4000);
+        if v < best_v {
+            best = x;
+            best_v = v;
+        }
+    }
+    let mut profile = apply(base, &best);
+    let e = &mut profile.efficiency;
+    e.decode_padding_share = decode.padding_share;
+    e.decode_shared_kv_saving = fit_shared_saving(steps, &table, e.decode_padding_share);
+    profile.decode_table = table;
+    profile.launch = fit_launch(steps, base.engine.cuda_graph_max_bs);
+    profile
+}
+
 /// Fit `base` to `m`; the result is named `name`. `origin` names the measurement file.
 pub fn calibrate(
     base: &Profile,
@@ -410,47 +466,39 @@ pub fn calibrate(
             ),
         ));
     }
-    // With the host/device split (`exec profile` with CUDA events), the cost model prices
-    // device time, decode steps come from a measured table, and launches get their own costs.
-    let decode = fit_decode(&m.steps);
-    let table = decode.table;
-    let device_s = |p: &StepPoint| p.device_ns.unwrap_or(p.ns) as f64 * 1e-9;
-    // With device times, a step without one (its stalled run could not give a clean figure)
-    // would feed a whole span (host launch included) into the device fit: leave it out.
-    let split = m.steps.iter().any(|p| p.device_ns.is_some());
-    let mut shapes: Vec<(BatchShape, f64)> = m
-        .steps
-        .iter()
-        .filter(|p| table.is_empty() || p.mode != "decode")
-        .filter(|p| !split || p.device_ns.is_some())
-        .map(|p| (p.shape(), device_s(p)))
-        .collect();
-    if shapes.is_empty() {
-        shapes = m.steps.iter().map(|p| (p.shape(), device_s(p))).collect();
-    }
-    let shapes = per_shape_medians(shapes);
-    // A finer GEMM curve than a hand-written profile's: small decode batches sit between its
-    // points, and a coarse log-linear curve cannot follow them.
-    let mut base = base.clone();
-    base.efficiency.gemm = gemm_grid(&base);
-    let base = &base;
-    let f = |x: &[f64]| loss(base, &shapes, x);
-    let x0 = start(base);
-    let (mut best, mut best_v) = nelder_mead(&f, &x0, 0.5, 4000);
-    // Restarts from the best point with shrinking steps escape the simplex's early collapse.
-    for step in [1.0, 0.3, 1.0, 0.3, 1.0, 0.3, 0.1, 0.03, 0.01] {
-        let (x, v) = nelder_mead(&f, &best, step, 4000);
-        if v < best_v {
-            best = x;
-            best_v = v;
+    let first = fit_device(base, &m.steps);
+    // Steps of a run slow down as the GPU heats toward its power cap: fit that from the runs,
+    // then fit the rest to the steps as a rested GPU would have run them.
+    let runs = crate::heat::measured_runs(&m.steps, &RooflineCost::new(&first, 1));
+    let fit_runs: Vec<_> = runs.iter().map(|r| r.1.clone()).collect();
+    let (slowdown, tau) = crate::heat::fit_sustained(&fit_runs);
+    let mut heat = vec![1.0; m.steps.len()];
+    for (idx, run) in &runs {
+        for (&i, h) in idx.iter().zip(crate::heat::run_levels(&run.steps, tau)) {
+            heat[i] = 1.0 + slowdown * h;
         }
     }
-    let mut profile = apply(base, &best);
-    let e = &mut profile.efficiency;
-    e.decode_padding_share = decode.padding_share;
-    e.decode_shared_kv_saving = fit_shared_saving(&m.steps, &table, e.decode_padding_share);
-    profile.decode_table = table;
-    profile.launch = fit_launch(&m.steps, base.engine.cuda_graph_max_bs);
+    let mut profile = if slowdown > 0.0 {
+        let rested: Vec<StepPoint> = m
+            .steps
+            .iter()
+            .zip(&heat)
+            .map(|(p, f)| {
+                let mut p = p.clone();
+                let rest = |ns: u64| ((ns as f64 / f).round() as u64).max(1);
+                match p.device_ns {
+                    Some(d) => p.device_ns = Some(rest(d)),
+                    None => p.ns = rest(p.ns),
+                }
+                p
+            })
+            .collect();
+        fit_device(base, &rested)
+    } else {
+        first
+    };
+    profile.efficiency.sustained_slowdown = slowdown;
+    profile.efficiency.sustained_tau_ns = tau;
     let (a, b) = fit_schedule(&m.schedule);
     if !m.schedule.is_empty() {
         profile.engine.schedule_ns_per_step = a.round();
@@ -494,9 +542,11 @@ pub fn calibrate(
     let residuals = m
         .steps
         .iter()
-        .map(|p| {
+        .zip(&heat)
+        .map(|(p, f)| {
             use crate::cost::CostModel;
-            ((device_s(p) * 1e9).round() as u64, cost.step_ns(&p.shape()))
+            let model = (cost.step_ns(&p.shape()) as f64 * f).round() as u64;
+            (p.device_ns.unwrap_or(p.ns), model)
         })
         .collect();
     let modes = m.steps.iter().map(|p| p.mode.clone()).collect();

@@ -121,6 +121,15 @@ pub trait CostModel {
     fn launch_ns(&self, _shape: &BatchShape) -> LaunchCost {
         LaunchCost::default()
     }
+    /// Compute-bound share of the step's device time, 0 to 1: what heats the GPU toward its
+    /// power cap (`crate::heat`; default: none).
+    fn load(&self, _shape: &BatchShape) -> f64 {
+        0.0
+    }
+    /// The sustained-load term: (slowdown at full heat, time constant ns); None: off.
+    fn sustained(&self) -> Option<(f64, f64)> {
+        None
+    }
 }
 
 /// Roofline terms plus the profile's fitted efficiencies.
@@ -240,6 +249,21 @@ impl RooflineCost {
         s.max_seq as f64 * rows
     }
 
+    /// Seconds of compute-bound work in a prefill or mixed step (GEMMs at their fitted
+    /// efficiency, attention FLOPs); 0 for a decode step, which reads memory more than it
+    /// computes (a burst's decode steps ran at full clock after its prefills had hit the cap).
+    fn compute_seconds(&self, s: &BatchShape) -> f64 {
+        if s.is_decode {
+            return 0.0;
+        }
+        let hw = &self.profile.hardware;
+        let flops = self.gemm_flops_per_token * s.tokens as f64
+            + self.lm_head_flops_per_row * s.logits as f64;
+        flops / (hw.bf16_flops * self.gemm_efficiency(s.tokens))
+            + s.attn_pairs * self.attn_flops_per_pair
+                / (hw.bf16_flops * self.profile.efficiency.attention_compute)
+    }
+
     /// Seconds of GPU time, unrounded (one-batch prints these).
     pub fn step_seconds(&self, s: &BatchShape) -> f64 {
         if s.is_decode {
@@ -312,6 +336,21 @@ impl CostModel for RooflineCost {
             lead_ns: l.lead_ns.round() as u64,
             tail_ns: l.tail_ns.round() as u64,
         }
+    }
+
+    fn load(&self, s: &BatchShape) -> f64 {
+        let t = self.step_seconds(s);
+        if t > 0.0 {
+            (self.compute_seconds(s) / t).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    }
+
+    fn sustained(&self) -> Option<(f64, f64)> {
+        let e = &self.profile.efficiency;
+        (e.sustained_slowdown > 0.0 && e.sustained_tau_ns > 0.0)
+            .then_some((e.sustained_slowdown, e.sustained_tau_ns))
     }
 }
 

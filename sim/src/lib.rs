@@ -12,6 +12,7 @@ pub mod driver;
 pub mod error;
 pub mod fit_split;
 pub mod gaps;
+pub mod heat;
 pub mod kv_sharing;
 pub mod metrics;
 mod nelder_mead;

@@ -182,6 +182,16 @@ pub struct Efficiency {
     /// from even batches with fewer requests than their row). 0: free (not measured).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub decode_padding_share: f64,
+    /// Slowdown of every step at full heat (`crate::heat`): a GPU held at its power cap by
+    /// back-to-back compute-bound steps (large prefills) lowers its clock, and the steps after
+    /// run this much longer (0.05: 5 %). Fitted from the profile's runs of back-to-back steps;
+    /// 0: off (measurements without run timing).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sustained_slowdown: f64,
+    /// Time constant of the heat (ns): it approaches a step's compute-bound share while the
+    /// step runs and falls toward 0 while the GPU idles or runs memory-bound steps.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sustained_tau_ns: f64,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -417,6 +427,8 @@ impl Profile {
             ("efficiency.kernels_per_layer", e.kernels_per_layer),
             ("efficiency.attention_seq_ns", e.attention_seq_ns),
             ("efficiency.attention_seq_rows", e.attention_seq_rows),
+            ("efficiency.sustained_slowdown", e.sustained_slowdown),
+            ("efficiency.sustained_tau_ns", e.sustained_tau_ns),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(bad(field, v.to_string(), "must be a non-negative number"));
@@ -427,6 +439,13 @@ impl Profile {
                 "efficiency.decode_padding_share",
                 e.decode_padding_share.to_string(),
                 "must be a non-negative number",
+            ));
+        }
+        if e.sustained_slowdown > 0.0 && e.sustained_tau_ns <= 0.0 {
+            return Err(bad(
+                "efficiency.sustained_tau_ns",
+                e.sustained_tau_ns.to_string(),
+                "must be positive where sustained_slowdown is set",
             ));
         }
         let saving = e.decode_shared_kv_saving;

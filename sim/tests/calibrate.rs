@@ -4,6 +4,7 @@ use doppel_sim::calibrate::{
     calibrate, HostOverheads, Measurements, SchedulePoint, StepPoint, SubmitPoint,
 };
 use doppel_sim::cost::{BatchShape, CostModel, RooflineCost};
+use doppel_sim::heat::{run_levels, RunStep};
 use doppel_sim::Profile;
 
 fn shapes() -> Vec<BatchShape> {
@@ -121,6 +122,72 @@ fn fits_a_known_profile_back() {
     let yaml = doppel_sim::calibrate::to_yaml(&fit).unwrap();
     let back = Profile::parse(&yaml, "fitted.yaml").unwrap();
     assert_eq!(back.name, "test/fitted");
+}
+
+#[test]
+fn a_sustained_load_slowdown_is_fitted_from_runs_and_taken_off_the_rest() {
+    let truth = known();
+    let mut m = measurements(&truth, &shapes());
+    assert_eq!(fit_of(&m).efficiency.sustained_slowdown, 0.0);
+    // Three runs of back-to-back large prefills (ragged in the third), each from a rested
+    // GPU, slowed by a known heat (doppel_sim::heat), 1 ms apart.
+    let (slowdown, tau) = (0.06, 120e6);
+    let cost = RooflineCost::new(&truth, 1);
+    let runs: [Vec<BatchShape>; 3] = [
+        vec![BatchShape::prefill(8, 1024); 14],
+        vec![BatchShape::prefill(4, 4096); 10],
+        (0..24)
+            .map(|i| BatchShape::prefill(8 + i % 5, 700 + 37 * (i % 7)))
+            .collect(),
+    ];
+    for (r, shapes) in runs.iter().enumerate() {
+        let steps: Vec<RunStep> = shapes
+            .iter()
+            .scan(0.0, |at, s| {
+                let ns = cost.step_ns(s) as f64;
+                let step = RunStep {
+                    at_ns: *at,
+                    ns,
+                    load: cost.load(s),
+                };
+                *at += ns + 1e6;
+                Some(step)
+            })
+            .collect();
+        for (s, (st, h)) in shapes.iter().zip(steps.iter().zip(run_levels(&steps, tau))) {
+            let ns = (st.ns * (1.0 + slowdown * h)).round() as u64;
+            let mut p = StepPoint::of(s, "prefill", ns);
+            p.run = Some(r as u32);
+            p.run_ns = Some(st.at_ns as u64);
+            m.steps.push(p);
+        }
+    }
+    let fit = calibrate(
+        &Profile::load("h100-80g/qwen3-0.6b/sglang").unwrap(),
+        &m,
+        "t",
+        "g",
+    )
+    .unwrap();
+    let e = &fit.profile.efficiency;
+    assert!((e.sustained_slowdown - slowdown).abs() < 0.01, "{e:?}");
+    assert!(
+        e.sustained_tau_ns > 70e6 && e.sustained_tau_ns < 200e6,
+        "{e:?}"
+    );
+    // The rested model is the truth: the runs' heat was taken off before the rest was fitted.
+    let (mean, max) = fit.errors();
+    assert!(mean < 0.005 && max < 0.02, "mean {mean} max {max}");
+    let b = RooflineCost::new(&fit.profile, 1);
+    for s in [BatchShape::prefill(8, 1024), BatchShape::prefill(2, 3000)] {
+        let (t, f) = (cost.step_ns(&s) as f64, b.step_ns(&s) as f64);
+        assert!((f - t).abs() / t < 0.02, "{s:?}: truth {t} fitted {f}");
+    }
+}
+
+fn fit_of(m: &Measurements) -> Profile {
+    let base = Profile::load("h100-80g/qwen3-0.6b/sglang").unwrap();
+    calibrate(&base, m, "t", "g").unwrap().profile
 }
 
 #[test]
