@@ -125,19 +125,16 @@ pub fn tile_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
                 }
                 println!("{name:<28} {m:>3} sweep:{line}");
             }
-            let tiled = graph_us(gpu, copies, |i| {
-                gpu.gemm_tile(
-                    out,
-                    gpu.ptr(&x),
-                    gpu.ptr(&ws[i]),
-                    &scratch,
-                    (m, n, k),
-                    nout,
-                    epi,
-                    plan,
-                )
-                .unwrap()
-            });
+            // The plan forward uses (the norm epilogues without the L2 prefetch).
+            let used = if kind == TileKind::ResAdd {
+                plan
+            } else {
+                TilePlan {
+                    flags: TILE_NO_PREFETCH,
+                    ..plan
+                }
+            };
+            let tiled = tiled_with(used);
             let gemm = |i: usize, xin| {
                 let o = if kind == TileKind::ResAdd {
                     GemmOut::Bf16Acc(gpu.ptr(&y))
