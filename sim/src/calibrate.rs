@@ -474,8 +474,9 @@ pub fn calibrate(
     let (slowdown, tau) = crate::heat::fit_sustained(&fit_runs);
     let mut heat = vec![1.0; m.steps.len()];
     for (idx, run) in &runs {
-        for (&i, h) in idx.iter().zip(crate::heat::run_levels(&run.steps, tau)) {
-            heat[i] = 1.0 + slowdown * h;
+        let levels = crate::heat::run_levels(&run.steps, tau);
+        for ((&i, h), s) in idx.iter().zip(levels).zip(&run.steps) {
+            heat[i] = crate::heat::factor(slowdown, h, s.load);
         }
     }
     let mut profile = if slowdown > 0.0 {
