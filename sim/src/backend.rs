@@ -154,8 +154,11 @@ impl<C: CostModel> Backend for SimBackend<C> {
             // The GPU cooled while idle since its last step; this step runs at its mean heat.
             let at = locked.map_or(start, |r| r.start.max(now));
             self.heat.idle(at.saturating_sub(self.heat_end) as f64, tau);
-            let h = self.heat.run(device as f64, self.cost.load(&shape), tau);
-            device = ((device as f64) * (1.0 + slowdown * h)).round().max(1.0) as u64;
+            let load = self.cost.load(&shape);
+            let h = self.heat.run(device as f64, load, tau);
+            device = ((device as f64) * crate::heat::factor(slowdown, h, load))
+                .round()
+                .max(1.0) as u64;
             self.heat_end = at + device;
         }
         let mut end = (start + device).max(host_end + l.tail_ns);

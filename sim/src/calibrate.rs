@@ -4,12 +4,11 @@
 //! The fit keeps the base profile's hardware sheet and model shape, and chooses the efficiencies
 //! (GEMM curve at the base's token grid, weight/KV bandwidth, attention compute, fixed per-step
 //! times) that minimise the squared log error of the cost model over every measured step, by
-//! Nelder-Mead from several starts. Scheduler CPU time is a least-squares line in batch entries.
+//! Nelder-Mead from several starts (`crate::fit_roofline`). Scheduler CPU time is a least-squares line in batch entries.
 
 use crate::cost::{BatchShape, RooflineCost};
 use crate::error::SimError;
 use crate::fit_split::{fit_decode, fit_launch, fit_shared_saving};
-use crate::nelder_mead::nelder_mead;
 use crate::profile::Profile;
 use serde::{Deserialize, Serialize};
 
@@ -288,101 +287,6 @@ impl Fit {
     }
 }
 
-// Parameter vector layout (natural logs): fixed terms first, then the GEMM curve values.
-const N_FIXED: usize = 8;
-
-fn apply(base: &Profile, x: &[f64]) -> Profile {
-    // Bounded: a term the measurements do not constrain must not run off to 0 or infinity.
-    let eff = |v: f64| v.clamp(-25.0, 12.0).exp();
-    let ns = |v: f64| v.clamp(-25.0, 25.0).exp();
-    let mut p = base.clone();
-    let e = &mut p.efficiency;
-    e.weight_bandwidth = eff(x[0]);
-    e.kv_bandwidth = eff(x[1]);
-    e.attention_compute = eff(x[2]);
-    e.decode_step_ns = ns(x[3]);
-    e.prefill_step_ns = ns(x[4]);
-    e.prefill_per_req_ns = ns(x[5]);
-    e.attention_seq_ns = ns(x[6]);
-    e.attention_seq_rows = ns(x[7]).max(1.0);
-    for (g, v) in e.gemm.iter_mut().zip(&x[N_FIXED..]) {
-        g.1 = eff(*v).min(1.0);
-    }
-    p
-}
-
-/// The base's GEMM points plus powers of 4 from 1 to 16384, valued on the base's curve.
-fn gemm_grid(p: &Profile) -> Vec<(f64, f64)> {
-    let cost = RooflineCost::new(p, 1);
-    let mut t: Vec<f64> = p.efficiency.gemm.iter().map(|g| g.0).collect();
-    t.extend((0..8).map(|k| 4f64.powi(k)));
-    t.sort_by(f64::total_cmp);
-    t.dedup();
-    t.into_iter()
-        .map(|x| (x, cost.gemm_efficiency(x as usize)))
-        .collect()
-}
-
-fn start(p: &Profile) -> Vec<f64> {
-    let e = &p.efficiency;
-    let pos = |v: f64| v.max(1e-9).ln();
-    let mut x = vec![
-        pos(e.weight_bandwidth),
-        pos(e.kv_bandwidth),
-        pos(e.attention_compute),
-        pos(e.decode_step_ns.max(1.0)),
-        pos(e.prefill_step_ns.max(1.0)),
-        pos(e.prefill_per_req_ns.max(1.0)),
-        pos(e.attention_seq_ns.max(1.0)),
-        // A block's worth of rows (64) where the base has none.
-        pos(if e.attention_seq_rows > 0.0 {
-            e.attention_seq_rows
-        } else {
-            64.0
-        }),
-    ];
-    x.extend(e.gemm.iter().map(|g| pos(g.1)));
-    x
-}
-
-fn loss(base: &Profile, shapes: &[(BatchShape, f64)], x: &[f64]) -> f64 {
-    let cost = RooflineCost::new(&apply(base, x), 1);
-    shapes
-        .iter()
-        .map(|(s, m)| {
-            let d = (cost.step_seconds(s) / m).ln();
-            d * d
-        })
-        .sum::<f64>()
-        / shapes.len() as f64
-}
-
-/// One point per distinct shape, at its median time: each measured shape weighs the same in the
-/// fit, however many steps of it a scenario ran (a scenario's decode transients or a long
-/// chunked prefill would otherwise outweigh the single extends the traces are made of).
-fn per_shape_medians(points: Vec<(BatchShape, f64)>) -> Vec<(BatchShape, f64)> {
-    let mut groups: Vec<(BatchShape, Vec<f64>)> = Vec::new();
-    for (s, t) in points {
-        match groups.iter_mut().find(|g| g.0 == s) {
-            Some(g) => g.1.push(t),
-            None => groups.push((s, vec![t])),
-        }
-    }
-    groups
-        .into_iter()
-        .map(|(s, mut v)| {
-            v.sort_by(f64::total_cmp);
-            let n = v.len();
-            let med = if n % 2 == 1 {
-                v[n / 2]
-            } else {
-                0.5 * (v[n / 2 - 1] + v[n / 2])
-            };
-            (s, med)
-        })
-        .collect()
-}
-
 /// Least-squares line ns = a + b * entries (b = 0 with fewer than two distinct entry counts).
 pub fn fit_schedule(points: &[SchedulePoint]) -> (f64, f64) {
     let pts: Vec<(f64, f64)> = points
@@ -412,24 +316,7 @@ fn fit_device(base: &Profile, steps: &[StepPoint]) -> Profile {
     if shapes.is_empty() {
         shapes = steps.iter().map(|p| (p.shape(), device_s(p))).collect();
     }
-    let shapes = per_shape_medians(shapes);
-    // A finer GEMM curve than a hand-written profile's: small decode batches sit between its
-    // points, and a coarse log-linear curve cannot follow them.
-    let mut base = base.clone();
-    base.efficiency.gemm = gemm_grid(&base);
-    let base = &base;
-    let f = |x: &[f64]| loss(base, &shapes, x);
-    let x0 = start(base);
-    let (mut best, mut best_v) = nelder_mead(&f, &x0, 0.5, 4000);
-    // Restarts from the best point with shrinking steps escape the simplex's early collapse.
-    for step in [1.0, 0.3, 1.0, 0.3, 1.0, 0.3, 0.1, 0.03, 0.01] {
-        let (x, v) = nelder_mead(&f, &best, step, 4000);
-        if v < best_v {
-            best = x;
-            best_v = v;
-        }
-    }
-    let mut profile = apply(base, &best);
+    let mut profile = crate::fit_roofline::fit_roofline(base, shapes);
     let e = &mut profile.efficiency;
     e.decode_padding_share = decode.padding_share;
     e.decode_shared_kv_saving = fit_shared_saving(steps, &table, e.decode_padding_share);
@@ -474,8 +361,9 @@ pub fn calibrate(
     let (slowdown, tau) = crate::heat::fit_sustained(&fit_runs);
     let mut heat = vec![1.0; m.steps.len()];
     for (idx, run) in &runs {
-        for (&i, h) in idx.iter().zip(crate::heat::run_levels(&run.steps, tau)) {
-            heat[i] = 1.0 + slowdown * h;
+        let levels = crate::heat::run_levels(&run.steps, tau);
+        for ((&i, h), s) in idx.iter().zip(levels).zip(&run.steps) {
+            heat[i] = crate::heat::factor(slowdown, h, s.load);
         }
     }
     let mut profile = if slowdown > 0.0 {

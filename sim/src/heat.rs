@@ -7,7 +7,10 @@
 //! The model is one state, the heat `h` in [0, 1]: while a step runs it approaches the step's
 //! load (its compute-bound share, [`crate::cost::CostModel::load`]) with time constant `tau`,
 //! while the GPU idles it falls toward 0 with the same constant, and a step takes
-//! `1 + slowdown x` its mean heat longer than the rested cost model says.
+//! `1 + slowdown x` its mean heat `x` its own load longer than the rested cost model says
+//! ([`factor`]): the cap lowers the SM clock, which slows the compute-bound share of a step, and
+//! the clock is back at its peak as soon as the power drops (the fidelity burst's decode steps ran
+//! at 1950-1980 MHz right after its capped prefills).
 
 use crate::calibrate::StepPoint;
 use crate::cost::{CostModel, RooflineCost};
@@ -48,6 +51,12 @@ impl Heat {
         self.level = load + (self.level - load) * a;
         mean
     }
+}
+
+/// How much longer than on a rested GPU a step of `load` (its compute-bound share) runs at mean
+/// heat `heat`, for a profile's `slowdown`.
+pub fn factor(slowdown: f64, heat: f64, load: f64) -> f64 {
+    1.0 + slowdown * heat * load.clamp(0.0, 1.0)
 }
 
 /// One step of a measured run: when it started since the run's first step started, how long it
@@ -142,9 +151,9 @@ fn loss(runs: &[FitRun], slowdown: f64, tau_ns: f64) -> (f64, usize) {
         let e: Vec<f64> = r
             .times
             .iter()
-            .zip(&levels)
+            .zip(levels.iter().zip(&r.steps))
             .filter(|((_, _, counted), _)| *counted)
-            .map(|(&(m, p, _), h)| (m / p).ln() - (1.0 + slowdown * h).ln())
+            .map(|(&(m, p, _), (h, s))| (m / p).ln() - factor(slowdown, *h, s.load).ln())
             .collect();
         if e.len() < 2 {
             continue;
@@ -259,7 +268,7 @@ mod tests {
                     .enumerate()
                     .map(|(i, h)| {
                         let w = if i % 2 == 0 { 1.0 + noise } else { 1.0 - noise };
-                        (ns * (1.0 + slowdown * h) * w, ns * bias, true)
+                        (ns * factor(slowdown, *h, 0.9) * w, ns * bias, true)
                     })
                     .collect();
                 FitRun { steps, times }

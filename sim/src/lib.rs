@@ -10,6 +10,7 @@ pub mod compare;
 pub mod cost;
 pub mod driver;
 pub mod error;
+mod fit_roofline;
 pub mod fit_split;
 pub mod gaps;
 pub mod heat;

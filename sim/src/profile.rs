@@ -182,9 +182,10 @@ pub struct Efficiency {
     /// from even batches with fewer requests than their row). 0: free (not measured).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub decode_padding_share: f64,
-    /// Slowdown of every step at full heat (`crate::heat`): a GPU held at its power cap by
-    /// back-to-back compute-bound steps (large prefills) lowers its clock, and the steps after
-    /// run this much longer (0.05: 5 %). Fitted from the profile's runs of back-to-back steps;
+    /// Slowdown of a wholly compute-bound step at full heat (`crate::heat`; a step's slowdown
+    /// scales with its compute-bound share): a GPU held at its power cap by back-to-back
+    /// compute-bound steps (large prefills) lowers its clock, and such steps after run this much
+    /// longer (0.05: 5 %). Fitted from the profile's runs of back-to-back steps;
     /// 0: off (measurements without run timing).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub sustained_slowdown: f64,

@@ -155,7 +155,7 @@ fn a_sustained_load_slowdown_is_fitted_from_runs_and_taken_off_the_rest() {
             })
             .collect();
         for (s, (st, h)) in shapes.iter().zip(steps.iter().zip(run_levels(&steps, tau))) {
-            let ns = (st.ns * (1.0 + slowdown * h)).round() as u64;
+            let ns = (st.ns * doppel_sim::heat::factor(slowdown, h, st.load)).round() as u64;
             let mut p = StepPoint::of(s, "prefill", ns);
             p.run = Some(r as u32);
             p.run_ns = Some(st.at_ns as u64);

@@ -15,7 +15,12 @@ fn opts() -> SimOptions {
 /// A 120-request burst (prefilled in 8192-token steps, then decoded) on the shipped H100
 /// profile with `extra` lines added to its efficiency section; prefill and decode device times.
 fn burst(extra: &str) -> (Vec<u64>, Vec<u64>, String) {
-    let shipped = include_str!("../profiles/h100-80g_qwen3-0.6b_doppel.yaml");
+    // The shipped profile's own term (if fitted) is taken out: `extra` sets it.
+    let shipped: String = include_str!("../profiles/h100-80g_qwen3-0.6b_doppel.yaml")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("sustained_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let profile = shipped.replace("\nefficiency:\n", &format!("\nefficiency:\n{extra}"));
     let dir = std::env::temp_dir().join(format!("doppel-sustained-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -60,15 +65,9 @@ fn back_to_back_prefills_slow_down_as_the_heat_builds() {
         ratio.iter().all(|&r| (1.0..=1.05 + 1e-9).contains(&r)),
         "{ratio:?}"
     );
-    // Decode steps run cool (load 0): the heat left by the prefills fades.
-    let d: Vec<f64> = hot_decode
-        .iter()
-        .zip(&cold_decode)
-        .map(|(h, c)| *h as f64 / *c as f64)
-        .collect();
-    assert!(d[0] > 1.01, "{d:?}");
-    assert!(d.windows(2).all(|w| w[1] <= w[0]), "{d:?}");
-    assert!(d[d.len() - 1] - 1.0 < (d[0] - 1.0) / 3.0, "{d:?}");
+    // Decode steps are memory-bound (load 0): the cap's lower clock does not slow them, and
+    // they cool the GPU.
+    assert_eq!(hot_decode, cold_decode);
     // Off (0) replays byte for byte as a profile without the fields.
     let (_, _, off) = burst("  sustained_slowdown: 0.0\n");
     assert_eq!(off, plain);
