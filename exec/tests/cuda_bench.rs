@@ -14,7 +14,7 @@ mod tile;
 
 use cuda_common::{open_gpu, Rng};
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
-use cudarc::driver::CudaGraph;
+use cudarc::driver::{CudaGraph, CudaSlice};
 use doppel_exec::cuda::attention::{
     decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant,
 };
@@ -25,6 +25,21 @@ use doppel_exec::cuda::skinny::{skinny_plan, SkinnyEpilogue, SkinnyScratch, SKIN
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{Arch, ModelConfig, RopeScaling};
 use half::bf16;
+
+/// Copies of one random `[n, k]` weight spanning >= 256 MB (at most 64), so that calls rotating
+/// over them find none of it in L2.
+pub(crate) fn rotated_weights(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    n: usize,
+    k: usize,
+) -> Vec<CudaSlice<bf16>> {
+    let copies = (256usize << 20).div_ceil(n * k * 2).clamp(1, 64);
+    let base = gpu.upload(&rng.bf16s(n * k, 0.05)).unwrap();
+    (0..copies)
+        .map(|_| gpu.stream.clone_dtod(&base).unwrap())
+        .collect()
+}
 
 /// Median milliseconds of one call of `f`, timing `inner` calls between two events, `samples` times.
 fn time_ms(gpu: &Gpu, samples: usize, inner: usize, mut f: impl FnMut()) -> f64 {
@@ -116,11 +131,8 @@ fn skinny_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
         ("down 1024x3072 (+res)", 1024, 3072, SkinnyEpilogue::ResAdd),
     ] {
         let bytes = n * k * 2;
-        let copies = (256usize << 20).div_ceil(bytes).clamp(1, 64);
-        let base = gpu.upload(&rng.bf16s(n * k, 0.05)).unwrap();
-        let ws: Vec<_> = (0..copies)
-            .map(|_| gpu.stream.clone_dtod(&base).unwrap())
-            .collect();
+        let ws = rotated_weights(gpu, rng, n, k);
+        let copies = ws.len();
         let x = gpu.upload(&rng.bf16s(64 * k, 1.0)).unwrap();
         let y = gpu.upload(&rng.bf16s(64 * n, 1.0)).unwrap();
         let nout = if epi == SkinnyEpilogue::SiluMul {
@@ -252,11 +264,8 @@ fn gemv_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
         ("lm_head 151936x1024", 151936, 1024),
     ] {
         let bytes = n * k * 2;
-        let copies = (256usize << 20).div_ceil(bytes).clamp(1, 64);
-        let base = gpu.upload(&rng.bf16s(n * k, 0.05)).unwrap();
-        let ws: Vec<_> = (0..copies)
-            .map(|_| gpu.stream.clone_dtod(&base).unwrap())
-            .collect();
+        let ws = rotated_weights(gpu, rng, n, k);
+        let copies = ws.len();
         for b in [1usize, 2, 4, 8] {
             let x = gpu.upload(&rng.bf16s(b * k, 1.0)).unwrap();
             let y = gpu.zeros::<bf16>(b * n).unwrap();

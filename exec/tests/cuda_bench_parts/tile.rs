@@ -3,7 +3,7 @@
 //! a CUDA graph of one call per weight copy (copies rotated over >= 256 MB so L2 holds none),
 //! as in a decode graph, and timed by replays.
 
-use super::{time_ms, Rng};
+use super::{rotated_weights, time_ms, Rng};
 use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
 use doppel_exec::cuda::blas::GemmOut;
 use doppel_exec::cuda::gemm_tile::{
@@ -60,11 +60,8 @@ pub fn tile_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
         ("down 1024x3072 (+res)", 1024, 3072, TileKind::ResAdd),
     ] {
         let bytes = n * k * 2;
-        let copies = (256usize << 20).div_ceil(bytes).clamp(1, 64);
-        let base = gpu.upload(&rng.bf16s(n * k, 0.05)).unwrap();
-        let ws: Vec<_> = (0..copies)
-            .map(|_| gpu.stream.clone_dtod(&base).unwrap())
-            .collect();
+        let ws = rotated_weights(gpu, rng, n, k);
+        let copies = ws.len();
         let nw = gpu.upload(&vec![bf16::from_f32(1.0); k]).unwrap();
         let x = gpu.upload(&rng.bf16s(64 * k, 1.0)).unwrap();
         let normed = gpu.zeros::<bf16>(64 * k).unwrap();
