@@ -75,7 +75,6 @@ __device__ __forceinline__ void sk_body(__nv_bfloat16* __restrict__ y, const __n
     constexpr int ROWS = MT * 16;
     constexpr int OC = (MODE == SK_SILU) ? 16 : 32;  // output columns per warp
     __shared__ float red[(WK / 2) * WN * ROWS * SK_PAD];
-    __shared__ bool last;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
@@ -253,12 +252,7 @@ __device__ __forceinline__ void sk_body(__nv_bfloat16* __restrict__ y, const __n
         const int col = raw_col(wn2, c, ok);
         if (ok) part[((size_t)split * M + m) * N + col] = cta_sum(wn2, m, c);
     }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(counters + tile, 1u) == (unsigned int)(S - 1);
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (!last_of_splits(counters + tile, S)) return;
     // Every thread sums EPT elements over the splits with all their loads issued together (the
     // adds stay in split order): run 6 measured a one-load-at-a-time tail at ~10 us.
     constexpr int EPT = 4, MAXS = 8;

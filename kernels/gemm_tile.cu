@@ -79,7 +79,6 @@ __device__ __forceinline__ void gt_body(__nv_bfloat16* __restrict__ y, const __n
     constexpr unsigned STAGE = A_BYTES + NT * GT_KC * 2;
     constexpr int RL = 4 * NJ + 2;                       // floats per lane in the k-quarter reduction
     extern __shared__ __align__(128) unsigned char gt_smem[];
-    __shared__ bool last;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
@@ -319,12 +318,7 @@ __device__ __forceinline__ void gt_body(__nv_bfloat16* __restrict__ y, const __n
                 }
             }
         }
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) last = atomicAdd(counters + tile, 1u) == (unsigned int)(S - 1);
-        __syncthreads();
-        if (!last) return;
-        __threadfence();
+        if (!last_of_splits(counters + tile, S)) return;
         // Every thread sums 4 adjacent outputs over the splits, all S loads issued together
         // (a tail of dependent scalar loads cost ~8 us per launch in run 13), adds in split order.
         constexpr int MAXS = 8;

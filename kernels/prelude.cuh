@@ -94,3 +94,16 @@ __device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// Split K over CTAs: call after this CTA has written its partial (every thread of the CTA).
+// Counts the CTA in at its tile's counter and says whether it arrived last of the `splits`; the
+// last one then sees every partial and must re-arm the counter to 0 when done (graph replays).
+__device__ __forceinline__ bool last_of_splits(unsigned int* counter, int splits) {
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == (unsigned int)(splits - 1);
+    __syncthreads();
+    if (last) __threadfence();
+    return last;
+}
