@@ -15,11 +15,13 @@ export DOPPEL_CUDA_INCLUDE=${DOPPEL_CUDA_INCLUDE:-/usr/local/cuda/include}
 export DOPPEL_KERNEL_CACHE=${DOPPEL_KERNEL_CACHE:-/tmp/doppel-kernels}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$W/gpu.txt"
+# The profile takes ~300 s on an H100 (rests after each scenario, the sustained run); the replays
+# ~30 s each: one call fits a 600 s device command.
 echo "=== profile ==="
 nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active \
     --format=csv -lms 250 >"$W/clocks-profile.csv" 2>/dev/null &
 SMI=$!
-timeout ${PROFILE_LIMIT:-240} "$BIN" exec profile --device cuda --random-weights --model "$MODEL" \
+timeout ${PROFILE_LIMIT:-450} "$BIN" exec profile --device cuda --random-weights --model "$MODEL" \
     --out "$W/h100-qwen3-0.6b-measurements.json" 2>&1 | tee "$W/profile.log"
 kill "$SMI" 2>/dev/null
 for t in ${TRACES:-burst poisson_low poisson_high shared_prefix multi_turn}; do
