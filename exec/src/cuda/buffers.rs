@@ -4,7 +4,7 @@
 use super::attention::AttnEntry;
 use super::blas::bucket_rows;
 use super::model::GpuModel;
-use super::skinny::{SKINNY_COUNTERS, SKINNY_MAX_M, SKINNY_MAX_SPLITS};
+use super::skinny::{SkinnyScratch, SKINNY_COUNTERS, SKINNY_MAX_M, SKINNY_MAX_SPLITS};
 use super::{CudaError, Gpu, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -108,6 +108,14 @@ pub struct Workspace {
 }
 
 impl Workspace {
+    /// The split-K scratch the skinny and tiled GEMMs share (partials and re-armed counters).
+    pub(super) fn gemm_scratch(&self, gpu: &Gpu) -> SkinnyScratch {
+        SkinnyScratch {
+            part: gpu.ptr(&self.skinny_part),
+            counters: gpu.ptr(&self.skinny_counters),
+        }
+    }
+
     /// Buffers for `model` with the given capacities.
     pub fn new(
         gpu: &Gpu,

@@ -7,7 +7,7 @@ use super::gemm_tile::{tile_plan, TileEpilogue, TileKind, TilePlan, TILE_MAX_M, 
 use super::model::TileUse;
 use super::model::{DecodeKernel, GpuModel};
 use super::ops::{LastTokenStore, QkvPost, SamplingBufs};
-use super::skinny::{skinny_plan, SkinnyEpilogue, SkinnyScratch, SKINNY_MAX_M};
+use super::skinny::{skinny_plan, SkinnyEpilogue, SKINNY_MAX_M};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -36,10 +36,7 @@ impl GpuModel {
         ldy: usize,
         epi: SkinnyEpilogue,
     ) -> Result<()> {
-        let scratch = SkinnyScratch {
-            part: gpu.ptr(&ws.skinny_part),
-            counters: gpu.ptr(&ws.skinny_counters),
-        };
+        let scratch = ws.gemm_scratch(gpu);
         let plan = skinny_plan(n, k, epi, gpu.sms);
         gpu.gemm_skinny(y, x, gpu.ptr(w), &scratch, (m, n, k), ldy, epi, plan)
     }
@@ -79,7 +76,7 @@ impl GpuModel {
         let all = self.kernels.tile_gemm == TileUse::All;
         let (h, qkv, inter) = (
             c.hidden_size,
-            (c.num_heads + 2 * c.num_kv_heads) * c.head_dim,
+            c.q_dim() + 2 * c.kv_dim(),
             c.intermediate_size,
         );
         // The norm epilogues skip the L2 prefetch of their weights: run 14 measured gate/up
@@ -92,7 +89,7 @@ impl GpuModel {
         };
         [
             normed(tile_plan(qkv, h, TileKind::Norm, sms)).filter(|_| all),
-            tile_plan(h, c.num_heads * c.head_dim, TileKind::ResAdd, sms).filter(|_| all),
+            tile_plan(h, c.q_dim(), TileKind::ResAdd, sms).filter(|_| all),
             normed(tile_plan(2 * inter, h, TileKind::NormSilu, sms)),
             tile_plan(h, inter, TileKind::ResAdd, sms).filter(|_| all),
         ]
@@ -170,6 +167,24 @@ impl GpuModel {
             let gu = gpu.ptr(&ws.gate_up);
             self.linear(gpu, ws, gu, x, w, (m, 2 * inter, k), false)?;
             gpu.silu_and_mul(act, gu, m, inter)
+        }
+    }
+
+    /// The attention kernels' view of this model over `kv` (q rows in the fused qkv buffer), with
+    /// the decode choices of `self.kernels`.
+    pub fn attn_shape(&self, kv: &KvPool) -> AttnShape {
+        let c = &self.cfg;
+        AttnShape {
+            nq: c.num_heads,
+            nk: c.num_kv_heads,
+            head_dim: c.head_dim,
+            q_stride: c.q_dim() + 2 * c.kv_dim(),
+            table_stride: kv.max_ctx,
+            table_rows: kv.rows,
+            num_slots: kv.num_slots,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            split_min_keys: self.kernels.decode_split_min_keys,
+            decode_pipelined: self.kernels.decode_pipelined,
         }
     }
 
@@ -252,18 +267,7 @@ impl GpuModel {
                 c.vocab_size,
             )?;
         }
-        let shape = AttnShape {
-            nq,
-            nk,
-            head_dim: d,
-            q_stride: qkv_w,
-            table_stride: kv.max_ctx,
-            table_rows: kv.rows,
-            num_slots: kv.num_slots,
-            scale: 1.0 / (d as f32).sqrt(),
-            split_min_keys: self.kernels.decode_split_min_keys,
-            decode_pipelined: self.kernels.decode_pipelined,
-        };
+        let shape = self.attn_shape(kv);
         // Small batches fold each RMSNorm into the GEMV after it and each residual add into the
         // GEMV before it (same roundings): 7 launches per layer instead of 9.
         let fold = self.fused
@@ -281,10 +285,7 @@ impl GpuModel {
             self.tile_plans(tokens, gpu.sms)
         };
         let tile_any = tile.iter().any(Option::is_some);
-        let scratch = SkinnyScratch {
-            part: gpu.ptr(&ws.skinny_part),
-            counters: gpu.ptr(&ws.skinny_counters),
-        };
+        let scratch = ws.gemm_scratch(gpu);
         for (l, lw) in self.layers.iter().enumerate() {
             let view = KvView {
                 k_cache: p(&kv.k[l]),

@@ -4,7 +4,7 @@
 //! with cuBLAS).
 
 use super::ops::{check, int, need};
-use super::skinny::{SkinnyScratch, SKINNY_COUNTERS, SKINNY_MAX_SPLITS};
+use super::skinny::{GemmIo, SkinnyScratch, SKINNY_COUNTERS, SKINNY_MAX_SPLITS};
 use super::{DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::LaunchConfig;
@@ -174,18 +174,12 @@ impl Gpu {
                 plan.splits
             )
         })?;
-        let nout = if epi.silu() {
-            check(K, n.is_multiple_of(2), || {
-                format!("[gate; up] rows {n} odd")
-            })?;
-            n / 2
-        } else {
-            n
-        };
-        check(K, ldy >= nout, || format!("ldy {ldy} < {nout} columns"))?;
-        need(K, "y", &y, (m - 1) * ldy + nout)?;
-        need(K, "x", &x, m * k)?;
-        need(K, "w", &w, n * k)?;
+        check(K, TILE_DEPTHS.contains(&plan.stages), || {
+            format!("ring depth {} is not compiled", plan.stages)
+        })?;
+        let tiles = tile_columns(n, epi.silu(), plan.nj);
+        let io = GemmIo { y, x, w, ldy };
+        let nout = io.check(K, (m, n, k), epi.silu(), plan.splits, scratch, tiles)?;
         let (norm, eps, mode) = match epi {
             TileEpilogue::ResAdd => (None, 0f32, "resadd"),
             TileEpilogue::Norm { norm, eps } => (Some(norm), eps, "norm"),
@@ -194,19 +188,11 @@ impl Gpu {
         if let Some(nw) = &norm {
             need(K, "norm weight", nw, k)?;
         }
-        let tiles = tile_columns(n, epi.silu(), plan.nj);
-        if plan.splits > 1 {
-            need(K, "partials", &scratch.part, plan.splits * m * n)?;
-            need(K, "counters", &scratch.counters, tiles)?;
-        }
         if nout == 0 {
             return Ok(());
         }
         let name = tile_entry(mode, plan.nj, plan.stages);
         let f = self.kernels.get(name)?;
-        check(K, TILE_DEPTHS.contains(&plan.stages), || {
-            format!("ring depth {} is not compiled", plan.stages)
-        })?;
         let smem = plan.stages * (TILE_MAX_M + 8 * plan.nj) * TILE_KC * 2
             + if resadd { 0 } else { k / plan.splits * 2 };
         f.set_attribute(

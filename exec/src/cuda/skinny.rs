@@ -78,6 +78,50 @@ pub fn skinny_plan(n: usize, _k: usize, epi: SkinnyEpilogue, sms: usize) -> Skin
     SkinnyPlan { wn, splits: 1 }
 }
 
+/// The operands of a tensor-core GEMM launch (`y = x wᵀ`, y's row stride `ldy`).
+pub(crate) struct GemmIo {
+    pub y: DPtr<bf16>,
+    pub x: DPtr<bf16>,
+    pub w: DPtr<bf16>,
+    pub ldy: usize,
+}
+
+impl GemmIo {
+    /// The checks the skinny and tiled GEMMs share: `[gate; up]` rows even for SiLU, y's stride,
+    /// the extents of y, x and w, and with `splits` > 1 the partials and one counter per column
+    /// tile. Returns the output columns.
+    pub(crate) fn check(
+        &self,
+        kernel: &'static str,
+        (m, n, k): (usize, usize, usize),
+        silu: bool,
+        splits: usize,
+        scratch: &SkinnyScratch,
+        tiles: usize,
+    ) -> Result<usize> {
+        let nout = if silu {
+            check(kernel, n.is_multiple_of(2), || {
+                format!("[gate; up] rows {n} odd")
+            })?;
+            n / 2
+        } else {
+            n
+        };
+        let ldy = self.ldy;
+        check(kernel, ldy >= nout, || {
+            format!("ldy {ldy} < {nout} columns")
+        })?;
+        need(kernel, "y", &self.y, (m - 1) * ldy + nout)?;
+        need(kernel, "x", &self.x, m * k)?;
+        need(kernel, "w", &self.w, n * k)?;
+        if splits > 1 {
+            need(kernel, "partials", &scratch.part, splits * m * n)?;
+            need(kernel, "counters", &scratch.counters, tiles)?;
+        }
+        Ok(nout)
+    }
+}
+
 impl Gpu {
     /// `y[m, :] = epilogue(x[m, k] w[n, k]ᵀ)` for `1 <= m <= 64` (see [`SkinnyEpilogue`]; for
     /// `SiluMul` the output has `n / 2` columns). `ldy` is y's row stride; `k % 8 == 0`.
@@ -108,23 +152,16 @@ impl Gpu {
             (1..=SKINNY_MAX_SPLITS).contains(&plan.splits) && plan.splits <= k.div_ceil(32),
             || format!("{} splits for k {k}", plan.splits),
         )?;
-        let nout = if epi == SkinnyEpilogue::SiluMul {
-            check(K, n.is_multiple_of(2), || {
-                format!("[gate; up] rows {n} odd")
-            })?;
-            n / 2
-        } else {
-            n
-        };
-        check(K, ldy >= nout, || format!("ldy {ldy} < {nout} columns"))?;
-        need(K, "y", &y, (m - 1) * ldy + nout)?;
-        need(K, "x", &x, m * k)?;
-        need(K, "w", &w, n * k)?;
         let tiles = skinny_tiles(n, epi, plan.wn);
-        if plan.splits > 1 {
-            need(K, "partials", &scratch.part, plan.splits * m * n)?;
-            need(K, "counters", &scratch.counters, tiles)?;
-        }
+        let io = GemmIo { y, x, w, ldy };
+        let nout = io.check(
+            K,
+            (m, n, k),
+            epi == SkinnyEpilogue::SiluMul,
+            plan.splits,
+            scratch,
+            tiles,
+        )?;
         if nout == 0 {
             return Ok(());
         }

@@ -243,78 +243,54 @@ pub(crate) fn kernel_breakdown(
             table: gpu.ptr(&kv.table),
         };
         let shape = doppel_exec::cuda::attention::AttnShape {
-            nq,
-            nk,
-            head_dim: d,
-            q_stride: qkv_w,
-            table_stride: kv.max_ctx,
-            table_rows: kv.rows,
-            num_slots: kv.num_slots,
-            scale: 1.0 / (d as f32).sqrt(),
             split_min_keys: 1,
             decode_pipelined: false,
+            ..model.attn_shape(kv)
         };
         if new == 1 {
             let meta = DecodeMeta::new(gpu, &s.decode, t, kv.rows, kv.max_ctx).unwrap();
             let splits = decode_splits(b, nk, prefix + 1, sms).min(64);
-            let po = gpu.zeros::<f32>(b * nq * splits * d).unwrap();
-            let pm = gpu.zeros::<f32>(b * nq * splits * 2).unwrap();
             let counters = gpu.zeros::<u32>(b * nk).unwrap();
-            rows.push((
-                "attention_decode (one launch, combine fused)",
-                time_ms(gpu, 9, 5, || {
-                    gpu.attention_decode_variant(
-                        p(&y),
-                        p(&x),
-                        view,
-                        &meta,
-                        &shape,
-                        gpu.ptr(&po),
-                        gpu.ptr(&pm),
-                        splits,
-                        DecodeVariant::V3Fused(gpu.ptr(&counters)),
-                    )
-                    .unwrap()
-                }),
-                // The model fuses the combine only for one split (DecodeKernel::Auto).
-                if splits == 1 { layers } else { 0 },
-            ));
-            rows.push((
-                "attention_decode V3 split + combine kernel",
-                time_ms(gpu, 9, 5, || {
-                    gpu.attention_decode(
-                        p(&y),
-                        p(&x),
-                        view,
-                        &meta,
-                        &shape,
-                        gpu.ptr(&po),
-                        gpu.ptr(&pm),
-                        splits,
-                    )
-                    .unwrap()
-                }),
-                if splits == 1 { 0 } else { layers },
-            ));
-            // Cross-checks, not summed: run 2's kernel, and other split counts.
-            let po4 = gpu.zeros::<f32>(b * nq * 4 * splits.max(4) * d).unwrap();
-            let pm4 = gpu.zeros::<f32>(b * nq * 4 * splits.max(4) * 2).unwrap();
-            for (label, sp, variant) in [
+            let po = gpu.zeros::<f32>(b * nq * 4 * splits.max(4) * d).unwrap();
+            let pm = gpu.zeros::<f32>(b * nq * 4 * splits.max(4) * 2).unwrap();
+            // (label, splits, variant, launches per step): the model fuses the combine only for
+            // one split (DecodeKernel::Auto); the rest are cross-checks, not summed.
+            let (fused, plain) = if splits == 1 {
+                (layers, 0)
+            } else {
+                (0, layers)
+            };
+            for (label, sp, variant, n) in [
+                (
+                    "attention_decode (one launch, combine fused)",
+                    splits,
+                    DecodeVariant::V3Fused(gpu.ptr(&counters)),
+                    fused,
+                ),
+                (
+                    "attention_decode V3 split + combine kernel",
+                    splits,
+                    DecodeVariant::V3,
+                    plain,
+                ),
                 (
                     "attention_decode run-2 kernel (V2)",
                     splits,
                     DecodeVariant::V2,
+                    0,
                 ),
-                ("attention_decode V3, 1 split", 1, DecodeVariant::V3),
+                ("attention_decode V3, 1 split", 1, DecodeVariant::V3, 0),
                 (
                     "attention_decode V3, 2x splits",
                     2 * splits,
                     DecodeVariant::V3,
+                    0,
                 ),
                 (
                     "attention_decode V3, 4x splits",
                     4 * splits,
                     DecodeVariant::V3,
+                    0,
                 ),
             ] {
                 rows.push((
@@ -326,14 +302,14 @@ pub(crate) fn kernel_breakdown(
                             view,
                             &meta,
                             &shape,
-                            gpu.ptr(&po4),
-                            gpu.ptr(&pm4),
+                            gpu.ptr(&po),
+                            gpu.ptr(&pm),
                             sp,
                             variant,
                         )
                         .unwrap()
                     }),
-                    0,
+                    n,
                 ));
             }
         } else {
