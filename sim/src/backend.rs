@@ -148,13 +148,17 @@ impl<C: CostModel> Backend for SimBackend<C> {
         let l = self.cost.launch_ns(&shape);
         let mut host_end = formed + l.host_ns;
         let mut start = (formed + l.lead_ns).max(self.busy_until);
-        let mut device = self.cost.step_ns(&shape);
+        let sustained = self.cost.sustained();
+        let (mut device, load) = if sustained.is_some() {
+            self.cost.step_ns_with_load(&shape)
+        } else {
+            (self.cost.step_ns(&shape), 0.0)
+        };
         let locked = self.locked.get(self.launched);
-        if let Some((slowdown, tau)) = self.cost.sustained() {
+        if let Some((slowdown, tau)) = sustained {
             // The GPU cooled while idle since its last step; this step runs at its mean heat.
             let at = locked.map_or(start, |r| r.start.max(now));
             self.heat.idle(at.saturating_sub(self.heat_end) as f64, tau);
-            let load = self.cost.load(&shape);
             let h = self.heat.run(device as f64, load, tau);
             device = ((device as f64) * crate::heat::factor(slowdown, h, load))
                 .round()

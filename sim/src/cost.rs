@@ -121,10 +121,10 @@ pub trait CostModel {
     fn launch_ns(&self, _shape: &BatchShape) -> LaunchCost {
         LaunchCost::default()
     }
-    /// Compute-bound share of the step's device time, 0 to 1: what heats the GPU toward its
-    /// power cap (`crate::heat`; default: none).
-    fn load(&self, _shape: &BatchShape) -> f64 {
-        0.0
+    /// `step_ns` together with the compute-bound share of that device time, 0 to 1: what heats
+    /// the GPU toward its power cap (`crate::heat`; default: none).
+    fn step_ns_with_load(&self, shape: &BatchShape) -> (u64, f64) {
+        (self.step_ns(shape), 0.0)
     }
     /// The sustained-load term: (slowdown at full heat, time constant ns); None: off.
     fn sustained(&self) -> Option<(f64, f64)> {
@@ -249,6 +249,20 @@ impl RooflineCost {
         s.max_seq as f64 * rows
     }
 
+    /// Compute-bound share of a step that takes `step_s` seconds (`step_seconds`), 0 to 1.
+    pub fn load_at(&self, s: &BatchShape, step_s: f64) -> f64 {
+        if step_s > 0.0 {
+            (self.compute_seconds(s) / step_s).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    }
+
+    /// Whole nanoseconds of device time (at least 1) for `seconds`.
+    fn ns(seconds: f64) -> u64 {
+        (seconds * 1e9).round().max(1.0) as u64
+    }
+
     /// Seconds of compute-bound work in a prefill or mixed step (GEMMs at their fitted
     /// efficiency, attention FLOPs); 0 for a decode step, which reads memory more than it
     /// computes (a burst's decode steps ran at full clock after its prefills had hit the cap).
@@ -313,7 +327,7 @@ impl RooflineCost {
 
 impl CostModel for RooflineCost {
     fn step_ns(&self, shape: &BatchShape) -> u64 {
-        (self.step_seconds(shape) * 1e9).round().max(1.0) as u64
+        Self::ns(self.step_seconds(shape))
     }
 
     fn schedule_ns(&self, entries: usize) -> u64 {
@@ -338,13 +352,9 @@ impl CostModel for RooflineCost {
         }
     }
 
-    fn load(&self, s: &BatchShape) -> f64 {
+    fn step_ns_with_load(&self, s: &BatchShape) -> (u64, f64) {
         let t = self.step_seconds(s);
-        if t > 0.0 {
-            (self.compute_seconds(s) / t).clamp(0.0, 1.0)
-        } else {
-            0.0
-        }
+        (Self::ns(t), self.load_at(s, t))
     }
 
     fn sustained(&self) -> Option<(f64, f64)> {

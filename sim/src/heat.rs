@@ -13,7 +13,7 @@
 //! at 1950-1980 MHz right after its capped prefills).
 
 use crate::calibrate::StepPoint;
-use crate::cost::{CostModel, RooflineCost};
+use crate::cost::RooflineCost;
 
 /// The heat of one GPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -119,15 +119,15 @@ pub fn measured_runs(steps: &[StepPoint], cost: &RooflineCost) -> Vec<(Vec<usize
                 let p = &steps[i];
                 let shape = p.shape();
                 let ns = p.device_ns.unwrap_or(p.ns) as f64;
-                let load = cost.load(&shape);
+                let step_s = cost.step_seconds(&shape);
+                let load = cost.load_at(&shape, step_s);
                 run.steps.push(RunStep {
                     at_ns: p.run_ns.unwrap_or(t0).saturating_sub(t0) as f64,
                     ns,
                     load,
                 });
                 let counted = !shape.is_decode && load >= 0.5;
-                run.times
-                    .push((ns, cost.step_seconds(&shape) * 1e9, counted));
+                run.times.push((ns, step_s * 1e9, counted));
             }
             (idx, run)
         })

@@ -144,11 +144,12 @@ fn a_sustained_load_slowdown_is_fitted_from_runs_and_taken_off_the_rest() {
         let steps: Vec<RunStep> = shapes
             .iter()
             .scan(0.0, |at, s| {
-                let ns = cost.step_ns(s) as f64;
+                let (ns, load) = cost.step_ns_with_load(s);
+                let ns = ns as f64;
                 let step = RunStep {
                     at_ns: *at,
                     ns,
-                    load: cost.load(s),
+                    load,
                 };
                 *at += ns + 1e6;
                 Some(step)
