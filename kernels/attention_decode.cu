@@ -178,6 +178,21 @@ __device__ void decode_combine_impl(__nv_bfloat16* __restrict__ out,
     }
 }
 
+// The q/k pass (rope.cu's qk_norm_rope_store) folded into the decode kernel: per-head q/k norm
+// weights (null: none), each token's position and new KV slot, the RoPE cos/sin table.
+#define DECODE_POST 1
+#define DECODE_PF_ROWS 2
+struct DecodePost {
+    int flags;  // DECODE_POST: the q/k pass is on; DECODE_PF_ROWS: prefetch whole KV rows
+    bool on;
+    const __nv_bfloat16* wq;
+    const __nv_bfloat16* wk;
+    const int* positions;
+    const float* cos_sin;
+    const unsigned int* slots;
+    float eps;
+};
+
 // Version 3 of pass 1 (the default): the same partial outputs, read with 16-byte loads. A key's
 // D-wide row is read by LPK = D/8 lanes (8 dims each), so a warp covers KPW = 32/LPK keys per
 // load and U loads of K and of V are in flight per lane before their first use; the score needs
@@ -192,14 +207,15 @@ __device__ void decode_combine_impl(__nv_bfloat16* __restrict__ out,
 template <int D, int MG, int U, bool PIPE = false>
 __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restrict__ part_ml,
                                      const __nv_bfloat16* __restrict__ q,
-                                     const __nv_bfloat16* __restrict__ k_cache,
-                                     const __nv_bfloat16* __restrict__ v_cache,
+                                     __nv_bfloat16* __restrict__ k_cache,
+                                     __nv_bfloat16* __restrict__ v_cache,
                                      const unsigned int* __restrict__ table,
                                      const int* __restrict__ q_tok, const int* __restrict__ kv_len,
                                      const int* __restrict__ row, int nq, int nk, int q_stride,
                                      int table_stride, float scale,
                                      __nv_bfloat16* __restrict__ out,
-                                     unsigned int* __restrict__ counters, int min_keys) {
+                                     unsigned int* __restrict__ counters, int min_keys,
+                                     const DecodePost post) {
     constexpr int LPK = D / 8;
     constexpr int KPW = 32 / LPK;
     constexpr int KPI = U * KPW;  // keys per warp iteration (<= 32: one slot per lane)
@@ -222,12 +238,65 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     // were written before it started, so this block's K and V rows can be asked into L2 now.
     // Only q and the newest token's K/V come from that kernel (a prefetch of a row it is still
     // writing is harmless: L2 is where the writes land).
-    for (int k = k_begin + threadIdx.x; k < k_end; k += blockDim.x) {
-        const size_t off = (size_t)trow[k] * nk * D + (size_t)kvh * D;
-        prefetch_l2(k_cache + off, D * 2);
-        prefetch_l2(v_cache + off, D * 2);
+    if (post.flags & DECODE_PF_ROWS) {
+        // Whole rows (all kv heads of a slot, contiguous), each by one of the nk blocks that
+        // share this key range: fewer, longer reads than each block asking for its own head.
+        for (int k = k_begin + kvh + (int)threadIdx.x * nk; k < k_end; k += blockDim.x * nk) {
+            const size_t off = (size_t)trow[k] * nk * D;
+            prefetch_l2(k_cache + off, nk * D * 2);
+            prefetch_l2(v_cache + off, nk * D * 2);
+        }
+    } else {
+        for (int k = k_begin + threadIdx.x; k < k_end; k += blockDim.x) {
+            const size_t off = (size_t)trow[k] * nk * D + (size_t)kvh * D;
+            prefetch_l2(k_cache + off, D * 2);
+            prefetch_l2(v_cache + off, D * 2);
+        }
     }
     pdl_enter();
+
+    // The q/k pass folded in (post.on): q holds the raw projection (q_stride = the qkv width).
+    // The group's q heads are normalised and rotated into shared memory by every split block;
+    // the block holding the new token's key (the last one) also normalises and rotates its k
+    // head and copies its v head, into the cache for later steps and into shared memory, which
+    // is where this block reads that key from (its cache row is being written here).
+    __shared__ __align__(16) __nv_bfloat16 sm_q[MG][D];
+    __shared__ __align__(16) __nv_bfloat16 sm_kv[2][D];
+    const int t = q_tok[b];
+    const int fresh_key = post.on && k_begin < k_end && k_end == kvl ? kvl - 1 : -1;
+    if (post.on) {
+        constexpr int HALF = D / 2, EPH = D / 64;
+        const int i0 = lane * EPH;
+        const __nv_bfloat16* src = q + (size_t)t * q_stride;
+        const float* cs = post.cos_sin + (size_t)post.positions[t] * D;
+        const int jobs = MG + (fresh_key >= 0 ? 2 : 0);
+        for (int j = warp; j < jobs; j += NW) {
+            if (j < MG && j >= G) continue;
+            const int col = j < MG ? (kvh * G + j) * D : (nq + (j - MG) * nk + kvh) * D;
+            float x0[EPH], x1[EPH];
+#pragma unroll
+            for (int e = 0; e < EPH; e++) {
+                x0[e] = __bfloat162float(src[col + i0 + e]);
+                x1[e] = __bfloat162float(src[col + HALF + i0 + e]);
+            }
+            if (j <= MG) head_norm_rope<D>(x0, x1, j < MG ? post.wq : post.wk, cs, i0, post.eps);
+            __nv_bfloat16* dst = j < MG ? sm_q[j] : sm_kv[j - MG];
+#pragma unroll
+            for (int e = 0; e < EPH; e++) {
+                dst[i0 + e] = __float2bfloat16(x0[e]);
+                dst[HALF + i0 + e] = __float2bfloat16(x1[e]);
+            }
+            if (j >= MG) {
+                __nv_bfloat16* c = (j == MG ? k_cache : v_cache) + (size_t)post.slots[t] * nk * D + (size_t)kvh * D;
+#pragma unroll
+                for (int e = 0; e < EPH; e++) {
+                    c[i0 + e] = dst[i0 + e];
+                    c[HALF + i0 + e] = dst[HALF + i0 + e];
+                }
+            }
+        }
+        __syncthreads();
+    }
 
     float qv[MG][8], acc[MG][8], m[MG], l[MG];
 #pragma unroll
@@ -237,8 +306,9 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[g][e] = qv[g][e] = 0.f;
         if (g < G) {
-            uint4 u = *reinterpret_cast<const uint4*>(q + (size_t)q_tok[b] * q_stride +
-                                                      (size_t)(kvh * G + g) * D + dl * 8);
+            const uint4 u = post.on ? *reinterpret_cast<const uint4*>(&sm_q[g][dl * 8])
+                                    : *reinterpret_cast<const uint4*>(q + (size_t)t * q_stride +
+                                                                      (size_t)(kvh * G + g) * D + dl * 8);
             const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&u);
 #pragma unroll
             for (int j = 0; j < 4; j++) {
@@ -260,7 +330,11 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
 #pragma unroll
         for (int u = 0; u < U; u++) {
             unsigned int slot = __shfl_sync(0xffffffffu, my_slot, u * KPW + sub);
-            if (kk + u * KPW + sub < k_end) {
+            const int key = kk + u * KPW + sub;
+            if (key == fresh_key) {
+                kr[u] = *reinterpret_cast<const uint4*>(&sm_kv[0][dl * 8]);
+                vr[u] = *reinterpret_cast<const uint4*>(&sm_kv[1][dl * 8]);
+            } else if (key < k_end) {
                 kr[u] = __ldg(reinterpret_cast<const uint4*>(kb + (size_t)slot * kvw));
                 vr[u] = __ldg(reinterpret_cast<const uint4*>(vb + (size_t)slot * kvw));
             } else {
@@ -370,6 +444,11 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
             L += sm_l[w][g] * f;
             O += sm_o[w][g][d] * f;
         }
+        if (counters != nullptr && splits == 1) {
+            // The only split: normalise and write here (what the fused tail would compute).
+            out[(size_t)t * nq * D + (kvh * G + g) * D + d] = __float2bfloat16(L > 0.f ? O / L : 0.f);
+            continue;
+        }
         size_t base = ((size_t)b * nq + kvh * G + g) * splits + split;
         part_o[base * D + d] = O;
         if (d == 0) {
@@ -377,7 +456,7 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
             part_ml[base * 2 + 1] = L;
         }
     }
-    if (counters == nullptr) return;
+    if (counters == nullptr || splits == 1) return;
     // Pass 2 folded in: the last of this (entry, kv head)'s split blocks to finish merges the
     // splits (the partials of the others are visible after their fences and its atomic), writes
     // the bf16 output and re-arms the counter: one launch per layer instead of two.
@@ -407,13 +486,17 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
 
 #define DECODE_V3(NAME, D, MG, U, MINB, PIPE)                                                      \
     extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                  \
-        float* part_o, float* part_ml, const __nv_bfloat16* q, const __nv_bfloat16* k_cache,       \
-        const __nv_bfloat16* v_cache, const unsigned int* table, const int* q_tok,                 \
-        const int* kv_len, const int* row, int nq, int nk, int q_stride, int table_stride,         \
-        float scale, __nv_bfloat16* out, unsigned int* counters, int min_keys) {                   \
+        float* part_o, float* part_ml, const __nv_bfloat16* q, __nv_bfloat16* k_cache,             \
+        __nv_bfloat16* v_cache, const unsigned int* table, const int* q_tok, const int* kv_len,    \
+        const int* row, int nq, int nk, int q_stride, int table_stride, float scale,               \
+        __nv_bfloat16* out, unsigned int* counters, int min_keys, const __nv_bfloat16* wq,         \
+        const __nv_bfloat16* wk, const int* positions, const float* cos_sin,                       \
+        const unsigned int* slots, float eps, int flags) {                                         \
+        const DecodePost post{flags, (flags & DECODE_POST) != 0, wq, wk, positions, cos_sin,       \
+                              slots, eps};                                                         \
         decode_split_v3_impl<D, MG, U, PIPE>(part_o, part_ml, q, k_cache, v_cache, table, q_tok,   \
                                              kv_len, row, nq, nk, q_stride, table_stride, scale,   \
-                                             out, counters, min_keys);                             \
+                                             out, counters, min_keys, post);                       \
     }
 
 // Key loads in flight per lane (U) shrink as the group grows, to keep registers for 4 blocks/SM.

@@ -302,27 +302,13 @@ __device__ void qkv_post_head(__nv_bfloat16* __restrict__ qkv, const __nv_bfloat
         }
         return;
     }
-    const __nv_bfloat16* w = h < nq ? wq : wk;
-    if (w != nullptr) {
-        float ss = 0.f;
-#pragma unroll
-        for (int j = 0; j < EPH; j++) ss += a[j] * a[j] + b[j] * b[j];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        const float inv = rsqrtf(ss / D + eps);
-#pragma unroll
-        for (int j = 0; j < EPH; j++) {
-            a[j] = __bfloat162float(__float2bfloat16(a[j] * inv * __bfloat162float(w[i0 + j])));
-            b[j] = __bfloat162float(__float2bfloat16(b[j] * inv * __bfloat162float(w[HALF + i0 + j])));
-        }
-    }
     const float* cs = cos_sin + (size_t)positions[t] * D;
+    head_norm_rope<D>(a, b, h < nq ? wq : wk, cs, i0, eps);
     __nv_bfloat16* dst = h < nq ? p : k_cache + (size_t)slots[t] * nk * D + (size_t)(h - nq) * D;
 #pragma unroll
     for (int j = 0; j < EPH; j++) {
-        const float c = cs[i0 + j], s = cs[HALF + i0 + j];
-        dst[i0 + j] = __float2bfloat16(a[j] * c - b[j] * s);
-        dst[HALF + i0 + j] = __float2bfloat16(b[j] * c + a[j] * s);
+        dst[i0 + j] = __float2bfloat16(a[j]);
+        dst[HALF + i0 + j] = __float2bfloat16(b[j]);
     }
 }
 

@@ -107,3 +107,32 @@ __device__ __forceinline__ bool last_of_splits(unsigned int* counter, int splits
     if (last) __threadfence();
     return last;
 }
+
+// One warp's per-head RMSNorm (w == nullptr: none) and neox RoPE of a head of D elements, on
+// registers: lane holds a[j] = x[i0 + j] and b[j] = x[D/2 + i0 + j] (i0 = lane * D/64) and gets
+// the rotated halves back in place. The normalised values are rounded to bf16 before RoPE, as
+// the unfused qk_rmsnorm stores them; cs is the position's cos/sin row. Shared by the q/k passes
+// (rope.cu, gemv.cu) and the decode attention that folds the pass in.
+template <int D>
+__device__ __forceinline__ void head_norm_rope(float* a, float* b, const __nv_bfloat16* w,
+                                               const float* cs, int i0, float eps) {
+    constexpr int HALF = D / 2, EPH = D / 64;
+    if (w != nullptr) {
+        float ss = 0.f;
+#pragma unroll
+        for (int j = 0; j < EPH; j++) ss += a[j] * a[j] + b[j] * b[j];
+        const float inv = rsqrtf(warp_sum(ss) / D + eps);
+#pragma unroll
+        for (int j = 0; j < EPH; j++) {
+            a[j] = __bfloat162float(__float2bfloat16(a[j] * inv * __bfloat162float(w[i0 + j])));
+            b[j] = __bfloat162float(__float2bfloat16(b[j] * inv * __bfloat162float(w[HALF + i0 + j])));
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < EPH; j++) {
+        const float c = cs[i0 + j], s = cs[HALF + i0 + j];
+        const float lo = a[j] * c - b[j] * s, hi = b[j] * c + a[j] * s;
+        a[j] = lo;
+        b[j] = hi;
+    }
+}

@@ -89,15 +89,8 @@ __device__ void qk_norm_rope_store_impl(__nv_bfloat16* __restrict__ qkv,
         }
     }
     const size_t kv_row = (size_t)slots[t] * nk * D;
-    float c[EPH], sn[EPH];
-    if (h0 < nq + nk) {  // some head of the group is rotated
-        const float* cs = cos_sin + (size_t)positions[t] * D;
-#pragma unroll
-        for (int j = 0; j < EPH; j++) {
-            c[j] = cs[i0 + j];
-            sn[j] = cs[HALF + i0 + j];
-        }
-    }
+    // Read only when some head of the group is rotated (the row exists for every position).
+    const float* cs = cos_sin + (size_t)positions[t] * D;
 #pragma unroll
     for (int i = 0; i < QR_HPW; i++) {
         const int h = h0 + i;
@@ -108,29 +101,11 @@ __device__ void qk_norm_rope_store_impl(__nv_bfloat16* __restrict__ qkv,
             st_pairs<EPH>(dst + HALF + i0, b[i]);
             continue;
         }
-        const __nv_bfloat16* w = h < nq ? wq : wk;
-        if (w != nullptr) {
-            float ss = 0.f;
-#pragma unroll
-            for (int j = 0; j < EPH; j++) ss += a[i][j] * a[i][j] + b[i][j] * b[i][j];
-            const float inv = rsqrtf(warp_sum(ss) / D + eps);
-#pragma unroll
-            for (int j = 0; j < EPH; j++) {
-                // Round after the norm, as the unfused qk_rmsnorm kernel stores bf16 before RoPE.
-                a[i][j] = __bfloat162float(__float2bfloat16(a[i][j] * inv * __bfloat162float(w[i0 + j])));
-                b[i][j] = __bfloat162float(__float2bfloat16(b[i][j] * inv * __bfloat162float(w[HALF + i0 + j])));
-            }
-        }
+        head_norm_rope<D>(a[i], b[i], h < nq ? wq : wk, cs, i0, eps);
         __nv_bfloat16* dst = h < nq ? qkv + (size_t)t * row_stride + (size_t)h * D
                                     : k_cache + kv_row + (size_t)(h - nq) * D;
-        float lo[EPH], hi[EPH];
-#pragma unroll
-        for (int j = 0; j < EPH; j++) {
-            lo[j] = a[i][j] * c[j] - b[i][j] * sn[j];
-            hi[j] = b[i][j] * c[j] + a[i][j] * sn[j];
-        }
-        st_pairs<EPH>(dst + i0, lo);
-        st_pairs<EPH>(dst + HALF + i0, hi);
+        st_pairs<EPH>(dst + i0, a[i]);
+        st_pairs<EPH>(dst + HALF + i0, b[i]);
     }
 }
 

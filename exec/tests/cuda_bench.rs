@@ -582,6 +582,16 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let graph_fused = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
         model.kernels.decode = decode_kernel;
         let replay_fused = time_ms(gpu, 15, 10, || graph_fused.launch().unwrap());
+        // The q/k pass as its own kernel before the decode attention (above the GEMV sizes).
+        model.kernels.decode_qk_post = false;
+        let graph_qk = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
+        model.kernels.decode_qk_post = true;
+        let replay_qk = time_ms(gpu, 15, 10, || graph_qk.launch().unwrap());
+        model.kernels.decode_prefetch_rows = false;
+        let graph_rows = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
+        model.kernels.decode_prefetch_rows = true;
+        let replay_rows = time_ms(gpu, 15, 10, || graph_rows.launch().unwrap());
+        let replay3 = time_ms(gpu, 15, 10, || graph.launch().unwrap());
         // Other fewest-keys-per-split settings (1: every launched split used, as before) and
         // more launched splits.
         let mut fewer_splits = Vec::new();
@@ -664,6 +674,20 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             replay_fused,
             floor
         );
+        if b > 8 {
+            for (what, ms) in [
+                ("q/k pass own kernel", replay_qk),
+                ("KV prefetch of its own head", replay_rows),
+                ("default, third sample", replay3),
+            ] {
+                println!(
+                    "{:<34} {:>10.3} {:>12.3}",
+                    format!("decode b={b} (graph, {what})"),
+                    ms,
+                    floor
+                );
+            }
+        }
         for (sp, mk, ms) in &fewer_splits {
             let what = if *mk == 0 {
                 "decode attention not pipelined".to_string()

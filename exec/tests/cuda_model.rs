@@ -565,6 +565,8 @@ fn cuda_backend_matches_cpu_backend() {
                 gemm_lt: false,
                 gemm_lt_min_tokens: 4096,
                 tile_gemm: TileUse::Off,
+                decode_qk_post: false,
+                decode_prefetch_rows: false,
             },
         ),
         (
@@ -592,6 +594,20 @@ fn cuda_backend_matches_cpu_backend() {
             "every launched decode split used (min keys 1)",
             KernelChoice {
                 decode_split_min_keys: 1,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode attention prefetching its own head's KV rows",
+            KernelChoice {
+                decode_prefetch_rows: false,
+                ..Default::default()
+            },
+        ),
+        (
+            "q/k norm + RoPE + KV store as its own kernel before the decode attention",
+            KernelChoice {
+                decode_qk_post: false,
                 ..Default::default()
             },
         ),

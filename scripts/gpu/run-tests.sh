@@ -23,7 +23,8 @@ for s in $STAGES; do
     case $s in
     nvrtc) DOPPEL_REQUIRE_NVRTC=1 timeout 90 "$BIN/cuda_nvrtc" --nocapture 2>&1 | tee "$OUT/nvrtc.log" ;;
     kernels) { timeout 60 "$BIN/cuda_kernels" --nocapture --test-threads=1 && timeout 60 "$BIN/cuda_attention" --nocapture &&
-        timeout 30 "$BIN/cuda_fused" --nocapture && timeout 30 "$BIN/cuda_gemm_tile" --nocapture; } 2>&1 | tee "$OUT/kernels.log" ;;
+        timeout 30 "$BIN/cuda_fused" --nocapture && timeout 30 "$BIN/cuda_gemm_tile" --nocapture &&
+        timeout 30 "$BIN/cuda_decode_post" --nocapture; } 2>&1 | tee "$OUT/kernels.log" ;;
     startup) timeout 60 "$BIN/cuda_startup" --nocapture --test-threads=1 2>&1 | tee -a "$OUT/kernels.log" ;;
     bench) timeout 150 "$BIN/cuda_bench" --ignored --nocapture --test-threads=1 2>&1 | tee "$OUT/bench.log" ;;
     reference) timeout 110 python3 scripts/gpu/make_reference.py /tmp/qwen3-ref 2>&1 | tee "$OUT/reference.log" ;;

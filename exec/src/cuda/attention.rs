@@ -4,7 +4,7 @@
 //! the KV slot of position `pos` of the request in that row), so a batch's metadata is only
 //! (token offset, new tokens, total KV length, table row) per entry.
 
-use super::ops::{check, int, need};
+use super::ops::{check, int, need, QkvPost};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
@@ -173,6 +173,9 @@ pub struct AttnShape {
     /// Decode (V3, GQA groups of 1-2): the pipelined kernel, which requests the next keys
     /// before the math on the current ones.
     pub decode_pipelined: bool,
+    /// Decode (V3): each block asks L2 for whole KV rows (all kv heads of a slot) of every nk-th
+    /// key of its range, instead of its own head's part of every key.
+    pub decode_prefetch_rows: bool,
 }
 
 impl AttnShape {
@@ -275,7 +278,63 @@ impl Gpu {
         splits: usize,
         variant: DecodeVariant,
     ) -> Result<()> {
+        let bufs = DecodeBufs {
+            out,
+            q,
+            kv,
+            part_o,
+            part_ml,
+        };
+        self.decode_launch(&bufs, meta, shape, splits, variant, None)
+    }
+
+    /// Decode attention with the q/k pass ([`Gpu::qk_norm_rope_store`]) folded in: `qkv` holds
+    /// the raw projection of each entry's token (`shape.q_stride` its width); the kernel
+    /// normalises and rotates q as it loads it, and stores the new token's normalised, rotated
+    /// k and its v into `kv`'s caches at `post.slots` (post's own cache pointers are not used).
+    /// The same roundings as the two-kernel path. V3 variants only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode_post(
+        &self,
+        out: DPtr<bf16>,
+        qkv: DPtr<bf16>,
+        kv: KvView,
+        meta: &DecodeMeta,
+        shape: &AttnShape,
+        part_o: DPtr<f32>,
+        part_ml: DPtr<f32>,
+        splits: usize,
+        variant: DecodeVariant,
+        post: &QkvPost,
+        eps: f32,
+    ) -> Result<()> {
+        let bufs = DecodeBufs {
+            out,
+            q: qkv,
+            kv,
+            part_o,
+            part_ml,
+        };
+        self.decode_launch(&bufs, meta, shape, splits, variant, Some((post, eps)))
+    }
+
+    fn decode_launch(
+        &self,
+        bufs: &DecodeBufs,
+        meta: &DecodeMeta,
+        shape: &AttnShape,
+        splits: usize,
+        variant: DecodeVariant,
+        post: Option<(&QkvPost, f32)>,
+    ) -> Result<()> {
         const K: &str = "attention_decode";
+        let DecodeBufs {
+            out,
+            q,
+            kv,
+            part_o,
+            part_ml,
+        } = *bufs;
         shape.check(
             K,
             &q,
@@ -301,6 +360,33 @@ impl Gpu {
             }
             _ => 0u64,
         };
+        if let Some((p, _)) = post {
+            check(K, !matches!(variant, DecodeVariant::V2), || {
+                "the q/k pass folds into the V3 kernels only".into()
+            })?;
+            let width = (shape.nq + 2 * shape.nk) * shape.head_dim;
+            check(K, shape.q_stride >= width, || {
+                format!(
+                    "q stride {} is narrower than a qkv row ({width})",
+                    shape.q_stride
+                )
+            })?;
+            need(
+                K,
+                "qkv",
+                &q,
+                meta.tokens.saturating_sub(1) * shape.q_stride + width,
+            )?;
+            check(K, p.cos_sin.len().is_multiple_of(shape.head_dim), || {
+                "cos/sin table is not [max_pos, head_dim]".into()
+            })?;
+            need(K, "positions", &p.positions, meta.tokens)?;
+            need(K, "slots", &p.slots, meta.tokens)?;
+            if let Some((wq, wk)) = &p.qk_norm {
+                need(K, "wq", wq, shape.head_dim)?;
+                need(K, "wk", wk, shape.head_dim)?;
+            }
+        }
         if n == 0 {
             return Ok(());
         }
@@ -357,8 +443,24 @@ impl Gpu {
             .arg(&rw);
         b.arg(&nq).arg(&nk).arg(&qs).arg(&ts).arg(&shape.scale);
         let min_keys = int(K, shape.split_min_keys.max(1))?;
+        let (wq, wk) = post
+            .and_then(|(p, _)| p.qk_norm)
+            .map_or((0u64, 0u64), |(q, k)| (q.addr(), k.addr()));
+        let [pos, cs, sl] = post.map_or([0u64; 3], |(p, _)| {
+            [p.positions.addr(), p.cos_sin.addr(), p.slots.addr()]
+        });
+        let eps = post.map_or(0f32, |(_, e)| e);
+        // The kernel's flags (kernels/attention_decode.cu): 1 the q/k pass, 2 whole-row prefetch.
+        let flags = i32::from(post.is_some()) | (i32::from(shape.decode_prefetch_rows) << 1);
         if !matches!(variant, DecodeVariant::V2) {
             b.arg(&o).arg(&counters).arg(&min_keys);
+            b.arg(&wq)
+                .arg(&wk)
+                .arg(&pos)
+                .arg(&cs)
+                .arg(&sl)
+                .arg(&eps)
+                .arg(&flags);
         }
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, shape.nk as u32, n as u32),
@@ -379,6 +481,15 @@ impl Gpu {
         };
         unsafe { b.launch(cfg) }.ctx(combine_name).map(|_| ())
     }
+}
+
+/// The buffers one decode launch reads and writes.
+struct DecodeBufs {
+    out: DPtr<bf16>,
+    q: DPtr<bf16>,
+    kv: KvView,
+    part_o: DPtr<f32>,
+    part_ml: DPtr<f32>,
 }
 
 /// Which decode kernels to run.

@@ -185,6 +185,7 @@ impl GpuModel {
             scale: 1.0 / (c.head_dim as f32).sqrt(),
             split_min_keys: self.kernels.decode_split_min_keys,
             decode_pipelined: self.kernels.decode_pipelined,
+            decode_prefetch_rows: self.kernels.decode_prefetch_rows,
         }
     }
 
@@ -285,6 +286,13 @@ impl GpuModel {
             self.tile_plans(tokens, gpu.sms)
         };
         let tile_any = tile.iter().any(Option::is_some);
+        // Pure decode steps not on the folded GEMV path: the decode attention does the q/k pass.
+        let decode_post = self.fused
+            && self.kernels.decode_qk_post
+            && extend.is_none()
+            && decode.is_some()
+            && !fold
+            && self.kernels.decode != DecodeKernel::V2;
         let scratch = ws.gemm_scratch(gpu);
         for (l, lw) in self.layers.iter().enumerate() {
             let view = KvView {
@@ -376,6 +384,8 @@ impl GpuModel {
                             .ok_or_else(|| bad("decode rows"))?;
                         gpu.qk_norm_rope_store(rows, &sub_post, n, (nq, 0), d, qkv_w, eps)?;
                     }
+                } else if decode_post {
+                    // Done by the decode attention below.
                 } else if self.fused {
                     gpu.qk_norm_rope_store(qkv, &post, tokens, (nq, nk), d, qkv_w, eps)?;
                 } else {
@@ -435,17 +445,16 @@ impl GpuModel {
                     }
                     DecodeKernel::Auto => DecodeVariant::V3,
                 };
-                gpu.attention_decode_variant(
-                    attn,
-                    qkv,
-                    view,
-                    meta,
-                    &shape,
-                    gpu.ptr(&ws.part_o),
-                    gpu.ptr(&ws.part_ml),
-                    splits,
-                    variant,
-                )?;
+                let (po, pm) = (gpu.ptr(&ws.part_o), gpu.ptr(&ws.part_ml));
+                if decode_post {
+                    gpu.attention_decode_post(
+                        attn, qkv, view, meta, &shape, po, pm, splits, variant, &post, eps,
+                    )?;
+                } else {
+                    gpu.attention_decode_variant(
+                        attn, qkv, view, meta, &shape, po, pm, splits, variant,
+                    )?;
+                }
             }
             if fold {
                 gpu.gemv_resadd(residual, attn, p(&lw.o), tokens, h, nq * d, h)?;

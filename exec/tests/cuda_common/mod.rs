@@ -2,6 +2,8 @@
 //! the GPU (or explaining why the test is skipped).
 #![allow(dead_code)]
 
+pub mod kv;
+
 use doppel_exec::cuda::Gpu;
 use half::bf16;
 

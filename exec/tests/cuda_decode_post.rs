@@ -1,0 +1,160 @@
+//! The decode attention with the q/k pass folded in (`Gpu::attention_decode_post`) against the
+//! two-kernel path it replaces (`qk_norm_rope_store`, then the decode attention): the same
+//! outputs and the same K/V cache contents bit for bit, for GQA groups 1-8, head_dim 64 and 128,
+//! with and without q/k norms, one split and many, each V3 kernel. Skips without a GPU.
+
+mod cuda_common;
+
+use cuda_common::kv::KvSetup;
+use cuda_common::{open_gpu, Report, Rng};
+use doppel_exec::cuda::attention::{AttnEntry, AttnShape, DecodeMeta, DecodeVariant, KvView};
+use doppel_exec::cuda::ops::QkvPost;
+use doppel_exec::cuda::rope::{cos_sin_table, plain_inv_freq};
+use doppel_exec::cuda::Gpu;
+use half::bf16;
+
+#[test]
+fn folded_qk_pass_matches_the_two_kernel_path() {
+    let Some(gpu) = open_gpu() else { return };
+    let mut rep = Report::default();
+    let mut rng = Rng::new(0x5eed_0011);
+    for (nq, nk, d, norm) in [
+        (16usize, 8usize, 128usize, true),
+        (32, 8, 64, false),
+        (8, 8, 128, true),
+        (12, 4, 128, true),
+        (64, 8, 64, true),
+    ] {
+        compare(&gpu, &mut rng, &mut rep, (nq, nk, d), norm);
+    }
+    rep.finish();
+}
+
+fn bits(v: &[bf16]) -> Vec<u16> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn compare(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    rep: &mut Report,
+    (nq, nk, d): (usize, usize, usize),
+    norm: bool,
+) {
+    let eps = 1e-6f32;
+    let lens = [1usize, 33, 257, 1000, 64, 160, 2049];
+    // Two copies of the same cache: one per path (each writes the new tokens' K/V).
+    let kv = KvSetup::new(gpu, rng, nk, d, &lens, 4096);
+    let (dk2, dv2) = (gpu.upload(&kv.k).unwrap(), gpu.upload(&kv.v).unwrap());
+    let entries: Vec<AttnEntry> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| AttnEntry {
+            q_start: i,
+            q_len: 1,
+            kv_len: l,
+            row: i + 1,
+        })
+        .collect();
+    let t = entries.len();
+    let width = (nq + 2 * nk) * d;
+    let qkv = rng.bf16s(t * width, 2.0);
+    // The new token sits at the last position, in the slot the table gives it.
+    let pos: Vec<i32> = lens.iter().map(|&l| (l - 1) as i32).collect();
+    let slots: Vec<u32> = entries
+        .iter()
+        .map(|e| kv.table[e.row * kv.stride + e.kv_len - 1])
+        .collect();
+    let (wq, wk) = (rng.bf16s(d, 1.5), rng.bf16s(d, 1.5));
+    let (dwq, dwk) = (gpu.upload(&wq).unwrap(), gpu.upload(&wk).unwrap());
+    let (dp, ds) = (gpu.upload(&pos).unwrap(), gpu.upload(&slots).unwrap());
+    let dcs = gpu
+        .upload(&cos_sin_table(&plain_inv_freq(1e6, d), 4096))
+        .unwrap();
+    let meta = DecodeMeta::new(gpu, &entries, t, kv.rows, kv.stride).unwrap();
+    let counters = gpu.zeros::<u32>(t * nk).unwrap();
+    let post_for =
+        |k: &cudarc::driver::CudaSlice<bf16>, v: &cudarc::driver::CudaSlice<bf16>| QkvPost {
+            qk_norm: norm.then(|| (gpu.ptr(&dwq), gpu.ptr(&dwk))),
+            positions: gpu.ptr(&dp),
+            cos_sin: gpu.ptr(&dcs),
+            k_cache: gpu.ptr(k),
+            v_cache: gpu.ptr(v),
+            slots: gpu.ptr(&ds),
+        };
+    let view2 = KvView {
+        k_cache: gpu.ptr(&dk2),
+        v_cache: gpu.ptr(&dv2),
+        table: gpu.ptr(&kv.dt),
+    };
+    // (splits, min keys per split, pipelined kernel, combine fused, whole-row L2 prefetch)
+    for (splits, min_keys, pipe, fused, rows) in [
+        (1usize, 1usize, false, true, false),
+        (1, 1, true, true, false),
+        (1, 1, true, true, true),
+        (1, 1, true, false, false),
+        (7, 40, true, false, true),
+        (7, 40, false, true, false),
+        (32, 1, false, false, false),
+    ] {
+        let shape = AttnShape {
+            split_min_keys: min_keys,
+            decode_pipelined: pipe,
+            decode_prefetch_rows: rows,
+            ..kv.shape(nq, nk, d, width)
+        };
+        let variant = if fused {
+            DecodeVariant::V3Fused(gpu.ptr(&counters))
+        } else {
+            DecodeVariant::V3
+        };
+        let po = gpu.zeros::<f32>(t * nq * splits * d).unwrap();
+        let pm = gpu.zeros::<f32>(t * nq * splits * 2).unwrap();
+        let nan = vec![bf16::from_f32(f32::NAN); t * nq * d];
+        let (out1, out2) = (gpu.upload(&nan).unwrap(), gpu.upload(&nan).unwrap());
+        // Two kernels: the q/k pass in place on a copy of qkv, then the attention.
+        let dq1 = gpu.upload(&qkv).unwrap();
+        let post1 = post_for(&kv.dk, &kv.dv);
+        gpu.qk_norm_rope_store(gpu.ptr(&dq1), &post1, t, (nq, nk), d, width, eps)
+            .unwrap();
+        let (o1, q1, v1) = (gpu.ptr(&out1), gpu.ptr(&dq1), kv.view(gpu));
+        let (p1, m1) = (gpu.ptr(&po), gpu.ptr(&pm));
+        gpu.attention_decode_variant(o1, q1, v1, &meta, &shape, p1, m1, splits, variant)
+            .unwrap();
+        // Folded: the raw projection in.
+        let dq2 = gpu.upload(&qkv).unwrap();
+        let post2 = post_for(&dk2, &dv2);
+        let (o2, q2) = (gpu.ptr(&out2), gpu.ptr(&dq2));
+        gpu.attention_decode_post(
+            o2, q2, view2, &meta, &shape, p1, m1, splits, variant, &post2, eps,
+        )
+        .unwrap();
+        let name = format!(
+            "decode + q/k pass nq={nq} nk={nk} D={d} norm={norm} splits={splits} \
+             min keys {min_keys} pipelined {pipe} fused {fused} row prefetch {rows}"
+        );
+        let (a, b) = (gpu.download(&out1).unwrap(), gpu.download(&out2).unwrap());
+        rep.check(
+            &format!("{name}: every output written"),
+            0.0,
+            b.iter().all(|x| !x.to_f32().is_nan()),
+        );
+        rep.exact(&format!("{name}: output"), &bits(&b), &bits(&a));
+        let (k1, k2) = (gpu.download(&kv.dk).unwrap(), gpu.download(&dk2).unwrap());
+        rep.exact(&format!("{name}: K cache"), &bits(&k2), &bits(&k1));
+        let (v1, v2) = (gpu.download(&kv.dv).unwrap(), gpu.download(&dv2).unwrap());
+        rep.exact(&format!("{name}: V cache"), &bits(&v2), &bits(&v1));
+        // qkv's k/v columns are inputs only; the folded path leaves all of qkv as it was.
+        rep.exact(
+            &format!("{name}: qkv untouched"),
+            &bits(&gpu.download(&dq2).unwrap()),
+            &bits(&qkv),
+        );
+    }
+    let left = gpu.download(&counters).unwrap();
+    rep.check(
+        "decode + q/k pass: counters re-armed to 0",
+        0.0,
+        left.iter().all(|&c| c == 0),
+    );
+}
