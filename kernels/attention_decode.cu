@@ -204,7 +204,7 @@ struct DecodePost {
 // PIPE: the next iteration's K/V rows are requested before this iteration's math (two register
 // buffers of U keys), so a warp always has loads in flight; without it a warp requests U keys,
 // waits, computes, and only then requests the next ones.
-template <int D, int MG, int U, bool PIPE = false>
+template <int D, int MG, int U, bool PIPE = false, int S = 0>
 __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restrict__ part_ml,
                                      const __nv_bfloat16* __restrict__ q,
                                      __nv_bfloat16* __restrict__ k_cache,
@@ -322,33 +322,9 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     const size_t kvw = (size_t)nk * D;
     const __nv_bfloat16* kb = k_cache + kvh * D + dl * 8;
     const __nv_bfloat16* vb = v_cache + kvh * D + dl * 8;
-    int k0 = k_begin + warp * KPI;
-    unsigned int my_slot = (lane < KPI && k0 + lane < k_end) ? trow[k0 + lane] : 0u;
-    // Request the U keys of the iteration at kk (slots in my_slot), then read the slots of the
-    // iteration after it.
-    auto load_kv = [&](uint4 (&kr)[U], uint4 (&vr)[U], int kk) {
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            unsigned int slot = __shfl_sync(0xffffffffu, my_slot, u * KPW + sub);
-            const int key = kk + u * KPW + sub;
-            if (key == fresh_key) {
-                kr[u] = *reinterpret_cast<const uint4*>(&sm_kv[0][dl * 8]);
-                vr[u] = *reinterpret_cast<const uint4*>(&sm_kv[1][dl * 8]);
-            } else if (key < k_end) {
-                kr[u] = __ldg(reinterpret_cast<const uint4*>(kb + (size_t)slot * kvw));
-                vr[u] = __ldg(reinterpret_cast<const uint4*>(vb + (size_t)slot * kvw));
-            } else {
-                kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);
-            }
-        }
-        const int kn = kk + NW * KPI;
-        my_slot = (lane < KPI && kn + lane < k_end) ? trow[kn + lane] : 0u;
-    };
-    uint4 kr[U], vr[U];
-    if (k0 < k_end) load_kv(kr, vr, k0);
-    for (; k0 < k_end; k0 += NW * KPI) {
-        uint4 kr2[U], vr2[U];
-        if constexpr (PIPE) load_kv(kr2, vr2, k0 + NW * KPI);
+    // The online softmax over the U keys of one warp iteration starting at kk (this lane's dims
+    // of key kk + u * KPW + sub in kr[u] / vr[u]).
+    auto consume = [&](const uint4 (&kr)[U], const uint4 (&vr)[U], int kk) {
 #pragma unroll
         for (int g = 0; g < MG; g++) {
             if (g < G) {
@@ -366,7 +342,7 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
                     }
 #pragma unroll
                     for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-                    s[u] = k0 + u * KPW + sub < k_end ? d : -INFINITY;
+                    s[u] = kk + u * KPW + sub < k_end ? d : -INFINITY;
                     mx = fmaxf(mx, s[u]);
                 }
                 // A subgroup past the end has seen no key yet: keep exp2 away from inf - inf.
@@ -390,14 +366,97 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
                 }
             }
         }
-        if constexpr (PIPE) {
+    };
+    if constexpr (S > 0) {
+        // Keys go through a ring of S stages in shared memory by cp.async, each lane copying
+        // (and later reading) only its own 16-byte pieces, so loads in flight hold no registers
+        // and up to S - 1 iterations are requested ahead. Slots come in windows of 32 keys: lane
+        // i holds the slot of key (iteration j0 + i / KPI, offset i % KPI).
+        extern __shared__ uint4 ring[];  // [S][U][2][128]
+        constexpr int IPW = 32 / KPI;
+        const int first = k_begin + warp * KPI;
+        const int iters = first < k_end ? (k_end - first + NW * KPI - 1) / (NW * KPI) : 0;
+        unsigned int win = 0u;
+        int win_j0 = -IPW;
+        auto issue = [&](int j) {
+            if (j >= win_j0 + IPW) {
+                win_j0 = j;
+                const int kk = first + (j + lane / KPI) * NW * KPI + lane % KPI;
+                win = kk < k_end ? trow[kk] : 0u;
+            }
+            const int st = j % S, kk = first + j * NW * KPI;
 #pragma unroll
             for (int u = 0; u < U; u++) {
-                kr[u] = kr2[u];
-                vr[u] = vr2[u];
+                const unsigned int slot = __shfl_sync(0xffffffffu, win, (j - win_j0) * KPI + u * KPW + sub);
+                const int key = kk + u * KPW + sub;
+                uint4* rk = &ring[((st * U + u) * 2) * 128 + threadIdx.x];
+                uint4* rv = rk + 128;
+                if (key == fresh_key) {
+                    *rk = *reinterpret_cast<const uint4*>(&sm_kv[0][dl * 8]);
+                    *rv = *reinterpret_cast<const uint4*>(&sm_kv[1][dl * 8]);
+                } else {
+                    const int bytes = key < k_end ? 16 : 0;
+                    cp_async16(smem_addr(rk), kb + (size_t)slot * kvw, bytes);
+                    cp_async16(smem_addr(rv), vb + (size_t)slot * kvw, bytes);
+                }
             }
-        } else if (k0 + NW * KPI < k_end) {
-            load_kv(kr, vr, k0 + NW * KPI);
+        };
+#pragma unroll
+        for (int j = 0; j < S - 1; j++) {
+            if (j < iters) issue(j);
+            cp_commit();  // empty groups keep the count uniform
+        }
+        for (int j = 0; j < iters; j++) {
+            if (j + S - 1 < iters) issue(j + S - 1);
+            cp_commit();
+            cp_wait<S - 1>();  // iteration j's copies (this lane's own) have landed
+            uint4 kr[U], vr[U];
+            const int st = j % S;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                kr[u] = ring[((st * U + u) * 2) * 128 + threadIdx.x];
+                vr[u] = ring[((st * U + u) * 2 + 1) * 128 + threadIdx.x];
+            }
+            consume(kr, vr, first + j * NW * KPI);
+        }
+    } else {
+        int k0 = k_begin + warp * KPI;
+        unsigned int my_slot = (lane < KPI && k0 + lane < k_end) ? trow[k0 + lane] : 0u;
+        // Request the U keys of the iteration at kk (slots in my_slot), then read the slots of the
+        // iteration after it.
+        auto load_kv = [&](uint4 (&kr)[U], uint4 (&vr)[U], int kk) {
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                unsigned int slot = __shfl_sync(0xffffffffu, my_slot, u * KPW + sub);
+                const int key = kk + u * KPW + sub;
+                if (key == fresh_key) {
+                    kr[u] = *reinterpret_cast<const uint4*>(&sm_kv[0][dl * 8]);
+                    vr[u] = *reinterpret_cast<const uint4*>(&sm_kv[1][dl * 8]);
+                } else if (key < k_end) {
+                    kr[u] = __ldg(reinterpret_cast<const uint4*>(kb + (size_t)slot * kvw));
+                    vr[u] = __ldg(reinterpret_cast<const uint4*>(vb + (size_t)slot * kvw));
+                } else {
+                    kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);
+                }
+            }
+            const int kn = kk + NW * KPI;
+            my_slot = (lane < KPI && kn + lane < k_end) ? trow[kn + lane] : 0u;
+        };
+        uint4 kr[U], vr[U];
+        if (k0 < k_end) load_kv(kr, vr, k0);
+        for (; k0 < k_end; k0 += NW * KPI) {
+            uint4 kr2[U], vr2[U];
+            if constexpr (PIPE) load_kv(kr2, vr2, k0 + NW * KPI);
+            consume(kr, vr, k0);
+            if constexpr (PIPE) {
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    kr[u] = kr2[u];
+                    vr[u] = vr2[u];
+                }
+            } else if (k0 + NW * KPI < k_end) {
+                load_kv(kr, vr, k0 + NW * KPI);
+            }
         }
     }
 
@@ -484,7 +543,7 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     if (threadIdx.x == 0) counters[(size_t)b * nk + kvh] = 0u;
 }
 
-#define DECODE_V3(NAME, D, MG, U, MINB, PIPE)                                                      \
+#define DECODE_V3(NAME, D, MG, U, MINB, PIPE, S)                                                   \
     extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                  \
         float* part_o, float* part_ml, const __nv_bfloat16* q, __nv_bfloat16* k_cache,             \
         __nv_bfloat16* v_cache, const unsigned int* table, const int* q_tok, const int* kv_len,    \
@@ -494,25 +553,32 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
         const unsigned int* slots, float eps, int flags) {                                         \
         const DecodePost post{flags, (flags & DECODE_POST) != 0, wq, wk, positions, cos_sin,       \
                               slots, eps};                                                         \
-        decode_split_v3_impl<D, MG, U, PIPE>(part_o, part_ml, q, k_cache, v_cache, table, q_tok,   \
-                                             kv_len, row, nq, nk, q_stride, table_stride, scale,   \
-                                             out, counters, min_keys, post);                       \
+        decode_split_v3_impl<D, MG, U, PIPE, S>(part_o, part_ml, q, k_cache, v_cache, table,       \
+                                                q_tok, kv_len, row, nq, nk, q_stride,              \
+                                                table_stride, scale, out, counters, min_keys,      \
+                                                post);                                             \
     }
 
 // Key loads in flight per lane (U) shrink as the group grows, to keep registers for 4 blocks/SM.
-DECODE_V3(attention_decode_v3_d64_g1, 64, 1, 8, 4, false)
-DECODE_V3(attention_decode_v3_d64_g2, 64, 2, 8, 4, false)
-DECODE_V3(attention_decode_v3_d64_g4, 64, 4, 4, 4, false)
-DECODE_V3(attention_decode_v3_d64_g8, 64, 8, 4, 2, false)
-DECODE_V3(attention_decode_v3_d128_g1, 128, 1, 8, 4, false)
-DECODE_V3(attention_decode_v3_d128_g2, 128, 2, 8, 4, false)
-DECODE_V3(attention_decode_v3_d128_g4, 128, 4, 4, 4, false)
-DECODE_V3(attention_decode_v3_d128_g8, 128, 8, 4, 2, false)
+DECODE_V3(attention_decode_v3_d64_g1, 64, 1, 8, 4, false, 0)
+DECODE_V3(attention_decode_v3_d64_g2, 64, 2, 8, 4, false, 0)
+DECODE_V3(attention_decode_v3_d64_g4, 64, 4, 4, 4, false, 0)
+DECODE_V3(attention_decode_v3_d64_g8, 64, 8, 4, 2, false, 0)
+DECODE_V3(attention_decode_v3_d128_g1, 128, 1, 8, 4, false, 0)
+DECODE_V3(attention_decode_v3_d128_g2, 128, 2, 8, 4, false, 0)
+DECODE_V3(attention_decode_v3_d128_g4, 128, 4, 4, 4, false, 0)
+DECODE_V3(attention_decode_v3_d128_g8, 128, 8, 4, 2, false, 0)
 // Pipelined (two buffers of 4 keys) for the small groups, where the registers allow it.
-DECODE_V3(attention_decode_v3p_d64_g1, 64, 1, 4, 4, true)
-DECODE_V3(attention_decode_v3p_d64_g2, 64, 2, 4, 4, true)
-DECODE_V3(attention_decode_v3p_d128_g1, 128, 1, 4, 4, true)
-DECODE_V3(attention_decode_v3p_d128_g2, 128, 2, 4, 4, true)
+DECODE_V3(attention_decode_v3p_d64_g1, 64, 1, 4, 4, true, 0)
+DECODE_V3(attention_decode_v3p_d64_g2, 64, 2, 4, 4, true, 0)
+DECODE_V3(attention_decode_v3p_d128_g1, 128, 1, 4, 4, true, 0)
+DECODE_V3(attention_decode_v3p_d128_g2, 128, 2, 4, 4, true, 0)
+// Keys through a 5-stage cp.async ring in shared memory (2 keys per lane per stage, 4 stages in
+// flight), small groups: dynamic shared memory DECODE_RING_BYTES = 5 * 2 * 2 * 128 * 16.
+DECODE_V3(attention_decode_v3a_d64_g1, 64, 1, 2, 4, false, 5)
+DECODE_V3(attention_decode_v3a_d64_g2, 64, 2, 2, 4, false, 5)
+DECODE_V3(attention_decode_v3a_d128_g1, 128, 1, 2, 4, false, 5)
+DECODE_V3(attention_decode_v3a_d128_g2, 128, 2, 2, 4, false, 5)
 
 #define DECODE_ENTRIES(D)                                                                          \
     extern "C" __global__ void __launch_bounds__(128) attention_decode_split_d##D(                  \

@@ -20,16 +20,6 @@
 // block 128, dynamic shared memory (64 + 2 * STAGES * BN) * (D + 8) * 2 bytes.
 // ---------------------------------------------------------------------------------------------
 
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool full) {
-    // src-size 0 zero-fills: keys past the block's range read as 0, so V * 0 stays finite.
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-                 "r"(full ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 __device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -269,9 +259,9 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
 #pragma unroll
         for (int j = 0; j < CH / 2; j++) {
             const int c = (tid & 1) + 2 * j;
-            cp_async16(s_q + r * ROWB + c * 16, src + c * 8, ok);
+            cp_async16(s_q + r * ROWB + c * 16, src + c * 8, ok ? 16 : 0);
         }
-        cp_async_commit();
+        cp_commit();
     }
 
     // K/V rows: thread -> row tid / TPR of the tile, chunks tid % TPR + TPR * j: one slot per
@@ -289,8 +279,8 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
 #pragma unroll
         for (int j = 0; j < CPT; j++) {
             const int c = kc0 + TPR * j;
-            cp_async16(dk + c * 16, k_cache + off + c * 8, ok);
-            cp_async16(dv + c * 16, v_cache + off + c * 8, ok);
+            cp_async16(dk + c * 16, k_cache + off + c * 8, ok ? 16 : 0);
+            cp_async16(dv + c * 16, v_cache + off + c * 8, ok ? 16 : 0);
         }
     };
     long long slot_next = slot_of(0);
@@ -300,11 +290,11 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
             issue(t, slot_next);
             slot_next = slot_of(t + 1);
         }
-        cp_async_commit();
+        cp_commit();
     }
 
     if (q_rope) {  // Q landed (the K/V groups after it may still be in flight): transform it
-        cp_async_wait<STAGES - 1>();
+        cp_wait<STAGES - 1>();
         __syncthreads();
         q_norm_rope_row<D>(reinterpret_cast<__nv_bfloat16*>(smem + (tid >> 1) * ROWB), tid & 1,
                            rope_row, q_norm_w, rc, rs, eps);
@@ -332,8 +322,8 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
             issue(tn, slot_next);
             slot_next = slot_of(tn + 1);
         }
-        cp_async_commit();
-        cp_async_wait<STAGES - 1>();  // tile t (and Q) has landed for this thread
+        cp_commit();
+        cp_wait<STAGES - 1>();  // tile t (and Q) has landed for this thread
         __syncthreads();              // ... and for every thread
         if constexpr (QREG) {
             if (t == 0) {

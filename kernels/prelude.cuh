@@ -136,3 +136,18 @@ __device__ __forceinline__ void head_norm_rope(float* a, float* b, const __nv_bf
         b[j] = hi;
     }
 }
+
+// Asynchronous 16-byte global -> shared copies (sm_80+) through L2 only: `bytes` 0 fills zeros
+// (rows past the end: V * 0 stays finite). Shared by the tiled GEMM and both attentions.
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Wait until at most N of this thread's commit groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}

@@ -327,20 +327,25 @@ fn attention_decode(
     };
     // split_min_keys 40 (the model's default) leaves some launched splits empty on the short
     // sequences (1, 33, 64 keys) and uses fewer on the others.
-    // Pipelined: the kernels that request the next keys first (groups 1-2; others ignore it).
-    for (splits, min_keys, pipe) in [
-        (1usize, 1usize, false),
-        (7, 1, false),
-        (32, 1, false),
-        (7, 40, false),
-        (32, 40, false),
-        (1, 1, true),
-        (7, 40, true),
-        (32, 1, true),
+    // Pipelined: the kernels that request the next keys first; ring: keys through a cp.async
+    // ring in shared memory (groups 1-2; others ignore both).
+    for (splits, min_keys, pipe, ring) in [
+        (1usize, 1usize, false, false),
+        (7, 1, false, false),
+        (32, 1, false, false),
+        (7, 40, false, false),
+        (32, 40, false, false),
+        (1, 1, true, false),
+        (7, 40, true, false),
+        (32, 1, true, false),
+        (1, 1, false, true),
+        (7, 40, false, true),
+        (32, 1, false, true),
     ] {
         let shape = AttnShape {
             split_min_keys: min_keys,
             decode_pipelined: pipe,
+            decode_async: ring,
             ..shape
         };
         let n = entries.len();
@@ -366,7 +371,7 @@ fn attention_decode(
             rep,
             &format!(
                 "attention_decode {which:?} nq={nq} nk={nk} D={d} kv<=8191 splits={splits} \
-                 min keys {min_keys} pipelined {pipe}"
+                 min keys {min_keys} pipelined {pipe} ring {ring}"
             ),
             &out,
             &reference,

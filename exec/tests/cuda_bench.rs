@@ -591,6 +591,14 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let graph_rows = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
         model.kernels.decode_prefetch_rows = true;
         let replay_rows = time_ms(gpu, 15, 10, || graph_rows.launch().unwrap());
+        model.kernels.decode_async = true;
+        let graph_ring = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
+        model.kernels.decode_async = false;
+        let replay_ring = time_ms(gpu, 15, 10, || graph_ring.launch().unwrap());
+        model.kernels.decode_kv_prefetch_early = true;
+        let graph_early = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
+        model.kernels.decode_kv_prefetch_early = false;
+        let replay_early = time_ms(gpu, 15, 10, || graph_early.launch().unwrap());
         let replay3 = time_ms(gpu, 15, 10, || graph.launch().unwrap());
         // Other fewest-keys-per-split settings (1: every launched split used, as before) and
         // more launched splits.
@@ -674,12 +682,20 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             replay_fused,
             floor
         );
-        if b > 8 {
-            for (what, ms) in [
-                ("q/k pass own kernel", replay_qk),
-                ("KV prefetch of its own head", replay_rows),
-                ("default, third sample", replay3),
-            ] {
+        // (The q/k pass folds into the attention only above the GEMV sizes.)
+        for (what, ms) in [
+            ("q/k pass own kernel", replay_qk),
+            ("KV prefetch of its own head", replay_rows),
+            ("decode keys via cp.async ring", replay_ring),
+            ("KV prefetched by the input norm", replay_early),
+            ("default, third sample", replay3),
+        ] {
+            if b > 8
+                || !matches!(
+                    what,
+                    "q/k pass own kernel" | "KV prefetched by the input norm"
+                )
+            {
                 println!(
                     "{:<34} {:>10.3} {:>12.3}",
                     format!("decode b={b} (graph, {what})"),

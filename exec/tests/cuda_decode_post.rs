@@ -87,20 +87,23 @@ fn compare(
         v_cache: gpu.ptr(&dv2),
         table: gpu.ptr(&kv.dt),
     };
-    // (splits, min keys per split, pipelined kernel, combine fused, whole-row L2 prefetch)
-    for (splits, min_keys, pipe, fused, rows) in [
-        (1usize, 1usize, false, true, false),
-        (1, 1, true, true, false),
-        (1, 1, true, true, true),
-        (1, 1, true, false, false),
-        (7, 40, true, false, true),
-        (7, 40, false, true, false),
-        (32, 1, false, false, false),
+    // (splits, min keys per split, pipelined kernel, combine fused, whole-row L2 prefetch, ring)
+    for (splits, min_keys, pipe, fused, rows, ring) in [
+        (1usize, 1usize, false, true, false, false),
+        (1, 1, true, true, false, false),
+        (1, 1, true, true, true, false),
+        (1, 1, true, false, false, false),
+        (7, 40, true, false, true, false),
+        (7, 40, false, true, false, false),
+        (32, 1, false, false, false, false),
+        (1, 1, false, true, true, true),
+        (7, 40, false, false, true, true),
     ] {
         let shape = AttnShape {
             split_min_keys: min_keys,
             decode_pipelined: pipe,
             decode_prefetch_rows: rows,
+            decode_async: ring,
             ..kv.shape(nq, nk, d, width)
         };
         let variant = if fused {
@@ -131,7 +134,7 @@ fn compare(
         .unwrap();
         let name = format!(
             "decode + q/k pass nq={nq} nk={nk} D={d} norm={norm} splits={splits} \
-             min keys {min_keys} pipelined {pipe} fused {fused} row prefetch {rows}"
+             min keys {min_keys} pipelined {pipe} fused {fused} row prefetch {rows} ring {ring}"
         );
         let (a, b) = (gpu.download(&out1).unwrap(), gpu.download(&out2).unwrap());
         rep.check(

@@ -567,6 +567,8 @@ fn cuda_backend_matches_cpu_backend() {
                 tile_gemm: TileUse::Off,
                 decode_qk_post: false,
                 decode_prefetch_rows: false,
+                decode_async: false,
+                decode_kv_prefetch_early: false,
             },
         ),
         (
@@ -594,6 +596,20 @@ fn cuda_backend_matches_cpu_backend() {
             "every launched decode split used (min keys 1)",
             KernelChoice {
                 decode_split_min_keys: 1,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode KV prefetched by the input norm",
+            KernelChoice {
+                decode_kv_prefetch_early: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode attention through a cp.async ring",
+            KernelChoice {
+                decode_async: true,
                 ..Default::default()
             },
         ),

@@ -186,6 +186,7 @@ impl GpuModel {
             split_min_keys: self.kernels.decode_split_min_keys,
             decode_pipelined: self.kernels.decode_pipelined,
             decode_prefetch_rows: self.kernels.decode_prefetch_rows,
+            decode_async: self.kernels.decode_async,
         }
     }
 
@@ -354,7 +355,13 @@ impl GpuModel {
                     let w = p(&lw.qkv);
                     gpu.gemm_tile(qkv, residual, w, &scratch, shape, qkv_w, epi, plan)?;
                 } else {
-                    if l == 0 || res_proj {
+                    let early = decode
+                        .filter(|_| self.kernels.decode_kv_prefetch_early && extend.is_none());
+                    if let (Some((meta, _)), true) = (early, l == 0 || res_proj) {
+                        let pf = meta.kv_prefetch(gpu, &view, &shape)?;
+                        let nw = p(&lw.input_norm);
+                        gpu.rmsnorm_prefetch_kv(hidden, residual, nw, tokens, h, eps, &pf)?;
+                    } else if l == 0 || res_proj {
                         gpu.rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
                     } else {
                         gpu.fused_add_rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;

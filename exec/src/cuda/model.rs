@@ -132,6 +132,12 @@ pub struct KernelChoice {
     /// the keys (see `AttnShape::decode_prefetch_rows`). Default: on the H100 the b=64 decode
     /// graph took 1.609 ms with it, 1.638 without (run 14 r1).
     pub decode_prefetch_rows: bool,
+    /// Decode attention (V3, GQA groups of 1-2): keys through a cp.async ring in shared memory
+    /// (see `AttnShape::decode_async`).
+    pub decode_async: bool,
+    /// Pure decode steps on cuBLAS-sized projections: the input RMSNorm before the qkv
+    /// projection asks L2 for the layer's KV rows, so they stream in during the projection.
+    pub decode_kv_prefetch_early: bool,
 }
 
 /// Which 17-64-token projections run the tiled GEMM ([`KernelChoice::tile_gemm`]).
@@ -169,6 +175,8 @@ impl Default for KernelChoice {
             tile_gemm: TileUse::GateUp,
             decode_qk_post: true,
             decode_prefetch_rows: true,
+            decode_async: false,
+            decode_kv_prefetch_early: false,
         }
     }
 }

@@ -82,6 +82,7 @@ impl KvSetup {
             split_min_keys: 1,
             decode_pipelined: false,
             decode_prefetch_rows: false,
+            decode_async: false,
         }
     }
 }
