@@ -100,6 +100,23 @@ impl BatchShape {
     }
 }
 
+/// A decode row's device time (ns) for `read` KV tokens at even lengths: interpolated through the
+/// row's measured `points` (KV tokens read, ns) where it has two or more, the end segments
+/// extended (a falling segment, noise, is taken as flat), else its line `(fixed, per KV
+/// token)`.
+pub(crate) fn decode_row_ns(line: (f64, f64), points: &[(f64, f64)], read: f64) -> f64 {
+    if points.len() < 2 {
+        return line.0 + line.1 * read;
+    }
+    let seg = points
+        .windows(2)
+        .position(|w| read <= w[1].0)
+        .unwrap_or(points.len() - 2);
+    let ((x0, y0), (x1, y1)) = (points[seg], points[seg + 1]);
+    let slope = ((y1 - y0) / (x1 - x0)).max(0.0);
+    (y0 + slope * (read - x0)).max(0.0)
+}
+
 /// How launching a step occupies the host, and how the GPU follows the launch (ns).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LaunchCost {
@@ -228,7 +245,13 @@ impl RooflineCost {
         let padding = eff.decode_padding_share * (rows - b).max(0.0) * s.max_kv as f64;
         // A KV token another request of the batch reads too comes from L2 after the first read.
         let read = kv - eff.decode_shared_kv_saving * s.shared_kv_tokens as f64 + padding;
-        Some((row.0 + row.1 * read + row.2 * ragged) * 1e-9)
+        let points = self
+            .profile
+            .decode_kv_points
+            .iter()
+            .find(|p| p.0 == rows)
+            .map_or(&[][..], |p| &p.1[..]);
+        Some((decode_row_ns((row.0, row.1), points, read) + row.2 * ragged) * 1e-9)
     }
 
     /// The longest extend entry's serial attention work, in keys (x query rows where
@@ -385,6 +408,8 @@ mod tests {
     fn a_padded_decode_batch_costs_its_graph_row_with_a_share_of_each_padding_row() {
         let mut p = Profile::load("h100-80g/qwen3-0.6b/doppel").unwrap();
         p.decode_table = vec![(8.0, 1e6, 50.0, 20.0), (16.0, 1.2e6, 48.0, 25.0)];
+        // Lines only: the shipped profile's measured points belong to its own rows.
+        p.decode_kv_points.clear();
         p.efficiency.decode_padding_share = 0.4;
         let c = RooflineCost::new(&p, 1);
         // 9 requests of 512 tokens run as graph 16: 7 padding rows, each 0.4 of a 512-token

@@ -229,6 +229,13 @@ pub struct Profile {
     /// the longest sequence at a fixed graph size. Empty: decode steps use the roofline terms.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decode_table: Vec<(f64, f64, f64, f64)>,
+    /// Measured points of `decode_table`'s rows, `(batch, [(KV tokens read, ns)])` by
+    /// increasing batch and KV: where a row has two or more, its even-batch time is interpolated
+    /// linearly between them (the end segments extended) instead of taken from its line (the
+    /// measured cost is not linear in the KV read: a line through 128/512/2048 keys was 1-3 %
+    /// high at 512 keys for graphs 3-32). Empty: every row is its line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decode_kv_points: Vec<(f64, Vec<(f64, f64)>)>,
 }
 
 /// How a step's launch occupies the host and how the GPU follows it (ns).
@@ -483,6 +490,21 @@ impl Profile {
                     &format!("decode_table[{i}]"),
                     format!("{row:?}"),
                     "needs batch >= 1 (increasing) and non-negative times",
+                ));
+            }
+        }
+        for (i, (b, pts)) in self.decode_kv_points.iter().enumerate() {
+            let ok = *b >= 1.0
+                && (i == 0 || self.decode_kv_points[i - 1].0 < *b)
+                && pts
+                    .iter()
+                    .all(|p| p.0.is_finite() && p.0 >= 0.0 && p.1.is_finite() && p.1 >= 0.0)
+                && pts.windows(2).all(|w| w[0].0 < w[1].0);
+            if !ok {
+                return Err(bad(
+                    &format!("decode_kv_points[{i}]"),
+                    format!("{b} {pts:?}"),
+                    "needs batch >= 1 (increasing), KV points increasing, non-negative times",
                 ));
             }
         }
