@@ -272,6 +272,25 @@ impl RooflineCost {
         s.max_seq as f64 * rows
     }
 
+    /// The longest extend entry's attention on its own (`Efficiency::attention_grid_ns`): per
+    /// layer and per (query row, key) pair of it, falling as 1 / rows past
+    /// `attention_grid_rows` (its blocks then run side by side).
+    fn grid_attention_seconds(&self, s: &BatchShape) -> f64 {
+        let eff = &self.profile.efficiency;
+        if eff.attention_grid_ns <= 0.0 || s.max_seq_extend == 0 {
+            return 0.0;
+        }
+        let rows = s.max_seq_extend as f64;
+        // Its causal pairs: each row sees the cached prefix and the rows up to its own.
+        let pairs = rows * (s.max_seq as f64 - (rows - 1.0) / 2.0);
+        let share = if eff.attention_grid_rows > 0.0 {
+            (eff.attention_grid_rows / rows).min(1.0)
+        } else {
+            1.0
+        };
+        pairs * share * self.profile.model.layers as f64 * eff.attention_grid_ns * 1e-9
+    }
+
     /// Compute-bound share of a step that takes `step_s` seconds (`step_seconds`), 0 to 1.
     pub fn load_at(&self, s: &BatchShape, step_s: f64) -> f64 {
         if step_s > 0.0 {
@@ -316,9 +335,11 @@ impl RooflineCost {
             + self.lm_head_flops_per_row * s.logits as f64;
         let gemm_s = flops / (hw.bf16_flops * self.gemm_efficiency(s.tokens));
         let linear_s = gemm_s.max(self.weight_read_s);
-        // Attention: prefill is quadratic compute, decode is KV-read bound.
-        let attn_s = s.attn_pairs * self.attn_flops_per_pair
-            / (hw.bf16_flops * eff.attention_compute)
+        // Attention: prefill is quadratic compute, decode is KV-read bound; a prefill's
+        // attention lasts at least as long as the longest sequence's blocks take.
+        let attn_flops_s =
+            s.attn_pairs * self.attn_flops_per_pair / (hw.bf16_flops * eff.attention_compute);
+        let attn_s = attn_flops_s.max(self.grid_attention_seconds(s))
             + self.serial_attention_keys(s) * m.layers as f64 * eff.attention_seq_ns * 1e-9
             + s.kv_read_tokens as f64 * self.kv_bytes_per_token
                 / (hw.hbm_bandwidth * eff.kv_bandwidth);
@@ -461,6 +482,43 @@ mod tests {
         p.efficiency.attention_seq_rows = 0.0;
         let c = RooflineCost::new(&p, 1);
         assert_eq!(c.serial_attention_keys(&extend(64)), 4160.0);
+    }
+
+    #[test]
+    fn one_sequence_s_attention_is_floored_by_its_grid_term() {
+        let mut p = Profile::load("h100-80g/qwen3-0.6b/doppel").unwrap();
+        p.efficiency.attention_seq_ns = 0.0;
+        p.efficiency.attention_grid_ns = 0.4;
+        p.efficiency.attention_grid_rows = 256.0;
+        let c = RooflineCost::new(&p, 1);
+        let layers = p.model.layers as f64;
+        let extend = |n: usize, rows: usize, prefix: usize| BatchShape {
+            tokens: n * rows,
+            extend_reqs: n,
+            logits: n,
+            attn_pairs: n as f64 * rows as f64 * (prefix as f64 + (rows as f64 + 1.0) / 2.0),
+            kv_read_tokens: n * prefix,
+            max_seq: prefix + rows,
+            max_seq_extend: rows,
+            ..Default::default()
+        };
+        // 128 rows over 4096 keys: every pair at the full rate.
+        let pairs = 128.0 * (4224.0 - 127.0 / 2.0);
+        assert!(
+            (c.grid_attention_seconds(&extend(1, 128, 4096)) - pairs * layers * 0.4e-9).abs()
+                < 1e-12
+        );
+        // 1024 fresh rows: past the cap the rate falls as 1 / rows.
+        let pairs = 1024.0 * 1025.0 / 2.0;
+        let want = pairs * 256.0 / 1024.0 * layers * 0.4e-9;
+        assert!((c.grid_attention_seconds(&extend(1, 1024, 0)) - want).abs() < 1e-12);
+        // It is a floor under the FLOP term, not added to it: a large batch's FLOPs win.
+        let big = extend(64, 512, 0);
+        let t = c.step_seconds(&big);
+        p.efficiency.attention_grid_ns = 0.0;
+        let off = RooflineCost::new(&p, 1);
+        assert_eq!(t, off.step_seconds(&big));
+        assert!(c.step_seconds(&extend(1, 128, 4096)) > off.step_seconds(&extend(1, 128, 4096)));
     }
 
     #[test]

@@ -171,6 +171,20 @@ pub struct Efficiency {
     /// get more blocks, which run in parallel). 0: the term is per key only.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attention_seq_rows: f64,
+    /// Prefill attention's floor per layer and per (query row, key) pair of the longest extend
+    /// entry (ns), the pairs' rate falling as 1 / rows past `attention_grid_rows`: the extend
+    /// kernel gives one sequence a block per (64 query rows, KV head), each walking every key
+    /// of its context, and on the H100 a short extend's blocks did not run side by side (64 and
+    /// 128 rows over a cached prefix cost the same per pair, ~12x a large prefill's), while a
+    /// long one's do (a lone 512-2048-token prompt costs ~54 ns per token of it per layer). The
+    /// step's attention takes the larger of this and the FLOP term: it decides a lone prompt, a
+    /// chunk or a short extend over a long cached prefix. 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attention_grid_ns: f64,
+    /// Query rows of the longest extend entry past which `attention_grid_ns`'s rate falls as 1
+    /// / rows (0: it does not fall).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attention_grid_rows: f64,
     /// Share of the decode table's per-KV-token time saved on a KV token that another request
     /// of the same decode batch also reads (a shared cached prefix, read again from L2), from 0
     /// (none) to 1. 0 where not measured.
@@ -435,6 +449,8 @@ impl Profile {
             ("efficiency.kernels_per_layer", e.kernels_per_layer),
             ("efficiency.attention_seq_ns", e.attention_seq_ns),
             ("efficiency.attention_seq_rows", e.attention_seq_rows),
+            ("efficiency.attention_grid_ns", e.attention_grid_ns),
+            ("efficiency.attention_grid_rows", e.attention_grid_rows),
             ("efficiency.sustained_slowdown", e.sustained_slowdown),
             ("efficiency.sustained_tau_ns", e.sustained_tau_ns),
         ] {
