@@ -131,7 +131,8 @@ impl ProfilePlan {
             // without a pause, long enough for the power cap to settle (~150 ms).
             sustained: vec![(448, 1024, 8192)],
             // Graphs 1-32 from 512 to 896 keys (the replays' common decode shapes: ~1.2-2.5 ms a
-            // step, ~4.6 s per pass with the larger two), 64 and 128 from 1024 keys.
+            // step), 4-16 from 1536 to 1792 (multi-turn's long contexts), 64 and 128 from 1024
+            // keys: ~7 s a pass.
             decode_runs: vec![
                 (1, 512, 384),
                 (2, 512, 384),
@@ -139,6 +140,9 @@ impl ProfilePlan {
                 (8, 512, 384),
                 (16, 512, 384),
                 (32, 512, 384),
+                (4, 1536, 256),
+                (8, 1536, 256),
+                (16, 1536, 256),
                 (64, 1024, 128),
                 (128, 1024, 64),
             ],
