@@ -605,4 +605,20 @@ mod tests {
         let e = Profile::parse(&text, "x.yaml").unwrap_err().to_string();
         assert!(e.contains("model.layers") && e.contains("x.yaml"), "{e}");
     }
+
+    #[test]
+    fn decode_kv_points_must_increase() {
+        let base = include_str!("../profiles/h100-80g_qwen3-0.6b_doppel.yaml");
+        let mut p = Profile::parse(base, "x.yaml").unwrap();
+        assert!(!p.decode_kv_points.is_empty());
+        p.decode_kv_points[0].1.reverse();
+        let text = serde_yaml::to_string(&p).unwrap();
+        let e = Profile::parse(&text, "x.yaml").unwrap_err().to_string();
+        assert!(e.contains("decode_kv_points[0]"), "{e}");
+        // Without points (a profile fitted before them) it parses, every row its line.
+        p.decode_kv_points.clear();
+        let text = serde_yaml::to_string(&p).unwrap();
+        assert!(!text.contains("decode_kv_points"));
+        assert!(Profile::parse(&text, "x.yaml").is_ok());
+    }
 }
