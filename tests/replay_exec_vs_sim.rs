@@ -318,6 +318,24 @@ fn cli_profile_on_cpu_then_calibrate() {
     let at = sustained.expect("a sustained run of at least 4 prefills");
     assert_eq!(at[0], 0);
     assert!(at.windows(2).all(|w| w[1] > w[0]), "{at:?}");
+    // The decode run (4 requests of 32 tokens decoding 16 steps back to back in the overlap
+    // order): one run whose decode steps read one more token per request each step.
+    let decode_run = runs.iter().find_map(|&r| {
+        let mut kv: Vec<(u64, u64)> = steps
+            .iter()
+            .filter(|s| s["run"] == r && s["mode"] == "decode" && s["host_ns"] == 0)
+            .map(|s| {
+                (
+                    s["run_ns"].as_u64().unwrap(),
+                    s["kv_read_tokens"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        kv.sort();
+        (kv.len() >= 15).then_some(kv)
+    });
+    let kv = decode_run.expect("a decode run of at least 15 back-to-back decode steps");
+    assert!(kv.windows(2).all(|w| w[1].1 == w[0].1 + 4), "{kv:?}");
     let fitted = dir.join("fitted.yaml");
     let out = Command::new(bin)
         .args(["sim", "calibrate"])

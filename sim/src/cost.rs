@@ -100,6 +100,23 @@ impl BatchShape {
     }
 }
 
+/// A decode row's device time (ns) for `read` KV tokens at even lengths: interpolated through the
+/// row's measured `points` (KV tokens read, ns) where it has two or more, the end segments
+/// extended (a falling segment, noise, is taken as flat), else its line `(fixed, per KV
+/// token)`.
+pub(crate) fn decode_row_ns(line: (f64, f64), points: &[(f64, f64)], read: f64) -> f64 {
+    if points.len() < 2 {
+        return line.0 + line.1 * read;
+    }
+    let seg = points
+        .windows(2)
+        .position(|w| read <= w[1].0)
+        .unwrap_or(points.len() - 2);
+    let ((x0, y0), (x1, y1)) = (points[seg], points[seg + 1]);
+    let slope = ((y1 - y0) / (x1 - x0)).max(0.0);
+    (y0 + slope * (read - x0)).max(0.0)
+}
+
 /// How launching a step occupies the host, and how the GPU follows the launch (ns).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LaunchCost {
@@ -228,7 +245,13 @@ impl RooflineCost {
         let padding = eff.decode_padding_share * (rows - b).max(0.0) * s.max_kv as f64;
         // A KV token another request of the batch reads too comes from L2 after the first read.
         let read = kv - eff.decode_shared_kv_saving * s.shared_kv_tokens as f64 + padding;
-        Some((row.0 + row.1 * read + row.2 * ragged) * 1e-9)
+        let points = self
+            .profile
+            .decode_kv_points
+            .iter()
+            .find(|p| p.0 == rows)
+            .map_or(&[][..], |p| &p.1[..]);
+        Some((decode_row_ns((row.0, row.1), points, read) + row.2 * ragged) * 1e-9)
     }
 
     /// The longest extend entry's serial attention work, in keys (x query rows where
@@ -247,6 +270,25 @@ impl RooflineCost {
             1.0
         };
         s.max_seq as f64 * rows
+    }
+
+    /// The longest extend entry's attention on its own (`Efficiency::attention_grid_ns`): per
+    /// layer and per (query row, key) pair of it, falling as 1 / rows past
+    /// `attention_grid_rows` (its blocks then run side by side).
+    fn grid_attention_seconds(&self, s: &BatchShape) -> f64 {
+        let eff = &self.profile.efficiency;
+        if eff.attention_grid_ns <= 0.0 || s.max_seq_extend == 0 {
+            return 0.0;
+        }
+        let rows = s.max_seq_extend as f64;
+        // Its causal pairs: each row sees the cached prefix and the rows up to its own.
+        let pairs = rows * (s.max_seq as f64 - (rows - 1.0) / 2.0);
+        let share = if eff.attention_grid_rows > 0.0 {
+            (eff.attention_grid_rows / rows).min(1.0)
+        } else {
+            1.0
+        };
+        pairs * share * self.profile.model.layers as f64 * eff.attention_grid_ns * 1e-9
     }
 
     /// Compute-bound share of a step that takes `step_s` seconds (`step_seconds`), 0 to 1.
@@ -293,9 +335,11 @@ impl RooflineCost {
             + self.lm_head_flops_per_row * s.logits as f64;
         let gemm_s = flops / (hw.bf16_flops * self.gemm_efficiency(s.tokens));
         let linear_s = gemm_s.max(self.weight_read_s);
-        // Attention: prefill is quadratic compute, decode is KV-read bound.
-        let attn_s = s.attn_pairs * self.attn_flops_per_pair
-            / (hw.bf16_flops * eff.attention_compute)
+        // Attention: prefill is quadratic compute, decode is KV-read bound; a prefill's
+        // attention lasts at least as long as the longest sequence's blocks take.
+        let attn_flops_s =
+            s.attn_pairs * self.attn_flops_per_pair / (hw.bf16_flops * eff.attention_compute);
+        let attn_s = attn_flops_s.max(self.grid_attention_seconds(s))
             + self.serial_attention_keys(s) * m.layers as f64 * eff.attention_seq_ns * 1e-9
             + s.kv_read_tokens as f64 * self.kv_bytes_per_token
                 / (hw.hbm_bandwidth * eff.kv_bandwidth);
@@ -385,6 +429,8 @@ mod tests {
     fn a_padded_decode_batch_costs_its_graph_row_with_a_share_of_each_padding_row() {
         let mut p = Profile::load("h100-80g/qwen3-0.6b/doppel").unwrap();
         p.decode_table = vec![(8.0, 1e6, 50.0, 20.0), (16.0, 1.2e6, 48.0, 25.0)];
+        // Lines only: the shipped profile's measured points belong to its own rows.
+        p.decode_kv_points.clear();
         p.efficiency.decode_padding_share = 0.4;
         let c = RooflineCost::new(&p, 1);
         // 9 requests of 512 tokens run as graph 16: 7 padding rows, each 0.4 of a 512-token
@@ -436,6 +482,43 @@ mod tests {
         p.efficiency.attention_seq_rows = 0.0;
         let c = RooflineCost::new(&p, 1);
         assert_eq!(c.serial_attention_keys(&extend(64)), 4160.0);
+    }
+
+    #[test]
+    fn one_sequence_s_attention_is_floored_by_its_grid_term() {
+        let mut p = Profile::load("h100-80g/qwen3-0.6b/doppel").unwrap();
+        p.efficiency.attention_seq_ns = 0.0;
+        p.efficiency.attention_grid_ns = 0.4;
+        p.efficiency.attention_grid_rows = 256.0;
+        let c = RooflineCost::new(&p, 1);
+        let layers = p.model.layers as f64;
+        let extend = |n: usize, rows: usize, prefix: usize| BatchShape {
+            tokens: n * rows,
+            extend_reqs: n,
+            logits: n,
+            attn_pairs: n as f64 * rows as f64 * (prefix as f64 + (rows as f64 + 1.0) / 2.0),
+            kv_read_tokens: n * prefix,
+            max_seq: prefix + rows,
+            max_seq_extend: rows,
+            ..Default::default()
+        };
+        // 128 rows over 4096 keys: every pair at the full rate.
+        let pairs = 128.0 * (4224.0 - 127.0 / 2.0);
+        assert!(
+            (c.grid_attention_seconds(&extend(1, 128, 4096)) - pairs * layers * 0.4e-9).abs()
+                < 1e-12
+        );
+        // 1024 fresh rows: past the cap the rate falls as 1 / rows.
+        let pairs = 1024.0 * 1025.0 / 2.0;
+        let want = pairs * 256.0 / 1024.0 * layers * 0.4e-9;
+        assert!((c.grid_attention_seconds(&extend(1, 1024, 0)) - want).abs() < 1e-12);
+        // It is a floor under the FLOP term, not added to it: a large batch's FLOPs win.
+        let big = extend(64, 512, 0);
+        let t = c.step_seconds(&big);
+        p.efficiency.attention_grid_ns = 0.0;
+        let off = RooflineCost::new(&p, 1);
+        assert_eq!(t, off.step_seconds(&big));
+        assert!(c.step_seconds(&extend(1, 128, 4096)) > off.step_seconds(&extend(1, 128, 4096)));
     }
 
     #[test]

@@ -31,8 +31,12 @@ fn apply(base: &Profile, x: &[f64]) -> Profile {
     e.decode_step_ns = ns(x[3]);
     e.prefill_step_ns = ns(x[4]);
     e.prefill_per_req_ns = ns(x[5]);
-    e.attention_seq_ns = ns(x[6]);
-    e.attention_seq_rows = ns(x[7]).max(1.0);
+    // The single-sequence attention floor replaces the serial term of earlier fits (the same
+    // effect: fitted together they trade); old profiles keep theirs.
+    e.attention_seq_ns = 0.0;
+    e.attention_seq_rows = 0.0;
+    e.attention_grid_ns = ns(x[6]);
+    e.attention_grid_rows = ns(x[7]).max(1.0);
     for (g, v) in e.gemm.iter_mut().zip(&x[N_FIXED..]) {
         g.1 = frac(*v);
     }
@@ -62,12 +66,16 @@ fn start(p: &Profile) -> Vec<f64> {
         pos(e.decode_step_ns.max(1.0)),
         pos(e.prefill_step_ns.max(1.0)),
         pos(e.prefill_per_req_ns.max(1.0)),
-        pos(e.attention_seq_ns.max(1.0)),
-        // A block's worth of rows (64) where the base has none.
-        pos(if e.attention_seq_rows > 0.0 {
-            e.attention_seq_rows
+        // Where the base has none: 0.3 ns per pair, rate falling past 4 blocks' rows.
+        pos(if e.attention_grid_ns > 0.0 {
+            e.attention_grid_ns
         } else {
-            64.0
+            0.3
+        }),
+        pos(if e.attention_grid_rows > 0.0 {
+            e.attention_grid_rows
+        } else {
+            256.0
         }),
     ];
     x.extend(e.gemm.iter().map(|g| frac(g.1)));

@@ -123,6 +123,20 @@ pub struct DecodeFit {
     pub table: Vec<(f64, f64, f64, f64)>,
     /// `Efficiency::decode_padding_share` (0 without padded measurements).
     pub padding_share: f64,
+    /// `Profile::decode_kv_points`: each row's even, full batches by KV length (medians).
+    pub points: Vec<(f64, Vec<(f64, f64)>)>,
+}
+
+/// KV lengths per request within this many tokens of each other are one measured point (a
+/// scenario's steps grow by one token each).
+const KV_POINT_TOKENS: f64 = 64.0;
+
+/// The measured points of `row` in `points` (none: its line prices it).
+fn points_of(points: &[(f64, Vec<(f64, f64)>)], row: f64) -> &[(f64, f64)] {
+    points
+        .iter()
+        .find(|p| p.0 == row)
+        .map_or(&[][..], |p| &p.1[..])
 }
 
 /// The graph row a decode batch of `b` requests runs as.
@@ -174,6 +188,28 @@ pub fn fit_decode(steps: &[StepPoint]) -> DecodeFit {
         .iter()
         .map(|(&b, &(a, slope))| (b as f64, a.round(), r3(slope), 0.0))
         .collect();
+    // Each row's measured KV lengths: the steps of one length (within KV_POINT_TOKENS per
+    // request) as one point, their median KV read and median time.
+    let points: Vec<(f64, Vec<(f64, f64)>)> = rows
+        .keys()
+        .filter_map(|b| {
+            let mut bins: BTreeMap<i64, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+            for (&kv, ts) in &by[b] {
+                let bin = (kv as f64 / *b as f64 / KV_POINT_TOKENS).round() as i64;
+                let e = bins.entry(bin).or_default();
+                e.0.extend(std::iter::repeat_n(kv as f64, ts.len()));
+                e.1.extend(ts.iter().copied());
+            }
+            let pts: Vec<(f64, f64)> = bins
+                .into_values()
+                .map(|(kv, ts)| (median(kv).round(), median(ts).round()))
+                .collect();
+            (pts.len() >= 2).then_some((*b as f64, pts))
+        })
+        .collect();
+    let base = |row: &(f64, f64, f64, f64), read: f64| {
+        crate::cost::decode_row_ns((row.1, row.2), points_of(&points, row.0), read)
+    };
     // Padding share: least squares of the relative residual against the padding's time at the
     // row's per-KV rate, over even padded batches.
     let (mut sxy, mut sxx) = (0.0, 0.0);
@@ -181,9 +217,12 @@ pub fn fit_decode(steps: &[StepPoint]) -> DecodeFit {
         let Some(row) = row_of(&table, s.decode_reqs) else {
             continue;
         };
-        let x = row.2 * padding(s, row.0) / d;
+        let kv = s.kv_read_tokens as f64;
+        // What the whole padding would cost at the row's rates there (a share of it lands
+        // within the same segment of the row's points, so the share enters linearly).
+        let x = (base(&row, kv + padding(s, row.0)) - base(&row, kv)) / d;
         if x > 0.0 {
-            sxy += (d - row.1 - row.2 * s.kv_read_tokens as f64) / d * x;
+            sxy += (d - base(&row, kv)) / d * x;
             sxx += x * x;
         }
     }
@@ -202,7 +241,7 @@ pub fn fit_decode(steps: &[StepPoint]) -> DecodeFit {
         let pad = padding_share * padding(s, row.0);
         let x = ragged(s);
         let e = uneven.entry(row.0 as usize).or_default();
-        e.0 += (d - row.1 - row.2 * (s.kv_read_tokens as f64 + pad)) * x;
+        e.0 += (d - base(&row, s.kv_read_tokens as f64 + pad)) * x;
         e.1 += x * x;
     }
     let measured: Vec<(f64, f64)> = uneven
@@ -220,6 +259,7 @@ pub fn fit_decode(steps: &[StepPoint]) -> DecodeFit {
     DecodeFit {
         table,
         padding_share,
+        points,
     }
 }
 
@@ -230,6 +270,7 @@ pub fn fit_decode(steps: &[StepPoint]) -> DecodeFit {
 pub fn fit_shared_saving(
     steps: &[StepPoint],
     table: &[(f64, f64, f64, f64)],
+    points: &[(f64, Vec<(f64, f64)>)],
     padding_share: f64,
 ) -> f64 {
     let (mut sxy, mut sxx) = (0.0, 0.0);
@@ -244,7 +285,8 @@ pub fn fit_shared_saving(
             continue;
         };
         let kv = s.kv_read_tokens as f64 + padding_share * padding(s, row.0);
-        let unexplained = d as f64 - (row.1 + row.2 * kv + row.3 * ragged(s));
+        let even = crate::cost::decode_row_ns((row.1, row.2), points_of(points, row.0), kv);
+        let unexplained = d as f64 - (even + row.3 * ragged(s));
         let x = row.2 * s.shared_kv_tokens as f64;
         sxy -= unexplained * x;
         sxx += x * x;
@@ -417,6 +459,43 @@ mod tests {
     }
 
     #[test]
+    fn a_row_keeps_its_measured_kv_points_and_prices_between_them() {
+        // Convex in the KV read: the line through 128/512/2048 misses 512 by ~2 %; the points
+        // price each measured length at its median and interpolate between them.
+        let cost = |kv: usize| 1_000_000 + if kv < 1000 { 40 } else { 60 } * 16 * kv as u64;
+        let mut steps = Vec::new();
+        for kv in [128usize, 512, 2048] {
+            for k in 0..8 {
+                let d = cost(kv + k);
+                steps.push(point(
+                    BatchShape::decode(16, kv + k),
+                    "decode",
+                    d,
+                    60_000,
+                    d,
+                ));
+            }
+        }
+        let f = fit_decode(&steps);
+        let pts = points_of(&f.points, 16.0);
+        assert_eq!(pts.len(), 3, "{f:?}");
+        let at = |kv: f64| crate::cost::decode_row_ns((f.table[0].1, f.table[0].2), pts, kv);
+        for kv in [128usize, 512, 2048] {
+            let read = (16 * kv) as f64 + 16.0 * 3.5;
+            let want = cost(kv + 3) as f64 + 16.0 * 0.5 * if kv < 1000 { 40.0 } else { 60.0 };
+            assert!(
+                (at(read) / want - 1.0).abs() < 1e-3,
+                "{kv} {} {want}",
+                at(read)
+            );
+        }
+        let line = f.table[0].1 + f.table[0].2 * 16.0 * 515.5;
+        assert!(line / cost(515) as f64 - 1.0 > 0.01, "{line}");
+        // Without points a row is its line.
+        assert_eq!(crate::cost::decode_row_ns((5.0, 2.0), &[], 10.0), 25.0);
+    }
+
+    #[test]
     fn shared_prefix_decodes_fit_the_saving_and_stay_out_of_the_table() {
         let mut steps = Vec::new();
         for kv in [128usize, 512, 2048] {
@@ -435,9 +514,9 @@ mod tests {
         let t = fit_decode(&steps).table;
         assert_eq!(t.len(), 1, "{t:?}");
         assert!((t[0].1 - 1_200_000.0).abs() < 2.0 && t[0].3 == 0.0, "{t:?}");
-        let saving = fit_shared_saving(&steps, &t, 1.0);
+        let saving = fit_shared_saving(&steps, &t, &[], 1.0);
         assert!((saving - 0.6).abs() < 2e-3, "{saving}");
-        assert_eq!(fit_shared_saving(&steps[..3], &t, 1.0), 0.0);
+        assert_eq!(fit_shared_saving(&steps[..3], &t, &[], 1.0), 0.0);
     }
 
     #[test]

@@ -171,6 +171,20 @@ pub struct Efficiency {
     /// get more blocks, which run in parallel). 0: the term is per key only.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attention_seq_rows: f64,
+    /// Prefill attention's floor per layer and per (query row, key) pair of the longest extend
+    /// entry (ns), the pairs' rate falling as 1 / rows past `attention_grid_rows`: the extend
+    /// kernel gives one sequence a block per (64 query rows, KV head), each walking every key
+    /// of its context, and on the H100 a short extend's blocks did not run side by side (64 and
+    /// 128 rows over a cached prefix cost the same per pair, ~12x a large prefill's), while a
+    /// long one's do (a lone 512-2048-token prompt costs ~54 ns per token of it per layer). The
+    /// step's attention takes the larger of this and the FLOP term: it decides a lone prompt, a
+    /// chunk or a short extend over a long cached prefix. 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attention_grid_ns: f64,
+    /// Query rows of the longest extend entry past which `attention_grid_ns`'s rate falls as 1
+    /// / rows (0: it does not fall).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attention_grid_rows: f64,
     /// Share of the decode table's per-KV-token time saved on a KV token that another request
     /// of the same decode batch also reads (a shared cached prefix, read again from L2), from 0
     /// (none) to 1. 0 where not measured.
@@ -229,6 +243,13 @@ pub struct Profile {
     /// the longest sequence at a fixed graph size. Empty: decode steps use the roofline terms.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decode_table: Vec<(f64, f64, f64, f64)>,
+    /// Measured points of `decode_table`'s rows, `(batch, [(KV tokens read, ns)])` by
+    /// increasing batch and KV: where a row has two or more, its even-batch time is interpolated
+    /// linearly between them (the end segments extended) instead of taken from its line (the
+    /// measured cost is not linear in the KV read: a line through 128/512/2048 keys was 1-3 %
+    /// high at 512 keys for graphs 3-32). Empty: every row is its line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decode_kv_points: Vec<(f64, Vec<(f64, f64)>)>,
 }
 
 /// How a step's launch occupies the host and how the GPU follows it (ns).
@@ -428,6 +449,8 @@ impl Profile {
             ("efficiency.kernels_per_layer", e.kernels_per_layer),
             ("efficiency.attention_seq_ns", e.attention_seq_ns),
             ("efficiency.attention_seq_rows", e.attention_seq_rows),
+            ("efficiency.attention_grid_ns", e.attention_grid_ns),
+            ("efficiency.attention_grid_rows", e.attention_grid_rows),
             ("efficiency.sustained_slowdown", e.sustained_slowdown),
             ("efficiency.sustained_tau_ns", e.sustained_tau_ns),
         ] {
@@ -483,6 +506,21 @@ impl Profile {
                     &format!("decode_table[{i}]"),
                     format!("{row:?}"),
                     "needs batch >= 1 (increasing) and non-negative times",
+                ));
+            }
+        }
+        for (i, (b, pts)) in self.decode_kv_points.iter().enumerate() {
+            let ok = *b >= 1.0
+                && (i == 0 || self.decode_kv_points[i - 1].0 < *b)
+                && pts
+                    .iter()
+                    .all(|p| p.0.is_finite() && p.0 >= 0.0 && p.1.is_finite() && p.1 >= 0.0)
+                && pts.windows(2).all(|w| w[0].0 < w[1].0);
+            if !ok {
+                return Err(bad(
+                    &format!("decode_kv_points[{i}]"),
+                    format!("{b} {pts:?}"),
+                    "needs batch >= 1 (increasing), KV points increasing, non-negative times",
                 ));
             }
         }
@@ -566,5 +604,21 @@ mod tests {
             .replace("layers: 28", "layers: 0");
         let e = Profile::parse(&text, "x.yaml").unwrap_err().to_string();
         assert!(e.contains("model.layers") && e.contains("x.yaml"), "{e}");
+    }
+
+    #[test]
+    fn decode_kv_points_must_increase() {
+        let base = include_str!("../profiles/h100-80g_qwen3-0.6b_doppel.yaml");
+        let mut p = Profile::parse(base, "x.yaml").unwrap();
+        assert!(!p.decode_kv_points.is_empty());
+        p.decode_kv_points[0].1.reverse();
+        let text = serde_yaml::to_string(&p).unwrap();
+        let e = Profile::parse(&text, "x.yaml").unwrap_err().to_string();
+        assert!(e.contains("decode_kv_points[0]"), "{e}");
+        // Without points (a profile fitted before them) it parses, every row its line.
+        p.decode_kv_points.clear();
+        let text = serde_yaml::to_string(&p).unwrap();
+        assert!(!text.contains("decode_kv_points"));
+        assert!(Profile::parse(&text, "x.yaml").is_ok());
     }
 }

@@ -114,8 +114,10 @@ pub fn run<B: Backend + StepTiming>(
                 next_id: &mut next_id,
             };
             if sc.overlap {
-                if let Ok(d) = std::time::Duration::try_from_secs_f64(p.cool_s) {
-                    std::thread::sleep(d);
+                if sc.cool {
+                    if let Ok(d) = std::time::Duration::try_from_secs_f64(p.cool_s) {
+                        std::thread::sleep(d);
+                    }
                 }
                 let (run, _, _) = rested(p.rest, || run_scenario(backend, sc, &mut ctx, false))?;
                 if pass > 0 {

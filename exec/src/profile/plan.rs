@@ -45,6 +45,13 @@ pub struct ProfilePlan {
     /// runs them, after `cool_s` of rest, so the steps' device times show how the GPU slows as
     /// it heats toward its power cap (each step carries its start since the run's first).
     pub sustained: Vec<(usize, usize, usize)>,
+    /// Decode runs: (batch, prompt length, decode steps): even requests prefilled together, then
+    /// decoding back to back in the overlap order, as serving runs them, the KV growing by one
+    /// token per step (each step's device time from its own events). The fixed-KV decode
+    /// scenarios above (8 steps, plain and stalled) grew ~1.3x faster with the KV than three
+    /// replays decoding 300 steps from 512 keys did (docs/fidelity.md, run 13); these runs
+    /// measure the serving order itself, in the same table.
+    pub decode_runs: Vec<(usize, usize, usize)>,
     /// Rest before each sustained run (s), so it starts on a rested GPU.
     pub cool_s: f64,
     /// Idle time after each scenario run, as a multiple of its wall time. A sweep run back to back
@@ -123,6 +130,22 @@ impl ProfilePlan {
             // ~460k tokens in 8192-token steps (SGLang's chunk on an H100): ~1 s of prefill
             // without a pause, long enough for the power cap to settle (~150 ms).
             sustained: vec![(448, 1024, 8192)],
+            // Graphs 1-32 from 512 to 896 keys (the replays' common decode shapes: ~1.2-2.5 ms a
+            // step), 4-16 from 1536 to 1792 (multi-turn's long contexts), 64 and 128 from 1024
+            // keys: ~7 s a pass.
+            decode_runs: vec![
+                (1, 512, 384),
+                (2, 512, 384),
+                (4, 512, 384),
+                (8, 512, 384),
+                (16, 512, 384),
+                (32, 512, 384),
+                (4, 1536, 256),
+                (8, 1536, 256),
+                (16, 1536, 256),
+                (64, 1024, 128),
+                (128, 1024, 64),
+            ],
             cool_s: 1.0,
             repeats: 2,
             max_prefill_tokens: 16384,
@@ -149,6 +172,7 @@ impl ProfilePlan {
             padded_decode: vec![(3, 32)],
             shared_decode: vec![(4, 64, 16)],
             sustained: vec![(8, 64, 128)],
+            decode_runs: vec![(4, 32, 16)],
             cool_s: 0.0,
             repeats: 1,
             max_prefill_tokens: 4096,
@@ -188,21 +212,29 @@ impl ProfilePlan {
             .map(|&(_, mean)| spread(2, mean)[1] + self.decode_steps + 1)
             .max()
             .unwrap_or(1);
+        let v = self
+            .decode_runs
+            .iter()
+            .map(|&(_, len, steps)| len + steps + 2)
+            .max()
+            .unwrap_or(1);
         let u = self
             .sustained
             .iter()
             .map(|&(n, mean, _)| spread(n, mean).last().copied().unwrap_or(1) + 2)
             .max()
             .unwrap_or(1);
-        p.max(d).max(m).max(h).max(c).max(r).max(s).max(u)
+        p.max(d).max(m).max(h).max(c).max(r).max(s).max(u).max(v)
     }
 }
 
 /// One batch of requests run to completion: (prompt length, output length, submitted after step).
 pub(super) struct Scenario {
     pub(super) mixed: bool,
-    /// Run in the overlap order, once per pass, without a stall (a sustained run).
+    /// Run in the overlap order, once per pass, without a stall (a sustained run, a decode run).
     pub(super) overlap: bool,
+    /// Rest `cool_s` before it (a sustained run starts on a rested GPU).
+    pub(super) cool: bool,
     /// Chunked prefill size (None: off).
     pub(super) chunk: Option<usize>,
     /// Radix cache on (prefix hits).
@@ -217,6 +249,7 @@ impl Scenario {
         Scenario {
             mixed: false,
             overlap: false,
+            cool: false,
             chunk: None,
             cache: false,
             reqs,
@@ -333,8 +366,18 @@ pub(super) fn scenarios(p: &ProfilePlan) -> Vec<Scenario> {
         if chunk > 0 && lens.iter().map(|l| l + 2).sum::<usize>() <= p.kv_capacity {
             out.push(Scenario {
                 overlap: true,
+                cool: true,
                 chunk: Some(chunk),
                 ..Scenario::plain(lens.iter().map(|&l| (l, 1, 0, 0)).collect())
+            });
+        }
+    }
+    for &(b, len, steps) in &p.decode_runs {
+        // Prompts past the prefill budget are prefilled over several steps, then all decode.
+        if b > 0 && len > 0 && steps > 0 && b * (len + steps + 2) <= p.kv_capacity {
+            out.push(Scenario {
+                overlap: true,
+                ..Scenario::plain(vec![(len, steps + 1, 0, 0); b])
             });
         }
     }
