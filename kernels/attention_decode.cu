@@ -182,8 +182,11 @@ __device__ void decode_combine_impl(__nv_bfloat16* __restrict__ out,
 // weights (null: none), each token's position and new KV slot, the RoPE cos/sin table.
 #define DECODE_POST 1
 #define DECODE_PF_ROWS 2
+#define DECODE_EARLY_KV 4
 struct DecodePost {
-    int flags;  // DECODE_POST: the q/k pass is on; DECODE_PF_ROWS: prefetch whole KV rows
+    // DECODE_POST: the q/k pass is on; DECODE_PF_ROWS: prefetch whole KV rows; DECODE_EARLY_KV:
+    // request the first keys before waiting for the previous kernel.
+    int flags;
     bool on;
     const __nv_bfloat16* wq;
     const __nv_bfloat16* wk;
@@ -234,6 +237,14 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     const int k_begin = split * chunk, k_end = min(kvl, k_begin + chunk);
     const unsigned int* trow = table + (size_t)row[b] * table_stride;
     const float sl2 = scale * 1.4426950408889634f;
+    // The q/k pass folded in (post.on): see below.
+    __shared__ __align__(16) __nv_bfloat16 sm_q[MG][D];
+    __shared__ __align__(16) __nv_bfloat16 sm_kv[2][D];
+    const int t = q_tok[b];
+    const int fresh_key = post.on && k_begin < k_end && k_end == kvl ? kvl - 1 : -1;
+    // Step inputs, not the previous kernel's: read before waiting for it.
+    const int pos_t = post.on ? post.positions[t] : 0;
+    const unsigned int new_slot = fresh_key >= 0 ? post.slots[t] : 0u;
     // Before waiting for the previous kernel (PDL, prelude.cuh): the lengths and the slot table
     // were written before it started, so this block's K and V rows can be asked into L2 now.
     // Only q and the newest token's K/V come from that kernel (a prefetch of a row it is still
@@ -253,6 +264,41 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
             prefetch_l2(v_cache + off, D * 2);
         }
     }
+    const size_t kvw = (size_t)nk * D;
+    const __nv_bfloat16* kb = k_cache + kvh * D + dl * 8;
+    const __nv_bfloat16* vb = v_cache + kvh * D + dl * 8;
+    // Register path (S == 0): lane u < KPI holds the slot of key k0 + u.
+    int k0 = k_begin + warp * KPI;
+    unsigned int my_slot = 0u;
+    // Request the U keys of the iteration at kk (slots in my_slot), then read the slots of the
+    // iteration after it. `early` (before the wait) leaves the newest key (kvl - 1) at zero:
+    // this block or the previous kernel writes it, and it is filled in after the wait.
+    auto load_kv = [&](uint4 (&kr)[U], uint4 (&vr)[U], int kk, bool early) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            unsigned int slot = __shfl_sync(0xffffffffu, my_slot, u * KPW + sub);
+            const int key = kk + u * KPW + sub;
+            if (key == fresh_key && !early) {
+                kr[u] = *reinterpret_cast<const uint4*>(&sm_kv[0][dl * 8]);
+                vr[u] = *reinterpret_cast<const uint4*>(&sm_kv[1][dl * 8]);
+            } else if (key < k_end && !(early && key == kvl - 1)) {
+                kr[u] = __ldg(reinterpret_cast<const uint4*>(kb + (size_t)slot * kvw));
+                vr[u] = __ldg(reinterpret_cast<const uint4*>(vb + (size_t)slot * kvw));
+            } else {
+                kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+        const int kn = kk + NW * KPI;
+        my_slot = (lane < KPI && kn + lane < k_end) ? trow[kn + lane] : 0u;
+    };
+    uint4 kr[U], vr[U];
+    const bool early_kv = (post.flags & DECODE_EARLY_KV) != 0;
+    if (S == 0 && early_kv) {
+        // The first iteration's keys are requested before the wait, so they arrive while the
+        // q/k pass (or the previous kernel's tail) runs.
+        my_slot = (lane < KPI && k0 + lane < k_end) ? trow[k0 + lane] : 0u;
+        if (k0 < k_end) load_kv(kr, vr, k0, true);
+    }
     pdl_enter();
 
     // The q/k pass folded in (post.on): q holds the raw projection (q_stride = the qkv width).
@@ -260,15 +306,11 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     // the block holding the new token's key (the last one) also normalises and rotates its k
     // head and copies its v head, into the cache for later steps and into shared memory, which
     // is where this block reads that key from (its cache row is being written here).
-    __shared__ __align__(16) __nv_bfloat16 sm_q[MG][D];
-    __shared__ __align__(16) __nv_bfloat16 sm_kv[2][D];
-    const int t = q_tok[b];
-    const int fresh_key = post.on && k_begin < k_end && k_end == kvl ? kvl - 1 : -1;
     if (post.on) {
         constexpr int HALF = D / 2, EPH = D / 64;
         const int i0 = lane * EPH;
         const __nv_bfloat16* src = q + (size_t)t * q_stride;
-        const float* cs = post.cos_sin + (size_t)post.positions[t] * D;
+        const float* cs = post.cos_sin + (size_t)pos_t * D;
         const int jobs = MG + (fresh_key >= 0 ? 2 : 0);
         for (int j = warp; j < jobs; j += NW) {
             if (j < MG && j >= G) continue;
@@ -287,7 +329,7 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
                 dst[HALF + i0 + e] = __float2bfloat16(x1[e]);
             }
             if (j >= MG) {
-                __nv_bfloat16* c = (j == MG ? k_cache : v_cache) + (size_t)post.slots[t] * nk * D + (size_t)kvh * D;
+                __nv_bfloat16* c = (j == MG ? k_cache : v_cache) + (size_t)new_slot * nk * D + (size_t)kvh * D;
 #pragma unroll
                 for (int e = 0; e < EPH; e++) {
                     c[i0 + e] = dst[i0 + e];
@@ -319,9 +361,27 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
         }
     }
 
-    const size_t kvw = (size_t)nk * D;
-    const __nv_bfloat16* kb = k_cache + kvh * D + dl * 8;
-    const __nv_bfloat16* vb = v_cache + kvh * D + dl * 8;
+    if (S == 0 && !early_kv) {
+        my_slot = (lane < KPI && k0 + lane < k_end) ? trow[k0 + lane] : 0u;
+        if (k0 < k_end) load_kv(kr, vr, k0, false);
+    } else if (S == 0) {
+        // The newest key, if the early request skipped it: from shared memory (written here)
+        // or through L2 (the previous kernel wrote it; visible after the wait).
+        if (k0 < k_end && k_end == kvl && k0 + KPI > kvl - 1) {
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                if (k0 + u * KPW + sub != kvl - 1) continue;
+                if (fresh_key >= 0) {
+                    kr[u] = *reinterpret_cast<const uint4*>(&sm_kv[0][dl * 8]);
+                    vr[u] = *reinterpret_cast<const uint4*>(&sm_kv[1][dl * 8]);
+                } else {
+                    const size_t off = (size_t)trow[kvl - 1] * kvw;
+                    kr[u] = __ldcg(reinterpret_cast<const uint4*>(kb + off));
+                    vr[u] = __ldcg(reinterpret_cast<const uint4*>(vb + off));
+                }
+            }
+        }
+    }
     // The online softmax over the U keys of one warp iteration starting at kk (this lane's dims
     // of key kk + u * KPW + sub in kr[u] / vr[u]).
     auto consume = [&](const uint4 (&kr)[U], const uint4 (&vr)[U], int kk) {
@@ -420,33 +480,9 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
             consume(kr, vr, first + j * NW * KPI);
         }
     } else {
-        int k0 = k_begin + warp * KPI;
-        unsigned int my_slot = (lane < KPI && k0 + lane < k_end) ? trow[k0 + lane] : 0u;
-        // Request the U keys of the iteration at kk (slots in my_slot), then read the slots of the
-        // iteration after it.
-        auto load_kv = [&](uint4 (&kr)[U], uint4 (&vr)[U], int kk) {
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                unsigned int slot = __shfl_sync(0xffffffffu, my_slot, u * KPW + sub);
-                const int key = kk + u * KPW + sub;
-                if (key == fresh_key) {
-                    kr[u] = *reinterpret_cast<const uint4*>(&sm_kv[0][dl * 8]);
-                    vr[u] = *reinterpret_cast<const uint4*>(&sm_kv[1][dl * 8]);
-                } else if (key < k_end) {
-                    kr[u] = __ldg(reinterpret_cast<const uint4*>(kb + (size_t)slot * kvw));
-                    vr[u] = __ldg(reinterpret_cast<const uint4*>(vb + (size_t)slot * kvw));
-                } else {
-                    kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);
-                }
-            }
-            const int kn = kk + NW * KPI;
-            my_slot = (lane < KPI && kn + lane < k_end) ? trow[kn + lane] : 0u;
-        };
-        uint4 kr[U], vr[U];
-        if (k0 < k_end) load_kv(kr, vr, k0);
         for (; k0 < k_end; k0 += NW * KPI) {
             uint4 kr2[U], vr2[U];
-            if constexpr (PIPE) load_kv(kr2, vr2, k0 + NW * KPI);
+            if constexpr (PIPE) load_kv(kr2, vr2, k0 + NW * KPI, false);
             consume(kr, vr, k0);
             if constexpr (PIPE) {
 #pragma unroll
@@ -455,7 +491,7 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
                     vr[u] = vr2[u];
                 }
             } else if (k0 + NW * KPI < k_end) {
-                load_kv(kr, vr, k0 + NW * KPI);
+                load_kv(kr, vr, k0 + NW * KPI, false);
             }
         }
     }

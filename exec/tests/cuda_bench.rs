@@ -521,7 +521,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let meta = DecodeMeta::new(gpu, &s.decode, s.ids.len(), kv.rows, kv.max_ctx).unwrap();
         let splits = decode_splits(b, cfg.num_kv_heads, 160, sms).min(ws.max_splits);
         model.tune_gemms(gpu, &ws, b, b).unwrap();
-        if b == 64 && model.tile_plans(b, sms).iter().all(Option::is_none) {
+        if b == 64 {
             let [on, all, off] =
                 gemm_tuning::decode_graph_ab(gpu, &mut model, &kv, &ws, &meta, b, splits);
             for (label, t) in [
@@ -547,6 +547,8 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
                 ("tiled gate/up (default)", TileUse::GateUp),
                 ("cuBLAS + separate kernels", TileUse::Off),
                 ("all four projections tiled", TileUse::All),
+                ("tiled qkv + gate/up", TileUse::QkvGateUp),
+                ("tiled qkv + o + gate/up", TileUse::NoDown),
                 ("tiled gate/up, again", TileUse::GateUp),
             ] {
                 model.kernels.tile_gemm = use_;
@@ -599,6 +601,10 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let graph_early = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
         model.kernels.decode_kv_prefetch_early = false;
         let replay_early = time_ms(gpu, 15, 10, || graph_early.launch().unwrap());
+        model.kernels.decode_early_kv = false;
+        let graph_late = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
+        model.kernels.decode_early_kv = true;
+        let replay_late = time_ms(gpu, 15, 10, || graph_late.launch().unwrap());
         let replay3 = time_ms(gpu, 15, 10, || graph.launch().unwrap());
         // Other fewest-keys-per-split settings (1: every launched split used, as before) and
         // more launched splits.
@@ -688,6 +694,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             ("KV prefetch of its own head", replay_rows),
             ("decode keys via cp.async ring", replay_ring),
             ("KV prefetched by the input norm", replay_early),
+            ("first keys requested after the wait", replay_late),
             ("default, third sample", replay3),
         ] {
             if b > 8

@@ -569,12 +569,20 @@ fn cuda_backend_matches_cpu_backend() {
                 decode_prefetch_rows: false,
                 decode_async: false,
                 decode_kv_prefetch_early: false,
+                decode_early_kv: false,
             },
         ),
         (
             "cuBLAS with separate norms and SiLU at 17-64 tokens (tiled GEMM off)",
             KernelChoice {
                 tile_gemm: TileUse::Off,
+                ..Default::default()
+            },
+        ),
+        (
+            "tiled GEMM for qkv and gate/up at 17-64 tokens",
+            KernelChoice {
+                tile_gemm: TileUse::QkvGateUp,
                 ..Default::default()
             },
         ),
@@ -596,6 +604,13 @@ fn cuda_backend_matches_cpu_backend() {
             "every launched decode split used (min keys 1)",
             KernelChoice {
                 decode_split_min_keys: 1,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode attention requesting its first keys after the wait",
+            KernelChoice {
+                decode_early_kv: false,
                 ..Default::default()
             },
         ),

@@ -215,6 +215,9 @@ pub struct AttnShape {
     /// Decode (V3, GQA groups of 1-2): keys through a cp.async ring in shared memory (4
     /// iterations requested ahead, no registers held by loads in flight) instead of registers.
     pub decode_async: bool,
+    /// Decode (V3 register path): the first iteration's keys are requested before waiting for
+    /// the previous kernel (PDL), the newest key filled in after it.
+    pub decode_early_kv: bool,
 }
 
 /// Dynamic shared memory of the ring decode kernels: 5 stages x 2 keys x (K, V) x 128 threads x
@@ -499,8 +502,14 @@ impl Gpu {
             [p.positions.addr(), p.cos_sin.addr(), p.slots.addr()]
         });
         let eps = post.map_or(0f32, |(_, e)| e);
-        // The kernel's flags (kernels/attention_decode.cu): 1 the q/k pass, 2 whole-row prefetch.
-        let flags = i32::from(post.is_some()) | (i32::from(shape.decode_prefetch_rows) << 1);
+        // The kernel's flags (kernels/attention_decode.cu): 1 the q/k pass, 2 whole-row prefetch,
+        // 4 the first keys requested before the wait, only without the q/k pass: after a GEMV
+        // (PDL) b=1 took 0.958-0.965 ms with it, 0.978 without; after cuBLAS's qkv at b=64
+        // 1.645 with it, 1.613 without (H100, run 14 r5).
+        let early = shape.decode_early_kv && post.is_none();
+        let flags = i32::from(post.is_some())
+            | (i32::from(shape.decode_prefetch_rows) << 1)
+            | (i32::from(early) << 2);
         if !matches!(variant, DecodeVariant::V2) {
             b.arg(&o).arg(&counters).arg(&min_keys);
             b.arg(&wq)

@@ -73,7 +73,10 @@ impl GpuModel {
         if !on {
             return [None; 4];
         }
-        let all = self.kernels.tile_gemm == TileUse::All;
+        let u = self.kernels.tile_gemm;
+        let qkv_on = matches!(u, TileUse::All | TileUse::QkvGateUp | TileUse::NoDown);
+        let o_on = matches!(u, TileUse::All | TileUse::NoDown);
+        let down_on = u == TileUse::All;
         let (h, qkv, inter) = (
             c.hidden_size,
             c.q_dim() + 2 * c.kv_dim(),
@@ -88,10 +91,10 @@ impl GpuModel {
             })
         };
         [
-            normed(tile_plan(qkv, h, TileKind::Norm, sms)).filter(|_| all),
-            tile_plan(h, c.q_dim(), TileKind::ResAdd, sms).filter(|_| all),
+            normed(tile_plan(qkv, h, TileKind::Norm, sms)).filter(|_| qkv_on),
+            tile_plan(h, c.q_dim(), TileKind::ResAdd, sms).filter(|_| o_on),
             normed(tile_plan(2 * inter, h, TileKind::NormSilu, sms)),
-            tile_plan(h, inter, TileKind::ResAdd, sms).filter(|_| all),
+            tile_plan(h, inter, TileKind::ResAdd, sms).filter(|_| down_on),
         ]
     }
 
@@ -187,6 +190,7 @@ impl GpuModel {
             decode_pipelined: self.kernels.decode_pipelined,
             decode_prefetch_rows: self.kernels.decode_prefetch_rows,
             decode_async: self.kernels.decode_async,
+            decode_early_kv: self.kernels.decode_early_kv,
         }
     }
 
