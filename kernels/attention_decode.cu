@@ -207,7 +207,7 @@ struct DecodePost {
 // PIPE: the next iteration's K/V rows are requested before this iteration's math (two register
 // buffers of U keys), so a warp always has loads in flight; without it a warp requests U keys,
 // waits, computes, and only then requests the next ones.
-template <int D, int MG, int U, bool PIPE = false, int S = 0>
+template <int D, int MG, int U, bool PIPE = false>
 __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restrict__ part_ml,
                                      const __nv_bfloat16* __restrict__ q,
                                      __nv_bfloat16* __restrict__ k_cache,
@@ -267,7 +267,7 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     const size_t kvw = (size_t)nk * D;
     const __nv_bfloat16* kb = k_cache + kvh * D + dl * 8;
     const __nv_bfloat16* vb = v_cache + kvh * D + dl * 8;
-    // Register path (S == 0): lane u < KPI holds the slot of key k0 + u.
+    // Lane u < KPI holds the slot of key k0 + u.
     int k0 = k_begin + warp * KPI;
     unsigned int my_slot = 0u;
     // Request the U keys of the iteration at kk (slots in my_slot), then read the slots of the
@@ -293,7 +293,7 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     };
     uint4 kr[U], vr[U];
     const bool early_kv = (post.flags & DECODE_EARLY_KV) != 0;
-    if (S == 0 && early_kv) {
+    if (early_kv) {
         // The first iteration's keys are requested before the wait, so they arrive while the
         // q/k pass (or the previous kernel's tail) runs.
         my_slot = (lane < KPI && k0 + lane < k_end) ? trow[k0 + lane] : 0u;
@@ -361,10 +361,10 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
         }
     }
 
-    if (S == 0 && !early_kv) {
+    if (!early_kv) {
         my_slot = (lane < KPI && k0 + lane < k_end) ? trow[k0 + lane] : 0u;
         if (k0 < k_end) load_kv(kr, vr, k0, false);
-    } else if (S == 0) {
+    } else {
         // The newest key, if the early request skipped it: from shared memory (written here)
         // or through L2 (the previous kernel wrote it; visible after the wait).
         if (k0 < k_end && k_end == kvl && k0 + KPI > kvl - 1) {
@@ -427,72 +427,18 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
             }
         }
     };
-    if constexpr (S > 0) {
-        // Keys go through a ring of S stages in shared memory by cp.async, each lane copying
-        // (and later reading) only its own 16-byte pieces, so loads in flight hold no registers
-        // and up to S - 1 iterations are requested ahead. Slots come in windows of 32 keys: lane
-        // i holds the slot of key (iteration j0 + i / KPI, offset i % KPI).
-        extern __shared__ uint4 ring[];  // [S][U][2][128]
-        constexpr int IPW = 32 / KPI;
-        const int first = k_begin + warp * KPI;
-        const int iters = first < k_end ? (k_end - first + NW * KPI - 1) / (NW * KPI) : 0;
-        unsigned int win = 0u;
-        int win_j0 = -IPW;
-        auto issue = [&](int j) {
-            if (j >= win_j0 + IPW) {
-                win_j0 = j;
-                const int kk = first + (j + lane / KPI) * NW * KPI + lane % KPI;
-                win = kk < k_end ? trow[kk] : 0u;
-            }
-            const int st = j % S, kk = first + j * NW * KPI;
+    for (; k0 < k_end; k0 += NW * KPI) {
+        uint4 kr2[U], vr2[U];
+        if constexpr (PIPE) load_kv(kr2, vr2, k0 + NW * KPI, false);
+        consume(kr, vr, k0);
+        if constexpr (PIPE) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
-                const unsigned int slot = __shfl_sync(0xffffffffu, win, (j - win_j0) * KPI + u * KPW + sub);
-                const int key = kk + u * KPW + sub;
-                uint4* rk = &ring[((st * U + u) * 2) * 128 + threadIdx.x];
-                uint4* rv = rk + 128;
-                if (key == fresh_key) {
-                    *rk = *reinterpret_cast<const uint4*>(&sm_kv[0][dl * 8]);
-                    *rv = *reinterpret_cast<const uint4*>(&sm_kv[1][dl * 8]);
-                } else {
-                    const int bytes = key < k_end ? 16 : 0;
-                    cp_async16(smem_addr(rk), kb + (size_t)slot * kvw, bytes);
-                    cp_async16(smem_addr(rv), vb + (size_t)slot * kvw, bytes);
-                }
+                kr[u] = kr2[u];
+                vr[u] = vr2[u];
             }
-        };
-#pragma unroll
-        for (int j = 0; j < S - 1; j++) {
-            if (j < iters) issue(j);
-            cp_commit();  // empty groups keep the count uniform
-        }
-        for (int j = 0; j < iters; j++) {
-            if (j + S - 1 < iters) issue(j + S - 1);
-            cp_commit();
-            cp_wait<S - 1>();  // iteration j's copies (this lane's own) have landed
-            uint4 kr[U], vr[U];
-            const int st = j % S;
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                kr[u] = ring[((st * U + u) * 2) * 128 + threadIdx.x];
-                vr[u] = ring[((st * U + u) * 2 + 1) * 128 + threadIdx.x];
-            }
-            consume(kr, vr, first + j * NW * KPI);
-        }
-    } else {
-        for (; k0 < k_end; k0 += NW * KPI) {
-            uint4 kr2[U], vr2[U];
-            if constexpr (PIPE) load_kv(kr2, vr2, k0 + NW * KPI, false);
-            consume(kr, vr, k0);
-            if constexpr (PIPE) {
-#pragma unroll
-                for (int u = 0; u < U; u++) {
-                    kr[u] = kr2[u];
-                    vr[u] = vr2[u];
-                }
-            } else if (k0 + NW * KPI < k_end) {
-                load_kv(kr, vr, k0 + NW * KPI, false);
-            }
+        } else if (k0 + NW * KPI < k_end) {
+            load_kv(kr, vr, k0 + NW * KPI, false);
         }
     }
 
@@ -579,7 +525,7 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     if (threadIdx.x == 0) counters[(size_t)b * nk + kvh] = 0u;
 }
 
-#define DECODE_V3(NAME, D, MG, U, MINB, PIPE, S)                                                   \
+#define DECODE_V3(NAME, D, MG, U, MINB, PIPE)                                                      \
     extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                  \
         float* part_o, float* part_ml, const __nv_bfloat16* q, __nv_bfloat16* k_cache,             \
         __nv_bfloat16* v_cache, const unsigned int* table, const int* q_tok, const int* kv_len,    \
@@ -589,32 +535,26 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
         const unsigned int* slots, float eps, int flags) {                                         \
         const DecodePost post{flags, (flags & DECODE_POST) != 0, wq, wk, positions, cos_sin,       \
                               slots, eps};                                                         \
-        decode_split_v3_impl<D, MG, U, PIPE, S>(part_o, part_ml, q, k_cache, v_cache, table,       \
+        decode_split_v3_impl<D, MG, U, PIPE>(part_o, part_ml, q, k_cache, v_cache, table,          \
                                                 q_tok, kv_len, row, nq, nk, q_stride,              \
                                                 table_stride, scale, out, counters, min_keys,      \
                                                 post);                                             \
     }
 
 // Key loads in flight per lane (U) shrink as the group grows, to keep registers for 4 blocks/SM.
-DECODE_V3(attention_decode_v3_d64_g1, 64, 1, 8, 4, false, 0)
-DECODE_V3(attention_decode_v3_d64_g2, 64, 2, 8, 4, false, 0)
-DECODE_V3(attention_decode_v3_d64_g4, 64, 4, 4, 4, false, 0)
-DECODE_V3(attention_decode_v3_d64_g8, 64, 8, 4, 2, false, 0)
-DECODE_V3(attention_decode_v3_d128_g1, 128, 1, 8, 4, false, 0)
-DECODE_V3(attention_decode_v3_d128_g2, 128, 2, 8, 4, false, 0)
-DECODE_V3(attention_decode_v3_d128_g4, 128, 4, 4, 4, false, 0)
-DECODE_V3(attention_decode_v3_d128_g8, 128, 8, 4, 2, false, 0)
+DECODE_V3(attention_decode_v3_d64_g1, 64, 1, 8, 4, false)
+DECODE_V3(attention_decode_v3_d64_g2, 64, 2, 8, 4, false)
+DECODE_V3(attention_decode_v3_d64_g4, 64, 4, 4, 4, false)
+DECODE_V3(attention_decode_v3_d64_g8, 64, 8, 4, 2, false)
+DECODE_V3(attention_decode_v3_d128_g1, 128, 1, 8, 4, false)
+DECODE_V3(attention_decode_v3_d128_g2, 128, 2, 8, 4, false)
+DECODE_V3(attention_decode_v3_d128_g4, 128, 4, 4, 4, false)
+DECODE_V3(attention_decode_v3_d128_g8, 128, 8, 4, 2, false)
 // Pipelined (two buffers of 4 keys) for the small groups, where the registers allow it.
-DECODE_V3(attention_decode_v3p_d64_g1, 64, 1, 4, 4, true, 0)
-DECODE_V3(attention_decode_v3p_d64_g2, 64, 2, 4, 4, true, 0)
-DECODE_V3(attention_decode_v3p_d128_g1, 128, 1, 4, 4, true, 0)
-DECODE_V3(attention_decode_v3p_d128_g2, 128, 2, 4, 4, true, 0)
-// Keys through a 5-stage cp.async ring in shared memory (2 keys per lane per stage, 4 stages in
-// flight), small groups: dynamic shared memory DECODE_RING_BYTES = 5 * 2 * 2 * 128 * 16.
-DECODE_V3(attention_decode_v3a_d64_g1, 64, 1, 2, 4, false, 5)
-DECODE_V3(attention_decode_v3a_d64_g2, 64, 2, 2, 4, false, 5)
-DECODE_V3(attention_decode_v3a_d128_g1, 128, 1, 2, 4, false, 5)
-DECODE_V3(attention_decode_v3a_d128_g2, 128, 2, 2, 4, false, 5)
+DECODE_V3(attention_decode_v3p_d64_g1, 64, 1, 4, 4, true)
+DECODE_V3(attention_decode_v3p_d64_g2, 64, 2, 4, 4, true)
+DECODE_V3(attention_decode_v3p_d128_g1, 128, 1, 4, 4, true)
+DECODE_V3(attention_decode_v3p_d128_g2, 128, 2, 4, 4, true)
 
 #define DECODE_ENTRIES(D)                                                                          \
     extern "C" __global__ void __launch_bounds__(128) attention_decode_split_d##D(                  \

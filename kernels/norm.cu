@@ -6,27 +6,10 @@
 
 // out[t] = x[r] / rms(x[r]) * w with r = rows[t], or r = t when rows is null (a gather of the
 // rows that need logits folded into the final norm). Grid (T), block 128..1024.
-// With a slot table (the input norm of a decode step), block t < entries first asks L2 for the
-// K and V rows (row_bytes each: all kv heads of a slot) of decode entry t's keys but the newest
-// (the attention writes that one), so this layer's KV streams in during the qkv projection
-// before the attention. The table and lengths were written before the step's first kernel.
 extern "C" __global__ void rmsnorm(__nv_bfloat16* __restrict__ out,
                                    const __nv_bfloat16* __restrict__ x,
                                    const __nv_bfloat16* __restrict__ w, int num_tokens,
-                                   int hidden, float eps, const unsigned int* __restrict__ rows,
-                                   const unsigned int* __restrict__ table,
-                                   const int* __restrict__ kv_len, const int* __restrict__ kv_row,
-                                   int table_stride, int entries, const char* k_cache,
-                                   const char* v_cache, int row_bytes) {
-    if (table != nullptr && (int)blockIdx.x < entries) {
-        const unsigned int* trow = table + (size_t)kv_row[blockIdx.x] * table_stride;
-        const int n = kv_len[blockIdx.x] - 1;
-        for (int k = threadIdx.x; k < n; k += blockDim.x) {
-            const size_t off = (size_t)trow[k] * row_bytes;
-            prefetch_l2(k_cache + off, row_bytes);
-            prefetch_l2(v_cache + off, row_bytes);
-        }
-    }
+                                   int hidden, float eps, const unsigned int* __restrict__ rows) {
     pdl_enter();
     int t = blockIdx.x;
     if (t >= num_tokens) return;

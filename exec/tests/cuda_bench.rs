@@ -547,8 +547,6 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
                 ("tiled gate/up (default)", TileUse::GateUp),
                 ("cuBLAS + separate kernels", TileUse::Off),
                 ("all four projections tiled", TileUse::All),
-                ("tiled qkv + gate/up", TileUse::QkvGateUp),
-                ("tiled qkv + o + gate/up", TileUse::NoDown),
                 ("tiled gate/up, again", TileUse::GateUp),
             ] {
                 model.kernels.tile_gemm = use_;
@@ -593,14 +591,6 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let graph_rows = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
         model.kernels.decode_prefetch_rows = true;
         let replay_rows = time_ms(gpu, 15, 10, || graph_rows.launch().unwrap());
-        model.kernels.decode_async = true;
-        let graph_ring = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-        model.kernels.decode_async = false;
-        let replay_ring = time_ms(gpu, 15, 10, || graph_ring.launch().unwrap());
-        model.kernels.decode_kv_prefetch_early = true;
-        let graph_early = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-        model.kernels.decode_kv_prefetch_early = false;
-        let replay_early = time_ms(gpu, 15, 10, || graph_early.launch().unwrap());
         model.kernels.decode_early_kv = false;
         let graph_late = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
         model.kernels.decode_early_kv = true;
@@ -692,17 +682,10 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         for (what, ms) in [
             ("q/k pass own kernel", replay_qk),
             ("KV prefetch of its own head", replay_rows),
-            ("decode keys via cp.async ring", replay_ring),
-            ("KV prefetched by the input norm", replay_early),
             ("first keys requested after the wait", replay_late),
             ("default, third sample", replay3),
         ] {
-            if b > 8
-                || !matches!(
-                    what,
-                    "q/k pass own kernel" | "KV prefetched by the input norm"
-                )
-            {
+            if b > 8 || what != "q/k pass own kernel" {
                 println!(
                     "{:<34} {:>10.3} {:>12.3}",
                     format!("decode b={b} (graph, {what})"),

@@ -87,25 +87,22 @@ fn compare(
         v_cache: gpu.ptr(&dv2),
         table: gpu.ptr(&kv.dt),
     };
-    // (splits, min keys per split, pipelined kernel, combine fused, whole-row L2 prefetch, ring,
+    // (splits, min keys per split, pipelined kernel, combine fused, whole-row L2 prefetch,
     // first keys requested before the wait: ignored with the q/k pass, tested in both paths)
-    for (splits, min_keys, pipe, fused, rows, ring, early) in [
-        (1usize, 1usize, false, true, false, false, false),
-        (1, 1, true, true, false, false, true),
-        (1, 1, true, true, true, false, true),
-        (1, 1, true, false, false, false, false),
-        (7, 40, true, false, true, false, true),
-        (7, 40, false, true, false, false, true),
-        (32, 1, false, false, false, false, true),
-        (32, 1, true, false, true, false, true),
-        (1, 1, false, true, true, true, false),
-        (7, 40, false, false, true, true, false),
+    for (splits, min_keys, pipe, fused, rows, early) in [
+        (1usize, 1usize, false, true, false, false),
+        (1, 1, true, true, false, true),
+        (1, 1, true, true, true, true),
+        (1, 1, true, false, false, false),
+        (7, 40, true, false, true, true),
+        (7, 40, false, true, false, true),
+        (32, 1, false, false, false, true),
+        (32, 1, true, false, true, true),
     ] {
         let shape = AttnShape {
             split_min_keys: min_keys,
             decode_pipelined: pipe,
             decode_prefetch_rows: rows,
-            decode_async: ring,
             decode_early_kv: early,
             ..kv.shape(nq, nk, d, width)
         };
@@ -137,7 +134,7 @@ fn compare(
         .unwrap();
         let name = format!(
             "decode + q/k pass nq={nq} nk={nk} D={d} norm={norm} splits={splits} \
-             min keys {min_keys} pipelined {pipe} fused {fused} row prefetch {rows} ring {ring} early {early}"
+             min keys {min_keys} pipelined {pipe} fused {fused} row prefetch {rows} early {early}"
         );
         let (a, b) = (gpu.download(&out1).unwrap(), gpu.download(&out2).unwrap());
         rep.check(

@@ -567,8 +567,6 @@ fn cuda_backend_matches_cpu_backend() {
                 tile_gemm: TileUse::Off,
                 decode_qk_post: false,
                 decode_prefetch_rows: false,
-                decode_async: false,
-                decode_kv_prefetch_early: false,
                 decode_early_kv: false,
             },
         ),
@@ -576,13 +574,6 @@ fn cuda_backend_matches_cpu_backend() {
             "cuBLAS with separate norms and SiLU at 17-64 tokens (tiled GEMM off)",
             KernelChoice {
                 tile_gemm: TileUse::Off,
-                ..Default::default()
-            },
-        ),
-        (
-            "tiled GEMM for qkv and gate/up at 17-64 tokens",
-            KernelChoice {
-                tile_gemm: TileUse::QkvGateUp,
                 ..Default::default()
             },
         ),
@@ -611,20 +602,6 @@ fn cuda_backend_matches_cpu_backend() {
             "decode attention requesting its first keys after the wait",
             KernelChoice {
                 decode_early_kv: false,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode KV prefetched by the input norm",
-            KernelChoice {
-                decode_kv_prefetch_early: true,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode attention through a cp.async ring",
-            KernelChoice {
-                decode_async: true,
                 ..Default::default()
             },
         ),

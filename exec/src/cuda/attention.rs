@@ -140,42 +140,6 @@ impl DecodeMeta {
     }
 }
 
-/// Device addresses a kernel needs to ask L2 for a decode step's KV rows ahead of its attention
-/// (`Gpu::rmsnorm_prefetch_kv`); built by [`DecodeMeta::kv_prefetch`], which checked them.
-#[derive(Clone, Copy, Debug)]
-pub struct KvPrefetch {
-    pub(super) table: u64,
-    pub(super) kv_len: u64,
-    pub(super) row: u64,
-    pub(super) table_stride: usize,
-    pub(super) entries: usize,
-    pub(super) k_cache: u64,
-    pub(super) v_cache: u64,
-    pub(super) row_bytes: usize,
-}
-
-impl DecodeMeta {
-    /// What [`Gpu::rmsnorm_prefetch_kv`] needs to prefetch this batch's KV rows (all kv heads
-    /// of a slot) from `kv`'s caches.
-    pub fn kv_prefetch(&self, gpu: &Gpu, kv: &KvView, shape: &AttnShape) -> Result<KvPrefetch> {
-        const K: &str = "rmsnorm";
-        let row_elems = shape.nk * shape.head_dim;
-        need(K, "k_cache", &kv.k_cache, shape.num_slots * row_elems)?;
-        need(K, "v_cache", &kv.v_cache, shape.num_slots * row_elems)?;
-        need(K, "table", &kv.table, shape.table_rows * shape.table_stride)?;
-        Ok(KvPrefetch {
-            table: kv.table.addr(),
-            kv_len: gpu.ptr(&self.kv_len).addr(),
-            row: gpu.ptr(&self.row).addr(),
-            table_stride: shape.table_stride,
-            entries: self.entries,
-            k_cache: kv.k_cache.addr(),
-            v_cache: kv.v_cache.addr(),
-            row_bytes: row_elems * 2,
-        })
-    }
-}
-
 /// cudarc cannot upload an empty slice; a batch with no entries launches nothing anyway.
 fn nonempty(mut v: Vec<i32>) -> Vec<i32> {
     if v.is_empty() {
@@ -212,18 +176,10 @@ pub struct AttnShape {
     /// Decode (V3): each block asks L2 for whole KV rows (all kv heads of a slot) of every nk-th
     /// key of its range, instead of its own head's part of every key.
     pub decode_prefetch_rows: bool,
-    /// Decode (V3, GQA groups of 1-2): keys through a cp.async ring in shared memory (4
-    /// iterations requested ahead, no registers held by loads in flight) instead of registers.
-    pub decode_async: bool,
     /// Decode (V3 register path): the first iteration's keys are requested before waiting for
     /// the previous kernel (PDL), the newest key filled in after it.
     pub decode_early_kv: bool,
 }
-
-/// Dynamic shared memory of the ring decode kernels: 5 stages x 2 keys x (K, V) x 128 threads x
-/// 16 bytes (kernels/attention_decode.cu); with their static arrays under the 48 KB a kernel may
-/// use without opting in.
-const DECODE_RING_BYTES: u32 = 5 * 2 * 2 * 128 * 16;
 
 impl AttnShape {
     #[allow(clippy::too_many_arguments)]
@@ -439,14 +395,9 @@ impl Gpu {
         }
         let group = shape.nq / shape.nk;
         let pipe = shape.decode_pipelined;
-        let ring = shape.decode_async && !matches!(variant, DecodeVariant::V2) && group <= 2;
         let split_name = match (variant, shape.head_dim, group) {
             (DecodeVariant::V2, 64, _) => "attention_decode_split_d64",
             (DecodeVariant::V2, _, _) => "attention_decode_split_d128",
-            (_, 64, 1) if ring => "attention_decode_v3a_d64_g1",
-            (_, 64, 2) if ring => "attention_decode_v3a_d64_g2",
-            (_, 128, 1) if ring => "attention_decode_v3a_d128_g1",
-            (_, 128, 2) if ring => "attention_decode_v3a_d128_g2",
             (_, 64, 1) if pipe => "attention_decode_v3p_d64_g1",
             (_, 64, 2) if pipe => "attention_decode_v3p_d64_g2",
             (_, 128, 1) if pipe => "attention_decode_v3p_d128_g1",
@@ -523,7 +474,7 @@ impl Gpu {
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, shape.nk as u32, n as u32),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: if ring { DECODE_RING_BYTES } else { 0 },
+            shared_mem_bytes: 0,
         };
         unsafe { b.launch(cfg) }.ctx(split_name)?;
         if matches!(variant, DecodeVariant::V3Fused(_)) {

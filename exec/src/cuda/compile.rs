@@ -87,10 +87,6 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
             "attention_decode_v3p_d64_g2",
             "attention_decode_v3p_d128_g1",
             "attention_decode_v3p_d128_g2",
-            "attention_decode_v3a_d64_g1",
-            "attention_decode_v3a_d64_g2",
-            "attention_decode_v3a_d128_g1",
-            "attention_decode_v3a_d128_g2",
         ]
     ),
     kernel_source!("activation.cu", ["silu_and_mul"]),

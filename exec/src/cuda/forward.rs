@@ -73,10 +73,7 @@ impl GpuModel {
         if !on {
             return [None; 4];
         }
-        let u = self.kernels.tile_gemm;
-        let qkv_on = matches!(u, TileUse::All | TileUse::QkvGateUp | TileUse::NoDown);
-        let o_on = matches!(u, TileUse::All | TileUse::NoDown);
-        let down_on = u == TileUse::All;
+        let all = self.kernels.tile_gemm == TileUse::All;
         let (h, qkv, inter) = (
             c.hidden_size,
             c.q_dim() + 2 * c.kv_dim(),
@@ -91,10 +88,10 @@ impl GpuModel {
             })
         };
         [
-            normed(tile_plan(qkv, h, TileKind::Norm, sms)).filter(|_| qkv_on),
-            tile_plan(h, c.q_dim(), TileKind::ResAdd, sms).filter(|_| o_on),
+            normed(tile_plan(qkv, h, TileKind::Norm, sms)).filter(|_| all),
+            tile_plan(h, c.q_dim(), TileKind::ResAdd, sms).filter(|_| all),
             normed(tile_plan(2 * inter, h, TileKind::NormSilu, sms)),
-            tile_plan(h, inter, TileKind::ResAdd, sms).filter(|_| down_on),
+            tile_plan(h, inter, TileKind::ResAdd, sms).filter(|_| all),
         ]
     }
 
@@ -189,7 +186,6 @@ impl GpuModel {
             split_min_keys: self.kernels.decode_split_min_keys,
             decode_pipelined: self.kernels.decode_pipelined,
             decode_prefetch_rows: self.kernels.decode_prefetch_rows,
-            decode_async: self.kernels.decode_async,
             decode_early_kv: self.kernels.decode_early_kv,
         }
     }
@@ -359,13 +355,7 @@ impl GpuModel {
                     let w = p(&lw.qkv);
                     gpu.gemm_tile(qkv, residual, w, &scratch, shape, qkv_w, epi, plan)?;
                 } else {
-                    let early = decode
-                        .filter(|_| self.kernels.decode_kv_prefetch_early && extend.is_none());
-                    if let (Some((meta, _)), true) = (early, l == 0 || res_proj) {
-                        let pf = meta.kv_prefetch(gpu, &view, &shape)?;
-                        let nw = p(&lw.input_norm);
-                        gpu.rmsnorm_prefetch_kv(hidden, residual, nw, tokens, h, eps, &pf)?;
-                    } else if l == 0 || res_proj {
+                    if l == 0 || res_proj {
                         gpu.rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
                     } else {
                         gpu.fused_add_rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;

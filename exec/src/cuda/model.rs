@@ -132,12 +132,6 @@ pub struct KernelChoice {
     /// the keys (see `AttnShape::decode_prefetch_rows`). Default: on the H100 the b=64 decode
     /// graph took 1.609 ms with it, 1.638 without (run 14 r1).
     pub decode_prefetch_rows: bool,
-    /// Decode attention (V3, GQA groups of 1-2): keys through a cp.async ring in shared memory
-    /// (see `AttnShape::decode_async`).
-    pub decode_async: bool,
-    /// Pure decode steps on cuBLAS-sized projections: the input RMSNorm before the qkv
-    /// projection asks L2 for the layer's KV rows, so they stream in during the projection.
-    pub decode_kv_prefetch_early: bool,
     /// Decode attention (V3 register path): request the first keys before waiting for the
     /// previous kernel (see `AttnShape::decode_early_kv`).
     pub decode_early_kv: bool,
@@ -152,11 +146,6 @@ pub enum TileUse {
     /// launches fewer per layer). On the H100 at 64 tokens: 8.8 us against 9.9 for cuBLAS +
     /// norm + SiLU (run 14, `cuda_bench`).
     GateUp,
-    /// qkv (with the input norm) and gate/up: no separate norm launch at all, and the qkv
-    /// GEMM overlaps the attention under PDL.
-    QkvGateUp,
-    /// qkv, o (adding into the residual) and gate/up; down on cuBLAS.
-    NoDown,
     /// All four (qkv with the input norm, o and down adding into the residual with K split
     /// over CTAs): 7.7 / 6.3 / 7.7 us against 7.1 / 5.4 / 7.3 for cuBLAS (+ norm) at 64 tokens
     /// in run 14, so not the default; every CTA re-reads all of x from L2 (2x the weight bytes
@@ -183,8 +172,6 @@ impl Default for KernelChoice {
             tile_gemm: TileUse::GateUp,
             decode_qk_post: true,
             decode_prefetch_rows: true,
-            decode_async: false,
-            decode_kv_prefetch_early: false,
             decode_early_kv: true,
         }
     }

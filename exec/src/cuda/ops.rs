@@ -2,7 +2,6 @@
 //! large enough for the shapes it is given and that the shapes suit the kernel (vector widths,
 //! head sizes), so a wrong call is an error rather than a stray memory access.
 
-pub use super::attention::KvPrefetch;
 pub use super::fused::QkvPost;
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::LaunchConfig;
@@ -161,26 +160,7 @@ impl Gpu {
         hidden: usize,
         eps: f32,
     ) -> Result<()> {
-        self.rmsnorm_rows(out, x, None, w, tokens, hidden, eps, None)
-    }
-
-    /// [`Gpu::rmsnorm`] that first asks L2 for the KV rows a decode step's attention will read
-    /// (see [`KvPrefetch`]): they stream in during the projection between the two.
-    #[allow(clippy::too_many_arguments)]
-    pub fn rmsnorm_prefetch_kv(
-        &self,
-        out: DPtr<bf16>,
-        x: DPtr<bf16>,
-        w: DPtr<bf16>,
-        tokens: usize,
-        hidden: usize,
-        eps: f32,
-        pf: &KvPrefetch,
-    ) -> Result<()> {
-        check("rmsnorm", pf.entries <= tokens, || {
-            format!("{} decode entries for {tokens} rows", pf.entries)
-        })?;
-        self.rmsnorm_rows(out, x, None, w, tokens, hidden, eps, Some(pf))
+        self.rmsnorm_rows(out, x, None, w, tokens, hidden, eps)
     }
 
     /// `out[i] = rmsnorm(x[rows[i]]) * w` for `i < n`: [`Gpu::gather_rows`] and [`Gpu::rmsnorm`]
@@ -196,7 +176,7 @@ impl Gpu {
         hidden: usize,
         eps: f32,
     ) -> Result<()> {
-        self.rmsnorm_rows(out, x, Some(rows), w, n, hidden, eps, None)
+        self.rmsnorm_rows(out, x, Some(rows), w, n, hidden, eps)
     }
 
     /// The `rmsnorm` kernel over `tokens` rows of `x`, or over the rows `rows` picks.
@@ -210,7 +190,6 @@ impl Gpu {
         tokens: usize,
         hidden: usize,
         eps: f32,
-        pf: Option<&KvPrefetch>,
     ) -> Result<()> {
         const K: &str = "rmsnorm";
         check(K, hidden.is_multiple_of(8), || {
@@ -243,25 +222,6 @@ impl Gpu {
             .arg(&h)
             .arg(&eps)
             .arg(&rows);
-        let [table, kv_len, kv_row, kc, vc] = pf.map_or([0u64; 5], |p| {
-            [p.table, p.kv_len, p.row, p.k_cache, p.v_cache]
-        });
-        let (stride, entries, row_bytes) = match pf {
-            Some(p) => (
-                int(K, p.table_stride)?,
-                int(K, p.entries)?,
-                int(K, p.row_bytes)?,
-            ),
-            None => (0, 0, 0),
-        };
-        b.arg(&table)
-            .arg(&kv_len)
-            .arg(&kv_row)
-            .arg(&stride)
-            .arg(&entries)
-            .arg(&kc)
-            .arg(&vc)
-            .arg(&row_bytes);
         unsafe { b.launch(cfg((tokens as u32, 1, 1), norm_block(hidden))) }
             .ctx(K)
             .map(|_| ())

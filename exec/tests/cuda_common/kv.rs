@@ -82,7 +82,6 @@ impl KvSetup {
             split_min_keys: 1,
             decode_pipelined: false,
             decode_prefetch_rows: false,
-            decode_async: false,
             decode_early_kv: false,
         }
     }
