@@ -281,9 +281,14 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
             if (key == fresh_key && !early) {
                 kr[u] = *reinterpret_cast<const uint4*>(&sm_kv[0][dl * 8]);
                 vr[u] = *reinterpret_cast<const uint4*>(&sm_kv[1][dl * 8]);
-            } else if (key < k_end && !(early && key == kvl - 1)) {
+            } else if (key < k_end && key != kvl - 1) {
                 kr[u] = __ldg(reinterpret_cast<const uint4*>(kb + (size_t)slot * kvw));
                 vr[u] = __ldg(reinterpret_cast<const uint4*>(vb + (size_t)slot * kvw));
+            } else if (key < k_end && !early) {
+                // The newest key without the q/k pass: the previous kernel wrote it while this
+                // one may already have been running (PDL), so not through the read-only path.
+                kr[u] = __ldcg(reinterpret_cast<const uint4*>(kb + (size_t)slot * kvw));
+                vr[u] = __ldcg(reinterpret_cast<const uint4*>(vb + (size_t)slot * kvw));
             } else {
                 kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);
             }
@@ -292,6 +297,7 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
         my_slot = (lane < KPI && kn + lane < k_end) ? trow[kn + lane] : 0u;
     };
     uint4 kr[U], vr[U];
+    // (The host asks for it only without the q/k pass; with it the kernel is equally correct.)
     const bool early_kv = (post.flags & DECODE_EARLY_KV) != 0;
     if (early_kv) {
         // The first iteration's keys are requested before the wait, so they arrive while the
