@@ -269,6 +269,15 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
                 g.submit_ns,
                 g.submit_ns_per_token
             );
+            if !fit.profile.decode_shared_savings.is_empty() {
+                let rows: Vec<String> = fit
+                    .profile
+                    .decode_shared_savings
+                    .iter()
+                    .map(|(b, v)| format!("{b}: {v}"))
+                    .collect();
+                println!("  shared-KV saving by graph row: {}", rows.join(", "));
+            }
             println!(
                 "  sustained-load slowdown {:.2}% at full heat, time constant {:.0} ms (0: no runs of back-to-back steps measured)",
                 e.sustained_slowdown * 100.0,

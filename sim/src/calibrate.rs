@@ -319,8 +319,10 @@ fn fit_device(base: &Profile, steps: &[StepPoint]) -> Profile {
     let mut profile = crate::fit_roofline::fit_roofline(base, shapes);
     let e = &mut profile.efficiency;
     e.decode_padding_share = decode.padding_share;
-    e.decode_shared_kv_saving =
+    let (saving, per_row) =
         fit_shared_saving(steps, &table, &decode.points, e.decode_padding_share);
+    e.decode_shared_kv_saving = saving;
+    profile.decode_shared_savings = per_row;
     profile.decode_table = table;
     profile.decode_kv_points = decode.points;
     profile.launch = fit_launch(steps, base.engine.cuda_graph_max_bs);

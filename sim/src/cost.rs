@@ -117,6 +117,14 @@ pub(crate) fn decode_row_ns(line: (f64, f64), points: &[(f64, f64)], read: f64) 
     (y0 + slope * (read - x0)).max(0.0)
 }
 
+/// The value of the row of `rows` in a per-row list `(batch, value)` by increasing batch: its
+/// own, else the nearest listed row's (the smaller on a tie); None when the list is empty.
+pub(crate) fn nearest_row_value(list: &[(f64, f64)], rows: f64) -> Option<f64> {
+    list.iter()
+        .min_by(|x, y| (x.0 - rows).abs().total_cmp(&(y.0 - rows).abs()))
+        .map(|x| x.1)
+}
+
 /// How launching a step occupies the host, and how the GPU follows the launch (ns).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LaunchCost {
@@ -244,7 +252,9 @@ impl RooflineCost {
         let ragged = (b * s.max_kv as f64 - kv).max(0.0);
         let padding = eff.decode_padding_share * (rows - b).max(0.0) * s.max_kv as f64;
         // A KV token another request of the batch reads too comes from L2 after the first read.
-        let read = kv - eff.decode_shared_kv_saving * s.shared_kv_tokens as f64 + padding;
+        let saving = nearest_row_value(&self.profile.decode_shared_savings, rows)
+            .unwrap_or(eff.decode_shared_kv_saving);
+        let read = kv - saving * s.shared_kv_tokens as f64 + padding;
         let points = self
             .profile
             .decode_kv_points
@@ -444,6 +454,44 @@ mod tests {
             (full - (1.2e6 + 48.0 * 16.0 * 512.0)).abs() < 1e-3,
             "{full}"
         );
+    }
+
+    #[test]
+    fn shared_kv_tokens_save_their_row_s_share_else_the_nearest_row_s_else_the_global_one() {
+        let mut p = Profile::load("h100-80g/qwen3-0.6b/doppel").unwrap();
+        p.decode_table = vec![(4.0, 1e6, 50.0, 0.0), (16.0, 1.2e6, 48.0, 0.0)];
+        p.decode_kv_points.clear();
+        p.efficiency.decode_padding_share = 0.0;
+        p.efficiency.decode_shared_kv_saving = 0.3;
+        // The shipped profile's per-row savings belong to its own rows.
+        p.decode_shared_savings.clear();
+        let shared = |b: usize| {
+            let mut s = BatchShape::decode(b, 1100);
+            s.shared_kv_tokens = (b - 1) * 1024;
+            s
+        };
+        let price = |p: &Profile, b: usize| RooflineCost::new(p, 1).step_seconds(&shared(b)) * 1e9;
+        let want = |fixed: f64, slope: f64, b: usize, saving: f64| {
+            fixed + slope * ((b * 1100) as f64 - saving * ((b - 1) * 1024) as f64)
+        };
+        // No per-row list: the one saving (as profiles fitted before it price).
+        assert!((price(&p, 16) - want(1.2e6, 48.0, 16, 0.3)).abs() < 1e-3);
+        // Row 4 listed only: row 16 takes it as the nearest.
+        p.decode_shared_savings = vec![(4.0, 0.1)];
+        assert!((price(&p, 4) - want(1e6, 50.0, 4, 0.1)).abs() < 1e-3);
+        assert!((price(&p, 16) - want(1.2e6, 48.0, 16, 0.1)).abs() < 1e-3);
+        p.decode_shared_savings = vec![(4.0, 0.1), (16.0, 0.5)];
+        assert!((price(&p, 16) - want(1.2e6, 48.0, 16, 0.5)).abs() < 1e-3);
+        assert_eq!(
+            nearest_row_value(&[(8.0, 0.1), (24.0, 0.5)], 16.0),
+            Some(0.1)
+        );
+        assert_eq!(nearest_row_value(&[], 16.0), None);
+        // Out of range: the profile names the field.
+        p.decode_shared_savings = vec![(4.0, 1.5)];
+        let text = serde_yaml::to_string(&p).unwrap();
+        let e = Profile::parse(&text, "x.yaml").unwrap_err().to_string();
+        assert!(e.contains("decode_shared_savings[0]"), "{e}");
     }
 
     #[test]

@@ -264,16 +264,18 @@ pub fn fit_decode(steps: &[StepPoint]) -> DecodeFit {
 }
 
 /// The share of the per-KV-token time saved on KV tokens that another request of the same
-/// decode batch also reads (`Efficiency::decode_shared_kv_saving`): least squares through the
-/// origin, over the decode steps with shared prefixes, of what `table` leaves unexplained against
-/// the time those tokens cost at the row's rate; 0 without such steps.
+/// decode batch also reads: least squares through the origin, over the decode steps with shared
+/// prefixes, of what `table` leaves unexplained against the time those tokens cost at the row's
+/// rate. Returns the fit over all such steps (`Efficiency::decode_shared_kv_saving`) and one per
+/// row that has them (`Profile::decode_shared_savings`); 0 and none without such steps.
 pub fn fit_shared_saving(
     steps: &[StepPoint],
     table: &[(f64, f64, f64, f64)],
     points: &[(f64, Vec<(f64, f64)>)],
     padding_share: f64,
-) -> f64 {
-    let (mut sxy, mut sxx) = (0.0, 0.0);
+) -> (f64, Vec<(f64, f64)>) {
+    // row -> (sum x y, sum x x); row 0 collects every step.
+    let mut sums: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     for s in steps
         .iter()
         .filter(|s| s.mode == "decode" && s.shared_kv_tokens > 0)
@@ -288,14 +290,26 @@ pub fn fit_shared_saving(
         let even = crate::cost::decode_row_ns((row.1, row.2), points_of(points, row.0), kv);
         let unexplained = d as f64 - (even + row.3 * ragged(s));
         let x = row.2 * s.shared_kv_tokens as f64;
-        sxy -= unexplained * x;
-        sxx += x * x;
+        for key in [0, row.0 as usize] {
+            let e = sums.entry(key).or_default();
+            e.0 -= unexplained * x;
+            e.1 += x * x;
+        }
     }
-    if sxx > 0.0 {
-        ((sxy / sxx).clamp(0.0, 1.0) * 1000.0).round() / 1000.0
-    } else {
-        0.0
-    }
+    let saving = |(sxy, sxx): (f64, f64)| {
+        if sxx > 0.0 {
+            ((sxy / sxx).clamp(0.0, 1.0) * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        }
+    };
+    let all = sums.remove(&0).map_or(0.0, saving);
+    let rows = sums
+        .into_iter()
+        .filter(|(_, v)| v.1 > 0.0)
+        .map(|(b, v)| (b as f64, saving(v)))
+        .collect();
+    (all, rows)
 }
 
 /// Submission cost `(ns, ns per prompt token)`: least squares through each prompt length's
@@ -514,9 +528,46 @@ mod tests {
         let t = fit_decode(&steps).table;
         assert_eq!(t.len(), 1, "{t:?}");
         assert!((t[0].1 - 1_200_000.0).abs() < 2.0 && t[0].3 == 0.0, "{t:?}");
-        let saving = fit_shared_saving(&steps, &t, &[], 1.0);
+        let (saving, rows) = fit_shared_saving(&steps, &t, &[], 1.0);
         assert!((saving - 0.6).abs() < 2e-3, "{saving}");
-        assert_eq!(fit_shared_saving(&steps[..3], &t, &[], 1.0), 0.0);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert!(
+            rows[0].0 == 16.0 && (rows[0].1 - 0.6).abs() < 2e-3,
+            "{rows:?}"
+        );
+        assert_eq!(fit_shared_saving(&steps[..3], &t, &[], 1.0), (0.0, vec![]));
+    }
+
+    #[test]
+    fn each_row_fits_its_own_shared_saving() {
+        // Graph 4 saves 10 % of a shared token's time, graph 64 50 %.
+        let mut steps = Vec::new();
+        let rows = [
+            (4usize, 1_000_000.0, 50.0, 0.1),
+            (64, 1_500_000.0, 48.0, 0.5),
+        ];
+        for &(b, fixed, slope, _) in &rows {
+            for kv in [128usize, 512, 2048] {
+                let d = (fixed + slope * (b * kv) as f64) as u64;
+                steps.push(point(BatchShape::decode(b, kv), "decode", d, 60_000, d));
+            }
+        }
+        for &(b, fixed, slope, saving) in &rows {
+            for kv in [1100usize, 1200] {
+                let mut s = BatchShape::decode(b, kv);
+                s.shared_kv_tokens = (b - 1) * 1024;
+                let read = (b * kv) as f64 - saving * s.shared_kv_tokens as f64;
+                let d = (fixed + slope * read) as u64;
+                steps.push(point(s, "decode", d, 60_000, d));
+            }
+        }
+        let t = fit_decode(&steps).table;
+        let (all, per_row) = fit_shared_saving(&steps, &t, &[], 0.0);
+        assert_eq!(per_row.len(), 2, "{per_row:?}");
+        assert!((per_row[0].1 - 0.1).abs() < 2e-3, "{per_row:?}");
+        assert!((per_row[1].1 - 0.5).abs() < 2e-3, "{per_row:?}");
+        // The one saving over both: between them, nearer the larger batch's (more tokens).
+        assert!(all > 0.4 && all < 0.5, "{all}");
     }
 
     #[test]

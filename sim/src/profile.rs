@@ -250,6 +250,14 @@ pub struct Profile {
     /// high at 512 keys for graphs 3-32). Empty: every row is its line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decode_kv_points: Vec<(f64, Vec<(f64, f64)>)>,
+    /// `Efficiency::decode_shared_kv_saving` per decode-table row, `(batch, saving)` by
+    /// increasing batch, fitted from each row's shared-prefix decode steps; a row without them
+    /// takes the nearest listed row's (the smaller on a tie). On the H100 one saving for all
+    /// rows missed the measured shared-prefix batches by -9 % (graph 16) to +8 % (graph 128):
+    /// a small batch's attention waits on its blocks more than on HBM, so a re-read from L2
+    /// saves less. Empty: every row takes `decode_shared_kv_saving`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decode_shared_savings: Vec<(f64, f64)>,
 }
 
 /// How a step's launch occupies the host and how the GPU follows it (ns).
@@ -506,6 +514,18 @@ impl Profile {
                     &format!("decode_table[{i}]"),
                     format!("{row:?}"),
                     "needs batch >= 1 (increasing) and non-negative times",
+                ));
+            }
+        }
+        for (i, &(b, saving)) in self.decode_shared_savings.iter().enumerate() {
+            let ok = b >= 1.0
+                && (0.0..=1.0).contains(&saving)
+                && (i == 0 || self.decode_shared_savings[i - 1].0 < b);
+            if !ok {
+                return Err(bad(
+                    &format!("decode_shared_savings[{i}]"),
+                    format!("({b}, {saving})"),
+                    "needs batch >= 1 (increasing) and a saving between 0 and 1",
                 ));
             }
         }
