@@ -132,7 +132,9 @@ impl ProfilePlan {
             sustained: vec![(448, 1024, 8192)],
             // Graphs 1-32 from 512 to 896 keys (the replays' common decode shapes: ~1.2-2.5 ms a
             // step), 4-16 from 1536 to 1792 (multi-turn's long contexts), 64 and 128 from 1024
-            // keys: ~7 s a pass.
+            // keys; graphs 24-64 from 256-384 keys (Poisson 80 req/s decodes around 430 keys,
+            // where run 14's table had no points for them) and two padded batches (12 in graph
+            // 16, 20 in graph 24), as serving's ragged batches pad: ~11 s a pass.
             decode_runs: vec![
                 (1, 512, 384),
                 (2, 512, 384),
@@ -145,6 +147,12 @@ impl ProfilePlan {
                 (16, 1536, 256),
                 (64, 1024, 128),
                 (128, 1024, 64),
+                (24, 384, 256),
+                (32, 256, 256),
+                (48, 384, 128),
+                (64, 384, 128),
+                (12, 512, 256),
+                (20, 384, 256),
             ],
             cool_s: 1.0,
             repeats: 2,
