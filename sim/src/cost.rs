@@ -170,6 +170,9 @@ pub struct RooflineCost {
     kv_bytes_per_token: f64,
     allreduce_bytes_per_token: f64,
     gemm_log_points: Vec<(f64, f64)>,
+    /// Per `decode_table` row: its shared-KV saving and its measured KV points (resolved once,
+    /// not per step).
+    decode_rows: Vec<(f64, Vec<(f64, f64)>)>,
 }
 
 impl RooflineCost {
@@ -189,9 +192,27 @@ impl RooflineCost {
             kv_bytes_per_token: m.kv_bytes_per_token(tp) as f64,
             allreduce_bytes_per_token: (m.hidden * m.dtype_bytes) as f64,
             gemm_log_points: eff.gemm.iter().map(|&(t, e)| (t.ln(), e)).collect(),
+            decode_rows: profile
+                .decode_table
+                .iter()
+                .map(|r| {
+                    let points = profile.decode_kv_points.iter().find(|p| p.0 == r.0);
+                    (
+                        Self::shared_saving(profile, r.0),
+                        points.map_or_else(Vec::new, |p| p.1.clone()),
+                    )
+                })
+                .collect(),
             profile: profile.clone(),
             tp,
         }
+    }
+
+    /// The shared-KV saving of decode row `rows`: its listed one, else the nearest row's, else
+    /// the profile's single one.
+    fn shared_saving(profile: &Profile, rows: f64) -> f64 {
+        nearest_row_value(&profile.decode_shared_savings, rows)
+            .unwrap_or(profile.efficiency.decode_shared_kv_saving)
     }
 
     /// The profile.
@@ -227,8 +248,10 @@ impl RooflineCost {
         let last = t.last()?;
         let b = s.decode_reqs.max(1) as f64;
         let kv = s.kv_read_tokens as f64;
-        // (rows the step runs with, fixed, per KV token, per token of raggedness)
-        let row = match t.iter().find(|r| r.0 >= b) {
+        // (rows the step runs with, fixed, per KV token, per token of raggedness), and the row's
+        // index where it is a listed one.
+        let at_row = t.iter().position(|r| r.0 >= b);
+        let row = match at_row.map(|i| t[i]) {
             Some(r) => (r.0, r.1, r.2, r.3),
             None if t.len() >= 2 => {
                 let prev = t[t.len() - 2];
@@ -252,15 +275,12 @@ impl RooflineCost {
         let ragged = (b * s.max_kv as f64 - kv).max(0.0);
         let padding = eff.decode_padding_share * (rows - b).max(0.0) * s.max_kv as f64;
         // A KV token another request of the batch reads too comes from L2 after the first read.
-        let saving = nearest_row_value(&self.profile.decode_shared_savings, rows)
-            .unwrap_or(eff.decode_shared_kv_saving);
+        // Past the table the row is extrapolated: no measured points of its own.
+        let (saving, points) = match at_row {
+            Some(i) => (self.decode_rows[i].0, &self.decode_rows[i].1[..]),
+            None => (Self::shared_saving(&self.profile, rows), &[][..]),
+        };
         let read = kv - saving * s.shared_kv_tokens as f64 + padding;
-        let points = self
-            .profile
-            .decode_kv_points
-            .iter()
-            .find(|p| p.0 == rows)
-            .map_or(&[][..], |p| &p.1[..]);
         Some((decode_row_ns((row.0, row.1), points, read) + row.2 * ragged) * 1e-9)
     }
 
