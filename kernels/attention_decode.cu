@@ -187,7 +187,6 @@ struct DecodePost {
     // DECODE_POST: the q/k pass is on; DECODE_PF_ROWS: prefetch whole KV rows; DECODE_EARLY_KV:
     // request the first keys before waiting for the previous kernel.
     int flags;
-    bool on;
     const __nv_bfloat16* wq;
     const __nv_bfloat16* wk;
     const int* positions;
@@ -237,13 +236,14 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     const int k_begin = split * chunk, k_end = min(kvl, k_begin + chunk);
     const unsigned int* trow = table + (size_t)row[b] * table_stride;
     const float sl2 = scale * 1.4426950408889634f;
-    // The q/k pass folded in (post.on): see below.
+    // The q/k pass folded in (post_on): see below.
+    const bool post_on = (post.flags & DECODE_POST) != 0;
     __shared__ __align__(16) __nv_bfloat16 sm_q[MG][D];
     __shared__ __align__(16) __nv_bfloat16 sm_kv[2][D];
     const int t = q_tok[b];
-    const int fresh_key = post.on && k_begin < k_end && k_end == kvl ? kvl - 1 : -1;
+    const int fresh_key = post_on && k_begin < k_end && k_end == kvl ? kvl - 1 : -1;
     // Step inputs, not the previous kernel's: read before waiting for it.
-    const int pos_t = post.on ? post.positions[t] : 0;
+    const int pos_t = post_on ? post.positions[t] : 0;
     const unsigned int new_slot = fresh_key >= 0 ? post.slots[t] : 0u;
     // Before waiting for the previous kernel (PDL, prelude.cuh): the lengths and the slot table
     // were written before it started, so this block's K and V rows can be asked into L2 now.
@@ -307,12 +307,12 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     }
     pdl_enter();
 
-    // The q/k pass folded in (post.on): q holds the raw projection (q_stride = the qkv width).
+    // The q/k pass folded in (post_on): q holds the raw projection (q_stride = the qkv width).
     // The group's q heads are normalised and rotated into shared memory by every split block;
     // the block holding the new token's key (the last one) also normalises and rotates its k
     // head and copies its v head, into the cache for later steps and into shared memory, which
     // is where this block reads that key from (its cache row is being written here).
-    if (post.on) {
+    if (post_on) {
         constexpr int HALF = D / 2, EPH = D / 64;
         const int i0 = lane * EPH;
         const __nv_bfloat16* src = q + (size_t)t * q_stride;
@@ -354,7 +354,7 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[g][e] = qv[g][e] = 0.f;
         if (g < G) {
-            const uint4 u = post.on ? *reinterpret_cast<const uint4*>(&sm_q[g][dl * 8])
+            const uint4 u = post_on ? *reinterpret_cast<const uint4*>(&sm_q[g][dl * 8])
                                     : *reinterpret_cast<const uint4*>(q + (size_t)t * q_stride +
                                                                       (size_t)(kvh * G + g) * D + dl * 8);
             const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&u);
@@ -539,8 +539,7 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
         __nv_bfloat16* out, unsigned int* counters, int min_keys, const __nv_bfloat16* wq,         \
         const __nv_bfloat16* wk, const int* positions, const float* cos_sin,                       \
         const unsigned int* slots, float eps, int flags) {                                         \
-        const DecodePost post{flags, (flags & DECODE_POST) != 0, wq, wk, positions, cos_sin,       \
-                              slots, eps};                                                         \
+        const DecodePost post{flags, wq, wk, positions, cos_sin, slots, eps};                      \
         decode_split_v3_impl<D, MG, U, PIPE>(part_o, part_ml, q, k_cache, v_cache, table,          \
                                                 q_tok, kv_len, row, nq, nk, q_stride,              \
                                                 table_stride, scale, out, counters, min_keys,      \

@@ -5,7 +5,7 @@
 
 mod cuda_common;
 
-use cuda_common::kv::KvSetup;
+use cuda_common::kv::{decode_entries, KvSetup};
 use cuda_common::{f64s, open_gpu, Report, Rng};
 use doppel_exec::cuda::attention::{
     AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant, QRope,
@@ -301,16 +301,7 @@ fn attention_decode(
     let kv = KvSetup::new(gpu, rng, nk, d, &lens, 8192);
     // Decode tokens after 5 other tokens, as in a mixed batch.
     let off = 5;
-    let entries: Vec<AttnEntry> = lens
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| AttnEntry {
-            q_start: off + i,
-            q_len: 1,
-            kv_len: l,
-            row: i + 1,
-        })
-        .collect();
+    let entries = decode_entries(&lens, off);
     let t = off + lens.len();
     let q_stride = (nq + 2 * nk) * d;
     let q = rng.bf16s(t * q_stride, 1.0);
@@ -361,6 +352,7 @@ fn attention_decode(
             gpu.ptr(&pm),
             splits,
             variant,
+            None,
         )
         .unwrap();
         let out = gpu.download(&dout).unwrap();
@@ -389,18 +381,10 @@ fn decode_graph_replay(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
     let q = rng.bf16s(t * q_stride, 1.0);
     let dq = gpu.upload(&q).unwrap();
     let shape = kv.shape(nq, nk, d, q_stride);
-    let mk = |lens: [usize; 3]| -> Vec<AttnEntry> {
-        lens.iter()
-            .enumerate()
-            .map(|(i, &l)| AttnEntry {
-                q_start: i,
-                q_len: 1,
-                kv_len: l,
-                row: i + 1,
-            })
-            .collect()
-    };
-    let (a, b) = (mk([100, 2000, 5]), mk([3000, 7, 1024]));
+    let (a, b) = (
+        decode_entries(&[100, 2000, 5], 0),
+        decode_entries(&[3000, 7, 1024], 0),
+    );
     let mut meta = DecodeMeta::new(gpu, &a, t, kv.rows, kv.stride).unwrap();
     let po = gpu.zeros::<f32>(t * nq * splits * d).unwrap();
     let pm = gpu.zeros::<f32>(t * nq * splits * 2).unwrap();

@@ -1,13 +1,14 @@
-//! The decode attention with the q/k pass folded in (`Gpu::attention_decode_post`) against the
-//! two-kernel path it replaces (`qk_norm_rope_store`, then the decode attention): the same
-//! outputs and the same K/V cache contents bit for bit, for GQA groups 1-8, head_dim 64 and 128,
-//! with and without q/k norms, one split and many, each V3 kernel. Skips without a GPU.
+//! The decode attention with the q/k pass folded in (`Gpu::attention_decode_variant` given a
+//! `QkvPost`) against the two-kernel path it replaces (`qk_norm_rope_store`, then the decode
+//! attention): the same outputs and the same K/V cache contents bit for bit, for GQA groups 1-8,
+//! head_dim 64 and 128, with and without q/k norms, one split and many, each V3 kernel. Skips
+//! without a GPU.
 
 mod cuda_common;
 
-use cuda_common::kv::KvSetup;
+use cuda_common::kv::{decode_entries, KvSetup};
 use cuda_common::{open_gpu, Report, Rng};
-use doppel_exec::cuda::attention::{AttnEntry, AttnShape, DecodeMeta, DecodeVariant, KvView};
+use doppel_exec::cuda::attention::{AttnShape, DecodeMeta, DecodeVariant, KvView};
 use doppel_exec::cuda::ops::QkvPost;
 use doppel_exec::cuda::rope::{cos_sin_table, plain_inv_freq};
 use doppel_exec::cuda::Gpu;
@@ -46,16 +47,7 @@ fn compare(
     // Two copies of the same cache: one per path (each writes the new tokens' K/V).
     let kv = KvSetup::new(gpu, rng, nk, d, &lens, 4096);
     let (dk2, dv2) = (gpu.upload(&kv.k).unwrap(), gpu.upload(&kv.v).unwrap());
-    let entries: Vec<AttnEntry> = lens
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| AttnEntry {
-            q_start: i,
-            q_len: 1,
-            kv_len: l,
-            row: i + 1,
-        })
-        .collect();
+    let entries = decode_entries(&lens, 0);
     let t = entries.len();
     let width = (nq + 2 * nk) * d;
     let qkv = rng.bf16s(t * width, 2.0);
@@ -88,7 +80,7 @@ fn compare(
         table: gpu.ptr(&kv.dt),
     };
     // (splits, min keys per split, pipelined kernel, combine fused, whole-row L2 prefetch,
-    // first keys requested before the wait: ignored with the q/k pass, tested in both paths)
+    // first keys requested before the wait, with and without the q/k pass)
     for (splits, min_keys, pipe, fused, rows, early) in [
         (1usize, 1usize, false, true, false, false),
         (1, 1, true, true, false, true),
@@ -122,14 +114,15 @@ fn compare(
             .unwrap();
         let (o1, q1, v1) = (gpu.ptr(&out1), gpu.ptr(&dq1), kv.view(gpu));
         let (p1, m1) = (gpu.ptr(&po), gpu.ptr(&pm));
-        gpu.attention_decode_variant(o1, q1, v1, &meta, &shape, p1, m1, splits, variant)
+        gpu.attention_decode_variant(o1, q1, v1, &meta, &shape, p1, m1, splits, variant, None)
             .unwrap();
         // Folded: the raw projection in.
         let dq2 = gpu.upload(&qkv).unwrap();
         let post2 = post_for(&dk2, &dv2);
         let (o2, q2) = (gpu.ptr(&out2), gpu.ptr(&dq2));
-        gpu.attention_decode_post(
-            o2, q2, view2, &meta, &shape, p1, m1, splits, variant, &post2, eps,
+        let qk_pass = Some((&post2, eps));
+        gpu.attention_decode_variant(
+            o2, q2, view2, &meta, &shape, p1, m1, splits, variant, qk_pass,
         )
         .unwrap();
         let name = format!(

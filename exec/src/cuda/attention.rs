@@ -264,10 +264,16 @@ impl Gpu {
             part_ml,
             splits,
             DecodeVariant::V3,
+            None,
         )
     }
 
-    /// [`Gpu::attention_decode`] with a chosen first-pass kernel (benchmarks and cross-checks).
+    /// [`Gpu::attention_decode`] with a chosen first-pass kernel (benchmarks and cross-checks),
+    /// and optionally the q/k pass ([`Gpu::qk_norm_rope_store`]) folded in: with `post`, `q`
+    /// is the fused qkv buffer holding each entry's raw projection (`shape.q_stride` its
+    /// width); the kernel normalises and rotates q as it loads it, and stores the new token's
+    /// normalised, rotated k and its v into `kv`'s caches at `post.slots` (post's own cache
+    /// pointers are not used), with the same roundings as the two-kernel path. V3 variants only.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode_variant(
         &self,
@@ -280,64 +286,9 @@ impl Gpu {
         part_ml: DPtr<f32>,
         splits: usize,
         variant: DecodeVariant,
-    ) -> Result<()> {
-        let bufs = DecodeBufs {
-            out,
-            q,
-            kv,
-            part_o,
-            part_ml,
-        };
-        self.decode_launch(&bufs, meta, shape, splits, variant, None)
-    }
-
-    /// Decode attention with the q/k pass ([`Gpu::qk_norm_rope_store`]) folded in: `qkv` holds
-    /// the raw projection of each entry's token (`shape.q_stride` its width); the kernel
-    /// normalises and rotates q as it loads it, and stores the new token's normalised, rotated
-    /// k and its v into `kv`'s caches at `post.slots` (post's own cache pointers are not used).
-    /// The same roundings as the two-kernel path. V3 variants only.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_decode_post(
-        &self,
-        out: DPtr<bf16>,
-        qkv: DPtr<bf16>,
-        kv: KvView,
-        meta: &DecodeMeta,
-        shape: &AttnShape,
-        part_o: DPtr<f32>,
-        part_ml: DPtr<f32>,
-        splits: usize,
-        variant: DecodeVariant,
-        post: &QkvPost,
-        eps: f32,
-    ) -> Result<()> {
-        let bufs = DecodeBufs {
-            out,
-            q: qkv,
-            kv,
-            part_o,
-            part_ml,
-        };
-        self.decode_launch(&bufs, meta, shape, splits, variant, Some((post, eps)))
-    }
-
-    fn decode_launch(
-        &self,
-        bufs: &DecodeBufs,
-        meta: &DecodeMeta,
-        shape: &AttnShape,
-        splits: usize,
-        variant: DecodeVariant,
         post: Option<(&QkvPost, f32)>,
     ) -> Result<()> {
         const K: &str = "attention_decode";
-        let DecodeBufs {
-            out,
-            q,
-            kv,
-            part_o,
-            part_ml,
-        } = *bufs;
         shape.check(
             K,
             &q,
@@ -454,13 +405,10 @@ impl Gpu {
         });
         let eps = post.map_or(0f32, |(_, e)| e);
         // The kernel's flags (kernels/attention_decode.cu): 1 the q/k pass, 2 whole-row prefetch,
-        // 4 the first keys requested before the wait, only without the q/k pass: after a GEMV
-        // (PDL) b=1 took 0.958-0.965 ms with it, 0.978 without; after cuBLAS's qkv at b=64
-        // 1.645 with it, 1.613 without (H100, run 14 r5).
-        let early = shape.decode_early_kv && post.is_none();
+        // 4 the first keys requested before the wait.
         let flags = i32::from(post.is_some())
             | (i32::from(shape.decode_prefetch_rows) << 1)
-            | (i32::from(early) << 2);
+            | (i32::from(shape.decode_early_kv) << 2);
         if !matches!(variant, DecodeVariant::V2) {
             b.arg(&o).arg(&counters).arg(&min_keys);
             b.arg(&wq)
@@ -490,15 +438,6 @@ impl Gpu {
         };
         unsafe { b.launch(cfg) }.ctx(combine_name).map(|_| ())
     }
-}
-
-/// The buffers one decode launch reads and writes.
-struct DecodeBufs {
-    out: DPtr<bf16>,
-    q: DPtr<bf16>,
-    kv: KvView,
-    part_o: DPtr<f32>,
-    part_ml: DPtr<f32>,
 }
 
 /// Which decode kernels to run.

@@ -133,7 +133,8 @@ pub struct KernelChoice {
     /// graph took 1.609 ms with it, 1.638 without (run 14 r1).
     pub decode_prefetch_rows: bool,
     /// Decode attention (V3 register path): request the first keys before waiting for the
-    /// previous kernel (see `AttnShape::decode_early_kv`).
+    /// previous kernel (see `AttnShape::decode_early_kv`); the forward pass uses it only where
+    /// that kernel is ours (not before the folded q/k pass, which follows cuBLAS's qkv).
     pub decode_early_kv: bool,
 }
 

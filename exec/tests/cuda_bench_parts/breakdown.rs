@@ -306,6 +306,7 @@ pub(crate) fn kernel_breakdown(
                             gpu.ptr(&pm),
                             sp,
                             variant,
+                            None,
                         )
                         .unwrap()
                     }),

@@ -2,7 +2,7 @@
 //! slots.
 
 use super::Rng;
-use doppel_exec::cuda::attention::{AttnShape, KvView};
+use doppel_exec::cuda::attention::{AttnEntry, AttnShape, KvView};
 use doppel_exec::cuda::Gpu;
 use half::bf16;
 
@@ -85,4 +85,18 @@ impl KvSetup {
             decode_early_kv: false,
         }
     }
+}
+
+/// Decode entries of KV lengths `lens`, entry i's token at row `first_token + i` of q and its
+/// positions in table row i + 1 (as [`KvSetup::new`] lays them out).
+pub fn decode_entries(lens: &[usize], first_token: usize) -> Vec<AttnEntry> {
+    lens.iter()
+        .enumerate()
+        .map(|(i, &l)| AttnEntry {
+            q_start: first_token + i,
+            q_len: 1,
+            kv_len: l,
+            row: i + 1,
+        })
+        .collect()
 }
