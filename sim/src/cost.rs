@@ -117,6 +117,15 @@ pub(crate) fn decode_row_ns(line: (f64, f64), points: &[(f64, f64)], read: f64) 
     (y0 + slope * (read - x0)).max(0.0)
 }
 
+/// The measured points of decode row `row` in a profile's `decode_kv_points` (none: its line
+/// prices it).
+pub(crate) fn points_of(points: &[(f64, Vec<(f64, f64)>)], row: f64) -> &[(f64, f64)] {
+    points
+        .iter()
+        .find(|p| p.0 == row)
+        .map_or(&[][..], |p| &p.1[..])
+}
+
 /// The value of the row of `rows` in a per-row list `(batch, value)` by increasing batch: its
 /// own, else the nearest listed row's (the smaller on a tie); None when the list is empty.
 pub(crate) fn nearest_row_value(list: &[(f64, f64)], rows: f64) -> Option<f64> {
@@ -196,11 +205,8 @@ impl RooflineCost {
                 .decode_table
                 .iter()
                 .map(|r| {
-                    let points = profile.decode_kv_points.iter().find(|p| p.0 == r.0);
-                    (
-                        Self::shared_saving(profile, r.0),
-                        points.map_or_else(Vec::new, |p| p.1.clone()),
-                    )
+                    let points = points_of(&profile.decode_kv_points, r.0);
+                    (Self::shared_saving(profile, r.0), points.to_vec())
                 })
                 .collect(),
             profile: profile.clone(),

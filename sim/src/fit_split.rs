@@ -3,6 +3,7 @@
 //! costs. Plain least squares over medians, so a few noisy repeats do not move the fit.
 
 use crate::calibrate::{StepPoint, SubmitPoint};
+use crate::cost::points_of;
 use crate::profile::LaunchCosts;
 use std::collections::BTreeMap;
 
@@ -130,14 +131,6 @@ pub struct DecodeFit {
 /// KV lengths per request within this many tokens of each other are one measured point (a
 /// scenario's steps grow by one token each).
 const KV_POINT_TOKENS: f64 = 64.0;
-
-/// The measured points of `row` in `points` (none: its line prices it).
-fn points_of(points: &[(f64, Vec<(f64, f64)>)], row: f64) -> &[(f64, f64)] {
-    points
-        .iter()
-        .find(|p| p.0 == row)
-        .map_or(&[][..], |p| &p.1[..])
-}
 
 /// The graph row a decode batch of `b` requests runs as.
 fn row_of(table: &[(f64, f64, f64, f64)], b: usize) -> Option<(f64, f64, f64, f64)> {
