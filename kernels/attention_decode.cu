@@ -178,23 +178,6 @@ __device__ void decode_combine_impl(__nv_bfloat16* __restrict__ out,
     }
 }
 
-// The q/k pass (rope.cu's qk_norm_rope_store) folded into the decode kernel: per-head q/k norm
-// weights (null: none), each token's position and new KV slot, the RoPE cos/sin table.
-#define DECODE_POST 1
-#define DECODE_PF_ROWS 2
-#define DECODE_EARLY_KV 4
-struct DecodePost {
-    // DECODE_POST: the q/k pass is on; DECODE_PF_ROWS: prefetch whole KV rows; DECODE_EARLY_KV:
-    // request the first keys before waiting for the previous kernel.
-    int flags;
-    const __nv_bfloat16* wq;
-    const __nv_bfloat16* wk;
-    const int* positions;
-    const float* cos_sin;
-    const unsigned int* slots;
-    float eps;
-};
-
 // Version 3 of pass 1 (the default): the same partial outputs, read with 16-byte loads. A key's
 // D-wide row is read by LPK = D/8 lanes (8 dims each), so a warp covers KPW = 32/LPK keys per
 // load and U loads of K and of V are in flight per lane before their first use; the score needs
@@ -478,57 +461,8 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-        int g = i / D, d = i % D;
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < NW; w++) M = fmaxf(M, sm_m[w][g]);
-        float Ms = M == -INFINITY ? 0.f : M;
-        float L = 0.f, O = 0.f;
-#pragma unroll
-        for (int w = 0; w < NW; w++) {
-            float f = exp2f(sm_m[w][g] - Ms);
-            L += sm_l[w][g] * f;
-            O += sm_o[w][g][d] * f;
-        }
-        if (counters != nullptr && splits == 1) {
-            // The only split: normalise and write here (what the fused tail would compute).
-            out[(size_t)t * nq * D + (kvh * G + g) * D + d] = __float2bfloat16(L > 0.f ? O / L : 0.f);
-            continue;
-        }
-        size_t base = ((size_t)b * nq + kvh * G + g) * splits + split;
-        part_o[base * D + d] = O;
-        if (d == 0) {
-            part_ml[base * 2] = M;
-            part_ml[base * 2 + 1] = L;
-        }
-    }
-    if (counters == nullptr || splits == 1) return;
-    // Pass 2 folded in: the last of this (entry, kv head)'s split blocks to finish merges the
-    // splits (the partials of the others are visible after their fences and its atomic), writes
-    // the bf16 output and re-arms the counter: one launch per layer instead of two.
-    __shared__ bool last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(counters + (size_t)b * nk + kvh, 1u) == (unsigned int)(splits - 1);
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-        const int g = i / D, d = i % D, h = kvh * G + g;
-        const size_t base = ((size_t)b * nq + h) * splits;
-        float M = -INFINITY;
-        for (int s2 = 0; s2 < splits; s2++) M = fmaxf(M, __ldcg(part_ml + (base + s2) * 2));
-        const float Ms = M == -INFINITY ? 0.f : M;
-        float L = 0.f, O = 0.f;
-        for (int s2 = 0; s2 < splits; s2++) {
-            const float f = exp2f(__ldcg(part_ml + (base + s2) * 2) - Ms);
-            L += __ldcg(part_ml + (base + s2) * 2 + 1) * f;
-            O += __ldcg(part_o + (base + s2) * D + d) * f;
-        }
-        out[(size_t)q_tok[b] * nq * D + h * D + d] = __float2bfloat16(L > 0.f ? O / L : 0.f);
-    }
-    if (threadIdx.x == 0) counters[(size_t)b * nk + kvh] = 0u;
+    decode_merge_store<D, MG, NW>(&sm_m[0][0], &sm_l[0][0], &sm_o[0][0][0], part_o, part_ml, out,
+                                  counters, t, b, kvh, G, nq, nk, split, splits);
 }
 
 #define DECODE_V3(NAME, D, MG, U, MINB, PIPE)                                                      \

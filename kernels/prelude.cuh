@@ -151,3 +151,187 @@ template <int N>
 __device__ __forceinline__ void cp_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
+
+// The tensor-core attention tile (mma.sync m16n8k16, online softmax in exp2 units), shared by
+// the GQA-packed extend attention and the tensor-core decode attention.
+__device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ float ex2(float x) {  // 2^x; ex2(-inf) = 0
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// One key tile of the GQA kernel for one warp: S = Q K^T, online softmax, O += P V. M: the tile
+// reaches past this warp's first query (causal mask; key sub-tiles wholly past its last query
+// are skipped).
+template <int D, int BN, bool QREG, bool M>
+__device__ __forceinline__ void gqa_tile_math(float (&o)[D / 8][4], float (&mrow)[2],
+                                              float (&lrow)[2], const unsigned (&qa)[QREG ? D / 16 : 1][4],
+                                              unsigned q_lane, unsigned sk, unsigned sv, int n0,
+                                              int wmax, int qp0, int qp1, float sl2, int lane) {
+    constexpr int ROWB = (D + 8) * 2;
+    const int tig = lane & 3;
+    float s[BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+    for (int kp = 0; kp < D / 32; kp++) {
+        unsigned a0[4], a1[4];
+        if constexpr (QREG) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                a0[i] = qa[2 * kp][i];
+                a1[i] = qa[2 * kp + 1][i];
+            }
+        } else {
+            ldsm_x4(a0, q_lane + kp * 64);
+            ldsm_x4(a1, q_lane + kp * 64 + 32);
+        }
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+            if (M && n0 + nt * 8 > wmax) continue;  // all masked for this warp
+            unsigned kb[4];
+            ldsm_x4(kb, sk + (nt * 8 + (lane & 7)) * ROWB + kp * 64 + (lane >> 3) * 16);
+            mma_bf16(s[nt], a0, kb[0], kb[1]);
+            mma_bf16(s[nt], a1, kb[2], kb[3]);
+        }
+    }
+    float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float v = s[nt][e] * sl2;
+            if (M) {
+                const int key = n0 + nt * 8 + tig * 2 + (e & 1);
+                if (key > (e < 2 ? qp0 : qp1)) v = -INFINITY;
+            }
+            s[nt][e] = v;
+            mx[e >> 1] = fmaxf(mx[e >> 1], v);
+        }
+    }
+    float msub[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        msub[r] = mx[r] == -INFINITY ? 0.f : mx[r];  // no key yet: avoid inf - inf
+        const float alpha = ex2(mrow[r] - msub[r]);
+        mrow[r] = mx[r];
+        lrow[r] *= alpha;
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+            o[i][2 * r] *= alpha;
+            o[i][2 * r + 1] *= alpha;
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float p = ex2(s[nt][e] - msub[e >> 1]);
+            s[nt][e] = p;
+            lrow[e >> 1] += p;
+        }
+    }
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+        if (M && n0 + kk * 16 > wmax) continue;  // P is 0 there
+        unsigned pa[4];
+        pa[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+        pa[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+        pa[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        pa[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        const unsigned vrow = sv + (kk * 16 + (lane & 15)) * ROWB + (lane >> 4) * 16;
+#pragma unroll
+        for (int dp = 0; dp < D / 16; dp++) {
+            unsigned vb[4];
+            ldsm_x4_t(vb, vrow + dp * 32);
+            mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
+            mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
+        }
+    }
+}
+
+// The q/k pass (rope.cu's qk_norm_rope_store) folded into the decode kernels: per-head q/k norm
+// weights (null: none), each token's position and new KV slot, the RoPE cos/sin table.
+#define DECODE_POST 1
+#define DECODE_PF_ROWS 2
+#define DECODE_EARLY_KV 4
+struct DecodePost {
+    // DECODE_POST: the q/k pass is on; DECODE_PF_ROWS: prefetch whole KV rows; DECODE_EARLY_KV:
+    // request the first keys before waiting for the previous kernel.
+    int flags;
+    const __nv_bfloat16* wq;
+    const __nv_bfloat16* wk;
+    const int* positions;
+    const float* cos_sin;
+    const unsigned int* slots;
+    float eps;
+};
+
+// The end of both decode kernels (attention_decode.cu, attention_decode_mma.cu): merge the
+// NWARPS warps' online-softmax states of the block's G q heads (sm_m, sm_l: [NWARPS][MG]; sm_o:
+// [NWARPS][MG][D]; maxima in log2 units). With counters and one split the block normalises and
+// writes bf16 `out` itself; otherwise it writes this split's partial (part_o: [B, nq, splits, D],
+// part_ml: [B, nq, splits, 2]) and, with counters, the last of the (entry, kv head)'s split
+// blocks to finish merges every split into `out` and re-arms the counter (pass 2 folded in: one
+// launch per layer instead of two). t: the entry's token row.
+template <int D, int MG, int NWARPS>
+__device__ void decode_merge_store(const float* sm_m, const float* sm_l, const float* sm_o,
+                                   float* __restrict__ part_o, float* __restrict__ part_ml,
+                                   __nv_bfloat16* __restrict__ out,
+                                   unsigned int* __restrict__ counters, int t, int b, int kvh,
+                                   int G, int nq, int nk, int split, int splits) {
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        int g = i / D, d = i % D;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < NWARPS; w++) M = fmaxf(M, sm_m[w * MG + g]);
+        float Ms = M == -INFINITY ? 0.f : M;
+        float L = 0.f, O = 0.f;
+#pragma unroll
+        for (int w = 0; w < NWARPS; w++) {
+            float f = exp2f(sm_m[w * MG + g] - Ms);
+            L += sm_l[w * MG + g] * f;
+            O += sm_o[(w * MG + g) * D + d] * f;
+        }
+        if (counters != nullptr && splits == 1) {
+            // The only split: normalise and write here (what the fused tail would compute).
+            out[(size_t)t * nq * D + (kvh * G + g) * D + d] = __float2bfloat16(L > 0.f ? O / L : 0.f);
+            continue;
+        }
+        size_t base = ((size_t)b * nq + kvh * G + g) * splits + split;
+        part_o[base * D + d] = O;
+        if (d == 0) {
+            part_ml[base * 2] = M;
+            part_ml[base * 2 + 1] = L;
+        }
+    }
+    if (counters == nullptr || splits == 1) return;
+    if (!last_of_splits(counters + (size_t)b * nk + kvh, splits)) return;
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        const int g = i / D, d = i % D, h = kvh * G + g;
+        const size_t base = ((size_t)b * nq + h) * splits;
+        float M = -INFINITY;
+        for (int s2 = 0; s2 < splits; s2++) M = fmaxf(M, __ldcg(part_ml + (base + s2) * 2));
+        const float Ms = M == -INFINITY ? 0.f : M;
+        float L = 0.f, O = 0.f;
+        for (int s2 = 0; s2 < splits; s2++) {
+            const float f = exp2f(__ldcg(part_ml + (base + s2) * 2) - Ms);
+            L += __ldcg(part_ml + (base + s2) * 2 + 1) * f;
+            O += __ldcg(part_o + (base + s2) * D + d) * f;
+        }
+        out[(size_t)t * nq * D + h * D + d] = __float2bfloat16(L > 0.f ? O / L : 0.f);
+    }
+    if (threadIdx.x == 0) counters[(size_t)b * nk + kvh] = 0u;
+}

@@ -320,20 +320,28 @@ fn attention_decode(
     // sequences (1, 33, 64 keys) and uses fewer on the others.
     // Pipelined: the kernels that request the next keys first (groups 1-2; others ignore it).
     // Early: the first keys requested before the wait (the newest one after it).
-    for (splits, min_keys, pipe, early) in [
-        (1usize, 1usize, false, false),
-        (7, 1, false, true),
-        (32, 1, false, false),
-        (7, 40, false, true),
-        (32, 40, false, true),
-        (1, 1, true, true),
-        (7, 40, true, false),
-        (32, 1, true, true),
+    // Mma: the tensor-core kernel instead of the CUDA-core ones.
+    for (splits, min_keys, pipe, early, mma) in [
+        (1usize, 1usize, false, false, false),
+        (7, 1, false, true, false),
+        (32, 1, false, false, false),
+        (7, 40, false, true, false),
+        (32, 40, false, true, false),
+        (1, 1, true, true, false),
+        (7, 40, true, false, false),
+        (32, 1, true, true, false),
+        (1, 1, false, false, true),
+        (1, 40, false, true, true),
+        (7, 1, false, true, true),
+        (7, 40, false, false, true),
+        (32, 1, false, true, true),
+        (32, 40, false, false, true),
     ] {
         let shape = AttnShape {
             split_min_keys: min_keys,
             decode_pipelined: pipe,
             decode_early_kv: early,
+            decode_mma: mma,
             ..shape
         };
         let n = entries.len();
@@ -360,7 +368,7 @@ fn attention_decode(
             rep,
             &format!(
                 "attention_decode {which:?} nq={nq} nk={nk} D={d} kv<=8191 splits={splits} \
-                 min keys {min_keys} pipelined {pipe} early {early}"
+                 min keys {min_keys} pipelined {pipe} early {early} tensor cores {mma}"
             ),
             &out,
             &reference,

@@ -408,7 +408,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
     gemm_tuning::startup_tuning_cost(gpu, &model, &ws);
     println!("{:<34} {:>10} {:>12}", "pass", "median ms", "floor ms");
     let bw = 3.35e12; // H100 SXM HBM3 peak; the measured copy ceiling is printed above
-    for b in [1usize, 4, 16, 64] {
+    for b in [1usize, 4, 8, 16, 64] {
         // Prefill b x 128 (positions 0..128), eager.
         let s = step(b, 0, 128, max_ctx, cfg.vocab_size, rng);
         s.validate(&model, &kv, &ws).unwrap();
@@ -595,6 +595,19 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let graph_late = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
         model.kernels.decode_early_kv = true;
         let replay_late = time_ms(gpu, 15, 10, || graph_late.launch().unwrap());
+        // The decode attention on CUDA cores (the V3 kernels) and on tensor cores, whichever the
+        // default picks at this batch size.
+        let mma = model.kernels.decode_mma_max_tokens;
+        let mut mma_rows = Vec::new();
+        for (what, max) in [
+            ("attention on CUDA cores (V3)", 0usize),
+            ("attention on tensor cores", usize::MAX),
+        ] {
+            model.kernels.decode_mma_max_tokens = max;
+            let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
+            model.kernels.decode_mma_max_tokens = mma;
+            mma_rows.push((what, time_ms(gpu, 15, 10, || g.launch().unwrap())));
+        }
         let replay3 = time_ms(gpu, 15, 10, || graph.launch().unwrap());
         // Other fewest-keys-per-split settings (1: every launched split used, as before) and
         // more launched splits.
@@ -679,12 +692,14 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             floor
         );
         // (The q/k pass folds into the attention only above the GEMV sizes.)
-        for (what, ms) in [
+        let mut rows = vec![
             ("q/k pass own kernel", replay_qk),
             ("KV prefetch of its own head", replay_rows),
             ("first keys requested after the wait", replay_late),
-            ("default, third sample", replay3),
-        ] {
+        ];
+        rows.extend(mma_rows);
+        rows.push(("default, third sample", replay3));
+        for (what, ms) in rows {
             if b > 8 || what != "q/k pass own kernel" {
                 println!(
                     "{:<34} {:>10.3} {:>12.3}",

@@ -80,22 +80,29 @@ fn compare(
         table: gpu.ptr(&kv.dt),
     };
     // (splits, min keys per split, pipelined kernel, combine fused, whole-row L2 prefetch,
-    // first keys requested before the wait, with and without the q/k pass)
-    for (splits, min_keys, pipe, fused, rows, early) in [
-        (1usize, 1usize, false, true, false, false),
-        (1, 1, true, true, false, true),
-        (1, 1, true, true, true, true),
-        (1, 1, true, false, false, false),
-        (7, 40, true, false, true, true),
-        (7, 40, false, true, false, true),
-        (32, 1, false, false, false, true),
-        (32, 1, true, false, true, true),
+    // first keys requested before the wait, the tensor-core kernel, with and without the q/k
+    // pass)
+    for (splits, min_keys, pipe, fused, rows, early, mma) in [
+        (1usize, 1usize, false, true, false, false, false),
+        (1, 1, true, true, false, true, false),
+        (1, 1, true, true, true, true, false),
+        (1, 1, true, false, false, false, false),
+        (7, 40, true, false, true, true, false),
+        (7, 40, false, true, false, true, false),
+        (32, 1, false, false, false, true, false),
+        (32, 1, true, false, true, true, false),
+        (1, 1, false, true, true, false, true),
+        (1, 1, false, true, true, true, true),
+        (7, 40, false, true, false, true, true),
+        (7, 40, false, false, true, false, true),
+        (32, 1, false, false, true, true, true),
     ] {
         let shape = AttnShape {
             split_min_keys: min_keys,
             decode_pipelined: pipe,
             decode_prefetch_rows: rows,
             decode_early_kv: early,
+            decode_mma: mma,
             ..kv.shape(nq, nk, d, width)
         };
         let variant = if fused {
@@ -127,7 +134,8 @@ fn compare(
         .unwrap();
         let name = format!(
             "decode + q/k pass nq={nq} nk={nk} D={d} norm={norm} splits={splits} \
-             min keys {min_keys} pipelined {pipe} fused {fused} row prefetch {rows} early {early}"
+             min keys {min_keys} pipelined {pipe} fused {fused} row prefetch {rows} early {early} \
+             tensor cores {mma}"
         );
         let (a, b) = (gpu.download(&out1).unwrap(), gpu.download(&out2).unwrap());
         rep.check(

@@ -568,6 +568,7 @@ fn cuda_backend_matches_cpu_backend() {
                 decode_qk_post: false,
                 decode_prefetch_rows: false,
                 decode_early_kv: false,
+                decode_mma_max_tokens: 0,
             },
         ),
         (
@@ -595,6 +596,20 @@ fn cuda_backend_matches_cpu_backend() {
             "every launched decode split used (min keys 1)",
             KernelChoice {
                 decode_split_min_keys: 1,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode attention on CUDA cores at every batch size (the V3 kernels)",
+            KernelChoice {
+                decode_mma_max_tokens: 0,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode attention on tensor cores at every batch size",
+            KernelChoice {
+                decode_mma_max_tokens: usize::MAX,
                 ..Default::default()
             },
         ),

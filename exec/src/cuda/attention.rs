@@ -6,6 +6,7 @@
 
 use super::ops::{check, int, need, QkvPost};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
@@ -100,6 +101,11 @@ impl DecodeMeta {
             tokens,
         })
     }
+
+    /// Decode rows in the batch (a graph's padded size when captured for one).
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
 }
 
 impl DecodeMeta {
@@ -177,8 +183,12 @@ pub struct AttnShape {
     /// key of its range, instead of its own head's part of every key.
     pub decode_prefetch_rows: bool,
     /// Decode (V3 register path): the first iteration's keys are requested before waiting for
-    /// the previous kernel (PDL), the newest key filled in after it.
+    /// the previous kernel (PDL), the newest key filled in after it. (Tensor-core kernel: its
+    /// first tiles.)
     pub decode_early_kv: bool,
+    /// Decode (V3 variants): the tensor-core kernel (`kernels/attention_decode_mma.cu`) instead
+    /// of the CUDA-core ones; same plan, arguments and outputs.
+    pub decode_mma: bool,
 }
 
 impl AttnShape {
@@ -346,9 +356,18 @@ impl Gpu {
         }
         let group = shape.nq / shape.nk;
         let pipe = shape.decode_pipelined;
+        let mma = shape.decode_mma;
         let split_name = match (variant, shape.head_dim, group) {
             (DecodeVariant::V2, 64, _) => "attention_decode_split_d64",
             (DecodeVariant::V2, _, _) => "attention_decode_split_d128",
+            (_, 64, 1) if mma => "attention_decode_mma_d64_g1",
+            (_, 64, 2) if mma => "attention_decode_mma_d64_g2",
+            (_, 64, 3..=4) if mma => "attention_decode_mma_d64_g4",
+            (_, 64, _) if mma => "attention_decode_mma_d64_g8",
+            (_, _, 1) if mma => "attention_decode_mma_d128_g1",
+            (_, _, 2) if mma => "attention_decode_mma_d128_g2",
+            (_, _, 3..=4) if mma => "attention_decode_mma_d128_g4",
+            (_, _, _) if mma => "attention_decode_mma_d128_g8",
             (_, 64, 1) if pipe => "attention_decode_v3p_d64_g1",
             (_, 64, 2) if pipe => "attention_decode_v3p_d64_g2",
             (_, 128, 1) if pipe => "attention_decode_v3p_d128_g1",
@@ -419,10 +438,23 @@ impl Gpu {
                 .arg(&eps)
                 .arg(&flags);
         }
+        // The tensor-core kernel: the Q tile and per warp 3 stages of a 16-key K and V tile, rows
+        // padded by 8 elements (kernels/attention_decode_mma.cu).
+        let smem = if mma && !matches!(variant, DecodeVariant::V2) {
+            let smem = (16 + 4 * 3 * 2 * 16) * (shape.head_dim + 8) * 2;
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .ctx(split_name)?;
+            smem as u32
+        } else {
+            0
+        };
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, shape.nk as u32, n as u32),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem,
         };
         unsafe { b.launch(cfg) }.ctx(split_name)?;
         if matches!(variant, DecodeVariant::V3Fused(_)) {

@@ -89,6 +89,19 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
             "attention_decode_v3p_d128_g2",
         ]
     ),
+    kernel_source!(
+        "attention_decode_mma.cu",
+        [
+            "attention_decode_mma_d64_g1",
+            "attention_decode_mma_d64_g2",
+            "attention_decode_mma_d64_g4",
+            "attention_decode_mma_d64_g8",
+            "attention_decode_mma_d128_g1",
+            "attention_decode_mma_d128_g2",
+            "attention_decode_mma_d128_g4",
+            "attention_decode_mma_d128_g8",
+        ]
+    ),
     kernel_source!("activation.cu", ["silu_and_mul"]),
     kernel_source!("timing.cu", ["spin_ns"]),
     kernel_source!(

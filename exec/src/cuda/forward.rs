@@ -187,6 +187,7 @@ impl GpuModel {
             decode_pipelined: self.kernels.decode_pipelined,
             decode_prefetch_rows: self.kernels.decode_prefetch_rows,
             decode_early_kv: self.kernels.decode_early_kv,
+            decode_mma: false,
         }
     }
 
@@ -299,6 +300,8 @@ impl GpuModel {
         // without; at b=64 after cuBLAS 1.645 with it, 1.613 without (H100, run 14 r5).
         let shape = AttnShape {
             decode_early_kv: shape.decode_early_kv && !decode_post,
+            decode_mma: decode
+                .is_some_and(|(m, _)| m.entries() <= self.kernels.decode_mma_max_tokens),
             ..shape
         };
         let scratch = ws.gemm_scratch(gpu);

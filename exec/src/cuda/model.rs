@@ -136,6 +136,12 @@ pub struct KernelChoice {
     /// previous kernel (see `AttnShape::decode_early_kv`); the forward pass uses it only where
     /// that kernel is ours (not before the folded q/k pass, which follows cuBLAS's qkv).
     pub decode_early_kv: bool,
+    /// Decode steps with at most this many decode rows run the tensor-core decode attention
+    /// (`AttnShape::decode_mma`), larger ones the CUDA-core V3 kernels (0: never). Default 8: on
+    /// the H100 (run 15, decode graphs) it took b=1 0.940 vs 0.966 ms, b=4 0.967 vs 1.021, but
+    /// b=16 1.230 vs 1.191 and b=64 1.843 vs 1.612 (at 109 KB of shared memory per block the
+    /// 512 blocks of b=64 take two waves).
+    pub decode_mma_max_tokens: usize,
 }
 
 /// Which 17-64-token projections run the tiled GEMM ([`KernelChoice::tile_gemm`]).
@@ -174,6 +180,7 @@ impl Default for KernelChoice {
             decode_qk_post: true,
             decode_prefetch_rows: true,
             decode_early_kv: true,
+            decode_mma_max_tokens: 8,
         }
     }
 }

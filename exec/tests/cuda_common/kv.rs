@@ -83,6 +83,7 @@ impl KvSetup {
             decode_pipelined: false,
             decode_prefetch_rows: false,
             decode_early_kv: false,
+            decode_mma: false,
         }
     }
 }
