@@ -40,6 +40,12 @@ __device__ void decode_mma_impl(float* __restrict__ part_o, float* __restrict__ 
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ __align__(16) __nv_bfloat16 sm_kv[2][D];
     const unsigned s_q = smem_addr(smem);
+    {
+        // The host sizes the ring (decode_mma_smem): fail loudly, not past the end, if it differs.
+        unsigned dyn;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+        if (dyn < (unsigned)(RING + NWM * S * 2 * BN * ROWB)) __trap();
+    }
 
     const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, splits = gridDim.x;
     const int G = nq / nk;

@@ -287,7 +287,7 @@ struct DecodePost {
 // blocks to finish merges every split into `out` and re-arms the counter (pass 2 folded in: one
 // launch per layer instead of two). t: the entry's token row.
 template <int D, int MG, int NWARPS>
-__device__ void decode_merge_store(const float* sm_m, const float* sm_l, const float* sm_o,
+__device__ __forceinline__ void decode_merge_store(const float* sm_m, const float* sm_l, const float* sm_o,
                                    float* __restrict__ part_o, float* __restrict__ part_ml,
                                    __nv_bfloat16* __restrict__ out,
                                    unsigned int* __restrict__ counters, int t, int b, int kvh,

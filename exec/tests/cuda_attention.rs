@@ -337,6 +337,9 @@ fn attention_decode(
         (32, 1, false, true, true),
         (32, 40, false, false, true),
     ] {
+        if mma && matches!(which, Which::V2) {
+            continue; // the run-2 kernel has no tensor-core form
+        }
         let shape = AttnShape {
             split_min_keys: min_keys,
             decode_pipelined: pipe,

@@ -356,7 +356,7 @@ impl Gpu {
         }
         let group = shape.nq / shape.nk;
         let pipe = shape.decode_pipelined;
-        let mma = shape.decode_mma;
+        let mma = shape.decode_mma && !matches!(variant, DecodeVariant::V2);
         let split_name = match (variant, shape.head_dim, group) {
             (DecodeVariant::V2, 64, _) => "attention_decode_split_d64",
             (DecodeVariant::V2, _, _) => "attention_decode_split_d128",
@@ -438,10 +438,9 @@ impl Gpu {
                 .arg(&eps)
                 .arg(&flags);
         }
-        // The tensor-core kernel: the Q tile and per warp 3 stages of a 16-key K and V tile, rows
-        // padded by 8 elements (kernels/attention_decode_mma.cu).
-        let smem = if mma && !matches!(variant, DecodeVariant::V2) {
-            let smem = (16 + 4 * 3 * 2 * 16) * (shape.head_dim + 8) * 2;
+        // The tensor-core kernel's 3 stages per warp (kernels/attention_decode_mma.cu).
+        let smem = if mma {
+            let smem = decode_mma_smem(shape.head_dim, 3);
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 smem as i32,
@@ -485,6 +484,13 @@ pub enum DecodeVariant {
     /// The buffer holds one `u32` per (entry, kv head), zero before the first launch (the kernel
     /// leaves it zero).
     V3Fused(DPtr<u32>),
+}
+
+/// Dynamic shared memory of the tensor-core decode kernel with `stages` per warp (the kernel
+/// traps if launched with less): the Q tile and per warp `stages` 16-key K and V tiles, rows
+/// padded by 8 elements (kernels/attention_decode_mma.cu).
+pub fn decode_mma_smem(head_dim: usize, stages: usize) -> usize {
+    (16 + 4 * stages * 2 * 16) * (head_dim + 8) * 2
 }
 
 /// A split count for decode: enough blocks to cover the GPU about twice over (four times was

@@ -170,8 +170,17 @@ impl GpuModel {
         }
     }
 
+    /// Whether a decode batch of `rows` runs the tensor-core decode attention: at most
+    /// `KernelChoice::decode_mma_max_tokens` rows, on a GPU whose blocks can hold its 3-stage
+    /// shared memory (109 KB at head_dim 128: not sm_86/sm_89).
+    pub fn decode_mma(&self, gpu: &Gpu, rows: usize) -> bool {
+        rows <= self.kernels.decode_mma_max_tokens
+            && super::attention::decode_mma_smem(self.cfg.head_dim, 3) <= gpu.smem_per_block
+    }
+
     /// The attention kernels' view of this model over `kv` (q rows in the fused qkv buffer), with
-    /// the decode choices of `self.kernels`.
+    /// the decode choices of `self.kernels` (the tensor-core decode attention is chosen per step:
+    /// [`GpuModel::decode_mma`]).
     pub fn attn_shape(&self, kv: &KvPool) -> AttnShape {
         let c = &self.cfg;
         AttnShape {
@@ -300,8 +309,7 @@ impl GpuModel {
         // without; at b=64 after cuBLAS 1.645 with it, 1.613 without (H100, run 14 r5).
         let shape = AttnShape {
             decode_early_kv: shape.decode_early_kv && !decode_post,
-            decode_mma: decode
-                .is_some_and(|(m, _)| m.entries() <= self.kernels.decode_mma_max_tokens),
+            decode_mma: decode.is_some_and(|(m, _)| self.decode_mma(gpu, m.entries())),
             ..shape
         };
         let scratch = ws.gemm_scratch(gpu);

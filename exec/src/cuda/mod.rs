@@ -202,6 +202,9 @@ pub struct Gpu {
     pub name: String,
     /// Streaming multiprocessors (sizes the skinny GEMM's grid).
     pub sms: usize,
+    /// Most dynamic shared memory one block may opt into (bytes): 227 KB on the H100, ~99 KB on
+    /// sm_86/sm_89, 163 KB on the A100.
+    pub smem_per_block: usize,
     /// Launch kernels with programmatic dependent launch (see launch.rs).
     pdl: std::sync::atomic::AtomicBool,
 }
@@ -227,6 +230,10 @@ impl Gpu {
             )
             .ctx("reading the SM count")?
             .max(1) as usize;
+        let smem_per_block = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .ctx("reading the shared memory per block")?
+            .max(0) as usize;
         // Programmatic dependent launch needs sm_90; DOPPEL_PDL=0 turns it off (an A/B switch).
         let pdl = cc.0 >= 9 && std::env::var("DOPPEL_PDL").map_or(true, |v| v != "0");
         Ok(Gpu {
@@ -237,6 +244,7 @@ impl Gpu {
             cc,
             name,
             sms,
+            smem_per_block,
             pdl: pdl.into(),
         })
     }

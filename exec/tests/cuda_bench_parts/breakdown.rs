@@ -245,6 +245,7 @@ pub(crate) fn kernel_breakdown(
         let shape = doppel_exec::cuda::attention::AttnShape {
             split_min_keys: 1,
             decode_pipelined: false,
+            decode_mma: model.decode_mma(gpu, b),
             ..model.attn_shape(kv)
         };
         if new == 1 {
