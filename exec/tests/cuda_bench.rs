@@ -9,6 +9,8 @@ mod breakdown;
 mod cuda_common;
 #[path = "cuda_bench_parts/gemm_tuning.rs"]
 mod gemm_tuning;
+#[path = "cuda_bench_parts/launch.rs"]
+mod launch;
 #[path = "cuda_bench_parts/tile.rs"]
 mod tile;
 
@@ -521,6 +523,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let meta = DecodeMeta::new(gpu, &s.decode, s.ids.len(), kv.rows, kv.max_ctx).unwrap();
         let splits = decode_splits(b, cfg.num_kv_heads, 160, sms).min(ws.max_splits);
         model.tune_gemms(gpu, &ws, b, b).unwrap();
+        launch::launch_overhead(gpu, &mut model, &kv, &ws, &meta, b, splits);
         if b == 64 {
             let [on, all, off] =
                 gemm_tuning::decode_graph_ab(gpu, &mut model, &kv, &ws, &meta, b, splits);
