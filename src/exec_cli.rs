@@ -68,6 +68,10 @@ pub struct BenchOneBatchArgs {
     /// measured fastest for its shape (cuBLASLt candidates included).
     #[arg(long)]
     no_gemm_tuning: bool,
+    /// Decode steps of at most this many rows run the tensor-core decode attention, larger ones
+    /// the CUDA-core kernels (0: never; default: the engine's choice, 8).
+    #[arg(long)]
+    decode_mma_max_rows: Option<usize>,
 }
 
 /// `doppel exec generate`.
@@ -244,6 +248,9 @@ fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
         GpuModel::load(&gpu, &cfg, &store, ctx)?
     };
     model.kernels.gemm_lt = !a.no_gemm_tuning;
+    if let Some(n) = a.decode_mma_max_rows {
+        model.kernels.decode_mma_max_tokens = n;
+    }
     let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
     eprintln!(
         "{} (sm_{}{}): weights {:.2} GB; KV cache {} tokens ({:.3} GB); decode CUDA graphs for batch sizes {:?}; kernels loaded in {:.2}s",
