@@ -232,21 +232,8 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     // were written before it started, so this block's K and V rows can be asked into L2 now.
     // Only q and the newest token's K/V come from that kernel (a prefetch of a row it is still
     // writing is harmless: L2 is where the writes land).
-    if (post.flags & DECODE_PF_ROWS) {
-        // Whole rows (all kv heads of a slot, contiguous), each by one of the nk blocks that
-        // share this key range: fewer, longer reads than each block asking for its own head.
-        for (int k = k_begin + kvh + (int)threadIdx.x * nk; k < k_end; k += blockDim.x * nk) {
-            const size_t off = (size_t)trow[k] * nk * D;
-            prefetch_l2(k_cache + off, nk * D * 2);
-            prefetch_l2(v_cache + off, nk * D * 2);
-        }
-    } else {
-        for (int k = k_begin + threadIdx.x; k < k_end; k += blockDim.x) {
-            const size_t off = (size_t)trow[k] * nk * D + (size_t)kvh * D;
-            prefetch_l2(k_cache + off, D * 2);
-            prefetch_l2(v_cache + off, D * 2);
-        }
-    }
+    decode_prefetch_kv<D>(k_cache, v_cache, trow, k_begin, k_end, kvh, nk,
+                          (post.flags & DECODE_PF_ROWS) != 0);
     const size_t kvw = (size_t)nk * D;
     const __nv_bfloat16* kb = k_cache + kvh * D + dl * 8;
     const __nv_bfloat16* vb = v_cache + kvh * D + dl * 8;
@@ -296,36 +283,8 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     // head and copies its v head, into the cache for later steps and into shared memory, which
     // is where this block reads that key from (its cache row is being written here).
     if (post_on) {
-        constexpr int HALF = D / 2, EPH = D / 64;
-        const int i0 = lane * EPH;
-        const __nv_bfloat16* src = q + (size_t)t * q_stride;
-        const float* cs = post.cos_sin + (size_t)pos_t * D;
-        const int jobs = MG + (fresh_key >= 0 ? 2 : 0);
-        for (int j = warp; j < jobs; j += NW) {
-            if (j < MG && j >= G) continue;
-            const int col = j < MG ? (kvh * G + j) * D : (nq + (j - MG) * nk + kvh) * D;
-            float x0[EPH], x1[EPH];
-#pragma unroll
-            for (int e = 0; e < EPH; e++) {
-                x0[e] = __bfloat162float(src[col + i0 + e]);
-                x1[e] = __bfloat162float(src[col + HALF + i0 + e]);
-            }
-            if (j <= MG) head_norm_rope<D>(x0, x1, j < MG ? post.wq : post.wk, cs, i0, post.eps);
-            __nv_bfloat16* dst = j < MG ? sm_q[j] : sm_kv[j - MG];
-#pragma unroll
-            for (int e = 0; e < EPH; e++) {
-                dst[i0 + e] = __float2bfloat16(x0[e]);
-                dst[HALF + i0 + e] = __float2bfloat16(x1[e]);
-            }
-            if (j >= MG) {
-                __nv_bfloat16* c = (j == MG ? k_cache : v_cache) + (size_t)new_slot * nk * D + (size_t)kvh * D;
-#pragma unroll
-                for (int e = 0; e < EPH; e++) {
-                    c[i0 + e] = dst[i0 + e];
-                    c[HALF + i0 + e] = dst[HALF + i0 + e];
-                }
-            }
-        }
+        decode_qk_pass<D, NW>(post, q, k_cache, v_cache, t, q_stride, kvh, G, nq, nk, fresh_key >= 0,
+                              new_slot, pos_t, &sm_q[0][0], D, &sm_kv[0][0]);
         __syncthreads();
     }
 

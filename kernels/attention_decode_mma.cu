@@ -63,20 +63,8 @@ __device__ void decode_mma_impl(float* __restrict__ part_o, float* __restrict__ 
     const unsigned int new_slot = post_on && fresh >= 0 ? post.slots[t] : 0u;
     const size_t kvw = (size_t)nk * D;
 
-    // L2 prefetch before the wait, as V3 (the lengths and the table were written earlier).
-    if (post.flags & DECODE_PF_ROWS) {
-        for (int k = k_begin + kvh + (int)threadIdx.x * nk; k < k_end; k += blockDim.x * nk) {
-            const size_t off = (size_t)trow[k] * kvw;
-            prefetch_l2(k_cache + off, nk * D * 2);
-            prefetch_l2(v_cache + off, nk * D * 2);
-        }
-    } else {
-        for (int k = k_begin + threadIdx.x; k < k_end; k += blockDim.x) {
-            const size_t off = (size_t)trow[k] * kvw + (size_t)kvh * D;
-            prefetch_l2(k_cache + off, D * 2);
-            prefetch_l2(v_cache + off, D * 2);
-        }
-    }
+    decode_prefetch_kv<D>(k_cache, v_cache, trow, k_begin, k_end, kvh, nk,
+                          (post.flags & DECODE_PF_ROWS) != 0);
     // The Q tile's rows past the group: zero, so their scores stay finite (never stored).
     for (int i = threadIdx.x; i < (16 - G) * CH; i += blockDim.x)
         *reinterpret_cast<uint4*>(smem + (G + i / CH) * ROWB + (i % CH) * 16) = make_uint4(0u, 0u, 0u, 0u);
@@ -119,39 +107,11 @@ __device__ void decode_mma_impl(float* __restrict__ part_o, float* __restrict__ 
     pdl_enter();
 
     if (post_on) {
-        // The q/k pass (as V3): the group's q heads normalised and rotated into the Q tile; the
-        // block holding the newest key also does its k head and copies its v head, into the
-        // cache for later steps and into sm_kv.
-        constexpr int HALF = D / 2, EPH = D / 64;
-        const int i0 = lane * EPH;
-        const __nv_bfloat16* src = q + (size_t)t * q_stride;
-        const float* cs = post.cos_sin + (size_t)pos_t * D;
-        const int jobs = G + (fresh >= 0 ? 2 : 0);
-        for (int j = warp; j < jobs; j += NWM) {
-            const int col = j < G ? (kvh * G + j) * D : (nq + (j - G) * nk + kvh) * D;
-            float x0[EPH], x1[EPH];
-#pragma unroll
-            for (int e = 0; e < EPH; e++) {
-                x0[e] = __bfloat162float(src[col + i0 + e]);
-                x1[e] = __bfloat162float(src[col + HALF + i0 + e]);
-            }
-            if (j <= G) head_norm_rope<D>(x0, x1, j < G ? post.wq : post.wk, cs, i0, post.eps);
-            __nv_bfloat16* dst =
-                j < G ? reinterpret_cast<__nv_bfloat16*>(smem + j * ROWB) : sm_kv[j - G];
-#pragma unroll
-            for (int e = 0; e < EPH; e++) {
-                dst[i0 + e] = __float2bfloat16(x0[e]);
-                dst[HALF + i0 + e] = __float2bfloat16(x1[e]);
-            }
-            if (j >= G) {
-                __nv_bfloat16* c = (j == G ? k_cache : v_cache) + (size_t)new_slot * kvw + (size_t)kvh * D;
-#pragma unroll
-                for (int e = 0; e < EPH; e++) {
-                    c[i0 + e] = dst[i0 + e];
-                    c[HALF + i0 + e] = dst[HALF + i0 + e];
-                }
-            }
-        }
+        // The q/k pass: the group's q heads into the Q tile, the newest key's k and v (if this
+        // block holds it) into sm_kv and the caches.
+        decode_qk_pass<D, NWM>(post, q, k_cache, v_cache, t, q_stride, kvh, G, nq, nk, fresh >= 0,
+                               new_slot, pos_t, reinterpret_cast<__nv_bfloat16*>(smem), ROWB / 2,
+                               &sm_kv[0][0]);
     } else {
         // q and the newest key's K/V come from the previous kernel: through L2.
         for (int i = threadIdx.x; i < G * CH; i += blockDim.x) {

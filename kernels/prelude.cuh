@@ -335,3 +335,71 @@ __device__ __forceinline__ void decode_merge_store(const float* sm_m, const floa
     }
     if (threadIdx.x == 0) counters[(size_t)b * nk + kvh] = 0u;
 }
+
+// Both decode kernels, before the PDL wait: ask L2 for the block's keys [k_begin, k_end) (the
+// lengths and the slot table were written before the previous kernel started). With `rows`,
+// whole rows (all kv heads of a slot, contiguous), each by one of the nk blocks that share this
+// key range: fewer, longer reads than each block asking for its own head's part of every row.
+template <int D>
+__device__ __forceinline__ void decode_prefetch_kv(const __nv_bfloat16* k_cache,
+                                                   const __nv_bfloat16* v_cache,
+                                                   const unsigned int* trow, int k_begin, int k_end,
+                                                   int kvh, int nk, bool rows) {
+    if (rows) {
+        for (int k = k_begin + kvh + (int)threadIdx.x * nk; k < k_end; k += blockDim.x * nk) {
+            const size_t off = (size_t)trow[k] * nk * D;
+            prefetch_l2(k_cache + off, nk * D * 2);
+            prefetch_l2(v_cache + off, nk * D * 2);
+        }
+    } else {
+        for (int k = k_begin + threadIdx.x; k < k_end; k += blockDim.x) {
+            const size_t off = (size_t)trow[k] * nk * D + (size_t)kvh * D;
+            prefetch_l2(k_cache + off, D * 2);
+            prefetch_l2(v_cache + off, D * 2);
+        }
+    }
+}
+
+// The q/k pass folded into both decode kernels (after the wait), on the raw projection row t of
+// q (the qkv buffer): warp w of NWARPS takes jobs w, w + NWARPS, ...; job j < G normalises and
+// rotates q head kvh * G + j into q_dst + j * q_ld; with `fresh` (the block holds the newest
+// key), job G does the same to k head kvh and job G + 1 copies v head kvh, each into kv_dst
+// (+ D for v) and into the caches at new_slot. Same roundings as qk_norm_rope_store.
+template <int D, int NWARPS>
+__device__ __forceinline__ void decode_qk_pass(const DecodePost& post, const __nv_bfloat16* q,
+                                               __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
+                                               int t, int q_stride, int kvh, int G, int nq, int nk,
+                                               bool fresh, unsigned int new_slot, int pos_t,
+                                               __nv_bfloat16* q_dst, int q_ld,
+                                               __nv_bfloat16* kv_dst) {
+    constexpr int HALF = D / 2, EPH = D / 64;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int i0 = lane * EPH;
+    const __nv_bfloat16* src = q + (size_t)t * q_stride;
+    const float* cs = post.cos_sin + (size_t)pos_t * D;
+    const int jobs = G + (fresh ? 2 : 0);
+    for (int j = warp; j < jobs; j += NWARPS) {
+        const int col = j < G ? (kvh * G + j) * D : (nq + (j - G) * nk + kvh) * D;
+        float x0[EPH], x1[EPH];
+#pragma unroll
+        for (int e = 0; e < EPH; e++) {
+            x0[e] = __bfloat162float(src[col + i0 + e]);
+            x1[e] = __bfloat162float(src[col + HALF + i0 + e]);
+        }
+        if (j <= G) head_norm_rope<D>(x0, x1, j < G ? post.wq : post.wk, cs, i0, post.eps);
+        __nv_bfloat16* dst = j < G ? q_dst + j * q_ld : kv_dst + (j - G) * D;
+#pragma unroll
+        for (int e = 0; e < EPH; e++) {
+            dst[i0 + e] = __float2bfloat16(x0[e]);
+            dst[HALF + i0 + e] = __float2bfloat16(x1[e]);
+        }
+        if (j >= G) {
+            __nv_bfloat16* c = (j == G ? k_cache : v_cache) + (size_t)new_slot * nk * D + (size_t)kvh * D;
+#pragma unroll
+            for (int e = 0; e < EPH; e++) {
+                c[i0 + e] = dst[i0 + e];
+                c[HALF + i0 + e] = dst[HALF + i0 + e];
+            }
+        }
+    }
+}
