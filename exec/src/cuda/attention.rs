@@ -6,7 +6,6 @@
 
 use super::ops::{check, int, need, QkvPost};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
-use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
@@ -403,7 +402,13 @@ impl Gpu {
             part_ml.addr(),
         );
         let [qt, kl, rw] = [&meta.q_tok, &meta.kv_len, &meta.row].map(|b| self.ptr(b).addr());
-        let f = self.kernels.get(split_name)?;
+        // The tensor-core kernel's 3 stages per warp (kernels/attention_decode_mma.cu).
+        let smem = if mma {
+            decode_mma_smem(shape.head_dim, 3)
+        } else {
+            0
+        };
+        let f = self.kernels.get_with_smem(split_name, smem)?;
         let mut b = self.launcher(f);
         b.arg(&po)
             .arg(&pm)
@@ -438,22 +443,10 @@ impl Gpu {
                 .arg(&eps)
                 .arg(&flags);
         }
-        // The tensor-core kernel's 3 stages per warp (kernels/attention_decode_mma.cu).
-        let smem = if mma {
-            let smem = decode_mma_smem(shape.head_dim, 3);
-            f.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-            .ctx(split_name)?;
-            smem as u32
-        } else {
-            0
-        };
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, shape.nk as u32, n as u32),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: smem,
+            shared_mem_bytes: smem as u32,
         };
         unsafe { b.launch(cfg) }.ctx(split_name)?;
         if matches!(variant, DecodeVariant::V3Fused(_)) {

@@ -6,7 +6,6 @@
 use super::ops::{check, int, need};
 use super::skinny::{GemmIo, SkinnyScratch, SKINNY_COUNTERS, SKINNY_MAX_SPLITS};
 use super::{DPtr, DriverCtx, Gpu, Result};
-use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::LaunchConfig;
 use half::bf16;
 
@@ -192,14 +191,9 @@ impl Gpu {
             return Ok(());
         }
         let name = tile_entry(mode, plan.nj, plan.stages);
-        let f = self.kernels.get(name)?;
         let smem = plan.stages * (TILE_MAX_M + 8 * plan.nj) * TILE_KC * 2
             + if resadd { 0 } else { k / plan.splits * 2 };
-        f.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .ctx(name)?;
+        let f = self.kernels.get_with_smem(name, smem)?;
         let (mi, ni, ki, l, s) = (
             int(K, m)?,
             int(K, n)?,

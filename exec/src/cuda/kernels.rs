@@ -2,13 +2,17 @@
 
 use super::compile::{cache_dir, cached_ptx, KERNEL_SOURCES};
 use super::{CudaError, DriverCtx, Result};
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaContext, CudaFunction};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// Every kernel entry point, loaded and ready to launch.
 pub struct Kernels {
-    funcs: BTreeMap<&'static str, CudaFunction>,
+    /// Each function with the dynamic shared memory it is opted into (bytes; 48 KB and below
+    /// need no opt-in).
+    funcs: BTreeMap<&'static str, (CudaFunction, AtomicU32)>,
     /// How many sources came from the on-disk cache (the rest were compiled now).
     pub cache_hits: usize,
     /// Seconds spent compiling and loading.
@@ -33,7 +37,7 @@ impl Kernels {
                 let f = module
                     .load_function(e)
                     .ctx(&format!("loading kernel {e} from {}", k.file))?;
-                funcs.insert(*e, f);
+                funcs.insert(*e, (f, AtomicU32::new(0)));
             }
         }
         Ok(Kernels {
@@ -45,6 +49,27 @@ impl Kernels {
 
     /// The named entry point.
     pub fn get(&self, name: &'static str) -> Result<&CudaFunction> {
+        self.entry(name).map(|(f, _)| f)
+    }
+
+    /// The named entry point, opted into `smem` bytes of dynamic shared memory per block: the
+    /// driver call is made only when a launch needs more than the function was opted into so far
+    /// (once per function in practice), not on every launch.
+    pub fn get_with_smem(&self, name: &'static str, smem: usize) -> Result<&CudaFunction> {
+        let (f, opted) = self.entry(name)?;
+        let want = u32::try_from(smem).map_err(|_| CudaError::Invalid {
+            kernel: name,
+            msg: format!("{smem} bytes of shared memory"),
+        })?;
+        if want > opted.load(Ordering::Relaxed) {
+            let attr = CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            f.set_attribute(attr, want as i32).ctx(name)?;
+            opted.fetch_max(want, Ordering::Relaxed);
+        }
+        Ok(f)
+    }
+
+    fn entry(&self, name: &'static str) -> Result<&(CudaFunction, AtomicU32)> {
         self.funcs.get(name).ok_or(CudaError::Invalid {
             kernel: name,
             msg: "no such kernel is loaded".into(),

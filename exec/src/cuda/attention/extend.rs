@@ -3,7 +3,6 @@
 use super::{nonempty, validate, AttnEntry, AttnShape, KvView};
 use crate::cuda::ops::{check, int, need};
 use crate::cuda::{CudaError, DPtr, DriverCtx, Gpu, Result};
-use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
@@ -315,7 +314,11 @@ impl Gpu {
             &meta.row,
         ]
         .map(|b| self.ptr(b).addr());
-        let f = self.kernels.get(name)?;
+        // GQA kernels: the Q tile + `stages` K and V tiles, rows padded by 8 elements.
+        let smem = gqa.map_or(0, |(bn, stages)| {
+            (EXTEND_TILE + 2 * stages * bn) * (shape.head_dim + 8) * 2
+        });
+        let f = self.kernels.get_with_smem(name, smem)?;
         let mut b = self.launcher(f);
         b.arg(&o)
             .arg(&qa)
@@ -343,14 +346,7 @@ impl Gpu {
             b.arg(&q_rope).arg(&qn).arg(&pos).arg(&cs).arg(&eps);
         }
         let cfg = match gqa {
-            Some((bn, stages)) => {
-                // Q tile + `stages` K and V tiles, rows padded by 8 elements.
-                let smem = (EXTEND_TILE + 2 * stages * bn) * (shape.head_dim + 8) * 2;
-                f.set_attribute(
-                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    smem as i32,
-                )
-                .ctx(name)?;
+            Some(_) => {
                 let blocks = u32::try_from(tiles * shape.nk).map_err(|_| CudaError::Invalid {
                     kernel: K,
                     msg: format!("{tiles} tiles x {} kv heads is too many blocks", shape.nk),
