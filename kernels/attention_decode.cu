@@ -424,20 +424,8 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
                                   counters, t, b, kvh, G, nq, nk, split, splits);
 }
 
-#define DECODE_V3(NAME, D, MG, U, MINB, PIPE)                                                      \
-    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                  \
-        float* part_o, float* part_ml, const __nv_bfloat16* q, __nv_bfloat16* k_cache,             \
-        __nv_bfloat16* v_cache, const unsigned int* table, const int* q_tok, const int* kv_len,    \
-        const int* row, int nq, int nk, int q_stride, int table_stride, float scale,               \
-        __nv_bfloat16* out, unsigned int* counters, int min_keys, const __nv_bfloat16* wq,         \
-        const __nv_bfloat16* wk, const int* positions, const float* cos_sin,                       \
-        const unsigned int* slots, float eps, int flags) {                                         \
-        const DecodePost post{flags, wq, wk, positions, cos_sin, slots, eps};                      \
-        decode_split_v3_impl<D, MG, U, PIPE>(part_o, part_ml, q, k_cache, v_cache, table,          \
-                                                q_tok, kv_len, row, nq, nk, q_stride,              \
-                                                table_stride, scale, out, counters, min_keys,      \
-                                                post);                                             \
-    }
+#define DECODE_V3(NAME, D, MG, U, MINB, PIPE) \
+    DECODE_ENTRY(NAME, MINB, decode_split_v3_impl<D, MG, U, PIPE>)
 
 // Key loads in flight per lane (U) shrink as the group grows, to keep registers for 4 blocks/SM.
 DECODE_V3(attention_decode_v3_d64_g1, 64, 1, 8, 4, false)

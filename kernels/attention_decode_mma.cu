@@ -196,20 +196,8 @@ __device__ void decode_mma_impl(float* __restrict__ part_o, float* __restrict__ 
                                    nq, nk, split, splits);
 }
 
-// The V3 kernels' argument list (the host launches either through one wrapper).
-#define DECODE_MMA(NAME, D, MG, S, MINB)                                                           \
-    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                  \
-        float* part_o, float* part_ml, const __nv_bfloat16* q, __nv_bfloat16* k_cache,             \
-        __nv_bfloat16* v_cache, const unsigned int* table, const int* q_tok, const int* kv_len,    \
-        const int* row, int nq, int nk, int q_stride, int table_stride, float scale,               \
-        __nv_bfloat16* out, unsigned int* counters, int min_keys, const __nv_bfloat16* wq,         \
-        const __nv_bfloat16* wk, const int* positions, const float* cos_sin,                       \
-        const unsigned int* slots, float eps, int flags) {                                         \
-        const DecodePost post{flags, wq, wk, positions, cos_sin, slots, eps};                      \
-        decode_mma_impl<D, MG, S>(part_o, part_ml, q, k_cache, v_cache, table, q_tok, kv_len,     \
-                                  row, nq, nk, q_stride, table_stride, scale, out, counters,       \
-                                  min_keys, post);                                                 \
-    }
+// The V3 kernels' entry point (the host launches either through one wrapper).
+#define DECODE_MMA(NAME, D, MG, S, MINB) DECODE_ENTRY(NAME, MINB, decode_mma_impl<D, MG, S>)
 
 // Three stages per warp: 109 KB of shared memory at D = 128 (two blocks per SM), 58 KB at D = 64.
 // On the H100 three beat two (74 KB, three blocks per SM) at every batch size measured (run 15).

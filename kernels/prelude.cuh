@@ -279,6 +279,22 @@ struct DecodePost {
     float eps;
 };
 
+// A decode attention entry point (attention_decode.cu, attention_decode_mma.cu): the argument
+// list both kernel families take, the trailing q/k-pass arguments gathered into a DecodePost,
+// then the implementation instance given as the variadic tail (a template-id with commas).
+#define DECODE_ENTRY(NAME, MINB, ...)                                                              \
+    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                  \
+        float* part_o, float* part_ml, const __nv_bfloat16* q, __nv_bfloat16* k_cache,             \
+        __nv_bfloat16* v_cache, const unsigned int* table, const int* q_tok, const int* kv_len,    \
+        const int* row, int nq, int nk, int q_stride, int table_stride, float scale,               \
+        __nv_bfloat16* out, unsigned int* counters, int min_keys, const __nv_bfloat16* wq,         \
+        const __nv_bfloat16* wk, const int* positions, const float* cos_sin,                       \
+        const unsigned int* slots, float eps, int flags) {                                         \
+        const DecodePost post{flags, wq, wk, positions, cos_sin, slots, eps};                      \
+        __VA_ARGS__(part_o, part_ml, q, k_cache, v_cache, table, q_tok, kv_len, row, nq, nk,       \
+                    q_stride, table_stride, scale, out, counters, min_keys, post);                 \
+    }
+
 // The end of both decode kernels (attention_decode.cu, attention_decode_mma.cu): merge the
 // NWARPS warps' online-softmax states of the block's G q heads (sm_m, sm_l: [NWARPS][MG]; sm_o:
 // [NWARPS][MG][D]; maxima in log2 units). With counters and one split the block normalises and
