@@ -139,8 +139,8 @@ pub struct KernelChoice {
     /// Decode steps with at most this many decode rows run the tensor-core decode attention
     /// (`AttnShape::decode_mma`), larger ones the CUDA-core V3 kernels (0: never). Default 8: on
     /// the H100 (run 15, decode graphs) it took b=1 0.940 vs 0.966 ms, b=4 0.967 vs 1.021, but
-    /// b=16 1.230 vs 1.191 and b=64 1.843 vs 1.612 (at 109 KB of shared memory per block the
-    /// 512 blocks of b=64 take two waves).
+    /// b=16 1.230 vs 1.191 and b=64 1.843 vs 1.612 (ncu at b=64: 2.5x fewer instructions but
+    /// latency-bound at two blocks per SM, docs/cuda.md run 15).
     pub decode_mma_max_tokens: usize,
 }
 
