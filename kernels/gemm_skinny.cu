@@ -31,14 +31,6 @@
 
 enum { SK_PLAIN = 0, SK_RESADD = 1, SK_SILU = 2 };
 
-__device__ __forceinline__ uint4 ld_stream(const __nv_bfloat16* p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 __device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                                          unsigned b0, unsigned b1) {
     asm volatile(

@@ -80,6 +80,29 @@ __device__ __forceinline__ uint4 pack8(const float* f) {
     return u;
 }
 
+// A 16-byte load of weights read once: through L2 only, not allocated in L1 (the skinny GEMM's
+// and the LM-head argmax's weight stream).
+__device__ __forceinline__ uint4 ld_stream(const __nv_bfloat16* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+// A (value, index) candidate of a greedy argmax (sampling.cu, lm_head_argmax.cu).
+struct ArgMax {
+    float v;
+    int i;
+};
+
+// Larger value wins; ties go to the lower index (torch.argmax's choice). A total order, so any
+// reduction order gives the same winner. Callers map NaN to -inf first.
+__device__ __forceinline__ ArgMax better(ArgMax a, ArgMax b) {
+    if (b.v > a.v || (b.v == a.v && b.i < a.i)) return b;
+    return a;
+}
+
 // Two floats as a bf16x2 register (an mma operand).
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);

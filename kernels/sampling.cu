@@ -14,16 +14,7 @@
 #define NT 1024
 #define MASS_SCALE 1099511627776.0  // 2^40
 
-struct ArgMax {
-    float v;
-    int i;
-};
-
-__device__ __forceinline__ ArgMax better(ArgMax a, ArgMax b) {
-    // Larger value wins; ties go to the lower index (torch.argmax's choice); NaN counts as -inf.
-    if (b.v > a.v || (b.v == a.v && b.i < a.i)) return b;
-    return a;
-}
+// ArgMax and better() (ties to the lower index) are in prelude.cuh.
 
 __device__ ArgMax block_argmax(ArgMax a) {
     __shared__ float sv[32];
