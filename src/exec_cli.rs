@@ -72,6 +72,10 @@ pub struct BenchOneBatchArgs {
     /// the CUDA-core kernels (0: never; default: the engine's choice, 8).
     #[arg(long)]
     decode_mma_max_rows: Option<usize>,
+    /// Run the LM head and the greedy argmax as separate kernels (f32 logits written and read
+    /// back) instead of the LM head with the argmax folded in.
+    #[arg(long)]
+    no_lm_argmax: bool,
 }
 
 /// `doppel exec generate`.
@@ -250,6 +254,9 @@ fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
     model.kernels.gemm_lt = !a.no_gemm_tuning;
     if let Some(n) = a.decode_mma_max_rows {
         model.kernels.decode_mma_max_tokens = n;
+    }
+    if a.no_lm_argmax {
+        model.kernels.lm_head_argmax = false;
     }
     let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
     eprintln!(

@@ -23,7 +23,7 @@ use doppel_exec::cuda::attention::{
     decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant,
 };
 use doppel_exec::cuda::model::{
-    DecodeKernel, GpuModel, KvPool, RowSampling, StepInput, TileUse, Workspace,
+    DecodeKernel, GpuModel, KvPool, RowSampling, StepInput, TileUse, TokenPick, Workspace,
 };
 use doppel_exec::cuda::skinny::{skinny_plan, SkinnyEpilogue, SkinnyScratch, SKINNY_COUNTERS};
 use doppel_exec::cuda::Gpu;
@@ -123,7 +123,16 @@ pub(crate) fn decode_graph(
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .unwrap();
     model
-        .forward(gpu, kv, ws, b, None, Some((meta, splits)), b, true)
+        .forward(
+            gpu,
+            kv,
+            ws,
+            b,
+            None,
+            Some((meta, splits)),
+            b,
+            TokenPick::Argmax,
+        )
         .unwrap();
     gpu.stream
         .end_capture(CUgraphInstantiate_flags_enum(0))
@@ -218,7 +227,16 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         model.tune_gemms(gpu, &ws, s.ids.len(), b).unwrap();
         let ms = time_ms(gpu, 5, 1, || {
             model
-                .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+                .forward(
+                    gpu,
+                    &kv,
+                    &ws,
+                    s.ids.len(),
+                    Some(&meta),
+                    None,
+                    b,
+                    TokenPick::Argmax,
+                )
                 .unwrap()
         });
         // The same prefill with run 5's extend attention (one q head per block), same process.
@@ -226,7 +244,16 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         model.kernels.extend = ExtendVariant::Fast;
         let ms_old = time_ms(gpu, 5, 1, || {
             model
-                .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+                .forward(
+                    gpu,
+                    &kv,
+                    &ws,
+                    s.ids.len(),
+                    Some(&meta),
+                    None,
+                    b,
+                    TokenPick::Argmax,
+                )
                 .unwrap()
         });
         model.kernels.extend = default_extend;
@@ -234,7 +261,16 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         model.kernels.extend_q_rope = false;
         let ms_qpass = time_ms(gpu, 5, 1, || {
             model
-                .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+                .forward(
+                    gpu,
+                    &kv,
+                    &ws,
+                    s.ids.len(),
+                    Some(&meta),
+                    None,
+                    b,
+                    TokenPick::Argmax,
+                )
                 .unwrap()
         });
         model.kernels.extend_q_rope = true;
@@ -243,7 +279,16 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         gpu.set_pdl(false);
         let ms_nopdl = time_ms(gpu, 5, 1, || {
             model
-                .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+                .forward(
+                    gpu,
+                    &kv,
+                    &ws,
+                    s.ids.len(),
+                    Some(&meta),
+                    None,
+                    b,
+                    TokenPick::Argmax,
+                )
                 .unwrap()
         });
         gpu.set_pdl(pdl);
@@ -275,7 +320,16 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         model.kernels.proj_resadd = false;
         let ms_sep = time_ms(gpu, 5, 1, || {
             model
-                .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+                .forward(
+                    gpu,
+                    &kv,
+                    &ws,
+                    s.ids.len(),
+                    Some(&meta),
+                    None,
+                    b,
+                    TokenPick::Argmax,
+                )
                 .unwrap()
         });
         model.kernels.proj_resadd = true;
@@ -310,7 +364,16 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let meta =
             ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx, group).unwrap();
         model
-            .forward(gpu, &kv, &ws, s.ids.len(), Some(&meta), None, b, true)
+            .forward(
+                gpu,
+                &kv,
+                &ws,
+                s.ids.len(),
+                Some(&meta),
+                None,
+                b,
+                TokenPick::Argmax,
+            )
             .unwrap();
 
         // Decode b tokens at kv_len 160.
@@ -364,7 +427,16 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         }
         let eager = time_ms(gpu, 9, 3, || {
             model
-                .forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true)
+                .forward(
+                    gpu,
+                    &kv,
+                    &ws,
+                    b,
+                    None,
+                    Some((&meta, splits)),
+                    b,
+                    TokenPick::Argmax,
+                )
                 .unwrap()
         });
         let graph = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
@@ -406,6 +478,21 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             model.kernels.decode_mma_max_tokens = max;
             let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
             model.kernels.decode_mma_max_tokens = mma;
+            mma_rows.push((what, time_ms(gpu, 15, 10, || g.launch().unwrap())));
+        }
+        // The LM head: separate kernels (f32 logits, then the argmax) against the argmax folded
+        // in (at every batch size here), twice each.
+        let lm = model.kernels;
+        for (what, on) in [
+            ("LM head + argmax kernel", false),
+            ("argmax in the LM head", true),
+            ("LM head + argmax kernel, again", false),
+            ("argmax in the LM head, again", true),
+        ] {
+            model.kernels.lm_head_argmax = on;
+            model.kernels.lm_argmax_min_rows = 1;
+            let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
+            model.kernels = lm;
             mma_rows.push((what, time_ms(gpu, 15, 10, || g.launch().unwrap())));
         }
         let replay3 = time_ms(gpu, 15, 10, || graph.launch().unwrap());

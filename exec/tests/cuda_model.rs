@@ -24,7 +24,8 @@ use doppel_exec::cuda::attention::{
 };
 use doppel_exec::cuda::backend::{CudaBackend, CudaBackendConfig};
 use doppel_exec::cuda::model::{
-    DecodeKernel, GpuModel, KernelChoice, KvPool, RowSampling, StepInput, TileUse, Workspace,
+    DecodeKernel, GpuModel, KernelChoice, KvPool, RowSampling, StepInput, TileUse, TokenPick,
+    Workspace,
 };
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{Arch, CpuModel, DType, ModelConfig, RopeScaling, WeightStore};
@@ -100,7 +101,7 @@ fn run_step(
             ext.as_ref(),
             dec.as_ref().map(|d| (d, splits)),
             seqs.len(),
-            true,
+            TokenPick::ArgmaxKeepLogits,
         )
         .unwrap();
     let v = model.cfg.vocab_size;
@@ -569,6 +570,22 @@ fn cuda_backend_matches_cpu_backend() {
                 decode_prefetch_rows: false,
                 decode_early_kv: false,
                 decode_mma_max_tokens: 0,
+                lm_head_argmax: false,
+                lm_argmax_min_rows: 2,
+            },
+        ),
+        (
+            "LM head and argmax as separate kernels",
+            KernelChoice {
+                lm_head_argmax: false,
+                ..Default::default()
+            },
+        ),
+        (
+            "argmax folded into the LM head at every row count",
+            KernelChoice {
+                lm_argmax_min_rows: 1,
+                ..Default::default()
             },
         ),
         (

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root: every CUDA check, then the timings.
 #   BIN: folder holding the release test executables cuda_nvrtc, cuda_kernels, cuda_attention, cuda_fused,
-#        cuda_startup, cuda_model, cuda_bench and the doppel binary (scripts/gpu/stage.sh puts them in carry/bin)
+#        cuda_gemm_tile, cuda_decode_post, cuda_lm_argmax, cuda_startup, cuda_model, cuda_bench and the doppel binary (scripts/gpu/stage.sh puts them in carry/bin)
 #   OUT: folder for logs (default /tmp/doppel-gpu-out)
 # Each stage has its own time limit so one hang cannot take the others down; the exit status is
 # non-zero if any correctness stage failed.
@@ -25,7 +25,7 @@ for s in $STAGES; do
     nvrtc) DOPPEL_REQUIRE_NVRTC=1 timeout 90 "$BIN/cuda_nvrtc" --nocapture 2>&1 | tee "$OUT/nvrtc.log" ;;
     kernels) { timeout 120 "$BIN/cuda_kernels" --nocapture --test-threads=1 && timeout 60 "$BIN/cuda_attention" --nocapture &&
         timeout 30 "$BIN/cuda_fused" --nocapture && timeout 30 "$BIN/cuda_gemm_tile" --nocapture &&
-        timeout 30 "$BIN/cuda_decode_post" --nocapture; } 2>&1 | tee "$OUT/kernels.log" ;;
+        timeout 30 "$BIN/cuda_decode_post" --nocapture && timeout 60 "$BIN/cuda_lm_argmax" --nocapture; } 2>&1 | tee "$OUT/kernels.log" ;;
     startup) timeout 60 "$BIN/cuda_startup" --nocapture --test-threads=1 2>&1 | tee -a "$OUT/kernels.log" ;;
     bench) timeout 150 "$BIN/cuda_bench" --ignored --nocapture --test-threads=1 2>&1 | tee "$OUT/bench.log" ;;
     reference) timeout 110 python3 scripts/gpu/make_reference.py /tmp/qwen3-ref 2>&1 | tee "$OUT/reference.log" ;;

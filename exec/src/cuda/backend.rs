@@ -10,7 +10,7 @@
 //! with logit bias, penalties or logprobs are sampled on the host from downloaded logits.
 
 use super::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
-use super::model::{GpuModel, KvPool, RowSampling, StepInput, Workspace};
+use super::model::{GpuModel, KvPool, RowSampling, StepInput, TokenPick, Workspace};
 use super::timing::StepEvents;
 use super::{CudaError, DriverCtx, Gpu, Result};
 use crate::sampling::RequestSampler;
@@ -74,7 +74,7 @@ pub struct CudaBackend {
     cfg: CudaBackendConfig,
     pad_row: usize,
     sms: usize,
-    graphs: HashMap<(usize, bool), Captured>,
+    graphs: HashMap<(usize, TokenPick), Captured>,
     // Page-locked host copies of two steps' samples: a step's results are downloaded
     // asynchronously and waited on by their own event, so in the overlap order collecting step N
     // does not also wait for step N+1, which is already queued behind it.
@@ -384,13 +384,20 @@ impl CudaBackend {
             }
         }
         let rows = s.logit_tok.len();
-        let greedy = s.sampling.iter().all(|r| r.temperature <= 0.0);
+        let pick = if !s.sampling.iter().all(|r| r.temperature <= 0.0) {
+            TokenPick::Sample
+        } else if host_rows.is_empty() {
+            TokenPick::Argmax
+        } else {
+            // Host sampling reads these rows' logits after the step.
+            TokenPick::ArgmaxKeepLogits
+        };
         let decode_only = s.extend.is_empty() && !s.decode.is_empty() && rows == s.decode.len();
         let gb = graph_sizes(self.cfg.max_graph_batch)
             .into_iter()
             .find(|&b| b >= s.decode.len());
         match (decode_only, gb) {
-            (true, Some(gb)) => self.run_graph(&mut s, gb, greedy)?,
+            (true, Some(gb)) => self.run_graph(&mut s, gb, pick)?,
             _ => {
                 s.validate(&self.model, &self.kv, &self.ws)?;
                 self.model.upload_step(&self.gpu, &mut self.ws, &s)?;
@@ -437,7 +444,7 @@ impl CudaBackend {
                     ext.as_ref(),
                     dec.as_ref().map(|d| (d, splits)),
                     rows,
-                    greedy,
+                    pick,
                 )?;
             }
         }

@@ -4,7 +4,7 @@
 //! resolved on the device), timed with CUDA events after a warm-up run; medians over repeats.
 
 use super::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
-use super::model::{GpuModel, KvPool, RowSampling, StepInput, Workspace};
+use super::model::{GpuModel, KvPool, RowSampling, StepInput, TokenPick, Workspace};
 use super::{DriverCtx, Gpu, Result};
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
 use doppel_core::FUTURE_TOKEN;
@@ -161,7 +161,16 @@ pub fn run(gpu: &Gpu, model: &GpuModel, opt: &BenchOptions) -> Result<Vec<BenchR
         gpu.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .ctx("starting graph capture")?;
-        let captured = model.forward(gpu, &kv, &ws, b, None, Some((&meta, splits)), b, true);
+        let captured = model.forward(
+            gpu,
+            &kv,
+            &ws,
+            b,
+            None,
+            Some((&meta, splits)),
+            b,
+            TokenPick::Argmax,
+        );
         let graph = gpu
             .stream
             .end_capture(CUgraphInstantiate_flags_enum(0))
@@ -177,7 +186,16 @@ pub fn run(gpu: &Gpu, model: &GpuModel, opt: &BenchOptions) -> Result<Vec<BenchR
         for rep in 0..=opt.repeats.max(1) {
             model.upload_step(gpu, &mut ws, &pre)?;
             let prefill = ms_between(gpu, || {
-                model.forward(gpu, &kv, &ws, pre.ids.len(), Some(&ext), None, b, true)
+                model.forward(
+                    gpu,
+                    &kv,
+                    &ws,
+                    pre.ids.len(),
+                    Some(&ext),
+                    None,
+                    b,
+                    TokenPick::Argmax,
+                )
             })?;
             let mut decode = Vec::new();
             for step in 0..opt.output_len.saturating_sub(1) {

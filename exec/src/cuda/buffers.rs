@@ -97,6 +97,8 @@ pub struct Workspace {
     pub samp_k: CudaSlice<i32>,
     /// Counters and per-block partials of the multi-block argmax.
     pub argmax_scratch: CudaSlice<u32>,
+    /// Counter and per-CTA candidates of the LM head with the argmax folded in.
+    pub lm_argmax_scratch: CudaSlice<u32>,
     /// Per (decode entry, kv head) counters of the one-launch decode attention.
     pub decode_counters: CudaSlice<u32>,
     pub(super) part_o: CudaSlice<f32>,
@@ -150,6 +152,7 @@ impl Workspace {
             samp_f: [gpu.zeros(s)?, gpu.zeros(s)?, gpu.zeros(s)?, gpu.zeros(s)?],
             samp_k: gpu.zeros(s)?,
             argmax_scratch: gpu.zeros(super::ops::argmax_scratch_len(s))?,
+            lm_argmax_scratch: gpu.zeros(super::lm_argmax::lm_argmax_scratch_len(gpu.sms))?,
             decode_counters: gpu.zeros(s * c.num_kv_heads)?,
             part_o: gpu.zeros(s * c.num_heads * max_splits * c.head_dim)?,
             part_ml: gpu.zeros(s * c.num_heads * max_splits * 2)?,
@@ -163,6 +166,18 @@ impl Workspace {
             skinny_counters: gpu.zeros(SKINNY_COUNTERS)?,
         })
     }
+}
+
+/// How a step turns its logits rows into tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TokenPick {
+    /// Greedy, and nothing reads the logits: the argmax may be folded into the LM head
+    /// ([`KernelChoice::lm_head_argmax`](super::model::KernelChoice)), which never writes them.
+    Argmax,
+    /// Greedy, with the f32 logits kept in the workspace (host sampling, logprobs, checks).
+    ArgmaxKeepLogits,
+    /// The GPU sampler per row (temperature, top-k, top-p, min-p; greedy rows too).
+    Sample,
 }
 
 /// Per-row sampling parameters for the GPU sampler.

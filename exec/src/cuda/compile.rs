@@ -109,6 +109,17 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         ["argmax_rows", "argmax_rows_split", "sample_rows"]
     ),
     kernel_source!(
+        "lm_head_argmax.cu",
+        [
+            "lm_head_argmax_m1_k1024",
+            "lm_head_argmax_m2_k1024",
+            "lm_head_argmax_m3_k1024",
+            "lm_head_argmax_m4_k1024",
+            "lm_head_argmax_m1_k2048",
+            "lm_head_argmax_m2_k2048"
+        ]
+    ),
+    kernel_source!(
         "gemv.cu",
         [
             "gemv_bf16",

@@ -12,7 +12,7 @@ use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
-pub use super::buffers::{KvPool, RowSampling, StepInput, Workspace};
+pub use super::buffers::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
 
 impl GpuModel {
     pub(super) fn lm_head(&self) -> &CudaSlice<bf16> {
@@ -49,6 +49,13 @@ impl GpuModel {
     /// Whether the LM head over `rows` rows runs the f32 GEMV (else cuBLAS).
     pub(super) fn lm_head_on_gemv(&self, rows: usize) -> bool {
         rows <= self.kernels.lm_head_gemv_max.min(8)
+    }
+
+    /// Whether a greedy step's LM head over `rows` rows runs with the argmax folded in.
+    pub(super) fn lm_argmax_on(&self, gpu: &Gpu, rows: usize) -> bool {
+        self.kernels.lm_head_argmax
+            && rows >= self.kernels.lm_argmax_min_rows
+            && gpu.lm_argmax_fits(rows, self.cfg.hidden_size)
     }
 
     /// Whether some `m`-token projections go to cuBLAS (above the GEMV's and the skinny GEMM's
@@ -236,7 +243,8 @@ impl GpuModel {
 
     /// Queue the forward pass for `tokens` tokens (inputs already in `ws`), attention per the
     /// given metadata, logits for `rows` rows, sampling into `ws.sampled` and each sampled row's
-    /// last token. `greedy` selects the argmax kernel for all rows. Launches only (capturable).
+    /// last token. `pick` says how (argmax for every row, keeping the logits or not, or the
+    /// sampler). Launches only (capturable).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -247,7 +255,7 @@ impl GpuModel {
         extend: Option<&ExtendMeta>,
         decode: Option<(&DecodeMeta, usize)>,
         rows: usize,
-        greedy: bool,
+        pick: TokenPick,
     ) -> Result<()> {
         let c = &self.cfg;
         let (h, nq, nk, d, inter) = (
@@ -549,6 +557,21 @@ impl GpuModel {
             gpu.gather_rows(sel_res, residual, gpu.ptr(&ws.logit_tok), rows, h)?;
             gpu.fused_add_rmsnorm(sel, sel_res, p(&self.final_norm), rows, h, eps)?;
         }
+        // The argmax also records each row's token for the next step.
+        let store = LastTokenStore {
+            last_token: gpu.ptr(&kv.last_token),
+            rows: gpu.ptr(&ws.logit_row),
+        };
+        if pick == TokenPick::Argmax && self.lm_argmax_on(gpu, rows) {
+            return gpu.lm_head_argmax(
+                gpu.ptr(&ws.sampled),
+                sel,
+                p(self.lm_head()),
+                gpu.ptr(&ws.lm_argmax_scratch),
+                (rows, c.vocab_size, h),
+                Some(store),
+            );
+        }
         if self.lm_head_on_gemv(rows) {
             gpu.gemv_f32out(
                 gpu.ptr(&ws.logits),
@@ -569,6 +592,7 @@ impl GpuModel {
                 self.gemm_tuned(rows),
             )?;
         }
+        let greedy = pick != TokenPick::Sample;
         if greedy && self.kernels.argmax_single_block {
             gpu.argmax_rows_single(
                 gpu.ptr(&ws.sampled),
@@ -577,11 +601,6 @@ impl GpuModel {
                 c.vocab_size,
             )?;
         } else if greedy {
-            // The argmax also records each row's token for the next step.
-            let store = LastTokenStore {
-                last_token: gpu.ptr(&kv.last_token),
-                rows: gpu.ptr(&ws.logit_row),
-            };
             return gpu.argmax_rows(
                 gpu.ptr(&ws.sampled),
                 gpu.ptr(&ws.logits),

@@ -20,6 +20,7 @@ pub mod fused;
 pub mod gemm_tile;
 pub mod kernels;
 mod launch;
+pub mod lm_argmax;
 pub mod model;
 pub mod ops;
 pub mod rope;

@@ -10,7 +10,7 @@
 //! This file holds the weights; the forward pass, KV pool and workspace are in `forward.rs`.
 
 use super::attention::{ExtendVariant, MIN_KEYS_PER_SPLIT};
-pub use super::forward::{KvPool, RowSampling, StepInput, Workspace};
+pub use super::forward::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
 use super::rope::cos_sin_table;
 use super::{CudaError, DriverCtx, Gpu, Result};
 use crate::model::weights::{LayerNames, EMBED, FINAL_NORM, LM_HEAD};
@@ -142,6 +142,12 @@ pub struct KernelChoice {
     /// b=16 1.230 vs 1.191 and b=64 1.843 vs 1.612 (ncu at b=64: 2.5x fewer instructions but
     /// latency-bound at two blocks per SM, docs/cuda.md run 15).
     pub decode_mma_max_tokens: usize,
+    /// Greedy steps whose logits nothing reads ([`TokenPick::Argmax`](super::buffers::TokenPick))
+    /// with `lm_argmax_min_rows..=64` rows run the LM head with the argmax folded in
+    /// (`kernels/lm_head_argmax.cu`): no f32 logits written and read back, one launch fewer.
+    pub lm_head_argmax: bool,
+    /// Fewest rows for `lm_head_argmax` (fewer: the GEMV or cuBLAS and the argmax kernel).
+    pub lm_argmax_min_rows: usize,
 }
 
 /// Which 17-64-token projections run the tiled GEMM ([`KernelChoice::tile_gemm`]).
@@ -181,6 +187,8 @@ impl Default for KernelChoice {
             decode_prefetch_rows: true,
             decode_early_kv: true,
             decode_mma_max_tokens: 8,
+            lm_head_argmax: true,
+            lm_argmax_min_rows: 2,
         }
     }
 }

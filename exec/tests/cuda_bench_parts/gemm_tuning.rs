@@ -4,7 +4,7 @@
 use super::time_ms;
 use doppel_exec::cuda::attention::{DecodeMeta, ExtendMeta};
 use doppel_exec::cuda::blas::TuneReport;
-use doppel_exec::cuda::model::{GpuModel, KvPool, StepInput, Workspace};
+use doppel_exec::cuda::model::{GpuModel, KvPool, StepInput, TokenPick, Workspace};
 use doppel_exec::cuda::Gpu;
 
 fn name(r: &TuneReport, h: usize) -> &'static str {
@@ -150,7 +150,16 @@ pub fn prefill_ab(
         model.tune_gemms(gpu, ws, s.ids.len(), b).unwrap();
         t[i] = time_ms(gpu, 5, 1, || {
             model
-                .forward(gpu, kv, ws, s.ids.len(), Some(meta), None, b, true)
+                .forward(
+                    gpu,
+                    kv,
+                    ws,
+                    s.ids.len(),
+                    Some(meta),
+                    None,
+                    b,
+                    TokenPick::Argmax,
+                )
                 .unwrap()
         });
     }

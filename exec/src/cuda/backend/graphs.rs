@@ -3,7 +3,7 @@
 
 use super::CudaBackend;
 use crate::cuda::attention::{decode_splits, AttnEntry, DecodeMeta};
-use crate::cuda::model::{RowSampling, StepInput};
+use crate::cuda::model::{RowSampling, StepInput, TokenPick};
 use crate::cuda::{CudaError, DriverCtx, Result};
 use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
@@ -38,7 +38,12 @@ unsafe impl Send for Captured {}
 
 impl CudaBackend {
     /// Pad a decode-only step to `gb` entries and replay (capturing on first use) its graph.
-    pub(super) fn run_graph(&mut self, s: &mut StepInput, gb: usize, greedy: bool) -> Result<()> {
+    pub(super) fn run_graph(
+        &mut self,
+        s: &mut StepInput,
+        gb: usize,
+        pick: TokenPick,
+    ) -> Result<()> {
         let n = s.decode.len();
         let pad = self.pad_row as u32;
         for i in n..gb {
@@ -66,7 +71,7 @@ impl CudaBackend {
         self.model.upload_step(&self.gpu, &mut self.ws, s)?;
         let splits = decode_splits(gb, self.model.cfg.num_kv_heads, self.kv.max_ctx, self.sms)
             .min(self.ws.max_splits);
-        if let Some(c) = self.graphs.get_mut(&(gb, greedy)) {
+        if let Some(c) = self.graphs.get_mut(&(gb, pick)) {
             c.meta
                 .update(&self.gpu, &s.decode, self.kv.rows, self.kv.max_ctx)?;
             return c.graph.launch().ctx("replaying a decode graph");
@@ -91,7 +96,7 @@ impl CudaBackend {
             None,
             Some((&meta, splits)),
             gb,
-            greedy,
+            pick,
         );
         let graph = self
             .gpu
@@ -104,7 +109,7 @@ impl CudaBackend {
             msg: "graph capture produced no graph".into(),
         })?;
         graph.launch().ctx("launching a decode graph")?;
-        self.graphs.insert((gb, greedy), Captured { graph, meta });
+        self.graphs.insert((gb, pick), Captured { graph, meta });
         Ok(())
     }
 }
