@@ -72,10 +72,10 @@ pub struct BenchOneBatchArgs {
     /// the CUDA-core kernels (0: never; default: the engine's choice, 8).
     #[arg(long)]
     decode_mma_max_rows: Option<usize>,
-    /// Run the LM head and the greedy argmax as separate kernels (f32 logits written and read
-    /// back) instead of the LM head with the argmax folded in.
+    /// Fold the greedy argmax into the LM head (no f32 logits written and read back) at 2-64
+    /// rows; off by default (see `KernelChoice::lm_head_argmax`).
     #[arg(long)]
-    no_lm_argmax: bool,
+    lm_argmax: bool,
 }
 
 /// `doppel exec generate`.
@@ -255,8 +255,8 @@ fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = a.decode_mma_max_rows {
         model.kernels.decode_mma_max_tokens = n;
     }
-    if a.no_lm_argmax {
-        model.kernels.lm_head_argmax = false;
+    if a.lm_argmax {
+        model.kernels.lm_head_argmax = true;
     }
     let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
     eprintln!(

@@ -575,15 +575,16 @@ fn cuda_backend_matches_cpu_backend() {
             },
         ),
         (
-            "LM head and argmax as separate kernels",
+            "argmax folded into the LM head (2-64 rows)",
             KernelChoice {
-                lm_head_argmax: false,
+                lm_head_argmax: true,
                 ..Default::default()
             },
         ),
         (
             "argmax folded into the LM head at every row count",
             KernelChoice {
+                lm_head_argmax: true,
                 lm_argmax_min_rows: 1,
                 ..Default::default()
             },

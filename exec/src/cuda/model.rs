@@ -145,6 +145,10 @@ pub struct KernelChoice {
     /// Greedy steps whose logits nothing reads ([`TokenPick::Argmax`](super::buffers::TokenPick))
     /// with `lm_argmax_min_rows..=64` rows run the LM head with the argmax folded in
     /// (`kernels/lm_head_argmax.cu`): no f32 logits written and read back, one launch fewer.
+    /// Default off: on the H100 (run 17) decode graphs replayed back to back took b=4 0.961 vs
+    /// 0.977 ms, b=16 1.190 vs 1.202, b=64 1.614 vs 1.618, but bench-one-batch's isolated steps
+    /// gained nothing at b=4 and b=64 and lost ~1 % at b=16 (1.211 vs 1.198), and serving's
+    /// decode ITLs did not move; the kernel reads the weights at ~2.1 TB/s at 64 rows.
     pub lm_head_argmax: bool,
     /// Fewest rows for `lm_head_argmax` (fewer: the GEMV or cuBLAS and the argmax kernel).
     pub lm_argmax_min_rows: usize,
@@ -187,7 +191,7 @@ impl Default for KernelChoice {
             decode_prefetch_rows: true,
             decode_early_kv: true,
             decode_mma_max_tokens: 8,
-            lm_head_argmax: true,
+            lm_head_argmax: false,
             lm_argmax_min_rows: 2,
         }
     }
