@@ -383,7 +383,6 @@ fn attention_decode(
 /// A decode attention captured once in a CUDA graph and replayed with new lengths written into
 /// the same metadata buffers: the graph must read them from the device, not bake them in.
 fn decode_graph_replay(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
-    use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
     let (nq, nk, d, splits) = (16, 8, 128, 8);
     let max_lens = [3000usize, 2000, 1024];
     let kv = KvSetup::new(gpu, rng, nk, d, &max_lens, 4096);
@@ -400,26 +399,20 @@ fn decode_graph_replay(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
     let po = gpu.zeros::<f32>(t * nq * splits * d).unwrap();
     let pm = gpu.zeros::<f32>(t * nq * splits * 2).unwrap();
     let dout = gpu.zeros::<bf16>(t * nq * d).unwrap();
-    gpu.sync().unwrap();
-    gpu.stream
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        .unwrap();
-    gpu.attention_decode(
-        gpu.ptr(&dout),
-        gpu.ptr(&dq),
-        kv.view(gpu),
-        &meta,
-        &shape,
-        gpu.ptr(&po),
-        gpu.ptr(&pm),
-        splits,
-    )
-    .unwrap();
     let graph = gpu
-        .stream
-        .end_capture(CUgraphInstantiate_flags_enum(0))
-        .unwrap()
-        .expect("a captured graph");
+        .capture("decode attention graph", || {
+            gpu.attention_decode(
+                gpu.ptr(&dout),
+                gpu.ptr(&dq),
+                kv.view(gpu),
+                &meta,
+                &shape,
+                gpu.ptr(&po),
+                gpu.ptr(&pm),
+                splits,
+            )
+        })
+        .unwrap();
     graph.launch().unwrap();
     let out_a = gpu.download(&dout).unwrap();
     compare_rows(

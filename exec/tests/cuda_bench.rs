@@ -17,7 +17,7 @@ mod projections;
 mod tile;
 
 use cuda_common::{open_gpu, Rng};
-use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaGraph, CudaSlice};
 use doppel_exec::cuda::attention::{
     decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant,
@@ -118,26 +118,9 @@ pub(crate) fn decode_graph(
     b: usize,
     splits: usize,
 ) -> CudaGraph {
-    gpu.sync().unwrap();
-    gpu.stream
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        .unwrap();
     model
-        .forward(
-            gpu,
-            kv,
-            ws,
-            b,
-            None,
-            Some((meta, splits)),
-            b,
-            TokenPick::Argmax,
-        )
-        .unwrap();
-    gpu.stream
-        .end_capture(CUgraphInstantiate_flags_enum(0))
+        .capture_decode(gpu, kv, ws, meta, b, splits, TokenPick::Argmax)
         .unwrap()
-        .expect("graph")
 }
 
 /// A batch of `b` sequences, each with `prefix` cached and `new` new tokens, rows 1..=b of a

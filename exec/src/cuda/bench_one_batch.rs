@@ -6,7 +6,7 @@
 use super::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
 use super::model::{GpuModel, KvPool, RowSampling, StepInput, TokenPick, Workspace};
 use super::{DriverCtx, Gpu, Result};
-use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
+use cudarc::driver::sys::CUevent_flags;
 use doppel_core::FUTURE_TOKEN;
 
 /// What to run.
@@ -157,29 +157,7 @@ pub fn run(gpu: &Gpu, model: &GpuModel, opt: &BenchOptions) -> Result<Vec<BenchR
         model.tune_gemms(gpu, &ws, b, b)?;
         model.tune_gemms(gpu, &ws, pre.ids.len(), b)?;
         let gemm_tune_ms = tune_start.elapsed().as_secs_f64() * 1e3;
-        gpu.sync()?;
-        gpu.stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .ctx("starting graph capture")?;
-        let captured = model.forward(
-            gpu,
-            &kv,
-            &ws,
-            b,
-            None,
-            Some((&meta, splits)),
-            b,
-            TokenPick::Argmax,
-        );
-        let graph = gpu
-            .stream
-            .end_capture(CUgraphInstantiate_flags_enum(0))
-            .ctx("ending graph capture")?;
-        captured?;
-        let graph = graph.ok_or(super::CudaError::Invalid {
-            kernel: "bench",
-            msg: "capture produced no graph".into(),
-        })?;
+        let graph = model.capture_decode(gpu, &kv, &ws, &meta, b, splits, TokenPick::Argmax)?;
 
         let mut runs = Vec::new();
         // One warm-up run (module loads, cuBLAS heuristics), then the timed repeats.

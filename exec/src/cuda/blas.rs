@@ -6,9 +6,7 @@ pub use super::blas_lt::{AlgoInfo, TuneReport};
 use super::ops::{check, int, need};
 use super::{CudaError, DPtr, DriverCtx, Result};
 use cudarc::cublas::{result as cr, sys, CudaBlas};
-use cudarc::driver::sys::{
-    CUevent_flags, CUgraphInstantiate_flags_enum, CUstreamCaptureMode, CUstreamCaptureStatus,
-};
+use cudarc::driver::sys::{CUevent_flags, CUstreamCaptureStatus};
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
 use std::ffi::c_void;
@@ -451,19 +449,7 @@ impl Blas {
     }
 
     fn capture(&self, body: impl FnOnce() -> Result<()>) -> Result<CudaGraph> {
-        self.stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .ctx("starting a tuning capture")?;
-        let r = body();
-        let g = self
-            .stream
-            .end_capture(CUgraphInstantiate_flags_enum(0))
-            .ctx("ending a tuning capture");
-        r?;
-        g?.ok_or(CudaError::Invalid {
-            kernel: "gemm tune",
-            msg: "capture produced no graph".into(),
-        })
+        super::capture::capture_graph(&self.stream, "capturing a GEMM tuning graph", body)
     }
 
     fn replay_us(&self, graph: &CudaGraph, reps: usize) -> Result<f64> {

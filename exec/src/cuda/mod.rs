@@ -14,6 +14,7 @@ pub mod bench_one_batch;
 pub mod blas;
 pub mod blas_lt;
 pub mod buffers;
+pub mod capture;
 pub mod compile;
 pub mod forward;
 pub mod fused;

@@ -4,7 +4,6 @@
 //! as in a decode graph, and timed by replays.
 
 use super::{rotated_weights, time_ms, Rng};
-use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
 use doppel_exec::cuda::blas::GemmOut;
 use doppel_exec::cuda::gemm_tile::{
     tile_plan, TileEpilogue, TileKind, TilePlan, TILE_DEPTHS, TILE_NO_PREFETCH, TILE_ROTATE,
@@ -15,18 +14,12 @@ use half::bf16;
 
 /// Median µs per call of `f(i)` for i in 0..calls, captured into one graph.
 fn graph_us(gpu: &Gpu, calls: usize, mut f: impl FnMut(usize)) -> f64 {
-    gpu.sync().unwrap();
-    gpu.stream
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        .unwrap();
-    for i in 0..calls {
-        f(i);
-    }
     let g = gpu
-        .stream
-        .end_capture(CUgraphInstantiate_flags_enum(0))
-        .unwrap()
-        .expect("graph");
+        .capture("graph_us", || {
+            (0..calls).for_each(&mut f);
+            Ok(())
+        })
+        .unwrap();
     time_ms(gpu, 9, 3, || g.launch().unwrap()) * 1e3 / calls as f64
 }
 

@@ -4,8 +4,7 @@
 use super::CudaBackend;
 use crate::cuda::attention::{decode_splits, AttnEntry, DecodeMeta};
 use crate::cuda::model::{RowSampling, StepInput, TokenPick};
-use crate::cuda::{CudaError, DriverCtx, Result};
-use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
+use crate::cuda::{DriverCtx, Result};
 use cudarc::driver::CudaGraph;
 
 /// Padded batch sizes that get a CUDA graph: 1..=8, then steps of 8 to 64, 16 to 128, 32 after.
@@ -83,31 +82,9 @@ impl CudaBackend {
             self.model
                 .tune_gemms_or_default(&self.gpu, &self.ws, gb, gb);
         }
-        self.gpu.sync()?;
-        self.gpu
-            .stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .ctx("starting graph capture")?;
-        let fwd = self.model.forward(
-            &self.gpu,
-            &self.kv,
-            &self.ws,
-            gb,
-            None,
-            Some((&meta, splits)),
-            gb,
-            pick,
-        );
         let graph = self
-            .gpu
-            .stream
-            .end_capture(CUgraphInstantiate_flags_enum(0))
-            .ctx("ending graph capture")?;
-        fwd?;
-        let graph = graph.ok_or(CudaError::Invalid {
-            kernel: "backend",
-            msg: "graph capture produced no graph".into(),
-        })?;
+            .model
+            .capture_decode(&self.gpu, &self.kv, &self.ws, &meta, gb, splits, pick)?;
         graph.launch().ctx("launching a decode graph")?;
         self.graphs.insert((gb, pick), Captured { graph, meta });
         Ok(())
