@@ -51,11 +51,18 @@ impl GpuModel {
         rows <= self.kernels.lm_head_gemv_max.min(8)
     }
 
-    /// Whether a greedy step's LM head over `rows` rows runs with the argmax folded in.
-    pub(super) fn lm_argmax_on(&self, gpu: &Gpu, rows: usize) -> bool {
-        self.kernels.lm_head_argmax
+    /// `pick` as a forward pass over `rows` logits rows carries it out: `Argmax` only where the
+    /// argmax is folded into the LM head (no logits written); elsewhere a greedy step writes the
+    /// logits anyway, so it is `ArgmaxKeepLogits` (one decode graph serves both).
+    pub fn step_pick(&self, gpu: &Gpu, pick: TokenPick, rows: usize) -> TokenPick {
+        let folded = self.kernels.lm_head_argmax
             && rows >= self.kernels.lm_argmax_min_rows
-            && gpu.lm_argmax_fits(rows, self.cfg.hidden_size)
+            && gpu.lm_argmax_fits(rows, self.cfg.hidden_size);
+        if pick == TokenPick::Argmax && !folded {
+            TokenPick::ArgmaxKeepLogits
+        } else {
+            pick
+        }
     }
 
     /// Whether some `m`-token projections go to cuBLAS (above the GEMV's and the skinny GEMM's
@@ -562,7 +569,7 @@ impl GpuModel {
             last_token: gpu.ptr(&kv.last_token),
             rows: gpu.ptr(&ws.logit_row),
         };
-        if pick == TokenPick::Argmax && self.lm_argmax_on(gpu, rows) {
+        if self.step_pick(gpu, pick, rows) == TokenPick::Argmax {
             return gpu.lm_head_argmax(
                 gpu.ptr(&ws.sampled),
                 sel,

@@ -393,31 +393,27 @@ pub(crate) fn kernel_breakdown(
         }
         let logits = gpu.zeros::<f32>(b * c.vocab_size).unwrap();
         let emb = gpu.upload(&rng.bf16s(c.vocab_size * h, 0.05)).unwrap();
-        // Greedy steps of these rows fold the argmax into the LM head (no logits).
-        let fused = model.kernels.lm_head_argmax
-            && b >= model.kernels.lm_argmax_min_rows
-            && gpu.lm_argmax_fits(b, h);
+        // Whether greedy steps of these rows fold the argmax into the LM head (no logits).
+        let fused = model.step_pick(gpu, TokenPick::Argmax, b) == TokenPick::Argmax;
         let out = gpu.zeros::<u32>(b).unwrap();
         let lm_scratch = gpu
             .zeros::<u32>(doppel_exec::cuda::lm_argmax::lm_argmax_scratch_len(gpu.sms))
             .unwrap();
-        {
-            rows.push((
-                "lm_head + argmax fused",
-                time_ms(gpu, 9, 3, || {
-                    gpu.lm_head_argmax(
-                        gpu.ptr(&out),
-                        p(&x),
-                        p(&emb),
-                        gpu.ptr(&lm_scratch),
-                        (b, c.vocab_size, h),
-                        None,
-                    )
-                    .unwrap()
-                }),
-                usize::from(fused),
-            ));
-        }
+        rows.push((
+            "lm_head + argmax fused",
+            time_ms(gpu, 9, 3, || {
+                gpu.lm_head_argmax(
+                    gpu.ptr(&out),
+                    p(&x),
+                    p(&emb),
+                    gpu.ptr(&lm_scratch),
+                    (b, c.vocab_size, h),
+                    None,
+                )
+                .unwrap()
+            }),
+            usize::from(fused),
+        ));
         rows.push((
             "lm_head (cuBLAS, f32 out)",
             time_ms(gpu, 9, 3, || {
