@@ -120,8 +120,7 @@ __device__ __forceinline__ void la_body(unsigned int* __restrict__ out, const __
         }
     };
 
-    // Ring slots of tile st (read) and of tile st + NS - 1 (refilled), kept without a modulo.
-    int rd = 0, wr = NS - 1;
+    int rd = 0;  // ring slot of tile st, kept without a modulo
     for (int st = 0; st < n; st++) {
         // Tile st has landed (for every thread's copies, after the barrier); every warp is done
         // with tile st - 1's slot (refilled below) and partial buffer (st - 1) & 1's readers
@@ -129,10 +128,9 @@ __device__ __forceinline__ void la_body(unsigned int* __restrict__ out, const __
         cp_wait<NS - 2>();
         __syncthreads();
         if (st > 0) fold(st - 1);
-        issue(st + NS - 1, wr);
+        issue(st + NS - 1, rd == 0 ? NS - 1 : rd - 1);  // into tile st - 1's slot
         const unsigned char* slot = la_smem + rd * SLOT;
         rd = rd + 1 == NS ? 0 : rd + 1;
-        wr = wr + 1 == NS ? 0 : wr + 1;
         float acc[MT][4];
 #pragma unroll
         for (int i = 0; i < MT; i++)
@@ -186,13 +184,7 @@ __device__ __forceinline__ void la_body(unsigned int* __restrict__ out, const __
             const unsigned int* p = scratch + 1 + 2 * ((size_t)b * LA_MAX_M + m);
             a = better(a, ArgMax{__uint_as_float(__ldcg(p)), (int)__ldcg(p + 1)});
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            ArgMax b;
-            b.v = __shfl_xor_sync(0xffffffffu, a.v, o);
-            b.i = __shfl_xor_sync(0xffffffffu, a.i, o);
-            a = better(a, b);
-        }
+        a = warp_argmax(a);
         if (lane == 0) {
             const unsigned int tok = a.i == LA_NO_IDX ? 0u : (unsigned int)a.i;
             out[m] = tok;

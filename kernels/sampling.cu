@@ -19,13 +19,7 @@
 __device__ ArgMax block_argmax(ArgMax a) {
     __shared__ float sv[32];
     __shared__ int si[32];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        ArgMax b;
-        b.v = __shfl_xor_sync(0xffffffffu, a.v, o);
-        b.i = __shfl_xor_sync(0xffffffffu, a.i, o);
-        a = better(a, b);
-    }
+    a = warp_argmax(a);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     __syncthreads();
     if (lane == 0) {
@@ -36,13 +30,7 @@ __device__ ArgMax block_argmax(ArgMax a) {
     if (warp == 0) {
         a.v = lane < (int)(blockDim.x >> 5) ? sv[lane] : -INFINITY;
         a.i = lane < (int)(blockDim.x >> 5) ? si[lane] : 0x7fffffff;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            ArgMax b;
-            b.v = __shfl_xor_sync(0xffffffffu, a.v, o);
-            b.i = __shfl_xor_sync(0xffffffffu, a.i, o);
-            a = better(a, b);
-        }
+        a = warp_argmax(a);
         if (lane == 0) {
             sv[0] = a.v;
             si[0] = a.i;
