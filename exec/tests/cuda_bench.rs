@@ -123,6 +123,31 @@ pub(crate) fn decode_graph(
         .unwrap()
 }
 
+/// One eager extend (prefill) step of `tokens` tokens with `rows` greedy logits rows, from the
+/// model as it is configured now.
+pub(crate) fn extend_step(
+    gpu: &Gpu,
+    model: &GpuModel,
+    kv: &KvPool,
+    ws: &Workspace,
+    tokens: usize,
+    meta: &ExtendMeta,
+    rows: usize,
+) {
+    model
+        .forward(
+            gpu,
+            kv,
+            ws,
+            tokens,
+            Some(meta),
+            None,
+            rows,
+            TokenPick::Argmax,
+        )
+        .unwrap()
+}
+
 /// A batch of `b` sequences, each with `prefix` cached and `new` new tokens, rows 1..=b of a
 /// table whose row r maps position p to slot 1 + (r - 1) * max_ctx + p.
 fn step(
@@ -209,70 +234,26 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx, group).unwrap();
         model.tune_gemms(gpu, &ws, s.ids.len(), b).unwrap();
         let ms = time_ms(gpu, 5, 1, || {
-            model
-                .forward(
-                    gpu,
-                    &kv,
-                    &ws,
-                    s.ids.len(),
-                    Some(&meta),
-                    None,
-                    b,
-                    TokenPick::Argmax,
-                )
-                .unwrap()
+            extend_step(gpu, &model, &kv, &ws, s.ids.len(), &meta, b)
         });
         // The same prefill with run 5's extend attention (one q head per block), same process.
         let default_extend = model.kernels.extend;
         model.kernels.extend = ExtendVariant::Fast;
         let ms_old = time_ms(gpu, 5, 1, || {
-            model
-                .forward(
-                    gpu,
-                    &kv,
-                    &ws,
-                    s.ids.len(),
-                    Some(&meta),
-                    None,
-                    b,
-                    TokenPick::Argmax,
-                )
-                .unwrap()
+            extend_step(gpu, &model, &kv, &ws, s.ids.len(), &meta, b)
         });
         model.kernels.extend = default_extend;
         // And with q norm + RoPE done in the q/k pass instead of the extend kernel.
         model.kernels.extend_q_rope = false;
         let ms_qpass = time_ms(gpu, 5, 1, || {
-            model
-                .forward(
-                    gpu,
-                    &kv,
-                    &ws,
-                    s.ids.len(),
-                    Some(&meta),
-                    None,
-                    b,
-                    TokenPick::Argmax,
-                )
-                .unwrap()
+            extend_step(gpu, &model, &kv, &ws, s.ids.len(), &meta, b)
         });
         model.kernels.extend_q_rope = true;
         // And with programmatic dependent launch off (plain launches), same process.
         let pdl = gpu.pdl();
         gpu.set_pdl(false);
         let ms_nopdl = time_ms(gpu, 5, 1, || {
-            model
-                .forward(
-                    gpu,
-                    &kv,
-                    &ws,
-                    s.ids.len(),
-                    Some(&meta),
-                    None,
-                    b,
-                    TokenPick::Argmax,
-                )
-                .unwrap()
+            extend_step(gpu, &model, &kv, &ws, s.ids.len(), &meta, b)
         });
         gpu.set_pdl(pdl);
         if b == 64 {
@@ -302,18 +283,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         );
         model.kernels.proj_resadd = false;
         let ms_sep = time_ms(gpu, 5, 1, || {
-            model
-                .forward(
-                    gpu,
-                    &kv,
-                    &ws,
-                    s.ids.len(),
-                    Some(&meta),
-                    None,
-                    b,
-                    TokenPick::Argmax,
-                )
-                .unwrap()
+            extend_step(gpu, &model, &kv, &ws, s.ids.len(), &meta, b)
         });
         model.kernels.proj_resadd = true;
         println!(
@@ -346,18 +316,7 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         model.upload_step(gpu, &mut ws, &s).unwrap();
         let meta =
             ExtendMeta::new(gpu, &s.extend, s.ids.len(), kv.rows, kv.max_ctx, group).unwrap();
-        model
-            .forward(
-                gpu,
-                &kv,
-                &ws,
-                s.ids.len(),
-                Some(&meta),
-                None,
-                b,
-                TokenPick::Argmax,
-            )
-            .unwrap();
+        extend_step(gpu, &model, &kv, &ws, s.ids.len(), &meta, b);
 
         // Decode b tokens at kv_len 160.
         let s = step(b, 159, 1, max_ctx, cfg.vocab_size, rng);

@@ -1,10 +1,10 @@
 //! The measured GEMM choices (cuBLASLt candidates vs cublasGemmEx's default) at the cuBLAS
 //! shapes of a random-weight Qwen3-0.6B, and whole passes with the choice on and off.
 
-use super::time_ms;
+use super::{extend_step, time_ms};
 use doppel_exec::cuda::attention::{DecodeMeta, ExtendMeta};
 use doppel_exec::cuda::blas::TuneReport;
-use doppel_exec::cuda::model::{GpuModel, KvPool, StepInput, TokenPick, Workspace};
+use doppel_exec::cuda::model::{GpuModel, KvPool, StepInput, Workspace};
 use doppel_exec::cuda::Gpu;
 
 fn name(r: &TuneReport, h: usize) -> &'static str {
@@ -149,18 +149,7 @@ pub fn prefill_ab(
         model.kernels.gemm_lt = on;
         model.tune_gemms(gpu, ws, s.ids.len(), b).unwrap();
         t[i] = time_ms(gpu, 5, 1, || {
-            model
-                .forward(
-                    gpu,
-                    kv,
-                    ws,
-                    s.ids.len(),
-                    Some(meta),
-                    None,
-                    b,
-                    TokenPick::Argmax,
-                )
-                .unwrap()
+            extend_step(gpu, model, kv, ws, s.ids.len(), meta, b)
         });
     }
     model.kernels = saved;
