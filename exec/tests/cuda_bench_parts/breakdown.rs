@@ -495,6 +495,28 @@ pub(crate) fn kernel_breakdown(
             }),
             0,
         ));
+        // The filters one at a time (k = 0: top-k off; top_p = 1: off).
+        let k0 = gpu.upload(&vec![0i32; b]).unwrap();
+        let p1 = gpu.upload(&vec![1.0f32; b]).unwrap();
+        for (name, top_k, top_p) in [
+            ("sample_rows (T=0.8 only)", &k0, &p1),
+            ("sample_rows (T=0.8, top_k=50)", &k, &p1),
+            ("sample_rows (T=0.8, top_p=0.9)", &k0, &one),
+        ] {
+            let sb = doppel_exec::cuda::ops::SamplingBufs {
+                top_k: gpu.ptr(top_k),
+                top_p: gpu.ptr(top_p),
+                ..sb
+            };
+            rows.push((
+                name,
+                time_ms(gpu, 5, 2, || {
+                    gpu.sample_rows(gpu.ptr(&out), gpu.ptr(&logits), &sb, b, c.vocab_size)
+                        .unwrap()
+                }),
+                0,
+            ));
+        }
         println!("\nper-kernel breakdown, {label} (each kernel timed alone at the step's shape)");
         println!(
             "{:<42} {:>10} {:>7} {:>10}",
