@@ -113,3 +113,22 @@ extern "C" __global__ void qk_rmsnorm(__nv_bfloat16* __restrict__ qkv,
         }
     }
 }
+
+// out[r, c] = bf16(w[r, c] * nw[c]): an RMSNorm weight folded into the columns of the projection
+// after it, so that (x / rms(x) * nw) Wᵀ = (x Wᵀ') / rms(x) and the projection can run on the raw
+// rows, the 1 / rms(x) applied by whoever reads its output (the decode attention's q/k pass).
+// Done once at load. cols % 8 == 0. Grid-stride over 8-element chunks, block 256.
+extern "C" __global__ void scale_cols(__nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ w,
+                                      const __nv_bfloat16* __restrict__ nw, int rows, int cols) {
+    pdl_enter();
+    const size_t n = (size_t)rows * cols / 8;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const int c = (int)((i * 8) % (size_t)cols);
+        float f[8], g[8];
+        unpack8(reinterpret_cast<const uint4*>(w)[i], f);
+        unpack8(*reinterpret_cast<const uint4*>(nw + c), g);
+#pragma unroll
+        for (int j = 0; j < 8; j++) f[j] *= g[j];
+        reinterpret_cast<uint4*>(out)[i] = pack8(f);
+    }
+}

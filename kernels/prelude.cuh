@@ -312,6 +312,12 @@ struct DecodePost {
     const float* cos_sin;
     const unsigned int* slots;
     float eps;
+    // Non-null: q/k/v came from the raw residual stream xres ([T, hidden]) through the qkv
+    // weights with the input RMSNorm's weight folded in; the pass scales them by the token's
+    // 1 / rms(xres row) (eps xeps) first.
+    const __nv_bfloat16* xres;
+    int hidden;
+    float xeps;
 };
 
 // A decode attention entry point (attention_decode.cu, attention_decode_mma.cu): the argument
@@ -324,8 +330,9 @@ struct DecodePost {
         const int* row, int nq, int nk, int q_stride, int table_stride, float scale,               \
         __nv_bfloat16* out, unsigned int* counters, int min_keys, const __nv_bfloat16* wq,         \
         const __nv_bfloat16* wk, const int* positions, const float* cos_sin,                       \
-        const unsigned int* slots, float eps, int flags) {                                         \
-        const DecodePost post{flags, wq, wk, positions, cos_sin, slots, eps};                      \
+        const unsigned int* slots, float eps, int flags, const __nv_bfloat16* xres, int hidden,    \
+        float xeps) {                                                                              \
+        const DecodePost post{flags, wq, wk, positions, cos_sin, slots, eps, xres, hidden, xeps};  \
         __VA_ARGS__(part_o, part_ml, q, k_cache, v_cache, table, q_tok, kv_len, row, nq, nk,       \
                     q_stride, table_stride, scale, out, counters, min_keys, post);                 \
     }
@@ -429,13 +436,26 @@ __device__ __forceinline__ void decode_qk_pass(const DecodePost& post, const __n
     const __nv_bfloat16* src = q + (size_t)t * q_stride;
     const float* cs = post.cos_sin + (size_t)pos_t * D;
     const int jobs = G + (fresh ? 2 : 0);
+    // The input RMSNorm's row scale, when the projection ran on the raw residual row.
+    float rs = 1.f;
+    if (post.xres != nullptr) {
+        const __nv_bfloat16* xr = post.xres + (size_t)t * post.hidden;
+        float ss = 0.f;
+        for (int i = 8 * threadIdx.x; i < post.hidden; i += 8 * NWARPS * 32) {
+            float f[8];
+            unpack8(*reinterpret_cast<const uint4*>(xr + i), f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) ss += f[e] * f[e];
+        }
+        rs = rsqrtf(block_sum(ss) / post.hidden + post.xeps);
+    }
     for (int j = warp; j < jobs; j += NWARPS) {
         const int col = j < G ? (kvh * G + j) * D : (nq + (j - G) * nk + kvh) * D;
         float x0[EPH], x1[EPH];
 #pragma unroll
         for (int e = 0; e < EPH; e++) {
-            x0[e] = __bfloat162float(src[col + i0 + e]);
-            x1[e] = __bfloat162float(src[col + HALF + i0 + e]);
+            x0[e] = __bfloat162float(src[col + i0 + e]) * rs;
+            x1[e] = __bfloat162float(src[col + HALF + i0 + e]) * rs;
         }
         if (j <= G) head_norm_rope<D>(x0, x1, j < G ? post.wq : post.wk, cs, i0, post.eps);
         __nv_bfloat16* dst = j < G ? q_dst + j * q_ld : kv_dst + (j - G) * D;

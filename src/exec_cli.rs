@@ -76,6 +76,10 @@ pub struct BenchOneBatchArgs {
     /// rows; off by default (see `KernelChoice::lm_head_argmax`).
     #[arg(long)]
     lm_argmax: bool,
+    /// Run the RMSNorm before the qkv projection as its own kernel in decode steps (the default
+    /// folds it: the projection of the raw residual stream, 1 / rms applied in the attention).
+    #[arg(long)]
+    no_qkv_prenorm: bool,
 }
 
 /// `doppel exec generate`.
@@ -258,13 +262,17 @@ fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
     if a.lm_argmax {
         model.kernels.lm_head_argmax = true;
     }
+    if a.no_qkv_prenorm {
+        model.kernels.qkv_prenorm = false;
+    }
     let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
     eprintln!(
-        "{} (sm_{}{}): weights {:.2} GB; KV cache {} tokens ({:.3} GB); decode CUDA graphs for batch sizes {:?}; kernels loaded in {:.2}s",
+        "{} (sm_{}{}): weights {:.2} GB (+ {:.2} GB of qkv weights with the input norm folded in); KV cache {} tokens ({:.3} GB); decode CUDA graphs for batch sizes {:?}; kernels loaded in {:.2}s",
         gpu.name,
         gpu.cc.0,
         gpu.cc.1,
         model.weight_bytes as f64 / 1e9,
+        model.prenorm_bytes as f64 / 1e9,
         max_b * ctx,
         (max_b * ctx * model.kv_bytes_per_slot()) as f64 / 1e9,
         a.batch_size,

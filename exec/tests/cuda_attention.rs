@@ -227,6 +227,7 @@ fn attention_extend_q_rope(
         k_cache: gpu.ptr(&kv.dk),
         v_cache: gpu.ptr(&kv.dv),
         slots: gpu.ptr(&dslots),
+        row_scale: None,
     };
     gpu.qk_norm_rope_store(gpu.ptr(&dproc), &post, t, (nq, 0), d, q_stride, 1e-6)
         .unwrap();

@@ -437,6 +437,19 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             model.kernels = lm;
             mma_rows.push((what, time_ms(gpu, 15, 10, || g.launch().unwrap())));
         }
+        // The RMSNorm before the qkv projection: folded (the projection of the raw rows, 1 / rms
+        // in the attention's q/k pass) against its own kernel, twice each.
+        for (what, on) in [
+            ("qkv on the raw rows", true),
+            ("RMSNorm kernel before qkv", false),
+            ("qkv on the raw rows, again", true),
+            ("RMSNorm kernel before qkv, again", false),
+        ] {
+            model.kernels.qkv_prenorm = on;
+            let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
+            model.kernels = lm;
+            mma_rows.push((what, time_ms(gpu, 15, 10, || g.launch().unwrap())));
+        }
         let replay3 = time_ms(gpu, 15, 10, || graph.launch().unwrap());
         // Other fewest-keys-per-split settings (1: every launched split used, as before) and
         // more launched splits.

@@ -1,15 +1,17 @@
 //! The decode attention with the q/k pass folded in (`Gpu::attention_decode_variant` given a
 //! `QkvPost`) against the two-kernel path it replaces (`qk_norm_rope_store`, then the decode
 //! attention): the same outputs and the same K/V cache contents bit for bit, for GQA groups 1-8,
-//! head_dim 64 and 128, with and without q/k norms, one split and many, each V3 kernel. Skips
-//! without a GPU.
+//! head_dim 64 and 128, with and without q/k norms, one split and many, each V3 kernel; and with
+//! the input RMSNorm's row scale left to the pass (`RowScale`: the projection of the raw residual
+//! stream), against the two-kernel path on the scaled projection, to bf16 rounding. Skips without
+//! a GPU.
 
 mod cuda_common;
 
 use cuda_common::kv::{decode_entries, KvSetup};
-use cuda_common::{open_gpu, Report, Rng};
+use cuda_common::{f64s, open_gpu, Report, Rng};
 use doppel_exec::cuda::attention::{AttnShape, DecodeMeta, DecodeVariant, KvView};
-use doppel_exec::cuda::ops::QkvPost;
+use doppel_exec::cuda::ops::{QkvPost, RowScale};
 use doppel_exec::cuda::rope::{cos_sin_table, plain_inv_freq};
 use doppel_exec::cuda::Gpu;
 use half::bf16;
@@ -73,6 +75,7 @@ fn compare(
             k_cache: gpu.ptr(k),
             v_cache: gpu.ptr(v),
             slots: gpu.ptr(&ds),
+            row_scale: None,
         };
     let view2 = KvView {
         k_cache: gpu.ptr(&dk2),
@@ -155,6 +158,116 @@ fn compare(
             &bits(&qkv),
         );
     }
+    // The row scale: qkv is the projection of the raw residual rows x; the pass scales it by
+    // 1 / rms(x row) before the norms. Reference: the two-kernel path on bf16(qkv / rms(x)).
+    let hidden = 1024usize;
+    let x = rng.bf16s(t * hidden, 6.0);
+    let xf = f64s(&x);
+    let scaled: Vec<bf16> = qkv
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let row = &xf[(i / width) * hidden..(i / width + 1) * hidden];
+            let ms = row.iter().map(|a| a * a).sum::<f64>() / hidden as f64;
+            bf16::from_f64(v.to_f64() / (ms + eps as f64).sqrt())
+        })
+        .collect();
+    let dx = gpu.upload(&x).unwrap();
+    for (splits, pipe, fused, mma) in [
+        (1usize, true, true, false),
+        (7, false, false, false),
+        (1, false, true, true),
+    ] {
+        let shape = AttnShape {
+            split_min_keys: 40,
+            decode_pipelined: pipe,
+            decode_mma: mma,
+            ..kv.shape(nq, nk, d, width)
+        };
+        let variant = if fused {
+            DecodeVariant::V3Fused(gpu.ptr(&counters))
+        } else {
+            DecodeVariant::V3
+        };
+        let po = gpu.zeros::<f32>(t * nq * splits * d).unwrap();
+        let pm = gpu.zeros::<f32>(t * nq * splits * 2).unwrap();
+        let (p1, m1) = (gpu.ptr(&po), gpu.ptr(&pm));
+        let nan = vec![bf16::from_f32(f32::NAN); t * nq * d];
+        let (out1, out2) = (gpu.upload(&nan).unwrap(), gpu.upload(&nan).unwrap());
+        let (k1, v1) = (gpu.upload(&kv.k).unwrap(), gpu.upload(&kv.v).unwrap());
+        let (k2, v2) = (gpu.upload(&kv.k).unwrap(), gpu.upload(&kv.v).unwrap());
+        let view =
+            |k: &cudarc::driver::CudaSlice<bf16>, v: &cudarc::driver::CudaSlice<bf16>| KvView {
+                k_cache: gpu.ptr(k),
+                v_cache: gpu.ptr(v),
+                table: gpu.ptr(&kv.dt),
+            };
+        let dq1 = gpu.upload(&scaled).unwrap();
+        let post1 = post_for(&k1, &v1);
+        gpu.qk_norm_rope_store(gpu.ptr(&dq1), &post1, t, (nq, nk), d, width, eps)
+            .unwrap();
+        let (o1, q1) = (gpu.ptr(&out1), gpu.ptr(&dq1));
+        gpu.attention_decode_variant(
+            o1,
+            q1,
+            view(&k1, &v1),
+            &meta,
+            &shape,
+            p1,
+            m1,
+            splits,
+            variant,
+            None,
+        )
+        .unwrap();
+        let dq2 = gpu.upload(&qkv).unwrap();
+        let post2 = QkvPost {
+            row_scale: Some(RowScale {
+                x: gpu.ptr(&dx),
+                hidden,
+                eps,
+            }),
+            ..post_for(&k2, &v2)
+        };
+        let (o2, q2) = (gpu.ptr(&out2), gpu.ptr(&dq2));
+        gpu.attention_decode_variant(
+            o2,
+            q2,
+            view(&k2, &v2),
+            &meta,
+            &shape,
+            p1,
+            m1,
+            splits,
+            variant,
+            Some((&post2, eps)),
+        )
+        .unwrap();
+        let name = format!(
+            "decode + q/k pass with the row scale nq={nq} nk={nk} D={d} norm={norm} splits={splits} \
+             fused {fused} tensor cores {mma}"
+        );
+        let dl = |b: &cudarc::driver::CudaSlice<bf16>| f64s(&gpu.download(b).unwrap());
+        rep.rel(&format!("{name}: output"), &dl(&out2), &dl(&out1), 2e-2);
+        rep.rel(&format!("{name}: K cache"), &dl(&k2), &dl(&k1), 1e-2);
+        rep.rel(&format!("{name}: V cache"), &dl(&v2), &dl(&v1), 1e-2);
+    }
+    // Refused where it would be ignored: the separate q/k pass does not apply a row scale.
+    let bad = QkvPost {
+        row_scale: Some(RowScale {
+            x: gpu.ptr(&dx),
+            hidden,
+            eps,
+        }),
+        ..post_for(&kv.dk, &kv.dv)
+    };
+    let dq = gpu.upload(&qkv).unwrap();
+    rep.check(
+        "qk_norm_rope_store refuses a row scale",
+        0.0,
+        gpu.qk_norm_rope_store(gpu.ptr(&dq), &bad, t, (nq, nk), d, width, eps)
+            .is_err(),
+    );
     let left = gpu.download(&counters).unwrap();
     rep.check(
         "decode + q/k pass: counters re-armed to 0",

@@ -63,6 +63,7 @@ fn fused_kernels_match_cpu_references() {
             k_cache: gpu.ptr(&dk),
             v_cache: gpu.ptr(&dv),
             slots: gpu.ptr(&ds),
+            row_scale: None,
         };
         gpu.qk_norm_rope_store(gpu.ptr(&dq), &post, t, (nq, nk), d, stride, eps)
             .unwrap();
@@ -192,6 +193,7 @@ fn qkv_gemv_with_post(gpu: &doppel_exec::cuda::Gpu, rng: &mut Rng, rep: &mut Rep
                 k_cache: gpu.ptr(&dk),
                 v_cache: gpu.ptr(&dv),
                 slots: gpu.ptr(&ds),
+                row_scale: None,
             };
             if fused {
                 gpu.gemv_norm_qkv(

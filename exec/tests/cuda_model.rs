@@ -572,6 +572,14 @@ fn cuda_backend_matches_cpu_backend() {
                 decode_mma_max_tokens: 0,
                 lm_head_argmax: false,
                 lm_argmax_min_rows: 2,
+                qkv_prenorm: false,
+            },
+        ),
+        (
+            "the RMSNorm before the qkv projection as its own kernel (qkv_prenorm off)",
+            KernelChoice {
+                qkv_prenorm: false,
+                ..Default::default()
             },
         ),
         (

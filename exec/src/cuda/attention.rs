@@ -349,6 +349,15 @@ impl Gpu {
                 need(K, "wq", wq, shape.head_dim)?;
                 need(K, "wk", wk, shape.head_dim)?;
             }
+            if let Some(rs) = &p.row_scale {
+                check(K, rs.hidden > 0 && rs.hidden.is_multiple_of(8), || {
+                    format!(
+                        "row-scale width {} is not a positive multiple of 8",
+                        rs.hidden
+                    )
+                })?;
+                need(K, "row-scale rows", &rs.x, meta.tokens * rs.hidden)?;
+            }
         }
         if n == 0 {
             return Ok(());
@@ -428,6 +437,9 @@ impl Gpu {
             [p.positions.addr(), p.cos_sin.addr(), p.slots.addr()]
         });
         let eps = post.map_or(0f32, |(_, e)| e);
+        let rs = post.and_then(|(p, _)| p.row_scale);
+        let (xres, xeps) = rs.map_or((0u64, 0f32), |r| (r.x.addr(), r.eps));
+        let hidden = int(K, rs.map_or(0, |r| r.hidden))?;
         // The kernel's flags (kernels/attention_decode.cu): 1 the q/k pass, 2 whole-row prefetch,
         // 4 the first keys requested before the wait.
         let flags = i32::from(post.is_some())
@@ -441,7 +453,10 @@ impl Gpu {
                 .arg(&cs)
                 .arg(&sl)
                 .arg(&eps)
-                .arg(&flags);
+                .arg(&flags)
+                .arg(&xres)
+                .arg(&hidden)
+                .arg(&xeps);
         }
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, shape.nk as u32, n as u32),

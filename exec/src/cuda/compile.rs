@@ -35,7 +35,10 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         "embedding.cu",
         ["embedding_gather", "gather_rows", "store_last_token"]
     ),
-    kernel_source!("norm.cu", ["rmsnorm", "fused_add_rmsnorm", "qk_rmsnorm"]),
+    kernel_source!(
+        "norm.cu",
+        ["rmsnorm", "fused_add_rmsnorm", "qk_rmsnorm", "scale_cols"]
+    ),
     kernel_source!(
         "rope.cu",
         [

@@ -6,7 +6,7 @@ use super::blas::GemmOut;
 use super::gemm_tile::{tile_plan, TileEpilogue, TileKind, TilePlan, TILE_MAX_M, TILE_NO_PREFETCH};
 use super::model::TileUse;
 use super::model::{DecodeKernel, GpuModel};
-use super::ops::{LastTokenStore, QkvPost, SamplingBufs};
+use super::ops::{LastTokenStore, QkvPost, RowScale, SamplingBufs};
 use super::skinny::{skinny_plan, SkinnyEpilogue, SKINNY_MAX_M};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::CudaSlice;
@@ -327,8 +327,13 @@ impl GpuModel {
             decode_mma: decode.is_some_and(|(m, _)| self.decode_mma(gpu, m.entries())),
             ..shape
         };
+        // With the q/k pass in the decode attention, the qkv projection can run on the raw
+        // residual stream (the input norm's weight folded into it) and the pass applies 1 / rms:
+        // the RMSNorm launch before it goes (KernelChoice::qkv_prenorm).
+        let prenorm = decode_post && res_proj && self.kernels.qkv_prenorm && tile[0].is_none();
         let scratch = ws.gemm_scratch(gpu);
         for (l, lw) in self.layers.iter().enumerate() {
+            let qkv_prenorm = lw.qkv_prenorm.as_ref().filter(|_| prenorm);
             let view = KvView {
                 k_cache: p(&kv.k[l]),
                 v_cache: p(&kv.v[l]),
@@ -345,6 +350,11 @@ impl GpuModel {
                 k_cache: view.k_cache,
                 v_cache: view.v_cache,
                 slots: gpu.ptr(&ws.out_slots),
+                row_scale: qkv_prenorm.map(|_| RowScale {
+                    x: residual,
+                    hidden: h,
+                    eps,
+                }),
             };
             // Tokens 0..q_rope_tokens get q norm + RoPE inside the extend kernel.
             let q_rope_tokens = extend
@@ -387,6 +397,8 @@ impl GpuModel {
                     let shape = (tokens, qkv_w, h);
                     let w = p(&lw.qkv);
                     gpu.gemm_tile(qkv, residual, w, &scratch, shape, qkv_w, epi, plan)?;
+                } else if let Some(w) = qkv_prenorm {
+                    self.linear(gpu, ws, qkv, residual, w, (tokens, qkv_w, h), false)?;
                 } else {
                     if l == 0 || res_proj {
                         gpu.rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;

@@ -21,6 +21,21 @@ pub struct QkvPost {
     pub v_cache: DPtr<bf16>,
     /// KV slot of each token.
     pub slots: DPtr<u32>,
+    /// The input RMSNorm's row scale still to apply (the qkv projection ran on the raw residual
+    /// stream with the norm weight folded in): only the decode attention's q/k pass takes it.
+    pub row_scale: Option<RowScale>,
+}
+
+/// The rows whose 1 / rms scales q, k and v in the decode attention's q/k pass
+/// ([`QkvPost::row_scale`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RowScale {
+    /// The residual stream, `[tokens, hidden]`.
+    pub x: DPtr<bf16>,
+    /// Its width (a multiple of 8).
+    pub hidden: usize,
+    /// The input RMSNorm's epsilon.
+    pub eps: f32,
 }
 
 impl Gpu {
@@ -40,6 +55,9 @@ impl Gpu {
     ) -> Result<()> {
         const K: &str = "qk_norm_rope_store";
         let (nq, nk) = heads;
+        check(K, post.row_scale.is_none(), || {
+            "a row scale is applied by the decode attention's q/k pass only".into()
+        })?;
         let name = match head_dim {
             64 => "qk_norm_rope_store_d64",
             128 => "qk_norm_rope_store_d128",
@@ -295,6 +313,9 @@ impl Gpu {
         eps: f32,
     ) -> Result<()> {
         const K: &str = "gemv_norm_qkv";
+        check(K, post.row_scale.is_none(), || {
+            "a row scale is applied by the decode attention's q/k pass only".into()
+        })?;
         let name = match head_dim {
             64 => "gemv_norm_qkv_d64",
             128 => "gemv_norm_qkv_d128",

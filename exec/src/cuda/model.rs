@@ -23,6 +23,10 @@ pub struct LayerWeights {
     pub(super) input_norm: CudaSlice<bf16>,
     /// [q; k; v] rows: [(nq + 2 nk) * D, H].
     pub(super) qkv: CudaSlice<bf16>,
+    /// `qkv` with the input RMSNorm's weight folded into its columns (built by
+    /// `GpuModel::assemble`): the projection of the raw residual stream, whose rows the decode
+    /// attention's q/k pass then scales by 1 / rms (see [`KernelChoice::qkv_prenorm`]).
+    pub(super) qkv_prenorm: Option<CudaSlice<bf16>>,
     pub(super) q_norm: Option<CudaSlice<bf16>>,
     pub(super) k_norm: Option<CudaSlice<bf16>>,
     pub(super) o: CudaSlice<bf16>,
@@ -43,8 +47,11 @@ pub struct GpuModel {
     pub(super) cos_sin: CudaSlice<f32>,
     /// Positions the RoPE table covers.
     pub max_pos: usize,
-    /// Bytes of weights held.
+    /// Bytes of the checkpoint's weights held.
     pub weight_bytes: usize,
+    /// Bytes of weights derived from them at load (the qkv weights with the input norm folded
+    /// in, [`KernelChoice::qkv_prenorm`]).
+    pub prenorm_bytes: usize,
     /// Projections with at most this many tokens use the custom GEMV with the norms folded in
     /// (at most 8; default 1: from 2 tokens the skinny GEMM is faster, run 6: b=4 graph 1.53 →
     /// 1.23 ms; docs/cuda.md).
@@ -152,6 +159,12 @@ pub struct KernelChoice {
     pub lm_head_argmax: bool,
     /// Fewest rows for `lm_head_argmax` (fewer: the GEMV or cuBLAS and the argmax kernel).
     pub lm_argmax_min_rows: usize,
+    /// Pure decode steps above the GEMV's sizes (where the decode attention does the q/k pass)
+    /// skip the RMSNorm before the qkv projection: it runs on the raw residual stream with the
+    /// norm weight folded into its columns (`LayerWeights::qkv_prenorm`, built at load), and the
+    /// q/k pass scales each token's q, k and v by 1 / rms of its residual row (for q and k the
+    /// per-head norm cancels that scale anyway). One launch fewer per layer.
+    pub qkv_prenorm: bool,
 }
 
 /// Which 17-64-token projections run the tiled GEMM ([`KernelChoice::tile_gemm`]).
@@ -193,6 +206,7 @@ impl Default for KernelChoice {
             decode_mma_max_tokens: 8,
             lm_head_argmax: false,
             lm_argmax_min_rows: 2,
+            qkv_prenorm: true,
         }
     }
 }
@@ -283,6 +297,7 @@ impl GpuModel {
             layers.push(LayerWeights {
                 input_norm: up(get(&n.input_norm, &[h])?)?,
                 qkv: up(qkv)?,
+                qkv_prenorm: None,
                 q_norm: if cfg.qk_norm {
                     Some(up(get(&n.q_norm, &[d])?)?)
                 } else {
@@ -358,6 +373,7 @@ impl GpuModel {
             layers.push(LayerWeights {
                 input_norm: fill(h, &dnorm)?,
                 qkv: fill((q + 2 * kv) * h, &dmat)?,
+                qkv_prenorm: None,
                 q_norm: if cfg.qk_norm {
                     Some(fill(d, &dnorm)?)
                 } else {
@@ -390,10 +406,25 @@ impl GpuModel {
         embed: CudaSlice<bf16>,
         lm_head: Option<CudaSlice<bf16>>,
         final_norm: CudaSlice<bf16>,
-        layers: Vec<LayerWeights>,
+        mut layers: Vec<LayerWeights>,
         max_pos: usize,
     ) -> Result<GpuModel> {
         let max_pos = max_pos.max(1);
+        // The qkv weights with the input norm folded in (KernelChoice::qkv_prenorm).
+        let mut prenorm_bytes = 0;
+        for l in &mut layers {
+            let (rows, cols) = (l.qkv.len() / cfg.hidden_size, cfg.hidden_size);
+            let w = gpu.zeros::<bf16>(l.qkv.len())?;
+            gpu.scale_cols(
+                gpu.ptr(&w),
+                gpu.ptr(&l.qkv),
+                gpu.ptr(&l.input_norm),
+                rows,
+                cols,
+            )?;
+            prenorm_bytes += 2 * w.len();
+            l.qkv_prenorm = Some(w);
+        }
         let cos_sin = gpu.upload(&cos_sin_table(&cfg.rope_inv_freq(), max_pos))?;
         let mut weight_bytes =
             (embed.len() + final_norm.len() + lm_head.as_ref().map_or(0, |x| x.len())) * 2;
@@ -417,6 +448,7 @@ impl GpuModel {
             cos_sin,
             max_pos,
             weight_bytes,
+            prenorm_bytes,
             gemv_max_tokens: 1,
             fused: true,
             kernels: KernelChoice::default(),

@@ -2,7 +2,7 @@
 //! large enough for the shapes it is given and that the shapes suit the kernel (vector widths,
 //! head sizes), so a wrong call is an error rather than a stray memory access.
 
-pub use super::fused::QkvPost;
+pub use super::fused::{QkvPost, RowScale};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::LaunchConfig;
 use half::bf16;
@@ -148,6 +148,39 @@ impl Gpu {
         unsafe { b.launch(cfg((ceil_div(n, 256), 1, 1), 256)) }
             .ctx(K)
             .map(|_| ())
+    }
+
+    /// `out[r, c] = w[r, c] * nw[c]` for a `[rows, cols]` weight: an RMSNorm weight folded into
+    /// the columns of the projection after it (see `GpuModel`'s `qkv_prenorm`).
+    pub fn scale_cols(
+        &self,
+        out: DPtr<bf16>,
+        w: DPtr<bf16>,
+        nw: DPtr<bf16>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        const K: &str = "scale_cols";
+        check(K, cols.is_multiple_of(8), || {
+            format!("cols {cols} is not a multiple of 8")
+        })?;
+        need(K, "out", &out, rows * cols)?;
+        need(K, "w", &w, rows * cols)?;
+        need(K, "nw", &nw, cols)?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let (r, c) = (int(K, rows)?, int(K, cols)?);
+        let (o, wa, na) = (out.addr(), w.addr(), nw.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.launcher(f);
+        b.arg(&o).arg(&wa).arg(&na).arg(&r).arg(&c);
+        let cfg = LaunchConfig {
+            grid_dim: (ceil_div(rows * cols / 8, 256).min(4096), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.ctx(K).map(|_| ())
     }
 
     /// `out = x / rms(x) * w` row-wise.

@@ -204,6 +204,7 @@ pub(crate) fn kernel_breakdown(
             k_cache: p(&kc),
             v_cache: p(&vc),
             slots: gpu.ptr(&ws.out_slots),
+            row_scale: None,
         };
         // A prefill (extend-only step) leaves q norm + RoPE to the extend kernel: the q/k pass
         // then only sees k and v.
