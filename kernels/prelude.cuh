@@ -436,26 +436,39 @@ __device__ __forceinline__ void decode_qk_pass(const DecodePost& post, const __n
     const __nv_bfloat16* src = q + (size_t)t * q_stride;
     const float* cs = post.cos_sin + (size_t)pos_t * D;
     const int jobs = G + (fresh ? 2 : 0);
-    // The input RMSNorm's row scale, when the projection ran on the raw residual row.
+    float x0[EPH], x1[EPH];
+    auto load = [&](int j) {
+        const int col = j < G ? (kvh * G + j) * D : (nq + (j - G) * nk + kvh) * D;
+#pragma unroll
+        for (int e = 0; e < EPH; e++) {
+            x0[e] = __bfloat162float(src[col + i0 + e]);
+            x1[e] = __bfloat162float(src[col + HALF + i0 + e]);
+        }
+    };
+    // Each warp's first job is requested before the row scale's reduction, so the two reads
+    // from L2 overlap.
+    if (warp < jobs) load(warp);
+    // The input RMSNorm's row scale, when the projection ran on the raw residual row: every
+    // warp sums the whole row itself (2 KB at hidden 1024), so no block barrier is needed.
     float rs = 1.f;
     if (post.xres != nullptr) {
         const __nv_bfloat16* xr = post.xres + (size_t)t * post.hidden;
         float ss = 0.f;
-        for (int i = 8 * threadIdx.x; i < post.hidden; i += 8 * NWARPS * 32) {
+#pragma unroll 4
+        for (int i = 8 * lane; i < post.hidden; i += 8 * 32) {
             float f[8];
             unpack8(*reinterpret_cast<const uint4*>(xr + i), f);
 #pragma unroll
             for (int e = 0; e < 8; e++) ss += f[e] * f[e];
         }
-        rs = rsqrtf(block_sum(ss) / post.hidden + post.xeps);
+        rs = rsqrtf(warp_sum(ss) / post.hidden + post.xeps);
     }
     for (int j = warp; j < jobs; j += NWARPS) {
-        const int col = j < G ? (kvh * G + j) * D : (nq + (j - G) * nk + kvh) * D;
-        float x0[EPH], x1[EPH];
+        if (j != warp) load(j);
 #pragma unroll
         for (int e = 0; e < EPH; e++) {
-            x0[e] = __bfloat162float(src[col + i0 + e]) * rs;
-            x1[e] = __bfloat162float(src[col + HALF + i0 + e]) * rs;
+            x0[e] *= rs;
+            x1[e] *= rs;
         }
         if (j <= G) head_norm_rope<D>(x0, x1, j < G ? post.wq : post.wk, cs, i0, post.eps);
         __nv_bfloat16* dst = j < G ? q_dst + j * q_ld : kv_dst + (j - G) * D;

@@ -91,26 +91,39 @@ extern "C" __global__ void __launch_bounds__(256) argmax_rows_split(unsigned int
     pdl_enter();
     const int r = blockIdx.y, c = blockIdx.x, chunks = gridDim.x;
     if (r >= n) return;
-    const int span = (vocab + chunks - 1) / chunks;
-    const int lo = c * span, hi = min(vocab, lo + span);
+    // Spans of a multiple of 4 columns: with vocab % 4 == 0 every span starts 16-byte aligned and
+    // is read as float4s (a chunk past the end is empty and still counts in below).
+    const int span = ((vocab + chunks - 1) / chunks + 3) & ~3;
+    const int lo = min(vocab, c * span), hi = min(vocab, lo + span);
     const float* x = logits + (size_t)r * vocab;
     ArgMax a = {-INFINITY, 0x7fffffff};
-    // Four loads in flight per thread before their first use.
-    int i = lo + threadIdx.x;
-    for (; i + 3 * 256 < hi; i += 4 * 256) {
-        float v[4];
-#pragma unroll
-        for (int u = 0; u < 4; u++) v[u] = x[i + u * 256];
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            float w = v[u] != v[u] ? -INFINITY : v[u];
-            a = better(a, ArgMax{w, i + u * 256});
+    auto fold = [&](float v, int idx) { a = better(a, ArgMax{v != v ? -INFINITY : v, idx}); };
+    if ((vocab & 3) == 0 && (reinterpret_cast<size_t>(logits) & 15) == 0) {
+        const float4* x4 = reinterpret_cast<const float4*>(x);
+        const int hi4 = hi >> 2;
+        int j = (lo >> 2) + threadIdx.x;
+        // Two 16-byte loads in flight per thread before their first use.
+        for (; j + 256 < hi4; j += 2 * 256) {
+            const float4 p = x4[j], q = x4[j + 256];
+            fold(p.x, 4 * j), fold(p.y, 4 * j + 1), fold(p.z, 4 * j + 2), fold(p.w, 4 * j + 3);
+            const int k = 4 * (j + 256);
+            fold(q.x, k), fold(q.y, k + 1), fold(q.z, k + 2), fold(q.w, k + 3);
         }
-    }
-    for (; i < hi; i += 256) {
-        float w = x[i];
-        if (w != w) w = -INFINITY;
-        a = better(a, ArgMax{w, i});
+        if (j < hi4) {
+            const float4 p = x4[j];
+            fold(p.x, 4 * j), fold(p.y, 4 * j + 1), fold(p.z, 4 * j + 2), fold(p.w, 4 * j + 3);
+        }
+    } else {
+        // Four loads in flight per thread before their first use.
+        int i = lo + threadIdx.x;
+        for (; i + 3 * 256 < hi; i += 4 * 256) {
+            float v[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) v[u] = x[i + u * 256];
+#pragma unroll
+            for (int u = 0; u < 4; u++) fold(v[u], i + u * 256);
+        }
+        for (; i < hi; i += 256) fold(x[i], i);
     }
     a = block_argmax(a);
     unsigned int* counter = scratch + r;
