@@ -38,8 +38,10 @@
 #define GT_MROWS 64    // rows of x per CTA
 
 enum { GT_RESADD = 0, GT_NORM = 1, GT_NORM_SILU = 2 };
-// Run-time switches (the `flags` argument) for measuring the kernel's choices.
-enum { GT_NO_PREFETCH = 1, GT_ROTATE = 2 };
+// Run-time switches (the `flags` argument): measurement choices, and GT_PRESCALED: the NORM*
+// epilogues' weights already hold the RMSNorm weight in their columns (W diag(nw), built at
+// load), so only 1 / rms is applied and nw is not read.
+enum { GT_NO_PREFETCH = 1, GT_ROTATE = 2, GT_PRESCALED = 4 };
 
 __device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
@@ -136,8 +138,10 @@ __device__ __forceinline__ void gt_body(__nv_bfloat16* __restrict__ y, const __n
             if (w_mine[u] && w_ok[u] && cc == 0) prefetch_l2(w + (size_t)w_row[u] * K + kbeg, (unsigned int)kper * 2u);
     }
     const unsigned nw_s = base + GT_STAGES * STAGE;
+    const bool prescaled = (flags & GT_PRESCALED) != 0;
     if constexpr (MODE != GT_RESADD) {
-        for (int i = threadIdx.x; i < kper / 8; i += GT_THREADS) cp_async16(nw_s + 16 * i, nw + kbeg + 8 * i, 16);
+        if (!prescaled)
+            for (int i = threadIdx.x; i < kper / 8; i += GT_THREADS) cp_async16(nw_s + 16 * i, nw + kbeg + 8 * i, 16);
     }
 #pragma unroll
     for (int s = 0; s < GT_STAGES - 1; s++)
@@ -184,16 +188,18 @@ __device__ __forceinline__ void gt_body(__nv_bfloat16* __restrict__ y, const __n
                 float2 f3 = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&a[3]));
                 ss0 += f0.x * f0.x + f0.y * f0.y + f2.x * f2.x + f2.y * f2.y;
                 ss1 += f1.x * f1.x + f1.y * f1.y + f3.x * f3.x + f3.y * f3.y;
-                const unsigned k = (unsigned)(chunk(c) * GT_KC + kk * 16 + 2 * t);
-                unsigned w_lo, w_hi;
-                asm volatile("ld.shared.b32 %0, [%1];" : "=r"(w_lo) : "r"(nw_s + 2 * k));
-                asm volatile("ld.shared.b32 %0, [%1];" : "=r"(w_hi) : "r"(nw_s + 2 * k + 16));
+                if (!prescaled) {
+                    const unsigned k = (unsigned)(chunk(c) * GT_KC + kk * 16 + 2 * t);
+                    unsigned w_lo, w_hi;
+                    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(w_lo) : "r"(nw_s + 2 * k));
+                    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(w_hi) : "r"(nw_s + 2 * k + 16));
 #pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    unsigned wq = q < 2 ? w_lo : w_hi;
-                    __nv_bfloat162 v = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&a[q]),
-                                               *reinterpret_cast<__nv_bfloat162*>(&wq));
-                    a[q] = *reinterpret_cast<unsigned*>(&v);
+                    for (int q = 0; q < 4; q++) {
+                        unsigned wq = q < 2 ? w_lo : w_hi;
+                        __nv_bfloat162 v = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&a[q]),
+                                                   *reinterpret_cast<__nv_bfloat162*>(&wq));
+                        a[q] = *reinterpret_cast<unsigned*>(&v);
+                    }
                 }
             }
 #pragma unroll

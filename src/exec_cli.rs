@@ -80,6 +80,10 @@ pub struct BenchOneBatchArgs {
     /// folds it: the projection of the raw residual stream, 1 / rms applied in the attention).
     #[arg(long)]
     no_qkv_prenorm: bool,
+    /// The tiled gate/up GEMM multiplies by the post-attention norm weight itself (the default
+    /// reads gate/up weights with it folded in).
+    #[arg(long)]
+    no_gate_up_prenorm: bool,
 }
 
 /// `doppel exec generate`.
@@ -265,9 +269,12 @@ fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
     if a.no_qkv_prenorm {
         model.kernels.qkv_prenorm = false;
     }
+    if a.no_gate_up_prenorm {
+        model.kernels.gate_up_prenorm = false;
+    }
     let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
     eprintln!(
-        "{} (sm_{}{}): weights {:.2} GB (+ {:.2} GB of qkv weights with the input norm folded in); KV cache {} tokens ({:.3} GB); decode CUDA graphs for batch sizes {:?}; kernels loaded in {:.2}s",
+        "{} (sm_{}{}): weights {:.2} GB (+ {:.2} GB of qkv and gate/up weights with their norms folded in); KV cache {} tokens ({:.3} GB); decode CUDA graphs for batch sizes {:?}; kernels loaded in {:.2}s",
         gpu.name,
         gpu.cc.0,
         gpu.cc.1,

@@ -450,6 +450,18 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             model.kernels = lm;
             mma_rows.push((what, time_ms(gpu, 15, 10, || g.launch().unwrap())));
         }
+        // The tiled gate/up GEMM (b > 16) on weights with the norm weight folded in, or not.
+        for (what, on) in [
+            ("gate/up weights with the norm folded in", true),
+            ("gate/up norm weight in the GEMM", false),
+            ("gate/up weights with the norm folded in, again", true),
+            ("gate/up norm weight in the GEMM, again", false),
+        ] {
+            model.kernels.gate_up_prenorm = on;
+            let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
+            model.kernels = lm;
+            mma_rows.push((what, time_ms(gpu, 15, 10, || g.launch().unwrap())));
+        }
         let replay3 = time_ms(gpu, 15, 10, || graph.launch().unwrap());
         // Other fewest-keys-per-split settings (1: every launched split used, as before) and
         // more launched splits.

@@ -146,6 +146,83 @@ fn tiled_gemm_matches_cpu_reference() {
             }
         }
     }
+    // The norm epilogues with the norm weight folded into the weights' columns (TILE_PRESCALED:
+    // W' = bf16(W * nw), only 1 / rms applied), against the same reference as the unfolded
+    // epilogue.
+    for &(m, n, k, kind, nj) in &[
+        (64usize, 6144usize, 1024usize, NormSilu, 6usize),
+        (40, 6144, 1024, NormSilu, 4),
+        (24, 1000, 512, NormSilu, 8),
+        (33, 520, 256, Norm, 4),
+    ] {
+        use doppel_exec::cuda::gemm_tile::TILE_PRESCALED;
+        let x = rng.bf16s(m * k, 6.0);
+        let w = rng.bf16s(n * k, 0.08);
+        let nw: Vec<bf16> = (0..k).map(|_| bf16::from_f32(0.5 + rng.unit())).collect();
+        let folded: Vec<bf16> = (0..n * k)
+            .map(|i| bf16::from_f32(w[i].to_f32() * nw[i % k].to_f32()))
+            .collect();
+        let (xf, wf, nwf) = (f64s(&x), f64s(&w), f64s(&nw));
+        let dot = |mi: usize, row: usize| -> f64 {
+            let ss: f64 = (0..k).map(|j| xf[mi * k + j].powi(2)).sum();
+            let d: f64 = (0..k)
+                .map(|j| xf[mi * k + j] * wf[row * k + j] * nwf[j])
+                .sum();
+            d / (ss / k as f64 + eps as f64).sqrt()
+        };
+        let nout = if kind == NormSilu { n / 2 } else { n };
+        let reference: Vec<f64> = (0..m * nout)
+            .map(|i| {
+                let (mi, c) = (i / nout, i % nout);
+                if kind == NormSilu {
+                    let (g, u) = (dot(mi, c), dot(mi, nout + c));
+                    g / (1.0 + (-g).exp()) * u
+                } else {
+                    dot(mi, c)
+                }
+            })
+            .collect();
+        let (dx, dw) = (gpu.upload(&x).unwrap(), gpu.upload(&folded).unwrap());
+        let dy = gpu
+            .upload(&vec![bf16::from_f32(f32::NAN); m * nout])
+            .unwrap();
+        // The norm pointer is not read: a buffer of the wrong length proves it.
+        let unused = gpu.zeros::<bf16>(1).unwrap();
+        let epi = if kind == NormSilu {
+            TileEpilogue::NormSilu {
+                norm: gpu.ptr(&unused),
+                eps,
+            }
+        } else {
+            TileEpilogue::Norm {
+                norm: gpu.ptr(&unused),
+                eps,
+            }
+        };
+        let plan = TilePlan {
+            nj,
+            splits: 1,
+            stages: 4,
+            flags: TILE_PRESCALED | round_flags(m),
+        };
+        gpu.gemm_tile(
+            gpu.ptr(&dy),
+            gpu.ptr(&dx),
+            gpu.ptr(&dw),
+            &scratch,
+            (m, n, k),
+            nout,
+            epi,
+            plan,
+        )
+        .unwrap();
+        rep.rel(
+            &format!("gemm_tile {kind:?} prescaled weights M={m} N={n} K={k} nj={nj}"),
+            &f64s(&gpu.download(&dy).unwrap()),
+            &reference,
+            1e-2,
+        );
+    }
     let left = gpu.download(&counters).unwrap();
     rep.check(
         "gemm_tile: every split counter re-armed to 0",

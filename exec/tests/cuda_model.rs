@@ -573,6 +573,7 @@ fn cuda_backend_matches_cpu_backend() {
                 lm_head_argmax: false,
                 lm_argmax_min_rows: 2,
                 qkv_prenorm: false,
+                gate_up_prenorm: false,
             },
         ),
         (

@@ -3,7 +3,9 @@
 
 use super::attention::{AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, KvView, QRope};
 use super::blas::GemmOut;
-use super::gemm_tile::{tile_plan, TileEpilogue, TileKind, TilePlan, TILE_MAX_M, TILE_NO_PREFETCH};
+use super::gemm_tile::{
+    tile_plan, TileEpilogue, TileKind, TilePlan, TILE_MAX_M, TILE_NO_PREFETCH, TILE_PRESCALED,
+};
 use super::model::TileUse;
 use super::model::{DecodeKernel, GpuModel};
 use super::ops::{LastTokenStore, QkvPost, RowScale, SamplingBufs};
@@ -529,7 +531,17 @@ impl GpuModel {
                             eps,
                         };
                         let shape = (tokens, 2 * inter, h);
-                        let gu = p(&lw.gate_up);
+                        // The weights with the norm's folded in, where chosen.
+                        let (gu, pl) = match &lw.gate_up_prenorm {
+                            Some(w) if self.kernels.gate_up_prenorm => (
+                                p(w),
+                                TilePlan {
+                                    flags: pl.flags | TILE_PRESCALED,
+                                    ..pl
+                                },
+                            ),
+                            _ => (p(&lw.gate_up), pl),
+                        };
                         gpu.gemm_tile(act, residual, gu, &scratch, shape, inter, silu, pl)?;
                     }
                     None => {

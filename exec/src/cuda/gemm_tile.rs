@@ -19,6 +19,9 @@ pub const TILE_DEPTHS: [usize; 2] = [4, 6];
 pub const TILE_NO_PREFETCH: i32 = 1;
 /// `TilePlan::flags`: each column tile starts its K loop at a different chunk.
 pub const TILE_ROTATE: i32 = 2;
+/// `TilePlan::flags`: the norm epilogues' weights already hold the RMSNorm weight in their
+/// columns (`W diag(norm)`, built at load): only 1 / rms is applied and `norm` is not read.
+pub const TILE_PRESCALED: i32 = 4;
 
 /// What the GEMM does around the product.
 #[derive(Clone, Copy, Debug)]
@@ -184,8 +187,8 @@ impl Gpu {
             TileEpilogue::Norm { norm, eps } => (Some(norm), eps, "norm"),
             TileEpilogue::NormSilu { norm, eps } => (Some(norm), eps, "silu"),
         };
-        if let Some(nw) = &norm {
-            need(K, "norm weight", nw, k)?;
+        if let Some(nw) = norm.filter(|_| plan.flags & TILE_PRESCALED == 0) {
+            need(K, "norm weight", &nw, k)?;
         }
         if nout == 0 {
             return Ok(());

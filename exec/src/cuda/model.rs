@@ -33,6 +33,10 @@ pub struct LayerWeights {
     pub(super) post_norm: CudaSlice<bf16>,
     /// [gate; up] rows: [2 I, H].
     pub(super) gate_up: CudaSlice<bf16>,
+    /// `gate_up` with the post-attention RMSNorm's weight folded into its columns (built by
+    /// `GpuModel::assemble`), for the tiled GEMM's norm epilogue
+    /// ([`KernelChoice::gate_up_prenorm`]).
+    pub(super) gate_up_prenorm: Option<CudaSlice<bf16>>,
     pub(super) down: CudaSlice<bf16>,
 }
 
@@ -49,8 +53,8 @@ pub struct GpuModel {
     pub max_pos: usize,
     /// Bytes of the checkpoint's weights held.
     pub weight_bytes: usize,
-    /// Bytes of weights derived from them at load (the qkv weights with the input norm folded
-    /// in, [`KernelChoice::qkv_prenorm`]).
+    /// Bytes of weights derived from them at load (the qkv and gate/up weights with the norms
+    /// before them folded in, [`KernelChoice::qkv_prenorm`], [`KernelChoice::gate_up_prenorm`]).
     pub prenorm_bytes: usize,
     /// Projections with at most this many tokens use the custom GEMV with the norms folded in
     /// (at most 8; default 1: from 2 tokens the skinny GEMM is faster, run 6: b=4 graph 1.53 →
@@ -165,6 +169,10 @@ pub struct KernelChoice {
     /// q/k pass scales each token's q, k and v by 1 / rms of its residual row (for q and k the
     /// per-head norm cancels that scale anyway). One launch fewer per layer.
     pub qkv_prenorm: bool,
+    /// The tiled gate/up GEMM (17-64 tokens, [`TileUse`]) reads gate/up weights with the
+    /// post-attention RMSNorm's weight folded into their columns (built at load), so its norm
+    /// epilogue only applies 1 / rms: no norm-weight reads and multiplies in its inner loop.
+    pub gate_up_prenorm: bool,
 }
 
 /// Which 17-64-token projections run the tiled GEMM ([`KernelChoice::tile_gemm`]).
@@ -207,6 +215,7 @@ impl Default for KernelChoice {
             lm_head_argmax: false,
             lm_argmax_min_rows: 2,
             qkv_prenorm: true,
+            gate_up_prenorm: true,
         }
     }
 }
@@ -311,6 +320,7 @@ impl GpuModel {
                 o: up(get(&n.o_proj, &[h, q])?)?,
                 post_norm: up(get(&n.post_norm, &[h])?)?,
                 gate_up: up(gu)?,
+                gate_up_prenorm: None,
                 down: up(get(&n.down_proj, &[h, i])?)?,
             });
         }
@@ -387,6 +397,7 @@ impl GpuModel {
                 o: fill(h * q, &dmat)?,
                 post_norm: fill(h, &dnorm)?,
                 gate_up: fill(2 * i * h, &dmat)?,
+                gate_up_prenorm: None,
                 down: fill(h * i, &dmat)?,
             });
         }
@@ -410,20 +421,21 @@ impl GpuModel {
         max_pos: usize,
     ) -> Result<GpuModel> {
         let max_pos = max_pos.max(1);
-        // The qkv weights with the input norm folded in (KernelChoice::qkv_prenorm).
+        // The qkv and gate/up weights with the norm before each folded into their columns
+        // (KernelChoice::qkv_prenorm, gate_up_prenorm).
+        let h = cfg.hidden_size;
+        let folded = |w: &CudaSlice<bf16>, nw: &CudaSlice<bf16>| -> Result<CudaSlice<bf16>> {
+            let out = gpu.zeros::<bf16>(w.len())?;
+            gpu.scale_cols(gpu.ptr(&out), gpu.ptr(w), gpu.ptr(nw), w.len() / h, h)?;
+            Ok(out)
+        };
         let mut prenorm_bytes = 0;
         for l in &mut layers {
-            let (rows, cols) = (l.qkv.len() / cfg.hidden_size, cfg.hidden_size);
-            let w = gpu.zeros::<bf16>(l.qkv.len())?;
-            gpu.scale_cols(
-                gpu.ptr(&w),
-                gpu.ptr(&l.qkv),
-                gpu.ptr(&l.input_norm),
-                rows,
-                cols,
-            )?;
-            prenorm_bytes += 2 * w.len();
-            l.qkv_prenorm = Some(w);
+            let qkv = folded(&l.qkv, &l.input_norm)?;
+            let gate_up = folded(&l.gate_up, &l.post_norm)?;
+            prenorm_bytes += 2 * (qkv.len() + gate_up.len());
+            l.qkv_prenorm = Some(qkv);
+            l.gate_up_prenorm = Some(gate_up);
         }
         let cos_sin = gpu.upload(&cos_sin_table(&cfg.rope_inv_freq(), max_pos))?;
         let mut weight_bytes =
