@@ -1,15 +1,13 @@
 //! The forward pass of [`GpuModel`]: the KV pool, the fixed workspace buffers, a step's inputs,
-//! and the kernel sequence (see model.rs for the per-layer order).
+//! and the kernel sequence (see model.rs for the per-layer order; plan.rs for which kernel runs
+//! each part).
 
 use super::attention::{AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, KvView, QRope};
 use super::blas::GemmOut;
-use super::gemm_tile::{
-    tile_plan, TileEpilogue, TileKind, TilePlan, TILE_MAX_M, TILE_NO_PREFETCH, TILE_PRESCALED,
-};
-use super::model::TileUse;
+use super::gemm_tile::{TileEpilogue, TilePlan, TILE_PRESCALED};
 use super::model::{DecodeKernel, GpuModel};
 use super::ops::{LastTokenStore, QkvPost, RowScale, SamplingBufs};
-use super::skinny::{skinny_plan, SkinnyEpilogue, SKINNY_MAX_M};
+use super::skinny::{skinny_plan, SkinnyEpilogue};
 use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -17,15 +15,6 @@ use half::bf16;
 pub use super::buffers::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
 
 impl GpuModel {
-    pub(super) fn lm_head(&self) -> &CudaSlice<bf16> {
-        self.lm_head.as_ref().unwrap_or(&self.embed)
-    }
-
-    /// Whether `m` tokens go through the skinny GEMM (above the GEMV's batch sizes).
-    fn use_skinny(&self, m: usize) -> bool {
-        m > self.gemv_rows() && m <= self.kernels.skinny_max_tokens.min(SKINNY_MAX_M)
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn skinny(
         &self,
@@ -41,79 +30,6 @@ impl GpuModel {
         let scratch = ws.gemm_scratch(gpu);
         let plan = skinny_plan(n, k, epi, gpu.sms);
         gpu.gemm_skinny(y, x, gpu.ptr(w), &scratch, (m, n, k), ldy, epi, plan)
-    }
-
-    /// Whether an `m`-row cuBLAS GEMM runs the algorithm measured for its shape.
-    pub(super) fn gemm_tuned(&self, m: usize) -> bool {
-        self.kernels.gemm_lt && m >= self.kernels.gemm_lt_min_tokens
-    }
-
-    /// Whether the LM head over `rows` rows runs the f32 GEMV (else cuBLAS).
-    pub(super) fn lm_head_on_gemv(&self, rows: usize) -> bool {
-        rows <= self.kernels.lm_head_gemv_max.min(8)
-    }
-
-    /// `pick` as a forward pass over `rows` logits rows carries it out: `Argmax` only where the
-    /// argmax is folded into the LM head (no logits written); elsewhere a greedy step writes the
-    /// logits anyway, so it is `ArgmaxKeepLogits` (one decode graph serves both).
-    pub fn step_pick(&self, gpu: &Gpu, pick: TokenPick, rows: usize) -> TokenPick {
-        let folded = self.kernels.lm_head_argmax
-            && rows >= self.kernels.lm_argmax_min_rows
-            && gpu.lm_argmax_fits(rows, self.cfg.hidden_size);
-        if pick == TokenPick::Argmax && !folded {
-            TokenPick::ArgmaxKeepLogits
-        } else {
-            pick
-        }
-    }
-
-    /// Whether some `m`-token projections go to cuBLAS (above the GEMV's and the skinny GEMM's
-    /// sizes, and not all taken by the tiled GEMM).
-    pub(super) fn proj_on_cublas(&self, m: usize) -> bool {
-        m > self.gemv_rows()
-            && !self.use_skinny(m)
-            && !self.tile_plans(m, usize::MAX).iter().all(Option::is_some)
-    }
-
-    /// The tiled GEMM's plans for a layer's qkv, o, gate/up and down projections at `m` tokens
-    /// on `sms` SMs, for those that path runs (above the skinny GEMM, up to 64 tokens, with the
-    /// residual-add projections, per [`TileUse`]; every shape must suit the kernel).
-    pub fn tile_plans(&self, m: usize, sms: usize) -> [Option<TilePlan>; 4] {
-        let c = &self.cfg;
-        let on = self.fused
-            && self.kernels.tile_gemm != TileUse::Off
-            && self.kernels.proj_resadd
-            && m > self.gemv_rows()
-            && !self.use_skinny(m)
-            && m <= TILE_MAX_M;
-        if !on {
-            return [None; 4];
-        }
-        let all = self.kernels.tile_gemm == TileUse::All;
-        let (h, qkv, inter) = (
-            c.hidden_size,
-            c.q_dim() + 2 * c.kv_dim(),
-            c.intermediate_size,
-        );
-        // The norm epilogues skip the L2 prefetch of their weights: run 14 measured gate/up
-        // 8.8 us without it, 10.1 with (qkv 7.7 / 7.8).
-        let normed = |p: Option<TilePlan>| {
-            p.map(|p| TilePlan {
-                flags: TILE_NO_PREFETCH,
-                ..p
-            })
-        };
-        [
-            normed(tile_plan(qkv, h, TileKind::Norm, sms)).filter(|_| all),
-            tile_plan(h, c.q_dim(), TileKind::ResAdd, sms).filter(|_| all),
-            normed(tile_plan(2 * inter, h, TileKind::NormSilu, sms)),
-            tile_plan(h, inter, TileKind::ResAdd, sms).filter(|_| all),
-        ]
-    }
-
-    /// Most tokens the GEMVs take (their kernels hold at most 8 rows).
-    fn gemv_rows(&self) -> usize {
-        self.gemv_max_tokens.min(8)
     }
 
     /// y[m, n] = x[m, k] w^T (`add`: y += x w^T, a projection added into the residual stream)
@@ -183,36 +99,6 @@ impl GpuModel {
             let gu = gpu.ptr(&ws.gate_up);
             self.linear(gpu, ws, gu, x, w, (m, 2 * inter, k), false)?;
             gpu.silu_and_mul(act, gu, m, inter)
-        }
-    }
-
-    /// Whether a decode batch of `rows` runs the tensor-core decode attention: at most
-    /// `KernelChoice::decode_mma_max_tokens` rows, on a GPU whose blocks can hold its 3-stage
-    /// shared memory (109 KB at head_dim 128: not sm_86/sm_89).
-    pub fn decode_mma(&self, gpu: &Gpu, rows: usize) -> bool {
-        rows <= self.kernels.decode_mma_max_tokens
-            && super::attention::decode_mma_smem(self.cfg.head_dim, 3) <= gpu.smem_per_block
-    }
-
-    /// The attention kernels' view of this model over `kv` (q rows in the fused qkv buffer), with
-    /// the decode choices of `self.kernels` (the tensor-core decode attention is chosen per step:
-    /// [`GpuModel::decode_mma`]).
-    pub fn attn_shape(&self, kv: &KvPool) -> AttnShape {
-        let c = &self.cfg;
-        AttnShape {
-            nq: c.num_heads,
-            nk: c.num_kv_heads,
-            head_dim: c.head_dim,
-            q_stride: c.q_dim() + 2 * c.kv_dim(),
-            table_stride: kv.max_ctx,
-            table_rows: kv.rows,
-            num_slots: kv.num_slots,
-            scale: 1.0 / (c.head_dim as f32).sqrt(),
-            split_min_keys: self.kernels.decode_split_min_keys,
-            decode_pipelined: self.kernels.decode_pipelined,
-            decode_prefetch_rows: self.kernels.decode_prefetch_rows,
-            decode_early_kv: self.kernels.decode_early_kv,
-            decode_mma: false,
         }
     }
 

@@ -24,6 +24,7 @@ mod launch;
 pub mod lm_argmax;
 pub mod model;
 pub mod ops;
+mod plan;
 pub mod rope;
 pub mod sample;
 pub mod skinny;
