@@ -420,47 +420,51 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             model.kernels.decode_mma_max_tokens = max;
             let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
             model.kernels.decode_mma_max_tokens = mma;
-            mma_rows.push((what, time_ms(gpu, 15, 10, || g.launch().unwrap())));
+            mma_rows.push((
+                what.to_string(),
+                time_ms(gpu, 15, 10, || g.launch().unwrap()),
+            ));
         }
-        // The LM head: separate kernels (f32 logits, then the argmax) against the argmax folded
-        // in (at every batch size here), twice each.
+        // Switches timed against each other, twice each: the LM head as separate kernels (f32
+        // logits, then the argmax) or with the argmax folded in (at every batch size here); the
+        // RMSNorm before qkv folded (the projection of the raw rows, 1 / rms in the attention's
+        // q/k pass) or its own kernel; the tiled gate/up GEMM (b > 16) on weights with the norm
+        // weight folded in or multiplying by it itself.
         let lm = model.kernels;
-        for (what, on) in [
-            ("LM head + argmax kernel", false),
-            ("argmax in the LM head", true),
-            ("LM head + argmax kernel, again", false),
-            ("argmax in the LM head, again", true),
-        ] {
-            model.kernels.lm_head_argmax = on;
-            model.kernels.lm_argmax_min_rows = 1;
-            let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-            model.kernels = lm;
-            mma_rows.push((what, time_ms(gpu, 15, 10, || g.launch().unwrap())));
-        }
-        // The RMSNorm before the qkv projection: folded (the projection of the raw rows, 1 / rms
-        // in the attention's q/k pass) against its own kernel, twice each.
-        for (what, on) in [
-            ("qkv on the raw rows", true),
-            ("RMSNorm kernel before qkv", false),
-            ("qkv on the raw rows, again", true),
-            ("RMSNorm kernel before qkv, again", false),
-        ] {
-            model.kernels.qkv_prenorm = on;
-            let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-            model.kernels = lm;
-            mma_rows.push((what, time_ms(gpu, 15, 10, || g.launch().unwrap())));
-        }
-        // The tiled gate/up GEMM (b > 16) on weights with the norm weight folded in, or not.
-        for (what, on) in [
-            ("gate/up weights with the norm folded in", true),
-            ("gate/up norm weight in the GEMM", false),
-            ("gate/up weights with the norm folded in, again", true),
-            ("gate/up norm weight in the GEMM, again", false),
-        ] {
-            model.kernels.gate_up_prenorm = on;
-            let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-            model.kernels = lm;
-            mma_rows.push((what, time_ms(gpu, 15, 10, || g.launch().unwrap())));
+        type Switch = fn(&mut doppel_exec::cuda::model::KernelChoice, bool);
+        let switches: [(&str, &str, Switch); 3] = [
+            (
+                "argmax in the LM head",
+                "LM head + argmax kernel",
+                |k, on| {
+                    k.lm_head_argmax = on;
+                    k.lm_argmax_min_rows = 1;
+                },
+            ),
+            (
+                "qkv on the raw rows",
+                "RMSNorm kernel before qkv",
+                |k, on| k.qkv_prenorm = on,
+            ),
+            (
+                "gate/up weights with the norm folded in",
+                "gate/up norm weight in the GEMM",
+                |k, on| k.gate_up_prenorm = on,
+            ),
+        ];
+        for (on_label, off_label, set) in switches {
+            for (on, again) in [
+                (false, ""),
+                (true, ""),
+                (false, ", again"),
+                (true, ", again"),
+            ] {
+                set(&mut model.kernels, on);
+                let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
+                model.kernels = lm;
+                let label = format!("{}{again}", if on { on_label } else { off_label });
+                mma_rows.push((label, time_ms(gpu, 15, 10, || g.launch().unwrap())));
+            }
         }
         let replay3 = time_ms(gpu, 15, 10, || graph.launch().unwrap());
         // Other fewest-keys-per-split settings (1: every launched split used, as before) and
@@ -546,13 +550,15 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             floor
         );
         // (The q/k pass folds into the attention only above the GEMV sizes.)
-        let mut rows = vec![
+        let mut rows: Vec<(String, f64)> = [
             ("q/k pass own kernel", replay_qk),
             ("KV prefetch of its own head", replay_rows),
             ("first keys requested after the wait", replay_late),
-        ];
+        ]
+        .map(|(w, t)| (w.to_string(), t))
+        .into();
         rows.extend(mma_rows);
-        rows.push(("default, third sample", replay3));
+        rows.push(("default, third sample".into(), replay3));
         for (what, ms) in rows {
             if b > 8 || what != "q/k pass own kernel" {
                 println!(
