@@ -82,6 +82,23 @@ fn compare(
         v_cache: gpu.ptr(&dv2),
         table: gpu.ptr(&kv.dt),
     };
+    let variant_of = |fused: bool| {
+        if fused {
+            DecodeVariant::V3Fused(gpu.ptr(&counters))
+        } else {
+            DecodeVariant::V3
+        }
+    };
+    // A launch's partials for `splits` and two outputs filled with NaN (one per path).
+    let buffers = |splits: usize| {
+        let nan = vec![bf16::from_f32(f32::NAN); t * nq * d];
+        (
+            gpu.zeros::<f32>(t * nq * splits * d).unwrap(),
+            gpu.zeros::<f32>(t * nq * splits * 2).unwrap(),
+            gpu.upload(&nan).unwrap(),
+            gpu.upload(&nan).unwrap(),
+        )
+    };
     // (splits, min keys per split, pipelined kernel, combine fused, whole-row L2 prefetch,
     // first keys requested before the wait, the tensor-core kernel, with and without the q/k
     // pass)
@@ -108,15 +125,8 @@ fn compare(
             decode_mma: mma,
             ..kv.shape(nq, nk, d, width)
         };
-        let variant = if fused {
-            DecodeVariant::V3Fused(gpu.ptr(&counters))
-        } else {
-            DecodeVariant::V3
-        };
-        let po = gpu.zeros::<f32>(t * nq * splits * d).unwrap();
-        let pm = gpu.zeros::<f32>(t * nq * splits * 2).unwrap();
-        let nan = vec![bf16::from_f32(f32::NAN); t * nq * d];
-        let (out1, out2) = (gpu.upload(&nan).unwrap(), gpu.upload(&nan).unwrap());
+        let variant = variant_of(fused);
+        let (po, pm, out1, out2) = buffers(splits);
         // Two kernels: the q/k pass in place on a copy of qkv, then the attention.
         let dq1 = gpu.upload(&qkv).unwrap();
         let post1 = post_for(&kv.dk, &kv.dv);
@@ -184,16 +194,9 @@ fn compare(
             decode_mma: mma,
             ..kv.shape(nq, nk, d, width)
         };
-        let variant = if fused {
-            DecodeVariant::V3Fused(gpu.ptr(&counters))
-        } else {
-            DecodeVariant::V3
-        };
-        let po = gpu.zeros::<f32>(t * nq * splits * d).unwrap();
-        let pm = gpu.zeros::<f32>(t * nq * splits * 2).unwrap();
+        let variant = variant_of(fused);
+        let (po, pm, out1, out2) = buffers(splits);
         let (p1, m1) = (gpu.ptr(&po), gpu.ptr(&pm));
-        let nan = vec![bf16::from_f32(f32::NAN); t * nq * d];
-        let (out1, out2) = (gpu.upload(&nan).unwrap(), gpu.upload(&nan).unwrap());
         let (k1, v1) = (gpu.upload(&kv.k).unwrap(), gpu.upload(&kv.v).unwrap());
         let (k2, v2) = (gpu.upload(&kv.k).unwrap(), gpu.upload(&kv.v).unwrap());
         let view =
