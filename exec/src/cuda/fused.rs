@@ -26,6 +26,15 @@ pub struct QkvPost {
     pub row_scale: Option<RowScale>,
 }
 
+impl QkvPost {
+    /// Refuse a row scale in a pass that would ignore it (only the decode attention's applies one).
+    fn refuse_row_scale(&self, kernel: &'static str) -> Result<()> {
+        check(kernel, self.row_scale.is_none(), || {
+            "a row scale is applied by the decode attention's q/k pass only".into()
+        })
+    }
+}
+
 /// The rows whose 1 / rms scales q, k and v in the decode attention's q/k pass
 /// ([`QkvPost::row_scale`]).
 #[derive(Clone, Copy, Debug)]
@@ -55,9 +64,7 @@ impl Gpu {
     ) -> Result<()> {
         const K: &str = "qk_norm_rope_store";
         let (nq, nk) = heads;
-        check(K, post.row_scale.is_none(), || {
-            "a row scale is applied by the decode attention's q/k pass only".into()
-        })?;
+        post.refuse_row_scale(K)?;
         let name = match head_dim {
             64 => "qk_norm_rope_store_d64",
             128 => "qk_norm_rope_store_d128",
@@ -313,9 +320,7 @@ impl Gpu {
         eps: f32,
     ) -> Result<()> {
         const K: &str = "gemv_norm_qkv";
-        check(K, post.row_scale.is_none(), || {
-            "a row scale is applied by the decode attention's q/k pass only".into()
-        })?;
+        post.refuse_row_scale(K)?;
         let name = match head_dim {
             64 => "gemv_norm_qkv_d64",
             128 => "gemv_norm_qkv_d128",
