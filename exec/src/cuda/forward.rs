@@ -4,7 +4,7 @@
 
 use super::attention::{AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, KvView, QRope};
 use super::blas::GemmOut;
-use super::gemm_tile::{TileEpilogue, TilePlan, TILE_PRESCALED};
+use super::gemm_tile::{TileEpilogue, TILE_PRESCALED};
 use super::model::{DecodeKernel, GpuModel};
 use super::ops::{LastTokenStore, QkvPost, RowScale, SamplingBufs};
 use super::skinny::{skinny_plan, SkinnyEpilogue};
@@ -220,8 +220,8 @@ impl GpuModel {
         // the RMSNorm launch before it goes (KernelChoice::qkv_prenorm).
         let prenorm = decode_post && res_proj && self.kernels.qkv_prenorm && tile[0].is_none();
         let scratch = ws.gemm_scratch(gpu);
-        for (l, lw) in self.layers.iter().enumerate() {
-            let qkv_prenorm = lw.qkv_prenorm.as_ref().filter(|_| prenorm);
+        for (l, (lw, fw)) in self.layers.iter().zip(&self.folded).enumerate() {
+            let qkv_prenorm = prenorm.then_some(&fw.qkv);
             let view = KvView {
                 k_cache: p(&kv.k[l]),
                 v_cache: p(&kv.v[l]),
@@ -417,16 +417,11 @@ impl GpuModel {
                             eps,
                         };
                         let shape = (tokens, 2 * inter, h);
-                        // The weights with the norm's folded in, where chosen.
-                        let (gu, pl) = match &lw.gate_up_prenorm {
-                            Some(w) if self.kernels.gate_up_prenorm => (
-                                p(w),
-                                TilePlan {
-                                    flags: pl.flags | TILE_PRESCALED,
-                                    ..pl
-                                },
-                            ),
-                            _ => (p(&lw.gate_up), pl),
+                        // The plan says whether the norm's weight is folded into the weights.
+                        let gu = if pl.flags & TILE_PRESCALED != 0 {
+                            p(&fw.gate_up)
+                        } else {
+                            p(&lw.gate_up)
                         };
                         gpu.gemm_tile(act, residual, gu, &scratch, shape, inter, silu, pl)?;
                     }

@@ -23,21 +23,25 @@ pub struct LayerWeights {
     pub(super) input_norm: CudaSlice<bf16>,
     /// [q; k; v] rows: [(nq + 2 nk) * D, H].
     pub(super) qkv: CudaSlice<bf16>,
-    /// `qkv` with the input RMSNorm's weight folded into its columns (built by
-    /// `GpuModel::assemble`): the projection of the raw residual stream, whose rows the decode
-    /// attention's q/k pass then scales by 1 / rms (see [`KernelChoice::qkv_prenorm`]).
-    pub(super) qkv_prenorm: Option<CudaSlice<bf16>>,
     pub(super) q_norm: Option<CudaSlice<bf16>>,
     pub(super) k_norm: Option<CudaSlice<bf16>>,
     pub(super) o: CudaSlice<bf16>,
     pub(super) post_norm: CudaSlice<bf16>,
     /// [gate; up] rows: [2 I, H].
     pub(super) gate_up: CudaSlice<bf16>,
-    /// `gate_up` with the post-attention RMSNorm's weight folded into its columns (built by
-    /// `GpuModel::assemble`), for the tiled GEMM's norm epilogue
-    /// ([`KernelChoice::gate_up_prenorm`]).
-    pub(super) gate_up_prenorm: Option<CudaSlice<bf16>>,
     pub(super) down: CudaSlice<bf16>,
+}
+
+/// A layer's projection weights with the RMSNorm before each folded into their columns
+/// (`W diag(w)`, built once at load), read by the decode path.
+pub struct FoldedWeights {
+    /// `qkv` with the input norm's weight folded in: the projection of the raw residual stream,
+    /// whose rows the decode attention's q/k pass then scales by 1 / rms
+    /// ([`KernelChoice::qkv_prenorm`]).
+    pub(super) qkv: CudaSlice<bf16>,
+    /// `gate_up` with the post-attention norm's weight folded in, for the tiled GEMM's norm
+    /// epilogue ([`KernelChoice::gate_up_prenorm`]).
+    pub(super) gate_up: CudaSlice<bf16>,
 }
 
 /// The model's weights and constant tables on the GPU.
@@ -48,6 +52,8 @@ pub struct GpuModel {
     pub(super) lm_head: Option<CudaSlice<bf16>>,
     pub(super) final_norm: CudaSlice<bf16>,
     pub(super) layers: Vec<LayerWeights>,
+    /// Per layer, the projection weights with their norms folded in.
+    pub(super) folded: Vec<FoldedWeights>,
     pub(super) cos_sin: CudaSlice<f32>,
     /// Positions the RoPE table covers.
     pub max_pos: usize,
@@ -306,7 +312,6 @@ impl GpuModel {
             layers.push(LayerWeights {
                 input_norm: up(get(&n.input_norm, &[h])?)?,
                 qkv: up(qkv)?,
-                qkv_prenorm: None,
                 q_norm: if cfg.qk_norm {
                     Some(up(get(&n.q_norm, &[d])?)?)
                 } else {
@@ -320,7 +325,6 @@ impl GpuModel {
                 o: up(get(&n.o_proj, &[h, q])?)?,
                 post_norm: up(get(&n.post_norm, &[h])?)?,
                 gate_up: up(gu)?,
-                gate_up_prenorm: None,
                 down: up(get(&n.down_proj, &[h, i])?)?,
             });
         }
@@ -383,7 +387,6 @@ impl GpuModel {
             layers.push(LayerWeights {
                 input_norm: fill(h, &dnorm)?,
                 qkv: fill((q + 2 * kv) * h, &dmat)?,
-                qkv_prenorm: None,
                 q_norm: if cfg.qk_norm {
                     Some(fill(d, &dnorm)?)
                 } else {
@@ -397,7 +400,6 @@ impl GpuModel {
                 o: fill(h * q, &dmat)?,
                 post_norm: fill(h, &dnorm)?,
                 gate_up: fill(2 * i * h, &dmat)?,
-                gate_up_prenorm: None,
                 down: fill(h * i, &dmat)?,
             });
         }
@@ -417,26 +419,31 @@ impl GpuModel {
         embed: CudaSlice<bf16>,
         lm_head: Option<CudaSlice<bf16>>,
         final_norm: CudaSlice<bf16>,
-        mut layers: Vec<LayerWeights>,
+        layers: Vec<LayerWeights>,
         max_pos: usize,
     ) -> Result<GpuModel> {
         let max_pos = max_pos.max(1);
         // The qkv and gate/up weights with the norm before each folded into their columns
         // (KernelChoice::qkv_prenorm, gate_up_prenorm).
         let h = cfg.hidden_size;
-        let folded = |w: &CudaSlice<bf16>, nw: &CudaSlice<bf16>| -> Result<CudaSlice<bf16>> {
+        let fold = |w: &CudaSlice<bf16>, nw: &CudaSlice<bf16>| -> Result<CudaSlice<bf16>> {
             let out = gpu.zeros::<bf16>(w.len())?;
             gpu.scale_cols(gpu.ptr(&out), gpu.ptr(w), gpu.ptr(nw), w.len() / h, h)?;
             Ok(out)
         };
-        let mut prenorm_bytes = 0;
-        for l in &mut layers {
-            let qkv = folded(&l.qkv, &l.input_norm)?;
-            let gate_up = folded(&l.gate_up, &l.post_norm)?;
-            prenorm_bytes += 2 * (qkv.len() + gate_up.len());
-            l.qkv_prenorm = Some(qkv);
-            l.gate_up_prenorm = Some(gate_up);
-        }
+        let folded = layers
+            .iter()
+            .map(|l| {
+                Ok(FoldedWeights {
+                    qkv: fold(&l.qkv, &l.input_norm)?,
+                    gate_up: fold(&l.gate_up, &l.post_norm)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let prenorm_bytes = folded
+            .iter()
+            .map(|f| 2 * (f.qkv.len() + f.gate_up.len()))
+            .sum();
         let cos_sin = gpu.upload(&cos_sin_table(&cfg.rope_inv_freq(), max_pos))?;
         let mut weight_bytes =
             (embed.len() + final_norm.len() + lm_head.as_ref().map_or(0, |x| x.len())) * 2;
@@ -457,6 +464,7 @@ impl GpuModel {
             lm_head,
             final_norm,
             layers,
+            folded,
             cos_sin,
             max_pos,
             weight_bytes,

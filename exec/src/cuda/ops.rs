@@ -151,7 +151,7 @@ impl Gpu {
     }
 
     /// `out[r, c] = w[r, c] * nw[c]` for a `[rows, cols]` weight: an RMSNorm weight folded into
-    /// the columns of the projection after it (see `GpuModel`'s `qkv_prenorm`).
+    /// the columns of the projection after it (`FoldedWeights`, built at load).
     pub fn scale_cols(
         &self,
         out: DPtr<bf16>,

@@ -4,7 +4,9 @@
 
 use super::attention::AttnShape;
 use super::buffers::{KvPool, TokenPick};
-use super::gemm_tile::{tile_plan, TileKind, TilePlan, TILE_MAX_M, TILE_NO_PREFETCH};
+use super::gemm_tile::{
+    tile_plan, TileKind, TilePlan, TILE_MAX_M, TILE_NO_PREFETCH, TILE_PRESCALED,
+};
 use super::model::{GpuModel, TileUse};
 use super::skinny::SKINNY_MAX_M;
 use super::Gpu;
@@ -75,16 +77,23 @@ impl GpuModel {
         );
         // The norm epilogues skip the L2 prefetch of their weights: run 14 measured gate/up
         // 8.8 us without it, 10.1 with (qkv 7.7 / 7.8).
-        let normed = |p: Option<TilePlan>| {
+        let normed = |p: Option<TilePlan>, flags: i32| {
             p.map(|p| TilePlan {
-                flags: TILE_NO_PREFETCH,
+                flags: TILE_NO_PREFETCH | flags,
                 ..p
             })
         };
+        // gate/up reads the weights with the norm's folded in, where chosen (the forward pass
+        // picks the weights by this flag).
+        let gate_up = if self.kernels.gate_up_prenorm {
+            TILE_PRESCALED
+        } else {
+            0
+        };
         [
-            normed(tile_plan(qkv, h, TileKind::Norm, sms)).filter(|_| all),
+            normed(tile_plan(qkv, h, TileKind::Norm, sms), 0).filter(|_| all),
             tile_plan(h, c.q_dim(), TileKind::ResAdd, sms).filter(|_| all),
-            normed(tile_plan(2 * inter, h, TileKind::NormSilu, sms)),
+            normed(tile_plan(2 * inter, h, TileKind::NormSilu, sms), gate_up),
             tile_plan(h, inter, TileKind::ResAdd, sms).filter(|_| all),
         ]
     }
