@@ -274,12 +274,11 @@ fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
     }
     let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
     eprintln!(
-        "{} (sm_{}{}): weights {:.2} GB (+ {:.2} GB of qkv and gate/up weights with their norms folded in); KV cache {} tokens ({:.3} GB); decode CUDA graphs for batch sizes {:?}; kernels loaded in {:.2}s",
+        "{} (sm_{}{}): {}; KV cache {} tokens ({:.3} GB); decode CUDA graphs for batch sizes {:?}; kernels loaded in {:.2}s",
         gpu.name,
         gpu.cc.0,
         gpu.cc.1,
-        model.weight_bytes as f64 / 1e9,
-        model.prenorm_bytes as f64 / 1e9,
+        model.weights_summary(),
         max_b * ctx,
         (max_b * ctx * model.kv_bytes_per_slot()) as f64 / 1e9,
         a.batch_size,

@@ -198,12 +198,11 @@ impl CudaBackend {
     pub fn summary(&self) -> String {
         let sizes = graph_sizes(self.cfg.max_graph_batch);
         format!(
-            "GPU {} (sm_{}{}): weights {:.2} GB (+ {:.2} GB of qkv and gate/up weights with their norms folded in); KV cache {} tokens ({:.2} GB); kernels loaded in {:.2}s ({} cached); CUDA graph batch sizes {:?}",
+            "GPU {} (sm_{}{}): {}; KV cache {} tokens ({:.2} GB); kernels loaded in {:.2}s ({} cached); CUDA graph batch sizes {:?}",
             self.gpu.name,
             self.gpu.cc.0,
             self.gpu.cc.1,
-            self.model.weight_bytes as f64 / 1e9,
-            self.model.prenorm_bytes as f64 / 1e9,
+            self.model.weights_summary(),
             self.cfg.kv_capacity_tokens,
             self.kv.bytes() as f64 / 1e9,
             self.gpu.kernels.load_seconds,

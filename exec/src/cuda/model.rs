@@ -475,6 +475,15 @@ impl GpuModel {
         })
     }
 
+    /// The weights held, for start-up lines: "weights X GB (+ Y GB of ... folded in)".
+    pub fn weights_summary(&self) -> String {
+        format!(
+            "weights {:.2} GB (+ {:.2} GB of qkv and gate/up weights with their norms folded in)",
+            self.weight_bytes as f64 / 1e9,
+            self.prenorm_bytes as f64 / 1e9
+        )
+    }
+
     /// Bytes of KV cache per token slot (all layers, K and V).
     pub fn kv_bytes_per_slot(&self) -> usize {
         2 * self.cfg.num_layers * self.cfg.kv_dim() * 2
