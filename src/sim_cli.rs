@@ -27,9 +27,9 @@ pub enum SimCmd {
         /// Replace the trace's profile (name or YAML file).
         #[arg(long)]
         profile: Option<String>,
-        /// Take step times from a real run of this trace (`doppel exec replay --json`): each
-        /// step is formed when the real one was and lasts as long, so the batch sequences
-        /// differ only where the schedulers decide differently.
+        /// Take the timing of a real run of this trace (`doppel exec replay --json`): every
+        /// engine loop iteration runs when the real one did and every step lasts as long, so
+        /// the batch sequences differ only where the schedulers decide differently.
         #[arg(long)]
         timing_from: Option<String>,
     },
@@ -125,7 +125,7 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             let timing_from = match timing_from {
                 Some(path) => {
                     let v = doppel_sim::compare::load_report(&path)?;
-                    Some(doppel_sim::compare::step_records(&v, &path)?)
+                    Some(doppel_sim::compare::real_timing(&v, &path)?)
                 }
                 None => None,
             };

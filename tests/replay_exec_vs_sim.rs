@@ -5,9 +5,25 @@ use doppel_exec::model::Arch;
 use doppel_exec::replay::{load_and_replay, Device, ReplayOptions, ReplaySetup};
 use doppel_exec::testgen::{write_model, TinySpec};
 use doppel_sim::compare::{compare, report_with_steps};
-use doppel_sim::{SimOptions, Trace};
+use doppel_sim::{RealTiming, SimOptions, Trace};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+
+/// Runs `cmd` and asserts it succeeded (its stderr in the message).
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A JSON file, parsed.
+fn load_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
 
 /// A scratch directory with the tiny model and a profile of its shape (no HTTP or tokenization
 /// cost: the in-process replay has none).
@@ -64,7 +80,8 @@ fn both(dir: &Path, trace: &str) -> (serde_json::Value, serde_json::Value) {
     both_with(dir, trace, false)
 }
 
-/// Replay `trace` on both; with `locked`, the simulator takes the real run's step times.
+/// Replay `trace` on both; with `locked`, the simulator takes the real run's loop iteration and
+/// step times.
 fn both_with(dir: &Path, trace: &str, locked: bool) -> (serde_json::Value, serde_json::Value) {
     let setup = ReplaySetup {
         model: dir.join("model"),
@@ -88,10 +105,18 @@ fn both_with(dir: &Path, trace: &str, locked: bool) -> (serde_json::Value, serde
         SimOptions {
             record_steps: true,
             log_batches: true,
-            timing_from: locked.then(|| real.outcome.step_records.clone()),
+            timing_from: locked.then(|| RealTiming {
+                steps: real.outcome.step_records.clone(),
+                iterations: Some(real.outcome.iterations.clone()),
+            }),
         },
     )
     .unwrap();
+    if locked {
+        // The simulated loop ran iteration for iteration at the real one's clock: it took in the
+        // same arrivals and applied the same results before each scheduling decision.
+        assert_eq!(sim.outcome.iterations, real.outcome.iterations);
+    }
     let j = |r: &doppel_sim::Replay| {
         serde_json::from_str(&report_with_steps(&r.trace, &r.outcome, &r.summary)).unwrap()
     };
@@ -195,42 +220,26 @@ fn cli_replay_json_and_compare() {
     );
     let bin = env!("CARGO_BIN_EXE_doppel");
     let (rj, sj) = (dir.join("real.json"), dir.join("sim.json"));
-    let out = Command::new(bin)
-        .args(["exec", "replay", &trace, "--log-batches", "--json"])
-        .arg(&rj)
-        .arg("--model")
-        .arg(dir.join("model"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(bin)
+            .args(["exec", "replay", &trace, "--log-batches", "--json"])
+            .arg(&rj)
+            .arg("--model")
+            .arg(dir.join("model")),
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("Prefill batch.") && stdout.contains("Median TTFT (ms)"),
         "{stdout}"
     );
     assert!(stdout.contains("doppel-exec-cpu"), "{stdout}");
-    let out = Command::new(bin)
-        .args(["sim", "replay", &trace, "--json"])
-        .arg(&sj)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let out = Command::new(bin)
-        .args(["sim", "compare"])
-        .arg(&rj)
-        .arg(&sj)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(bin)
+            .args(["sim", "replay", &trace, "--json"])
+            .arg(&sj),
     );
+    let out = run_ok(Command::new(bin).args(["sim", "compare"]).arg(&rj).arg(&sj));
+    let text = String::from_utf8_lossy(&out.stdout);
     for label in [
         "median TTFT (ms)",
         "p99 ITL (ms)",
@@ -239,6 +248,20 @@ fn cli_replay_json_and_compare() {
     ] {
         assert!(text.contains(label), "{label} missing:\n{text}");
     }
+    // Locked to the real run's timing through its JSON, the simulator runs its batch sequence
+    // and its loop iterations.
+    let lj = dir.join("locked.json");
+    run_ok(
+        Command::new(bin)
+            .args(["sim", "replay", &trace, "--timing-from"])
+            .arg(&rj)
+            .arg("--json")
+            .arg(&lj),
+    );
+    let (real, locked) = (load_json(&rj), load_json(&lj));
+    assert!(real["iterations_ns"].as_array().unwrap().len() > 1);
+    assert_eq!(real["iterations_ns"], locked["iterations_ns"]);
+    assert_same_batches(&real, &locked);
     // A report that is not JSON is refused with its name.
     std::fs::write(dir.join("bad.json"), "not json").unwrap();
     let out = Command::new(bin)
@@ -270,23 +293,17 @@ fn cli_profile_on_cpu_then_calibrate() {
     let dir = fixture("profile");
     let bin = env!("CARGO_BIN_EXE_doppel");
     let meas = dir.join("meas.json");
-    let out = Command::new(bin)
-        .args(["exec", "profile", "--device", "cpu", "--repeats", "1"])
-        .args(["--prefill-len", "16", "64", "--prefill-batch", "1", "3"])
-        .args(["--decode-batch", "1", "4", "--decode-kv", "16", "96"])
-        .arg("--model")
-        .arg(dir.join("model"))
-        .arg("--out")
-        .arg(&meas)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(bin)
+            .args(["exec", "profile", "--device", "cpu", "--repeats", "1"])
+            .args(["--prefill-len", "16", "64", "--prefill-batch", "1", "3"])
+            .args(["--decode-batch", "1", "4", "--decode-kv", "16", "96"])
+            .arg("--model")
+            .arg(dir.join("model"))
+            .arg("--out")
+            .arg(&meas),
     );
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&meas).unwrap()).unwrap();
+    let m = load_json(&meas);
     let steps = m["steps"].as_array().unwrap();
     for mode in ["prefill", "decode", "mixed"] {
         assert!(steps.iter().any(|s| s["mode"] == mode), "no {mode} step");
@@ -337,19 +354,14 @@ fn cli_profile_on_cpu_then_calibrate() {
     let kv = decode_run.expect("a decode run of at least 15 back-to-back decode steps");
     assert!(kv.windows(2).all(|w| w[1].1 == w[0].1 + 4), "{kv:?}");
     let fitted = dir.join("fitted.yaml");
-    let out = Command::new(bin)
-        .args(["sim", "calibrate"])
-        .arg(&meas)
-        .arg("--base")
-        .arg(dir.join("tiny.yaml"))
-        .args(["--name", "test/tiny/fitted", "--out"])
-        .arg(&fitted)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(bin)
+            .args(["sim", "calibrate"])
+            .arg(&meas)
+            .arg("--base")
+            .arg(dir.join("tiny.yaml"))
+            .args(["--name", "test/tiny/fitted", "--out"])
+            .arg(&fitted),
     );
     let p = doppel_sim::Profile::load(fitted.to_str().unwrap()).unwrap();
     assert!(p.calibrated && p.name == "test/tiny/fitted");

@@ -5,7 +5,7 @@
 //! per-step batch sequence is the report's `steps` array, written by [`report_with_steps`].
 
 use crate::backend::StepRecord;
-use crate::driver::Outcome;
+use crate::driver::{Outcome, RealTiming};
 use crate::error::SimError;
 use crate::metrics::Summary;
 use crate::trace::Trace;
@@ -14,7 +14,8 @@ use serde_json::Value;
 use std::fmt::Write;
 
 /// The JSON report (`report::to_json`) plus a `steps` array: one
-/// `{step, mode, batch, tokens, start_ns, end_ns}` object per executed step.
+/// `{step, mode, batch, tokens, start_ns, end_ns}` object per executed step, and where the run
+/// recorded them, the engine loop's iteration times (`iterations_ns`).
 pub fn report_with_steps(trace: &Trace, o: &Outcome, m: &Summary) -> String {
     let base = crate::report::to_json(trace, o, m);
     let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&base) else {
@@ -22,6 +23,9 @@ pub fn report_with_steps(trace: &Trace, o: &Outcome, m: &Summary) -> String {
     };
     let steps: Vec<Value> = o.step_records.iter().map(step_json).collect();
     map.insert("steps".into(), Value::Array(steps));
+    if !o.iterations.is_empty() {
+        map.insert("iterations_ns".into(), o.iterations.clone().into());
+    }
     // A map of plain values always serializes.
     serde_json::to_string_pretty(&Value::Object(map)).unwrap_or(base)
 }
@@ -210,9 +214,31 @@ fn steps(v: &Value, file: &str) -> Result<Option<Vec<StepSig>>, SimError> {
         .map(Some)
 }
 
-/// The step records of a report with times (`doppel exec replay --json`), for
-/// `doppel sim replay --timing-from`.
-pub fn step_records(v: &Value, file: &str) -> Result<Vec<StepRecord>, SimError> {
+/// The step records and loop iteration times of a report with times (`doppel exec replay
+/// --json`), for `doppel sim replay --timing-from`. Reports from before the iterations were
+/// recorded (the stored fidelity runs) have none.
+pub fn real_timing(v: &Value, file: &str) -> Result<RealTiming, SimError> {
+    let iterations = match v.get("iterations_ns") {
+        None => None,
+        Some(arr) => Some(
+            arr.as_array()
+                .ok_or_else(|| bad(file, "iterations_ns", "not an array"))?
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    t.as_u64()
+                        .ok_or_else(|| bad(file, &format!("iterations_ns[{i}]"), "not an integer"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(RealTiming {
+        steps: step_records(v, file)?,
+        iterations,
+    })
+}
+
+fn step_records(v: &Value, file: &str) -> Result<Vec<StepRecord>, SimError> {
     let arr = v
         .get("steps")
         .and_then(Value::as_array)

@@ -84,6 +84,9 @@ pub struct Outcome {
     pub refused: Vec<(usize, String)>,
     /// Executed steps (when recorded).
     pub step_records: Vec<StepRecord>,
+    /// The engine loop's clock at each of its iterations, when the arrivals due by then were
+    /// taken in and the scheduler ran (recorded with the steps).
+    pub iterations: Vec<TimeNs>,
     /// SGLang-style batch log (when asked for).
     pub batch_log: String,
     /// Scheduler configuration used.
@@ -99,10 +102,26 @@ pub struct SimOptions {
     pub record_steps: bool,
     /// Produce SGLang batch log lines.
     pub log_batches: bool,
-    /// Step times of a real run of the same trace (`doppel exec replay --json`): each step is
-    /// formed when the real one was and lasts as long, so the simulated scheduler sees the
-    /// arrivals the real one saw and only its decisions can differ.
-    pub timing_from: Option<Vec<StepRecord>>,
+    /// The timing of a real run of the same trace (`doppel exec replay --json`): every loop
+    /// iteration runs at the real one's clock and every step lasts as long as the real one, so
+    /// the simulated scheduler sees the arrivals and completions the real one saw and only its
+    /// decisions can differ.
+    pub timing_from: Option<RealTiming>,
+}
+
+/// What the simulator takes from a real run to follow its clock.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RealTiming {
+    /// Its executed steps: launch number i starts, returns from its launch and ends when
+    /// `steps[i]` did.
+    pub steps: Vec<StepRecord>,
+    /// Its engine loop's clock at each iteration ([`Outcome::iterations`]). Forming each step
+    /// at the real step's time is not enough: in the overlap order the real loop may have
+    /// applied the previous step's results in an iteration of its own (forming nothing) before
+    /// it formed the step, or not, and only the iterations say which. None for a report from
+    /// before they were recorded: each step is then formed at the real one's time, which can
+    /// part from the real run where it did apply results in an iteration of its own.
+    pub iterations: Option<Vec<TimeNs>>,
 }
 
 /// Replay a trace (`origin` names it in errors).
@@ -115,9 +134,16 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
     })?;
     let cost = RooflineCost::new(&profile, trace.engine.tp_size);
     let mut backend = SimBackend::new(cost, profile.model.vocab, opts.record_steps);
-    if let Some(steps) = &opts.timing_from {
-        backend.lock_to(steps.clone());
-    }
+    let (locked_iterations, locked_by_step): (&[TimeNs], bool) = match &opts.timing_from {
+        Some(t) => {
+            backend.lock_to(t.steps.clone());
+            (
+                t.iterations.as_deref().unwrap_or(&[]),
+                t.iterations.is_none(),
+            )
+        }
+        None => (&[], false),
+    };
     let mut engine = Engine::new(scheduler, backend, trace.engine.overlap);
     let mut work = expand(trace, profile.model.vocab);
     let n = work.requests.len();
@@ -139,6 +165,7 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
     let mut incoming: BinaryHeap<Reverse<(TimeNs, usize)>> = BinaryHeap::with_capacity(n);
     let mut events: Vec<Event> = Vec::with_capacity(1024);
     let mut now: TimeNs = 0;
+    let mut iterations = 0usize;
     let mut decode_log_tokens = 0u64;
     let mut decode_log_since: TimeNs = 0;
     let arrive = |sent: &mut Vec<(TimeNs, usize)>,
@@ -152,9 +179,19 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
     };
 
     loop {
-        // Locked to a real run's timing: form the next step when the real engine formed it.
-        if let Some(t) = engine.backend.locked_schedule(out.steps as usize) {
+        // Locked to a real run's timing: this iteration runs when the real loop's did (an older
+        // report: the next step is formed when the real one was).
+        let locked_at = if locked_by_step {
+            engine.backend.locked_schedule(out.steps as usize)
+        } else {
+            locked_iterations.get(iterations).copied()
+        };
+        if let Some(t) = locked_at {
             now = now.max(t);
+        }
+        iterations += 1;
+        if opts.record_steps {
+            out.iterations.push(now);
         }
         // Clients: send what is ready, up to the concurrency cap.
         clients.send_due(now, &mut out, &mut sent);
@@ -242,7 +279,9 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
                     drained = true;
                 }
             }
-            if !drained {
+            // Locked, the real loop's next iteration says when to look again (it slept until the
+            // next send, or a bounded while, and woke when it did).
+            if !drained && iterations >= locked_iterations.len() {
                 let next = [
                     clients.next_ready(),
                     incoming.peek().map(|Reverse((t, _))| *t),

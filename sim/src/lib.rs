@@ -25,7 +25,7 @@ pub mod trace;
 pub mod workload;
 
 pub use cost::{BatchShape, CostModel, RooflineCost};
-pub use driver::{simulate, Outcome, SimOptions};
+pub use driver::{simulate, Outcome, RealTiming, SimOptions};
 pub use error::SimError;
 pub use metrics::{format_table, summarize, Summary};
 pub use profile::Profile;

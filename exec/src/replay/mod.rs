@@ -221,6 +221,9 @@ pub fn replay<B: Backend>(
 
     loop {
         let now = now_ns();
+        // The simulator locked to this run replays every iteration at this clock (not only the
+        // ones that launch a step: one that only applies results changes what the next sees).
+        out.iterations.push(now);
         if let Some(limit) = opts.time_limit {
             if now > limit.as_nanos() as TimeNs {
                 return Err(ReplayError::TimeLimit {
