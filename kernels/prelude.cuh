@@ -130,6 +130,15 @@ __device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// c += a b for one m16n8k8 tile (bf16 in, f32 accumulate): a holds two registers.
+__device__ __forceinline__ void mma_bf16_k8(float* c, const unsigned* a, unsigned b0) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b0));
+}
+
 // Split K over CTAs: call after this CTA has written its partial (every thread of the CTA).
 // Counts the CTA in at its tile's counter and says whether it arrived last of the `splits`; the
 // last one then sees every partial and must re-arm the counter to 0 when done (graph replays).

@@ -16,7 +16,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-// replay and profile live in their own file (the measuring tools).
+// replay and profile live in their own file (the measuring tools), as do bench-one-batch and
+// serve.
+#[path = "exec_bob_cli.rs"]
+mod bob;
+#[path = "exec_serve_cli.rs"]
+mod serve;
 #[path = "exec_tools_cli.rs"]
 mod tools;
 
@@ -28,62 +33,13 @@ pub enum ExecCmd {
     /// Write a random-weight checkpoint directory (config, safetensors, BPE tokenizer) for tests and benchmarks.
     MakeModel(Box<MakeModelArgs>),
     /// Serve the SGLang-native and OpenAI-compatible HTTP API (see docs/server.md).
-    Serve(Box<ServeArgs>),
+    Serve(Box<serve::ServeArgs>),
     /// SGLang's bench_one_batch on the GPU: prefill and decode latency/throughput per batch size.
-    BenchOneBatch(Box<BenchOneBatchArgs>),
+    BenchOneBatch(Box<bob::BenchOneBatchArgs>),
     /// Run a trace in-process on the real engine with its arrival schedule; print the same report as `doppel sim replay`.
     Replay(Box<tools::ReplayArgs>),
     /// Measure step times over a sweep of batch shapes and write a measurement file for `doppel sim calibrate`.
     Profile(Box<tools::ProfileArgs>),
-}
-
-/// `doppel exec bench-one-batch` (GPU; see docs/cuda.md).
-#[derive(Args)]
-pub struct BenchOneBatchArgs {
-    /// Checkpoint directory (config.json, *.safetensors).
-    #[arg(long)]
-    model: PathBuf,
-    /// Random weights of the checkpoint's shapes (reads config.json only).
-    #[arg(long)]
-    random_weights: bool,
-    /// Batch sizes.
-    #[arg(long, num_args = 1.., default_values_t = [1usize, 4, 16, 64])]
-    batch_size: Vec<usize>,
-    /// Prompt tokens per sequence.
-    #[arg(long, default_value_t = 128)]
-    input_len: usize,
-    /// Generated tokens per sequence.
-    #[arg(long, default_value_t = 64)]
-    output_len: usize,
-    /// Timed repeats per batch size (after one warm-up); the median is reported.
-    #[arg(long, default_value_t = 3)]
-    repeats: usize,
-    /// Print the raw figures as JSON.
-    #[arg(long)]
-    json: bool,
-    /// CUDA device ordinal.
-    #[arg(long, default_value_t = 0)]
-    device: usize,
-    /// Run every cuBLAS-sized GEMM with cublasGemmEx's default algorithm instead of the one
-    /// measured fastest for its shape (cuBLASLt candidates included).
-    #[arg(long)]
-    no_gemm_tuning: bool,
-    /// Decode steps of at most this many rows run the tensor-core decode attention, larger ones
-    /// the CUDA-core kernels (0: never; default: the engine's choice, 8).
-    #[arg(long)]
-    decode_mma_max_rows: Option<usize>,
-    /// Fold the greedy argmax into the LM head (no f32 logits written and read back) at 2-64
-    /// rows; off by default (see `KernelChoice::lm_head_argmax`).
-    #[arg(long)]
-    lm_argmax: bool,
-    /// Run the RMSNorm before the qkv projection as its own kernel in decode steps (the default
-    /// folds it: the projection of the raw residual stream, 1 / rms applied in the attention).
-    #[arg(long)]
-    no_qkv_prenorm: bool,
-    /// The tiled gate/up GEMM multiplies by the post-attention norm weight itself (the default
-    /// reads gate/up weights with it folded in).
-    #[arg(long)]
-    no_gate_up_prenorm: bool,
 }
 
 /// `doppel exec generate`.
@@ -237,79 +193,11 @@ pub fn run(cmd: ExecCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         ExecCmd::Generate(a) => generate(*a),
         ExecCmd::MakeModel(a) => make_model(*a),
-        ExecCmd::Serve(a) => serve(*a),
-        ExecCmd::BenchOneBatch(a) => bench_one_batch(*a),
+        ExecCmd::Serve(a) => serve::serve(*a),
+        ExecCmd::BenchOneBatch(a) => bob::bench_one_batch(*a),
         ExecCmd::Replay(a) => tools::replay(*a),
         ExecCmd::Profile(a) => tools::profile(*a),
     }
-}
-
-fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
-    use doppel_exec::cuda::bench_one_batch::{format_table, run, to_json, BenchOptions};
-    use doppel_exec::cuda::{model::GpuModel, Gpu};
-    if a.input_len == 0 || a.output_len == 0 || a.batch_size.contains(&0) {
-        bail!("--input-len, --output-len and every --batch-size must be at least 1");
-    }
-    let cfg = doppel_exec::model::ModelConfig::load(&a.model)?;
-    let gpu = Gpu::new(a.device).context("--device cuda")?;
-    let ctx = a.input_len + a.output_len;
-    let mut model = if a.random_weights {
-        GpuModel::random(&gpu, &cfg, 7, ctx)?
-    } else {
-        let store = doppel_exec::model::WeightStore::open(&a.model)?;
-        GpuModel::load(&gpu, &cfg, &store, ctx)?
-    };
-    model.kernels.gemm_lt = !a.no_gemm_tuning;
-    if let Some(n) = a.decode_mma_max_rows {
-        model.kernels.decode_mma_max_tokens = n;
-    }
-    if a.lm_argmax {
-        model.kernels.lm_head_argmax = true;
-    }
-    if a.no_qkv_prenorm {
-        model.kernels.qkv_prenorm = false;
-    }
-    if a.no_gate_up_prenorm {
-        model.kernels.gate_up_prenorm = false;
-    }
-    let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
-    eprintln!(
-        "{} (sm_{}{}): {}; KV cache {} tokens ({:.3} GB); decode CUDA graphs for batch sizes {:?}; kernels loaded in {:.2}s",
-        gpu.name,
-        gpu.cc.0,
-        gpu.cc.1,
-        model.weights_summary(),
-        max_b * ctx,
-        (max_b * ctx * model.kv_bytes_per_slot()) as f64 / 1e9,
-        a.batch_size,
-        gpu.kernels.load_seconds
-    );
-    let opts = BenchOptions {
-        batch_sizes: a.batch_size,
-        input_len: a.input_len,
-        output_len: a.output_len,
-        repeats: a.repeats,
-        seed: 1,
-    };
-    let rows = run(&gpu, &model, &opts)?;
-    for r in &rows {
-        eprintln!(
-            "batch {}: GEMM shapes measured in {:.0} ms ({})",
-            r.batch_size,
-            r.gemm_tune_ms,
-            if model.kernels.gemm_lt {
-                "fastest of cublasGemmEx and cuBLASLt per shape"
-            } else {
-                "off: cublasGemmEx default"
-            }
-        );
-    }
-    if a.json {
-        println!("{}", to_json(&rows));
-    } else {
-        print!("{}", format_table(&rows));
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn make_model(a: MakeModelArgs) -> anyhow::Result<ExitCode> {
@@ -620,144 +508,4 @@ fn check_sampling(p: &SamplingParams) -> anyhow::Result<()> {
         bail!("--top-k {}: must be -1 (off) or at least 1", p.top_k);
     }
     Ok(())
-}
-
-/// `doppel exec serve`.
-#[derive(Args)]
-pub struct ServeArgs {
-    /// Checkpoint directory (with --device cpu); with --backend sim, an optional tokenizer directory.
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// `engine` (a real model on --device) or `sim` (the simulator in real time, --profile).
-    #[arg(long, default_value = "engine")]
-    backend: String,
-    /// Device for --backend engine: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// CUDA: share of device memory for weights + KV cache (default: SGLang's rule).
-    #[arg(long)]
-    mem_fraction_static: Option<f64>,
-    /// CUDA: largest decode batch replayed from a CUDA graph (0 = no graphs).
-    #[arg(long, default_value_t = 256)]
-    cuda_graph_max_bs: usize,
-    /// Simulator profile (built-in name or .yaml file) for --backend sim.
-    #[arg(long)]
-    profile: Option<String>,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// Port (0 = any free port).
-    #[arg(long, default_value_t = 30000)]
-    port: u16,
-    /// Model name clients pass as `model` (default: the model directory's or profile's name).
-    #[arg(long)]
-    served_model_name: Option<String>,
-    /// KV cache capacity in tokens (default: 8192 on the CPU, the profile's memory rule for sim).
-    #[arg(long)]
-    kv_capacity: Option<usize>,
-    /// KV page size in tokens.
-    #[arg(long, default_value_t = 1)]
-    page_size: usize,
-    /// Chunked prefill size (0 = off).
-    #[arg(long, default_value_t = 8192)]
-    chunked_prefill_size: usize,
-    /// Cap on running requests.
-    #[arg(long)]
-    max_running_requests: Option<usize>,
-    /// Prefill token budget per batch.
-    #[arg(long)]
-    max_prefill_tokens: Option<usize>,
-    /// Waiting-queue policy: fcfs, lpm, dfs-weight, lof, random, priority.
-    #[arg(long, default_value = "fcfs")]
-    schedule_policy: String,
-    /// Turn the prefix cache off.
-    #[arg(long)]
-    disable_radix_cache: bool,
-    /// Run the plain loop instead of SGLang's overlap order.
-    #[arg(long)]
-    disable_overlap_schedule: bool,
-    /// Answer 503 when this many requests are waiting.
-    #[arg(long)]
-    max_queued_requests: Option<usize>,
-    /// Largest request body in bytes (413 beyond).
-    #[arg(long, default_value_t = 16 << 20)]
-    max_body_bytes: usize,
-    /// On SIGTERM, seconds live requests may keep running before they are aborted.
-    #[arg(long, default_value_t = 30.0)]
-    shutdown_timeout: f64,
-    /// Sampling seed of requests that bring none.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// debug, info, warning or error.
-    #[arg(long, default_value = "info")]
-    log_level: String,
-    /// Worker threads for the CPU backend (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-}
-
-fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    use doppel_exec::server::{log, run_blocking, BackendKind, ServerConfig};
-    let level = log::Level::parse(&a.log_level).ok_or_else(|| {
-        anyhow!(
-            "--log-level {}: expected debug, info, warning or error",
-            a.log_level
-        )
-    })?;
-    log::set_level(level);
-    let backend = match (a.backend.as_str(), a.device.as_str()) {
-        ("sim", _) => BackendKind::Sim {
-            profile: a
-                .profile
-                .clone()
-                .ok_or_else(|| anyhow!("--backend sim needs --profile"))?,
-        },
-        ("engine", d) => match parse_device(d)? {
-            None => BackendKind::Cpu,
-            Some(device) => BackendKind::Cuda {
-                device,
-                mem_fraction_static: a.mem_fraction_static,
-                cuda_graph_max_bs: a.cuda_graph_max_bs,
-            },
-        },
-        (b, _) => bail!("--backend {b}: expected engine or sim"),
-    };
-    let policy = doppel_core::Policy::parse(&a.schedule_policy).ok_or_else(|| {
-        anyhow!(
-            "--schedule-policy {}: expected fcfs, lpm, dfs-weight, lof, random or priority",
-            a.schedule_policy
-        )
-    })?;
-    if !(a.shutdown_timeout.is_finite() && a.shutdown_timeout >= 0.0) {
-        bail!(
-            "--shutdown-timeout {}: must be a number >= 0",
-            a.shutdown_timeout
-        );
-    }
-    if let Some(t) = a.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global()
-            .context("--threads")?;
-    }
-    let cfg = ServerConfig {
-        model: a.model,
-        backend,
-        served_model_name: a.served_model_name,
-        kv_capacity: a.kv_capacity,
-        page_size: a.page_size,
-        chunked_prefill_size: (a.chunked_prefill_size > 0).then_some(a.chunked_prefill_size),
-        max_running_requests: a.max_running_requests,
-        max_prefill_tokens: a.max_prefill_tokens,
-        policy,
-        disable_radix_cache: a.disable_radix_cache,
-        overlap: !a.disable_overlap_schedule,
-        max_queued_requests: a.max_queued_requests,
-        max_body_bytes: a.max_body_bytes,
-        shutdown_timeout: std::time::Duration::from_secs_f64(a.shutdown_timeout),
-        seed: a.seed,
-        log_batches: true,
-    };
-    run_blocking(cfg, &a.host, a.port)?;
-    Ok(ExitCode::SUCCESS)
 }

@@ -322,23 +322,30 @@ fn attention_decode(
     // Pipelined: the kernels that request the next keys first (groups 1-2; others ignore it).
     // Early: the first keys requested before the wait (the newest one after it).
     // Mma: the tensor-core kernel instead of the CUDA-core ones.
-    for (splits, min_keys, pipe, early, mma) in [
-        (1usize, 1usize, false, false, false),
-        (7, 1, false, true, false),
-        (32, 1, false, false, false),
-        (7, 40, false, true, false),
-        (32, 40, false, true, false),
-        (1, 1, true, true, false),
-        (7, 40, true, false, false),
-        (32, 1, true, true, false),
-        (1, 1, false, false, true),
-        (1, 40, false, true, true),
-        (7, 1, false, true, true),
-        (7, 40, false, false, true),
-        (32, 1, false, true, true),
-        (32, 40, false, false, true),
+    // Rmma: the tensor-core kernel fed from registers (where mma is off).
+    for (splits, min_keys, pipe, early, mma, rmma) in [
+        (1usize, 1usize, false, false, false, false),
+        (7, 1, false, true, false, false),
+        (32, 1, false, false, false, false),
+        (7, 40, false, true, false, false),
+        (32, 40, false, true, false, false),
+        (1, 1, true, true, false, false),
+        (7, 40, true, false, false, false),
+        (32, 1, true, true, false, false),
+        (1, 1, false, false, true, false),
+        (1, 40, false, true, true, false),
+        (7, 1, false, true, true, false),
+        (7, 40, false, false, true, false),
+        (32, 1, false, true, true, false),
+        (32, 40, false, false, true, false),
+        (1, 1, false, false, false, true),
+        (1, 40, false, true, false, true),
+        (7, 1, false, false, false, true),
+        (7, 40, true, true, false, true),
+        (32, 1, false, false, false, true),
+        (32, 40, false, true, false, true),
     ] {
-        if mma && matches!(which, Which::V2) {
+        if (mma || rmma) && matches!(which, Which::V2) {
             continue; // the run-2 kernel has no tensor-core form
         }
         let shape = AttnShape {
@@ -346,6 +353,7 @@ fn attention_decode(
             decode_pipelined: pipe,
             decode_early_kv: early,
             decode_mma: mma,
+            decode_reg_mma: rmma,
             ..shape
         };
         let n = entries.len();
@@ -372,7 +380,8 @@ fn attention_decode(
             rep,
             &format!(
                 "attention_decode {which:?} nq={nq} nk={nk} D={d} kv<=8191 splits={splits} \
-                 min keys {min_keys} pipelined {pipe} early {early} tensor cores {mma}"
+                 min keys {min_keys} pipelined {pipe} early {early} tensor cores {mma} \
+                 from registers {rmma}"
             ),
             &out,
             &reference,

@@ -409,17 +409,27 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let graph_late = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
         model.kernels.decode_early_kv = true;
         let replay_late = time_ms(gpu, 15, 10, || graph_late.launch().unwrap());
-        // The decode attention on CUDA cores (the V3 kernels) and on tensor cores, whichever the
-        // default picks at this batch size.
-        let mma = model.kernels.decode_mma_max_tokens;
+        // The decode attention on CUDA cores (the V3 kernels), on tensor cores through shared
+        // memory and on tensor cores fed from registers, whichever the default picks here.
+        let (mma, rmma) = (
+            model.kernels.decode_mma_max_tokens,
+            model.kernels.decode_reg_mma,
+        );
         let mut mma_rows = Vec::new();
-        for (what, max) in [
-            ("attention on CUDA cores (V3)", 0usize),
-            ("attention on tensor cores", usize::MAX),
+        for (what, max, reg) in [
+            ("attention on CUDA cores (V3)", 0usize, false),
+            (
+                "attention on tensor cores (shared memory)",
+                usize::MAX,
+                false,
+            ),
+            ("attention on tensor cores (registers)", 0, true),
         ] {
             model.kernels.decode_mma_max_tokens = max;
+            model.kernels.decode_reg_mma = reg;
             let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
             model.kernels.decode_mma_max_tokens = mma;
+            model.kernels.decode_reg_mma = rmma;
             mma_rows.push((
                 what.to_string(),
                 time_ms(gpu, 15, 10, || g.launch().unwrap()),

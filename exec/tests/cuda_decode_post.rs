@@ -100,22 +100,26 @@ fn compare(
         )
     };
     // (splits, min keys per split, pipelined kernel, combine fused, whole-row L2 prefetch,
-    // first keys requested before the wait, the tensor-core kernel, with and without the q/k
-    // pass)
-    for (splits, min_keys, pipe, fused, rows, early, mma) in [
-        (1usize, 1usize, false, true, false, false, false),
-        (1, 1, true, true, false, true, false),
-        (1, 1, true, true, true, true, false),
-        (1, 1, true, false, false, false, false),
-        (7, 40, true, false, true, true, false),
-        (7, 40, false, true, false, true, false),
-        (32, 1, false, false, false, true, false),
-        (32, 1, true, false, true, true, false),
-        (1, 1, false, true, true, false, true),
-        (1, 1, false, true, true, true, true),
-        (7, 40, false, true, false, true, true),
-        (7, 40, false, false, true, false, true),
-        (32, 1, false, false, true, true, true),
+    // first keys requested before the wait, the tensor-core kernel, the one fed from registers,
+    // with and without the q/k pass)
+    for (splits, min_keys, pipe, fused, rows, early, mma, rmma) in [
+        (1usize, 1usize, false, true, false, false, false, false),
+        (1, 1, true, true, false, true, false, false),
+        (1, 1, true, true, true, true, false, false),
+        (1, 1, true, false, false, false, false, false),
+        (7, 40, true, false, true, true, false, false),
+        (7, 40, false, true, false, true, false, false),
+        (32, 1, false, false, false, true, false, false),
+        (32, 1, true, false, true, true, false, false),
+        (1, 1, false, true, true, false, true, false),
+        (1, 1, false, true, true, true, true, false),
+        (7, 40, false, true, false, true, true, false),
+        (7, 40, false, false, true, false, true, false),
+        (32, 1, false, false, true, true, true, false),
+        (1, 1, false, true, true, false, false, true),
+        (1, 1, false, false, false, false, false, true),
+        (7, 40, false, true, true, false, false, true),
+        (32, 1, false, false, true, true, false, true),
     ] {
         let shape = AttnShape {
             split_min_keys: min_keys,
@@ -123,6 +127,7 @@ fn compare(
             decode_prefetch_rows: rows,
             decode_early_kv: early,
             decode_mma: mma,
+            decode_reg_mma: rmma,
             ..kv.shape(nq, nk, d, width)
         };
         let variant = variant_of(fused);
@@ -148,7 +153,7 @@ fn compare(
         let name = format!(
             "decode + q/k pass nq={nq} nk={nk} D={d} norm={norm} splits={splits} \
              min keys {min_keys} pipelined {pipe} fused {fused} row prefetch {rows} early {early} \
-             tensor cores {mma}"
+             tensor cores {mma} from registers {rmma}"
         );
         let (a, b) = (gpu.download(&out1).unwrap(), gpu.download(&out2).unwrap());
         rep.check(
@@ -183,15 +188,18 @@ fn compare(
         })
         .collect();
     let dx = gpu.upload(&x).unwrap();
-    for (splits, pipe, fused, mma) in [
-        (1usize, true, true, false),
-        (7, false, false, false),
-        (1, false, true, true),
+    for (splits, pipe, fused, mma, rmma) in [
+        (1usize, true, true, false, false),
+        (7, false, false, false, false),
+        (1, false, true, true, false),
+        (1, false, true, false, true),
+        (7, false, false, false, true),
     ] {
         let shape = AttnShape {
             split_min_keys: 40,
             decode_pipelined: pipe,
             decode_mma: mma,
+            decode_reg_mma: rmma,
             ..kv.shape(nq, nk, d, width)
         };
         let variant = variant_of(fused);
@@ -248,7 +256,7 @@ fn compare(
         .unwrap();
         let name = format!(
             "decode + q/k pass with the row scale nq={nq} nk={nk} D={d} norm={norm} splits={splits} \
-             fused {fused} tensor cores {mma}"
+             fused {fused} tensor cores {mma} from registers {rmma}"
         );
         let dl = |b: &cudarc::driver::CudaSlice<bf16>| f64s(&gpu.download(b).unwrap());
         rep.rel(&format!("{name}: output"), &dl(&out2), &dl(&out1), 2e-2);

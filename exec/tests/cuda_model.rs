@@ -570,6 +570,7 @@ fn cuda_backend_matches_cpu_backend() {
                 decode_prefetch_rows: false,
                 decode_early_kv: false,
                 decode_mma_max_tokens: 0,
+                decode_reg_mma: false,
                 lm_head_argmax: false,
                 lm_argmax_min_rows: 2,
                 qkv_prenorm: false,
@@ -630,6 +631,14 @@ fn cuda_backend_matches_cpu_backend() {
             "decode attention on CUDA cores at every batch size (the V3 kernels)",
             KernelChoice {
                 decode_mma_max_tokens: 0,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode attention on tensor cores fed from registers at every batch size",
+            KernelChoice {
+                decode_mma_max_tokens: 0,
+                decode_reg_mma: true,
                 ..Default::default()
             },
         ),

@@ -188,6 +188,9 @@ pub struct AttnShape {
     /// Decode (V3 variants): the tensor-core kernel (`kernels/attention_decode_mma.cu`) instead
     /// of the CUDA-core ones; same plan, arguments and outputs.
     pub decode_mma: bool,
+    /// Decode (V3 variants, where `decode_mma` is off): the tensor-core kernel fed from
+    /// registers (`kernels/attention_decode_rmma.cu`); same plan, arguments and outputs.
+    pub decode_reg_mma: bool,
 }
 
 impl AttnShape {
@@ -365,6 +368,7 @@ impl Gpu {
         let group = shape.nq / shape.nk;
         let pipe = shape.decode_pipelined;
         let mma = shape.decode_mma && !matches!(variant, DecodeVariant::V2);
+        let rmma = !mma && shape.decode_reg_mma && !matches!(variant, DecodeVariant::V2);
         let split_name = match (variant, shape.head_dim, group) {
             (DecodeVariant::V2, 64, _) => "attention_decode_split_d64",
             (DecodeVariant::V2, _, _) => "attention_decode_split_d128",
@@ -376,6 +380,8 @@ impl Gpu {
             (_, _, 2) if mma => "attention_decode_mma_d128_g2",
             (_, _, 3..=4) if mma => "attention_decode_mma_d128_g4",
             (_, _, _) if mma => "attention_decode_mma_d128_g8",
+            (_, 64, _) if rmma => "attention_decode_rmma_d64",
+            (_, _, _) if rmma => "attention_decode_rmma_d128",
             (_, 64, 1) if pipe => "attention_decode_v3p_d64_g1",
             (_, 64, 2) if pipe => "attention_decode_v3p_d64_g2",
             (_, 128, 1) if pipe => "attention_decode_v3p_d128_g1",

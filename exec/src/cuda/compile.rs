@@ -105,6 +105,10 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
             "attention_decode_mma_d128_g8",
         ]
     ),
+    kernel_source!(
+        "attention_decode_rmma.cu",
+        ["attention_decode_rmma_d64", "attention_decode_rmma_d128"]
+    ),
     kernel_source!("activation.cu", ["silu_and_mul"]),
     kernel_source!("timing.cu", ["spin_ns"]),
     kernel_source!(
@@ -344,6 +348,40 @@ pub fn cached_ptx(k: &KernelSource, cc: u32, dir: &Path) -> Result<(Ptx, bool)> 
     std::fs::write(&tmp, &ptx).map_err(|e| io(e, &tmp))?;
     std::fs::rename(&tmp, &path).map_err(|e| io(e, &path))?;
     Ok((Ptx::from_src(ptx), false))
+}
+
+/// [`cached_ptx`] for every source of `sources`, in that order: the cache misses compile on up
+/// to one thread per core (NVRTC compiles separate programs concurrently), so a cold start takes
+/// about as long as its slowest source (gemm_skinny.cu) instead of the sum of all. The first
+/// error in source order is returned.
+pub fn cached_ptx_all(sources: &[KernelSource], cc: u32, dir: &Path) -> Result<Vec<(Ptx, bool)>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(sources.len())
+        .max(1);
+    let next = AtomicUsize::new(0);
+    // Each thread takes the next source index and keeps its (index, result) pairs.
+    let mut done: Vec<(usize, Result<(Ptx, bool)>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(k) = sources.get(i) else { break mine };
+                        mine.push((i, cached_ptx(k, cc, dir)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a compile thread panicked"))
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Loading the compiled kernels into a context.
 
-use super::compile::{cache_dir, cached_ptx, KERNEL_SOURCES};
+use super::compile::{cache_dir, cached_ptx_all, KERNEL_SOURCES};
 use super::{CudaError, DriverCtx, Result};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaContext, CudaFunction};
@@ -27,8 +27,9 @@ impl Kernels {
         let dir = cache_dir();
         let mut funcs = BTreeMap::new();
         let mut cache_hits = 0;
-        for k in KERNEL_SOURCES {
-            let (ptx, hit) = cached_ptx(k, arch, &dir)?;
+        // Compile what the cache lacks (in parallel), then load the modules in order.
+        let ptxs = cached_ptx_all(KERNEL_SOURCES, arch, &dir)?;
+        for (k, (ptx, hit)) in KERNEL_SOURCES.iter().zip(ptxs) {
             cache_hits += hit as usize;
             let module = ctx
                 .load_module(ptx)

@@ -159,6 +159,13 @@ pub struct KernelChoice {
     /// b=16 1.230 vs 1.191 and b=64 1.843 vs 1.612 (ncu at b=64: 2.5x fewer instructions but
     /// latency-bound at two blocks per SM, docs/cuda.md run 15).
     pub decode_mma_max_tokens: usize,
+    /// Decode steps above `decode_mma_max_tokens` rows run the tensor-core decode attention fed
+    /// from registers (`AttnShape::decode_reg_mma`, `kernels/attention_decode_rmma.cu`) instead
+    /// of the CUDA-core V3 kernels. Default off: on the H100 (run 19, bench-one-batch, random
+    /// weights) b=16 took 1.152-1.157 ms against 1.193, but b=64 1.632-1.638 against
+    /// 1.589-1.592; switching it on for 9-32 rows waits for a measured b=32 and a re-measured
+    /// simulator profile (its decode step times would move).
+    pub decode_reg_mma: bool,
     /// Greedy steps whose logits nothing reads ([`TokenPick::Argmax`](super::buffers::TokenPick))
     /// with `lm_argmax_min_rows..=64` rows run the LM head with the argmax folded in
     /// (`kernels/lm_head_argmax.cu`): no f32 logits written and read back, one launch fewer.
@@ -218,6 +225,7 @@ impl Default for KernelChoice {
             decode_prefetch_rows: true,
             decode_early_kv: true,
             decode_mma_max_tokens: 8,
+            decode_reg_mma: false,
             lm_head_argmax: false,
             lm_argmax_min_rows: 2,
             qkv_prenorm: true,

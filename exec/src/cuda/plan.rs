@@ -130,6 +130,7 @@ impl GpuModel {
             decode_prefetch_rows: self.kernels.decode_prefetch_rows,
             decode_early_kv: self.kernels.decode_early_kv,
             decode_mma: false,
+            decode_reg_mma: self.kernels.decode_reg_mma,
         }
     }
 }

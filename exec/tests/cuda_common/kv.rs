@@ -84,6 +84,7 @@ impl KvSetup {
             decode_prefetch_rows: false,
             decode_early_kv: false,
             decode_mma: false,
+            decode_reg_mma: false,
         }
     }
 }
