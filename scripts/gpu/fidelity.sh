@@ -10,9 +10,7 @@ BIN=${BIN:-mycarry/doppel}
 MODEL=${MODEL:-scripts/gpu/qwen3-0.6b}
 OUT=${OUT:-/tmp/doppel-fidelity}
 W=$(mktemp -d)
-export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
-export DOPPEL_CUDA_INCLUDE=${DOPPEL_CUDA_INCLUDE:-/usr/local/cuda/include}
-export DOPPEL_KERNEL_CACHE=${DOPPEL_KERNEL_CACHE:-/tmp/doppel-kernels}
+source "$(dirname "$0")/env.sh"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$W/gpu.txt"
 # The profile takes ~300 s on an H100 (rests after each scenario, the sustained run); the replays

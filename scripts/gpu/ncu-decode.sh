@@ -7,9 +7,7 @@ BIN=${BIN:-carry/bin/doppel}
 MODEL=${MODEL:-/tmp/qwen3-ref}
 OUT=${OUT:-/tmp/doppel-ncu}
 mkdir -p "$OUT"
-export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
-export DOPPEL_CUDA_INCLUDE=${DOPPEL_CUDA_INCLUDE:-/usr/local/cuda/include}
-export DOPPEL_KERNEL_CACHE=${DOPPEL_KERNEL_CACHE:-/tmp/doppel-kernels}
+source "$(dirname "$0")/env.sh"
 timeout ${NCU_LIMIT:-150} /usr/local/cuda/bin/ncu --graph-profiling node --metrics gpu__time_duration.sum \
     --cache-control none --clock-control none --csv --launch-count ${NCU_COUNT:-1500} \
     "$BIN" exec bench-one-batch --model "$MODEL" --batch-size ${BATCH:-1} --input-len 128 --output-len 4 \

@@ -9,9 +9,7 @@ set -uo pipefail
 BIN=${BIN:-carry/bin}
 OUT=${OUT:-/tmp/doppel-gpu-out}
 mkdir -p "$OUT"
-export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
-export DOPPEL_CUDA_INCLUDE=${DOPPEL_CUDA_INCLUDE:-/usr/local/cuda/include}
-export DOPPEL_KERNEL_CACHE=${DOPPEL_KERNEL_CACHE:-/tmp/doppel-kernels}
+source "$(dirname "$0")/env.sh"
 export PYTHONUNBUFFERED=1
 # Correctness first (kernels, start-up, whole model), then the timings.
 STAGES=${STAGES:-"nvrtc kernels startup reference model bench bob"}
