@@ -283,6 +283,11 @@ impl<B: Backend> Loop<B> {
             Command::Abort { id, reason } => self.abort(id, reason),
             Command::Flush { reply } => {
                 let ok = self.engine.is_idle() && self.engine.scheduler.flush_cache();
+                // Publish before replying, so a client that reads the server info after the
+                // flush returned sees the freed cache, not the snapshot from before it.
+                if ok {
+                    self.shared.publish(self.snapshot());
+                }
                 let _ = reply.send(ok);
             }
             Command::Shutdown { drain } => {
