@@ -268,14 +268,19 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
     };
     uint4 kr[U], vr[U];
     // (The host asks for it only without the q/k pass; with it the kernel is equally correct.)
-    const bool early_kv = (post.flags & DECODE_EARLY_KV) != 0;
-    if (early_kv) {
-        // The first iteration's keys are requested before the wait, so they arrive while the
-        // q/k pass (or the previous kernel's tail) runs.
+    const bool before_wait = (post.flags & DECODE_EARLY_KV) != 0;
+    // The same request after the wait but ahead of the q/k pass (DECODE_KV_BEFORE_QK): the
+    // keys arrive while the pass runs, without loading DRAM while the previous kernel finishes.
+    const bool early_kv = before_wait || (post.flags & DECODE_KV_BEFORE_QK) != 0;
+    // The first iteration's keys, the newest one left at zero (filled in below).
+    auto request_first = [&]() {
         my_slot = (lane < KPI && k0 + lane < k_end) ? trow[k0 + lane] : 0u;
         if (k0 < k_end) load_kv(kr, vr, k0, true);
-    }
+    };
+    if (before_wait) request_first();
+    if ((post.flags & DECODE_PF_NEXT_EARLY) != 0) decode_prefetch_next(post);
     pdl_enter();
+    if (early_kv && !before_wait) request_first();
 
     // The q/k pass folded in (post_on): q holds the raw projection (q_stride = the qkv width).
     // The group's q heads are normalised and rotated into shared memory by every split block;
@@ -390,6 +395,7 @@ __device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restri
         }
     }
 
+    if ((post.flags & DECODE_PF_NEXT_EARLY) == 0) decode_prefetch_next(post);
     // Merge the subgroups of the warp (they hold the same dims of different keys).
 #pragma unroll
     for (int g = 0; g < MG; g++) {

@@ -81,7 +81,37 @@ __device__ void decode_rmma_impl(float* __restrict__ part_o, float* __restrict__
         return i < ntw && key < k_end ? trow[key] : 0u;
     };
     unsigned int sg_cur = slots_of(0), sg_next = slots_of(1);
+    const __nv_bfloat16* kb = k_cache + kvh * D + 8 * j;
+    const __nv_bfloat16* vb = v_cache + kvh * D + 8 * r;
+    // Tile i's K row (key r) and V rows (keys 2j, 2j + 1); zeros past the range. Every key
+    // through L2 (each is read once per block, so L1 would only add a hop).
+    uint4 kr[KQ], vr[2][VQ];
+    auto load_tile = [&](int i) {
+        const int n0 = k_begin + (warp + NWM * i) * TK, sl0 = (i % TPR) * TK;
+        {
+            const __nv_bfloat16* p = kb + (size_t)__shfl_sync(0xffffffffu, sg_cur, sl0 + r) * kvw;
+            const bool ok = n0 + r < k_end;
+#pragma unroll
+            for (int qi = 0; qi < KQ; qi++)
+                kr[qi] = ok ? __ldcg(reinterpret_cast<const uint4*>(p + 32 * qi)) : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int v = 0; v < 2; v++) {
+            const int kk = 2 * j + v;
+            const __nv_bfloat16* p = vb + (size_t)__shfl_sync(0xffffffffu, sg_cur, sl0 + kk) * kvw;
+            const bool ok = n0 + kk < k_end;
+#pragma unroll
+            for (int qi = 0; qi < VQ; qi++)
+                vr[v][qi] = ok ? __ldcg(reinterpret_cast<const uint4*>(p + 64 * qi)) : make_uint4(0u, 0u, 0u, 0u);
+        }
+    };
+    if ((post.flags & DECODE_PF_NEXT_EARLY) != 0) decode_prefetch_next(post);
     pdl_enter();
+    // DECODE_KV_BEFORE_QK: tile 0 is requested after the wait (the previous kernel's newest
+    // key is visible) but before the q/k pass, so it arrives while the pass runs. The key this
+    // block's pass writes (fresh) is read again after the barrier below.
+    const bool tile0_early = (post.flags & DECODE_KV_BEFORE_QK) != 0 && ntw > 0;
+    if (tile0_early) load_tile(0);
 
     if (post_on) {
         decode_qk_pass<D, NWM>(post, q, k_cache, v_cache, t, q_stride, kvh, G, nq, nk, fresh >= 0,
@@ -99,41 +129,36 @@ __device__ void decode_rmma_impl(float* __restrict__ part_o, float* __restrict__
     // Q in K's layout (A of S: rows r < G, the rest zero), read from shared memory per k-chunk.
     const __nv_bfloat16* q_lane = &sm_q[r < G ? r : 0][8 * j];
     const unsigned q_on = r < G ? 0xffffffffu : 0u;
-    // Every key through L2 (each is read once per block, so L1 would only add a hop). That
-    // includes the newest one: the previous kernel wrote it (visible after the wait), or this
-    // block's q/k pass did (visible after the barrier above).
-    const __nv_bfloat16* kb = k_cache + kvh * D + 8 * j;
-    const __nv_bfloat16* vb = v_cache + kvh * D + 8 * r;
-
+    // The newest key is read from the cache too: the previous kernel wrote it (visible after the
+    // wait), or this block's q/k pass did (visible after the barrier above).
     float o[MT][4];
 #pragma unroll
     for (int i = 0; i < MT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float mrow = -INFINITY, lrow = 0.f;
 
     for (int i = 0; i < ntw; i++) {
-        // Tile i's K row (key r) and V rows (keys 2j, 2j + 1); zeros past the range. Tiles go
-        // in order, so the slot groups advance here.
+        // Tiles go in order, so the slot groups advance here.
         if (i > 0 && i % TPR == 0) {
             sg_cur = sg_next;
             sg_next = slots_of(i / TPR + 1);
         }
-        const int n0 = k_begin + (warp + NWM * i) * TK, sl0 = (i % TPR) * TK;
-        uint4 kr[KQ], vr[2][VQ];
-        {
-            const __nv_bfloat16* p = kb + (size_t)__shfl_sync(0xffffffffu, sg_cur, sl0 + r) * kvw;
-            const bool ok = n0 + r < k_end;
+        const int n0 = k_begin + (warp + NWM * i) * TK;
+        if (i > 0 || !tile0_early) {
+            load_tile(i);
+        } else if (fresh >= n0 && fresh < n0 + TK) {
+            // Tile 0 holds the key the q/k pass wrote after it was requested: read it again.
+            if (n0 + r == fresh) {
+                const __nv_bfloat16* p = kb + (size_t)new_slot * kvw;
 #pragma unroll
-            for (int qi = 0; qi < KQ; qi++)
-                kr[qi] = ok ? __ldcg(reinterpret_cast<const uint4*>(p + 32 * qi)) : make_uint4(0u, 0u, 0u, 0u);
-        }
+                for (int qi = 0; qi < KQ; qi++) kr[qi] = __ldcg(reinterpret_cast<const uint4*>(p + 32 * qi));
+            }
 #pragma unroll
-        for (int v = 0; v < 2; v++) {
-            const int kk = 2 * j + v;
-            const __nv_bfloat16* p = vb + (size_t)__shfl_sync(0xffffffffu, sg_cur, sl0 + kk) * kvw;
-            const bool ok = n0 + kk < k_end;
+            for (int v = 0; v < 2; v++) {
+                if (n0 + 2 * j + v != fresh) continue;
+                const __nv_bfloat16* p = vb + (size_t)new_slot * kvw;
 #pragma unroll
-            for (int qi = 0; qi < VQ; qi++)
-                vr[v][qi] = ok ? __ldcg(reinterpret_cast<const uint4*>(p + 64 * qi)) : make_uint4(0u, 0u, 0u, 0u);
+                for (int qi = 0; qi < VQ; qi++) vr[v][qi] = __ldcg(reinterpret_cast<const uint4*>(p + 64 * qi));
+            }
         }
 
         // S = Q K^T: s[0..1] = scores of head r for keys 2j, 2j + 1 (s[2..3]: the zero rows).
@@ -181,6 +206,7 @@ __device__ void decode_rmma_impl(float* __restrict__ part_o, float* __restrict__
         }
     }
 
+    if ((post.flags & DECODE_PF_NEXT_EARLY) == 0) decode_prefetch_next(post);
     // Each lane summed its own keys: the row's sum over its 4 lanes.
     lrow += __shfl_xor_sync(0xffffffffu, lrow, 1);
     lrow += __shfl_xor_sync(0xffffffffu, lrow, 2);

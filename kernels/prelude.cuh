@@ -311,9 +311,13 @@ __device__ __forceinline__ void gqa_tile_math(float (&o)[D / 8][4], float (&mrow
 #define DECODE_POST 1
 #define DECODE_PF_ROWS 2
 #define DECODE_EARLY_KV 4
+#define DECODE_KV_BEFORE_QK 8
+#define DECODE_PF_NEXT_EARLY 16
 struct DecodePost {
     // DECODE_POST: the q/k pass is on; DECODE_PF_ROWS: prefetch whole KV rows; DECODE_EARLY_KV:
-    // request the first keys before waiting for the previous kernel.
+    // request the first keys before waiting for the previous kernel; DECODE_KV_BEFORE_QK:
+    // request them after the wait but before the q/k pass, so they arrive while it runs;
+    // DECODE_PF_NEXT_EARLY: the pf_next prefetch below at the block's start, not its end.
     int flags;
     const __nv_bfloat16* wq;
     const __nv_bfloat16* wk;
@@ -327,7 +331,22 @@ struct DecodePost {
     const __nv_bfloat16* xres;
     int hidden;
     float xeps;
+    // Non-null: the next kernel's weights (pf_bytes, a multiple of 16), which the blocks ask
+    // into L2 in equal shares, as the attention leaves DRAM bandwidth unused.
+    const char* pf_next;
+    unsigned int pf_bytes;
 };
+
+// This block's share of post.pf_next into L2: one bulk prefetch, by thread 0.
+__device__ __forceinline__ void decode_prefetch_next(const DecodePost& post) {
+    if (post.pf_next == nullptr || threadIdx.x != 0) return;
+    const unsigned int nb = gridDim.x * gridDim.y * gridDim.z;
+    const unsigned int id = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    const unsigned int share = ((post.pf_bytes + nb - 1) / nb + 127u) & ~127u;
+    const unsigned long long begin = (unsigned long long)id * share;
+    if (begin >= post.pf_bytes) return;
+    prefetch_l2(post.pf_next + begin, min(share, post.pf_bytes - (unsigned int)begin));
+}
 
 // A decode attention entry point (attention_decode.cu, attention_decode_mma.cu): the argument
 // list both kernel families take, the trailing q/k-pass arguments gathered into a DecodePost,
@@ -340,8 +359,9 @@ struct DecodePost {
         __nv_bfloat16* out, unsigned int* counters, int min_keys, const __nv_bfloat16* wq,         \
         const __nv_bfloat16* wk, const int* positions, const float* cos_sin,                       \
         const unsigned int* slots, float eps, int flags, const __nv_bfloat16* xres, int hidden,    \
-        float xeps) {                                                                              \
-        const DecodePost post{flags, wq, wk, positions, cos_sin, slots, eps, xres, hidden, xeps};  \
+        float xeps, const char* pf_next, unsigned int pf_bytes) {                                  \
+        const DecodePost post{flags,  wq,   wk,     positions, cos_sin, slots,                     \
+                              eps,    xres, hidden, xeps,      pf_next, pf_bytes};                 \
         __VA_ARGS__(part_o, part_ml, q, k_cache, v_cache, table, q_tok, kv_len, row, nq, nk,       \
                     q_stride, table_stride, scale, out, counters, min_keys, post);                 \
     }

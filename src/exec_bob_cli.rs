@@ -40,11 +40,26 @@ pub struct BenchOneBatchArgs {
     /// the CUDA-core kernels (0: never; default: the engine's choice, 8).
     #[arg(long)]
     decode_mma_max_rows: Option<usize>,
-    /// Decode steps above the tensor-core kernel's rows run the tensor-core decode attention
-    /// fed from registers instead of the CUDA-core kernels (off by default; see
-    /// `KernelChoice::decode_reg_mma`).
+    /// Decode steps above the tensor-core kernel's rows and up to this many run the tensor-core
+    /// decode attention fed from registers (0: never; default: the engine's choice; see
+    /// `KernelChoice::decode_reg_mma_max_tokens`).
     #[arg(long)]
-    decode_reg_mma: bool,
+    decode_reg_mma_max_rows: Option<usize>,
+    /// Decode attention with the folded q/k pass requests its first keys after waiting for the
+    /// previous kernel but before the pass (see `KernelChoice::decode_kv_before_qk`).
+    #[arg(long)]
+    decode_kv_before_qk: bool,
+    /// Decode steps of at least this many rows ask the o projection's weights into L2 from the
+    /// decode attention (default: the engine's choice, 32; see
+    /// `KernelChoice::decode_prefetch_o_min_rows`).
+    #[arg(long)]
+    decode_prefetch_o_min_rows: Option<usize>,
+    /// No o-weights prefetch from the decode attention at any batch size.
+    #[arg(long, conflicts_with = "decode_prefetch_o_min_rows")]
+    no_decode_prefetch_o: bool,
+    /// The o-weights prefetch at each attention block's start instead of its end.
+    #[arg(long)]
+    decode_prefetch_o_start: bool,
     /// Fold the greedy argmax into the LM head (no f32 logits written and read back) at 2-64
     /// rows; off by default (see `KernelChoice::lm_head_argmax`).
     #[arg(long)]
@@ -78,9 +93,19 @@ pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = a.decode_mma_max_rows {
         model.kernels.decode_mma_max_tokens = n;
     }
-    if a.decode_reg_mma {
-        model.kernels.decode_reg_mma = true;
+    if let Some(n) = a.decode_reg_mma_max_rows {
+        model.kernels.decode_reg_mma_max_tokens = n;
     }
+    if a.decode_kv_before_qk {
+        model.kernels.decode_kv_before_qk = true;
+    }
+    if let Some(n) = a.decode_prefetch_o_min_rows {
+        model.kernels.decode_prefetch_o_min_rows = n;
+    }
+    if a.no_decode_prefetch_o {
+        model.kernels.decode_prefetch_o_min_rows = usize::MAX;
+    }
+    model.kernels.decode_prefetch_o_early = a.decode_prefetch_o_start;
     if a.lm_argmax {
         model.kernels.lm_head_argmax = true;
     }

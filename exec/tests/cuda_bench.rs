@@ -413,23 +413,19 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         // memory and on tensor cores fed from registers, whichever the default picks here.
         let (mma, rmma) = (
             model.kernels.decode_mma_max_tokens,
-            model.kernels.decode_reg_mma,
+            model.kernels.decode_reg_mma_max_tokens,
         );
         let mut mma_rows = Vec::new();
         for (what, max, reg) in [
-            ("attention on CUDA cores (V3)", 0usize, false),
-            (
-                "attention on tensor cores (shared memory)",
-                usize::MAX,
-                false,
-            ),
-            ("attention on tensor cores (registers)", 0, true),
+            ("attention on CUDA cores (V3)", 0usize, 0usize),
+            ("attention on tensor cores (shared memory)", usize::MAX, 0),
+            ("attention on tensor cores (registers)", 0, usize::MAX),
         ] {
             model.kernels.decode_mma_max_tokens = max;
-            model.kernels.decode_reg_mma = reg;
+            model.kernels.decode_reg_mma_max_tokens = reg;
             let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
             model.kernels.decode_mma_max_tokens = mma;
-            model.kernels.decode_reg_mma = rmma;
+            model.kernels.decode_reg_mma_max_tokens = rmma;
             mma_rows.push((
                 what.to_string(),
                 time_ms(gpu, 15, 10, || g.launch().unwrap()),

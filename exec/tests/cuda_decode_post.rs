@@ -90,6 +90,8 @@ fn compare(
         }
     };
     // A launch's partials for `splits` and two outputs filled with NaN (one per path).
+    // An odd number of 16-byte units, so the blocks' shares do not divide it evenly.
+    let pf_buf = gpu.zeros::<bf16>(8 * 4099).unwrap();
     let buffers = |splits: usize| {
         let nan = vec![bf16::from_f32(f32::NAN); t * nq * d];
         (
@@ -101,25 +103,33 @@ fn compare(
     };
     // (splits, min keys per split, pipelined kernel, combine fused, whole-row L2 prefetch,
     // first keys requested before the wait, the tensor-core kernel, the one fed from registers,
-    // with and without the q/k pass)
-    for (splits, min_keys, pipe, fused, rows, early, mma, rmma) in [
-        (1usize, 1usize, false, true, false, false, false, false),
-        (1, 1, true, true, false, true, false, false),
-        (1, 1, true, true, true, true, false, false),
-        (1, 1, true, false, false, false, false, false),
-        (7, 40, true, false, true, true, false, false),
-        (7, 40, false, true, false, true, false, false),
-        (32, 1, false, false, false, true, false, false),
-        (32, 1, true, false, true, true, false, false),
-        (1, 1, false, true, true, false, true, false),
-        (1, 1, false, true, true, true, true, false),
-        (7, 40, false, true, false, true, true, false),
-        (7, 40, false, false, true, false, true, false),
-        (32, 1, false, false, true, true, true, false),
-        (1, 1, false, true, true, false, false, true),
-        (1, 1, false, false, false, false, false, true),
-        (7, 40, false, true, true, false, false, true),
-        (32, 1, false, false, true, true, false, true),
+    // first keys requested after the wait but before the q/k pass; with and without the pass)
+    for (splits, min_keys, pipe, fused, rows, early, mma, rmma, before_qk) in [
+        (
+            1usize, 1usize, false, true, false, false, false, false, false,
+        ),
+        (1, 1, true, true, false, true, false, false, false),
+        (1, 1, true, true, true, true, false, false, false),
+        (1, 1, true, false, false, false, false, false, false),
+        (7, 40, true, false, true, true, false, false, false),
+        (7, 40, false, true, false, true, false, false, false),
+        (32, 1, false, false, false, true, false, false, false),
+        (32, 1, true, false, true, true, false, false, false),
+        (1, 1, false, true, true, false, true, false, false),
+        (1, 1, false, true, true, true, true, false, false),
+        (7, 40, false, true, false, true, true, false, false),
+        (7, 40, false, false, true, false, true, false, false),
+        (32, 1, false, false, true, true, true, false, false),
+        (1, 1, false, true, true, false, false, true, false),
+        (1, 1, false, false, false, false, false, true, false),
+        (7, 40, false, true, true, false, false, true, false),
+        (32, 1, false, false, true, true, false, true, false),
+        (1, 1, true, true, true, false, false, false, true),
+        (7, 40, false, true, false, false, false, false, true),
+        (32, 1, true, false, true, false, false, false, true),
+        (1, 1, false, true, true, false, false, true, true),
+        (7, 40, false, false, true, false, false, true, true),
+        (32, 1, false, false, true, false, false, true, true),
     ] {
         let shape = AttnShape {
             split_min_keys: min_keys,
@@ -128,6 +138,11 @@ fn compare(
             decode_early_kv: early,
             decode_mma: mma,
             decode_reg_mma: rmma,
+            decode_kv_before_qk: before_qk,
+            // The rows with the keys before the q/k pass also prefetch a buffer into L2 (a hint:
+            // the outputs must not move), at the blocks' start with 7 splits, else at their end.
+            decode_prefetch_next: before_qk.then(|| gpu.ptr(&pf_buf)),
+            decode_prefetch_next_early: before_qk && splits == 7,
             ..kv.shape(nq, nk, d, width)
         };
         let variant = variant_of(fused);
@@ -153,7 +168,7 @@ fn compare(
         let name = format!(
             "decode + q/k pass nq={nq} nk={nk} D={d} norm={norm} splits={splits} \
              min keys {min_keys} pipelined {pipe} fused {fused} row prefetch {rows} early {early} \
-             tensor cores {mma} from registers {rmma}"
+             tensor cores {mma} from registers {rmma} keys before q/k {before_qk}"
         );
         let (a, b) = (gpu.download(&out1).unwrap(), gpu.download(&out2).unwrap());
         rep.check(

@@ -569,8 +569,11 @@ fn cuda_backend_matches_cpu_backend() {
                 decode_qk_post: false,
                 decode_prefetch_rows: false,
                 decode_early_kv: false,
+                decode_kv_before_qk: false,
+                decode_prefetch_o_min_rows: usize::MAX,
+                decode_prefetch_o_early: false,
                 decode_mma_max_tokens: 0,
-                decode_reg_mma: false,
+                decode_reg_mma_max_tokens: 0,
                 lm_head_argmax: false,
                 lm_argmax_min_rows: 2,
                 qkv_prenorm: false,
@@ -638,7 +641,7 @@ fn cuda_backend_matches_cpu_backend() {
             "decode attention on tensor cores fed from registers at every batch size",
             KernelChoice {
                 decode_mma_max_tokens: 0,
-                decode_reg_mma: true,
+                decode_reg_mma_max_tokens: usize::MAX,
                 ..Default::default()
             },
         ),
@@ -653,6 +656,37 @@ fn cuda_backend_matches_cpu_backend() {
             "decode attention requesting its first keys after the wait",
             KernelChoice {
                 decode_early_kv: false,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode attention requesting its first keys before the q/k pass",
+            KernelChoice {
+                decode_kv_before_qk: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode attention fed from registers, first tile before the q/k pass",
+            KernelChoice {
+                decode_reg_mma_max_tokens: usize::MAX,
+                decode_kv_before_qk: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode attention asking the o projection's weights into L2 at its end",
+            KernelChoice {
+                decode_prefetch_o_min_rows: 0,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode attention fed from registers asking the o weights into L2 at its start",
+            KernelChoice {
+                decode_reg_mma_max_tokens: usize::MAX,
+                decode_prefetch_o_min_rows: 0,
+                decode_prefetch_o_early: true,
                 ..Default::default()
             },
         ),

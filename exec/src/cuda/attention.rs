@@ -185,6 +185,15 @@ pub struct AttnShape {
     /// the previous kernel (PDL), the newest key filled in after it. (Tensor-core kernel: its
     /// first tiles.)
     pub decode_early_kv: bool,
+    /// Decode (V3 register path and the kernel fed from registers): the first keys are
+    /// requested after the wait but before the folded q/k pass, so they arrive while it runs.
+    pub decode_kv_before_qk: bool,
+    /// Decode (V3 register path and the kernel fed from registers): the next kernel's weights
+    /// (a multiple of 8 elements) for the blocks to ask into L2 in equal shares, at each
+    /// block's end, or with `decode_prefetch_next_early` at its start.
+    pub decode_prefetch_next: Option<DPtr<bf16>>,
+    /// Issue `decode_prefetch_next` at each block's start (before the wait) instead of its end.
+    pub decode_prefetch_next_early: bool,
     /// Decode (V3 variants): the tensor-core kernel (`kernels/attention_decode_mma.cu`) instead
     /// of the CUDA-core ones; same plan, arguments and outputs.
     pub decode_mma: bool,
@@ -447,10 +456,22 @@ impl Gpu {
         let (xres, xeps) = rs.map_or((0u64, 0f32), |r| (r.x.addr(), r.eps));
         let hidden = int(K, rs.map_or(0, |r| r.hidden))?;
         // The kernel's flags (kernels/attention_decode.cu): 1 the q/k pass, 2 whole-row prefetch,
-        // 4 the first keys requested before the wait.
+        // 4 the first keys requested before the wait, 8 after it but before the q/k pass, 16 the
+        // next weights' prefetch at the start.
         let flags = i32::from(post.is_some())
             | (i32::from(shape.decode_prefetch_rows) << 1)
-            | (i32::from(shape.decode_early_kv) << 2);
+            | (i32::from(shape.decode_early_kv) << 2)
+            | (i32::from(shape.decode_kv_before_qk) << 3)
+            | (i32::from(shape.decode_prefetch_next_early) << 4);
+        let (pf_next, pf_bytes) = shape
+            .decode_prefetch_next
+            .map_or((0, 0), |w| (w.addr(), w.len() * 2));
+        check(
+            K,
+            pf_bytes % 16 == 0 && pf_bytes <= u32::MAX as usize,
+            || format!("prefetch of {pf_bytes} bytes: not a multiple of 16 below 4 GiB"),
+        )?;
+        let pf_bytes = pf_bytes as u32;
         if !matches!(variant, DecodeVariant::V2) {
             b.arg(&o).arg(&counters).arg(&min_keys);
             b.arg(&wq)
@@ -462,7 +483,9 @@ impl Gpu {
                 .arg(&flags)
                 .arg(&xres)
                 .arg(&hidden)
-                .arg(&xeps);
+                .arg(&xeps)
+                .arg(&pf_next)
+                .arg(&pf_bytes);
         }
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, shape.nk as u32, n as u32),

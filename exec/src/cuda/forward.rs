@@ -212,7 +212,10 @@ impl GpuModel {
         // without; at b=64 after cuBLAS 1.645 with it, 1.613 without (H100, run 14 r5).
         let shape = AttnShape {
             decode_early_kv: shape.decode_early_kv && !decode_post,
+            decode_kv_before_qk: shape.decode_kv_before_qk && decode_post,
             decode_mma: decode.is_some_and(|(m, _)| self.decode_mma(gpu, m.entries())),
+            decode_reg_mma: decode
+                .is_some_and(|(m, _)| m.entries() <= self.kernels.decode_reg_mma_max_tokens),
             ..shape
         };
         // With the q/k pass in the decode attention, the qkv projection can run on the raw
@@ -381,6 +384,14 @@ impl GpuModel {
                 };
                 let (po, pm) = (gpu.ptr(&ws.part_o), gpu.ptr(&ws.part_ml));
                 let qk_pass = decode_post.then_some((&post, eps));
+                // The o projection's weights into L2 while the attention runs (its loads leave
+                // DRAM bandwidth unused).
+                let shape = AttnShape {
+                    decode_prefetch_next: (decode_post
+                        && meta.entries() >= self.kernels.decode_prefetch_o_min_rows)
+                        .then(|| p(&lw.o)),
+                    ..shape
+                };
                 gpu.attention_decode_variant(
                     attn, qkv, view, meta, &shape, po, pm, splits, variant, qk_pass,
                 )?;

@@ -8,8 +8,8 @@ use cudarc::driver::{sys, CudaFunction, DeviceRepr, DriverError, LaunchConfig};
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
-/// Most arguments a kernel of ours takes (the decode attention with the q/k pass folded in: 27).
-const MAX_ARGS: usize = 28;
+/// Most arguments a kernel of ours takes (the decode attention with the q/k pass folded in: 29).
+const MAX_ARGS: usize = 32;
 
 /// A kernel's arguments, collected by reference as cudarc's launch builder does, and launched
 /// with or without the PDL attribute. A fixed array, not a Vec: an eager prefill makes ~450

@@ -153,19 +153,32 @@ pub struct KernelChoice {
     /// previous kernel (see `AttnShape::decode_early_kv`); the forward pass uses it only where
     /// that kernel is ours (not before the folded q/k pass, which follows cuBLAS's qkv).
     pub decode_early_kv: bool,
+    /// Decode attention with the folded q/k pass (V3 register path and the kernel fed from
+    /// registers): request the first keys after waiting for the previous kernel but before the
+    /// q/k pass (`AttnShape::decode_kv_before_qk`), so they arrive while it runs.
+    pub decode_kv_before_qk: bool,
+    /// Pure decode steps of at least this many rows with the folded q/k pass: the decode
+    /// attention asks the o projection's weights into L2 for the GEMM after it, each block its
+    /// share at its end (`AttnShape::decode_prefetch_next`; usize::MAX: never). Default 32: on
+    /// the H100 (run 21, bench-one-batch, random weights) b=64 took 1.587-1.588 ms with it
+    /// against 1.602-1.609, b=32 1.445-1.447 against 1.460-1.461 (V3 kernels); b=16 lost 3-8 us.
+    pub decode_prefetch_o_min_rows: usize,
+    /// The o weights' prefetch at each attention block's start (before the wait) instead of its
+    /// end: slower on the H100 (run 21: b=64 1.619-1.624 ms).
+    pub decode_prefetch_o_early: bool,
     /// Decode steps with at most this many decode rows run the tensor-core decode attention
     /// (`AttnShape::decode_mma`), larger ones the CUDA-core V3 kernels (0: never). Default 8: on
     /// the H100 (run 15, decode graphs) it took b=1 0.940 vs 0.966 ms, b=4 0.967 vs 1.021, but
     /// b=16 1.230 vs 1.191 and b=64 1.843 vs 1.612 (ncu at b=64: 2.5x fewer instructions but
     /// latency-bound at two blocks per SM, docs/cuda.md run 15).
     pub decode_mma_max_tokens: usize,
-    /// Decode steps above `decode_mma_max_tokens` rows run the tensor-core decode attention fed
-    /// from registers (`AttnShape::decode_reg_mma`, `kernels/attention_decode_rmma.cu`) instead
-    /// of the CUDA-core V3 kernels. Default off: on the H100 (run 19, bench-one-batch, random
-    /// weights) b=16 took 1.152-1.157 ms against 1.193, but b=64 1.632-1.638 against
-    /// 1.589-1.592; switching it on for 9-32 rows waits for a measured b=32 and a re-measured
-    /// simulator profile (its decode step times would move).
-    pub decode_reg_mma: bool,
+    /// Decode steps above `decode_mma_max_tokens` rows and up to this many run the tensor-core
+    /// decode attention fed from registers (`AttnShape::decode_reg_mma`,
+    /// `kernels/attention_decode_rmma.cu`) instead of the CUDA-core V3 kernels (0: never).
+    /// Default 32, measured on the H100 (bench-one-batch, random weights, runs 19-21): b=16 1.152-1.171 ms
+    /// against 1.193-1.203, b=32 1.427-1.431 against 1.445-1.449, but b=64 1.620-1.638 against
+    /// 1.589-1.609.
+    pub decode_reg_mma_max_tokens: usize,
     /// Greedy steps whose logits nothing reads ([`TokenPick::Argmax`](super::buffers::TokenPick))
     /// with `lm_argmax_min_rows..=64` rows run the LM head with the argmax folded in
     /// (`kernels/lm_head_argmax.cu`): no f32 logits written and read back, one launch fewer.
@@ -224,8 +237,11 @@ impl Default for KernelChoice {
             decode_qk_post: true,
             decode_prefetch_rows: true,
             decode_early_kv: true,
+            decode_kv_before_qk: false,
+            decode_prefetch_o_min_rows: 32,
+            decode_prefetch_o_early: false,
             decode_mma_max_tokens: 8,
-            decode_reg_mma: false,
+            decode_reg_mma_max_tokens: 32,
             lm_head_argmax: false,
             lm_argmax_min_rows: 2,
             qkv_prenorm: true,

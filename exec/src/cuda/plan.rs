@@ -112,8 +112,8 @@ impl GpuModel {
     }
 
     /// The attention kernels' view of this model over `kv` (q rows in the fused qkv buffer), with
-    /// the decode choices of `self.kernels` (the tensor-core decode attention is chosen per step:
-    /// [`GpuModel::decode_mma`]).
+    /// the decode choices of `self.kernels` (the tensor-core decode attention kernels are chosen
+    /// per step: [`GpuModel::decode_mma`], `KernelChoice::decode_reg_mma_max_tokens`).
     pub fn attn_shape(&self, kv: &KvPool) -> AttnShape {
         let c = &self.cfg;
         AttnShape {
@@ -129,8 +129,11 @@ impl GpuModel {
             decode_pipelined: self.kernels.decode_pipelined,
             decode_prefetch_rows: self.kernels.decode_prefetch_rows,
             decode_early_kv: self.kernels.decode_early_kv,
+            decode_kv_before_qk: self.kernels.decode_kv_before_qk,
+            decode_prefetch_next: None,
+            decode_prefetch_next_early: self.kernels.decode_prefetch_o_early,
             decode_mma: false,
-            decode_reg_mma: self.kernels.decode_reg_mma,
+            decode_reg_mma: false,
         }
     }
 }

@@ -83,6 +83,9 @@ impl KvSetup {
             decode_pipelined: false,
             decode_prefetch_rows: false,
             decode_early_kv: false,
+            decode_kv_before_qk: false,
+            decode_prefetch_next: None,
+            decode_prefetch_next_early: false,
             decode_mma: false,
             decode_reg_mma: false,
         }
