@@ -348,8 +348,9 @@ __device__ __forceinline__ void decode_prefetch_next(const DecodePost& post) {
     prefetch_l2(post.pf_next + begin, min(share, post.pf_bytes - (unsigned int)begin));
 }
 
-// A decode attention entry point (attention_decode.cu, attention_decode_mma.cu): the argument
-// list both kernel families take, the trailing q/k-pass arguments gathered into a DecodePost,
+// A decode attention entry point (attention_decode.cu, attention_decode_mma.cu,
+// attention_decode_rmma.cu): the argument list the kernel families share, the trailing q/k-pass
+// and next-weights arguments gathered into a DecodePost,
 // then the implementation instance given as the variadic tail (a template-id with commas).
 #define DECODE_ENTRY(NAME, MINB, ...)                                                              \
     extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                  \
@@ -366,7 +367,7 @@ __device__ __forceinline__ void decode_prefetch_next(const DecodePost& post) {
                     q_stride, table_stride, scale, out, counters, min_keys, post);                 \
     }
 
-// The end of both decode kernels (attention_decode.cu, attention_decode_mma.cu): merge the
+// The end of the decode kernels (attention_decode.cu, _mma.cu, _rmma.cu): merge the
 // NWARPS warps' online-softmax states of the block's G q heads (sm_m, sm_l: [NWARPS][MG]; sm_o:
 // [NWARPS][MG][D]; maxima in log2 units). With counters and one split the block normalises and
 // writes bf16 `out` itself; otherwise it writes this split's partial (part_o: [B, nq, splits, D],

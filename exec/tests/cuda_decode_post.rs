@@ -48,7 +48,7 @@ fn compare(
     let lens = [1usize, 33, 257, 1000, 64, 160, 2049];
     // Two copies of the same cache: one per path (each writes the new tokens' K/V).
     let kv = KvSetup::new(gpu, rng, nk, d, &lens, 4096);
-    let (dk2, dv2) = (gpu.upload(&kv.k).unwrap(), gpu.upload(&kv.v).unwrap());
+    let (mut dk2, mut dv2) = (gpu.upload(&kv.k).unwrap(), gpu.upload(&kv.v).unwrap());
     let entries = decode_entries(&lens, 0);
     let t = entries.len();
     let width = (nq + 2 * nk) * d;
@@ -156,7 +156,11 @@ fn compare(
         let (p1, m1) = (gpu.ptr(&po), gpu.ptr(&pm));
         gpu.attention_decode_variant(o1, q1, v1, &meta, &shape, p1, m1, splits, variant, None)
             .unwrap();
-        // Folded: the raw projection in.
+        // Folded: the raw projection in, on a cache reset to its state before any new token was
+        // stored, so a kernel that reads a new token's key before its q/k pass wrote it (and does
+        // not read it again) sees stale values and fails.
+        gpu.stream.memcpy_htod(&kv.k, &mut dk2).unwrap();
+        gpu.stream.memcpy_htod(&kv.v, &mut dv2).unwrap();
         let dq2 = gpu.upload(&qkv).unwrap();
         let post2 = post_for(&dk2, &dv2);
         let (o2, q2) = (gpu.ptr(&out2), gpu.ptr(&dq2));

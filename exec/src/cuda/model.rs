@@ -160,11 +160,11 @@ pub struct KernelChoice {
     /// Pure decode steps of at least this many rows with the folded q/k pass: the decode
     /// attention asks the o projection's weights into L2 for the GEMM after it, each block its
     /// share at its end (`AttnShape::decode_prefetch_next`; usize::MAX: never). Default 32: on
-    /// the H100 (run 21, bench-one-batch, random weights) b=64 took 1.587-1.588 ms with it
+    /// the H100 (run 20, bench-one-batch, random weights) b=64 took 1.587-1.588 ms with it
     /// against 1.602-1.609, b=32 1.445-1.447 against 1.460-1.461 (V3 kernels); b=16 lost 3-8 us.
     pub decode_prefetch_o_min_rows: usize,
     /// The o weights' prefetch at each attention block's start (before the wait) instead of its
-    /// end: slower on the H100 (run 21: b=64 1.619-1.624 ms).
+    /// end: slower on the H100 (run 20: b=64 1.619-1.624 ms).
     pub decode_prefetch_o_early: bool,
     /// Decode steps with at most this many decode rows run the tensor-core decode attention
     /// (`AttnShape::decode_mma`), larger ones the CUDA-core V3 kernels (0: never). Default 8: on
@@ -172,10 +172,11 @@ pub struct KernelChoice {
     /// b=16 1.230 vs 1.191 and b=64 1.843 vs 1.612 (ncu at b=64: 2.5x fewer instructions but
     /// latency-bound at two blocks per SM, docs/cuda.md run 15).
     pub decode_mma_max_tokens: usize,
-    /// Decode steps above `decode_mma_max_tokens` rows and up to this many run the tensor-core
-    /// decode attention fed from registers (`AttnShape::decode_reg_mma`,
+    /// Decode steps of up to this many rows that do not run the shared-memory tensor-core kernel
+    /// (above `decode_mma_max_tokens` rows, or any size where its shared memory does not fit)
+    /// run the tensor-core decode attention fed from registers (`AttnShape::decode_reg_mma`,
     /// `kernels/attention_decode_rmma.cu`) instead of the CUDA-core V3 kernels (0: never).
-    /// Default 32, measured on the H100 (bench-one-batch, random weights, runs 19-21): b=16 1.152-1.171 ms
+    /// Default 32, measured on the H100 (bench-one-batch, random weights, runs 19-20): b=16 1.152-1.171 ms
     /// against 1.193-1.203, b=32 1.427-1.431 against 1.445-1.449, but b=64 1.620-1.638 against
     /// 1.589-1.609.
     pub decode_reg_mma_max_tokens: usize,
