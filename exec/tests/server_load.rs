@@ -183,11 +183,6 @@ async fn hundreds_of_concurrent_streams_some_cancelled() {
         }
     }
     assert_eq!(complete + cancelled + ended_early, n);
-    assert_eq!(
-        cancelled + ended_early,
-        n / 5,
-        "every fifth request is meant to cancel"
-    );
     // Under load a slow reader may get a whole answer in a few merged events, but most of the
     // streams meant to cancel do reach their cancel point.
     assert!(
