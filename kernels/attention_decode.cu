@@ -190,17 +190,7 @@ __device__ void decode_combine_impl(__nv_bfloat16* __restrict__ out,
 // buffers of U keys), so a warp always has loads in flight; without it a warp requests U keys,
 // waits, computes, and only then requests the next ones.
 template <int D, int MG, int U, bool PIPE = false>
-__device__ void decode_split_v3_impl(float* __restrict__ part_o, float* __restrict__ part_ml,
-                                     const __nv_bfloat16* __restrict__ q,
-                                     __nv_bfloat16* __restrict__ k_cache,
-                                     __nv_bfloat16* __restrict__ v_cache,
-                                     const unsigned int* __restrict__ table,
-                                     const int* __restrict__ q_tok, const int* __restrict__ kv_len,
-                                     const int* __restrict__ row, int nq, int nk, int q_stride,
-                                     int table_stride, float scale,
-                                     __nv_bfloat16* __restrict__ out,
-                                     unsigned int* __restrict__ counters, int min_keys,
-                                     const DecodePost post) {
+__device__ void decode_split_v3_impl(DECODE_IMPL_PARAMS) {
     constexpr int LPK = D / 8;
     constexpr int KPW = 32 / LPK;
     constexpr int KPI = U * KPW;  // keys per warp iteration (<= 32: one slot per lane)

@@ -22,16 +22,7 @@
 // warp S stages of a K tile and a V tile; rows padded by 8 elements (conflict-free ldmatrix). The
 // end reuses the ring for the warps' softmax states.
 template <int D, int MG, int S>
-__device__ void decode_mma_impl(float* __restrict__ part_o, float* __restrict__ part_ml,
-                                const __nv_bfloat16* __restrict__ q,
-                                __nv_bfloat16* __restrict__ k_cache,
-                                __nv_bfloat16* __restrict__ v_cache,
-                                const unsigned int* __restrict__ table,
-                                const int* __restrict__ q_tok, const int* __restrict__ kv_len,
-                                const int* __restrict__ row, int nq, int nk, int q_stride,
-                                int table_stride, float scale, __nv_bfloat16* __restrict__ out,
-                                unsigned int* __restrict__ counters, int min_keys,
-                                const DecodePost post) {
+__device__ void decode_mma_impl(DECODE_IMPL_PARAMS) {
     constexpr int BN = MMA_BN, NWM = MMA_WARPS;
     constexpr int ROWB = (D + 8) * 2;
     constexpr int CH = D / 8;  // 16-byte chunks per row

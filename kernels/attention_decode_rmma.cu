@@ -30,16 +30,7 @@
 #define RM_TK 8  // keys per warp tile
 
 template <int D>
-__device__ void decode_rmma_impl(float* __restrict__ part_o, float* __restrict__ part_ml,
-                                 const __nv_bfloat16* __restrict__ q,
-                                 __nv_bfloat16* __restrict__ k_cache,
-                                 __nv_bfloat16* __restrict__ v_cache,
-                                 const unsigned int* __restrict__ table,
-                                 const int* __restrict__ q_tok, const int* __restrict__ kv_len,
-                                 const int* __restrict__ row, int nq, int nk, int q_stride,
-                                 int table_stride, float scale, __nv_bfloat16* __restrict__ out,
-                                 unsigned int* __restrict__ counters, int min_keys,
-                                 const DecodePost post) {
+__device__ void decode_rmma_impl(DECODE_IMPL_PARAMS) {
     constexpr int NWM = RM_WARPS, MG = RM_MG, TK = RM_TK;
     constexpr int KQ = D / 32;    // 16-byte K loads per lane and tile
     constexpr int VQ = D / 64;    // 16-byte V loads per lane and key

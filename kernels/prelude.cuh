@@ -348,6 +348,16 @@ __device__ __forceinline__ void decode_prefetch_next(const DecodePost& post) {
     prefetch_l2(post.pf_next + begin, min(share, post.pf_bytes - (unsigned int)begin));
 }
 
+// The parameters of every decode attention implementation DECODE_ENTRY instantiates (V3,
+// tensor cores through shared memory, tensor cores fed from registers), in its call order.
+#define DECODE_IMPL_PARAMS                                                                     \
+    float* __restrict__ part_o, float* __restrict__ part_ml, const __nv_bfloat16* __restrict__ q, \
+        __nv_bfloat16* __restrict__ k_cache, __nv_bfloat16* __restrict__ v_cache,              \
+        const unsigned int* __restrict__ table, const int* __restrict__ q_tok,                 \
+        const int* __restrict__ kv_len, const int* __restrict__ row, int nq, int nk,           \
+        int q_stride, int table_stride, float scale, __nv_bfloat16* __restrict__ out,          \
+        unsigned int* __restrict__ counters, int min_keys, const DecodePost post
+
 // A decode attention entry point (attention_decode.cu, attention_decode_mma.cu,
 // attention_decode_rmma.cu): the argument list the kernel families share, the trailing q/k-pass
 // and next-weights arguments gathered into a DecodePost,
