@@ -222,6 +222,10 @@ impl GpuModel {
         // residual stream (the input norm's weight folded into it) and the pass applies 1 / rms:
         // the RMSNorm launch before it goes (KernelChoice::qkv_prenorm).
         let prenorm = decode_post && res_proj && self.kernels.qkv_prenorm && tile[0].is_none();
+        // The decode attention asks the o projection's weights into L2 while it runs (its loads
+        // leave DRAM bandwidth unused).
+        let prefetch_o = decode_post
+            && decode.is_some_and(|(m, _)| m.entries() >= self.kernels.decode_prefetch_o_min_rows);
         let scratch = ws.gemm_scratch(gpu);
         for (l, (lw, fw)) in self.layers.iter().zip(&self.folded).enumerate() {
             let qkv_prenorm = prenorm.then_some(&fw.qkv);
@@ -384,12 +388,8 @@ impl GpuModel {
                 };
                 let (po, pm) = (gpu.ptr(&ws.part_o), gpu.ptr(&ws.part_ml));
                 let qk_pass = decode_post.then_some((&post, eps));
-                // The o projection's weights into L2 while the attention runs (its loads leave
-                // DRAM bandwidth unused).
                 let shape = AttnShape {
-                    decode_prefetch_next: (decode_post
-                        && meta.entries() >= self.kernels.decode_prefetch_o_min_rows)
-                        .then(|| p(&lw.o)),
+                    decode_prefetch_next: prefetch_o.then(|| p(&lw.o)),
                     ..shape
                 };
                 gpu.attention_decode_variant(
