@@ -103,6 +103,9 @@ pub struct ServeArgs {
     /// No progress bar.
     #[arg(long)]
     disable_tqdm: bool,
+    /// A JSON object merged into every request body (e.g. a `response_format`).
+    #[arg(long)]
+    extra_request_body: Option<String>,
 }
 
 /// Run a `doppel bench` subcommand.
@@ -167,6 +170,17 @@ fn server_vocab(addr: &str) -> anyhow::Result<usize> {
                 r.status
             )
         })
+}
+
+fn extra_body(s: Option<&str>) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    match s {
+        None => Ok(Default::default()),
+        Some(s) => match serde_json::from_str(s) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            Ok(_) => bail!("--extra-request-body: expected a JSON object"),
+            Err(e) => bail!("--extra-request-body: not valid JSON: {e}"),
+        },
+    }
 }
 
 fn served_model(addr: &str) -> anyhow::Result<String> {
@@ -287,6 +301,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         flush_cache: a.flush_cache,
         time_limit: a.time_limit.map(Duration::from_secs_f64),
         progress: !a.disable_tqdm,
+        extra_body: std::sync::Arc::new(extra_body(a.extra_request_body.as_deref())?),
     };
     let (prepared, starts) = bench::prepare(&cfg, tok.as_ref())?;
     let run = bench::run(&cfg, prepared, starts)?;

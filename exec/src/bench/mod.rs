@@ -78,6 +78,8 @@ pub struct BenchConfig {
     pub time_limit: Option<Duration>,
     /// Draw a progress bar.
     pub progress: bool,
+    /// Fields merged into every request body (SGLang's `--extra-request-body`).
+    pub extra_body: Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// One prepared request.
@@ -177,7 +179,15 @@ async fn warm_up_and_flush(cfg: &BenchConfig, first: &Prepared) -> Result<(), Be
     for k in 0..cfg.warmup {
         let mut p = first.clone();
         p.output_len = p.output_len.min(16);
-        let r = request::send(&cfg.addr, cfg.api, &cfg.model_name, &p, Instant::now()).await;
+        let r = request::send(
+            &cfg.addr,
+            cfg.api,
+            &cfg.model_name,
+            &cfg.extra_body,
+            &p,
+            Instant::now(),
+        )
+        .await;
         if let Some(e) = r.error {
             return Err(BenchError::Server(format!(
                 "warm-up request {k} to {} failed: {e}",
@@ -240,15 +250,16 @@ async fn run_async(
                 Some(&Reverse((t, i))) if t <= now => {
                     ready.pop();
                     in_flight += 1;
-                    let (p, tx, addr, name, api) = (
+                    let (p, tx, addr, name, api, extra) = (
                         prepared.clone(),
                         tx.clone(),
                         cfg.addr.clone(),
                         cfg.model_name.clone(),
                         cfg.api,
+                        cfg.extra_body.clone(),
                     );
                     tasks.spawn(async move {
-                        let r = request::send(&addr, api, &name, &p[i], t0).await;
+                        let r = request::send(&addr, api, &name, &extra, &p[i], t0).await;
                         let _ = tx.send((i, r));
                     });
                 }

@@ -3,7 +3,7 @@
 use super::Prepared;
 use crate::server::client;
 use doppel_core::TimeNs;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::time::Instant;
 
 /// The API spoken.
@@ -65,7 +65,17 @@ impl ReqResult {
     }
 }
 
-fn body(api: Api, model: &str, p: &Prepared) -> Value {
+fn body(api: Api, model: &str, extra: &Map<String, Value>, p: &Prepared) -> Value {
+    let mut b = base_body(api, model, p);
+    if let Value::Object(m) = &mut b {
+        for (k, v) in extra {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    b
+}
+
+fn base_body(api: Api, model: &str, p: &Prepared) -> Value {
     let prompt = match &p.text {
         Some(t) => json!(t),
         None => json!(p.ids),
@@ -100,12 +110,19 @@ fn body(api: Api, model: &str, p: &Prepared) -> Value {
 }
 
 /// Send `p` and stream the answer; `t0` is the start of the run.
-pub async fn send(addr: &str, api: Api, model: &str, p: &Prepared, t0: Instant) -> ReqResult {
+pub async fn send(
+    addr: &str,
+    api: Api,
+    model: &str,
+    extra: &Map<String, Value>,
+    p: &Prepared,
+    t0: Instant,
+) -> ReqResult {
     let path = match api {
         Api::Sglang => "/generate",
         Api::OpenAi => "/v1/completions",
     };
-    let bytes = body(api, model, p).to_string().into_bytes();
+    let bytes = body(api, model, extra, p).to_string().into_bytes();
     let st = Instant::now();
     let send_ns = st.duration_since(t0).as_nanos() as TimeNs;
     let since = |i: Instant| i.duration_since(st).as_nanos() as TimeNs;

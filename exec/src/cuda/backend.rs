@@ -13,8 +13,9 @@ use super::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
 use super::model::{GpuModel, KvPool, RowSampling, StepInput, TokenPick, Workspace};
 use super::timing::StepEvents;
 use super::{CudaError, DriverCtx, Gpu, Result};
+use crate::constraint::TokenMatcher;
 use crate::sampling::RequestSampler;
-use cudarc::driver::{CudaEvent, PinnedHostSlice};
+use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice};
 use doppel_core::{
     Backend, Plan, RequestId, SamplingParams, StepResult, TimeNs, TokenLogprob, FUTURE_TOKEN,
 };
@@ -23,7 +24,9 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
+mod constrain;
 mod graphs;
+use constrain::{Deferred, HostRow};
 pub use graphs::graph_sizes;
 use graphs::Captured;
 
@@ -58,8 +61,10 @@ struct Pending {
     now: TimeNs,
     /// CUDA events around the step (when step timing is on).
     events: Option<StepEvents>,
-    /// Recorded after the step's samples were downloaded.
-    done: CudaEvent,
+    /// Recorded after the step's samples were downloaded (None while the pick is deferred).
+    done: Option<CudaEvent>,
+    /// The pick, waiting for constraint masks.
+    deferred: Option<Deferred>,
 }
 
 /// The GPU backend.
@@ -80,6 +85,11 @@ pub struct CudaBackend {
     // does not also wait for step N+1, which is already queued behind it.
     results: [PinnedHostSlice<u32>; 2],
     samplers: HashMap<RequestId, RequestSampler>,
+    /// Grammar state of constrained requests.
+    matchers: HashMap<RequestId, TokenMatcher>,
+    mask_host: Vec<u32>,
+    mask_dev: CudaSlice<u32>,
+    mask_row_dev: CudaSlice<i32>,
     last_row: HashMap<RequestId, u32>,
     pending: VecDeque<Pending>,
     next_result: usize,
@@ -140,6 +150,7 @@ impl CudaBackend {
                 .ctx("allocating page-locked result buffers")
         };
         let results = [pinned()?, pinned()?];
+        let (mask_dev, mask_row_dev) = (gpu.zeros(1)?, gpu.zeros(1)?);
         Ok(CudaBackend {
             pad_row: cfg.table_rows,
             gpu,
@@ -151,6 +162,10 @@ impl CudaBackend {
             graphs: HashMap::new(),
             results,
             samplers: HashMap::new(),
+            matchers: HashMap::new(),
+            mask_host: Vec::new(),
+            mask_dev,
+            mask_row_dev,
             last_row: HashMap::new(),
             pending: VecDeque::new(),
             next_result: 0,
@@ -297,6 +312,7 @@ impl CudaBackend {
         let started = Instant::now();
         for id in &plan.released {
             self.samplers.remove(id);
+            self.matchers.remove(id);
             self.last_row.remove(id);
         }
         if plan.entries.len() > self.ws.max_seqs || plan.num_tokens() > self.ws.max_tokens {
@@ -384,7 +400,11 @@ impl CudaBackend {
             }
         }
         let rows = s.logit_tok.len();
-        let pick = if !s.sampling.iter().all(|r| r.temperature <= 0.0) {
+        let constrained = self.open_matchers(plan)?;
+        let sample = !s.sampling.iter().all(|r| r.temperature <= 0.0);
+        let pick = if constrained {
+            TokenPick::Logits
+        } else if sample {
             TokenPick::Sample
         } else if host_rows.is_empty() {
             TokenPick::Argmax
@@ -448,6 +468,47 @@ impl CudaBackend {
                 )?;
             }
         }
+        if constrained {
+            let deferred = Deferred {
+                rows,
+                sample,
+                constrained: plan
+                    .entries
+                    .iter()
+                    .filter(|e| e.need_logits)
+                    .enumerate()
+                    .filter(|(_, e)| e.sampling.constraint.is_some())
+                    .map(|(r, e)| (r, e.id, e.seq_len() - e.prompt_len.min(e.seq_len())))
+                    .collect(),
+                host: host_rows
+                    .iter()
+                    .map(|&(entry, r, index)| HostRow {
+                        entry,
+                        logits_row: r,
+                        id: plan.entries[entry].id,
+                        index,
+                        table_row: plan.entries[entry].row.index(),
+                        params: plan.entries[entry].sampling.clone(),
+                    })
+                    .collect(),
+                start_ev,
+            };
+            let result = self.next_result;
+            self.next_result ^= 1;
+            return Ok(Pending {
+                step: plan.step,
+                entries: plan.entries.len(),
+                want,
+                host: BTreeMap::new(),
+                result,
+                want_lp,
+                started,
+                now,
+                events: None,
+                done: None,
+                deferred: Some(deferred),
+            });
+        }
         // Rows that need host sampling: download their logits now (this waits for the step).
         let mut host = BTreeMap::new();
         if !host_rows.is_empty() {
@@ -479,19 +540,7 @@ impl CudaBackend {
                     .get_mut(&e.id)
                     .ok_or_else(|| Self::bad(plan.step, "sampler missing".into()))?;
                 let sm = sampler.sample(&mut row, &e.sampling, index);
-                let mut one = self.ws.sampled.slice_mut(r..r + 1);
-                self.gpu
-                    .stream
-                    .memcpy_htod(&[sm.token], &mut one)
-                    .ctx("uploading a host-sampled token")?;
-                let mut lt = self
-                    .kv
-                    .last_token
-                    .slice_mut(e.row.index()..e.row.index() + 1);
-                self.gpu
-                    .stream
-                    .memcpy_htod(&[sm.token], &mut lt)
-                    .ctx("uploading a host-sampled token")?;
+                self.upload_host_token(r, e.row.index(), sm.token)?;
                 host.insert(entry, (sm.token, sm.logprob));
             }
         }
@@ -501,18 +550,7 @@ impl CudaBackend {
         // launch errors are fatal to the engine today.)
         let result = self.next_result;
         self.next_result ^= 1;
-        if rows > 0 {
-            let src = self.ws.sampled.slice(0..rows);
-            self.gpu
-                .stream
-                .memcpy_dtoh(&src, &mut self.results[result])
-                .ctx("downloading samples")?;
-        }
-        let done = self
-            .gpu
-            .stream
-            .record_event(None)
-            .ctx("recording the step's completion")?;
+        let done = self.download_samples(rows, result)?;
         let events = match start_ev {
             Some(start) => Some(StepEvents {
                 start,
@@ -530,8 +568,40 @@ impl CudaBackend {
             started,
             now,
             events,
-            done,
+            done: Some(done),
+            deferred: None,
         })
+    }
+
+    /// Put a host-sampled token where the GPU's pick would have: the step's samples and the
+    /// request row's last token.
+    fn upload_host_token(&mut self, logits_row: usize, table_row: usize, token: u32) -> Result<()> {
+        let mut one = self.ws.sampled.slice_mut(logits_row..logits_row + 1);
+        self.gpu
+            .stream
+            .memcpy_htod(&[token], &mut one)
+            .ctx("uploading a host-sampled token")?;
+        let mut lt = self.kv.last_token.slice_mut(table_row..table_row + 1);
+        self.gpu
+            .stream
+            .memcpy_htod(&[token], &mut lt)
+            .ctx("uploading a host-sampled token")
+    }
+
+    /// Queue the download of a step's `rows` samples into result buffer `result`; the event
+    /// completes when they are on the host.
+    fn download_samples(&mut self, rows: usize, result: usize) -> Result<CudaEvent> {
+        if rows > 0 {
+            let src = self.ws.sampled.slice(0..rows);
+            self.gpu
+                .stream
+                .memcpy_dtoh(&src, &mut self.results[result])
+                .ctx("downloading samples")?;
+        }
+        self.gpu
+            .stream
+            .record_event(None)
+            .ctx("recording the step's completion")
     }
 }
 
@@ -548,6 +618,8 @@ impl Backend for CudaBackend {
             .ctx
             .bind_to_thread()
             .ctx("binding the CUDA context")?;
+        // This step reads the tokens of every step launched before it.
+        self.finish_all_deferred()?;
         let p = self.run(plan, now)?;
         self.pending.push_back(p);
         Ok(())
@@ -558,7 +630,7 @@ impl Backend for CudaBackend {
             .ctx
             .bind_to_thread()
             .ctx("binding the CUDA context")?;
-        let p = match self.pending.front() {
+        let mut p = match self.pending.front() {
             Some(p) if p.step == plan.step => self.pending.pop_front(),
             _ => None,
         }
@@ -569,7 +641,12 @@ impl Backend for CudaBackend {
         let rows = p.want.iter().filter(|w| **w).count();
         // Wait for this step only (spinning on its event; the buffer's own event has then
         // completed too, so reading it does not block again).
-        p.done.synchronize().ctx("waiting for the step")?;
+        self.finish_deferred(&mut p)?;
+        p.done
+            .as_ref()
+            .ok_or_else(|| Self::bad(p.step, "no completion event".into()))?
+            .synchronize()
+            .ctx("waiting for the step")?;
         let all = self.results[p.result]
             .as_slice()
             .ctx("reading the samples")?;
@@ -602,6 +679,13 @@ impl Backend for CudaBackend {
             }
         }
         out.done_at = p.now + p.started.elapsed().as_nanos() as u64;
+        self.advance_matchers(plan, out);
+        // The next step's masks can be computed now, while the GPU runs its forward pass.
+        if let Some(mut next) = self.pending.pop_front() {
+            let r = self.finish_deferred(&mut next);
+            self.pending.push_front(next);
+            r?;
+        }
         if let Some(ev) = p.events {
             // The step's completion was waited for above, so both events have completed.
             out.device_ns = Some(ev.device_ns(self.last_end.as_ref())?);

@@ -113,7 +113,12 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
     kernel_source!("timing.cu", ["spin_ns"]),
     kernel_source!(
         "sampling.cu",
-        ["argmax_rows", "argmax_rows_split", "sample_rows"]
+        [
+            "argmax_rows",
+            "argmax_rows_split",
+            "sample_rows",
+            "apply_token_bitmask"
+        ]
     ),
     kernel_source!(
         "lm_head_argmax.cu",

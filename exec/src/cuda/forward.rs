@@ -515,6 +515,28 @@ impl GpuModel {
                 self.gemm_tuned(rows),
             )?;
         }
+        if pick == TokenPick::Logits {
+            return Ok(());
+        }
+        self.pick(gpu, kv, ws, rows, pick)
+    }
+
+    /// Turn the workspace's `rows` logits rows into tokens in `ws.sampled`, recording each in
+    /// its request row's last token: argmax (`pick` not `Sample`) or the GPU sampler with the
+    /// sampling parameters uploaded for the step. Launches only (capturable).
+    pub fn pick(
+        &self,
+        gpu: &Gpu,
+        kv: &KvPool,
+        ws: &Workspace,
+        rows: usize,
+        pick: TokenPick,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let store = LastTokenStore {
+            last_token: gpu.ptr(&kv.last_token),
+            rows: gpu.ptr(&ws.logit_row),
+        };
         let greedy = pick != TokenPick::Sample;
         if greedy && self.kernels.argmax_single_block {
             gpu.argmax_rows_single(

@@ -114,6 +114,7 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
         s.info.vocab,
         s.info.context_len,
     )?;
+    super::constrain::attach(&s, &mut gp)?;
     let stream = f.bool("stream")?.unwrap_or(false);
     let return_logprob = f.bool("return_logprob")?.unwrap_or(false);
     let top = f

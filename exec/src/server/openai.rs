@@ -158,6 +158,7 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
         Kind::Chat => Api::Chat,
     };
     let mut gp = params::sampling(&f, api, &s.defaults, s.info.vocab, s.info.context_len)?;
+    super::constrain::attach(&s, &mut gp)?;
     let req = match kind {
         Kind::Completion => {
             if f.get("suffix").is_some() {

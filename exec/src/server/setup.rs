@@ -371,6 +371,10 @@ impl Server {
                 )
             }
         };
+        let grammars = grammars_for(&cfg.backend, &codec, vocab, &sched.eos_token_ids);
+        if let Err(why) = &grammars {
+            log::info(&format!("structured outputs off: {why}"));
+        }
         let info = Info {
             model_name: cfg.served_model_name.clone().unwrap_or(name),
             model_path: cfg.model.as_ref().map(|p| p.display().to_string()),
@@ -399,6 +403,7 @@ impl Server {
                 next_id: AtomicU64::new(0),
                 draining: AtomicBool::new(false),
                 defaults,
+                grammars,
                 rids: Default::default(),
             }),
             thread: Some(thread),
@@ -529,5 +534,21 @@ async fn termination() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The constraint compiler for a backend that applies constraints, or why there is none.
+fn grammars_for(
+    backend: &BackendKind,
+    codec: &Codec,
+    vocab: usize,
+    eos: &[u32],
+) -> Result<crate::constraint::Grammars, String> {
+    match (backend, codec) {
+        (BackendKind::Sim { .. }, _) => Err("the sim backend does not apply them yet".into()),
+        (_, Codec::Hf(tok)) => {
+            crate::constraint::Grammars::new(tok, vocab, eos).map_err(|e| e.to_string())
+        }
+        (_, Codec::Synthetic) => Err("no tokenizer".into()),
     }
 }
