@@ -159,8 +159,12 @@ fn ebnf_and_json_object_walks_match_their_grammar() {
     for seed in 0..10 {
         let (out, done) = random_walk(&ConstraintSpec::JsonObject, seed, 300);
         if done {
-            let v: Value = serde_json::from_slice(&out).unwrap();
-            assert!(v.is_object(), "{v}");
+            let text = String::from_utf8_lossy(&out);
+            match serde_json::from_slice::<Value>(&out) {
+                Ok(v) => assert!(v.is_object(), "{v}"),
+                // Valid JSON that serde cannot hold (a number like 1e999) is still JSON.
+                Err(e) => assert!(e.is_data() && out[0] == b'{', "{e}: {text}"),
+            }
         }
     }
 }

@@ -348,10 +348,14 @@ impl Server {
                     ),
                 };
                 opts.cuda_graph = true;
-                let backend = Realtime {
-                    inner: SimBackend::new(RooflineCost::new(&p, 1), p.model.vocab, false),
-                    start,
-                };
+                // Constrained requests draw their synthetic tokens through their grammar.
+                let backend = crate::constraint::Synthesized::new(
+                    Realtime {
+                        inner: SimBackend::new(RooflineCost::new(&p, 1), p.model.vocab, false),
+                        start,
+                    },
+                    p.model.vocab,
+                );
                 let (h, mr) = spawn(
                     sched.clone(),
                     backend,
@@ -371,7 +375,7 @@ impl Server {
                 )
             }
         };
-        let grammars = grammars_for(&cfg.backend, &codec, vocab, &sched.eos_token_ids);
+        let grammars = grammars_for(&codec, vocab, &sched.eos_token_ids);
         if let Err(why) = &grammars {
             log::info(&format!("structured outputs off: {why}"));
         }
@@ -537,18 +541,17 @@ async fn termination() {
     }
 }
 
-/// The constraint compiler for a backend that applies constraints, or why there is none.
+/// The constraint compiler over the served tokenizer (every backend applies constraints), or
+/// why there is none.
 fn grammars_for(
-    backend: &BackendKind,
     codec: &Codec,
     vocab: usize,
     eos: &[u32],
 ) -> Result<crate::constraint::Grammars, String> {
-    match (backend, codec) {
-        (BackendKind::Sim { .. }, _) => Err("the sim backend does not apply them yet".into()),
-        (_, Codec::Hf(tok)) => {
+    match codec {
+        Codec::Hf(tok) => {
             crate::constraint::Grammars::new(tok, vocab, eos).map_err(|e| e.to_string())
         }
-        (_, Codec::Synthetic) => Err("no tokenizer".into()),
+        Codec::Synthetic => Err("no tokenizer (--model DIR gives the sim one)".into()),
     }
 }
