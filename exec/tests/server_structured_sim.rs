@@ -31,7 +31,7 @@ async fn serve(model: Option<PathBuf>) -> (String, tokio::sync::oneshot::Sender<
 }
 
 async fn post(addr: &str, path: &str, body: Value) -> (u16, Value) {
-    let r = post_json(addr, path, &body).await.unwrap().unwrap();
+    let r = post_json(addr, path, &body).await.unwrap();
     (r.status, r.json())
 }
 

@@ -26,7 +26,8 @@ use std::time::Instant;
 
 mod constrain;
 mod graphs;
-use constrain::{Deferred, HostRow};
+mod table;
+use constrain::Deferred;
 pub use graphs::graph_sizes;
 use graphs::Captured;
 
@@ -265,49 +266,6 @@ impl CudaBackend {
         }
     }
 
-    /// Apply the plan's table writes and the entries' new slots to the device table.
-    fn write_table(&mut self, plan: &Plan) -> Result<()> {
-        let (mut rows, mut cols, mut vals) = (Vec::new(), Vec::new(), Vec::new());
-        let mut push = |row: usize, col: usize, slot: u32, step: u64| -> Result<()> {
-            if row >= self.cfg.table_rows
-                || col >= self.kv.max_ctx
-                || slot as usize >= self.kv.num_slots
-            {
-                return Err(Self::bad(
-                    step,
-                    format!("table write row {row} pos {col} slot {slot} out of range"),
-                ));
-            }
-            rows.push(row as u32);
-            cols.push(col as u32);
-            vals.push(slot);
-            Ok(())
-        };
-        for w in &plan.table_writes {
-            for (i, s) in plan.write_values(w).iter().enumerate() {
-                push(w.row.index(), w.start + i, s.0, plan.step)?;
-            }
-        }
-        for e in &plan.entries {
-            for (p, s) in e.positions().zip(plan.entry_slots(e)) {
-                push(e.row.index(), p, s.0, plan.step)?;
-            }
-        }
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let g = &self.gpu;
-        let (r, c, v) = (g.upload(&rows)?, g.upload(&cols)?, g.upload(&vals)?);
-        g.table_scatter(
-            g.ptr(&self.kv.table),
-            g.ptr(&r),
-            g.ptr(&c),
-            g.ptr(&v),
-            rows.len(),
-            self.kv.max_ctx,
-        )
-    }
-
     fn run(&mut self, plan: &Plan, now: TimeNs) -> Result<Pending> {
         let started = Instant::now();
         for id in &plan.released {
@@ -469,30 +427,7 @@ impl CudaBackend {
             }
         }
         if constrained {
-            let deferred = Deferred {
-                rows,
-                sample,
-                constrained: plan
-                    .entries
-                    .iter()
-                    .filter(|e| e.need_logits)
-                    .enumerate()
-                    .filter(|(_, e)| e.sampling.constraint.is_some())
-                    .map(|(r, e)| (r, e.id, e.seq_len() - e.prompt_len.min(e.seq_len())))
-                    .collect(),
-                host: host_rows
-                    .iter()
-                    .map(|&(entry, r, index)| HostRow {
-                        entry,
-                        logits_row: r,
-                        id: plan.entries[entry].id,
-                        index,
-                        table_row: plan.entries[entry].row.index(),
-                        params: plan.entries[entry].sampling.clone(),
-                    })
-                    .collect(),
-                start_ev,
-            };
+            let deferred = Deferred::new(plan, rows, sample, &host_rows, start_ev);
             let result = self.next_result;
             self.next_result ^= 1;
             return Ok(Pending {
@@ -571,37 +506,6 @@ impl CudaBackend {
             done: Some(done),
             deferred: None,
         })
-    }
-
-    /// Put a host-sampled token where the GPU's pick would have: the step's samples and the
-    /// request row's last token.
-    fn upload_host_token(&mut self, logits_row: usize, table_row: usize, token: u32) -> Result<()> {
-        let mut one = self.ws.sampled.slice_mut(logits_row..logits_row + 1);
-        self.gpu
-            .stream
-            .memcpy_htod(&[token], &mut one)
-            .ctx("uploading a host-sampled token")?;
-        let mut lt = self.kv.last_token.slice_mut(table_row..table_row + 1);
-        self.gpu
-            .stream
-            .memcpy_htod(&[token], &mut lt)
-            .ctx("uploading a host-sampled token")
-    }
-
-    /// Queue the download of a step's `rows` samples into result buffer `result`; the event
-    /// completes when they are on the host.
-    fn download_samples(&mut self, rows: usize, result: usize) -> Result<CudaEvent> {
-        if rows > 0 {
-            let src = self.ws.sampled.slice(0..rows);
-            self.gpu
-                .stream
-                .memcpy_dtoh(&src, &mut self.results[result])
-                .ctx("downloading samples")?;
-        }
-        self.gpu
-            .stream
-            .record_event(None)
-            .ctx("recording the step's completion")
     }
 }
 

@@ -38,6 +38,47 @@ pub(super) struct Deferred {
     pub start_ev: Option<cudarc::driver::CudaEvent>,
 }
 
+impl Deferred {
+    /// The deferred pick of `plan`'s `rows` logits rows; `host_rows` are (entry, logits row,
+    /// output index) of the rows sampled on the host.
+    pub fn new(
+        plan: &Plan,
+        rows: usize,
+        sample: bool,
+        host_rows: &[(usize, usize, usize)],
+        start_ev: Option<cudarc::driver::CudaEvent>,
+    ) -> Deferred {
+        let index = |e: &doppel_core::PlanEntry| e.seq_len() - e.prompt_len.min(e.seq_len());
+        Deferred {
+            rows,
+            sample,
+            constrained: plan
+                .entries
+                .iter()
+                .filter(|e| e.need_logits)
+                .enumerate()
+                .filter(|(_, e)| e.sampling.constraint.is_some())
+                .map(|(r, e)| (r, e.id, index(e)))
+                .collect(),
+            host: host_rows
+                .iter()
+                .map(|&(entry, r, index)| {
+                    let e = &plan.entries[entry];
+                    HostRow {
+                        entry,
+                        logits_row: r,
+                        id: e.id,
+                        index,
+                        table_row: e.row.index(),
+                        params: e.sampling.clone(),
+                    }
+                })
+                .collect(),
+            start_ev,
+        }
+    }
+}
+
 impl CudaBackend {
     /// Open the matcher of every constrained entry of `plan` not yet seen; whether any has one.
     pub(super) fn open_matchers(&mut self, plan: &Plan) -> Result<bool> {
