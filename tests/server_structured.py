@@ -115,7 +115,7 @@ text = "".join(
     ch.choices[0].text
     for ch in client.completions.create(
         model=model, prompt="JSON:", max_tokens=MAX, temperature=0.9, seed=5, stream=True,
-        response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}},
+        extra_body={"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}},
     )
     if ch.choices
 )

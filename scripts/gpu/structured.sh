@@ -4,16 +4,21 @@
 #    free ones in a batch) give valid output; 2. ITL at 64 streams with every request constrained
 #    by a 20-field JSON schema vs unconstrained (alternating, twice each), and the mask time per
 #    token from /get_server_info. Target: constrained median ITL <= 1.10x unconstrained.
-#   BIN: the doppel binary (scripts/gpu/stage.sh puts it in carry/bin; run with carry ["carry"]).
+#   BIN: the doppel binary, T: the folder of the release test executables (scripts/gpu/stage.sh
+#   puts both in carry/bin; run with carry ["carry"]).
 # Logs and a summary land in $OUT.
 set -uo pipefail
 BIN=${BIN:-carry/bin/doppel}
+T=${T:-carry/bin}
 OUT=${OUT:-/tmp/doppel-structured}
 PORT=${PORT:-30123}
 W=$(mktemp -d)
 source "$(dirname "$0")/env.sh"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+echo "=== kernels: nvrtc, token mask vs CPU ==="
+DOPPEL_REQUIRE_NVRTC=1 timeout 90 "$T/cuda_nvrtc" --nocapture 2>&1 | tail -3 | tee "$OUT/nvrtc.txt"
+timeout 60 "$T/cuda_constraint" --nocapture 2>&1 | tee "$OUT/mask-kernel.txt"
 python3 scripts/gpu/make_structured_model.py "$W/model" 2>&1 | tail -2 | tee "$OUT/model.txt"
 "$BIN" exec serve --model "$W/model" --device cuda --port "$PORT" >"$OUT/server.log" 2>&1 &
 SRV=$!
