@@ -40,8 +40,11 @@ for e in ${@:-vllm sglang}; do
   done
   pack_dir "$site" "$PEERS/pack/$e-site.tar.xz"
   rm -f "$XFER/$e-site.tar.xz.part"*
-  split -b "${PART_MIB}M" -d -a 2 "$PEERS/pack/$e-site.tar.xz" "$XFER/$e-site.tar.xz.part"
-  echo "$e: $(du -sm "$site" | cut -f1) MiB installed -> $(( $(stat -c %s "$PEERS/pack/$e-site.tar.xz") / 1048576 )) MiB packed," \
+  size=$(stat -c %s "$PEERS/pack/$e-site.tar.xz")
+  # parts of equal size, none over PART_MIB
+  split -n $(( (size + PART_MIB * 1048576 - 1) / (PART_MIB * 1048576) )) -d -a 2 \
+    "$PEERS/pack/$e-site.tar.xz" "$XFER/$e-site.tar.xz.part"
+  echo "$e: $(du -sm "$site" | cut -f1) MiB installed -> $(( size / 1048576 )) MiB packed," \
        "$(ls "$XFER/$e-site.tar.xz.part"* | wc -l) parts"
 done
 

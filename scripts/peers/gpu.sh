@@ -7,7 +7,9 @@
 #   gpu.sh model NAME [--no-weights]     random-weight checkpoint in /tmp/models/NAME (make_model.py)
 #   gpu.sh serve ENGINE NAME [ARGS...]   start doppel|vllm|sglang on NAME, wait for /health, warm up
 #   gpu.sh stop ENGINE
-#   gpu.sh bench ENGINE NAME OUTDIR [--quick]   serve + suite.sh + stop; logs and results in OUTDIR
+#   gpu.sh bench ENGINE NAME OUTDIR [--quick] [--crosscheck]
+#                                        serve + suite.sh (+ SGLang's own client on W3 at 64 streams)
+#                                        + stop; logs and results in OUTDIR
 # Env: DOPPEL (the doppel binary: carry/bin/doppel, else target/release/doppel), PORT (30000),
 #      MEMFRAC (0.85: share of GPU memory for weights + KV), MAXLEN (8192), WAIT_S (600).
 set -euo pipefail
@@ -112,6 +114,21 @@ do_stop() {
   for _ in $(seq 1 30); do healthy || break; sleep 1; done
 }
 
+crosscheck() {  # NAME OUT N: SGLang's bench_serving on the served engine, W3 at 64 streams (suite.sh's w3-c64)
+  local name=$1 out=$2 n=$3
+  [ -d /tmp/site_sglang ] || die "crosscheck needs /tmp/site_sglang (gpu.sh unpack sglang)"
+  # its module imports HF datasets for one dataset only: bench_stubs/ stands in for it
+  PYTHONPATH=/tmp/site_sglang:$HERE/bench_stubs timeout 300 "$PY" -m sglang.bench_serving \
+    --backend sglang-oai --base-url "http://127.0.0.1:$PORT" --model "$name" --tokenizer "$MODELS/$name" \
+    --dataset-name random-ids --random-input-len 1024 --random-output-len 256 --random-range-ratio 0.5 \
+    --num-prompts $n --max-concurrency 64 --request-rate inf --seed 1 --disable-tqdm \
+    --output-file "$out.jsonl" > "$out.txt" 2>&1
+  local rc=$?
+  grep -E 'Successful requests|Output token throughput|Median TTFT|P99 TTFT|Median ITL|P99 ITL' "$out.txt" | sed 's/^/  sglang client: /'
+  [ $rc = 0 ] || { tail -20 "$out.txt"; echo "crosscheck: sglang.bench_serving exited $rc"; }
+  return $rc
+}
+
 case "${1:-}" in
 preflight)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -144,11 +161,18 @@ model)
 serve) shift; [ $# -ge 2 ] || die "serve ENGINE NAME [ARGS...]"; do_serve "$@" ;;
 stop) [ -n "${2:-}" ] || die "stop ENGINE"; do_stop "$2" ;;
 bench)
-  [ $# -ge 4 ] || die "bench ENGINE NAME OUTDIR [--quick]"
-  e=$2; name=$3; out=$4; quick=${5:-}
+  [ $# -ge 4 ] || die "bench ENGINE NAME OUTDIR [--quick] [--crosscheck]"
+  e=$2; name=$3; out=$4; shift 4
+  quick=; cross=
+  for f in "$@"; do
+    case $f in --quick) quick=--quick ;; --crosscheck) cross=1 ;; *) die "bench: unknown flag $f" ;; esac
+  done
   mkdir -p "$out"
   trap 'do_stop "$e"; cp -f /tmp/$e.log /tmp/$e-warmup.txt "$out/" 2>/dev/null || true' EXIT
   do_serve "$e" "$name"
-  DOPPEL=$DOPPEL bash "$HERE/suite.sh" "$e" "http://127.0.0.1:$PORT" "$name" "$out" $quick ;;
+  rc=0
+  DOPPEL=$DOPPEL bash "$HERE/suite.sh" "$e" "http://127.0.0.1:$PORT" "$name" "$out" $quick || rc=1
+  if [ -n "$cross" ]; then crosscheck "$name" "$out/$e-sglang-client-w3-c64" "$([ -n "$quick" ] && echo 256 || echo 1000)" || rc=1; fi
+  exit $rc ;;
 *) sed -n 2,13p "$0"; exit 2 ;;
 esac
