@@ -6,7 +6,8 @@ NAME: qwen3-0.6b, llama-3.1-8b or qwen3-8b. Writes OUT_DIR/config.json (the mode
 config, with the ids of the dummy tokenizer's special tokens), generation_config.json (greedy,
 no sampling defaults, so no engine reaches for top-k/top-p kernels), the dummy tokenizer
 (dummy-tokenizer.tar.xz beside this file: a 32,000-token byte-level BPE plus <|endoftext|>,
-<|im_start|>, <|im_end|>, so prompts are token ids below 32,000), and random bf16 weights
+<|im_start|>, <|im_end|>, so prompts are token ids below 32,000; see extend_vocab for the ids
+above), and random bf16 weights
 (model.safetensors, seed 0) through transformers' save_pretrained unless --no-weights (for a
 peer's --load-format dummy). Runs on the GPU machine (torch + transformers there).
 """
@@ -98,6 +99,29 @@ def write_json(path, value):
         f.write("\n")
 
 
+def extend_vocab(path, vocab_size):
+    """Give every id of the model's vocabulary a token: random weights emit any id, and an id the
+    tokenizer lacks streams as empty text, which clients (bench_serving, doppel bench) do not
+    count as a token, so TTFT and ITL would be wrong. Id k becomes the ASCII text `~k`: it decodes
+    alone, like a real vocabulary's tokens, and no merge produces it."""
+    with open(path, encoding="utf-8") as f:
+        tok = json.load(f)
+    vocab = tok["model"]["vocab"]
+    # the special tokens join the model's vocabulary under their own ids: `tokenizers` gives an
+    # added token that the model lacks the next free id past the model's, which would move them
+    for t in tok["added_tokens"]:
+        vocab.setdefault(t["content"], t["id"])
+    used = set(vocab.values())
+    for k in range(vocab_size):
+        if k not in used:
+            text = f"~{k}"
+            if text in vocab:
+                sys.exit(f"{path}: token {text!r} already exists")
+            vocab[text] = k
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(tok, f, ensure_ascii=False)
+
+
 def write_weights(out, name):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -121,6 +145,7 @@ def main():
     os.makedirs(out, exist_ok=True)
     with tarfile.open(os.path.join(HERE, "dummy-tokenizer.tar.xz")) as t:
         t.extractall(out, filter="data")
+    extend_vocab(os.path.join(out, "tokenizer.json"), CONFIGS[name]["vocab_size"])
     config = dict(CONFIGS[name], bos_token_id=BOS, eos_token_id=EOS)
     write_json(os.path.join(out, "config.json"), config)
     if "--no-weights" not in flags:
