@@ -10,7 +10,8 @@
 #   gpu.sh bench ENGINE NAME OUTDIR [--quick] [--crosscheck]
 #                                        serve + suite.sh (+ SGLang's own client on W3 at 64 streams)
 #                                        + stop; logs and results in OUTDIR
-# Env: DOPPEL (the doppel binary: carry/bin/doppel, else target/release/doppel), PORT (30000),
+# Env: DOPPEL (the doppel binary: carry/bin/doppel, copied to /tmp/doppel-bin for later calls;
+#      else target/release/doppel), PORT (30000),
 #      MEMFRAC (0.85: share of GPU memory for weights + KV), MAXLEN (8192), WAIT_S (600).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -23,7 +24,11 @@ PORT=${PORT:-30000}
 MEMFRAC=${MEMFRAC:-0.85}
 MAXLEN=${MAXLEN:-8192}
 if [ -z "${DOPPEL:-}" ]; then
-  DOPPEL=$ROOT/carry/bin/doppel; [ -x "$DOPPEL" ] || DOPPEL=$ROOT/target/release/doppel
+  # kept in /tmp: later calls need it as the client of the peers without carrying it again
+  if [ -x "$ROOT/carry/bin/doppel" ]; then
+    mkdir -p /tmp/doppel-bin && cp -u "$ROOT/carry/bin/doppel" /tmp/doppel-bin/doppel
+  fi
+  DOPPEL=/tmp/doppel-bin/doppel; [ -x "$DOPPEL" ] || DOPPEL=$ROOT/target/release/doppel
 fi
 # no network: nothing may try a hub at start-up
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 \

@@ -17,7 +17,7 @@ mkdir -p "$out"
 if [ "$quick" = --quick ]; then
   n1=40 n2=4 n3=256 n4=400 groups=8
 else
-  n1=200 n2=16 n3=1000 n4=2000 groups=64
+  n1=200 n2=10 n3=1000 n4=2000 groups=64
 fi
 failed=0
 
