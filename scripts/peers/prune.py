@@ -13,6 +13,7 @@ so importlib.metadata and pip see a consistent install.
 """
 
 import base64
+import csv
 import fnmatch
 import hashlib
 import mmap
@@ -135,23 +136,46 @@ def apply(site, rules):
     return dropped, stripped | slimmed, freed
 
 
-def fix_records(site, dropped, stripped):
-    for entry in os.listdir(site):
+def records(site):
+    """(dist-info name, RECORD path) of every installed distribution."""
+    for entry in sorted(os.listdir(site)):
         record = os.path.join(site, entry, "RECORD")
-        if not (entry.endswith(".dist-info") and os.path.isfile(record)):
-            continue
+        if entry.endswith(".dist-info") and os.path.isfile(record):
+            yield entry, record
+
+
+def fix_records(site, dropped, changed):
+    for _, record in records(site):
+        with open(record, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))
         out = []
-        with open(record, encoding="utf-8") as f:
-            for line in f:
-                rel = line.split(",", 1)[0]
-                if rel in dropped:
-                    continue
-                if rel in stripped:
-                    digest, size = record_hash(os.path.join(site, rel))
-                    line = f"{rel},{digest},{size}\n"
-                out.append(line)
-        with open(record, "w", encoding="utf-8") as f:
-            f.writelines(out)
+        for row in rows:
+            if row[0] in dropped:
+                continue
+            if row[0] in changed:
+                digest, size = record_hash(os.path.join(site, row[0]))
+                row = [row[0], digest, str(size)]
+            out.append(row)
+        with open(record, "w", encoding="utf-8", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(out)
+
+
+def verify(site):
+    """Every file a RECORD lists exists with the hash and size it gives (pip's own check)."""
+    bad = []
+    for entry, record in records(site):
+        with open(record, encoding="utf-8", newline="") as f:
+            for row in csv.reader(f):
+                rel, digest, size = (row + ["", ""])[:3]
+                if not digest or rel.startswith(".."):
+                    continue  # RECORD itself, and scripts outside the folder
+                full = os.path.join(site, rel)
+                if not os.path.isfile(full):
+                    bad.append(f"{entry}: {rel} is missing")
+                elif (digest, int(size)) != record_hash(full):
+                    bad.append(f"{entry}: {rel} does not match its hash")
+    if bad:
+        sys.exit("prune.py: the install is inconsistent:\n  " + "\n  ".join(bad[:20]))
 
 
 def main():
@@ -160,6 +184,7 @@ def main():
     site, rules_path = sys.argv[1], sys.argv[2]
     dropped, stripped, freed = apply(site, read_rules(rules_path))
     fix_records(site, dropped, stripped)
+    verify(site)
     print(f"prune {os.path.basename(site)}: dropped {len(dropped)} files, stripped {len(stripped)}, "
           f"freed {freed / 2**20:.1f} MiB")
 
