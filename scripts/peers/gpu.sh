@@ -119,6 +119,14 @@ do_stop() {
   for _ in $(seq 1 30); do healthy || break; sleep 1; done
 }
 
+versions() {  # what the table's header names: GPU, driver, engine version
+  echo "gpu: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
+  case $1 in
+  doppel) echo "doppel: $("$DOPPEL" --version)" ;;
+  *) echo "$1: $(PYTHONPATH=/tmp/site_$1 "$PY" -c "import importlib.metadata as m; print(m.version('$1'))" 2>&1 | tail -1)" ;;
+  esac
+}
+
 crosscheck() {  # NAME OUT N: SGLang's bench_serving on the served engine, W3 at 64 streams (suite.sh's w3-c64)
   local name=$1 out=$2 n=$3
   [ -d /tmp/site_sglang ] || die "crosscheck needs /tmp/site_sglang (gpu.sh unpack sglang)"
@@ -175,6 +183,7 @@ bench)
   mkdir -p "$out"
   trap 'do_stop "$e"; cp -f /tmp/$e.log /tmp/$e-warmup.txt "$out/" 2>/dev/null || true' EXIT
   do_serve "$e" "$name"
+  versions "$e" | tee "$out/$e-versions.txt"
   rc=0
   DOPPEL=$DOPPEL bash "$HERE/suite.sh" "$e" "http://127.0.0.1:$PORT" "$name" "$out" $quick || rc=1
   if [ -n "$cross" ]; then crosscheck "$name" "$out/$e-sglang-client-w3-c64" "$([ -n "$quick" ] && echo 256 || echo 1000)" || rc=1; fi
