@@ -12,7 +12,9 @@
 #                                        + stop; logs and results in OUTDIR
 # Env: DOPPEL (the doppel binary: carry/bin/doppel, copied to /tmp/doppel-bin for later calls;
 #      else target/release/doppel), PORT (30000),
-#      MEMFRAC (0.85: share of GPU memory for weights + KV), MAXLEN (8192), WAIT_S (600).
+#      MEMFRAC (0.85: share of GPU memory for weights + KV), MAXLEN (8192), WAIT_S (600),
+#      DOPPEL_BACKEND (doppel's backend flags; a dry run without a GPU:
+#      DOPPEL_BACKEND="--backend sim --profile h100-80g/qwen3-0.6b/doppel").
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -61,8 +63,10 @@ serve_cmd() {  # $1 engine, $2 model dir, $3 served name, rest: extra args -> ar
   case $e in
   doppel)
     [ -x "$DOPPEL" ] || die "no doppel binary at $DOPPEL (bash scripts/gpu/stage.sh here, carry 'carry/bin/doppel')"
-    CMD=("$DOPPEL" exec serve --model "$dir" --device cuda --served-model-name "$name"
-         --mem-fraction-static "$MEMFRAC" --host 127.0.0.1 --port "$PORT" --seed 0 --log-level warning "$@") ;;
+    # shellcheck disable=SC2206
+    local backend=(${DOPPEL_BACKEND:---device cuda --mem-fraction-static $MEMFRAC})
+    CMD=("$DOPPEL" exec serve --model "$dir" "${backend[@]}" --served-model-name "$name"
+         --host 127.0.0.1 --port "$PORT" --seed 0 --log-level warning "$@") ;;
   vllm)
     CMD=("$PY" -m vllm.entrypoints.openai.api_server --model "$dir" --served-model-name "$name"
          --dtype bfloat16 --max-model-len "$MAXLEN" --gpu-memory-utilization "$MEMFRAC" --seed 0
