@@ -88,14 +88,14 @@ impl CudaBackend {
                 continue;
             };
             any = true;
-            if !self.matchers.contains_key(&e.id) {
+            if let std::collections::hash_map::Entry::Vacant(v) = self.matchers.entry(e.id) {
                 let m = TokenMatcher::open(h).ok_or_else(|| {
                     Self::bad(
                         plan.step,
                         format!("request {}: constraint not compiled for this backend", e.id),
                     )
                 })?;
-                self.matchers.insert(e.id, m);
+                v.insert(m);
             }
         }
         Ok(any)
