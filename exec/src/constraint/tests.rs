@@ -163,7 +163,10 @@ fn ebnf_and_json_object_walks_match_their_grammar() {
             match serde_json::from_slice::<Value>(&out) {
                 Ok(v) => assert!(v.is_object(), "{v}"),
                 // Valid JSON that serde cannot hold (a number like 1e999) is still JSON.
-                Err(e) => assert!(e.is_data() && out[0] == b'{', "{e}: {text}"),
+                Err(e) => assert!(
+                    e.to_string().contains("number out of range") && out[0] == b'{',
+                    "{e}: {text}"
+                ),
             }
         }
     }
