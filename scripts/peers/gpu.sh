@@ -14,7 +14,7 @@
 #                                        + stop; logs and results in OUTDIR
 # Env: DOPPEL (the doppel binary: carry/bin/doppel, copied to /tmp/doppel-bin for later calls;
 #      else target/release/doppel), PORT (30000),
-#      MEMFRAC (0.85: share of GPU memory for weights + KV), MAXLEN (8192), WAIT_S (600),
+#      MEMFRAC (0.85: share of GPU memory for weights + KV), MAXLEN (8192), WAIT_S (300),
 #      DOPPEL_BACKEND (doppel's backend flags; a dry run without a GPU:
 #      DOPPEL_BACKEND="--backend sim --profile h100-80g/qwen3-0.6b/doppel").
 set -euo pipefail
@@ -99,7 +99,7 @@ do_serve() {  # ENGINE NAME [ARGS...]
   local t0=$SECONDS
   while ! healthy; do
     kill -0 "$(cat "/tmp/$e.pid")" 2>/dev/null || { tail -60 "/tmp/$e.log"; die "$e exited"; }
-    [ $((SECONDS - t0)) -lt "${WAIT_S:-600}" ] || { tail -60 "/tmp/$e.log"; do_stop "$e"; die "$e not healthy in ${WAIT_S:-600} s"; }
+    [ $((SECONDS - t0)) -lt "${WAIT_S:-300}" ] || { tail -60 "/tmp/$e.log"; do_stop "$e"; die "$e not healthy in ${WAIT_S:-300} s"; }
     sleep 1
   done
   echo "$e healthy after $((SECONDS - t0)) s"
