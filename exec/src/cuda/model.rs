@@ -11,7 +11,7 @@
 
 use super::attention::{ExtendVariant, MIN_KEYS_PER_SPLIT};
 pub use super::forward::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
-use super::rope::cos_sin_table;
+use super::rope::cos_sin_table_scaled;
 use super::{CudaError, DriverCtx, Gpu, Result};
 use crate::model::weights::{LayerNames, EMBED, FINAL_NORM, LM_HEAD};
 use crate::model::{DType, ModelConfig, TensorRef, WeightStore};
@@ -469,7 +469,11 @@ impl GpuModel {
             .iter()
             .map(|f| 2 * (f.qkv.len() + f.gate_up.len()))
             .sum();
-        let cos_sin = gpu.upload(&cos_sin_table(&cfg.rope_inv_freq(), max_pos))?;
+        let cos_sin = gpu.upload(&cos_sin_table_scaled(
+            &cfg.rope_inv_freq(),
+            max_pos,
+            cfg.rope_attention_factor(),
+        ))?;
         let mut weight_bytes =
             (embed.len() + final_norm.len() + lm_head.as_ref().map_or(0, |x| x.len())) * 2;
         for l in &layers {
