@@ -183,9 +183,29 @@ pub struct MakeModelArgs {
     /// Llama 3 rope scaling (llama only; default on).
     #[arg(long)]
     no_rope_scaling: bool,
+    /// YaRN rope scaling FACTOR:ORIGINAL_MAX_POSITIONS (e.g. 4:32768, Qwen2.5's long-context
+    /// setting); replaces the preset's scaling.
+    #[arg(long)]
+    yarn: Option<String>,
+    /// max_position_embeddings (default: the preset's 2048).
+    #[arg(long)]
+    max_position: Option<usize>,
     /// Weight seed.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+}
+
+/// `--yarn FACTOR:ORIGINAL` as transformers would read `{"rope_type": "yarn", ...}`.
+fn parse_yarn(s: &str) -> anyhow::Result<RopeScaling> {
+    let bad =
+        || anyhow::anyhow!("--yarn {s}: expected FACTOR:ORIGINAL_MAX_POSITIONS, e.g. 4:32768");
+    let (f, o) = s.split_once(':').ok_or_else(bad)?;
+    let factor: f64 = f.parse().map_err(|_| bad())?;
+    let original: u64 = o.parse().map_err(|_| bad())?;
+    if !(factor >= 1.0 && factor.is_finite()) || original == 0 {
+        return Err(bad());
+    }
+    Ok(RopeScaling::yarn(factor, original as f64))
 }
 
 /// Run a `doppel exec` subcommand.
@@ -205,7 +225,8 @@ fn make_model(a: MakeModelArgs) -> anyhow::Result<ExitCode> {
         "qwen3" => Arch::Qwen3,
         "qwen2" => Arch::Qwen2,
         "llama" => Arch::Llama,
-        other => bail!("--arch {other}: expected qwen3, qwen2 or llama"),
+        "mistral" => Arch::Mistral,
+        other => bail!("--arch {other}: expected qwen3, qwen2, llama or mistral"),
     };
     let mut s = TinySpec::tiny(arch);
     s.hidden_size = a.hidden.unwrap_or(s.hidden_size);
@@ -223,6 +244,12 @@ fn make_model(a: MakeModelArgs) -> anyhow::Result<ExitCode> {
     }
     if a.no_rope_scaling {
         s.rope_scaling = RopeScaling::None;
+    }
+    if let Some(m) = a.max_position {
+        s.max_position_embeddings = m;
+    }
+    if let Some(y) = &a.yarn {
+        s.rope_scaling = parse_yarn(y)?;
     }
     if let Some(d) = a.dtype {
         s.dtype = match d.as_str() {

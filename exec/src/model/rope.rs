@@ -43,7 +43,7 @@ pub enum RopeScaling {
 }
 
 /// Why a `rope_scaling` object cannot be used: (field, offending value, what is wrong).
-pub(crate) type RopeFieldError = (String, Value, String);
+pub type RopeFieldError = (String, Value, String);
 
 fn field_err(field: &str, v: &Value, why: &str) -> RopeFieldError {
     (format!("rope_scaling.{field}"), v.clone(), why.to_string())
@@ -52,7 +52,7 @@ fn field_err(field: &str, v: &Value, why: &str) -> RopeFieldError {
 impl RopeScaling {
     /// Parse a `rope_scaling` / `rope_parameters` object; `max_pos` is the config's
     /// max_position_embeddings (YaRN's default original length and factor come from it).
-    pub(crate) fn parse(obj: &Value, max_pos: usize) -> Result<RopeScaling, RopeFieldError> {
+    pub fn parse(obj: &Value, max_pos: usize) -> Result<RopeScaling, RopeFieldError> {
         if !obj.is_object() {
             return Err((
                 "rope_scaling".into(),
@@ -129,6 +129,18 @@ impl RopeScaling {
                 &Value::from(other),
                 "supported: default, linear, llama3, yarn (dynamic, longrope and others are not)",
             )),
+        }
+    }
+
+    /// YaRN with transformers' defaults for everything but the factor and original length.
+    pub fn yarn(factor: f64, original_max_position_embeddings: f64) -> RopeScaling {
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attention_factor: yarn_mscale(factor, 1.0),
+            truncate: true,
         }
     }
 
@@ -327,6 +339,7 @@ mod tests {
     #[test]
     fn yarn_round_trips_through_json() {
         let s = qwen25_yarn();
+        assert_eq!(RopeScaling::yarn(4.0, 32768.0), s);
         assert_eq!(RopeScaling::parse(&s.to_hf_json(), 1).unwrap(), s);
     }
 
