@@ -127,6 +127,10 @@ pub struct GenerateArgs {
     /// Chunked prefill size (0 = off).
     #[arg(long, default_value_t = 8192)]
     chunked_prefill_size: usize,
+    /// Longest prompt + output (SGLang's flag; default: the model's max_position_embeddings;
+    /// longer only with YaRN rope scaling).
+    #[arg(long)]
+    context_length: Option<usize>,
     /// Run the scheduler in SGLang's overlap order.
     #[arg(long)]
     overlap: bool,
@@ -364,7 +368,9 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let mut sched = SchedulerConfig {
         kv_capacity_tokens: a.kv_capacity.unwrap_or(8192),
         page_size: a.page_size,
-        context_len: cfg.max_position_embeddings,
+        context_len: cfg
+            .context_length(a.context_length)
+            .map_err(|e| anyhow!("{}: {e}", a.model.display()))?,
         chunked_prefill_size: (a.chunked_prefill_size > 0).then_some(a.chunked_prefill_size),
         eos_token_ids: eos,
         ..Default::default()

@@ -16,6 +16,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The context length `cfg` asks for, checked against the model (`--context-length`).
+fn context_len(
+    mc: &crate::model::ModelConfig,
+    cfg: &ServerConfig,
+    dir: &std::path::Path,
+) -> Result<usize, ServerError> {
+    mc.context_length(cfg.context_length)
+        .map_err(|e| ServerError::Config(format!("{}: {e}", dir.display())))
+}
+
 /// Which backend executes plans.
 #[derive(Clone, Debug, PartialEq)]
 pub enum BackendKind {
@@ -53,6 +63,9 @@ pub struct ServerConfig {
     pub page_size: usize,
     /// Chunked prefill size (None = off).
     pub chunked_prefill_size: Option<usize>,
+    /// Longest prompt + output (SGLang's `--context-length`; None: the model's
+    /// max_position_embeddings or the profile's context; longer only with YaRN).
+    pub context_length: Option<usize>,
     /// Cap on running requests.
     pub max_running_requests: Option<usize>,
     /// Prefill token budget per batch.
@@ -84,6 +97,7 @@ impl Default for ServerConfig {
             kv_capacity: None,
             page_size: 1,
             chunked_prefill_size: Some(8192),
+            context_length: None,
             max_running_requests: None,
             max_prefill_tokens: None,
             policy: Policy::Fcfs,
@@ -247,7 +261,7 @@ impl Server {
                 }
                 sched.eos_token_ids = eos;
                 sched.kv_capacity_tokens = cfg.kv_capacity.unwrap_or(8192);
-                sched.context_len = mc.max_position_embeddings;
+                sched.context_len = context_len(&mc, &cfg, &dir)?;
                 let backend = CpuBackend::new(model, sched.capacity_tokens(), cfg.seed);
                 let (h, mr) = spawn(
                     sched.clone(),
@@ -290,7 +304,7 @@ impl Server {
                     }
                 }
                 sched.eos_token_ids = eos;
-                sched.context_len = mc.max_position_embeddings;
+                sched.context_len = context_len(&mc, &cfg, &dir)?;
                 let opts_cuda = CudaOptions {
                     device: *device,
                     mem_fraction_static: *mem_fraction_static,
@@ -339,7 +353,12 @@ impl Server {
                     )),
                     None => Codec::Synthetic,
                 };
-                sched.context_len = p.model.context_len;
+                sched.context_len = cfg.context_length.unwrap_or(p.model.context_len);
+                if sched.context_len == 0 {
+                    return Err(ServerError::Config(
+                        "--context-length 0: must be positive".into(),
+                    ));
+                }
                 sched.kv_capacity_tokens = match cfg.kv_capacity {
                     Some(c) => c,
                     None => p.kv_capacity_from_fraction(
