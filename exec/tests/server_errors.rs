@@ -483,7 +483,7 @@ async fn context_length_below_the_config_takes_effect_and_above_is_refused() {
         log_batches: false,
         ..Default::default()
     };
-    let e = doppel_exec::server::Server::build(cfg)
+    let e = doppel_exec::server::Server::build(cfg, doppel_exec::server::BackendKind::Cpu)
         .err()
         .expect("refused");
     let msg = e.to_string();
