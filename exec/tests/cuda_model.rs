@@ -10,7 +10,8 @@
 //! * `cuda_backend_matches_cpu_backend`: a tiny random model (head_dim 64, bf16 weights) under
 //!   the real scheduler: the same greedy tokens from CudaBackend as from CpuBackend, in plain and
 //!   overlap order, with prefix hits, chunked prefill and a pool small enough to retract;
-//!   `..._on_each_architecture` repeats it for tiny Llama, Mistral and Qwen3-with-YaRN models.
+//!   `..._on_each_architecture` repeats it for tiny Llama, Mistral, Qwen3-with-YaRN and Qwen2
+//!   (q/k/v biases) models.
 //!
 //! Both skip (printing why) without a GPU.
 
@@ -752,7 +753,8 @@ fn cuda_backend_matches_cpu_backend() {
 
 /// Greedy tokens of CudaBackend equal CpuBackend's on tiny versions of each architecture the
 /// GPU serves (Llama 3 scaling untied, Mistral at head dim 128 with 4 q heads per kv head,
-/// Qwen3 with YaRN at head dim 64), plain and with chunked prefill over a shared prefix.
+/// Qwen3 with YaRN at head dim 64, Qwen2 with q/k/v biases and 7 q heads per kv head), plain
+/// and with chunked prefill over a shared prefix.
 #[test]
 fn cuda_backend_matches_cpu_backend_on_each_architecture() {
     let Some(gpu) = open_gpu() else { return };
@@ -768,6 +770,9 @@ fn cuda_backend_matches_cpu_backend_on_each_architecture() {
     let mistral = shape(Arch::Mistral, 128, 8, 2);
     let mut qwen3_yarn = shape(Arch::Qwen3, 64, 8, 1);
     qwen3_yarn.rope_scaling = RopeScaling::yarn(4.0, 32.0);
+    // q/k/v biases, 7 q heads per kv head (Qwen2.5-7B's group).
+    let mut qwen2 = shape(Arch::Qwen2, 64, 7, 1);
+    qwen2.hidden_size = 448;
     let shared = prompt(1, 40);
     let mut long = shared.clone();
     long.extend(prompt(2, 60));
@@ -796,6 +801,7 @@ fn cuda_backend_matches_cpu_backend_on_each_architecture() {
         ("llama", &llama),
         ("mistral", &mistral),
         ("qwen3 yarn", &qwen3_yarn),
+        ("qwen2 biases, group 7", &qwen2),
     ] {
         let d = tempfile::tempdir().unwrap();
         write_model(d.path(), spec).unwrap();

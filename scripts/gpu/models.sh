@@ -2,7 +2,7 @@
 # The served models on the GPU, in one device command from the repository root (issue 21):
 #   1. transformers references for the tiny CPU fixtures tiny-mistral and tiny-qwen2-yarn
 #      (copied to $OUT/fixtures/NAME/ to be committed under exec/tests/fixtures/NAME/);
-#   2. CudaBackend == CpuBackend greedy tokens on tiny Llama, Mistral, Qwen3+YaRN;
+#   2. CudaBackend == CpuBackend greedy tokens on tiny Llama, Mistral, Qwen3+YaRN, Qwen2 (biases);
 #   3. per architecture, a random-weight checkpoint of the real shapes (4 layers unless the model is
 #      small: the layers repeat, the shapes are what differ) and the last-position logits of 6
 #      prompts in 4 batch mixes vs transformers bf16 (exec/tests/cuda_model.rs, rel err <= 2e-2);
