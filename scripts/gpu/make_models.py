@@ -113,6 +113,7 @@ def build(cfg_dict, out):
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
     torch.set_default_dtype(torch.float32)
+    model = model.to(device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith(".bias"):
