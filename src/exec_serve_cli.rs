@@ -141,6 +141,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_timeout: std::time::Duration::from_secs_f64(a.shutdown_timeout),
         seed: a.seed,
         log_batches: true,
+        conn: Default::default(),
     };
     run_blocking(cfg, &a.host, a.port)?;
     Ok(ExitCode::SUCCESS)
