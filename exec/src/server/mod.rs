@@ -23,7 +23,7 @@ mod wire;
 pub use codec::Codec;
 pub use conn::ConnLimits;
 pub use error::ApiError;
-pub use setup::{run_blocking, BackendKind, Server, ServerConfig, ServerError};
+pub use setup::{run_blocking, BackendKind, ExternalBackend, Server, ServerConfig, ServerError};
 
 use engine::{Command, Shared};
 use metrics::Metrics;

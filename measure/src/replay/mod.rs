@@ -7,12 +7,12 @@ mod setup;
 
 pub use setup::{load_and_replay, Device, ReplaySetup};
 
-use crate::warmup::warm_up;
 use doppel_core::stats::DECODE_LOG_INTERVAL;
 use doppel_core::{
     format_decode_log, format_prefill_log, Backend, Engine, Event, ForwardMode, Plan, RequestId,
     RequestSpec, SamplingParams, Scheduler, SchedulerConfig, StepResult, TimeNs, TokenId,
 };
+use doppel_exec::warmup::warm_up;
 use doppel_sim::backend::StepRecord;
 use doppel_sim::clients::{fmt_time, Clients};
 use doppel_sim::cost::BatchShape;

@@ -68,7 +68,7 @@ impl ProfilePlan {
             prefill_batches: vec![1, 2, 4, 8, 16],
             // Every CUDA-graph batch size: a decode batch runs padded to one of them, so the
             // simulator's decode table is exact at each.
-            decode_batches: crate::cuda::backend::graph_sizes(256),
+            decode_batches: doppel_exec::cuda::backend::graph_sizes(256),
             decode_kv: vec![128, 512, 2048],
             decode_steps: 8,
             mixed: vec![(16, 256), (64, 512), (128, 1024)],

@@ -1,8 +1,8 @@
 //! One benchmark request: send, stream, time every chunk as bench_serving does.
 
 use super::Prepared;
-use crate::server::client;
 use doppel_core::TimeNs;
+use doppel_exec::server::client;
 use serde_json::{json, Value};
 use std::time::Instant;
 

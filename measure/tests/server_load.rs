@@ -4,7 +4,8 @@
 //! is whole afterwards. Bounded in count and time; prints its figures.
 
 use doppel_exec::server::client::{self, get};
-use doppel_exec::server::{BackendKind, Server, ServerConfig};
+use doppel_exec::server::ServerConfig;
+use doppel_measure::sim_server;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -124,15 +125,12 @@ async fn hundreds_of_concurrent_streams_some_cancelled() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(REQUESTS);
-    let server = Server::build(ServerConfig {
-        backend: BackendKind::Sim {
-            profile: "h100-80g/qwen3-0.6b/sglang".into(),
-        },
+    let cfg = ServerConfig {
         kv_capacity: Some(200_000),
         log_batches: false,
         ..Default::default()
-    })
-    .unwrap();
+    };
+    let server = sim_server::build(cfg, "h100-80g/qwen3-0.6b/sglang").unwrap();
     // A deep accept queue: hundreds of connects arrive at once (a full queue drops SYNs, which
     // clients retry only after a second).
     let sock = tokio::net::TcpSocket::new_v4().unwrap();

@@ -5,11 +5,11 @@
 //! the loop iteration.
 
 use crate::replay::Recorder;
-use crate::warmup::ByRef;
 use doppel_core::{
     Backend, Engine, Event, ForwardMode, RequestId, RequestSpec, SamplingParams, Scheduler,
     SchedulerConfig, TimeNs, TokenId,
 };
+use doppel_exec::warmup::ByRef;
 use doppel_sim::calibrate::{Measurements, SchedulePoint, StepPoint, SubmitPoint};
 use doppel_sim::cost::BatchShape;
 use rand::{Rng, SeedableRng};
@@ -30,14 +30,14 @@ pub trait StepTiming {
     fn stall_next_step(&mut self, _ns: u64) {}
 }
 
-impl StepTiming for crate::cpu_backend::CpuBackend {}
+impl StepTiming for doppel_exec::cpu_backend::CpuBackend {}
 
-impl StepTiming for crate::cuda::backend::CudaBackend {
+impl StepTiming for doppel_exec::cuda::backend::CudaBackend {
     fn set_step_timing(&mut self, on: bool) {
-        crate::cuda::backend::CudaBackend::set_step_timing(self, on);
+        doppel_exec::cuda::backend::CudaBackend::set_step_timing(self, on);
     }
     fn stall_next_step(&mut self, ns: u64) {
-        crate::cuda::backend::CudaBackend::stall_next_step(self, ns);
+        doppel_exec::cuda::backend::CudaBackend::stall_next_step(self, ns);
     }
 }
 
@@ -310,7 +310,7 @@ fn run_scenario<B: Backend + StepTiming>(
 pub fn measurements(
     device: &str,
     model: &str,
-    cfg: &crate::model::ModelConfig,
+    cfg: &doppel_exec::model::ModelConfig,
     method: &str,
     steps: Vec<StepPoint>,
     schedule: Vec<SchedulePoint>,

@@ -2,8 +2,8 @@
 //! the chosen device.
 
 use super::{replay, ReplayError, ReplayOptions};
-use crate::cpu_backend::CpuBackend;
-use crate::model::{CpuModel, ModelConfig};
+use doppel_exec::cpu_backend::CpuBackend;
+use doppel_exec::model::{CpuModel, ModelConfig};
 use doppel_sim::{summarize, Profile, Replay, Trace};
 use std::path::{Path, PathBuf};
 
@@ -83,7 +83,7 @@ pub fn load_and_replay(
     opts.warm_up_batch = profile.engine.cuda_graph_max_bs;
     if let Device::Cuda(_) = s.device {
         opts.graph_max = Some(profile.engine.cuda_graph_max_bs);
-        opts.warm_up_prefill = crate::warmup::PREFILL_BUCKETS;
+        opts.warm_up_prefill = doppel_exec::warmup::PREFILL_BUCKETS;
     }
     let outcome = match s.device {
         Device::Cpu => {
@@ -138,8 +138,8 @@ fn cuda_replay(
     s: &ReplaySetup,
     opts: ReplayOptions,
 ) -> Result<doppel_sim::Outcome, ReplayError> {
-    use crate::cuda::backend::CudaBackend;
-    use crate::cuda::startup::CudaOptions;
+    use doppel_exec::cuda::backend::CudaBackend;
+    use doppel_exec::cuda::startup::CudaOptions;
     let Device::Cuda(device) = s.device else {
         return Err(ReplayError::Setup("not a CUDA device".into()));
     };

@@ -8,8 +8,8 @@ mod request;
 
 pub use request::{Api, ReqResult};
 
-use crate::server::client;
 use doppel_core::{TimeNs, TokenId};
+use doppel_exec::server::client;
 use doppel_sim::driver::{Outcome, ReqRecord, Status};
 use doppel_sim::gaps::Gaps;
 use doppel_sim::trace::{Arrival, ArrivalPattern, Trace, Workload};
@@ -121,7 +121,7 @@ pub fn dataset_trace(workload: Workload, arrival: Arrival, seed: u64, name: &str
 /// Build the prompts (and their send schedule) of `cfg.trace`.
 pub fn prepare(
     cfg: &BenchConfig,
-    tok: Option<&crate::tokenizer::Tokenizer>,
+    tok: Option<&doppel_exec::tokenizer::Tokenizer>,
 ) -> Result<(Vec<Prepared>, Vec<Start>), BenchError> {
     let mut work = expand(&cfg.trace, cfg.vocab);
     let prompts = work.build_all();
