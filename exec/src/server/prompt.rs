@@ -104,7 +104,8 @@ impl PromptCodec {
 
     /// For a long text, count tokens window by window and stop as soon as the context is
     /// exceeded, so the work is bounded by what fills the context, not by the text's length.
-    /// Cuts between windows can merge at most a token each, hence the allowance of one per window.
+    /// Each window may count a token too many where its cut splits one, and one for the special
+    /// tokens the tokenizer adds to it (a BOS), hence the allowance of two per window.
     fn refuse_by_windows(&self, text: &str) -> Result<(), String> {
         if text.len() <= self.windowed_above() || matches!(self.inner, Codec::Synthetic) {
             return Ok(());
@@ -118,12 +119,12 @@ impl PromptCodec {
             tokens += self.inner.encode(&text[at..end])?.len();
             windows += 1;
             at = end;
-            if tokens > self.context_len + windows {
+            if tokens > self.context_len + 2 * windows {
                 return Err(format!(
                     "the prompt has more tokens than the context length of {} (at least {} in \
                      its first {at} of {} bytes)",
                     self.context_len,
-                    tokens - windows,
+                    tokens - 2 * windows,
                     text.len()
                 ));
             }
