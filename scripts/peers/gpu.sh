@@ -68,7 +68,7 @@ serve_cmd() {  # $1 engine, $2 model dir, $3 served name, rest: extra args -> ar
     # shellcheck disable=SC2206
     local backend=(${DOPPEL_BACKEND:---device cuda --mem-fraction-static $MEMFRAC})
     CMD=("$DOPPEL" exec serve --model "$dir" "${backend[@]}" --served-model-name "$name"
-         --host 127.0.0.1 --port "$PORT" --seed 0 --log-level warning "$@") ;;
+         --context-length "$MAXLEN" --host 127.0.0.1 --port "$PORT" --seed 0 --log-level warning "$@") ;;
   vllm)
     CMD=("$PY" -m vllm.entrypoints.openai.api_server --model "$dir" --served-model-name "$name"
          --dtype bfloat16 --max-model-len "$MAXLEN" --gpu-memory-utilization "$MEMFRAC" --seed 0
