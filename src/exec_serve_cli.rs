@@ -78,6 +78,16 @@ pub struct ServeArgs {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Record every request (arrival, prompt and output length, hashed prefix pages; no
+    /// token ids) as a trace for `sim replay` / `sim plan` / `bench serve --dataset-name trace`.
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
+    /// Rotate the recording at this many MiB (the full file becomes FILE.1).
+    #[arg(long, default_value_t = 256)]
+    record_max_mib: u64,
+    /// Profile the recorded trace names (`sim replay --profile` can replace it).
+    #[arg(long, default_value = "h100-80g/qwen3-0.6b/doppel")]
+    record_profile: String,
 }
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -141,6 +151,13 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_timeout: std::time::Duration::from_secs_f64(a.shutdown_timeout),
         seed: a.seed,
         log_batches: true,
+        record: a
+            .record
+            .map(|path| doppel_exec::server::record::RecordConfig {
+                path,
+                max_bytes: a.record_max_mib.max(1) << 20,
+                profile: a.record_profile,
+            }),
     };
     run_blocking(cfg, &a.host, a.port)?;
     Ok(ExitCode::SUCCESS)

@@ -14,6 +14,7 @@ mod metrics;
 mod native;
 mod openai;
 mod params;
+pub mod record;
 mod routes;
 mod setup;
 

@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub seed: u64,
     /// Print SGLang's batch log lines.
     pub log_batches: bool,
+    /// Record every request as a trace (None: off).
+    pub record: Option<super::record::RecordConfig>,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +96,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             seed: 0,
             log_batches: true,
+            record: None,
         }
     }
 }
@@ -213,10 +216,19 @@ impl Server {
         if let Some(m) = cfg.max_prefill_tokens {
             sched.max_prefill_tokens = m;
         }
+        let recorder = match &cfg.record {
+            Some(r) => {
+                let rec = super::record::Recorder::create(r.clone(), 0)
+                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                Some(Arc::new(Mutex::new(rec)))
+            }
+            None => None,
+        };
         let mut opts = LoopOptions {
             max_queued: cfg.max_queued_requests,
             log_batches: cfg.log_batches,
             cuda_graph: false,
+            recorder,
         };
         let mut defaults = SamplingParams::default();
         let (codec, name, backend_name, vocab, arch, thread, max_running) = match &cfg.backend {
