@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub page_size: usize,
     /// Chunked prefill size (None = off).
     pub chunked_prefill_size: Option<usize>,
+    /// Longest prompt + output (SGLang's `--context-length`; None: the model's
+    /// max_position_embeddings or the external backend's context; longer only with YaRN).
+    pub context_length: Option<usize>,
     /// Cap on running requests.
     pub max_running_requests: Option<usize>,
     /// Prefill token budget per batch.
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
             kv_capacity: None,
             page_size: 1,
             chunked_prefill_size: Some(8192),
+            context_length: None,
             max_running_requests: None,
             max_prefill_tokens: None,
             policy: Policy::Fcfs,
@@ -110,6 +114,16 @@ pub struct Server {
     state: Arc<AppState>,
     thread: Option<std::thread::JoinHandle<()>>,
     shutdown_timeout: Duration,
+}
+
+/// The context length `cfg` asks for, checked against the model (`--context-length`).
+fn context_len(
+    mc: &crate::model::ModelConfig,
+    cfg: &ServerConfig,
+    dir: &std::path::Path,
+) -> Result<usize, ServerError> {
+    mc.context_length(cfg.context_length)
+        .map_err(|e| ServerError::Config(format!("{}: {e}", dir.display())))
 }
 
 fn dir_name(p: &std::path::Path) -> String {
@@ -354,7 +368,12 @@ impl Server {
             )),
             None => Codec::Synthetic,
         };
-        p.sched.context_len = ext.context_len;
+        p.sched.context_len = cfg.context_length.unwrap_or(ext.context_len);
+        if p.sched.context_len == 0 {
+            return Err(ServerError::Config(
+                "--context-length 0: must be positive".into(),
+            ));
+        }
         p.sched.kv_capacity_tokens = cfg.kv_capacity.unwrap_or(ext.kv_capacity_tokens);
         p.opts.cuda_graph = ext.cuda_graph;
         let facts = Facts {
@@ -384,7 +403,7 @@ impl Server {
         ));
         let tok = p.checkpoint(&dir, &mc.eos_token_ids)?;
         p.sched.kv_capacity_tokens = cfg.kv_capacity.unwrap_or(8192);
-        p.sched.context_len = mc.max_position_embeddings;
+        p.sched.context_len = context_len(&mc, cfg, &dir)?;
         let backend = CpuBackend::new(model, p.sched.capacity_tokens(), cfg.seed);
         let facts = Facts {
             codec: Codec::Hf(Arc::new(tok)),
@@ -411,7 +430,7 @@ impl Server {
         let mc =
             crate::model::ModelConfig::load(&dir).map_err(|e| ServerError::Load(e.to_string()))?;
         let tok = p.checkpoint(&dir, &mc.eos_token_ids)?;
-        p.sched.context_len = mc.max_position_embeddings;
+        p.sched.context_len = context_len(&mc, cfg, &dir)?;
         let opts_cuda = CudaOptions {
             device,
             mem_fraction_static,
