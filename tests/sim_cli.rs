@@ -215,7 +215,13 @@ fn plan_prints_the_frontier_and_writes_an_svg_and_refuses_a_bad_slo() {
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
     // Same inputs, byte-identical output.
     assert_eq!(doppel(&args).1, out);
-    let (ok, _, err) = doppel(&["sim", "plan", "traces/poisson.yaml", "--slo", "ttft_p99>5ms"]);
+    let (ok, _, err) = doppel(&[
+        "sim",
+        "plan",
+        "traces/poisson.yaml",
+        "--slo",
+        "ttft_p99>5ms",
+    ]);
     assert!(!ok && err.contains("metric<limit"), "{err}");
     let (ok, _, err) = doppel(&[
         "sim",
