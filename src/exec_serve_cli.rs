@@ -82,6 +82,16 @@ pub struct ServeArgs {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Record every request (arrival, prompt and output length, hashed prefix pages; no
+    /// token ids) as a trace for `sim replay` / `sim plan` / `bench serve --dataset-name trace`.
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
+    /// Rotate the recording at this many MiB (the full file becomes FILE.1).
+    #[arg(long, default_value_t = 256)]
+    record_max_mib: u64,
+    /// Profile the recorded trace names (`sim replay --profile` can replace it).
+    #[arg(long, default_value = "h100-80g/qwen3-0.6b/doppel")]
+    record_profile: String,
 }
 
 /// What executes plans: one of doppel-exec's backends, or the simulator's virtual GPU
@@ -152,6 +162,13 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         log_batches: true,
         conn: Default::default(),
+        record: a
+            .record
+            .map(|path| doppel_exec::server::record::RecordConfig {
+                path,
+                max_bytes: a.record_max_mib.max(1) << 20,
+                profile: a.record_profile,
+            }),
     };
     let server = match backend {
         Serving::Engine(kind) => Server::build(cfg, kind)?,

@@ -193,3 +193,44 @@ fn profiles_lists_every_builtin_and_overrides_apply() {
         "{out}"
     );
 }
+
+#[test]
+fn plan_prints_the_frontier_and_writes_an_svg_and_refuses_a_bad_slo() {
+    let svg = tmp("plan.svg");
+    let args = [
+        "sim",
+        "plan",
+        "traces/poisson.yaml",
+        "--slo",
+        "ttft_p99<200ms,itl_p99<60ms",
+        "--max-replicas",
+        "3",
+        "--svg",
+        svg.to_str().unwrap(),
+    ];
+    let (ok, out, err) = doppel(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("frontier"), "{out}");
+    assert!(out.contains("cheapest setup meeting every target"), "{out}");
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    // Same inputs, byte-identical output.
+    assert_eq!(doppel(&args).1, out);
+    let (ok, _, err) = doppel(&[
+        "sim",
+        "plan",
+        "traces/poisson.yaml",
+        "--slo",
+        "ttft_p99>5ms",
+    ]);
+    assert!(!ok && err.contains("metric<limit"), "{err}");
+    let (ok, _, err) = doppel(&[
+        "sim",
+        "plan",
+        "traces/poisson.yaml",
+        "--slo",
+        "ttft_p99<5ms",
+        "--router",
+        "random",
+    ]);
+    assert!(!ok && err.contains("--router random"), "{err}");
+}

@@ -4,6 +4,7 @@
 //! sender, abort, stop, flush, shutdown) and reads a snapshot the thread publishes after every
 //! round. Time is a real monotonic clock: nanoseconds since the server started.
 
+use super::record::{RecordError, Recorder};
 use doppel_core::scheduler::{Counters, MemoryStats};
 use doppel_core::{
     format_decode_log, format_prefill_log, Admitted, Backend, Engine, Event, FinishInfo,
@@ -105,6 +106,8 @@ pub struct LoopOptions {
     pub log_batches: bool,
     /// Say "cuda graph: true" in decode lines.
     pub cuda_graph: bool,
+    /// Record every request as a trace (`--record`; None: off).
+    pub recorder: Option<Arc<Mutex<Recorder>>>,
 }
 
 /// State shared between the engine thread and the async side.
@@ -266,6 +269,10 @@ impl<B: Backend> Loop<B> {
                     }
                 }
                 let id = spec.id;
+                self.record(|r| {
+                    r.arrive(id, spec.arrival, &spec.prompt);
+                    Ok(())
+                });
                 match self.engine.scheduler.submit(spec) {
                     Ok(adm) => {
                         if events.send(ReqEvent::Admitted(adm)).is_err() {
@@ -276,6 +283,10 @@ impl<B: Backend> Loop<B> {
                         }
                     }
                     Err(e) => {
+                        self.record(|r| {
+                            r.forget(id);
+                            Ok(())
+                        });
                         let _ = events.send(ReqEvent::Refused(Refusal::Invalid(e)));
                     }
                 }
@@ -329,7 +340,8 @@ impl<B: Backend> Loop<B> {
     /// Deliver events; a request whose handler is gone is aborted at once, freeing its KV.
     fn route(&mut self) {
         let mut gone = Vec::new();
-        for ev in self.events.drain(..) {
+        let mut events = std::mem::take(&mut self.events);
+        for ev in events.drain(..) {
             match ev {
                 Event::Token {
                     id, token, logprob, ..
@@ -342,14 +354,33 @@ impl<B: Backend> Loop<B> {
                     }
                 }
                 Event::Finished(info) => {
+                    self.record(|r| r.finish(info.id, info.output_tokens));
                     if let Some(tx) = self.routes.remove(&info.id) {
                         let _ = tx.send(ReqEvent::Finished(info));
                     }
                 }
             }
         }
+        // Keep the buffer's allocation for the next round.
+        self.events = events;
         for id in gone {
             self.abort(id, FinishReason::Abort("client disconnected".into()));
+        }
+    }
+
+    /// Apply `f` to the recorder, if recording; a write error ends the recording (serving
+    /// goes on) and is logged once.
+    fn record(&mut self, f: impl FnOnce(&mut Recorder) -> Result<(), RecordError>) {
+        let Some(rec) = &self.opts.recorder else {
+            return;
+        };
+        let result = match rec.lock() {
+            Ok(mut r) => f(&mut r),
+            Err(p) => f(&mut p.into_inner()),
+        };
+        if let Err(e) = result {
+            crate::server::log::warn(&format!("{e}; recording stopped"));
+            self.opts.recorder = None;
         }
     }
 
@@ -443,6 +474,7 @@ mod tests {
         let opts = LoopOptions {
             max_queued,
             log_batches: false,
+            recorder: None,
             cuda_graph: false,
         };
         let h = std::thread::spawn(move || run(engine, rx, s2, opts));

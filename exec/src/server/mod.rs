@@ -16,6 +16,7 @@ mod native;
 mod openai;
 mod params;
 mod prompt;
+pub mod record;
 mod routes;
 mod setup;
 mod wire;

@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub log_batches: bool,
     /// Header and body read timeouts, the connection cap.
     pub conn: ConnLimits,
+    /// Record every request as a trace (None: off).
+    pub record: Option<super::record::RecordConfig>,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +94,7 @@ impl Default for ServerConfig {
             seed: 0,
             log_batches: true,
             conn: ConnLimits::default(),
+            record: None,
         }
     }
 }
@@ -237,10 +240,19 @@ impl Prelude {
         if let Some(m) = cfg.max_prefill_tokens {
             sched.max_prefill_tokens = m;
         }
+        let recorder = match &cfg.record {
+            Some(r) => {
+                let rec = super::record::Recorder::create(r.clone(), 0)
+                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                Some(Arc::new(Mutex::new(rec)))
+            }
+            None => None,
+        };
         let opts = LoopOptions {
             max_queued: cfg.max_queued_requests,
             log_batches: cfg.log_batches,
             cuda_graph: false,
+            recorder,
         };
         Ok(Prelude {
             shared,
