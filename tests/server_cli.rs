@@ -163,7 +163,7 @@ fn the_openai_python_client_works() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named 'openai'"),
-        "the openai package is missing: python3 -m pip install openai (.ci/run does)"
+        "the openai package is missing: scripts/test installs it from tests/requirements.txt"
     );
     assert!(
         out.status.success(),
