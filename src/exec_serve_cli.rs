@@ -61,9 +61,6 @@ pub struct ServeArgs {
     /// Bearer token required on every route but /health.
     #[arg(long)]
     api_key: Option<String>,
-    /// Context length, at most the model's (default: the model's).
-    #[arg(long)]
-    context_length: Option<usize>,
     /// KV cache capacity in tokens (default: 8192 on the CPU, the profile's memory rule for sim).
     #[arg(long, visible_alias = "max-total-tokens")]
     kv_capacity: Option<usize>,
@@ -73,6 +70,10 @@ pub struct ServeArgs {
     /// Chunked prefill size (0 = off).
     #[arg(long, default_value_t = 8192)]
     chunked_prefill_size: usize,
+    /// Longest prompt + output served (SGLang's flag; default: the model's
+    /// max_position_embeddings; longer only with YaRN rope scaling).
+    #[arg(long)]
+    context_length: Option<usize>,
     /// Cap on running requests.
     #[arg(long)]
     max_running_requests: Option<usize>,
@@ -220,6 +221,7 @@ impl ServeArgs {
             context_length: self.context_length,
             api_key: self.api_key,
             load_format,
+            conn: Default::default(),
         })
     }
 }

@@ -1,5 +1,5 @@
 //! SGLang launch options that change how the served model is loaded: the tokenizer directory,
-//! a chat template file, the context length and the weight format.
+//! a chat template file and the weight format.
 
 use super::setup::{ServerConfig, ServerError};
 use crate::tokenizer::Tokenizer;
@@ -38,40 +38,9 @@ pub fn load_tokenizer(cfg: &ServerConfig, dir: &Path) -> Result<Tokenizer, Serve
     Ok(tok)
 }
 
-/// The context length served: `cfg.context_length` if given (at most the model's, as SGLang
-/// requires without its override variable), else the model's.
-pub fn context_len(cfg: &ServerConfig, model_max: usize) -> Result<usize, ServerError> {
-    match cfg.context_length {
-        None => Ok(model_max),
-        Some(0) => Err(ServerError::Config(
-            "--context-length 0: must be at least 1".into(),
-        )),
-        Some(n) if n > model_max => Err(ServerError::Config(format!(
-            "--context-length {n} is longer than the model's {model_max} positions"
-        ))),
-        Some(n) => Ok(n),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn context_length_may_shorten_but_not_lengthen() {
-        let cfg = |c| ServerConfig {
-            context_length: c,
-            ..Default::default()
-        };
-        assert_eq!(context_len(&cfg(None), 4096).unwrap(), 4096);
-        assert_eq!(context_len(&cfg(Some(1024)), 4096).unwrap(), 1024);
-        let e = context_len(&cfg(Some(8192)), 4096).unwrap_err().to_string();
-        assert!(
-            e.contains("--context-length 8192") && e.contains("4096"),
-            "{e}"
-        );
-        assert!(context_len(&cfg(Some(0)), 4096).is_err());
-    }
 
     #[test]
     fn load_formats_parse_sglang_spellings() {
