@@ -111,6 +111,8 @@ fn missing_trace_file_is_a_clear_error() {
     let (ok, _, err) = doppel(&["sim", "replay", "traces/nope.yaml"]);
     assert!(!ok);
     assert!(err.contains("traces/nope.yaml"), "{err}");
+    // The OS error once, not once from the message and again from its source.
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
 #[test]

@@ -136,6 +136,33 @@ impl Tokenizer {
         Ok(tok)
     }
 
+    /// Replace the chat template with the Jinja file `path` (SGLang's `--chat-template`).
+    pub fn set_chat_template_file(&mut self, path: &Path) -> Result<(), TokenizerError> {
+        self.chat_template = Some(read(path)?);
+        Ok(())
+    }
+
+    /// Ids of the ordinary (non-special) tokens whose text is whole on its own (not empty, not
+    /// a piece of a UTF-8 sequence), ascending: what a synthetic generator may emit so that
+    /// every token has readable text.
+    pub fn ordinary_ids(&self) -> Vec<TokenId> {
+        let special: std::collections::BTreeSet<u32> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        (0..self.vocab_size() as u32)
+            .filter(|id| !special.contains(id) && self.inner.id_to_token(*id).is_some())
+            .filter(|&id| {
+                self.inner
+                    .decode(&[id], false)
+                    .is_ok_and(|t| !t.is_empty() && !t.contains('\u{FFFD}'))
+            })
+            .collect()
+    }
+
     /// The underlying `tokenizers` tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner

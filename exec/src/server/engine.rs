@@ -63,6 +63,8 @@ pub enum ReqEvent {
     Admitted(Admitted),
     /// Not queued.
     Refused(Refusal),
+    /// Its first step was formed after this many seconds in the waiting queue.
+    Scheduled(f64),
     /// A generated token.
     Token {
         /// The token.
@@ -89,6 +91,8 @@ pub struct Snapshot {
     pub running: usize,
     /// Output tokens per second at the last decode log interval.
     pub gen_throughput: f64,
+    /// Requests that ended aborted.
+    pub aborted: u64,
     /// False once the engine thread stopped (backend failure or shutdown).
     pub alive: bool,
     /// The backend error that stopped it, if any.
@@ -139,6 +143,10 @@ impl Shared {
 struct Loop<B: Backend> {
     engine: Engine<B>,
     routes: HashMap<RequestId, UnboundedSender<ReqEvent>>,
+    // Submitted requests not yet in a formed step, with their submission time (queue time).
+    queued: Vec<(RequestId, Instant)>,
+    // Requests that ended aborted (client gone, /abort_request, shutdown).
+    aborted: u64,
     events: Vec<Event>,
     shared: Arc<Shared>,
     opts: LoopOptions,
@@ -158,6 +166,8 @@ pub fn run<B: Backend>(
     let mut l = Loop {
         engine,
         routes: HashMap::new(),
+        queued: Vec::new(),
+        aborted: 0,
         events: Vec::new(),
         last_log: (Instant::now(), 0),
         shared,
@@ -196,6 +206,7 @@ impl<B: Backend> Loop<B> {
             waiting: s.num_waiting(),
             running: s.num_running(),
             gen_throughput: self.gen_throughput,
+            aborted: self.aborted,
             alive: true,
             error: None,
             draining: self.shutdown_at.is_some(),
@@ -238,6 +249,7 @@ impl<B: Backend> Loop<B> {
                 .map_err(|e| format!("backend: {e}"))?;
             if let Some(stats) = it.launched {
                 self.log_step(&stats);
+                self.note_scheduled();
             }
             self.route();
             self.shared.publish(self.snapshot());
@@ -280,6 +292,7 @@ impl<B: Backend> Loop<B> {
                             self.abort(id, FinishReason::Abort("client disconnected".into()));
                         } else {
                             self.routes.insert(id, events);
+                            self.queued.push((id, Instant::now()));
                         }
                     }
                     Err(e) => {
@@ -355,6 +368,9 @@ impl<B: Backend> Loop<B> {
                 }
                 Event::Finished(info) => {
                     self.record(|r| r.finish(info.id, info.output_tokens));
+                    if matches!(info.reason, FinishReason::Abort(_)) {
+                        self.aborted += 1;
+                    }
                     if let Some(tx) = self.routes.remove(&info.id) {
                         let _ = tx.send(ReqEvent::Finished(info));
                     }
@@ -382,6 +398,22 @@ impl<B: Backend> Loop<B> {
             crate::server::log::warn(&format!("{e}; recording stopped"));
             self.opts.recorder = None;
         }
+    }
+
+    /// Tell requests that left the waiting queue how long they waited (aborted ones have no
+    /// route any more and are dropped).
+    fn note_scheduled(&mut self) {
+        let now = Instant::now();
+        let (sched, routes) = (&self.engine.scheduler, &self.routes);
+        self.queued.retain(|(id, t)| {
+            if sched.is_waiting(*id) {
+                return true;
+            }
+            if let Some(tx) = routes.get(id) {
+                let _ = tx.send(ReqEvent::Scheduled(now.duration_since(*t).as_secs_f64()));
+            }
+            false
+        });
     }
 
     fn log_step(&mut self, s: &doppel_core::StepStats) {

@@ -14,6 +14,7 @@ pub mod log;
 mod metrics;
 mod native;
 mod openai;
+mod options;
 mod params;
 mod prompt;
 pub mod record;
@@ -24,6 +25,7 @@ mod wire;
 pub use codec::Codec;
 pub use conn::ConnLimits;
 pub use error::ApiError;
+pub use options::{load_tokenizer, LoadFormat};
 pub use setup::{run_blocking, BackendKind, ExternalBackend, Server, ServerConfig, ServerError};
 
 use engine::{Command, Shared};
@@ -39,6 +41,8 @@ pub struct Info {
     pub model_name: String,
     /// Checkpoint (or tokenizer) directory, if any.
     pub model_path: Option<String>,
+    /// Tokenizer directory, if any.
+    pub tokenizer_path: Option<String>,
     /// "cpu" or "sim:<profile>".
     pub backend: String,
     /// Vocabulary size (token ids must be below it).
@@ -81,6 +85,8 @@ pub struct AppState {
     defaults: doppel_core::SamplingParams,
     /// Live generations by rid (for /abort_request).
     rids: std::sync::Mutex<std::collections::HashMap<String, doppel_core::RequestId>>,
+    /// Bearer token required on every route but /health.
+    api_key: Option<String>,
 }
 
 impl AppState {

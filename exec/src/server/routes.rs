@@ -33,7 +33,46 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/abort_request", post(abort_request))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
+}
+
+/// SGLang's `--api-key`: every route but /health needs `Authorization: Bearer <key>`.
+async fn auth(
+    State(s): State<Arc<AppState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(key) = &s.api_key else {
+        return next.run(req).await;
+    };
+    if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if same_secret(g.trim().as_bytes(), key.as_bytes()) => next.run(req).await,
+        Some(_) => unauthorized("invalid API key"),
+        None => unauthorized("missing API key: send `Authorization: Bearer <key>`"),
+    }
+}
+
+fn unauthorized(why: &str) -> Response {
+    let mut r = ApiError::status(StatusCode::UNAUTHORIZED, "invalid_api_key", why).into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+/// Compare without an early exit, so the time taken does not reveal how much of a guess matched.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -210,7 +249,7 @@ async fn health_generate(State(s): State<Arc<AppState>>) -> Response {
 async fn model_info(State(s): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({
         "model_path": s.info.model_path,
-        "tokenizer_path": s.info.model_path,
+        "tokenizer_path": s.info.tokenizer_path,
         "served_model_name": s.info.model_name,
         "is_generation": true,
         "architecture": s.info.arch,

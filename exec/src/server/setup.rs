@@ -2,6 +2,7 @@
 
 use super::conn::{Acceptor, ConnLimits};
 use super::engine::{self, Command, LoopOptions, Shared, Snapshot};
+use super::options::{self, LoadFormat};
 use super::{log, AppState, Codec, Info};
 use crate::cpu_backend::CpuBackend;
 use crate::model::CpuModel;
@@ -68,6 +69,14 @@ pub struct ServerConfig {
     pub seed: u64,
     /// Print SGLang's batch log lines.
     pub log_batches: bool,
+    /// Tokenizer directory when it is not `model` (SGLang's `--tokenizer-path`).
+    pub tokenizer: Option<PathBuf>,
+    /// A Jinja chat template file replacing the tokenizer's (SGLang's `--chat-template`).
+    pub chat_template: Option<PathBuf>,
+    /// Bearer token every route but /health requires (SGLang's `--api-key`).
+    pub api_key: Option<String>,
+    /// Where the weights come from.
+    pub load_format: LoadFormat,
     /// Header and body read timeouts, the connection cap.
     pub conn: ConnLimits,
     /// Record every request as a trace (None: off).
@@ -93,6 +102,10 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             seed: 0,
             log_batches: true,
+            tokenizer: None,
+            chat_template: None,
+            api_key: None,
+            load_format: LoadFormat::Auto,
             conn: ConnLimits::default(),
             record: None,
         }
@@ -194,6 +207,8 @@ pub struct ExternalBackend<B> {
     pub cuda_graph: bool,
     /// The engine clock's zero (a wall-clock backend releases results against it).
     pub origin: Instant,
+    /// The tokenizer (see [`load_tokenizer`](super::load_tokenizer)); None: synthetic text.
+    pub tokenizer: Option<Arc<Tokenizer>>,
 }
 
 /// What the common part of start-up has made before a backend is chosen.
@@ -267,11 +282,12 @@ impl Prelude {
     /// Tokenizer, generation defaults and stop ids of a checkpoint directory.
     fn checkpoint(
         &mut self,
+        cfg: &ServerConfig,
         dir: &std::path::Path,
         model_eos: &[u32],
     ) -> Result<Tokenizer, ServerError> {
         let load = |e: &dyn std::fmt::Display| ServerError::Load(e.to_string());
-        let tok = Tokenizer::load(dir).map_err(|e| load(&e))?;
+        let tok = options::load_tokenizer(cfg, dir)?;
         let gen_cfg = GenerationConfig::load(dir)
             .map_err(|e| load(&e))?
             .unwrap_or_default();
@@ -313,6 +329,11 @@ impl Prelude {
         let info = Info {
             model_name: cfg.served_model_name.clone().unwrap_or(facts.name),
             model_path: cfg.model.as_ref().map(|p| p.display().to_string()),
+            tokenizer_path: cfg
+                .tokenizer
+                .as_ref()
+                .or(cfg.model.as_ref())
+                .map(|p| p.display().to_string()),
             backend: facts.backend_name,
             vocab: facts.vocab,
             context_len: sched.context_len,
@@ -339,6 +360,7 @@ impl Prelude {
                 draining: AtomicBool::new(false),
                 defaults,
                 rids: Default::default(),
+                api_key: cfg.api_key.clone(),
             }),
             thread: Some(thread),
             shutdown_timeout: cfg.shutdown_timeout,
@@ -361,17 +383,15 @@ impl Server {
         }
     }
 
-    /// Serve over a backend built elsewhere (the simulator's, from doppel-measure); `cfg.model`,
-    /// if given, is a tokenizer directory (else token ids are their own text).
+    /// Serve over a backend built elsewhere (the simulator's, from doppel-measure), with its
+    /// tokenizer if it has one (else token ids are their own text).
     pub fn build_with<B: Backend + Send + 'static>(
         cfg: ServerConfig,
         ext: ExternalBackend<B>,
     ) -> Result<Server, ServerError> {
         let mut p = Prelude::new(&cfg, ext.origin)?;
-        let codec = match &cfg.model {
-            Some(dir) => Codec::Hf(Arc::new(
-                Tokenizer::load(dir).map_err(|e| ServerError::Load(e.to_string()))?,
-            )),
+        let codec = match ext.tokenizer {
+            Some(t) => Codec::Hf(t),
             None => Codec::Synthetic,
         };
         p.sched.context_len = cfg.context_length.unwrap_or(ext.context_len);
@@ -397,6 +417,12 @@ impl Server {
             .model
             .clone()
             .ok_or_else(|| ServerError::Config("--model is required with --device cpu".into()))?;
+        if cfg.load_format == LoadFormat::Dummy {
+            return Err(ServerError::Config(
+                "--load-format dummy needs --device cuda (the CPU backend loads the checkpoint's weights)"
+                    .into(),
+            ));
+        }
         let (model, report) =
             CpuModel::load(&dir, false).map_err(|e| ServerError::Load(e.to_string()))?;
         let mc = model.config().clone();
@@ -407,7 +433,7 @@ impl Server {
             report.elapsed.as_secs_f64(),
             report.weight_bytes as f64 / (1 << 20) as f64
         ));
-        let tok = p.checkpoint(&dir, &mc.eos_token_ids)?;
+        let tok = p.checkpoint(cfg, &dir, &mc.eos_token_ids)?;
         p.sched.kv_capacity_tokens = cfg.kv_capacity.unwrap_or(8192);
         p.sched.context_len = context_len(&mc, cfg, &dir)?;
         let backend = CpuBackend::new(model, p.sched.capacity_tokens(), cfg.seed);
@@ -435,14 +461,14 @@ impl Server {
             .ok_or_else(|| ServerError::Config("--model is required with --device cuda".into()))?;
         let mc =
             crate::model::ModelConfig::load(&dir).map_err(|e| ServerError::Load(e.to_string()))?;
-        let tok = p.checkpoint(&dir, &mc.eos_token_ids)?;
+        let tok = p.checkpoint(cfg, &dir, &mc.eos_token_ids)?;
         p.sched.context_len = context_len(&mc, cfg, &dir)?;
         let opts_cuda = CudaOptions {
             device,
             mem_fraction_static,
             kv_capacity_tokens: cfg.kv_capacity,
             cuda_graph_max_bs,
-            random_weights: false,
+            random_weights: cfg.load_format == LoadFormat::Dummy,
             seed: cfg.seed,
         };
         let fail =
