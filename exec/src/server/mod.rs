@@ -14,8 +14,10 @@ mod metrics;
 mod native;
 mod openai;
 mod params;
+mod reasoning;
 mod routes;
 mod setup;
+mod toolcall;
 
 pub use codec::Codec;
 pub use error::ApiError;
