@@ -78,6 +78,13 @@ pub struct ServeArgs {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Tool-call format of the model's output: qwen25 (alias qwen), llama3, mistral (default:
+    /// from the model's architecture).
+    #[arg(long)]
+    tool_call_parser: Option<String>,
+    /// Split reasoning from the answer: qwen3, deepseek-r1 (default: off).
+    #[arg(long)]
+    reasoning_parser: Option<String>,
 }
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -141,6 +148,8 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_timeout: std::time::Duration::from_secs_f64(a.shutdown_timeout),
         seed: a.seed,
         log_batches: true,
+        tool_call_parser: a.tool_call_parser,
+        reasoning_parser: a.reasoning_parser,
     };
     run_blocking(cfg, &a.host, a.port)?;
     Ok(ExitCode::SUCCESS)

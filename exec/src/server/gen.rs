@@ -149,7 +149,8 @@ pub fn submit(
         gp.skip_special_tokens,
     );
     let now = state.shared.start.elapsed().as_nanos() as u64;
-    let spec = RequestSpec::new(id, prompt, sampling, now);
+    let mut spec = RequestSpec::new(id, prompt, sampling, now);
+    spec.priority = gp.priority;
     state
         .cmd
         .send(Command::Submit { spec, events: tx })

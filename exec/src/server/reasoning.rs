@@ -30,6 +30,14 @@ impl ReasoningFormat {
 
     /// The accepted names, for messages.
     pub const NAMES: &'static str = "qwen3, deepseek-r1";
+
+    /// SGLang's name of this format.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReasoningFormat::Qwen3 => "qwen3",
+            ReasoningFormat::DeepSeekR1 => "deepseek-r1",
+        }
+    }
 }
 
 /// Text split into reasoning and answer.

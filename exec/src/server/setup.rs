@@ -1,6 +1,8 @@
 //! Building a server: backend, tokenizer, scheduler, the engine thread; serving and shutdown.
 
 use super::engine::{self, Command, LoopOptions, Shared, Snapshot};
+use super::reasoning::ReasoningFormat;
+use super::toolcall::ToolFormat;
 use super::{log, AppState, Codec, Info};
 use crate::cpu_backend::CpuBackend;
 use crate::model::CpuModel;
@@ -73,6 +75,10 @@ pub struct ServerConfig {
     pub seed: u64,
     /// Print SGLang's batch log lines.
     pub log_batches: bool,
+    /// SGLang's `--tool-call-parser` name (default: from the model's architecture).
+    pub tool_call_parser: Option<String>,
+    /// SGLang's `--reasoning-parser` name (default: none).
+    pub reasoning_parser: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +100,8 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             seed: 0,
             log_batches: true,
+            tool_call_parser: None,
+            reasoning_parser: None,
         }
     }
 }
@@ -186,12 +194,38 @@ fn spawn<B: Backend + Send + 'static>(
     Ok((h, max_running))
 }
 
+/// The parsers named on the command line.
+fn parsers(
+    cfg: &ServerConfig,
+) -> Result<(Option<ToolFormat>, Option<ReasoningFormat>), ServerError> {
+    let tool = match &cfg.tool_call_parser {
+        None => None,
+        Some(n) => Some(ToolFormat::parse(n).ok_or_else(|| {
+            ServerError::Config(format!(
+                "--tool-call-parser {n}: expected one of {}",
+                ToolFormat::NAMES
+            ))
+        })?),
+    };
+    let reasoning = match &cfg.reasoning_parser {
+        None => None,
+        Some(n) => Some(ReasoningFormat::parse(n).ok_or_else(|| {
+            ServerError::Config(format!(
+                "--reasoning-parser {n}: expected one of {}",
+                ReasoningFormat::NAMES
+            ))
+        })?),
+    };
+    Ok((tool, reasoning))
+}
+
 impl Server {
     /// Load the model (or profile), build the scheduler and start the engine thread.
     pub fn build(cfg: ServerConfig) -> Result<Server, ServerError> {
         if cfg.page_size == 0 {
             return Err(ServerError::Config("--page-size must be at least 1".into()));
         }
+        let (tool_call_parser, reasoning_parser) = parsers(&cfg)?;
         let start = Instant::now();
         let shared = Arc::new(Shared {
             snapshot: Mutex::new(Snapshot {
@@ -386,6 +420,12 @@ impl Server {
             disable_radix_cache: sched.disable_radix_cache,
             overlap: cfg.overlap,
             max_body_bytes: cfg.max_body_bytes,
+            tool_call_parser: tool_call_parser.or(match arch.as_str() {
+                "Llama" => Some(ToolFormat::Llama3),
+                "Qwen2" | "Qwen3" => Some(ToolFormat::Hermes),
+                _ => None,
+            }),
+            reasoning_parser,
             arch,
             created: unix_now(),
         };
