@@ -24,7 +24,7 @@ mod toolcall;
 
 pub use codec::Codec;
 pub use error::ApiError;
-pub use setup::{run_blocking, BackendKind, Server, ServerConfig, ServerError};
+pub use setup::{run_blocking, BackendKind, ExternalBackend, Server, ServerConfig, ServerError};
 
 use engine::{Command, Shared};
 use metrics::Metrics;
