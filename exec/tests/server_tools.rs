@@ -471,6 +471,11 @@ async fn probe_endpoints_answer_like_sglang() {
         "tiny"
     );
     assert_eq!(get(a, "/v1/models/other").await.unwrap().status, 404);
+    let r = get(a, "/v1/models/org/other").await.unwrap();
+    assert_eq!(
+        (r.status, r.json()["error"]["param"].clone()),
+        (404, json!("model"))
+    );
     assert_eq!(
         get(a, "/model_info").await.unwrap().json()["served_model_name"],
         "tiny"

@@ -25,7 +25,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/models", get(models))
-        .route("/v1/models/{id}", get(probe::model))
+        // Model names may hold slashes (e.g. Qwen/Qwen3-0.6B).
+        .route("/v1/models/{*id}", get(probe::model))
         .route("/tokenize", post(probe::tokenize))
         .route("/v1/tokenize", post(probe::tokenize))
         .route("/detokenize", post(probe::detokenize))
