@@ -8,6 +8,7 @@ mod chat;
 mod chatout;
 pub mod client;
 mod codec;
+mod conn;
 pub mod engine;
 mod error;
 mod gen;
@@ -17,12 +18,15 @@ mod native;
 mod openai;
 mod params;
 mod probe;
+mod prompt;
 mod reasoning;
 mod routes;
 mod setup;
 mod toolcall;
+mod wire;
 
 pub use codec::Codec;
+pub use conn::ConnLimits;
 pub use error::ApiError;
 pub use setup::{run_blocking, BackendKind, ExternalBackend, Server, ServerConfig, ServerError};
 
@@ -77,7 +81,7 @@ pub struct Info {
 pub struct AppState {
     cmd: Sender<Command>,
     shared: Arc<Shared>,
-    codec: Codec,
+    codec: prompt::PromptCodec,
     info: Info,
     metrics: Metrics,
     next_id: AtomicU64,
