@@ -127,6 +127,13 @@ pub struct ServeArgs {
     /// (CUDA graphs are still captured before serving).
     #[arg(long)]
     skip_server_warmup: bool,
+    /// Tool-call format of the model's output: qwen25 (alias qwen), llama3, mistral (default:
+    /// from the model's architecture).
+    #[arg(long)]
+    tool_call_parser: Option<String>,
+    /// Split reasoning from the answer: qwen3, deepseek-r1 (default: off).
+    #[arg(long)]
+    reasoning_parser: Option<String>,
 }
 
 /// What executes plans: one of doppel-exec's backends, or the simulator's virtual GPU
@@ -231,6 +238,8 @@ impl ServeArgs {
             context_length: self.context_length,
             api_key: self.api_key,
             load_format,
+            tool_call_parser: self.tool_call_parser,
+            reasoning_parser: self.reasoning_parser,
             conn: Default::default(),
             record: self
                 .record

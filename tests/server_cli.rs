@@ -3,78 +3,15 @@
 //! `openai` Python client works against it; SIGTERM drains and exits cleanly. SGLang's launch
 //! flags work on the simulated backend, and bad launches say how to fix them.
 
+mod common;
+
+use common::{Served, MODEL};
 use doppel_exec::server::client::{self, block_on};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/exec/tests/fixtures/tiny-llama"
-);
 const PROMPT: &str = "What is the capital of France? Paris is";
-
-struct Served {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Served {
-    fn start(extra: &[&str]) -> Served {
-        let base = ["--model", MODEL, "--port", "0", "--threads", "1"];
-        Served::serve(&[&base[..], extra].concat())
-    }
-
-    /// `doppel exec serve ARGS` (which must pick port 0).
-    fn serve(args: &[&str]) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_doppel"))
-            .args(["exec", "serve"])
-            .args(args)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let l2 = log.clone();
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(a) = line.split("on http://").nth(1) {
-                    let _ = tx.send(a.trim().to_string());
-                }
-                l2.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start: {}", log.lock().unwrap());
-            }
-        };
-        Served { child, addr, log }
-    }
-
-    fn post(&self, path: &str, v: &Value) -> Value {
-        let r = block_on(client::post_json(&self.addr, path, v))
-            .unwrap()
-            .unwrap();
-        assert_eq!(r.status, 200, "{path}: {}", r.text());
-        r.json()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn generate(extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_doppel"))
@@ -153,9 +90,20 @@ fn greedy_output_through_the_server_equals_exec_generate() {
 #[test]
 fn the_openai_python_client_works() {
     let srv = Served::start(&["--served-model-name", "tiny-llama"]);
+    let thinking = Served::start(&[
+        "--served-model-name",
+        "tiny-llama",
+        "--reasoning-parser",
+        "deepseek-r1",
+    ]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/server_openai.py");
     let out = Command::new("python3")
-        .args([script, &format!("http://{}/v1", srv.addr), "tiny-llama"])
+        .args([
+            script,
+            &format!("http://{}/v1", srv.addr),
+            "tiny-llama",
+            &format!("http://{}/v1", thinking.addr),
+        ])
         .output()
         .expect("python3 is needed for this test");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -193,7 +193,8 @@ pub fn submit_as(
         gp.skip_special_tokens,
     );
     let now = state.shared.start.elapsed().as_nanos() as u64;
-    let spec = RequestSpec::new(id, prompt, sampling, now);
+    let mut spec = RequestSpec::new(id, prompt, sampling, now);
+    spec.priority = gp.priority;
     // Built before sending, so a failed send frees the rid (Drop) like any other end.
     let g = Generation {
         rid,

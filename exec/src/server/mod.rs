@@ -4,6 +4,8 @@
 //! tokenize, apply chat templates and stream detokenized text, and talk to the engine through
 //! channels. See docs/server.md.
 
+mod chat;
+mod chatout;
 pub mod client;
 mod codec;
 mod conn;
@@ -16,10 +18,13 @@ mod native;
 mod openai;
 mod options;
 mod params;
+mod probe;
 mod prompt;
 pub mod record;
+mod reasoning;
 mod routes;
 mod setup;
+mod toolcall;
 mod wire;
 
 pub use codec::Codec;
@@ -71,6 +76,10 @@ pub struct Info {
     pub arch: String,
     /// Unix time the server started (OpenAI's `created`).
     pub created: u64,
+    /// Tool-call format of the model's output (`--tool-call-parser`).
+    pub tool_call_parser: Option<toolcall::ToolFormat>,
+    /// Reasoning format (`--reasoning-parser`).
+    pub reasoning_parser: Option<reasoning::ReasoningFormat>,
 }
 
 /// What every handler shares.

@@ -5,7 +5,7 @@ use super::engine::Command;
 use super::error::ApiError;
 use super::gen;
 use super::params::GenParams;
-use super::{native, openai, AppState};
+use super::{native, openai, probe, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -25,10 +25,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/models", get(models))
+        // Model names may hold slashes (e.g. Qwen/Qwen3-0.6B).
+        .route("/v1/models/{*id}", get(probe::model))
+        .route("/tokenize", post(probe::tokenize))
+        .route("/v1/tokenize", post(probe::tokenize))
+        .route("/detokenize", post(probe::detokenize))
+        .route("/v1/detokenize", post(probe::detokenize))
+        .route("/get_load", get(probe::get_load))
+        .route("/ready", get(probe::ready))
         .route("/health", get(health))
         .route("/health_generate", get(health_generate))
         .route("/get_model_info", get(model_info))
+        .route("/model_info", get(model_info))
         .route("/get_server_info", get(server_info))
+        .route("/server_info", get(server_info))
         .route("/flush_cache", post(flush_cache).get(flush_cache))
         .route("/abort_request", post(abort_request))
         .route("/metrics", get(metrics))
@@ -128,21 +138,14 @@ pub async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> 
     Ok(Bytes::from(buf))
 }
 
-/// Reject a `model` that is not the served one (absent is fine).
-pub fn check_model(state: &AppState, obj: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+/// Check `model`: any name is served (as SGLang does: routers and clients send their own names,
+/// and refusing them makes a router mark the server down); only a non-string is refused.
+pub fn check_model(
+    _state: &AppState,
+    obj: &serde_json::Map<String, Value>,
+) -> Result<(), ApiError> {
     match obj.get("model") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(m)) if *m == state.info.model_name => Ok(()),
-        Some(Value::String(m)) => Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: format!(
-                "the model `{}` does not exist; this server serves `{}`",
-                super::wire::clip(m),
-                state.info.model_name
-            ),
-            param: Some("model".into()),
-            kind: "model_not_found",
-        }),
+        None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
         Some(v) => Err(ApiError::field(
             "model",
             format!(
@@ -176,17 +179,7 @@ pub fn done_frame() -> Bytes {
 }
 
 async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": s.info.model_name,
-            "object": "model",
-            "created": s.info.created,
-            "owned_by": "doppel",
-            "root": s.info.model_name,
-            "max_model_len": s.info.context_len,
-        }]
-    }))
+    Json(json!({"object": "list", "data": [probe::model_card(&s)]}))
 }
 
 async fn health(State(s): State<Arc<AppState>>) -> Response {
@@ -214,6 +207,7 @@ async fn health_generate(State(s): State<Arc<AppState>>) -> Response {
         include_stop: false,
         skip_special_tokens: true,
         n: 1,
+        priority: 0,
     };
     let prompt = s.codec.encode("health").unwrap_or_default();
     let prompt = if prompt.is_empty() { vec![0] } else { prompt };
@@ -276,6 +270,10 @@ async fn server_info(State(s): State<Arc<AppState>>) -> Json<Value> {
         "schedule_policy": i.policy,
         "disable_radix_cache": i.disable_radix_cache,
         "enable_overlap": i.overlap,
+        "tp_size": 1,
+        "dp_size": 1,
+        "tool_call_parser": i.tool_call_parser.map(|t| t.name()),
+        "reasoning_parser": i.reasoning_parser.map(|r| r.name()),
         "version": env!("CARGO_PKG_VERSION"),
         "alive": snap.alive,
         "draining": snap.draining,

@@ -3,6 +3,8 @@
 use super::conn::{Acceptor, ConnLimits};
 use super::engine::{self, Command, LoopOptions, Shared, Snapshot};
 use super::options::{self, LoadFormat};
+use super::reasoning::ReasoningFormat;
+use super::toolcall::ToolFormat;
 use super::{log, AppState, Codec, Info};
 use crate::cpu_backend::CpuBackend;
 use crate::model::CpuModel;
@@ -77,6 +79,10 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Where the weights come from.
     pub load_format: LoadFormat,
+    /// SGLang's `--tool-call-parser` name (default: from the model's architecture).
+    pub tool_call_parser: Option<String>,
+    /// SGLang's `--reasoning-parser` name (default: none).
+    pub reasoning_parser: Option<String>,
     /// Header and body read timeouts, the connection cap.
     pub conn: ConnLimits,
     /// Record every request as a trace (None: off).
@@ -106,6 +112,8 @@ impl Default for ServerConfig {
             chat_template: None,
             api_key: None,
             load_format: LoadFormat::Auto,
+            tool_call_parser: None,
+            reasoning_parser: None,
             conn: ConnLimits::default(),
             record: None,
         }
@@ -186,6 +194,31 @@ fn spawn<B: Backend + Send + 'static>(
     Ok((h, max_running))
 }
 
+/// The parsers named on the command line.
+fn parsers(
+    cfg: &ServerConfig,
+) -> Result<(Option<ToolFormat>, Option<ReasoningFormat>), ServerError> {
+    let tool = match &cfg.tool_call_parser {
+        None => None,
+        Some(n) => Some(ToolFormat::parse(n).ok_or_else(|| {
+            ServerError::Config(format!(
+                "--tool-call-parser {n}: expected one of {}",
+                ToolFormat::NAMES
+            ))
+        })?),
+    };
+    let reasoning = match &cfg.reasoning_parser {
+        None => None,
+        Some(n) => Some(ReasoningFormat::parse(n).ok_or_else(|| {
+            ServerError::Config(format!(
+                "--reasoning-parser {n}: expected one of {}",
+                ReasoningFormat::NAMES
+            ))
+        })?),
+    };
+    Ok((tool, reasoning))
+}
+
 /// A backend built outside doppel-exec (the simulator's virtual GPU, in doppel-measure) and the
 /// facts the server needs about it.
 pub struct ExternalBackend<B> {
@@ -219,6 +252,7 @@ struct Prelude {
     sched: SchedulerConfig,
     opts: LoopOptions,
     defaults: SamplingParams,
+    parsers: (Option<ToolFormat>, Option<ReasoningFormat>),
 }
 
 /// The served model's facts once its backend is running.
@@ -235,6 +269,8 @@ impl Prelude {
         if cfg.page_size == 0 {
             return Err(ServerError::Config("--page-size must be at least 1".into()));
         }
+        // Checked before a model loads, so a misspelt name fails at once.
+        let parsers = parsers(cfg)?;
         let shared = Arc::new(Shared {
             snapshot: Mutex::new(Snapshot {
                 alive: true,
@@ -276,6 +312,7 @@ impl Prelude {
             sched,
             opts,
             defaults: SamplingParams::default(),
+            parsers,
         })
     }
 
@@ -316,6 +353,7 @@ impl Prelude {
             sched,
             opts,
             defaults,
+            parsers: (tool_call_parser, reasoning_parser),
             ..
         } = self;
         let (thread, max_running) = spawn(
@@ -346,6 +384,12 @@ impl Prelude {
             disable_radix_cache: sched.disable_radix_cache,
             overlap: cfg.overlap,
             max_body_bytes: cfg.max_body_bytes,
+            tool_call_parser: tool_call_parser.or(match facts.arch.as_str() {
+                "Llama" => Some(ToolFormat::Llama3),
+                "Qwen2" | "Qwen3" => Some(ToolFormat::Hermes),
+                _ => None,
+            }),
+            reasoning_parser,
             arch: facts.arch,
             created: unix_now(),
         };
