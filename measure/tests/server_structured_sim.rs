@@ -21,7 +21,7 @@ async fn serve(model: Option<PathBuf>) -> (String, tokio::sync::oneshot::Sender<
         log_batches: false,
         ..Default::default()
     };
-    let server = sim_server::build(cfg, "h100-80g/qwen3-0.6b/sglang").unwrap();
+    let server = sim_server::build(cfg, Some("h100-80g/qwen3-0.6b/sglang")).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -221,7 +221,9 @@ impl GpuModel {
         // With the q/k pass in the decode attention, the qkv projection can run on the raw
         // residual stream (the input norm's weight folded into it) and the pass applies 1 / rms:
         // the RMSNorm launch before it goes (KernelChoice::qkv_prenorm).
-        let prenorm = decode_post && res_proj && self.kernels.qkv_prenorm && tile[0].is_none();
+        // Biases go after the whole norm (the row scale comes after the GEMM there).
+        let prenorm =
+            decode_post && res_proj && self.kernels.qkv_prenorm && tile[0].is_none() && !c.qkv_bias;
         // The decode attention asks the o projection's weights into L2 while it runs (its loads
         // leave DRAM bandwidth unused).
         let prefetch_o = decode_post
@@ -258,7 +260,9 @@ impl GpuModel {
                 })
                 .and_then(|m| m.leading_tokens())
                 .filter(|&n| n > 0);
-            if fold && self.fused && self.kernels.qkv_post_fused && q_rope_tokens.is_none() {
+            // The fused GEMV runs the q/k pass in its last blocks: no room for a bias add.
+            let post_fused = self.kernels.qkv_post_fused && lw.qkv_bias.is_none();
+            if fold && self.fused && post_fused && q_rope_tokens.is_none() {
                 gpu.gemv_norm_qkv(
                     qkv,
                     residual,
@@ -301,6 +305,9 @@ impl GpuModel {
                         gpu.fused_add_rmsnorm(hidden, residual, p(&lw.input_norm), tokens, h, eps)?;
                     }
                     self.linear(gpu, ws, qkv, hidden, &lw.qkv, (tokens, qkv_w, h), false)?;
+                }
+                if let Some(b) = &lw.qkv_bias {
+                    gpu.add_bias_rows(qkv, p(b), tokens, qkv_w, qkv_w)?;
                 }
                 if let (true, Some(te)) = (self.fused, q_rope_tokens) {
                     let bad = |what: &str| CudaError::Invalid {

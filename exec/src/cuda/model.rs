@@ -11,7 +11,7 @@
 
 use super::attention::{ExtendVariant, MIN_KEYS_PER_SPLIT};
 pub use super::forward::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
-use super::rope::cos_sin_table;
+use super::rope::cos_sin_table_scaled;
 use super::{CudaError, DriverCtx, Gpu, Result};
 use crate::model::weights::{LayerNames, EMBED, FINAL_NORM, LM_HEAD};
 use crate::model::{DType, ModelConfig, TensorRef, WeightStore};
@@ -23,6 +23,8 @@ pub struct LayerWeights {
     pub(super) input_norm: CudaSlice<bf16>,
     /// [q; k; v] rows: [(nq + 2 nk) * D, H].
     pub(super) qkv: CudaSlice<bf16>,
+    /// [q; k; v] biases (Qwen2), added to the projection's output before the q/k pass.
+    pub(super) qkv_bias: Option<CudaSlice<bf16>>,
     pub(super) q_norm: Option<CudaSlice<bf16>>,
     pub(super) k_norm: Option<CudaSlice<bf16>>,
     pub(super) o: CudaSlice<bf16>,
@@ -272,9 +274,10 @@ fn to_bf16(t: &TensorRef<'_>) -> Vec<bf16> {
 
 impl GpuModel {
     fn check_supported(cfg: &ModelConfig) -> Result<()> {
-        if cfg.qkv_bias || cfg.o_bias {
+        if cfg.o_bias {
             return Err(unsupported(
-                "attention biases (Qwen2) are not supported on the GPU yet".into(),
+                "an o_proj bias (attention_bias on a Llama config) is not supported on the GPU"
+                    .into(),
             ));
         }
         if cfg.head_dim != 64 && cfg.head_dim != 128 {
@@ -334,9 +337,18 @@ impl GpuModel {
             qkv.extend(get(&n.v_proj, &[kv, h])?);
             let mut gu = get(&n.gate_proj, &[i, h])?;
             gu.extend(get(&n.up_proj, &[i, h])?);
+            let qkv_bias = if cfg.qkv_bias {
+                let mut b = get(&n.q_bias, &[q])?;
+                b.extend(get(&n.k_bias, &[kv])?);
+                b.extend(get(&n.v_bias, &[kv])?);
+                Some(up(b)?)
+            } else {
+                None
+            };
             layers.push(LayerWeights {
                 input_norm: up(get(&n.input_norm, &[h])?)?,
                 qkv: up(qkv)?,
+                qkv_bias,
                 q_norm: if cfg.qk_norm {
                     Some(up(get(&n.q_norm, &[d])?)?)
                 } else {
@@ -412,6 +424,11 @@ impl GpuModel {
             layers.push(LayerWeights {
                 input_norm: fill(h, &dnorm)?,
                 qkv: fill((q + 2 * kv) * h, &dmat)?,
+                qkv_bias: if cfg.qkv_bias {
+                    Some(fill(q + 2 * kv, &dmat)?)
+                } else {
+                    None
+                },
                 q_norm: if cfg.qk_norm {
                     Some(fill(d, &dnorm)?)
                 } else {
@@ -469,13 +486,18 @@ impl GpuModel {
             .iter()
             .map(|f| 2 * (f.qkv.len() + f.gate_up.len()))
             .sum();
-        let cos_sin = gpu.upload(&cos_sin_table(&cfg.rope_inv_freq(), max_pos))?;
+        let cos_sin = gpu.upload(&cos_sin_table_scaled(
+            &cfg.rope_inv_freq(),
+            max_pos,
+            cfg.rope_attention_factor(),
+        ))?;
         let mut weight_bytes =
             (embed.len() + final_norm.len() + lm_head.as_ref().map_or(0, |x| x.len())) * 2;
         for l in &layers {
             weight_bytes += 2
                 * (l.input_norm.len()
                     + l.qkv.len()
+                    + l.qkv_bias.as_ref().map_or(0, |x| x.len())
                     + l.q_norm.as_ref().map_or(0, |x| x.len())
                     + l.k_norm.as_ref().map_or(0, |x| x.len())
                     + l.o.len()

@@ -4,6 +4,7 @@
 use super::codec::OutStream;
 use super::engine::{Command, Refusal, ReqEvent};
 use super::error::ApiError;
+use super::metrics::Finished;
 use super::params::GenParams;
 use super::AppState;
 use axum::http::StatusCode;
@@ -106,6 +107,7 @@ pub struct Generation {
     completion_tokens: usize,
     stopped: Option<String>,
     started: Instant,
+    first_token: Option<Instant>,
     last_token: Option<Instant>,
     done: bool,
     rid: String,
@@ -122,14 +124,55 @@ impl Drop for Generation {
     }
 }
 
-/// Submit a request; the caller awaits [`Generation::admitted`] (submit all of a batch first, so
-/// they reach the engine in one round).
+/// Submit a request under a generated rid; the caller awaits [`Generation::admitted`] (submit
+/// all of a batch first, so they reach the engine in one round).
 pub fn submit(
     state: &Arc<AppState>,
     prompt: Vec<TokenId>,
     sampling: SamplingParams,
     gp: &GenParams,
     started: Instant,
+) -> Result<Generation, ApiError> {
+    submit_as(state, prompt, sampling, gp, started, None)
+}
+
+/// Take `rid` (the client's, or a generated one if None) for request `id` among the live ones.
+/// A client's rid that is live is refused; a generated rid that a client already holds is
+/// extended until it is free, so /abort_request never reaches another client's request.
+fn reserve_rid(state: &AppState, rid: Option<&str>, id: RequestId) -> Result<String, ApiError> {
+    state.with_rids(|m| match rid {
+        Some(r) if m.contains_key(r) => Err(ApiError::field(
+            "rid",
+            format!(
+                "`rid` {:?} is already used by a live request; give each live request its own",
+                super::wire::clip(r)
+            ),
+        )),
+        Some(r) => {
+            m.insert(r.to_string(), id);
+            Ok(r.to_string())
+        }
+        None => {
+            let mut rid = format!("{:016x}", id.0);
+            let mut n = 0;
+            while m.contains_key(&rid) {
+                n += 1;
+                rid = format!("{:016x}-{n}", id.0);
+            }
+            m.insert(rid.clone(), id);
+            Ok(rid)
+        }
+    })
+}
+
+/// [`submit`] under the client's rid, if one is given.
+pub fn submit_as(
+    state: &Arc<AppState>,
+    prompt: Vec<TokenId>,
+    sampling: SamplingParams,
+    gp: &GenParams,
+    started: Instant,
+    rid: Option<&str>,
 ) -> Result<Generation, ApiError> {
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::status(
@@ -139,6 +182,7 @@ pub fn submit(
         ));
     }
     let id = RequestId(state.next_id.fetch_add(1, Ordering::Relaxed));
+    let rid = reserve_rid(state, rid, id)?;
     let (tx, rx) = unbounded_channel();
     let prompt_tokens = prompt.len();
     let want_logprobs = sampling.return_logprob;
@@ -149,14 +193,10 @@ pub fn submit(
         gp.skip_special_tokens,
     );
     let now = state.shared.start.elapsed().as_nanos() as u64;
-    let spec = RequestSpec::new(id, prompt, sampling, now);
-    state
-        .cmd
-        .send(Command::Submit { spec, events: tx })
-        .map_err(|_| engine_down())?;
-    let rid = format!("{:016x}", id.0);
-    state.with_rids(|m| m.insert(rid.clone(), id));
-    Ok(Generation {
+    let mut spec = RequestSpec::new(id, prompt, sampling, now);
+    spec.priority = gp.priority;
+    // Built before sending, so a failed send frees the rid (Drop) like any other end.
+    let g = Generation {
         rid,
         guard: AbortGuard {
             id,
@@ -171,9 +211,15 @@ pub fn submit(
         completion_tokens: 0,
         stopped: None,
         started,
+        first_token: None,
         last_token: None,
         done: false,
-    })
+    };
+    state
+        .cmd
+        .send(Command::Submit { spec, events: tx })
+        .map_err(|_| engine_down())?;
+    Ok(g)
 }
 
 fn engine_down() -> ApiError {
@@ -228,29 +274,6 @@ impl Generation {
         self.rid.clone()
     }
 
-    /// Use the client's rid instead of the generated one (refused if a live request has it).
-    pub fn set_rid(&mut self, rid: &str) -> Result<(), ApiError> {
-        let id = self.guard.id;
-        let old = std::mem::take(&mut self.rid);
-        let taken = self.state.with_rids(|m| {
-            if m.contains_key(rid) {
-                return true;
-            }
-            m.remove(&old);
-            m.insert(rid.to_string(), id);
-            false
-        });
-        if taken {
-            self.rid = old;
-            return Err(ApiError::field(
-                "rid",
-                format!("`rid` {rid:?} is already used by a live request"),
-            ));
-        }
-        self.rid = rid.to_string();
-        Ok(())
-    }
-
     /// Prompt length in tokens.
     pub fn prompt_tokens(&self) -> usize {
         self.prompt_tokens
@@ -297,10 +320,12 @@ impl Generation {
                 }
                 let now = Instant::now();
                 match self.last_token {
-                    None => self
-                        .state
-                        .metrics
-                        .ttft(now.duration_since(self.started).as_secs_f64()),
+                    None => {
+                        self.first_token = Some(now);
+                        self.state
+                            .metrics
+                            .ttft(now.duration_since(self.started).as_secs_f64())
+                    }
                     Some(t) => self.state.metrics.itl(now.duration_since(t).as_secs_f64()),
                 }
                 self.last_token = Some(now);
@@ -344,6 +369,7 @@ impl Generation {
                 self.end(finish, info.cached_tokens, chunk);
             }
             Some(ReqEvent::Failed(m)) => self.end(Finish::Failed(m), 0, chunk),
+            Some(ReqEvent::Scheduled(secs)) => self.state.metrics.queue_time(secs),
             Some(ReqEvent::Admitted(_)) | Some(ReqEvent::Refused(_)) => {}
             None => self.end(Finish::Failed("the engine stopped".into()), 0, chunk),
         }
@@ -353,9 +379,17 @@ impl Generation {
         self.guard.armed = false;
         self.done = true;
         let e2e = self.started.elapsed().as_secs_f64();
-        self.state
-            .metrics
-            .finished(e2e, self.prompt_tokens, self.completion_tokens);
+        // SGLang's and vLLM's per-request decode time per token: after the first token.
+        let tpot = match (self.first_token, self.completion_tokens) {
+            (Some(t), n) if n >= 2 => Some(t.elapsed().as_secs_f64() / (n - 1) as f64),
+            _ => None,
+        };
+        self.state.metrics.finished(Finished {
+            e2e,
+            tpot,
+            prompt: self.prompt_tokens,
+            generated: self.completion_tokens,
+        });
         chunk.end = Some(End {
             finish,
             completion_tokens: self.completion_tokens,

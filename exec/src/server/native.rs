@@ -114,6 +114,10 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
         s.info.vocab,
         s.info.context_len,
     )?;
+    params::refuse_unsupported(&f)?;
+    params::refuse_unsupported(&sf)?;
+    gp.priority = params::priority(&f, &s.info.policy)?;
+    let text_in_logprobs = f.bool("return_text_in_logprobs")?.unwrap_or(false);
     super::constrain::attach(&s, &mut gp)?;
     let stream = f.bool("stream")?.unwrap_or(false);
     let return_logprob = f.bool("return_logprob")?.unwrap_or(false);
@@ -135,7 +139,8 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
             return Err(ApiError::field(
                 "rid",
                 format!(
-                    "`rid` must be a string (one request) or a list of {total} strings (one per prompt and choice), got {v}"
+                    "`rid` must be a string (one request) or a list of {total} strings (one per prompt and choice), got {}",
+                    super::wire::clip(&v.to_string())
                 ),
             ))
         }
@@ -154,19 +159,16 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
         for j in 0..gp.n {
             let mut sp = sp.clone();
             sp.seed = sp.seed.map(|x| x.wrapping_add(j as u64));
-            gens.push(gen::submit(&s, ids.clone(), sp, &gp, started)?);
+            let rid = rids.as_ref().map(|r| r[gens.len()].as_str());
+            gens.push(gen::submit_as(&s, ids.clone(), sp, &gp, started, rid)?);
         }
     }
     gen::admit_all(&mut gens, p.field).await?;
-    if let Some(rids) = &rids {
-        for (g, rid) in gens.iter_mut().zip(rids) {
-            g.set_rid(rid)?;
-        }
-    }
     let rids: Vec<String> = gens.iter().map(Generation::rid).collect();
     let list = p.batch || gp.n > 1;
     if stream {
-        return Ok(stream_response(s, gens, rids, list, return_logprob));
+        let lp = return_logprob.then_some(text_in_logprobs);
+        return Ok(stream_response(s, gens, rids, list, lp));
     }
     let mut items = Vec::with_capacity(gens.len());
     for (g, rid) in gens.iter_mut().zip(&rids) {
@@ -184,7 +186,7 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
         }
         let mut acc = Acc::new(g.prompt_tokens());
         acc.add(&c);
-        items.push(acc.item(&s, rid, return_logprob, None));
+        items.push(acc.item(&s, rid, return_logprob.then_some(text_in_logprobs), None));
     }
     Ok(if list {
         Json(Value::Array(items)).into_response()
@@ -222,7 +224,8 @@ impl Acc {
         }
     }
 
-    fn item(&self, _s: &AppState, rid: &str, logprobs: bool, index: Option<usize>) -> Value {
+    /// The answer object; `logprobs` is None (not asked) or whether entries carry token text.
+    fn item(&self, s: &AppState, rid: &str, logprobs: Option<bool>, index: Option<usize>) -> Value {
         let completion = self
             .end
             .as_ref()
@@ -235,12 +238,19 @@ impl Acc {
             "cached_tokens": self.end.as_ref().map_or(0, |e| e.cached_tokens),
             "e2e_latency": self.end.as_ref().map(|e| e.e2e_latency),
         });
-        if logprobs {
+        if let Some(with_text) = logprobs {
+            let text = |t: TokenId| {
+                if with_text {
+                    json!(s.codec.token_text(t))
+                } else {
+                    Value::Null
+                }
+            };
             let toks: Vec<Value> = self
                 .ids
                 .iter()
                 .zip(&self.lps)
-                .map(|(t, lp)| json!([lp.as_ref().map(|l| l.logprob), t, Value::Null]))
+                .map(|(t, lp)| json!([lp.as_ref().map(|l| l.logprob), t, text(*t)]))
                 .collect();
             let tops: Vec<Value> = self
                 .lps
@@ -248,12 +258,7 @@ impl Acc {
                 .map(|lp| {
                     Value::Array(
                         lp.as_ref()
-                            .map(|l| {
-                                l.top
-                                    .iter()
-                                    .map(|(t, p)| json!([p, t, Value::Null]))
-                                    .collect()
-                            })
+                            .map(|l| l.top.iter().map(|(t, p)| json!([p, t, text(*t)])).collect())
                             .unwrap_or_default(),
                     )
                 })
@@ -274,7 +279,7 @@ fn stream_response(
     gens: Vec<Generation>,
     rids: Vec<String>,
     list: bool,
-    logprobs: bool,
+    logprobs: Option<bool>,
 ) -> Response {
     let accs: Vec<Acc> = gens.iter().map(|g| Acc::new(g.prompt_tokens())).collect();
     let rx = gen::fan_in(gens);

@@ -1,6 +1,10 @@
 //! Building a server: backend, tokenizer, scheduler, the engine thread; serving and shutdown.
 
+use super::conn::{Acceptor, ConnLimits};
 use super::engine::{self, Command, LoopOptions, Shared, Snapshot};
+use super::options::{self, LoadFormat};
+use super::reasoning::ReasoningFormat;
+use super::toolcall::ToolFormat;
 use super::{log, AppState, Codec, Info};
 use crate::cpu_backend::CpuBackend;
 use crate::model::CpuModel;
@@ -44,6 +48,9 @@ pub struct ServerConfig {
     pub page_size: usize,
     /// Chunked prefill size (None = off).
     pub chunked_prefill_size: Option<usize>,
+    /// Longest prompt + output (SGLang's `--context-length`; None: the model's
+    /// max_position_embeddings or the external backend's context; longer only with YaRN).
+    pub context_length: Option<usize>,
     /// Cap on running requests.
     pub max_running_requests: Option<usize>,
     /// Prefill token budget per batch.
@@ -64,6 +71,22 @@ pub struct ServerConfig {
     pub seed: u64,
     /// Print SGLang's batch log lines.
     pub log_batches: bool,
+    /// Tokenizer directory when it is not `model` (SGLang's `--tokenizer-path`).
+    pub tokenizer: Option<PathBuf>,
+    /// A Jinja chat template file replacing the tokenizer's (SGLang's `--chat-template`).
+    pub chat_template: Option<PathBuf>,
+    /// Bearer token every route but /health requires (SGLang's `--api-key`).
+    pub api_key: Option<String>,
+    /// Where the weights come from.
+    pub load_format: LoadFormat,
+    /// SGLang's `--tool-call-parser` name (default: from the model's architecture).
+    pub tool_call_parser: Option<String>,
+    /// SGLang's `--reasoning-parser` name (default: none).
+    pub reasoning_parser: Option<String>,
+    /// Header and body read timeouts, the connection cap.
+    pub conn: ConnLimits,
+    /// Record every request as a trace (None: off).
+    pub record: Option<super::record::RecordConfig>,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +97,7 @@ impl Default for ServerConfig {
             kv_capacity: None,
             page_size: 1,
             chunked_prefill_size: Some(8192),
+            context_length: None,
             max_running_requests: None,
             max_prefill_tokens: None,
             policy: Policy::Fcfs,
@@ -84,6 +108,14 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             seed: 0,
             log_batches: true,
+            tokenizer: None,
+            chat_template: None,
+            api_key: None,
+            load_format: LoadFormat::Auto,
+            tool_call_parser: None,
+            reasoning_parser: None,
+            conn: ConnLimits::default(),
+            record: None,
         }
     }
 }
@@ -107,6 +139,17 @@ pub struct Server {
     state: Arc<AppState>,
     thread: Option<std::thread::JoinHandle<()>>,
     shutdown_timeout: Duration,
+    conn: ConnLimits,
+}
+
+/// The context length `cfg` asks for, checked against the model (`--context-length`).
+fn context_len(
+    mc: &crate::model::ModelConfig,
+    cfg: &ServerConfig,
+    dir: &std::path::Path,
+) -> Result<usize, ServerError> {
+    mc.context_length(cfg.context_length)
+        .map_err(|e| ServerError::Config(format!("{}: {e}", dir.display())))
 }
 
 fn dir_name(p: &std::path::Path) -> String {
@@ -151,6 +194,31 @@ fn spawn<B: Backend + Send + 'static>(
     Ok((h, max_running))
 }
 
+/// The parsers named on the command line.
+fn parsers(
+    cfg: &ServerConfig,
+) -> Result<(Option<ToolFormat>, Option<ReasoningFormat>), ServerError> {
+    let tool = match &cfg.tool_call_parser {
+        None => None,
+        Some(n) => Some(ToolFormat::parse(n).ok_or_else(|| {
+            ServerError::Config(format!(
+                "--tool-call-parser {n}: expected one of {}",
+                ToolFormat::NAMES
+            ))
+        })?),
+    };
+    let reasoning = match &cfg.reasoning_parser {
+        None => None,
+        Some(n) => Some(ReasoningFormat::parse(n).ok_or_else(|| {
+            ServerError::Config(format!(
+                "--reasoning-parser {n}: expected one of {}",
+                ReasoningFormat::NAMES
+            ))
+        })?),
+    };
+    Ok((tool, reasoning))
+}
+
 /// A backend built outside doppel-exec (the simulator's virtual GPU, in doppel-measure) and the
 /// facts the server needs about it.
 pub struct ExternalBackend<B> {
@@ -172,6 +240,8 @@ pub struct ExternalBackend<B> {
     pub cuda_graph: bool,
     /// The engine clock's zero (a wall-clock backend releases results against it).
     pub origin: Instant,
+    /// The tokenizer (see [`load_tokenizer`](super::load_tokenizer)); None: synthetic text.
+    pub tokenizer: Option<Arc<Tokenizer>>,
 }
 
 /// What the common part of start-up has made before a backend is chosen.
@@ -182,6 +252,7 @@ struct Prelude {
     sched: SchedulerConfig,
     opts: LoopOptions,
     defaults: SamplingParams,
+    parsers: (Option<ToolFormat>, Option<ReasoningFormat>),
 }
 
 /// The served model's facts once its backend is running.
@@ -198,6 +269,8 @@ impl Prelude {
         if cfg.page_size == 0 {
             return Err(ServerError::Config("--page-size must be at least 1".into()));
         }
+        // Checked before a model loads, so a misspelt name fails at once.
+        let parsers = parsers(cfg)?;
         let shared = Arc::new(Shared {
             snapshot: Mutex::new(Snapshot {
                 alive: true,
@@ -218,10 +291,19 @@ impl Prelude {
         if let Some(m) = cfg.max_prefill_tokens {
             sched.max_prefill_tokens = m;
         }
+        let recorder = match &cfg.record {
+            Some(r) => {
+                let rec = super::record::Recorder::create(r.clone(), 0)
+                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                Some(Arc::new(Mutex::new(rec)))
+            }
+            None => None,
+        };
         let opts = LoopOptions {
             max_queued: cfg.max_queued_requests,
             log_batches: cfg.log_batches,
             cuda_graph: false,
+            recorder,
         };
         Ok(Prelude {
             shared,
@@ -230,17 +312,19 @@ impl Prelude {
             sched,
             opts,
             defaults: SamplingParams::default(),
+            parsers,
         })
     }
 
     /// Tokenizer, generation defaults and stop ids of a checkpoint directory.
     fn checkpoint(
         &mut self,
+        cfg: &ServerConfig,
         dir: &std::path::Path,
         model_eos: &[u32],
     ) -> Result<Tokenizer, ServerError> {
         let load = |e: &dyn std::fmt::Display| ServerError::Load(e.to_string());
-        let tok = Tokenizer::load(dir).map_err(|e| load(&e))?;
+        let tok = options::load_tokenizer(cfg, dir)?;
         let gen_cfg = GenerationConfig::load(dir)
             .map_err(|e| load(&e))?
             .unwrap_or_default();
@@ -269,6 +353,7 @@ impl Prelude {
             sched,
             opts,
             defaults,
+            parsers: (tool_call_parser, reasoning_parser),
             ..
         } = self;
         let (thread, max_running) = spawn(
@@ -286,6 +371,11 @@ impl Prelude {
         let info = Info {
             model_name: cfg.served_model_name.clone().unwrap_or(facts.name),
             model_path: cfg.model.as_ref().map(|p| p.display().to_string()),
+            tokenizer_path: cfg
+                .tokenizer
+                .as_ref()
+                .or(cfg.model.as_ref())
+                .map(|p| p.display().to_string()),
             backend: facts.backend_name,
             vocab: facts.vocab,
             context_len: sched.context_len,
@@ -298,6 +388,12 @@ impl Prelude {
             disable_radix_cache: sched.disable_radix_cache,
             overlap: cfg.overlap,
             max_body_bytes: cfg.max_body_bytes,
+            tool_call_parser: tool_call_parser.or(match facts.arch.as_str() {
+                "Llama" => Some(ToolFormat::Llama3),
+                "Qwen2" | "Qwen3" => Some(ToolFormat::Hermes),
+                _ => None,
+            }),
+            reasoning_parser,
             arch: facts.arch,
             created: unix_now(),
         };
@@ -305,7 +401,7 @@ impl Prelude {
             state: Arc::new(AppState {
                 cmd: tx,
                 shared,
-                codec: facts.codec,
+                codec: super::prompt::PromptCodec::new(facts.codec, sched.context_len),
                 info,
                 metrics: Default::default(),
                 next_id: AtomicU64::new(0),
@@ -313,9 +409,11 @@ impl Prelude {
                 defaults,
                 grammars,
                 rids: Default::default(),
+                api_key: cfg.api_key.clone(),
             }),
             thread: Some(thread),
             shutdown_timeout: cfg.shutdown_timeout,
+            conn: cfg.conn.clone(),
         })
     }
 }
@@ -334,20 +432,23 @@ impl Server {
         }
     }
 
-    /// Serve over a backend built elsewhere (the simulator's, from doppel-measure); `cfg.model`,
-    /// if given, is a tokenizer directory (else token ids are their own text).
+    /// Serve over a backend built elsewhere (the simulator's, from doppel-measure), with its
+    /// tokenizer if it has one (else token ids are their own text).
     pub fn build_with<B: Backend + Send + 'static>(
         cfg: ServerConfig,
         ext: ExternalBackend<B>,
     ) -> Result<Server, ServerError> {
         let mut p = Prelude::new(&cfg, ext.origin)?;
-        let codec = match &cfg.model {
-            Some(dir) => Codec::Hf(Arc::new(
-                Tokenizer::load(dir).map_err(|e| ServerError::Load(e.to_string()))?,
-            )),
+        let codec = match ext.tokenizer {
+            Some(t) => Codec::Hf(t),
             None => Codec::Synthetic,
         };
-        p.sched.context_len = ext.context_len;
+        p.sched.context_len = cfg.context_length.unwrap_or(ext.context_len);
+        if p.sched.context_len == 0 {
+            return Err(ServerError::Config(
+                "--context-length 0: must be positive".into(),
+            ));
+        }
         p.sched.kv_capacity_tokens = cfg.kv_capacity.unwrap_or(ext.kv_capacity_tokens);
         p.opts.cuda_graph = ext.cuda_graph;
         let facts = Facts {
@@ -365,6 +466,12 @@ impl Server {
             .model
             .clone()
             .ok_or_else(|| ServerError::Config("--model is required with --device cpu".into()))?;
+        if cfg.load_format == LoadFormat::Dummy {
+            return Err(ServerError::Config(
+                "--load-format dummy needs --device cuda (the CPU backend loads the checkpoint's weights)"
+                    .into(),
+            ));
+        }
         let (model, report) =
             CpuModel::load(&dir, false).map_err(|e| ServerError::Load(e.to_string()))?;
         let mc = model.config().clone();
@@ -375,9 +482,9 @@ impl Server {
             report.elapsed.as_secs_f64(),
             report.weight_bytes as f64 / (1 << 20) as f64
         ));
-        let tok = p.checkpoint(&dir, &mc.eos_token_ids)?;
+        let tok = p.checkpoint(cfg, &dir, &mc.eos_token_ids)?;
         p.sched.kv_capacity_tokens = cfg.kv_capacity.unwrap_or(8192);
-        p.sched.context_len = mc.max_position_embeddings;
+        p.sched.context_len = context_len(&mc, cfg, &dir)?;
         let backend = CpuBackend::new(model, p.sched.capacity_tokens(), cfg.seed);
         let facts = Facts {
             codec: Codec::Hf(Arc::new(tok)),
@@ -403,14 +510,14 @@ impl Server {
             .ok_or_else(|| ServerError::Config("--model is required with --device cuda".into()))?;
         let mc =
             crate::model::ModelConfig::load(&dir).map_err(|e| ServerError::Load(e.to_string()))?;
-        let tok = p.checkpoint(&dir, &mc.eos_token_ids)?;
-        p.sched.context_len = mc.max_position_embeddings;
+        let tok = p.checkpoint(cfg, &dir, &mc.eos_token_ids)?;
+        p.sched.context_len = context_len(&mc, cfg, &dir)?;
         let opts_cuda = CudaOptions {
             device,
             mem_fraction_static,
             kv_capacity_tokens: cfg.kv_capacity,
             cuda_graph_max_bs,
-            random_weights: false,
+            random_weights: cfg.load_format == LoadFormat::Dummy,
             seed: cfg.seed,
         };
         let fail =
@@ -443,53 +550,29 @@ impl Server {
         &self.state.info
     }
 
-    /// Serve on `listener` until `shutdown` resolves; then refuse new requests, let live ones run
-    /// for the shutdown timeout, abort the rest, and stop the engine thread. Returns the final
-    /// engine snapshot (tests check it for KV leaks).
+    /// Serve on `listener` until `shutdown` resolves; then answer new requests 503 while live
+    /// ones run for the shutdown timeout, abort the rest, stop the engine thread, and close the
+    /// listener and the connections (those whose client stopped reading are dropped 5 s later).
+    /// Returns the final engine snapshot (tests check it for KV leaks).
     pub async fn serve(
         mut self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Snapshot, ServerError> {
-        let state = self.state.clone();
-        let drain = self.shutdown_timeout;
         let app = super::routes::router(self.state.clone());
-        let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
-        let stop = async move {
-            shutdown.await;
-            log::info("shutting down: refusing new requests, draining live ones");
-            state.draining.store(true, Ordering::Relaxed);
-            let _ = state.cmd.send(Command::Shutdown { drain });
-            let _ = begun_tx.send(());
-        };
-        // Graceful shutdown waits for every connection; a client that stops reading would hold
-        // it forever, so connections still open well after the drain are dropped.
-        let give_up = async move {
-            if begun_rx.await.is_ok() {
-                tokio::time::sleep(drain + Duration::from_secs(5)).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        let serving = std::future::IntoFuture::into_future(
-            axum::serve(listener, app).with_graceful_shutdown(stop),
-        );
-        let served = tokio::select! {
-            r = serving => r.map_err(|e| ServerError::Io(format!("serving: {e}"))),
-            _ = give_up => {
-                log::warn("connections still open after the drain; closing them");
-                Ok(())
-            }
-        };
-        // Make sure the engine stops even if serving failed before the shutdown signal.
+        let acceptor = Acceptor::start(listener, app, self.state.clone(), &self.conn);
+        shutdown.await;
+        log::info("shutting down: answering 503 to new requests, draining live ones");
+        // Still accepting: new requests get a 503 (docs/server.md#shutdown) until the engine stops.
         self.state.draining.store(true, Ordering::Relaxed);
         let _ = self.state.cmd.send(Command::Shutdown {
-            drain: Duration::ZERO,
+            drain: self.shutdown_timeout,
         });
         if let Some(h) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
-        served?;
+        // Every stream has its last events: let them reach their clients, then close.
+        acceptor.close(Duration::from_secs(5)).await;
         let snap = self.state.shared.snapshot();
         let m = &snap.memory;
         log::info(&format!(
@@ -502,6 +585,9 @@ impl Server {
 
 /// Bind `host:port` and serve until SIGTERM or Ctrl-C (what `doppel exec serve` runs).
 pub fn run_blocking(server: Server, host: &str, port: u16) -> Result<Snapshot, ServerError> {
+    if let Some(n) = super::wire::raise_fd_limit() {
+        log::info(&format!("open-file limit {n}"));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
