@@ -2,7 +2,8 @@
 //! core's KV slots, so it follows exactly the memory plan (prefix hits, chunked prefill,
 //! retraction) the GPU backend will.
 
-use crate::model::{CpuModel, ForwardErrorKind, KvCache, LogitsWanted, SeqInput};
+use crate::cpu_tp::{TpModel, TpRunError};
+use crate::model::{CpuModel, ForwardErrorKind, KvCache, LogitsWanted, ModelConfig, SeqInput};
 use crate::sampling::RequestSampler;
 use doppel_core::{
     Backend, KvSlot, Plan, RequestId, StepResult, TimeNs, TokenId, TokenLogprob, FUTURE_TOKEN,
@@ -20,6 +21,14 @@ pub enum CpuError {
         step: u64,
         /// Why.
         source: ForwardErrorKind,
+    },
+    /// The tensor-parallel group failed.
+    #[error("step {step}: {source}")]
+    Tp {
+        /// Plan step.
+        step: u64,
+        /// Why.
+        source: TpRunError,
     },
     /// A FUTURE_TOKEN placeholder for a request with no sampled token at that position.
     #[error(
@@ -56,10 +65,16 @@ pub struct RecordedLogits {
     pub logits: Vec<f32>,
 }
 
+/// What runs the forward pass: the whole model on the engine thread, or its shards on
+/// tensor-parallel worker threads.
+enum Runner {
+    Whole { model: CpuModel, kv: KvCache },
+    Tp(TpModel),
+}
+
 /// Runs plans on the CPU model.
 pub struct CpuBackend {
-    model: CpuModel,
-    kv: KvCache,
+    runner: Runner,
     /// Mirror of the core's request-to-token table.
     rows: Vec<Vec<KvSlot>>,
     samplers: HashMap<RequestId, RequestSampler>,
@@ -74,10 +89,23 @@ impl CpuBackend {
     /// is the padding dummy, so one more slot is allocated). `seed` derives the sampling seed of
     /// requests that bring none.
     pub fn new(model: CpuModel, kv_capacity_tokens: usize, seed: u64) -> CpuBackend {
-        let kv = KvCache::new(model.config(), kv_capacity_tokens + 1);
+        let kv = model.kv_cache(kv_capacity_tokens + 1);
+        CpuBackend::with_runner(Runner::Whole { model, kv }, seed)
+    }
+
+    /// [`CpuBackend::new`] over a tensor-parallel group (each rank holds its heads' KV).
+    pub fn tensor_parallel(
+        mut tp: TpModel,
+        kv_capacity_tokens: usize,
+        seed: u64,
+    ) -> Result<CpuBackend, TpRunError> {
+        tp.alloc_kv(kv_capacity_tokens + 1)?;
+        Ok(CpuBackend::with_runner(Runner::Tp(tp), seed))
+    }
+
+    fn with_runner(runner: Runner, seed: u64) -> CpuBackend {
         CpuBackend {
-            model,
-            kv,
+            runner,
             rows: Vec::new(),
             samplers: HashMap::new(),
             seed,
@@ -87,14 +115,20 @@ impl CpuBackend {
         }
     }
 
-    /// The model.
-    pub fn model(&self) -> &CpuModel {
-        &self.model
+    /// The (whole) model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        match &self.runner {
+            Runner::Whole { model, .. } => model.config(),
+            Runner::Tp(tp) => tp.config(),
+        }
     }
 
-    /// Bytes of KV cache held.
+    /// Bytes of KV cache held (all ranks together).
     pub fn kv_bytes(&self) -> usize {
-        self.kv.bytes()
+        match &self.runner {
+            Runner::Whole { kv, .. } => kv.bytes(),
+            Runner::Tp(tp) => tp.kv_bytes(),
+        }
     }
 
     /// Tokens run through the model so far.
@@ -164,14 +198,17 @@ impl CpuBackend {
             })
             .collect();
         let mut logits = Vec::new();
-        self.model
-            .forward(&mut self.kv, &seqs, &mut logits)
-            .map_err(|source| CpuError::Forward {
-                step: plan.step,
-                source,
-            })?;
+        let step = plan.step;
+        match &mut self.runner {
+            Runner::Whole { model, kv } => model
+                .forward(kv, &seqs, &mut logits)
+                .map_err(|source| CpuError::Forward { step, source })?,
+            Runner::Tp(tp) => tp
+                .forward(&seqs, &mut logits)
+                .map_err(|source| CpuError::Tp { step, source })?,
+        }
         self.tokens_computed += ids.len() as u64;
-        let vocab = self.model.config().vocab_size;
+        let vocab = self.config().vocab_size;
         let want_lp = plan.entries.iter().any(|e| e.sampling.return_logprob);
         let mut done = Done {
             step: plan.step,

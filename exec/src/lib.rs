@@ -2,6 +2,7 @@
 //! loading, the CPU reference backend, tokenizer and chat template, sampling and stopping.
 
 pub mod cpu_backend;
+pub mod cpu_tp;
 pub mod cuda;
 pub mod model;
 pub mod sampling;
