@@ -151,6 +151,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_timeout: std::time::Duration::from_secs_f64(a.shutdown_timeout),
         seed: a.seed,
         log_batches: true,
+        conn: Default::default(),
     };
     let server = match backend {
         Serving::Engine(kind) => Server::build(cfg, kind)?,

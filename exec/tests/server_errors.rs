@@ -384,7 +384,15 @@ async fn shutdown_does_not_wait_forever_for_a_client_that_stopped_reading() {
         .await
         .unwrap();
     assert_eq!(stalled.status, 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until far more has been sent than the socket buffers hold (a busy machine generates
+    // slowly, and a fixed wait could leave the whole stream in the buffers).
+    for _ in 0..2000 {
+        let info = get(&a, "/get_server_info").await.unwrap().json();
+        if info["memory"]["used"].as_u64().unwrap_or(0) >= 600 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let t0 = std::time::Instant::now();
     let snap = srv.shutdown().await;
     // The stalled connection is dropped 5 s after the drain timeout, not waited for.

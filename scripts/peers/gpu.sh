@@ -68,7 +68,7 @@ serve_cmd() {  # $1 engine, $2 model dir, $3 served name, rest: extra args -> ar
     # shellcheck disable=SC2206
     local backend=(${DOPPEL_BACKEND:---device cuda --mem-fraction-static $MEMFRAC})
     CMD=("$DOPPEL" exec serve --model "$dir" "${backend[@]}" --served-model-name "$name"
-         --host 127.0.0.1 --port "$PORT" --seed 0 --log-level warning "$@") ;;
+         --context-length "$MAXLEN" --host 127.0.0.1 --port "$PORT" --seed 0 --log-level warning "$@") ;;
   vllm)
     CMD=("$PY" -m vllm.entrypoints.openai.api_server --model "$dir" --served-model-name "$name"
          --dtype bfloat16 --max-model-len "$MAXLEN" --gpu-memory-utilization "$MEMFRAC" --seed 0
@@ -170,8 +170,9 @@ unpack)
   (cd $XFER && grep -E " ($e-site.tar.xz.part|pyinc.tar.xz)" "$HERE/SHA256SUMS" | sha256sum -c --quiet -) \
     || die "$e: a part does not match SHA256SUMS (carried again, or packs rebuilt without committing the sums?)"
   rm -rf /tmp/site_$e && mkdir -p /tmp/site_$e
-  cat $XFER/$e-site.tar.xz.part* | xz -dc -T0 | tar -x -C /tmp/site_$e
-  mkdir -p /tmp/pyinc && tar -xJf $XFER/pyinc.tar.xz -C /tmp/pyinc
+  if command -v xz >/dev/null; then unxz=(xz -dc -T0); else unxz=("$PY" -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)'); fi
+  cat $XFER/$e-site.tar.xz.part* | "${unxz[@]}" | tar -x -C /tmp/site_$e
+  mkdir -p /tmp/pyinc && "${unxz[@]}" < $XFER/pyinc.tar.xz | tar -x -C /tmp/pyinc
   rm -f $XFER/$e-site.tar.xz.part*   # /tmp holds the installed copy; the parts are not needed again
   echo "$e: $(du -sh /tmp/site_$e | cut -f1) in /tmp/site_$e" ;;
 model)
