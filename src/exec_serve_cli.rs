@@ -1,6 +1,6 @@
 //! `doppel exec serve`: the HTTP server (see docs/server.md).
 
-use super::parse_device;
+use super::{check_tp, parse_device};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use std::path::PathBuf;
@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Tensor-parallel ranks: the model is split over this many worker threads (CPU only for
+    /// now; heads and MLP width must divide by it).
+    #[arg(long = "tp-size", visible_alias = "tp", default_value_t = 1)]
+    tp_size: usize,
 }
 
 /// What executes plans: one of doppel-exec's backends, or the simulator's virtual GPU
@@ -101,19 +105,27 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     })?;
     log::set_level(level);
     let backend = match (a.backend.as_str(), a.device.as_str()) {
+        ("sim", _) if a.tp_size != 1 => bail!(
+            "--tp-size {}: only --backend engine runs tensor parallelism",
+            a.tp_size
+        ),
         ("sim", _) => Serving::Sim(
             a.profile
                 .clone()
                 .ok_or_else(|| anyhow!("--backend sim needs --profile"))?,
         ),
-        ("engine", d) => Serving::Engine(match parse_device(d)? {
-            None => BackendKind::Cpu,
-            Some(device) => BackendKind::Cuda {
-                device,
-                mem_fraction_static: a.mem_fraction_static,
-                cuda_graph_max_bs: a.cuda_graph_max_bs,
-            },
-        }),
+        ("engine", d) => {
+            let dev = parse_device(d)?;
+            check_tp(a.tp_size, dev.is_some())?;
+            Serving::Engine(match dev {
+                None => BackendKind::Cpu,
+                Some(device) => BackendKind::Cuda {
+                    device,
+                    mem_fraction_static: a.mem_fraction_static,
+                    cuda_graph_max_bs: a.cuda_graph_max_bs,
+                },
+            })
+        }
         (b, _) => bail!("--backend {b}: expected engine or sim"),
     };
     let policy = doppel_core::Policy::parse(&a.schedule_policy).ok_or_else(|| {
@@ -152,6 +164,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         log_batches: true,
         conn: Default::default(),
+        tp_size: a.tp_size,
     };
     let server = match backend {
         Serving::Engine(kind) => Server::build(cfg, kind)?,

@@ -3,7 +3,9 @@
 //! retraction) the GPU backend will.
 
 use crate::cpu_tp::{TpModel, TpRunError};
-use crate::model::{CpuModel, ForwardErrorKind, KvCache, LogitsWanted, ModelConfig, SeqInput};
+use crate::model::{
+    CpuModel, ForwardErrorKind, KvCache, LoadError, LoadReport, LogitsWanted, ModelConfig, SeqInput,
+};
 use crate::sampling::RequestSampler;
 use doppel_core::{
     Backend, KvSlot, Plan, RequestId, StepResult, TimeNs, TokenId, TokenLogprob, FUTURE_TOKEN,
@@ -289,5 +291,59 @@ impl Backend for CpuBackend {
         out.logprobs = done.logprobs;
         out.done_at = done.done_at;
         Ok(())
+    }
+}
+
+/// A checkpoint loaded for the CPU: whole, or split over tensor-parallel worker threads.
+pub enum CpuLoaded {
+    /// One model on the engine thread (`--tp-size 1`).
+    Whole(CpuModel),
+    /// One shard per worker thread.
+    Tp(TpModel),
+}
+
+impl CpuLoaded {
+    /// Load `dir` for `tp_size` ranks (1: the whole model); a model whose heads or MLP width
+    /// do not divide by `tp_size` is refused naming the config.json field.
+    pub fn load(
+        dir: &std::path::Path,
+        tp_size: usize,
+        progress: bool,
+    ) -> Result<(CpuLoaded, LoadReport), LoadError> {
+        if tp_size == 1 {
+            let (m, r) = CpuModel::load(dir, progress)?;
+            Ok((CpuLoaded::Whole(m), r))
+        } else {
+            let (tp, r) = TpModel::load(dir, tp_size, progress)?;
+            Ok((CpuLoaded::Tp(tp), r))
+        }
+    }
+
+    /// The whole model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            CpuLoaded::Whole(m) => m.config(),
+            CpuLoaded::Tp(tp) => tp.config(),
+        }
+    }
+
+    /// Ranks (1 for a whole model).
+    pub fn tp_size(&self) -> usize {
+        match self {
+            CpuLoaded::Whole(_) => 1,
+            CpuLoaded::Tp(tp) => tp.size(),
+        }
+    }
+
+    /// The backend with room for `kv_capacity_tokens` (see [`CpuBackend::new`]).
+    pub fn into_backend(
+        self,
+        kv_capacity_tokens: usize,
+        seed: u64,
+    ) -> Result<CpuBackend, TpRunError> {
+        match self {
+            CpuLoaded::Whole(m) => Ok(CpuBackend::new(m, kv_capacity_tokens, seed)),
+            CpuLoaded::Tp(tp) => CpuBackend::tensor_parallel(tp, kv_capacity_tokens, seed),
+        }
     }
 }

@@ -14,6 +14,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+/// Why `--tp-size` above 1 is refused with `--device cuda`.
+pub const CUDA_TP_UNBUILT: &str = "CUDA tensor parallelism needs NCCL support, which is not \
+     built yet: use --tp-size 1 with --device cuda, or --device cpu for tensor parallelism";
+
 /// One sequence of a batch, owned so that it can cross to the workers.
 #[derive(Clone, Debug)]
 pub struct SeqPlan {
@@ -69,9 +73,9 @@ impl TpModel {
     ) -> Result<(TpModel, LoadReport), LoadError> {
         let start = Instant::now();
         let cfg = ModelConfig::load(dir)?;
-        let shards = Shard::group(&cfg, size).map_err(|source| LoadError::Tp {
+        let shards = Shard::group(&cfg, size).map_err(|reason| LoadError::Tp {
             dir: dir.to_path_buf(),
-            source,
+            reason,
         })?;
         let store = WeightStore::open(dir)?;
         let mut models = Vec::with_capacity(size);

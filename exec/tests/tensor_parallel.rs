@@ -158,8 +158,8 @@ fn tp_size_that_does_not_divide_the_kv_heads_is_refused_naming_the_field() {
     write_model(dir.path(), &TinySpec::tiny(Arch::Qwen3)).unwrap();
     // 4 query heads, 2 KV heads.
     match TpModel::load(dir.path(), 4, false) {
-        Err(LoadError::Tp { source, .. }) => assert_eq!(
-            source,
+        Err(LoadError::Tp { reason, .. }) => assert_eq!(
+            reason,
             TpError::NotDivisible {
                 field: "num_key_value_heads",
                 value: 2,

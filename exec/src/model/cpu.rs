@@ -309,9 +309,9 @@ impl CpuModel {
         progress: bool,
     ) -> Result<(CpuModel, LoadReport), LoadError> {
         let cfg = ModelConfig::load(dir)?;
-        super::shard::check(&cfg, shard.size).map_err(|source| LoadError::Tp {
+        super::shard::check(&cfg, shard.size).map_err(|reason| LoadError::Tp {
             dir: dir.to_path_buf(),
-            source,
+            reason,
         })?;
         let store = WeightStore::open(dir)?;
         Ok(CpuModel::shard_from_store(cfg, &store, shard, progress)?)
@@ -343,12 +343,12 @@ pub enum LoadError {
     #[error(transparent)]
     Weights(#[from] WeightError),
     /// The model does not split across the tensor-parallel ranks asked for.
-    #[error("{}: {source}", dir.display())]
+    #[error("{}: {reason}", dir.display())]
     Tp {
         /// Checkpoint directory.
         dir: std::path::PathBuf,
         /// Why.
-        source: TpError,
+        reason: TpError,
     },
     /// A tensor-parallel worker thread could not start.
     #[error("could not start a tensor-parallel worker thread: {0}")]
