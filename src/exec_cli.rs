@@ -405,6 +405,13 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     match (cpu_model, cuda) {
         (Some(model), _) => {
             let backend = model.into_backend(sched.capacity_tokens(), a.seed.unwrap_or(0))?;
+            for (r, m) in backend.tp_rank_memory().iter().enumerate() {
+                eprintln!(
+                    "TP rank {r}: {:.1} MiB of weights, {:.1} MiB of KV cache",
+                    m.weights as f64 / (1 << 20) as f64,
+                    m.kv as f64 / (1 << 20) as f64
+                );
+            }
             let engine = Engine::new(Scheduler::new(sched)?, backend, a.overlap);
             run_requests(engine, &a, &tok, &prompt, &sp)
         }

@@ -29,7 +29,10 @@ fn tp_2_prints_the_tp_1_text() {
     assert!(ok, "{err}");
     let (ok, two, err) = generate(&["--tp-size", "2"]);
     assert!(ok, "{err}");
-    assert!(err.contains("2 tensor-parallel ranks"), "{err}");
+    assert!(
+        err.contains("2 tensor-parallel ranks") && err.contains("TP rank 1: "),
+        "{err}"
+    );
     assert_eq!(two, one);
     let (ok, alias, err) = generate(&["--tp", "2"]);
     assert!(ok, "{err}");

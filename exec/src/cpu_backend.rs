@@ -2,7 +2,7 @@
 //! core's KV slots, so it follows exactly the memory plan (prefix hits, chunked prefill,
 //! retraction) the GPU backend will.
 
-use crate::cpu_tp::{TpModel, TpRunError};
+use crate::cpu_tp::{RankMemory, TpModel, TpRunError};
 use crate::model::{
     CpuModel, ForwardErrorKind, KvCache, LoadError, LoadReport, LogitsWanted, ModelConfig, SeqInput,
 };
@@ -130,6 +130,14 @@ impl CpuBackend {
         match &self.runner {
             Runner::Whole { kv, .. } => kv.bytes(),
             Runner::Tp(tp) => tp.kv_bytes(),
+        }
+    }
+
+    /// Each tensor-parallel rank's memory (empty for a whole model).
+    pub fn tp_rank_memory(&self) -> &[RankMemory] {
+        match &self.runner {
+            Runner::Whole { .. } => &[],
+            Runner::Tp(tp) => tp.rank_memory(),
         }
     }
 

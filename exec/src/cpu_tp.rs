@@ -56,11 +56,20 @@ pub enum TpRunError {
     WorkerGone(usize),
 }
 
+/// Bytes one rank holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RankMemory {
+    /// Its shard of the weights.
+    pub weights: usize,
+    /// Its KV cache (its heads only).
+    pub kv: usize,
+}
+
 /// A model split over `size` CPU worker threads.
 pub struct TpModel {
     cfg: ModelConfig,
     workers: Vec<Worker>,
-    kv_bytes: usize,
+    memory: Vec<RankMemory>,
 }
 
 impl TpModel {
@@ -79,18 +88,23 @@ impl TpModel {
         })?;
         let store = WeightStore::open(dir)?;
         let mut models = Vec::with_capacity(size);
-        let mut weight_bytes = 0;
+        let mut memory = Vec::with_capacity(size);
         for s in shards {
             let (m, r) = CpuModel::shard_from_store(cfg.clone(), &store, s, progress)?;
-            weight_bytes += r.weight_bytes;
+            memory.push(RankMemory {
+                weights: r.weight_bytes,
+                kv: 0,
+            });
             models.push(m);
         }
         let report = LoadReport {
             elapsed: start.elapsed(),
-            weight_bytes,
+            weight_bytes: memory.iter().map(|m| m.weights).sum(),
             checkpoint_bytes: store.total_bytes(),
         };
-        Ok((TpModel::start(cfg, models)?, report))
+        let mut tp = TpModel::start(cfg, models)?;
+        tp.memory = memory;
+        Ok((tp, report))
     }
 
     /// Start one worker per shard (`models[r]` is rank r's). A rank that cannot start fails
@@ -100,7 +114,7 @@ impl TpModel {
         let mut tp = TpModel {
             cfg,
             workers: Vec::with_capacity(models.len()),
-            kv_bytes: 0,
+            memory: Vec::new(),
         };
         for (model, comm) in models.into_iter().zip(comms) {
             let (jobs, job_rx) = channel();
@@ -130,13 +144,20 @@ impl TpModel {
 
     /// KV bytes held by all ranks together.
     pub fn kv_bytes(&self) -> usize {
-        self.kv_bytes
+        self.memory.iter().map(|m| m.kv).sum()
+    }
+
+    /// What each rank holds, in rank order.
+    pub fn rank_memory(&self) -> &[RankMemory] {
+        &self.memory
     }
 
     /// Give every rank a zeroed KV cache of `slots` slots (its own heads).
     pub fn alloc_kv(&mut self, slots: usize) -> Result<(), TpRunError> {
         let replies = self.broadcast(|| Job::Kv(slots))?;
-        self.kv_bytes = replies.iter().map(|r| r.1).sum();
+        for (m, r) in self.memory.iter_mut().zip(&replies) {
+            m.kv = r.1;
+        }
         Ok(())
     }
 

@@ -417,6 +417,13 @@ impl Server {
         let backend = model
             .into_backend(p.sched.capacity_tokens(), cfg.seed)
             .map_err(|e| ServerError::Load(e.to_string()))?;
+        for (r, m) in backend.tp_rank_memory().iter().enumerate() {
+            log::info(&format!(
+                "TP rank {r}: {:.1} MiB of weights, {:.1} MiB of KV cache",
+                m.weights as f64 / (1 << 20) as f64,
+                m.kv as f64 / (1 << 20) as f64
+            ));
+        }
         let facts = Facts {
             codec: Codec::Hf(Arc::new(tok)),
             name: dir_name(&dir),
