@@ -156,6 +156,9 @@ impl ServeArgs {
                 if let Some(d) = &self.device {
                     bail!("--device {d} has no effect with --backend sim (the simulator models the profile's GPU); drop it or pick --profile");
                 }
+                if self.disable_cuda_graph {
+                    bail!("--disable-cuda-graph has no effect with --backend sim (a profile models its engine as measured, graphs included); drop it");
+                }
                 Ok(Serving::Sim(self.profile.clone()))
             }
             "engine" => {
@@ -169,6 +172,9 @@ impl ServeArgs {
                     self.cuda_graph_max_bs
                 };
                 let dev = parse_device(d)?;
+                if self.disable_cuda_graph && dev.is_none() {
+                    bail!("--disable-cuda-graph has no effect with --device cpu (no CUDA graphs there); drop it");
+                }
                 check_tp(self.tp, dev.is_some())?;
                 Ok(Serving::Engine(match dev {
                     None => BackendKind::Cpu,

@@ -18,7 +18,10 @@ struct Served {
 
 impl Served {
     fn start() -> Served {
-        let dir = std::env::temp_dir().join(format!("doppel-bench-{}", std::process::id()));
+        // One folder per server: the tests run in parallel threads of one process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("doppel-bench-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut spec = TinySpec::tiny(Arch::Qwen3);

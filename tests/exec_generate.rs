@@ -100,7 +100,7 @@ fn bad_input_is_refused_with_a_clear_error() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("/nonexistent/model/tokenizer.json"),
+        !out.status.success() && err.contains("/nonexistent/model: no such directory"),
         "{err}"
     );
     let (ok, _, err) = generate(&["--top-p", "1.5"]);

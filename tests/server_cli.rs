@@ -306,6 +306,16 @@ fn bad_launches_say_how_to_fix_them() {
         e.contains("--device cuda has no effect with --backend sim"),
         "{e}"
     );
+    let e = fails(&["--backend", "sim", "--disable-cuda-graph"]);
+    assert!(
+        e.contains("--disable-cuda-graph has no effect with --backend sim"),
+        "{e}"
+    );
+    let e = fails(&["--model", MODEL, "--disable-cuda-graph"]);
+    assert!(
+        e.contains("--disable-cuda-graph has no effect with --device cpu"),
+        "{e}"
+    );
     let e = fails(&["--backend", "sim", "--profile", "h100/nope"]);
     assert!(
         e.contains("h100-80g/qwen3-0.6b/doppel") && e.contains("h100/nope"),
