@@ -285,9 +285,3 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
 
 ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d64, 64, 32, 2, true, true, 4)
 ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128, 128, 32, 2, true, true, 3)
-// Candidates measured against the above (docs/cuda.md, run 6).
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_kvh_major, 128, 32, 2, true, false, 3)
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_qsmem, 128, 32, 2, false, true, 3)
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_qsmem_b4, 128, 32, 2, false, true, 4)
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_s3, 128, 32, 3, true, true, 3)
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_bn64, 128, 64, 2, true, true, 2)
