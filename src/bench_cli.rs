@@ -2,8 +2,8 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use doppel_exec::bench::{self, Api, BenchConfig, PromptForm};
 use doppel_exec::server::client;
+use doppel_measure::bench::{self, Api, BenchConfig, PromptForm};
 use doppel_sim::trace::{Arrival, ArrivalPattern, Trace, Workload};
 use std::path::PathBuf;
 use std::process::ExitCode;

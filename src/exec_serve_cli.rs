@@ -80,8 +80,15 @@ pub struct ServeArgs {
     threads: Option<usize>,
 }
 
+/// What executes plans: one of doppel-exec's backends, or the simulator's virtual GPU
+/// (doppel-measure) with a profile.
+enum Serving {
+    Engine(doppel_exec::server::BackendKind),
+    Sim(String),
+}
+
 pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    use doppel_exec::server::{log, run_blocking, BackendKind, ServerConfig};
+    use doppel_exec::server::{log, run_blocking, BackendKind, Server, ServerConfig};
     let level = log::Level::parse(&a.log_level).ok_or_else(|| {
         anyhow!(
             "--log-level {}: expected debug, info, warning or error",
@@ -90,20 +97,19 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     })?;
     log::set_level(level);
     let backend = match (a.backend.as_str(), a.device.as_str()) {
-        ("sim", _) => BackendKind::Sim {
-            profile: a
-                .profile
+        ("sim", _) => Serving::Sim(
+            a.profile
                 .clone()
                 .ok_or_else(|| anyhow!("--backend sim needs --profile"))?,
-        },
-        ("engine", d) => match parse_device(d)? {
+        ),
+        ("engine", d) => Serving::Engine(match parse_device(d)? {
             None => BackendKind::Cpu,
             Some(device) => BackendKind::Cuda {
                 device,
                 mem_fraction_static: a.mem_fraction_static,
                 cuda_graph_max_bs: a.cuda_graph_max_bs,
             },
-        },
+        }),
         (b, _) => bail!("--backend {b}: expected engine or sim"),
     };
     let policy = doppel_core::Policy::parse(&a.schedule_policy).ok_or_else(|| {
@@ -126,7 +132,6 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let cfg = ServerConfig {
         model: a.model,
-        backend,
         served_model_name: a.served_model_name,
         kv_capacity: a.kv_capacity,
         page_size: a.page_size,
@@ -142,6 +147,10 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         log_batches: true,
     };
-    run_blocking(cfg, &a.host, a.port)?;
+    let server = match backend {
+        Serving::Engine(kind) => Server::build(cfg, kind)?,
+        Serving::Sim(profile) => doppel_measure::sim_server::build(cfg, &profile)?,
+    };
+    run_blocking(server, &a.host, a.port)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -3,8 +3,8 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use doppel_exec::model::ModelConfig;
-use doppel_exec::profile::{self, ProfilePlan};
-use doppel_exec::replay::{self, Device, ReplayOptions, ReplaySetup};
+use doppel_measure::profile::{self, ProfilePlan};
+use doppel_measure::replay::{self, Device, ReplayOptions, ReplaySetup};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -2,8 +2,8 @@
 //! real engine and the simulator run the same batch sequence, and `doppel sim compare` says so.
 
 use doppel_exec::model::Arch;
-use doppel_exec::replay::{load_and_replay, Device, ReplayOptions, ReplaySetup};
 use doppel_exec::testgen::{write_model, TinySpec};
+use doppel_measure::replay::{load_and_replay, Device, ReplayOptions, ReplaySetup};
 use doppel_sim::compare::{compare, report_with_steps};
 use doppel_sim::{RealTiming, SimOptions, Trace};
 use std::path::{Path, PathBuf};

@@ -1,12 +1,9 @@
 //! doppel-exec: the real engine's model side, built on doppel-core: Hugging Face checkpoint
 //! loading, the CPU reference backend, tokenizer and chat template, sampling and stopping.
 
-pub mod bench;
 pub mod cpu_backend;
 pub mod cuda;
 pub mod model;
-pub mod profile;
-pub mod replay;
 pub mod sampling;
 pub mod server;
 pub mod testgen;

@@ -119,15 +119,15 @@ fn server_on_cuda_device() {
     let dir = tiny_dir();
     let cfg = ServerConfig {
         model: Some(dir.path().to_path_buf()),
-        backend: BackendKind::Cuda {
-            device: 0,
-            mem_fraction_static: Some(0.3),
-            cuda_graph_max_bs: 4,
-        },
         log_batches: false,
         ..Default::default()
     };
-    let built = Server::build(cfg);
+    let cuda = BackendKind::Cuda {
+        device: 0,
+        mem_fraction_static: Some(0.3),
+        cuda_graph_max_bs: 4,
+    };
+    let built = Server::build(cfg, cuda);
     if let Some(why) = has_gpu() {
         let e = built.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("--device cuda:0") && e.contains("CUDA"), "{e}");

@@ -19,7 +19,7 @@ mod setup;
 
 pub use codec::Codec;
 pub use error::ApiError;
-pub use setup::{run_blocking, BackendKind, Server, ServerConfig, ServerError};
+pub use setup::{run_blocking, BackendKind, ExternalBackend, Server, ServerConfig, ServerError};
 
 use engine::{Command, Shared};
 use metrics::Metrics;

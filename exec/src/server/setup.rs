@@ -5,18 +5,16 @@ use super::{log, AppState, Codec, Info};
 use crate::cpu_backend::CpuBackend;
 use crate::model::CpuModel;
 use crate::tokenizer::{GenerationConfig, Tokenizer};
-use doppel_core::{
-    Backend, Engine, Plan, Policy, SamplingParams, Scheduler, SchedulerConfig, StepResult, TimeNs,
-};
-use doppel_sim::backend::SimBackend;
-use doppel_sim::{CostModel, Profile, RooflineCost};
+use doppel_core::{Backend, Engine, Policy, SamplingParams, Scheduler, SchedulerConfig};
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Which backend executes plans.
+/// Which of doppel-exec's backends executes plans (others come in through
+/// [`Server::build_with`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum BackendKind {
     /// The CPU reference model (needs `model`).
@@ -31,11 +29,6 @@ pub enum BackendKind {
         /// Largest decode batch replayed from a CUDA graph (0 = none).
         cuda_graph_max_bs: usize,
     },
-    /// The simulator in real time: a profile's latencies, synthetic tokens.
-    Sim {
-        /// Built-in profile name or a .yaml file.
-        profile: String,
-    },
 }
 
 /// Everything `doppel exec serve` takes.
@@ -43,8 +36,6 @@ pub enum BackendKind {
 pub struct ServerConfig {
     /// Checkpoint directory (CPU), or a tokenizer directory for the simulator (optional there).
     pub model: Option<PathBuf>,
-    /// Backend.
-    pub backend: BackendKind,
     /// Name clients pass as `model` (default: the directory name, or the profile name).
     pub served_model_name: Option<String>,
     /// KV capacity in tokens (default: 8192 on the CPU, the profile's memory rule for sim).
@@ -79,7 +70,6 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             model: None,
-            backend: BackendKind::Cpu,
             served_model_name: None,
             kv_capacity: None,
             page_size: 1,
@@ -117,31 +107,6 @@ pub struct Server {
     state: Arc<AppState>,
     thread: Option<std::thread::JoinHandle<()>>,
     shutdown_timeout: Duration,
-}
-
-/// The simulator's virtual GPU on the wall clock: results are released when the cost model says
-/// the step ends, so clients see real latencies.
-struct Realtime<C: CostModel> {
-    inner: SimBackend<C>,
-    start: Instant,
-}
-
-impl<C: CostModel> Backend for Realtime<C> {
-    type Error = doppel_sim::backend::BackendError;
-
-    fn launch(&mut self, plan: &Plan, now: TimeNs) -> Result<(), Self::Error> {
-        self.inner.launch(plan, now)
-    }
-
-    fn collect(&mut self, plan: &Plan, out: &mut StepResult) -> Result<(), Self::Error> {
-        self.inner.collect(plan, out)?;
-        let due = self.start + Duration::from_nanos(out.done_at);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
-        Ok(())
-    }
 }
 
 fn dir_name(p: &std::path::Path) -> String {
@@ -186,13 +151,53 @@ fn spawn<B: Backend + Send + 'static>(
     Ok((h, max_running))
 }
 
-impl Server {
-    /// Load the model (or profile), build the scheduler and start the engine thread.
-    pub fn build(cfg: ServerConfig) -> Result<Server, ServerError> {
+/// A backend built outside doppel-exec (the simulator's virtual GPU, in doppel-measure) and the
+/// facts the server needs about it.
+pub struct ExternalBackend<B> {
+    /// The backend that runs plans.
+    pub backend: B,
+    /// Served model name unless `--served-model-name` is given.
+    pub name: String,
+    /// What /get_server_info reports as the backend (e.g. "sim:<profile>").
+    pub backend_name: String,
+    /// Vocabulary size (token ids must be below it).
+    pub vocab: usize,
+    /// Architecture name for /get_model_info.
+    pub arch: String,
+    /// Context length.
+    pub context_len: usize,
+    /// KV capacity in tokens when the config gives none.
+    pub kv_capacity_tokens: usize,
+    /// Whether decode steps count as graph replays in the batch log.
+    pub cuda_graph: bool,
+    /// The engine clock's zero (a wall-clock backend releases results against it).
+    pub origin: Instant,
+}
+
+/// What the common part of start-up has made before a backend is chosen.
+struct Prelude {
+    shared: Arc<Shared>,
+    tx: std::sync::mpsc::Sender<Command>,
+    rx: std::sync::mpsc::Receiver<Command>,
+    sched: SchedulerConfig,
+    opts: LoopOptions,
+    defaults: SamplingParams,
+}
+
+/// The served model's facts once its backend is running.
+struct Facts {
+    codec: Codec,
+    name: String,
+    backend_name: String,
+    vocab: usize,
+    arch: String,
+}
+
+impl Prelude {
+    fn new(cfg: &ServerConfig, start: Instant) -> Result<Prelude, ServerError> {
         if cfg.page_size == 0 {
             return Err(ServerError::Config("--page-size must be at least 1".into()));
         }
-        let start = Instant::now();
         let shared = Arc::new(Shared {
             snapshot: Mutex::new(Snapshot {
                 alive: true,
@@ -213,169 +218,72 @@ impl Server {
         if let Some(m) = cfg.max_prefill_tokens {
             sched.max_prefill_tokens = m;
         }
-        let mut opts = LoopOptions {
+        let opts = LoopOptions {
             max_queued: cfg.max_queued_requests,
             log_batches: cfg.log_batches,
             cuda_graph: false,
         };
-        let mut defaults = SamplingParams::default();
-        let (codec, name, backend_name, vocab, arch, thread, max_running) = match &cfg.backend {
-            BackendKind::Cpu => {
-                let dir = cfg.model.clone().ok_or_else(|| {
-                    ServerError::Config("--model is required with --device cpu".into())
-                })?;
-                let tok = Tokenizer::load(&dir).map_err(|e| ServerError::Load(e.to_string()))?;
-                let gen_cfg = GenerationConfig::load(&dir)
-                    .map_err(|e| ServerError::Load(e.to_string()))?
-                    .unwrap_or_default();
-                gen_cfg.apply_defaults(&mut defaults);
-                let (model, report) =
-                    CpuModel::load(&dir, false).map_err(|e| ServerError::Load(e.to_string()))?;
-                let mc = model.config().clone();
-                log::info(&format!(
-                    "loaded {:?} from {} in {:.2} s ({:.1} MiB of f32 weights)",
-                    mc.arch,
-                    dir.display(),
-                    report.elapsed.as_secs_f64(),
-                    report.weight_bytes as f64 / (1 << 20) as f64
-                ));
-                let mut eos = gen_cfg.eos_token_ids.clone();
-                for e in &mc.eos_token_ids {
-                    if !eos.contains(e) {
-                        eos.push(*e);
-                    }
-                }
-                sched.eos_token_ids = eos;
-                sched.kv_capacity_tokens = cfg.kv_capacity.unwrap_or(8192);
-                sched.context_len = mc.max_position_embeddings;
-                let backend = CpuBackend::new(model, sched.capacity_tokens(), cfg.seed);
-                let (h, mr) = spawn(
-                    sched.clone(),
-                    backend,
-                    cfg.overlap,
-                    rx,
-                    shared.clone(),
-                    opts.clone(),
-                )?;
-                (
-                    Codec::Hf(Arc::new(tok)),
-                    dir_name(&dir),
-                    "cpu".to_string(),
-                    mc.vocab_size,
-                    format!("{:?}", mc.arch),
-                    h,
-                    mr,
-                )
+        Ok(Prelude {
+            shared,
+            tx,
+            rx,
+            sched,
+            opts,
+            defaults: SamplingParams::default(),
+        })
+    }
+
+    /// Tokenizer, generation defaults and stop ids of a checkpoint directory.
+    fn checkpoint(
+        &mut self,
+        dir: &std::path::Path,
+        model_eos: &[u32],
+    ) -> Result<Tokenizer, ServerError> {
+        let load = |e: &dyn std::fmt::Display| ServerError::Load(e.to_string());
+        let tok = Tokenizer::load(dir).map_err(|e| load(&e))?;
+        let gen_cfg = GenerationConfig::load(dir)
+            .map_err(|e| load(&e))?
+            .unwrap_or_default();
+        gen_cfg.apply_defaults(&mut self.defaults);
+        let mut eos = gen_cfg.eos_token_ids.clone();
+        for e in model_eos {
+            if !eos.contains(e) {
+                eos.push(*e);
             }
-            BackendKind::Cuda {
-                device,
-                mem_fraction_static,
-                cuda_graph_max_bs,
-            } => {
-                use crate::cuda::{backend::CudaBackend, startup::CudaOptions};
-                let dir = cfg.model.clone().ok_or_else(|| {
-                    ServerError::Config("--model is required with --device cuda".into())
-                })?;
-                let load = |e: &dyn std::fmt::Display| ServerError::Load(e.to_string());
-                let tok = Tokenizer::load(&dir).map_err(|e| load(&e))?;
-                let gen_cfg = GenerationConfig::load(&dir)
-                    .map_err(|e| load(&e))?
-                    .unwrap_or_default();
-                gen_cfg.apply_defaults(&mut defaults);
-                let mc = crate::model::ModelConfig::load(&dir).map_err(|e| load(&e))?;
-                let mut eos = gen_cfg.eos_token_ids.clone();
-                for e in &mc.eos_token_ids {
-                    if !eos.contains(e) {
-                        eos.push(*e);
-                    }
-                }
-                sched.eos_token_ids = eos;
-                sched.context_len = mc.max_position_embeddings;
-                let opts_cuda = CudaOptions {
-                    device: *device,
-                    mem_fraction_static: *mem_fraction_static,
-                    kv_capacity_tokens: cfg.kv_capacity,
-                    cuda_graph_max_bs: *cuda_graph_max_bs,
-                    random_weights: false,
-                    seed: cfg.seed,
-                };
-                let (mut backend, capacity) =
-                    CudaBackend::from_checkpoint(&dir, &opts_cuda, &sched)
-                        .map_err(|e| ServerError::Load(format!("--device cuda:{device}: {e}")))?;
-                sched.kv_capacity_tokens = capacity;
-                // Capture every decode graph before the first request, as SGLang does at start-up.
-                crate::warmup::warm_up(
-                    &mut backend,
-                    &sched,
-                    mc.vocab_size,
-                    *cuda_graph_max_bs,
-                    crate::warmup::PREFILL_BUCKETS,
-                )
-                .map_err(|e| ServerError::Load(format!("--device cuda:{device}: {e}")))?;
-                opts.cuda_graph = *cuda_graph_max_bs > 0;
-                let (h, mr) = spawn(
-                    sched.clone(),
-                    backend,
-                    cfg.overlap,
-                    rx,
-                    shared.clone(),
-                    opts.clone(),
-                )?;
-                (
-                    Codec::Hf(Arc::new(tok)),
-                    dir_name(&dir),
-                    format!("cuda:{device}"),
-                    mc.vocab_size,
-                    format!("{:?}", mc.arch),
-                    h,
-                    mr,
-                )
-            }
-            BackendKind::Sim { profile } => {
-                let p = Profile::load(profile).map_err(|e| ServerError::Load(e.to_string()))?;
-                let codec = match &cfg.model {
-                    Some(dir) => Codec::Hf(Arc::new(
-                        Tokenizer::load(dir).map_err(|e| ServerError::Load(e.to_string()))?,
-                    )),
-                    None => Codec::Synthetic,
-                };
-                sched.context_len = p.model.context_len;
-                sched.kv_capacity_tokens = match cfg.kv_capacity {
-                    Some(c) => c,
-                    None => p.kv_capacity_from_fraction(
-                        p.default_mem_fraction(cfg.chunked_prefill_size, 1),
-                        1,
-                    ),
-                };
-                opts.cuda_graph = true;
-                let backend = Realtime {
-                    inner: SimBackend::new(RooflineCost::new(&p, 1), p.model.vocab, false),
-                    start,
-                };
-                let (h, mr) = spawn(
-                    sched.clone(),
-                    backend,
-                    cfg.overlap,
-                    rx,
-                    shared.clone(),
-                    opts.clone(),
-                )?;
-                (
-                    codec,
-                    p.name.clone(),
-                    format!("sim:{}", p.name),
-                    p.model.vocab,
-                    "sim".to_string(),
-                    h,
-                    mr,
-                )
-            }
-        };
+        }
+        self.sched.eos_token_ids = eos;
+        Ok(tok)
+    }
+
+    /// Start the engine thread over `backend` and assemble the server.
+    fn finish<B: Backend + Send + 'static>(
+        self,
+        cfg: &ServerConfig,
+        backend: B,
+        facts: Facts,
+    ) -> Result<Server, ServerError> {
+        let Prelude {
+            shared,
+            tx,
+            rx,
+            sched,
+            opts,
+            defaults,
+            ..
+        } = self;
+        let (thread, max_running) = spawn(
+            sched.clone(),
+            backend,
+            cfg.overlap,
+            rx,
+            shared.clone(),
+            opts,
+        )?;
         let info = Info {
-            model_name: cfg.served_model_name.clone().unwrap_or(name),
+            model_name: cfg.served_model_name.clone().unwrap_or(facts.name),
             model_path: cfg.model.as_ref().map(|p| p.display().to_string()),
-            backend: backend_name,
-            vocab,
+            backend: facts.backend_name,
+            vocab: facts.vocab,
             context_len: sched.context_len,
             capacity: sched.capacity_tokens(),
             page_size: sched.page_size,
@@ -386,14 +294,14 @@ impl Server {
             disable_radix_cache: sched.disable_radix_cache,
             overlap: cfg.overlap,
             max_body_bytes: cfg.max_body_bytes,
-            arch,
+            arch: facts.arch,
             created: unix_now(),
         };
         Ok(Server {
             state: Arc::new(AppState {
                 cmd: tx,
                 shared,
-                codec,
+                codec: facts.codec,
                 info,
                 metrics: Default::default(),
                 next_id: AtomicU64::new(0),
@@ -404,6 +312,125 @@ impl Server {
             thread: Some(thread),
             shutdown_timeout: cfg.shutdown_timeout,
         })
+    }
+}
+
+impl Server {
+    /// Load the model, build the scheduler and start the engine thread on `backend`.
+    pub fn build(cfg: ServerConfig, backend: BackendKind) -> Result<Server, ServerError> {
+        let p = Prelude::new(&cfg, Instant::now())?;
+        match &backend {
+            BackendKind::Cpu => Self::build_cpu(p, &cfg),
+            BackendKind::Cuda {
+                device,
+                mem_fraction_static,
+                cuda_graph_max_bs,
+            } => Self::build_cuda(p, &cfg, *device, *mem_fraction_static, *cuda_graph_max_bs),
+        }
+    }
+
+    /// Serve over a backend built elsewhere (the simulator's, from doppel-measure); `cfg.model`,
+    /// if given, is a tokenizer directory (else token ids are their own text).
+    pub fn build_with<B: Backend + Send + 'static>(
+        cfg: ServerConfig,
+        ext: ExternalBackend<B>,
+    ) -> Result<Server, ServerError> {
+        let mut p = Prelude::new(&cfg, ext.origin)?;
+        let codec = match &cfg.model {
+            Some(dir) => Codec::Hf(Arc::new(
+                Tokenizer::load(dir).map_err(|e| ServerError::Load(e.to_string()))?,
+            )),
+            None => Codec::Synthetic,
+        };
+        p.sched.context_len = ext.context_len;
+        p.sched.kv_capacity_tokens = cfg.kv_capacity.unwrap_or(ext.kv_capacity_tokens);
+        p.opts.cuda_graph = ext.cuda_graph;
+        let facts = Facts {
+            codec,
+            name: ext.name,
+            backend_name: ext.backend_name,
+            vocab: ext.vocab,
+            arch: ext.arch,
+        };
+        p.finish(&cfg, ext.backend, facts)
+    }
+
+    fn build_cpu(mut p: Prelude, cfg: &ServerConfig) -> Result<Server, ServerError> {
+        let dir = cfg
+            .model
+            .clone()
+            .ok_or_else(|| ServerError::Config("--model is required with --device cpu".into()))?;
+        let (model, report) =
+            CpuModel::load(&dir, false).map_err(|e| ServerError::Load(e.to_string()))?;
+        let mc = model.config().clone();
+        log::info(&format!(
+            "loaded {:?} from {} in {:.2} s ({:.1} MiB of f32 weights)",
+            mc.arch,
+            dir.display(),
+            report.elapsed.as_secs_f64(),
+            report.weight_bytes as f64 / (1 << 20) as f64
+        ));
+        let tok = p.checkpoint(&dir, &mc.eos_token_ids)?;
+        p.sched.kv_capacity_tokens = cfg.kv_capacity.unwrap_or(8192);
+        p.sched.context_len = mc.max_position_embeddings;
+        let backend = CpuBackend::new(model, p.sched.capacity_tokens(), cfg.seed);
+        let facts = Facts {
+            codec: Codec::Hf(Arc::new(tok)),
+            name: dir_name(&dir),
+            backend_name: "cpu".to_string(),
+            vocab: mc.vocab_size,
+            arch: format!("{:?}", mc.arch),
+        };
+        p.finish(cfg, backend, facts)
+    }
+
+    fn build_cuda(
+        mut p: Prelude,
+        cfg: &ServerConfig,
+        device: usize,
+        mem_fraction_static: Option<f64>,
+        cuda_graph_max_bs: usize,
+    ) -> Result<Server, ServerError> {
+        use crate::cuda::{backend::CudaBackend, startup::CudaOptions};
+        let dir = cfg
+            .model
+            .clone()
+            .ok_or_else(|| ServerError::Config("--model is required with --device cuda".into()))?;
+        let mc =
+            crate::model::ModelConfig::load(&dir).map_err(|e| ServerError::Load(e.to_string()))?;
+        let tok = p.checkpoint(&dir, &mc.eos_token_ids)?;
+        p.sched.context_len = mc.max_position_embeddings;
+        let opts_cuda = CudaOptions {
+            device,
+            mem_fraction_static,
+            kv_capacity_tokens: cfg.kv_capacity,
+            cuda_graph_max_bs,
+            random_weights: false,
+            seed: cfg.seed,
+        };
+        let fail =
+            |e: &dyn std::fmt::Display| ServerError::Load(format!("--device cuda:{device}: {e}"));
+        let (mut backend, capacity) =
+            CudaBackend::from_checkpoint(&dir, &opts_cuda, &p.sched).map_err(|e| fail(&e))?;
+        p.sched.kv_capacity_tokens = capacity;
+        // Capture every decode graph before the first request, as SGLang does at start-up.
+        crate::warmup::warm_up(
+            &mut backend,
+            &p.sched,
+            mc.vocab_size,
+            cuda_graph_max_bs,
+            crate::warmup::PREFILL_BUCKETS,
+        )
+        .map_err(|e| fail(&e))?;
+        p.opts.cuda_graph = cuda_graph_max_bs > 0;
+        let facts = Facts {
+            codec: Codec::Hf(Arc::new(tok)),
+            name: dir_name(&dir),
+            backend_name: format!("cuda:{device}"),
+            vocab: mc.vocab_size,
+            arch: format!("{:?}", mc.arch),
+        };
+        p.finish(cfg, backend, facts)
     }
 
     /// The served model's facts.
@@ -469,8 +496,7 @@ impl Server {
 }
 
 /// Bind `host:port` and serve until SIGTERM or Ctrl-C (what `doppel exec serve` runs).
-pub fn run_blocking(cfg: ServerConfig, host: &str, port: u16) -> Result<Snapshot, ServerError> {
-    let server = Server::build(cfg)?;
+pub fn run_blocking(server: Server, host: &str, port: u16) -> Result<Snapshot, ServerError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

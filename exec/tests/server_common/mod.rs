@@ -37,14 +37,13 @@ pub async fn start(tweak: impl FnOnce(&mut ServerConfig)) -> Running {
     write_model(dir.path(), &spec).unwrap();
     let mut cfg = ServerConfig {
         model: Some(dir.path().to_path_buf()),
-        backend: BackendKind::Cpu,
         served_model_name: Some("tiny".into()),
         kv_capacity: Some(4096),
         log_batches: false,
         ..Default::default()
     };
     tweak(&mut cfg);
-    let server = Server::build(cfg).unwrap();
+    let server = Server::build(cfg, BackendKind::Cpu).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = oneshot::channel::<()>();

@@ -1,0 +1,8 @@
+//! doppel-measure: the tools that need both sides, the real engine (doppel-exec) and the
+//! simulator (doppel-sim): trace replay on the real engine, step profiling for calibration, the
+//! `bench serve` client, and the HTTP server over the simulator's virtual GPU.
+
+pub mod bench;
+pub mod profile;
+pub mod replay;
+pub mod sim_server;
