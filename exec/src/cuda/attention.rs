@@ -300,64 +300,13 @@ impl Gpu {
             DecodeVariant::Combine => 0u64,
         };
         if let Some((p, _)) = post {
-            let width = (shape.nq + 2 * shape.nk) * shape.head_dim;
-            check(K, shape.q_stride >= width, || {
-                format!(
-                    "q stride {} is narrower than a qkv row ({width})",
-                    shape.q_stride
-                )
-            })?;
-            need(
-                K,
-                "qkv",
-                &q,
-                meta.tokens.saturating_sub(1) * shape.q_stride + width,
-            )?;
-            check(K, p.cos_sin.len().is_multiple_of(shape.head_dim), || {
-                "cos/sin table is not [max_pos, head_dim]".into()
-            })?;
-            need(K, "positions", &p.positions, meta.tokens)?;
-            need(K, "slots", &p.slots, meta.tokens)?;
-            if let Some((wq, wk)) = &p.qk_norm {
-                need(K, "wq", wq, shape.head_dim)?;
-                need(K, "wk", wk, shape.head_dim)?;
-            }
-            if let Some(rs) = &p.row_scale {
-                check(K, rs.hidden > 0 && rs.hidden.is_multiple_of(8), || {
-                    format!(
-                        "row-scale width {} is not a positive multiple of 8",
-                        rs.hidden
-                    )
-                })?;
-                need(K, "row-scale rows", &rs.x, meta.tokens * rs.hidden)?;
-            }
+            check_qk_pass(shape, &q, meta.tokens, p)?;
         }
         if n == 0 {
             return Ok(());
         }
-        let group = shape.nq / shape.nk;
+        let split_name = decode_kernel_name(shape);
         let mma = shape.decode_mma;
-        let rmma = !mma && shape.decode_reg_mma;
-        let split_name = match (shape.head_dim, group) {
-            (64, 1) if mma => "attention_decode_mma_d64_g1",
-            (64, 2) if mma => "attention_decode_mma_d64_g2",
-            (64, 3..=4) if mma => "attention_decode_mma_d64_g4",
-            (64, _) if mma => "attention_decode_mma_d64_g8",
-            (_, 1) if mma => "attention_decode_mma_d128_g1",
-            (_, 2) if mma => "attention_decode_mma_d128_g2",
-            (_, 3..=4) if mma => "attention_decode_mma_d128_g4",
-            (_, _) if mma => "attention_decode_mma_d128_g8",
-            (64, _) if rmma => "attention_decode_rmma_d64",
-            (_, _) if rmma => "attention_decode_rmma_d128",
-            (64, 1) => "attention_decode_v3p_d64_g1",
-            (64, 2) => "attention_decode_v3p_d64_g2",
-            (64, 3..=4) => "attention_decode_v3_d64_g4",
-            (64, _) => "attention_decode_v3_d64_g8",
-            (_, 1) => "attention_decode_v3p_d128_g1",
-            (_, 2) => "attention_decode_v3p_d128_g2",
-            (_, 3..=4) => "attention_decode_v3_d128_g4",
-            (_, _) => "attention_decode_v3_d128_g8",
-        };
         let combine_name = if shape.head_dim == 64 {
             "attention_decode_combine_d64"
         } else {
@@ -452,6 +401,71 @@ impl Gpu {
             shared_mem_bytes: 0,
         };
         unsafe { b.launch(cfg) }.ctx(combine_name).map(|_| ())
+    }
+}
+
+/// The folded q/k pass's arguments of [`Gpu::attention_decode`] against `shape`.
+fn check_qk_pass(shape: &AttnShape, q: &DPtr<bf16>, tokens: usize, p: &QkvPost) -> Result<()> {
+    const K: &str = "attention_decode";
+    let width = (shape.nq + 2 * shape.nk) * shape.head_dim;
+    check(K, shape.q_stride >= width, || {
+        format!(
+            "q stride {} is narrower than a qkv row ({width})",
+            shape.q_stride
+        )
+    })?;
+    need(
+        K,
+        "qkv",
+        q,
+        tokens.saturating_sub(1) * shape.q_stride + width,
+    )?;
+    check(K, p.cos_sin.len().is_multiple_of(shape.head_dim), || {
+        "cos/sin table is not [max_pos, head_dim]".into()
+    })?;
+    need(K, "positions", &p.positions, tokens)?;
+    need(K, "slots", &p.slots, tokens)?;
+    if let Some((wq, wk)) = &p.qk_norm {
+        need(K, "wq", wq, shape.head_dim)?;
+        need(K, "wk", wk, shape.head_dim)?;
+    }
+    if let Some(rs) = &p.row_scale {
+        check(K, rs.hidden > 0 && rs.hidden.is_multiple_of(8), || {
+            format!(
+                "row-scale width {} is not a positive multiple of 8",
+                rs.hidden
+            )
+        })?;
+        need(K, "row-scale rows", &rs.x, tokens * rs.hidden)?;
+    }
+    Ok(())
+}
+
+/// The decode kernel `shape` selects: the tensor-core one, the register-fed one, or the CUDA-core
+/// V3 kernel sized to the GQA group (pipelined for groups of 1-2).
+fn decode_kernel_name(shape: &AttnShape) -> &'static str {
+    let group = shape.nq / shape.nk;
+    let mma = shape.decode_mma;
+    let rmma = !mma && shape.decode_reg_mma;
+    match (shape.head_dim, group) {
+        (64, 1) if mma => "attention_decode_mma_d64_g1",
+        (64, 2) if mma => "attention_decode_mma_d64_g2",
+        (64, 3..=4) if mma => "attention_decode_mma_d64_g4",
+        (64, _) if mma => "attention_decode_mma_d64_g8",
+        (_, 1) if mma => "attention_decode_mma_d128_g1",
+        (_, 2) if mma => "attention_decode_mma_d128_g2",
+        (_, 3..=4) if mma => "attention_decode_mma_d128_g4",
+        (_, _) if mma => "attention_decode_mma_d128_g8",
+        (64, _) if rmma => "attention_decode_rmma_d64",
+        (_, _) if rmma => "attention_decode_rmma_d128",
+        (64, 1) => "attention_decode_v3p_d64_g1",
+        (64, 2) => "attention_decode_v3p_d64_g2",
+        (64, 3..=4) => "attention_decode_v3_d64_g4",
+        (64, _) => "attention_decode_v3_d64_g8",
+        (_, 1) => "attention_decode_v3p_d128_g1",
+        (_, 2) => "attention_decode_v3p_d128_g2",
+        (_, 3..=4) => "attention_decode_v3_d128_g4",
+        (_, _) => "attention_decode_v3_d128_g8",
     }
 }
 
