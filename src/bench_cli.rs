@@ -3,7 +3,8 @@
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use doppel_exec::server::client;
-use doppel_measure::bench::{self, Api, BenchConfig, PromptForm};
+use doppel_exec::tokenizer::Tokenizer;
+use doppel_measure::bench::{self, sharegpt, Api, BenchConfig, PromptForm, RequestSpec};
 use doppel_sim::trace::{Arrival, ArrivalPattern, Trace, Workload};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,13 +14,16 @@ use std::time::Duration;
 #[derive(Subcommand)]
 pub enum BenchCmd {
     /// SGLang's bench_serving against a running server (ours, SGLang, vLLM).
+    // Unambiguous prefixes of long options work, as in Python's argparse (`--random-input 128`).
+    #[command(infer_long_args = true)]
     Serve(Box<ServeArgs>),
 }
 
 /// `doppel bench serve` (options named as bench_serving's).
 #[derive(Args)]
 pub struct ServeArgs {
-    /// sglang (POST /generate) or openai (POST /v1/completions).
+    /// bench_serving's backend: sglang / sglang-native (POST /generate); sglang-oai, vllm,
+    /// lmdeploy, openai (POST /v1/completions); their -chat forms (POST /v1/chat/completions).
     #[arg(long, default_value = "sglang")]
     backend: String,
     /// Server host.
@@ -34,9 +38,19 @@ pub struct ServeArgs {
     /// Model name sent to the OpenAI API (default: the first of the server's /v1/models).
     #[arg(long)]
     model: Option<String>,
-    /// random (text), random-ids, shared-prefix or trace.
+    /// random (text), random-ids, generated-shared-prefix (or shared-prefix), sharegpt (a local
+    /// file, --dataset-path) or trace.
     #[arg(long, default_value = "random")]
     dataset_name: String,
+    /// Dataset file (sharegpt: a local ShareGPT JSON list; nothing is downloaded).
+    #[arg(long)]
+    dataset_path: Option<PathBuf>,
+    /// ShareGPT: output length of every request (default: the reply's length).
+    #[arg(long)]
+    sharegpt_output_len: Option<usize>,
+    /// ShareGPT: drop conversations whose prompt + output exceed this many tokens.
+    #[arg(long)]
+    sharegpt_context_len: Option<usize>,
     /// A doppel trace file (with --dataset-name trace): its workload and arrival schedule.
     #[arg(long)]
     trace: Option<String>,
@@ -79,7 +93,8 @@ pub struct ServeArgs {
     /// Seed of prompts and arrivals.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Tokenizer directory (decodes random text prompts; gives the vocabulary).
+    /// Tokenizer directory (text prompts; gives the vocabulary; default for text datasets: the
+    /// server's /get_model_info tokenizer_path when that directory is on this machine).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Vocabulary of random token ids (default: the tokenizer's, else the server's /get_model_info).
@@ -103,6 +118,12 @@ pub struct ServeArgs {
     /// No progress bar.
     #[arg(long)]
     disable_tqdm: bool,
+    /// Let the server stop at EOS (default: ignore_eos, so outputs have the asked lengths).
+    #[arg(long)]
+    disable_ignore_eos: bool,
+    /// A JSON object merged into every request body, e.g. '{"top_k": 20}'.
+    #[arg(long)]
+    extra_request_body: Option<String>,
 }
 
 /// Run a `doppel bench` subcommand.
@@ -183,11 +204,7 @@ fn served_model(addr: &str) -> anyhow::Result<String> {
         })
 }
 
-fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::parse(&a.backend)
-        .with_context(|| format!("--backend {}: expected sglang or openai", a.backend))?;
-    let addr = addr_of(&a)?;
-    let arrival = arrival_of(&a)?;
+fn check_numbers(a: &ServeArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&a.random_range_ratio) {
         bail!(
             "--random-range-ratio {}: must be in [0, 1]",
@@ -199,70 +216,142 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             bail!("--time-limit {t}: must be a positive number of seconds");
         }
     }
-    let (trace, form) = match a.dataset_name.as_str() {
-        "random" | "random-ids" => {
-            if a.num_prompts == 0 || a.random_input_len == 0 || a.random_output_len == 0 {
-                bail!(
-                    "--num-prompts, --random-input-len and --random-output-len must be at least 1"
-                );
-            }
-            let w = Workload::Random {
-                num_requests: a.num_prompts,
-                input_len: a.random_input_len,
-                output_len: a.random_output_len,
-                range_ratio: a.random_range_ratio,
-            };
-            let form = if a.dataset_name == "random" {
-                PromptForm::Text
-            } else {
-                PromptForm::Ids
-            };
-            (
-                bench::dataset_trace(w, arrival, a.seed, &a.dataset_name),
-                form,
-            )
+    Ok(())
+}
+
+/// The server's tokenizer directory, when the server names one that exists here (as
+/// bench_serving takes the served model's tokenizer); None when it cannot tell.
+fn server_tokenizer_dir(addr: &str) -> Option<PathBuf> {
+    let r = client::block_on(client::get(addr, "/get_model_info"))
+        .ok()?
+        .ok()?;
+    let dir = PathBuf::from(r.json()["tokenizer_path"].as_str()?);
+    dir.join("tokenizer.json").is_file().then_some(dir)
+}
+
+fn tokenizer_of(a: &ServeArgs, addr: &str, needs_text: bool) -> anyhow::Result<Option<Tokenizer>> {
+    let dir = match (&a.tokenizer, needs_text) {
+        (Some(d), _) => d.clone(),
+        (None, true) => match server_tokenizer_dir(addr) {
+            Some(d) => d,
+            None => bail!(
+                "--dataset-name {} sends text: pass --tokenizer DIR (the server at {addr} names \
+                 no tokenizer directory on this machine)",
+                a.dataset_name
+            ),
+        },
+        (None, false) => return Ok(None),
+    };
+    Ok(Some(Tokenizer::load(&dir)?))
+}
+
+fn random_trace(a: &ServeArgs, arrival: Arrival) -> anyhow::Result<Trace> {
+    if a.num_prompts == 0 || a.random_input_len == 0 || a.random_output_len == 0 {
+        bail!("--num-prompts, --random-input-len and --random-output-len must be at least 1");
+    }
+    let w = Workload::Random {
+        num_requests: a.num_prompts,
+        input_len: a.random_input_len,
+        output_len: a.random_output_len,
+        range_ratio: a.random_range_ratio,
+    };
+    Ok(bench::dataset_trace(w, arrival, a.seed, &a.dataset_name))
+}
+
+fn shared_prefix_trace(a: &ServeArgs, arrival: Arrival) -> anyhow::Result<Trace> {
+    let sizes = [
+        a.gsp_num_groups,
+        a.gsp_prompts_per_group,
+        a.gsp_system_prompt_len + a.gsp_question_len,
+        a.gsp_output_len,
+    ];
+    if sizes.contains(&0) {
+        bail!("--gsp-* sizes must be at least 1");
+    }
+    let w = Workload::SharedPrefix {
+        num_groups: a.gsp_num_groups,
+        prompts_per_group: a.gsp_prompts_per_group,
+        system_prompt_len: a.gsp_system_prompt_len,
+        question_len: a.gsp_question_len,
+        output_len: a.gsp_output_len,
+    };
+    Ok(bench::dataset_trace(
+        w,
+        arrival,
+        a.seed,
+        "generated-shared-prefix",
+    ))
+}
+
+fn sharegpt_trace(a: &ServeArgs, arrival: Arrival, tok: &Tokenizer) -> anyhow::Result<Trace> {
+    let path = a.dataset_path.as_deref().context(
+        "--dataset-name sharegpt needs --dataset-path FILE (a local ShareGPT JSON file; \
+         nothing is downloaded)",
+    )?;
+    let opts = sharegpt::ShareGptOptions {
+        num_prompts: a.num_prompts,
+        output_len: a.sharegpt_output_len,
+        context_len: a.sharegpt_context_len,
+        seed: a.seed,
+    };
+    let mut requests = sharegpt::requests(sharegpt::read_pairs(path)?, tok, opts)?;
+    let times = doppel_sim::workload::arrival_times(requests.len(), &arrival, a.seed);
+    for (r, t) in requests.iter_mut().zip(times) {
+        r.arrival_ms = t as f64 * 1e-6;
+    }
+    let w = Workload::Requests { requests };
+    Ok(bench::dataset_trace(w, arrival, a.seed, "sharegpt"))
+}
+
+fn dataset_of(
+    a: &ServeArgs,
+    arrival: Arrival,
+    tok: Option<&Tokenizer>,
+) -> anyhow::Result<(Trace, PromptForm)> {
+    Ok(match (a.dataset_name.as_str(), tok) {
+        ("random", _) => (random_trace(a, arrival)?, PromptForm::Text),
+        ("random-ids", _) => (random_trace(a, arrival)?, PromptForm::Ids),
+        ("generated-shared-prefix" | "shared-prefix", _) => {
+            (shared_prefix_trace(a, arrival)?, PromptForm::Ids)
         }
-        "shared-prefix" => {
-            let w = Workload::SharedPrefix {
-                num_groups: a.gsp_num_groups,
-                prompts_per_group: a.gsp_prompts_per_group,
-                system_prompt_len: a.gsp_system_prompt_len,
-                question_len: a.gsp_question_len,
-                output_len: a.gsp_output_len,
-            };
-            if [
-                a.gsp_num_groups,
-                a.gsp_prompts_per_group,
-                a.gsp_system_prompt_len + a.gsp_question_len,
-                a.gsp_output_len,
-            ]
-            .contains(&0)
-            {
-                bail!("--gsp-* sizes must be at least 1");
-            }
-            (
-                bench::dataset_trace(w, arrival, a.seed, "shared-prefix"),
-                PromptForm::Ids,
-            )
-        }
-        "trace" => {
+        ("sharegpt", Some(tok)) => (sharegpt_trace(a, arrival, tok)?, PromptForm::Text),
+        ("sharegpt", None) => bail!("--dataset-name sharegpt needs --tokenizer DIR"),
+        ("trace", _) => {
             let path = a
                 .trace
                 .as_deref()
                 .context("--dataset-name trace needs --trace FILE")?;
             // The trace's own workload and arrival schedule; its engine section is the server's
             // business and is ignored.
-            let t = Trace::load(path)?;
-            (t, PromptForm::Ids)
+            (Trace::load(path)?, PromptForm::Ids)
         }
-        other => {
-            bail!("--dataset-name {other}: expected random, random-ids, shared-prefix or trace")
-        }
+        (other, _) => bail!(
+            "--dataset-name {other}: expected random, random-ids, generated-shared-prefix, \
+             sharegpt or trace"
+        ),
+    })
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::parse(&a.backend)
+        .with_context(|| format!("--backend {}: expected {}", a.backend, Api::BACKENDS))?;
+    let addr = addr_of(&a)?;
+    let arrival = arrival_of(&a)?;
+    check_numbers(&a)?;
+    let extra_body = match &a.extra_request_body {
+        Some(text) => bench::extra_body(text)?,
+        None => Default::default(),
     };
-    let tok = match &a.tokenizer {
-        Some(dir) => Some(doppel_exec::tokenizer::Tokenizer::load(dir)?),
-        None => None,
-    };
+    let text = matches!(a.dataset_name.as_str(), "random" | "sharegpt");
+    if api == Api::OpenAiChat && !text {
+        bail!(
+            "--backend {} sends chat messages, which are text: use --dataset-name random or \
+             sharegpt",
+            a.backend
+        );
+    }
+    let tok = tokenizer_of(&a, &addr, text)?;
+    let (trace, form) = dataset_of(&a, arrival, tok.as_ref())?;
     let vocab = match (a.vocab, &tok) {
         (Some(v), _) => v,
         (None, Some(t)) => t.vocab_size(),
@@ -271,13 +360,18 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     if vocab == 0 {
         bail!("--vocab must be at least 1");
     }
+    let model = match (&a.model, api) {
+        (Some(m), _) => m.clone(),
+        (None, Api::Sglang) => String::new(),
+        (None, _) => served_model(&addr)?,
+    };
     let cfg = BenchConfig {
-        addr: addr.clone(),
-        api,
-        model_name: match (&a.model, api) {
-            (Some(m), _) => m.clone(),
-            (None, Api::OpenAi) => served_model(&addr)?,
-            (None, Api::Sglang) => String::new(),
+        spec: RequestSpec {
+            addr,
+            api,
+            model,
+            ignore_eos: !a.disable_ignore_eos,
+            extra_body,
         },
         dataset: a.dataset_name.clone(),
         trace,

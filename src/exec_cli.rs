@@ -127,6 +127,10 @@ pub struct GenerateArgs {
     /// Chunked prefill size (0 = off).
     #[arg(long, default_value_t = 8192)]
     chunked_prefill_size: usize,
+    /// Longest prompt + output (SGLang's flag; default: the model's max_position_embeddings;
+    /// longer only with YaRN rope scaling).
+    #[arg(long)]
+    context_length: Option<usize>,
     /// Run the scheduler in SGLang's overlap order.
     #[arg(long)]
     overlap: bool,
@@ -183,9 +187,29 @@ pub struct MakeModelArgs {
     /// Llama 3 rope scaling (llama only; default on).
     #[arg(long)]
     no_rope_scaling: bool,
+    /// YaRN rope scaling FACTOR:ORIGINAL_MAX_POSITIONS (e.g. 4:32768, Qwen2.5's long-context
+    /// setting); replaces the preset's scaling.
+    #[arg(long)]
+    yarn: Option<String>,
+    /// max_position_embeddings (default: the preset's 2048).
+    #[arg(long)]
+    max_position: Option<usize>,
     /// Weight seed.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+}
+
+/// `--yarn FACTOR:ORIGINAL` as transformers would read `{"rope_type": "yarn", ...}`.
+fn parse_yarn(s: &str) -> anyhow::Result<RopeScaling> {
+    let bad =
+        || anyhow::anyhow!("--yarn {s}: expected FACTOR:ORIGINAL_MAX_POSITIONS, e.g. 4:32768");
+    let (f, o) = s.split_once(':').ok_or_else(bad)?;
+    let factor: f64 = f.parse().map_err(|_| bad())?;
+    let original: u64 = o.parse().map_err(|_| bad())?;
+    if !(factor >= 1.0 && factor.is_finite()) || original == 0 {
+        return Err(bad());
+    }
+    Ok(RopeScaling::yarn(factor, original as f64))
 }
 
 /// Run a `doppel exec` subcommand.
@@ -205,7 +229,8 @@ fn make_model(a: MakeModelArgs) -> anyhow::Result<ExitCode> {
         "qwen3" => Arch::Qwen3,
         "qwen2" => Arch::Qwen2,
         "llama" => Arch::Llama,
-        other => bail!("--arch {other}: expected qwen3, qwen2 or llama"),
+        "mistral" => Arch::Mistral,
+        other => bail!("--arch {other}: expected qwen3, qwen2, llama or mistral"),
     };
     let mut s = TinySpec::tiny(arch);
     s.hidden_size = a.hidden.unwrap_or(s.hidden_size);
@@ -223,6 +248,12 @@ fn make_model(a: MakeModelArgs) -> anyhow::Result<ExitCode> {
     }
     if a.no_rope_scaling {
         s.rope_scaling = RopeScaling::None;
+    }
+    if let Some(m) = a.max_position {
+        s.max_position_embeddings = m;
+    }
+    if let Some(y) = &a.yarn {
+        s.rope_scaling = parse_yarn(y)?;
     }
     if let Some(d) = a.dtype {
         s.dtype = match d.as_str() {
@@ -337,7 +368,9 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let mut sched = SchedulerConfig {
         kv_capacity_tokens: a.kv_capacity.unwrap_or(8192),
         page_size: a.page_size,
-        context_len: cfg.max_position_embeddings,
+        context_len: cfg
+            .context_length(a.context_length)
+            .map_err(|e| anyhow!("{}: {e}", a.model.display()))?,
         chunked_prefill_size: (a.chunked_prefill_size > 0).then_some(a.chunked_prefill_size),
         eos_token_ids: eos,
         ..Default::default()

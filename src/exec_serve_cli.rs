@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// Chunked prefill size (0 = off).
     #[arg(long, default_value_t = 8192)]
     chunked_prefill_size: usize,
+    /// Longest prompt + output served (SGLang's flag; default: the model's
+    /// max_position_embeddings; longer only with YaRN rope scaling).
+    #[arg(long)]
+    context_length: Option<usize>,
     /// Cap on running requests.
     #[arg(long)]
     max_running_requests: Option<usize>,
@@ -136,6 +140,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         kv_capacity: a.kv_capacity,
         page_size: a.page_size,
         chunked_prefill_size: (a.chunked_prefill_size > 0).then_some(a.chunked_prefill_size),
+        context_length: a.context_length,
         max_running_requests: a.max_running_requests,
         max_prefill_tokens: a.max_prefill_tokens,
         policy,
@@ -146,6 +151,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_timeout: std::time::Duration::from_secs_f64(a.shutdown_timeout),
         seed: a.seed,
         log_batches: true,
+        conn: Default::default(),
     };
     let server = match backend {
         Serving::Engine(kind) => Server::build(cfg, kind)?,

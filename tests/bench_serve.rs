@@ -1,6 +1,7 @@
 //! `doppel bench serve` against `doppel exec serve` on loopback (CPU backend, tiny model): every
 //! dataset and arrival mode completes with exactly the requested output lengths, per-request JSON
-//! lines are written, and bad options are refused.
+//! lines are written, bench_serving's command lines and backends work, and bad options are
+//! refused.
 
 use doppel_exec::model::Arch;
 use doppel_exec::testgen::{write_model, TinySpec};
@@ -175,10 +176,10 @@ fn every_dataset_and_arrival_mode_completes() {
     assert_eq!(figure(&out, "Successful requests:"), 8.0);
     assert_eq!(figure(&out, "Total generated tokens:"), 48.0);
 
-    // shared prefixes: the server reports cache hits.
+    // shared prefixes (SGLang's dataset name): the server reports cache hits.
     let (ok, out, err) = s.bench(&[
         "--dataset-name",
-        "shared-prefix",
+        "generated-shared-prefix",
         "--gsp-num-groups",
         "2",
         "--gsp-prompts-per-group",
@@ -222,9 +223,18 @@ fn every_dataset_and_arrival_mode_completes() {
 #[test]
 fn bad_options_are_refused_with_the_reason() {
     let bin = env!("CARGO_BIN_EXE_doppel");
+    // Port 1: nothing listens, so no server on the default port can change the answers.
     let run = |args: &[&str]| {
         let out = Command::new(bin)
-            .args(["bench", "serve", "--disable-tqdm", "--vocab", "100"])
+            .args([
+                "bench",
+                "serve",
+                "--disable-tqdm",
+                "--vocab",
+                "100",
+                "--port",
+                "1",
+            ])
             .args(args)
             .output()
             .unwrap();
@@ -233,17 +243,136 @@ fn bad_options_are_refused_with_the_reason() {
     };
     assert!(run(&["--request-rate=-3"]).contains("--request-rate -3"));
     assert!(run(&["--dataset-name", "sharegpt"]).contains("--dataset-name sharegpt"));
+    assert!(
+        run(&["--dataset-name", "sharegpt", "--tokenizer", "/nonexistent"])
+            .contains("/nonexistent")
+    );
+    assert!(run(&["--dataset-name", "alpaca"]).contains("--dataset-name alpaca"));
+    assert!(run(&["--backend", "vllm-chat", "--dataset-name", "random-ids"]).contains("chat"));
+    assert!(run(&["--backend", "trt"]).contains("--backend trt"));
+    let e = run(&[
+        "--dataset-name",
+        "random-ids",
+        "--extra-request-body",
+        "[1]",
+    ]);
+    assert!(
+        e.contains("--extra-request-body [1]: expected a JSON object"),
+        "{e}"
+    );
+    assert!(run(&["--extra-request-body", "{top_k"]).contains("not JSON"));
     assert!(run(&["--dataset-name", "trace"]).contains("--trace"));
     assert!(run(&["--backend", "tgi"]).contains("--backend tgi"));
     assert!(run(&["--dataset-name", "random"]).contains("--tokenizer"));
     // Nothing listens on port 1: the warm-up names the address.
-    let e = run(&[
+    let e = run(&["--dataset-name", "random-ids", "--num-prompts", "2"]);
+    assert!(e.contains("127.0.0.1:1"), "{e}");
+}
+
+/// A ShareGPT file with `n` two-turn conversations and one too short to use.
+fn write_sharegpt(path: &std::path::Path, n: usize) {
+    let mut convs: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({"id": i, "conversations": [
+                {"from": "human", "value": format!("Question {i}: what is the capital of France, and why?")},
+                {"from": "gpt", "value": "Paris, because it has been the seat of government for centuries."},
+            ]})
+        })
+        .collect();
+    convs.push(serde_json::json!({"conversations": [{"from": "human", "value": "alone"}]}));
+    std::fs::write(path, serde_json::Value::Array(convs).to_string()).unwrap();
+}
+
+#[test]
+fn bench_serving_command_lines_backends_and_datasets_work() {
+    let s = Served::start();
+    let model = s.dir.join("model");
+    let model = model.to_str().unwrap();
+    // Prefixes of long options, as argparse takes them; the OpenAI completions backend by
+    // SGLang's name; P90 and P95 rows as bench_serving 0.5 prints them.
+    let (ok, out, err) = s.bench(&[
+        "--backend",
+        "sglang-oai",
         "--dataset-name",
         "random-ids",
-        "--port",
-        "1",
         "--num-prompts",
+        "6",
+        "--random-input",
+        "40",
+        "--random-output",
+        "5",
+        "--random-range",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(figure(&out, "Successful requests:"), 6.0);
+    assert_eq!(figure(&out, "Total generated tokens:"), 30.0);
+    for row in [
+        "P90 TTFT (ms):",
+        "P95 TTFT (ms):",
+        "P90 ITL (ms):",
+        "P95 TPOT (ms):",
+    ] {
+        assert!(figure(&out, row) >= 0.0);
+    }
+    // --extra-request-body reaches the server: its max_tokens overrides the dataset's.
+    let (ok, out, err) = s.bench(&[
+        "--backend",
+        "vllm",
+        "--dataset-name",
+        "random-ids",
+        "--num-prompts",
+        "4",
+        "--random-input-len",
+        "30",
+        "--random-output-len",
+        "9",
+        "--extra-request-body",
+        r#"{"max_tokens": 3}"#,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(figure(&out, "Total generated tokens:"), 12.0);
+    // Chat completions with text prompts; the tokenizer comes from the server's model info.
+    let (ok, out, err) = s.bench(&[
+        "--backend",
+        "openai-chat",
+        "--dataset-name",
+        "random",
+        "--num-prompts",
+        "3",
+        "--random-input-len",
+        "24",
+        "--random-output-len",
+        "4",
+        "--random-range-ratio",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(figure(&out, "Successful requests:"), 3.0);
+    assert_eq!(figure(&out, "Total generated tokens:"), 12.0);
+    // A local ShareGPT file: the short conversation is skipped, every request has the fixed length.
+    let file = s.dir.join("sharegpt.json");
+    write_sharegpt(&file, 5);
+    let (ok, out, err) = s.bench(&[
+        "--dataset-name",
+        "sharegpt",
+        "--dataset-path",
+        file.to_str().unwrap(),
+        "--tokenizer",
+        model,
+        "--num-prompts",
+        "10",
+        "--sharegpt-output-len",
+        "4",
+        "--disable-ignore-eos",
+        "--max-concurrency",
         "2",
     ]);
-    assert!(e.contains("127.0.0.1:1"), "{e}");
+    assert!(ok, "{err}");
+    assert_eq!(figure(&out, "Successful requests:"), 5.0);
+    assert!(figure(&out, "Total generated tokens:") <= 20.0, "{out}");
+    assert!(figure(&out, "Total input tokens:") >= 5.0 * 10.0, "{out}");
+    // ... and without the file, the reason.
+    let (ok, _, err) = s.bench(&["--dataset-name", "sharegpt", "--tokenizer", model]);
+    assert!(!ok && err.contains("--dataset-path"), "{err}");
 }

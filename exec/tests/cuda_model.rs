@@ -1,14 +1,17 @@
 //! The whole model on the GPU.
 //!
-//! * `qwen3_logits_match_transformers`: a random-weight Qwen3-0.6B checkpoint (real shapes) and
-//!   transformers' bf16 logits, made on the GPU machine by scripts/gpu/make_reference.py and
+//! * `qwen3_logits_match_transformers`: a random-weight checkpoint (real shapes) and
+//!   transformers' bf16 logits, made on the GPU machine by scripts/gpu/make_reference.py (Qwen3-0.6B)
+//!   or scripts/gpu/make_models.py (any supported architecture, prompts up to 32k tokens) and
 //!   passed as DOPPEL_HF_REF=dir; our logits for several batch mixes (one extend batch, one
 //!   prompt at a time, chunked prefill over a cached prefix, decode of the last token) must be
 //!   within 2e-2 relative error. Also runs CudaBackend under the real scheduler for 8 greedy
 //!   tokens and reports agreement with transformers' greedy continuation.
 //! * `cuda_backend_matches_cpu_backend`: a tiny random model (head_dim 64, bf16 weights) under
 //!   the real scheduler: the same greedy tokens from CudaBackend as from CpuBackend, in plain and
-//!   overlap order, with prefix hits, chunked prefill and a pool small enough to retract.
+//!   overlap order, with prefix hits, chunked prefill and a pool small enough to retract;
+//!   `..._on_each_architecture` repeats it for tiny Llama, Mistral, Qwen3-with-YaRN and Qwen2
+//!   (q/k/v biases) models.
 //!
 //! Both skip (printing why) without a GPU.
 
@@ -119,12 +122,18 @@ fn qwen3_logits_match_transformers() {
     let dir = Path::new(&dir);
     let cfg = ModelConfig::load(dir).unwrap();
     let store = WeightStore::open(dir).unwrap();
-    let mut model = GpuModel::load(&gpu, &cfg, &store, 4096).unwrap();
-    // The measured GEMM algorithms at every cuBLAS size, so these batches exercise them.
-    model.kernels.gemm_lt_min_tokens = 0;
     let prompts: Vec<Vec<u32>> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference/prompts.json")).unwrap())
             .unwrap();
+    // Sized from the prompts: scripts/gpu/models.sh passes one of 32k tokens.
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+    let total: usize = prompts.iter().map(Vec::len).sum();
+    let max_ctx = (longest + 16).next_multiple_of(64).max(512);
+    let kv_cap = (total + 64 * prompts.len()).max(8192);
+    let max_pos = (longest + 64).max(4096);
+    let mut model = GpuModel::load(&gpu, &cfg, &store, max_pos).unwrap();
+    // The measured GEMM algorithms at every cuBLAS size, so these batches exercise them.
+    model.kernels.gemm_lt_min_tokens = 0;
     let bytes = std::fs::read(dir.join("reference/logits.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor("logits").unwrap();
@@ -134,9 +143,9 @@ fn qwen3_logits_match_transformers() {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     let v = cfg.vocab_size;
-    let (max_ctx, n) = (512, prompts.len());
-    let mut kv = KvPool::new(&gpu, &model, 8192, n + 1, max_ctx).unwrap();
-    let mut ws = Workspace::new(&gpu, &model, 1024, n, 64).unwrap();
+    let n = prompts.len();
+    let mut kv = KvPool::new(&gpu, &model, kv_cap, n + 1, max_ctx).unwrap();
+    let mut ws = Workspace::new(&gpu, &model, total.max(1024), n, 64).unwrap();
     let mut rng = Rng::new(3);
     let mut worst = 0f64;
     let mut check = |what: &str, i: usize, got: &[f32]| {
@@ -165,8 +174,7 @@ fn qwen3_logits_match_transformers() {
         "decode last token",
     ] {
         // Fresh scattered slots for every mix: prefixes cross arbitrary slots.
-        let total: usize = prompts.iter().map(Vec::len).sum();
-        let mut slots = rng.distinct(total, 8192).into_iter();
+        let mut slots = rng.distinct(total, kv_cap).into_iter();
         let mut table = vec![0u32; (n + 1) * max_ctx];
         for (i, p) in prompts.iter().enumerate() {
             for pos in 0..p.len() {
@@ -277,10 +285,10 @@ fn qwen3_logits_match_transformers() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference/greedy.json")).unwrap())
             .unwrap();
     drop(model);
-    let model = GpuModel::load(&gpu, &cfg, &store, 4096).unwrap();
+    let model = GpuModel::load(&gpu, &cfg, &store, max_pos).unwrap();
     let scfg = SchedulerConfig {
-        kv_capacity_tokens: 8192,
-        context_len: 512,
+        kv_capacity_tokens: kv_cap,
+        context_len: max_ctx,
         req_pool_size: Some(16),
         max_prefill_tokens: 4096,
         ..Default::default()
@@ -562,4 +570,90 @@ fn cuda_backend_matches_cpu_backend() {
         failures.is_empty(),
         "GPU tokens differ from the CPU backend in: {failures:?}"
     );
+}
+
+/// Greedy tokens of CudaBackend equal CpuBackend's on tiny versions of each architecture the
+/// GPU serves (Llama 3 scaling untied, Mistral at head dim 128 with 4 q heads per kv head,
+/// Qwen3 with YaRN at head dim 64, Qwen2 with q/k/v biases and 7 q heads per kv head), plain
+/// and with chunked prefill over a shared prefix.
+#[test]
+fn cuda_backend_matches_cpu_backend_on_each_architecture() {
+    let Some(gpu) = open_gpu() else { return };
+    drop(gpu);
+    let shape = |arch: Arch, head_dim: usize, heads: usize, kv: usize| {
+        let mut s = TinySpec::tiny(arch);
+        (s.hidden_size, s.intermediate_size) = (256, 512);
+        (s.num_heads, s.num_kv_heads, s.head_dim) = (heads, kv, head_dim);
+        s.dtype = DType::BF16;
+        s
+    };
+    let llama = shape(Arch::Llama, 128, 4, 2);
+    let mistral = shape(Arch::Mistral, 128, 8, 2);
+    let mut qwen3_yarn = shape(Arch::Qwen3, 64, 8, 1);
+    qwen3_yarn.rope_scaling = RopeScaling::yarn(4.0, 32.0);
+    // q/k/v biases, 7 q heads per kv head (Qwen2.5-7B's group).
+    let mut qwen2 = shape(Arch::Qwen2, 64, 7, 1);
+    qwen2.hidden_size = 448;
+    let shared = prompt(1, 40);
+    let mut long = shared.clone();
+    long.extend(prompt(2, 60));
+    let waves = vec![
+        vec![greedy_req(1, long, 12), greedy_req(2, prompt(5, 70), 10)],
+        vec![
+            greedy_req(3, shared.clone(), 16),
+            greedy_req(4, prompt(7, 3), 20),
+        ],
+    ];
+    let base = SchedulerConfig {
+        kv_capacity_tokens: 2000,
+        context_len: 512,
+        req_pool_size: Some(32),
+        max_prefill_tokens: 512,
+        chunked_prefill_size: None,
+        ..Default::default()
+    };
+    let chunked = SchedulerConfig {
+        chunked_prefill_size: Some(16),
+        max_prefill_tokens: 64,
+        ..base.clone()
+    };
+    let mut failures = Vec::new();
+    for (name, spec) in [
+        ("llama", &llama),
+        ("mistral", &mistral),
+        ("qwen3 yarn", &qwen3_yarn),
+        ("qwen2 biases, group 7", &qwen2),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        write_model(d.path(), spec).unwrap();
+        let (m, _) = CpuModel::load(d.path(), false).unwrap();
+        let cpu = run_engine(
+            Engine::new(
+                Scheduler::new(base.clone()).unwrap(),
+                CpuBackend::new(m, base.kv_capacity_tokens, 99),
+                false,
+            ),
+            &waves,
+        );
+        for (mode, sc) in [("plain", &base), ("chunked prefill", &chunked)] {
+            let gpu = open_gpu().unwrap();
+            let cfg = ModelConfig::load(d.path()).unwrap();
+            let store = WeightStore::open(d.path()).unwrap();
+            let model = GpuModel::load(&gpu, &cfg, &store, 1024).unwrap();
+            let backend = CudaBackend::new(gpu, model, backend_cfg(sc)).unwrap();
+            let got = run_engine(
+                Engine::new(Scheduler::new(sc.clone()).unwrap(), backend, true),
+                &waves,
+            );
+            let ok = got == cpu;
+            eprintln!(
+                "{name}, {mode}: {}",
+                if ok { "same tokens" } else { "DIFFER" }
+            );
+            if !ok {
+                failures.push(format!("{name}, {mode}: gpu {got:?} cpu {cpu:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

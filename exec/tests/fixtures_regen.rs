@@ -2,7 +2,7 @@
 //! transformers reference files beside them describe these bytes; if this fails after a
 //! generator or dependency change, rerun make_fixtures.sh and tools/hf_reference.py.
 
-use doppel_exec::model::{Arch, DType};
+use doppel_exec::model::{Arch, DType, RopeScaling};
 use doppel_exec::testgen::{write_model, TinySpec};
 use std::path::PathBuf;
 
@@ -49,4 +49,12 @@ fn fixtures_match_the_generator() {
     qwen2.num_heads = 3;
     qwen2.num_kv_heads = 1;
     check("tiny-qwen2", &qwen2);
+    let mut mistral = spec(Arch::Mistral, 14);
+    (mistral.hidden_size, mistral.num_heads, mistral.num_kv_heads) = (128, 4, 1);
+    mistral.head_dim = 64;
+    check("tiny-mistral", &mistral);
+    let mut yarn = spec(Arch::Qwen2, 15);
+    yarn.head_dim = 32;
+    yarn.rope_scaling = RopeScaling::yarn(4.0, 64.0);
+    check("tiny-qwen2-yarn", &yarn);
 }

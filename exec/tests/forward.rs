@@ -2,7 +2,7 @@
 //! logits to recomputing the whole sequence, for every supported family.
 
 use doppel_core::KvSlot;
-use doppel_exec::model::{Arch, CpuModel, KvCache, LogitsWanted, SeqInput};
+use doppel_exec::model::{Arch, CpuModel, KvCache, LogitsWanted, RopeScaling, SeqInput};
 use doppel_exec::testgen::{write_model, TinySpec};
 
 fn full(model: &CpuModel, tokens: &[u32]) -> Vec<f32> {
@@ -24,10 +24,15 @@ fn full(model: &CpuModel, tokens: &[u32]) -> Vec<f32> {
 }
 
 fn check(arch: Arch, shards: usize) {
-    let dir = tempfile::tempdir().unwrap();
     let mut spec = TinySpec::tiny(arch);
     spec.shards = shards;
-    write_model(dir.path(), &spec).unwrap();
+    check_spec(&spec);
+}
+
+fn check_spec(spec: &TinySpec) {
+    let arch = spec.arch;
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), spec).unwrap();
     let (model, _) = CpuModel::load(dir.path(), false).unwrap();
     let vocab = model.config().vocab_size;
     let tokens: Vec<u32> = (0..23u32).map(|i| (i * 37 + 5) % 300).collect();
@@ -93,4 +98,60 @@ fn incremental_equals_full_qwen2_sharded() {
 #[test]
 fn incremental_equals_full_llama3() {
     check(Arch::Llama, 2);
+}
+
+#[test]
+fn incremental_equals_full_mistral_head_dim_64_group_4() {
+    let mut spec = TinySpec::tiny(Arch::Mistral);
+    (
+        spec.hidden_size,
+        spec.num_heads,
+        spec.num_kv_heads,
+        spec.head_dim,
+    ) = (128, 4, 1, 64);
+    check_spec(&spec);
+}
+
+#[test]
+fn incremental_equals_full_qwen2_yarn() {
+    let mut spec = TinySpec::tiny(Arch::Qwen2);
+    spec.rope_scaling = RopeScaling::yarn(4.0, 16.0);
+    check_spec(&spec);
+}
+
+/// Logits of `tokens` (every position) for `spec` with its rope scaling replaced by `scaling`.
+fn logits_with(spec: &TinySpec, scaling: RopeScaling, tokens: &[u32]) -> Vec<f32> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec.clone();
+    s.rope_scaling = scaling;
+    write_model(dir.path(), &s).unwrap();
+    let (model, _) = CpuModel::load(dir.path(), false).unwrap();
+    full(&model, tokens)
+}
+
+#[test]
+fn yarn_of_factor_one_is_plain_rope_and_factor_four_is_not() {
+    let spec = TinySpec::tiny(Arch::Qwen3);
+    let tokens: Vec<u32> = (0..40u32).map(|i| (i * 29 + 3) % 300).collect();
+    let plain = logits_with(&spec, RopeScaling::None, &tokens);
+    // Factor 1: no frequency is divided (up to the ramp's rounding) and the attention factor is 1.
+    let one = logits_with(&spec, RopeScaling::yarn(1.0, 16.0), &tokens);
+    let scale = plain.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = one
+        .iter()
+        .zip(&plain)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff / scale < 1e-5, "relative difference {}", diff / scale);
+    let yarn = logits_with(&spec, RopeScaling::yarn(4.0, 16.0), &tokens);
+    let vocab = yarn.len() / tokens.len();
+    let last = (tokens.len() - 1) * vocab;
+    let moved = yarn[last..]
+        .iter()
+        .zip(&plain[last..])
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        moved / scale > 1e-3,
+        "YaRN barely changed the logits: {}",
+        moved / scale
+    );
 }

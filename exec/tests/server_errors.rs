@@ -384,7 +384,15 @@ async fn shutdown_does_not_wait_forever_for_a_client_that_stopped_reading() {
         .await
         .unwrap();
     assert_eq!(stalled.status, 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until far more has been sent than the socket buffers hold (a busy machine generates
+    // slowly, and a fixed wait could leave the whole stream in the buffers).
+    for _ in 0..2000 {
+        let info = get(&a, "/get_server_info").await.unwrap().json();
+        if info["memory"]["used"].as_u64().unwrap_or(0) >= 600 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let t0 = std::time::Instant::now();
     let snap = srv.shutdown().await;
     // The stalled connection is dropped 5 s after the drain timeout, not waited for.
@@ -454,4 +462,41 @@ async fn abort_request_ends_a_live_request_by_rid() {
     assert_eq!(r.status, 200);
     assert_no_leak(&idle_info(a).await);
     srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_length_below_the_config_takes_effect_and_above_is_refused() {
+    let srv = start(|c| c.context_length = Some(40)).await;
+    let a = &srv.addr;
+    let info = get(a, "/get_server_info").await.unwrap().json();
+    assert_eq!(info["context_length"], 40, "{info}");
+    let ids: Vec<u32> = (0..30).map(|i| 5 + i).collect();
+    // 30 + 10 fits exactly; one more output token does not.
+    let ok =
+        json!({"input_ids": ids, "sampling_params": {"max_new_tokens": 10, "ignore_eos": true}});
+    let r = post_json(a, "/generate", &ok).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let over = json!({"input_ids": ids, "sampling_params": {"max_new_tokens": 11}});
+    let r = post_json(a, "/generate", &over).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("context length of 40"), "{}", r.text());
+    srv.shutdown().await;
+    // The tiny model's config holds 2048 positions and plain RoPE: 4096 is refused at build.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = doppel_exec::testgen::TinySpec::tiny(doppel_exec::model::Arch::Qwen3);
+    doppel_exec::testgen::write_model(dir.path(), &spec).unwrap();
+    let cfg = doppel_exec::server::ServerConfig {
+        model: Some(dir.path().to_path_buf()),
+        context_length: Some(4096),
+        log_batches: false,
+        ..Default::default()
+    };
+    let e = doppel_exec::server::Server::build(cfg, doppel_exec::server::BackendKind::Cpu)
+        .err()
+        .expect("refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("--context-length 4096") && msg.contains("max_position_embeddings (2048)"),
+        "{msg}"
+    );
 }

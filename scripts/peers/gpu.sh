@@ -7,12 +7,14 @@
 #   gpu.sh model NAME [--no-weights]     random-weight checkpoint in /tmp/models/NAME (make_model.py)
 #   gpu.sh serve ENGINE NAME [ARGS...]   start doppel|vllm|sglang on NAME, wait for /health, warm up
 #   gpu.sh stop ENGINE
+#   gpu.sh keep OUTDIR DEST               OUTDIR's summary lines and a tar.xz of the rest into DEST
+#                                        (the device tool brings back 8 files at most)
 #   gpu.sh bench ENGINE NAME OUTDIR [--quick] [--crosscheck]
 #                                        serve + suite.sh (+ SGLang's own client on W3 at 64 streams)
 #                                        + stop; logs and results in OUTDIR
 # Env: DOPPEL (the doppel binary: carry/bin/doppel, copied to /tmp/doppel-bin for later calls;
 #      else target/release/doppel), PORT (30000),
-#      MEMFRAC (0.85: share of GPU memory for weights + KV), MAXLEN (8192), WAIT_S (600),
+#      MEMFRAC (0.85: share of GPU memory for weights + KV), MAXLEN (8192), WAIT_S (300),
 #      DOPPEL_BACKEND (doppel's backend flags; a dry run without a GPU:
 #      DOPPEL_BACKEND="--backend sim --profile h100-80g/qwen3-0.6b/doppel").
 set -euo pipefail
@@ -66,7 +68,7 @@ serve_cmd() {  # $1 engine, $2 model dir, $3 served name, rest: extra args -> ar
     # shellcheck disable=SC2206
     local backend=(${DOPPEL_BACKEND:---device cuda --mem-fraction-static $MEMFRAC})
     CMD=("$DOPPEL" exec serve --model "$dir" "${backend[@]}" --served-model-name "$name"
-         --host 127.0.0.1 --port "$PORT" --seed 0 --log-level warning "$@") ;;
+         --context-length "$MAXLEN" --host 127.0.0.1 --port "$PORT" --seed 0 --log-level warning "$@") ;;
   vllm)
     CMD=("$PY" -m vllm.entrypoints.openai.api_server --model "$dir" --served-model-name "$name"
          --dtype bfloat16 --max-model-len "$MAXLEN" --gpu-memory-utilization "$MEMFRAC" --seed 0
@@ -97,7 +99,7 @@ do_serve() {  # ENGINE NAME [ARGS...]
   local t0=$SECONDS
   while ! healthy; do
     kill -0 "$(cat "/tmp/$e.pid")" 2>/dev/null || { tail -60 "/tmp/$e.log"; die "$e exited"; }
-    [ $((SECONDS - t0)) -lt "${WAIT_S:-600}" ] || { tail -60 "/tmp/$e.log"; do_stop "$e"; die "$e not healthy in ${WAIT_S:-600} s"; }
+    [ $((SECONDS - t0)) -lt "${WAIT_S:-300}" ] || { tail -60 "/tmp/$e.log"; do_stop "$e"; die "$e not healthy in ${WAIT_S:-300} s"; }
     sleep 1
   done
   echo "$e healthy after $((SECONDS - t0)) s"
@@ -168,8 +170,9 @@ unpack)
   (cd $XFER && grep -E " ($e-site.tar.xz.part|pyinc.tar.xz)" "$HERE/SHA256SUMS" | sha256sum -c --quiet -) \
     || die "$e: a part does not match SHA256SUMS (carried again, or packs rebuilt without committing the sums?)"
   rm -rf /tmp/site_$e && mkdir -p /tmp/site_$e
-  cat $XFER/$e-site.tar.xz.part* | xz -dc -T0 | tar -x -C /tmp/site_$e
-  mkdir -p /tmp/pyinc && tar -xJf $XFER/pyinc.tar.xz -C /tmp/pyinc
+  if command -v xz >/dev/null; then unxz=(xz -dc -T0); else unxz=("$PY" -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)'); fi
+  cat $XFER/$e-site.tar.xz.part* | "${unxz[@]}" | tar -x -C /tmp/site_$e
+  mkdir -p /tmp/pyinc && "${unxz[@]}" < $XFER/pyinc.tar.xz | tar -x -C /tmp/pyinc
   rm -f $XFER/$e-site.tar.xz.part*   # /tmp holds the installed copy; the parts are not needed again
   echo "$e: $(du -sh /tmp/site_$e | cut -f1) in /tmp/site_$e" ;;
 model)
@@ -192,5 +195,11 @@ bench)
   DOPPEL=$DOPPEL bash "$HERE/suite.sh" "$e" "http://127.0.0.1:$PORT" "$name" "$out" $quick || rc=1
   if [ -n "$cross" ]; then crosscheck "$name" "$out/$e-sglang-client-w3-c64" "$([ -n "$quick" ] && echo 256 || echo 1000)" || rc=1; fi
   exit $rc ;;
-*) sed -n 2,13p "$0"; exit 2 ;;
+keep)
+  [ $# -eq 3 ] || die "keep OUTDIR DEST"
+  mkdir -p "$3"
+  cp -f "$2"/*.jsonl "$3/" 2>/dev/null || true
+  tar -C "$(dirname "$2")" -cJf "$3/$(basename "$2").tar.xz" "$(basename "$2")"
+  ls -l "$3" ;;
+*) sed -n 2,18p "$0"; exit 2 ;;
 esac

@@ -269,6 +269,17 @@ fn header(s: &mut String, title: &str) {
     let _ = writeln!(s, "{:-^50}", title);
 }
 
+fn dist_rows(s: &mut String, name: &str, d: &Dist, with_max: bool) {
+    linef(s, &format!("Mean {name} (ms):"), d.mean);
+    linef(s, &format!("Median {name} (ms):"), d.median);
+    linef(s, &format!("P90 {name} (ms):"), d.p90);
+    linef(s, &format!("P95 {name} (ms):"), d.p95);
+    linef(s, &format!("P99 {name} (ms):"), d.p99);
+    if with_max {
+        linef(s, &format!("Max {name} (ms):"), d.max);
+    }
+}
+
 /// bench_serving's result table, then the cache and scheduler section.
 pub fn format_table(m: &Summary) -> String {
     let mut s = String::new();
@@ -307,25 +318,15 @@ pub fn format_table(m: &Summary) -> String {
         m.total_throughput,
     );
     linef(&mut s, "Concurrency:", m.concurrency);
+    // The rows of SGLang 0.5's bench_serving: P90 and P95 next to P99 in every section.
     header(&mut s, "End-to-End Latency");
-    linef(&mut s, "Mean E2E Latency (ms):", m.e2e_ms.mean);
-    linef(&mut s, "Median E2E Latency (ms):", m.e2e_ms.median);
-    linef(&mut s, "P90 E2E Latency (ms):", m.e2e_ms.p90);
-    linef(&mut s, "P99 E2E Latency (ms):", m.e2e_ms.p99);
+    dist_rows(&mut s, "E2E Latency", &m.e2e_ms, false);
     header(&mut s, "Time to First Token");
-    linef(&mut s, "Mean TTFT (ms):", m.ttft_ms.mean);
-    linef(&mut s, "Median TTFT (ms):", m.ttft_ms.median);
-    linef(&mut s, "P99 TTFT (ms):", m.ttft_ms.p99);
+    dist_rows(&mut s, "TTFT", &m.ttft_ms, false);
     header(&mut s, "Time per Output Token (excl. 1st token)");
-    linef(&mut s, "Mean TPOT (ms):", m.tpot_ms.mean);
-    linef(&mut s, "Median TPOT (ms):", m.tpot_ms.median);
-    linef(&mut s, "P99 TPOT (ms):", m.tpot_ms.p99);
+    dist_rows(&mut s, "TPOT", &m.tpot_ms, false);
     header(&mut s, "Inter-Token Latency");
-    linef(&mut s, "Mean ITL (ms):", m.itl_ms.mean);
-    linef(&mut s, "Median ITL (ms):", m.itl_ms.median);
-    linef(&mut s, "P95 ITL (ms):", m.itl_ms.p95);
-    linef(&mut s, "P99 ITL (ms):", m.itl_ms.p99);
-    linef(&mut s, "Max ITL (ms):", m.itl_ms.max);
+    dist_rows(&mut s, "ITL", &m.itl_ms, true);
     header(&mut s, "Cache and Scheduler");
     linef(&mut s, "Cache hit rate (%):", m.cache_hit_rate * 100.0);
     line(&mut s, "Cached tokens:", m.cached_tokens);
@@ -384,5 +385,13 @@ mod tests {
         assert_eq!(lines[1], format!("{:<40} {:<10}", "Backend:", ""));
         assert!(t.contains("----------------End-to-End Latency----------------"));
         assert!(t.contains(&format!("{:<40} {:<10}", "Mean TTFT (ms):", "0.00")));
+        for row in [
+            "P90 TTFT (ms):",
+            "P95 TTFT (ms):",
+            "P90 ITL (ms):",
+            "P95 E2E Latency (ms):",
+        ] {
+            assert!(t.contains(row), "{row} missing from\n{t}");
+        }
     }
 }

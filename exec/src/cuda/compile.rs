@@ -85,6 +85,7 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         ["attention_decode_rmma_d64", "attention_decode_rmma_d128"]
     ),
     kernel_source!("activation.cu", ["silu_and_mul"]),
+    kernel_source!("bias.cu", ["add_bias_rows"]),
     kernel_source!("timing.cu", ["spin_ns"]),
     kernel_source!("sampling.cu", ["argmax_rows_split", "sample_rows"]),
     kernel_source!(

@@ -113,6 +113,13 @@ impl Step<'_> {
         let unit = self.p(&self.model.unit_norm);
         let (w, m) = (self.p(&lw.qkv), self.tokens);
         match self.plan.qkv {
+            // The plan keeps biased layers off the stages that end after the projection.
+            QkvStage::GemvFused | QkvStage::RawResidual(_) if lw.qkv_bias.is_some() => {
+                Err(CudaError::Invalid {
+                    kernel: "add_bias_rows",
+                    msg: format!("{:?} leaves no place for the q/k/v biases", self.plan.qkv),
+                })
+            }
             QkvStage::GemvFused => {
                 let counters = self.p(&ws.skinny_counters);
                 let heads = (dm.nq, dm.nk);
@@ -128,6 +135,11 @@ impl Step<'_> {
                 gpu.rmsnorm(hidden, residual, unit, m, dm.h, dm.eps)?;
                 self.linear(path, qkv, hidden, w, (m, dm.qkv_w, dm.h), false)
             }
+        }?;
+        // After the whole norm: the bias is per output row, not scaled by 1 / rms.
+        match &lw.qkv_bias {
+            Some(b) => gpu.add_bias_rows(qkv, self.p(b), m, dm.qkv_w, dm.qkv_w),
+            None => Ok(()),
         }
     }
 

@@ -11,7 +11,7 @@
 
 use super::attention::MIN_KEYS_PER_SPLIT;
 pub use super::forward::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
-use super::rope::cos_sin_table;
+use super::rope::cos_sin_table_scaled;
 use super::{CudaError, DriverCtx, Gpu, Result};
 use crate::model::weights::{LayerNames, EMBED, FINAL_NORM, LM_HEAD};
 use crate::model::{DType, ModelConfig, TensorRef, WeightStore};
@@ -24,6 +24,9 @@ use half::bf16;
 pub struct LayerWeights {
     /// [q; k; v] rows: [(nq + 2 nk) * D, H], the input norm's weight folded in.
     pub(super) qkv: CudaSlice<bf16>,
+    /// [q; k; v] biases (Qwen2), added to the projection's output after the whole input norm
+    /// (not scaled by 1 / rms), before the q/k pass.
+    pub(super) qkv_bias: Option<CudaSlice<bf16>>,
     pub(super) q_norm: Option<CudaSlice<bf16>>,
     pub(super) k_norm: Option<CudaSlice<bf16>>,
     pub(super) o: CudaSlice<bf16>,
@@ -129,9 +132,10 @@ fn to_bf16(t: &TensorRef<'_>) -> Vec<bf16> {
 
 impl GpuModel {
     fn check_supported(cfg: &ModelConfig) -> Result<()> {
-        if cfg.qkv_bias || cfg.o_bias {
+        if cfg.o_bias {
             return Err(unsupported(
-                "attention biases (Qwen2) are not supported on the GPU yet".into(),
+                "an o_proj bias (attention_bias on a Llama config) is not supported on the GPU"
+                    .into(),
             ));
         }
         if cfg.head_dim != 64 && cfg.head_dim != 128 {
@@ -191,12 +195,21 @@ impl GpuModel {
             qkv.extend(get(&n.v_proj, &[kv, h])?);
             let mut gu = get(&n.gate_proj, &[i, h])?;
             gu.extend(get(&n.up_proj, &[i, h])?);
+            let qkv_bias = if cfg.qkv_bias {
+                let mut b = get(&n.q_bias, &[q])?;
+                b.extend(get(&n.k_bias, &[kv])?);
+                b.extend(get(&n.v_bias, &[kv])?);
+                Some(up(b)?)
+            } else {
+                None
+            };
             let (in_norm, post_norm) = (
                 up(get(&n.input_norm, &[h])?)?,
                 up(get(&n.post_norm, &[h])?)?,
             );
             layers.push(LayerWeights {
                 qkv: fold_norm(gpu, up(qkv)?, &in_norm)?,
+                qkv_bias,
                 q_norm: if cfg.qk_norm {
                     Some(up(get(&n.q_norm, &[d])?)?)
                 } else {
@@ -270,6 +283,11 @@ impl GpuModel {
         for _ in 0..cfg.num_layers {
             let (in_norm, post_norm) = (fill(h, &dnorm)?, fill(h, &dnorm)?);
             let qkv = fill((q + 2 * kv) * h, &dmat)?;
+            let qkv_bias = if cfg.qkv_bias {
+                Some(fill(q + 2 * kv, &dmat)?)
+            } else {
+                None
+            };
             let (q_norm, k_norm) = if cfg.qk_norm {
                 (Some(fill(d, &dnorm)?), Some(fill(d, &dnorm)?))
             } else {
@@ -279,6 +297,7 @@ impl GpuModel {
             let gate_up = fill(2 * i * h, &dmat)?;
             layers.push(LayerWeights {
                 qkv: fold_norm(gpu, qkv, &in_norm)?,
+                qkv_bias,
                 q_norm,
                 k_norm,
                 o,
@@ -306,12 +325,17 @@ impl GpuModel {
         max_pos: usize,
     ) -> Result<GpuModel> {
         let max_pos = max_pos.max(1);
-        let cos_sin = gpu.upload(&cos_sin_table(&cfg.rope_inv_freq(), max_pos))?;
+        let cos_sin = gpu.upload(&cos_sin_table_scaled(
+            &cfg.rope_inv_freq(),
+            max_pos,
+            cfg.rope_attention_factor(),
+        ))?;
         let unit_norm = gpu.upload(&vec![bf16::ONE; cfg.hidden_size])?;
         let opt = |x: &Option<CudaSlice<bf16>>| x.as_ref().map_or(0, |x| x.len());
         let mut elems = embed.len() + final_norm.len() + opt(&lm_head) + unit_norm.len();
         for l in &layers {
             elems += l.qkv.len()
+                + opt(&l.qkv_bias)
                 + opt(&l.q_norm)
                 + opt(&l.k_norm)
                 + l.o.len()
@@ -368,7 +392,8 @@ pub fn checkpoint_bytes(cfg: &ModelConfig) -> usize {
         cfg.vocab_size,
     );
     let qk_norm = if cfg.qk_norm { 2 * d } else { 0 };
-    let layer = 2 * h + (q + 2 * kv) * h + qk_norm + h * q + 3 * i * h;
+    let bias = if cfg.qkv_bias { q + 2 * kv } else { 0 };
+    let layer = 2 * h + (q + 2 * kv) * h + bias + qk_norm + h * q + 3 * i * h;
     let head = if cfg.tie_word_embeddings { 0 } else { v * h };
     2 * (cfg.num_layers * layer + v * h + head + h)
 }

@@ -516,6 +516,36 @@ impl Gpu {
             .map(|_| ())
     }
 
+    /// `x[t, c] += bias[c]` for `rows` rows of `width` (even) elements, `ld` apart; bf16, f32 add.
+    pub fn add_bias_rows(
+        &self,
+        x: DPtr<bf16>,
+        bias: DPtr<bf16>,
+        rows: usize,
+        width: usize,
+        ld: usize,
+    ) -> Result<()> {
+        const K: &str = "add_bias_rows";
+        check(
+            K,
+            width.is_multiple_of(2) && ld >= width && ld.is_multiple_of(2),
+            || format!("width {width} (ld {ld}) must be even and at most ld"),
+        )?;
+        need(K, "bias", &bias, width)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        need(K, "x", &x, (rows - 1) * ld + width)?;
+        let (r, w, l) = (int(K, rows)?, int(K, width)?, int(K, ld)?);
+        let (xa, ba) = (x.addr(), bias.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.launcher(f);
+        b.arg(&xa).arg(&ba).arg(&r).arg(&w).arg(&l);
+        unsafe { b.launch(cfg((ceil_div(width / 2, 256), rows as u32, 1), 256)) }
+            .ctx(K)
+            .map(|_| ())
+    }
+
     /// Small-batch GEMV: `y[b, n] = sum_k x[b, k] * w[n, k]` for `batch <= 8`; `ldy` is y's row stride.
     #[allow(clippy::too_many_arguments)]
     pub fn gemv(

@@ -64,12 +64,13 @@ pub enum Gemm {
 /// How the qkv projection gets its input norm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QkvStage {
-    /// One GEMV: 1 / rms, the projection and the q/k pass (its last block per head).
+    /// One GEMV: 1 / rms, the projection and the q/k pass (its last block per head). Never
+    /// with q/k/v biases.
     GemvFused,
     /// The GEMV with 1 / rms applied to its input rows.
     GemvNorm,
     /// The projection of the raw residual stream; the decode attention's q/k pass scales each
-    /// row by 1 / rms (the norm weight is in the weights).
+    /// row by 1 / rms (the norm weight is in the weights). Never with q/k/v biases.
     RawResidual(Gemm),
     /// An RMSNorm kernel (1 / rms only), then the projection.
     Normed(Gemm),
@@ -80,7 +81,8 @@ pub enum QkvStage {
 pub enum QkPass {
     /// Inside the qkv GEMV ([`QkvStage::GemvFused`]).
     InQkv,
-    /// Inside the decode attention, applying the row scale of [`QkvStage::RawResidual`].
+    /// Inside the decode attention, applying the row scale of [`QkvStage::RawResidual`] after
+    /// that stage.
     InDecodeAttention,
     /// k and v of every token, q of the tokens after the first `n`: the extend kernel
     /// normalises and rotates the q of tokens `0..n` as it loads them.
@@ -189,9 +191,14 @@ impl StepPlan {
         // Pure decode steps off the GEMV path: the decode attention does the q/k pass, on the
         // raw residual stream's projection (one RMSNorm launch fewer per layer).
         let qk_in_attn = shape.extend.is_none() && shape.decode.is_some() && !fold;
+        // q/k/v biases (Qwen2) go after the whole norm: not into the fused GEMV (no room for
+        // the add) nor after a GEMM whose 1 / rms comes after it (it would scale the bias).
+        let bias = cfg.qkv_bias;
         let (qkv, qk) = match (fold, q_rope) {
+            (true, None) if bias => (QkvStage::GemvNorm, QkPass::Separate),
             (true, None) => (QkvStage::GemvFused, QkPass::InQkv),
             (true, Some(n)) => (QkvStage::GemvNorm, QkPass::AfterExtendQ(n)),
+            (false, _) if qk_in_attn && bias => (QkvStage::Normed(proj), QkPass::InDecodeAttention),
             (false, _) if qk_in_attn => (QkvStage::RawResidual(proj), QkPass::InDecodeAttention),
             (false, Some(n)) => (QkvStage::Normed(proj), QkPass::AfterExtendQ(n)),
             (false, None) => (QkvStage::Normed(proj), QkPass::Separate),
@@ -422,6 +429,53 @@ mod tests {
         assert_eq!(
             (head.lm, head.pick),
             (Gemm::Cublas { tuned: false }, TokenPick::Sample)
+        );
+    }
+
+    #[test]
+    fn qkv_biases_keep_every_step_off_the_stages_that_scale_rows_after_the_gemm() {
+        let mut cfg = qwen3_06b();
+        cfg.qkv_bias = true;
+        let k = KernelChoice::default();
+        let biased = |shape| StepPlan::new(&cfg, &k, H100, shape);
+        let one = biased(decode(1, 4));
+        assert_eq!((one.qkv, one.qk), (QkvStage::GemvNorm, QkPass::Separate));
+        assert_eq!(one.mlp, MlpStage::GemvFolded);
+        assert!(one.decode.is_some_and(|d| d.early_kv));
+        for (rows, path) in [(16, Gemm::Skinny), (64, Gemm::Cublas { tuned: false })] {
+            let p = biased(decode(rows, 1));
+            assert_eq!(
+                (p.qkv, p.qk),
+                (QkvStage::Normed(path), QkPass::InDecodeAttention),
+                "{rows} decode rows"
+            );
+            assert!(p.decode.is_some_and(|d| !d.early_kv));
+        }
+        for tokens in 1..=300 {
+            for shape in [
+                decode(tokens, 1),
+                StepShape {
+                    extend: Some(Some(tokens)),
+                    decode: None,
+                    ..decode(tokens, 1)
+                },
+                StepShape {
+                    extend: Some(None),
+                    ..decode(tokens, 1)
+                },
+            ] {
+                let p = biased(shape);
+                assert!(
+                    !matches!(p.qkv, QkvStage::GemvFused | QkvStage::RawResidual(_)),
+                    "{shape:?}: {:?}",
+                    p.qkv
+                );
+            }
+        }
+        assert_eq!(
+            plan(decode(16, 1)).qkv,
+            QkvStage::RawResidual(Gemm::Skinny),
+            "without biases"
         );
     }
 

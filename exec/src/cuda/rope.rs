@@ -5,14 +5,21 @@
 /// `inv_freq` has head_dim/2 entries with any rope scaling (Llama 3, linear) already applied
 /// (ModelConfig::rope_inv_freq gives them); angles are computed in f64.
 pub fn cos_sin_table(inv_freq: &[f64], max_pos: usize) -> Vec<f32> {
+    cos_sin_table_scaled(inv_freq, max_pos, 1.0)
+}
+
+/// [`cos_sin_table`] with every entry multiplied by `scale` in f32 after rounding, as
+/// transformers applies YaRN's attention factor (ModelConfig::rope_attention_factor).
+pub fn cos_sin_table_scaled(inv_freq: &[f64], max_pos: usize, scale: f64) -> Vec<f32> {
     let half = inv_freq.len();
+    let scale = scale as f32;
     let mut t = vec![0f32; max_pos * 2 * half];
     for p in 0..max_pos {
         let row = &mut t[p * 2 * half..(p + 1) * 2 * half];
         for (i, f) in inv_freq.iter().enumerate() {
             let a = p as f64 * f;
-            row[i] = a.cos() as f32;
-            row[half + i] = a.sin() as f32;
+            row[i] = a.cos() as f32 * scale;
+            row[half + i] = a.sin() as f32 * scale;
         }
     }
     t

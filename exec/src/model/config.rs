@@ -1,5 +1,6 @@
-//! Model configuration read from a Hugging Face `config.json` (Llama 2/3, Qwen2, Qwen3).
+//! Model configuration read from a Hugging Face `config.json` (Llama 2/3, Mistral, Qwen2, Qwen3).
 
+pub use super::rope::RopeScaling;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +13,12 @@ pub enum Arch {
     Qwen2,
     /// `Qwen3ForCausalLM`: per-head RMSNorm on q and k before RoPE.
     Qwen3,
+    /// `MistralForCausalLM`: Llama's layers without biases (full attention only).
+    Mistral,
 }
+
+/// Every family, in the order errors list them.
+const ARCHES: [Arch; 4] = [Arch::Llama, Arch::Mistral, Arch::Qwen2, Arch::Qwen3];
 
 impl Arch {
     /// The `architectures` entry of config.json.
@@ -21,6 +27,7 @@ impl Arch {
             Arch::Llama => "LlamaForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
             Arch::Qwen3 => "Qwen3ForCausalLM",
+            Arch::Mistral => "MistralForCausalLM",
         }
     }
 
@@ -30,38 +37,14 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Mistral => "mistral",
         }
     }
 
     /// Parse an `architectures` entry.
     pub fn from_hf_name(s: &str) -> Option<Arch> {
-        [Arch::Llama, Arch::Qwen2, Arch::Qwen3]
-            .into_iter()
-            .find(|a| a.hf_name() == s)
+        ARCHES.into_iter().find(|a| a.hf_name() == s)
     }
-}
-
-/// RoPE frequency scaling.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum RopeScaling {
-    /// Plain RoPE.
-    None,
-    /// Position interpolation: every frequency divided by `factor`.
-    Linear {
-        /// The divisor.
-        factor: f64,
-    },
-    /// Llama 3.1's wavelength-dependent scaling.
-    Llama3 {
-        /// Divisor for low frequencies.
-        factor: f64,
-        /// Wavelengths above original_max / low_freq_factor are fully scaled.
-        low_freq_factor: f64,
-        /// Wavelengths below original_max / high_freq_factor are untouched.
-        high_freq_factor: f64,
-        /// Context length the model was pretrained with.
-        original_max_position_embeddings: f64,
-    },
 }
 
 /// Everything the forward pass needs to know about a model.
@@ -147,7 +130,7 @@ pub enum ConfigError {
         why: String,
     },
     /// The architecture is not one we implement.
-    #[error("{path}: unsupported architecture {found} (supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)")]
+    #[error("{path}: unsupported architecture {found} (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)")]
     Unsupported {
         /// The file.
         path: PathBuf,
@@ -212,6 +195,35 @@ impl Reader<'_> {
         }
     }
 
+    /// The family from `architectures` (or `model_type` when that is all there is).
+    fn arch(&self) -> Result<Arch, ConfigError> {
+        let path = self.path;
+        match self.get("architectures") {
+            Some(Value::Array(a)) if !a.is_empty() => {
+                let name = a[0].as_str().unwrap_or_default();
+                Arch::from_hf_name(name).ok_or_else(|| ConfigError::Unsupported {
+                    path: path.to_path_buf(),
+                    found: a[0].to_string(),
+                })
+            }
+            Some(other) => Err(ConfigError::Unsupported {
+                path: path.to_path_buf(),
+                found: other.to_string(),
+            }),
+            None => {
+                // Some exports carry only model_type.
+                let mt = self.get("model_type").and_then(Value::as_str).unwrap_or("");
+                ARCHES
+                    .into_iter()
+                    .find(|a| a.model_type() == mt)
+                    .ok_or(ConfigError::Missing {
+                        path: path.to_path_buf(),
+                        field: "architectures",
+                    })
+            }
+        }
+    }
+
     /// A token id or a list of them.
     fn ids(&self, field: &str) -> Result<Vec<u32>, ConfigError> {
         token_ids(self.get(field))
@@ -233,6 +245,55 @@ pub(crate) fn token_ids(v: Option<&Value>) -> Result<Vec<u32>, Value> {
     }
 }
 
+/// Refuse what no supported family does, naming the field: mixture-of-experts, vision towers,
+/// sliding-window attention, non-SiLU MLPs. Checked before the architecture so that e.g. a
+/// Qwen3-MoE or Qwen2-VL config says why rather than only "unsupported architecture".
+fn refuse_unsupported_features(r: &Reader<'_>) -> Result<(), ConfigError> {
+    for field in ["vision_config", "vision_tower"] {
+        if let Some(v) = r.get(field) {
+            let shown = if v.is_object() {
+                Value::from("{...}")
+            } else {
+                v.clone()
+            };
+            return Err(r.bad(field, &shown, "vision models are not supported"));
+        }
+    }
+    for field in [
+        "num_experts",
+        "num_local_experts",
+        "n_routed_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+    ] {
+        if let Some(v) = r.get(field) {
+            if v.as_u64() != Some(0) {
+                return Err(r.bad(field, v, "mixture-of-experts models are not supported"));
+            }
+        }
+    }
+    if r.bool_opt("use_sliding_window")? == Some(true) {
+        return Err(r.bad(
+            "use_sliding_window",
+            &Value::Bool(true),
+            "sliding-window attention is not supported",
+        ));
+    }
+    if let Some(t) = r.get("layer_types") {
+        let full = t
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x.as_str() == Some("full_attention")));
+        if !full {
+            return Err(r.bad(
+                "layer_types",
+                t,
+                "only full_attention layers are supported (no sliding-window layers)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl ModelConfig {
     /// Read `dir/config.json`.
     pub fn load(dir: &Path) -> Result<ModelConfig, ConfigError> {
@@ -251,32 +312,17 @@ impl ModelConfig {
             source,
         })?;
         let r = Reader { path, v: &v };
-        let arch = match r.get("architectures") {
-            Some(Value::Array(a)) if !a.is_empty() => {
-                let name = a[0].as_str().unwrap_or_default();
-                Arch::from_hf_name(name).ok_or_else(|| ConfigError::Unsupported {
-                    path: path.to_path_buf(),
-                    found: a[0].to_string(),
-                })?
+        refuse_unsupported_features(&r)?;
+        let arch = r.arch()?;
+        if arch == Arch::Mistral {
+            if let Some(w) = r.get("sliding_window") {
+                return Err(r.bad(
+                    "sliding_window",
+                    w,
+                    "sliding-window attention is not supported (only configs with \"sliding_window\": null, like Mistral-7B-v0.3)",
+                ));
             }
-            Some(other) => {
-                return Err(ConfigError::Unsupported {
-                    path: path.to_path_buf(),
-                    found: other.to_string(),
-                })
-            }
-            None => {
-                // Some exports carry only model_type.
-                let mt = r.get("model_type").and_then(Value::as_str).unwrap_or("");
-                [Arch::Llama, Arch::Qwen2, Arch::Qwen3]
-                    .into_iter()
-                    .find(|a| a.model_type() == mt)
-                    .ok_or(ConfigError::Missing {
-                        path: path.to_path_buf(),
-                        field: "architectures",
-                    })?
-            }
-        };
+        }
         let hidden_size = r.usize_req("hidden_size")?;
         let num_heads = r.usize_req("num_attention_heads")?;
         let num_kv_heads = r.usize_opt("num_key_value_heads")?.unwrap_or(num_heads);
@@ -319,18 +365,13 @@ impl ModelConfig {
                 "MLP biases are not supported",
             ));
         }
-        if r.bool_opt("use_sliding_window")? == Some(true) {
-            return Err(r.bad(
-                "use_sliding_window",
-                &Value::Bool(true),
-                "sliding-window attention is not supported",
-            ));
-        }
         let attention_bias = r.bool_opt("attention_bias")?.unwrap_or(false);
         let (qkv_bias, o_bias) = match arch {
             Arch::Qwen2 => (true, false),
             Arch::Qwen3 => (attention_bias, false),
             Arch::Llama => (attention_bias, attention_bias),
+            // transformers' Mistral layers have no biases whatever the config says.
+            Arch::Mistral => (false, false),
         };
         // transformers 5 nests rope settings in `rope_parameters`; older files use rope_theta + rope_scaling.
         let rope_params = r.get("rope_parameters");
@@ -344,8 +385,12 @@ impl ModelConfig {
         if rope_theta <= 0.0 {
             return Err(r.bad("rope_theta", &Value::from(rope_theta), "must be positive"));
         }
-        let scaling = r.get("rope_scaling").or(rope_params);
-        let rope_scaling = parse_rope_scaling(&r, scaling)?;
+        let max_position_embeddings = r.usize_opt("max_position_embeddings")?.unwrap_or(4096);
+        let rope_scaling = match r.get("rope_scaling").or(rope_params) {
+            None => RopeScaling::None,
+            Some(obj) => RopeScaling::parse(obj, max_position_embeddings)
+                .map_err(|(field, value, why)| r.bad(&field, &value, &why))?,
+        };
         let rms_norm_eps = r.f64_opt("rms_norm_eps")?.unwrap_or(1e-6);
         let torch_dtype = r
             .get("torch_dtype")
@@ -364,7 +409,7 @@ impl ModelConfig {
             rms_norm_eps,
             rope_theta,
             rope_scaling,
-            max_position_embeddings: r.usize_opt("max_position_embeddings")?.unwrap_or(4096),
+            max_position_embeddings,
             tie_word_embeddings: r.bool_opt("tie_word_embeddings")?.unwrap_or(false),
             qkv_bias,
             o_bias,
@@ -388,36 +433,40 @@ impl ModelConfig {
 
     /// RoPE inverse frequencies (head_dim / 2 of them), with scaling applied, in f64.
     pub fn rope_inv_freq(&self) -> Vec<f64> {
-        let d = self.head_dim as f64;
-        let base: Vec<f64> = (0..self.head_dim / 2)
-            .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / d))
-            .collect();
-        match self.rope_scaling {
-            RopeScaling::None => base,
-            RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings: old,
-            } => {
-                let low_wavelen = old / low_freq_factor;
-                let high_wavelen = old / high_freq_factor;
-                base.into_iter()
-                    .map(|f| {
-                        let wavelen = 2.0 * std::f64::consts::PI / f;
-                        if wavelen > low_wavelen {
-                            f / factor
-                        } else if wavelen < high_wavelen {
-                            f
-                        } else {
-                            let smooth = (old / wavelen - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
-                            (1.0 - smooth) * f / factor + smooth * f
-                        }
-                    })
-                    .collect()
-            }
+        self.rope_scaling.inv_freq(self.rope_theta, self.head_dim)
+    }
+
+    /// What RoPE's cos and sin are multiplied by (YaRN's attention factor, else 1).
+    pub fn rope_attention_factor(&self) -> f64 {
+        self.rope_scaling.attention_factor()
+    }
+
+    /// The context length to serve: `requested` (SGLang's `--context-length`) or the config's
+    /// max_position_embeddings. Longer than the config only with YaRN, up to its factor times
+    /// the original length.
+    pub fn context_length(&self, requested: Option<usize>) -> Result<usize, String> {
+        let Some(n) = requested else {
+            return Ok(self.max_position_embeddings);
+        };
+        let limit = self
+            .rope_scaling
+            .extended_context()
+            .unwrap_or(0)
+            .max(self.max_position_embeddings);
+        if n == 0 {
+            Err("--context-length 0: must be positive".into())
+        } else if n > limit {
+            let how = if limit > self.max_position_embeddings {
+                format!("YaRN's factor × original_max_position_embeddings = {limit}")
+            } else {
+                "longer contexts need YaRN rope_scaling in config.json".into()
+            };
+            Err(format!(
+                "--context-length {n} exceeds the model's max_position_embeddings ({}); {how}",
+                self.max_position_embeddings
+            ))
+        } else {
+            Ok(n)
         }
     }
 
@@ -444,12 +493,14 @@ impl ModelConfig {
         );
         put("tie_word_embeddings", Value::from(self.tie_word_embeddings));
         put("hidden_act", Value::from("silu"));
-        if self.arch != Arch::Qwen2 {
+        if matches!(self.arch, Arch::Llama | Arch::Qwen3) {
             put("attention_bias", Value::from(self.qkv_bias));
         }
         put("attention_dropout", Value::from(0.0));
-        if self.arch != Arch::Llama {
-            put("use_sliding_window", Value::from(false));
+        match self.arch {
+            Arch::Llama => {}
+            Arch::Mistral => put("sliding_window", Value::Null),
+            Arch::Qwen2 | Arch::Qwen3 => put("use_sliding_window", Value::from(false)),
         }
         if let Some(b) = self.bos_token_id {
             put("bos_token_id", Value::from(b));
@@ -459,24 +510,7 @@ impl ModelConfig {
             [one] => put("eos_token_id", Value::from(*one)),
             many => put("eos_token_id", Value::from(many.to_vec())),
         }
-        let scaling = match self.rope_scaling {
-            RopeScaling::None => Value::Null,
-            RopeScaling::Linear { factor } => {
-                serde_json::json!({"rope_type": "linear", "factor": factor})
-            }
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => serde_json::json!({
-                "rope_type": "llama3",
-                "factor": factor,
-                "low_freq_factor": low_freq_factor,
-                "high_freq_factor": high_freq_factor,
-                "original_max_position_embeddings": original_max_position_embeddings as u64,
-            }),
-        };
+        let scaling = self.rope_scaling.to_hf_json();
         put("rope_scaling", scaling);
         put(
             "torch_dtype",
@@ -486,138 +520,6 @@ impl ModelConfig {
     }
 }
 
-fn parse_rope_scaling(r: &Reader<'_>, v: Option<&Value>) -> Result<RopeScaling, ConfigError> {
-    let Some(obj) = v else {
-        return Ok(RopeScaling::None);
-    };
-    if !obj.is_object() {
-        return Err(r.bad("rope_scaling", obj, "expected an object"));
-    }
-    let kind = obj
-        .get("rope_type")
-        .or_else(|| obj.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let num = |k: &str| -> Result<f64, ConfigError> {
-        match obj.get(k).and_then(Value::as_f64) {
-            Some(x) if x.is_finite() && x > 0.0 => Ok(x),
-            _ => Err(r.bad(
-                &format!("rope_scaling.{k}"),
-                obj.get(k).unwrap_or(&Value::Null),
-                "expected a positive number",
-            )),
-        }
-    };
-    match kind {
-        "default" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear {
-            factor: num("factor")?,
-        }),
-        "llama3" => {
-            let s = RopeScaling::Llama3 {
-                factor: num("factor")?,
-                low_freq_factor: num("low_freq_factor")?,
-                high_freq_factor: num("high_freq_factor")?,
-                original_max_position_embeddings: num("original_max_position_embeddings")?,
-            };
-            if let RopeScaling::Llama3 {
-                low_freq_factor,
-                high_freq_factor,
-                ..
-            } = s
-            {
-                if high_freq_factor <= low_freq_factor {
-                    return Err(r.bad(
-                        "rope_scaling.high_freq_factor",
-                        &Value::from(high_freq_factor),
-                        "must exceed low_freq_factor",
-                    ));
-                }
-            }
-            Ok(s)
-        }
-        other => Err(r.bad(
-            "rope_scaling.rope_type",
-            &Value::from(other),
-            "supported: default, linear, llama3",
-        )),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LLAMA3: &str = r#"{
-      "architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
-      "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-      "vocab_size": 128256, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-      "max_position_embeddings": 131072, "tie_word_embeddings": false, "hidden_act": "silu",
-      "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
-      "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "torch_dtype": "bfloat16"}"#;
-
-    #[test]
-    fn parses_llama3() {
-        let c = ModelConfig::parse(LLAMA3, Path::new("config.json")).unwrap();
-        assert_eq!(c.arch, Arch::Llama);
-        assert_eq!(c.head_dim, 128);
-        assert_eq!(c.kv_dim(), 1024);
-        assert_eq!(c.eos_token_ids, vec![128001, 128008, 128009]);
-        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { .. }));
-        let f = c.rope_inv_freq();
-        // Highest frequency untouched, lowest divided by the factor.
-        assert_eq!(f[0], 1.0);
-        let plain = 1.0 / 500000f64.powf(126.0 / 128.0);
-        assert!((f[63] - plain / 8.0).abs() < 1e-15);
-        // Round trip through our own writer.
-        let back = ModelConfig::parse(&c.to_hf_json().to_string(), Path::new("x")).unwrap();
-        assert_eq!(back, c);
-    }
-
-    #[test]
-    fn rejects_bad_input_naming_the_field() {
-        let e = ModelConfig::parse(
-            r#"{"architectures":["MistralForCausalLM"]}"#,
-            Path::new("m/config.json"),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("m/config.json") && e.contains("MistralForCausalLM"),
-            "{e}"
-        );
-        let e = ModelConfig::parse(
-            r#"{"architectures":["Qwen3ForCausalLM"],"hidden_size":64,"num_attention_heads":4,"num_key_value_heads":3}"#,
-            Path::new("c.json"),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("num_key_value_heads"), "{e}");
-        let e = ModelConfig::parse(
-            r#"{"architectures":["Qwen3ForCausalLM"],"hidden_size":64}"#,
-            Path::new("c.json"),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("num_attention_heads"), "{e}");
-    }
-
-    #[test]
-    fn qwen_biases_and_norms() {
-        let base = r#""hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100"#;
-        let q2 = ModelConfig::parse(
-            &format!(r#"{{"architectures":["Qwen2ForCausalLM"],{base}}}"#),
-            Path::new("c"),
-        )
-        .unwrap();
-        assert!(q2.qkv_bias && !q2.o_bias && !q2.qk_norm);
-        let q3 = ModelConfig::parse(
-            &format!(r#"{{"architectures":["Qwen3ForCausalLM"],"head_dim":32,{base}}}"#),
-            Path::new("c"),
-        )
-        .unwrap();
-        assert!(!q3.qkv_bias && q3.qk_norm && q3.head_dim == 32 && q3.q_dim() == 128);
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

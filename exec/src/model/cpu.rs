@@ -92,6 +92,8 @@ pub struct CpuModel {
     /// None when tied to the embedding.
     lm_head: Option<Mat>,
     inv_freq: Vec<f32>,
+    /// cos and sin are multiplied by this (YaRN's attention factor; 1 otherwise), as transformers does.
+    rope_scale: f32,
 }
 
 /// What loading took.
@@ -425,6 +427,7 @@ impl CpuModel {
         let bytes = bytes + mat_bytes;
         bar.finish_and_clear();
         let inv_freq = cfg.rope_inv_freq().into_iter().map(|f| f as f32).collect();
+        let cfg_rope_scale = cfg.rope_attention_factor() as f32;
         let model = CpuModel {
             cfg,
             embed,
@@ -432,6 +435,7 @@ impl CpuModel {
             final_norm,
             lm_head,
             inv_freq,
+            rope_scale: cfg_rope_scale,
         };
         let report = LoadReport {
             elapsed: start.elapsed(),
@@ -451,7 +455,10 @@ impl CpuModel {
         for (i, &f) in self.inv_freq.iter().enumerate() {
             // Angle in f32 like transformers (inv_freq * position), trig in higher precision.
             let ang = (f * pos as f32) as f64;
-            let (s, c) = (ang.sin() as f32, ang.cos() as f32);
+            let (s, c) = (
+                ang.sin() as f32 * self.rope_scale,
+                ang.cos() as f32 * self.rope_scale,
+            );
             let (a, b) = (x[i], x[i + half]);
             x[i] = a * c - b * s;
             x[i + half] = b * c + a * s;

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod rope;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig, RopeScaling};

@@ -122,14 +122,55 @@ impl Drop for Generation {
     }
 }
 
-/// Submit a request; the caller awaits [`Generation::admitted`] (submit all of a batch first, so
-/// they reach the engine in one round).
+/// Submit a request under a generated rid; the caller awaits [`Generation::admitted`] (submit
+/// all of a batch first, so they reach the engine in one round).
 pub fn submit(
     state: &Arc<AppState>,
     prompt: Vec<TokenId>,
     sampling: SamplingParams,
     gp: &GenParams,
     started: Instant,
+) -> Result<Generation, ApiError> {
+    submit_as(state, prompt, sampling, gp, started, None)
+}
+
+/// Take `rid` (the client's, or a generated one if None) for request `id` among the live ones.
+/// A client's rid that is live is refused; a generated rid that a client already holds is
+/// extended until it is free, so /abort_request never reaches another client's request.
+fn reserve_rid(state: &AppState, rid: Option<&str>, id: RequestId) -> Result<String, ApiError> {
+    state.with_rids(|m| match rid {
+        Some(r) if m.contains_key(r) => Err(ApiError::field(
+            "rid",
+            format!(
+                "`rid` {:?} is already used by a live request; give each live request its own",
+                super::wire::clip(r)
+            ),
+        )),
+        Some(r) => {
+            m.insert(r.to_string(), id);
+            Ok(r.to_string())
+        }
+        None => {
+            let mut rid = format!("{:016x}", id.0);
+            let mut n = 0;
+            while m.contains_key(&rid) {
+                n += 1;
+                rid = format!("{:016x}-{n}", id.0);
+            }
+            m.insert(rid.clone(), id);
+            Ok(rid)
+        }
+    })
+}
+
+/// [`submit`] under the client's rid, if one is given.
+pub fn submit_as(
+    state: &Arc<AppState>,
+    prompt: Vec<TokenId>,
+    sampling: SamplingParams,
+    gp: &GenParams,
+    started: Instant,
+    rid: Option<&str>,
 ) -> Result<Generation, ApiError> {
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::status(
@@ -139,6 +180,7 @@ pub fn submit(
         ));
     }
     let id = RequestId(state.next_id.fetch_add(1, Ordering::Relaxed));
+    let rid = reserve_rid(state, rid, id)?;
     let (tx, rx) = unbounded_channel();
     let prompt_tokens = prompt.len();
     let want_logprobs = sampling.return_logprob;
@@ -150,13 +192,8 @@ pub fn submit(
     );
     let now = state.shared.start.elapsed().as_nanos() as u64;
     let spec = RequestSpec::new(id, prompt, sampling, now);
-    state
-        .cmd
-        .send(Command::Submit { spec, events: tx })
-        .map_err(|_| engine_down())?;
-    let rid = format!("{:016x}", id.0);
-    state.with_rids(|m| m.insert(rid.clone(), id));
-    Ok(Generation {
+    // Built before sending, so a failed send frees the rid (Drop) like any other end.
+    let g = Generation {
         rid,
         guard: AbortGuard {
             id,
@@ -173,7 +210,12 @@ pub fn submit(
         started,
         last_token: None,
         done: false,
-    })
+    };
+    state
+        .cmd
+        .send(Command::Submit { spec, events: tx })
+        .map_err(|_| engine_down())?;
+    Ok(g)
 }
 
 fn engine_down() -> ApiError {
@@ -226,29 +268,6 @@ impl Generation {
     /// The request id (/abort_request takes it).
     pub fn rid(&self) -> String {
         self.rid.clone()
-    }
-
-    /// Use the client's rid instead of the generated one (refused if a live request has it).
-    pub fn set_rid(&mut self, rid: &str) -> Result<(), ApiError> {
-        let id = self.guard.id;
-        let old = std::mem::take(&mut self.rid);
-        let taken = self.state.with_rids(|m| {
-            if m.contains_key(rid) {
-                return true;
-            }
-            m.remove(&old);
-            m.insert(rid.to_string(), id);
-            false
-        });
-        if taken {
-            self.rid = old;
-            return Err(ApiError::field(
-                "rid",
-                format!("`rid` {rid:?} is already used by a live request"),
-            ));
-        }
-        self.rid = rid.to_string();
-        Ok(())
     }
 
     /// Prompt length in tokens.

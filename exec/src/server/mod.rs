@@ -6,6 +6,7 @@
 
 pub mod client;
 mod codec;
+mod conn;
 pub mod engine;
 mod error;
 mod gen;
@@ -14,10 +15,13 @@ mod metrics;
 mod native;
 mod openai;
 mod params;
+mod prompt;
 mod routes;
 mod setup;
+mod wire;
 
 pub use codec::Codec;
+pub use conn::ConnLimits;
 pub use error::ApiError;
 pub use setup::{run_blocking, BackendKind, ExternalBackend, Server, ServerConfig, ServerError};
 
@@ -68,7 +72,7 @@ pub struct Info {
 pub struct AppState {
     cmd: Sender<Command>,
     shared: Arc<Shared>,
-    codec: Codec,
+    codec: prompt::PromptCodec,
     info: Info,
     metrics: Metrics,
     next_id: AtomicU64,

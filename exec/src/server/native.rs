@@ -134,7 +134,8 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
             return Err(ApiError::field(
                 "rid",
                 format!(
-                    "`rid` must be a string (one request) or a list of {total} strings (one per prompt and choice), got {v}"
+                    "`rid` must be a string (one request) or a list of {total} strings (one per prompt and choice), got {}",
+                    super::wire::clip(&v.to_string())
                 ),
             ))
         }
@@ -153,15 +154,11 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
         for j in 0..gp.n {
             let mut sp = sp.clone();
             sp.seed = sp.seed.map(|x| x.wrapping_add(j as u64));
-            gens.push(gen::submit(&s, ids.clone(), sp, &gp, started)?);
+            let rid = rids.as_ref().map(|r| r[gens.len()].as_str());
+            gens.push(gen::submit_as(&s, ids.clone(), sp, &gp, started, rid)?);
         }
     }
     gen::admit_all(&mut gens, p.field).await?;
-    if let Some(rids) = &rids {
-        for (g, rid) in gens.iter_mut().zip(rids) {
-            g.set_rid(rid)?;
-        }
-    }
     let rids: Vec<String> = gens.iter().map(Generation::rid).collect();
     let list = p.batch || gp.n > 1;
     if stream {

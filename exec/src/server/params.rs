@@ -375,7 +375,7 @@ pub fn sampling(
                 f.range(
                     "logit_bias",
                     "an object keyed by token id",
-                    format!("key {k:?}"),
+                    format!("key {:?}", super::wire::clip(k)),
                 )
             })?;
             if id >= vocab {
@@ -391,7 +391,7 @@ pub fn sampling(
                     return Err(f.range(
                         "logit_bias",
                         "biases in [-100, 100]",
-                        format!("{v} for token {id}"),
+                        format!("{} for token {id}", show(v)),
                     ))
                 }
             }

@@ -40,20 +40,53 @@ async fn not_found(req: Request) -> ApiError {
     ApiError::status(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("no endpoint {} {}", req.method(), req.uri().path()),
+        format!(
+            "no endpoint {} {}",
+            req.method(),
+            super::wire::clip(req.uri().path())
+        ),
     )
 }
 
-/// Read a body of at most the configured size.
+/// Read a body of at most the configured size: 413 beyond it (at once when the declared length
+/// is larger), 408 when it does not arrive in time, 400 when it is cut short.
 pub async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    use axum::body::HttpBody;
+    use futures_util::StreamExt;
     let limit = state.info.max_body_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let too_large = || {
         ApiError::status(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
-            format!("request body larger than {limit} bytes or unreadable: {e}"),
+            format!("request body larger than {limit} bytes"),
         )
-    })
+    };
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let mut buf = Vec::new();
+    let mut data = body.into_data_stream();
+    while let Some(piece) = data.next().await {
+        match piece {
+            Ok(b) if buf.len() + b.len() > limit => return Err(too_large()),
+            Ok(b) => buf.extend_from_slice(&b),
+            Err(e) => {
+                let e = e.into_inner();
+                if let Some(t) = e.downcast_ref::<super::wire::BodyTimeout>() {
+                    return Err(ApiError::status(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "invalid_request_error",
+                        t.to_string(),
+                    ));
+                }
+                return Err(ApiError::bad(format!(
+                    "the request body is incomplete or unreadable after {} bytes: {e}",
+                    buf.len()
+                )));
+            }
+        }
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Reject a `model` that is not the served one (absent is fine).
@@ -64,7 +97,8 @@ pub fn check_model(state: &AppState, obj: &serde_json::Map<String, Value>) -> Re
         Some(Value::String(m)) => Err(ApiError {
             status: StatusCode::NOT_FOUND,
             message: format!(
-                "the model `{m}` does not exist; this server serves `{}`",
+                "the model `{}` does not exist; this server serves `{}`",
+                super::wire::clip(m),
                 state.info.model_name
             ),
             param: Some("model".into()),
@@ -72,7 +106,10 @@ pub fn check_model(state: &AppState, obj: &serde_json::Map<String, Value>) -> Re
         }),
         Some(v) => Err(ApiError::field(
             "model",
-            format!("`model` must be a string, got {v}"),
+            format!(
+                "`model` must be a string, got {}",
+                super::wire::clip(&v.to_string())
+            ),
         )),
     }
 }

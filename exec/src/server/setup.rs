@@ -1,5 +1,6 @@
 //! Building a server: backend, tokenizer, scheduler, the engine thread; serving and shutdown.
 
+use super::conn::{Acceptor, ConnLimits};
 use super::engine::{self, Command, LoopOptions, Shared, Snapshot};
 use super::{log, AppState, Codec, Info};
 use crate::cpu_backend::CpuBackend;
@@ -44,6 +45,9 @@ pub struct ServerConfig {
     pub page_size: usize,
     /// Chunked prefill size (None = off).
     pub chunked_prefill_size: Option<usize>,
+    /// Longest prompt + output (SGLang's `--context-length`; None: the model's
+    /// max_position_embeddings or the external backend's context; longer only with YaRN).
+    pub context_length: Option<usize>,
     /// Cap on running requests.
     pub max_running_requests: Option<usize>,
     /// Prefill token budget per batch.
@@ -64,6 +68,8 @@ pub struct ServerConfig {
     pub seed: u64,
     /// Print SGLang's batch log lines.
     pub log_batches: bool,
+    /// Header and body read timeouts, the connection cap.
+    pub conn: ConnLimits,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +80,7 @@ impl Default for ServerConfig {
             kv_capacity: None,
             page_size: 1,
             chunked_prefill_size: Some(8192),
+            context_length: None,
             max_running_requests: None,
             max_prefill_tokens: None,
             policy: Policy::Fcfs,
@@ -84,6 +91,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             seed: 0,
             log_batches: true,
+            conn: ConnLimits::default(),
         }
     }
 }
@@ -107,6 +115,17 @@ pub struct Server {
     state: Arc<AppState>,
     thread: Option<std::thread::JoinHandle<()>>,
     shutdown_timeout: Duration,
+    conn: ConnLimits,
+}
+
+/// The context length `cfg` asks for, checked against the model (`--context-length`).
+fn context_len(
+    mc: &crate::model::ModelConfig,
+    cfg: &ServerConfig,
+    dir: &std::path::Path,
+) -> Result<usize, ServerError> {
+    mc.context_length(cfg.context_length)
+        .map_err(|e| ServerError::Config(format!("{}: {e}", dir.display())))
 }
 
 fn dir_name(p: &std::path::Path) -> String {
@@ -301,7 +320,7 @@ impl Prelude {
             state: Arc::new(AppState {
                 cmd: tx,
                 shared,
-                codec: facts.codec,
+                codec: super::prompt::PromptCodec::new(facts.codec, sched.context_len),
                 info,
                 metrics: Default::default(),
                 next_id: AtomicU64::new(0),
@@ -311,6 +330,7 @@ impl Prelude {
             }),
             thread: Some(thread),
             shutdown_timeout: cfg.shutdown_timeout,
+            conn: cfg.conn.clone(),
         })
     }
 }
@@ -342,7 +362,12 @@ impl Server {
             )),
             None => Codec::Synthetic,
         };
-        p.sched.context_len = ext.context_len;
+        p.sched.context_len = cfg.context_length.unwrap_or(ext.context_len);
+        if p.sched.context_len == 0 {
+            return Err(ServerError::Config(
+                "--context-length 0: must be positive".into(),
+            ));
+        }
         p.sched.kv_capacity_tokens = cfg.kv_capacity.unwrap_or(ext.kv_capacity_tokens);
         p.opts.cuda_graph = ext.cuda_graph;
         let facts = Facts {
@@ -372,7 +397,7 @@ impl Server {
         ));
         let tok = p.checkpoint(&dir, &mc.eos_token_ids)?;
         p.sched.kv_capacity_tokens = cfg.kv_capacity.unwrap_or(8192);
-        p.sched.context_len = mc.max_position_embeddings;
+        p.sched.context_len = context_len(&mc, cfg, &dir)?;
         let backend = CpuBackend::new(model, p.sched.capacity_tokens(), cfg.seed);
         let facts = Facts {
             codec: Codec::Hf(Arc::new(tok)),
@@ -399,7 +424,7 @@ impl Server {
         let mc =
             crate::model::ModelConfig::load(&dir).map_err(|e| ServerError::Load(e.to_string()))?;
         let tok = p.checkpoint(&dir, &mc.eos_token_ids)?;
-        p.sched.context_len = mc.max_position_embeddings;
+        p.sched.context_len = context_len(&mc, cfg, &dir)?;
         let opts_cuda = CudaOptions {
             device,
             mem_fraction_static,
@@ -438,53 +463,29 @@ impl Server {
         &self.state.info
     }
 
-    /// Serve on `listener` until `shutdown` resolves; then refuse new requests, let live ones run
-    /// for the shutdown timeout, abort the rest, and stop the engine thread. Returns the final
-    /// engine snapshot (tests check it for KV leaks).
+    /// Serve on `listener` until `shutdown` resolves; then answer new requests 503 while live
+    /// ones run for the shutdown timeout, abort the rest, stop the engine thread, and close the
+    /// listener and the connections (those whose client stopped reading are dropped 5 s later).
+    /// Returns the final engine snapshot (tests check it for KV leaks).
     pub async fn serve(
         mut self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Snapshot, ServerError> {
-        let state = self.state.clone();
-        let drain = self.shutdown_timeout;
         let app = super::routes::router(self.state.clone());
-        let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
-        let stop = async move {
-            shutdown.await;
-            log::info("shutting down: refusing new requests, draining live ones");
-            state.draining.store(true, Ordering::Relaxed);
-            let _ = state.cmd.send(Command::Shutdown { drain });
-            let _ = begun_tx.send(());
-        };
-        // Graceful shutdown waits for every connection; a client that stops reading would hold
-        // it forever, so connections still open well after the drain are dropped.
-        let give_up = async move {
-            if begun_rx.await.is_ok() {
-                tokio::time::sleep(drain + Duration::from_secs(5)).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        let serving = std::future::IntoFuture::into_future(
-            axum::serve(listener, app).with_graceful_shutdown(stop),
-        );
-        let served = tokio::select! {
-            r = serving => r.map_err(|e| ServerError::Io(format!("serving: {e}"))),
-            _ = give_up => {
-                log::warn("connections still open after the drain; closing them");
-                Ok(())
-            }
-        };
-        // Make sure the engine stops even if serving failed before the shutdown signal.
+        let acceptor = Acceptor::start(listener, app, self.state.clone(), &self.conn);
+        shutdown.await;
+        log::info("shutting down: answering 503 to new requests, draining live ones");
+        // Still accepting: new requests get a 503 (docs/server.md#shutdown) until the engine stops.
         self.state.draining.store(true, Ordering::Relaxed);
         let _ = self.state.cmd.send(Command::Shutdown {
-            drain: Duration::ZERO,
+            drain: self.shutdown_timeout,
         });
         if let Some(h) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
-        served?;
+        // Every stream has its last events: let them reach their clients, then close.
+        acceptor.close(Duration::from_secs(5)).await;
         let snap = self.state.shared.snapshot();
         let m = &snap.memory;
         log::info(&format!(
@@ -497,6 +498,9 @@ impl Server {
 
 /// Bind `host:port` and serve until SIGTERM or Ctrl-C (what `doppel exec serve` runs).
 pub fn run_blocking(server: Server, host: &str, port: u16) -> Result<Snapshot, ServerError> {
+    if let Some(n) = super::wire::raise_fd_limit() {
+        log::info(&format!("open-file limit {n}"));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -69,9 +69,11 @@ pub struct TinySpec {
 
 impl TinySpec {
     /// A few-hundred-KB model of the given family: Qwen3 tied, Qwen2 tied, Llama untied with
-    /// Llama 3 rope scaling (short original context so every scaling branch is exercised).
+    /// Llama 3 rope scaling (short original context so every scaling branch is exercised),
+    /// Mistral untied with plain RoPE.
     pub fn tiny(arch: Arch) -> TinySpec {
         let llama = arch == Arch::Llama;
+        let untied = matches!(arch, Arch::Llama | Arch::Mistral);
         TinySpec {
             arch,
             hidden_size: 64,
@@ -82,7 +84,7 @@ impl TinySpec {
             head_dim: if arch == Arch::Qwen3 { 32 } else { 16 },
             tokenizer_vocab: 384,
             vocab_size: None,
-            tie_word_embeddings: !llama,
+            tie_word_embeddings: !untied,
             rope_scaling: if llama {
                 RopeScaling::Llama3 {
                     factor: 8.0,
@@ -224,7 +226,8 @@ fn config_for(spec: &TinySpec, tok_vocab: usize, ids: &[u32]) -> Result<ModelCon
             "heads must be a multiple of kv heads and head_dim even".into(),
         ));
     }
-    let llama = spec.arch == Arch::Llama;
+    // Llama and Mistral: BOS-prefixed tokenizer, eps 1e-5.
+    let llama = matches!(spec.arch, Arch::Llama | Arch::Mistral);
     Ok(ModelConfig {
         arch: spec.arch,
         hidden_size: spec.hidden_size,
@@ -298,7 +301,7 @@ pub fn write_model(dir: &Path, spec: &TinySpec) -> Result<ModelConfig, GenError>
         path: dir.to_path_buf(),
         source,
     })?;
-    let llama = spec.arch == Arch::Llama;
+    let llama = matches!(spec.arch, Arch::Llama | Arch::Mistral);
     let (tok, ids) = train_tokenizer(spec.tokenizer_vocab, llama)?;
     let tok_path = dir.join("tokenizer.json");
     tok.save(&tok_path, false)

@@ -1,12 +1,14 @@
 //! `doppel bench serve`: SGLang's bench_serving in Rust. Sends a dataset (random text, random ids,
-//! shared prefixes or a doppel trace) to a server speaking SGLang's /generate or the OpenAI
-//! completions API, on a Poisson / gamma / concurrency-capped schedule, streams every response,
+//! shared prefixes, a local ShareGPT file or a doppel trace) to a server speaking SGLang's
+//! /generate or the OpenAI completions or chat API, on a Poisson / gamma / concurrency-capped
+//! schedule, streams every response,
 //! and reports bench_serving's metrics with the simulator's own summary code (so a benchmark
 //! report and a replay report compare field by field).
 
 mod request;
+pub mod sharegpt;
 
-pub use request::{Api, ReqResult};
+pub use request::{Api, ReqResult, RequestSpec};
 
 use doppel_core::{TimeNs, TokenId};
 use doppel_exec::server::client;
@@ -56,12 +58,8 @@ pub enum PromptForm {
 /// A benchmark run.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
-    /// host:port.
-    pub addr: String,
-    /// API.
-    pub api: Api,
-    /// Model name for the OpenAI API.
-    pub model_name: String,
+    /// Where requests go and how their bodies are built.
+    pub spec: RequestSpec,
     /// Workload and arrival, as a trace (datasets are written as traces; a trace file is one).
     pub trace: Trace,
     /// Label of the dataset.
@@ -103,6 +101,19 @@ pub struct BenchRun {
     pub outcome: Outcome,
     /// bench_serving's figures.
     pub summary: Summary,
+}
+
+/// Parse bench_serving's --extra-request-body: a JSON object merged into every request body.
+pub fn extra_body(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, BenchError> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(BenchError::Invalid(format!(
+            "--extra-request-body {text}: expected a JSON object"
+        ))),
+        Err(e) => Err(BenchError::Invalid(format!(
+            "--extra-request-body {text}: not JSON: {e}"
+        ))),
+    }
 }
 
 /// A trace for a built-in dataset: bench_serving's random rule, or shared prefixes.
@@ -177,18 +188,19 @@ async fn warm_up_and_flush(cfg: &BenchConfig, first: &Prepared) -> Result<(), Be
     for k in 0..cfg.warmup {
         let mut p = first.clone();
         p.output_len = p.output_len.min(16);
-        let r = request::send(&cfg.addr, cfg.api, &cfg.model_name, &p, Instant::now()).await;
+        let r = request::send(&cfg.spec, &p, Instant::now()).await;
         if let Some(e) = r.error {
             return Err(BenchError::Server(format!(
                 "warm-up request {k} to {} failed: {e}",
-                cfg.addr
+                cfg.spec.addr
             )));
         }
     }
     if cfg.flush_cache {
-        let r = client::request(&cfg.addr, "POST", "/flush_cache", None)
+        let addr = &cfg.spec.addr;
+        let r = client::request(addr, "POST", "/flush_cache", None)
             .await
-            .map_err(|e| BenchError::Server(format!("POST /flush_cache to {}: {e}", cfg.addr)))?;
+            .map_err(|e| BenchError::Server(format!("POST /flush_cache to {addr}: {e}")))?;
         if r.status != 200 {
             return Err(BenchError::Server(format!(
                 "POST /flush_cache: HTTP {} {}",
@@ -211,6 +223,7 @@ async fn run_async(
     }
     warm_up_and_flush(cfg, &prepared[0]).await?;
     let prepared: Arc<Vec<Prepared>> = Arc::new(prepared);
+    let spec = Arc::new(cfg.spec.clone());
     let mut followers: Vec<Vec<(usize, TimeNs)>> = vec![Vec::new(); n];
     let mut ready: BinaryHeap<Reverse<(TimeNs, usize)>> = BinaryHeap::new();
     for (i, s) in starts.iter().enumerate() {
@@ -240,15 +253,9 @@ async fn run_async(
                 Some(&Reverse((t, i))) if t <= now => {
                     ready.pop();
                     in_flight += 1;
-                    let (p, tx, addr, name, api) = (
-                        prepared.clone(),
-                        tx.clone(),
-                        cfg.addr.clone(),
-                        cfg.model_name.clone(),
-                        cfg.api,
-                    );
+                    let (p, tx, spec) = (prepared.clone(), tx.clone(), spec.clone());
                     tasks.spawn(async move {
-                        let r = request::send(&addr, api, &name, &p[i], t0).await;
+                        let r = request::send(&spec, &p[i], t0).await;
                         let _ = tx.send((i, r));
                     });
                 }
@@ -299,7 +306,7 @@ async fn run_async(
         _ => None,
     };
     let mut summary = summarize(&outcome, rate, cfg.trace.arrival.max_concurrency);
-    summary.backend = format!("{} ({})", cfg.api.label(), cfg.addr);
+    summary.backend = format!("{} ({})", cfg.spec.api.label(), cfg.spec.addr);
     Ok(BenchRun {
         trace: cfg.trace.clone(),
         results,
