@@ -1,4 +1,4 @@
-# Sourced by .ci/run (not executed: it exports variables for `cargo test`).
+# Sourced by scripts/test (not executed: it exports variables for `cargo test`).
 # Installs NVRTC and the CUDA headers from pip wheels (no GPU or CUDA toolkit needed) so that
 # exec/tests/cuda_nvrtc.rs really compiles every kernel. Pinned to 13.0.x: PTX from a newer NVRTC
 # may not load on the GPU machines' CUDA 13.0 driver.

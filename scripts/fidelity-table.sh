@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Here (no GPU): the simulator against real runs. DIR holds real-<trace>.json (or .json.gz, as
-# in docs/gpu-runs/fidelity) from scripts/gpu/fidelity.sh; PROFILE is the fitted profile
+# in sim/fidelity/h100-qwen3-0.6b-doppel) from scripts/gpu/fidelity.sh; PROFILE is the fitted profile
 # (default: the shipped one). Reports go to OUT (default DIR).
 # For each fidelity trace it writes sim-<trace>.json (free-running: the trace's own arrival
 # schedule on the simulated clock) and lock-<trace>.json (step times taken from the real run,

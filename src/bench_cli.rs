@@ -299,7 +299,10 @@ fn sharegpt_trace(a: &ServeArgs, arrival: Arrival, tok: &Tokenizer) -> anyhow::R
     for (r, t) in requests.iter_mut().zip(times) {
         r.arrival_ms = t as f64 * 1e-6;
     }
-    let w = Workload::Requests { requests };
+    let w = Workload::Requests {
+        requests,
+        page_len: None,
+    };
     Ok(bench::dataset_trace(w, arrival, a.seed, "sharegpt"))
 }
 

@@ -46,7 +46,7 @@ pub enum ExecCmd {
 #[derive(Args)]
 pub struct GenerateArgs {
     /// Checkpoint directory (config.json, *.safetensors, tokenizer.json, ...).
-    #[arg(long)]
+    #[arg(long, visible_alias = "model-path")]
     model: PathBuf,
     /// The prompt text.
     #[arg(long)]
@@ -276,6 +276,27 @@ fn make_model(a: MakeModelArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `cpu` → None, `cuda` → Some(0), `cuda:N` → Some(N).
+/// `path` as a local directory, or an error that says how to get one: doppel reads local
+/// checkpoints only (`Qwen/Qwen3-0.6B` is a Hub id, not a directory).
+fn local_dir(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    let shown = path.display();
+    if path.exists() {
+        bail!("{flag} {shown}: not a directory; pass the directory holding config.json and tokenizer.json");
+    }
+    let s = path.to_string_lossy();
+    let hub_like = !path.is_absolute() && !s.starts_with('.') && s.matches('/').count() == 1;
+    if hub_like {
+        bail!(
+            "{flag} {shown}: no such local directory; doppel does not download models: fetch it \
+             first (e.g. `huggingface-cli download {s} --local-dir DIR`) and pass {flag} DIR"
+        );
+    }
+    bail!("{flag} {shown}: no such directory")
+}
+
 fn parse_device(d: &str) -> anyhow::Result<Option<usize>> {
     match d {
         "cpu" => Ok(None),
@@ -288,6 +309,7 @@ fn parse_device(d: &str) -> anyhow::Result<Option<usize>> {
 }
 
 fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
+    local_dir("--model", &a.model)?;
     let cuda = parse_device(&a.device)?;
     if a.n == 0 {
         bail!("--n must be at least 1");

@@ -1,8 +1,10 @@
-//! `doppel exec serve`: the HTTP server (see docs/server.md).
+//! `doppel exec serve`: the HTTP server (see docs/server.md). Takes SGLang's launch flags
+//! (`--model-path`, `--tp`, `--api-key`, ...) so a user's command line works as typed.
 
-use super::parse_device;
+use super::{local_dir, parse_device};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
+use doppel_exec::server::{LoadFormat, ServerConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,21 +12,40 @@ use std::process::ExitCode;
 #[derive(Args)]
 pub struct ServeArgs {
     /// Checkpoint directory (with --device cpu); with --backend sim, an optional tokenizer directory.
-    #[arg(long)]
+    #[arg(long, visible_alias = "model-path")]
     model: Option<PathBuf>,
+    /// Tokenizer directory when it is not --model's.
+    #[arg(long)]
+    tokenizer_path: Option<PathBuf>,
+    /// A Jinja chat template file replacing the tokenizer's.
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
     /// `engine` (a real model on --device) or `sim` (the simulator in real time, --profile).
     #[arg(long, default_value = "engine")]
     backend: String,
-    /// Device for --backend engine: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Device for --backend engine: cpu, cuda or cuda:N (default cpu).
+    #[arg(long)]
+    device: Option<String>,
     /// CUDA: share of device memory for weights + KV cache (default: SGLang's rule).
     #[arg(long)]
     mem_fraction_static: Option<f64>,
     /// CUDA: largest decode batch replayed from a CUDA graph (0 = no graphs).
     #[arg(long, default_value_t = 256)]
     cuda_graph_max_bs: usize,
-    /// Simulator profile (built-in name or .yaml file) for --backend sim.
+    /// CUDA: no CUDA graphs (same as --cuda-graph-max-bs 0).
+    #[arg(long)]
+    disable_cuda_graph: bool,
+    /// `auto` (the checkpoint's weights) or `dummy` (random weights from config.json; CUDA).
+    #[arg(long, default_value = "auto")]
+    load_format: String,
+    /// `auto` or `bfloat16` (what the CUDA backend and the profiles compute in).
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// Tensor parallel size (only 1 today).
+    #[arg(long, visible_alias = "tp-size", default_value_t = 1)]
+    tp: usize,
+    /// Simulator profile for --backend sim: a built-in name (`doppel sim profiles`) or a .yaml
+    /// file (default: the calibrated h100-80g/qwen3-0.6b/doppel).
     #[arg(long)]
     profile: Option<String>,
     /// Address to listen on.
@@ -33,11 +54,15 @@ pub struct ServeArgs {
     /// Port (0 = any free port).
     #[arg(long, default_value_t = 30000)]
     port: u16,
-    /// Model name clients pass as `model` (default: the model directory's or profile's name).
+    /// Model name clients pass as `model` (default: the model directory's name; with --backend
+    /// sim, the profile's model, e.g. Qwen/Qwen3-0.6B).
     #[arg(long)]
     served_model_name: Option<String>,
-    /// KV cache capacity in tokens (default: 8192 on the CPU, the profile's memory rule for sim).
+    /// Bearer token required on every route but /health.
     #[arg(long)]
+    api_key: Option<String>,
+    /// KV cache capacity in tokens (default: 8192 on the CPU, the profile's memory rule for sim).
+    #[arg(long, visible_alias = "max-total-tokens")]
     kv_capacity: Option<usize>,
     /// KV page size in tokens.
     #[arg(long, default_value_t = 1)]
@@ -74,59 +99,175 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
     /// Sampling seed of requests that bring none.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, visible_alias = "random-seed", default_value_t = 0)]
     seed: u64,
-    /// debug, info, warning or error.
+    /// debug, info, warning, error or critical.
     #[arg(long, default_value = "info")]
     log_level: String,
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Record every request (arrival, prompt and output length, hashed prefix pages; no
+    /// token ids) as a trace for `sim replay` / `sim plan` / `bench serve --dataset-name trace`.
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
+    /// Rotate the recording at this many MiB (the full file becomes FILE.1).
+    #[arg(long, default_value_t = 256)]
+    record_max_mib: u64,
+    /// Profile the recorded trace names (`sim replay --profile` can replace it).
+    #[arg(long, default_value = "h100-80g/qwen3-0.6b/doppel")]
+    record_profile: String,
+    /// Accepted for SGLang's command lines: /metrics is always on.
+    #[arg(long)]
+    enable_metrics: bool,
+    /// Accepted for SGLang's command lines: doppel runs no code from the model directory.
+    #[arg(long)]
+    trust_remote_code: bool,
+    /// Accepted for SGLang's command lines: doppel sends no warm-up request after start
+    /// (CUDA graphs are still captured before serving).
+    #[arg(long)]
+    skip_server_warmup: bool,
+    /// Tool-call format of the model's output: qwen25 (alias qwen), llama3, mistral (default:
+    /// from the model's architecture).
+    #[arg(long)]
+    tool_call_parser: Option<String>,
+    /// Split reasoning from the answer: qwen3, deepseek-r1 (default: off).
+    #[arg(long)]
+    reasoning_parser: Option<String>,
 }
 
 /// What executes plans: one of doppel-exec's backends, or the simulator's virtual GPU
-/// (doppel-measure) with a profile.
+/// (doppel-measure) with a profile (None: the default one).
 enum Serving {
     Engine(doppel_exec::server::BackendKind),
-    Sim(String),
+    Sim(Option<String>),
+}
+
+impl ServeArgs {
+    fn serving(&self) -> anyhow::Result<Serving> {
+        use doppel_exec::server::BackendKind;
+        if self.tp != 1 {
+            bail!(
+                "--tp {}: tensor parallelism is not implemented; doppel serves on one GPU (--tp 1)",
+                self.tp
+            );
+        }
+        match self.backend.as_str() {
+            "sim" => {
+                if let Some(d) = &self.device {
+                    bail!("--device {d} has no effect with --backend sim (the simulator models the profile's GPU); drop it or pick --profile");
+                }
+                Ok(Serving::Sim(self.profile.clone()))
+            }
+            "engine" => {
+                if let Some(p) = &self.profile {
+                    bail!("--profile {p} needs --backend sim");
+                }
+                let d = self.device.as_deref().unwrap_or("cpu");
+                let graphs = if self.disable_cuda_graph {
+                    0
+                } else {
+                    self.cuda_graph_max_bs
+                };
+                Ok(Serving::Engine(match parse_device(d)? {
+                    None => BackendKind::Cpu,
+                    Some(device) => BackendKind::Cuda {
+                        device,
+                        mem_fraction_static: self.mem_fraction_static,
+                        cuda_graph_max_bs: graphs,
+                    },
+                }))
+            }
+            b => bail!("--backend {b}: expected engine or sim"),
+        }
+    }
+
+    /// `--dtype`: the CPU backend computes in f32, the CUDA backend and the profiles in bf16.
+    fn check_dtype(&self, serving: &Serving) -> anyhow::Result<()> {
+        use doppel_exec::server::BackendKind;
+        match (self.dtype.as_str(), serving) {
+            ("auto", _) => Ok(()),
+            ("bfloat16" | "bf16", Serving::Engine(BackendKind::Cpu)) => bail!(
+                "--dtype {}: the CPU backend computes in float32; use --dtype auto",
+                self.dtype
+            ),
+            ("bfloat16" | "bf16", _) => Ok(()),
+            (d, _) => bail!("--dtype {d}: expected auto or bfloat16"),
+        }
+    }
+
+    fn config(self) -> anyhow::Result<ServerConfig> {
+        let policy = doppel_core::Policy::parse(&self.schedule_policy).ok_or_else(|| {
+            anyhow!(
+                "--schedule-policy {}: expected fcfs, lpm, dfs-weight, lof, random or priority",
+                self.schedule_policy
+            )
+        })?;
+        if !(self.shutdown_timeout.is_finite() && self.shutdown_timeout >= 0.0) {
+            bail!(
+                "--shutdown-timeout {}: must be a number >= 0",
+                self.shutdown_timeout
+            );
+        }
+        let load_format = LoadFormat::parse(&self.load_format)
+            .ok_or_else(|| anyhow!("--load-format {}: expected auto or dummy", self.load_format))?;
+        if let Some(k) = self.api_key.as_deref() {
+            if k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!("--api-key: must be non-empty, without spaces or control characters");
+            }
+        }
+        Ok(ServerConfig {
+            model: self.model,
+            served_model_name: self.served_model_name,
+            kv_capacity: self.kv_capacity,
+            page_size: self.page_size,
+            chunked_prefill_size: (self.chunked_prefill_size > 0)
+                .then_some(self.chunked_prefill_size),
+            max_running_requests: self.max_running_requests,
+            max_prefill_tokens: self.max_prefill_tokens,
+            policy,
+            disable_radix_cache: self.disable_radix_cache,
+            overlap: !self.disable_overlap_schedule,
+            max_queued_requests: self.max_queued_requests,
+            max_body_bytes: self.max_body_bytes,
+            shutdown_timeout: std::time::Duration::from_secs_f64(self.shutdown_timeout),
+            seed: self.seed,
+            log_batches: true,
+            tokenizer: self.tokenizer_path,
+            chat_template: self.chat_template,
+            context_length: self.context_length,
+            api_key: self.api_key,
+            load_format,
+            tool_call_parser: self.tool_call_parser,
+            reasoning_parser: self.reasoning_parser,
+            conn: Default::default(),
+            record: self
+                .record
+                .map(|path| doppel_exec::server::record::RecordConfig {
+                    path,
+                    max_bytes: self.record_max_mib.max(1) << 20,
+                    profile: self.record_profile,
+                }),
+        })
+    }
 }
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    use doppel_exec::server::{log, run_blocking, BackendKind, Server, ServerConfig};
+    use doppel_exec::server::{log, run_blocking, Server};
     let level = log::Level::parse(&a.log_level).ok_or_else(|| {
         anyhow!(
-            "--log-level {}: expected debug, info, warning or error",
+            "--log-level {}: expected debug, info, warning, error or critical",
             a.log_level
         )
     })?;
     log::set_level(level);
-    let backend = match (a.backend.as_str(), a.device.as_str()) {
-        ("sim", _) => Serving::Sim(
-            a.profile
-                .clone()
-                .ok_or_else(|| anyhow!("--backend sim needs --profile"))?,
-        ),
-        ("engine", d) => Serving::Engine(match parse_device(d)? {
-            None => BackendKind::Cpu,
-            Some(device) => BackendKind::Cuda {
-                device,
-                mem_fraction_static: a.mem_fraction_static,
-                cuda_graph_max_bs: a.cuda_graph_max_bs,
-            },
-        }),
-        (b, _) => bail!("--backend {b}: expected engine or sim"),
-    };
-    let policy = doppel_core::Policy::parse(&a.schedule_policy).ok_or_else(|| {
-        anyhow!(
-            "--schedule-policy {}: expected fcfs, lpm, dfs-weight, lof, random or priority",
-            a.schedule_policy
-        )
-    })?;
-    if !(a.shutdown_timeout.is_finite() && a.shutdown_timeout >= 0.0) {
-        bail!(
-            "--shutdown-timeout {}: must be a number >= 0",
-            a.shutdown_timeout
-        );
+    let serving = a.serving()?;
+    a.check_dtype(&serving)?;
+    if let Some(m) = &a.model {
+        local_dir("--model", m)?;
+    }
+    if let Some(t) = &a.tokenizer_path {
+        local_dir("--tokenizer-path", t)?;
     }
     if let Some(t) = a.threads {
         rayon::ThreadPoolBuilder::new()
@@ -134,29 +275,12 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             .build_global()
             .context("--threads")?;
     }
-    let cfg = ServerConfig {
-        model: a.model,
-        served_model_name: a.served_model_name,
-        kv_capacity: a.kv_capacity,
-        page_size: a.page_size,
-        chunked_prefill_size: (a.chunked_prefill_size > 0).then_some(a.chunked_prefill_size),
-        context_length: a.context_length,
-        max_running_requests: a.max_running_requests,
-        max_prefill_tokens: a.max_prefill_tokens,
-        policy,
-        disable_radix_cache: a.disable_radix_cache,
-        overlap: !a.disable_overlap_schedule,
-        max_queued_requests: a.max_queued_requests,
-        max_body_bytes: a.max_body_bytes,
-        shutdown_timeout: std::time::Duration::from_secs_f64(a.shutdown_timeout),
-        seed: a.seed,
-        log_batches: true,
-        conn: Default::default(),
-    };
-    let server = match backend {
+    let (host, port) = (a.host.clone(), a.port);
+    let cfg = a.config()?;
+    let server = match serving {
         Serving::Engine(kind) => Server::build(cfg, kind)?,
-        Serving::Sim(profile) => doppel_measure::sim_server::build(cfg, &profile)?,
+        Serving::Sim(profile) => doppel_measure::sim_server::build(cfg, profile.as_deref())?,
     };
-    run_blocking(server, &a.host, a.port)?;
+    run_blocking(server, &host, port)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -68,6 +68,9 @@ pub enum SimCmd {
         #[arg(long)]
         json: Option<String>,
     },
+    /// Search replicas x TP x chunk x policy x router (x profile) for the cheapest setup whose
+    /// replay of the trace meets latency targets; print the frontier, write an SVG chart.
+    Plan(Box<PlanArgs>),
     /// List the built-in profiles.
     Profiles,
     /// Error of each metric of a simulated run against a real one, and the first differing step.
@@ -77,10 +80,18 @@ pub enum SimCmd {
         /// Report of the simulated run (`doppel sim replay --json`).
         sim: String,
     },
-    /// Fit a profile to step times measured by `doppel exec profile`.
+    /// Fit a profile to step times measured by `doppel exec profile`, or (another engine) to
+    /// its bench_one_batch table plus serving runs (--one-batch, --serving).
     Calibrate {
-        /// The measurement file.
-        measurements: String,
+        /// The measurement file of `doppel exec profile`.
+        measurements: Option<String>,
+        /// A bench_one_batch table: `doppel exec bench-one-batch --json` or SGLang's
+        /// `--result-filename` lines (instead of a measurement file).
+        #[arg(long)]
+        one_batch: Option<String>,
+        /// Serving runs of the same engine (`doppel bench serve --json`), with --one-batch.
+        #[arg(long, num_args = 1..)]
+        serving: Vec<String>,
         /// Profile to start from: hardware sheet, model shape, engine figures (name or YAML file).
         #[arg(long, default_value = "h100-80g/qwen3-0.6b/sglang")]
         base: String,
@@ -96,6 +107,40 @@ pub enum SimCmd {
     },
 }
 
+/// `doppel sim plan` arguments.
+#[derive(clap::Args)]
+pub struct PlanArgs {
+    /// The trace file (a recorded one included).
+    pub trace: String,
+    /// Targets, e.g. "ttft_p99<500ms,itl_p99<50ms" (ttft/itl/tpot/e2e x mean/median/p90/p95/p99/max).
+    #[arg(long)]
+    pub slo: String,
+    /// Profiles to try (names or YAML files; default: the trace's).
+    #[arg(long, num_args = 1..)]
+    pub profiles: Vec<String>,
+    /// Replica counts tried: 1 to this.
+    #[arg(long, default_value_t = 4)]
+    pub max_replicas: usize,
+    /// Tensor-parallel sizes tried.
+    #[arg(long, num_args = 1.., default_values_t = [1usize])]
+    pub tp: Vec<usize>,
+    /// Chunked-prefill sizes tried (-1: off; default: the trace's).
+    #[arg(long, num_args = 1.., allow_negative_numbers = true)]
+    pub chunk: Vec<i64>,
+    /// Scheduling policies tried (default: the trace's).
+    #[arg(long, num_args = 1..)]
+    pub policy: Vec<String>,
+    /// Routers tried: round-robin, cache-aware.
+    #[arg(long, num_args = 1.., default_values_t = ["round-robin".to_string(), "cache-aware".to_string()])]
+    pub router: Vec<String>,
+    /// Where to write the SVG chart.
+    #[arg(long, default_value = "plan.svg")]
+    pub svg: String,
+    /// Also write every setup's figures as JSON.
+    #[arg(long)]
+    pub json: Option<String>,
+}
+
 /// Print to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
 fn emit(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
@@ -108,6 +153,54 @@ fn emit(text: &str) -> anyhow::Result<()> {
 
 fn write(path: &str, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {path}"))
+}
+
+/// `sim calibrate --one-batch`: another engine's profile from its table and serving runs.
+fn calibrate_peer(
+    table: &str,
+    serving: &[String],
+    base: &str,
+    name: &str,
+    out: &str,
+) -> anyhow::Result<ExitCode> {
+    use doppel_sim::calibrate_peer as peer;
+    let rows = peer::load_one_batch(table)?;
+    let runs = serving
+        .iter()
+        .map(|p| peer::load_serving(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let source = format!(
+        "bench_one_batch table {table}; serving runs {}; fitted by doppel sim calibrate",
+        serving.join(", ")
+    );
+    let p = peer::fit(&Profile::load(base)?, &rows, &runs, name, &source)?;
+    write(out, &peer::profile_yaml(&p)?)?;
+    let cost = RooflineCost::new(&p, 1);
+    println!(
+        "fitted {name}: host {:.3} ms per step, decode fixed {:.3} ms, prefill fixed {:.3} ms; written to {out}",
+        p.engine.schedule_ns_per_step / 1e6,
+        p.efficiency.decode_step_ns / 1e6,
+        p.efficiency.prefill_step_ns / 1e6
+    );
+    for r in &rows {
+        let sim = one_batch::run(&cost, r.batch, r.input_len, r.output_len);
+        println!(
+            "  one-batch b={:<4} prefill {:+.1}%  decode {:+.1}%",
+            r.batch,
+            (sim.prefill_s / r.prefill_s - 1.0) * 100.0,
+            (sim.decode_median_s / r.decode_s - 1.0) * 100.0
+        );
+    }
+    for run in &runs {
+        let itl = peer::replay_itl(&p, run)?;
+        println!(
+            "  serving {}: median ITL {itl:.3} ms vs {:.3} ms ({:+.1}%)",
+            run.origin,
+            run.median_itl_ms,
+            (itl / run.median_itl_ms - 1.0) * 100.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Run a `doppel sim` subcommand.
@@ -207,6 +300,65 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        SimCmd::Plan(a) => {
+            let PlanArgs {
+                trace,
+                slo,
+                profiles,
+                max_replicas,
+                tp,
+                chunk,
+                policy,
+                router,
+                svg,
+                json,
+            } = *a;
+            use doppel_sim::plan;
+            let targets = plan::slo::parse(&slo)?;
+            let base = doppel_sim::Trace::load(&trace)?;
+            anyhow::ensure!(
+                (1..=64).contains(&max_replicas),
+                "--max-replicas must be 1 to 64, got {max_replicas}"
+            );
+            let routers = router
+                .iter()
+                .map(|r| {
+                    doppel_sim::router::Router::parse(r).with_context(|| {
+                        format!("--router {r}: known routers are round-robin, cache-aware")
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let space = plan::Space {
+                profiles: if profiles.is_empty() {
+                    vec![base.profile.clone()]
+                } else {
+                    profiles
+                },
+                max_replicas,
+                tps: tp,
+                chunks: if chunk.is_empty() {
+                    vec![None]
+                } else {
+                    chunk.into_iter().map(Some).collect()
+                },
+                policies: if policy.is_empty() {
+                    vec![base.engine.policy.clone()]
+                } else {
+                    policy
+                },
+                routers,
+            };
+            for p in &space.profiles {
+                Profile::load(p)?;
+            }
+            let r = plan::plan(&base, &trace, &space, &targets);
+            write(&svg, &plan::to_svg(&r))?;
+            emit(&format!("{}chart written to {svg}\n", plan::format(&r)))?;
+            if let Some(path) = json {
+                write(&path, &plan::to_json(&r))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         SimCmd::Compare { real, sim } => {
             use doppel_sim::compare;
             let (a, b) = (compare::load_report(&real)?, compare::load_report(&sim)?);
@@ -216,12 +368,23 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
         }
         SimCmd::Calibrate {
             measurements,
+            one_batch,
+            serving,
             base,
             name,
             out,
             residuals,
         } => {
             use doppel_sim::calibrate;
+            let measurements = match (measurements, one_batch) {
+                (Some(m), None) => m,
+                (None, Some(table)) => {
+                    return calibrate_peer(&table, &serving, &base, &name, &out);
+                }
+                _ => anyhow::bail!(
+                    "give a measurement file (doppel exec profile) or --one-batch TABLE --serving RUN.json..., not both"
+                ),
+            };
             let m = calibrate::Measurements::load(&measurements)?;
             let fit = calibrate::calibrate(&Profile::load(&base)?, &m, &name, &measurements)?;
             write(&out, &calibrate::to_yaml(&fit)?)?;

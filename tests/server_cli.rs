@@ -1,82 +1,17 @@
 //! `doppel exec serve` as a process: greedy output through the server equals `doppel exec
 //! generate` (and the transformers-verified reference) on the committed tiny Llama; the official
-//! `openai` Python client works against it; SIGTERM drains and exits cleanly.
+//! `openai` Python client works against it; SIGTERM drains and exits cleanly. SGLang's launch
+//! flags work on the simulated backend, and bad launches say how to fix them.
 
+mod common;
+
+use common::{Served, MODEL};
 use doppel_exec::server::client::{self, block_on};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/exec/tests/fixtures/tiny-llama"
-);
 const PROMPT: &str = "What is the capital of France? Paris is";
-
-struct Served {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Served {
-    fn start(extra: &[&str]) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_doppel"))
-            .args([
-                "exec",
-                "serve",
-                "--model",
-                MODEL,
-                "--port",
-                "0",
-                "--threads",
-                "1",
-            ])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let l2 = log.clone();
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(a) = line.split("on http://").nth(1) {
-                    let _ = tx.send(a.trim().to_string());
-                }
-                l2.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start: {}", log.lock().unwrap());
-            }
-        };
-        Served { child, addr, log }
-    }
-
-    fn post(&self, path: &str, v: &Value) -> Value {
-        let r = block_on(client::post_json(&self.addr, path, v))
-            .unwrap()
-            .unwrap();
-        assert_eq!(r.status, 200, "{path}: {}", r.text());
-        r.json()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn generate(extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_doppel"))
@@ -155,15 +90,26 @@ fn greedy_output_through_the_server_equals_exec_generate() {
 #[test]
 fn the_openai_python_client_works() {
     let srv = Served::start(&["--served-model-name", "tiny-llama"]);
+    let thinking = Served::start(&[
+        "--served-model-name",
+        "tiny-llama",
+        "--reasoning-parser",
+        "deepseek-r1",
+    ]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/server_openai.py");
     let out = Command::new("python3")
-        .args([script, &format!("http://{}/v1", srv.addr), "tiny-llama"])
+        .args([
+            script,
+            &format!("http://{}/v1", srv.addr),
+            "tiny-llama",
+            &format!("http://{}/v1", thinking.addr),
+        ])
         .output()
         .expect("python3 is needed for this test");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named 'openai'"),
-        "the openai package is missing: python3 -m pip install openai (.ci/run does)"
+        "the openai package is missing: scripts/test installs it from tests/requirements.txt"
     );
     assert!(
         out.status.success(),
@@ -225,4 +171,136 @@ fn sigterm_drains_live_requests_and_exits_cleanly() {
         .collect();
     let n = nums.len();
     assert_eq!(nums[n - 3] + nums[n - 2], nums[n - 1], "{line}");
+}
+
+/// A raw HTTP/1.1 exchange (the test client sends no `Authorization`): status and body.
+fn raw(addr: &str, method: &str, path: &str, auth: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = auth
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[test]
+fn sim_backend_takes_sglangs_launch_flags() {
+    let srv = Served::serve(&[
+        "--backend",
+        "sim",
+        "--port",
+        "0",
+        "--model-path",
+        MODEL,
+        "--api-key",
+        "k3y",
+        "--random-seed",
+        "7",
+        "--context-length",
+        "1024",
+        "--max-total-tokens",
+        "20000",
+        "--tp-size",
+        "1",
+        "--dtype",
+        "bfloat16",
+        "--load-format",
+        "dummy",
+        "--enable-metrics",
+        "--trust-remote-code",
+        "--skip-server-warmup",
+        "--log-level",
+        "info",
+    ]);
+    let a = srv.addr.as_str();
+    assert_eq!(raw(a, "GET", "/health", None, "").0, 200);
+    assert_eq!(raw(a, "GET", "/get_model_info", None, "").0, 401);
+    let (st, info) = raw(a, "GET", "/get_model_info", Some("k3y"), "");
+    assert_eq!(st, 200, "{info}");
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["context_length"], 1024);
+    assert_eq!(info["served_model_name"], "Qwen/Qwen3-0.6B");
+    let (_, si) = raw(a, "GET", "/get_server_info", Some("k3y"), "");
+    let si: Value = serde_json::from_str(&si).unwrap();
+    assert_eq!(si["max_total_num_tokens"], 20000);
+    assert_eq!(si["backend"], "sim:h100-80g/qwen3-0.6b/doppel");
+    let req =
+        json!({"text": PROMPT, "sampling_params": {"max_new_tokens": 16, "ignore_eos": true}});
+    let (st, out) = raw(a, "POST", "/generate", Some("k3y"), &req.to_string());
+    assert_eq!(st, 200, "{out}");
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert!(out["text"].as_str().unwrap().trim().len() >= 8, "{out}");
+}
+
+#[test]
+fn sim_backend_starts_with_no_other_flag() {
+    let srv = Served::serve(&["--backend", "sim", "--port", "0"]);
+    let si = block_on(client::get(&srv.addr, "/get_server_info"))
+        .unwrap()
+        .unwrap()
+        .json();
+    assert_eq!(si["backend"], "sim:h100-80g/qwen3-0.6b/doppel");
+}
+
+#[test]
+fn bad_launches_say_how_to_fix_them() {
+    let fails = |args: &[&str]| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_doppel"))
+            .args(["exec", "serve", "--port", "0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = fails(&["--model", "Qwen/Qwen3-0.6B"]);
+    assert!(
+        e.contains("no such local directory") && e.contains("does not download"),
+        "{e}"
+    );
+    let e = fails(&["--model", MODEL, "--tp", "2"]);
+    assert!(
+        e.contains("--tp 2: tensor parallelism is not implemented"),
+        "{e}"
+    );
+    let e = fails(&["--backend", "sim", "--device", "cuda"]);
+    assert!(
+        e.contains("--device cuda has no effect with --backend sim"),
+        "{e}"
+    );
+    let e = fails(&["--backend", "sim", "--profile", "h100/nope"]);
+    assert!(
+        e.contains("h100-80g/qwen3-0.6b/doppel") && e.contains("h100/nope"),
+        "{e}"
+    );
+    let e = fails(&["--model", MODEL, "--dtype", "bfloat16"]);
+    assert!(e.contains("CPU backend computes in float32"), "{e}");
+    let e = fails(&["--backend", "sim", "--dtype", "float16"]);
+    assert!(
+        e.contains("--dtype float16: expected auto or bfloat16"),
+        "{e}"
+    );
+    let e = fails(&["--model", MODEL, "--load-format", "dummy"]);
+    assert!(e.contains("--load-format dummy needs --device cuda"), "{e}");
+    let e = fails(&["--backend", "sim", "--load-format", "gguf"]);
+    assert!(
+        e.contains("--load-format gguf: expected auto or dummy"),
+        "{e}"
+    );
+    let e = fails(&["--model", MODEL, "--profile", "h100-80g/qwen3-0.6b/doppel"]);
+    assert!(e.contains("needs --backend sim"), "{e}");
 }

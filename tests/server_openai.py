@@ -1,12 +1,13 @@
 """The OpenAI Python client against `doppel exec serve` (driven by tests/server_cli.rs).
 
-usage: server_openai.py BASE_URL MODEL
+usage: server_openai.py BASE_URL MODEL REASONING_BASE_URL
+(the second server runs with --reasoning-parser deepseek-r1)
 """
 import sys
 
 import openai
 
-base, model = sys.argv[1], sys.argv[2]
+base, model, reasoning_base = sys.argv[1], sys.argv[2], sys.argv[3]
 client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=60)
 full = {"ignore_eos": True}
 
@@ -63,9 +64,13 @@ c = client.chat.completions.create(model=model, messages=msgs, max_tokens=4, tem
 assert len(c.choices[0].logprobs.content) == 4, c
 
 # Errors surface as the client's typed exceptions.
+# Any model name is served (as SGLang does); the card of the served one can be fetched.
+r = client.completions.create(model="no-such-model", prompt="x", max_tokens=2, extra_body=full)
+assert r.usage.completion_tokens == 2, r
+assert client.models.retrieve(model).id == model
 try:
-    client.completions.create(model="no-such-model", prompt="x", max_tokens=2)
-    raise AssertionError("unknown model accepted")
+    client.models.retrieve("no-such-model")
+    raise AssertionError("unknown model card")
 except openai.NotFoundError as e:
     assert "no-such-model" in str(e), e
 try:
@@ -78,4 +83,39 @@ try:
     raise AssertionError("empty messages accepted")
 except openai.BadRequestError as e:
     assert "messages" in str(e), e
+# Fields the server cannot honour are refused by name, never dropped.
+for extra, field in [
+    ({"lora_path": "adapter"}, "lora_path"),
+    ({"priority": 2}, "priority"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+]:
+    try:
+        client.chat.completions.create(model=model, messages=msgs, max_tokens=2, extra_body=extra)
+        raise AssertionError(f"{field} accepted")
+    except openai.BadRequestError as e:
+        assert field in str(e), e
+
+# Tools (auto): the answer parses with and without streaming; on random weights no call is made.
+tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+c = client.chat.completions.create(model=model, messages=msgs, tools=tools, tool_choice="auto", max_tokens=6,
+                                   temperature=0, parallel_tool_calls=False, extra_body=full)
+assert c.choices[0].finish_reason == "length" and not c.choices[0].message.tool_calls, c
+text = c.choices[0].message.content
+streamed = "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
+    model=model, messages=msgs, tools=tools, max_tokens=6, temperature=0, stream=True, extra_body=full) if ch.choices)
+assert streamed == text, (streamed, text)
+
+# Reasoning split (deepseek-r1: the output starts inside the think block), streamed and not.
+rc = openai.OpenAI(base_url=reasoning_base, api_key="unused", max_retries=0, timeout=60)
+body = dict(model=model, messages=msgs, max_tokens=8, temperature=0)
+whole = rc.chat.completions.create(**body, extra_body={**full, "separate_reasoning": False}).choices[0].message.content
+m = rc.chat.completions.create(**body, extra_body=full).choices[0].message
+assert m.reasoning_content == whole and m.content == "", m
+parts = {"reasoning_content": "", "content": ""}
+for ch in rc.chat.completions.create(**body, stream=True, extra_body=full):
+    for choice in ch.choices:
+        for k in parts:
+            parts[k] += getattr(choice.delta, k, None) or ""
+assert parts == {"reasoning_content": whole, "content": ""}, (parts, whole)
 print("openai client: ok")

@@ -111,6 +111,8 @@ fn missing_trace_file_is_a_clear_error() {
     let (ok, _, err) = doppel(&["sim", "replay", "traces/nope.yaml"]);
     assert!(!ok);
     assert!(err.contains("traces/nope.yaml"), "{err}");
+    // The OS error once, not once from the message and again from its source.
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
 #[test]
@@ -192,4 +194,45 @@ fn profiles_lists_every_builtin_and_overrides_apply() {
         out.starts_with("trace: poisson  profile: h200/qwen3-0.6b/sglang  seed: 7"),
         "{out}"
     );
+}
+
+#[test]
+fn plan_prints_the_frontier_and_writes_an_svg_and_refuses_a_bad_slo() {
+    let svg = tmp("plan.svg");
+    let args = [
+        "sim",
+        "plan",
+        "traces/poisson.yaml",
+        "--slo",
+        "ttft_p99<200ms,itl_p99<60ms",
+        "--max-replicas",
+        "3",
+        "--svg",
+        svg.to_str().unwrap(),
+    ];
+    let (ok, out, err) = doppel(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("frontier"), "{out}");
+    assert!(out.contains("cheapest setup meeting every target"), "{out}");
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    // Same inputs, byte-identical output.
+    assert_eq!(doppel(&args).1, out);
+    let (ok, _, err) = doppel(&[
+        "sim",
+        "plan",
+        "traces/poisson.yaml",
+        "--slo",
+        "ttft_p99>5ms",
+    ]);
+    assert!(!ok && err.contains("metric<limit"), "{err}");
+    let (ok, _, err) = doppel(&[
+        "sim",
+        "plan",
+        "traces/poisson.yaml",
+        "--slo",
+        "ttft_p99<5ms",
+        "--router",
+        "random",
+    ]);
+    assert!(!ok && err.contains("--router random"), "{err}");
 }

@@ -1,6 +1,7 @@
 //! doppel-exec: the real engine's model side, built on doppel-core: Hugging Face checkpoint
 //! loading, the CPU reference backend, tokenizer and chat template, sampling and stopping.
 
+pub mod chat_template;
 pub mod cpu_backend;
 pub mod cuda;
 pub mod model;

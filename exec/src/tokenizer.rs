@@ -59,9 +59,9 @@ impl ChatMessage {
 /// A checkpoint's tokenizer with its chat template and special tokens.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
-    dir: PathBuf,
-    chat_template: Option<String>,
-    bos_token: Option<String>,
+    pub(crate) dir: PathBuf,
+    pub(crate) chat_template: Option<String>,
+    pub(crate) bos_token: Option<String>,
     eos_token: Option<String>,
 }
 
@@ -136,6 +136,33 @@ impl Tokenizer {
         Ok(tok)
     }
 
+    /// Replace the chat template with the Jinja file `path` (SGLang's `--chat-template`).
+    pub fn set_chat_template_file(&mut self, path: &Path) -> Result<(), TokenizerError> {
+        self.chat_template = Some(read(path)?);
+        Ok(())
+    }
+
+    /// Ids of the ordinary (non-special) tokens whose text is whole on its own (not empty, not
+    /// a piece of a UTF-8 sequence), ascending: what a synthetic generator may emit so that
+    /// every token has readable text.
+    pub fn ordinary_ids(&self) -> Vec<TokenId> {
+        let special: std::collections::BTreeSet<u32> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        (0..self.vocab_size() as u32)
+            .filter(|id| !special.contains(id) && self.inner.id_to_token(*id).is_some())
+            .filter(|&id| {
+                self.inner
+                    .decode(&[id], false)
+                    .is_ok_and(|t| !t.is_empty() && !t.contains('\u{FFFD}'))
+            })
+            .collect()
+    }
+
     /// The underlying `tokenizers` tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
@@ -182,45 +209,6 @@ impl Tokenizer {
     /// Whether a chat template is available.
     pub fn has_chat_template(&self) -> bool {
         self.chat_template.is_some()
-    }
-
-    /// Render the chat template (HF semantics: trim_blocks, lstrip_blocks, Python string methods).
-    pub fn apply_chat_template(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, TokenizerError> {
-        let src = self
-            .chat_template
-            .as_deref()
-            .ok_or_else(|| TokenizerError::NoChatTemplate(self.dir.clone()))?;
-        let mut env = minijinja::Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        // Llama 3.1 templates print today's date; a fixed date keeps prompts reproducible.
-        env.add_function("strftime_now", |_fmt: String| "26 Jul 2024".to_string());
-        env.add_template("chat", src)
-            .map_err(|e| TokenizerError::Template(format!("{e:#}")))?;
-        let tmpl = env
-            .get_template("chat")
-            .map_err(|e| TokenizerError::Template(e.to_string()))?;
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token.clone().unwrap_or_default(),
-            eos_token => self.eos_token.clone().unwrap_or_default(),
-        })
-        .map_err(|e| TokenizerError::Template(format!("{e:#}")))
     }
 }
 

@@ -130,7 +130,7 @@ async fn hundreds_of_concurrent_streams_some_cancelled() {
         log_batches: false,
         ..Default::default()
     };
-    let server = sim_server::build(cfg, "h100-80g/qwen3-0.6b/sglang").unwrap();
+    let server = sim_server::build(cfg, Some("h100-80g/qwen3-0.6b/sglang")).unwrap();
     // A deep accept queue: hundreds of connects arrive at once (a full queue drops SYNs, which
     // clients retry only after a second).
     let sock = tokio::net::TcpSocket::new_v4().unwrap();

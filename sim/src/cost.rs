@@ -356,7 +356,25 @@ impl RooflineCost {
                 / (hw.bf16_flops * self.profile.efficiency.attention_compute)
     }
 
-    /// Seconds of GPU time, unrounded (one-batch prints these).
+    /// Host seconds of a step taken alone: the scheduler's time to form it plus its launch
+    /// call (`EngineOverheads::schedule_ns_*`, the profile's `launch` section).
+    pub fn host_seconds(&self, s: &BatchShape) -> f64 {
+        let l = self.launch_ns(s);
+        (self.schedule_ns(s.extend_reqs + s.decode_reqs) + l.host_ns) as f64 * 1e-9
+    }
+
+    /// Seconds of a step timed serially, as bench_one_batch times one (host work, then the
+    /// device, synchronised): the scheduler's time, then the later of the GPU's end (`lead` +
+    /// device) and the launch's return + `tail`. The serving loop hides the host part behind
+    /// the previous step instead (`crate::backend`), which is why a profile keeps them apart.
+    pub fn serial_step_seconds(&self, s: &BatchShape) -> f64 {
+        let l = self.launch_ns(s);
+        let schedule = self.schedule_ns(s.extend_reqs + s.decode_reqs) as f64 * 1e-9;
+        let device = l.lead_ns as f64 * 1e-9 + self.step_seconds(s);
+        schedule + device.max((l.host_ns + l.tail_ns) as f64 * 1e-9)
+    }
+
+    /// Seconds of GPU time, unrounded.
     pub fn step_seconds(&self, s: &BatchShape) -> f64 {
         if s.is_decode {
             if let Some(t) = self.decode_table_seconds(s) {

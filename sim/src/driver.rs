@@ -7,7 +7,7 @@ use crate::error::SimError;
 use crate::gaps::Gaps;
 use crate::profile::Profile;
 use crate::trace::Trace;
-use crate::workload::expand;
+use crate::workload::{expand, Expanded};
 use doppel_core::scheduler::Counters;
 use doppel_core::stats::DECODE_LOG_INTERVAL;
 use doppel_core::{
@@ -19,10 +19,11 @@ use std::collections::BinaryHeap;
 use std::fmt::Write;
 
 /// What happened to a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Never sent (the run ended first: only on a stall).
+    #[default]
     Pending,
     /// Finished normally.
     Done,
@@ -33,7 +34,7 @@ pub enum Status {
 }
 
 /// Client-visible timeline of one request (times in virtual ns).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct ReqRecord {
     /// When the client sent it.
     pub send: TimeNs,
@@ -127,12 +128,25 @@ pub struct RealTiming {
 /// Replay a trace (`origin` names it in errors).
 pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome, SimError> {
     let profile = Profile::load(&trace.profile)?;
-    let cfg = trace.scheduler_config(&profile, origin)?;
+    let work = expand(trace, profile.model.vocab);
+    simulate_work(trace, &profile, work, origin, opts)
+}
+
+/// Replay an expanded workload on the engine and profile of `trace` (one replica behind a
+/// router serves a subset of the trace's requests: `Expanded::subset`).
+pub fn simulate_work(
+    trace: &Trace,
+    profile: &Profile,
+    mut work: Expanded,
+    origin: &str,
+    opts: SimOptions,
+) -> Result<Outcome, SimError> {
+    let cfg = trace.scheduler_config(profile, origin)?;
     let scheduler = Scheduler::new(cfg.clone()).map_err(|source| SimError::Config {
         file: origin.to_string(),
         source,
     })?;
-    let cost = RooflineCost::new(&profile, trace.engine.tp_size);
+    let cost = RooflineCost::new(profile, trace.engine.tp_size);
     let mut backend = SimBackend::new(cost, profile.model.vocab, opts.record_steps);
     let (locked_iterations, locked_by_step): (&[TimeNs], bool) = match &opts.timing_from {
         Some(t) => {
@@ -145,7 +159,6 @@ pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome
         None => (&[], false),
     };
     let mut engine = Engine::new(scheduler, backend, trace.engine.overlap);
-    let mut work = expand(trace, profile.model.vocab);
     let n = work.requests.len();
     let eng = &profile.engine;
     let stream_ns = eng.stream_ns.round() as TimeNs;

@@ -70,6 +70,28 @@ impl Gaps {
         self.buf.clear();
     }
 
+    /// Add every gap of `other` (several replicas' clients, merged into one set).
+    pub fn absorb(&mut self, other: &Gaps) {
+        let mut other = other.clone();
+        other.flush();
+        self.flush();
+        let mut merged = Vec::with_capacity(self.runs.len() + other.runs.len());
+        let (mut a, mut b) = (self.runs.iter().peekable(), other.runs.iter().peekable());
+        while let Some(&next) = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.0 <= y.0 => a.next(),
+            (_, Some(_)) => b.next(),
+            _ => a.next(),
+        } {
+            match merged.last_mut() {
+                Some((v, c)) if *v == next.0 => *c += next.1,
+                _ => merged.push(next),
+            }
+        }
+        self.runs = merged;
+        self.count += other.count;
+        self.sum += other.sum;
+    }
+
     /// Number of gaps.
     pub fn count(&self) -> u64 {
         self.count
@@ -148,5 +170,26 @@ mod tests {
         assert_eq!((g.percentile(50.0), g.max(), g.mean()), (0.0, 0, 0.0));
         g.push(7);
         assert_eq!((g.percentile(99.0), g.max()), (7.0, 7));
+    }
+
+    #[test]
+    fn absorbing_two_sets_equals_pushing_both_into_one() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let (mut a, mut b, mut both) = (Gaps::new(), Gaps::new(), Gaps::new());
+        for k in 0..(BUF + 77) {
+            let v = rng.gen_range(0..3000u64) * 10;
+            if k % 3 == 0 {
+                a.push(v)
+            } else {
+                b.push(v)
+            }
+            both.push(v);
+        }
+        a.absorb(&b);
+        assert_eq!(a.count(), both.count());
+        for p in [0.0, 50.0, 99.0, 100.0] {
+            assert_eq!(a.percentile(p), both.percentile(p), "p{p}");
+        }
+        assert_eq!(a.mean(), both.mean());
     }
 }

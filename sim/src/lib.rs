@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod calibrate;
+pub mod calibrate_peer;
 pub mod clients;
 pub mod compare;
 pub mod cost;
@@ -18,8 +19,10 @@ pub mod kv_sharing;
 pub mod metrics;
 mod nelder_mead;
 pub mod one_batch;
+pub mod plan;
 pub mod profile;
 pub mod report;
+pub mod router;
 pub mod sweep;
 pub mod trace;
 pub mod workload;

@@ -1,4 +1,8 @@
 //! `doppel sim one-batch`: SGLang's bench_one_batch from the cost model alone (no scheduler).
+//!
+//! bench_one_batch synchronises every step, so a step costs its host work (forming the batch,
+//! launching, sampling) plus its device time, one after the other
+//! ([`RooflineCost::serial_step_seconds`]); a server with the overlap loop hides the host part.
 
 use crate::cost::{BatchShape, RooflineCost};
 use std::fmt::Write;
@@ -16,6 +20,8 @@ pub struct OneBatchRow {
     pub total_s: f64,
     /// Every decode step's latency.
     pub decode_s: Vec<f64>,
+    /// The median decode step's device share (what the overlap loop leaves of a step).
+    pub decode_device_median_s: f64,
 }
 
 impl OneBatchRow {
@@ -35,13 +41,16 @@ impl OneBatchRow {
 
 /// Prefill of `batch` prompts, then output_len - 1 decode steps (the prefill yields the first token).
 pub fn run(cost: &RooflineCost, batch: usize, input_len: usize, output_len: usize) -> OneBatchRow {
-    let prefill_s = cost.step_seconds(&BatchShape::prefill(batch, input_len));
-    let decode_s: Vec<f64> = (0..output_len.saturating_sub(1))
-        .map(|i| cost.step_seconds(&BatchShape::decode(batch, input_len + i + 1)))
+    let prefill_s = cost.serial_step_seconds(&BatchShape::prefill(batch, input_len));
+    let shapes: Vec<BatchShape> = (0..output_len.saturating_sub(1))
+        .map(|i| BatchShape::decode(batch, input_len + i + 1))
         .collect();
+    let decode_s: Vec<f64> = shapes.iter().map(|s| cost.serial_step_seconds(s)).collect();
     let mut sorted = decode_s.clone();
     sorted.sort_by(f64::total_cmp);
     let decode_median_s = median(&sorted);
+    let mut device: Vec<f64> = shapes.iter().map(|s| cost.step_seconds(s)).collect();
+    device.sort_by(f64::total_cmp);
     let total_s = prefill_s + decode_s.iter().sum::<f64>();
     OneBatchRow {
         batch,
@@ -49,6 +58,7 @@ pub fn run(cost: &RooflineCost, batch: usize, input_len: usize, output_len: usiz
         decode_median_s,
         total_s,
         decode_s,
+        decode_device_median_s: median(&device),
     }
 }
 
@@ -97,17 +107,18 @@ pub fn format(rows: &[OneBatchRow], input_len: usize, output_len: usize) -> Stri
     }
     let _ = writeln!(
         s,
-        "| batch | prefill latency (s) | prefill tok/s | decode median (ms) | decode tok/s | total latency (s) |"
+        "| batch | prefill latency (s) | prefill tok/s | decode median (ms) | of it device (ms) | decode tok/s | total latency (s) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {:.4} | {:.0} | {:.2} | {:.0} | {:.3} |",
+            "| {} | {:.4} | {:.0} | {:.2} | {:.2} | {:.0} | {:.3} |",
             r.batch,
             r.prefill_s,
             r.prefill_tps(input_len),
             r.decode_median_s * 1e3,
+            r.decode_device_median_s * 1e3,
             r.decode_tps(),
             r.total_s
         );
@@ -127,6 +138,10 @@ mod tests {
         assert_eq!(r.decode_s.len(), 63);
         let sum: f64 = r.prefill_s + r.decode_s.iter().sum::<f64>();
         assert!((r.total_s - sum).abs() < 1e-12);
+        // Serial: each step is its host time plus its device time.
+        let host = c.host_seconds(&BatchShape::decode(4, 160));
+        assert!(host > 0.0);
+        assert!((r.decode_median_s - r.decode_device_median_s - host).abs() < 1e-6);
         let text = format(&[r], 128, 64);
         assert!(text.contains("Decode.  median latency:"), "{text}");
         assert!(text.contains("| 4 |"), "{text}");

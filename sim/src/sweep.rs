@@ -140,7 +140,7 @@ pub fn to_json(r: &SweepResult) -> String {
     serde_json::to_string_pretty(r).unwrap_or_default()
 }
 
-fn nice_max(x: f64) -> f64 {
+pub(crate) fn nice_max(x: f64) -> f64 {
     if x <= 0.0 {
         return 1.0;
     }
@@ -275,7 +275,7 @@ pub fn to_svg(r: &SweepResult) -> String {
     s
 }
 
-fn fmt_num(v: f64) -> String {
+pub(crate) fn fmt_num(v: f64) -> String {
     if v >= 1000.0 {
         format!("{:.0}", v)
     } else if v >= 10.0 {
@@ -285,7 +285,7 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-fn xml(s: &str) -> String {
+pub(crate) fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -37,6 +37,16 @@ pub enum PromptSpec {
         /// Total prompt length.
         len: u32,
     },
+    /// Recorded pages: page k's tokens are drawn from its chained hash (equal hashes, equal
+    /// prefixes), then random tokens up to `len`.
+    Pages {
+        /// The chained page hashes.
+        hashes: Vec<u64>,
+        /// Tokens per page.
+        page_len: u32,
+        /// Total prompt length.
+        len: u32,
+    },
     /// The previous turn's prompt and reply, then `new_len` random tokens.
     Continue {
         /// The previous turn (an earlier request).
@@ -78,6 +88,9 @@ pub struct Expanded {
     history: Vec<Option<Vec<TokenId>>>,
     /// Whether request i has a follower (its prompt must be kept).
     has_follower: Vec<bool>,
+    /// Token stream of request i (empty: i + 1); a subset keeps its requests' streams, so each
+    /// prompt is the one the whole workload would send.
+    streams: Vec<u64>,
 }
 
 impl Expanded {
@@ -87,7 +100,7 @@ impl Expanded {
         let r = &self.requests[i];
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         // Stream 0 made the shared prefixes; request i draws from stream i + 1.
-        rng.set_stream(i as u64 + 1);
+        rng.set_stream(self.streams.get(i).copied().unwrap_or(i as u64 + 1));
         let mut v = Vec::with_capacity(r.prompt_len);
         match &r.prompt {
             PromptSpec::Tokens(t) => v.extend_from_slice(t),
@@ -98,6 +111,17 @@ impl Expanded {
             } => {
                 if let Some(g) = group {
                     v.extend_from_slice(&self.groups[*g as usize][..*prefix_len as usize]);
+                }
+                random_tokens(&mut rng, *len as usize - v.len(), self.vocab, &mut v);
+            }
+            PromptSpec::Pages {
+                hashes,
+                page_len,
+                len,
+            } => {
+                for &h in hashes {
+                    let mut page = ChaCha8Rng::seed_from_u64(self.seed ^ h);
+                    random_tokens(&mut page, *page_len as usize, self.vocab, &mut v);
                 }
                 random_tokens(&mut rng, *len as usize - v.len(), self.vocab, &mut v);
             }
@@ -113,6 +137,45 @@ impl Expanded {
             self.history[i] = Some(v.clone());
         }
         Some(v)
+    }
+
+    /// The requests `ids` (increasing) as a workload of their own, numbered in that order,
+    /// with at most `max_concurrency` in flight: what one replica behind a router serves. A
+    /// follow-up turn must come with the turn it continues (None otherwise).
+    pub fn subset(&self, ids: &[usize], max_concurrency: Option<usize>) -> Option<Expanded> {
+        let mut local = vec![usize::MAX; self.requests.len()];
+        for (k, &i) in ids.iter().enumerate() {
+            local[i] = k;
+        }
+        let map = |prev: usize| Some(local[prev]).filter(|&k| k != usize::MAX);
+        let mut requests = Vec::with_capacity(ids.len());
+        for &i in ids {
+            let mut r = self.requests[i].clone();
+            if let Start::After { prev, think_ns } = r.start {
+                r.start = Start::After {
+                    prev: map(prev)?,
+                    think_ns,
+                };
+            }
+            if let PromptSpec::Continue { prev, new_len } = r.prompt {
+                r.prompt = PromptSpec::Continue {
+                    prev: map(prev)?,
+                    new_len,
+                };
+            }
+            requests.push(r);
+        }
+        let stream = |i: usize| self.streams.get(i).copied().unwrap_or(i as u64 + 1);
+        Some(Expanded {
+            history: vec![None; ids.len()],
+            has_follower: ids.iter().map(|&i| self.has_follower[i]).collect(),
+            streams: ids.iter().map(|&i| stream(i)).collect(),
+            requests,
+            groups: self.groups.clone(),
+            max_concurrency,
+            seed: self.seed,
+            vocab: self.vocab,
+        })
     }
 
     /// Every prompt, in request order (small workloads and tests).
@@ -213,7 +276,10 @@ pub fn expand(trace: &Trace, vocab: usize) -> Expanded {
         len: len as u32,
     };
     match &trace.workload {
-        Workload::Requests { requests: list } => {
+        Workload::Requests {
+            requests: list,
+            page_len,
+        } => {
             // Group prefixes: one token stream per group, long enough for the longest use.
             let mut lens: std::collections::BTreeMap<u32, usize> = Default::default();
             for r in list {
@@ -235,6 +301,11 @@ pub fn expand(trace: &Trace, vocab: usize) -> Expanded {
                     (None, len) => {
                         let len = len.unwrap_or(1);
                         let spec = match (r.prefix_group, r.prefix_len) {
+                            _ if r.pages.is_some() => PromptSpec::Pages {
+                                hashes: r.pages.clone().unwrap_or_default(),
+                                page_len: page_len.unwrap_or(1) as u32,
+                                len: len as u32,
+                            },
                             (Some(g), Some(l)) => PromptSpec::Random {
                                 group: index.get(&g).copied(),
                                 prefix_len: l as u32,
@@ -391,6 +462,7 @@ pub fn expand(trace: &Trace, vocab: usize) -> Expanded {
     Expanded {
         history: vec![None; requests.len()],
         has_follower,
+        streams: Vec::new(),
         requests,
         groups,
         max_concurrency: trace.arrival.max_concurrency,

@@ -314,6 +314,13 @@ impl Scheduler {
         self.by_id.contains_key(&id)
     }
 
+    /// Whether a request is live and in the waiting queue (new, or retracted).
+    pub fn is_waiting(&self, id: RequestId) -> bool {
+        self.by_id
+            .get(&id)
+            .is_some_and(|&h| matches!(self.req(h).state, State::Waiting))
+    }
+
     /// Current new_token_ratio.
     pub fn new_token_ratio(&self) -> f64 {
         self.new_token_ratio

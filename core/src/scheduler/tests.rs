@@ -439,3 +439,14 @@ fn plan_stats_carry_the_forward_mode() {
     let b = e.iterate(1, &mut ev).unwrap().launched.unwrap();
     assert_eq!((a.mode, b.mode), (ForwardMode::Extend, ForwardMode::Decode));
 }
+
+#[test]
+fn a_request_is_waiting_until_its_first_step_is_formed() {
+    let mut s = Scheduler::new(cfg(10_000)).unwrap();
+    s.submit(spec(1, prompt(1, 30), 3)).unwrap();
+    assert!(s.is_waiting(RequestId(1)));
+    assert!(!s.is_waiting(RequestId(2)), "an unknown id is not waiting");
+    let mut plan = Plan::default();
+    assert!(s.schedule(&mut plan));
+    assert!(!s.is_waiting(RequestId(1)) && s.is_live(RequestId(1)));
+}

@@ -1,7 +1,8 @@
 //! Text in and out: the checkpoint's tokenizer, or a synthetic byte codec for the simulated
 //! backend served without a tokenizer.
 
-use crate::tokenizer::{ChatMessage, StopMatcher, StopStep, TextStream, Tokenizer};
+use crate::chat_template::ChatInput;
+use crate::tokenizer::{StopMatcher, StopStep, TextStream, Tokenizer};
 use doppel_core::TokenId;
 use std::sync::Arc;
 
@@ -27,23 +28,58 @@ impl Codec {
         }
     }
 
-    /// Render chat messages with the template and encode them (the template holds the special tokens).
-    pub fn encode_chat(&self, msgs: &[ChatMessage]) -> Result<Vec<TokenId>, String> {
+    /// Render a chat request with the template and encode it (the template holds the special
+    /// tokens); returns the ids and the rendered text.
+    pub fn encode_chat(&self, input: &ChatInput) -> Result<(Vec<TokenId>, String), String> {
         match self {
             Codec::Hf(t) => {
-                let text = t
-                    .apply_chat_template(msgs, true)
-                    .map_err(|e| e.to_string())?;
-                t.encode(&text, false).map_err(|e| e.to_string())
+                let text = t.render_chat(input).map_err(|e| e.to_string())?;
+                let ids = t.encode(&text, false).map_err(|e| e.to_string())?;
+                Ok((ids, text))
             }
             Codec::Synthetic => {
                 let mut text = String::new();
-                for m in msgs {
-                    text.push_str(&format!("{}: {}\n", m.role, m.content));
+                for m in &input.messages {
+                    let field = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+                    text.push_str(&format!("{}: {}\n", field("role"), field("content")));
+                }
+                if let Some(tools) = &input.tools {
+                    text.push_str(&format!(
+                        "tools: {}\n",
+                        serde_json::Value::from(tools.clone())
+                    ));
                 }
                 text.push_str("assistant:");
-                Ok(text.bytes().map(u32::from).collect())
+                Ok((text.bytes().map(u32::from).collect(), text))
             }
+        }
+    }
+
+    /// Text of ids with the special tokens kept or skipped (/detokenize).
+    pub fn decode_with(
+        &self,
+        ids: &[TokenId],
+        skip_special_tokens: bool,
+    ) -> Result<String, String> {
+        match self {
+            Codec::Hf(t) => t
+                .decode(ids, skip_special_tokens)
+                .map_err(|e| e.to_string()),
+            Codec::Synthetic => Ok(ids.iter().map(|&i| synth_piece(i)).collect()),
+        }
+    }
+
+    /// Encode text with or without the tokenizer's special tokens (/tokenize).
+    pub fn encode_with(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<TokenId>, String> {
+        match self {
+            Codec::Hf(t) => t
+                .encode(text, add_special_tokens)
+                .map_err(|e| e.to_string()),
+            Codec::Synthetic => Ok(text.bytes().map(u32::from).collect()),
         }
     }
 

@@ -4,6 +4,7 @@
 //! sender, abort, stop, flush, shutdown) and reads a snapshot the thread publishes after every
 //! round. Time is a real monotonic clock: nanoseconds since the server started.
 
+use super::record::{RecordError, Recorder};
 use doppel_core::scheduler::{Counters, MemoryStats};
 use doppel_core::{
     format_decode_log, format_prefill_log, Admitted, Backend, Engine, Event, FinishInfo,
@@ -62,6 +63,8 @@ pub enum ReqEvent {
     Admitted(Admitted),
     /// Not queued.
     Refused(Refusal),
+    /// Its first step was formed after this many seconds in the waiting queue.
+    Scheduled(f64),
     /// A generated token.
     Token {
         /// The token.
@@ -88,6 +91,8 @@ pub struct Snapshot {
     pub running: usize,
     /// Output tokens per second at the last decode log interval.
     pub gen_throughput: f64,
+    /// Requests that ended aborted.
+    pub aborted: u64,
     /// False once the engine thread stopped (backend failure or shutdown).
     pub alive: bool,
     /// The backend error that stopped it, if any.
@@ -105,6 +110,8 @@ pub struct LoopOptions {
     pub log_batches: bool,
     /// Say "cuda graph: true" in decode lines.
     pub cuda_graph: bool,
+    /// Record every request as a trace (`--record`; None: off).
+    pub recorder: Option<Arc<Mutex<Recorder>>>,
 }
 
 /// State shared between the engine thread and the async side.
@@ -136,6 +143,10 @@ impl Shared {
 struct Loop<B: Backend> {
     engine: Engine<B>,
     routes: HashMap<RequestId, UnboundedSender<ReqEvent>>,
+    // Submitted requests not yet in a formed step, with their submission time (queue time).
+    queued: Vec<(RequestId, Instant)>,
+    // Requests that ended aborted (client gone, /abort_request, shutdown).
+    aborted: u64,
     events: Vec<Event>,
     shared: Arc<Shared>,
     opts: LoopOptions,
@@ -155,6 +166,8 @@ pub fn run<B: Backend>(
     let mut l = Loop {
         engine,
         routes: HashMap::new(),
+        queued: Vec::new(),
+        aborted: 0,
         events: Vec::new(),
         last_log: (Instant::now(), 0),
         shared,
@@ -193,6 +206,7 @@ impl<B: Backend> Loop<B> {
             waiting: s.num_waiting(),
             running: s.num_running(),
             gen_throughput: self.gen_throughput,
+            aborted: self.aborted,
             alive: true,
             error: None,
             draining: self.shutdown_at.is_some(),
@@ -235,6 +249,7 @@ impl<B: Backend> Loop<B> {
                 .map_err(|e| format!("backend: {e}"))?;
             if let Some(stats) = it.launched {
                 self.log_step(&stats);
+                self.note_scheduled();
             }
             self.route();
             self.shared.publish(self.snapshot());
@@ -266,6 +281,10 @@ impl<B: Backend> Loop<B> {
                     }
                 }
                 let id = spec.id;
+                self.record(|r| {
+                    r.arrive(id, spec.arrival, &spec.prompt);
+                    Ok(())
+                });
                 match self.engine.scheduler.submit(spec) {
                     Ok(adm) => {
                         if events.send(ReqEvent::Admitted(adm)).is_err() {
@@ -273,9 +292,14 @@ impl<B: Backend> Loop<B> {
                             self.abort(id, FinishReason::Abort("client disconnected".into()));
                         } else {
                             self.routes.insert(id, events);
+                            self.queued.push((id, Instant::now()));
                         }
                     }
                     Err(e) => {
+                        self.record(|r| {
+                            r.forget(id);
+                            Ok(())
+                        });
                         let _ = events.send(ReqEvent::Refused(Refusal::Invalid(e)));
                     }
                 }
@@ -329,7 +353,8 @@ impl<B: Backend> Loop<B> {
     /// Deliver events; a request whose handler is gone is aborted at once, freeing its KV.
     fn route(&mut self) {
         let mut gone = Vec::new();
-        for ev in self.events.drain(..) {
+        let mut events = std::mem::take(&mut self.events);
+        for ev in events.drain(..) {
             match ev {
                 Event::Token {
                     id, token, logprob, ..
@@ -342,15 +367,53 @@ impl<B: Backend> Loop<B> {
                     }
                 }
                 Event::Finished(info) => {
+                    self.record(|r| r.finish(info.id, info.output_tokens));
+                    if matches!(info.reason, FinishReason::Abort(_)) {
+                        self.aborted += 1;
+                    }
                     if let Some(tx) = self.routes.remove(&info.id) {
                         let _ = tx.send(ReqEvent::Finished(info));
                     }
                 }
             }
         }
+        // Keep the buffer's allocation for the next round.
+        self.events = events;
         for id in gone {
             self.abort(id, FinishReason::Abort("client disconnected".into()));
         }
+    }
+
+    /// Apply `f` to the recorder, if recording; a write error ends the recording (serving
+    /// goes on) and is logged once.
+    fn record(&mut self, f: impl FnOnce(&mut Recorder) -> Result<(), RecordError>) {
+        let Some(rec) = &self.opts.recorder else {
+            return;
+        };
+        let result = match rec.lock() {
+            Ok(mut r) => f(&mut r),
+            Err(p) => f(&mut p.into_inner()),
+        };
+        if let Err(e) = result {
+            crate::server::log::warn(&format!("{e}; recording stopped"));
+            self.opts.recorder = None;
+        }
+    }
+
+    /// Tell requests that left the waiting queue how long they waited (aborted ones have no
+    /// route any more and are dropped).
+    fn note_scheduled(&mut self) {
+        let now = Instant::now();
+        let (sched, routes) = (&self.engine.scheduler, &self.routes);
+        self.queued.retain(|(id, t)| {
+            if sched.is_waiting(*id) {
+                return true;
+            }
+            if let Some(tx) = routes.get(id) {
+                let _ = tx.send(ReqEvent::Scheduled(now.duration_since(*t).as_secs_f64()));
+            }
+            false
+        });
     }
 
     fn log_step(&mut self, s: &doppel_core::StepStats) {
@@ -443,6 +506,7 @@ mod tests {
         let opts = LoopOptions {
             max_queued,
             log_batches: false,
+            recorder: None,
             cuda_graph: false,
         };
         let h = std::thread::spawn(move || run(engine, rx, s2, opts));

@@ -4,6 +4,7 @@
 use super::codec::OutStream;
 use super::engine::{Command, Refusal, ReqEvent};
 use super::error::ApiError;
+use super::metrics::Finished;
 use super::params::GenParams;
 use super::AppState;
 use axum::http::StatusCode;
@@ -106,6 +107,7 @@ pub struct Generation {
     completion_tokens: usize,
     stopped: Option<String>,
     started: Instant,
+    first_token: Option<Instant>,
     last_token: Option<Instant>,
     done: bool,
     rid: String,
@@ -191,7 +193,8 @@ pub fn submit_as(
         gp.skip_special_tokens,
     );
     let now = state.shared.start.elapsed().as_nanos() as u64;
-    let spec = RequestSpec::new(id, prompt, sampling, now);
+    let mut spec = RequestSpec::new(id, prompt, sampling, now);
+    spec.priority = gp.priority;
     // Built before sending, so a failed send frees the rid (Drop) like any other end.
     let g = Generation {
         rid,
@@ -208,6 +211,7 @@ pub fn submit_as(
         completion_tokens: 0,
         stopped: None,
         started,
+        first_token: None,
         last_token: None,
         done: false,
     };
@@ -316,10 +320,12 @@ impl Generation {
                 }
                 let now = Instant::now();
                 match self.last_token {
-                    None => self
-                        .state
-                        .metrics
-                        .ttft(now.duration_since(self.started).as_secs_f64()),
+                    None => {
+                        self.first_token = Some(now);
+                        self.state
+                            .metrics
+                            .ttft(now.duration_since(self.started).as_secs_f64())
+                    }
                     Some(t) => self.state.metrics.itl(now.duration_since(t).as_secs_f64()),
                 }
                 self.last_token = Some(now);
@@ -363,6 +369,7 @@ impl Generation {
                 self.end(finish, info.cached_tokens, chunk);
             }
             Some(ReqEvent::Failed(m)) => self.end(Finish::Failed(m), 0, chunk),
+            Some(ReqEvent::Scheduled(secs)) => self.state.metrics.queue_time(secs),
             Some(ReqEvent::Admitted(_)) | Some(ReqEvent::Refused(_)) => {}
             None => self.end(Finish::Failed("the engine stopped".into()), 0, chunk),
         }
@@ -372,9 +379,17 @@ impl Generation {
         self.guard.armed = false;
         self.done = true;
         let e2e = self.started.elapsed().as_secs_f64();
-        self.state
-            .metrics
-            .finished(e2e, self.prompt_tokens, self.completion_tokens);
+        // SGLang's and vLLM's per-request decode time per token: after the first token.
+        let tpot = match (self.first_token, self.completion_tokens) {
+            (Some(t), n) if n >= 2 => Some(t.elapsed().as_secs_f64() / (n - 1) as f64),
+            _ => None,
+        };
+        self.state.metrics.finished(Finished {
+            e2e,
+            tpot,
+            prompt: self.prompt_tokens,
+            generated: self.completion_tokens,
+        });
         chunk.end = Some(End {
             finish,
             completion_tokens: self.completion_tokens,

@@ -15,16 +15,19 @@ pub enum Level {
     Warning = 2,
     /// Failures.
     Error = 3,
+    /// Only what stops the server (SGLang's `critical`: start-up lines are not shown).
+    Critical = 4,
 }
 
 impl Level {
-    /// Parse SGLang's spelling (debug, info, warning, error).
+    /// Parse SGLang's spelling (debug, info, warning, error, critical).
     pub fn parse(s: &str) -> Option<Level> {
         match s {
             "debug" => Some(Level::Debug),
             "info" => Some(Level::Info),
             "warning" | "warn" => Some(Level::Warning),
             "error" => Some(Level::Error),
+            "critical" => Some(Level::Critical),
             _ => None,
         }
     }

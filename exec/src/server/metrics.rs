@@ -12,6 +12,12 @@ const ITL_BUCKETS: &[f64] = &[
     0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2,
     0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0,
 ];
+// SGLang's queue-time buckets.
+const QUEUE_BUCKETS: &[f64] = &[
+    0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0,
+    80.0, 90.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0, 900.0, 1000.0, 1200.0,
+    1400.0, 1600.0, 1800.0, 2000.0, 2500.0, 3000.0,
+];
 const E2E_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 90.0, 120.0,
     150.0, 180.0, 240.0, 300.0,
@@ -56,10 +62,24 @@ impl Hist {
     }
 }
 
+/// One finished request's figures.
+pub struct Finished {
+    /// Seconds from arrival to the end.
+    pub e2e: f64,
+    /// Seconds per output token after the first (None with fewer than two tokens).
+    pub tpot: Option<f64>,
+    /// Prompt tokens.
+    pub prompt: usize,
+    /// Generated tokens.
+    pub generated: usize,
+}
+
 struct Inner {
     ttft: Hist,
     itl: Hist,
     e2e: Hist,
+    queue: Hist,
+    tpot: Hist,
     prompt_tokens: u64,
     generation_tokens: u64,
     requests: u64,
@@ -77,6 +97,8 @@ impl Default for Metrics {
                 ttft: Hist::new(TTFT_BUCKETS),
                 itl: Hist::new(ITL_BUCKETS),
                 e2e: Hist::new(E2E_BUCKETS),
+                queue: Hist::new(QUEUE_BUCKETS),
+                tpot: Hist::new(ITL_BUCKETS),
                 prompt_tokens: 0,
                 generation_tokens: 0,
                 requests: 0,
@@ -103,12 +125,20 @@ impl Metrics {
         self.with(|m| m.itl.observe(s));
     }
 
+    /// A request's first step was formed after `s` seconds in the waiting queue.
+    pub fn queue_time(&self, s: f64) {
+        self.with(|m| m.queue.observe(s));
+    }
+
     /// A request ended.
-    pub fn finished(&self, e2e: f64, prompt: usize, generated: usize) {
+    pub fn finished(&self, f: Finished) {
         self.with(|m| {
-            m.e2e.observe(e2e);
-            m.prompt_tokens += prompt as u64;
-            m.generation_tokens += generated as u64;
+            m.e2e.observe(f.e2e);
+            if let Some(t) = f.tpot {
+                m.tpot.observe(t);
+            }
+            m.prompt_tokens += f.prompt as u64;
+            m.generation_tokens += f.generated as u64;
             m.requests += 1;
         });
     }
@@ -201,9 +231,14 @@ impl Metrics {
                     c.evicted_tokens,
                 ),
                 (
-                    "sglang:num_retractions_total",
-                    "Requests retracted for lack of KV memory.",
+                    "sglang:num_retracted_requests_total",
+                    "Retractions of running requests for lack of KV memory.",
                     c.retractions,
+                ),
+                (
+                    "sglang:num_aborted_requests_total",
+                    "Requests aborted (client gone, /abort_request, shutdown).",
+                    snap.aborted,
                 ),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}");
@@ -226,6 +261,18 @@ impl Metrics {
                 &mut out,
                 "sglang:e2e_request_latency_seconds",
                 "Histogram of end-to-end request latency in seconds.",
+                &labels,
+            );
+            m.queue.render(
+                &mut out,
+                "sglang:queue_time_seconds",
+                "Histogram of time spent in the waiting queue in seconds.",
+                &labels,
+            );
+            m.tpot.render(
+                &mut out,
+                "sglang:request_time_per_output_token_seconds",
+                "Histogram of a request's time per output token after the first, in seconds.",
                 &labels,
             );
         });

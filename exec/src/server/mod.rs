@@ -4,6 +4,8 @@
 //! tokenize, apply chat templates and stream detokenized text, and talk to the engine through
 //! channels. See docs/server.md.
 
+mod chat;
+mod chatout;
 pub mod client;
 mod codec;
 mod conn;
@@ -14,15 +16,21 @@ pub mod log;
 mod metrics;
 mod native;
 mod openai;
+mod options;
 mod params;
+mod probe;
 mod prompt;
+pub mod record;
+mod reasoning;
 mod routes;
 mod setup;
+mod toolcall;
 mod wire;
 
 pub use codec::Codec;
 pub use conn::ConnLimits;
 pub use error::ApiError;
+pub use options::{load_tokenizer, LoadFormat};
 pub use setup::{run_blocking, BackendKind, ExternalBackend, Server, ServerConfig, ServerError};
 
 use engine::{Command, Shared};
@@ -38,6 +46,8 @@ pub struct Info {
     pub model_name: String,
     /// Checkpoint (or tokenizer) directory, if any.
     pub model_path: Option<String>,
+    /// Tokenizer directory, if any.
+    pub tokenizer_path: Option<String>,
     /// "cpu" or "sim:<profile>".
     pub backend: String,
     /// Vocabulary size (token ids must be below it).
@@ -66,6 +76,10 @@ pub struct Info {
     pub arch: String,
     /// Unix time the server started (OpenAI's `created`).
     pub created: u64,
+    /// Tool-call format of the model's output (`--tool-call-parser`).
+    pub tool_call_parser: Option<toolcall::ToolFormat>,
+    /// Reasoning format (`--reasoning-parser`).
+    pub reasoning_parser: Option<reasoning::ReasoningFormat>,
 }
 
 /// What every handler shares.
@@ -80,6 +94,8 @@ pub struct AppState {
     defaults: doppel_core::SamplingParams,
     /// Live generations by rid (for /abort_request).
     rids: std::sync::Mutex<std::collections::HashMap<String, doppel_core::RequestId>>,
+    /// Bearer token required on every route but /health.
+    api_key: Option<String>,
 }
 
 impl AppState {

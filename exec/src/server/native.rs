@@ -114,6 +114,10 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
         s.info.vocab,
         s.info.context_len,
     )?;
+    params::refuse_unsupported(&f)?;
+    params::refuse_unsupported(&sf)?;
+    gp.priority = params::priority(&f, &s.info.policy)?;
+    let text_in_logprobs = f.bool("return_text_in_logprobs")?.unwrap_or(false);
     let stream = f.bool("stream")?.unwrap_or(false);
     let return_logprob = f.bool("return_logprob")?.unwrap_or(false);
     let top = f
@@ -162,7 +166,8 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
     let rids: Vec<String> = gens.iter().map(Generation::rid).collect();
     let list = p.batch || gp.n > 1;
     if stream {
-        return Ok(stream_response(s, gens, rids, list, return_logprob));
+        let lp = return_logprob.then_some(text_in_logprobs);
+        return Ok(stream_response(s, gens, rids, list, lp));
     }
     let mut items = Vec::with_capacity(gens.len());
     for (g, rid) in gens.iter_mut().zip(&rids) {
@@ -180,7 +185,7 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
         }
         let mut acc = Acc::new(g.prompt_tokens());
         acc.add(&c);
-        items.push(acc.item(&s, rid, return_logprob, None));
+        items.push(acc.item(&s, rid, return_logprob.then_some(text_in_logprobs), None));
     }
     Ok(if list {
         Json(Value::Array(items)).into_response()
@@ -218,7 +223,8 @@ impl Acc {
         }
     }
 
-    fn item(&self, _s: &AppState, rid: &str, logprobs: bool, index: Option<usize>) -> Value {
+    /// The answer object; `logprobs` is None (not asked) or whether entries carry token text.
+    fn item(&self, s: &AppState, rid: &str, logprobs: Option<bool>, index: Option<usize>) -> Value {
         let completion = self
             .end
             .as_ref()
@@ -231,12 +237,19 @@ impl Acc {
             "cached_tokens": self.end.as_ref().map_or(0, |e| e.cached_tokens),
             "e2e_latency": self.end.as_ref().map(|e| e.e2e_latency),
         });
-        if logprobs {
+        if let Some(with_text) = logprobs {
+            let text = |t: TokenId| {
+                if with_text {
+                    json!(s.codec.token_text(t))
+                } else {
+                    Value::Null
+                }
+            };
             let toks: Vec<Value> = self
                 .ids
                 .iter()
                 .zip(&self.lps)
-                .map(|(t, lp)| json!([lp.as_ref().map(|l| l.logprob), t, Value::Null]))
+                .map(|(t, lp)| json!([lp.as_ref().map(|l| l.logprob), t, text(*t)]))
                 .collect();
             let tops: Vec<Value> = self
                 .lps
@@ -244,12 +257,7 @@ impl Acc {
                 .map(|lp| {
                     Value::Array(
                         lp.as_ref()
-                            .map(|l| {
-                                l.top
-                                    .iter()
-                                    .map(|(t, p)| json!([p, t, Value::Null]))
-                                    .collect()
-                            })
+                            .map(|l| l.top.iter().map(|(t, p)| json!([p, t, text(*t)])).collect())
                             .unwrap_or_default(),
                     )
                 })
@@ -270,7 +278,7 @@ fn stream_response(
     gens: Vec<Generation>,
     rids: Vec<String>,
     list: bool,
-    logprobs: bool,
+    logprobs: Option<bool>,
 ) -> Response {
     let accs: Vec<Acc> = gens.iter().map(|g| Acc::new(g.prompt_tokens())).collect();
     let rx = gen::fan_in(gens);

@@ -1,11 +1,12 @@
 //! OpenAI-compatible /v1/completions and /v1/chat/completions.
 
+use super::chat::{self, ChatRequest, ToolChoice};
+use super::chatout::{ChatOut, OutConfig};
 use super::error::ApiError;
 use super::gen::{self, Chunk, End, Finish, Generation};
 use super::params::{self, Api, Fields, MAX_TOP_LOGPROBS};
 use super::routes::{check_model, done_frame, frame, read_body, sse};
 use super::AppState;
-use crate::tokenizer::ChatMessage;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -79,72 +80,40 @@ fn completion_prompts(s: &AppState, f: &Fields) -> Result<Vec<(Vec<TokenId>, Str
     }
 }
 
-fn chat_messages(f: &Fields) -> Result<Vec<ChatMessage>, ApiError> {
-    let Some(v) = f.get("messages") else {
-        return Err(ApiError::field("messages", "`messages` is required"));
-    };
-    let Some(list) = v.as_array() else {
-        return Err(ApiError::field(
-            "messages",
-            format!("`messages` must be a list, got {}", params::kind(v)),
-        ));
-    };
-    if list.is_empty() {
-        return Err(ApiError::field("messages", "`messages` is an empty list"));
-    }
-    let mut out = Vec::with_capacity(list.len());
-    for (i, m) in list.iter().enumerate() {
-        let name = format!("messages[{i}]");
-        let Some(obj) = m.as_object() else {
-            return Err(ApiError::field(
-                &name,
-                format!("`{name}` must be an object, got {}", params::kind(m)),
-            ));
-        };
-        let mf = Fields::new(obj, &name);
-        let role = mf.str("role")?.ok_or_else(|| {
-            ApiError::field(&mf.name("role"), format!("`{name}.role` is required"))
-        })?;
-        let content = match mf.get("content") {
-            None => String::new(),
-            Some(Value::String(c)) => c.clone(),
-            Some(Value::Array(parts)) => {
-                let mut text = String::new();
-                for (j, p) in parts.iter().enumerate() {
-                    match (
-                        p.get("type").and_then(Value::as_str),
-                        p.get("text").and_then(Value::as_str),
-                    ) {
-                        (Some("text"), Some(t)) => text.push_str(t),
-                        _ => {
-                            return Err(ApiError::field(
-                                &mf.name("content"),
-                                format!("`{name}.content[{j}]`: only {{\"type\": \"text\", \"text\": ...}} parts are supported"),
-                            ))
-                        }
-                    }
-                }
-                text
-            }
-            Some(c) => {
-                return Err(ApiError::field(
-                    &mf.name("content"),
-                    format!(
-                        "`{name}.content` must be a string or a list of text parts, got {}",
-                        params::kind(c)
-                    ),
-                ))
-            }
-        };
-        out.push(ChatMessage::new(role, &content));
-    }
-    Ok(out)
-}
-
 struct Req {
     prompts: Vec<(Vec<TokenId>, String)>,
     echo: bool,
     top: Option<usize>,
+    out: Option<OutConfig>,
+}
+
+/// How to read a chat request's output; refuses tool settings this server cannot honour.
+fn out_config(s: &AppState, cr: &ChatRequest) -> Result<OutConfig, ApiError> {
+    let tools = match &cr.tool_choice {
+        ToolChoice::None => None,
+        ToolChoice::Auto => {
+            let Some(fmt) = s.info.tool_call_parser else {
+                return Err(ApiError::field(
+                    "tools",
+                    "`tools` need a tool-call parser: start the server with --tool-call-parser",
+                ));
+            };
+            Some((fmt, cr.tool_names.clone()))
+        }
+        ToolChoice::Required | ToolChoice::Named(_) => {
+            return Err(ApiError::field(
+                "tool_choice",
+                "`tool_choice` \"required\" or a named function needs constrained decoding, which this server does not have yet",
+            ))
+        }
+    };
+    Ok(OutConfig {
+        reasoning: s.info.reasoning_parser.filter(|_| cr.separate_reasoning),
+        prompt_opened: false,
+        tools,
+        parallel_tool_calls: cr.parallel_tool_calls,
+        stream_reasoning: cr.stream_reasoning,
+    })
 }
 
 async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiError> {
@@ -157,7 +126,17 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
         Kind::Completion => Api::Completions,
         Kind::Chat => Api::Chat,
     };
+    params::refuse_unsupported(&f)?;
     let mut gp = params::sampling(&f, api, &s.defaults, s.info.vocab, s.info.context_len)?;
+    gp.priority = params::priority(&f, &s.info.policy)?;
+    if let Some(m) = f.get("modalities") {
+        if m != &json!(["text"]) {
+            return Err(ApiError::field(
+                "modalities",
+                format!("`modalities` may only be [\"text\"], got {m}"),
+            ));
+        }
+    }
     let req = match kind {
         Kind::Completion => {
             if f.get("suffix").is_some() {
@@ -166,24 +145,30 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
             let top = f
                 .int_in("logprobs", 0, MAX_TOP_LOGPROBS as i64)?
                 .map(|k| k as usize);
+            let echo = f.bool("echo")?.unwrap_or(false);
+            if echo && top.is_some() {
+                return Err(ApiError::field(
+                    "echo",
+                    "`echo` with `logprobs` needs prompt logprobs, which this server does not compute yet",
+                ));
+            }
             Req {
                 prompts: completion_prompts(&s, &f)?,
-                echo: f.bool("echo")?.unwrap_or(false),
+                echo,
                 top,
+                out: None,
             }
         }
         Kind::Chat => {
-            if f.get("tools")
-                .and_then(Value::as_array)
-                .is_some_and(|t| !t.is_empty())
-            {
-                return Err(ApiError::field("tools", "tool calling is not supported"));
-            }
-            let msgs = chat_messages(&f)?;
-            let ids = s
+            let cr = chat::read(&f)?;
+            let mut out = out_config(&s, &cr)?;
+            let (ids, text) = s
                 .codec
-                .encode_chat(&msgs)
+                .encode_chat(&cr.input)
                 .map_err(|e| ApiError::field("messages", format!("`messages`: {e}")))?;
+            // A template that opens the think block itself (thinking models) starts the output
+            // inside it.
+            out.prompt_opened = text.trim_end().ends_with("<think>");
             let want = f.bool("logprobs")?.unwrap_or(false);
             let k = f.int_in("top_logprobs", 0, MAX_TOP_LOGPROBS as i64)?;
             if k.is_some_and(|k| k > 0) && !want {
@@ -196,6 +181,7 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
                 prompts: vec![(ids, String::new())],
                 echo: false,
                 top: want.then_some(k.unwrap_or(0) as usize),
+                out: Some(out),
             }
         }
     };
@@ -204,11 +190,7 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
         gp.sampling.top_logprobs = k;
     }
     let stream = f.bool("stream")?.unwrap_or(false);
-    let include_usage = f
-        .object("stream_options")?
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let include_usage = stream_options(&f, stream)?;
     let field = if kind == Kind::Chat {
         "messages"
     } else {
@@ -246,16 +228,21 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
         logprobs: req.top.is_some(),
         prompt_tokens: req.prompts.iter().map(|p| p.0.len()).collect(),
     };
+    let outs: Vec<ChatOut> = match &req.out {
+        Some(cfg) => gens.iter().map(|g| ChatOut::new(cfg, &g.rid())).collect(),
+        None => Vec::new(),
+    };
     let echo: Vec<String> = if req.echo {
         req.prompts.into_iter().map(|p| p.1).collect()
     } else {
         Vec::new()
     };
     if stream {
-        return Ok(stream_response(s, gens, head, echo, include_usage));
+        return Ok(stream_response(s, gens, head, outs, echo, include_usage));
     }
     let mut choices = Vec::new();
     let mut usage = Usage::default();
+    let mut outs = outs.into_iter();
     for (i, g) in gens.iter_mut().enumerate() {
         let mut c = g.collect().await;
         let end = c.end.clone().unwrap_or(End {
@@ -275,12 +262,40 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
         if let Some(e) = echo.get(i / head.n) {
             c.delta.insert_str(0, e);
         }
-        choices.push(head.choice(&s, i, &c, Some(&end.finish), false));
+        let body = match outs.next() {
+            Some(mut o) => {
+                let d = o.whole(&c.delta);
+                Part::Message(o.message_json(&d), o.calls())
+            }
+            None => Part::Text,
+        };
+        choices.push(head.choice(&s, i, &c, Some(&end.finish), body));
     }
     let mut body = head.envelope(false);
     body["choices"] = Value::Array(choices);
     body["usage"] = usage.json(&head);
     Ok(Json(body).into_response())
+}
+
+/// `stream_options.include_usage`; the options only with `stream`.
+fn stream_options(f: &Fields, stream: bool) -> Result<bool, ApiError> {
+    let Some(o) = f.object("stream_options")? else {
+        return Ok(false);
+    };
+    if !stream {
+        return Err(ApiError::field(
+            "stream_options",
+            "`stream_options` is only allowed with `stream: true`",
+        ));
+    }
+    let of = Fields::new(o, "stream_options");
+    if of.bool("continuous_usage_stats")?.unwrap_or(false) {
+        return Err(ApiError::field(
+            "stream_options.continuous_usage_stats",
+            "`stream_options.continuous_usage_stats` is not supported",
+        ));
+    }
+    Ok(of.bool("include_usage")?.unwrap_or(false))
 }
 
 struct Head {
@@ -390,49 +405,51 @@ impl Head {
         index: usize,
         c: &Chunk,
         finish: Option<&Finish>,
-        chunk: bool,
+        body: Part,
     ) -> Value {
-        let finish_reason = finish.map(Finish::openai);
+        let calls = match &body {
+            Part::Message(_, n) | Part::Delta(_, n) => *n,
+            Part::Text => 0,
+        };
+        let finish_reason = finish.map(|f| match f {
+            Finish::StopToken(_) | Finish::StopString(_) if calls > 0 => "tool_calls",
+            f => f.openai(),
+        });
         let matched = match finish {
             Some(Finish::StopString(m)) => json!(m),
             Some(Finish::StopToken(t)) => json!(t),
             _ => Value::Null,
         };
-        match self.kind {
-            Kind::Completion => json!({
-                "index": index,
-                "text": c.delta,
-                "logprobs": self.logprobs(s, c, 0),
-                "finish_reason": finish_reason,
-                "matched_stop": matched,
-            }),
-            Kind::Chat => {
-                let body = if chunk {
-                    if c.delta.is_empty() {
-                        json!({})
-                    } else {
-                        json!({"content": c.delta})
-                    }
-                } else {
-                    json!({"role": "assistant", "content": c.delta})
-                };
-                let key = if chunk { "delta" } else { "message" };
-                json!({
-                    "index": index,
-                    key: body,
-                    "logprobs": self.logprobs(s, c, 0),
-                    "finish_reason": finish_reason,
-                    "matched_stop": matched,
-                })
-            }
+        let mut v = json!({
+            "index": index,
+            "logprobs": self.logprobs(s, c, 0),
+            "finish_reason": finish_reason,
+            "matched_stop": matched,
+        });
+        match body {
+            Part::Text => v["text"] = json!(c.delta),
+            Part::Message(m, _) => v["message"] = m,
+            Part::Delta(d, _) => v["delta"] = d,
         }
+        v
     }
+}
+
+/// What a choice carries besides logprobs and the finish reason.
+enum Part {
+    /// Completions: the chunk's text.
+    Text,
+    /// A chat message, and the number of tool calls in it.
+    Message(Value, usize),
+    /// A chat delta, and the number of tool calls so far.
+    Delta(Value, usize),
 }
 
 fn stream_response(
     s: Arc<AppState>,
     gens: Vec<Generation>,
     head: Head,
+    outs: Vec<ChatOut>,
     echo: Vec<String>,
     include_usage: bool,
 ) -> Response {
@@ -442,6 +459,7 @@ fn stream_response(
         rx: tokio::sync::mpsc::Receiver<(usize, Chunk)>,
         s: Arc<AppState>,
         head: Head,
+        outs: Vec<ChatOut>,
         started: Vec<bool>,
         echo: Vec<String>,
         usage: Usage,
@@ -451,6 +469,7 @@ fn stream_response(
         rx,
         s,
         head,
+        outs,
         started: vec![false; n],
         echo,
         usage: Usage::default(),
@@ -492,10 +511,20 @@ fn stream_response(
                         st.usage.add(e);
                     }
                     let finish = c.end.as_ref().map(|e| &e.finish);
+                    let (part, empty) = match st.outs.get_mut(i) {
+                        Some(o) => {
+                            let mut d = o.push(&c.delta);
+                            if finish.is_some() {
+                                d.add(o.finish());
+                            }
+                            (Part::Delta(o.delta_json(&d), o.calls()), d.is_empty())
+                        }
+                        None => (Part::Text, c.delta.is_empty()),
+                    };
                     // A final chunk always goes out; an empty middle one (text held back) does not.
-                    if finish.is_some() || !c.delta.is_empty() || st.head.logprobs {
+                    if finish.is_some() || !empty || st.head.logprobs {
                         let mut v = st.head.envelope(true);
-                        v["choices"] = json!([st.head.choice(&st.s, i, &c, finish, true)]);
+                        v["choices"] = json!([st.head.choice(&st.s, i, &c, finish, part)]);
                         out.extend_from_slice(&frame(&v));
                     }
                 }

@@ -257,6 +257,8 @@ pub struct GenParams {
     pub skip_special_tokens: bool,
     /// Choices per prompt.
     pub n: usize,
+    /// Scheduling priority (larger first under `--schedule-policy priority`).
+    pub priority: i64,
 }
 
 /// Read sampling fields in `f` with `api`'s names; `defaults` come from generation_config.json.
@@ -437,7 +439,129 @@ pub fn sampling(
         include_stop,
         skip_special_tokens,
         n,
+        priority: 0,
     })
+}
+
+/// Whether a field's value asks for nothing (absent, null, false, empty, or `neutral`).
+fn is_neutral(v: &Value, neutral: Option<i64>) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Number(n) => neutral.is_some_and(|x| n.as_i64() == Some(x)),
+        Value::Bool(true) => false,
+    }
+}
+
+/// A field this server knows but cannot honour, and why.
+pub struct Unsupported {
+    /// Field name.
+    pub field: &'static str,
+    /// Why it is refused.
+    pub why: &'static str,
+    /// A number that means "off" (e.g. -1 for logprob_start_len).
+    pub neutral: Option<i64>,
+}
+
+const fn unsupported(field: &'static str, why: &'static str) -> Unsupported {
+    Unsupported {
+        field,
+        why,
+        neutral: None,
+    }
+}
+
+/// Fields of SGLang's and OpenAI's request formats that this server cannot honour: refused by
+/// name (400) when they ask for something, never silently ignored.
+pub const UNSUPPORTED: &[Unsupported] = &[
+    unsupported("lora_path", "LoRA adapters are not supported"),
+    unsupported("lora_id", "LoRA adapters are not supported"),
+    unsupported("image_data", "this server serves text-only models"),
+    unsupported("video_data", "this server serves text-only models"),
+    unsupported("audio_data", "this server serves text-only models"),
+    unsupported("input_embeds", "input embeddings are not supported"),
+    unsupported("session_params", "sessions are not supported"),
+    unsupported(
+        "custom_logit_processor",
+        "custom logit processors are not supported",
+    ),
+    unsupported("return_hidden_states", "hidden states are not returned"),
+    unsupported(
+        "token_ids_logprob",
+        "logprobs of chosen token ids are not supported",
+    ),
+    unsupported(
+        "bootstrap_host",
+        "prefill-decode disaggregation is not supported",
+    ),
+    unsupported(
+        "bootstrap_room",
+        "prefill-decode disaggregation is not supported",
+    ),
+    unsupported("data_parallel_rank", "data parallelism is not supported"),
+    Unsupported {
+        field: "logprob_start_len",
+        why: "prompt logprobs are not supported yet (-1, output tokens only, is accepted)",
+        neutral: Some(-1),
+    },
+    unsupported(
+        "return_prompt_token_ids",
+        "prompt token ids are not returned",
+    ),
+    unsupported(
+        "continue_final_message",
+        "continuing the final message is not supported",
+    ),
+    unsupported(
+        "reasoning_effort",
+        "the chat templates served here take no reasoning effort; use chat_template_kwargs",
+    ),
+    unsupported(
+        "functions",
+        "the legacy `functions` field is not supported; use `tools`",
+    ),
+    unsupported(
+        "function_call",
+        "the legacy `function_call` field is not supported; use `tool_choice`",
+    ),
+    unsupported("audio", "audio output is not supported"),
+    unsupported("prediction", "predicted outputs are not supported"),
+    unsupported("web_search_options", "web search is not supported"),
+    unsupported("structural_tag", "structural tags are not supported"),
+    unsupported("custom_params", "custom logit processors are not supported"),
+];
+
+/// Refuse the first field of [`UNSUPPORTED`] in `f` that asks for something.
+pub fn refuse_unsupported(f: &Fields) -> Result<(), ApiError> {
+    for u in UNSUPPORTED {
+        if let Some(v) = f.get(u.field) {
+            if !is_neutral(v, u.neutral) {
+                let name = f.name(u.field);
+                return Err(ApiError::field(
+                    &name,
+                    format!("`{name}`: {} (got {})", u.why, show(v)),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The request's `priority`; it takes effect only under the priority policy, so elsewhere it
+/// is refused rather than ignored.
+pub fn priority(f: &Fields, policy: &str) -> Result<i64, ApiError> {
+    match f.i64("priority")? {
+        None => Ok(0),
+        Some(p) if policy == "priority" => Ok(p),
+        Some(p) => Err(ApiError::field(
+            &f.name("priority"),
+            format!(
+                "`priority` {p} needs a server started with --schedule-policy priority (this one runs {policy})"
+            ),
+        )),
+    }
 }
 
 impl GenParams {

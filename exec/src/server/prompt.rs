@@ -3,7 +3,7 @@
 //! tokenized; tokenizing runs off the async workers, and the heap it used is given back.
 
 use super::codec::Codec;
-use crate::tokenizer::ChatMessage;
+use crate::chat_template::ChatInput;
 use doppel_core::TokenId;
 use std::ops::Deref;
 
@@ -66,16 +66,21 @@ impl PromptCodec {
         })
     }
 
-    /// Render chat messages with the template and encode them, bounded like [`Self::encode`].
-    pub fn encode_chat(&self, msgs: &[ChatMessage]) -> Result<Vec<TokenId>, String> {
-        let bytes: usize = msgs.iter().map(|m| m.content.len()).sum();
+    /// Render a chat request with the template and encode it, bounded like [`Self::encode`];
+    /// returns the ids and the rendered text.
+    pub fn encode_chat(&self, input: &ChatInput) -> Result<(Vec<TokenId>, String), String> {
+        let contents: Vec<&str> = input
+            .messages
+            .iter()
+            .filter_map(|m| m.get("content").and_then(|c| c.as_str()))
+            .collect();
+        let bytes: usize = contents.iter().map(|c| c.len()).sum();
         self.refuse_by_bytes(bytes)?;
         off_worker(bytes, || {
             if bytes > self.windowed_above() {
-                let all: String = msgs.iter().map(|m| m.content.as_str()).collect();
-                self.refuse_by_windows(&all)?;
+                self.refuse_by_windows(&contents.concat())?;
             }
-            self.inner.encode_chat(msgs)
+            self.inner.encode_chat(input)
         })
     }
 
@@ -165,7 +170,10 @@ mod tests {
             e.contains("100 bytes") && e.contains("context length of 100"),
             "{e}"
         );
-        let msgs = [ChatMessage::new("user", &"b".repeat(200))];
-        assert!(c.encode_chat(&msgs).unwrap_err().contains("context length"));
+        let input = ChatInput {
+            messages: vec![serde_json::json!({"role": "user", "content": "b".repeat(200)})],
+            ..Default::default()
+        };
+        assert!(c.encode_chat(&input).unwrap_err().contains("context length"));
     }
 }

@@ -5,7 +5,7 @@ use super::engine::Command;
 use super::error::ApiError;
 use super::gen;
 use super::params::GenParams;
-use super::{native, openai, AppState};
+use super::{native, openai, probe, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -25,15 +25,64 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/models", get(models))
+        // Model names may hold slashes (e.g. Qwen/Qwen3-0.6B).
+        .route("/v1/models/{*id}", get(probe::model))
+        .route("/tokenize", post(probe::tokenize))
+        .route("/v1/tokenize", post(probe::tokenize))
+        .route("/detokenize", post(probe::detokenize))
+        .route("/v1/detokenize", post(probe::detokenize))
+        .route("/get_load", get(probe::get_load))
+        .route("/ready", get(probe::ready))
         .route("/health", get(health))
         .route("/health_generate", get(health_generate))
         .route("/get_model_info", get(model_info))
+        .route("/model_info", get(model_info))
         .route("/get_server_info", get(server_info))
+        .route("/server_info", get(server_info))
         .route("/flush_cache", post(flush_cache).get(flush_cache))
         .route("/abort_request", post(abort_request))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
+}
+
+/// SGLang's `--api-key`: every route but /health needs `Authorization: Bearer <key>`.
+async fn auth(
+    State(s): State<Arc<AppState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(key) = &s.api_key else {
+        return next.run(req).await;
+    };
+    if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if same_secret(g.trim().as_bytes(), key.as_bytes()) => next.run(req).await,
+        Some(_) => unauthorized("invalid API key"),
+        None => unauthorized("missing API key: send `Authorization: Bearer <key>`"),
+    }
+}
+
+fn unauthorized(why: &str) -> Response {
+    let mut r = ApiError::status(StatusCode::UNAUTHORIZED, "invalid_api_key", why).into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+/// Compare without an early exit, so the time taken does not reveal how much of a guess matched.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -89,21 +138,14 @@ pub async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> 
     Ok(Bytes::from(buf))
 }
 
-/// Reject a `model` that is not the served one (absent is fine).
-pub fn check_model(state: &AppState, obj: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+/// Check `model`: any name is served (as SGLang does: routers and clients send their own names,
+/// and refusing them makes a router mark the server down); only a non-string is refused.
+pub fn check_model(
+    _state: &AppState,
+    obj: &serde_json::Map<String, Value>,
+) -> Result<(), ApiError> {
     match obj.get("model") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(m)) if *m == state.info.model_name => Ok(()),
-        Some(Value::String(m)) => Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: format!(
-                "the model `{}` does not exist; this server serves `{}`",
-                super::wire::clip(m),
-                state.info.model_name
-            ),
-            param: Some("model".into()),
-            kind: "model_not_found",
-        }),
+        None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
         Some(v) => Err(ApiError::field(
             "model",
             format!(
@@ -137,17 +179,7 @@ pub fn done_frame() -> Bytes {
 }
 
 async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": s.info.model_name,
-            "object": "model",
-            "created": s.info.created,
-            "owned_by": "doppel",
-            "root": s.info.model_name,
-            "max_model_len": s.info.context_len,
-        }]
-    }))
+    Json(json!({"object": "list", "data": [probe::model_card(&s)]}))
 }
 
 async fn health(State(s): State<Arc<AppState>>) -> Response {
@@ -175,6 +207,7 @@ async fn health_generate(State(s): State<Arc<AppState>>) -> Response {
         include_stop: false,
         skip_special_tokens: true,
         n: 1,
+        priority: 0,
     };
     let prompt = s.codec.encode("health").unwrap_or_default();
     let prompt = if prompt.is_empty() { vec![0] } else { prompt };
@@ -210,7 +243,7 @@ async fn health_generate(State(s): State<Arc<AppState>>) -> Response {
 async fn model_info(State(s): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({
         "model_path": s.info.model_path,
-        "tokenizer_path": s.info.model_path,
+        "tokenizer_path": s.info.tokenizer_path,
         "served_model_name": s.info.model_name,
         "is_generation": true,
         "architecture": s.info.arch,
@@ -237,6 +270,10 @@ async fn server_info(State(s): State<Arc<AppState>>) -> Json<Value> {
         "schedule_policy": i.policy,
         "disable_radix_cache": i.disable_radix_cache,
         "enable_overlap": i.overlap,
+        "tp_size": 1,
+        "dp_size": 1,
+        "tool_call_parser": i.tool_call_parser.map(|t| t.name()),
+        "reasoning_parser": i.reasoning_parser.map(|r| r.name()),
         "version": env!("CARGO_PKG_VERSION"),
         "alive": snap.alive,
         "draining": snap.draining,

@@ -89,6 +89,7 @@ pub fn requests(
             prompt_len: None,
             prefix_group: None,
             prefix_len: None,
+            pages: None,
             output_len,
             ignore_eos: true,
         });

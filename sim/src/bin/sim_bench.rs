@@ -1,6 +1,7 @@
-//! Simulator speed benchmark: `cargo run --release -p doppel-sim --bin sim-bench [N] [burst|poisson]`.
+//! Simulator speed benchmark: `cargo run --release -p doppel-sim --bin sim-bench [N] [burst|poisson|plan]`.
 //! Prints simulated requests per second (wall clock) and peak memory for traces of N/4, N/2 and N
-//! requests (default N = 10,000; both arrival patterns unless one is named).
+//! requests (default N = 10,000; both arrival patterns unless one is named), then the wall time
+//! of a `sim plan` over 100 setups of a 1,000-request Poisson trace (rayon, every core).
 
 use doppel_sim::{replay, SimOptions, Trace};
 use std::time::Instant;
@@ -24,6 +25,35 @@ fn peak_rss_mib() -> Option<f64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// 100 setups: replicas 1-13 (two routers from 2 up) x chunk 2048/8192 x fcfs/lpm.
+fn plan_bench() {
+    use doppel_sim::plan::{self, slo, Space};
+    let t = trace(1000, "  pattern: poisson\n  rate: 40");
+    let space = Space {
+        profiles: vec![t.profile.clone()],
+        max_replicas: 13,
+        tps: vec![1],
+        chunks: vec![Some(2048), Some(8192)],
+        policies: vec!["fcfs".into(), "lpm".into()],
+        routers: doppel_sim::router::Router::ALL.to_vec(),
+    };
+    let targets = match slo::parse("ttft_p99<500ms,itl_p99<50ms") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let start = Instant::now();
+    let r = plan::plan(&t, "bench.yaml", &space, &targets);
+    println!(
+        "plan: {} setups of a 1000-request Poisson trace in {:.2} s on {} threads",
+        r.runs.len(),
+        start.elapsed().as_secs_f64(),
+        rayon::current_num_threads()
+    );
 }
 
 fn main() {
@@ -72,5 +102,8 @@ fn main() {
                 peak_rss_mib().unwrap_or(f64::NAN)
             );
         }
+    }
+    if only.as_deref().is_none_or(|o| o == "plan") {
+        plan_bench();
     }
 }

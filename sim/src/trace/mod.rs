@@ -143,6 +143,11 @@ pub struct ExplicitRequest {
     /// Length of the shared prefix (with prefix_group; at most prompt_len).
     #[serde(default)]
     pub prefix_len: Option<usize>,
+    /// Chained hashes of the prompt's full pages of the workload's `page_len` tokens (a
+    /// recorded trace, `doppel exec serve --record`): requests whose first k hashes are equal
+    /// share their first k pages; the rest of the prompt is their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<Vec<u64>>,
     /// Tokens to generate.
     pub output_len: usize,
     /// Ignore EOS (the simulator never samples EOS; kept for the record).
@@ -156,6 +161,9 @@ pub struct ExplicitRequest {
 pub enum Workload {
     /// An explicit request list (arrival times come from the list).
     Requests {
+        /// Tokens per hashed page of the requests' `pages`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        page_len: Option<usize>,
         /// The requests.
         requests: Vec<ExplicitRequest>,
     },

@@ -1,7 +1,7 @@
 //! Semantic checks of a parsed trace: each error names the field, the value and, where it can be
 //! found, the line.
 
-use super::{ArrivalPattern, Trace, Workload};
+use super::{ArrivalPattern, ExplicitRequest, Trace, Workload};
 use crate::error::SimError;
 use doppel_core::{EvictionPolicy, Policy};
 
@@ -141,7 +141,7 @@ impl Trace {
             }
         };
         match &self.workload {
-            Workload::Requests { requests } => {
+            Workload::Requests { requests, page_len } => {
                 if requests.is_empty() {
                     return Err(bad(
                         "workload.requests",
@@ -192,6 +192,8 @@ impl Trace {
                             ))
                         }
                     }
+                    check_pages(r, *page_len, len, &f)
+                        .map_err(|(field, value, why)| bad(&field, value, &why))?;
                 }
             }
             Workload::Random {
@@ -259,4 +261,45 @@ impl Trace {
         }
         Ok(())
     }
+}
+
+/// A request's hashed pages: they need the workload's page length, a prompt_len request without
+/// a prefix group, and must fit in the prompt.
+fn check_pages(
+    r: &ExplicitRequest,
+    page_len: Option<usize>,
+    len: usize,
+    f: &dyn Fn(&str) -> String,
+) -> Result<(), (String, String, String)> {
+    let Some(pages) = &r.pages else {
+        return Ok(());
+    };
+    let Some(page) = page_len.filter(|&p| p > 0) else {
+        return Err((
+            "workload.page_len".into(),
+            format!("{page_len:?}"),
+            format!(
+                "{} has pages: give the page length (at least 1)",
+                f("pages")
+            ),
+        ));
+    };
+    if r.prompt.is_some() || r.prefix_group.is_some() {
+        return Err((
+            f("pages"),
+            format!("{} hashes", pages.len()),
+            "pages describe a prompt_len request without prefix_group".into(),
+        ));
+    }
+    if pages.len() * page > len {
+        return Err((
+            f("pages"),
+            format!("{} hashes", pages.len()),
+            format!(
+                "{} pages of {page} tokens exceed prompt_len {len}",
+                pages.len()
+            ),
+        ));
+    }
+    Ok(())
 }
