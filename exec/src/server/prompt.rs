@@ -174,6 +174,9 @@ mod tests {
             messages: vec![serde_json::json!({"role": "user", "content": "b".repeat(200)})],
             ..Default::default()
         };
-        assert!(c.encode_chat(&input).unwrap_err().contains("context length"));
+        assert!(c
+            .encode_chat(&input)
+            .unwrap_err()
+            .contains("context length"));
     }
 }
