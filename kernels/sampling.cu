@@ -301,7 +301,7 @@ extern "C" __global__ void __launch_bounds__(NT) sample_rows(
     float mine = 0.f;
     for (int i = lo; i < hi; i++) {
         float p = prob(x[i], m, inv_t, inv_z);
-        if (p >= thr) mine += p;
+        if (p >= thr && p > 0.f) mine += p;
     }
     scan[threadIdx.x] = mine;
     __shared__ float s_total;
@@ -325,7 +325,7 @@ extern "C" __global__ void __launch_bounds__(NT) sample_rows(
         int pick = -1, last = -1;
         for (int i = lo; i < hi; i++) {
             float p = prob(x[i], m, inv_t, inv_z);
-            if (p >= thr) {
+            if (p >= thr && p > 0.f) {  // p == 0: masked out (-inf) or underflowed
                 last = i;
                 c += p;
                 if (c > target) {
@@ -339,4 +339,21 @@ extern "C" __global__ void __launch_bounds__(NT) sample_rows(
     }
     __syncthreads();
     if (threadIdx.x == 0) out[r] = s_pick;
+}
+
+// Structured outputs: logits of tokens a row's grammar disallows become -inf before the pick.
+// Row r follows mask row mask_row[r] (`words` u32s; bit v % 32 of word v / 32 allows token v),
+// or is left alone when mask_row[r] < 0 (an unconstrained request in the same batch).
+// Grid (ceil(vocab / 256), n), block 256: one token per thread.
+extern "C" __global__ void __launch_bounds__(256) apply_token_bitmask(
+    float* __restrict__ logits, const unsigned int* __restrict__ mask,
+    const int* __restrict__ mask_row, int n, int vocab, int words) {
+    pdl_enter();
+    const int r = blockIdx.y;
+    const int v = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n || v >= vocab) return;
+    const int m = mask_row[r];
+    if (m < 0) return;
+    const unsigned int w = mask[(size_t)m * words + (v >> 5)];
+    if (!((w >> (v & 31)) & 1u)) logits[(size_t)r * vocab + v] = -INFINITY;
 }

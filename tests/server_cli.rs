@@ -1,6 +1,7 @@
 //! `doppel exec serve` as a process: greedy output through the server equals `doppel exec
 //! generate` (and the transformers-verified reference) on the committed tiny Llama; the official
-//! `openai` Python client works against it; SIGTERM drains and exits cleanly. SGLang's launch
+//! `openai` Python client works against it, structured outputs included; SIGTERM drains and
+//! exits cleanly. SGLang's launch
 //! flags work on the simulated backend, and bad launches say how to fix them.
 
 mod common;
@@ -118,6 +119,28 @@ fn the_openai_python_client_works() {
         srv.log.lock().unwrap()
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("openai client: ok"));
+}
+
+#[test]
+fn structured_outputs_follow_their_schema_regex_and_grammar() {
+    let srv = Served::start(&["--served-model-name", "tiny-llama"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/server_structured.py");
+    let out = Command::new("python3")
+        .args([script, &format!("http://{}", srv.addr), "tiny-llama"])
+        .output()
+        .expect("python3 is needed for this test");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "a Python package is missing: scripts/test installs tests/requirements.txt\n{stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{stderr}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        srv.log.lock().unwrap()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("structured outputs: ok"));
 }
 
 #[test]

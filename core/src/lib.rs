@@ -23,6 +23,8 @@ pub use ids::{KvSlot, NodeId, RequestId, RowId, TimeNs, TokenId, FUTURE_TOKEN};
 pub use plan::{
     Event, FinishInfo, ForwardMode, Plan, PlanEntry, StepResult, TableWrite, TokenLogprob,
 };
-pub use request::{Admitted, FinishReason, RequestSpec, SamplingParams, SubmitError};
+pub use request::{
+    Admitted, Constraint, ConstraintHandle, FinishReason, RequestSpec, SamplingParams, SubmitError,
+};
 pub use scheduler::Scheduler;
 pub use stats::{format_decode_log, format_prefill_log, StepStats};

@@ -1,7 +1,25 @@
 //! What a client submits, and how a request ends.
 
 use crate::ids::{RequestId, TimeNs, TokenId};
+use std::any::Any;
 use std::sync::Arc;
+
+/// A grammar the output must follow, defined by the executor (JSON schema, regex, grammar); the
+/// core only carries it to the backend, which keeps the per-request matching state.
+pub trait Constraint: Any + Send + Sync + std::fmt::Debug {
+    /// Itself as `Any`, so a backend can downcast to the type it compiles.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A request's constraint, shared by its plan entries (equal only to itself).
+#[derive(Clone, Debug)]
+pub struct ConstraintHandle(pub Arc<dyn Constraint>);
+
+impl PartialEq for ConstraintHandle {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
 
 /// Sampling parameters carried opaquely to the backend, plus the stop rules the core enforces.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +54,8 @@ pub struct SamplingParams {
     pub return_logprob: bool,
     /// Also return this many top alternatives per position.
     pub top_logprobs: usize,
+    /// Grammar the output must follow (the backend masks tokens; EOS only where it accepts).
+    pub constraint: Option<ConstraintHandle>,
 }
 
 impl Default for SamplingParams {
@@ -56,6 +76,7 @@ impl Default for SamplingParams {
             seed: None,
             return_logprob: false,
             top_logprobs: 0,
+            constraint: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! core's KV slots, so it follows exactly the memory plan (prefix hits, chunked prefill,
 //! retraction) the GPU backend will.
 
+use crate::constraint::{mask_words, TokenMatcher};
 use crate::model::{CpuModel, ForwardErrorKind, KvCache, LogitsWanted, SeqInput};
 use crate::sampling::RequestSampler;
 use doppel_core::{
@@ -36,6 +37,14 @@ pub enum CpuError {
     /// collect without a matching launch.
     #[error("collect for step {0} without a launched plan")]
     NothingLaunched(u64),
+    /// A constraint handle this backend did not compile.
+    #[error("step {step}: request {id} carries a constraint this backend cannot follow")]
+    ForeignConstraint {
+        /// Plan step.
+        step: u64,
+        /// The request.
+        id: RequestId,
+    },
 }
 
 struct Done {
@@ -63,6 +72,9 @@ pub struct CpuBackend {
     /// Mirror of the core's request-to-token table.
     rows: Vec<Vec<KvSlot>>,
     samplers: HashMap<RequestId, RequestSampler>,
+    /// Grammar state of constrained requests.
+    matchers: HashMap<RequestId, TokenMatcher>,
+    mask: Vec<u32>,
     seed: u64,
     pending: VecDeque<Done>,
     record: Option<Vec<RecordedLogits>>,
@@ -80,6 +92,8 @@ impl CpuBackend {
             kv,
             rows: Vec::new(),
             samplers: HashMap::new(),
+            matchers: HashMap::new(),
+            mask: Vec::new(),
             seed,
             pending: VecDeque::new(),
             record: None,
@@ -112,15 +126,16 @@ impl CpuBackend {
         self.record.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    /// Requests with sampling state (tests check that released ones are dropped).
+    /// Requests with sampling or grammar state (tests check that released ones are dropped).
     pub fn live_requests(&self) -> usize {
-        self.samplers.len()
+        self.samplers.len().max(self.matchers.len())
     }
 
     fn run(&mut self, plan: &Plan, now: TimeNs) -> Result<Done, CpuError> {
         let start = Instant::now();
         for id in &plan.released {
             self.samplers.remove(id);
+            self.matchers.remove(id);
         }
         for w in &plan.table_writes {
             let row = row_mut(&mut self.rows, w.row.index(), w.start + w.len);
@@ -209,7 +224,28 @@ impl CpuBackend {
                     logits: row.to_vec(),
                 });
             }
-            let s = sampler.sample(row, &e.sampling, index);
+            let s = match &e.sampling.constraint {
+                None => sampler.sample(row, &e.sampling, index),
+                Some(h) => {
+                    let m = match self.matchers.entry(e.id) {
+                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(TokenMatcher::open(h).ok_or(CpuError::ForeignConstraint {
+                                step: plan.step,
+                                id: e.id,
+                            })?)
+                        }
+                    };
+                    self.mask.resize(mask_words(vocab), 0);
+                    // A matcher that fails allows only EOS from then on, ending the request.
+                    let _ =
+                        m.catch_up(&sampler.generated()[..index.min(sampler.generated().len())]);
+                    m.fill_mask(&mut self.mask);
+                    let s = sampler.sample_masked(row, &e.sampling, index, Some(&self.mask));
+                    let _ = m.advance(index, s.token);
+                    s
+                }
+            };
             done.tokens.push(s.token);
             if want_lp {
                 done.logprobs.push(s.logprob);

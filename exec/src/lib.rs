@@ -2,6 +2,7 @@
 //! loading, the CPU reference backend, tokenizer and chat template, sampling and stopping.
 
 pub mod chat_template;
+pub mod constraint;
 pub mod cpu_backend;
 pub mod cuda;
 pub mod model;

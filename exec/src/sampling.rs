@@ -89,8 +89,24 @@ impl RequestSampler {
 
     /// Sample output token number `index` from `logits` (modified in place), and record it.
     pub fn sample(&mut self, logits: &mut [f32], params: &SamplingParams, index: usize) -> Sampled {
+        self.sample_masked(logits, params, index, None)
+    }
+
+    /// [`Self::sample`] among the tokens `mask` allows (a constraint's bitmask, see
+    /// [`crate::constraint::apply_mask`]), applied after bias and penalties as SGLang does, so
+    /// logprobs are over the allowed tokens.
+    pub fn sample_masked(
+        &mut self,
+        logits: &mut [f32],
+        params: &SamplingParams,
+        index: usize,
+        mask: Option<&[u32]>,
+    ) -> Sampled {
         self.sync_counts(index);
         apply_bias_and_penalties(logits, params, &self.counts);
+        if let Some(m) = mask {
+            crate::constraint::apply_mask(logits, m);
+        }
         let logprob = params
             .return_logprob
             .then(|| logprobs(logits, None, params.top_logprobs));
@@ -442,5 +458,31 @@ mod tests {
         let total: f64 = softmax(&LOGITS, 1.0).iter().sum();
         assert!((total - 1.0).abs() < 1e-9);
         assert!((lp.logprob - (softmax(&LOGITS, 1.0)[5] as f32).ln()).abs() < 1e-5);
+    }
+    #[test]
+    fn masked_sampling_draws_only_allowed_tokens_with_renormalised_logprobs() {
+        // Tokens 1 and 3 allowed: the greedy pick skips the best logit (token 5).
+        let mask = [0b1010u32];
+        let g = params(|p| {
+            p.temperature = 0.0;
+            p.return_logprob = true;
+        });
+        let mut l = LOGITS;
+        let s = RequestSampler::new(1).sample_masked(&mut l, &g, 0, Some(&mask));
+        assert_eq!(s.token, 1);
+        let lp = s.logprob.unwrap().logprob as f64;
+        let expected = (1.0f64.exp() / (1.0f64.exp() + 1.0)).ln();
+        assert!((lp - expected).abs() < 1e-5, "{lp} vs {expected}");
+        // Random sampling over many seeds never leaves the mask.
+        let t = params(|p| p.temperature = 1.5);
+        for seed in 0..2000 {
+            let mut l = LOGITS;
+            let tok = RequestSampler::new(seed).sample_masked(&mut l, &t, 0, Some(&mask));
+            assert!(
+                tok.token == 1 || tok.token == 3,
+                "seed {seed}: {}",
+                tok.token
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! tokenizer's ordinary tokens when one is given, so every token has text.
 
 use doppel_core::{Backend, Plan, PlanEntry, StepResult, TimeNs, TokenId, TokenLogprob};
+use doppel_exec::constraint::Synthesized;
 use doppel_exec::server::{load_tokenizer, ExternalBackend, Server, ServerConfig, ServerError};
 use doppel_sim::backend::{BackendError, SimBackend};
 use doppel_sim::{CostModel, Profile, RooflineCost};
@@ -133,14 +134,19 @@ pub fn build(cfg: ServerConfig, profile: Option<&str>) -> Result<Server, ServerE
     }
     let origin = Instant::now();
     let ext = ExternalBackend {
-        backend: Realtime {
-            inner: SimBackend::new(RooflineCost::new(&p, 1), p.model.vocab, false),
-            start: origin,
-            tokens: Tokens {
-                ids,
-                seed: cfg.seed,
+        // Constrained requests draw their synthetic tokens through their grammar, so the
+        // simulated server answers schema-valid JSON (docs/structured.md).
+        backend: Synthesized::new(
+            Realtime {
+                inner: SimBackend::new(RooflineCost::new(&p, 1), p.model.vocab, false),
+                start: origin,
+                tokens: Tokens {
+                    ids,
+                    seed: cfg.seed,
+                },
             },
-        },
+            vocab,
+        ),
         name: p.model.name.clone(),
         backend_name: format!("sim:{}", p.name),
         vocab,

@@ -13,8 +13,9 @@ use super::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
 use super::model::{GpuModel, KvPool, RowSampling, StepInput, TokenPick, Workspace};
 use super::timing::StepEvents;
 use super::{CudaError, DriverCtx, Gpu, Result};
+use crate::constraint::TokenMatcher;
 use crate::sampling::RequestSampler;
-use cudarc::driver::{CudaEvent, PinnedHostSlice};
+use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice};
 use doppel_core::{
     Backend, Plan, RequestId, SamplingParams, StepResult, TimeNs, TokenLogprob, FUTURE_TOKEN,
 };
@@ -23,7 +24,10 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
+mod constrain;
 mod graphs;
+mod table;
+use constrain::Deferred;
 pub use graphs::graph_sizes;
 use graphs::Captured;
 
@@ -58,8 +62,10 @@ struct Pending {
     now: TimeNs,
     /// CUDA events around the step (when step timing is on).
     events: Option<StepEvents>,
-    /// Recorded after the step's samples were downloaded.
-    done: CudaEvent,
+    /// Recorded after the step's samples were downloaded (None while the pick is deferred).
+    done: Option<CudaEvent>,
+    /// The pick, waiting for constraint masks.
+    deferred: Option<Deferred>,
 }
 
 /// The GPU backend.
@@ -80,6 +86,11 @@ pub struct CudaBackend {
     // does not also wait for step N+1, which is already queued behind it.
     results: [PinnedHostSlice<u32>; 2],
     samplers: HashMap<RequestId, RequestSampler>,
+    /// Grammar state of constrained requests.
+    matchers: HashMap<RequestId, TokenMatcher>,
+    mask_host: Vec<u32>,
+    mask_dev: CudaSlice<u32>,
+    mask_row_dev: CudaSlice<i32>,
     last_row: HashMap<RequestId, u32>,
     pending: VecDeque<Pending>,
     next_result: usize,
@@ -140,6 +151,7 @@ impl CudaBackend {
                 .ctx("allocating page-locked result buffers")
         };
         let results = [pinned()?, pinned()?];
+        let (mask_dev, mask_row_dev) = (gpu.zeros(1)?, gpu.zeros(1)?);
         Ok(CudaBackend {
             pad_row: cfg.table_rows,
             gpu,
@@ -151,6 +163,10 @@ impl CudaBackend {
             graphs: HashMap::new(),
             results,
             samplers: HashMap::new(),
+            matchers: HashMap::new(),
+            mask_host: Vec::new(),
+            mask_dev,
+            mask_row_dev,
             last_row: HashMap::new(),
             pending: VecDeque::new(),
             next_result: 0,
@@ -250,53 +266,11 @@ impl CudaBackend {
         }
     }
 
-    /// Apply the plan's table writes and the entries' new slots to the device table.
-    fn write_table(&mut self, plan: &Plan) -> Result<()> {
-        let (mut rows, mut cols, mut vals) = (Vec::new(), Vec::new(), Vec::new());
-        let mut push = |row: usize, col: usize, slot: u32, step: u64| -> Result<()> {
-            if row >= self.cfg.table_rows
-                || col >= self.kv.max_ctx
-                || slot as usize >= self.kv.num_slots
-            {
-                return Err(Self::bad(
-                    step,
-                    format!("table write row {row} pos {col} slot {slot} out of range"),
-                ));
-            }
-            rows.push(row as u32);
-            cols.push(col as u32);
-            vals.push(slot);
-            Ok(())
-        };
-        for w in &plan.table_writes {
-            for (i, s) in plan.write_values(w).iter().enumerate() {
-                push(w.row.index(), w.start + i, s.0, plan.step)?;
-            }
-        }
-        for e in &plan.entries {
-            for (p, s) in e.positions().zip(plan.entry_slots(e)) {
-                push(e.row.index(), p, s.0, plan.step)?;
-            }
-        }
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let g = &self.gpu;
-        let (r, c, v) = (g.upload(&rows)?, g.upload(&cols)?, g.upload(&vals)?);
-        g.table_scatter(
-            g.ptr(&self.kv.table),
-            g.ptr(&r),
-            g.ptr(&c),
-            g.ptr(&v),
-            rows.len(),
-            self.kv.max_ctx,
-        )
-    }
-
     fn run(&mut self, plan: &Plan, now: TimeNs) -> Result<Pending> {
         let started = Instant::now();
         for id in &plan.released {
             self.samplers.remove(id);
+            self.matchers.remove(id);
             self.last_row.remove(id);
         }
         if plan.entries.len() > self.ws.max_seqs || plan.num_tokens() > self.ws.max_tokens {
@@ -384,8 +358,12 @@ impl CudaBackend {
             }
         }
         let rows = s.logit_tok.len();
+        let constrained = self.open_matchers(plan)?;
         // Host sampling reads its rows' logits after the step: greedy steps keep them anyway.
-        let pick = if !s.sampling.iter().all(|r| r.temperature <= 0.0) {
+        let sample = !s.sampling.iter().all(|r| r.temperature <= 0.0);
+        let pick = if constrained {
+            TokenPick::Logits
+        } else if sample {
             TokenPick::Sample
         } else {
             TokenPick::Argmax
@@ -446,6 +424,24 @@ impl CudaBackend {
                 )?;
             }
         }
+        if constrained {
+            let deferred = Deferred::new(plan, rows, sample, &host_rows, start_ev);
+            let result = self.next_result;
+            self.next_result ^= 1;
+            return Ok(Pending {
+                step: plan.step,
+                entries: plan.entries.len(),
+                want,
+                host: BTreeMap::new(),
+                result,
+                want_lp,
+                started,
+                now,
+                events: None,
+                done: None,
+                deferred: Some(deferred),
+            });
+        }
         // Rows that need host sampling: download their logits now (this waits for the step).
         let mut host = BTreeMap::new();
         if !host_rows.is_empty() {
@@ -477,19 +473,7 @@ impl CudaBackend {
                     .get_mut(&e.id)
                     .ok_or_else(|| Self::bad(plan.step, "sampler missing".into()))?;
                 let sm = sampler.sample(&mut row, &e.sampling, index);
-                let mut one = self.ws.sampled.slice_mut(r..r + 1);
-                self.gpu
-                    .stream
-                    .memcpy_htod(&[sm.token], &mut one)
-                    .ctx("uploading a host-sampled token")?;
-                let mut lt = self
-                    .kv
-                    .last_token
-                    .slice_mut(e.row.index()..e.row.index() + 1);
-                self.gpu
-                    .stream
-                    .memcpy_htod(&[sm.token], &mut lt)
-                    .ctx("uploading a host-sampled token")?;
+                self.upload_host_token(r, e.row.index(), sm.token)?;
                 host.insert(entry, (sm.token, sm.logprob));
             }
         }
@@ -499,18 +483,7 @@ impl CudaBackend {
         // launch errors are fatal to the engine today.)
         let result = self.next_result;
         self.next_result ^= 1;
-        if rows > 0 {
-            let src = self.ws.sampled.slice(0..rows);
-            self.gpu
-                .stream
-                .memcpy_dtoh(&src, &mut self.results[result])
-                .ctx("downloading samples")?;
-        }
-        let done = self
-            .gpu
-            .stream
-            .record_event(None)
-            .ctx("recording the step's completion")?;
+        let done = self.download_samples(rows, result)?;
         let events = match start_ev {
             Some(start) => Some(StepEvents {
                 start,
@@ -528,7 +501,8 @@ impl CudaBackend {
             started,
             now,
             events,
-            done,
+            done: Some(done),
+            deferred: None,
         })
     }
 }
@@ -546,6 +520,8 @@ impl Backend for CudaBackend {
             .ctx
             .bind_to_thread()
             .ctx("binding the CUDA context")?;
+        // This step reads the tokens of every step launched before it.
+        self.finish_all_deferred()?;
         let p = self.run(plan, now)?;
         self.pending.push_back(p);
         Ok(())
@@ -556,7 +532,7 @@ impl Backend for CudaBackend {
             .ctx
             .bind_to_thread()
             .ctx("binding the CUDA context")?;
-        let p = match self.pending.front() {
+        let mut p = match self.pending.front() {
             Some(p) if p.step == plan.step => self.pending.pop_front(),
             _ => None,
         }
@@ -567,7 +543,12 @@ impl Backend for CudaBackend {
         let rows = p.want.iter().filter(|w| **w).count();
         // Wait for this step only (spinning on its event; the buffer's own event has then
         // completed too, so reading it does not block again).
-        p.done.synchronize().ctx("waiting for the step")?;
+        self.finish_deferred(&mut p)?;
+        p.done
+            .as_ref()
+            .ok_or_else(|| Self::bad(p.step, "no completion event".into()))?
+            .synchronize()
+            .ctx("waiting for the step")?;
         let all = self.results[p.result]
             .as_slice()
             .ctx("reading the samples")?;
@@ -600,6 +581,13 @@ impl Backend for CudaBackend {
             }
         }
         out.done_at = p.now + p.started.elapsed().as_nanos() as u64;
+        self.advance_matchers(plan, out);
+        // The next step's masks can be computed now, while the GPU runs its forward pass.
+        if let Some(mut next) = self.pending.pop_front() {
+            let r = self.finish_deferred(&mut next);
+            self.pending.push_front(next);
+            r?;
+        }
         if let Some(ev) = p.events {
             // The step's completion was waited for above, so both events have completed.
             out.device_ns = Some(ev.device_ns(self.last_end.as_ref())?);

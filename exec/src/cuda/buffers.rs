@@ -173,6 +173,9 @@ pub enum TokenPick {
     Argmax,
     /// The GPU sampler per row (temperature, top-k, top-p, min-p; greedy rows too).
     Sample,
+    /// Only the f32 logits: the pick comes later ([`GpuModel::pick`](super::model::GpuModel)),
+    /// after a constraint's token mask, which the host computes while this step runs.
+    Logits,
 }
 
 /// Per-row sampling parameters for the GPU sampler.

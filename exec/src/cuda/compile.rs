@@ -87,7 +87,10 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
     kernel_source!("activation.cu", ["silu_and_mul"]),
     kernel_source!("bias.cu", ["add_bias_rows"]),
     kernel_source!("timing.cu", ["spin_ns"]),
-    kernel_source!("sampling.cu", ["argmax_rows_split", "sample_rows"]),
+    kernel_source!(
+        "sampling.cu",
+        ["argmax_rows_split", "sample_rows", "apply_token_bitmask"]
+    ),
     kernel_source!(
         "gemv.cu",
         [

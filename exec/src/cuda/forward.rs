@@ -4,6 +4,7 @@
 use super::attention::{AttnShape, DecodeMeta, ExtendMeta};
 use super::layer::Step;
 use super::model::GpuModel;
+use super::ops::{LastTokenStore, SamplingBufs};
 use super::plan::{DeviceCaps, StepPlan, StepShape};
 use super::{DriverCtx, Gpu, Result};
 use cudarc::driver::CudaSlice;
@@ -98,6 +99,45 @@ impl GpuModel {
             step.layer(l)?;
         }
         step.head()
+    }
+
+    /// Turn the workspace's `rows` logits rows into tokens in `ws.sampled`, recording each in
+    /// its request row's last token: the argmax or the GPU sampler with the sampling parameters
+    /// uploaded for the step; `Logits` picks nothing (the pick comes after the token masks:
+    /// backend/constrain.rs). Launches only (capturable).
+    pub fn pick(
+        &self,
+        gpu: &Gpu,
+        kv: &KvPool,
+        ws: &Workspace,
+        rows: usize,
+        pick: TokenPick,
+    ) -> Result<()> {
+        let (sampled, logits) = (gpu.ptr(&ws.sampled), gpu.ptr(&ws.logits));
+        let v = self.cfg.vocab_size;
+        let store = LastTokenStore {
+            last_token: gpu.ptr(&kv.last_token),
+            rows: gpu.ptr(&ws.logit_row),
+        };
+        match pick {
+            TokenPick::Logits => Ok(()),
+            TokenPick::Argmax => {
+                let scratch = gpu.ptr(&ws.argmax_scratch);
+                gpu.argmax_rows(sampled, logits, scratch, rows, v, Some(store))
+            }
+            TokenPick::Sample => {
+                let [t, tp, mp, u] = &ws.samp_f;
+                let bufs = SamplingBufs {
+                    temperature: gpu.ptr(t),
+                    top_k: gpu.ptr(&ws.samp_k),
+                    top_p: gpu.ptr(tp),
+                    min_p: gpu.ptr(mp),
+                    uniform: gpu.ptr(u),
+                };
+                gpu.sample_rows(sampled, logits, &bufs, rows, v)?;
+                gpu.store_last_token(store.last_token, store.rows, sampled, rows)
+            }
+        }
     }
 
     pub(super) fn lm_head(&self) -> &CudaSlice<bf16> {

@@ -4,10 +4,10 @@
 
 use super::attention::{AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, KvView, QRope};
 use super::blas::GemmOut;
-use super::buffers::{KvPool, TokenPick, Workspace};
+use super::buffers::{KvPool, Workspace};
 use super::gemm_tile::TileEpilogue;
 use super::model::{GpuModel, LayerWeights};
-use super::ops::{LastTokenStore, QkvPost, RowScale, SamplingBufs};
+use super::ops::{QkvPost, RowScale};
 use super::plan::{DecodeAttn, DecodeKernel, GateUp, Gemm, MlpStage, QkPass, QkvStage, StepPlan};
 use super::skinny::{skinny_plan, SkinnyEpilogue};
 use super::{CudaError, DPtr, Gpu, Result};
@@ -355,24 +355,6 @@ impl Step<'_> {
             }
             _ => gpu.gemv_f32out(logits, sel, lm, rows, v, dm.h, v)?,
         }
-        let store = LastTokenStore {
-            last_token: self.p(&self.kv.last_token),
-            rows: self.p(&ws.logit_row),
-        };
-        let sampled = self.p(&ws.sampled);
-        if head.pick == TokenPick::Argmax {
-            let scratch = self.p(&ws.argmax_scratch);
-            return gpu.argmax_rows(sampled, logits, scratch, rows, v, Some(store));
-        }
-        let [t, tp, mp, u] = &ws.samp_f;
-        let bufs = SamplingBufs {
-            temperature: self.p(t),
-            top_k: self.p(&ws.samp_k),
-            top_p: self.p(tp),
-            min_p: self.p(mp),
-            uniform: self.p(u),
-        };
-        gpu.sample_rows(sampled, logits, &bufs, rows, v)?;
-        gpu.store_last_token(store.last_token, store.rows, sampled, rows)
+        self.model.pick(gpu, self.kv, ws, rows, head.pick)
     }
 }

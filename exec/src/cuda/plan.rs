@@ -155,7 +155,8 @@ pub enum MlpStage {
 pub struct HeadStage {
     /// The LM head's path (f32 logits).
     pub lm: Gemm,
-    /// Greedy (argmax over the logits) or the sampler.
+    /// Greedy (argmax over the logits), the sampler, or no pick yet (`Logits`: a step with
+    /// constrained rows picks after its token masks, backend/constrain.rs).
     pub pick: TokenPick,
 }
 

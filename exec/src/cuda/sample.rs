@@ -136,4 +136,34 @@ impl Gpu {
             .ctx(K)
             .map(|_| ())
     }
+    /// Set `logits[r, v]` to -inf where mask row `mask_row[r]` (`vocab.div_ceil(32)` `u32`s per
+    /// row of `mask`) does not allow token v; rows with `mask_row[r] < 0` are left alone.
+    pub fn apply_token_bitmask(
+        &self,
+        logits: DPtr<f32>,
+        mask: DPtr<u32>,
+        mask_row: DPtr<i32>,
+        n: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        const K: &str = "apply_token_bitmask";
+        let words = vocab.div_ceil(32);
+        need(K, "logits", &logits, n * vocab)?;
+        need(K, "mask_row", &mask_row, n)?;
+        need(K, "mask", &mask, words)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (ni, v, w) = (int(K, n)?, int(K, vocab)?, int(K, words)?);
+        let (l, m, mr) = (logits.addr(), mask.addr(), mask_row.addr());
+        let f = self.kernels.get(K)?;
+        let mut b = self.launcher(f);
+        b.arg(&l).arg(&m).arg(&mr).arg(&ni).arg(&v).arg(&w);
+        let cfg = LaunchConfig {
+            grid_dim: (vocab.div_ceil(256) as u32, n as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.ctx(K).map(|_| ())
+    }
 }

@@ -9,6 +9,7 @@ mod chatout;
 pub mod client;
 mod codec;
 mod conn;
+mod constrain;
 pub mod engine;
 mod error;
 mod gen;
@@ -92,6 +93,8 @@ pub struct AppState {
     next_id: AtomicU64,
     draining: AtomicBool,
     defaults: doppel_core::SamplingParams,
+    /// The constraint compiler, or why this server cannot constrain outputs.
+    grammars: Result<crate::constraint::Grammars, String>,
     /// Live generations by rid (for /abort_request).
     rids: std::sync::Mutex<std::collections::HashMap<String, doppel_core::RequestId>>,
     /// Bearer token required on every route but /health.

@@ -118,6 +118,7 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
     params::refuse_unsupported(&sf)?;
     gp.priority = params::priority(&f, &s.info.policy)?;
     let text_in_logprobs = f.bool("return_text_in_logprobs")?.unwrap_or(false);
+    super::constrain::attach(&s, &mut gp)?;
     let stream = f.bool("stream")?.unwrap_or(false);
     let return_logprob = f.bool("return_logprob")?.unwrap_or(false);
     let top = f

@@ -137,6 +137,7 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
             ));
         }
     }
+    super::constrain::attach(&s, &mut gp)?;
     let req = match kind {
         Kind::Completion => {
             if f.get("suffix").is_some() {

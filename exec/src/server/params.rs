@@ -257,6 +257,8 @@ pub struct GenParams {
     pub skip_special_tokens: bool,
     /// Choices per prompt.
     pub n: usize,
+    /// Structured-output constraint asked for (compiled by [`super::constrain::attach`]).
+    pub constraint: Option<super::constrain::Requested>,
     /// Scheduling priority (larger first under `--schedule-policy priority`).
     pub priority: i64,
 }
@@ -413,21 +415,7 @@ pub fn sampling(
             }
         }
     }
-    for k in ["json_schema", "regex", "ebnf", "response_format"] {
-        if let Some(v) = f.get(k) {
-            let is_text =
-                k == "response_format" && v.get("type").and_then(Value::as_str) == Some("text");
-            if !is_text {
-                return Err(ApiError::field(
-                    &f.name(k),
-                    format!(
-                        "`{}`: constrained decoding is not supported by this server",
-                        f.name(k)
-                    ),
-                ));
-            }
-        }
-    }
+    let constraint = super::constrain::read(f)?;
     let stop = f.strings("stop")?;
     let include_stop = f.bool("no_stop_trim")?.unwrap_or(false);
     let skip_special_tokens = f.bool("skip_special_tokens")?.unwrap_or(true);
@@ -439,6 +427,7 @@ pub fn sampling(
         include_stop,
         skip_special_tokens,
         n,
+        constraint,
         priority: 0,
     })
 }

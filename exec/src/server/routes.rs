@@ -207,6 +207,7 @@ async fn health_generate(State(s): State<Arc<AppState>>) -> Response {
         include_stop: false,
         skip_special_tokens: true,
         n: 1,
+        constraint: None,
         priority: 0,
     };
     let prompt = s.codec.encode("health").unwrap_or_default();
@@ -300,7 +301,19 @@ async fn server_info(State(s): State<Arc<AppState>>) -> Json<Value> {
             "peak_used_tokens": c.peak_used_tokens,
         },
         "gen_throughput": snap.gen_throughput,
+        "structured_outputs": structured(&s),
     }))
+}
+
+/// Whether constraints are on, and the token masks computed so far with their total time.
+fn structured(s: &AppState) -> Value {
+    let (masks, ns) = crate::constraint::mask_stats();
+    json!({
+        "available": s.grammars.is_ok(),
+        "unavailable_because": s.grammars.as_ref().err(),
+        "masks": masks,
+        "mask_ns": ns,
+    })
 }
 
 async fn flush_cache(State(s): State<Arc<AppState>>) -> Response {

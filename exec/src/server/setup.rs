@@ -364,6 +364,10 @@ impl Prelude {
             shared.clone(),
             opts,
         )?;
+        let grammars = grammars_for(&facts.codec, facts.vocab, &sched.eos_token_ids);
+        if let Err(why) = &grammars {
+            log::info(&format!("structured outputs off: {why}"));
+        }
         let info = Info {
             model_name: cfg.served_model_name.clone().unwrap_or(facts.name),
             model_path: cfg.model.as_ref().map(|p| p.display().to_string()),
@@ -403,6 +407,7 @@ impl Prelude {
                 next_id: AtomicU64::new(0),
                 draining: AtomicBool::new(false),
                 defaults,
+                grammars,
                 rids: Default::default(),
                 api_key: cfg.api_key.clone(),
             }),
@@ -641,5 +646,20 @@ async fn termination() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The constraint compiler over the served tokenizer (every backend applies constraints), or
+/// why there is none.
+fn grammars_for(
+    codec: &Codec,
+    vocab: usize,
+    eos: &[u32],
+) -> Result<crate::constraint::Grammars, String> {
+    match codec {
+        Codec::Hf(tok) => {
+            crate::constraint::Grammars::new(tok, vocab, eos).map_err(|e| e.to_string())
+        }
+        Codec::Synthetic => Err("no tokenizer (--model DIR gives the sim one)".into()),
     }
 }
