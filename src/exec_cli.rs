@@ -6,8 +6,8 @@ use doppel_core::{
     Backend, Engine, Event, FinishReason, RequestId, RequestSpec, SamplingParams, Scheduler,
     SchedulerConfig,
 };
-use doppel_exec::cpu_backend::CpuBackend;
-use doppel_exec::model::{Arch, CpuModel, DType, RopeScaling};
+use doppel_exec::cpu_backend::CpuLoaded;
+use doppel_exec::model::{Arch, DType, RopeScaling};
 use doppel_exec::testgen::{write_model, TinySpec};
 use doppel_exec::tokenizer::{ChatMessage, GenerationConfig, TextStream, Tokenizer};
 use std::collections::BTreeMap;
@@ -137,6 +137,10 @@ pub struct GenerateArgs {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Tensor-parallel ranks: the model is split over this many worker threads (CPU only for
+    /// now; heads and MLP width must divide by it).
+    #[arg(long = "tp-size", visible_alias = "tp", default_value_t = 1)]
+    tp_size: usize,
     /// No progress bar while loading.
     #[arg(long)]
     quiet: bool,
@@ -275,7 +279,6 @@ fn make_model(a: MakeModelArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `cpu` → None, `cuda` → Some(0), `cuda:N` → Some(N).
 /// `path` as a local directory, or an error that says how to get one: doppel reads local
 /// checkpoints only (`Qwen/Qwen3-0.6B` is a Hub id, not a directory).
 fn local_dir(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
@@ -297,6 +300,21 @@ fn local_dir(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
     bail!("{flag} {shown}: no such directory")
 }
 
+/// `--tp-size`: at least 1, and above 1 only on the CPU until CUDA has NCCL.
+pub(crate) fn check_tp(tp_size: usize, cuda: bool) -> anyhow::Result<()> {
+    if tp_size == 0 {
+        bail!("--tp-size must be at least 1");
+    }
+    if tp_size > 1 && cuda {
+        bail!(
+            "--tp-size {tp_size}: {}",
+            doppel_exec::cpu_tp::CUDA_TP_UNBUILT
+        );
+    }
+    Ok(())
+}
+
+/// `cpu` → None, `cuda` → Some(0), `cuda:N` → Some(N).
 fn parse_device(d: &str) -> anyhow::Result<Option<usize>> {
     match d {
         "cpu" => Ok(None),
@@ -311,6 +329,7 @@ fn parse_device(d: &str) -> anyhow::Result<Option<usize>> {
 fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     local_dir("--model", &a.model)?;
     let cuda = parse_device(&a.device)?;
+    check_tp(a.tp_size, cuda.is_some())?;
     if a.n == 0 {
         bail!("--n must be at least 1");
     }
@@ -325,15 +344,20 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let (cpu_model, cfg) = if cuda.is_some() {
         (None, doppel_exec::model::ModelConfig::load(&a.model)?)
     } else {
-        let (model, report) = CpuModel::load(&a.model, !a.quiet)?;
+        let (model, report) = CpuLoaded::load(&a.model, a.tp_size, !a.quiet)?;
         let cfg = model.config().clone();
         eprintln!(
-            "loaded {:?} from {} in {:.2} s: {:.1} MiB of weights in memory ({:.1} MiB on disk)",
+            "loaded {:?} from {} in {:.2} s: {:.1} MiB of weights in memory ({:.1} MiB on \
+             disk){}",
             cfg.arch,
             a.model.display(),
             report.elapsed.as_secs_f64(),
             report.weight_bytes as f64 / (1 << 20) as f64,
-            report.checkpoint_bytes as f64 / (1 << 20) as f64
+            report.checkpoint_bytes as f64 / (1 << 20) as f64,
+            match a.tp_size {
+                1 => String::new(),
+                n => format!(", split over {n} tensor-parallel ranks"),
+            }
         );
         (Some(model), cfg)
     };
@@ -402,7 +426,14 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     }
     match (cpu_model, cuda) {
         (Some(model), _) => {
-            let backend = CpuBackend::new(model, sched.capacity_tokens(), a.seed.unwrap_or(0));
+            let backend = model.into_backend(sched.capacity_tokens(), a.seed.unwrap_or(0))?;
+            for (r, m) in backend.tp_rank_memory().iter().enumerate() {
+                eprintln!(
+                    "TP rank {r}: {:.1} MiB of weights, {:.1} MiB of KV cache",
+                    m.weights as f64 / (1 << 20) as f64,
+                    m.kv as f64 / (1 << 20) as f64
+                );
+            }
             let engine = Engine::new(Scheduler::new(sched)?, backend, a.overlap);
             run_requests(engine, &a, &tok, &prompt, &sp)
         }

@@ -1,7 +1,7 @@
 //! `doppel exec serve`: the HTTP server (see docs/server.md). Takes SGLang's launch flags
 //! (`--model-path`, `--tp`, `--api-key`, ...) so a user's command line works as typed.
 
-use super::{local_dir, parse_device};
+use super::{check_tp, local_dir, parse_device};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use doppel_exec::server::{LoadFormat, ServerConfig};
@@ -41,7 +41,8 @@ pub struct ServeArgs {
     /// `auto` or `bfloat16` (what the CUDA backend and the profiles compute in).
     #[arg(long, default_value = "auto")]
     dtype: String,
-    /// Tensor parallel size (only 1 today).
+    /// Tensor-parallel ranks: the model is split over this many worker threads (--device cpu
+    /// only for now; attention heads, KV heads and MLP width must divide by it).
     #[arg(long, visible_alias = "tp-size", default_value_t = 1)]
     tp: usize,
     /// Simulator profile for --backend sim: a built-in name (`doppel sim profiles`) or a .yaml
@@ -146,13 +147,11 @@ enum Serving {
 impl ServeArgs {
     fn serving(&self) -> anyhow::Result<Serving> {
         use doppel_exec::server::BackendKind;
-        if self.tp != 1 {
-            bail!(
-                "--tp {}: tensor parallelism is not implemented; doppel serves on one GPU (--tp 1)",
-                self.tp
-            );
-        }
         match self.backend.as_str() {
+            "sim" if self.tp != 1 => bail!(
+                "--tp {}: only --backend engine runs tensor parallelism",
+                self.tp
+            ),
             "sim" => {
                 if let Some(d) = &self.device {
                     bail!("--device {d} has no effect with --backend sim (the simulator models the profile's GPU); drop it or pick --profile");
@@ -169,7 +168,9 @@ impl ServeArgs {
                 } else {
                     self.cuda_graph_max_bs
                 };
-                Ok(Serving::Engine(match parse_device(d)? {
+                let dev = parse_device(d)?;
+                check_tp(self.tp, dev.is_some())?;
+                Ok(Serving::Engine(match dev {
                     None => BackendKind::Cpu,
                     Some(device) => BackendKind::Cuda {
                         device,
@@ -233,6 +234,7 @@ impl ServeArgs {
             shutdown_timeout: std::time::Duration::from_secs_f64(self.shutdown_timeout),
             seed: self.seed,
             log_batches: true,
+            tp_size: self.tp,
             tokenizer: self.tokenizer_path,
             chat_template: self.chat_template,
             context_length: self.context_length,

@@ -295,11 +295,12 @@ fn bad_launches_say_how_to_fix_them() {
         e.contains("no such local directory") && e.contains("does not download"),
         "{e}"
     );
-    let e = fails(&["--model", MODEL, "--tp", "2"]);
-    assert!(
-        e.contains("--tp 2: tensor parallelism is not implemented"),
-        "{e}"
-    );
+    let e = fails(&["--model", MODEL, "--tp", "2", "--device", "cuda"]);
+    assert!(e.contains("--tp-size 2") && e.contains("NCCL"), "{e}");
+    let e = fails(&["--model", MODEL, "--tp", "3"]);
+    assert!(e.contains("num_attention_heads (4)"), "{e}");
+    let e = fails(&["--backend", "sim", "--tp", "2"]);
+    assert!(e.contains("only --backend engine"), "{e}");
     let e = fails(&["--backend", "sim", "--device", "cuda"]);
     assert!(
         e.contains("--device cuda has no effect with --backend sim"),

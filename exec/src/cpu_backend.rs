@@ -3,7 +3,10 @@
 //! retraction) the GPU backend will.
 
 use crate::constraint::{mask_words, TokenMatcher};
-use crate::model::{CpuModel, ForwardErrorKind, KvCache, LogitsWanted, SeqInput};
+use crate::cpu_tp::{RankMemory, TpModel, TpRunError};
+use crate::model::{
+    CpuModel, ForwardErrorKind, KvCache, LoadError, LoadReport, LogitsWanted, ModelConfig, SeqInput,
+};
 use crate::sampling::RequestSampler;
 use doppel_core::{
     Backend, KvSlot, Plan, RequestId, StepResult, TimeNs, TokenId, TokenLogprob, FUTURE_TOKEN,
@@ -21,6 +24,14 @@ pub enum CpuError {
         step: u64,
         /// Why.
         source: ForwardErrorKind,
+    },
+    /// The tensor-parallel group failed.
+    #[error("step {step}: {source}")]
+    Tp {
+        /// Plan step.
+        step: u64,
+        /// Why.
+        source: TpRunError,
     },
     /// A FUTURE_TOKEN placeholder for a request with no sampled token at that position.
     #[error(
@@ -65,10 +76,16 @@ pub struct RecordedLogits {
     pub logits: Vec<f32>,
 }
 
+/// What runs the forward pass: the whole model on the engine thread, or its shards on
+/// tensor-parallel worker threads.
+enum Runner {
+    Whole { model: CpuModel, kv: KvCache },
+    Tp(TpModel),
+}
+
 /// Runs plans on the CPU model.
 pub struct CpuBackend {
-    model: CpuModel,
-    kv: KvCache,
+    runner: Runner,
     /// Mirror of the core's request-to-token table.
     rows: Vec<Vec<KvSlot>>,
     samplers: HashMap<RequestId, RequestSampler>,
@@ -86,10 +103,23 @@ impl CpuBackend {
     /// is the padding dummy, so one more slot is allocated). `seed` derives the sampling seed of
     /// requests that bring none.
     pub fn new(model: CpuModel, kv_capacity_tokens: usize, seed: u64) -> CpuBackend {
-        let kv = KvCache::new(model.config(), kv_capacity_tokens + 1);
+        let kv = model.kv_cache(kv_capacity_tokens + 1);
+        CpuBackend::with_runner(Runner::Whole { model, kv }, seed)
+    }
+
+    /// [`CpuBackend::new`] over a tensor-parallel group (each rank holds its heads' KV).
+    pub fn tensor_parallel(
+        mut tp: TpModel,
+        kv_capacity_tokens: usize,
+        seed: u64,
+    ) -> Result<CpuBackend, TpRunError> {
+        tp.alloc_kv(kv_capacity_tokens + 1)?;
+        Ok(CpuBackend::with_runner(Runner::Tp(tp), seed))
+    }
+
+    fn with_runner(runner: Runner, seed: u64) -> CpuBackend {
         CpuBackend {
-            model,
-            kv,
+            runner,
             rows: Vec::new(),
             samplers: HashMap::new(),
             matchers: HashMap::new(),
@@ -101,14 +131,28 @@ impl CpuBackend {
         }
     }
 
-    /// The model.
-    pub fn model(&self) -> &CpuModel {
-        &self.model
+    /// The (whole) model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        match &self.runner {
+            Runner::Whole { model, .. } => model.config(),
+            Runner::Tp(tp) => tp.config(),
+        }
     }
 
-    /// Bytes of KV cache held.
+    /// Bytes of KV cache held (all ranks together).
     pub fn kv_bytes(&self) -> usize {
-        self.kv.bytes()
+        match &self.runner {
+            Runner::Whole { kv, .. } => kv.bytes(),
+            Runner::Tp(tp) => tp.kv_bytes(),
+        }
+    }
+
+    /// Each tensor-parallel rank's memory (empty for a whole model).
+    pub fn tp_rank_memory(&self) -> &[RankMemory] {
+        match &self.runner {
+            Runner::Whole { .. } => &[],
+            Runner::Tp(tp) => tp.rank_memory(),
+        }
     }
 
     /// Tokens run through the model so far.
@@ -179,14 +223,17 @@ impl CpuBackend {
             })
             .collect();
         let mut logits = Vec::new();
-        self.model
-            .forward(&mut self.kv, &seqs, &mut logits)
-            .map_err(|source| CpuError::Forward {
-                step: plan.step,
-                source,
-            })?;
+        let step = plan.step;
+        match &mut self.runner {
+            Runner::Whole { model, kv } => model
+                .forward(kv, &seqs, &mut logits)
+                .map_err(|source| CpuError::Forward { step, source })?,
+            Runner::Tp(tp) => tp
+                .forward(&seqs, &mut logits)
+                .map_err(|source| CpuError::Tp { step, source })?,
+        }
         self.tokens_computed += ids.len() as u64;
-        let vocab = self.model.config().vocab_size;
+        let vocab = self.config().vocab_size;
         let want_lp = plan.entries.iter().any(|e| e.sampling.return_logprob);
         let mut done = Done {
             step: plan.step,
@@ -288,5 +335,59 @@ impl Backend for CpuBackend {
         out.logprobs = done.logprobs;
         out.done_at = done.done_at;
         Ok(())
+    }
+}
+
+/// A checkpoint loaded for the CPU: whole, or split over tensor-parallel worker threads.
+pub enum CpuLoaded {
+    /// One model on the engine thread (`--tp-size 1`).
+    Whole(CpuModel),
+    /// One shard per worker thread.
+    Tp(TpModel),
+}
+
+impl CpuLoaded {
+    /// Load `dir` for `tp_size` ranks (1: the whole model); a model whose heads or MLP width
+    /// do not divide by `tp_size` is refused naming the config.json field.
+    pub fn load(
+        dir: &std::path::Path,
+        tp_size: usize,
+        progress: bool,
+    ) -> Result<(CpuLoaded, LoadReport), LoadError> {
+        if tp_size == 1 {
+            let (m, r) = CpuModel::load(dir, progress)?;
+            Ok((CpuLoaded::Whole(m), r))
+        } else {
+            let (tp, r) = TpModel::load(dir, tp_size, progress)?;
+            Ok((CpuLoaded::Tp(tp), r))
+        }
+    }
+
+    /// The whole model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            CpuLoaded::Whole(m) => m.config(),
+            CpuLoaded::Tp(tp) => tp.config(),
+        }
+    }
+
+    /// Ranks (1 for a whole model).
+    pub fn tp_size(&self) -> usize {
+        match self {
+            CpuLoaded::Whole(_) => 1,
+            CpuLoaded::Tp(tp) => tp.size(),
+        }
+    }
+
+    /// The backend with room for `kv_capacity_tokens` (see [`CpuBackend::new`]).
+    pub fn into_backend(
+        self,
+        kv_capacity_tokens: usize,
+        seed: u64,
+    ) -> Result<CpuBackend, TpRunError> {
+        match self {
+            CpuLoaded::Whole(m) => Ok(CpuBackend::new(m, kv_capacity_tokens, seed)),
+            CpuLoaded::Tp(tp) => CpuBackend::tensor_parallel(tp, kv_capacity_tokens, seed),
+        }
     }
 }

@@ -4,6 +4,7 @@
 pub mod chat_template;
 pub mod constraint;
 pub mod cpu_backend;
+pub mod cpu_tp;
 pub mod cuda;
 pub mod model;
 pub mod sampling;

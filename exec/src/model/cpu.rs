@@ -5,64 +5,14 @@
 //! other requests: the property the scheduler tests (prefix hit == miss, chunked == one pass) rely on.
 
 use super::config::ModelConfig;
+use super::linear::Mat;
+use super::shard::{Part, Shard, TpError};
 use super::weights::{
-    tensor_specs, DType, LayerNames, TensorRef, WeightError, WeightStore, EMBED, FINAL_NORM,
-    LM_HEAD,
+    tensor_specs, LayerNames, TensorRef, WeightError, WeightStore, EMBED, FINAL_NORM, LM_HEAD,
 };
 use doppel_core::KvSlot;
-use rayon::prelude::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// A weight matrix [out, in] kept in the checkpoint's precision when that is bf16 (widening
-/// bf16 to f32 is exact, so results are identical to converting at load, with half the memory
-/// traffic per decode step); every other dtype is converted to f32 at load.
-enum Mat {
-    F32(Vec<f32>),
-    Bf16(Vec<u16>),
-}
-
-impl Mat {
-    fn from_tensor(t: &TensorRef<'_>) -> Mat {
-        match t.dtype {
-            DType::BF16 => Mat::Bf16(
-                t.bytes
-                    .chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
-            _ => Mat::F32(t.to_f32()),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Mat::F32(v) => v.len(),
-            Mat::Bf16(v) => v.len(),
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        match self {
-            Mat::F32(v) => v.len() * 4,
-            Mat::Bf16(v) => v.len() * 2,
-        }
-    }
-
-    /// Row `o` of width `w` as f32, widened into `buf` when stored as bf16.
-    #[inline(always)]
-    fn row<'a>(&'a self, o: usize, w: usize, buf: &'a mut [f32]) -> &'a [f32] {
-        match self {
-            Mat::F32(v) => &v[o * w..(o + 1) * w],
-            Mat::Bf16(v) => {
-                for (d, &b) in buf[..w].iter_mut().zip(&v[o * w..(o + 1) * w]) {
-                    *d = f32::from_bits((b as u32) << 16);
-                }
-                &buf[..w]
-            }
-        }
-    }
-}
 
 /// One decoder layer (norms and biases in f32).
 struct Layer {
@@ -83,9 +33,10 @@ struct Layer {
     down: Mat,
 }
 
-/// A loaded model on the CPU.
+/// A loaded model on the CPU: the whole model, or one tensor-parallel rank's shard of it.
 pub struct CpuModel {
     cfg: ModelConfig,
+    shard: Shard,
     embed: Mat,
     layers: Vec<Layer>,
     final_norm: Vec<f32>,
@@ -126,6 +77,14 @@ pub enum ForwardError {
         /// Slots in the cache.
         slots: usize,
     },
+    /// A KV cache made for another shard or model.
+    #[error("the KV cache holds {got} floats per slot and layer, this model needs {want}")]
+    KvMismatch {
+        /// The cache's width.
+        got: usize,
+        /// This model's (shard's) width.
+        want: usize,
+    },
     /// A sequence's KV row is shorter than its new tokens.
     #[error("sequence {index}: {tokens} new tokens but only {row} KV slots")]
     RowTooShort {
@@ -149,7 +108,12 @@ pub struct KvCache {
 impl KvCache {
     /// A zeroed cache with `slots` slots (slot 0 included) for `cfg`.
     pub fn new(cfg: &ModelConfig, slots: usize) -> KvCache {
-        let kv_dim = cfg.kv_dim();
+        KvCache::for_shard(cfg, Shard::SOLE, slots)
+    }
+
+    /// A zeroed cache holding only `shard`'s KV heads.
+    pub fn for_shard(cfg: &ModelConfig, shard: Shard, slots: usize) -> KvCache {
+        let kv_dim = shard.kv_heads(cfg).len() * cfg.head_dim;
         KvCache {
             kv_dim,
             slots,
@@ -195,149 +159,6 @@ pub struct SeqInput<'a> {
     pub logits: LogitsWanted,
 }
 
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let r = 1.0 / (ss + eps).sqrt();
-    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
-        *o = g * (v * r);
-    }
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators let the compiler vectorise; the fixed order keeps results
-    // independent of batching.
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    finish_dot(&acc, ra, rb)
-}
-
-/// The reduction every dot product ends with (shared so that `dot4` matches `dot` bit for bit).
-#[inline(always)]
-fn finish_dot(acc: &[f32; 8], ra: &[f32], rb: &[f32]) -> f32 {
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
-/// Four rows of `x` against one weight row: each result equals `dot(x_r, w)` exactly, but the
-/// weight chunk is loaded once for four rows (register blocking for prefill).
-#[inline(always)]
-fn dot4(x: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
-    let mut acc = [[0f32; 8]; 4];
-    let n = w.len() / 8 * 8;
-    for c in (0..n).step_by(8) {
-        let wc = &w[c..c + 8];
-        for r in 0..4 {
-            let xc = &x[r][c..c + 8];
-            for i in 0..8 {
-                acc[r][i] += xc[i] * wc[i];
-            }
-        }
-    }
-    let mut out = [0f32; 4];
-    for r in 0..4 {
-        out[r] = finish_dot(&acc[r], &x[r][n..], &w[n..]);
-    }
-    out
-}
-
-/// y[t, o] = x[t, :] . w[o, :] (+ bias[o]) for `rows` rows; w is [out, in] row-major.
-fn linear(x: &[f32], rows: usize, w: &Mat, bias: Option<&[f32]>, out_dim: usize, y: &mut Vec<f32>) {
-    let in_dim = w.len() / out_dim;
-    y.clear();
-    y.resize(rows * out_dim, 0.0);
-    if rows == 0 {
-        return;
-    }
-    // Parallel over output features (weights are the big operand); write column-major then transpose.
-    let mut yt = vec![0f32; rows * out_dim];
-    yt.par_chunks_mut(BLOCK * rows)
-        .enumerate()
-        .for_each(|(b, chunk)| block(x, rows, w, bias, in_dim, b * BLOCK, chunk));
-    for o in 0..out_dim {
-        for t in 0..rows {
-            y[t * out_dim + o] = yt[o * rows + t];
-        }
-    }
-}
-
-const BLOCK: usize = 16;
-
-/// Outputs first..first+chunk.len()/rows of `linear`, column-major into `chunk`.
-fn block(
-    x: &[f32],
-    rows: usize,
-    w: &Mat,
-    bias: Option<&[f32]>,
-    in_dim: usize,
-    first: usize,
-    chunk: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { block_avx2(x, rows, w, bias, in_dim, first, chunk) };
-        return;
-    }
-    block_generic(x, rows, w, bias, in_dim, first, chunk)
-}
-
-/// The same code compiled with 256-bit vectors. No FMA is enabled, so each lane does the same
-/// multiply-then-add as the portable build: results are bit-identical either way.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn block_avx2(
-    x: &[f32],
-    rows: usize,
-    w: &Mat,
-    bias: Option<&[f32]>,
-    in_dim: usize,
-    first: usize,
-    chunk: &mut [f32],
-) {
-    block_generic(x, rows, w, bias, in_dim, first, chunk)
-}
-
-#[inline(always)]
-fn block_generic(
-    x: &[f32],
-    rows: usize,
-    w: &Mat,
-    bias: Option<&[f32]>,
-    in_dim: usize,
-    first: usize,
-    chunk: &mut [f32],
-) {
-    let mut buf = vec![0f32; in_dim];
-    for (j, col) in chunk.chunks_mut(rows).enumerate() {
-        let o = first + j;
-        let wr = w.row(o, in_dim, &mut buf);
-        let bo = bias.map_or(0.0, |b| b[o]);
-        let xr = |t: usize| &x[t * in_dim..(t + 1) * in_dim];
-        let mut t = 0;
-        while t + 4 <= rows {
-            let r = dot4([xr(t), xr(t + 1), xr(t + 2), xr(t + 3)], wr);
-            for (i, v) in r.into_iter().enumerate() {
-                col[t + i] = v + bo;
-            }
-            t += 4;
-        }
-        for (i, c) in col.iter_mut().enumerate().skip(t) {
-            *c = dot(xr(i), wr) + bo;
-        }
-    }
-}
-
 impl CpuModel {
     /// Load `dir` (config.json + safetensors), showing a progress bar on stderr when `progress`.
     pub fn load(dir: &Path, progress: bool) -> Result<(CpuModel, LoadReport), LoadError> {
@@ -350,6 +171,17 @@ impl CpuModel {
     pub fn from_store(
         cfg: ModelConfig,
         store: &WeightStore,
+        progress: bool,
+    ) -> Result<(CpuModel, LoadReport), WeightError> {
+        CpuModel::shard_from_store(cfg, store, Shard::SOLE, progress)
+    }
+
+    /// This rank's shard of an opened checkpoint (see [`super::shard`]); the caller has checked
+    /// that the model splits `shard.size` ways ([`Shard::group`]).
+    pub fn shard_from_store(
+        cfg: ModelConfig,
+        store: &WeightStore,
+        shard: Shard,
         progress: bool,
     ) -> Result<(CpuModel, LoadReport), WeightError> {
         let start = Instant::now();
@@ -378,51 +210,60 @@ impl CpuModel {
             Ok(t)
         };
         let mut bytes = 0usize;
-        let mut get = |name: &str| -> Result<Vec<f32>, WeightError> {
-            let v = fetch(name)?.to_f32();
+        let split = |part| shard.split(&cfg, part);
+        // Vectors: norms replicated, biases cut like their matrix's rows.
+        let mut get = |name: &str, part: Part| -> Result<Vec<f32>, WeightError> {
+            let v = split(part).cut(&fetch(name)?.to_f32(), 1);
             bytes += v.len() * 4;
             Ok(v)
         };
         let mut mat_bytes = 0usize;
-        let mut getm = |name: &str| -> Result<Mat, WeightError> {
-            let m = Mat::from_tensor(&fetch(name)?);
+        let mut getm = |name: &str, part: Part, in_dim: usize| -> Result<Mat, WeightError> {
+            let m = Mat::from_tensor_cut(&fetch(name)?, &split(part), in_dim);
             mat_bytes += m.bytes();
             Ok(m)
         };
-        let embed = getm(EMBED)?;
+        let (h, qd, inter) = (cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size);
+        let embed = getm(EMBED, Part::Vocab, h)?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let n = LayerNames::new(l);
-            let mut opt = |on: bool, name: &str| if on { get(name).map(Some) } else { Ok(None) };
-            let q_bias = opt(cfg.qkv_bias, &n.q_bias)?;
-            let k_bias = opt(cfg.qkv_bias, &n.k_bias)?;
-            let v_bias = opt(cfg.qkv_bias, &n.v_bias)?;
-            let o_bias = opt(cfg.o_bias, &n.o_bias)?;
-            let q_norm = opt(cfg.qk_norm, &n.q_norm)?;
-            let k_norm = opt(cfg.qk_norm, &n.k_norm)?;
+            let mut opt = |on: bool, name: &str, part: Part| {
+                if on {
+                    get(name, part).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let q_bias = opt(cfg.qkv_bias, &n.q_bias, Part::Q)?;
+            let k_bias = opt(cfg.qkv_bias, &n.k_bias, Part::Kv)?;
+            let v_bias = opt(cfg.qkv_bias, &n.v_bias, Part::Kv)?;
+            let o_bias = opt(cfg.o_bias, &n.o_bias, Part::Replicated)?;
+            let q_norm = opt(cfg.qk_norm, &n.q_norm, Part::Replicated)?;
+            let k_norm = opt(cfg.qk_norm, &n.k_norm, Part::Replicated)?;
             layers.push(Layer {
-                input_norm: get(&n.input_norm)?,
-                q: getm(&n.q_proj)?,
-                k: getm(&n.k_proj)?,
-                v: getm(&n.v_proj)?,
-                o: getm(&n.o_proj)?,
+                input_norm: get(&n.input_norm, Part::Replicated)?,
+                q: getm(&n.q_proj, Part::Q, h)?,
+                k: getm(&n.k_proj, Part::Kv, h)?,
+                v: getm(&n.v_proj, Part::Kv, h)?,
+                o: getm(&n.o_proj, Part::O, qd)?,
                 q_bias,
                 k_bias,
                 v_bias,
                 o_bias,
                 q_norm,
                 k_norm,
-                post_norm: get(&n.post_norm)?,
-                gate: getm(&n.gate_proj)?,
-                up: getm(&n.up_proj)?,
-                down: getm(&n.down_proj)?,
+                post_norm: get(&n.post_norm, Part::Replicated)?,
+                gate: getm(&n.gate_proj, Part::GateUp, h)?,
+                up: getm(&n.up_proj, Part::GateUp, h)?,
+                down: getm(&n.down_proj, Part::Down, inter)?,
             });
         }
-        let final_norm = get(FINAL_NORM)?;
+        let final_norm = get(FINAL_NORM, Part::Replicated)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(getm(LM_HEAD)?)
+            Some(getm(LM_HEAD, Part::Vocab, h)?)
         };
         let bytes = bytes + mat_bytes;
         bar.finish_and_clear();
@@ -436,6 +277,7 @@ impl CpuModel {
             lm_head,
             inv_freq,
             rope_scale: cfg_rope_scale,
+            shard,
         };
         let report = LoadReport {
             elapsed: start.elapsed(),
@@ -445,9 +287,34 @@ impl CpuModel {
         Ok((model, report))
     }
 
-    /// The configuration.
+    /// The configuration (of the whole model, also for a shard).
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Which shard this is ([`Shard::SOLE`] for a whole model).
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// A zeroed KV cache for this model (its shard's heads) with `slots` slots.
+    pub fn kv_cache(&self, slots: usize) -> KvCache {
+        KvCache::for_shard(&self.cfg, self.shard, slots)
+    }
+
+    /// Load `dir`'s shard for `shard` after checking that the model splits `shard.size` ways.
+    pub fn load_shard(
+        dir: &Path,
+        shard: Shard,
+        progress: bool,
+    ) -> Result<(CpuModel, LoadReport), LoadError> {
+        let cfg = ModelConfig::load(dir)?;
+        super::shard::check(&cfg, shard.size).map_err(|reason| LoadError::Tp {
+            dir: dir.to_path_buf(),
+            reason,
+        })?;
+        let store = WeightStore::open(dir)?;
+        Ok(CpuModel::shard_from_store(cfg, &store, shard, progress)?)
     }
 
     fn rope(&self, x: &mut [f32], pos: usize) {
@@ -464,181 +331,6 @@ impl CpuModel {
             x[i + half] = b * c + a * s;
         }
     }
-
-    /// Run one batch: write the new tokens' K/V into `kv` and append the requested logits rows
-    /// (vocab floats each, in sequence then position order) to `logits`.
-    pub fn forward(
-        &self,
-        kv: &mut KvCache,
-        seqs: &[SeqInput<'_>],
-        logits: &mut Vec<f32>,
-    ) -> Result<(), ForwardError> {
-        let c = &self.cfg;
-        let (h, qd, kvd, hd) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.head_dim);
-        let eps = c.rms_norm_eps as f32;
-        // Per new token: (sequence, position).
-        let mut tok_seq: Vec<(usize, usize)> = Vec::new();
-        let mut ids = Vec::new();
-        for (si, s) in seqs.iter().enumerate() {
-            if s.kv_row.len() < s.tokens.len() {
-                return Err(ForwardError::RowTooShort {
-                    index: si,
-                    tokens: s.tokens.len(),
-                    row: s.kv_row.len(),
-                });
-            }
-            if let Some(bad) = s.kv_row.iter().find(|k| k.index() >= kv.slots) {
-                return Err(ForwardError::SlotOutOfRange {
-                    slot: bad.0,
-                    slots: kv.slots,
-                });
-            }
-            let start = s.kv_row.len() - s.tokens.len();
-            for (i, &t) in s.tokens.iter().enumerate() {
-                if t as usize >= c.vocab_size {
-                    return Err(ForwardError::TokenOutOfRange {
-                        token: t,
-                        vocab: c.vocab_size,
-                    });
-                }
-                tok_seq.push((si, start + i));
-                ids.push(t);
-            }
-        }
-        let n = ids.len();
-        let mut x = Vec::with_capacity(n * h);
-        for &t in &ids {
-            let mut buf = vec![0f32; h];
-            let row = self.embed.row(t as usize, h, &mut buf);
-            x.extend_from_slice(row);
-        }
-        let mut xn = vec![0f32; n * h];
-        let (mut q, mut k, mut v, mut att, mut tmp, mut g, mut u) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            vec![0f32; n * qd],
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
-        let scale = 1.0 / (hd as f32).sqrt();
-        let group = c.num_heads / c.num_kv_heads;
-        for (li, l) in self.layers.iter().enumerate() {
-            for t in 0..n {
-                rms_norm(
-                    &x[t * h..(t + 1) * h],
-                    &l.input_norm,
-                    eps,
-                    &mut xn[t * h..(t + 1) * h],
-                );
-            }
-            linear(&xn, n, &l.q, l.q_bias.as_deref(), qd, &mut q);
-            linear(&xn, n, &l.k, l.k_bias.as_deref(), kvd, &mut k);
-            linear(&xn, n, &l.v, l.v_bias.as_deref(), kvd, &mut v);
-            let mut scratch = vec![0f32; hd];
-            for (t, &(si, pos)) in tok_seq.iter().enumerate() {
-                for head in q[t * qd..(t + 1) * qd].chunks_mut(hd) {
-                    if let Some(w) = &l.q_norm {
-                        scratch.copy_from_slice(head);
-                        rms_norm(&scratch, w, eps, head);
-                    }
-                    self.rope(head, pos);
-                }
-                for head in k[t * kvd..(t + 1) * kvd].chunks_mut(hd) {
-                    if let Some(w) = &l.k_norm {
-                        scratch.copy_from_slice(head);
-                        rms_norm(&scratch, w, eps, head);
-                    }
-                    self.rope(head, pos);
-                }
-                let slot = seqs[si].kv_row[pos].index();
-                kv.k[li][slot * kvd..(slot + 1) * kvd].copy_from_slice(&k[t * kvd..(t + 1) * kvd]);
-                kv.v[li][slot * kvd..(slot + 1) * kvd].copy_from_slice(&v[t * kvd..(t + 1) * kvd]);
-            }
-            let (kc, vc) = (&kv.k[li], &kv.v[li]);
-            let qr = &q;
-            att.par_chunks_mut(hd).enumerate().for_each(|(idx, out)| {
-                let (t, head) = (idx / c.num_heads, idx % c.num_heads);
-                let (si, pos) = tok_seq[t];
-                let row = &seqs[si].kv_row[..=pos];
-                let kvh = head / group;
-                let qv = &qr[t * qd + head * hd..t * qd + (head + 1) * hd];
-                let mut scores: Vec<f32> = row
-                    .iter()
-                    .map(|s| {
-                        dot(
-                            qv,
-                            &kc[s.index() * kvd + kvh * hd..s.index() * kvd + (kvh + 1) * hd],
-                        ) * scale
-                    })
-                    .collect();
-                let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - m).exp();
-                    sum += *s;
-                }
-                out.fill(0.0);
-                for (s, w) in row.iter().zip(&scores) {
-                    let vv = &vc[s.index() * kvd + kvh * hd..s.index() * kvd + (kvh + 1) * hd];
-                    let p = w / sum;
-                    for (o, &val) in out.iter_mut().zip(vv) {
-                        *o += p * val;
-                    }
-                }
-            });
-            linear(&att, n, &l.o, l.o_bias.as_deref(), h, &mut tmp);
-            for (a, b) in x.iter_mut().zip(&tmp) {
-                *a += b;
-            }
-            for t in 0..n {
-                rms_norm(
-                    &x[t * h..(t + 1) * h],
-                    &l.post_norm,
-                    eps,
-                    &mut xn[t * h..(t + 1) * h],
-                );
-            }
-            let inter = c.intermediate_size;
-            linear(&xn, n, &l.gate, None, inter, &mut g);
-            linear(&xn, n, &l.up, None, inter, &mut u);
-            for (a, b) in g.iter_mut().zip(&u) {
-                *a = *a / (1.0 + (-*a).exp()) * b;
-            }
-            linear(&g, n, &l.down, None, h, &mut tmp);
-            for (a, b) in x.iter_mut().zip(&tmp) {
-                *a += b;
-            }
-        }
-        // Final norm and LM head only for the rows asked for.
-        let mut rows = Vec::new();
-        let mut t0 = 0;
-        for s in seqs {
-            let len = s.tokens.len();
-            match s.logits {
-                LogitsWanted::None => {}
-                LogitsWanted::Last if len > 0 => rows.push(t0 + len - 1),
-                LogitsWanted::Last => {}
-                LogitsWanted::All => rows.extend(t0..t0 + len),
-            }
-            t0 += len;
-        }
-        let mut hn = vec![0f32; rows.len() * h];
-        for (i, &t) in rows.iter().enumerate() {
-            rms_norm(
-                &x[t * h..(t + 1) * h],
-                &self.final_norm,
-                eps,
-                &mut hn[i * h..(i + 1) * h],
-            );
-        }
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let mut out = Vec::new();
-        linear(&hn, rows.len(), head, None, c.vocab_size, &mut out);
-        logits.extend_from_slice(&out);
-        Ok(())
-    }
 }
 
 /// Loading a model failed.
@@ -650,4 +342,18 @@ pub enum LoadError {
     /// The weights.
     #[error(transparent)]
     Weights(#[from] WeightError),
+    /// The model does not split across the tensor-parallel ranks asked for.
+    #[error("{}: {reason}", dir.display())]
+    Tp {
+        /// Checkpoint directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        reason: TpError,
+    },
+    /// A tensor-parallel worker thread could not start.
+    #[error("could not start a tensor-parallel worker thread: {0}")]
+    Thread(std::io::Error),
 }
+
+#[path = "cpu_forward.rs"]
+mod forward;

@@ -6,8 +6,7 @@ use super::options::{self, LoadFormat};
 use super::reasoning::ReasoningFormat;
 use super::toolcall::ToolFormat;
 use super::{log, AppState, Codec, Info};
-use crate::cpu_backend::CpuBackend;
-use crate::model::CpuModel;
+use crate::cpu_backend::CpuLoaded;
 use crate::tokenizer::{GenerationConfig, Tokenizer};
 use doppel_core::{Backend, Engine, Policy, SamplingParams, Scheduler, SchedulerConfig};
 
@@ -85,6 +84,8 @@ pub struct ServerConfig {
     pub reasoning_parser: Option<String>,
     /// Header and body read timeouts, the connection cap.
     pub conn: ConnLimits,
+    /// Tensor-parallel ranks (`--tp-size`; above 1 only on the CPU for now).
+    pub tp_size: usize,
     /// Record every request as a trace (None: off).
     pub record: Option<super::record::RecordConfig>,
 }
@@ -115,6 +116,7 @@ impl Default for ServerConfig {
             tool_call_parser: None,
             reasoning_parser: None,
             conn: ConnLimits::default(),
+            tp_size: 1,
             record: None,
         }
     }
@@ -421,6 +423,16 @@ impl Prelude {
 impl Server {
     /// Load the model, build the scheduler and start the engine thread on `backend`.
     pub fn build(cfg: ServerConfig, backend: BackendKind) -> Result<Server, ServerError> {
+        if cfg.tp_size == 0 {
+            return Err(ServerError::Config("--tp-size must be at least 1".into()));
+        }
+        if cfg.tp_size > 1 && matches!(backend, BackendKind::Cuda { .. }) {
+            return Err(ServerError::Config(format!(
+                "--tp-size {}: {}",
+                cfg.tp_size,
+                crate::cpu_tp::CUDA_TP_UNBUILT
+            )));
+        }
         let p = Prelude::new(&cfg, Instant::now())?;
         match &backend {
             BackendKind::Cpu => Self::build_cpu(p, &cfg),
@@ -472,20 +484,33 @@ impl Server {
                     .into(),
             ));
         }
-        let (model, report) =
-            CpuModel::load(&dir, false).map_err(|e| ServerError::Load(e.to_string()))?;
+        let (model, report) = CpuLoaded::load(&dir, cfg.tp_size, false)
+            .map_err(|e| ServerError::Load(e.to_string()))?;
         let mc = model.config().clone();
         log::info(&format!(
-            "loaded {:?} from {} in {:.2} s ({:.1} MiB of f32 weights)",
+            "loaded {:?} from {} in {:.2} s ({:.1} MiB of weights{})",
             mc.arch,
             dir.display(),
             report.elapsed.as_secs_f64(),
-            report.weight_bytes as f64 / (1 << 20) as f64
+            report.weight_bytes as f64 / (1 << 20) as f64,
+            match model.tp_size() {
+                1 => String::new(),
+                n => format!(", over {n} tensor-parallel ranks"),
+            }
         ));
         let tok = p.checkpoint(cfg, &dir, &mc.eos_token_ids)?;
         p.sched.kv_capacity_tokens = cfg.kv_capacity.unwrap_or(8192);
         p.sched.context_len = context_len(&mc, cfg, &dir)?;
-        let backend = CpuBackend::new(model, p.sched.capacity_tokens(), cfg.seed);
+        let backend = model
+            .into_backend(p.sched.capacity_tokens(), cfg.seed)
+            .map_err(|e| ServerError::Load(e.to_string()))?;
+        for (r, m) in backend.tp_rank_memory().iter().enumerate() {
+            log::info(&format!(
+                "TP rank {r}: {:.1} MiB of weights, {:.1} MiB of KV cache",
+                m.weights as f64 / (1 << 20) as f64,
+                m.kv as f64 / (1 << 20) as f64
+            ));
+        }
         let facts = Facts {
             codec: Codec::Hf(Arc::new(tok)),
             name: dir_name(&dir),

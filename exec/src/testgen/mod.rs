@@ -53,6 +53,9 @@ pub struct TinySpec {
     pub vocab_size: Option<usize>,
     /// Share embedding and LM head.
     pub tie_word_embeddings: bool,
+    /// config.json's attention_bias: Llama gets q/k/v and o biases, Qwen3 q/k/v biases (Qwen2
+    /// always has q/k/v biases; Mistral never has any).
+    pub attention_bias: bool,
     /// RoPE scaling.
     pub rope_scaling: RopeScaling,
     /// RoPE base.
@@ -85,6 +88,7 @@ impl TinySpec {
             tokenizer_vocab: 384,
             vocab_size: None,
             tie_word_embeddings: !untied,
+            attention_bias: false,
             rope_scaling: if llama {
                 RopeScaling::Llama3 {
                     factor: 8.0,
@@ -242,8 +246,9 @@ fn config_for(spec: &TinySpec, tok_vocab: usize, ids: &[u32]) -> Result<ModelCon
         rope_scaling: spec.rope_scaling,
         max_position_embeddings: spec.max_position_embeddings,
         tie_word_embeddings: spec.tie_word_embeddings,
-        qkv_bias: spec.arch == Arch::Qwen2,
-        o_bias: false,
+        qkv_bias: spec.arch == Arch::Qwen2
+            || (spec.attention_bias && matches!(spec.arch, Arch::Qwen3 | Arch::Llama)),
+        o_bias: spec.attention_bias && spec.arch == Arch::Llama,
         qk_norm: spec.arch == Arch::Qwen3,
         bos_token_id: Some(if llama { ids[3] } else { ids[0] }),
         eos_token_ids: if llama {
