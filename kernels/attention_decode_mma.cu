@@ -1,4 +1,4 @@
-// Decode attention on tensor cores (run 15): the same split-KV plan, arguments, q/k pass and
+// Decode attention on tensor cores (docs/cuda.md, "Decode attention"): the same split-KV plan, arguments, q/k pass and
 // outputs as the V3 kernels (attention_decode.cu), with the math of the GQA extend attention.
 //
 // The V3 kernels spend ~55 issued instructions per key and head group on CUDA-core dot products,
@@ -191,7 +191,7 @@ __device__ void decode_mma_impl(DECODE_IMPL_PARAMS) {
 #define DECODE_MMA(NAME, D, MG, S, MINB) DECODE_ENTRY(NAME, MINB, decode_mma_impl<D, MG, S>)
 
 // Three stages per warp: 109 KB of shared memory at D = 128 (two blocks per SM), 58 KB at D = 64.
-// On the H100 three beat two (74 KB, three blocks per SM) at every batch size measured (run 15).
+// On the H100 three beat two (74 KB, three blocks per SM) at every batch size measured (H100).
 DECODE_MMA(attention_decode_mma_d64_g1, 64, 1, 3, 3)
 DECODE_MMA(attention_decode_mma_d64_g2, 64, 2, 3, 3)
 DECODE_MMA(attention_decode_mma_d64_g4, 64, 4, 3, 3)

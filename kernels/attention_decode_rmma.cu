@@ -1,4 +1,4 @@
-// Decode attention on tensor cores fed from registers (run 19): the V3 kernels' split plan,
+// Decode attention on tensor cores fed from registers (docs/cuda.md, "Decode attention"): the V3 kernels' split plan,
 // arguments, folded q/k pass and outputs (attention_decode.cu), with each warp's 8-key tiles
 // loaded straight from global memory into mma fragments, with no shared-memory staging.
 //
@@ -20,7 +20,7 @@
 //   - S's accumulators c0, c1 hold P[head r][keys 2j, 2j + 1]: exactly B's register of the
 //     P V product for head column r. The output holds O[heads 2j, 2j + 1][d(t), d(t) + 1].
 // ~4M instructions at batch 64 (Qwen3-0.6B shape) against V3's 8.2M, but no faster there: ncu
-// shows both stalled on their loads at ~1.7 TB/s (docs/cuda.md, run 19). The 16-key tile
+// shows both stalled on their loads at ~1.7 TB/s (docs/cuda.md, "Decode attention"). The 16-key tile
 // (m16n8k16 for P V: more bytes in flight) spilled at 128 registers and was slower; so was
 // requesting the next tile before this one's math.
 #include <cuda_bf16.h>

@@ -1,6 +1,5 @@
-// Prefill / extend attention, GQA-packed (run 6; the model's default). The per-head kernels of
-// run 5 are in attention_extend.cu; the math (mma.sync m16n8k16, online softmax in exp2 units)
-// is the same.
+// Prefill / extend attention, GQA-packed (docs/cuda.md, "Prefill attention"): mma.sync m16n8k16,
+// online softmax in exp2 units.
 #include <cuda_bf16.h>
 
 #define BM 64
@@ -12,7 +11,7 @@
 // contiguous read). Every K/V tile the block brings into shared memory therefore serves all the
 // q heads that read it, and the tiles are fetched with cp.async into a ring of STAGES buffers, so
 // the next tiles' loads are in flight during this tile's tensor-core work (the register prefetch
-// of run 3 cost 230 registers; cp.async costs none). Per warp, key tiles wholly after the warp's
+// of an earlier version cost 230 registers; cp.async costs none). Per warp, key tiles wholly after the warp's
 // last query are skipped, and only the diagonal tile computes the causal mask.
 // Tile list (host): tile i is rows [tile_f0[i], +64) of entry tile_entry[i]; entries with the
 // heaviest tile (most keys) first, each entry's tiles heaviest first, so long blocks do not form
@@ -82,7 +81,7 @@ __device__ __forceinline__ void q_norm_rope_row(__nv_bfloat16* rowp, int half, b
 // than re-read from shared memory with ldmatrix for every key tile.
 // KVH_FAST: block x is (tile, kv head) with the kv head fastest, so the nk blocks of a tile run
 // together and read whole q rows and whole K/V cache slots between them (DRAM locality);
-// otherwise tile fastest (run 6's first version).
+// otherwise tile fastest (measured slower).
 // q_rope: q in qkv is raw (before q norm and RoPE): apply them while loading (the fused
 // qk_norm_rope_store then only handles k and v).
 template <int D, int BN, int STAGES, bool QREG, bool KVH_FAST>
@@ -285,9 +284,3 @@ __device__ void attention_extend_gqa_impl(__nv_bfloat16* __restrict__ out,
 
 ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d64, 64, 32, 2, true, true, 4)
 ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128, 128, 32, 2, true, true, 3)
-// Candidates measured against the above (docs/cuda.md, run 6).
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_kvh_major, 128, 32, 2, true, false, 3)
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_qsmem, 128, 32, 2, false, true, 3)
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_qsmem_b4, 128, 32, 2, false, true, 4)
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_s3, 128, 32, 3, true, true, 3)
-ATTN_EXTEND_GQA_ENTRY(attention_extend_gqa_d128_bn64, 128, 64, 2, true, true, 2)

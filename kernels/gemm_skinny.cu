@@ -246,7 +246,7 @@ __device__ __forceinline__ void sk_body(__nv_bfloat16* __restrict__ y, const __n
     }
     if (!last_of_splits(counters + tile, S)) return;
     // Every thread sums EPT elements over the splits with all their loads issued together (the
-    // adds stay in split order): run 6 measured a one-load-at-a-time tail at ~10 us.
+    // adds stay in split order): a one-load-at-a-time tail measured ~10 us.
     constexpr int EPT = 4, MAXS = 8;
     for (int e0 = threadIdx.x; e0 < total; e0 += EPT * SK_THREADS) {
         float v[EPT], u[EPT];

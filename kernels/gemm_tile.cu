@@ -312,7 +312,7 @@ __device__ __forceinline__ void gt_body(__nv_bfloat16* __restrict__ y, const __n
         }
         if (!last_of_splits(counters + tile, S)) return;
         // Every thread sums 4 adjacent outputs over the splits, all S loads issued together
-        // (a tail of dependent scalar loads cost ~8 us per launch in run 13), adds in split order.
+        // (a tail of dependent scalar loads cost ~8 us per launch on the H100), adds in split order.
         constexpr int MAXS = 8;
         const bool vec = (N & 3) == 0 && (ldy & 3) == 0;
         for (int e = threadIdx.x; e < M * (NT / 4); e += GT_THREADS) {

@@ -118,7 +118,8 @@ extern "C" __global__ void qk_rmsnorm(__nv_bfloat16* __restrict__ qkv,
 // after it, so that (x / rms(x) * nw) Wᵀ = (x Wᵀ') / rms(x) and the projection can run on the raw
 // rows, the 1 / rms(x) applied by whoever reads its output (the decode attention's q/k pass).
 // Done once at load. cols % 8 == 0. Grid-stride over 8-element chunks, block 256.
-extern "C" __global__ void scale_cols(__nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ w,
+// out may alias w (the fold runs in place at load): each element is read, then written, by one thread.
+extern "C" __global__ void scale_cols(__nv_bfloat16* out, const __nv_bfloat16* w,
                                       const __nv_bfloat16* __restrict__ nw, int rows, int cols) {
     pdl_enter();
     const size_t n = (size_t)rows * cols / 8;

@@ -154,17 +154,6 @@ extern "C" __global__ void __launch_bounds__(256) argmax_rows_split(unsigned int
     }
 }
 
-// out[r] = argmax(logits[r, :]). Grid (n), block 1024.
-extern "C" __global__ void __launch_bounds__(NT) argmax_rows(unsigned int* __restrict__ out,
-                                                             const float* __restrict__ logits,
-                                                             int n, int vocab) {
-    pdl_enter();
-    int r = blockIdx.x;
-    if (r >= n) return;
-    ArgMax a = row_argmax(logits + (size_t)r * vocab, vocab);
-    if (threadIdx.x == 0) out[r] = a.i;
-}
-
 __device__ __forceinline__ float prob(float logit, float m, float inv_t, float inv_z) {
     if (logit != logit) return 0.f;
     return expf((logit - m) * inv_t) * inv_z;

@@ -37,41 +37,23 @@ pub struct BenchOneBatchArgs {
     #[arg(long)]
     no_gemm_tuning: bool,
     /// Decode steps of at most this many rows run the tensor-core decode attention, larger ones
-    /// the CUDA-core kernels (0: never; default: the engine's choice, 8).
+    /// the CUDA-core kernels (0: never; default: the engine's threshold, see
+    /// `KernelChoice::decode_mma_max_tokens`).
     #[arg(long)]
     decode_mma_max_rows: Option<usize>,
     /// Decode steps above the tensor-core kernel's rows and up to this many run the tensor-core
-    /// decode attention fed from registers (0: never; default: the engine's choice; see
+    /// decode attention fed from registers (0: never; default: the engine's threshold, see
     /// `KernelChoice::decode_reg_mma_max_tokens`).
     #[arg(long)]
     decode_reg_mma_max_rows: Option<usize>,
-    /// Decode attention with the folded q/k pass requests its first keys after waiting for the
-    /// previous kernel but before the pass (see `KernelChoice::decode_kv_before_qk`).
-    #[arg(long)]
-    decode_kv_before_qk: bool,
     /// Decode steps of at least this many rows ask the o projection's weights into L2 from the
-    /// decode attention (default: the engine's choice, 32; see
+    /// decode attention (default: the engine's threshold, see
     /// `KernelChoice::decode_prefetch_o_min_rows`).
     #[arg(long)]
     decode_prefetch_o_min_rows: Option<usize>,
     /// No o-weights prefetch from the decode attention at any batch size.
     #[arg(long, conflicts_with = "decode_prefetch_o_min_rows")]
     no_decode_prefetch_o: bool,
-    /// The o-weights prefetch at each attention block's start instead of its end.
-    #[arg(long)]
-    decode_prefetch_o_start: bool,
-    /// Fold the greedy argmax into the LM head (no f32 logits written and read back) at 2-64
-    /// rows; off by default (see `KernelChoice::lm_head_argmax`).
-    #[arg(long)]
-    lm_argmax: bool,
-    /// Run the RMSNorm before the qkv projection as its own kernel in decode steps (the default
-    /// folds it: the projection of the raw residual stream, 1 / rms applied in the attention).
-    #[arg(long)]
-    no_qkv_prenorm: bool,
-    /// The tiled gate/up GEMM multiplies by the post-attention norm weight itself (the default
-    /// reads gate/up weights with it folded in).
-    #[arg(long)]
-    no_gate_up_prenorm: bool,
 }
 
 pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
@@ -89,31 +71,20 @@ pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
         let store = doppel_exec::model::WeightStore::open(&a.model)?;
         GpuModel::load(&gpu, &cfg, &store, ctx)?
     };
-    model.kernels.gemm_lt = !a.no_gemm_tuning;
+    if a.no_gemm_tuning {
+        model.kernels.gemm_lt_min_tokens = usize::MAX;
+    }
     if let Some(n) = a.decode_mma_max_rows {
         model.kernels.decode_mma_max_tokens = n;
     }
     if let Some(n) = a.decode_reg_mma_max_rows {
         model.kernels.decode_reg_mma_max_tokens = n;
     }
-    if a.decode_kv_before_qk {
-        model.kernels.decode_kv_before_qk = true;
-    }
     if let Some(n) = a.decode_prefetch_o_min_rows {
         model.kernels.decode_prefetch_o_min_rows = n;
     }
     if a.no_decode_prefetch_o {
         model.kernels.decode_prefetch_o_min_rows = usize::MAX;
-    }
-    model.kernels.decode_prefetch_o_early = a.decode_prefetch_o_start;
-    if a.lm_argmax {
-        model.kernels.lm_head_argmax = true;
-    }
-    if a.no_qkv_prenorm {
-        model.kernels.qkv_prenorm = false;
-    }
-    if a.no_gate_up_prenorm {
-        model.kernels.gate_up_prenorm = false;
     }
     let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
     eprintln!(
@@ -140,7 +111,7 @@ pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
             "batch {}: GEMM shapes measured in {:.0} ms ({})",
             r.batch_size,
             r.gemm_tune_ms,
-            if model.kernels.gemm_lt {
+            if !a.no_gemm_tuning {
                 "fastest of cublasGemmEx and cuBLASLt per shape"
             } else {
                 "off: cublasGemmEx default"

@@ -8,7 +8,7 @@ mod cuda_common;
 use cuda_common::kv::{decode_entries, KvSetup};
 use cuda_common::{f64s, open_gpu, Report, Rng};
 use doppel_exec::cuda::attention::{
-    AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant, QRope,
+    AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, QRope,
 };
 use doppel_exec::cuda::Gpu;
 use half::bf16;
@@ -32,7 +32,7 @@ fn attention_matches_cpu_reference() {
         attention_extend_q_rope(&gpu, &mut rng, &mut rep, nq, nk, d, norm);
     }
     // Every register-array size of the decode kernel (groups 1, 2, 3 of 4, 4, 8 at D 64 and
-    // 128), with and without the combine folded in, and the run-2 kernel kept for benchmarks.
+    // 128), with and without the combine folded in.
     for (nq, nk, d) in [
         (8, 8, 64),
         (16, 8, 64),
@@ -44,8 +44,7 @@ fn attention_matches_cpu_reference() {
         attention_decode(&gpu, &mut rng, &mut rep, nq, nk, d, Which::Fused);
     }
     for (nq, nk, d) in [(16, 8, 128), (16, 8, 64)] {
-        attention_decode(&gpu, &mut rng, &mut rep, nq, nk, d, Which::V3);
-        attention_decode(&gpu, &mut rng, &mut rep, nq, nk, d, Which::V2);
+        attention_decode(&gpu, &mut rng, &mut rep, nq, nk, d, Which::Combine);
     }
     decode_graph_replay(&gpu, &mut rng, &mut rep);
     rep.finish();
@@ -138,48 +137,26 @@ fn attention_extend(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, nq: usize, nk: u
     let shape = kv.shape(nq, nk, d, q_stride);
     let meta = ExtendMeta::new(gpu, &entries, t, kv.rows, kv.stride, nq / nk).unwrap();
     let reference = attn_ref(&q, &shape, &kv, &entries, t);
-    let variants: &[ExtendVariant] = if d == 128 {
-        &[
-            ExtendVariant::Gqa,
-            ExtendVariant::GqaQSmem,
-            ExtendVariant::GqaQSmemB4,
-            ExtendVariant::GqaStages3,
-            ExtendVariant::GqaBn64,
-            ExtendVariant::GqaKvhMajor,
-            ExtendVariant::Fast,
-            ExtendVariant::Prefetch,
-            ExtendVariant::Bn64,
-            ExtendVariant::ScalarV,
-        ]
-    } else {
-        &[
-            ExtendVariant::Gqa,
-            ExtendVariant::Fast,
-            ExtendVariant::Prefetch,
-        ]
-    };
-    for &var in variants {
-        let dout = gpu
-            .upload(&vec![bf16::from_f32(f32::NAN); t * nq * d])
-            .unwrap();
-        gpu.attention_extend(
-            gpu.ptr(&dout),
-            gpu.ptr(&dq),
-            kv.view(gpu),
-            &meta,
-            &shape,
-            var,
-        )
+    let dout = gpu
+        .upload(&vec![bf16::from_f32(f32::NAN); t * nq * d])
         .unwrap();
-        let out = gpu.download(&dout).unwrap();
-        compare_rows(
-            rep,
-            &format!("attention_extend {var:?} nq={nq} nk={nk} D={d} T={t}"),
-            &out,
-            &reference,
-            1e-2,
-        );
-    }
+    gpu.attention_extend(
+        gpu.ptr(&dout),
+        gpu.ptr(&dq),
+        kv.view(gpu),
+        &meta,
+        &shape,
+        None,
+    )
+    .unwrap();
+    let out = gpu.download(&dout).unwrap();
+    compare_rows(
+        rep,
+        &format!("attention_extend nq={nq} nk={nk} D={d} T={t}"),
+        &out,
+        &reference,
+        1e-2,
+    );
 }
 
 /// The GQA extend kernel on raw q with q norm (optional) + RoPE applied on load, against the
@@ -242,38 +219,27 @@ fn attention_extend_q_rope(
         cos_sin: gpu.ptr(&cos),
         eps: 1e-6,
     };
-    let variants: &[ExtendVariant] = if d == 128 {
-        &[
-            ExtendVariant::Gqa,
-            ExtendVariant::GqaQSmem,
-            ExtendVariant::GqaKvhMajor,
-        ]
-    } else {
-        &[ExtendVariant::Gqa]
-    };
-    for &var in variants {
-        let dout = gpu
-            .upload(&vec![bf16::from_f32(f32::NAN); t * nq * d])
-            .unwrap();
-        gpu.attention_extend_rope(
-            gpu.ptr(&dout),
-            gpu.ptr(&draw),
-            kv.view(gpu),
-            &meta,
-            &shape,
-            var,
-            Some(&rope),
-        )
+    let dout = gpu
+        .upload(&vec![bf16::from_f32(f32::NAN); t * nq * d])
         .unwrap();
-        let out = gpu.download(&dout).unwrap();
-        compare_rows(
-            rep,
-            &format!("attention_extend {var:?} + q norm={norm}/RoPE nq={nq} nk={nk} D={d}"),
-            &out,
-            &reference,
-            1e-2,
-        );
-    }
+    let view = kv.view(gpu);
+    gpu.attention_extend(
+        gpu.ptr(&dout),
+        gpu.ptr(&draw),
+        view,
+        &meta,
+        &shape,
+        Some(&rope),
+    )
+    .unwrap();
+    let out = gpu.download(&dout).unwrap();
+    compare_rows(
+        rep,
+        &format!("attention_extend + q norm={norm}/RoPE nq={nq} nk={nk} D={d}"),
+        &out,
+        &reference,
+        1e-2,
+    );
     // The raw q is left as it was (the kernel transforms its shared-memory copy).
     rep.exact(
         "attention_extend q rope leaves q untouched",
@@ -284,8 +250,7 @@ fn attention_extend_q_rope(
 
 #[derive(Clone, Copy, Debug)]
 enum Which {
-    V2,
-    V3,
+    Combine,
     Fused,
 }
 
@@ -313,44 +278,38 @@ fn attention_decode(
     // One counter buffer for all launches: the fused kernel must leave it zeroed.
     let counters = gpu.zeros::<u32>(entries.len() * nk).unwrap();
     let variant = match which {
-        Which::V2 => DecodeVariant::V2,
-        Which::V3 => DecodeVariant::V3,
-        Which::Fused => DecodeVariant::V3Fused(gpu.ptr(&counters)),
+        Which::Combine => DecodeVariant::Combine,
+        Which::Fused => DecodeVariant::Fused(gpu.ptr(&counters)),
     };
     // split_min_keys 40 (the model's default) leaves some launched splits empty on the short
     // sequences (1, 33, 64 keys) and uses fewer on the others.
-    // Pipelined: the kernels that request the next keys first (groups 1-2; others ignore it).
     // Early: the first keys requested before the wait (the newest one after it).
     // Mma: the tensor-core kernel instead of the CUDA-core ones.
     // Rmma: the tensor-core kernel fed from registers (where mma is off).
-    for (splits, min_keys, pipe, early, mma, rmma) in [
-        (1usize, 1usize, false, false, false, false),
-        (7, 1, false, true, false, false),
-        (32, 1, false, false, false, false),
-        (7, 40, false, true, false, false),
-        (32, 40, false, true, false, false),
-        (1, 1, true, true, false, false),
-        (7, 40, true, false, false, false),
-        (32, 1, true, true, false, false),
-        (1, 1, false, false, true, false),
-        (1, 40, false, true, true, false),
-        (7, 1, false, true, true, false),
-        (7, 40, false, false, true, false),
-        (32, 1, false, true, true, false),
-        (32, 40, false, false, true, false),
-        (1, 1, false, false, false, true),
-        (1, 40, false, true, false, true),
-        (7, 1, false, false, false, true),
-        (7, 40, true, true, false, true),
-        (32, 1, false, false, false, true),
-        (32, 40, false, true, false, true),
+    for (splits, min_keys, early, mma, rmma) in [
+        (1usize, 1usize, false, false, false),
+        (7, 1, true, false, false),
+        (32, 1, false, false, false),
+        (7, 40, true, false, false),
+        (32, 40, true, false, false),
+        (1, 1, true, false, false),
+        (7, 40, false, false, false),
+        (32, 1, true, false, false),
+        (1, 1, false, true, false),
+        (1, 40, true, true, false),
+        (7, 1, true, true, false),
+        (7, 40, false, true, false),
+        (32, 1, true, true, false),
+        (32, 40, false, true, false),
+        (1, 1, false, false, true),
+        (1, 40, true, false, true),
+        (7, 1, false, false, true),
+        (7, 40, true, false, true),
+        (32, 1, false, false, true),
+        (32, 40, true, false, true),
     ] {
-        if (mma || rmma) && matches!(which, Which::V2) {
-            continue; // the run-2 kernel has no tensor-core form
-        }
         let shape = AttnShape {
             split_min_keys: min_keys,
-            decode_pipelined: pipe,
             decode_early_kv: early,
             decode_mma: mma,
             decode_reg_mma: rmma,
@@ -362,14 +321,13 @@ fn attention_decode(
         let dout = gpu
             .upload(&vec![bf16::from_f32(f32::NAN); t * nq * d])
             .unwrap();
-        gpu.attention_decode_variant(
+        gpu.attention_decode(
             gpu.ptr(&dout),
             gpu.ptr(&dq),
             kv.view(gpu),
             &meta,
             &shape,
-            gpu.ptr(&po),
-            gpu.ptr(&pm),
+            (gpu.ptr(&po), gpu.ptr(&pm)),
             splits,
             variant,
             None,
@@ -380,7 +338,7 @@ fn attention_decode(
             rep,
             &format!(
                 "attention_decode {which:?} nq={nq} nk={nk} D={d} kv<=8191 splits={splits} \
-                 min keys {min_keys} pipelined {pipe} early {early} tensor cores {mma} \
+                 min keys {min_keys} early {early} tensor cores {mma} \
                  from registers {rmma}"
             ),
             &out,
@@ -417,9 +375,10 @@ fn decode_graph_replay(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
                 kv.view(gpu),
                 &meta,
                 &shape,
-                gpu.ptr(&po),
-                gpu.ptr(&pm),
+                (gpu.ptr(&po), gpu.ptr(&pm)),
                 splits,
+                DecodeVariant::Combine,
+                None,
             )
         })
         .unwrap();

@@ -20,11 +20,9 @@ use cuda_common::{open_gpu, Rng};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaGraph, CudaSlice};
 use doppel_exec::cuda::attention::{
-    decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta, ExtendVariant,
+    decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta,
 };
-use doppel_exec::cuda::model::{
-    DecodeKernel, GpuModel, KvPool, RowSampling, StepInput, TileUse, TokenPick, Workspace,
-};
+use doppel_exec::cuda::model::{GpuModel, KvPool, RowSampling, StepInput, TokenPick, Workspace};
 use doppel_exec::cuda::skinny::{skinny_plan, SkinnyEpilogue, SkinnyScratch, SKINNY_COUNTERS};
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{Arch, ModelConfig, RopeScaling};
@@ -236,19 +234,6 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let ms = time_ms(gpu, 5, 1, || {
             extend_step(gpu, &model, &kv, &ws, s.ids.len(), &meta, b)
         });
-        // The same prefill with run 5's extend attention (one q head per block), same process.
-        let default_extend = model.kernels.extend;
-        model.kernels.extend = ExtendVariant::Fast;
-        let ms_old = time_ms(gpu, 5, 1, || {
-            extend_step(gpu, &model, &kv, &ws, s.ids.len(), &meta, b)
-        });
-        model.kernels.extend = default_extend;
-        // And with q norm + RoPE done in the q/k pass instead of the extend kernel.
-        model.kernels.extend_q_rope = false;
-        let ms_qpass = time_ms(gpu, 5, 1, || {
-            extend_step(gpu, &model, &kv, &ws, s.ids.len(), &meta, b)
-        });
-        model.kernels.extend_q_rope = true;
         // And with programmatic dependent launch off (plain launches), same process.
         let pdl = gpu.pdl();
         gpu.set_pdl(false);
@@ -281,33 +266,10 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
             ms,
             floor
         );
-        model.kernels.proj_resadd = false;
-        let ms_sep = time_ms(gpu, 5, 1, || {
-            extend_step(gpu, &model, &kv, &ws, s.ids.len(), &meta, b)
-        });
-        model.kernels.proj_resadd = true;
         println!(
             "{:<34} {:>10.3} {:>12.3}",
             format!("prefill {b} x 128 (PDL off)"),
             ms_nopdl,
-            floor
-        );
-        println!(
-            "{:<34} {:>10.3} {:>12.3}",
-            format!("prefill {b} x 128 (separate res add)"),
-            ms_sep,
-            floor
-        );
-        println!(
-            "{:<34} {:>10.3} {:>12.3}",
-            format!("prefill {b} x 128, run-5 extend"),
-            ms_old,
-            floor
-        );
-        println!(
-            "{:<34} {:>10.3} {:>12.3}",
-            format!("prefill {b} x 128, q rope in q/k pass"),
-            ms_qpass,
             floor
         );
 
@@ -342,31 +304,6 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
                 );
             }
         }
-        if model.tile_plans(b, sms).iter().any(Option::is_some) {
-            let t = |model: &GpuModel| {
-                let g = decode_graph(gpu, model, &kv, &ws, &meta, b, splits);
-                time_ms(gpu, 15, 10, || g.launch().unwrap())
-            };
-            let mut rows = Vec::new();
-            for (label, use_) in [
-                ("tiled gate/up (default)", TileUse::GateUp),
-                ("cuBLAS + separate kernels", TileUse::Off),
-                ("all four projections tiled", TileUse::All),
-                ("tiled gate/up, again", TileUse::GateUp),
-            ] {
-                model.kernels.tile_gemm = use_;
-                rows.push((label, t(&model)));
-            }
-            model.kernels.tile_gemm = TileUse::GateUp;
-            for (label, v) in rows {
-                println!(
-                    "{:<34} {:>10.3} {:>12}",
-                    format!("decode b={b} graph, {label}"),
-                    v,
-                    ""
-                );
-            }
-        }
         let eager = time_ms(gpu, 9, 3, || {
             model
                 .forward(
@@ -390,221 +327,87 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
         let replay_nopdl = time_ms(gpu, 15, 10, || graph_nopdl.launch().unwrap());
         // PDL on again, replayed after the plain graph: a second sample of the default.
         let replay2 = time_ms(gpu, 15, 10, || graph.launch().unwrap());
-        // The decode combine always folded into the last split block (one launch per layer).
-        let decode_kernel = model.kernels.decode;
-        model.kernels.decode = DecodeKernel::V3Fused;
-        let graph_fused = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-        model.kernels.decode = decode_kernel;
-        let replay_fused = time_ms(gpu, 15, 10, || graph_fused.launch().unwrap());
-        // The q/k pass as its own kernel before the decode attention (above the GEMV sizes).
-        model.kernels.decode_qk_post = false;
-        let graph_qk = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-        model.kernels.decode_qk_post = true;
-        let replay_qk = time_ms(gpu, 15, 10, || graph_qk.launch().unwrap());
-        model.kernels.decode_prefetch_rows = false;
-        let graph_rows = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-        model.kernels.decode_prefetch_rows = true;
-        let replay_rows = time_ms(gpu, 15, 10, || graph_rows.launch().unwrap());
-        model.kernels.decode_early_kv = false;
-        let graph_late = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-        model.kernels.decode_early_kv = true;
-        let replay_late = time_ms(gpu, 15, 10, || graph_late.launch().unwrap());
-        // The decode attention on CUDA cores (the V3 kernels), on tensor cores through shared
-        // memory and on tensor cores fed from registers, whichever the default picks here.
-        let (mma, rmma) = (
-            model.kernels.decode_mma_max_tokens,
-            model.kernels.decode_reg_mma_max_tokens,
-        );
-        let mut mma_rows = Vec::new();
-        for (what, max, reg) in [
-            ("attention on CUDA cores (V3)", 0usize, 0usize),
-            ("attention on tensor cores (shared memory)", usize::MAX, 0),
-            ("attention on tensor cores (registers)", 0, usize::MAX),
-        ] {
-            model.kernels.decode_mma_max_tokens = max;
-            model.kernels.decode_reg_mma_max_tokens = reg;
+        // The other sides of the plan's thresholds (KernelChoice), each its own graph.
+        let saved = model.kernels;
+        type Set = fn(&mut doppel_exec::cuda::model::KernelChoice, usize);
+        let alternatives: [(&str, Set); 7] = [
+            ("attention on CUDA cores (V3)", |k, _| {
+                k.decode_mma_max_tokens = 0;
+                k.decode_reg_mma_max_tokens = 0;
+            }),
+            ("attention on tensor cores (shared memory)", |k, _| {
+                k.decode_mma_max_tokens = usize::MAX
+            }),
+            ("attention on tensor cores (registers)", |k, _| {
+                k.decode_mma_max_tokens = 0;
+                k.decode_reg_mma_max_tokens = usize::MAX;
+            }),
+            ("o weights prefetched by the attention", |k, _| {
+                k.decode_prefetch_o_min_rows = 0
+            }),
+            ("no o weights prefetch", |k, _| {
+                k.decode_prefetch_o_min_rows = usize::MAX
+            }),
+            ("cuBLAS above the GEMV, cuBLAS LM head", |k, _| {
+                k.skinny_max_tokens = 0;
+                k.lm_head_gemv_max = 0;
+            }),
+            // Up to 8 tokens the norm-folded GEMVs, above the skinny GEMM up to 64 tokens.
+            ("GEMVs / skinny GEMM up to b", |k, b| {
+                if b <= 8 {
+                    k.gemv_max_tokens = b
+                } else {
+                    k.skinny_max_tokens = 64
+                }
+            }),
+        ];
+        let mut rows = Vec::new();
+        for (what, set) in alternatives {
+            set(&mut model.kernels, b);
             let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-            model.kernels.decode_mma_max_tokens = mma;
-            model.kernels.decode_reg_mma_max_tokens = rmma;
-            mma_rows.push((
+            model.kernels = saved;
+            rows.push((
                 what.to_string(),
                 time_ms(gpu, 15, 10, || g.launch().unwrap()),
             ));
         }
-        // Switches timed against each other, twice each: the LM head as separate kernels (f32
-        // logits, then the argmax) or with the argmax folded in (at every batch size here); the
-        // RMSNorm before qkv folded (the projection of the raw rows, 1 / rms in the attention's
-        // q/k pass) or its own kernel; the tiled gate/up GEMM (b > 16) on weights with the norm
-        // weight folded in or multiplying by it itself.
-        let lm = model.kernels;
-        type Switch = fn(&mut doppel_exec::cuda::model::KernelChoice, bool);
-        let switches: [(&str, &str, Switch); 3] = [
-            (
-                "argmax in the LM head",
-                "LM head + argmax kernel",
-                |k, on| {
-                    k.lm_head_argmax = on;
-                    k.lm_argmax_min_rows = 1;
-                },
-            ),
-            (
-                "qkv on the raw rows",
-                "RMSNorm kernel before qkv",
-                |k, on| k.qkv_prenorm = on,
-            ),
-            (
-                "gate/up weights with the norm folded in",
-                "gate/up norm weight in the GEMM",
-                |k, on| k.gate_up_prenorm = on,
-            ),
-        ];
-        for (on_label, off_label, set) in switches {
-            for (on, again) in [
-                (false, ""),
-                (true, ""),
-                (false, ", again"),
-                (true, ", again"),
-            ] {
-                set(&mut model.kernels, on);
-                let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-                model.kernels = lm;
-                let label = format!("{}{again}", if on { on_label } else { off_label });
-                mma_rows.push((label, time_ms(gpu, 15, 10, || g.launch().unwrap())));
-            }
-        }
-        let replay3 = time_ms(gpu, 15, 10, || graph.launch().unwrap());
-        // Other fewest-keys-per-split settings (1: every launched split used, as before) and
-        // more launched splits.
-        let mut fewer_splits = Vec::new();
+        rows.push((
+            "default, third sample".into(),
+            time_ms(gpu, 15, 10, || graph.launch().unwrap()),
+        ));
+        // Other fewest-keys-per-split settings (1: every launched split used) and more launched
+        // splits (10 at ~160 keys: what a graph captured for a longer context runs).
         let min_keys = model.kernels.decode_split_min_keys;
-        // (10 launched splits at ~160 keys: what a graph captured for a longer context runs.)
-        // min keys 0 stands for the default split plan with the non-pipelined decode kernel.
-        for (sp, mk) in [(splits, 0usize), (splits, 1), (10, min_keys), (10, 1)] {
+        for (sp, mk) in [(splits, 1usize), (10, min_keys), (10, 1)] {
             if (sp, mk) == (splits, min_keys) {
                 continue;
             }
-            let pipelined = model.kernels.decode_pipelined;
-            if mk == 0 {
-                model.kernels.decode_pipelined = false;
-            }
-            model.kernels.decode_split_min_keys = if mk == 0 { min_keys } else { mk };
+            model.kernels.decode_split_min_keys = mk;
             let g = decode_graph(gpu, &model, &kv, &ws, &meta, b, sp);
             model.kernels.decode_split_min_keys = min_keys;
-            model.kernels.decode_pipelined = pipelined;
-            fewer_splits.push((sp, mk, time_ms(gpu, 15, 10, || g.launch().unwrap())));
+            let what = format!("{sp} of {splits} splits, min keys {mk}");
+            rows.push((what, time_ms(gpu, 15, 10, || g.launch().unwrap())));
         }
-        // The same step with the separate (unfused) kernels, for comparison.
-        model.fused = false;
-        let graph2 = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-        model.fused = true;
-        let unfused = time_ms(gpu, 15, 10, || graph2.launch().unwrap());
-        // The same step with run 5's projections (cuBLAS above the GEMV, separate residual adds).
-        let saved = model.kernels;
-        model.kernels.skinny_max_tokens = 0;
-        model.kernels.proj_resadd = false;
-        model.kernels.lm_head_gemv_max = 0;
-        model.kernels.qkv_post_fused = false;
-        let gemv_max = model.gemv_max_tokens;
-        model.gemv_max_tokens = 4;
-        let graph3 = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-        model.kernels = saved;
-        model.gemv_max_tokens = gemv_max;
-        let old_proj = time_ms(gpu, 15, 10, || graph3.launch().unwrap());
-        // The other side of each default: up to 8 tokens the norm-folded GEMVs (run 5's choice
-        // up to 4), above the skinny GEMM up to 64 tokens instead of cuBLAS.
-        let variant = if b <= 8 {
-            model.gemv_max_tokens = b;
-            "norm-folded GEMVs"
-        } else {
-            model.kernels.skinny_max_tokens = 64;
-            "skinny GEMM up to 64"
-        };
-        let graph4 = decode_graph(gpu, &model, &kv, &ws, &meta, b, splits);
-        model.gemv_max_tokens = gemv_max;
-        model.kernels = saved;
-        let other = time_ms(gpu, 15, 10, || graph4.launch().unwrap());
         let kv_bytes = (b * 160 * model.kv_bytes_per_slot()) as f64;
         let floor = (model.weight_bytes as f64 + kv_bytes) / bw * 1e3;
-        println!(
-            "{:<34} {:>10.3} {:>12.3}",
-            format!("decode b={b} (eager)"),
-            eager,
-            floor
-        );
-        println!(
-            "{:<34} {:>10.3} {:>12.3}",
-            format!("decode b={b} (CUDA graph replay)"),
-            replay,
-            floor
-        );
-        println!(
-            "{:<34} {:>10.3} {:>12.3}",
-            format!("decode b={b} (graph, PDL off)"),
-            replay_nopdl,
-            floor
-        );
-        println!(
-            "{:<34} {:>10.3} {:>12.3}",
-            format!("decode b={b} (graph, PDL on, again)"),
-            replay2,
-            floor
-        );
-        println!(
-            "{:<34} {:>10.3} {:>12.3}",
-            format!("decode b={b} (graph, combine fused)"),
-            replay_fused,
-            floor
-        );
-        // (The q/k pass folds into the attention only above the GEMV sizes.)
-        let mut rows: Vec<(String, f64)> = [
-            ("q/k pass own kernel", replay_qk),
-            ("KV prefetch of its own head", replay_rows),
-            ("first keys requested after the wait", replay_late),
-        ]
-        .map(|(w, t)| (w.to_string(), t))
-        .into();
-        rows.extend(mma_rows);
-        rows.push(("default, third sample".into(), replay3));
-        for (what, ms) in rows {
-            if b > 8 || what != "q/k pass own kernel" {
-                println!(
-                    "{:<34} {:>10.3} {:>12.3}",
-                    format!("decode b={b} (graph, {what})"),
-                    ms,
-                    floor
-                );
-            }
-        }
-        for (sp, mk, ms) in &fewer_splits {
-            let what = if *mk == 0 {
-                "decode attention not pipelined".to_string()
-            } else {
-                format!("{sp} of {splits} splits, min keys {mk}")
-            };
+        for (what, ms) in [
+            ("eager", eager),
+            ("CUDA graph replay", replay),
+            ("graph, PDL off", replay_nopdl),
+            ("graph, PDL on, again", replay2),
+        ] {
             println!(
                 "{:<34} {:>10.3} {:>12.3}",
-                format!("decode b={b} (graph, {what})"),
+                format!("decode b={b} ({what})"),
                 ms,
                 floor
             );
         }
-        println!(
-            "{:<34} {:>10.3} {:>12.3}",
-            format!("decode b={b} (graph, unfused kernels)"),
-            unfused,
-            floor
-        );
-        println!(
-            "{:<34} {:>10.3} {:>12.3}",
-            format!("decode b={b} (graph, run-5 kernels)"),
-            old_proj,
-            floor
-        );
-        if b > 1 {
+        for (what, ms) in rows {
             println!(
                 "{:<34} {:>10.3} {:>12.3}",
-                format!("decode b={b} (graph, {variant})"),
-                other,
+                format!("decode b={b} (graph, {what})"),
+                ms,
                 floor
             );
         }

@@ -8,7 +8,7 @@ mod cuda_common;
 
 use cuda_common::{open_gpu, Report, Rng};
 use doppel_exec::constraint::{apply_mask, mask_words};
-use doppel_exec::cuda::ops::SamplingBufs;
+use doppel_exec::cuda::ops::{argmax_scratch_len, SamplingBufs};
 use doppel_exec::cuda::Gpu;
 
 fn random_mask(rng: &mut Rng, vocab: usize, allowed: usize) -> Vec<u32> {
@@ -57,8 +57,16 @@ fn mask_kernel(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, vocab: usize) {
         m < 0 || masks[m as usize][t as usize / 32] >> (t % 32) & 1 == 1
     };
     let dout = gpu.zeros::<u32>(n).unwrap();
-    gpu.argmax_rows_single(gpu.ptr(&dout), gpu.ptr(&dl), n, vocab)
-        .unwrap();
+    let scratch = gpu.zeros::<u32>(argmax_scratch_len(n)).unwrap();
+    gpu.argmax_rows(
+        gpu.ptr(&dout),
+        gpu.ptr(&dl),
+        gpu.ptr(&scratch),
+        n,
+        vocab,
+        None,
+    )
+    .unwrap();
     let greedy = gpu.download(&dout).unwrap();
     let ok = greedy.iter().enumerate().all(|(r, &t)| allowed(r, t));
     rep.check(

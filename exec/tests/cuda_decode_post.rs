@@ -84,9 +84,9 @@ fn compare(
     };
     let variant_of = |fused: bool| {
         if fused {
-            DecodeVariant::V3Fused(gpu.ptr(&counters))
+            DecodeVariant::Fused(gpu.ptr(&counters))
         } else {
-            DecodeVariant::V3
+            DecodeVariant::Combine
         }
     };
     // A launch's partials for `splits` and two outputs filled with NaN (one per path).
@@ -101,48 +101,39 @@ fn compare(
             gpu.upload(&nan).unwrap(),
         )
     };
-    // (splits, min keys per split, pipelined kernel, combine fused, whole-row L2 prefetch,
-    // first keys requested before the wait, the tensor-core kernel, the one fed from registers,
-    // first keys requested after the wait but before the q/k pass; with and without the pass)
-    for (splits, min_keys, pipe, fused, rows, early, mma, rmma, before_qk) in [
-        (
-            1usize, 1usize, false, true, false, false, false, false, false,
-        ),
-        (1, 1, true, true, false, true, false, false, false),
-        (1, 1, true, true, true, true, false, false, false),
-        (1, 1, true, false, false, false, false, false, false),
-        (7, 40, true, false, true, true, false, false, false),
-        (7, 40, false, true, false, true, false, false, false),
-        (32, 1, false, false, false, true, false, false, false),
-        (32, 1, true, false, true, true, false, false, false),
-        (1, 1, false, true, true, false, true, false, false),
-        (1, 1, false, true, true, true, true, false, false),
-        (7, 40, false, true, false, true, true, false, false),
-        (7, 40, false, false, true, false, true, false, false),
-        (32, 1, false, false, true, true, true, false, false),
-        (1, 1, false, true, true, false, false, true, false),
-        (1, 1, false, false, false, false, false, true, false),
-        (7, 40, false, true, true, false, false, true, false),
-        (32, 1, false, false, true, true, false, true, false),
-        (1, 1, true, true, true, false, false, false, true),
-        (7, 40, false, true, false, false, false, false, true),
-        (32, 1, true, false, true, false, false, false, true),
-        (1, 1, false, true, true, false, false, true, true),
-        (7, 40, false, false, true, false, false, true, true),
-        (32, 1, false, false, true, false, false, true, true),
+    // (splits, min keys per split, combine fused, first keys requested before the wait, the
+    // tensor-core kernel, the one fed from registers, the next weights prefetched into L2 at the
+    // blocks' end; with and without the pass). Groups of 1-2 run the pipelined kernels.
+    for (splits, min_keys, fused, early, mma, rmma, prefetch) in [
+        (1usize, 1usize, true, false, false, false, false),
+        (1, 1, true, true, false, false, false),
+        (1, 1, false, false, false, false, false),
+        (7, 40, false, true, false, false, false),
+        (7, 40, true, true, false, false, false),
+        (32, 1, false, true, false, false, false),
+        (1, 1, true, false, true, false, false),
+        (1, 1, true, true, true, false, false),
+        (7, 40, true, true, true, false, false),
+        (7, 40, false, false, true, false, false),
+        (32, 1, false, true, true, false, false),
+        (1, 1, true, false, false, true, false),
+        (1, 1, false, false, false, true, false),
+        (7, 40, true, false, false, true, false),
+        (32, 1, false, true, false, true, false),
+        (1, 1, true, false, false, false, true),
+        (7, 40, true, false, false, false, true),
+        (32, 1, false, false, false, false, true),
+        (1, 1, true, false, false, true, true),
+        (7, 40, false, false, false, true, true),
+        (32, 1, false, false, false, true, true),
     ] {
         let shape = AttnShape {
             split_min_keys: min_keys,
-            decode_pipelined: pipe,
-            decode_prefetch_rows: rows,
             decode_early_kv: early,
             decode_mma: mma,
             decode_reg_mma: rmma,
-            decode_kv_before_qk: before_qk,
-            // The rows with the keys before the q/k pass also prefetch a buffer into L2 (a hint:
-            // the outputs must not move), at the blocks' start with 7 splits, else at their end.
-            decode_prefetch_next: before_qk.then(|| gpu.ptr(&pf_buf)),
-            decode_prefetch_next_early: before_qk && splits == 7,
+            // A hint: the outputs must not move.
+            decode_prefetch_next: prefetch.then(|| gpu.ptr(&pf_buf)),
             ..kv.shape(nq, nk, d, width)
         };
         let variant = variant_of(fused);
@@ -154,7 +145,7 @@ fn compare(
             .unwrap();
         let (o1, q1, v1) = (gpu.ptr(&out1), gpu.ptr(&dq1), kv.view(gpu));
         let (p1, m1) = (gpu.ptr(&po), gpu.ptr(&pm));
-        gpu.attention_decode_variant(o1, q1, v1, &meta, &shape, p1, m1, splits, variant, None)
+        gpu.attention_decode(o1, q1, v1, &meta, &shape, (p1, m1), splits, variant, None)
             .unwrap();
         // Folded: the raw projection in, on a cache reset to its state before any new token was
         // stored, so a kernel that reads a new token's key before its q/k pass wrote it (and does
@@ -165,14 +156,22 @@ fn compare(
         let post2 = post_for(&dk2, &dv2);
         let (o2, q2) = (gpu.ptr(&out2), gpu.ptr(&dq2));
         let qk_pass = Some((&post2, eps));
-        gpu.attention_decode_variant(
-            o2, q2, view2, &meta, &shape, p1, m1, splits, variant, qk_pass,
+        gpu.attention_decode(
+            o2,
+            q2,
+            view2,
+            &meta,
+            &shape,
+            (p1, m1),
+            splits,
+            variant,
+            qk_pass,
         )
         .unwrap();
         let name = format!(
             "decode + q/k pass nq={nq} nk={nk} D={d} norm={norm} splits={splits} \
-             min keys {min_keys} pipelined {pipe} fused {fused} row prefetch {rows} early {early} \
-             tensor cores {mma} from registers {rmma} keys before q/k {before_qk}"
+             min keys {min_keys} fused {fused} early {early} tensor cores {mma} \
+             from registers {rmma} prefetch {prefetch}"
         );
         let (a, b) = (gpu.download(&out1).unwrap(), gpu.download(&out2).unwrap());
         rep.check(
@@ -207,16 +206,15 @@ fn compare(
         })
         .collect();
     let dx = gpu.upload(&x).unwrap();
-    for (splits, pipe, fused, mma, rmma) in [
-        (1usize, true, true, false, false),
-        (7, false, false, false, false),
-        (1, false, true, true, false),
-        (1, false, true, false, true),
-        (7, false, false, false, true),
+    for (splits, fused, mma, rmma) in [
+        (1usize, true, false, false),
+        (7, false, false, false),
+        (1, true, true, false),
+        (1, true, false, true),
+        (7, false, false, true),
     ] {
         let shape = AttnShape {
             split_min_keys: 40,
-            decode_pipelined: pipe,
             decode_mma: mma,
             decode_reg_mma: rmma,
             ..kv.shape(nq, nk, d, width)
@@ -237,14 +235,13 @@ fn compare(
         gpu.qk_norm_rope_store(gpu.ptr(&dq1), &post1, t, (nq, nk), d, width, eps)
             .unwrap();
         let (o1, q1) = (gpu.ptr(&out1), gpu.ptr(&dq1));
-        gpu.attention_decode_variant(
+        gpu.attention_decode(
             o1,
             q1,
             view(&k1, &v1),
             &meta,
             &shape,
-            p1,
-            m1,
+            (p1, m1),
             splits,
             variant,
             None,
@@ -260,14 +257,13 @@ fn compare(
             ..post_for(&k2, &v2)
         };
         let (o2, q2) = (gpu.ptr(&out2), gpu.ptr(&dq2));
-        gpu.attention_decode_variant(
+        gpu.attention_decode(
             o2,
             q2,
             view(&k2, &v2),
             &meta,
             &shape,
-            p1,
-            m1,
+            (p1, m1),
             splits,
             variant,
             Some((&post2, eps)),

@@ -22,13 +22,10 @@ use doppel_core::{
     Engine, Event, RequestId, RequestSpec, SamplingParams, Scheduler, SchedulerConfig,
 };
 use doppel_exec::cpu_backend::CpuBackend;
-use doppel_exec::cuda::attention::{
-    decode_splits, AttnEntry, DecodeMeta, ExtendMeta, ExtendVariant,
-};
+use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
 use doppel_exec::cuda::backend::{CudaBackend, CudaBackendConfig};
 use doppel_exec::cuda::model::{
-    DecodeKernel, GpuModel, KernelChoice, KvPool, RowSampling, StepInput, TileUse, TokenPick,
-    Workspace,
+    GpuModel, KernelChoice, KvPool, RowSampling, StepInput, TokenPick, Workspace,
 };
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{Arch, CpuModel, DType, ModelConfig, RopeScaling, WeightStore};
@@ -104,7 +101,7 @@ fn run_step(
             ext.as_ref(),
             dec.as_ref().map(|d| (d, splits)),
             seqs.len(),
-            TokenPick::ArgmaxKeepLogits,
+            TokenPick::Argmax,
         )
         .unwrap();
     let v = model.cfg.vocab_size;
@@ -467,9 +464,8 @@ fn cuda_backend_matches_cpu_backend() {
         let cfg = ModelConfig::load(dir.path()).unwrap();
         let store = WeightStore::open(dir.path()).unwrap();
         let mut model = GpuModel::load(&gpu, &cfg, &store, 1024).unwrap();
-        model.kernels.gemm_lt = gemm_lt;
-        // Measured algorithms at every size, so this tiny model's GEMMs use them.
-        model.kernels.gemm_lt_min_tokens = 0;
+        // Measured algorithms at every size, so this tiny model's GEMMs use them (or none).
+        model.kernels.gemm_lt_min_tokens = if gemm_lt { 0 } else { usize::MAX };
         let mut backend = CudaBackend::new(gpu, model, backend_cfg(sc)).unwrap();
         doppel_core::Backend::set_tuning(&mut backend, true);
         let got = run_engine(
@@ -493,141 +489,17 @@ fn cuda_backend_matches_cpu_backend() {
     for (label, choice) in [
         (PDL_OFF, KernelChoice::default()),
         (
-            "decode V3 + combine kernel",
-            KernelChoice {
-                decode: DecodeKernel::V3,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode V3 with the combine always fused",
-            KernelChoice {
-                decode: DecodeKernel::V3Fused,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode V2 (run 2)",
-            KernelChoice {
-                decode: DecodeKernel::V2,
-                ..Default::default()
-            },
-        ),
-        (
-            "norms not folded",
-            KernelChoice {
-                fold_norms: false,
-                ..Default::default()
-            },
-        ),
-        (
-            "one-block argmax",
-            KernelChoice {
-                argmax_single_block: true,
-                ..Default::default()
-            },
-        ),
-        (
-            "run-5 projections (cuBLAS above 4 tokens, separate residual adds, cuBLAS LM head)",
+            "cuBLAS above the GEMV's rows (skinny GEMM off) and a cuBLAS LM head",
             KernelChoice {
                 skinny_max_tokens: 0,
-                proj_resadd: false,
                 lm_head_gemv_max: 0,
                 ..Default::default()
             },
         ),
         (
-            "q norm + RoPE of extend tokens in the q/k pass",
+            "the folded GEMVs up to 8 tokens",
             KernelChoice {
-                extend_q_rope: false,
-                ..Default::default()
-            },
-        ),
-        (
-            "skinny GEMM with separate residual adds",
-            KernelChoice {
-                proj_resadd: false,
-                ..Default::default()
-            },
-        ),
-        (
-            "run-5 extend attention (one q head per block)",
-            KernelChoice {
-                extend: ExtendVariant::Fast,
-                ..Default::default()
-            },
-        ),
-        (
-            "all run-2 kernels",
-            KernelChoice {
-                decode: DecodeKernel::V2,
-                fold_norms: false,
-                argmax_single_block: true,
-                skinny_max_tokens: 0,
-                proj_resadd: false,
-                lm_head_gemv_max: 0,
-                qkv_post_fused: false,
-                extend: ExtendVariant::Fast,
-                extend_q_rope: false,
-                decode_split_min_keys: 1,
-                decode_pipelined: false,
-                gemm_lt: false,
-                gemm_lt_min_tokens: 4096,
-                tile_gemm: TileUse::Off,
-                decode_qk_post: false,
-                decode_prefetch_rows: false,
-                decode_early_kv: false,
-                decode_kv_before_qk: false,
-                decode_prefetch_o_min_rows: usize::MAX,
-                decode_prefetch_o_early: false,
-                decode_mma_max_tokens: 0,
-                decode_reg_mma_max_tokens: 0,
-                lm_head_argmax: false,
-                lm_argmax_min_rows: 2,
-                qkv_prenorm: false,
-                gate_up_prenorm: false,
-            },
-        ),
-        (
-            "the RMSNorm before the qkv projection as its own kernel (qkv_prenorm off)",
-            KernelChoice {
-                qkv_prenorm: false,
-                ..Default::default()
-            },
-        ),
-        (
-            "argmax folded into the LM head (2-64 rows)",
-            KernelChoice {
-                lm_head_argmax: true,
-                ..Default::default()
-            },
-        ),
-        (
-            "argmax folded into the LM head at every row count",
-            KernelChoice {
-                lm_head_argmax: true,
-                lm_argmax_min_rows: 1,
-                ..Default::default()
-            },
-        ),
-        (
-            "cuBLAS with separate norms and SiLU at 17-64 tokens (tiled GEMM off)",
-            KernelChoice {
-                tile_gemm: TileUse::Off,
-                ..Default::default()
-            },
-        ),
-        (
-            "every 17-64-token projection on the tiled GEMM",
-            KernelChoice {
-                tile_gemm: TileUse::All,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode attention not pipelined",
-            KernelChoice {
-                decode_pipelined: false,
+                gemv_max_tokens: 8,
                 ..Default::default()
             },
         ),
@@ -642,6 +514,7 @@ fn cuda_backend_matches_cpu_backend() {
             "decode attention on CUDA cores at every batch size (the V3 kernels)",
             KernelChoice {
                 decode_mma_max_tokens: 0,
+                decode_reg_mma_max_tokens: 0,
                 ..Default::default()
             },
         ),
@@ -661,61 +534,9 @@ fn cuda_backend_matches_cpu_backend() {
             },
         ),
         (
-            "decode attention requesting its first keys after the wait",
-            KernelChoice {
-                decode_early_kv: false,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode attention requesting its first keys before the q/k pass",
-            KernelChoice {
-                decode_kv_before_qk: true,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode attention fed from registers, first tile before the q/k pass",
-            KernelChoice {
-                decode_reg_mma_max_tokens: usize::MAX,
-                decode_kv_before_qk: true,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode attention asking the o projection's weights into L2 at its end",
+            "decode attention asking the o projection's weights into L2 at every batch size",
             KernelChoice {
                 decode_prefetch_o_min_rows: 0,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode attention fed from registers asking the o weights into L2 at its start",
-            KernelChoice {
-                decode_reg_mma_max_tokens: usize::MAX,
-                decode_prefetch_o_min_rows: 0,
-                decode_prefetch_o_early: true,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode attention prefetching its own head's KV rows",
-            KernelChoice {
-                decode_prefetch_rows: false,
-                ..Default::default()
-            },
-        ),
-        (
-            "q/k norm + RoPE + KV store as its own kernel before the decode attention",
-            KernelChoice {
-                decode_qk_post: false,
-                ..Default::default()
-            },
-        ),
-        (
-            "q/k norm + RoPE + KV store as its own kernel at GEMV sizes",
-            KernelChoice {
-                qkv_post_fused: false,
                 ..Default::default()
             },
         ),

@@ -10,7 +10,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
 mod extend;
-pub use extend::{gqa_tiles, ExtendMeta, ExtendVariant, QRope, EXTEND_TILE};
+pub use extend::{gqa_tiles, ExtendMeta, QRope, EXTEND_TILE};
 
 /// One entry of an attention batch, as the host knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,25 +175,14 @@ pub struct AttnShape {
     /// Fewest keys a decode split takes (V3 kernels): shorter sequences use fewer of the launched
     /// splits, which a CUDA graph fixes at capture for the longest context.
     pub split_min_keys: usize,
-    /// Decode (V3, GQA groups of 1-2): the pipelined kernel, which requests the next keys
-    /// before the math on the current ones.
-    pub decode_pipelined: bool,
-    /// Decode (V3): each block asks L2 for whole KV rows (all kv heads of a slot) of every nk-th
-    /// key of its range, instead of its own head's part of every key.
-    pub decode_prefetch_rows: bool,
     /// Decode (V3 register path): the first iteration's keys are requested before waiting for
     /// the previous kernel (PDL), the newest key filled in after it. (Tensor-core kernel: its
     /// first tiles.)
     pub decode_early_kv: bool,
-    /// Decode (V3 register path and the kernel fed from registers): the first keys are
-    /// requested after the wait but before the folded q/k pass, so they arrive while it runs.
-    pub decode_kv_before_qk: bool,
     /// Decode (V3 register path and the kernel fed from registers): the next kernel's weights
     /// (a multiple of 8 elements) for the blocks to ask into L2 in equal shares, at each
-    /// block's end, or with `decode_prefetch_next_early` at its start.
+    /// block's end.
     pub decode_prefetch_next: Option<DPtr<bf16>>,
-    /// Issue `decode_prefetch_next` at each block's start (before the wait) instead of its end.
-    pub decode_prefetch_next_early: bool,
     /// Decode (V3 variants): the tensor-core kernel (`kernels/attention_decode_mma.cu`) instead
     /// of the CUDA-core ones; same plan, arguments and outputs.
     pub decode_mma: bool,
@@ -261,8 +250,16 @@ pub struct KvView {
 
 impl Gpu {
     /// Decode attention (split-KV flash-decoding): `splits` blocks per (entry, kv head) write
-    /// partials to `part_o` (`[entries, nq, splits, head_dim]` f32) and `part_ml`
-    /// (`[entries, nq, splits, 2]` f32), then a second kernel merges them into `out`.
+    /// partials to `part.0` (`[entries, nq, splits, head_dim]` f32) and `part.1`
+    /// (`[entries, nq, splits, 2]` f32), merged into `out` per `variant`. Groups of 1-2 run the
+    /// pipelined kernels (the next keys requested before the math on the current ones); every
+    /// CUDA-core block asks L2 for whole KV rows of every nk-th key of its range.
+    ///
+    /// With `post`, the q/k pass ([`Gpu::qk_norm_rope_store`]) is folded in: `q` is the fused
+    /// qkv buffer holding each entry's raw projection (`shape.q_stride` its width); the kernel
+    /// normalises and rotates q as it loads it, and stores the new token's normalised, rotated k
+    /// and its v into `kv`'s caches at `post.slots` (post's own cache pointers are not used),
+    /// with the same roundings as the two-kernel path.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode(
         &self,
@@ -271,40 +268,7 @@ impl Gpu {
         kv: KvView,
         meta: &DecodeMeta,
         shape: &AttnShape,
-        part_o: DPtr<f32>,
-        part_ml: DPtr<f32>,
-        splits: usize,
-    ) -> Result<()> {
-        self.attention_decode_variant(
-            out,
-            q,
-            kv,
-            meta,
-            shape,
-            part_o,
-            part_ml,
-            splits,
-            DecodeVariant::V3,
-            None,
-        )
-    }
-
-    /// [`Gpu::attention_decode`] with a chosen first-pass kernel (benchmarks and cross-checks),
-    /// and optionally the q/k pass ([`Gpu::qk_norm_rope_store`]) folded in: with `post`, `q`
-    /// is the fused qkv buffer holding each entry's raw projection (`shape.q_stride` its
-    /// width); the kernel normalises and rotates q as it loads it, and stores the new token's
-    /// normalised, rotated k and its v into `kv`'s caches at `post.slots` (post's own cache
-    /// pointers are not used), with the same roundings as the two-kernel path. V3 variants only.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_decode_variant(
-        &self,
-        out: DPtr<bf16>,
-        q: DPtr<bf16>,
-        kv: KvView,
-        meta: &DecodeMeta,
-        shape: &AttnShape,
-        part_o: DPtr<f32>,
-        part_ml: DPtr<f32>,
+        (part_o, part_ml): (DPtr<f32>, DPtr<f32>),
         splits: usize,
         variant: DecodeVariant,
         post: Option<(&QkvPost, f32)>,
@@ -329,81 +293,20 @@ impl Gpu {
         need(K, "part_o", &part_o, n * shape.nq * splits * shape.head_dim)?;
         need(K, "part_ml", &part_ml, n * shape.nq * splits * 2)?;
         let counters = match variant {
-            DecodeVariant::V3Fused(c) => {
+            DecodeVariant::Fused(c) => {
                 need(K, "counters", &c, n * shape.nk)?;
                 c.addr()
             }
-            _ => 0u64,
+            DecodeVariant::Combine => 0u64,
         };
         if let Some((p, _)) = post {
-            check(K, !matches!(variant, DecodeVariant::V2), || {
-                "the q/k pass folds into the V3 kernels only".into()
-            })?;
-            let width = (shape.nq + 2 * shape.nk) * shape.head_dim;
-            check(K, shape.q_stride >= width, || {
-                format!(
-                    "q stride {} is narrower than a qkv row ({width})",
-                    shape.q_stride
-                )
-            })?;
-            need(
-                K,
-                "qkv",
-                &q,
-                meta.tokens.saturating_sub(1) * shape.q_stride + width,
-            )?;
-            check(K, p.cos_sin.len().is_multiple_of(shape.head_dim), || {
-                "cos/sin table is not [max_pos, head_dim]".into()
-            })?;
-            need(K, "positions", &p.positions, meta.tokens)?;
-            need(K, "slots", &p.slots, meta.tokens)?;
-            if let Some((wq, wk)) = &p.qk_norm {
-                need(K, "wq", wq, shape.head_dim)?;
-                need(K, "wk", wk, shape.head_dim)?;
-            }
-            if let Some(rs) = &p.row_scale {
-                check(K, rs.hidden > 0 && rs.hidden.is_multiple_of(8), || {
-                    format!(
-                        "row-scale width {} is not a positive multiple of 8",
-                        rs.hidden
-                    )
-                })?;
-                need(K, "row-scale rows", &rs.x, meta.tokens * rs.hidden)?;
-            }
+            check_qk_pass(shape, &q, meta.tokens, p)?;
         }
         if n == 0 {
             return Ok(());
         }
-        let group = shape.nq / shape.nk;
-        let pipe = shape.decode_pipelined;
-        let mma = shape.decode_mma && !matches!(variant, DecodeVariant::V2);
-        let rmma = !mma && shape.decode_reg_mma && !matches!(variant, DecodeVariant::V2);
-        let split_name = match (variant, shape.head_dim, group) {
-            (DecodeVariant::V2, 64, _) => "attention_decode_split_d64",
-            (DecodeVariant::V2, _, _) => "attention_decode_split_d128",
-            (_, 64, 1) if mma => "attention_decode_mma_d64_g1",
-            (_, 64, 2) if mma => "attention_decode_mma_d64_g2",
-            (_, 64, 3..=4) if mma => "attention_decode_mma_d64_g4",
-            (_, 64, _) if mma => "attention_decode_mma_d64_g8",
-            (_, _, 1) if mma => "attention_decode_mma_d128_g1",
-            (_, _, 2) if mma => "attention_decode_mma_d128_g2",
-            (_, _, 3..=4) if mma => "attention_decode_mma_d128_g4",
-            (_, _, _) if mma => "attention_decode_mma_d128_g8",
-            (_, 64, _) if rmma => "attention_decode_rmma_d64",
-            (_, _, _) if rmma => "attention_decode_rmma_d128",
-            (_, 64, 1) if pipe => "attention_decode_v3p_d64_g1",
-            (_, 64, 2) if pipe => "attention_decode_v3p_d64_g2",
-            (_, 128, 1) if pipe => "attention_decode_v3p_d128_g1",
-            (_, 128, 2) if pipe => "attention_decode_v3p_d128_g2",
-            (_, 64, 1) => "attention_decode_v3_d64_g1",
-            (_, 64, 2) => "attention_decode_v3_d64_g2",
-            (_, 64, 3..=4) => "attention_decode_v3_d64_g4",
-            (_, 64, _) => "attention_decode_v3_d64_g8",
-            (_, _, 1) => "attention_decode_v3_d128_g1",
-            (_, _, 2) => "attention_decode_v3_d128_g2",
-            (_, _, 3..=4) => "attention_decode_v3_d128_g4",
-            (_, _, _) => "attention_decode_v3_d128_g8",
-        };
+        let split_name = decode_kernel_name(shape);
+        let mma = shape.decode_mma;
         let combine_name = if shape.head_dim == 64 {
             "attention_decode_combine_d64"
         } else {
@@ -455,14 +358,9 @@ impl Gpu {
         let rs = post.and_then(|(p, _)| p.row_scale);
         let (xres, xeps) = rs.map_or((0u64, 0f32), |r| (r.x.addr(), r.eps));
         let hidden = int(K, rs.map_or(0, |r| r.hidden))?;
-        // The kernel's flags (kernels/attention_decode.cu): 1 the q/k pass, 2 whole-row prefetch,
-        // 4 the first keys requested before the wait, 8 after it but before the q/k pass, 16 the
-        // next weights' prefetch at the start.
-        let flags = i32::from(post.is_some())
-            | (i32::from(shape.decode_prefetch_rows) << 1)
-            | (i32::from(shape.decode_early_kv) << 2)
-            | (i32::from(shape.decode_kv_before_qk) << 3)
-            | (i32::from(shape.decode_prefetch_next_early) << 4);
+        // The kernel's flags (kernels/attention_decode.cu): 1 the q/k pass, 2 whole-row prefetch
+        // (always: docs/cuda.md, "Decode attention"), 4 the first keys requested before the wait.
+        let flags = i32::from(post.is_some()) | 2 | (i32::from(shape.decode_early_kv) << 2);
         let (pf_next, pf_bytes) = shape
             .decode_prefetch_next
             .map_or((0, 0), |w| (w.addr(), w.len() * 2));
@@ -472,28 +370,26 @@ impl Gpu {
             || format!("prefetch of {pf_bytes} bytes: not a multiple of 16 below 4 GiB"),
         )?;
         let pf_bytes = pf_bytes as u32;
-        if !matches!(variant, DecodeVariant::V2) {
-            b.arg(&o).arg(&counters).arg(&min_keys);
-            b.arg(&wq)
-                .arg(&wk)
-                .arg(&pos)
-                .arg(&cs)
-                .arg(&sl)
-                .arg(&eps)
-                .arg(&flags)
-                .arg(&xres)
-                .arg(&hidden)
-                .arg(&xeps)
-                .arg(&pf_next)
-                .arg(&pf_bytes);
-        }
+        b.arg(&o).arg(&counters).arg(&min_keys);
+        b.arg(&wq)
+            .arg(&wk)
+            .arg(&pos)
+            .arg(&cs)
+            .arg(&sl)
+            .arg(&eps)
+            .arg(&flags)
+            .arg(&xres)
+            .arg(&hidden)
+            .arg(&xeps)
+            .arg(&pf_next)
+            .arg(&pf_bytes);
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, shape.nk as u32, n as u32),
             block_dim: (128, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         unsafe { b.launch(cfg) }.ctx(split_name)?;
-        if matches!(variant, DecodeVariant::V3Fused(_)) {
+        if matches!(variant, DecodeVariant::Fused(_)) {
             return Ok(());
         }
         let f = self.kernels.get(combine_name)?;
@@ -508,19 +404,81 @@ impl Gpu {
     }
 }
 
-/// Which decode kernels to run.
+/// The folded q/k pass's arguments of [`Gpu::attention_decode`] against `shape`.
+fn check_qk_pass(shape: &AttnShape, q: &DPtr<bf16>, tokens: usize, p: &QkvPost) -> Result<()> {
+    const K: &str = "attention_decode";
+    let width = (shape.nq + 2 * shape.nk) * shape.head_dim;
+    check(K, shape.q_stride >= width, || {
+        format!(
+            "q stride {} is narrower than a qkv row ({width})",
+            shape.q_stride
+        )
+    })?;
+    need(
+        K,
+        "qkv",
+        q,
+        tokens.saturating_sub(1) * shape.q_stride + width,
+    )?;
+    check(K, p.cos_sin.len().is_multiple_of(shape.head_dim), || {
+        "cos/sin table is not [max_pos, head_dim]".into()
+    })?;
+    need(K, "positions", &p.positions, tokens)?;
+    need(K, "slots", &p.slots, tokens)?;
+    if let Some((wq, wk)) = &p.qk_norm {
+        need(K, "wq", wq, shape.head_dim)?;
+        need(K, "wk", wk, shape.head_dim)?;
+    }
+    if let Some(rs) = &p.row_scale {
+        check(K, rs.hidden > 0 && rs.hidden.is_multiple_of(8), || {
+            format!(
+                "row-scale width {} is not a positive multiple of 8",
+                rs.hidden
+            )
+        })?;
+        need(K, "row-scale rows", &rs.x, tokens * rs.hidden)?;
+    }
+    Ok(())
+}
+
+/// The decode kernel `shape` selects: the tensor-core one, the register-fed one, or the CUDA-core
+/// V3 kernel sized to the GQA group (pipelined for groups of 1-2).
+fn decode_kernel_name(shape: &AttnShape) -> &'static str {
+    let group = shape.nq / shape.nk;
+    let mma = shape.decode_mma;
+    let rmma = !mma && shape.decode_reg_mma;
+    match (shape.head_dim, group) {
+        (64, 1) if mma => "attention_decode_mma_d64_g1",
+        (64, 2) if mma => "attention_decode_mma_d64_g2",
+        (64, 3..=4) if mma => "attention_decode_mma_d64_g4",
+        (64, _) if mma => "attention_decode_mma_d64_g8",
+        (_, 1) if mma => "attention_decode_mma_d128_g1",
+        (_, 2) if mma => "attention_decode_mma_d128_g2",
+        (_, 3..=4) if mma => "attention_decode_mma_d128_g4",
+        (_, _) if mma => "attention_decode_mma_d128_g8",
+        (64, _) if rmma => "attention_decode_rmma_d64",
+        (_, _) if rmma => "attention_decode_rmma_d128",
+        (64, 1) => "attention_decode_v3p_d64_g1",
+        (64, 2) => "attention_decode_v3p_d64_g2",
+        (64, 3..=4) => "attention_decode_v3_d64_g4",
+        (64, _) => "attention_decode_v3_d64_g8",
+        (_, 1) => "attention_decode_v3p_d128_g1",
+        (_, 2) => "attention_decode_v3p_d128_g2",
+        (_, 3..=4) => "attention_decode_v3_d128_g4",
+        (_, _) => "attention_decode_v3_d128_g8",
+    }
+}
+
+/// How a decode attention's splits are merged.
 #[derive(Clone, Copy, Debug)]
 pub enum DecodeVariant {
-    /// Lanes own D/32 dims of every key; 8-byte loads; per-key warp reductions (run 2); then
-    /// the combine kernel.
-    V2,
-    /// D/8 lanes per key with 16-byte loads, register arrays sized to the GQA group; then the
-    /// combine kernel.
-    V3,
-    /// V3 with the combine done by the last split block of each (entry, kv head): one launch.
-    /// The buffer holds one `u32` per (entry, kv head), zero before the first launch (the kernel
-    /// leaves it zero).
-    V3Fused(DPtr<u32>),
+    /// A second kernel merges the splits.
+    Combine,
+    /// The last split block of each (entry, kv head) merges them (one launch). The buffer holds
+    /// one `u32` per (entry, kv head), zero before the first launch (the kernel leaves it zero).
+    /// On the H100 slower than the combine kernel with many splits (b=1: 10.6 vs 10.1 us per
+    /// layer), faster with one (b=64: 23.2 vs 24.1 us): the plan fuses with one split.
+    Fused(DPtr<u32>),
 }
 
 /// Dynamic shared memory of the tensor-core decode kernel with `stages` per warp (the kernel

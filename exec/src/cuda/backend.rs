@@ -359,16 +359,14 @@ impl CudaBackend {
         }
         let rows = s.logit_tok.len();
         let constrained = self.open_matchers(plan)?;
+        // Host sampling reads its rows' logits after the step: greedy steps keep them anyway.
         let sample = !s.sampling.iter().all(|r| r.temperature <= 0.0);
         let pick = if constrained {
             TokenPick::Logits
         } else if sample {
             TokenPick::Sample
-        } else if host_rows.is_empty() {
-            TokenPick::Argmax
         } else {
-            // Host sampling reads these rows' logits after the step.
-            TokenPick::ArgmaxKeepLogits
+            TokenPick::Argmax
         };
         let decode_only = s.extend.is_empty() && !s.decode.is_empty() && rows == s.decode.len();
         let gb = graph_sizes(self.cfg.max_graph_batch)

@@ -97,8 +97,6 @@ pub struct Workspace {
     pub samp_k: CudaSlice<i32>,
     /// Counters and per-block partials of the multi-block argmax.
     pub argmax_scratch: CudaSlice<u32>,
-    /// Counter and per-CTA candidates of the LM head with the argmax folded in.
-    pub lm_argmax_scratch: CudaSlice<u32>,
     /// Per (decode entry, kv head) counters of the one-launch decode attention.
     pub decode_counters: CudaSlice<u32>,
     pub(super) part_o: CudaSlice<f32>,
@@ -152,7 +150,6 @@ impl Workspace {
             samp_f: [gpu.zeros(s)?, gpu.zeros(s)?, gpu.zeros(s)?, gpu.zeros(s)?],
             samp_k: gpu.zeros(s)?,
             argmax_scratch: gpu.zeros(super::ops::argmax_scratch_len(s))?,
-            lm_argmax_scratch: gpu.zeros(super::lm_argmax::lm_argmax_scratch_len(gpu.sms))?,
             decode_counters: gpu.zeros(s * c.num_kv_heads)?,
             part_o: gpu.zeros(s * c.num_heads * max_splits * c.head_dim)?,
             part_ml: gpu.zeros(s * c.num_heads * max_splits * 2)?,
@@ -168,14 +165,12 @@ impl Workspace {
     }
 }
 
-/// How a step turns its logits rows into tokens.
+/// How a step turns its logits rows into tokens (the f32 logits are written either way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TokenPick {
-    /// Greedy, and nothing reads the logits: the argmax may be folded into the LM head
-    /// ([`KernelChoice::lm_head_argmax`](super::model::KernelChoice)), which never writes them.
+    /// Greedy: the argmax of every row (the GPU LM head with the argmax folded in gained
+    /// nothing in serving and was removed: docs/cuda.md, "LM head").
     Argmax,
-    /// Greedy, with the f32 logits kept in the workspace (host sampling, logprobs, checks).
-    ArgmaxKeepLogits,
     /// The GPU sampler per row (temperature, top-k, top-p, min-p; greedy rows too).
     Sample,
     /// Only the f32 logits: the pick comes later ([`GpuModel::pick`](super::model::GpuModel)),

@@ -49,41 +49,16 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
     ),
     kernel_source!("kv_cache.cu", ["kv_store", "table_scatter"]),
     kernel_source!(
-        "attention_extend.cu",
-        [
-            "attention_extend_d64",
-            "attention_extend_d128",
-            "attention_extend_d64_pf",
-            "attention_extend_d128_pf",
-            "attention_extend_d128_bn64",
-            "attention_extend_d128_scalar_v"
-        ]
-    ),
-    kernel_source!(
         "attention_extend_gqa.cu",
-        [
-            "attention_extend_gqa_d64",
-            "attention_extend_gqa_d128",
-            "attention_extend_gqa_d128_kvh_major",
-            "attention_extend_gqa_d128_qsmem",
-            "attention_extend_gqa_d128_s3",
-            "attention_extend_gqa_d128_qsmem_b4",
-            "attention_extend_gqa_d128_bn64"
-        ]
+        ["attention_extend_gqa_d64", "attention_extend_gqa_d128",]
     ),
     kernel_source!(
         "attention_decode.cu",
         [
-            "attention_decode_split_d64",
             "attention_decode_combine_d64",
-            "attention_decode_split_d128",
             "attention_decode_combine_d128",
-            "attention_decode_v3_d64_g1",
-            "attention_decode_v3_d64_g2",
             "attention_decode_v3_d64_g4",
             "attention_decode_v3_d64_g8",
-            "attention_decode_v3_d128_g1",
-            "attention_decode_v3_d128_g2",
             "attention_decode_v3_d128_g4",
             "attention_decode_v3_d128_g8",
             "attention_decode_v3p_d64_g1",
@@ -114,23 +89,7 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
     kernel_source!("timing.cu", ["spin_ns"]),
     kernel_source!(
         "sampling.cu",
-        [
-            "argmax_rows",
-            "argmax_rows_split",
-            "sample_rows",
-            "apply_token_bitmask"
-        ]
-    ),
-    kernel_source!(
-        "lm_head_argmax.cu",
-        [
-            "lm_head_argmax_m1_k1024",
-            "lm_head_argmax_m2_k1024",
-            "lm_head_argmax_m3_k1024",
-            "lm_head_argmax_m4_k1024",
-            "lm_head_argmax_m1_k2048",
-            "lm_head_argmax_m2_k2048"
-        ]
+        ["argmax_rows_split", "sample_rows", "apply_token_bitmask"]
     ),
     kernel_source!(
         "gemv.cu",

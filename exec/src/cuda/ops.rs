@@ -151,7 +151,7 @@ impl Gpu {
     }
 
     /// `out[r, c] = w[r, c] * nw[c]` for a `[rows, cols]` weight: an RMSNorm weight folded into
-    /// the columns of the projection after it (`FoldedWeights`, built at load).
+    /// the columns of the projection after it (at load). `out` may be `w` (in place).
     pub fn scale_cols(
         &self,
         out: DPtr<bf16>,

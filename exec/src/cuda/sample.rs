@@ -91,30 +91,6 @@ impl Gpu {
         unsafe { b.launch(cfg) }.ctx(K).map(|_| ())
     }
 
-    /// The one-block-per-row argmax (run 2's kernel; kept as a cross-check).
-    pub fn argmax_rows_single(
-        &self,
-        out: DPtr<u32>,
-        logits: DPtr<f32>,
-        n: usize,
-        vocab: usize,
-    ) -> Result<()> {
-        const K: &str = "argmax_rows";
-        need(K, "out", &out, n)?;
-        need(K, "logits", &logits, n * vocab)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let (ni, v) = (int(K, n)?, int(K, vocab)?);
-        let (o, l) = (out.addr(), logits.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&o).arg(&l).arg(&ni).arg(&v);
-        unsafe { b.launch(cfg((n as u32, 1, 1), 1024)) }
-            .ctx(K)
-            .map(|_| ())
-    }
-
     /// Sample one token per row with per-row temperature (<= 0: greedy), top-k (<= 0: off),
     /// top-p (>= 1: off), min-p (<= 0: off) and a uniform draw in [0, 1).
     pub fn sample_rows(

@@ -66,7 +66,7 @@ pub fn skinny_tiles(n: usize, epi: SkinnyEpilogue, wn: usize) -> usize {
 
 /// The default plan for a `[n, k]` weight on a device with `sms` SMs. One 256-thread CTA fits
 /// per SM (140-188 registers), so the grid is kept to one wave: the fewest warps along N (1, 2,
-/// 4) whose column tiles fit on the SMs. K is not split: in run 6's sweep every split was
+/// 4) whose column tiles fit on the SMs. K is not split: in the measured sweep every split was
 /// slower than none, even for the 32 column tiles of N = 1024 (o at 16 tokens: 6.4 µs unsplit,
 /// 8.3 µs with 4 splits), so split plans are only used when asked for.
 pub fn skinny_plan(n: usize, _k: usize, epi: SkinnyEpilogue, sms: usize) -> SkinnyPlan {

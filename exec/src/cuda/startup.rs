@@ -126,7 +126,7 @@ impl CudaBackend {
                 "no room for a KV cache: {:.2} GB free of {:.2} GB after {:.2} GB of weights at mem_fraction_static {fraction:.3} (raise it or pass a KV capacity)",
                 free as f64 / 1e9,
                 total as f64 / 1e9,
-                (model.weight_bytes + model.prenorm_bytes) as f64 / 1e9
+                model.weight_bytes as f64 / 1e9
             )));
         }
         let mut s = sched.clone();

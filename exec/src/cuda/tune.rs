@@ -4,6 +4,7 @@
 
 use super::blas::{GemmOut, TuneReport};
 use super::model::{GpuModel, LayerWeights, Workspace};
+use super::plan::{gemm_path, Gemm};
 use super::{DPtr, Gpu, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -19,12 +20,11 @@ impl GpuModel {
     }
 
     /// Measure (once per shape) the cuBLAS GEMMs of a forward pass over `tokens` tokens with
-    /// `rows` logit rows: the four projections when `tokens` is above the GEMV and skinny-GEMM
-    /// sizes, the LM head when `rows` is above its GEMV size (either only from
-    /// `kernels.gemm_lt_min_tokens` rows). Does nothing with `kernels.gemm_lt` off or during
-    /// graph capture. Overwrites the workspace's activation
-    /// buffers, which a forward pass rewrites before reading, so call it between steps (after
-    /// the step's inputs are uploaded is fine). Returns the shapes' reports.
+    /// `rows` logit rows: the four projections where the step plan runs them on tuned cuBLAS,
+    /// the LM head likewise (`kernels.gemm_lt_min_tokens`). Does nothing during graph capture.
+    /// Overwrites the workspace's activation buffers, which a forward pass rewrites before
+    /// reading, so call it between steps (after the step's inputs are uploaded is fine).
+    /// Returns the shapes' reports.
     pub fn tune_gemms(
         &self,
         gpu: &Gpu,
@@ -32,61 +32,16 @@ impl GpuModel {
         tokens: usize,
         rows: usize,
     ) -> Result<Vec<TuneReport>> {
+        let tuned = Gemm::Cublas { tuned: true };
         let mut out = Vec::new();
-        if !self.kernels.gemm_lt {
-            return Ok(out);
-        }
-        let c = &self.cfg;
-        let (h, nq, nk, d, inter) = (
-            c.hidden_size,
-            c.num_heads,
-            c.num_kv_heads,
-            c.head_dim,
-            c.intermediate_size,
-        );
-        let qkv_w = (nq + 2 * nk) * d;
+        let (c, k) = (&self.cfg, &self.kernels);
         let p = |b: &CudaSlice<bf16>| gpu.ptr(b);
-        let all = |f: fn(&LayerWeights) -> &CudaSlice<bf16>| -> Vec<DPtr<bf16>> {
-            self.layers.iter().map(|l| p(f(l))).collect()
-        };
-        let mut push = |r: Option<TuneReport>| out.extend(r);
-        // As `forward`: above the GEMV's rows nothing is folded, so the o and down projections
-        // add into the residual stream when `proj_resadd` is on; the skinny GEMM's sizes never
-        // reach cuBLAS (gate/up included: `gate_up_act` takes the skinny path there too).
-        if self.proj_on_cublas(tokens) && self.gemm_tuned(tokens) {
-            let blas = &gpu.blas;
-            let res = self.kernels.proj_resadd;
-            let (resid, hidden) = (p(&ws.residual), p(&ws.hidden));
-            let add_out = if res {
-                GemmOut::Bf16Acc(resid)
-            } else {
-                GemmOut::Bf16(hidden)
-            };
-            push(blas.tune(
-                GemmOut::Bf16(p(&ws.qkv)),
-                hidden,
-                &all(|l| &l.qkv),
-                (tokens, qkv_w, h),
-                qkv_w,
-            )?);
-            push(blas.tune(add_out, p(&ws.attn), &all(|l| &l.o), (tokens, h, nq * d), h)?);
-            push(blas.tune(
-                GemmOut::Bf16(p(&ws.gate_up)),
-                hidden,
-                &all(|l| &l.gate_up),
-                (tokens, 2 * inter, h),
-                2 * inter,
-            )?);
-            push(blas.tune(
-                add_out,
-                p(&ws.act),
-                &all(|l| &l.down),
-                (tokens, h, inter),
-                h,
-            )?);
+        if gemm_path(k, tokens) == tuned {
+            out = self.tune_projections(gpu, ws, tokens)?;
         }
-        if !self.lm_head_on_gemv(rows) && self.gemm_tuned(rows) {
-            push(gpu.blas.tune(
+        if rows > k.lm_head_gemv_max.min(8) && rows >= k.gemm_lt_min_tokens {
+            let h = c.hidden_size;
+            out.extend(gpu.blas.tune(
                 GemmOut::F32(gpu.ptr(&ws.logits)),
                 p(&ws.sel),
                 &[p(self.lm_head())],
@@ -94,6 +49,41 @@ impl GpuModel {
                 c.vocab_size,
             )?);
         }
+        Ok(out)
+    }
+
+    /// The four projections of every layer at `tokens` rows on cuBLAS, as the forward pass
+    /// runs them: o and down add into the residual stream (gate/up, where the tiled GEMM takes
+    /// it, is measured anyway: cheap, and the same shapes serve larger steps).
+    fn tune_projections(
+        &self,
+        gpu: &Gpu,
+        ws: &Workspace,
+        tokens: usize,
+    ) -> Result<Vec<TuneReport>> {
+        let c = &self.cfg;
+        let (h, q, inter) = (c.hidden_size, c.q_dim(), c.intermediate_size);
+        let qkv_w = q + 2 * c.kv_dim();
+        let p = |b: &CudaSlice<bf16>| gpu.ptr(b);
+        let all = |f: fn(&LayerWeights) -> &CudaSlice<bf16>| -> Vec<DPtr<bf16>> {
+            self.layers.iter().map(|l| p(f(l))).collect()
+        };
+        let (blas, hidden) = (&gpu.blas, p(&ws.hidden));
+        let add_out = GemmOut::Bf16Acc(p(&ws.residual));
+        let mut out = Vec::new();
+        let qkv = GemmOut::Bf16(p(&ws.qkv));
+        out.extend(blas.tune(qkv, hidden, &all(|l| &l.qkv), (tokens, qkv_w, h), qkv_w)?);
+        out.extend(blas.tune(add_out, p(&ws.attn), &all(|l| &l.o), (tokens, h, q), h)?);
+        let gu = GemmOut::Bf16(p(&ws.gate_up));
+        let shape = (tokens, 2 * inter, h);
+        out.extend(blas.tune(gu, hidden, &all(|l| &l.gate_up), shape, 2 * inter)?);
+        out.extend(blas.tune(
+            add_out,
+            p(&ws.act),
+            &all(|l| &l.down),
+            (tokens, h, inter),
+            h,
+        )?);
         Ok(out)
     }
 }

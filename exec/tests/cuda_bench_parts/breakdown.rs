@@ -208,7 +208,7 @@ pub(crate) fn kernel_breakdown(
         };
         // A prefill (extend-only step) leaves q norm + RoPE to the extend kernel: the q/k pass
         // then only sees k and v.
-        let prefill = prefix == 0 && model.kernels.extend_q_rope && model.kernels.extend.is_gqa();
+        let prefill = prefix == 0;
         rows.push((
             "qk_norm_rope_store (fused)",
             time_ms(gpu, 9, 5, || {
@@ -245,8 +245,7 @@ pub(crate) fn kernel_breakdown(
         };
         let shape = doppel_exec::cuda::attention::AttnShape {
             split_min_keys: 1,
-            decode_pipelined: false,
-            decode_mma: model.decode_mma(gpu, b),
+            decode_mma: b <= model.kernels.decode_mma_max_tokens,
             ..model.attn_shape(kv)
         };
         if new == 1 {
@@ -256,7 +255,7 @@ pub(crate) fn kernel_breakdown(
             let po = gpu.zeros::<f32>(b * nq * 4 * splits.max(4) * d).unwrap();
             let pm = gpu.zeros::<f32>(b * nq * 4 * splits.max(4) * 2).unwrap();
             // (label, splits, variant, launches per step): the model fuses the combine only for
-            // one split (DecodeKernel::Auto); the rest are cross-checks, not summed.
+            // one split; the rest are cross-checks, not summed.
             let (fused, plain) = if splits == 1 {
                 (layers, 0)
             } else {
@@ -266,46 +265,39 @@ pub(crate) fn kernel_breakdown(
                 (
                     "attention_decode (one launch, combine fused)",
                     splits,
-                    DecodeVariant::V3Fused(gpu.ptr(&counters)),
+                    DecodeVariant::Fused(gpu.ptr(&counters)),
                     fused,
                 ),
                 (
-                    "attention_decode V3 split + combine kernel",
+                    "attention_decode split + combine kernel",
                     splits,
-                    DecodeVariant::V3,
+                    DecodeVariant::Combine,
                     plain,
                 ),
+                ("attention_decode, 1 split", 1, DecodeVariant::Combine, 0),
                 (
-                    "attention_decode run-2 kernel (V2)",
-                    splits,
-                    DecodeVariant::V2,
-                    0,
-                ),
-                ("attention_decode V3, 1 split", 1, DecodeVariant::V3, 0),
-                (
-                    "attention_decode V3, 2x splits",
+                    "attention_decode, 2x splits",
                     2 * splits,
-                    DecodeVariant::V3,
+                    DecodeVariant::Combine,
                     0,
                 ),
                 (
-                    "attention_decode V3, 4x splits",
+                    "attention_decode, 4x splits",
                     4 * splits,
-                    DecodeVariant::V3,
+                    DecodeVariant::Combine,
                     0,
                 ),
             ] {
                 rows.push((
                     label,
                     time_ms(gpu, 9, 5, || {
-                        gpu.attention_decode_variant(
+                        gpu.attention_decode(
                             p(&y),
                             p(&x),
                             view,
                             &meta,
                             &shape,
-                            gpu.ptr(&po),
-                            gpu.ptr(&pm),
+                            (gpu.ptr(&po), gpu.ptr(&pm)),
                             sp,
                             variant,
                             None,
@@ -324,97 +316,26 @@ pub(crate) fn kernel_breakdown(
                 cos_sin: gpu.ptr(&cos),
                 eps: 1e-6,
             };
-            for (label, var) in [
-                (
-                    "attention_extend GQA + q norm/RoPE on load",
-                    model.kernels.extend,
-                ),
-                (
-                    "attention_extend GQA Q smem 128 regs + q norm/RoPE",
-                    ExtendVariant::GqaQSmemB4,
-                ),
-            ] {
-                rows.push((
-                    label,
-                    time_ms(gpu, 9, 5, || {
-                        gpu.attention_extend_rope(
-                            p(&y),
-                            p(&x),
-                            view,
-                            &meta,
-                            &shape,
-                            var,
-                            Some(&rope),
-                        )
+            rows.push((
+                "attention_extend GQA + q norm/RoPE on load",
+                time_ms(gpu, 9, 5, || {
+                    gpu.attention_extend(p(&y), p(&x), view, &meta, &shape, Some(&rope))
                         .unwrap()
-                    }),
-                    if model.kernels.extend_q_rope && var == model.kernels.extend {
-                        layers
-                    } else {
-                        0
-                    },
-                ));
-            }
-            for (label, var) in [
-                ("attention_extend GQA-packed (default)", ExtendVariant::Gqa),
-                (
-                    "attention_extend GQA, kvh-major grid",
-                    ExtendVariant::GqaKvhMajor,
-                ),
-                ("attention_extend run-5 (per q head)", ExtendVariant::Fast),
-                ("attention_extend GQA, Q from smem", ExtendVariant::GqaQSmem),
-                (
-                    "attention_extend GQA, Q smem, 128 regs",
-                    ExtendVariant::GqaQSmemB4,
-                ),
-                (
-                    "attention_extend GQA, 3 K/V buffers",
-                    ExtendVariant::GqaStages3,
-                ),
-                ("attention_extend GQA, 64-key tiles", ExtendVariant::GqaBn64),
-                (
-                    "attention_extend K/V prefetch (run 3)",
-                    ExtendVariant::Prefetch,
-                ),
-                ("attention_extend 64-key tiles (run 2)", ExtendVariant::Bn64),
-            ] {
-                rows.push((
-                    label,
-                    time_ms(gpu, 9, 5, || {
-                        gpu.attention_extend(p(&y), p(&x), view, &meta, &shape, var)
-                            .unwrap()
-                    }),
-                    if var == model.kernels.extend && !model.kernels.extend_q_rope {
-                        layers
-                    } else {
-                        0
-                    },
-                ));
-            }
+                }),
+                layers,
+            ));
+            rows.push((
+                "attention_extend GQA, q norm/RoPE in the q/k pass",
+                time_ms(gpu, 9, 5, || {
+                    gpu.attention_extend(p(&y), p(&x), view, &meta, &shape, None)
+                        .unwrap()
+                }),
+                0,
+            ));
         }
         let logits = gpu.zeros::<f32>(b * c.vocab_size).unwrap();
         let emb = gpu.upload(&rng.bf16s(c.vocab_size * h, 0.05)).unwrap();
-        // Whether greedy steps of these rows fold the argmax into the LM head (no logits).
-        let fused = model.step_pick(gpu, TokenPick::Argmax, b) == TokenPick::Argmax;
         let out = gpu.zeros::<u32>(b).unwrap();
-        let lm_scratch = gpu
-            .zeros::<u32>(doppel_exec::cuda::lm_argmax::lm_argmax_scratch_len(gpu.sms))
-            .unwrap();
-        rows.push((
-            "lm_head + argmax fused",
-            time_ms(gpu, 9, 3, || {
-                gpu.lm_head_argmax(
-                    gpu.ptr(&out),
-                    p(&x),
-                    p(&emb),
-                    gpu.ptr(&lm_scratch),
-                    (b, c.vocab_size, h),
-                    None,
-                )
-                .unwrap()
-            }),
-            usize::from(fused),
-        ));
         rows.push((
             "lm_head (cuBLAS, f32 out)",
             time_ms(gpu, 9, 3, || {
@@ -430,7 +351,7 @@ pub(crate) fn kernel_breakdown(
                     )
                     .unwrap()
             }),
-            if b <= 2 || fused { 0 } else { 1 },
+            if b <= 2 { 0 } else { 1 },
         ));
         if b <= 8 {
             rows.push((
@@ -447,7 +368,7 @@ pub(crate) fn kernel_breakdown(
                     )
                     .unwrap()
                 }),
-                if b <= 2 && !fused { 1 } else { 0 },
+                if b <= 2 { 1 } else { 0 },
             ));
         }
         let scratch = gpu
@@ -466,15 +387,7 @@ pub(crate) fn kernel_breakdown(
                 )
                 .unwrap()
             }),
-            usize::from(!fused),
-        ));
-        rows.push((
-            "argmax_rows one block per row (run 2)",
-            time_ms(gpu, 9, 5, || {
-                gpu.argmax_rows_single(gpu.ptr(&out), gpu.ptr(&logits), b, c.vocab_size)
-                    .unwrap()
-            }),
-            0,
+            1,
         ));
         let f = gpu.upload(&vec![0.8f32; b]).unwrap();
         let one = gpu.upload(&vec![0.9f32; b]).unwrap();

@@ -123,8 +123,7 @@ pub fn decode_graph_ab(
     .into_iter()
     .enumerate()
     {
-        model.kernels.gemm_lt = on;
-        model.kernels.gemm_lt_min_tokens = min;
+        model.kernels.gemm_lt_min_tokens = if on { min } else { usize::MAX };
         model.tune_gemms(gpu, ws, b, b).unwrap();
         let graph = super::decode_graph(gpu, model, kv, ws, meta, b, splits);
         t[i] = time_ms(gpu, 15, 10, || graph.launch().unwrap());
@@ -146,7 +145,11 @@ pub fn prefill_ab(
     let saved = model.kernels;
     let mut t = [0.0; 2];
     for (i, on) in [true, false].into_iter().enumerate() {
-        model.kernels.gemm_lt = on;
+        model.kernels.gemm_lt_min_tokens = if on {
+            saved.gemm_lt_min_tokens
+        } else {
+            usize::MAX
+        };
         model.tune_gemms(gpu, ws, s.ids.len(), b).unwrap();
         t[i] = time_ms(gpu, 5, 1, || {
             extend_step(gpu, model, kv, ws, s.ids.len(), meta, b)

@@ -7,7 +7,7 @@ use super::{decode_graph, time_ms};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaGraph;
 use doppel_exec::cuda::attention::DecodeMeta;
-use doppel_exec::cuda::model::{GpuModel, KvPool, TileUse, Workspace};
+use doppel_exec::cuda::model::{GpuModel, KvPool, Workspace};
 use doppel_exec::cuda::Gpu;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -46,20 +46,14 @@ pub fn launch_overhead(
 ) {
     let saved = model.kernels;
     let mut rows = Vec::new();
-    for (label, skinny, tile) in [
-        ("default", saved.skinny_max_tokens, saved.tile_gemm),
-        ("skinny GEMM up to 64 (no cuBLAS)", 64, saved.tile_gemm),
-        (
-            "all projections tiled",
-            saved.skinny_max_tokens,
-            TileUse::All,
-        ),
+    for (label, skinny) in [
+        ("default", saved.skinny_max_tokens),
+        ("skinny GEMM up to 64 (no cuBLAS)", 64),
     ] {
         if b <= 16 && label != "default" {
             continue; // no cuBLAS nodes at these sizes anyway
         }
         model.kernels.skinny_max_tokens = skinny;
-        model.kernels.tile_gemm = tile;
         let g = decode_graph(gpu, model, kv, ws, meta, b, splits);
         model.kernels = saved;
         let back = time_ms(gpu, 15, 10, || g.launch().unwrap());

@@ -80,12 +80,8 @@ impl KvSetup {
             num_slots: self.num_slots,
             scale: 1.0 / (d as f32).sqrt(),
             split_min_keys: 1,
-            decode_pipelined: false,
-            decode_prefetch_rows: false,
             decode_early_kv: false,
-            decode_kv_before_qk: false,
             decode_prefetch_next: None,
-            decode_prefetch_next_early: false,
             decode_mma: false,
             decode_reg_mma: false,
         }

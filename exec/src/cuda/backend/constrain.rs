@@ -190,7 +190,7 @@ impl CudaBackend {
         let pick = if d.sample {
             TokenPick::Sample
         } else {
-            TokenPick::ArgmaxKeepLogits
+            TokenPick::Argmax
         };
         self.model.pick(gpu, &self.kv, ws, d.rows, pick)?;
         self.host_sample_deferred(p, &d)?;

@@ -70,9 +70,6 @@ impl CudaBackend {
         self.model.upload_step(&self.gpu, &mut self.ws, s)?;
         let splits = decode_splits(gb, self.model.cfg.num_kv_heads, self.kv.max_ctx, self.sms)
             .min(self.ws.max_splits);
-        // Keyed by what the forward pass does: without the argmax folded into the LM head, greedy
-        // steps with and without host sampling run the same kernels.
-        let pick = self.model.step_pick(&self.gpu, pick, gb);
         if let Some(c) = self.graphs.get_mut(&(gb, pick)) {
             c.meta
                 .update(&self.gpu, &s.decode, self.kv.rows, self.kv.max_ctx)?;
