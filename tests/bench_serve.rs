@@ -18,7 +18,11 @@ struct Served {
 
 impl Served {
     fn start() -> Served {
-        let dir = std::env::temp_dir().join(format!("doppel-bench-{}", std::process::id()));
+        // One directory per server: the tests run in parallel in one process, and each removes
+        // its own directory when it ends.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("doppel-bench-{}-{k}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut spec = TinySpec::tiny(Arch::Qwen3);
