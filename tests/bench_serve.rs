@@ -18,10 +18,11 @@ struct Served {
 
 impl Served {
     fn start() -> Served {
-        // One folder per server: the tests run in parallel threads of one process.
+        // One directory per server: the tests run in parallel in one process, and each removes
+        // its own directory when it ends.
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("doppel-bench-{}-{n}", std::process::id()));
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("doppel-bench-{}-{k}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut spec = TinySpec::tiny(Arch::Qwen3);

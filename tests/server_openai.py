@@ -3,6 +3,7 @@
 usage: server_openai.py BASE_URL MODEL REASONING_BASE_URL
 (the second server runs with --reasoning-parser deepseek-r1)
 """
+import json
 import sys
 
 import openai
@@ -88,6 +89,8 @@ for extra, field in [
     ({"lora_path": "adapter"}, "lora_path"),
     ({"priority": 2}, "priority"),
     ({"tool_choice": "auto"}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required",
+      "response_format": {"type": "json_object"}}, "response_format"),
 ]:
     try:
         client.chat.completions.create(model=model, messages=msgs, max_tokens=2, extra_body=extra)
@@ -105,6 +108,43 @@ text = c.choices[0].message.content
 streamed = "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
     model=model, messages=msgs, tools=tools, max_tokens=6, temperature=0, stream=True, extra_body=full) if ch.choices)
 assert streamed == text, (streamed, text)
+
+# Forced calls (tool_choice required or named): constrained to the tools' schemas, so even random
+# weights answer valid calls, in tool_calls with finish reason tool_calls, streamed and not.
+calc = [{"type": "function", "function": {"name": "add", "parameters": {
+            "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9},
+                                             "op": {"enum": ["plus", "minus"]}},
+            "required": ["a", "op"], "additionalProperties": False}}},
+        {"type": "function", "function": {"name": "now", "parameters": {
+            "type": "object", "properties": {}, "additionalProperties": False}}}]
+def check_call(name, arguments):
+    args = json.loads(arguments)
+    if name == "add":
+        assert set(args) == {"a", "op"} and 0 <= args["a"] <= 9 and args["op"] in ("plus", "minus"), args
+    else:
+        assert name == "now" and args == {}, (name, args)
+named = {"type": "function", "function": {"name": "add"}}
+for choice, parallel in [(named, True), ("required", False), ("required", True)]:
+    c = client.chat.completions.create(model=model, messages=msgs, tools=calc, tool_choice=choice, max_tokens=256,
+                                       seed=3, parallel_tool_calls=parallel)
+    ch = c.choices[0]
+    assert ch.finish_reason == "tool_calls" and ch.message.content is None and ch.message.tool_calls, c
+    assert parallel or len(ch.message.tool_calls) == 1, c
+    for call in ch.message.tool_calls:
+        check_call(call.function.name, call.function.arguments)
+    assert choice != named or [t.function.name for t in ch.message.tool_calls] == ["add"], c
+got, finish = {}, None
+for chunk in client.chat.completions.create(model=model, messages=msgs, tools=calc, tool_choice=named,
+                                            max_tokens=64, seed=3, stream=True):
+    for ch in chunk.choices:
+        assert not ch.delta.content, ch
+        for t in ch.delta.tool_calls or []:
+            g = got.setdefault(t.index, {"name": "", "arguments": ""})
+            g["name"] += t.function.name or ""
+            g["arguments"] += t.function.arguments or ""
+        finish = ch.finish_reason or finish
+assert finish == "tool_calls" and len(got) == 1 and got[0]["name"] == "add", (finish, got)
+check_call(got[0]["name"], got[0]["arguments"])
 
 # Reasoning split (deepseek-r1: the output starts inside the think block), streamed and not.
 rc = openai.OpenAI(base_url=reasoning_base, api_key="unused", max_retries=0, timeout=60)

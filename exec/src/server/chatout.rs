@@ -2,8 +2,9 @@
 //! calls parsed from the rest; the same state machine makes the streamed deltas and the
 //! non-streamed message.
 
+use super::forced::Forced;
 use super::reasoning::{ReasoningFormat, ReasoningSplit, Split};
-use super::toolcall::{ToolCall, ToolFormat, ToolStream};
+use super::toolcall::{ToolCall, ToolFormat, ToolStep, ToolStream};
 use serde_json::{json, Value};
 
 /// How to read one request's output.
@@ -15,6 +16,9 @@ pub struct OutConfig {
     pub prompt_opened: bool,
     /// Parse tool calls in this format, naming these functions.
     pub tools: Option<(ToolFormat, Vec<String>)>,
+    /// The answer is constrained to calls (`tool_choice` required or named): read them from
+    /// the whole text.
+    pub forced: Option<Forced>,
     /// Keep more than the first call.
     pub parallel_tool_calls: bool,
     /// Stream reasoning as it comes (else in one piece when the block closes).
@@ -50,6 +54,9 @@ impl Delta {
 pub struct ChatOut {
     reasoning: Option<ReasoningSplit>,
     tools: Option<ToolStream>,
+    forced: Option<Forced>,
+    /// Forced-call text held until the answer is whole.
+    held_calls: String,
     parallel: bool,
     stream_reasoning: bool,
     held_reasoning: String,
@@ -68,6 +75,8 @@ impl ChatOut {
                 .tools
                 .as_ref()
                 .map(|(f, names)| ToolStream::new(*f, names.clone())),
+            forced: cfg.forced.clone(),
+            held_calls: String::new(),
             parallel: cfg.parallel_tool_calls,
             stream_reasoning: cfg.stream_reasoning,
             held_reasoning: String::new(),
@@ -108,16 +117,35 @@ impl ChatOut {
         if self.stream_reasoning || last || !split.content.is_empty() {
             out.reasoning = std::mem::take(&mut self.held_reasoning);
         }
-        let Some(tools) = &mut self.tools else {
+        let steps = if let Some(forced) = &self.forced {
+            self.held_calls.push_str(&split.content);
+            if !last {
+                return out;
+            }
+            let text = std::mem::take(&mut self.held_calls);
+            match forced.parse(&text) {
+                Some(calls) => ToolStep {
+                    content: String::new(),
+                    calls,
+                },
+                // Cut short (max_tokens): the partial JSON is the answer's text.
+                None => ToolStep {
+                    content: text,
+                    calls: Vec::new(),
+                },
+            }
+        } else if let Some(tools) = &mut self.tools {
+            let mut steps = tools.push(&split.content);
+            if last {
+                let f = tools.finish();
+                steps.content.push_str(&f.content);
+                steps.calls.extend(f.calls);
+            }
+            steps
+        } else {
             out.content = split.content;
             return out;
         };
-        let mut steps = tools.push(&split.content);
-        if last {
-            let f = tools.finish();
-            steps.content.push_str(&f.content);
-            steps.calls.extend(f.calls);
-        }
         out.content = steps.content;
         for c in steps.calls {
             // Without parallel calls only the first one is the answer.
@@ -194,6 +222,7 @@ mod tests {
             reasoning: Some(ReasoningFormat::Qwen3),
             prompt_opened: false,
             tools: Some((ToolFormat::Hermes, vec!["add".into()])),
+            forced: None,
             parallel_tool_calls: true,
             stream_reasoning: true,
         }
@@ -268,5 +297,29 @@ mod tests {
         let m = ChatOut::new(&c, "r").message_json(&whole);
         assert_eq!(m["reasoning_content"], Value::Null);
         assert!(m.get("tool_calls").is_none());
+    }
+
+    #[test]
+    fn forced_calls_are_held_until_the_answer_is_whole() {
+        let c = OutConfig {
+            forced: Some(Forced::Named("add".into())),
+            tools: None,
+            reasoning: None,
+            ..cfg()
+        };
+        let mut o = ChatOut::new(&c, "r");
+        assert!(o.push("{\"a\":").is_empty());
+        assert!(o.push(" 1}").is_empty());
+        let d = o.finish();
+        assert_eq!(d.content, "");
+        assert_eq!(d.calls.len(), 1);
+        assert_eq!(
+            (d.calls[0].1.name.as_str(), d.calls[0].1.arguments.as_str()),
+            ("add", "{\"a\":1}")
+        );
+        assert_eq!(o.calls(), 1);
+        // Cut short by max_tokens: the partial JSON is the text, with no call.
+        let d = ChatOut::new(&c, "r").whole("{\"a\": 1");
+        assert_eq!((d.content.as_str(), d.calls.len()), ("{\"a\": 1", 0));
     }
 }

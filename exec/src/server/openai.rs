@@ -2,11 +2,14 @@
 
 use super::chat::{self, ChatRequest, ToolChoice};
 use super::chatout::{ChatOut, OutConfig};
+use super::constrain::Requested;
 use super::error::ApiError;
+use super::forced::Forced;
 use super::gen::{self, Chunk, End, Finish, Generation};
-use super::params::{self, Api, Fields, MAX_TOP_LOGPROBS};
+use super::params::{self, Api, Fields, GenParams, MAX_TOP_LOGPROBS};
 use super::routes::{check_model, done_frame, frame, read_body, sse};
 use super::AppState;
+use crate::constraint::ConstraintSpec;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -89,6 +92,7 @@ struct Req {
 
 /// How to read a chat request's output; refuses tool settings this server cannot honour.
 fn out_config(s: &AppState, cr: &ChatRequest) -> Result<OutConfig, ApiError> {
+    let mut forced = None;
     let tools = match &cr.tool_choice {
         ToolChoice::None => None,
         ToolChoice::Auto => {
@@ -100,20 +104,46 @@ fn out_config(s: &AppState, cr: &ChatRequest) -> Result<OutConfig, ApiError> {
             };
             Some((fmt, cr.tool_names.clone()))
         }
-        ToolChoice::Required | ToolChoice::Named(_) => {
-            return Err(ApiError::field(
-                "tool_choice",
-                "`tool_choice` \"required\" or a named function needs constrained decoding, which this server does not have yet",
-            ))
+        ToolChoice::Required => {
+            forced = Some(Forced::Required);
+            None
+        }
+        ToolChoice::Named(n) => {
+            forced = Some(Forced::Named(n.clone()));
+            None
         }
     };
     Ok(OutConfig {
-        reasoning: s.info.reasoning_parser.filter(|_| cr.separate_reasoning),
+        // A forced answer is JSON from its first token: there is no reasoning to split off.
+        reasoning: s
+            .info
+            .reasoning_parser
+            .filter(|_| cr.separate_reasoning && forced.is_none()),
         prompt_opened: false,
         tools,
+        forced,
         parallel_tool_calls: cr.parallel_tool_calls,
         stream_reasoning: cr.stream_reasoning,
     })
+}
+
+/// Constrain the answer to the calls `forced` asks for (docs/structured.md).
+fn force_calls(gp: &mut GenParams, forced: &Forced, cr: &ChatRequest) -> Result<(), ApiError> {
+    if let Some(r) = &gp.constraint {
+        return Err(ApiError::field(
+            &r.field,
+            format!(
+                "`{}` cannot be set with `tool_choice` \"required\" or a named function, which constrain the answer to tool calls",
+                r.field
+            ),
+        ));
+    }
+    let tools = cr.input.tools.as_deref().unwrap_or_default();
+    gp.constraint = Some(Requested {
+        field: "tool_choice".into(),
+        spec: ConstraintSpec::json_schema(forced.schema(tools, cr.parallel_tool_calls)),
+    });
+    Ok(())
 }
 
 async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiError> {
@@ -137,7 +167,6 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
             ));
         }
     }
-    super::constrain::attach(&s, &mut gp)?;
     let req = match kind {
         Kind::Completion => {
             if f.get("suffix").is_some() {
@@ -163,6 +192,9 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
         Kind::Chat => {
             let cr = chat::read(&f)?;
             let mut out = out_config(&s, &cr)?;
+            if let Some(forced) = &out.forced {
+                force_calls(&mut gp, forced, &cr)?;
+            }
             let (ids, text) = s
                 .codec
                 .encode_chat(&cr.input)
@@ -186,6 +218,7 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
             }
         }
     };
+    super::constrain::attach(&s, &mut gp)?;
     if let Some(k) = req.top {
         gp.sampling.return_logprob = true;
         gp.sampling.top_logprobs = k;

@@ -1,0 +1,121 @@
+//! `tool_choice: "required"` and a named function on the tiny random-weight Qwen3: the answer is
+//! constrained to the calls' JSON, so even random weights give calls that follow the tools'
+//! schemas, in `tool_calls` with finish reason `tool_calls`, streamed and not.
+
+mod server_common;
+
+use doppel_exec::server::client::post_json;
+use serde_json::{json, Value};
+use server_common::{assert_no_leak, idle_info, sse_events, start};
+
+fn tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "add", "parameters": {"type": "object",
+            "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9},
+                           "op": {"enum": ["plus", "minus"]}},
+            "required": ["a", "op"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "now", "parameters": {"type": "object",
+            "properties": {}, "additionalProperties": false}}},
+    ])
+}
+
+fn body(choice: Value, extra: Value) -> Value {
+    let mut b = json!({"messages": [{"role": "user", "content": "Add 2 and 3"}],
+        "tools": tools(), "tool_choice": choice, "max_tokens": 256, "seed": 5});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+/// Each call names a tool and its arguments follow that tool's schema.
+fn check_call(c: &Value) -> String {
+    assert_eq!(c["type"], "function", "{c}");
+    assert!(c["id"].as_str().unwrap().starts_with("call_"), "{c}");
+    let name = c["function"]["name"].as_str().unwrap().to_string();
+    let args: Value = serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap();
+    let o = args.as_object().unwrap();
+    match name.as_str() {
+        "add" => {
+            assert_eq!(o.len(), 2, "{args}");
+            assert!((0..=9).contains(&o["a"].as_i64().unwrap()), "{args}");
+            assert!(o["op"] == "plus" || o["op"] == "minus", "{args}");
+        }
+        "now" => assert!(o.is_empty(), "{args}"),
+        other => panic!("unknown function {other}"),
+    }
+    name
+}
+
+async fn whole(addr: &str, b: &Value) -> Vec<String> {
+    let r = post_json(addr, "/v1/chat/completions", b).await.unwrap();
+    assert_eq!(r.status, 200, "{b}: {}", r.text());
+    let v = r.json();
+    let ch = &v["choices"][0];
+    assert_eq!(ch["finish_reason"], "tool_calls", "{v}");
+    assert!(ch["message"]["content"].is_null(), "{v}");
+    let calls = ch["message"]["tool_calls"].as_array().unwrap();
+    calls.iter().map(check_call).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_tool_choice_gives_schema_valid_calls_streamed_and_not() {
+    let srv = start(|_| {}).await;
+    let a = srv.addr.as_str();
+    let named = json!({"type": "function", "function": {"name": "add"}});
+    for seed in 0..4 {
+        let b = body(named.clone(), json!({"seed": seed}));
+        assert_eq!(whole(a, &b).await, ["add"]);
+        let b = body(
+            json!("required"),
+            json!({"seed": seed, "parallel_tool_calls": false}),
+        );
+        assert_eq!(whole(a, &b).await.len(), 1);
+        let b = body(json!("required"), json!({"seed": seed}));
+        assert!(!whole(a, &b).await.is_empty());
+    }
+    // Streamed: no content, the calls as tool-call deltas, then finish reason tool_calls.
+    let evs = sse_events(
+        a,
+        "/v1/chat/completions",
+        &body(named, json!({"stream": true})),
+    )
+    .await;
+    let deltas: Vec<&Value> = evs.iter().map(|e| &e["choices"][0]["delta"]).collect();
+    // The role chunk carries an empty content, as OpenAI's does; no text follows.
+    assert!(
+        deltas
+            .iter()
+            .all(|d| d.get("content").is_none_or(|c| c == "")),
+        "{evs:?}"
+    );
+    let calls: Vec<&Value> = deltas
+        .iter()
+        .filter_map(|d| d.get("tool_calls"))
+        .flat_map(|c| c.as_array().unwrap())
+        .collect();
+    assert_eq!(calls.len(), 1, "{evs:?}");
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(check_call(calls[0]), "add");
+    let last = &evs.last().unwrap()["choices"][0];
+    assert_eq!(last["finish_reason"], "tool_calls", "{evs:?}");
+    assert_no_leak(&idle_info(a).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_tool_choice_with_a_response_format_is_refused_by_name() {
+    let srv = start(|_| {}).await;
+    let b = body(
+        json!("required"),
+        json!({"response_format": {"type": "json_object"}}),
+    );
+    let r = post_json(&srv.addr, "/v1/chat/completions", &b)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("response_format") && msg.contains("tool_choice"),
+        "{msg}"
+    );
+}
