@@ -577,6 +577,11 @@ mod tests {
         let (tx, shared, h) = start(None, Some(1), Some(1));
         let mut first = submit(&tx, 1, 1000);
         assert!(matches!(first.blocking_recv(), Some(ReqEvent::Admitted(_))));
+        // Leaving the queue is reported before the first token.
+        assert!(matches!(
+            first.blocking_recv(),
+            Some(ReqEvent::Scheduled(_))
+        ));
         assert!(matches!(
             first.blocking_recv(),
             Some(ReqEvent::Token { .. })

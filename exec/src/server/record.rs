@@ -167,18 +167,25 @@ impl Recorder {
         if output_tokens == 0 || p.prompt_len == 0 {
             return Ok(());
         }
-        let entry = Entry {
-            arrival_ms: p.arrival.saturating_sub(self.origin) as f64 * 1e-6,
-            prompt_len: p.prompt_len,
-            output_len: output_tokens,
-            pages: &p.pages,
+        let line = |origin: TimeNs| {
+            let entry = Entry {
+                arrival_ms: p.arrival.saturating_sub(origin) as f64 * 1e-6,
+                prompt_len: p.prompt_len,
+                output_len: output_tokens,
+                pages: &p.pages,
+            };
+            format!(
+                "    - {}\n",
+                serde_json::to_string(&entry).unwrap_or_default()
+            )
         };
-        let json = serde_json::to_string(&entry).unwrap_or_default();
-        let line = format!("    - {json}\n");
-        if self.written + line.len() as u64 > self.cfg.max_bytes {
+        let mut text = line(self.origin);
+        if self.written + text.len() as u64 > self.cfg.max_bytes {
+            // The new file's times count from this request: its line is written anew.
             self.rotate(p.arrival)?;
+            text = line(self.origin);
         }
-        self.write(line.as_bytes())
+        self.write(text.as_bytes())
     }
 
     /// Move the full file to `FILE.1` and start a new one whose times count from `now`.
