@@ -180,12 +180,7 @@ pub fn to_svg(r: &SweepResult) -> String {
             left + (w - left - right) * i as f64 / (n - 1) as f64
         }
     };
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">"
-    );
-    let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+    let mut s = svg_open(w, h);
     let _ = writeln!(
         s,
         "<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\">{}: sweep of {}</text>",
@@ -283,6 +278,17 @@ pub(crate) fn fmt_num(v: f64) -> String {
     } else {
         format!("{:.2}", v)
     }
+}
+
+/// An SVG document's opening tag and white background, `w` x `h` pixels.
+pub(crate) fn svg_open(w: f64, h: f64) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">"
+    );
+    let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+    s
 }
 
 pub(crate) fn xml(s: &str) -> String {

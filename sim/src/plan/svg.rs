@@ -39,12 +39,7 @@ pub fn to_svg(r: &PlanResult) -> String {
     };
     let x_of = |g: usize| frame.x(g);
     let y_of = |v: f64| frame.y(v);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">"
-    );
-    let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+    let mut s = crate::sweep::svg_open(w, h);
     let _ = writeln!(
         s,
         "<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}: cost against {} ({} setups)</text>",
