@@ -274,11 +274,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
         "prefill-decode disaggregation is not supported",
     ),
     unsupported("data_parallel_rank", "data parallelism is not supported"),
-    Unsupported {
-        field: "logprob_start_len",
-        why: "prompt logprobs are not supported yet (-1, output tokens only, is accepted)",
-        neutral: Some(-1),
-    },
     unsupported(
         "return_prompt_token_ids",
         "prompt token ids are not returned",
