@@ -160,6 +160,12 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
         Kind::Chat => Api::Chat,
     };
     params::refuse_unsupported(&f)?;
+    if f.get("logprob_start_len").is_some_and(|v| v != &json!(-1)) {
+        return Err(ApiError::field(
+            "logprob_start_len",
+            "`logprob_start_len` is a /generate field; here prompt logprobs come with `echo` and `logprobs` (completions)",
+        ));
+    }
     let mut gp = params::sampling(&f, api, &s.defaults, s.info.vocab, s.info.context_len)?;
     gp.priority = params::priority(&f, &s.info.policy)?;
     if let Some(m) = f.get("modalities") {
