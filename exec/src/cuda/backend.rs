@@ -26,6 +26,7 @@ use std::time::Instant;
 
 mod constrain;
 mod graphs;
+mod prompt;
 mod table;
 use constrain::Deferred;
 pub use graphs::graph_sizes;
@@ -66,6 +67,8 @@ struct Pending {
     done: Option<CudaEvent>,
     /// The pick, waiting for constraint masks.
     deferred: Option<Deferred>,
+    /// Prompt logprobs (entry index, one per row), computed at launch.
+    prompt: Vec<(usize, Vec<TokenLogprob>)>,
 }
 
 /// The GPU backend.
@@ -102,6 +105,8 @@ pub struct CudaBackend {
     stall_next: u64,
     /// End event of the last collected timed step.
     last_end: Option<cudarc::driver::CudaEvent>,
+    /// Buffers for prompt logprobs (allocated by the first request that asks for them).
+    prompt_bufs: Option<super::prompt_logprobs::PromptLogprobBufs>,
 }
 
 impl CudaBackend {
@@ -174,6 +179,7 @@ impl CudaBackend {
             tuning: false,
             stall_next: 0,
             last_end: None,
+            prompt_bufs: None,
         })
     }
 
@@ -424,6 +430,7 @@ impl CudaBackend {
                 )?;
             }
         }
+        let prompt = self.prompt_logprobs(plan)?;
         if constrained {
             let deferred = Deferred::new(plan, rows, sample, &host_rows, start_ev);
             let result = self.next_result;
@@ -440,6 +447,7 @@ impl CudaBackend {
                 events: None,
                 done: None,
                 deferred: Some(deferred),
+                prompt,
             });
         }
         // Rows that need host sampling: download their logits now (this waits for the step).
@@ -503,6 +511,7 @@ impl CudaBackend {
             events,
             done: Some(done),
             deferred: None,
+            prompt,
         })
     }
 }
@@ -581,6 +590,7 @@ impl Backend for CudaBackend {
             }
         }
         out.done_at = p.now + p.started.elapsed().as_nanos() as u64;
+        out.prompt_logprobs = std::mem::take(&mut p.prompt);
         self.advance_matchers(plan, out);
         // The next step's masks can be computed now, while the GPU runs its forward pass.
         if let Some(mut next) = self.pending.pop_front() {

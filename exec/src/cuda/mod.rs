@@ -25,6 +25,7 @@ mod layer;
 pub mod model;
 pub mod ops;
 pub mod plan;
+pub mod prompt_logprobs;
 pub mod rope;
 pub mod sample;
 pub mod skinny;
