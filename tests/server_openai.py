@@ -133,18 +133,28 @@ for choice, parallel in [(named, True), ("required", False), ("required", True)]
     for call in ch.message.tool_calls:
         check_call(call.function.name, call.function.arguments)
     assert choice != named or [t.function.name for t in ch.message.tool_calls] == ["add"], c
-got, finish = {}, None
-for chunk in client.chat.completions.create(model=model, messages=msgs, tools=calc, tool_choice=named,
-                                            max_tokens=64, seed=3, stream=True):
-    for ch in chunk.choices:
-        assert not ch.delta.content, ch
-        for t in ch.delta.tool_calls or []:
-            g = got.setdefault(t.index, {"name": "", "arguments": ""})
-            g["name"] += t.function.name or ""
-            g["arguments"] += t.function.arguments or ""
-        finish = ch.finish_reason or finish
-assert finish == "tool_calls" and len(got) == 1 and got[0]["name"] == "add", (finish, got)
-check_call(got[0]["name"], got[0]["arguments"])
+# Streamed: each call's first delta names it, later deltas add argument text (as it is
+# generated); joined, they are the non-streamed answer's calls.
+for choice in [named, "required"]:
+    body = dict(model=model, messages=msgs, tools=calc, tool_choice=choice, max_tokens=64, seed=3)
+    whole = client.chat.completions.create(**body).choices[0].message.tool_calls
+    got, finish = {}, None
+    for chunk in client.chat.completions.create(**body, stream=True):
+        for ch in chunk.choices:
+            assert not ch.delta.content, ch
+            for t in ch.delta.tool_calls or []:
+                first = t.index not in got
+                g = got.setdefault(t.index, {"name": "", "arguments": ""})
+                assert first == bool(t.function.name) == bool(t.id), t
+                g["name"] += t.function.name or ""
+                g["arguments"] += t.function.arguments or ""
+            finish = ch.finish_reason or finish
+    assert finish == "tool_calls" and len(got) == len(whole), (finish, got, whole)
+    for i, w in enumerate(whole):
+        assert got[i]["name"] == w.function.name, (got, whole)
+        assert json.loads(got[i]["arguments"]) == json.loads(w.function.arguments), (got, whole)
+        check_call(got[i]["name"], got[i]["arguments"])
+    assert choice != named or got[0]["name"] == "add", got
 
 # Reasoning split (deepseek-r1: the output starts inside the think block), streamed and not.
 rc = openai.OpenAI(base_url=reasoning_base, api_key="unused", max_retries=0, timeout=60)

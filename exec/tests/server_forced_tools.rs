@@ -74,31 +74,70 @@ async fn forced_tool_choice_gives_schema_valid_calls_streamed_and_not() {
         let b = body(json!("required"), json!({"seed": seed}));
         assert!(!whole(a, &b).await.is_empty());
     }
-    // Streamed: no content, the calls as tool-call deltas, then finish reason tool_calls.
-    let evs = sse_events(
-        a,
-        "/v1/chat/completions",
-        &body(named, json!({"stream": true})),
-    )
-    .await;
-    let deltas: Vec<&Value> = evs.iter().map(|e| &e["choices"][0]["delta"]).collect();
-    // The role chunk carries an empty content, as OpenAI's does; no text follows.
-    assert!(
-        deltas
-            .iter()
-            .all(|d| d.get("content").is_none_or(|c| c == "")),
-        "{evs:?}"
-    );
-    let calls: Vec<&Value> = deltas
-        .iter()
-        .filter_map(|d| d.get("tool_calls"))
-        .flat_map(|c| c.as_array().unwrap())
-        .collect();
-    assert_eq!(calls.len(), 1, "{evs:?}");
-    assert_eq!(calls[0]["index"], 0);
-    assert_eq!(check_call(calls[0]), "add");
-    let last = &evs.last().unwrap()["choices"][0];
-    assert_eq!(last["finish_reason"], "tool_calls", "{evs:?}");
+    // Streamed: no content; each call's first delta names it (with its id), later ones add
+    // argument text; joined they are the whole answer's calls; finish reason tool_calls.
+    for (choice, extra) in [
+        (named.clone(), json!({"seed": 1})),
+        (json!("required"), json!({"seed": 2})),
+        (
+            json!("required"),
+            json!({"seed": 3, "parallel_tool_calls": false}),
+        ),
+    ] {
+        let b = body(choice, extra);
+        let r = post_json(a, "/v1/chat/completions", &b)
+            .await
+            .unwrap()
+            .json();
+        let want = &r["choices"][0]["message"]["tool_calls"];
+        let mut sb = b.clone();
+        sb["stream"] = json!(true);
+        let evs = sse_events(a, "/v1/chat/completions", &sb).await;
+        let deltas: Vec<&Value> = evs.iter().map(|e| &e["choices"][0]["delta"]).collect();
+        // The role chunk carries an empty content, as OpenAI's does; no text follows.
+        assert!(
+            deltas
+                .iter()
+                .all(|d| d.get("content").is_none_or(|c| c == "")),
+            "{evs:?}"
+        );
+        let mut calls: Vec<Value> = Vec::new();
+        for d in deltas.iter().filter_map(|d| d.get("tool_calls")) {
+            for t in d.as_array().unwrap() {
+                let i = t["index"].as_u64().unwrap() as usize;
+                if i == calls.len() {
+                    assert!(
+                        t["id"].is_string() && t["function"]["name"].is_string(),
+                        "{t}"
+                    );
+                    calls.push(t.clone());
+                } else {
+                    assert!(
+                        t.get("id").is_none() && t["function"].get("name").is_none(),
+                        "{t}"
+                    );
+                    let more = t["function"]["arguments"].as_str().unwrap();
+                    let args = calls[i]["function"]["arguments"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                        + more;
+                    calls[i]["function"]["arguments"] = json!(args);
+                }
+            }
+        }
+        assert_eq!(calls.len(), want.as_array().unwrap().len(), "{evs:?}");
+        for (c, w) in calls.iter().zip(want.as_array().unwrap()) {
+            assert_eq!(check_call(c), w["function"]["name"]);
+            let (x, y): (Value, Value) = (
+                serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap(),
+                serde_json::from_str(w["function"]["arguments"].as_str().unwrap()).unwrap(),
+            );
+            assert_eq!(x, y, "streamed arguments join to the whole answer's");
+        }
+        let last = &evs.last().unwrap()["choices"][0];
+        assert_eq!(last["finish_reason"], "tool_calls", "{evs:?}");
+    }
     assert_no_leak(&idle_info(a).await);
 }
 
