@@ -158,3 +158,61 @@ async fn forced_tool_choice_with_a_response_format_is_refused_by_name() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_structural_tag_forces_the_structure_after_each_trigger() {
+    let srv = start(|_| {}).await;
+    let a = srv.addr.as_str();
+    // A strong bias makes the model write the trigger, so the structure must follow it.
+    let t = post_json(
+        a,
+        "/tokenize",
+        &json!({"prompt": "<", "add_special_tokens": false}),
+    )
+    .await
+    .unwrap()
+    .json();
+    let lt = t["tokens"][0].as_u64().unwrap();
+    let schema = tools()[0]["function"]["parameters"].clone();
+    let rf = json!({"type": "structural_tag", "triggers": ["<"],
+        "structures": [{"begin": "<f=add>", "schema": schema, "end": "</f>"}]});
+    let mut b = body(
+        json!("none"),
+        json!({"response_format": rf, "max_tokens": 60}),
+    );
+    b["logit_bias"] = json!({lt.to_string(): 100});
+    b.as_object_mut().unwrap().remove("tools");
+    b.as_object_mut().unwrap().remove("tool_choice");
+    let r = post_json(a, "/v1/chat/completions", &b).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rest = text
+        .strip_prefix("<f=add>")
+        .unwrap_or_else(|| panic!("{text:?}"));
+    let json_end = rest.find("</f>").unwrap_or_else(|| panic!("{text:?}"));
+    let args: Value = serde_json::from_str(&rest[..json_end]).unwrap();
+    assert!((0..=9).contains(&args["a"].as_i64().unwrap()), "{args}");
+    assert!(args["op"] == "plus" || args["op"] == "minus", "{args}");
+    // The same through /generate's sampling parameter (a JSON string, as SGLang takes it).
+    let g = post_json(
+        a,
+        "/generate",
+        &json!({"text": "x", "sampling_params": {"max_new_tokens": 40, "logit_bias": {lt.to_string(): 100},
+            "structural_tag": rf.to_string()}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(g.status, 200, "{}", g.text());
+    assert!(g.json()["text"].as_str().unwrap().starts_with("<f=add>{"));
+    // A structure no trigger opens is a 400 naming it.
+    let mut bad = b.clone();
+    bad["response_format"]["structures"][0]["begin"] = json!("g>");
+    let r = post_json(a, "/v1/chat/completions", &bad).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["param"], "response_format.structures");
+    assert!(r.text().contains("structures[0].begin"), "{}", r.text());
+    assert_no_leak(&idle_info(a).await);
+}

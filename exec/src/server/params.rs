@@ -297,7 +297,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     unsupported("audio", "audio output is not supported"),
     unsupported("prediction", "predicted outputs are not supported"),
     unsupported("web_search_options", "web search is not supported"),
-    unsupported("structural_tag", "structural tags are not supported"),
     unsupported("custom_params", "custom logit processors are not supported"),
 ];
 
