@@ -22,7 +22,10 @@ fn convert(engine: &str, input: &Path, out: &Path) -> (bool, String) {
         .args([engine, input.to_str().unwrap(), out.to_str().unwrap()])
         .output()
         .expect("python3 is needed for this test");
-    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -53,7 +56,10 @@ fn sglang_result_lines_keep_their_rows_and_a_bad_field_is_named() {
     assert!(ok, "{err}");
     let rows = load(&out);
     assert_eq!(rows.len(), 2);
-    assert_eq!((rows[1].batch, rows[1].input_len, rows[1].output_len), (64, 128, 64));
+    assert_eq!(
+        (rows[1].batch, rows[1].input_len, rows[1].output_len),
+        (64, 128, 64)
+    );
     assert!(close(rows[0].prefill_s, 0.0167) && close(rows[1].decode_s, 0.0051));
 
     std::fs::write(
