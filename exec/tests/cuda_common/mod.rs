@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kv;
+pub mod sampling;
 
 use doppel_exec::cuda::Gpu;
 use half::bf16;
