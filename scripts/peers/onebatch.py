@@ -93,7 +93,7 @@ def vllm_rows(folder):
         rows.append({
             "batch_size": b, "input_len": i, "output_len": o,
             "prefill_latency": prefill, "median_decode_latency": step,
-            "source": "vllm bench latency (decode: mean step of out-1 runs)",
+            "source": "vllm latency runs of 1 and output_len tokens (decode: mean step)",
         })
     if not rows:
         raise TableError(f"{folder}: no latency-bB-inI-outO.json pairs (O > 1 with O = 1)")
