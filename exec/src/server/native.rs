@@ -128,37 +128,8 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
     gp.sampling.top_logprobs = if return_logprob { top } else { 0 };
     let start = logprob_start(&f, &sf, return_logprob)?;
     let total = gp.check_total(p.ids.len(), p.field)?;
-    let rids: Option<Vec<String>> = match f.get("rid") {
-        None => None,
-        Some(Value::String(r)) if total == 1 => Some(vec![r.clone()]),
-        Some(Value::Array(a)) if a.len() == total && a.iter().all(Value::is_string) => Some(
-            a.iter()
-                .map(|v| v.as_str().unwrap_or_default().to_string())
-                .collect(),
-        ),
-        Some(v) => {
-            return Err(ApiError::field(
-                "rid",
-                format!(
-                    "`rid` must be a string (one request) or a list of {total} strings (one per prompt and choice), got {}",
-                    super::wire::clip(&v.to_string())
-                ),
-            ))
-        }
-    };
-    let mut sps = Vec::with_capacity(p.ids.len());
-    for (i, ids) in p.ids.iter().enumerate() {
-        let field = if p.batch {
-            format!("{}[{i}]", p.field)
-        } else {
-            p.field.to_string()
-        };
-        let mut sp = gp.for_prompt(ids.len(), s.info.context_len, &field)?;
-        if return_logprob {
-            sp.prompt_logprobs_from = Some(prompt_start(start, ids.len(), &field)?);
-        }
-        sps.push(sp);
-    }
+    let rids = client_rids(&f, total)?;
+    let sps = per_prompt(&s, &p, &gp, return_logprob.then_some(start))?;
     let mut gens = Vec::with_capacity(total);
     let mut prompts = Vec::with_capacity(total);
     for (ids, sp) in p.ids.into_iter().zip(sps) {
@@ -203,6 +174,49 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
     } else {
         Json(items.pop().unwrap_or(Value::Null)).into_response()
     })
+}
+
+/// The client's `rid`s: one for a single generation, else one per prompt and choice.
+fn client_rids(f: &Fields, total: usize) -> Result<Option<Vec<String>>, ApiError> {
+    match f.get("rid") {
+        None => Ok(None),
+        Some(Value::String(r)) if total == 1 => Ok(Some(vec![r.clone()])),
+        Some(Value::Array(a)) if a.len() == total && a.iter().all(Value::is_string) => Ok(Some(
+            a.iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect(),
+        )),
+        Some(v) => Err(ApiError::field(
+            "rid",
+            format!(
+                "`rid` must be a string (one request) or a list of {total} strings (one per prompt and choice), got {}",
+                super::wire::clip(&v.to_string())
+            ),
+        )),
+    }
+}
+
+/// Each prompt's sampling parameters; `start` (with `return_logprob`) is `logprob_start_len`.
+fn per_prompt(
+    s: &AppState,
+    p: &Prompts,
+    gp: &params::GenParams,
+    start: Option<Option<usize>>,
+) -> Result<Vec<doppel_core::SamplingParams>, ApiError> {
+    let mut sps = Vec::with_capacity(p.ids.len());
+    for (i, ids) in p.ids.iter().enumerate() {
+        let field = if p.batch {
+            format!("{}[{i}]", p.field)
+        } else {
+            p.field.to_string()
+        };
+        let mut sp = gp.for_prompt(ids.len(), s.info.context_len, &field)?;
+        if let Some(start) = start {
+            sp.prompt_logprobs_from = Some(prompt_start(start, ids.len(), &field)?);
+        }
+        sps.push(sp);
+    }
+    Ok(sps)
 }
 
 /// A prompt whose token logprobs are returned from position `from` on.

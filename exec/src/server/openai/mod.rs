@@ -160,67 +160,10 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
         Kind::Chat => Api::Chat,
     };
     params::refuse_unsupported(&f)?;
-    if f.get("logprob_start_len").is_some_and(|v| v != &json!(-1)) {
-        return Err(ApiError::field(
-            "logprob_start_len",
-            "`logprob_start_len` is a /generate field; here prompt logprobs come with `echo` and `logprobs` (completions)",
-        ));
-    }
+    refuse_fields(&f)?;
     let mut gp = params::sampling(&f, api, &s.defaults, s.info.vocab, s.info.context_len)?;
     gp.priority = params::priority(&f, &s.info.policy)?;
-    if let Some(m) = f.get("modalities") {
-        if m != &json!(["text"]) {
-            return Err(ApiError::field(
-                "modalities",
-                format!("`modalities` may only be [\"text\"], got {m}"),
-            ));
-        }
-    }
-    let req = match kind {
-        Kind::Completion => {
-            if f.get("suffix").is_some() {
-                return Err(ApiError::field("suffix", "`suffix` is not supported"));
-            }
-            let top = f
-                .int_in("logprobs", 0, MAX_TOP_LOGPROBS as i64)?
-                .map(|k| k as usize);
-            let echo = f.bool("echo")?.unwrap_or(false);
-            Req {
-                prompts: completion_prompts(&s, &f)?,
-                echo,
-                top,
-                out: None,
-            }
-        }
-        Kind::Chat => {
-            let cr = chat::read(&f)?;
-            let mut out = out_config(&s, &cr)?;
-            if let Some(forced) = &out.forced {
-                force_calls(&mut gp, forced, &cr)?;
-            }
-            let (ids, text) = s
-                .codec
-                .encode_chat(&cr.input)
-                .map_err(|e| ApiError::field("messages", format!("`messages`: {e}")))?;
-            // A template that opens the think block itself (thinking models) starts the output
-            // inside it.
-            out.prompt_opened = text.trim_end().ends_with("<think>");
-            let want = f.bool("logprobs")?.unwrap_or(false);
-            let k = f.int_in("top_logprobs", 0, MAX_TOP_LOGPROBS as i64)?;
-            if k.is_some_and(|k| k > 0) && !want {
-                return Err(ApiError::field(
-                    "top_logprobs",
-                    "`top_logprobs` needs `logprobs: true`",
-                ));
-            }
-            Req {
-                prompts: vec![(ids, String::new())],
-                echo: false,
-                top: want.then_some(k.unwrap_or(0) as usize),
-                out: Some(out),
-            }
-        }
-    };
+    let req = read_req(&s, &f, kind, &mut gp)?;
     super::constrain::attach(&s, &mut gp)?;
     if let Some(k) = req.top {
         gp.sampling.return_logprob = true;
@@ -234,20 +177,7 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
         "prompt"
     };
     gp.check_total(req.prompts.len(), field)?;
-    let mut sps = Vec::new();
-    for (i, (ids, _)) in req.prompts.iter().enumerate() {
-        let name = if req.prompts.len() > 1 {
-            format!("{field}[{i}]")
-        } else {
-            field.to_string()
-        };
-        let mut sp = gp.for_prompt(ids.len(), s.info.context_len, &name)?;
-        if req.echo && req.top.is_some() {
-            // Echoed prompts carry their tokens' logprobs (the first has none).
-            sp.prompt_logprobs_from = Some(0);
-        }
-        sps.push(sp);
-    }
+    let sps = per_prompt(&s, &gp, &req, field)?;
     let mut gens = Vec::new();
     for ((ids, _), sp) in req.prompts.iter().zip(&sps) {
         for j in 0..gp.n {
@@ -287,6 +217,109 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
     if stream {
         return Ok(stream_response(s, gens, head, outs, echo, include_usage));
     }
+    whole_response(&s, gens, head, outs, echo).await
+}
+
+/// Fields the OpenAI routes refuse beyond `params::UNSUPPORTED`.
+fn refuse_fields(f: &Fields) -> Result<(), ApiError> {
+    if f.get("logprob_start_len").is_some_and(|v| v != &json!(-1)) {
+        return Err(ApiError::field(
+            "logprob_start_len",
+            "`logprob_start_len` is a /generate field; here prompt logprobs come with `echo` and `logprobs` (completions)",
+        ));
+    }
+    if let Some(m) = f.get("modalities") {
+        if m != &json!(["text"]) {
+            return Err(ApiError::field(
+                "modalities",
+                format!("`modalities` may only be [\"text\"], got {m}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The prompts and output settings of a completions or chat request.
+fn read_req(s: &AppState, f: &Fields, kind: Kind, gp: &mut GenParams) -> Result<Req, ApiError> {
+    Ok(match kind {
+        Kind::Completion => {
+            if f.get("suffix").is_some() {
+                return Err(ApiError::field("suffix", "`suffix` is not supported"));
+            }
+            let top = f
+                .int_in("logprobs", 0, MAX_TOP_LOGPROBS as i64)?
+                .map(|k| k as usize);
+            let echo = f.bool("echo")?.unwrap_or(false);
+            Req {
+                prompts: completion_prompts(s, f)?,
+                echo,
+                top,
+                out: None,
+            }
+        }
+        Kind::Chat => {
+            let cr = chat::read(f)?;
+            let mut out = out_config(s, &cr)?;
+            if let Some(forced) = &out.forced {
+                force_calls(gp, forced, &cr)?;
+            }
+            let (ids, text) = s
+                .codec
+                .encode_chat(&cr.input)
+                .map_err(|e| ApiError::field("messages", format!("`messages`: {e}")))?;
+            // A template that opens the think block itself (thinking models) starts the output
+            // inside it.
+            out.prompt_opened = text.trim_end().ends_with("<think>");
+            let want = f.bool("logprobs")?.unwrap_or(false);
+            let k = f.int_in("top_logprobs", 0, MAX_TOP_LOGPROBS as i64)?;
+            if k.is_some_and(|k| k > 0) && !want {
+                return Err(ApiError::field(
+                    "top_logprobs",
+                    "`top_logprobs` needs `logprobs: true`",
+                ));
+            }
+            Req {
+                prompts: vec![(ids, String::new())],
+                echo: false,
+                top: want.then_some(k.unwrap_or(0) as usize),
+                out: Some(out),
+            }
+        }
+    })
+}
+
+/// Each prompt's sampling parameters (echoed prompts with logprobs score their tokens).
+fn per_prompt(
+    s: &AppState,
+    gp: &GenParams,
+    req: &Req,
+    field: &str,
+) -> Result<Vec<doppel_core::SamplingParams>, ApiError> {
+    let mut sps = Vec::new();
+    for (i, (ids, _)) in req.prompts.iter().enumerate() {
+        let name = if req.prompts.len() > 1 {
+            format!("{field}[{i}]")
+        } else {
+            field.to_string()
+        };
+        let mut sp = gp.for_prompt(ids.len(), s.info.context_len, &name)?;
+        if req.echo && req.top.is_some() {
+            // Echoed prompts carry their tokens' logprobs (the first has none).
+            sp.prompt_logprobs_from = Some(0);
+        }
+        sps.push(sp);
+    }
+    Ok(sps)
+}
+
+/// The whole (non-streamed) answer.
+async fn whole_response(
+    s: &AppState,
+    mut gens: Vec<Generation>,
+    head: Head,
+    outs: Vec<ChatOut>,
+    echo: Vec<String>,
+) -> Result<Response, ApiError> {
     let mut choices = Vec::new();
     let mut usage = Usage::default();
     let mut outs = outs.into_iter();
@@ -317,7 +350,7 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
             None => Part::Text,
         };
         let prompt = head.prompt_entries(i, 0, &c);
-        choices.push(head.choice(&s, i, (&c, &prompt), Some(&end.finish), body));
+        choices.push(head.choice(s, i, (&c, &prompt), Some(&end.finish), body));
     }
     let mut body = head.envelope(false);
     body["choices"] = Value::Array(choices);
