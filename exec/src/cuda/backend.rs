@@ -105,8 +105,9 @@ pub struct CudaBackend {
     stall_next: u64,
     /// End event of the last collected timed step.
     last_end: Option<cudarc::driver::CudaEvent>,
-    /// Buffers for prompt logprobs (allocated by the first request that asks for them).
-    prompt_bufs: Option<super::prompt_logprobs::PromptLogprobBufs>,
+    /// Buffers for prompt logprobs (allocated with the backend, so a request that asks for
+    /// them cannot meet a full device mid-serve).
+    prompt_bufs: super::prompt_logprobs::PromptLogprobBufs,
 }
 
 impl CudaBackend {
@@ -157,6 +158,7 @@ impl CudaBackend {
         };
         let results = [pinned()?, pinned()?];
         let (mask_dev, mask_row_dev) = (gpu.zeros(1)?, gpu.zeros(1)?);
+        let prompt_bufs = super::prompt_logprobs::PromptLogprobBufs::new(&gpu, &model)?;
         Ok(CudaBackend {
             pad_row: cfg.table_rows,
             gpu,
@@ -179,7 +181,7 @@ impl CudaBackend {
             tuning: false,
             stall_next: 0,
             last_end: None,
-            prompt_bufs: None,
+            prompt_bufs,
         })
     }
 

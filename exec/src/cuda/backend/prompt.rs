@@ -2,7 +2,6 @@
 //! forward pass (cuda/prompt_logprobs.rs) while the workspace still holds their hidden rows.
 
 use super::CudaBackend;
-use crate::cuda::prompt_logprobs::PromptLogprobBufs;
 use crate::cuda::Result;
 use doppel_core::{Plan, TokenLogprob};
 
@@ -34,16 +33,10 @@ impl CudaBackend {
                 .positions()
                 .map(|p| (e.offset + p - e.prefix_len) as u32)
                 .collect();
-            let bufs = match &mut self.prompt_bufs {
-                Some(b) => b,
-                None => self
-                    .prompt_bufs
-                    .insert(PromptLogprobBufs::new(&self.gpu, &self.model)?),
-            };
             let lps = self.model.prompt_logprobs(
                 &self.gpu,
                 &self.ws,
-                bufs,
+                &mut self.prompt_bufs,
                 (&tok, &rows.targets),
                 e.sampling.top_logprobs,
             )?;
