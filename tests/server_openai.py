@@ -58,6 +58,13 @@ assert sorted(ch.index for ch in r.choices) == [0, 1, 2], r
 assert len({ch.text for ch in r.choices}) == 1, r
 lp = r.choices[0].logprobs
 assert len(lp.tokens) == 4 and len(lp.token_logprobs) == 4 and all(len(t) == 2 for t in lp.top_logprobs), lp
+# echo with logprobs: the prompt's tokens first, the first with no logprob.
+e = client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0, echo=True, logprobs=2, extra_body=full)
+elp, n_prompt = e.choices[0].logprobs, e.usage.prompt_tokens
+assert e.choices[0].text == prompt + r.choices[0].text, e
+assert len(elp.tokens) == n_prompt + 4 and elp.token_logprobs[0] is None and elp.top_logprobs[0] is None, elp
+assert all(x <= 0 for x in elp.token_logprobs[1:]) and elp.text_offset[0] == 0, elp
+assert elp.token_logprobs[n_prompt:] == lp.token_logprobs, (elp, lp)
 a = client.completions.create(model=model, prompt="seed", max_tokens=6, temperature=1.0, seed=7, extra_body=full)
 b = client.completions.create(model=model, prompt="seed", max_tokens=6, temperature=1.0, seed=7, extra_body=full)
 assert a.choices[0].text == b.choices[0].text, (a, b)
