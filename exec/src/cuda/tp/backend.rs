@@ -105,12 +105,16 @@ impl TpCudaBackend {
     /// Send a job to every rank, then wait for every answer; rank 0's result, or the first
     /// rank's error.
     fn broadcast(&self, job: impl Fn() -> Job) -> Result<Option<StepResult>> {
-        for (r, w) in self.workers.iter().enumerate() {
-            w.jobs.send(job()).map_err(|_| gone(r))?;
-        }
+        // Every rank that took the job answers it, even when another rank is gone, so the
+        // replies stay in step with the jobs.
+        let sent: Vec<bool> = self
+            .workers
+            .iter()
+            .map(|w| w.jobs.send(job()).is_ok())
+            .collect();
         let mut first = None;
-        let mut err = None;
-        for (r, w) in self.workers.iter().enumerate() {
+        let mut err = sent.iter().position(|ok| !ok).map(gone);
+        for (r, w) in self.workers.iter().enumerate().filter(|(r, _)| sent[*r]) {
             match w.replies.recv() {
                 Ok(Ok(v)) if r == 0 => first = v,
                 Ok(Ok(_)) => {}
