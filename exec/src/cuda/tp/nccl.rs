@@ -2,7 +2,7 @@
 //! communicator made in one group call, then each moved to its rank's worker thread. Only the
 //! in-place bf16 all-reduce of the residual stream is used (docs/cuda.md, "Tensor parallelism").
 
-use super::super::{CudaError, DPtr, Gpu, Result};
+use super::super::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use crate::model::Shard;
 use cudarc::driver::CudaStream;
 use cudarc::nccl::{result, sys};
@@ -13,6 +13,11 @@ use std::sync::Arc;
 /// its environment: on the lent machines NVLink multicast can take the host's GPUs out of
 /// service, and an all-reduce of a few MB gains nothing from it.
 pub const NVLS_ENV: &str = "NCCL_NVLS_ENABLE";
+
+/// NCCL's switch for connecting peers at the first collective that needs them (its default)
+/// instead of at init. doppel connects at init unless the user chose: a first collective
+/// inside a decode graph's capture must not set up connections.
+pub const RUNTIME_CONNECT_ENV: &str = "NCCL_RUNTIME_CONNECT";
 
 /// Why NCCL could not be used, with what to do about it.
 pub fn nccl_missing() -> CudaError {
@@ -105,11 +110,21 @@ impl Drop for RankComm {
 }
 
 /// Communicators for `gpus` (rank r on `gpus[r]`), made from one unique id in one group call
-/// from this thread, after turning NVLink multicast off.
+/// from this thread, after turning NVLink multicast off, then checked with one all-reduce (so
+/// a broken group fails at start-up, not in the first step).
 pub fn init_group(gpus: &[&Gpu]) -> Result<Vec<RankComm>> {
+    let comms = make_comms(gpus)?;
+    first_all_reduce(gpus, &comms)?;
+    Ok(comms)
+}
+
+fn make_comms(gpus: &[&Gpu]) -> Result<Vec<RankComm>> {
     ensure_nccl()?;
     // Read by NCCL when it first initialises (the unique id below), so set before.
     std::env::set_var(NVLS_ENV, "0");
+    if std::env::var_os(RUNTIME_CONNECT_ENV).is_none() {
+        std::env::set_var(RUNTIME_CONNECT_ENV, "0");
+    }
     let n = gpus.len();
     let id = result::get_uniqueid().map_err(nccl_err("making the unique id"))?;
     let mut raws: Vec<sys::ncclComm_t> = vec![std::ptr::null_mut(); n];
@@ -153,4 +168,40 @@ pub fn init_group(gpus: &[&Gpu]) -> Result<Vec<RankComm>> {
         });
     }
     Ok(comms)
+}
+
+/// Every rank all-reduces a vector of ones in one group call from this thread; each must then
+/// hold the group's size.
+fn first_all_reduce(gpus: &[&Gpu], comms: &[RankComm]) -> Result<()> {
+    let n = comms.len();
+    let bufs = gpus
+        .iter()
+        .map(|g| {
+            g.ctx.bind_to_thread().ctx("binding a rank's context")?;
+            g.upload(&[bf16::ONE; 64])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    result::group_start().map_err(nccl_err("starting the first all-reduce"))?;
+    let queued: Result<()> = gpus
+        .iter()
+        .zip(comms)
+        .zip(&bufs)
+        .try_for_each(|((g, c), b)| {
+            g.ctx.bind_to_thread().ctx("binding a rank's context")?;
+            c.all_reduce_bf16(g.ptr(b))
+        });
+    let ended = result::group_end().map_err(nccl_err("the first all-reduce"));
+    queued?;
+    ended?;
+    for (r, (g, b)) in gpus.iter().zip(&bufs).enumerate() {
+        g.ctx.bind_to_thread().ctx("binding a rank's context")?;
+        let got = g.download(b)?;
+        if got.iter().any(|v| v.to_f32() != n as f32) {
+            return Err(CudaError::Nccl {
+                what: "the first all-reduce".into(),
+                msg: format!("rank {r} holds {} instead of {n}", got[0]),
+            });
+        }
+    }
+    Ok(())
 }
