@@ -23,7 +23,9 @@ async fn greedy_outputs(tp_size: usize) -> Vec<Value> {
         assert_eq!(r.status, 200, "{}", r.text());
         out.push(r.json()["output_ids"].clone());
     }
-    assert_no_leak(&idle_info(&a).await);
+    let info = idle_info(&a).await;
+    assert_eq!(info["tp_size"], tp_size, "/get_server_info's tp_size");
+    assert_no_leak(&info);
     srv.shutdown().await;
     out
 }

@@ -389,6 +389,7 @@ impl Prelude {
             policy: sched.policy.name().to_string(),
             disable_radix_cache: sched.disable_radix_cache,
             overlap: cfg.overlap,
+            tp_size: cfg.tp_size,
             max_body_bytes: cfg.max_body_bytes,
             tool_call_parser: tool_call_parser.or(match facts.arch.as_str() {
                 "Llama" => Some(ToolFormat::Llama3),
