@@ -65,6 +65,79 @@ impl GpuModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cuda::buffers::TokenPick;
+    use crate::cuda::gemm_tile::TilePlan;
+    use crate::cuda::model::KernelChoice;
+    use crate::cuda::plan::{DeviceCaps, GateUp, MlpStage, StepPlan, StepShape};
+    use crate::model::ModelConfig;
+
+    /// Qwen3-0.6B, Qwen3-8B and Llama-3.1-8B shapes.
+    fn real_models() -> Vec<ModelConfig> {
+        let text = include_str!("../../../../scripts/gpu/qwen3-0.6b/config.json");
+        let small = ModelConfig::parse(text, std::path::Path::new("config.json")).unwrap();
+        let big = |inter| ModelConfig {
+            hidden_size: 4096,
+            intermediate_size: inter,
+            num_heads: 32,
+            ..small.clone()
+        };
+        vec![small.clone(), big(12288), big(14336)]
+    }
+
+    /// The plan with the tiled GEMM's layout (which follows the width) left out.
+    fn kinds(mut p: StepPlan) -> StepPlan {
+        if let MlpStage::Separate {
+            gate_up: GateUp::Tiled(t),
+            ..
+        } = &mut p.mlp
+        {
+            *t = TilePlan {
+                nj: 0,
+                splits: 0,
+                stages: 0,
+                flags: 0,
+            };
+        }
+        p
+    }
+
+    #[test]
+    fn tp_ranks_of_real_models_plan_the_same_kernels_as_the_whole_model() {
+        let h100 = DeviceCaps {
+            sms: 132,
+            smem_per_block: 227 * 1024,
+        };
+        let k = KernelChoice::default();
+        let decode = |rows| StepShape {
+            tokens: rows,
+            extend: None,
+            decode: Some((rows, 4)),
+            logit_rows: rows,
+            pick: TokenPick::Argmax,
+        };
+        let prefill = |tokens, rows| StepShape {
+            tokens,
+            extend: Some(Some(tokens)),
+            decode: None,
+            logit_rows: rows,
+            pick: TokenPick::Sample,
+        };
+        let mut shapes: Vec<StepShape> = [1, 4, 16, 32, 64].map(decode).to_vec();
+        shapes.extend([prefill(1, 1), prefill(128, 1), prefill(8192, 64)]);
+        for cfg in real_models() {
+            for size in [2, 4, 8] {
+                let local = Shard { rank: 1, size }.local_config(&cfg);
+                for &shape in &shapes {
+                    assert_eq!(
+                        kinds(StepPlan::new(&local, &k, h100, shape)),
+                        kinds(StepPlan::new(&cfg, &k, h100, shape)),
+                        "hidden {} tp {size} {shape:?}",
+                        cfg.hidden_size
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn too_few_devices_name_the_ranks_and_the_count() {
