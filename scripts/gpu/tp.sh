@@ -15,6 +15,8 @@
 #              the same greedy output_ids as --tp-size 1
 #   bob        bench-one-batch at Qwen3-8B shapes (random weights) for TP 1, 2, 4 (those that
 #              fit), with the all-reduce time per layer; a scaling table last
+#   compare    (not in the default list) the TP=1 speed against a baseline binary
+#              (carry/base/doppel, e.g. main's): scripts/gpu/compare-bob.sh on Qwen3-0.6B
 # The exit status is non-zero if any correctness stage failed.
 set -uo pipefail
 BIN=${BIN:-carry/bin}
@@ -142,6 +144,7 @@ for tp, rows in runs.items():
               f"{r['median_decode_throughput_tok_s']:>12.0f} | {sp:>7.2f} {sp / tp:>10.2f} | {ar:>19.1f}")
 EOF
         ;;
+    compare) NEW="$BIN/doppel" OUT="$OUT" MODEL=$REF timeout 400 "$(dirname "$0")/compare-bob.sh" 2>&1 | tee "$OUT/compare.log"; rc=${PIPESTATUS[0]} ;;
     *) echo "unknown stage $s"; rc=1 ;;
     esac
     echo "=== $s: exit $rc ==="
