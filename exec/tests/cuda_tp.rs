@@ -305,7 +305,21 @@ fn check_size(dir: &Path, size: usize) {
     );
     assert!(e < 2e-2, "tp {size}: logits rel err {e:.3e} against tp 1");
     let (tp, plain) = (greedy_tp(dir, size, vocab), greedy_plain(dir, vocab));
-    assert_eq!(tp, plain, "tp {size}: greedy tokens differ from tp 1");
+    let same = tp
+        .values()
+        .flatten()
+        .zip(plain.values().flatten())
+        .filter(|(a, b)| a == b)
+        .count();
+    eprintln!(
+        "tp {size}: {same} of {} greedy tokens as tp 1",
+        plain.values().flatten().count()
+    );
+    assert_eq!(
+        tp, plain,
+        "tp {size}: greedy tokens differ from tp 1 (the logits above were within {e:.1e}: a \
+         near-tie of random weights flips a token when that is the difference)"
+    );
 }
 
 #[test]
