@@ -5,7 +5,8 @@
 //! its shard: the all-reduced residual stream is the same on every rank, and so are the
 //! logits of the whole LM head and the tokens picked from them (as in SGLang, no broadcast of
 //! the sampled tokens). Plans are checked the same way on every rank, so a bad plan fails on
-//! all of them before any collective is queued.
+//! all of them before any collective is queued; a failure on some ranks only (a device error)
+//! stops the group: later steps are refused rather than left waiting in an all-reduce.
 
 use crate::cuda::backend::CudaBackend;
 use crate::cuda::{CudaError, Result};
@@ -42,6 +43,10 @@ pub struct TpCudaBackend {
     workers: Vec<Worker>,
     memory: Vec<RankMemory>,
     max_graph_batch: usize,
+    /// Set when some ranks took a job and others failed it: the ranks that went on may wait
+    /// in an all-reduce for the others forever, so the group takes no more work and its drop
+    /// does not wait for the workers.
+    diverged: bool,
 }
 
 fn gone(rank: usize) -> CudaError {
@@ -67,6 +72,7 @@ impl TpCudaBackend {
             workers: Vec::with_capacity(ranks.len()),
             memory,
             max_graph_batch,
+            diverged: false,
         };
         for (rank, b) in ranks.into_iter().enumerate() {
             let (jobs, job_rx) = channel();
@@ -104,7 +110,13 @@ impl TpCudaBackend {
 
     /// Send a job to every rank, then wait for every answer; rank 0's result, or the first
     /// rank's error.
-    fn broadcast(&self, job: impl Fn() -> Job) -> Result<Option<StepResult>> {
+    fn broadcast(&mut self, job: impl Fn() -> Job) -> Result<Option<StepResult>> {
+        if self.diverged {
+            return Err(CudaError::Invalid {
+                kernel: "tensor-parallel group",
+                msg: "an earlier step failed on some ranks only; restart to serve again".into(),
+            });
+        }
         // Every rank that took the job answers it, even when another rank is gone, so the
         // replies stay in step with the jobs.
         let sent: Vec<bool> = self
@@ -114,14 +126,22 @@ impl TpCudaBackend {
             .collect();
         let mut first = None;
         let mut err = sent.iter().position(|ok| !ok).map(gone);
+        let mut oks = 0;
         for (r, w) in self.workers.iter().enumerate().filter(|(r, _)| sent[*r]) {
             match w.replies.recv() {
-                Ok(Ok(v)) if r == 0 => first = v,
-                Ok(Ok(_)) => {}
+                Ok(Ok(v)) => {
+                    oks += 1;
+                    if r == 0 {
+                        first = v;
+                    }
+                }
                 Ok(Err(e)) => err = err.or(Some(e)),
                 Err(_) => err = err.or(Some(gone(r))),
             }
         }
+        // A bad plan fails on every rank before any collective (the same checks on the same
+        // plan); anything else leaves the ranks apart.
+        self.diverged |= err.is_some() && oks > 0;
         err.map_or(Ok(first), Err)
     }
 }
@@ -159,6 +179,11 @@ impl Drop for TpCudaBackend {
                 w.handle
             })
             .collect();
+        if self.diverged {
+            // A rank may be stuck in a collective its peers never join: leave it to the
+            // process's exit rather than hang here.
+            return;
+        }
         for h in handles {
             let _ = h.join();
         }
