@@ -2,8 +2,12 @@
 //! GEMV with SiLU-and-mul, and GEMVs with the RMSNorm before them or the residual add after
 //! them folded in (small-batch decode: two fewer launches per layer).
 
+use super::args::{
+    GemvGateUpSilu, GemvGateUpSiluNorm, GemvNorm, GemvNormQkv, GemvResAdd, QkNormRopeStore,
+};
+use super::launch::Mode;
 use super::ops::{ceil_div, cfg, check, int, need};
-use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
+use super::{CudaError, DPtr, Gpu, Result};
 use half::bf16;
 
 /// What the fused q/k-norm + RoPE + KV-store kernel reads and writes besides qkv.
@@ -99,39 +103,24 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let (t, a, c, s) = (
-            int(K, tokens)?,
-            int(K, nq)?,
-            int(K, nk)?,
-            int(K, row_stride)?,
-        );
-        let (wq, wk) = post
-            .qk_norm
-            .map_or((0u64, 0u64), |(q, k)| (q.addr(), k.addr()));
-        let (p, pos, cs, kc, vc, sl) = (
-            qkv.addr(),
-            post.positions.addr(),
-            post.cos_sin.addr(),
-            post.k_cache.addr(),
-            post.v_cache.addr(),
-            post.slots.addr(),
-        );
-        let f = self.kernels.get(name)?;
-        let mut b = self.launcher(f);
-        b.arg(&p)
-            .arg(&wq)
-            .arg(&wk)
-            .arg(&pos)
-            .arg(&cs)
-            .arg(&kc)
-            .arg(&vc)
-            .arg(&sl);
-        b.arg(&t).arg(&a).arg(&c).arg(&s).arg(&eps);
         // One warp per (token, 4 heads), 4 warps per block (QR_HPW in rope.cu).
         let warps = tokens * (nq + 2 * nk).div_ceil(4);
-        unsafe { b.launch(cfg((ceil_div(warps, 4), 1, 1), 128)) }
-            .ctx(name)
-            .map(|_| ())
+        QkNormRopeStore {
+            qkv,
+            wq: post.qk_norm.map(|w| w.0),
+            wk: post.qk_norm.map(|w| w.1),
+            positions: post.positions,
+            cos_sin: post.cos_sin,
+            k_cache: post.k_cache,
+            v_cache: post.v_cache,
+            slots: post.slots,
+            num_tokens: int(K, tokens)?,
+            nq: int(K, nq)?,
+            nk: int(K, nk)?,
+            row_stride: int(K, row_stride)?,
+            eps,
+        }
+        .launch(self, name, cfg((ceil_div(warps, 4), 1, 1), 128), Mode::Pdl)
     }
 
     /// Gate/up projection with SiLU-and-mul fused: `w` is `[gate; up]` (`[2 * inter, k]`),
@@ -156,14 +145,15 @@ impl Gpu {
         need(K, "y", &y, batch * inter)?;
         need(K, "x", &x, batch * k)?;
         need(K, "w", &w, 2 * inter * k)?;
-        let (bi, ii, ki) = (int(K, batch)?, int(K, inter)?, int(K, k)?);
-        let (ya, xa, wa) = (y.addr(), x.addr(), w.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&ya).arg(&xa).arg(&wa).arg(&bi).arg(&ii).arg(&ki);
-        unsafe { b.launch(cfg((ceil_div(inter, 8), 1, 1), 256)) }
-            .ctx(K)
-            .map(|_| ())
+        GemvGateUpSilu {
+            y,
+            x,
+            w,
+            b: int(K, batch)?,
+            i: int(K, inter)?,
+            k: int(K, k)?,
+        }
+        .launch(self, K, cfg((ceil_div(inter, 8), 1, 1), 256), Mode::Pdl)
     }
 
     /// The most `batch * k` the norm-folded GEMVs take (their normalised rows sit in 48 KB of
@@ -194,20 +184,16 @@ impl Gpu {
         need(K, "r", &r, (batch - 1) * ldr + n)?;
         need(K, "x", &x, batch * k)?;
         need(K, "w", &w, n * k)?;
-        let (bi, ni, ki, l) = (int(K, batch)?, int(K, n)?, int(K, k)?, int(K, ldr)?);
-        let (ra, xa, wa) = (r.addr(), x.addr(), w.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&ra)
-            .arg(&xa)
-            .arg(&wa)
-            .arg(&bi)
-            .arg(&ni)
-            .arg(&ki)
-            .arg(&l);
-        unsafe { b.launch(cfg((ceil_div(n, 8), 1, 1), 256)) }
-            .ctx(K)
-            .map(|_| ())
+        GemvResAdd {
+            r,
+            x,
+            w,
+            b: int(K, batch)?,
+            n: int(K, n)?,
+            k: int(K, k)?,
+            ldr: int(K, ldr)?,
+        }
+        .launch(self, K, cfg((ceil_div(n, 8), 1, 1), 256), Mode::Pdl)
     }
 
     fn check_norm_gemv(
@@ -248,22 +234,21 @@ impl Gpu {
         Self::check_norm_gemv(K, &r, &nw, batch, k)?;
         need(K, "y", &y, batch * n)?;
         need(K, "w", &w, n * k)?;
-        let (bi, ni, ki) = (int(K, batch)?, int(K, n)?, int(K, k)?);
-        let (ya, ra, na, wa) = (y.addr(), r.addr(), nw.addr(), w.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&ya)
-            .arg(&ra)
-            .arg(&na)
-            .arg(&wa)
-            .arg(&bi)
-            .arg(&ni)
-            .arg(&ki)
-            .arg(&ni)
-            .arg(&eps);
         let mut c = cfg((ceil_div(n, 8), 1, 1), 256);
         c.shared_mem_bytes = (batch * k * 2) as u32;
-        unsafe { b.launch(c) }.ctx(K).map(|_| ())
+        GemvNorm {
+            y,
+            r,
+            nw,
+            w,
+            b: int(K, batch)?,
+            n: int(K, n)?,
+            k: int(K, k)?,
+            // y holds the rows back to back.
+            ldy: int(K, n)?,
+            eps,
+        }
+        .launch(self, K, c, Mode::Pdl)
     }
 
     /// [`Gpu::gemv_gate_up_silu`] of `bf16(rmsnorm(r_b) * nw)`: the post-attention norm folded in.
@@ -283,21 +268,19 @@ impl Gpu {
         Self::check_norm_gemv(K, &r, &nw, batch, k)?;
         need(K, "y", &y, batch * inter)?;
         need(K, "w", &w, 2 * inter * k)?;
-        let (bi, ii, ki) = (int(K, batch)?, int(K, inter)?, int(K, k)?);
-        let (ya, ra, na, wa) = (y.addr(), r.addr(), nw.addr(), w.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&ya)
-            .arg(&ra)
-            .arg(&na)
-            .arg(&wa)
-            .arg(&bi)
-            .arg(&ii)
-            .arg(&ki)
-            .arg(&eps);
         let mut c = cfg((ceil_div(inter, 8), 1, 1), 256);
         c.shared_mem_bytes = (batch * k * 2) as u32;
-        unsafe { b.launch(c) }.ctx(K).map(|_| ())
+        GemvGateUpSiluNorm {
+            y,
+            r,
+            nw,
+            w,
+            b: int(K, batch)?,
+            i: int(K, inter)?,
+            k: int(K, k)?,
+            eps,
+        }
+        .launch(self, K, c, Mode::Pdl)
     }
 
     /// [`Gpu::gemv_norm`] for the fused qkv projection with [`Gpu::qk_norm_rope_store`] folded
@@ -349,40 +332,27 @@ impl Gpu {
             need(K, "wq", wq, head_dim)?;
             need(K, "wk", wk, head_dim)?;
         }
-        let (bi, ki, a, c) = (int(K, batch)?, int(K, k)?, int(K, nq)?, int(K, nk)?);
-        let (wq, wk) = post
-            .qk_norm
-            .map_or((0u64, 0u64), |(q, k)| (q.addr(), k.addr()));
-        let (ya, ra, na, wa) = (qkv.addr(), r.addr(), nw.addr(), w.addr());
-        let (pos, cs, kc, vc, sl, ca) = (
-            post.positions.addr(),
-            post.cos_sin.addr(),
-            post.k_cache.addr(),
-            post.v_cache.addr(),
-            post.slots.addr(),
-            counters.addr(),
-        );
-        let f = self.kernels.get(name)?;
-        let mut b = self.launcher(f);
-        b.arg(&ya)
-            .arg(&ra)
-            .arg(&na)
-            .arg(&wa)
-            .arg(&bi)
-            .arg(&ki)
-            .arg(&eps);
-        b.arg(&wq)
-            .arg(&wk)
-            .arg(&pos)
-            .arg(&cs)
-            .arg(&kc)
-            .arg(&vc)
-            .arg(&sl)
-            .arg(&a)
-            .arg(&c)
-            .arg(&ca);
         let mut lc = cfg(((n / 8) as u32, 1, 1), 256);
         lc.shared_mem_bytes = (batch * k * 2) as u32;
-        unsafe { b.launch(lc) }.ctx(name).map(|_| ())
+        GemvNormQkv {
+            qkv,
+            r,
+            nw,
+            w,
+            b: int(K, batch)?,
+            k: int(K, k)?,
+            eps,
+            wq: post.qk_norm.map(|w| w.0),
+            wk: post.qk_norm.map(|w| w.1),
+            positions: post.positions,
+            cos_sin: post.cos_sin,
+            k_cache: post.k_cache,
+            v_cache: post.v_cache,
+            slots: post.slots,
+            nq: int(K, nq)?,
+            nk: int(K, nk)?,
+            counters,
+        }
+        .launch(self, name, lc, Mode::Pdl)
     }
 }

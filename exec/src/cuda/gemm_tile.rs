@@ -3,9 +3,11 @@
 //! after gate/up and the residual add after o/down folded in (6 launches per layer instead of 9
 //! with cuBLAS).
 
+use super::args::GemmTile;
+use super::launch::Mode;
 use super::ops::{check, int, need};
 use super::skinny::{GemmIo, SkinnyScratch, SKINNY_COUNTERS, SKINNY_MAX_SPLITS};
-use super::{DPtr, DriverCtx, Gpu, Result};
+use super::{DPtr, Gpu, Result};
 use cudarc::driver::LaunchConfig;
 use half::bf16;
 
@@ -196,42 +198,27 @@ impl Gpu {
         let name = tile_entry(mode, plan.nj, plan.stages);
         let smem = plan.stages * (TILE_MAX_M + 8 * plan.nj) * TILE_KC * 2
             + if resadd { 0 } else { k / plan.splits * 2 };
-        let f = self.kernels.get_with_smem(name, smem)?;
-        let (mi, ni, ki, l, s) = (
-            int(K, m)?,
-            int(K, n)?,
-            int(K, k)?,
-            int(K, ldy)?,
-            int(K, plan.splits)?,
-        );
-        let (ya, xa, wa, na, pa, ca) = (
-            y.addr(),
-            x.addr(),
-            w.addr(),
-            norm.map_or(0u64, |p| p.addr()),
-            scratch.part.addr(),
-            scratch.counters.addr(),
-        );
-        let mut b = self.launcher(f);
-        b.arg(&ya)
-            .arg(&xa)
-            .arg(&wa)
-            .arg(&na)
-            .arg(&pa)
-            .arg(&ca)
-            .arg(&mi)
-            .arg(&ni)
-            .arg(&ki)
-            .arg(&l)
-            .arg(&s)
-            .arg(&eps)
-            .arg(&plan.flags);
         let c = LaunchConfig {
             grid_dim: (tiles as u32, plan.splits as u32, 1),
             block_dim: (512, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        unsafe { b.launch(c) }.ctx(name).map(|_| ())
+        GemmTile {
+            y,
+            x,
+            w,
+            nw: norm,
+            part: scratch.part,
+            counters: scratch.counters,
+            m: int(K, m)?,
+            n: int(K, n)?,
+            k: int(K, k)?,
+            ldy: int(K, ldy)?,
+            s: int(K, plan.splits)?,
+            eps,
+            flags: plan.flags,
+        }
+        .launch(self, name, c, Mode::PdlOptIn)
     }
 }
 

@@ -8,6 +8,7 @@
 //! Kernel sources live in `kernels/*.cu` at the repository root and are embedded in the binary;
 //! `kernels/README.md` documents each kernel and the KV cache layout.
 
+mod args;
 pub mod attention;
 pub mod backend;
 pub mod bench_one_batch;
@@ -27,6 +28,8 @@ pub mod ops;
 pub mod plan;
 pub mod rope;
 pub mod sample;
+#[cfg(test)]
+mod signature;
 pub mod skinny;
 pub mod startup;
 pub mod timing;
@@ -186,6 +189,15 @@ impl<T> DPtr<T> {
     /// The raw device address.
     pub fn addr(&self) -> u64 {
         self.addr
+    }
+
+    /// The same range as bytes.
+    pub fn bytes(self) -> DPtr<u8> {
+        DPtr {
+            addr: self.addr,
+            len: self.len * std::mem::size_of::<T>(),
+            _t: PhantomData,
+        }
     }
 }
 

@@ -2,8 +2,13 @@
 //! large enough for the shapes it is given and that the shapes suit the kernel (vector widths,
 //! head sizes), so a wrong call is an error rather than a stray memory access.
 
+use super::args::{
+    AddBiasRows, EmbeddingGather, FusedAddRmsNorm, GatherRows, Gemv, GemvF32Out, KvStore,
+    QkRmsNorm, RmsNorm, RopeNeox, ScaleCols, SiluAndMul, StoreLastToken, TableScatter,
+};
 pub use super::fused::{QkvPost, RowScale};
-use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
+use super::launch::Mode;
+use super::{CudaError, DPtr, Gpu, Result};
 use cudarc::driver::LaunchConfig;
 use half::bf16;
 
@@ -75,27 +80,17 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let (t, h, v) = (int(K, tokens)?, int(K, hidden)?, int(K, vocab)?);
-        let (o, ta, i, r, l) = (
-            out.addr(),
-            table.addr(),
-            ids.addr(),
-            tok_row.addr(),
-            last_token.addr(),
-        );
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&o)
-            .arg(&ta)
-            .arg(&i)
-            .arg(&r)
-            .arg(&l)
-            .arg(&t)
-            .arg(&h)
-            .arg(&v);
-        unsafe { b.launch(cfg((tokens as u32, 1, 1), 128)) }
-            .ctx(K)
-            .map(|_| ())
+        EmbeddingGather {
+            out,
+            table,
+            ids,
+            tok_row,
+            last_token,
+            num_tokens: int(K, tokens)?,
+            hidden: int(K, hidden)?,
+            vocab: int(K, vocab)?,
+        }
+        .launch(self, K, cfg((tokens as u32, 1, 1), 128), Mode::Pdl)
     }
 
     /// `out[i] = x[rows[i]]` for `n` rows of `width` elements.
@@ -116,14 +111,14 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let (ni, w) = (int(K, n)?, int(K, width)?);
-        let (o, xa, r) = (out.addr(), x.addr(), rows.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&o).arg(&xa).arg(&r).arg(&ni).arg(&w);
-        unsafe { b.launch(cfg((n as u32, 1, 1), 128)) }
-            .ctx(K)
-            .map(|_| ())
+        GatherRows {
+            out,
+            x,
+            rows,
+            n: int(K, n)?,
+            width: int(K, width)?,
+        }
+        .launch(self, K, cfg((n as u32, 1, 1), 128), Mode::Pdl)
     }
 
     /// `last_token[rows[i]] = tokens[i]` for `n` entries.
@@ -140,14 +135,13 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let ni = int(K, n)?;
-        let (l, r, t) = (last_token.addr(), rows.addr(), tokens.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&l).arg(&r).arg(&t).arg(&ni);
-        unsafe { b.launch(cfg((ceil_div(n, 256), 1, 1), 256)) }
-            .ctx(K)
-            .map(|_| ())
+        StoreLastToken {
+            last_token,
+            rows,
+            tokens,
+            n: int(K, n)?,
+        }
+        .launch(self, K, cfg((ceil_div(n, 256), 1, 1), 256), Mode::Pdl)
     }
 
     /// `out[r, c] = w[r, c] * nw[c]` for a `[rows, cols]` weight: an RMSNorm weight folded into
@@ -170,17 +164,19 @@ impl Gpu {
         if rows == 0 || cols == 0 {
             return Ok(());
         }
-        let (r, c) = (int(K, rows)?, int(K, cols)?);
-        let (o, wa, na) = (out.addr(), w.addr(), nw.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&o).arg(&wa).arg(&na).arg(&r).arg(&c);
         let cfg = LaunchConfig {
             grid_dim: (ceil_div(rows * cols / 8, 256).min(4096), 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        unsafe { b.launch(cfg) }.ctx(K).map(|_| ())
+        ScaleCols {
+            out,
+            w,
+            nw,
+            rows: int(K, rows)?,
+            cols: int(K, cols)?,
+        }
+        .launch(self, K, cfg, Mode::Pdl)
     }
 
     /// `out = x / rms(x) * w` row-wise.
@@ -243,21 +239,21 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let rows = rows.map_or(0, |r| r.addr());
-        let (t, h) = (int(K, tokens)?, int(K, hidden)?);
-        let (o, xa, wa) = (out.addr(), x.addr(), w.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&o)
-            .arg(&xa)
-            .arg(&wa)
-            .arg(&t)
-            .arg(&h)
-            .arg(&eps)
-            .arg(&rows);
-        unsafe { b.launch(cfg((tokens as u32, 1, 1), norm_block(hidden))) }
-            .ctx(K)
-            .map(|_| ())
+        RmsNorm {
+            out,
+            x,
+            w,
+            num_tokens: int(K, tokens)?,
+            hidden: int(K, hidden)?,
+            eps,
+            rows,
+        }
+        .launch(
+            self,
+            K,
+            cfg((tokens as u32, 1, 1), norm_block(hidden)),
+            Mode::Pdl,
+        )
     }
 
     /// `residual = bf16(x + residual); x = residual / rms(residual) * w`, in place.
@@ -280,14 +276,20 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let (t, h) = (int(K, tokens)?, int(K, hidden)?);
-        let (xa, ra, wa) = (x.addr(), residual.addr(), w.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&xa).arg(&ra).arg(&wa).arg(&t).arg(&h).arg(&eps);
-        unsafe { b.launch(cfg((tokens as u32, 1, 1), norm_block(hidden))) }
-            .ctx(K)
-            .map(|_| ())
+        FusedAddRmsNorm {
+            x,
+            residual,
+            w,
+            num_tokens: int(K, tokens)?,
+            hidden: int(K, hidden)?,
+            eps,
+        }
+        .launch(
+            self,
+            K,
+            cfg((tokens as u32, 1, 1), norm_block(hidden)),
+            Mode::Pdl,
+        )
     }
 
     /// Per-head RMSNorm of the q and k heads inside the fused qkv buffer, in place.
@@ -322,28 +324,23 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let (t, a, c, d, s) = (
-            int(K, tokens)?,
-            int(K, nq)?,
-            int(K, nk)?,
-            int(K, head_dim)?,
-            int(K, row_stride)?,
-        );
-        let (p, q, k) = (qkv.addr(), wq.addr(), wk.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&p)
-            .arg(&q)
-            .arg(&k)
-            .arg(&t)
-            .arg(&a)
-            .arg(&c)
-            .arg(&d)
-            .arg(&s)
-            .arg(&eps);
-        unsafe { b.launch(cfg((ceil_div(tokens * (nq + nk), 4), 1, 1), 128)) }
-            .ctx(K)
-            .map(|_| ())
+        QkRmsNorm {
+            qkv,
+            wq,
+            wk,
+            num_tokens: int(K, tokens)?,
+            nq: int(K, nq)?,
+            nk: int(K, nk)?,
+            head_dim: int(K, head_dim)?,
+            row_stride: int(K, row_stride)?,
+            eps,
+        }
+        .launch(
+            self,
+            K,
+            cfg((ceil_div(tokens * (nq + nk), 4), 1, 1), 128),
+            Mode::Pdl,
+        )
     }
 
     /// Neox-style RoPE on the q and k heads of the fused qkv buffer, in place. `cos_sin` is the
@@ -380,27 +377,22 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let (t, a, c, d, s) = (
-            int(K, tokens)?,
-            int(K, nq)?,
-            int(K, nk)?,
-            int(K, head_dim)?,
-            int(K, row_stride)?,
-        );
-        let (p, pos, cs) = (qkv.addr(), positions.addr(), cos_sin.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&p)
-            .arg(&pos)
-            .arg(&cs)
-            .arg(&t)
-            .arg(&a)
-            .arg(&c)
-            .arg(&d)
-            .arg(&s);
-        unsafe { b.launch(cfg((ceil_div(tokens * (nq + nk), 4), 1, 1), 128)) }
-            .ctx(K)
-            .map(|_| ())
+        RopeNeox {
+            qkv,
+            positions,
+            cos_sin,
+            num_tokens: int(K, tokens)?,
+            nq: int(K, nq)?,
+            nk: int(K, nk)?,
+            head_dim: int(K, head_dim)?,
+            row_stride: int(K, row_stride)?,
+        }
+        .launch(
+            self,
+            K,
+            cfg((ceil_div(tokens * (nq + nk), 4), 1, 1), 128),
+            Mode::Pdl,
+        )
     }
 
     /// Store each token's k and v heads (from the fused qkv buffer) into slot `slots[t]` of one
@@ -438,28 +430,18 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let (t, a, c, d, s) = (
-            int(K, tokens)?,
-            int(K, nq)?,
-            int(K, nk)?,
-            int(K, head_dim)?,
-            int(K, row_stride)?,
-        );
-        let (kc, vc, p, sl) = (k_cache.addr(), v_cache.addr(), qkv.addr(), slots.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&kc)
-            .arg(&vc)
-            .arg(&p)
-            .arg(&sl)
-            .arg(&t)
-            .arg(&a)
-            .arg(&c)
-            .arg(&d)
-            .arg(&s);
-        unsafe { b.launch(cfg((tokens as u32, 1, 1), 128)) }
-            .ctx(K)
-            .map(|_| ())
+        KvStore {
+            k_cache,
+            v_cache,
+            qkv,
+            slots,
+            num_tokens: int(K, tokens)?,
+            nq: int(K, nq)?,
+            nk: int(K, nk)?,
+            head_dim: int(K, head_dim)?,
+            row_stride: int(K, row_stride)?,
+        }
+        .launch(self, K, cfg((tokens as u32, 1, 1), 128), Mode::Pdl)
     }
 
     /// `table[rows[i] * stride + cols[i]] = vals[i]` for `n` writes.
@@ -479,14 +461,15 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let (ni, s) = (int(K, n)?, int(K, stride)?);
-        let (t, r, c, v) = (table.addr(), rows.addr(), cols.addr(), vals.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&t).arg(&r).arg(&c).arg(&v).arg(&ni).arg(&s);
-        unsafe { b.launch(cfg((ceil_div(n, 256), 1, 1), 256)) }
-            .ctx(K)
-            .map(|_| ())
+        TableScatter {
+            table,
+            rows,
+            cols,
+            vals,
+            n: int(K, n)?,
+            stride: int(K, stride)?,
+        }
+        .launch(self, K, cfg((ceil_div(n, 256), 1, 1), 256), Mode::Pdl)
     }
 
     /// `out[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i]`.
@@ -506,14 +489,18 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let (t, i) = (int(K, tokens)?, int(K, inter)?);
-        let (o, g) = (out.addr(), gate_up.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&o).arg(&g).arg(&t).arg(&i);
-        unsafe { b.launch(cfg((ceil_div(inter / 8, 128), tokens as u32, 1), 128)) }
-            .ctx(K)
-            .map(|_| ())
+        SiluAndMul {
+            out,
+            gate_up,
+            num_tokens: int(K, tokens)?,
+            inter: int(K, inter)?,
+        }
+        .launch(
+            self,
+            K,
+            cfg((ceil_div(inter / 8, 128), tokens as u32, 1), 128),
+            Mode::Pdl,
+        )
     }
 
     /// `x[t, c] += bias[c]` for `rows` rows of `width` (even) elements, `ld` apart; bf16, f32 add.
@@ -536,14 +523,19 @@ impl Gpu {
             return Ok(());
         }
         need(K, "x", &x, (rows - 1) * ld + width)?;
-        let (r, w, l) = (int(K, rows)?, int(K, width)?, int(K, ld)?);
-        let (xa, ba) = (x.addr(), bias.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&xa).arg(&ba).arg(&r).arg(&w).arg(&l);
-        unsafe { b.launch(cfg((ceil_div(width / 2, 256), rows as u32, 1), 256)) }
-            .ctx(K)
-            .map(|_| ())
+        AddBiasRows {
+            x,
+            bias,
+            rows: int(K, rows)?,
+            width: int(K, width)?,
+            ld: int(K, ld)?,
+        }
+        .launch(
+            self,
+            K,
+            cfg((ceil_div(width / 2, 256), rows as u32, 1), 256),
+            Mode::Pdl,
+        )
     }
 
     /// Small-batch GEMV: `y[b, n] = sum_k x[b, k] * w[n, k]` for `batch <= 8`; `ldy` is y's row stride.
@@ -558,7 +550,18 @@ impl Gpu {
         k: usize,
         ldy: usize,
     ) -> Result<()> {
-        self.gemv_any("gemv_bf16", y.addr(), y.len(), x, w, (batch, n, k), ldy)
+        check_gemv(y.len(), &x, &w, (batch, n, k), ldy)?;
+        const K: &str = "gemv_bf16";
+        Gemv {
+            y,
+            x,
+            w,
+            b: int(K, batch)?,
+            n: int(K, n)?,
+            k: int(K, k)?,
+            ldy: int(K, ldy)?,
+        }
+        .launch(self, K, cfg((ceil_div(n, 8), 1, 1), 256), Mode::Pdl)
     }
 
     /// [`Gpu::gemv`] with f32 output (the LM head at small batch: logits stay f32).
@@ -573,48 +576,43 @@ impl Gpu {
         k: usize,
         ldy: usize,
     ) -> Result<()> {
-        self.gemv_any("gemv_f32out", y.addr(), y.len(), x, w, (batch, n, k), ldy)
+        check_gemv(y.len(), &x, &w, (batch, n, k), ldy)?;
+        const K: &str = "gemv_f32out";
+        GemvF32Out {
+            y,
+            x,
+            w,
+            b: int(K, batch)?,
+            n: int(K, n)?,
+            k: int(K, k)?,
+            ldy: int(K, ldy)?,
+        }
+        .launch(self, K, cfg((ceil_div(n, 8), 1, 1), 256), Mode::Pdl)
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn gemv_any(
-        &self,
-        name: &'static str,
-        ya: u64,
-        y_len: usize,
-        x: DPtr<bf16>,
-        w: DPtr<bf16>,
-        (batch, n, k): (usize, usize, usize),
-        ldy: usize,
-    ) -> Result<()> {
-        const K: &str = "gemv";
-        check(K, (1..=8).contains(&batch), || {
-            format!("batch {batch} is not in 1..=8")
-        })?;
-        check(K, k.is_multiple_of(8), || {
-            format!("k {k} is not a multiple of 8")
-        })?;
-        check(K, ldy >= n, || format!("ldy {ldy} < n {n}"))?;
-        check(K, y_len >= (batch - 1) * ldy + n, || {
-            format!("y holds {y_len} elements, {} needed", (batch - 1) * ldy + n)
-        })?;
-        need(K, "x", &x, batch * k)?;
-        need(K, "w", &w, n * k)?;
-        let (bi, ni, ki, l) = (int(K, batch)?, int(K, n)?, int(K, k)?, int(K, ldy)?);
-        let (xa, wa) = (x.addr(), w.addr());
-        let f = self.kernels.get(name)?;
-        let mut b = self.launcher(f);
-        b.arg(&ya)
-            .arg(&xa)
-            .arg(&wa)
-            .arg(&bi)
-            .arg(&ni)
-            .arg(&ki)
-            .arg(&l);
-        unsafe { b.launch(cfg((ceil_div(n, 8), 1, 1), 256)) }
-            .ctx(name)
-            .map(|_| ())
-    }
+/// The GEMVs' shape checks: 1-8 rows, `k` a multiple of 8, y (`y_len` elements, rows `ldy`
+/// apart), x and w large enough.
+fn check_gemv(
+    y_len: usize,
+    x: &DPtr<bf16>,
+    w: &DPtr<bf16>,
+    (batch, n, k): (usize, usize, usize),
+    ldy: usize,
+) -> Result<()> {
+    const K: &str = "gemv";
+    check(K, (1..=8).contains(&batch), || {
+        format!("batch {batch} is not in 1..=8")
+    })?;
+    check(K, k.is_multiple_of(8), || {
+        format!("k {k} is not a multiple of 8")
+    })?;
+    check(K, ldy >= n, || format!("ldy {ldy} < n {n}"))?;
+    check(K, y_len >= (batch - 1) * ldy + n, || {
+        format!("y holds {y_len} elements, {} needed", (batch - 1) * ldy + n)
+    })?;
+    need(K, "x", x, batch * k)?;
+    need(K, "w", w, n * k)
 }
 
 /// Threads per row for the norm kernels: one 8-element chunk per thread up to 1024 threads.

@@ -3,8 +3,10 @@
 //! (K can be split over CTAs, though no split measured faster), with the residual add or
 //! SiLU-and-mul folded into the epilogue.
 
+use super::args::GemmSkinny;
+use super::launch::Mode;
 use super::ops::{cfg, check, int, need};
-use super::{DPtr, DriverCtx, Gpu, Result};
+use super::{DPtr, Gpu, Result};
 use half::bf16;
 
 /// Most tokens (rows of x) the skinny GEMM takes (four 16-row mma tiles).
@@ -172,34 +174,20 @@ impl Gpu {
             SkinnyEpilogue::SiluMul => "silu",
         };
         let name = skinny_entry(mode, mt, plan.wn);
-        let f = self.kernels.get(name)?;
-        let (mi, ni, ki, l, s) = (
-            int(K, m)?,
-            int(K, n)?,
-            int(K, k)?,
-            int(K, ldy)?,
-            int(K, plan.splits)?,
-        );
-        let (ya, xa, wa, pa, ca) = (
-            y.addr(),
-            x.addr(),
-            w.addr(),
-            scratch.part.addr(),
-            scratch.counters.addr(),
-        );
-        let mut b = self.launcher(f);
-        b.arg(&ya)
-            .arg(&xa)
-            .arg(&wa)
-            .arg(&pa)
-            .arg(&ca)
-            .arg(&mi)
-            .arg(&ni)
-            .arg(&ki)
-            .arg(&l)
-            .arg(&s);
         let c = cfg((tiles as u32, plan.splits as u32, 1), 256);
-        unsafe { b.launch(c) }.ctx(name).map(|_| ())
+        GemmSkinny {
+            y,
+            x,
+            w,
+            part: scratch.part,
+            counters: scratch.counters,
+            m: int(K, m)?,
+            n: int(K, n)?,
+            k: int(K, k)?,
+            ldy: int(K, ldy)?,
+            s: int(K, plan.splits)?,
+        }
+        .launch(self, name, c, Mode::Pdl)
     }
 }
 
