@@ -194,17 +194,15 @@ pub struct AttnShape {
 }
 
 impl AttnShape {
-    #[allow(clippy::too_many_arguments)]
     fn check(
         &self,
         kernel: &'static str,
         q: &DPtr<bf16>,
         out: &DPtr<bf16>,
-        kc: &DPtr<bf16>,
-        vc: &DPtr<bf16>,
-        table: &DPtr<u32>,
+        kv: &KvView,
         tokens: usize,
     ) -> Result<()> {
+        let (kc, vc, table) = (&kv.k_cache, &kv.v_cache, &kv.table);
         check(kernel, self.head_dim == 64 || self.head_dim == 128, || {
             format!("head_dim {} is not 64 or 128", self.head_dim)
         })?;
@@ -251,55 +249,32 @@ pub struct KvView {
 }
 
 impl Gpu {
-    /// Decode attention (split-KV flash-decoding): `splits` blocks per (entry, kv head) write
-    /// partials to `part.0` (`[entries, nq, splits, head_dim]` f32) and `part.1`
-    /// (`[entries, nq, splits, 2]` f32), merged into `out` per `variant`. Groups of 1-2 run the
-    /// pipelined kernels (the next keys requested before the math on the current ones); every
-    /// CUDA-core block asks L2 for whole KV rows of every nk-th key of its range.
+    /// Decode attention (split-KV flash-decoding): `dst.splits` blocks per (entry, kv head)
+    /// write partials to `dst.part_o` and `dst.part_ml`, merged into `dst.out` per
+    /// `dst.variant`. Groups of 1-2 run the pipelined kernels (the next keys requested before
+    /// the math on the current ones); every CUDA-core block asks L2 for whole KV rows of every
+    /// nk-th key of its range.
     ///
     /// With `post`, the q/k pass ([`Gpu::qk_norm_rope_store`]) is folded in: `q` is the fused
     /// qkv buffer holding each entry's raw projection (`shape.q_stride` its width); the kernel
     /// normalises and rotates q as it loads it, and stores the new token's normalised, rotated k
     /// and its v into `kv`'s caches at `post.slots` (post's own cache pointers are not used),
     /// with the same roundings as the two-kernel path.
-    #[allow(clippy::too_many_arguments)]
     pub fn attention_decode(
         &self,
-        out: DPtr<bf16>,
         q: DPtr<bf16>,
         kv: KvView,
         meta: &DecodeMeta,
         shape: &AttnShape,
-        (part_o, part_ml): (DPtr<f32>, DPtr<f32>),
-        splits: usize,
-        variant: DecodeVariant,
+        dst: DecodeOut,
         post: Option<(&QkvPost, f32)>,
     ) -> Result<()> {
         const K: &str = "attention_decode";
-        shape.check(
-            K,
-            &q,
-            &out,
-            &kv.k_cache,
-            &kv.v_cache,
-            &kv.table,
-            meta.tokens,
-        )?;
-        check(K, shape.nq / shape.nk <= 8, || {
-            format!("GQA group {} exceeds 8", shape.nq / shape.nk)
-        })?;
-        check(K, (1..=1024).contains(&splits), || {
-            format!("splits {splits} not in 1..=1024")
-        })?;
-        let n = meta.entries;
-        need(K, "part_o", &part_o, n * shape.nq * splits * shape.head_dim)?;
-        need(K, "part_ml", &part_ml, n * shape.nq * splits * 2)?;
-        if let DecodeVariant::Fused(c) = variant {
-            need(K, "counters", &c, n * shape.nk)?;
-        }
+        check_decode(shape, &q, &kv, meta, &dst)?;
         if let Some((p, _)) = post {
             check_qk_pass(shape, &q, meta.tokens, p)?;
         }
+        let n = meta.entries;
         if n == 0 {
             return Ok(());
         }
@@ -310,28 +285,14 @@ impl Gpu {
         } else {
             0
         };
-        let counters = match variant {
-            DecodeVariant::Fused(c) => Some(c),
-            DecodeVariant::Combine => None,
-        };
-        let args = decode_args(
-            self,
-            out,
-            q,
-            kv,
-            meta,
-            shape,
-            (part_o, part_ml),
-            counters,
-            post,
-        )?;
+        let args = decode_args(self, q, kv, meta, shape, &dst, post)?;
         let cfg = LaunchConfig {
-            grid_dim: (splits as u32, shape.nk as u32, n as u32),
+            grid_dim: (dst.splits as u32, shape.nk as u32, n as u32),
             block_dim: (128, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         args.launch(self, name, cfg, Mode::PdlOptIn)?;
-        if counters.is_some() {
+        if matches!(dst.variant, DecodeVariant::Fused(_)) {
             return Ok(());
         }
         let combine = if shape.head_dim == 64 {
@@ -345,28 +306,71 @@ impl Gpu {
             shared_mem_bytes: 0,
         };
         AttentionDecodeCombine {
-            out,
-            part_o,
-            part_ml,
+            out: dst.out,
+            part_o: dst.part_o,
+            part_ml: dst.part_ml,
             q_tok: args.q_tok,
             nq: args.nq,
-            splits: int(K, splits)?,
+            splits: int(K, dst.splits)?,
         }
         .launch(self, combine, cfg, Mode::Pdl)
     }
 }
 
+/// Where a decode attention writes: its splits' partial results and the merged output.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeOut {
+    /// The merged output, `[tokens, nq * head_dim]` (each entry's row `q_start`).
+    pub out: DPtr<bf16>,
+    /// Partial outputs, `[entries, nq, splits, head_dim]` f32.
+    pub part_o: DPtr<f32>,
+    /// Partial softmax states (max, sum), `[entries, nq, splits, 2]` f32.
+    pub part_ml: DPtr<f32>,
+    /// Key splits per (entry, kv head), 1 to 1024.
+    pub splits: usize,
+    /// How the splits are merged.
+    pub variant: DecodeVariant,
+}
+
+/// [`Gpu::attention_decode`]'s shape and extent checks (the q/k pass's apart).
+fn check_decode(
+    shape: &AttnShape,
+    q: &DPtr<bf16>,
+    kv: &KvView,
+    meta: &DecodeMeta,
+    dst: &DecodeOut,
+) -> Result<()> {
+    const K: &str = "attention_decode";
+    shape.check(K, q, &dst.out, kv, meta.tokens)?;
+    check(K, shape.nq / shape.nk <= 8, || {
+        format!("GQA group {} exceeds 8", shape.nq / shape.nk)
+    })?;
+    let splits = dst.splits;
+    check(K, (1..=1024).contains(&splits), || {
+        format!("splits {splits} not in 1..=1024")
+    })?;
+    let n = meta.entries;
+    need(
+        K,
+        "part_o",
+        &dst.part_o,
+        n * shape.nq * splits * shape.head_dim,
+    )?;
+    need(K, "part_ml", &dst.part_ml, n * shape.nq * splits * 2)?;
+    if let DecodeVariant::Fused(c) = dst.variant {
+        need(K, "counters", &c, n * shape.nk)?;
+    }
+    Ok(())
+}
+
 /// The split pass's arguments of [`Gpu::attention_decode`] (checked by its caller).
-#[allow(clippy::too_many_arguments)]
 fn decode_args(
     gpu: &Gpu,
-    out: DPtr<bf16>,
     q: DPtr<bf16>,
     kv: KvView,
     meta: &DecodeMeta,
     shape: &AttnShape,
-    (part_o, part_ml): (DPtr<f32>, DPtr<f32>),
-    counters: Option<DPtr<u32>>,
+    dst: &DecodeOut,
     post: Option<(&QkvPost, f32)>,
 ) -> Result<AttentionDecode> {
     const K: &str = "attention_decode";
@@ -383,8 +387,8 @@ fn decode_args(
         || format!("prefetch of {pf_bytes} bytes: not a multiple of 16 below 4 GiB"),
     )?;
     Ok(AttentionDecode {
-        part_o,
-        part_ml,
+        part_o: dst.part_o,
+        part_ml: dst.part_ml,
         q,
         k_cache: kv.k_cache,
         v_cache: kv.v_cache,
@@ -397,8 +401,11 @@ fn decode_args(
         q_stride: int(K, shape.q_stride)?,
         table_stride: int(K, shape.table_stride)?,
         scale: shape.scale,
-        out,
-        counters,
+        out: dst.out,
+        counters: match dst.variant {
+            DecodeVariant::Fused(c) => Some(c),
+            DecodeVariant::Combine => None,
+        },
         min_keys: int(K, shape.split_min_keys.max(1))?,
         wq: p.and_then(|p| p.qk_norm).map(|w| w.0),
         wk: p.and_then(|p| p.qk_norm).map(|w| w.1),

@@ -10,7 +10,7 @@
 //! with logit bias, penalties or logprobs are sampled on the host from downloaded logits.
 
 use super::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
-use super::model::{GpuModel, KvPool, RowSampling, StepInput, TokenPick, Workspace};
+use super::model::{GpuModel, KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace};
 use super::timing::StepEvents;
 use super::{CudaError, DriverCtx, Gpu, Result};
 use crate::constraint::TokenMatcher;
@@ -416,11 +416,13 @@ impl CudaBackend {
                     &self.gpu,
                     &self.kv,
                     &self.ws,
-                    t,
-                    ext.as_ref(),
-                    dec.as_ref().map(|d| (d, splits)),
-                    rows,
-                    pick,
+                    StepBatch {
+                        tokens: t,
+                        extend: ext.as_ref(),
+                        decode: dec.as_ref().map(|d| (d, splits)),
+                        rows,
+                        pick,
+                    },
                 )?;
             }
         }

@@ -4,7 +4,7 @@
 //! resolved on the device), timed with CUDA events after a warm-up run; medians over repeats.
 
 use super::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
-use super::model::{GpuModel, KvPool, RowSampling, StepInput, TokenPick, Workspace};
+use super::model::{GpuModel, KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace};
 use super::{DriverCtx, Gpu, Result};
 use cudarc::driver::sys::CUevent_flags;
 use doppel_core::FUTURE_TOKEN;
@@ -157,7 +157,7 @@ pub fn run(gpu: &Gpu, model: &GpuModel, opt: &BenchOptions) -> Result<Vec<BenchR
         model.tune_gemms(gpu, &ws, b, b)?;
         model.tune_gemms(gpu, &ws, pre.ids.len(), b)?;
         let gemm_tune_ms = tune_start.elapsed().as_secs_f64() * 1e3;
-        let graph = model.capture_decode(gpu, &kv, &ws, &meta, b, splits, TokenPick::Argmax)?;
+        let graph = model.capture_decode(gpu, &kv, &ws, (&meta, splits), b, TokenPick::Argmax)?;
 
         let mut runs = Vec::new();
         // One warm-up run (module loads, cuBLAS heuristics), then the timed repeats.
@@ -168,11 +168,13 @@ pub fn run(gpu: &Gpu, model: &GpuModel, opt: &BenchOptions) -> Result<Vec<BenchR
                     gpu,
                     &kv,
                     &ws,
-                    pre.ids.len(),
-                    Some(&ext),
-                    None,
-                    b,
-                    TokenPick::Argmax,
+                    StepBatch {
+                        tokens: pre.ids.len(),
+                        extend: Some(&ext),
+                        decode: None,
+                        rows: b,
+                        pick: TokenPick::Argmax,
+                    },
                 )
             })?;
             let mut decode = Vec::new();

@@ -135,49 +135,40 @@ impl Blas {
     }
 
     /// `y[m, n] = x[m, k] w[n, k]^T` in bf16 with f32 accumulation; `ldy` is y's row stride.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16(
         &self,
         y: DPtr<bf16>,
         x: DPtr<bf16>,
         w: DPtr<bf16>,
-        m: usize,
-        n: usize,
-        k: usize,
+        mnk: (usize, usize, usize),
         ldy: usize,
     ) -> Result<()> {
-        self.project(GemmOut::Bf16(y), x, w, (m, n, k), ldy, false)
+        self.project(GemmOut::Bf16(y), x, w, mnk, ldy, false)
     }
 
     /// `y[m, n] = bf16(x[m, k] w[n, k]^T + y[m, n])` (beta = 1, one rounding): a projection added
     /// into the residual stream in place, so no separate residual add is needed after it.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16_acc(
         &self,
         y: DPtr<bf16>,
         x: DPtr<bf16>,
         w: DPtr<bf16>,
-        m: usize,
-        n: usize,
-        k: usize,
+        mnk: (usize, usize, usize),
         ldy: usize,
     ) -> Result<()> {
-        self.project(GemmOut::Bf16Acc(y), x, w, (m, n, k), ldy, false)
+        self.project(GemmOut::Bf16Acc(y), x, w, mnk, ldy, false)
     }
 
     /// As [`Blas::gemm_bf16`] with an f32 output (the logits, so sampling sees full precision).
-    #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16_f32out(
         &self,
         y: DPtr<f32>,
         x: DPtr<bf16>,
         w: DPtr<bf16>,
-        m: usize,
-        n: usize,
-        k: usize,
+        mnk: (usize, usize, usize),
         ldy: usize,
     ) -> Result<()> {
-        self.project(GemmOut::F32(y), x, w, (m, n, k), ldy, false)
+        self.project(GemmOut::F32(y), x, w, mnk, ldy, false)
     }
 
     /// `y[m, n] = x[m, k] w[n, k]^T` written as `y` says, `ldy` y's row stride. With `tuned`,
@@ -232,7 +223,7 @@ impl Blas {
                 }
             }
         }
-        self.gemm(ya, out, x, w, (m, n, k), ldy, beta)
+        self.gemm((ya, out, beta), x, w, (m, n, k), ldy)
     }
 
     fn call(&self, y: u64, x: u64, w: u64, beta: f32) -> Call {
@@ -340,7 +331,7 @@ impl Blas {
         let pick = |i: usize| w[i % w.len()];
         let base = if small { self.barrier_us(reps)? } else { 0.0 };
         let default_us = self.time_us(small, reps, |i| {
-            self.gemm(ya, out, x, pick(i), (m, n, k), ldy, beta)
+            self.gemm((ya, out, beta), x, pick(i), (m, n, k), ldy)
         })? - base;
         let mut best: Option<(f64, usize)> = None;
         let mut ran = 0;
@@ -467,16 +458,14 @@ impl Blas {
         Ok(best)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// cublasGemmEx's default algorithm; `y` is the output's address, type and beta.
     fn gemm(
         &self,
-        y: u64,
-        out: OutType,
+        (y, out, beta): (u64, OutType, f32),
         x: DPtr<bf16>,
         w: DPtr<bf16>,
         (m, n, k): (usize, usize, usize),
         ldy: usize,
-        beta: f32,
     ) -> Result<()> {
         const K: &str = "gemm";
         check(K, ldy >= n, || format!("ldy {ldy} < n {n}"))?;

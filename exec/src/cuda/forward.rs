@@ -12,6 +12,21 @@ use half::bf16;
 
 pub use super::buffers::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
 
+/// One step's batch as the forward pass sees it.
+#[derive(Clone, Copy)]
+pub struct StepBatch<'a> {
+    /// Tokens (extend tokens first, then decode tokens).
+    pub tokens: usize,
+    /// The extend entries' attention metadata.
+    pub extend: Option<&'a ExtendMeta>,
+    /// The decode rows' attention metadata and key splits.
+    pub decode: Option<(&'a DecodeMeta, usize)>,
+    /// Rows that need logits.
+    pub rows: usize,
+    /// How those rows become tokens.
+    pub pick: TokenPick,
+}
+
 impl GpuModel {
     /// Upload a step's host vectors into the workspace (outside any graph capture).
     pub fn upload_step(&self, gpu: &Gpu, ws: &mut Workspace, s: &StepInput) -> Result<()> {
@@ -67,21 +82,23 @@ impl GpuModel {
         StepPlan::new(&self.cfg, &self.kernels, DeviceCaps::of(gpu), shape)
     }
 
-    /// Queue the forward pass for `tokens` tokens (inputs already in `ws`), attention per the
-    /// given metadata, logits for `rows` rows, then `pick` turns them into tokens in
-    /// `ws.sampled` and each row's last token. Launches only (capturable).
-    #[allow(clippy::too_many_arguments)]
+    /// Queue the forward pass of `batch` (inputs already in `ws`): attention per its metadata,
+    /// logits for its rows, then its pick turns them into tokens in `ws.sampled` and each
+    /// row's last token. Launches only (capturable).
     pub fn forward(
         &self,
         gpu: &Gpu,
         kv: &KvPool,
         ws: &Workspace,
-        tokens: usize,
-        extend: Option<&ExtendMeta>,
-        decode: Option<(&DecodeMeta, usize)>,
-        rows: usize,
-        pick: TokenPick,
+        batch: StepBatch<'_>,
     ) -> Result<()> {
+        let StepBatch {
+            tokens,
+            extend,
+            decode,
+            rows,
+            pick,
+        } = batch;
         let plan = self.plan(gpu, tokens, extend, decode, (rows, pick));
         let step = Step {
             gpu,

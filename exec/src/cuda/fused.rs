@@ -10,6 +10,36 @@ use super::ops::{ceil_div, cfg, check, int, need};
 use super::{CudaError, DPtr, Gpu, Result};
 use half::bf16;
 
+/// The fused qkv buffer: `tokens` rows `row_stride` apart, each the q heads, then the k heads,
+/// then the v heads (`head_dim` each).
+#[derive(Clone, Copy, Debug)]
+pub struct QkvLayout {
+    /// Rows (tokens).
+    pub tokens: usize,
+    /// Query heads.
+    pub nq: usize,
+    /// KV heads.
+    pub nk: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Elements from one row to the next.
+    pub row_stride: usize,
+}
+
+/// The rows a norm-folded GEMV normalises before its projection: `bf16(rmsnorm(x_b) * w)` over
+/// rows of `hidden` elements (the projection's k).
+#[derive(Clone, Copy, Debug)]
+pub struct NormIn {
+    /// The rows, `[batch, hidden]`.
+    pub x: DPtr<bf16>,
+    /// The norm weight (`hidden`).
+    pub w: DPtr<bf16>,
+    /// Row width.
+    pub hidden: usize,
+    /// The norm's epsilon.
+    pub eps: f32,
+}
+
 /// What the fused q/k-norm + RoPE + KV-store kernel reads and writes besides qkv.
 #[derive(Clone, Copy, Debug)]
 pub struct QkvPost {
@@ -55,19 +85,21 @@ impl Gpu {
     /// One pass doing `qk_rmsnorm` (when weights are given), `rope_neox` and `kv_store`: q heads
     /// are normalised and rotated in place; k heads normalised, rotated and stored into the
     /// cache (qkv's k columns are left as they were); v heads stored. head_dim 64 or 128.
-    #[allow(clippy::too_many_arguments)]
     pub fn qk_norm_rope_store(
         &self,
         qkv: DPtr<bf16>,
+        layout: QkvLayout,
         post: &QkvPost,
-        tokens: usize,
-        heads: (usize, usize),
-        head_dim: usize,
-        row_stride: usize,
         eps: f32,
     ) -> Result<()> {
         const K: &str = "qk_norm_rope_store";
-        let (nq, nk) = heads;
+        let QkvLayout {
+            tokens,
+            nq,
+            nk,
+            head_dim,
+            row_stride,
+        } = layout;
         post.refuse_row_scale(K)?;
         let name = match head_dim {
             64 => "qk_norm_rope_store_d64",
@@ -125,7 +157,6 @@ impl Gpu {
 
     /// Gate/up projection with SiLU-and-mul fused: `w` is `[gate; up]` (`[2 * inter, k]`),
     /// `y[b, n] = silu(x_b . w[n]) * (x_b . w[inter + n])` for `batch <= 8`.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemv_gate_up_silu(
         &self,
         y: DPtr<bf16>,
@@ -162,15 +193,12 @@ impl Gpu {
 
     /// `r[b, n] = bf16(bf16(x_b . w[n]) + r[b, n])` for `batch <= 8`: a projection added into the
     /// residual stream in its epilogue (row stride of `r`: `ldr`).
-    #[allow(clippy::too_many_arguments)]
     pub fn gemv_resadd(
         &self,
         r: DPtr<bf16>,
         x: DPtr<bf16>,
         w: DPtr<bf16>,
-        batch: usize,
-        n: usize,
-        k: usize,
+        (batch, n, k): (usize, usize, usize),
         ldr: usize,
     ) -> Result<()> {
         const K: &str = "gemv_resadd";
@@ -196,13 +224,14 @@ impl Gpu {
         .launch(self, K, cfg((ceil_div(n, 8), 1, 1), 256), Mode::Pdl)
     }
 
-    fn check_norm_gemv(
-        kernel: &'static str,
-        r: &DPtr<bf16>,
-        nw: &DPtr<bf16>,
-        batch: usize,
-        k: usize,
-    ) -> Result<()> {
+    fn check_norm_gemv(kernel: &'static str, norm: &NormIn, batch: usize) -> Result<()> {
+        let NormIn {
+            x: r,
+            w: nw,
+            hidden: k,
+            ..
+        } = norm;
+        let k = *k;
         check(kernel, (1..=8).contains(&batch), || {
             format!("batch {batch} is not in 1..=8")
         })?;
@@ -218,20 +247,21 @@ impl Gpu {
 
     /// `y[b, n] = bf16(rmsnorm(r_b) * nw) . w[n]` for `batch <= 8`: the RMSNorm before a
     /// projection folded into it (every block normalises the rows into shared memory).
-    #[allow(clippy::too_many_arguments)]
     pub fn gemv_norm(
         &self,
         y: DPtr<bf16>,
-        r: DPtr<bf16>,
-        nw: DPtr<bf16>,
+        norm: NormIn,
         w: DPtr<bf16>,
-        batch: usize,
-        n: usize,
-        k: usize,
-        eps: f32,
+        (batch, n): (usize, usize),
     ) -> Result<()> {
         const K: &str = "gemv_norm";
-        Self::check_norm_gemv(K, &r, &nw, batch, k)?;
+        Self::check_norm_gemv(K, &norm, batch)?;
+        let NormIn {
+            x: r,
+            w: nw,
+            hidden: k,
+            eps,
+        } = norm;
         need(K, "y", &y, batch * n)?;
         need(K, "w", &w, n * k)?;
         let mut c = cfg((ceil_div(n, 8), 1, 1), 256);
@@ -252,20 +282,21 @@ impl Gpu {
     }
 
     /// [`Gpu::gemv_gate_up_silu`] of `bf16(rmsnorm(r_b) * nw)`: the post-attention norm folded in.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemv_gate_up_silu_norm(
         &self,
         y: DPtr<bf16>,
-        r: DPtr<bf16>,
-        nw: DPtr<bf16>,
+        norm: NormIn,
         w: DPtr<bf16>,
-        batch: usize,
-        inter: usize,
-        k: usize,
-        eps: f32,
+        (batch, inter): (usize, usize),
     ) -> Result<()> {
         const K: &str = "gemv_gate_up_silu_norm";
-        Self::check_norm_gemv(K, &r, &nw, batch, k)?;
+        Self::check_norm_gemv(K, &norm, batch)?;
+        let NormIn {
+            x: r,
+            w: nw,
+            hidden: k,
+            eps,
+        } = norm;
         need(K, "y", &y, batch * inter)?;
         need(K, "w", &w, 2 * inter * k)?;
         let mut c = cfg((ceil_div(inter, 8), 1, 1), 256);
@@ -287,21 +318,28 @@ impl Gpu {
     /// in (`batch <= 8`): the last block to finish each head (one of `counters` per head, zero
     /// between launches, re-armed by the kernel) normalises, rotates and stores it. qkv is
     /// `[batch, (nq + 2 nk) * head_dim]`, head_dim 64 or 128.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemv_norm_qkv(
         &self,
         qkv: DPtr<bf16>,
-        r: DPtr<bf16>,
-        nw: DPtr<bf16>,
+        layout: QkvLayout,
+        norm: NormIn,
         w: DPtr<bf16>,
         post: &QkvPost,
         counters: DPtr<u32>,
-        batch: usize,
-        (nq, nk): (usize, usize),
-        head_dim: usize,
-        k: usize,
-        eps: f32,
     ) -> Result<()> {
+        let QkvLayout {
+            tokens: batch,
+            nq,
+            nk,
+            head_dim,
+            row_stride,
+        } = layout;
+        let NormIn {
+            x: r,
+            w: nw,
+            hidden: k,
+            eps,
+        } = norm;
         const K: &str = "gemv_norm_qkv";
         post.refuse_row_scale(K)?;
         let name = match head_dim {
@@ -314,9 +352,12 @@ impl Gpu {
                 })
             }
         };
-        Self::check_norm_gemv(K, &r, &nw, batch, k)?;
+        Self::check_norm_gemv(K, &norm, batch)?;
         let heads = nq + 2 * nk;
         let n = heads * head_dim;
+        check(K, row_stride == n, || {
+            format!("row stride {row_stride}: the GEMV writes rows of {n} back to back")
+        })?;
         need(K, "qkv", &qkv, batch * n)?;
         need(K, "w", &w, n * k)?;
         need(K, "counters", &counters, heads)?;

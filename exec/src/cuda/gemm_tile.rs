@@ -147,19 +147,16 @@ pub fn tile_plan(n: usize, k: usize, epi: TileKind, sms: usize) -> Option<TilePl
 impl Gpu {
     /// `y = epilogue(x[m, k] w[n, k]ᵀ)` for `1 <= m <= 64` (see [`TileEpilogue`]; for
     /// `NormSilu` the output has `n / 2` columns). `ldy` is y's row stride; x's is `k`.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemm_tile(
         &self,
-        y: DPtr<bf16>,
-        x: DPtr<bf16>,
-        w: DPtr<bf16>,
+        io: GemmIo,
         scratch: &SkinnyScratch,
         (m, n, k): (usize, usize, usize),
-        ldy: usize,
         epi: TileEpilogue,
         plan: TilePlan,
     ) -> Result<()> {
         const K: &str = "gemm_tile";
+        let GemmIo { y, x, w, ldy } = io;
         check(K, (1..=TILE_MAX_M).contains(&m), || {
             format!("m {m} is not in 1..={TILE_MAX_M}")
         })?;
@@ -182,7 +179,6 @@ impl Gpu {
             format!("ring depth {} is not compiled", plan.stages)
         })?;
         let tiles = tile_columns(n, epi.silu(), plan.nj);
-        let io = GemmIo { y, x, w, ldy };
         let nout = io.check(K, (m, n, k), epi.silu(), plan.splits, scratch, tiles)?;
         let (norm, eps, mode) = match epi {
             TileEpilogue::ResAdd => (None, 0f32, "resadd"),

@@ -10,7 +10,7 @@
 //! This file holds the weights; the forward pass, KV pool and workspace are in `forward.rs`.
 
 use super::attention::MIN_KEYS_PER_SPLIT;
-pub use super::forward::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
+pub use super::forward::{KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace};
 use super::rope::cos_sin_table_scaled;
 use super::{CudaError, DriverCtx, Gpu, Result};
 use crate::model::weights::{LayerNames, EMBED, FINAL_NORM, LM_HEAD};

@@ -6,7 +6,7 @@ use super::args::{
     AddBiasRows, EmbeddingGather, FusedAddRmsNorm, GatherRows, Gemv, GemvF32Out, KvStore,
     QkRmsNorm, RmsNorm, RopeNeox, ScaleCols, SiluAndMul, StoreLastToken, TableScatter,
 };
-pub use super::fused::{QkvPost, RowScale};
+pub use super::fused::{NormIn, QkvLayout, QkvPost, RowScale};
 use super::launch::Mode;
 use super::{CudaError, DPtr, Gpu, Result};
 use cudarc::driver::LaunchConfig;
@@ -57,17 +57,13 @@ pub(crate) fn ceil_div(a: usize, b: usize) -> u32 {
 impl Gpu {
     /// `out[t] = table[ids[t]]`, resolving FUTURE_TOKEN ids from `last_token[tok_row[t]]` (and
     /// writing the resolved id back into `ids`).
-    #[allow(clippy::too_many_arguments)]
     pub fn embedding_gather(
         &self,
         out: DPtr<bf16>,
         table: DPtr<bf16>,
         ids: DPtr<u32>,
-        tok_row: DPtr<u32>,
-        last_token: DPtr<u32>,
-        tokens: usize,
-        hidden: usize,
-        vocab: usize,
+        (tok_row, last_token): (DPtr<u32>, DPtr<u32>),
+        (tokens, hidden, vocab): (usize, usize, usize),
     ) -> Result<()> {
         const K: &str = "embedding_gather";
         check(K, hidden.is_multiple_of(8), || {
@@ -189,35 +185,31 @@ impl Gpu {
         hidden: usize,
         eps: f32,
     ) -> Result<()> {
-        self.rmsnorm_rows(out, x, None, w, tokens, hidden, eps)
+        self.rmsnorm_rows(out, x, None, w, (tokens, hidden), eps)
     }
 
     /// `out[i] = rmsnorm(x[rows[i]]) * w` for `i < n`: [`Gpu::gather_rows`] and [`Gpu::rmsnorm`]
     /// in one launch (the rows that need logits, before the LM head).
-    #[allow(clippy::too_many_arguments)]
     pub fn rmsnorm_gather(
         &self,
         out: DPtr<bf16>,
         x: DPtr<bf16>,
         rows: DPtr<u32>,
         w: DPtr<bf16>,
-        n: usize,
-        hidden: usize,
+        (n, hidden): (usize, usize),
         eps: f32,
     ) -> Result<()> {
-        self.rmsnorm_rows(out, x, Some(rows), w, n, hidden, eps)
+        self.rmsnorm_rows(out, x, Some(rows), w, (n, hidden), eps)
     }
 
     /// The `rmsnorm` kernel over `tokens` rows of `x`, or over the rows `rows` picks.
-    #[allow(clippy::too_many_arguments)]
     fn rmsnorm_rows(
         &self,
         out: DPtr<bf16>,
         x: DPtr<bf16>,
         rows: Option<DPtr<u32>>,
         w: DPtr<bf16>,
-        tokens: usize,
-        hidden: usize,
+        (tokens, hidden): (usize, usize),
         eps: f32,
     ) -> Result<()> {
         const K: &str = "rmsnorm";
@@ -293,20 +285,21 @@ impl Gpu {
     }
 
     /// Per-head RMSNorm of the q and k heads inside the fused qkv buffer, in place.
-    #[allow(clippy::too_many_arguments)]
     pub fn qk_rmsnorm(
         &self,
         qkv: DPtr<bf16>,
-        wq: DPtr<bf16>,
-        wk: DPtr<bf16>,
-        tokens: usize,
-        heads: (usize, usize),
-        head_dim: usize,
-        row_stride: usize,
+        layout: QkvLayout,
+        (wq, wk): (DPtr<bf16>, DPtr<bf16>),
         eps: f32,
     ) -> Result<()> {
         const K: &str = "qk_rmsnorm";
-        let (nq, nk) = heads;
+        let QkvLayout {
+            tokens,
+            nq,
+            nk,
+            head_dim,
+            row_stride,
+        } = layout;
         check(K, head_dim.is_multiple_of(64) && head_dim <= 256, || {
             format!("head_dim {head_dim} is not 64, 128, 192 or 256")
         })?;
@@ -345,19 +338,21 @@ impl Gpu {
 
     /// Neox-style RoPE on the q and k heads of the fused qkv buffer, in place. `cos_sin` is the
     /// table from [`super::rope::cos_sin_table`]; every position must be below its row count.
-    #[allow(clippy::too_many_arguments)]
     pub fn rope_neox(
         &self,
         qkv: DPtr<bf16>,
+        layout: QkvLayout,
         positions: DPtr<i32>,
         cos_sin: DPtr<f32>,
-        tokens: usize,
-        heads: (usize, usize),
-        head_dim: usize,
-        row_stride: usize,
     ) -> Result<()> {
         const K: &str = "rope_neox";
-        let (nq, nk) = heads;
+        let QkvLayout {
+            tokens,
+            nq,
+            nk,
+            head_dim,
+            row_stride,
+        } = layout;
         check(K, head_dim.is_multiple_of(2) && head_dim > 0, || {
             format!("head_dim {head_dim} is not even")
         })?;
@@ -397,20 +392,21 @@ impl Gpu {
 
     /// Store each token's k and v heads (from the fused qkv buffer) into slot `slots[t]` of one
     /// layer's K and V caches (`[num_slots, nk * head_dim]` each). Slots must be below num_slots.
-    #[allow(clippy::too_many_arguments)]
     pub fn kv_store(
         &self,
-        k_cache: DPtr<bf16>,
-        v_cache: DPtr<bf16>,
+        (k_cache, v_cache): (DPtr<bf16>, DPtr<bf16>),
         qkv: DPtr<bf16>,
+        layout: QkvLayout,
         slots: DPtr<u32>,
-        tokens: usize,
-        heads: (usize, usize),
-        head_dim: usize,
-        row_stride: usize,
     ) -> Result<()> {
         const K: &str = "kv_store";
-        let (nq, nk) = heads;
+        let QkvLayout {
+            tokens,
+            nq,
+            nk,
+            head_dim,
+            row_stride,
+        } = layout;
         check(K, (nk * head_dim).is_multiple_of(8), || {
             "nk * head_dim is not a multiple of 8".into()
         })?;
@@ -539,15 +535,12 @@ impl Gpu {
     }
 
     /// Small-batch GEMV: `y[b, n] = sum_k x[b, k] * w[n, k]` for `batch <= 8`; `ldy` is y's row stride.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemv(
         &self,
         y: DPtr<bf16>,
         x: DPtr<bf16>,
         w: DPtr<bf16>,
-        batch: usize,
-        n: usize,
-        k: usize,
+        (batch, n, k): (usize, usize, usize),
         ldy: usize,
     ) -> Result<()> {
         check_gemv(y.len(), &x, &w, (batch, n, k), ldy)?;
@@ -565,15 +558,12 @@ impl Gpu {
     }
 
     /// [`Gpu::gemv`] with f32 output (the LM head at small batch: logits stay f32).
-    #[allow(clippy::too_many_arguments)]
     pub fn gemv_f32out(
         &self,
         y: DPtr<f32>,
         x: DPtr<bf16>,
         w: DPtr<bf16>,
-        batch: usize,
-        n: usize,
-        k: usize,
+        (batch, n, k): (usize, usize, usize),
         ldy: usize,
     ) -> Result<()> {
         check_gemv(y.len(), &x, &w, (batch, n, k), ldy)?;

@@ -81,10 +81,15 @@ pub fn skinny_plan(n: usize, _k: usize, epi: SkinnyEpilogue, sms: usize) -> Skin
 }
 
 /// The operands of a tensor-core GEMM launch (`y = x wᵀ`, y's row stride `ldy`).
-pub(crate) struct GemmIo {
+#[derive(Clone, Copy, Debug)]
+pub struct GemmIo {
+    /// The output, `[m, ldy]`.
     pub y: DPtr<bf16>,
+    /// The input, `[m, k]`.
     pub x: DPtr<bf16>,
+    /// The weight, `[n, k]`.
     pub w: DPtr<bf16>,
+    /// y's row stride.
     pub ldy: usize,
 }
 
@@ -127,19 +132,16 @@ impl GemmIo {
 impl Gpu {
     /// `y[m, :] = epilogue(x[m, k] w[n, k]ᵀ)` for `1 <= m <= 64` (see [`SkinnyEpilogue`]; for
     /// `SiluMul` the output has `n / 2` columns). `ldy` is y's row stride; `k % 8 == 0`.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemm_skinny(
         &self,
-        y: DPtr<bf16>,
-        x: DPtr<bf16>,
-        w: DPtr<bf16>,
+        io: GemmIo,
         scratch: &SkinnyScratch,
         (m, n, k): (usize, usize, usize),
-        ldy: usize,
         epi: SkinnyEpilogue,
         plan: SkinnyPlan,
     ) -> Result<()> {
         const K: &str = "gemm_skinny";
+        let GemmIo { y, x, w, ldy } = io;
         check(K, (1..=SKINNY_MAX_M).contains(&m), || {
             format!("m {m} is not in 1..={SKINNY_MAX_M}")
         })?;
@@ -155,7 +157,6 @@ impl Gpu {
             || format!("{} splits for k {k}", plan.splits),
         )?;
         let tiles = skinny_tiles(n, epi, plan.wn);
-        let io = GemmIo { y, x, w, ldy };
         let nout = io.check(
             K,
             (m, n, k),

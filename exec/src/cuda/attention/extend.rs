@@ -134,15 +134,7 @@ impl Gpu {
     ) -> Result<()> {
         const K: &str = "attention_extend";
         const NAME: [&str; 2] = ["attention_extend_gqa_d64", "attention_extend_gqa_d128"];
-        shape.check(
-            K,
-            &q,
-            &out,
-            &kv.k_cache,
-            &kv.v_cache,
-            &kv.table,
-            meta.tokens,
-        )?;
+        shape.check(K, &q, &out, &kv, meta.tokens)?;
         let name = NAME[usize::from(shape.head_dim == 128)];
         if let Some(r) = rope {
             need(K, "positions", &r.positions, meta.tokens)?;
