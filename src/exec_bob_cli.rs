@@ -57,8 +57,8 @@ pub struct BenchOneBatchArgs {
 }
 
 pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
-    use doppel_exec::cuda::bench_one_batch::{format_table, run, to_json, BenchOptions};
     use doppel_exec::cuda::{model::GpuModel, Gpu};
+    use doppel_measure::bench_one_batch::{format_table, run, to_json, BenchOptions};
     if a.input_len == 0 || a.output_len == 0 || a.batch_size.contains(&0) {
         bail!("--input-len, --output-len and every --batch-size must be at least 1");
     }

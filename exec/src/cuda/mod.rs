@@ -11,7 +11,6 @@
 mod args;
 pub mod attention;
 pub mod backend;
-pub mod bench_one_batch;
 pub mod blas;
 pub mod blas_lt;
 pub mod buffers;
@@ -122,7 +121,8 @@ pub enum CudaError {
 pub type Result<T> = std::result::Result<T, CudaError>;
 
 /// Attach a description to a driver error.
-pub(crate) trait DriverCtx<T> {
+pub trait DriverCtx<T> {
+    /// The error as [`CudaError::Driver`] doing `what`.
     fn ctx(self, what: &str) -> Result<T>;
 }
 

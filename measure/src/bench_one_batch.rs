@@ -3,11 +3,12 @@
 //! CUDA graphs, greedy sampling on the GPU, each step's input the previous step's sample
 //! resolved on the device), timed with CUDA events after a warm-up run; medians over repeats.
 
-use super::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
-use super::model::{GpuModel, KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace};
-use super::{DriverCtx, Gpu, Result};
-use cudarc::driver::sys::CUevent_flags;
 use doppel_core::FUTURE_TOKEN;
+use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
+use doppel_exec::cuda::model::{
+    GpuModel, KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace,
+};
+use doppel_exec::cuda::{DriverCtx, Gpu, Result};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -50,10 +51,9 @@ pub struct BenchRow {
 }
 
 fn ms_between(gpu: &Gpu, f: impl FnOnce() -> Result<()>) -> Result<f64> {
-    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
-    let a = gpu.stream.record_event(flags).ctx("recording an event")?;
+    let a = gpu.timing_event()?;
     f()?;
-    let b = gpu.stream.record_event(flags).ctx("recording an event")?;
+    let b = gpu.timing_event()?;
     b.synchronize().ctx("waiting for an event")?;
     a.elapsed_ms(&b).ctx("reading an event").map(|x| x as f64)
 }
@@ -71,12 +71,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(gpu: &Gpu, model: &GpuModel, opt: &BenchOptions) -> Result<Vec<BenchRow>> {
     let ctx = opt.input_len + opt.output_len;
     let max_b = opt.batch_sizes.iter().copied().max().unwrap_or(1);
-    let sms = gpu
-        .ctx
-        .attribute(
-            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-        )
-        .ctx("reading the SM count")? as usize;
+    let sms = gpu.sms;
     let mut kv = KvPool::new(gpu, model, 1 + max_b * ctx, max_b + 1, ctx)?;
     // Row r (1-based) holds positions 0..ctx in slots 1 + (r-1)*ctx ..; row 0 is unused.
     let table: Vec<u32> = (0..(max_b + 1) * ctx)
