@@ -6,9 +6,9 @@
 //! extents and launches it.
 
 #[cfg(test)]
-use super::launch::Declared;
-use super::launch::{declared, kernel_args, launch_raw, KernelArg, Mode};
-use super::{DPtr, Gpu, Result};
+use crate::cuda::launch::Declared;
+use crate::cuda::launch::{declared, kernel_args, launch_raw, KernelArg, Mode};
+use crate::cuda::{DPtr, Gpu, Result};
 use cudarc::driver::LaunchConfig;
 use half::bf16;
 

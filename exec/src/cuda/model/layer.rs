@@ -2,22 +2,24 @@
 //! embed, then per layer qkv, q/k pass, attention and MLP, then the head (docs/cuda.md,
 //! "The step plan").
 
-use super::attention::{
+use crate::cuda::attention::{
     AttnShape, DecodeMeta, DecodeOut, DecodeVariant, ExtendMeta, KvView, QRope,
 };
-use super::blas::GemmOut;
-use super::buffers::{KvPool, Workspace};
-use super::gemm_tile::TileEpilogue;
-use super::model::{GpuModel, LayerWeights};
-use super::ops::{NormIn, QkvLayout, QkvPost, RowScale};
-use super::plan::{DecodeAttn, DecodeKernel, GateUp, Gemm, MlpStage, QkPass, QkvStage, StepPlan};
-use super::skinny::{skinny_plan, GemmIo, SkinnyEpilogue};
-use super::{CudaError, DPtr, Gpu, Result};
+use crate::cuda::blas::GemmOut;
+use crate::cuda::buffers::{KvPool, Workspace};
+use crate::cuda::gemm_tile::TileEpilogue;
+use crate::cuda::model::{GpuModel, LayerWeights};
+use crate::cuda::ops::{NormIn, QkvLayout, QkvPost, RowScale};
+use crate::cuda::plan::{
+    DecodeAttn, DecodeKernel, GateUp, Gemm, MlpStage, QkPass, QkvStage, StepPlan,
+};
+use crate::cuda::skinny::{skinny_plan, GemmIo, SkinnyEpilogue};
+use crate::cuda::{CudaError, DPtr, Gpu, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
 /// One forward pass being queued: the model, its buffers, the step's metadata and its plan.
-pub(super) struct Step<'a> {
+pub(in crate::cuda) struct Step<'a> {
     pub gpu: &'a Gpu,
     pub model: &'a GpuModel,
     pub kv: &'a KvPool,

@@ -1,10 +1,10 @@
 //! Capturing queued work as a CUDA graph: one routine for the decode graphs (backend,
 //! bench-one-batch), the GEMM tuner's timing graphs and the GPU tests.
 
-use super::attention::DecodeMeta;
-use super::forward::StepBatch;
-use super::model::{GpuModel, KvPool, TokenPick, Workspace};
-use super::{CudaError, DriverCtx, Gpu, Result};
+use crate::cuda::attention::DecodeMeta;
+use crate::cuda::forward::StepBatch;
+use crate::cuda::model::{GpuModel, KvPool, TokenPick, Workspace};
+use crate::cuda::{CudaError, DriverCtx, Gpu, Result};
 use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaStream};
 use std::sync::Arc;

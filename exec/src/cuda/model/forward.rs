@@ -1,16 +1,16 @@
 //! The forward pass of [`GpuModel`]: a step's inputs uploaded, its plan built (plan.rs), then
 //! its stages queued (layer.rs): embed, per layer qkv / q/k pass / attention / MLP, the head.
 
-use super::attention::{AttnShape, DecodeMeta, ExtendMeta};
-use super::layer::Step;
-use super::model::GpuModel;
-use super::ops::{LastTokenStore, SamplingBufs};
-use super::plan::{DeviceCaps, StepPlan, StepShape};
-use super::{DriverCtx, Gpu, Result};
+use crate::cuda::attention::{AttnShape, DecodeMeta, ExtendMeta};
+use crate::cuda::layer::Step;
+use crate::cuda::model::GpuModel;
+use crate::cuda::ops::{LastTokenStore, SamplingBufs};
+use crate::cuda::plan::{DeviceCaps, StepPlan, StepShape};
+use crate::cuda::{DriverCtx, Gpu, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
-pub use super::buffers::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
+pub use crate::cuda::buffers::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
 
 /// One step's batch as the forward pass sees it.
 #[derive(Clone, Copy)]
@@ -157,7 +157,7 @@ impl GpuModel {
         }
     }
 
-    pub(super) fn lm_head(&self) -> &CudaSlice<bf16> {
+    pub(in crate::cuda) fn lm_head(&self) -> &CudaSlice<bf16> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 

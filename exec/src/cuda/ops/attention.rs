@@ -4,10 +4,10 @@
 //! the KV slot of position `pos` of the request in that row), so a batch's metadata is only
 //! (token offset, new tokens, total KV length, table row) per entry.
 
-use super::args::{AttentionDecode, AttentionDecodeCombine};
-use super::launch::Mode;
-use super::ops::{check, int, need, QkvPost};
-use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
+use crate::cuda::args::{AttentionDecode, AttentionDecodeCombine};
+use crate::cuda::launch::Mode;
+use crate::cuda::ops::{check, int, need, QkvPost};
+use crate::cuda::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 

@@ -8,7 +8,7 @@
 //! so a unit test (`signature.rs`) checks every declaration against the `extern "C"` signatures
 //! in `kernels/*.cu` (count, order, names and types) without a GPU.
 
-use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
+use crate::cuda::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::{sys, CudaFunction, LaunchConfig};
 use half::bf16;
 use std::ffi::c_void;
@@ -221,18 +221,3 @@ macro_rules! kernel_args {
 }
 
 pub(crate) use kernel_args;
-
-impl Gpu {
-    /// Whether kernels are launched with programmatic dependent launch.
-    pub fn pdl(&self) -> bool {
-        self.pdl.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Turn programmatic dependent launch on or off (it is on by default on sm_90 and newer
-    /// unless `DOPPEL_PDL=0`; it has no effect before sm_90). CUDA graphs captured before a
-    /// change keep the launches they were captured with.
-    pub fn set_pdl(&self, on: bool) {
-        let on = on && self.cc.0 >= 9;
-        self.pdl.store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-}

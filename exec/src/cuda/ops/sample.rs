@@ -1,10 +1,10 @@
 //! Launch wrappers for greedy argmax (one block per row, and many blocks per row with the
 //! reduction finished by the row's last block) and for temperature/top-k/top-p/min-p sampling.
 
-use super::args::{ApplyTokenBitmask, ArgmaxRowsSplit, SampleRows};
-use super::launch::Mode;
-use super::ops::{cfg, check, int, need};
-use super::{DPtr, Gpu, Result};
+use crate::cuda::args::{ApplyTokenBitmask, ArgmaxRowsSplit, SampleRows};
+use crate::cuda::launch::Mode;
+use crate::cuda::ops::{cfg, check, int, need};
+use crate::cuda::{DPtr, Gpu, Result};
 use cudarc::driver::LaunchConfig;
 
 /// Most blocks per row in [`Gpu::argmax_rows`].

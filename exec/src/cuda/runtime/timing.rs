@@ -2,10 +2,10 @@
 //! and a GPU-side stall, so the device time of a step can be measured apart from its host-side
 //! launch time.
 
-use super::args::SpinNs;
-use super::launch::Mode;
-use super::ops::cfg;
-use super::{DriverCtx, Gpu, Result};
+use crate::cuda::args::SpinNs;
+use crate::cuda::launch::Mode;
+use crate::cuda::ops::cfg;
+use crate::cuda::{DriverCtx, Gpu, Result};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaEvent;
 

@@ -1,12 +1,12 @@
 //! The `extern "C" __global__` signatures of `kernels/*.cu`, read on the CPU, and the check
-//! of every [`kernel_args!`](super::launch) declaration against them: a wrong argument count,
+//! of every [`kernel_args!`](crate::cuda::launch) declaration against them: a wrong argument count,
 //! order, name or type would be a silent GPU bug, so it fails a unit test instead.
 //!
 //! The sources declare most entry points through function-like macros (one per template
 //! instance), so this expands `#define`s as far as the entry points need: parameters
 //! substituted, `##` pasted, `__VA_ARGS__`, the result rescanned.
 
-use super::launch::{CType, Declared, Scalar};
+use crate::cuda::launch::{CType, Declared, Scalar};
 use std::collections::BTreeMap;
 
 /// One entry point: its name and (parameter name, C type) list.

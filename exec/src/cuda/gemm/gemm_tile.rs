@@ -3,11 +3,11 @@
 //! after gate/up and the residual add after o/down folded in (6 launches per layer instead of 9
 //! with cuBLAS).
 
-use super::args::GemmTile;
-use super::launch::Mode;
-use super::ops::{check, int, need};
-use super::skinny::{GemmIo, SkinnyScratch, SKINNY_COUNTERS, SKINNY_MAX_SPLITS};
-use super::{DPtr, Gpu, Result};
+use crate::cuda::args::GemmTile;
+use crate::cuda::launch::Mode;
+use crate::cuda::ops::{check, int, need};
+use crate::cuda::skinny::{GemmIo, SkinnyScratch, SKINNY_COUNTERS, SKINNY_MAX_SPLITS};
+use crate::cuda::{DPtr, Gpu, Result};
 use cudarc::driver::LaunchConfig;
 use half::bf16;
 

@@ -2,12 +2,12 @@
 //! GEMV with SiLU-and-mul, and GEMVs with the RMSNorm before them or the residual add after
 //! them folded in (small-batch decode: two fewer launches per layer).
 
-use super::args::{
+use crate::cuda::args::{
     GemvGateUpSilu, GemvGateUpSiluNorm, GemvNorm, GemvNormQkv, GemvResAdd, QkNormRopeStore,
 };
-use super::launch::Mode;
-use super::ops::{ceil_div, cfg, check, int, need};
-use super::{CudaError, DPtr, Gpu, Result};
+use crate::cuda::launch::Mode;
+use crate::cuda::ops::{ceil_div, cfg, check, int, need};
+use crate::cuda::{CudaError, DPtr, Gpu, Result};
 use half::bf16;
 
 /// The fused qkv buffer: `tokens` rows `row_stride` apart, each the q heads, then the k heads,

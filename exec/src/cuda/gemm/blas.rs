@@ -1,10 +1,10 @@
 //! cuBLAS GEMMs in the layout the model uses: activations `x` row-major `[m, k]`, weights `w`
 //! row-major `[n, k]` (as checkpoints store them), `y = x w^T` row-major `[m, n]`.
 
-use super::blas_lt::{algo_info, alignment, Call, Entry, GemmKey, Lt, Plan};
-pub use super::blas_lt::{AlgoInfo, TuneReport};
-use super::ops::{check, int, need};
-use super::{CudaError, DPtr, DriverCtx, Result};
+use crate::cuda::blas_lt::{algo_info, alignment, Call, Entry, GemmKey, Lt, Plan};
+pub use crate::cuda::blas_lt::{AlgoInfo, TuneReport};
+use crate::cuda::ops::{check, int, need};
+use crate::cuda::{CudaError, DPtr, DriverCtx, Result};
 use cudarc::cublas::{result as cr, sys, CudaBlas};
 use cudarc::driver::sys::{CUevent_flags, CUstreamCaptureStatus};
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr};
@@ -440,7 +440,7 @@ impl Blas {
     }
 
     fn capture(&self, body: impl FnOnce() -> Result<()>) -> Result<CudaGraph> {
-        super::capture::capture_graph(&self.stream, "capturing a GEMM tuning graph", body)
+        crate::cuda::capture::capture_graph(&self.stream, "capturing a GEMM tuning graph", body)
     }
 
     fn replay_us(&self, graph: &CudaGraph, reps: usize) -> Result<f64> {

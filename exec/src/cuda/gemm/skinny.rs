@@ -3,10 +3,10 @@
 //! (K can be split over CTAs, though no split measured faster), with the residual add or
 //! SiLU-and-mul folded into the epilogue.
 
-use super::args::GemmSkinny;
-use super::launch::Mode;
-use super::ops::{cfg, check, int, need};
-use super::{DPtr, Gpu, Result};
+use crate::cuda::args::GemmSkinny;
+use crate::cuda::launch::Mode;
+use crate::cuda::ops::{cfg, check, int, need};
+use crate::cuda::{DPtr, Gpu, Result};
 use half::bf16;
 
 /// Most tokens (rows of x) the skinny GEMM takes (four 16-row mma tiles).

@@ -9,11 +9,13 @@
 //! GPU (greedy, temperature, top-k, top-p, min-p with the request's seeded uniform); requests
 //! with logit bias, penalties or logprobs are sampled on the host from downloaded logits.
 
-use super::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
-use super::model::{GpuModel, KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace};
-use super::timing::StepEvents;
-use super::{CudaError, DriverCtx, Gpu, Result};
 use crate::constraint::TokenMatcher;
+use crate::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
+use crate::cuda::model::{
+    GpuModel, KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace,
+};
+use crate::cuda::timing::StepEvents;
+use crate::cuda::{CudaError, DriverCtx, Gpu, Result};
 use crate::sampling::RequestSampler;
 use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice};
 use doppel_core::{
@@ -26,6 +28,7 @@ use std::time::Instant;
 
 mod constrain;
 mod graphs;
+pub mod startup;
 mod table;
 use constrain::Deferred;
 pub use graphs::graph_sizes;

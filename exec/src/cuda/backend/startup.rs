@@ -2,9 +2,9 @@
 //! runner: open the device, load the weights, size the KV pool from a fraction of device memory,
 //! allocate the request table and activations, and log one summary.
 
-use super::backend::{graph_sizes, CudaBackend, CudaBackendConfig};
-use super::model::GpuModel;
-use super::{CudaError, DriverCtx, Gpu, Result};
+use crate::cuda::backend::{graph_sizes, CudaBackend, CudaBackendConfig};
+use crate::cuda::model::GpuModel;
+use crate::cuda::{CudaError, DriverCtx, Gpu, Result};
 use crate::model::{ModelConfig, WeightStore};
 use doppel_core::SchedulerConfig;
 use std::path::Path;

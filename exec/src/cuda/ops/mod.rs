@@ -2,17 +2,22 @@
 //! large enough for the shapes it is given and that the shapes suit the kernel (vector widths,
 //! head sizes), so a wrong call is an error rather than a stray memory access.
 
-use super::args::{
+pub mod attention;
+pub mod fused;
+pub mod rope;
+pub mod sample;
+
+use crate::cuda::args::{
     AddBiasRows, EmbeddingGather, FusedAddRmsNorm, GatherRows, Gemv, GemvF32Out, KvStore,
     QkRmsNorm, RmsNorm, RopeNeox, ScaleCols, SiluAndMul, StoreLastToken, TableScatter,
 };
-pub use super::fused::{NormIn, QkvLayout, QkvPost, RowScale};
-use super::launch::Mode;
-use super::{CudaError, DPtr, Gpu, Result};
+pub use crate::cuda::fused::{NormIn, QkvLayout, QkvPost, RowScale};
+use crate::cuda::launch::Mode;
+use crate::cuda::{CudaError, DPtr, Gpu, Result};
 use cudarc::driver::LaunchConfig;
 use half::bf16;
 
-pub use super::sample::{argmax_scratch_len, LastTokenStore, SamplingBufs, ARGMAX_CHUNKS};
+pub use crate::cuda::sample::{argmax_scratch_len, LastTokenStore, SamplingBufs, ARGMAX_CHUNKS};
 
 pub(crate) fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
     LaunchConfig {
@@ -337,7 +342,7 @@ impl Gpu {
     }
 
     /// Neox-style RoPE on the q and k heads of the fused qkv buffer, in place. `cos_sin` is the
-    /// table from [`super::rope::cos_sin_table`]; every position must be below its row count.
+    /// table from [`crate::cuda::rope::cos_sin_table`]; every position must be below its row count.
     pub fn rope_neox(
         &self,
         qkv: DPtr<bf16>,
