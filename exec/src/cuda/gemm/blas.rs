@@ -6,6 +6,7 @@ pub use crate::cuda::blas_lt::{AlgoInfo, TuneReport};
 use crate::cuda::ops::{check, int, need};
 use crate::cuda::{CudaError, DPtr, DriverCtx, Result};
 use cudarc::cublas::{result as cr, sys, CudaBlas};
+use cudarc::cublaslt::sys::cublasLtMatmulHeuristicResult_t as LtCandidate;
 use cudarc::driver::sys::{CUevent_flags, CUstreamCaptureStatus};
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
@@ -260,38 +261,12 @@ impl Blas {
         y: GemmOut,
         x: DPtr<bf16>,
         w: &[DPtr<bf16>],
-        (m, n, k): (usize, usize, usize),
+        mnk: (usize, usize, usize),
         ldy: usize,
     ) -> Result<Option<TuneReport>> {
         const K: &str = "gemm tune";
-        let capturing = self
-            .stream
-            .capture_status()
-            .ctx("reading the capture status")?;
-        let (ya, ylen, out, beta) = y.parts();
-        if w.is_empty() {
+        let Some(key) = self.tune_key(&y, &x, w, mnk, ldy)? else {
             return Ok(None);
-        }
-        if capturing != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE || m == 0 || n == 0 {
-            return Ok(None);
-        }
-        let y_need = (m - 1) * ldy + n;
-        check(K, ylen >= y_need, || {
-            format!("y holds {ylen} elements, {y_need} needed")
-        })?;
-        let m = self.rows(m, (n, k, ldy), x.len(), ylen);
-        check(K, ldy >= n, || format!("ldy {ldy} < n {n}"))?;
-        need(K, "x", &x, m * k)?;
-        for wi in w {
-            need(K, "w", wi, n * k)?;
-        }
-        let key = GemmKey {
-            m,
-            n,
-            k,
-            ldy,
-            f32_out: out == OutType::F32,
-            acc: beta != 0.0,
         };
         let poisoned = || CudaError::Invalid {
             kernel: K,
@@ -301,6 +276,8 @@ impl Blas {
             return Ok(Some(e.report.clone()));
         }
         let t0 = Instant::now();
+        let (ya, _, out, beta) = y.parts();
+        let GemmKey { m, n, k, .. } = key;
         // The timed calls cycle through every layer's weights: the algorithm must suit all.
         let ptrs: Vec<u64> = [ya, x.addr()]
             .into_iter()
@@ -308,15 +285,7 @@ impl Blas {
             .collect();
         let align = alignment(&ptrs);
         let plan = Plan::new(&key)?;
-        // Bytes and flops of one call, to size the repeats (~150 us of timed calls per
-        // candidate) and pick the timing: calls of more than ~30 us are timed straight on the
-        // stream (the host keeps ahead of them), shorter ones in a CUDA graph (see `time_us`).
-        // Skinny shapes get more candidates (split-K variants); large ones only the heuristic's.
-        let bytes = (n * k + m * k) * 2 + m * n * if key.f32_out { 4 } else { 2 };
-        let est_us = (bytes as f64 / 2.5e6).max(2.0 * (m * n * k) as f64 / 6e8);
-        let small = est_us < 30.0;
-        let reps = ((150.0 / est_us) as usize).clamp(2, 24);
-        let want = if m <= 256 && small { 32 } else { 8 };
+        let (small, reps, want) = tune_budget(&key);
         // No candidates (the heuristic found none for this shape or alignment, or failed): the
         // default GEMM is measured alone and kept.
         let mut cands = self
@@ -333,25 +302,9 @@ impl Blas {
         let default_us = self.time_us(small, reps, |i| {
             self.gemm((ya, out, beta), x, pick(i), (m, n, k), ldy)
         })? - base;
-        let mut best: Option<(f64, usize)> = None;
-        let mut ran = 0;
-        for (ci, c) in cands.iter().enumerate() {
-            let t = self.time_us(small, reps, |i| {
-                let call = self.call(ya, x.addr(), pick(i).addr(), beta);
-                self.lt
-                    .run(&plan, &c.algo, &call)
-                    .map_err(|err| CudaError::BlasLt {
-                        what: format!("tuning gemm {key:?}"),
-                        err,
-                    })
-            });
-            // A candidate the library refuses at run time is skipped, not fatal.
-            let Ok(t) = t.map(|t| t - base) else { continue };
-            ran += 1;
-            if best.is_none_or(|(b, _)| t < b) {
-                best = Some((t, ci));
-            }
-        }
+        let (best, ran) = self.time_candidates(&plan, &key, &cands, (small, reps, base), |i| {
+            self.call(ya, x.addr(), pick(i).addr(), beta)
+        });
         let use_lt = best.is_some_and(|(t, _)| t < default_us);
         let report = TuneReport {
             m,
@@ -379,6 +332,79 @@ impl Blas {
             .map_err(|_| poisoned())?
             .insert(key, entry);
         Ok(Some(report))
+    }
+
+    /// The cache key [`Blas::tune`] measures for these arguments, after checking them; None
+    /// during graph capture, for an empty shape or without weights.
+    fn tune_key(
+        &self,
+        y: &GemmOut,
+        x: &DPtr<bf16>,
+        w: &[DPtr<bf16>],
+        (m, n, k): (usize, usize, usize),
+        ldy: usize,
+    ) -> Result<Option<GemmKey>> {
+        const K: &str = "gemm tune";
+        let capturing = self
+            .stream
+            .capture_status()
+            .ctx("reading the capture status")?;
+        let (_, ylen, out, beta) = y.parts();
+        if w.is_empty() {
+            return Ok(None);
+        }
+        if capturing != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE || m == 0 || n == 0 {
+            return Ok(None);
+        }
+        let y_need = (m - 1) * ldy + n;
+        check(K, ylen >= y_need, || {
+            format!("y holds {ylen} elements, {y_need} needed")
+        })?;
+        let m = self.rows(m, (n, k, ldy), x.len(), ylen);
+        check(K, ldy >= n, || format!("ldy {ldy} < n {n}"))?;
+        need(K, "x", x, m * k)?;
+        for wi in w {
+            need(K, "w", wi, n * k)?;
+        }
+        Ok(Some(GemmKey {
+            m,
+            n,
+            k,
+            ldy,
+            f32_out: out == OutType::F32,
+            acc: beta != 0.0,
+        }))
+    }
+
+    /// Time each cuBLASLt candidate (`call(i)`: the operands of the i-th timed call) as
+    /// [`Blas::time_us`] does, less `base`: the fastest (us, index) and how many ran. A
+    /// candidate the library refuses at run time is skipped, not fatal.
+    fn time_candidates(
+        &self,
+        plan: &Plan,
+        key: &GemmKey,
+        cands: &[LtCandidate],
+        (small, reps, base): (bool, usize, f64),
+        call: impl Fn(usize) -> Call,
+    ) -> (Option<(f64, usize)>, usize) {
+        let mut best: Option<(f64, usize)> = None;
+        let mut ran = 0;
+        for (ci, c) in cands.iter().enumerate() {
+            let t = self.time_us(small, reps, |i| {
+                self.lt
+                    .run(plan, &c.algo, &call(i))
+                    .map_err(|err| CudaError::BlasLt {
+                        what: format!("tuning gemm {key:?}"),
+                        err,
+                    })
+            });
+            let Ok(t) = t.map(|t| t - base) else { continue };
+            ran += 1;
+            if best.is_none_or(|(b, _)| t < b) {
+                best = Some((t, ci));
+            }
+        }
+        (best, ran)
     }
 
     /// Microseconds per call of `f(i)`: one call on the stream (loads the kernel; an algorithm
@@ -509,4 +535,19 @@ impl Blas {
             err,
         })
     }
+}
+
+/// How [`Blas::tune`] times a shape: (in a CUDA graph, repeats, candidates wanted). Bytes and
+/// flops of one call size the repeats (~150 us of timed calls per candidate) and pick the
+/// timing: calls of more than ~30 us are timed straight on the stream (the host keeps ahead of
+/// them), shorter ones in a CUDA graph (see `time_us`). Skinny shapes get more candidates
+/// (split-K variants); large ones only the heuristic's.
+fn tune_budget(key: &GemmKey) -> (bool, usize, usize) {
+    let GemmKey { m, n, k, .. } = *key;
+    let bytes = (n * k + m * k) * 2 + m * n * if key.f32_out { 4 } else { 2 };
+    let est_us = (bytes as f64 / 2.5e6).max(2.0 * (m * n * k) as f64 / 6e8);
+    let small = est_us < 30.0;
+    let reps = ((150.0 / est_us) as usize).clamp(2, 24);
+    let want = if m <= 256 && small { 32 } else { 8 };
+    (small, reps, want)
 }
