@@ -3,87 +3,14 @@
 //! lines are written, bench_serving's command lines and backends work, and bad options are
 //! refused.
 
-use doppel_exec::model::Arch;
-use doppel_exec::testgen::{write_model, TinySpec};
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
-struct Served {
-    child: Child,
-    addr: String,
-    dir: PathBuf,
-}
+use common::{figure, scratch_with_tiny_qwen3, BenchTarget};
+use std::process::Command;
 
-impl Served {
-    fn start() -> Served {
-        // One directory per server: the tests run in parallel in one process, and each removes
-        // its own directory when it ends.
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("doppel-bench-{}-{k}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut spec = TinySpec::tiny(Arch::Qwen3);
-        spec.vocab_size = Some(2048);
-        write_model(&dir.join("model"), &spec).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_doppel"))
-            .args(["exec", "serve", "--port", "0", "--threads", "1", "--model"])
-            .arg(dir.join("model"))
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(a) = line.split("on http://").nth(1) {
-                    let _ = tx.send(a.trim().to_string());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start");
-            }
-        };
-        Served { child, addr, dir }
-    }
-
-    fn bench(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_doppel"))
-            .args(["bench", "serve", "--disable-tqdm", "--time-limit", "120"])
-            .args(["--base-url", &format!("http://{}", self.addr)])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn figure(table: &str, label: &str) -> f64 {
-    table
-        .lines()
-        .find(|l| l.starts_with(label))
-        .and_then(|l| l[label.len()..].trim().parse().ok())
-        .unwrap_or_else(|| panic!("{label} not in\n{table}"))
+/// A server on a fresh tiny Qwen3.
+fn start() -> BenchTarget {
+    BenchTarget::start(scratch_with_tiny_qwen3("bench"), &[])
 }
 
 /// Output tokens the dataset asks for (ignore_eos: the server generates exactly these).
@@ -98,7 +25,7 @@ fn expected_output(trace_yaml: &str) -> u64 {
 
 #[test]
 fn every_dataset_and_arrival_mode_completes() {
-    let s = Served::start();
+    let s = start();
     let jsonl = s.dir.join("out.jsonl");
     let json = s.dir.join("report.json");
     // random-ids, Poisson with a concurrency cap, per-request lines and a JSON report.
@@ -289,7 +216,7 @@ fn write_sharegpt(path: &std::path::Path, n: usize) {
 
 #[test]
 fn bench_serving_command_lines_backends_and_datasets_work() {
-    let s = Served::start();
+    let s = start();
     let model = s.dir.join("model");
     let model = model.to_str().unwrap();
     // Prefixes of long options, as argparse takes them; the OpenAI completions backend by

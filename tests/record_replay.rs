@@ -3,72 +3,22 @@
 //! ids), `doppel sim replay` replays it with the prefix cache hitting, and `doppel bench serve
 //! --dataset-name trace` sends it again.
 
-use doppel_exec::model::Arch;
-use doppel_exec::testgen::{write_model, TinySpec};
-use doppel_sim::trace::Workload;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+mod common;
 
-fn figure(table: &str, label: &str) -> f64 {
-    table
-        .lines()
-        .find(|l| l.starts_with(label))
-        .and_then(|l| l[label.len()..].trim().parse().ok())
-        .unwrap_or(f64::NAN)
-}
+use common::{figure, scratch_with_tiny_qwen3, BenchTarget};
+use doppel_sim::trace::Workload;
+use std::process::Command;
 
 #[test]
 fn a_recorded_server_trace_replays_in_the_simulator_and_the_bench_client() {
-    let dir = std::env::temp_dir().join(format!("doppel-record-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut spec = TinySpec::tiny(Arch::Qwen3);
-    spec.vocab_size = Some(2048);
-    write_model(&dir.join("model"), &spec).unwrap();
+    let dir = scratch_with_tiny_qwen3("record");
     let rec = dir.join("rec.yaml");
+    let server = BenchTarget::start(dir.clone(), &["--record", rec.to_str().unwrap()]);
     let bin = env!("CARGO_BIN_EXE_doppel");
-    let mut child = Command::new(bin)
-        .args(["exec", "serve", "--port", "0", "--threads", "1", "--model"])
-        .arg(dir.join("model"))
-        .arg("--record")
-        .arg(&rec)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(a) = line.split("on http://").nth(1) {
-                let _ = tx.send(a.trim().to_string());
-            }
-        }
-    });
-    let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
-        let _ = child.kill();
-        panic!("server did not start");
-    };
     let bench = |args: &[&str]| {
-        let out = Command::new(bin)
-            .args(["bench", "serve", "--disable-tqdm", "--time-limit", "120"])
-            .args([
-                "--base-url",
-                &format!("http://{addr}"),
-                "--warmup-requests",
-                "0",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
+        let (ok, out, err) = server.bench(&[&["--warmup-requests", "0"][..], args].concat());
+        assert!(ok, "{err}");
+        out
     };
     // Two system prompts of 96 tokens (6 pages of 16), 4 questions each.
     bench(&[
@@ -127,7 +77,4 @@ fn a_recorded_server_trace_replays_in_the_simulator_and_the_bench_client() {
     let out = bench(&["--dataset-name", "trace", "--trace", copy.to_str().unwrap()]);
     assert_eq!(figure(&out, "Successful requests:"), 8.0, "{out}");
     assert_eq!(figure(&out, "Total generated tokens:"), 32.0, "{out}");
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,9 +6,10 @@
 
 mod cuda_common;
 
+use cuda_common::sampling::{argmax, sample, RowParams};
 use cuda_common::{open_gpu, Report, Rng};
 use doppel_exec::constraint::{apply_mask, mask_words};
-use doppel_exec::cuda::ops::{argmax_scratch_len, SamplingBufs};
+use doppel_exec::cuda::ops::argmax_scratch_len;
 use doppel_exec::cuda::Gpu;
 
 fn random_mask(rng: &mut Rng, vocab: usize, allowed: usize) -> Vec<u32> {
@@ -56,52 +57,21 @@ fn mask_kernel(gpu: &Gpu, rng: &mut Rng, rep: &mut Report, vocab: usize) {
         let m = mask_row[r];
         m < 0 || masks[m as usize][t as usize / 32] >> (t % 32) & 1 == 1
     };
-    let dout = gpu.zeros::<u32>(n).unwrap();
     let scratch = gpu.zeros::<u32>(argmax_scratch_len(n)).unwrap();
-    gpu.argmax_rows(
-        gpu.ptr(&dout),
-        gpu.ptr(&dl),
-        gpu.ptr(&scratch),
-        n,
-        vocab,
-        None,
-    )
-    .unwrap();
-    let greedy = gpu.download(&dout).unwrap();
+    let greedy = argmax(gpu, gpu.ptr(&dl), gpu.ptr(&scratch), n, vocab, None);
     let ok = greedy.iter().enumerate().all(|(r, &t)| allowed(r, t));
     rep.check(
         &format!("argmax after the mask is allowed V={vocab}"),
         0.0,
         ok,
     );
-    let (temp, tk, tp, mp): (Vec<f32>, Vec<i32>, Vec<f32>, Vec<f32>) = (
-        vec![1.5; n],
-        (0..n as i32)
-            .map(|i| [0, 50, 1000][i as usize % 3])
-            .collect(),
-        vec![0.95; n],
-        vec![0.0; n],
-    );
     let mut bad = 0;
     for _ in 0..64 {
-        let un: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
-        let b = [
-            gpu.upload(&temp).unwrap(),
-            gpu.upload(&tp).unwrap(),
-            gpu.upload(&mp).unwrap(),
-            gpu.upload(&un).unwrap(),
-        ];
-        let dk = gpu.upload(&tk).unwrap();
-        let params = SamplingBufs {
-            temperature: gpu.ptr(&b[0]),
-            top_k: gpu.ptr(&dk),
-            top_p: gpu.ptr(&b[1]),
-            min_p: gpu.ptr(&b[2]),
-            uniform: gpu.ptr(&b[3]),
-        };
-        gpu.sample_rows(gpu.ptr(&dout), gpu.ptr(&dl), &params, n, vocab)
-            .unwrap();
-        let got = gpu.download(&dout).unwrap();
+        let mut params = RowParams::default();
+        for i in 0..n {
+            params.push(1.5, [0, 50, 1000][i % 3], 0.95, 0.0, rng.unit());
+        }
+        let got = sample(gpu, gpu.ptr(&dl), &params, vocab);
         bad += got
             .iter()
             .enumerate()

@@ -7,7 +7,7 @@
 //!   prompt at a time, chunked prefill over a cached prefix, decode of the last token) must be
 //!   within 2e-2 relative error. Also runs CudaBackend under the real scheduler for 8 greedy
 //!   tokens and reports agreement with transformers' greedy continuation.
-//! * `cuda_backend_matches_cpu_backend`: a tiny random model (head_dim 64, bf16 weights) under
+//! * `vs_cpu::cuda_backend_matches_cpu_backend` (cuda_model_parts/vs_cpu.rs): a tiny random model (head_dim 64, bf16 weights) under
 //!   the real scheduler: the same greedy tokens from CudaBackend as from CpuBackend, in plain and
 //!   overlap order, with prefix hits, chunked prefill and a pool small enough to retract;
 //!   `..._on_each_architecture` repeats it for tiny Llama, Mistral, Qwen3-with-YaRN and Qwen2
@@ -16,20 +16,20 @@
 //! Both skip (printing why) without a GPU.
 
 mod cuda_common;
+#[path = "cuda_model_parts/vs_cpu.rs"]
+mod vs_cpu;
 
 use cuda_common::{open_gpu, rel_err, Rng};
 use doppel_core::{
     Engine, Event, RequestId, RequestSpec, SamplingParams, Scheduler, SchedulerConfig,
 };
-use doppel_exec::cpu_backend::CpuBackend;
 use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
 use doppel_exec::cuda::backend::{CudaBackend, CudaBackendConfig};
 use doppel_exec::cuda::model::{
-    GpuModel, KernelChoice, KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace,
+    GpuModel, KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace,
 };
 use doppel_exec::cuda::Gpu;
-use doppel_exec::model::{Arch, CpuModel, DType, ModelConfig, RopeScaling, WeightStore};
-use doppel_exec::testgen::{write_model, TinySpec};
+use doppel_exec::model::{ModelConfig, WeightStore};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -371,291 +371,4 @@ fn run_engine<B: doppel_core::Backend>(
         }
     }
     out
-}
-
-fn tiny_dir() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    let mut spec = TinySpec::tiny(Arch::Qwen3);
-    spec.hidden_size = 256;
-    spec.intermediate_size = 512;
-    spec.num_heads = 4;
-    spec.num_kv_heads = 2;
-    spec.head_dim = 64;
-    spec.dtype = DType::BF16;
-    spec.rope_scaling = RopeScaling::None;
-    write_model(d.path(), &spec).unwrap();
-    d
-}
-
-fn prompt(seed: u32, len: usize) -> Vec<u32> {
-    (0..len as u32)
-        .map(|i| (i * 31 + seed * 17 + 3) % 380)
-        .collect()
-}
-
-#[test]
-fn cuda_backend_matches_cpu_backend() {
-    let Some(gpu) = open_gpu() else { return };
-    drop(gpu);
-    let dir = tiny_dir();
-    let shared = prompt(1, 40);
-    let with = |tail: Vec<u32>| {
-        let mut p = shared.clone();
-        p.extend(tail);
-        p
-    };
-    let waves = vec![
-        vec![
-            greedy_req(1, with(prompt(2, 9)), 12),
-            greedy_req(2, prompt(5, 70), 10),
-        ],
-        vec![
-            greedy_req(3, with(prompt(3, 5)), 16),
-            greedy_req(4, prompt(7, 3), 20),
-            greedy_req(5, with(prompt(4, 30)), 8),
-            greedy_req(6, prompt(9, 1), 12),
-        ],
-    ];
-    let base = SchedulerConfig {
-        kv_capacity_tokens: 2000,
-        context_len: 512,
-        req_pool_size: Some(32),
-        max_prefill_tokens: 512,
-        chunked_prefill_size: None,
-        ..Default::default()
-    };
-    let chunked = SchedulerConfig {
-        chunked_prefill_size: Some(16),
-        max_prefill_tokens: 64,
-        ..base.clone()
-    };
-    let tight = SchedulerConfig {
-        kv_capacity_tokens: 160,
-        ..base.clone()
-    };
-    let mixed = SchedulerConfig {
-        chunked_prefill_size: Some(32),
-        enable_mixed_chunk: true,
-        ..base.clone()
-    };
-    let cpu_ref = {
-        let (m, _) = CpuModel::load(dir.path(), false).unwrap();
-        run_engine(
-            Engine::new(
-                Scheduler::new(base.clone()).unwrap(),
-                CpuBackend::new(m, base.kv_capacity_tokens, 99),
-                false,
-            ),
-            &waves,
-        )
-    };
-    let mut failures = Vec::new();
-    // Tuning stays on for the whole run and applies from 1 row, so every eager step's GEMM
-    // shapes are measured and run with the chosen algorithm (cuBLASLt where it won); "GEMM
-    // tuning off" runs every cuBLAS GEMM with cublasGemmEx's default.
-    for (name, sc, overlap, gemm_lt) in [
-        ("plain", &base, false, true),
-        ("overlap", &base, true, true),
-        ("chunked prefill", &chunked, false, true),
-        ("retraction (160-token pool)", &tight, true, true),
-        ("mixed chunk", &mixed, true, true),
-        ("plain, GEMM tuning off", &base, false, false),
-        ("mixed chunk, GEMM tuning off", &mixed, true, false),
-    ] {
-        let gpu = Gpu::new(0).unwrap();
-        let cfg = ModelConfig::load(dir.path()).unwrap();
-        let store = WeightStore::open(dir.path()).unwrap();
-        let mut model = GpuModel::load(&gpu, &cfg, &store, 1024).unwrap();
-        // Measured algorithms at every size, so this tiny model's GEMMs use them (or none).
-        model.kernels.gemm_lt_min_tokens = if gemm_lt { 0 } else { usize::MAX };
-        let mut backend = CudaBackend::new(gpu, model, backend_cfg(sc)).unwrap();
-        doppel_core::Backend::set_tuning(&mut backend, true);
-        let got = run_engine(
-            Engine::new(Scheduler::new(sc.clone()).unwrap(), backend, overlap),
-            &waves,
-        );
-        let (mut agree, mut total) = (0, 0);
-        for (id, toks) in &cpu_ref {
-            let g = got.get(id).cloned().unwrap_or_default();
-            agree += g.iter().zip(toks).take_while(|(a, b)| a == b).count();
-            total += toks.len();
-        }
-        eprintln!("GPU {name}: {agree}/{total} greedy tokens equal to the CPU backend's");
-        if got != cpu_ref {
-            failures.push(name);
-        }
-    }
-    // The non-default kernel choices on the same scenarios, reported (not asserted): tells
-    // which kernel a difference comes from.
-    const PDL_OFF: &str = "plain launches (programmatic dependent launch off)";
-    for (label, choice) in [
-        (PDL_OFF, KernelChoice::default()),
-        (
-            "cuBLAS above the GEMV's rows (skinny GEMM off) and a cuBLAS LM head",
-            KernelChoice {
-                skinny_max_tokens: 0,
-                lm_head_gemv_max: 0,
-                ..Default::default()
-            },
-        ),
-        (
-            "the folded GEMVs up to 8 tokens",
-            KernelChoice {
-                gemv_max_tokens: 8,
-                ..Default::default()
-            },
-        ),
-        (
-            "every launched decode split used (min keys 1)",
-            KernelChoice {
-                decode_split_min_keys: 1,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode attention on CUDA cores at every batch size (the V3 kernels)",
-            KernelChoice {
-                decode_mma_max_tokens: 0,
-                decode_reg_mma_max_tokens: 0,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode attention on tensor cores fed from registers at every batch size",
-            KernelChoice {
-                decode_mma_max_tokens: 0,
-                decode_reg_mma_max_tokens: usize::MAX,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode attention on tensor cores at every batch size",
-            KernelChoice {
-                decode_mma_max_tokens: usize::MAX,
-                ..Default::default()
-            },
-        ),
-        (
-            "decode attention asking the o projection's weights into L2 at every batch size",
-            KernelChoice {
-                decode_prefetch_o_min_rows: 0,
-                ..Default::default()
-            },
-        ),
-    ] {
-        for (name, sc, overlap) in [("plain", &base, false), ("mixed chunk", &mixed, true)] {
-            let gpu = Gpu::new(0).unwrap();
-            let cfg = ModelConfig::load(dir.path()).unwrap();
-            let store = WeightStore::open(dir.path()).unwrap();
-            let mut model = GpuModel::load(&gpu, &cfg, &store, 1024).unwrap();
-            model.kernels = choice;
-            gpu.set_pdl(label != PDL_OFF);
-            let backend = CudaBackend::new(gpu, model, backend_cfg(sc)).unwrap();
-            let got = run_engine(
-                Engine::new(Scheduler::new(sc.clone()).unwrap(), backend, overlap),
-                &waves,
-            );
-            let agree: usize = cpu_ref
-                .iter()
-                .map(|(id, toks)| {
-                    let g = got.get(id).cloned().unwrap_or_default();
-                    g.iter().zip(toks).take_while(|(a, b)| a == b).count()
-                })
-                .sum();
-            let total: usize = cpu_ref.values().map(|t| t.len()).sum();
-            eprintln!(
-                "GPU {name} with {label}: {agree}/{total} greedy tokens equal to the CPU backend's"
-            );
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "GPU tokens differ from the CPU backend in: {failures:?}"
-    );
-}
-
-/// Greedy tokens of CudaBackend equal CpuBackend's on tiny versions of each architecture the
-/// GPU serves (Llama 3 scaling untied, Mistral at head dim 128 with 4 q heads per kv head,
-/// Qwen3 with YaRN at head dim 64, Qwen2 with q/k/v biases and 7 q heads per kv head), plain
-/// and with chunked prefill over a shared prefix.
-#[test]
-fn cuda_backend_matches_cpu_backend_on_each_architecture() {
-    let Some(gpu) = open_gpu() else { return };
-    drop(gpu);
-    let shape = |arch: Arch, head_dim: usize, heads: usize, kv: usize| {
-        let mut s = TinySpec::tiny(arch);
-        (s.hidden_size, s.intermediate_size) = (256, 512);
-        (s.num_heads, s.num_kv_heads, s.head_dim) = (heads, kv, head_dim);
-        s.dtype = DType::BF16;
-        s
-    };
-    let llama = shape(Arch::Llama, 128, 4, 2);
-    let mistral = shape(Arch::Mistral, 128, 8, 2);
-    let mut qwen3_yarn = shape(Arch::Qwen3, 64, 8, 1);
-    qwen3_yarn.rope_scaling = RopeScaling::yarn(4.0, 32.0);
-    // q/k/v biases, 7 q heads per kv head (Qwen2.5-7B's group).
-    let mut qwen2 = shape(Arch::Qwen2, 64, 7, 1);
-    qwen2.hidden_size = 448;
-    let shared = prompt(1, 40);
-    let mut long = shared.clone();
-    long.extend(prompt(2, 60));
-    let waves = vec![
-        vec![greedy_req(1, long, 12), greedy_req(2, prompt(5, 70), 10)],
-        vec![
-            greedy_req(3, shared.clone(), 16),
-            greedy_req(4, prompt(7, 3), 20),
-        ],
-    ];
-    let base = SchedulerConfig {
-        kv_capacity_tokens: 2000,
-        context_len: 512,
-        req_pool_size: Some(32),
-        max_prefill_tokens: 512,
-        chunked_prefill_size: None,
-        ..Default::default()
-    };
-    let chunked = SchedulerConfig {
-        chunked_prefill_size: Some(16),
-        max_prefill_tokens: 64,
-        ..base.clone()
-    };
-    let mut failures = Vec::new();
-    for (name, spec) in [
-        ("llama", &llama),
-        ("mistral", &mistral),
-        ("qwen3 yarn", &qwen3_yarn),
-        ("qwen2 biases, group 7", &qwen2),
-    ] {
-        let d = tempfile::tempdir().unwrap();
-        write_model(d.path(), spec).unwrap();
-        let (m, _) = CpuModel::load(d.path(), false).unwrap();
-        let cpu = run_engine(
-            Engine::new(
-                Scheduler::new(base.clone()).unwrap(),
-                CpuBackend::new(m, base.kv_capacity_tokens, 99),
-                false,
-            ),
-            &waves,
-        );
-        for (mode, sc) in [("plain", &base), ("chunked prefill", &chunked)] {
-            let gpu = open_gpu().unwrap();
-            let cfg = ModelConfig::load(d.path()).unwrap();
-            let store = WeightStore::open(d.path()).unwrap();
-            let model = GpuModel::load(&gpu, &cfg, &store, 1024).unwrap();
-            let backend = CudaBackend::new(gpu, model, backend_cfg(sc)).unwrap();
-            let got = run_engine(
-                Engine::new(Scheduler::new(sc.clone()).unwrap(), backend, true),
-                &waves,
-            );
-            let ok = got == cpu;
-            eprintln!(
-                "{name}, {mode}: {}",
-                if ok { "same tokens" } else { "DIFFER" }
-            );
-            if !ok {
-                failures.push(format!("{name}, {mode}: gpu {got:?} cpu {cpu:?}"));
-            }
-        }
-    }
-    assert!(failures.is_empty(), "{failures:#?}");
 }

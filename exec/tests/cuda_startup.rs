@@ -2,30 +2,18 @@
 //! tests check that start-up fails with a clear message; with one, that the backend built from a
 //! checkpoint directory serves the CPU backend's greedy tokens and the server starts and stops.
 
+mod cuda_common;
+
+use cuda_common::tiny_qwen3_bf16;
 use doppel_core::{Engine, Event, RequestId, RequestSpec, SamplingParams, Scheduler};
 use doppel_core::{SchedulerConfig, TimeNs};
 use doppel_exec::cpu_backend::CpuBackend;
 use doppel_exec::cuda::backend::CudaBackend;
 use doppel_exec::cuda::startup::CudaOptions;
 use doppel_exec::cuda::Gpu;
-use doppel_exec::model::{Arch, CpuModel, DType, RopeScaling};
+use doppel_exec::model::CpuModel;
 use doppel_exec::server::{BackendKind, Server, ServerConfig};
-use doppel_exec::testgen::{write_model, TinySpec};
 use std::collections::BTreeMap;
-
-fn tiny_dir() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    let mut spec = TinySpec::tiny(Arch::Qwen3);
-    spec.hidden_size = 256;
-    spec.intermediate_size = 512;
-    spec.num_heads = 4;
-    spec.num_kv_heads = 2;
-    spec.head_dim = 64;
-    spec.dtype = DType::BF16;
-    spec.rope_scaling = RopeScaling::None;
-    write_model(d.path(), &spec).unwrap();
-    d
-}
 
 fn has_gpu() -> Option<String> {
     Gpu::new(0).err().map(|e| e.to_string())
@@ -59,7 +47,7 @@ fn greedy_tokens<B: doppel_core::Backend>(mut engine: Engine<B>) -> BTreeMap<u64
 
 #[test]
 fn from_checkpoint_sizes_kv_and_matches_cpu() {
-    let dir = tiny_dir();
+    let dir = tiny_qwen3_bf16();
     let sched = SchedulerConfig {
         context_len: 0,
         chunked_prefill_size: Some(32),
@@ -116,7 +104,7 @@ fn from_checkpoint_sizes_kv_and_matches_cpu() {
 
 #[test]
 fn server_on_cuda_device() {
-    let dir = tiny_dir();
+    let dir = tiny_qwen3_bf16();
     let cfg = ServerConfig {
         model: Some(dir.path().to_path_buf()),
         log_batches: false,

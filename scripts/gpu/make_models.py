@@ -10,10 +10,10 @@ The checkpoint is written like the Hub's: a transformers-4-style config.json (ro
 rope_scaling, exactly the published values but num_hidden_layers when --layers is given) and
 sharded safetensors with model.safetensors.index.json, straight from GPU tensors (faster than
 save_pretrained at 8B). Biases and norm weights are randomised too (transformers initialises
-them to 0 and 1, which would test nothing). The reference, as scripts/gpu/make_reference.py
-writes it for exec/tests/cuda_model.rs: reference/prompts.json, reference/logits.safetensors
-("logits" [prompts, vocab] f32 of the last position, bf16 model, sdpa attention) and
-reference/greedy.json (8 greedy tokens from generate). No downloads; runs on the GPU machine.
+them to 0 and 1, which would test nothing). The reference for exec/tests/cuda_model.rs
+(`reference()`, which scripts/gpu/make_reference.py imports too): reference/prompts.json,
+reference/logits.safetensors ("logits" [prompts, vocab] f32 of the last position, bf16 model,
+sdpa attention) and reference/greedy.json (8 greedy tokens from generate). No downloads; runs on the GPU machine.
 """
 import json
 import os

@@ -8,13 +8,12 @@ OUT_DIR/reference/prompts.json (token id lists) and OUT_DIR/reference/logits.saf
 bf16 model) and OUT_DIR/reference/greedy.json (8 greedy tokens per prompt from HF generate).
 Runs on the GPU machine (torch + transformers, no downloads).
 """
-import json
-import os
 import sys
 
 import torch
-from safetensors.torch import save_file
 from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from make_models import reference  # this folder: the reference files' one writer
 
 out = sys.argv[1]
 torch.manual_seed(0)
@@ -36,22 +35,4 @@ cfg = Qwen3Config(
 model = Qwen3ForCausalLM(cfg).to(torch.bfloat16).cuda().eval()
 model.save_pretrained(out)
 
-g = torch.Generator().manual_seed(1)
-lengths = [1, 7, 64, 200, 130, 33]
-prompts = [torch.randint(0, 151936, (n,), generator=g).tolist() for n in lengths]
-logits = []
-greedy = []
-with torch.no_grad():
-    for p in prompts:
-        ids = torch.tensor([p], device="cuda")
-        logits.append(model(ids).logits[0, -1].float().cpu())
-        gen = model.generate(ids, max_new_tokens=8, do_sample=False, attention_mask=torch.ones_like(ids))
-        greedy.append(gen[0, len(p):].tolist())
-ref = os.path.join(out, "reference")
-os.makedirs(ref, exist_ok=True)
-save_file({"logits": torch.stack(logits).contiguous()}, os.path.join(ref, "logits.safetensors"))
-with open(os.path.join(ref, "prompts.json"), "w") as f:
-    json.dump(prompts, f)
-with open(os.path.join(ref, "greedy.json"), "w") as f:
-    json.dump(greedy, f)
-print(f"wrote {out}: {len(prompts)} prompts, lengths {lengths}")
+reference(model, out, [1, 7, 64, 200, 130, 33], cfg.vocab_size)

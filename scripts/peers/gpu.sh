@@ -12,6 +12,10 @@
 #   gpu.sh bench ENGINE NAME OUTDIR [--quick] [--crosscheck]
 #                                        serve + suite.sh (+ SGLang's own client on W3 at 64 streams)
 #                                        + stop; logs and results in OUTDIR
+#   gpu.sh onebatch ENGINE NAME OUTDIR   the peer's one-batch table (batch 1/4/16/64, input 128,
+#                                        output 64, as doppel exec bench-one-batch) in
+#                                        OUTDIR/ENGINE-onebatch.jsonl for sim calibrate --one-batch;
+#                                        no server may be running (docs/fidelity.md)
 # Env: DOPPEL (the doppel binary: carry/bin/doppel, copied to /tmp/doppel-bin for later calls;
 #      else target/release/doppel), PORT (30000),
 #      MEMFRAC (0.85: share of GPU memory for weights + KV), MAXLEN (8192), WAIT_S (300),
@@ -148,6 +152,31 @@ crosscheck() {  # NAME OUT N: SGLang's bench_serving on the served engine, W3 at
   return $rc
 }
 
+onebatch() {  # ENGINE NAME OUT: the engine's own one-batch bench, converted (onebatch.py)
+  local e=$1 dir=$MODELS/$2 out=$3 raw=$3/onebatch-raw rc=0 src
+  [ -f "$dir/config.json" ] || die "$dir has no checkpoint: run 'gpu.sh model $2' first"
+  healthy && die "a server answers on port $PORT: it would share the GPU (gpu.sh stop ENGINE)"
+  engine_env "$e"
+  mkdir -p "$raw"
+  versions "$e" > "$out/$e-onebatch-versions.txt"
+  case $e in
+  sglang)
+    rm -f "$raw/sglang-bench_one_batch.jsonl"  # it appends
+    PYTHONPATH=/tmp/site_sglang:$HERE/bench_stubs timeout 540 "$PY" -m sglang.bench_one_batch \
+      --model-path "$dir" --dtype bfloat16 --mem-fraction-static "$MEMFRAC" --random-seed 0 \
+      --batch-size 1 4 16 64 --input-len 128 --output-len 64 \
+      --result-filename "$raw/sglang-bench_one_batch.jsonl" > "$out/sglang-onebatch.log" 2>&1 || rc=$?
+    src=$raw/sglang-bench_one_batch.jsonl ;;
+  vllm)
+    timeout 540 "$PY" "$HERE/vllm_onebatch.py" "$dir" "$raw" --batch 1 4 16 64 --input-len 128 \
+      --output-len 64 --mem-fraction "$MEMFRAC" > "$out/vllm-onebatch.log" 2>&1 || rc=$?
+    src=$raw ;;
+  *) die "onebatch: expected vllm or sglang (doppel: doppel exec bench-one-batch --json)" ;;
+  esac
+  [ $rc = 0 ] || { tail -40 "$out/$e-onebatch.log"; die "$e one-batch bench exited $rc"; }
+  env -u PYTHONPATH "$PY" "$HERE/onebatch.py" "$e" "$src" "$out/$e-onebatch.jsonl"
+}
+
 case "${1:-}" in
 preflight)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -195,11 +224,12 @@ bench)
   DOPPEL=$DOPPEL bash "$HERE/suite.sh" "$e" "http://127.0.0.1:$PORT" "$name" "$out" $quick || rc=1
   if [ -n "$cross" ]; then crosscheck "$name" "$out/$e-sglang-client-w3-c64" "$([ -n "$quick" ] && echo 256 || echo 1000)" || rc=1; fi
   exit $rc ;;
+onebatch) [ $# -eq 4 ] || die "onebatch ENGINE NAME OUTDIR"; onebatch "$2" "$3" "$4" ;;
 keep)
   [ $# -eq 3 ] || die "keep OUTDIR DEST"
   mkdir -p "$3"
   cp -f "$2"/*.jsonl "$3/" 2>/dev/null || true
   tar -C "$(dirname "$2")" -cJf "$3/$(basename "$2").tar.xz" "$(basename "$2")"
   ls -l "$3" ;;
-*) sed -n 2,18p "$0"; exit 2 ;;
+*) sed -n 2,23p "$0"; exit 2 ;;
 esac

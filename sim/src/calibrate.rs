@@ -11,6 +11,7 @@ use crate::error::SimError;
 use crate::fit_split::{fit_decode, fit_launch, fit_shared_saving};
 use crate::profile::Profile;
 use serde::{Deserialize, Serialize};
+use std::io::Read;
 
 /// One measured step: its shape (as [`BatchShape`]) and how long it took.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -191,9 +192,10 @@ pub struct Measurements {
 }
 
 impl Measurements {
-    /// Read a measurement file (JSON).
+    /// Read a measurement file (JSON, or gzip-compressed JSON: a profile run's steps are
+    /// megabytes of text, and the repository keeps them compressed).
     pub fn load(path: &str) -> Result<Measurements, SimError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
+        let text = read_text(path).map_err(|source| SimError::Io {
             path: path.to_string(),
             source,
         })?;
@@ -226,6 +228,18 @@ impl Measurements {
         }
         Ok(m)
     }
+}
+
+/// A text file, decompressed when it starts with gzip's magic bytes.
+fn read_text(path: &str) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return String::from_utf8(bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+    }
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 fn invalid(file: &str, field: &str, value: &str, why: &str) -> SimError {

@@ -226,7 +226,7 @@ fn bad_measurement_files_name_the_problem() {
 fn the_shipped_h100_profile_is_the_fit_of_the_shipped_measurements() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/profiles/measurements/h100-80g_qwen3-0.6b_doppel.json"
+        "/profiles/measurements/h100-80g_qwen3-0.6b_doppel.json.gz"
     );
     let m = Measurements::load(path).unwrap();
     let base = Profile::load("h100-80g/qwen3-0.6b/sglang").unwrap();

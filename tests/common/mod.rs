@@ -1,10 +1,15 @@
-//! A `doppel exec serve` process for the workspace tests, on a free loopback port.
+//! A `doppel exec serve` process for the workspace tests, on a free loopback port, and the
+//! tiny model and bench client the bench tests point at it.
 #![allow(dead_code)]
 
+use doppel_exec::model::Arch;
 use doppel_exec::server::client::{self, block_on};
+use doppel_exec::testgen::{write_model, TinySpec};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,4 +80,76 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A fresh temporary directory holding `model/`, a tiny Qwen3 with a 2,048-token vocabulary
+/// (the bench client's random ids stay below it). One per call: the tests of a file run in
+/// parallel in one process.
+pub fn scratch_with_tiny_qwen3(tag: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let k = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("doppel-{tag}-{}-{k}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut spec = TinySpec::tiny(Arch::Qwen3);
+    spec.vocab_size = Some(2048);
+    write_model(&dir.join("model"), &spec).unwrap();
+    dir
+}
+
+/// A server on `dir/model` (see [`scratch_with_tiny_qwen3`]) for `doppel bench serve`; the
+/// directory goes when it is dropped.
+pub struct BenchTarget {
+    pub served: Served,
+    pub dir: PathBuf,
+}
+
+impl BenchTarget {
+    /// `doppel exec serve` on `dir/model` with extra flags.
+    pub fn start(dir: PathBuf, extra: &[&str]) -> BenchTarget {
+        let model = dir.join("model");
+        let base = [
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--model",
+            model.to_str().unwrap(),
+        ];
+        let served = Served::serve(&[&base[..], extra].concat());
+        BenchTarget { served, dir }
+    }
+
+    /// `doppel bench serve ARGS` against it: (success, stdout, stderr).
+    pub fn bench(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_doppel"))
+            .args(["bench", "serve", "--disable-tqdm", "--time-limit", "120"])
+            .args(["--base-url", &format!("http://{}", self.served.addr)])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for BenchTarget {
+    fn drop(&mut self) {
+        // the server first: it may still write into the directory
+        let _ = self.served.child.kill();
+        let _ = self.served.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The number after `label` on its line of a printed report (bench serve's, sim replay's).
+pub fn figure(table: &str, label: &str) -> f64 {
+    table
+        .lines()
+        .find(|l| l.starts_with(label))
+        .and_then(|l| l[label.len()..].trim().parse().ok())
+        .unwrap_or_else(|| panic!("{label} not in\n{table}"))
 }

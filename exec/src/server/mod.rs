@@ -8,6 +8,7 @@ mod chat;
 mod chatout;
 pub mod client;
 mod codec;
+mod config;
 mod conn;
 mod constrain;
 pub mod engine;
@@ -30,10 +31,11 @@ mod toolcall;
 mod wire;
 
 pub use codec::Codec;
+pub use config::{BackendKind, ServerConfig, ServerError};
 pub use conn::ConnLimits;
 pub use error::ApiError;
 pub use options::{load_tokenizer, LoadFormat};
-pub use setup::{run_blocking, BackendKind, ExternalBackend, Server, ServerConfig, ServerError};
+pub use setup::{run_blocking, ExternalBackend, Server};
 
 use engine::{Command, Shared};
 use metrics::Metrics;

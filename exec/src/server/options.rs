@@ -1,7 +1,7 @@
 //! SGLang launch options that change how the served model is loaded: the tokenizer directory,
 //! a chat template file and the weight format.
 
-use super::setup::{ServerConfig, ServerError};
+use super::config::{ServerConfig, ServerError};
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
 

@@ -3,8 +3,11 @@
 #![allow(dead_code)]
 
 pub mod kv;
+pub mod sampling;
 
 use doppel_exec::cuda::Gpu;
+use doppel_exec::model::{Arch, DType, RopeScaling};
+use doppel_exec::testgen::{write_model, TinySpec};
 use half::bf16;
 
 /// SplitMix64: small, seeded, reproducible.
@@ -163,4 +166,20 @@ impl Report {
         );
         assert!(failed.is_empty(), "failed checks: {failed:?}");
     }
+}
+
+/// A tiny random Qwen3 checkpoint in bf16 with head_dim 64 (what the GPU kernels take), in a
+/// temporary directory: the model the backend-against-CPU tests run.
+pub fn tiny_qwen3_bf16() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let mut spec = TinySpec::tiny(Arch::Qwen3);
+    spec.hidden_size = 256;
+    spec.intermediate_size = 512;
+    spec.num_heads = 4;
+    spec.num_kv_heads = 2;
+    spec.head_dim = 64;
+    spec.dtype = DType::BF16;
+    spec.rope_scaling = RopeScaling::None;
+    write_model(d.path(), &spec).unwrap();
+    d
 }

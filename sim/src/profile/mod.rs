@@ -1,5 +1,7 @@
 //! Hardware/model/engine profiles (sim/profiles/*.yaml): what the cost model needs to price a step.
 
+mod validate;
+
 use crate::error::SimError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -289,32 +291,32 @@ pub struct LaunchCosts {
 const BUILTIN: [(&str, &str); 7] = [
     (
         "a100-80g_qwen3-0.6b_sglang.yaml",
-        include_str!("../profiles/a100-80g_qwen3-0.6b_sglang.yaml"),
+        include_str!("../../profiles/a100-80g_qwen3-0.6b_sglang.yaml"),
     ),
     (
         "h100-80g_qwen3-0.6b_sglang.yaml",
-        include_str!("../profiles/h100-80g_qwen3-0.6b_sglang.yaml"),
+        include_str!("../../profiles/h100-80g_qwen3-0.6b_sglang.yaml"),
     ),
     (
         "h200_qwen3-0.6b_sglang.yaml",
-        include_str!("../profiles/h200_qwen3-0.6b_sglang.yaml"),
+        include_str!("../../profiles/h200_qwen3-0.6b_sglang.yaml"),
     ),
     (
         "h100-80g_llama-3-8b_sglang.yaml",
-        include_str!("../profiles/h100-80g_llama-3-8b_sglang.yaml"),
+        include_str!("../../profiles/h100-80g_llama-3-8b_sglang.yaml"),
     ),
     (
         "h200_llama-3-8b_sglang.yaml",
-        include_str!("../profiles/h200_llama-3-8b_sglang.yaml"),
+        include_str!("../../profiles/h200_llama-3-8b_sglang.yaml"),
     ),
     (
         "h100-80g_llama-2-7b_sglang.yaml",
-        include_str!("../profiles/h100-80g_llama-2-7b_sglang.yaml"),
+        include_str!("../../profiles/h100-80g_llama-2-7b_sglang.yaml"),
     ),
     // Fitted by `doppel sim calibrate` to our own engine on an H100 (docs/fidelity.md).
     (
         "h100-80g_qwen3-0.6b_doppel.yaml",
-        include_str!("../profiles/h100-80g_qwen3-0.6b_doppel.yaml"),
+        include_str!("../../profiles/h100-80g_qwen3-0.6b_doppel.yaml"),
     ),
 ];
 
@@ -353,198 +355,6 @@ impl Profile {
             name: name.to_string(),
             known: Profile::builtin_names(),
         })
-    }
-
-    fn validate(&self, origin: &str) -> Result<(), SimError> {
-        let bad = |field: &str, value: String, why: &str| SimError::Invalid {
-            file: origin.to_string(),
-            field: field.to_string(),
-            value,
-            why: why.to_string(),
-            line: None,
-        };
-        let m = &self.model;
-        for (field, v) in [
-            ("model.layers", m.layers),
-            ("model.hidden", m.hidden),
-            ("model.heads", m.heads),
-            ("model.kv_heads", m.kv_heads),
-            ("model.head_dim", m.head_dim),
-            ("model.intermediate", m.intermediate),
-            ("model.vocab", m.vocab),
-            ("model.dtype_bytes", m.dtype_bytes),
-            ("model.context_len", m.context_len),
-        ] {
-            if v == 0 {
-                return Err(bad(field, "0".into(), "must be at least 1"));
-            }
-        }
-        let h = &self.hardware;
-        for (field, v) in [
-            ("hardware.memory_mib", h.memory_mib),
-            ("hardware.bf16_flops", h.bf16_flops),
-            ("hardware.hbm_bandwidth", h.hbm_bandwidth),
-            ("hardware.interconnect.bandwidth", h.interconnect.bandwidth),
-            (
-                "efficiency.weight_bandwidth",
-                self.efficiency.weight_bandwidth,
-            ),
-            ("efficiency.kv_bandwidth", self.efficiency.kv_bandwidth),
-            (
-                "efficiency.attention_compute",
-                self.efficiency.attention_compute,
-            ),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(bad(field, v.to_string(), "must be a positive number"));
-            }
-        }
-        let e = &self.efficiency;
-        if e.gemm.is_empty() {
-            return Err(bad(
-                "efficiency.gemm",
-                "[]".into(),
-                "needs at least one (tokens, efficiency) point",
-            ));
-        }
-        for (i, w) in e.gemm.iter().enumerate() {
-            if !(w.0 >= 1.0 && w.1 > 0.0 && w.1 <= 1.0) {
-                return Err(bad(
-                    &format!("efficiency.gemm[{i}]"),
-                    format!("{:?}", w),
-                    "needs tokens >= 1 and efficiency in (0, 1]",
-                ));
-            }
-            if i > 0 && e.gemm[i - 1].0 >= w.0 {
-                return Err(bad(
-                    &format!("efficiency.gemm[{i}]"),
-                    format!("{:?}", w),
-                    "token counts must increase",
-                ));
-            }
-        }
-        for (field, v) in [
-            ("hardware.runtime_reserved_mib", h.runtime_reserved_mib),
-            ("hardware.kernel_launch_ns", h.kernel_launch_ns),
-            ("hardware.graph_kernel_ns", h.graph_kernel_ns),
-            (
-                "hardware.interconnect.latency_ns",
-                h.interconnect.latency_ns,
-            ),
-            (
-                "engine.schedule_ns_per_step",
-                self.engine.schedule_ns_per_step,
-            ),
-            (
-                "engine.schedule_ns_per_req",
-                self.engine.schedule_ns_per_req,
-            ),
-            ("engine.http_ns", self.engine.http_ns),
-            ("engine.tokenize_ns", self.engine.tokenize_ns),
-            (
-                "engine.tokenize_ns_per_token",
-                self.engine.tokenize_ns_per_token,
-            ),
-            ("engine.stream_ns", self.engine.stream_ns),
-            ("engine.submit_ns", self.engine.submit_ns),
-            (
-                "engine.submit_ns_per_token",
-                self.engine.submit_ns_per_token,
-            ),
-            ("efficiency.decode_step_ns", e.decode_step_ns),
-            ("efficiency.prefill_step_ns", e.prefill_step_ns),
-            ("efficiency.prefill_per_req_ns", e.prefill_per_req_ns),
-            ("efficiency.kernels_per_layer", e.kernels_per_layer),
-            ("efficiency.attention_seq_ns", e.attention_seq_ns),
-            ("efficiency.attention_seq_rows", e.attention_seq_rows),
-            ("efficiency.attention_grid_ns", e.attention_grid_ns),
-            ("efficiency.attention_grid_rows", e.attention_grid_rows),
-            ("efficiency.sustained_slowdown", e.sustained_slowdown),
-            ("efficiency.sustained_tau_ns", e.sustained_tau_ns),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(bad(field, v.to_string(), "must be a non-negative number"));
-            }
-        }
-        if !(e.decode_padding_share.is_finite() && e.decode_padding_share >= 0.0) {
-            return Err(bad(
-                "efficiency.decode_padding_share",
-                e.decode_padding_share.to_string(),
-                "must be a non-negative number",
-            ));
-        }
-        if e.sustained_slowdown > 0.0 && e.sustained_tau_ns <= 0.0 {
-            return Err(bad(
-                "efficiency.sustained_tau_ns",
-                e.sustained_tau_ns.to_string(),
-                "must be positive where sustained_slowdown is set",
-            ));
-        }
-        let saving = e.decode_shared_kv_saving;
-        if !(0.0..=1.0).contains(&saving) {
-            return Err(bad(
-                "efficiency.decode_shared_kv_saving",
-                saving.to_string(),
-                "must be between 0 and 1",
-            ));
-        }
-        if let Some(l) = &self.launch {
-            for (field, v) in [
-                ("launch.graph_ns", l.graph_ns),
-                ("launch.graph_per_req_ns", l.graph_per_req_ns),
-                ("launch.eager_ns", l.eager_ns),
-                ("launch.eager_per_req_ns", l.eager_per_req_ns),
-                ("launch.eager_per_token_ns", l.eager_per_token_ns),
-                ("launch.lead_ns", l.lead_ns),
-                ("launch.tail_ns", l.tail_ns),
-            ] {
-                if !(v.is_finite() && v >= 0.0) {
-                    return Err(bad(field, v.to_string(), "must be a non-negative number"));
-                }
-            }
-        }
-        for (i, row) in self.decode_table.iter().enumerate() {
-            let ok = row.0 >= 1.0
-                && [row.1, row.2, row.3]
-                    .iter()
-                    .all(|v| v.is_finite() && *v >= 0.0)
-                && (i == 0 || self.decode_table[i - 1].0 < row.0);
-            if !ok {
-                return Err(bad(
-                    &format!("decode_table[{i}]"),
-                    format!("{row:?}"),
-                    "needs batch >= 1 (increasing) and non-negative times",
-                ));
-            }
-        }
-        for (i, &(b, saving)) in self.decode_shared_savings.iter().enumerate() {
-            let ok = b >= 1.0
-                && (0.0..=1.0).contains(&saving)
-                && (i == 0 || self.decode_shared_savings[i - 1].0 < b);
-            if !ok {
-                return Err(bad(
-                    &format!("decode_shared_savings[{i}]"),
-                    format!("({b}, {saving})"),
-                    "needs batch >= 1 (increasing) and a saving between 0 and 1",
-                ));
-            }
-        }
-        for (i, (b, pts)) in self.decode_kv_points.iter().enumerate() {
-            let ok = *b >= 1.0
-                && (i == 0 || self.decode_kv_points[i - 1].0 < *b)
-                && pts
-                    .iter()
-                    .all(|p| p.0.is_finite() && p.0 >= 0.0 && p.1.is_finite() && p.1 >= 0.0)
-                && pts.windows(2).all(|w| w[0].0 < w[1].0);
-            if !ok {
-                return Err(bad(
-                    &format!("decode_kv_points[{i}]"),
-                    format!("{b} {pts:?}"),
-                    "needs batch >= 1 (increasing), KV points increasing, non-negative times",
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// SGLang's default mem_fraction_static for this GPU (sglang-semantics.md section 2).
@@ -620,7 +430,7 @@ mod tests {
 
     #[test]
     fn bad_profile_names_the_field() {
-        let text = include_str!("../profiles/a100-80g_qwen3-0.6b_sglang.yaml")
+        let text = include_str!("../../profiles/a100-80g_qwen3-0.6b_sglang.yaml")
             .replace("layers: 28", "layers: 0");
         let e = Profile::parse(&text, "x.yaml").unwrap_err().to_string();
         assert!(e.contains("model.layers") && e.contains("x.yaml"), "{e}");
@@ -628,7 +438,7 @@ mod tests {
 
     #[test]
     fn decode_kv_points_must_increase() {
-        let base = include_str!("../profiles/h100-80g_qwen3-0.6b_doppel.yaml");
+        let base = include_str!("../../profiles/h100-80g_qwen3-0.6b_doppel.yaml");
         let mut p = Profile::parse(base, "x.yaml").unwrap();
         assert!(!p.decode_kv_points.is_empty());
         p.decode_kv_points[0].1.reverse();
