@@ -256,6 +256,8 @@ mod tests {
                 for st in TILE_DEPTHS {
                     let e = tile_entry(mode, nj, st);
                     assert!(src.entries.contains(&e), "{e} not listed");
+                    let args = crate::cuda::args::GemmTile::KERNELS;
+                    assert!(args.contains(&e), "{e} has no argument struct");
                     n += 1;
                 }
             }

@@ -228,6 +228,8 @@ mod tests {
                 for wn in [1, 2, 4] {
                     let e = skinny_entry(mode, mt, wn);
                     assert!(src.entries.contains(&e), "{e} not listed");
+                    let args = crate::cuda::args::GemmSkinny::KERNELS;
+                    assert!(args.contains(&e), "{e} has no argument struct");
                 }
             }
         }

@@ -525,6 +525,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_decode_kernel_the_selector_picks_takes_the_decode_arguments() {
+        let mut picked = std::collections::BTreeSet::new();
+        for head_dim in [64, 128] {
+            for group in 1..=8 {
+                for (mma, reg) in [(false, false), (false, true), (true, false), (true, true)] {
+                    let shape = AttnShape {
+                        nq: 2 * group,
+                        nk: 2,
+                        head_dim,
+                        q_stride: 0,
+                        table_stride: 0,
+                        table_rows: 0,
+                        num_slots: 0,
+                        scale: 1.0,
+                        split_min_keys: 1,
+                        decode_early_kv: false,
+                        decode_prefetch_next: None,
+                        decode_mma: mma,
+                        decode_reg_mma: reg,
+                    };
+                    picked.insert(decode_kernel_name(&shape));
+                }
+            }
+        }
+        let declared = crate::cuda::args::AttentionDecode::KERNELS;
+        for k in &picked {
+            assert!(declared.contains(k), "{k} has no argument struct");
+        }
+        // Every declared decode kernel is reachable.
+        assert_eq!(picked.len(), declared.len());
+    }
+
+    #[test]
     fn decode_splits_fill_the_gpu_without_tiny_splits() {
         // One sequence, 8 kv heads, 132 SMs: 33 splits wanted, capped by 40 keys per split.
         assert_eq!(decode_splits(1, 8, 160, 132), 4);
