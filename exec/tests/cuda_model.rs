@@ -5,8 +5,10 @@
 //!   or scripts/gpu/make_models.py (any supported architecture, prompts up to 32k tokens) and
 //!   passed as DOPPEL_HF_REF=dir; our logits for several batch mixes (one extend batch, one
 //!   prompt at a time, chunked prefill over a cached prefix, decode of the last token) must be
-//!   within 2e-2 relative error. Also runs CudaBackend under the real scheduler for 8 greedy
-//!   tokens and reports agreement with transformers' greedy continuation.
+//!   no further from transformers' f32 logits on the same weights than 1.25 x its own bf16
+//!   logits are (floor 1.6e-2; references without f32 logits: within 2e-2 of its bf16 ones).
+//!   Also runs CudaBackend under the real scheduler for 8 greedy tokens and reports agreement
+//!   with transformers' greedy continuation.
 //! * `vs_cpu::cuda_backend_matches_cpu_backend` (cuda_model_parts/vs_cpu.rs): a tiny random model (head_dim 64, bf16 weights) under
 //!   the real scheduler: the same greedy tokens from CudaBackend as from CpuBackend, in plain and
 //!   overlap order, with prefix hits, chunked prefill and a pool small enough to retract;
@@ -138,34 +140,47 @@ fn qwen3_logits_match_transformers() {
     model.kernels.gemm_lt_min_tokens = 0;
     let bytes = std::fs::read(dir.join("reference/logits.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor("logits").unwrap();
-    let reference: Vec<f32> = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let floats = |name: &str| -> Option<Vec<f64>> {
+        let t = st.tensor(name).ok()?;
+        Some(
+            t.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
+        )
+    };
+    let reference = floats("logits").unwrap();
+    // transformers in f32 on the same weights (newer references): the truth; without it the
+    // check falls back to transformers' bf16 logits.
+    let truth = floats("logits_f32");
     let v = cfg.vocab_size;
     let n = prompts.len();
     let mut kv = KvPool::new(&gpu, &model, kv_cap, n + 1, max_ctx).unwrap();
     let mut ws = Workspace::new(&gpu, &model, total.max(1024), n, 64).unwrap();
     let mut rng = Rng::new(3);
     let mut worst = 0f64;
+    let mut worst_ratio = 0f64;
     let mut check = |what: &str, i: usize, got: &[f32]| {
         let r = &reference[i * v..(i + 1) * v];
-        let e = rel_err(
-            &got.iter().map(|x| *x as f64).collect::<Vec<_>>(),
-            &r.iter().map(|x| *x as f64).collect::<Vec<_>>(),
-        );
-        let am = |x: &[f32]| {
+        let got: Vec<f64> = got.iter().map(|x| *x as f64).collect();
+        let e = rel_err(&got, r);
+        let am = |x: &[f64]| {
             x.iter()
                 .enumerate()
                 .fold(0, |b, (j, &y)| if y > x[b] { j } else { b })
         };
+        let vs_truth = truth.as_ref().map(|t| {
+            let t = &t[i * v..(i + 1) * v];
+            let (ours, theirs) = (rel_err(&got, t), rel_err(r, t));
+            worst_ratio = worst_ratio.max(ours / theirs.max(TRUTH_FLOOR));
+            format!("; vs f32: ours {ours:.3e}, transformers bf16 {theirs:.3e}")
+        });
         eprintln!(
-            "{what:<34} prompt {i} (len {:>3}): rel err {e:.3e}, argmax ours {} ref {}",
+            "{what:<34} prompt {i} (len {:>3}): rel err {e:.3e}, argmax ours {} ref {}{}",
             prompts[i].len(),
-            am(got),
-            am(r)
+            am(&got),
+            am(r),
+            vs_truth.unwrap_or_default()
         );
         worst = worst.max(e);
     };
@@ -280,7 +295,13 @@ fn qwen3_logits_match_transformers() {
             }
         }
     }
-    eprintln!("worst logits relative error vs transformers: {worst:.3e} (limit 2e-2)");
+    eprintln!("worst logits relative error vs transformers bf16: {worst:.3e}");
+    if truth.is_some() {
+        eprintln!(
+            "worst ratio of our error to transformers' bf16 error, both against its f32: \
+             {worst_ratio:.2} (limit {TRUTH_RATIO})"
+        );
+    }
 
     // Greedy continuations through the real scheduler and CudaBackend.
     let greedy_ref: Vec<Vec<u32>> =
@@ -316,11 +337,24 @@ fn qwen3_logits_match_transformers() {
         total += r.len();
     }
     eprintln!("greedy agreement with transformers (bf16 both; prefix before first divergence): {same}/{total}");
-    assert!(
-        worst < 2e-2,
-        "logits differ from transformers by {worst:.3e}"
-    );
+    if truth.is_some() {
+        assert!(
+            worst_ratio <= TRUTH_RATIO,
+            "our logits are {worst_ratio:.2} x as far from transformers' f32 as its bf16 are"
+        );
+    } else {
+        assert!(
+            worst < 2e-2,
+            "logits differ from transformers by {worst:.3e} (limit 2e-2)"
+        );
+    }
 }
+
+/// Our bf16 forward may be at most this many times as far from transformers' f32 logits as
+/// transformers' own bf16 forward is (per prompt and batch mix)...
+const TRUTH_RATIO: f64 = 1.25;
+/// ...where transformers' bf16 error counts as at least this much (a shallow model's is tiny).
+const TRUTH_FLOOR: f64 = 1.6e-2;
 
 fn backend_cfg(s: &SchedulerConfig) -> CudaBackendConfig {
     CudaBackendConfig {

@@ -160,3 +160,13 @@ fn llama3_matches_transformers() {
 fn qwen2_matches_transformers() {
     check("tiny-qwen2");
 }
+
+#[test]
+fn mistral_matches_transformers() {
+    check("tiny-mistral");
+}
+
+#[test]
+fn qwen2_yarn_matches_transformers() {
+    check("tiny-qwen2-yarn");
+}

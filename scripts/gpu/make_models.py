@@ -13,7 +13,7 @@ save_pretrained at 8B). Biases and norm weights are randomised too (transformers
 them to 0 and 1, which would test nothing). The reference for exec/tests/cuda_model.rs
 (`reference()`, which scripts/gpu/make_reference.py imports too): reference/prompts.json,
 reference/logits.safetensors ("logits" [prompts, vocab] f32 of the last position, bf16 model,
-sdpa attention) and reference/greedy.json (8 greedy tokens from generate). No downloads; runs on the GPU machine.
+sdpa attention; "logits_f32" the same from the f32 copy of the weights) and reference/greedy.json (8 greedy tokens from generate). No downloads; runs on the GPU machine.
 """
 import json
 import os
@@ -150,23 +150,37 @@ def save_sharded(model, out, tied):
 
 
 @torch.no_grad()
+def last_logits(model, prompt):
+    ids = torch.tensor([prompt], device="cuda")
+    try:
+        return model(ids, logits_to_keep=1).logits[0, -1].float()
+    except TypeError:
+        return model(ids).logits[0, -1].float()
+
+
+@torch.no_grad()
 def reference(model, out, lengths, vocab):
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
     logits, greedy = [], []
     for p in prompts:
         ids = torch.tensor([p], device="cuda")
-        try:
-            last = model(ids, logits_to_keep=1).logits[0, -1]
-        except TypeError:
-            last = model(ids).logits[0, -1]
-        logits.append(last.float().cpu())
+        last = last_logits(model, p)
+        logits.append(last.cpu())
         gen = model.generate(ids, max_new_tokens=8, do_sample=False,
                              attention_mask=torch.ones_like(ids), pad_token_id=0)
         greedy.append(gen[0, len(p):].tolist())
+    tensors = {"logits": torch.stack(logits).contiguous()}
+    # The same weights in f32 (bf16 -> f32 is exact): the truth both bf16 forwards are measured
+    # against, since transformers' own bf16 logits sit 1-3e-2 from it on deep random models
+    # (docs/exec-model.md). Skipped for very long prompts, whose f32 attention may not fit.
+    if max(lengths) <= 4096:
+        model.float()
+        tensors["logits_f32"] = torch.stack([last_logits(model, p).cpu() for p in prompts])
+        model.to(torch.bfloat16)
     ref = os.path.join(out, "reference")
     os.makedirs(ref, exist_ok=True)
-    save_file({"logits": torch.stack(logits).contiguous()}, os.path.join(ref, "logits.safetensors"))
+    save_file(tensors, os.path.join(ref, "logits.safetensors"))
     with open(os.path.join(ref, "prompts.json"), "w") as f:
         json.dump(prompts, f)
     with open(os.path.join(ref, "greedy.json"), "w") as f:

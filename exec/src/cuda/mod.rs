@@ -13,6 +13,7 @@ pub mod gemm;
 pub mod model;
 pub mod ops;
 pub mod runtime;
+pub mod tp;
 
 // The modules by their earlier flat paths (`cuda::attention`, `cuda::blas`, ...), which the
 // tests and the binary name.
@@ -87,6 +88,17 @@ pub enum CudaError {
         /// The kernel.
         kernel: &'static str,
         /// What is wrong.
+        msg: String,
+    },
+    /// The NCCL library could not be loaded (tensor parallelism).
+    #[error("NCCL could not be loaded: {0}")]
+    NoNccl(String),
+    /// An NCCL call failed.
+    #[error("NCCL error during {what}: {msg}")]
+    Nccl {
+        /// What was being done.
+        what: String,
+        /// NCCL's message.
         msg: String,
     },
     /// The checkpoint or a start-up setting cannot be used.

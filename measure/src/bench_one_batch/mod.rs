@@ -3,6 +3,8 @@
 //! CUDA graphs, greedy sampling on the GPU, each step's input the previous step's sample
 //! resolved on the device), timed with CUDA events after a warm-up run; medians over repeats.
 
+pub mod tp;
+
 use doppel_core::FUTURE_TOKEN;
 use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
 use doppel_exec::cuda::model::{
