@@ -4,8 +4,10 @@
 //! the KV slot of position `pos` of the request in that row), so a batch's metadata is only
 //! (token offset, new tokens, total KV length, table row) per entry.
 
-use super::ops::{check, int, need, QkvPost};
-use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
+use crate::cuda::args::{AttentionDecode, AttentionDecodeCombine};
+use crate::cuda::launch::Mode;
+use crate::cuda::ops::{check, int, need, QkvPost};
+use crate::cuda::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
@@ -192,17 +194,15 @@ pub struct AttnShape {
 }
 
 impl AttnShape {
-    #[allow(clippy::too_many_arguments)]
     fn check(
         &self,
         kernel: &'static str,
         q: &DPtr<bf16>,
         out: &DPtr<bf16>,
-        kc: &DPtr<bf16>,
-        vc: &DPtr<bf16>,
-        table: &DPtr<u32>,
+        kv: &KvView,
         tokens: usize,
     ) -> Result<()> {
+        let (kc, vc, table) = (&kv.k_cache, &kv.v_cache, &kv.table);
         check(kernel, self.head_dim == 64 || self.head_dim == 128, || {
             format!("head_dim {} is not 64 or 128", self.head_dim)
         })?;
@@ -249,159 +249,177 @@ pub struct KvView {
 }
 
 impl Gpu {
-    /// Decode attention (split-KV flash-decoding): `splits` blocks per (entry, kv head) write
-    /// partials to `part.0` (`[entries, nq, splits, head_dim]` f32) and `part.1`
-    /// (`[entries, nq, splits, 2]` f32), merged into `out` per `variant`. Groups of 1-2 run the
-    /// pipelined kernels (the next keys requested before the math on the current ones); every
-    /// CUDA-core block asks L2 for whole KV rows of every nk-th key of its range.
+    /// Decode attention (split-KV flash-decoding): `dst.splits` blocks per (entry, kv head)
+    /// write partials to `dst.part_o` and `dst.part_ml`, merged into `dst.out` per
+    /// `dst.variant`. Groups of 1-2 run the pipelined kernels (the next keys requested before
+    /// the math on the current ones); every CUDA-core block asks L2 for whole KV rows of every
+    /// nk-th key of its range.
     ///
     /// With `post`, the q/k pass ([`Gpu::qk_norm_rope_store`]) is folded in: `q` is the fused
     /// qkv buffer holding each entry's raw projection (`shape.q_stride` its width); the kernel
     /// normalises and rotates q as it loads it, and stores the new token's normalised, rotated k
     /// and its v into `kv`'s caches at `post.slots` (post's own cache pointers are not used),
     /// with the same roundings as the two-kernel path.
-    #[allow(clippy::too_many_arguments)]
     pub fn attention_decode(
         &self,
-        out: DPtr<bf16>,
         q: DPtr<bf16>,
         kv: KvView,
         meta: &DecodeMeta,
         shape: &AttnShape,
-        (part_o, part_ml): (DPtr<f32>, DPtr<f32>),
-        splits: usize,
-        variant: DecodeVariant,
+        dst: DecodeOut,
         post: Option<(&QkvPost, f32)>,
     ) -> Result<()> {
         const K: &str = "attention_decode";
-        shape.check(
-            K,
-            &q,
-            &out,
-            &kv.k_cache,
-            &kv.v_cache,
-            &kv.table,
-            meta.tokens,
-        )?;
-        check(K, shape.nq / shape.nk <= 8, || {
-            format!("GQA group {} exceeds 8", shape.nq / shape.nk)
-        })?;
-        check(K, (1..=1024).contains(&splits), || {
-            format!("splits {splits} not in 1..=1024")
-        })?;
-        let n = meta.entries;
-        need(K, "part_o", &part_o, n * shape.nq * splits * shape.head_dim)?;
-        need(K, "part_ml", &part_ml, n * shape.nq * splits * 2)?;
-        let counters = match variant {
-            DecodeVariant::Fused(c) => {
-                need(K, "counters", &c, n * shape.nk)?;
-                c.addr()
-            }
-            DecodeVariant::Combine => 0u64,
-        };
+        check_decode(shape, &q, &kv, meta, &dst)?;
         if let Some((p, _)) = post {
             check_qk_pass(shape, &q, meta.tokens, p)?;
         }
+        let n = meta.entries;
         if n == 0 {
             return Ok(());
         }
-        let split_name = decode_kernel_name(shape);
-        let mma = shape.decode_mma;
-        let combine_name = if shape.head_dim == 64 {
-            "attention_decode_combine_d64"
-        } else {
-            "attention_decode_combine_d128"
-        };
-        let (nq, nk, qs, ts, sp) = (
-            int(K, shape.nq)?,
-            int(K, shape.nk)?,
-            int(K, shape.q_stride)?,
-            int(K, shape.table_stride)?,
-            int(K, splits)?,
-        );
-        let (o, qa, kc, vc, t, po, pm) = (
-            out.addr(),
-            q.addr(),
-            kv.k_cache.addr(),
-            kv.v_cache.addr(),
-            kv.table.addr(),
-            part_o.addr(),
-            part_ml.addr(),
-        );
-        let [qt, kl, rw] = [&meta.q_tok, &meta.kv_len, &meta.row].map(|b| self.ptr(b).addr());
+        let name = decode_kernel_name(shape);
         // The tensor-core kernel's 3 stages per warp (kernels/attention_decode_mma.cu).
-        let smem = if mma {
+        let smem = if shape.decode_mma {
             decode_mma_smem(shape.head_dim, 3)
         } else {
             0
         };
-        let f = self.kernels.get_with_smem(split_name, smem)?;
-        let mut b = self.launcher(f);
-        b.arg(&po)
-            .arg(&pm)
-            .arg(&qa)
-            .arg(&kc)
-            .arg(&vc)
-            .arg(&t)
-            .arg(&qt)
-            .arg(&kl)
-            .arg(&rw);
-        b.arg(&nq).arg(&nk).arg(&qs).arg(&ts).arg(&shape.scale);
-        let min_keys = int(K, shape.split_min_keys.max(1))?;
-        let (wq, wk) = post
-            .and_then(|(p, _)| p.qk_norm)
-            .map_or((0u64, 0u64), |(q, k)| (q.addr(), k.addr()));
-        let [pos, cs, sl] = post.map_or([0u64; 3], |(p, _)| {
-            [p.positions.addr(), p.cos_sin.addr(), p.slots.addr()]
-        });
-        let eps = post.map_or(0f32, |(_, e)| e);
-        let rs = post.and_then(|(p, _)| p.row_scale);
-        let (xres, xeps) = rs.map_or((0u64, 0f32), |r| (r.x.addr(), r.eps));
-        let hidden = int(K, rs.map_or(0, |r| r.hidden))?;
-        // The kernel's flags (kernels/attention_decode.cu): 1 the q/k pass, 2 whole-row prefetch
-        // (always: docs/cuda.md, "Decode attention"), 4 the first keys requested before the wait.
-        let flags = i32::from(post.is_some()) | 2 | (i32::from(shape.decode_early_kv) << 2);
-        let (pf_next, pf_bytes) = shape
-            .decode_prefetch_next
-            .map_or((0, 0), |w| (w.addr(), w.len() * 2));
-        check(
-            K,
-            pf_bytes % 16 == 0 && pf_bytes <= u32::MAX as usize,
-            || format!("prefetch of {pf_bytes} bytes: not a multiple of 16 below 4 GiB"),
-        )?;
-        let pf_bytes = pf_bytes as u32;
-        b.arg(&o).arg(&counters).arg(&min_keys);
-        b.arg(&wq)
-            .arg(&wk)
-            .arg(&pos)
-            .arg(&cs)
-            .arg(&sl)
-            .arg(&eps)
-            .arg(&flags)
-            .arg(&xres)
-            .arg(&hidden)
-            .arg(&xeps)
-            .arg(&pf_next)
-            .arg(&pf_bytes);
+        let args = decode_args(self, q, kv, meta, shape, &dst, post)?;
         let cfg = LaunchConfig {
-            grid_dim: (splits as u32, shape.nk as u32, n as u32),
+            grid_dim: (dst.splits as u32, shape.nk as u32, n as u32),
             block_dim: (128, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        unsafe { b.launch(cfg) }.ctx(split_name)?;
-        if matches!(variant, DecodeVariant::Fused(_)) {
+        args.launch(self, name, cfg, Mode::PdlOptIn)?;
+        if matches!(dst.variant, DecodeVariant::Fused(_)) {
             return Ok(());
         }
-        let f = self.kernels.get(combine_name)?;
-        let mut b = self.launcher(f);
-        b.arg(&o).arg(&po).arg(&pm).arg(&qt).arg(&nq).arg(&sp);
+        let combine = if shape.head_dim == 64 {
+            "attention_decode_combine_d64"
+        } else {
+            "attention_decode_combine_d128"
+        };
         let cfg = LaunchConfig {
             grid_dim: (shape.nq as u32, n as u32, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        unsafe { b.launch(cfg) }.ctx(combine_name).map(|_| ())
+        AttentionDecodeCombine {
+            out: dst.out,
+            part_o: dst.part_o,
+            part_ml: dst.part_ml,
+            q_tok: args.q_tok,
+            nq: args.nq,
+            splits: int(K, dst.splits)?,
+        }
+        .launch(self, combine, cfg, Mode::Pdl)
     }
+}
+
+/// Where a decode attention writes: its splits' partial results and the merged output.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeOut {
+    /// The merged output, `[tokens, nq * head_dim]` (each entry's row `q_start`).
+    pub out: DPtr<bf16>,
+    /// Partial outputs, `[entries, nq, splits, head_dim]` f32.
+    pub part_o: DPtr<f32>,
+    /// Partial softmax states (max, sum), `[entries, nq, splits, 2]` f32.
+    pub part_ml: DPtr<f32>,
+    /// Key splits per (entry, kv head), 1 to 1024.
+    pub splits: usize,
+    /// How the splits are merged.
+    pub variant: DecodeVariant,
+}
+
+/// [`Gpu::attention_decode`]'s shape and extent checks (the q/k pass's apart).
+fn check_decode(
+    shape: &AttnShape,
+    q: &DPtr<bf16>,
+    kv: &KvView,
+    meta: &DecodeMeta,
+    dst: &DecodeOut,
+) -> Result<()> {
+    const K: &str = "attention_decode";
+    shape.check(K, q, &dst.out, kv, meta.tokens)?;
+    check(K, shape.nq / shape.nk <= 8, || {
+        format!("GQA group {} exceeds 8", shape.nq / shape.nk)
+    })?;
+    let splits = dst.splits;
+    check(K, (1..=1024).contains(&splits), || {
+        format!("splits {splits} not in 1..=1024")
+    })?;
+    let n = meta.entries;
+    need(
+        K,
+        "part_o",
+        &dst.part_o,
+        n * shape.nq * splits * shape.head_dim,
+    )?;
+    need(K, "part_ml", &dst.part_ml, n * shape.nq * splits * 2)?;
+    if let DecodeVariant::Fused(c) = dst.variant {
+        need(K, "counters", &c, n * shape.nk)?;
+    }
+    Ok(())
+}
+
+/// The split pass's arguments of [`Gpu::attention_decode`] (checked by its caller).
+fn decode_args(
+    gpu: &Gpu,
+    q: DPtr<bf16>,
+    kv: KvView,
+    meta: &DecodeMeta,
+    shape: &AttnShape,
+    dst: &DecodeOut,
+    post: Option<(&QkvPost, f32)>,
+) -> Result<AttentionDecode> {
+    const K: &str = "attention_decode";
+    let p = post.map(|(p, _)| p);
+    let rs = p.and_then(|p| p.row_scale);
+    // The kernel's flags (kernels/attention_decode.cu): 1 the q/k pass, 2 whole-row prefetch
+    // (always: docs/cuda.md, "Decode attention"), 4 the first keys requested before the wait.
+    let flags = i32::from(post.is_some()) | 2 | (i32::from(shape.decode_early_kv) << 2);
+    let pf_next = shape.decode_prefetch_next.map(DPtr::bytes);
+    let pf_bytes = pf_next.map_or(0, |w| w.len());
+    check(
+        K,
+        pf_bytes.is_multiple_of(16) && pf_bytes <= u32::MAX as usize,
+        || format!("prefetch of {pf_bytes} bytes: not a multiple of 16 below 4 GiB"),
+    )?;
+    Ok(AttentionDecode {
+        part_o: dst.part_o,
+        part_ml: dst.part_ml,
+        q,
+        k_cache: kv.k_cache,
+        v_cache: kv.v_cache,
+        table: kv.table,
+        q_tok: gpu.ptr(&meta.q_tok),
+        kv_len: gpu.ptr(&meta.kv_len),
+        row: gpu.ptr(&meta.row),
+        nq: int(K, shape.nq)?,
+        nk: int(K, shape.nk)?,
+        q_stride: int(K, shape.q_stride)?,
+        table_stride: int(K, shape.table_stride)?,
+        scale: shape.scale,
+        out: dst.out,
+        counters: match dst.variant {
+            DecodeVariant::Fused(c) => Some(c),
+            DecodeVariant::Combine => None,
+        },
+        min_keys: int(K, shape.split_min_keys.max(1))?,
+        wq: p.and_then(|p| p.qk_norm).map(|w| w.0),
+        wk: p.and_then(|p| p.qk_norm).map(|w| w.1),
+        positions: p.map(|p| p.positions),
+        cos_sin: p.map(|p| p.cos_sin),
+        slots: p.map(|p| p.slots),
+        eps: post.map_or(0f32, |(_, e)| e),
+        flags,
+        xres: rs.map(|r| r.x),
+        hidden: int(K, rs.map_or(0, |r| r.hidden))?,
+        xeps: rs.map_or(0f32, |r| r.eps),
+        pf_next,
+        pf_bytes: pf_bytes as u32,
+    })
 }
 
 /// The folded q/k pass's arguments of [`Gpu::attention_decode`] against `shape`.
@@ -505,6 +523,39 @@ pub const MIN_KEYS_PER_SPLIT: usize = 40;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_decode_kernel_the_selector_picks_takes_the_decode_arguments() {
+        let mut picked = std::collections::BTreeSet::new();
+        for head_dim in [64, 128] {
+            for group in 1..=8 {
+                for (mma, reg) in [(false, false), (false, true), (true, false), (true, true)] {
+                    let shape = AttnShape {
+                        nq: 2 * group,
+                        nk: 2,
+                        head_dim,
+                        q_stride: 0,
+                        table_stride: 0,
+                        table_rows: 0,
+                        num_slots: 0,
+                        scale: 1.0,
+                        split_min_keys: 1,
+                        decode_early_kv: false,
+                        decode_prefetch_next: None,
+                        decode_mma: mma,
+                        decode_reg_mma: reg,
+                    };
+                    picked.insert(decode_kernel_name(&shape));
+                }
+            }
+        }
+        let declared = crate::cuda::args::AttentionDecode::KERNELS;
+        for k in &picked {
+            assert!(declared.contains(k), "{k} has no argument struct");
+        }
+        // Every declared decode kernel is reachable.
+        assert_eq!(picked.len(), declared.len());
+    }
 
     #[test]
     fn decode_splits_fill_the_gpu_without_tiny_splits() {

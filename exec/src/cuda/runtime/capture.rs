@@ -1,9 +1,10 @@
 //! Capturing queued work as a CUDA graph: one routine for the decode graphs (backend,
 //! bench-one-batch), the GEMM tuner's timing graphs and the GPU tests.
 
-use super::attention::DecodeMeta;
-use super::model::{GpuModel, KvPool, TokenPick, Workspace};
-use super::{CudaError, DriverCtx, Gpu, Result};
+use crate::cuda::attention::DecodeMeta;
+use crate::cuda::forward::StepBatch;
+use crate::cuda::model::{GpuModel, KvPool, TokenPick, Workspace};
+use crate::cuda::{CudaError, DriverCtx, Gpu, Result};
 use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaStream};
 use std::sync::Arc;
@@ -47,19 +48,24 @@ impl GpuModel {
     /// One pure decode step of `b` rows (`b` logits rows) with `splits` key splits, captured as
     /// a graph from the model as it is configured now (its kernel switches are read at
     /// capture); replays read the step's inputs from `ws` and `meta`.
-    #[allow(clippy::too_many_arguments)]
     pub fn capture_decode(
         &self,
         gpu: &Gpu,
         kv: &KvPool,
         ws: &Workspace,
-        meta: &DecodeMeta,
+        (meta, splits): (&DecodeMeta, usize),
         b: usize,
-        splits: usize,
         pick: TokenPick,
     ) -> Result<CudaGraph> {
+        let batch = StepBatch {
+            tokens: b,
+            extend: None,
+            decode: Some((meta, splits)),
+            rows: b,
+            pick,
+        };
         gpu.capture("capturing a decode graph", || {
-            self.forward(gpu, kv, ws, b, None, Some((meta, splits)), b, pick)
+            self.forward(gpu, kv, ws, batch)
         })
     }
 }

@@ -1,16 +1,31 @@
 //! The forward pass of [`GpuModel`]: a step's inputs uploaded, its plan built (plan.rs), then
 //! its stages queued (layer.rs): embed, per layer qkv / q/k pass / attention / MLP, the head.
 
-use super::attention::{AttnShape, DecodeMeta, ExtendMeta};
-use super::layer::Step;
-use super::model::GpuModel;
-use super::ops::{LastTokenStore, SamplingBufs};
-use super::plan::{DeviceCaps, StepPlan, StepShape};
-use super::{DriverCtx, Gpu, Result};
+use crate::cuda::attention::{AttnShape, DecodeMeta, ExtendMeta};
+use crate::cuda::layer::Step;
+use crate::cuda::model::GpuModel;
+use crate::cuda::ops::{LastTokenStore, SamplingBufs};
+use crate::cuda::plan::{DeviceCaps, StepPlan, StepShape};
+use crate::cuda::{DriverCtx, Gpu, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
-pub use super::buffers::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
+pub use crate::cuda::buffers::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
+
+/// One step's batch as the forward pass sees it.
+#[derive(Clone, Copy)]
+pub struct StepBatch<'a> {
+    /// Tokens (extend tokens first, then decode tokens).
+    pub tokens: usize,
+    /// The extend entries' attention metadata.
+    pub extend: Option<&'a ExtendMeta>,
+    /// The decode rows' attention metadata and key splits.
+    pub decode: Option<(&'a DecodeMeta, usize)>,
+    /// Rows that need logits.
+    pub rows: usize,
+    /// How those rows become tokens.
+    pub pick: TokenPick,
+}
 
 impl GpuModel {
     /// Upload a step's host vectors into the workspace (outside any graph capture).
@@ -67,21 +82,23 @@ impl GpuModel {
         StepPlan::new(&self.cfg, &self.kernels, DeviceCaps::of(gpu), shape)
     }
 
-    /// Queue the forward pass for `tokens` tokens (inputs already in `ws`), attention per the
-    /// given metadata, logits for `rows` rows, then `pick` turns them into tokens in
-    /// `ws.sampled` and each row's last token. Launches only (capturable).
-    #[allow(clippy::too_many_arguments)]
+    /// Queue the forward pass of `batch` (inputs already in `ws`): attention per its metadata,
+    /// logits for its rows, then its pick turns them into tokens in `ws.sampled` and each
+    /// row's last token. Launches only (capturable).
     pub fn forward(
         &self,
         gpu: &Gpu,
         kv: &KvPool,
         ws: &Workspace,
-        tokens: usize,
-        extend: Option<&ExtendMeta>,
-        decode: Option<(&DecodeMeta, usize)>,
-        rows: usize,
-        pick: TokenPick,
+        batch: StepBatch<'_>,
     ) -> Result<()> {
+        let StepBatch {
+            tokens,
+            extend,
+            decode,
+            rows,
+            pick,
+        } = batch;
         let plan = self.plan(gpu, tokens, extend, decode, (rows, pick));
         let step = Step {
             gpu,
@@ -140,7 +157,7 @@ impl GpuModel {
         }
     }
 
-    pub(super) fn lm_head(&self) -> &CudaSlice<bf16> {
+    pub(in crate::cuda) fn lm_head(&self) -> &CudaSlice<bf16> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 

@@ -1,7 +1,7 @@
 //! Loading the compiled kernels into a context.
 
-use super::compile::{cache_dir, cached_ptx_all, KERNEL_SOURCES};
-use super::{CudaError, DriverCtx, Result};
+use crate::cuda::compile::{cache_dir, cached_ptx_all, KERNEL_SOURCES};
+use crate::cuda::{CudaError, DriverCtx, Result};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaContext, CudaFunction};
 use std::collections::BTreeMap;

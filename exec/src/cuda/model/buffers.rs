@@ -1,19 +1,19 @@
 //! The GPU memory a forward pass works in: the paged KV pool with its request-to-slot table, the
 //! fixed workspace buffers, and a step's inputs (split out of forward.rs, which runs the pass).
 
-use super::attention::AttnEntry;
-use super::blas::bucket_rows;
-use super::model::GpuModel;
-use super::skinny::{SkinnyScratch, SKINNY_COUNTERS, SKINNY_MAX_M, SKINNY_MAX_SPLITS};
-use super::{CudaError, Gpu, Result};
+use crate::cuda::attention::AttnEntry;
+use crate::cuda::blas::bucket_rows;
+use crate::cuda::model::GpuModel;
+use crate::cuda::skinny::{SkinnyScratch, SKINNY_COUNTERS, SKINNY_MAX_M, SKINNY_MAX_SPLITS};
+use crate::cuda::{CudaError, Gpu, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
 /// The KV pool: per layer a K and a V buffer of `[num_slots, nk * head_dim]` bf16, plus the
 /// request-to-slot table mirror and each row's last sampled token (for FUTURE_TOKEN).
 pub struct KvPool {
-    pub(super) k: Vec<CudaSlice<bf16>>,
-    pub(super) v: Vec<CudaSlice<bf16>>,
+    pub(in crate::cuda) k: Vec<CudaSlice<bf16>>,
+    pub(in crate::cuda) v: Vec<CudaSlice<bf16>>,
     /// Slots per layer buffer (slot 0 is the padding dummy).
     pub num_slots: usize,
     /// `[rows, max_ctx]` slot table.
@@ -68,12 +68,12 @@ pub struct Workspace {
     pub max_seqs: usize,
     /// Decode split capacity.
     pub max_splits: usize,
-    pub(super) hidden: CudaSlice<bf16>,
-    pub(super) residual: CudaSlice<bf16>,
-    pub(super) qkv: CudaSlice<bf16>,
-    pub(super) attn: CudaSlice<bf16>,
-    pub(super) gate_up: CudaSlice<bf16>,
-    pub(super) act: CudaSlice<bf16>,
+    pub(in crate::cuda) hidden: CudaSlice<bf16>,
+    pub(in crate::cuda) residual: CudaSlice<bf16>,
+    pub(in crate::cuda) qkv: CudaSlice<bf16>,
+    pub(in crate::cuda) attn: CudaSlice<bf16>,
+    pub(in crate::cuda) gate_up: CudaSlice<bf16>,
+    pub(in crate::cuda) act: CudaSlice<bf16>,
     /// Input ids (FUTURE_TOKEN resolved on the device).
     pub ids: CudaSlice<u32>,
     /// Table row of each token (for FUTURE_TOKEN).
@@ -86,7 +86,7 @@ pub struct Workspace {
     pub logit_tok: CudaSlice<u32>,
     /// Table row of each logits row (where its sample is recorded).
     pub logit_row: CudaSlice<u32>,
-    pub(super) sel: CudaSlice<bf16>,
+    pub(in crate::cuda) sel: CudaSlice<bf16>,
     /// Logits of the selected rows, f32 `[max_seqs, vocab]`.
     pub logits: CudaSlice<f32>,
     /// Sampled tokens.
@@ -99,17 +99,17 @@ pub struct Workspace {
     pub argmax_scratch: CudaSlice<u32>,
     /// Per (decode entry, kv head) counters of the one-launch decode attention.
     pub decode_counters: CudaSlice<u32>,
-    pub(super) part_o: CudaSlice<f32>,
-    pub(super) part_ml: CudaSlice<f32>,
+    pub(in crate::cuda) part_o: CudaSlice<f32>,
+    pub(in crate::cuda) part_ml: CudaSlice<f32>,
     /// Split-K partial sums of the skinny GEMM.
-    pub(super) skinny_part: CudaSlice<f32>,
+    pub(in crate::cuda) skinny_part: CudaSlice<f32>,
     /// Column-tile counters of the skinny GEMM.
-    pub(super) skinny_counters: CudaSlice<u32>,
+    pub(in crate::cuda) skinny_counters: CudaSlice<u32>,
 }
 
 impl Workspace {
     /// The split-K scratch the skinny and tiled GEMMs share (partials and re-armed counters).
-    pub(super) fn gemm_scratch(&self, gpu: &Gpu) -> SkinnyScratch {
+    pub(in crate::cuda) fn gemm_scratch(&self, gpu: &Gpu) -> SkinnyScratch {
         SkinnyScratch {
             part: gpu.ptr(&self.skinny_part),
             counters: gpu.ptr(&self.skinny_counters),
@@ -149,7 +149,7 @@ impl Workspace {
             sampled: gpu.zeros(s)?,
             samp_f: [gpu.zeros(s)?, gpu.zeros(s)?, gpu.zeros(s)?, gpu.zeros(s)?],
             samp_k: gpu.zeros(s)?,
-            argmax_scratch: gpu.zeros(super::ops::argmax_scratch_len(s))?,
+            argmax_scratch: gpu.zeros(crate::cuda::ops::argmax_scratch_len(s))?,
             decode_counters: gpu.zeros(s * c.num_kv_heads)?,
             part_o: gpu.zeros(s * c.num_heads * max_splits * c.head_dim)?,
             part_ml: gpu.zeros(s * c.num_heads * max_splits * 2)?,
@@ -173,7 +173,7 @@ pub enum TokenPick {
     Argmax,
     /// The GPU sampler per row (temperature, top-k, top-p, min-p; greedy rows too).
     Sample,
-    /// Only the f32 logits: the pick comes later ([`GpuModel::pick`](super::model::GpuModel)),
+    /// Only the f32 logits: the pick comes later ([`GpuModel::pick`](crate::cuda::model::GpuModel)),
     /// after a constraint's token mask, which the host computes while this step runs.
     Logits,
 }

@@ -3,11 +3,14 @@
 //! CUDA graphs, greedy sampling on the GPU, each step's input the previous step's sample
 //! resolved on the device), timed with CUDA events after a warm-up run; medians over repeats.
 
-use super::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
-use super::model::{GpuModel, KvPool, RowSampling, StepInput, TokenPick, Workspace};
-use super::{DriverCtx, Gpu, Result};
-use cudarc::driver::sys::CUevent_flags;
+pub mod tp;
+
 use doppel_core::FUTURE_TOKEN;
+use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
+use doppel_exec::cuda::model::{
+    GpuModel, KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace,
+};
+use doppel_exec::cuda::{DriverCtx, Gpu, Result};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -50,10 +53,9 @@ pub struct BenchRow {
 }
 
 fn ms_between(gpu: &Gpu, f: impl FnOnce() -> Result<()>) -> Result<f64> {
-    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
-    let a = gpu.stream.record_event(flags).ctx("recording an event")?;
+    let a = gpu.timing_event()?;
     f()?;
-    let b = gpu.stream.record_event(flags).ctx("recording an event")?;
+    let b = gpu.timing_event()?;
     b.synchronize().ctx("waiting for an event")?;
     a.elapsed_ms(&b).ctx("reading an event").map(|x| x as f64)
 }
@@ -71,12 +73,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(gpu: &Gpu, model: &GpuModel, opt: &BenchOptions) -> Result<Vec<BenchRow>> {
     let ctx = opt.input_len + opt.output_len;
     let max_b = opt.batch_sizes.iter().copied().max().unwrap_or(1);
-    let sms = gpu
-        .ctx
-        .attribute(
-            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-        )
-        .ctx("reading the SM count")? as usize;
+    let sms = gpu.sms;
     let mut kv = KvPool::new(gpu, model, 1 + max_b * ctx, max_b + 1, ctx)?;
     // Row r (1-based) holds positions 0..ctx in slots 1 + (r-1)*ctx ..; row 0 is unused.
     let table: Vec<u32> = (0..(max_b + 1) * ctx)
@@ -157,7 +154,7 @@ pub fn run(gpu: &Gpu, model: &GpuModel, opt: &BenchOptions) -> Result<Vec<BenchR
         model.tune_gemms(gpu, &ws, b, b)?;
         model.tune_gemms(gpu, &ws, pre.ids.len(), b)?;
         let gemm_tune_ms = tune_start.elapsed().as_secs_f64() * 1e3;
-        let graph = model.capture_decode(gpu, &kv, &ws, &meta, b, splits, TokenPick::Argmax)?;
+        let graph = model.capture_decode(gpu, &kv, &ws, (&meta, splits), b, TokenPick::Argmax)?;
 
         let mut runs = Vec::new();
         // One warm-up run (module loads, cuBLAS heuristics), then the timed repeats.
@@ -168,11 +165,13 @@ pub fn run(gpu: &Gpu, model: &GpuModel, opt: &BenchOptions) -> Result<Vec<BenchR
                     gpu,
                     &kv,
                     &ws,
-                    pre.ids.len(),
-                    Some(&ext),
-                    None,
-                    b,
-                    TokenPick::Argmax,
+                    StepBatch {
+                        tokens: pre.ids.len(),
+                        extend: Some(&ext),
+                        decode: None,
+                        rows: b,
+                        pick: TokenPick::Argmax,
+                    },
                 )
             })?;
             let mut decode = Vec::new();

@@ -1,8 +1,10 @@
 //! Launch wrappers for greedy argmax (one block per row, and many blocks per row with the
 //! reduction finished by the row's last block) and for temperature/top-k/top-p/min-p sampling.
 
-use super::ops::{cfg, check, int, need};
-use super::{DPtr, DriverCtx, Gpu, Result};
+use crate::cuda::args::{ApplyTokenBitmask, ArgmaxRowsSplit, SampleRows};
+use crate::cuda::launch::Mode;
+use crate::cuda::ops::{cfg, check, int, need};
+use crate::cuda::{DPtr, Gpu, Result};
 use cudarc::driver::LaunchConfig;
 
 /// Most blocks per row in [`Gpu::argmax_rows`].
@@ -71,24 +73,21 @@ impl Gpu {
         }
         // Blocks of about 2k columns: a 152k vocabulary takes 64 blocks per row instead of one.
         let chunks = vocab.div_ceil(2048).clamp(1, ARGMAX_CHUNKS);
-        let (ni, v) = (int(K, capacity)?, int(K, vocab)?);
-        let (o, l, sc) = (out.addr(), logits.addr(), scratch.addr());
-        let (lt, rw) = store.map_or((0, 0), |st| (st.last_token.addr(), st.rows.addr()));
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&o)
-            .arg(&l)
-            .arg(&sc)
-            .arg(&ni)
-            .arg(&v)
-            .arg(&lt)
-            .arg(&rw);
+        let args = ArgmaxRowsSplit {
+            out,
+            logits,
+            scratch,
+            n: int(K, capacity)?,
+            vocab: int(K, vocab)?,
+            last_token: store.map(|st| st.last_token),
+            rows: store.map(|st| st.rows),
+        };
         let cfg = LaunchConfig {
             grid_dim: (chunks as u32, n as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        unsafe { b.launch(cfg) }.ctx(K).map(|_| ())
+        args.launch(self, K, cfg, Mode::Pdl)
     }
 
     /// Sample one token per row with per-row temperature (<= 0: greedy), top-k (<= 0: off),
@@ -112,29 +111,18 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let (ni, v) = (int(K, n)?, int(K, vocab)?);
-        let (o, l) = (out.addr(), logits.addr());
-        let (t, k, p, m, u) = (
-            params.temperature.addr(),
-            params.top_k.addr(),
-            params.top_p.addr(),
-            params.min_p.addr(),
-            params.uniform.addr(),
-        );
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&o)
-            .arg(&l)
-            .arg(&t)
-            .arg(&k)
-            .arg(&p)
-            .arg(&m)
-            .arg(&u)
-            .arg(&ni)
-            .arg(&v);
-        unsafe { b.launch(cfg((n as u32, 1, 1), 1024)) }
-            .ctx(K)
-            .map(|_| ())
+        SampleRows {
+            out,
+            logits,
+            temperature: params.temperature,
+            top_k: params.top_k,
+            top_p: params.top_p,
+            min_p: params.min_p,
+            uniform: params.uniform,
+            n: int(K, n)?,
+            vocab: int(K, vocab)?,
+        }
+        .launch(self, K, cfg((n as u32, 1, 1), 1024), Mode::Pdl)
     }
     /// Set `logits[r, v]` to -inf where mask row `mask_row[r]` (`vocab.div_ceil(32)` `u32`s per
     /// row of `mask`) does not allow token v; rows with `mask_row[r] < 0` are left alone.
@@ -154,16 +142,19 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let (ni, v, w) = (int(K, n)?, int(K, vocab)?, int(K, words)?);
-        let (l, m, mr) = (logits.addr(), mask.addr(), mask_row.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&l).arg(&m).arg(&mr).arg(&ni).arg(&v).arg(&w);
         let cfg = LaunchConfig {
             grid_dim: (vocab.div_ceil(256) as u32, n as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        unsafe { b.launch(cfg) }.ctx(K).map(|_| ())
+        ApplyTokenBitmask {
+            logits,
+            mask,
+            mask_row,
+            n: int(K, n)?,
+            vocab: int(K, vocab)?,
+            words: int(K, words)?,
+        }
+        .launch(self, K, cfg, Mode::Pdl)
     }
 }

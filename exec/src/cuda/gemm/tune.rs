@@ -2,10 +2,10 @@
 //! shapes `GpuModel::forward` hands to cuBLAS for a given token and logit-row count, timed on the
 //! model's own weights and workspace, so the pass (eager or captured) only looks them up.
 
-use super::blas::{GemmOut, TuneReport};
-use super::model::{GpuModel, LayerWeights, Workspace};
-use super::plan::{gemm_path, Gemm};
-use super::{DPtr, Gpu, Result};
+use crate::cuda::blas::{GemmOut, TuneReport};
+use crate::cuda::model::{GpuModel, LayerWeights, Workspace};
+use crate::cuda::plan::{gemm_path, Gemm};
+use crate::cuda::{DPtr, Gpu, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 

@@ -2,20 +2,20 @@
 //! and a GPU-side stall, so the device time of a step can be measured apart from its host-side
 //! launch time.
 
-use super::ops::cfg;
-use super::{DriverCtx, Gpu, Result};
+use crate::cuda::args::SpinNs;
+use crate::cuda::launch::Mode;
+use crate::cuda::ops::cfg;
+use crate::cuda::{DriverCtx, Gpu, Result};
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaEvent, PushKernelArg};
+use cudarc::driver::CudaEvent;
 
 impl Gpu {
     /// Keep the stream busy for `ns` nanoseconds of GPU time (one thread spinning on the global
     /// timer), so the kernels launched after it queue up before the GPU reaches them.
     pub fn spin_ns(&self, ns: u64) -> Result<()> {
         const K: &str = "spin_ns";
-        let f = self.kernels.get(K)?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&ns);
-        unsafe { b.launch(cfg((1, 1, 1), 1)) }.ctx(K).map(|_| ())
+        // Without PDL: the kernel only stalls the stream, it waits for nothing.
+        SpinNs { ns }.launch(self, K, cfg((1, 1, 1), 1), Mode::Plain)
     }
 
     /// Record a timing event on the stream.

@@ -4,7 +4,7 @@
 //! finds the fastest. Tuning runs outside CUDA graph capture (start-up, warm-up); serving only
 //! looks the shape up, and a shape keeps the algorithm it was given (same rounding every step).
 
-use super::{CudaError, Result};
+use crate::cuda::{CudaError, Result};
 use cudarc::cublaslt::{result as lr, sys as ls};
 use std::collections::HashMap;
 use std::ffi::c_void;

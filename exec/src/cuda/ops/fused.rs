@@ -2,9 +2,43 @@
 //! GEMV with SiLU-and-mul, and GEMVs with the RMSNorm before them or the residual add after
 //! them folded in (small-batch decode: two fewer launches per layer).
 
-use super::ops::{ceil_div, cfg, check, int, need};
-use super::{CudaError, DPtr, DriverCtx, Gpu, Result};
+use crate::cuda::args::{
+    GemvGateUpSilu, GemvGateUpSiluNorm, GemvNorm, GemvNormQkv, GemvResAdd, QkNormRopeStore,
+};
+use crate::cuda::launch::Mode;
+use crate::cuda::ops::{ceil_div, cfg, check, int, need};
+use crate::cuda::{CudaError, DPtr, Gpu, Result};
 use half::bf16;
+
+/// The fused qkv buffer: `tokens` rows `row_stride` apart, each the q heads, then the k heads,
+/// then the v heads (`head_dim` each).
+#[derive(Clone, Copy, Debug)]
+pub struct QkvLayout {
+    /// Rows (tokens).
+    pub tokens: usize,
+    /// Query heads.
+    pub nq: usize,
+    /// KV heads.
+    pub nk: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Elements from one row to the next.
+    pub row_stride: usize,
+}
+
+/// The rows a norm-folded GEMV normalises before its projection: `bf16(rmsnorm(x_b) * w)` over
+/// rows of `hidden` elements (the projection's k).
+#[derive(Clone, Copy, Debug)]
+pub struct NormIn {
+    /// The rows, `[batch, hidden]`.
+    pub x: DPtr<bf16>,
+    /// The norm weight (`hidden`).
+    pub w: DPtr<bf16>,
+    /// Row width.
+    pub hidden: usize,
+    /// The norm's epsilon.
+    pub eps: f32,
+}
 
 /// What the fused q/k-norm + RoPE + KV-store kernel reads and writes besides qkv.
 #[derive(Clone, Copy, Debug)]
@@ -51,19 +85,21 @@ impl Gpu {
     /// One pass doing `qk_rmsnorm` (when weights are given), `rope_neox` and `kv_store`: q heads
     /// are normalised and rotated in place; k heads normalised, rotated and stored into the
     /// cache (qkv's k columns are left as they were); v heads stored. head_dim 64 or 128.
-    #[allow(clippy::too_many_arguments)]
     pub fn qk_norm_rope_store(
         &self,
         qkv: DPtr<bf16>,
+        layout: QkvLayout,
         post: &QkvPost,
-        tokens: usize,
-        heads: (usize, usize),
-        head_dim: usize,
-        row_stride: usize,
         eps: f32,
     ) -> Result<()> {
         const K: &str = "qk_norm_rope_store";
-        let (nq, nk) = heads;
+        let QkvLayout {
+            tokens,
+            nq,
+            nk,
+            head_dim,
+            row_stride,
+        } = layout;
         post.refuse_row_scale(K)?;
         let name = match head_dim {
             64 => "qk_norm_rope_store_d64",
@@ -99,44 +135,28 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let (t, a, c, s) = (
-            int(K, tokens)?,
-            int(K, nq)?,
-            int(K, nk)?,
-            int(K, row_stride)?,
-        );
-        let (wq, wk) = post
-            .qk_norm
-            .map_or((0u64, 0u64), |(q, k)| (q.addr(), k.addr()));
-        let (p, pos, cs, kc, vc, sl) = (
-            qkv.addr(),
-            post.positions.addr(),
-            post.cos_sin.addr(),
-            post.k_cache.addr(),
-            post.v_cache.addr(),
-            post.slots.addr(),
-        );
-        let f = self.kernels.get(name)?;
-        let mut b = self.launcher(f);
-        b.arg(&p)
-            .arg(&wq)
-            .arg(&wk)
-            .arg(&pos)
-            .arg(&cs)
-            .arg(&kc)
-            .arg(&vc)
-            .arg(&sl);
-        b.arg(&t).arg(&a).arg(&c).arg(&s).arg(&eps);
         // One warp per (token, 4 heads), 4 warps per block (QR_HPW in rope.cu).
         let warps = tokens * (nq + 2 * nk).div_ceil(4);
-        unsafe { b.launch(cfg((ceil_div(warps, 4), 1, 1), 128)) }
-            .ctx(name)
-            .map(|_| ())
+        QkNormRopeStore {
+            qkv,
+            wq: post.qk_norm.map(|w| w.0),
+            wk: post.qk_norm.map(|w| w.1),
+            positions: post.positions,
+            cos_sin: post.cos_sin,
+            k_cache: post.k_cache,
+            v_cache: post.v_cache,
+            slots: post.slots,
+            num_tokens: int(K, tokens)?,
+            nq: int(K, nq)?,
+            nk: int(K, nk)?,
+            row_stride: int(K, row_stride)?,
+            eps,
+        }
+        .launch(self, name, cfg((ceil_div(warps, 4), 1, 1), 128), Mode::Pdl)
     }
 
     /// Gate/up projection with SiLU-and-mul fused: `w` is `[gate; up]` (`[2 * inter, k]`),
     /// `y[b, n] = silu(x_b . w[n]) * (x_b . w[inter + n])` for `batch <= 8`.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemv_gate_up_silu(
         &self,
         y: DPtr<bf16>,
@@ -156,14 +176,15 @@ impl Gpu {
         need(K, "y", &y, batch * inter)?;
         need(K, "x", &x, batch * k)?;
         need(K, "w", &w, 2 * inter * k)?;
-        let (bi, ii, ki) = (int(K, batch)?, int(K, inter)?, int(K, k)?);
-        let (ya, xa, wa) = (y.addr(), x.addr(), w.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&ya).arg(&xa).arg(&wa).arg(&bi).arg(&ii).arg(&ki);
-        unsafe { b.launch(cfg((ceil_div(inter, 8), 1, 1), 256)) }
-            .ctx(K)
-            .map(|_| ())
+        GemvGateUpSilu {
+            y,
+            x,
+            w,
+            b: int(K, batch)?,
+            i: int(K, inter)?,
+            k: int(K, k)?,
+        }
+        .launch(self, K, cfg((ceil_div(inter, 8), 1, 1), 256), Mode::Pdl)
     }
 
     /// The most `batch * k` the norm-folded GEMVs take (their normalised rows sit in 48 KB of
@@ -172,15 +193,12 @@ impl Gpu {
 
     /// `r[b, n] = bf16(bf16(x_b . w[n]) + r[b, n])` for `batch <= 8`: a projection added into the
     /// residual stream in its epilogue (row stride of `r`: `ldr`).
-    #[allow(clippy::too_many_arguments)]
     pub fn gemv_resadd(
         &self,
         r: DPtr<bf16>,
         x: DPtr<bf16>,
         w: DPtr<bf16>,
-        batch: usize,
-        n: usize,
-        k: usize,
+        (batch, n, k): (usize, usize, usize),
         ldr: usize,
     ) -> Result<()> {
         const K: &str = "gemv_resadd";
@@ -194,29 +212,26 @@ impl Gpu {
         need(K, "r", &r, (batch - 1) * ldr + n)?;
         need(K, "x", &x, batch * k)?;
         need(K, "w", &w, n * k)?;
-        let (bi, ni, ki, l) = (int(K, batch)?, int(K, n)?, int(K, k)?, int(K, ldr)?);
-        let (ra, xa, wa) = (r.addr(), x.addr(), w.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&ra)
-            .arg(&xa)
-            .arg(&wa)
-            .arg(&bi)
-            .arg(&ni)
-            .arg(&ki)
-            .arg(&l);
-        unsafe { b.launch(cfg((ceil_div(n, 8), 1, 1), 256)) }
-            .ctx(K)
-            .map(|_| ())
+        GemvResAdd {
+            r,
+            x,
+            w,
+            b: int(K, batch)?,
+            n: int(K, n)?,
+            k: int(K, k)?,
+            ldr: int(K, ldr)?,
+        }
+        .launch(self, K, cfg((ceil_div(n, 8), 1, 1), 256), Mode::Pdl)
     }
 
-    fn check_norm_gemv(
-        kernel: &'static str,
-        r: &DPtr<bf16>,
-        nw: &DPtr<bf16>,
-        batch: usize,
-        k: usize,
-    ) -> Result<()> {
+    fn check_norm_gemv(kernel: &'static str, norm: &NormIn, batch: usize) -> Result<()> {
+        let NormIn {
+            x: r,
+            w: nw,
+            hidden: k,
+            ..
+        } = norm;
+        let k = *k;
         check(kernel, (1..=8).contains(&batch), || {
             format!("batch {batch} is not in 1..=8")
         })?;
@@ -232,93 +247,99 @@ impl Gpu {
 
     /// `y[b, n] = bf16(rmsnorm(r_b) * nw) . w[n]` for `batch <= 8`: the RMSNorm before a
     /// projection folded into it (every block normalises the rows into shared memory).
-    #[allow(clippy::too_many_arguments)]
     pub fn gemv_norm(
         &self,
         y: DPtr<bf16>,
-        r: DPtr<bf16>,
-        nw: DPtr<bf16>,
+        norm: NormIn,
         w: DPtr<bf16>,
-        batch: usize,
-        n: usize,
-        k: usize,
-        eps: f32,
+        (batch, n): (usize, usize),
     ) -> Result<()> {
         const K: &str = "gemv_norm";
-        Self::check_norm_gemv(K, &r, &nw, batch, k)?;
+        Self::check_norm_gemv(K, &norm, batch)?;
+        let NormIn {
+            x: r,
+            w: nw,
+            hidden: k,
+            eps,
+        } = norm;
         need(K, "y", &y, batch * n)?;
         need(K, "w", &w, n * k)?;
-        let (bi, ni, ki) = (int(K, batch)?, int(K, n)?, int(K, k)?);
-        let (ya, ra, na, wa) = (y.addr(), r.addr(), nw.addr(), w.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&ya)
-            .arg(&ra)
-            .arg(&na)
-            .arg(&wa)
-            .arg(&bi)
-            .arg(&ni)
-            .arg(&ki)
-            .arg(&ni)
-            .arg(&eps);
         let mut c = cfg((ceil_div(n, 8), 1, 1), 256);
         c.shared_mem_bytes = (batch * k * 2) as u32;
-        unsafe { b.launch(c) }.ctx(K).map(|_| ())
+        GemvNorm {
+            y,
+            r,
+            nw,
+            w,
+            b: int(K, batch)?,
+            n: int(K, n)?,
+            k: int(K, k)?,
+            // y holds the rows back to back.
+            ldy: int(K, n)?,
+            eps,
+        }
+        .launch(self, K, c, Mode::Pdl)
     }
 
     /// [`Gpu::gemv_gate_up_silu`] of `bf16(rmsnorm(r_b) * nw)`: the post-attention norm folded in.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemv_gate_up_silu_norm(
         &self,
         y: DPtr<bf16>,
-        r: DPtr<bf16>,
-        nw: DPtr<bf16>,
+        norm: NormIn,
         w: DPtr<bf16>,
-        batch: usize,
-        inter: usize,
-        k: usize,
-        eps: f32,
+        (batch, inter): (usize, usize),
     ) -> Result<()> {
         const K: &str = "gemv_gate_up_silu_norm";
-        Self::check_norm_gemv(K, &r, &nw, batch, k)?;
+        Self::check_norm_gemv(K, &norm, batch)?;
+        let NormIn {
+            x: r,
+            w: nw,
+            hidden: k,
+            eps,
+        } = norm;
         need(K, "y", &y, batch * inter)?;
         need(K, "w", &w, 2 * inter * k)?;
-        let (bi, ii, ki) = (int(K, batch)?, int(K, inter)?, int(K, k)?);
-        let (ya, ra, na, wa) = (y.addr(), r.addr(), nw.addr(), w.addr());
-        let f = self.kernels.get(K)?;
-        let mut b = self.launcher(f);
-        b.arg(&ya)
-            .arg(&ra)
-            .arg(&na)
-            .arg(&wa)
-            .arg(&bi)
-            .arg(&ii)
-            .arg(&ki)
-            .arg(&eps);
         let mut c = cfg((ceil_div(inter, 8), 1, 1), 256);
         c.shared_mem_bytes = (batch * k * 2) as u32;
-        unsafe { b.launch(c) }.ctx(K).map(|_| ())
+        GemvGateUpSiluNorm {
+            y,
+            r,
+            nw,
+            w,
+            b: int(K, batch)?,
+            i: int(K, inter)?,
+            k: int(K, k)?,
+            eps,
+        }
+        .launch(self, K, c, Mode::Pdl)
     }
 
     /// [`Gpu::gemv_norm`] for the fused qkv projection with [`Gpu::qk_norm_rope_store`] folded
     /// in (`batch <= 8`): the last block to finish each head (one of `counters` per head, zero
     /// between launches, re-armed by the kernel) normalises, rotates and stores it. qkv is
     /// `[batch, (nq + 2 nk) * head_dim]`, head_dim 64 or 128.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemv_norm_qkv(
         &self,
         qkv: DPtr<bf16>,
-        r: DPtr<bf16>,
-        nw: DPtr<bf16>,
+        layout: QkvLayout,
+        norm: NormIn,
         w: DPtr<bf16>,
         post: &QkvPost,
         counters: DPtr<u32>,
-        batch: usize,
-        (nq, nk): (usize, usize),
-        head_dim: usize,
-        k: usize,
-        eps: f32,
     ) -> Result<()> {
+        let QkvLayout {
+            tokens: batch,
+            nq,
+            nk,
+            head_dim,
+            row_stride,
+        } = layout;
+        let NormIn {
+            x: r,
+            w: nw,
+            hidden: k,
+            eps,
+        } = norm;
         const K: &str = "gemv_norm_qkv";
         post.refuse_row_scale(K)?;
         let name = match head_dim {
@@ -331,9 +352,12 @@ impl Gpu {
                 })
             }
         };
-        Self::check_norm_gemv(K, &r, &nw, batch, k)?;
+        Self::check_norm_gemv(K, &norm, batch)?;
         let heads = nq + 2 * nk;
         let n = heads * head_dim;
+        check(K, row_stride == n, || {
+            format!("row stride {row_stride}: the GEMV writes rows of {n} back to back")
+        })?;
         need(K, "qkv", &qkv, batch * n)?;
         need(K, "w", &w, n * k)?;
         need(K, "counters", &counters, heads)?;
@@ -349,40 +373,27 @@ impl Gpu {
             need(K, "wq", wq, head_dim)?;
             need(K, "wk", wk, head_dim)?;
         }
-        let (bi, ki, a, c) = (int(K, batch)?, int(K, k)?, int(K, nq)?, int(K, nk)?);
-        let (wq, wk) = post
-            .qk_norm
-            .map_or((0u64, 0u64), |(q, k)| (q.addr(), k.addr()));
-        let (ya, ra, na, wa) = (qkv.addr(), r.addr(), nw.addr(), w.addr());
-        let (pos, cs, kc, vc, sl, ca) = (
-            post.positions.addr(),
-            post.cos_sin.addr(),
-            post.k_cache.addr(),
-            post.v_cache.addr(),
-            post.slots.addr(),
-            counters.addr(),
-        );
-        let f = self.kernels.get(name)?;
-        let mut b = self.launcher(f);
-        b.arg(&ya)
-            .arg(&ra)
-            .arg(&na)
-            .arg(&wa)
-            .arg(&bi)
-            .arg(&ki)
-            .arg(&eps);
-        b.arg(&wq)
-            .arg(&wk)
-            .arg(&pos)
-            .arg(&cs)
-            .arg(&kc)
-            .arg(&vc)
-            .arg(&sl)
-            .arg(&a)
-            .arg(&c)
-            .arg(&ca);
         let mut lc = cfg(((n / 8) as u32, 1, 1), 256);
         lc.shared_mem_bytes = (batch * k * 2) as u32;
-        unsafe { b.launch(lc) }.ctx(name).map(|_| ())
+        GemvNormQkv {
+            qkv,
+            r,
+            nw,
+            w,
+            b: int(K, batch)?,
+            k: int(K, k)?,
+            eps,
+            wq: post.qk_norm.map(|w| w.0),
+            wk: post.qk_norm.map(|w| w.1),
+            positions: post.positions,
+            cos_sin: post.cos_sin,
+            k_cache: post.k_cache,
+            v_cache: post.v_cache,
+            slots: post.slots,
+            nq: int(K, nq)?,
+            nk: int(K, nk)?,
+            counters,
+        }
+        .launch(self, name, lc, Mode::Pdl)
     }
 }

@@ -2,8 +2,10 @@
 //! (`kernels/attention_extend_gqa.cu`).
 
 use super::{nonempty, validate, AttnEntry, AttnShape, KvView};
+use crate::cuda::args::AttentionExtend;
+use crate::cuda::launch::Mode;
 use crate::cuda::ops::{check, int, need};
-use crate::cuda::{CudaError, DPtr, DriverCtx, Gpu, Result};
+use crate::cuda::{CudaError, DPtr, Gpu, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
@@ -132,15 +134,7 @@ impl Gpu {
     ) -> Result<()> {
         const K: &str = "attention_extend";
         const NAME: [&str; 2] = ["attention_extend_gqa_d64", "attention_extend_gqa_d128"];
-        shape.check(
-            K,
-            &q,
-            &out,
-            &kv.k_cache,
-            &kv.v_cache,
-            &kv.table,
-            meta.tokens,
-        )?;
+        shape.check(K, &q, &out, &kv, meta.tokens)?;
         let name = NAME[usize::from(shape.head_dim == 128)];
         if let Some(r) = rope {
             need(K, "positions", &r.positions, meta.tokens)?;
@@ -163,55 +157,31 @@ impl Gpu {
         if tiles == 0 {
             return Ok(());
         }
-        let (nq, nk, qs, ts) = (
-            int(K, shape.nq)?,
-            int(K, shape.nk)?,
-            int(K, shape.q_stride)?,
-            int(K, shape.table_stride)?,
-        );
-        let (o, qa, kc, vc, t) = (
-            out.addr(),
-            q.addr(),
-            kv.k_cache.addr(),
-            kv.v_cache.addr(),
-            kv.table.addr(),
-        );
-        let [te, tm, qst, ql, kl, rw] = [
-            &meta.g_tile_entry,
-            &meta.g_tile_f0,
-            &meta.q_start,
-            &meta.q_len,
-            &meta.kv_len,
-            &meta.row,
-        ]
-        .map(|b| self.ptr(b).addr());
         // The Q tile + 2 stages of 32-key K and V tiles, rows padded by 8 elements.
         let smem = (EXTEND_TILE + 2 * 2 * 32) * (shape.head_dim + 8) * 2;
-        let f = self.kernels.get_with_smem(name, smem)?;
-        let mut b = self.launcher(f);
-        b.arg(&o)
-            .arg(&qa)
-            .arg(&kc)
-            .arg(&vc)
-            .arg(&t)
-            .arg(&te)
-            .arg(&tm)
-            .arg(&qst)
-            .arg(&ql)
-            .arg(&kl)
-            .arg(&rw);
-        b.arg(&nq).arg(&nk).arg(&qs).arg(&ts).arg(&shape.scale);
-        let (q_rope, qn, pos, cs, eps) = match rope {
-            Some(r) => (
-                1i32,
-                r.q_norm.map_or(0u64, |w| w.addr()),
-                r.positions.addr(),
-                r.cos_sin.addr(),
-                r.eps,
-            ),
-            None => (0i32, 0u64, 0u64, 0u64, 0f32),
+        let args = AttentionExtend {
+            out,
+            q,
+            k_cache: kv.k_cache,
+            v_cache: kv.v_cache,
+            table: kv.table,
+            tile_entry: self.ptr(&meta.g_tile_entry),
+            tile_f0: self.ptr(&meta.g_tile_f0),
+            q_start: self.ptr(&meta.q_start),
+            q_len: self.ptr(&meta.q_len),
+            kv_len: self.ptr(&meta.kv_len),
+            row: self.ptr(&meta.row),
+            nq: int(K, shape.nq)?,
+            nk: int(K, shape.nk)?,
+            q_stride: int(K, shape.q_stride)?,
+            table_stride: int(K, shape.table_stride)?,
+            scale: shape.scale,
+            q_rope: i32::from(rope.is_some()),
+            q_norm_w: rope.and_then(|r| r.q_norm),
+            positions: rope.map(|r| r.positions),
+            cos_sin: rope.map(|r| r.cos_sin),
+            eps: rope.map_or(0f32, |r| r.eps),
         };
-        b.arg(&q_rope).arg(&qn).arg(&pos).arg(&cs).arg(&eps);
         let blocks = u32::try_from(tiles * shape.nk).map_err(|_| CudaError::Invalid {
             kernel: K,
             msg: format!("{tiles} tiles x {} kv heads is too many blocks", shape.nk),
@@ -221,7 +191,7 @@ impl Gpu {
             block_dim: (128, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        unsafe { b.launch(cfg) }.ctx(name).map(|_| ())
+        args.launch(self, name, cfg, Mode::PdlOptIn)
     }
 }
 

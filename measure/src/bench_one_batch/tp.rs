@@ -1,13 +1,12 @@
 //! bench-one-batch over a tensor-parallel group: every rank runs the same benchmark
-//! ([`crate::cuda::bench_one_batch::run`]) on its own thread, in lockstep through the
+//! ([`super::run`]) on its own thread, in lockstep through the
 //! all-reduces; rank 0's timings are reported, with the all-reduce time per layer measured
 //! apart (the two all-reduces of a decode step's layer, replayed from a CUDA graph).
 
-use super::startup::RankModel;
-use crate::cuda::bench_one_batch::{run, BenchOptions, BenchRow};
-use crate::cuda::model::GpuModel;
-use crate::cuda::{CudaError, DriverCtx, Gpu, Result};
-use cudarc::driver::sys::CUevent_flags;
+use super::{run, BenchOptions, BenchRow};
+use doppel_exec::cuda::model::GpuModel;
+use doppel_exec::cuda::tp::startup::RankModel;
+use doppel_exec::cuda::{CudaError, DriverCtx, Gpu, Result};
 use half::bf16;
 
 /// Graph replays timed per batch size for the all-reduce figure.
@@ -67,12 +66,11 @@ fn all_reduce_us_per_layer(gpu: &Gpu, model: &GpuModel, b: usize) -> Result<f64>
         }
         Ok(())
     })?;
-    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
     let mut times = Vec::with_capacity(ALL_REDUCE_REPLAYS);
     for rep in 0..=ALL_REDUCE_REPLAYS {
-        let a = gpu.stream.record_event(flags).ctx("recording an event")?;
+        let a = gpu.timing_event()?;
         graph.launch().ctx("replaying the all-reduce graph")?;
-        let e = gpu.stream.record_event(flags).ctx("recording an event")?;
+        let e = gpu.timing_event()?;
         e.synchronize().ctx("waiting for an event")?;
         // The first replay uploads the graph: not timed.
         if rep > 0 {

@@ -2,9 +2,9 @@
 //! runner: open the device, load the weights, size the KV pool from a fraction of device memory,
 //! allocate the request table and activations, and log one summary.
 
-use super::backend::{graph_sizes, CudaBackend, CudaBackendConfig};
-use super::model::GpuModel;
-use super::{CudaError, DriverCtx, Gpu, Result};
+use crate::cuda::backend::{graph_sizes, CudaBackend, CudaBackendConfig};
+use crate::cuda::model::GpuModel;
+use crate::cuda::{CudaError, DriverCtx, Gpu, Result};
 use crate::model::{ModelConfig, WeightStore};
 use doppel_core::SchedulerConfig;
 use std::path::Path;
@@ -77,7 +77,7 @@ pub fn kv_tokens_for(
 }
 
 /// The backend's sizes for the scheduler `sched` with `capacity` KV tokens.
-pub(super) fn backend_config(
+pub(in crate::cuda) fn backend_config(
     sched: &SchedulerConfig,
     opts: &CudaOptions,
     capacity: usize,

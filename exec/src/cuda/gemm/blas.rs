@@ -1,11 +1,12 @@
 //! cuBLAS GEMMs in the layout the model uses: activations `x` row-major `[m, k]`, weights `w`
 //! row-major `[n, k]` (as checkpoints store them), `y = x w^T` row-major `[m, n]`.
 
-use super::blas_lt::{algo_info, alignment, Call, Entry, GemmKey, Lt, Plan};
-pub use super::blas_lt::{AlgoInfo, TuneReport};
-use super::ops::{check, int, need};
-use super::{CudaError, DPtr, DriverCtx, Result};
+use crate::cuda::blas_lt::{algo_info, alignment, Call, Entry, GemmKey, Lt, Plan};
+pub use crate::cuda::blas_lt::{AlgoInfo, TuneReport};
+use crate::cuda::ops::{check, int, need};
+use crate::cuda::{CudaError, DPtr, DriverCtx, Result};
 use cudarc::cublas::{result as cr, sys, CudaBlas};
+use cudarc::cublaslt::sys::cublasLtMatmulHeuristicResult_t as LtCandidate;
 use cudarc::driver::sys::{CUevent_flags, CUstreamCaptureStatus};
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
@@ -135,49 +136,40 @@ impl Blas {
     }
 
     /// `y[m, n] = x[m, k] w[n, k]^T` in bf16 with f32 accumulation; `ldy` is y's row stride.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16(
         &self,
         y: DPtr<bf16>,
         x: DPtr<bf16>,
         w: DPtr<bf16>,
-        m: usize,
-        n: usize,
-        k: usize,
+        mnk: (usize, usize, usize),
         ldy: usize,
     ) -> Result<()> {
-        self.project(GemmOut::Bf16(y), x, w, (m, n, k), ldy, false)
+        self.project(GemmOut::Bf16(y), x, w, mnk, ldy, false)
     }
 
     /// `y[m, n] = bf16(x[m, k] w[n, k]^T + y[m, n])` (beta = 1, one rounding): a projection added
     /// into the residual stream in place, so no separate residual add is needed after it.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16_acc(
         &self,
         y: DPtr<bf16>,
         x: DPtr<bf16>,
         w: DPtr<bf16>,
-        m: usize,
-        n: usize,
-        k: usize,
+        mnk: (usize, usize, usize),
         ldy: usize,
     ) -> Result<()> {
-        self.project(GemmOut::Bf16Acc(y), x, w, (m, n, k), ldy, false)
+        self.project(GemmOut::Bf16Acc(y), x, w, mnk, ldy, false)
     }
 
     /// As [`Blas::gemm_bf16`] with an f32 output (the logits, so sampling sees full precision).
-    #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16_f32out(
         &self,
         y: DPtr<f32>,
         x: DPtr<bf16>,
         w: DPtr<bf16>,
-        m: usize,
-        n: usize,
-        k: usize,
+        mnk: (usize, usize, usize),
         ldy: usize,
     ) -> Result<()> {
-        self.project(GemmOut::F32(y), x, w, (m, n, k), ldy, false)
+        self.project(GemmOut::F32(y), x, w, mnk, ldy, false)
     }
 
     /// `y[m, n] = x[m, k] w[n, k]^T` written as `y` says, `ldy` y's row stride. With `tuned`,
@@ -232,7 +224,7 @@ impl Blas {
                 }
             }
         }
-        self.gemm(ya, out, x, w, (m, n, k), ldy, beta)
+        self.gemm((ya, out, beta), x, w, (m, n, k), ldy)
     }
 
     fn call(&self, y: u64, x: u64, w: u64, beta: f32) -> Call {
@@ -269,38 +261,12 @@ impl Blas {
         y: GemmOut,
         x: DPtr<bf16>,
         w: &[DPtr<bf16>],
-        (m, n, k): (usize, usize, usize),
+        mnk: (usize, usize, usize),
         ldy: usize,
     ) -> Result<Option<TuneReport>> {
         const K: &str = "gemm tune";
-        let capturing = self
-            .stream
-            .capture_status()
-            .ctx("reading the capture status")?;
-        let (ya, ylen, out, beta) = y.parts();
-        if w.is_empty() {
+        let Some(key) = self.tune_key(&y, &x, w, mnk, ldy)? else {
             return Ok(None);
-        }
-        if capturing != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE || m == 0 || n == 0 {
-            return Ok(None);
-        }
-        let y_need = (m - 1) * ldy + n;
-        check(K, ylen >= y_need, || {
-            format!("y holds {ylen} elements, {y_need} needed")
-        })?;
-        let m = self.rows(m, (n, k, ldy), x.len(), ylen);
-        check(K, ldy >= n, || format!("ldy {ldy} < n {n}"))?;
-        need(K, "x", &x, m * k)?;
-        for wi in w {
-            need(K, "w", wi, n * k)?;
-        }
-        let key = GemmKey {
-            m,
-            n,
-            k,
-            ldy,
-            f32_out: out == OutType::F32,
-            acc: beta != 0.0,
         };
         let poisoned = || CudaError::Invalid {
             kernel: K,
@@ -310,6 +276,8 @@ impl Blas {
             return Ok(Some(e.report.clone()));
         }
         let t0 = Instant::now();
+        let (ya, _, out, beta) = y.parts();
+        let GemmKey { m, n, k, .. } = key;
         // The timed calls cycle through every layer's weights: the algorithm must suit all.
         let ptrs: Vec<u64> = [ya, x.addr()]
             .into_iter()
@@ -317,15 +285,7 @@ impl Blas {
             .collect();
         let align = alignment(&ptrs);
         let plan = Plan::new(&key)?;
-        // Bytes and flops of one call, to size the repeats (~150 us of timed calls per
-        // candidate) and pick the timing: calls of more than ~30 us are timed straight on the
-        // stream (the host keeps ahead of them), shorter ones in a CUDA graph (see `time_us`).
-        // Skinny shapes get more candidates (split-K variants); large ones only the heuristic's.
-        let bytes = (n * k + m * k) * 2 + m * n * if key.f32_out { 4 } else { 2 };
-        let est_us = (bytes as f64 / 2.5e6).max(2.0 * (m * n * k) as f64 / 6e8);
-        let small = est_us < 30.0;
-        let reps = ((150.0 / est_us) as usize).clamp(2, 24);
-        let want = if m <= 256 && small { 32 } else { 8 };
+        let (small, reps, want) = tune_budget(&key);
         // No candidates (the heuristic found none for this shape or alignment, or failed): the
         // default GEMM is measured alone and kept.
         let mut cands = self
@@ -340,27 +300,11 @@ impl Blas {
         let pick = |i: usize| w[i % w.len()];
         let base = if small { self.barrier_us(reps)? } else { 0.0 };
         let default_us = self.time_us(small, reps, |i| {
-            self.gemm(ya, out, x, pick(i), (m, n, k), ldy, beta)
+            self.gemm((ya, out, beta), x, pick(i), (m, n, k), ldy)
         })? - base;
-        let mut best: Option<(f64, usize)> = None;
-        let mut ran = 0;
-        for (ci, c) in cands.iter().enumerate() {
-            let t = self.time_us(small, reps, |i| {
-                let call = self.call(ya, x.addr(), pick(i).addr(), beta);
-                self.lt
-                    .run(&plan, &c.algo, &call)
-                    .map_err(|err| CudaError::BlasLt {
-                        what: format!("tuning gemm {key:?}"),
-                        err,
-                    })
-            });
-            // A candidate the library refuses at run time is skipped, not fatal.
-            let Ok(t) = t.map(|t| t - base) else { continue };
-            ran += 1;
-            if best.is_none_or(|(b, _)| t < b) {
-                best = Some((t, ci));
-            }
-        }
+        let (best, ran) = self.time_candidates(&plan, &key, &cands, (small, reps, base), |i| {
+            self.call(ya, x.addr(), pick(i).addr(), beta)
+        });
         let use_lt = best.is_some_and(|(t, _)| t < default_us);
         let report = TuneReport {
             m,
@@ -388,6 +332,79 @@ impl Blas {
             .map_err(|_| poisoned())?
             .insert(key, entry);
         Ok(Some(report))
+    }
+
+    /// The cache key [`Blas::tune`] measures for these arguments, after checking them; None
+    /// during graph capture, for an empty shape or without weights.
+    fn tune_key(
+        &self,
+        y: &GemmOut,
+        x: &DPtr<bf16>,
+        w: &[DPtr<bf16>],
+        (m, n, k): (usize, usize, usize),
+        ldy: usize,
+    ) -> Result<Option<GemmKey>> {
+        const K: &str = "gemm tune";
+        let capturing = self
+            .stream
+            .capture_status()
+            .ctx("reading the capture status")?;
+        let (_, ylen, out, beta) = y.parts();
+        if w.is_empty() {
+            return Ok(None);
+        }
+        if capturing != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE || m == 0 || n == 0 {
+            return Ok(None);
+        }
+        let y_need = (m - 1) * ldy + n;
+        check(K, ylen >= y_need, || {
+            format!("y holds {ylen} elements, {y_need} needed")
+        })?;
+        let m = self.rows(m, (n, k, ldy), x.len(), ylen);
+        check(K, ldy >= n, || format!("ldy {ldy} < n {n}"))?;
+        need(K, "x", x, m * k)?;
+        for wi in w {
+            need(K, "w", wi, n * k)?;
+        }
+        Ok(Some(GemmKey {
+            m,
+            n,
+            k,
+            ldy,
+            f32_out: out == OutType::F32,
+            acc: beta != 0.0,
+        }))
+    }
+
+    /// Time each cuBLASLt candidate (`call(i)`: the operands of the i-th timed call) as
+    /// [`Blas::time_us`] does, less `base`: the fastest (us, index) and how many ran. A
+    /// candidate the library refuses at run time is skipped, not fatal.
+    fn time_candidates(
+        &self,
+        plan: &Plan,
+        key: &GemmKey,
+        cands: &[LtCandidate],
+        (small, reps, base): (bool, usize, f64),
+        call: impl Fn(usize) -> Call,
+    ) -> (Option<(f64, usize)>, usize) {
+        let mut best: Option<(f64, usize)> = None;
+        let mut ran = 0;
+        for (ci, c) in cands.iter().enumerate() {
+            let t = self.time_us(small, reps, |i| {
+                self.lt
+                    .run(plan, &c.algo, &call(i))
+                    .map_err(|err| CudaError::BlasLt {
+                        what: format!("tuning gemm {key:?}"),
+                        err,
+                    })
+            });
+            let Ok(t) = t.map(|t| t - base) else { continue };
+            ran += 1;
+            if best.is_none_or(|(b, _)| t < b) {
+                best = Some((t, ci));
+            }
+        }
+        (best, ran)
     }
 
     /// Microseconds per call of `f(i)`: one call on the stream (loads the kernel; an algorithm
@@ -449,7 +466,7 @@ impl Blas {
     }
 
     fn capture(&self, body: impl FnOnce() -> Result<()>) -> Result<CudaGraph> {
-        super::capture::capture_graph(&self.stream, "capturing a GEMM tuning graph", body)
+        crate::cuda::capture::capture_graph(&self.stream, "capturing a GEMM tuning graph", body)
     }
 
     fn replay_us(&self, graph: &CudaGraph, reps: usize) -> Result<f64> {
@@ -467,16 +484,14 @@ impl Blas {
         Ok(best)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// cublasGemmEx's default algorithm; `y` is the output's address, type and beta.
     fn gemm(
         &self,
-        y: u64,
-        out: OutType,
+        (y, out, beta): (u64, OutType, f32),
         x: DPtr<bf16>,
         w: DPtr<bf16>,
         (m, n, k): (usize, usize, usize),
         ldy: usize,
-        beta: f32,
     ) -> Result<()> {
         const K: &str = "gemm";
         check(K, ldy >= n, || format!("ldy {ldy} < n {n}"))?;
@@ -520,4 +535,19 @@ impl Blas {
             err,
         })
     }
+}
+
+/// How [`Blas::tune`] times a shape: (in a CUDA graph, repeats, candidates wanted). Bytes and
+/// flops of one call size the repeats (~150 us of timed calls per candidate) and pick the
+/// timing: calls of more than ~30 us are timed straight on the stream (the host keeps ahead of
+/// them), shorter ones in a CUDA graph (see `time_us`). Skinny shapes get more candidates
+/// (split-K variants); large ones only the heuristic's.
+fn tune_budget(key: &GemmKey) -> (bool, usize, usize) {
+    let GemmKey { m, n, k, .. } = *key;
+    let bytes = (n * k + m * k) * 2 + m * n * if key.f32_out { 4 } else { 2 };
+    let est_us = (bytes as f64 / 2.5e6).max(2.0 * (m * n * k) as f64 / 6e8);
+    let small = est_us < 30.0;
+    let reps = ((150.0 / est_us) as usize).clamp(2, 24);
+    let want = if m <= 256 && small { 32 } else { 8 };
+    (small, reps, want)
 }

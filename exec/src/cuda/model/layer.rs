@@ -2,20 +2,24 @@
 //! embed, then per layer qkv, q/k pass, attention and MLP, then the head (docs/cuda.md,
 //! "The step plan").
 
-use super::attention::{AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, KvView, QRope};
-use super::blas::GemmOut;
-use super::buffers::{KvPool, Workspace};
-use super::gemm_tile::TileEpilogue;
-use super::model::{GpuModel, LayerWeights};
-use super::ops::{QkvPost, RowScale};
-use super::plan::{DecodeAttn, DecodeKernel, GateUp, Gemm, MlpStage, QkPass, QkvStage, StepPlan};
-use super::skinny::{skinny_plan, SkinnyEpilogue};
-use super::{CudaError, DPtr, Gpu, Result};
+use crate::cuda::attention::{
+    AttnShape, DecodeMeta, DecodeOut, DecodeVariant, ExtendMeta, KvView, QRope,
+};
+use crate::cuda::blas::GemmOut;
+use crate::cuda::buffers::{KvPool, Workspace};
+use crate::cuda::gemm_tile::TileEpilogue;
+use crate::cuda::model::{GpuModel, LayerWeights};
+use crate::cuda::ops::{NormIn, QkvLayout, QkvPost, RowScale};
+use crate::cuda::plan::{
+    DecodeAttn, DecodeKernel, GateUp, Gemm, MlpStage, QkPass, QkvStage, StepPlan,
+};
+use crate::cuda::skinny::{skinny_plan, GemmIo, SkinnyEpilogue};
+use crate::cuda::{CudaError, DPtr, Gpu, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
 /// One forward pass being queued: the model, its buffers, the step's metadata and its plan.
-pub(super) struct Step<'a> {
+pub(in crate::cuda) struct Step<'a> {
     pub gpu: &'a Gpu,
     pub model: &'a GpuModel,
     pub kv: &'a KvPool,
@@ -67,11 +71,8 @@ impl Step<'_> {
             self.p(&ws.residual),
             self.p(&self.model.embed),
             self.p(&ws.ids),
-            self.p(&ws.tok_row),
-            self.p(&self.kv.last_token),
-            self.tokens,
-            c.hidden_size,
-            c.vocab_size,
+            (self.p(&ws.tok_row), self.p(&self.kv.last_token)),
+            (self.tokens, c.hidden_size, c.vocab_size),
         )
     }
 
@@ -122,12 +123,37 @@ impl Step<'_> {
             }
             QkvStage::GemvFused => {
                 let counters = self.p(&ws.skinny_counters);
-                let heads = (dm.nq, dm.nk);
                 gpu.gemv_norm_qkv(
-                    qkv, residual, unit, w, post, counters, m, heads, dm.d, dm.h, dm.eps,
+                    qkv,
+                    QkvLayout {
+                        tokens: m,
+                        nq: dm.nq,
+                        nk: dm.nk,
+                        head_dim: dm.d,
+                        row_stride: dm.qkv_w,
+                    },
+                    NormIn {
+                        x: residual,
+                        w: unit,
+                        hidden: dm.h,
+                        eps: dm.eps,
+                    },
+                    w,
+                    post,
+                    counters,
                 )
             }
-            QkvStage::GemvNorm => gpu.gemv_norm(qkv, residual, unit, w, m, dm.qkv_w, dm.h, dm.eps),
+            QkvStage::GemvNorm => gpu.gemv_norm(
+                qkv,
+                NormIn {
+                    x: residual,
+                    w: unit,
+                    hidden: dm.h,
+                    eps: dm.eps,
+                },
+                w,
+                (m, dm.qkv_w),
+            ),
             QkvStage::RawResidual(path) => {
                 self.linear(path, qkv, residual, w, (m, dm.qkv_w, dm.h), false)
             }
@@ -149,7 +175,18 @@ impl Step<'_> {
         let te = match self.plan.qk {
             QkPass::InQkv | QkPass::InDecodeAttention => return Ok(()),
             QkPass::Separate => {
-                return gpu.qk_norm_rope_store(qkv, post, m, (dm.nq, dm.nk), dm.d, dm.qkv_w, dm.eps)
+                return gpu.qk_norm_rope_store(
+                    qkv,
+                    QkvLayout {
+                        tokens: m,
+                        nq: dm.nq,
+                        nk: dm.nk,
+                        head_dim: dm.d,
+                        row_stride: dm.qkv_w,
+                    },
+                    post,
+                    dm.eps,
+                )
             }
             QkPass::AfterExtendQ(te) => te,
         };
@@ -162,7 +199,18 @@ impl Step<'_> {
         let kv_cols = qkv
             .sub(q_cols, qkv.len() - q_cols)
             .ok_or_else(|| bad("k/v columns"))?;
-        gpu.qk_norm_rope_store(kv_cols, post, m, (0, dm.nk), dm.d, dm.qkv_w, dm.eps)?;
+        gpu.qk_norm_rope_store(
+            kv_cols,
+            QkvLayout {
+                tokens: m,
+                nq: 0,
+                nk: dm.nk,
+                head_dim: dm.d,
+                row_stride: dm.qkv_w,
+            },
+            post,
+            dm.eps,
+        )?;
         if m <= te {
             return Ok(());
         }
@@ -177,7 +225,18 @@ impl Step<'_> {
         let rows = qkv
             .sub(start, qkv.len() - start)
             .ok_or_else(|| bad("decode rows"))?;
-        gpu.qk_norm_rope_store(rows, &sub_post, n, (dm.nq, 0), dm.d, dm.qkv_w, dm.eps)
+        gpu.qk_norm_rope_store(
+            rows,
+            QkvLayout {
+                tokens: n,
+                nq: dm.nq,
+                nk: 0,
+                head_dim: dm.d,
+                row_stride: dm.qkv_w,
+            },
+            &sub_post,
+            dm.eps,
+        )
     }
 
     fn attention(&self, l: usize, lw: &LayerWeights, post: &QkvPost) -> Result<()> {
@@ -210,14 +269,17 @@ impl Step<'_> {
         let (po, pm) = (self.p(&ws.part_o), self.p(&ws.part_ml));
         let qk_pass = (self.plan.qk == QkPass::InDecodeAttention).then_some((post, dm.eps));
         gpu.attention_decode(
-            attn,
             qkv,
             view,
             meta,
             &shape,
-            (po, pm),
-            splits,
-            variant,
+            DecodeOut {
+                out: attn,
+                part_o: po,
+                part_ml: pm,
+                splits,
+                variant,
+            },
             qk_pass,
         )
     }
@@ -249,7 +311,13 @@ impl Step<'_> {
         match gate_up {
             Some(path) => self.gate_up(path, gu)?,
             None => {
-                gpu.gemv_gate_up_silu_norm(act, residual, unit, gu, m, dm.inter, dm.h, dm.eps)?
+                let norm = NormIn {
+                    x: residual,
+                    w: unit,
+                    hidden: dm.h,
+                    eps: dm.eps,
+                };
+                gpu.gemv_gate_up_silu_norm(act, norm, gu, (m, dm.inter))?
             }
         }
         self.linear(down_path, residual, act, down, (m, dm.h, dm.inter), add)?;
@@ -286,7 +354,18 @@ impl Step<'_> {
                     eps: dm.eps,
                 };
                 let scratch = ws.gemm_scratch(gpu);
-                gpu.gemm_tile(act, residual, w, &scratch, shape, dm.inter, silu, plan)
+                gpu.gemm_tile(
+                    GemmIo {
+                        y: act,
+                        x: residual,
+                        w,
+                        ldy: dm.inter,
+                    },
+                    &scratch,
+                    shape,
+                    silu,
+                    plan,
+                )
             }
             GateUp::GemvSilu => {
                 norm()?;
@@ -318,7 +397,7 @@ impl Step<'_> {
         let scratch = self.ws.gemm_scratch(self.gpu);
         let plan = skinny_plan(shape.1, shape.2, epi, self.gpu.sms);
         self.gpu
-            .gemm_skinny(y, x, w, &scratch, shape, ldy, epi, plan)
+            .gemm_skinny(GemmIo { y, x, w, ldy }, &scratch, shape, epi, plan)
     }
 
     /// y[m, n] = x[m, k] w^T (`add`: y += x w^T, a projection added into the residual stream)
@@ -333,8 +412,8 @@ impl Step<'_> {
         add: bool,
     ) -> Result<()> {
         match (path, add) {
-            (Gemm::Gemv, false) => self.gpu.gemv(y, x, w, m, n, k, n),
-            (Gemm::Gemv, true) => self.gpu.gemv_resadd(y, x, w, m, n, k, n),
+            (Gemm::Gemv, false) => self.gpu.gemv(y, x, w, (m, n, k), n),
+            (Gemm::Gemv, true) => self.gpu.gemv_resadd(y, x, w, (m, n, k), n),
             (Gemm::Skinny, false) => self.skinny(y, x, w, (m, n, k), n, SkinnyEpilogue::Plain),
             (Gemm::Skinny, true) => self.skinny(y, x, w, (m, n, k), n, SkinnyEpilogue::ResAdd),
             (Gemm::Cublas { tuned }, add) => {
@@ -363,8 +442,7 @@ impl Step<'_> {
             self.p(&ws.residual),
             logit_tok,
             final_norm,
-            rows,
-            dm.h,
+            (rows, dm.h),
             dm.eps,
         )?;
         let lm = self.p(self.model.lm_head());
@@ -373,7 +451,7 @@ impl Step<'_> {
                 gpu.blas
                     .project(GemmOut::F32(logits), sel, lm, (rows, v, dm.h), v, tuned)?
             }
-            _ => gpu.gemv_f32out(logits, sel, lm, rows, v, dm.h, v)?,
+            _ => gpu.gemv_f32out(logits, sel, lm, (rows, v, dm.h), v)?,
         }
         self.model.pick(gpu, self.kv, ws, rows, head.pick)
     }

@@ -3,8 +3,10 @@
 //! (K can be split over CTAs, though no split measured faster), with the residual add or
 //! SiLU-and-mul folded into the epilogue.
 
-use super::ops::{cfg, check, int, need};
-use super::{DPtr, DriverCtx, Gpu, Result};
+use crate::cuda::args::GemmSkinny;
+use crate::cuda::launch::Mode;
+use crate::cuda::ops::{cfg, check, int, need};
+use crate::cuda::{DPtr, Gpu, Result};
 use half::bf16;
 
 /// Most tokens (rows of x) the skinny GEMM takes (four 16-row mma tiles).
@@ -79,10 +81,15 @@ pub fn skinny_plan(n: usize, _k: usize, epi: SkinnyEpilogue, sms: usize) -> Skin
 }
 
 /// The operands of a tensor-core GEMM launch (`y = x wᵀ`, y's row stride `ldy`).
-pub(crate) struct GemmIo {
+#[derive(Clone, Copy, Debug)]
+pub struct GemmIo {
+    /// The output, `[m, ldy]`.
     pub y: DPtr<bf16>,
+    /// The input, `[m, k]`.
     pub x: DPtr<bf16>,
+    /// The weight, `[n, k]`.
     pub w: DPtr<bf16>,
+    /// y's row stride.
     pub ldy: usize,
 }
 
@@ -125,19 +132,16 @@ impl GemmIo {
 impl Gpu {
     /// `y[m, :] = epilogue(x[m, k] w[n, k]ᵀ)` for `1 <= m <= 64` (see [`SkinnyEpilogue`]; for
     /// `SiluMul` the output has `n / 2` columns). `ldy` is y's row stride; `k % 8 == 0`.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemm_skinny(
         &self,
-        y: DPtr<bf16>,
-        x: DPtr<bf16>,
-        w: DPtr<bf16>,
+        io: GemmIo,
         scratch: &SkinnyScratch,
         (m, n, k): (usize, usize, usize),
-        ldy: usize,
         epi: SkinnyEpilogue,
         plan: SkinnyPlan,
     ) -> Result<()> {
         const K: &str = "gemm_skinny";
+        let GemmIo { y, x, w, ldy } = io;
         check(K, (1..=SKINNY_MAX_M).contains(&m), || {
             format!("m {m} is not in 1..={SKINNY_MAX_M}")
         })?;
@@ -153,7 +157,6 @@ impl Gpu {
             || format!("{} splits for k {k}", plan.splits),
         )?;
         let tiles = skinny_tiles(n, epi, plan.wn);
-        let io = GemmIo { y, x, w, ldy };
         let nout = io.check(
             K,
             (m, n, k),
@@ -172,34 +175,20 @@ impl Gpu {
             SkinnyEpilogue::SiluMul => "silu",
         };
         let name = skinny_entry(mode, mt, plan.wn);
-        let f = self.kernels.get(name)?;
-        let (mi, ni, ki, l, s) = (
-            int(K, m)?,
-            int(K, n)?,
-            int(K, k)?,
-            int(K, ldy)?,
-            int(K, plan.splits)?,
-        );
-        let (ya, xa, wa, pa, ca) = (
-            y.addr(),
-            x.addr(),
-            w.addr(),
-            scratch.part.addr(),
-            scratch.counters.addr(),
-        );
-        let mut b = self.launcher(f);
-        b.arg(&ya)
-            .arg(&xa)
-            .arg(&wa)
-            .arg(&pa)
-            .arg(&ca)
-            .arg(&mi)
-            .arg(&ni)
-            .arg(&ki)
-            .arg(&l)
-            .arg(&s);
         let c = cfg((tiles as u32, plan.splits as u32, 1), 256);
-        unsafe { b.launch(c) }.ctx(name).map(|_| ())
+        GemmSkinny {
+            y,
+            x,
+            w,
+            part: scratch.part,
+            counters: scratch.counters,
+            m: int(K, m)?,
+            n: int(K, n)?,
+            k: int(K, k)?,
+            ldy: int(K, ldy)?,
+            s: int(K, plan.splits)?,
+        }
+        .launch(self, name, c, Mode::Pdl)
     }
 }
 
@@ -239,6 +228,8 @@ mod tests {
                 for wn in [1, 2, 4] {
                     let e = skinny_entry(mode, mt, wn);
                     assert!(src.entries.contains(&e), "{e} not listed");
+                    let args = crate::cuda::args::GemmSkinny::KERNELS;
+                    assert!(args.contains(&e), "{e} has no argument struct");
                 }
             }
         }

@@ -9,23 +9,24 @@
 //! GPU (greedy, temperature, top-k, top-p, min-p with the request's seeded uniform); requests
 //! with logit bias, penalties or logprobs are sampled on the host from downloaded logits.
 
-use super::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
-use super::model::{GpuModel, KvPool, RowSampling, StepInput, TokenPick, Workspace};
-use super::timing::StepEvents;
-use super::{CudaError, DriverCtx, Gpu, Result};
 use crate::constraint::TokenMatcher;
+use crate::cuda::attention::decode_splits;
+use crate::cuda::model::{GpuModel, KvPool, RowSampling, TokenPick, Workspace};
+use crate::cuda::timing::StepEvents;
+use crate::cuda::{CudaError, DriverCtx, Gpu, Result};
 use crate::sampling::RequestSampler;
 use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice};
-use doppel_core::{
-    Backend, Plan, RequestId, SamplingParams, StepResult, TimeNs, TokenLogprob, FUTURE_TOKEN,
-};
+use doppel_core::{Backend, Plan, RequestId, SamplingParams, StepResult, TimeNs, TokenLogprob};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
+use step::StepInputs;
 
 mod constrain;
 mod graphs;
+pub mod startup;
+mod step;
 mod table;
 use constrain::Deferred;
 pub use graphs::graph_sizes;
@@ -266,8 +267,8 @@ impl CudaBackend {
         }
     }
 
-    fn run(&mut self, plan: &Plan, now: TimeNs) -> Result<Pending> {
-        let started = Instant::now();
+    /// Forget the requests `plan` releases, and refuse a plan larger than the workspace.
+    fn admit(&mut self, plan: &Plan) -> Result<()> {
         for id in &plan.released {
             self.samplers.remove(id);
             self.matchers.remove(id);
@@ -283,6 +284,12 @@ impl CudaBackend {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    fn run(&mut self, plan: &Plan, now: TimeNs) -> Result<Pending> {
+        let started = Instant::now();
+        self.admit(plan)?;
         if self.stall_next > 0 {
             self.gpu.spin_ns(std::mem::take(&mut self.stall_next))?;
         }
@@ -292,81 +299,20 @@ impl CudaBackend {
             None
         };
         self.write_table(plan)?;
-        let mut s = StepInput::default();
-        let mut want = Vec::with_capacity(plan.entries.len());
-        let mut host_rows = Vec::new();
-        let mut want_lp = false;
-        for (i, e) in plan.entries.iter().enumerate() {
-            if e.seq_len() > self.kv.max_ctx {
-                return Err(Self::bad(
-                    plan.step,
-                    format!(
-                        "request {} reaches {} tokens, beyond the context {}",
-                        e.id,
-                        e.seq_len(),
-                        self.kv.max_ctx
-                    ),
-                ));
-            }
-            for (p, &t) in e.positions().zip(plan.entry_tokens(e)) {
-                let row = if t == FUTURE_TOKEN {
-                    *self.last_row.get(&e.id).ok_or_else(|| {
-                        Self::bad(
-                            plan.step,
-                            format!("request {}: FUTURE_TOKEN before any sample", e.id),
-                        )
-                    })?
-                } else {
-                    e.row.0
-                };
-                s.ids.push(t);
-                s.tok_row.push(row);
-                s.positions.push(p as i32);
-            }
-            s.out_slots.extend(plan.entry_slots(e).iter().map(|x| x.0));
-            let a = AttnEntry {
-                q_start: e.offset,
-                q_len: e.extend_len,
-                kv_len: e.seq_len(),
-                row: e.row.index(),
-            };
-            if e.is_decode {
-                s.decode.push(a)
-            } else {
-                s.extend.push(a)
-            }
-            // Generated tokens re-fed after a retraction keep the host sampler's history in step.
-            let sampler = self.samplers.entry(e.id).or_insert_with(|| {
-                RequestSampler::new(RequestSampler::seed_for(&e.sampling, self.cfg.seed, e.id.0))
-            });
-            for (p, &t) in e.positions().zip(plan.entry_tokens(e)) {
-                if p >= e.prompt_len && t != FUTURE_TOKEN {
-                    sampler.record(p - e.prompt_len, t);
-                }
-            }
-            want.push(e.need_logits);
-            want_lp |= e.sampling.return_logprob;
-            if e.need_logits {
-                let index = e.seq_len() - e.prompt_len.min(e.seq_len());
-                s.logit_tok.push((e.offset + e.extend_len - 1) as u32);
-                s.logit_row.push(e.row.0);
-                s.sampling.push(self.row_sampling(&e.sampling, e.id, index));
-                if Self::needs_host_sampling(&e.sampling) {
-                    host_rows.push((i, s.logit_tok.len() - 1, index));
-                }
-                self.last_row.insert(e.id, e.row.0);
-            }
-        }
+        let StepInputs {
+            mut s,
+            want,
+            host_rows,
+            want_lp,
+        } = self.gather_inputs(plan)?;
         let rows = s.logit_tok.len();
         let constrained = self.open_matchers(plan)?;
         // Host sampling reads its rows' logits after the step: greedy steps keep them anyway.
         let sample = !s.sampling.iter().all(|r| r.temperature <= 0.0);
-        let pick = if constrained {
-            TokenPick::Logits
-        } else if sample {
-            TokenPick::Sample
-        } else {
-            TokenPick::Argmax
+        let pick = match (constrained, sample) {
+            (true, _) => TokenPick::Logits,
+            (false, true) => TokenPick::Sample,
+            (false, false) => TokenPick::Argmax,
         };
         let decode_only = s.extend.is_empty() && !s.decode.is_empty() && rows == s.decode.len();
         let gb = graph_sizes(self.cfg.max_graph_batch)
@@ -374,55 +320,7 @@ impl CudaBackend {
             .find(|&b| b >= s.decode.len());
         match (decode_only, gb) {
             (true, Some(gb)) => self.run_graph(&mut s, gb, pick)?,
-            _ => {
-                s.validate(&self.model, &self.kv, &self.ws)?;
-                self.model.upload_step(&self.gpu, &mut self.ws, &s)?;
-                let t = s.ids.len();
-                let ext = if s.extend.is_empty() {
-                    None
-                } else {
-                    Some(ExtendMeta::new(
-                        &self.gpu,
-                        &s.extend,
-                        t,
-                        self.kv.rows,
-                        self.kv.max_ctx,
-                        self.model.cfg.num_heads / self.model.cfg.num_kv_heads,
-                    )?)
-                };
-                let dec = if s.decode.is_empty() {
-                    None
-                } else {
-                    Some(DecodeMeta::new(
-                        &self.gpu,
-                        &s.decode,
-                        t,
-                        self.kv.rows,
-                        self.kv.max_ctx,
-                    )?)
-                };
-                let splits = decode_splits(
-                    s.decode.len(),
-                    self.model.cfg.num_kv_heads,
-                    self.kv.max_ctx,
-                    self.sms,
-                )
-                .min(self.ws.max_splits);
-                if self.tuning {
-                    self.model
-                        .tune_gemms_or_default(&self.gpu, &self.ws, t, rows);
-                }
-                self.model.forward(
-                    &self.gpu,
-                    &self.kv,
-                    &self.ws,
-                    t,
-                    ext.as_ref(),
-                    dec.as_ref().map(|d| (d, splits)),
-                    rows,
-                    pick,
-                )?;
-            }
+            _ => self.run_eager(&mut s, rows, pick)?,
         }
         if constrained {
             let deferred = Deferred::new(plan, rows, sample, &host_rows, start_ev);
@@ -443,40 +341,7 @@ impl CudaBackend {
             });
         }
         // Rows that need host sampling: download their logits now (this waits for the step).
-        let mut host = BTreeMap::new();
-        if !host_rows.is_empty() {
-            let vocab = self.model.cfg.vocab_size;
-            let all = self
-                .gpu
-                .stream
-                .clone_dtoh(&self.ws.logits.slice(0..rows * vocab))
-                .ctx("downloading logits")?;
-            // FUTURE_TOKEN inputs were resolved on the device (and written back into ids): the
-            // penalty history needs them before sampling.
-            let ids = self
-                .gpu
-                .stream
-                .clone_dtoh(&self.ws.ids.slice(0..plan.num_tokens()))
-                .ctx("downloading ids")?;
-            for &(entry, r, index) in &host_rows {
-                let e = &plan.entries[entry];
-                if let Some(sm) = self.samplers.get_mut(&e.id) {
-                    for (p, &t) in e.positions().zip(&ids[e.offset..e.offset + e.extend_len]) {
-                        if p >= e.prompt_len {
-                            sm.record(p - e.prompt_len, t);
-                        }
-                    }
-                }
-                let mut row = all[r * vocab..(r + 1) * vocab].to_vec();
-                let sampler = self
-                    .samplers
-                    .get_mut(&e.id)
-                    .ok_or_else(|| Self::bad(plan.step, "sampler missing".into()))?;
-                let sm = sampler.sample(&mut row, &e.sampling, index);
-                self.upload_host_token(r, e.row.index(), sm.token)?;
-                host.insert(entry, (sm.token, sm.logprob));
-            }
-        }
+        let host = self.sample_on_host(plan, rows, &host_rows)?;
         // Keep this step's samples apart from the next step's (overlap order collects late).
         // Alternate buffers: the engine has at most two steps launched and not collected. (A
         // launch that failed after this flip would leave the toggle out of step with `pending`;

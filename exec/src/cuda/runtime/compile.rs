@@ -4,7 +4,7 @@
 //! kernel, changing the GPU or upgrading CUDA each produce a fresh compile while an unchanged
 //! start-up skips NVRTC entirely.
 
-use super::{CudaError, Result};
+use crate::cuda::{CudaError, Result};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use std::path::{Path, PathBuf};
 
@@ -23,7 +23,7 @@ macro_rules! kernel_source {
     ($file:literal, [$($e:literal),* $(,)?]) => {
         KernelSource {
             file: $file,
-            src: include_str!(concat!("../../../kernels/", $file)),
+            src: include_str!(concat!("../../../../kernels/", $file)),
             entries: &[$($e),*],
         }
     };
@@ -231,7 +231,7 @@ pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
 }
 
 /// Device helpers put before every source (programmatic dependent launch, L2 prefetch).
-pub const PRELUDE: &str = include_str!("../../../kernels/prelude.cuh");
+pub const PRELUDE: &str = include_str!("../../../../kernels/prelude.cuh");
 
 /// Compile one source to PTX for `compute_<cc>` (e.g. cc = 90), with `include` on the path;
 /// [`PRELUDE`] goes first, and a `#line` keeps error positions those of the file itself.

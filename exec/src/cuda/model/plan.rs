@@ -2,14 +2,14 @@
 //! the batch's shape, the model's shapes, the device and the thresholds of [`KernelChoice`]
 //! (docs/cuda.md, "The step plan"). The forward pass (forward.rs, layer.rs) only follows it.
 
-use super::attention::decode_mma_smem;
-use super::buffers::TokenPick;
-use super::gemm_tile::{
+use crate::cuda::attention::decode_mma_smem;
+use crate::cuda::buffers::TokenPick;
+use crate::cuda::gemm_tile::{
     tile_plan, TileKind, TilePlan, TILE_MAX_M, TILE_NO_PREFETCH, TILE_PRESCALED,
 };
-use super::model::KernelChoice;
-use super::skinny::SKINNY_MAX_M;
-use super::Gpu;
+use crate::cuda::model::KernelChoice;
+use crate::cuda::skinny::SKINNY_MAX_M;
+use crate::cuda::Gpu;
 use crate::model::ModelConfig;
 
 /// What the plan needs to know of the device.
@@ -313,7 +313,7 @@ mod tests {
     };
 
     fn qwen3_06b() -> ModelConfig {
-        let text = include_str!("../../../scripts/gpu/qwen3-0.6b/config.json");
+        let text = include_str!("../../../../scripts/gpu/qwen3-0.6b/config.json");
         ModelConfig::parse(text, Path::new("config.json")).expect("the shipped config parses")
     }
 

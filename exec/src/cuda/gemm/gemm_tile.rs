@@ -3,9 +3,11 @@
 //! after gate/up and the residual add after o/down folded in (6 launches per layer instead of 9
 //! with cuBLAS).
 
-use super::ops::{check, int, need};
-use super::skinny::{GemmIo, SkinnyScratch, SKINNY_COUNTERS, SKINNY_MAX_SPLITS};
-use super::{DPtr, DriverCtx, Gpu, Result};
+use crate::cuda::args::GemmTile;
+use crate::cuda::launch::Mode;
+use crate::cuda::ops::{check, int, need};
+use crate::cuda::skinny::{GemmIo, SkinnyScratch, SKINNY_COUNTERS, SKINNY_MAX_SPLITS};
+use crate::cuda::{DPtr, Gpu, Result};
 use cudarc::driver::LaunchConfig;
 use half::bf16;
 
@@ -145,19 +147,16 @@ pub fn tile_plan(n: usize, k: usize, epi: TileKind, sms: usize) -> Option<TilePl
 impl Gpu {
     /// `y = epilogue(x[m, k] w[n, k]ᵀ)` for `1 <= m <= 64` (see [`TileEpilogue`]; for
     /// `NormSilu` the output has `n / 2` columns). `ldy` is y's row stride; x's is `k`.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemm_tile(
         &self,
-        y: DPtr<bf16>,
-        x: DPtr<bf16>,
-        w: DPtr<bf16>,
+        io: GemmIo,
         scratch: &SkinnyScratch,
         (m, n, k): (usize, usize, usize),
-        ldy: usize,
         epi: TileEpilogue,
         plan: TilePlan,
     ) -> Result<()> {
         const K: &str = "gemm_tile";
+        let GemmIo { y, x, w, ldy } = io;
         check(K, (1..=TILE_MAX_M).contains(&m), || {
             format!("m {m} is not in 1..={TILE_MAX_M}")
         })?;
@@ -180,7 +179,6 @@ impl Gpu {
             format!("ring depth {} is not compiled", plan.stages)
         })?;
         let tiles = tile_columns(n, epi.silu(), plan.nj);
-        let io = GemmIo { y, x, w, ldy };
         let nout = io.check(K, (m, n, k), epi.silu(), plan.splits, scratch, tiles)?;
         let (norm, eps, mode) = match epi {
             TileEpilogue::ResAdd => (None, 0f32, "resadd"),
@@ -196,42 +194,27 @@ impl Gpu {
         let name = tile_entry(mode, plan.nj, plan.stages);
         let smem = plan.stages * (TILE_MAX_M + 8 * plan.nj) * TILE_KC * 2
             + if resadd { 0 } else { k / plan.splits * 2 };
-        let f = self.kernels.get_with_smem(name, smem)?;
-        let (mi, ni, ki, l, s) = (
-            int(K, m)?,
-            int(K, n)?,
-            int(K, k)?,
-            int(K, ldy)?,
-            int(K, plan.splits)?,
-        );
-        let (ya, xa, wa, na, pa, ca) = (
-            y.addr(),
-            x.addr(),
-            w.addr(),
-            norm.map_or(0u64, |p| p.addr()),
-            scratch.part.addr(),
-            scratch.counters.addr(),
-        );
-        let mut b = self.launcher(f);
-        b.arg(&ya)
-            .arg(&xa)
-            .arg(&wa)
-            .arg(&na)
-            .arg(&pa)
-            .arg(&ca)
-            .arg(&mi)
-            .arg(&ni)
-            .arg(&ki)
-            .arg(&l)
-            .arg(&s)
-            .arg(&eps)
-            .arg(&plan.flags);
         let c = LaunchConfig {
             grid_dim: (tiles as u32, plan.splits as u32, 1),
             block_dim: (512, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        unsafe { b.launch(c) }.ctx(name).map(|_| ())
+        GemmTile {
+            y,
+            x,
+            w,
+            nw: norm,
+            part: scratch.part,
+            counters: scratch.counters,
+            m: int(K, m)?,
+            n: int(K, n)?,
+            k: int(K, k)?,
+            ldy: int(K, ldy)?,
+            s: int(K, plan.splits)?,
+            eps,
+            flags: plan.flags,
+        }
+        .launch(self, name, c, Mode::PdlOptIn)
     }
 }
 
@@ -273,6 +256,8 @@ mod tests {
                 for st in TILE_DEPTHS {
                     let e = tile_entry(mode, nj, st);
                     assert!(src.entries.contains(&e), "{e} not listed");
+                    let args = crate::cuda::args::GemmTile::KERNELS;
+                    assert!(args.contains(&e), "{e} has no argument struct");
                     n += 1;
                 }
             }

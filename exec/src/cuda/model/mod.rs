@@ -7,12 +7,18 @@
 //! gate/up projection, SiLU-and-mul, down projection. Projections use the custom GEMV (norms
 //! folded in) up to `gemv_max_tokens` tokens, the skinny tensor-core GEMM up to
 //! `KernelChoice::skinny_max_tokens`, and cuBLAS above. Only the rows that need logits reach the LM head.
-//! This file holds the weights; the forward pass, KV pool and workspace are in `forward.rs`.
+//! This file holds the weights; the step plan is in `plan.rs`, the forward pass in `forward.rs`
+//! and `layer.rs`, the KV pool and workspace in `buffers.rs`.
 
-use super::attention::MIN_KEYS_PER_SPLIT;
-pub use super::forward::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
-use super::rope::cos_sin_table_scaled;
-use super::{CudaError, DriverCtx, Gpu, Result};
+pub mod buffers;
+pub mod forward;
+pub(crate) mod layer;
+pub mod plan;
+
+use crate::cuda::attention::MIN_KEYS_PER_SPLIT;
+pub use crate::cuda::forward::{KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace};
+use crate::cuda::rope::cos_sin_table_scaled;
+use crate::cuda::{CudaError, DriverCtx, Gpu, Result};
 use crate::model::weights::{LayerNames, EMBED, FINAL_NORM, LM_HEAD};
 use crate::model::{DType, ModelConfig, Part, Shard, Split, TensorRef, WeightStore};
 use cudarc::driver::CudaSlice;
@@ -23,30 +29,30 @@ use half::bf16;
 /// every path's norm before them applies only 1 / rms (docs/cuda.md, "Norm weights folded in").
 pub struct LayerWeights {
     /// [q; k; v] rows: [(nq + 2 nk) * D, H], the input norm's weight folded in.
-    pub(super) qkv: CudaSlice<bf16>,
+    pub(in crate::cuda) qkv: CudaSlice<bf16>,
     /// [q; k; v] biases (Qwen2), added to the projection's output after the whole input norm
     /// (not scaled by 1 / rms), before the q/k pass.
-    pub(super) qkv_bias: Option<CudaSlice<bf16>>,
-    pub(super) q_norm: Option<CudaSlice<bf16>>,
-    pub(super) k_norm: Option<CudaSlice<bf16>>,
-    pub(super) o: CudaSlice<bf16>,
+    pub(in crate::cuda) qkv_bias: Option<CudaSlice<bf16>>,
+    pub(in crate::cuda) q_norm: Option<CudaSlice<bf16>>,
+    pub(in crate::cuda) k_norm: Option<CudaSlice<bf16>>,
+    pub(in crate::cuda) o: CudaSlice<bf16>,
     /// [gate; up] rows: [2 I, H], the post-attention norm's weight folded in.
-    pub(super) gate_up: CudaSlice<bf16>,
-    pub(super) down: CudaSlice<bf16>,
+    pub(in crate::cuda) gate_up: CudaSlice<bf16>,
+    pub(in crate::cuda) down: CudaSlice<bf16>,
 }
 
 /// The model's weights and constant tables on the GPU.
 pub struct GpuModel {
     /// The configuration.
     pub cfg: ModelConfig,
-    pub(super) embed: CudaSlice<bf16>,
-    pub(super) lm_head: Option<CudaSlice<bf16>>,
-    pub(super) final_norm: CudaSlice<bf16>,
+    pub(in crate::cuda) embed: CudaSlice<bf16>,
+    pub(in crate::cuda) lm_head: Option<CudaSlice<bf16>>,
+    pub(in crate::cuda) final_norm: CudaSlice<bf16>,
     /// `hidden_size` ones: the norm weight of the RMSNorms whose weights are folded into the
     /// projection after them.
-    pub(super) unit_norm: CudaSlice<bf16>,
-    pub(super) layers: Vec<LayerWeights>,
-    pub(super) cos_sin: CudaSlice<f32>,
+    pub(in crate::cuda) unit_norm: CudaSlice<bf16>,
+    pub(in crate::cuda) layers: Vec<LayerWeights>,
+    pub(in crate::cuda) cos_sin: CudaSlice<f32>,
     /// Positions the RoPE table covers.
     pub max_pos: usize,
     /// Bytes of weights held on the GPU.
@@ -61,7 +67,7 @@ pub struct GpuModel {
     pub(super) tp: Option<super::tp::RankComm>,
 }
 
-/// The thresholds the per-step plan ([`super::plan::StepPlan`]) reads: each depends on the
+/// The thresholds the per-step plan ([`crate::cuda::plan::StepPlan`]) reads: each depends on the
 /// hardware or the model's shapes, and each default was measured on the H100 (docs/cuda.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelChoice {
