@@ -13,6 +13,7 @@ use doppel_core::{
 use doppel_exec::cpu_backend::CpuBackend;
 use doppel_exec::cuda::backend::{CudaBackend, CudaBackendConfig};
 use doppel_exec::cuda::model::GpuModel;
+use doppel_exec::cuda::prompt_logprobs::RowLogprobsOut;
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{Arch, CpuModel, DType, ModelConfig, RopeScaling, WeightStore};
 use doppel_exec::sampling::logprobs;
@@ -39,17 +40,13 @@ fn token_logprobs_rows_matches_the_cpu_log_softmax_and_top_k() {
             gpu.zeros::<f32>(n * k.max(1)).unwrap(),
             gpu.zeros::<u32>(n * k.max(1)).unwrap(),
         );
-        gpu.token_logprobs_rows(
-            gpu.ptr(&dl),
-            gpu.ptr(&dt),
-            gpu.ptr(&lp),
-            gpu.ptr(&tl),
-            gpu.ptr(&ti),
-            n,
-            vocab,
-            k,
-        )
-        .unwrap();
+        let out = RowLogprobsOut {
+            lp: gpu.ptr(&lp),
+            top_lp: gpu.ptr(&tl),
+            top_id: gpu.ptr(&ti),
+        };
+        gpu.token_logprobs_rows((gpu.ptr(&dl), gpu.ptr(&dt)), &out, (n, vocab, k))
+            .unwrap();
         let (lp, tl, ti) = (
             gpu.download(&lp).unwrap(),
             gpu.download(&tl).unwrap(),

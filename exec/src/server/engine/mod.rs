@@ -361,6 +361,18 @@ impl<B: Backend> Loop<B> {
     fn route(&mut self) {
         let mut gone = Vec::new();
         let mut events = std::mem::take(&mut self.events);
+        // Counted and published before any client hears of its end, so a client reading
+        // /metrics right after its aborted stream closes sees itself counted.
+        let aborted = events
+            .iter()
+            .filter(
+                |e| matches!(e, Event::Finished(i) if matches!(i.reason, FinishReason::Abort(_))),
+            )
+            .count();
+        if aborted > 0 {
+            self.aborted += aborted as u64;
+            self.shared.publish(self.snapshot());
+        }
         for ev in events.drain(..) {
             match ev {
                 Event::Token {
@@ -390,9 +402,6 @@ impl<B: Backend> Loop<B> {
                 }
                 Event::Finished(info) => {
                     self.record(|r| r.finish(info.id, info.output_tokens));
-                    if matches!(info.reason, FinishReason::Abort(_)) {
-                        self.aborted += 1;
-                    }
                     if let Some(tx) = self.routes.remove(&info.id) {
                         let _ = tx.send(ReqEvent::Finished(info));
                     }
