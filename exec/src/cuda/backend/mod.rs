@@ -25,6 +25,7 @@ use step::StepInputs;
 
 mod constrain;
 mod graphs;
+mod prompt;
 pub mod startup;
 mod step;
 mod table;
@@ -67,6 +68,8 @@ struct Pending {
     done: Option<CudaEvent>,
     /// The pick, waiting for constraint masks.
     deferred: Option<Deferred>,
+    /// Prompt logprobs (entry index, one per row), computed at launch.
+    prompt: Vec<(usize, Vec<TokenLogprob>)>,
 }
 
 /// The GPU backend.
@@ -103,6 +106,9 @@ pub struct CudaBackend {
     stall_next: u64,
     /// End event of the last collected timed step.
     last_end: Option<cudarc::driver::CudaEvent>,
+    /// Buffers for prompt logprobs (allocated with the backend, so a request that asks for
+    /// them cannot meet a full device mid-serve).
+    prompt_bufs: super::prompt_logprobs::PromptLogprobBufs,
 }
 
 impl CudaBackend {
@@ -153,6 +159,7 @@ impl CudaBackend {
         };
         let results = [pinned()?, pinned()?];
         let (mask_dev, mask_row_dev) = (gpu.zeros(1)?, gpu.zeros(1)?);
+        let prompt_bufs = super::prompt_logprobs::PromptLogprobBufs::new(&gpu, &model)?;
         Ok(CudaBackend {
             pad_row: cfg.table_rows,
             gpu,
@@ -175,6 +182,7 @@ impl CudaBackend {
             tuning: false,
             stall_next: 0,
             last_end: None,
+            prompt_bufs,
         })
     }
 
@@ -322,6 +330,7 @@ impl CudaBackend {
             (true, Some(gb)) => self.run_graph(&mut s, gb, pick)?,
             _ => self.run_eager(&mut s, rows, pick)?,
         }
+        let prompt = self.prompt_logprobs(plan)?;
         if constrained {
             let deferred = Deferred::new(plan, rows, sample, &host_rows, start_ev);
             let result = self.next_result;
@@ -338,6 +347,7 @@ impl CudaBackend {
                 events: None,
                 done: None,
                 deferred: Some(deferred),
+                prompt,
             });
         }
         // Rows that need host sampling: download their logits now (this waits for the step).
@@ -368,6 +378,7 @@ impl CudaBackend {
             events,
             done: Some(done),
             deferred: None,
+            prompt,
         })
     }
 }
@@ -446,6 +457,7 @@ impl Backend for CudaBackend {
             }
         }
         out.done_at = p.now + p.started.elapsed().as_nanos() as u64;
+        out.prompt_logprobs = std::mem::take(&mut p.prompt);
         self.advance_matchers(plan, out);
         // The next step's masks can be computed now, while the GPU runs its forward pass.
         if let Some(mut next) = self.pending.pop_front() {

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod fused;
 mod gemv;
 mod norm;
+pub mod prompt_logprobs;
 pub mod rope;
 pub mod sample;
 

@@ -398,6 +398,18 @@ kernel_args! {
         vocab: i32,
     }
 
+    /// `kernels/sampling.cu`: each row's log-softmax at a target token and its top k.
+    TokenLogprobsRows for ["token_logprobs_rows"] {
+        logits: DPtr<f32>,
+        targets: DPtr<u32>,
+        out_lp: DPtr<f32>,
+        top_lp: DPtr<f32>,
+        top_id: DPtr<u32>,
+        n: i32,
+        vocab: i32,
+        k: i32,
+    }
+
     /// `kernels/sampling.cu`: grammar masks applied to logits.
     ApplyTokenBitmask for ["apply_token_bitmask"] {
         logits: DPtr<f32>,

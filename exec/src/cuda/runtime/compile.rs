@@ -89,7 +89,12 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
     kernel_source!("timing.cu", ["spin_ns"]),
     kernel_source!(
         "sampling.cu",
-        ["argmax_rows_split", "sample_rows", "apply_token_bitmask"]
+        [
+            "argmax_rows_split",
+            "sample_rows",
+            "apply_token_bitmask",
+            "token_logprobs_rows"
+        ]
     ),
     kernel_source!(
         "gemv.cu",

@@ -9,13 +9,16 @@ use super::gen::{self, Chunk, End, Finish, Generation};
 use super::params::{self, Api, Fields, GenParams, MAX_TOP_LOGPROBS};
 use super::routes::{check_model, done_frame, frame, read_body, sse};
 use super::AppState;
+use choice::{Head, Part, Usage};
+
+mod choice;
 use crate::constraint::ConstraintSpec;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use doppel_core::{TokenId, TokenLogprob};
+use doppel_core::TokenId;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
@@ -157,8 +160,74 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
         Kind::Chat => Api::Chat,
     };
     params::refuse_unsupported(&f)?;
+    refuse_fields(&f)?;
     let mut gp = params::sampling(&f, api, &s.defaults, s.info.vocab, s.info.context_len)?;
     gp.priority = params::priority(&f, &s.info.policy)?;
+    let req = read_req(&s, &f, kind, &mut gp)?;
+    super::constrain::attach(&s, &mut gp)?;
+    if let Some(k) = req.top {
+        gp.sampling.return_logprob = true;
+        gp.sampling.top_logprobs = k;
+    }
+    let stream = f.bool("stream")?.unwrap_or(false);
+    let include_usage = stream_options(&f, stream)?;
+    let field = if kind == Kind::Chat {
+        "messages"
+    } else {
+        "prompt"
+    };
+    gp.check_total(req.prompts.len(), field)?;
+    let sps = per_prompt(&s, &gp, &req, field)?;
+    let mut gens = Vec::new();
+    for ((ids, _), sp) in req.prompts.iter().zip(&sps) {
+        for j in 0..gp.n {
+            let mut sp = sp.clone();
+            sp.seed = sp.seed.map(|x| x.wrapping_add(j as u64));
+            gens.push(gen::submit(&s, ids.clone(), sp, &gp, started)?);
+        }
+    }
+    gen::admit_all(&mut gens, field).await?;
+    let id = match kind {
+        Kind::Completion => format!("cmpl-{}", gens[0].rid()),
+        Kind::Chat => format!("chatcmpl-{}", gens[0].rid()),
+    };
+    let head = Head {
+        id,
+        kind,
+        model: s.info.model_name.clone(),
+        created: s.info.created,
+        n: gp.n,
+        logprobs: req.top.is_some(),
+        prompt_tokens: req.prompts.iter().map(|p| p.0.len()).collect(),
+        echo_ids: if req.echo && req.top.is_some() {
+            req.prompts.iter().map(|p| p.0.clone()).collect()
+        } else {
+            Vec::new()
+        },
+    };
+    let outs: Vec<ChatOut> = match &req.out {
+        Some(cfg) => gens.iter().map(|g| ChatOut::new(cfg, &g.rid())).collect(),
+        None => Vec::new(),
+    };
+    let echo: Vec<String> = if req.echo {
+        req.prompts.into_iter().map(|p| p.1).collect()
+    } else {
+        Vec::new()
+    };
+    if stream {
+        return Ok(stream_response(s, gens, head, outs, echo, include_usage));
+    }
+    whole_response(&s, gens, head, outs, echo).await
+}
+
+/// Fields the OpenAI routes refuse beyond `params::UNSUPPORTED`.
+fn refuse_fields(f: &Fields) -> Result<(), ApiError> {
+    if f.get("logprob_start_len").is_some_and(|v| v != &json!(-1)) {
+        return Err(ApiError::field(
+            "logprob_start_len",
+            "`logprob_start_len` is a /generate field; here prompt logprobs come with `echo` and `logprobs` (completions)",
+        ));
+    }
     if let Some(m) = f.get("modalities") {
         if m != &json!(["text"]) {
             return Err(ApiError::field(
@@ -167,7 +236,12 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
             ));
         }
     }
-    let req = match kind {
+    Ok(())
+}
+
+/// The prompts and output settings of a completions or chat request.
+fn read_req(s: &AppState, f: &Fields, kind: Kind, gp: &mut GenParams) -> Result<Req, ApiError> {
+    Ok(match kind {
         Kind::Completion => {
             if f.get("suffix").is_some() {
                 return Err(ApiError::field("suffix", "`suffix` is not supported"));
@@ -176,24 +250,18 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
                 .int_in("logprobs", 0, MAX_TOP_LOGPROBS as i64)?
                 .map(|k| k as usize);
             let echo = f.bool("echo")?.unwrap_or(false);
-            if echo && top.is_some() {
-                return Err(ApiError::field(
-                    "echo",
-                    "`echo` with `logprobs` needs prompt logprobs, which this server does not compute yet",
-                ));
-            }
             Req {
-                prompts: completion_prompts(&s, &f)?,
+                prompts: completion_prompts(s, f)?,
                 echo,
                 top,
                 out: None,
             }
         }
         Kind::Chat => {
-            let cr = chat::read(&f)?;
-            let mut out = out_config(&s, &cr)?;
+            let cr = chat::read(f)?;
+            let mut out = out_config(s, &cr)?;
             if let Some(forced) = &out.forced {
-                force_calls(&mut gp, forced, &cr)?;
+                force_calls(gp, forced, &cr)?;
             }
             let (ids, text) = s
                 .codec
@@ -217,20 +285,16 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
                 out: Some(out),
             }
         }
-    };
-    super::constrain::attach(&s, &mut gp)?;
-    if let Some(k) = req.top {
-        gp.sampling.return_logprob = true;
-        gp.sampling.top_logprobs = k;
-    }
-    let stream = f.bool("stream")?.unwrap_or(false);
-    let include_usage = stream_options(&f, stream)?;
-    let field = if kind == Kind::Chat {
-        "messages"
-    } else {
-        "prompt"
-    };
-    gp.check_total(req.prompts.len(), field)?;
+    })
+}
+
+/// Each prompt's sampling parameters (echoed prompts with logprobs score their tokens).
+fn per_prompt(
+    s: &AppState,
+    gp: &GenParams,
+    req: &Req,
+    field: &str,
+) -> Result<Vec<doppel_core::SamplingParams>, ApiError> {
     let mut sps = Vec::new();
     for (i, (ids, _)) in req.prompts.iter().enumerate() {
         let name = if req.prompts.len() > 1 {
@@ -238,42 +302,24 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
         } else {
             field.to_string()
         };
-        sps.push(gp.for_prompt(ids.len(), s.info.context_len, &name)?);
-    }
-    let mut gens = Vec::new();
-    for ((ids, _), sp) in req.prompts.iter().zip(&sps) {
-        for j in 0..gp.n {
-            let mut sp = sp.clone();
-            sp.seed = sp.seed.map(|x| x.wrapping_add(j as u64));
-            gens.push(gen::submit(&s, ids.clone(), sp, &gp, started)?);
+        let mut sp = gp.for_prompt(ids.len(), s.info.context_len, &name)?;
+        if req.echo && req.top.is_some() {
+            // Echoed prompts carry their tokens' logprobs (the first has none).
+            sp.prompt_logprobs_from = Some(0);
         }
+        sps.push(sp);
     }
-    gen::admit_all(&mut gens, field).await?;
-    let id = match kind {
-        Kind::Completion => format!("cmpl-{}", gens[0].rid()),
-        Kind::Chat => format!("chatcmpl-{}", gens[0].rid()),
-    };
-    let head = Head {
-        id,
-        kind,
-        model: s.info.model_name.clone(),
-        created: s.info.created,
-        n: gp.n,
-        logprobs: req.top.is_some(),
-        prompt_tokens: req.prompts.iter().map(|p| p.0.len()).collect(),
-    };
-    let outs: Vec<ChatOut> = match &req.out {
-        Some(cfg) => gens.iter().map(|g| ChatOut::new(cfg, &g.rid())).collect(),
-        None => Vec::new(),
-    };
-    let echo: Vec<String> = if req.echo {
-        req.prompts.into_iter().map(|p| p.1).collect()
-    } else {
-        Vec::new()
-    };
-    if stream {
-        return Ok(stream_response(s, gens, head, outs, echo, include_usage));
-    }
+    Ok(sps)
+}
+
+/// The whole (non-streamed) answer.
+async fn whole_response(
+    s: &AppState,
+    mut gens: Vec<Generation>,
+    head: Head,
+    outs: Vec<ChatOut>,
+    echo: Vec<String>,
+) -> Result<Response, ApiError> {
     let mut choices = Vec::new();
     let mut usage = Usage::default();
     let mut outs = outs.into_iter();
@@ -303,7 +349,8 @@ async fn run(s: Arc<AppState>, body: Body, kind: Kind) -> Result<Response, ApiEr
             }
             None => Part::Text,
         };
-        choices.push(head.choice(&s, i, &c, Some(&end.finish), body));
+        let prompt = head.prompt_entries(i, 0, &c);
+        choices.push(head.choice(s, i, (&c, &prompt), Some(&end.finish), body));
     }
     let mut body = head.envelope(false);
     body["choices"] = Value::Array(choices);
@@ -332,153 +379,6 @@ fn stream_options(f: &Fields, stream: bool) -> Result<bool, ApiError> {
     Ok(of.bool("include_usage")?.unwrap_or(false))
 }
 
-struct Head {
-    id: String,
-    kind: Kind,
-    model: String,
-    created: u64,
-    n: usize,
-    logprobs: bool,
-    prompt_tokens: Vec<usize>,
-}
-
-#[derive(Default)]
-struct Usage {
-    completion: usize,
-    cached: usize,
-}
-
-impl Usage {
-    fn add(&mut self, e: &End) {
-        self.completion += e.completion_tokens;
-        self.cached += e.cached_tokens;
-    }
-
-    fn json(&self, h: &Head) -> Value {
-        // Prompt tokens count once per prompt, not per choice (as SGLang and OpenAI do).
-        let prompt: usize = h.prompt_tokens.iter().sum();
-        json!({
-            "prompt_tokens": prompt,
-            "completion_tokens": self.completion,
-            "total_tokens": prompt + self.completion,
-            "prompt_tokens_details": {"cached_tokens": self.cached},
-        })
-    }
-}
-
-impl Head {
-    fn envelope(&self, chunk: bool) -> Value {
-        let object = match (self.kind, chunk) {
-            (Kind::Completion, _) => "text_completion",
-            (Kind::Chat, false) => "chat.completion",
-            (Kind::Chat, true) => "chat.completion.chunk",
-        };
-        json!({"id": self.id, "object": object, "created": self.created, "model": self.model})
-    }
-
-    fn logprobs(&self, s: &AppState, c: &Chunk, offset: usize) -> Value {
-        if !self.logprobs {
-            return Value::Null;
-        }
-        let lps: Vec<(TokenId, Option<&TokenLogprob>)> = c
-            .tokens
-            .iter()
-            .zip(
-                c.logprobs
-                    .iter()
-                    .map(Option::as_ref)
-                    .chain(std::iter::repeat(None)),
-            )
-            .map(|(t, l)| (*t, l))
-            .collect();
-        match self.kind {
-            Kind::Completion => {
-                let mut tokens = Vec::new();
-                let mut token_lps = Vec::new();
-                let mut tops = Vec::new();
-                let mut offsets = Vec::new();
-                let mut at = offset;
-                for (t, l) in &lps {
-                    let text = s.codec.token_text(*t);
-                    offsets.push(at);
-                    at += text.len();
-                    tokens.push(text);
-                    token_lps.push(l.map(|l| l.logprob));
-                    let mut top = serde_json::Map::new();
-                    for (tt, p) in l.map(|l| l.top.as_slice()).unwrap_or_default() {
-                        top.insert(s.codec.token_text(*tt), json!(p));
-                    }
-                    tops.push(Value::Object(top));
-                }
-                json!({"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets})
-            }
-            Kind::Chat => {
-                let entry = |t: TokenId, p: Option<f32>| {
-                    let text = s.codec.token_text(t);
-                    json!({"token": text, "logprob": p, "bytes": text.as_bytes()})
-                };
-                let content: Vec<Value> = lps
-                    .iter()
-                    .map(|(t, l)| {
-                        let mut e = entry(*t, l.map(|l| l.logprob));
-                        e["top_logprobs"] = Value::Array(
-                            l.map(|l| l.top.iter().map(|(tt, p)| entry(*tt, Some(*p))).collect())
-                                .unwrap_or_default(),
-                        );
-                        e
-                    })
-                    .collect();
-                json!({"content": content})
-            }
-        }
-    }
-
-    fn choice(
-        &self,
-        s: &AppState,
-        index: usize,
-        c: &Chunk,
-        finish: Option<&Finish>,
-        body: Part,
-    ) -> Value {
-        let calls = match &body {
-            Part::Message(_, n) | Part::Delta(_, n) => *n,
-            Part::Text => 0,
-        };
-        let finish_reason = finish.map(|f| match f {
-            Finish::StopToken(_) | Finish::StopString(_) if calls > 0 => "tool_calls",
-            f => f.openai(),
-        });
-        let matched = match finish {
-            Some(Finish::StopString(m)) => json!(m),
-            Some(Finish::StopToken(t)) => json!(t),
-            _ => Value::Null,
-        };
-        let mut v = json!({
-            "index": index,
-            "logprobs": self.logprobs(s, c, 0),
-            "finish_reason": finish_reason,
-            "matched_stop": matched,
-        });
-        match body {
-            Part::Text => v["text"] = json!(c.delta),
-            Part::Message(m, _) => v["message"] = m,
-            Part::Delta(d, _) => v["delta"] = d,
-        }
-        v
-    }
-}
-
-/// What a choice carries besides logprobs and the finish reason.
-enum Part {
-    /// Completions: the chunk's text.
-    Text,
-    /// A chat message, and the number of tool calls in it.
-    Message(Value, usize),
-    /// A chat delta, and the number of tool calls so far.
-    Delta(Value, usize),
-}
-
 fn stream_response(
     s: Arc<AppState>,
     gens: Vec<Generation>,
@@ -495,6 +395,8 @@ fn stream_response(
         head: Head,
         outs: Vec<ChatOut>,
         started: Vec<bool>,
+        /// Echoed prompt logprob entries sent per choice.
+        prompt_sent: Vec<usize>,
         echo: Vec<String>,
         usage: Usage,
         include_usage: bool,
@@ -505,6 +407,7 @@ fn stream_response(
         head,
         outs,
         started: vec![false; n],
+        prompt_sent: vec![0; n],
         echo,
         usage: Usage::default(),
         include_usage,
@@ -557,8 +460,11 @@ fn stream_response(
                     };
                     // A final chunk always goes out; an empty middle one (text held back) does not.
                     if finish.is_some() || !empty || st.head.logprobs {
+                        let prompt = st.head.prompt_entries(i, st.prompt_sent[i], &c);
+                        st.prompt_sent[i] += prompt.len();
                         let mut v = st.head.envelope(true);
-                        v["choices"] = json!([st.head.choice(&st.s, i, &c, finish, part)]);
+                        v["choices"] =
+                            json!([st.head.choice(&st.s, i, (&c, &prompt), finish, part)]);
                         out.extend_from_slice(&frame(&v));
                     }
                 }
