@@ -5,8 +5,10 @@
 #   $OUT/logs.tar.xz   every log and JSON the jobs wrote, and their consoles
 # JOBS (in order, default "tests"): tests = scripts/gpu/run-tests.sh (every CUDA check, then the
 # bench-one-batch A/B against carry/base/doppel); models = scripts/gpu/models.sh with
-# MODEL_STAGES (default "tiny archs"). The jobs share DEADLINE seconds (default 570) so
-# the packing still happens inside a 600 s device call; a job cut short reports exit 124.
+# MODEL_STAGES (default "tiny archs"); prompt = scripts/gpu/prompt-logprobs.sh; structured =
+# scripts/gpu/structured.sh; tp = scripts/gpu/tp.sh (its one-GPU stages on one GPU). The jobs
+# share DEADLINE seconds (default 570) so the packing still happens inside a 600 s device call; a
+# job cut short reports exit 124.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:?set OUT to the folder the device call returns}
@@ -38,8 +40,11 @@ for job in $JOBS; do
     case $job in
     tests) cmd=(env OUT="$W/tests" bash scripts/gpu/run-tests.sh) ;;
     models) cmd=(env OUT="$W/models" STAGES="$MODEL_STAGES" bash scripts/gpu/models.sh) ;;
+    prompt) cmd=(env OUT="$W/prompt" bash scripts/gpu/prompt-logprobs.sh) ;;
+    structured) cmd=(env OUT="$W/structured" bash scripts/gpu/structured.sh) ;;
+    tp) cmd=(env OUT="$W/tp" bash scripts/gpu/tp.sh) ;;
     *)
-        echo "$job: unknown job (tests, models)" | tee -a "$OUT/summary.txt"
+        echo "$job: unknown job (tests, models, prompt, structured, tp)" | tee -a "$OUT/summary.txt"
         status=1
         continue
         ;;
