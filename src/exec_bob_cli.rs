@@ -2,6 +2,9 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
+use doppel_exec::cuda::bench_one_batch::{format_table, run, to_json, BenchOptions, BenchRow};
+use doppel_exec::cuda::model::KernelChoice;
+use doppel_exec::model::ModelConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,9 +32,12 @@ pub struct BenchOneBatchArgs {
     /// Print the raw figures as JSON.
     #[arg(long)]
     json: bool,
-    /// CUDA device ordinal.
+    /// CUDA device ordinal (the first rank's with --tp-size).
     #[arg(long, default_value_t = 0)]
     device: usize,
+    /// Tensor-parallel ranks: GPUs from --device on, joined by NCCL (1: one GPU, no NCCL).
+    #[arg(long = "tp-size", visible_alias = "tp", default_value_t = 1)]
+    tp_size: usize,
     /// Run every cuBLAS-sized GEMM with cublasGemmEx's default algorithm instead of the one
     /// measured fastest for its shape (cuBLASLt candidates included).
     #[arg(long)]
@@ -57,35 +63,33 @@ pub struct BenchOneBatchArgs {
 }
 
 pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
-    use doppel_exec::cuda::bench_one_batch::{format_table, run, to_json, BenchOptions};
     use doppel_exec::cuda::{model::GpuModel, Gpu};
     if a.input_len == 0 || a.output_len == 0 || a.batch_size.contains(&0) {
         bail!("--input-len, --output-len and every --batch-size must be at least 1");
     }
+    if a.tp_size == 0 {
+        bail!("--tp-size must be at least 1");
+    }
     let cfg = doppel_exec::model::ModelConfig::load(&a.model)?;
-    let gpu = Gpu::new(a.device).context("--device cuda")?;
     let ctx = a.input_len + a.output_len;
+    let opts = BenchOptions {
+        batch_sizes: a.batch_size.clone(),
+        input_len: a.input_len,
+        output_len: a.output_len,
+        repeats: a.repeats,
+        seed: 1,
+    };
+    if a.tp_size > 1 {
+        return bench_tp(&a, &cfg, ctx, &opts);
+    }
+    let gpu = Gpu::new(a.device).context("--device cuda")?;
     let mut model = if a.random_weights {
         GpuModel::random(&gpu, &cfg, 7, ctx)?
     } else {
         let store = doppel_exec::model::WeightStore::open(&a.model)?;
         GpuModel::load(&gpu, &cfg, &store, ctx)?
     };
-    if a.no_gemm_tuning {
-        model.kernels.gemm_lt_min_tokens = usize::MAX;
-    }
-    if let Some(n) = a.decode_mma_max_rows {
-        model.kernels.decode_mma_max_tokens = n;
-    }
-    if let Some(n) = a.decode_reg_mma_max_rows {
-        model.kernels.decode_reg_mma_max_tokens = n;
-    }
-    if let Some(n) = a.decode_prefetch_o_min_rows {
-        model.kernels.decode_prefetch_o_min_rows = n;
-    }
-    if a.no_decode_prefetch_o {
-        model.kernels.decode_prefetch_o_min_rows = usize::MAX;
-    }
+    apply_kernel_flags(&a, &mut model.kernels);
     let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
     eprintln!(
         "{} (sm_{}{}): {}; KV cache {} tokens ({:.3} GB); decode CUDA graphs for batch sizes {:?}; kernels loaded in {:.2}s",
@@ -98,15 +102,71 @@ pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
         a.batch_size,
         gpu.kernels.load_seconds
     );
-    let opts = BenchOptions {
-        batch_sizes: a.batch_size,
-        input_len: a.input_len,
-        output_len: a.output_len,
-        repeats: a.repeats,
-        seed: 1,
-    };
     let rows = run(&gpu, &model, &opts)?;
-    for r in &rows {
+    print_rows(&a, &rows, None);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The engine's kernel thresholds as the flags set them.
+fn apply_kernel_flags(a: &BenchOneBatchArgs, k: &mut KernelChoice) {
+    if a.no_gemm_tuning {
+        k.gemm_lt_min_tokens = usize::MAX;
+    }
+    if let Some(n) = a.decode_mma_max_rows {
+        k.decode_mma_max_tokens = n;
+    }
+    if let Some(n) = a.decode_reg_mma_max_rows {
+        k.decode_reg_mma_max_tokens = n;
+    }
+    if let Some(n) = a.decode_prefetch_o_min_rows {
+        k.decode_prefetch_o_min_rows = n;
+    }
+    if a.no_decode_prefetch_o {
+        k.decode_prefetch_o_min_rows = usize::MAX;
+    }
+}
+
+/// bench-one-batch over `a.tp_size` GPUs: rank 0's table, and the all-reduce time per layer
+/// of each batch size (measured apart: a graph of the decode step's all-reduces).
+fn bench_tp(
+    a: &BenchOneBatchArgs,
+    cfg: &ModelConfig,
+    ctx: usize,
+    opts: &BenchOptions,
+) -> anyhow::Result<ExitCode> {
+    use doppel_exec::cuda::tp::{bench::run_group, startup::load_group};
+    let n = a.tp_size;
+    let store = match a.random_weights {
+        true => None,
+        false => Some(doppel_exec::model::WeightStore::open(&a.model)?),
+    };
+    let mut ranks = load_group(&a.model, cfg, store.as_ref(), (a.device, n), 7, ctx)
+        .with_context(|| format!("--tp-size {n} --device {}", a.device))?;
+    let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
+    for (r, rank) in ranks.iter_mut().enumerate() {
+        apply_kernel_flags(a, &mut rank.model.kernels);
+        let (gpu, m) = (&rank.gpu, &rank.model);
+        eprintln!(
+            "TP rank {r}/{n}: {} (sm_{}{}): weights {:.3} GB; KV cache {} tokens ({:.3} GB, {} of {} KV heads)",
+            gpu.name,
+            gpu.cc.0,
+            gpu.cc.1,
+            m.weight_bytes as f64 / 1e9,
+            max_b * ctx,
+            (max_b * ctx * m.kv_bytes_per_slot()) as f64 / 1e9,
+            m.cfg.num_kv_heads,
+            cfg.num_kv_heads
+        );
+    }
+    let (rows, all_reduce) = run_group(ranks, opts)?;
+    print_rows(a, &rows, Some(&all_reduce));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The table (or JSON) of `rows`; with tensor parallelism, each batch size's all-reduce time
+/// per layer (µs) too.
+fn print_rows(a: &BenchOneBatchArgs, rows: &[BenchRow], all_reduce: Option<&[f64]>) {
+    for r in rows {
         eprintln!(
             "batch {}: GEMM shapes measured in {:.0} ms ({})",
             r.batch_size,
@@ -118,10 +178,29 @@ pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
+    let Some(ar) = all_reduce else {
+        match a.json {
+            true => println!("{}", to_json(rows)),
+            false => print!("{}", format_table(rows)),
+        }
+        return;
+    };
     if a.json {
-        println!("{}", to_json(&rows));
-    } else {
-        print!("{}", format_table(&rows));
+        let mut v = to_json(rows);
+        if let Some(list) = v.as_array_mut() {
+            for (row, us) in list.iter_mut().zip(ar) {
+                row["tp_size"] = a.tp_size.into();
+                row["all_reduce_us_per_layer"] = (*us).into();
+            }
+        }
+        println!("{v}");
+        return;
     }
-    Ok(ExitCode::SUCCESS)
+    print!("{}", format_table(rows));
+    for (r, us) in rows.iter().zip(ar) {
+        println!(
+            "tp {} batch {}: all-reduce {us:.1} us per layer (2 x {} rows x hidden, bf16, graph replay on rank 0)",
+            a.tp_size, r.batch_size, r.batch_size
+        );
+    }
 }

@@ -137,8 +137,8 @@ pub struct GenerateArgs {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Tensor-parallel ranks: the model is split over this many worker threads (CPU only for
-    /// now; heads and MLP width must divide by it).
+    /// Tensor-parallel ranks: the model is split over this many worker threads (--device cpu)
+    /// or GPUs from the CUDA device on (NCCL); heads and MLP width must divide by it.
     #[arg(long = "tp-size", visible_alias = "tp", default_value_t = 1)]
     tp_size: usize,
     /// No progress bar while loading.
@@ -300,16 +300,10 @@ fn local_dir(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
     bail!("{flag} {shown}: no such directory")
 }
 
-/// `--tp-size`: at least 1, and above 1 only on the CPU until CUDA has NCCL.
-pub(crate) fn check_tp(tp_size: usize, cuda: bool) -> anyhow::Result<()> {
+/// `--tp-size`: at least 1 (CPU worker threads, or GPUs from the CUDA device).
+pub(crate) fn check_tp(tp_size: usize) -> anyhow::Result<()> {
     if tp_size == 0 {
         bail!("--tp-size must be at least 1");
-    }
-    if tp_size > 1 && cuda {
-        bail!(
-            "--tp-size {tp_size}: {}",
-            doppel_exec::cpu_tp::CUDA_TP_UNBUILT
-        );
     }
     Ok(())
 }
@@ -329,7 +323,7 @@ fn parse_device(d: &str) -> anyhow::Result<Option<usize>> {
 fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     local_dir("--model", &a.model)?;
     let cuda = parse_device(&a.device)?;
-    check_tp(a.tp_size, cuda.is_some())?;
+    check_tp(a.tp_size)?;
     if a.n == 0 {
         bail!("--n must be at least 1");
     }
@@ -438,6 +432,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
             run_requests(engine, &a, &tok, &prompt, &sp)
         }
         (None, device) => {
+            use doppel_exec::cuda::tp::backend::TpCudaBackend;
             use doppel_exec::cuda::{backend::CudaBackend, startup::CudaOptions};
             let opts = CudaOptions {
                 device: device.unwrap_or(0),
@@ -447,8 +442,17 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
                 random_weights: false,
                 seed: a.seed.unwrap_or(0),
             };
-            let (backend, capacity) = CudaBackend::from_checkpoint(&a.model, &opts, &sched)
-                .with_context(|| format!("--device {}", a.device))?;
+            let what = || format!("--tp-size {} --device {}", a.tp_size, a.device);
+            if a.tp_size > 1 {
+                let (backend, capacity) =
+                    TpCudaBackend::from_checkpoint(&a.model, &opts, &sched, a.tp_size)
+                        .with_context(what)?;
+                sched.kv_capacity_tokens = capacity;
+                let engine = Engine::new(Scheduler::new(sched)?, backend, a.overlap);
+                return run_requests(engine, &a, &tok, &prompt, &sp);
+            }
+            let (backend, capacity) =
+                CudaBackend::from_checkpoint(&a.model, &opts, &sched).with_context(what)?;
             sched.kv_capacity_tokens = capacity;
             let engine = Engine::new(Scheduler::new(sched)?, backend, a.overlap);
             run_requests(engine, &a, &tok, &prompt, &sp)

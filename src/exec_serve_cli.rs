@@ -41,8 +41,9 @@ pub struct ServeArgs {
     /// `auto` or `bfloat16` (what the CUDA backend and the profiles compute in).
     #[arg(long, default_value = "auto")]
     dtype: String,
-    /// Tensor-parallel ranks: the model is split over this many worker threads (--device cpu
-    /// only for now; attention heads, KV heads and MLP width must divide by it).
+    /// Tensor-parallel ranks: the model is split over this many worker threads (--device cpu)
+    /// or GPUs from the CUDA device on (NCCL); attention heads, KV heads and MLP width must
+    /// divide by it.
     #[arg(long, visible_alias = "tp-size", default_value_t = 1)]
     tp: usize,
     /// Simulator profile for --backend sim: a built-in name (`doppel sim profiles`) or a .yaml
@@ -175,7 +176,7 @@ impl ServeArgs {
                 if self.disable_cuda_graph && dev.is_none() {
                     bail!("--disable-cuda-graph has no effect with --device cpu (no CUDA graphs there); drop it");
                 }
-                check_tp(self.tp, dev.is_some())?;
+                check_tp(self.tp)?;
                 Ok(Serving::Engine(match dev {
                     None => BackendKind::Cpu,
                     Some(device) => BackendKind::Cuda {

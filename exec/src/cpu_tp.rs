@@ -1,7 +1,8 @@
 //! Tensor parallelism on the CPU: one worker thread per rank, each holding its shard of the
 //! weights and of the KV cache, all fed the same plain-data batch by the engine thread and joined
 //! by an in-memory all-reduce in a fixed rank order. It runs the same sharding code
-//! ([`crate::model::shard`]) the CUDA path will, so CI checks the sharding math.
+//! ([`crate::model::shard`]) the CUDA path does (`crate::cuda::tp`), so CI checks the sharding
+//! math.
 
 use crate::model::{
     CpuModel, ForwardErrorKind, KvCache, LoadError, LoadReport, LogitsWanted, ModelConfig,
@@ -13,10 +14,6 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
-
-/// Why `--tp-size` above 1 is refused with `--device cuda`.
-pub const CUDA_TP_UNBUILT: &str = "CUDA tensor parallelism needs NCCL support, which is not \
-     built yet: use --tp-size 1 with --device cuda, or --device cpu for tensor parallelism";
 
 /// One sequence of a batch, owned so that it can cross to the workers.
 #[derive(Clone, Debug)]

@@ -1,5 +1,5 @@
 //! `--tp-size` in the server: on the CPU a TP=2 server gives the same greedy tokens as TP=1
-//! (batched requests); with CUDA it is refused at build, naming what is missing.
+//! (batched requests); with CUDA a size that does not divide the model is refused at build.
 
 mod server_common;
 
@@ -23,7 +23,9 @@ async fn greedy_outputs(tp_size: usize) -> Vec<Value> {
         assert_eq!(r.status, 200, "{}", r.text());
         out.push(r.json()["output_ids"].clone());
     }
-    assert_no_leak(&idle_info(&a).await);
+    let info = idle_info(&a).await;
+    assert_eq!(info["tp_size"], tp_size, "/get_server_info's tp_size");
+    assert_no_leak(&info);
     srv.shutdown().await;
     out
 }
@@ -50,10 +52,13 @@ async fn tp_2_server_gives_tp_1_greedy_tokens() {
 }
 
 #[test]
-fn cuda_with_tp_above_1_is_refused_naming_nccl() {
+fn cuda_tp_size_that_does_not_divide_is_refused_before_any_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = doppel_exec::testgen::TinySpec::tiny(doppel_exec::model::Arch::Qwen3);
+    doppel_exec::testgen::write_model(dir.path(), &spec).unwrap();
     let cfg = ServerConfig {
-        model: Some("/nonexistent".into()),
-        tp_size: 2,
+        model: Some(dir.path().to_path_buf()),
+        tp_size: 3,
         ..Default::default()
     };
     let kind = BackendKind::Cuda {
@@ -62,5 +67,8 @@ fn cuda_with_tp_above_1_is_refused_naming_nccl() {
         cuda_graph_max_bs: 0,
     };
     let e = Server::build(cfg, kind).err().expect("refused").to_string();
-    assert!(e.contains("--tp-size 2") && e.contains("NCCL"), "{e}");
+    assert!(
+        e.contains("--tp-size 3") && e.contains("num_attention_heads (4)"),
+        "{e}"
+    );
 }

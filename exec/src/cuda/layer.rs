@@ -237,19 +237,39 @@ impl Step<'_> {
         let (residual, attn, act) = (self.p(&ws.residual), self.p(&ws.attn), self.p(&ws.act));
         let (o, gu, down) = (self.p(&lw.o), self.p(&lw.gate_up), self.p(&lw.down));
         let unit = self.p(&self.model.unit_norm);
-        let MlpStage::Separate {
-            o: o_path,
-            gate_up,
-            down: down_path,
-        } = self.plan.mlp
-        else {
-            gpu.gemv_resadd(residual, attn, o, m, dm.h, dm.nq * dm.d, dm.h)?;
-            gpu.gemv_gate_up_silu_norm(act, residual, unit, gu, m, dm.inter, dm.h, dm.eps)?;
-            return gpu.gemv_resadd(residual, act, down, m, dm.h, dm.inter, dm.h);
+        // o and down add onto the residual stream (tensor parallel: rank 0 adds, the others
+        // write their partial sums, then the all-reduce; tp/mod.rs).
+        let add = self.model.adds_residual();
+        let (o_path, gate_up, down_path) = match self.plan.mlp {
+            MlpStage::Separate { o, gate_up, down } => (o, Some(gate_up), down),
+            MlpStage::GemvFolded => (Gemm::Gemv, None, Gemm::Gemv),
         };
-        self.linear(o_path, residual, attn, o, (m, dm.h, dm.nq * dm.d), true)?;
-        self.gate_up(gate_up, gu)?;
-        self.linear(down_path, residual, act, down, (m, dm.h, dm.inter), true)
+        self.linear(o_path, residual, attn, o, (m, dm.h, dm.nq * dm.d), add)?;
+        self.all_reduce_residual()?;
+        match gate_up {
+            Some(path) => self.gate_up(path, gu)?,
+            None => {
+                gpu.gemv_gate_up_silu_norm(act, residual, unit, gu, m, dm.inter, dm.h, dm.eps)?
+            }
+        }
+        self.linear(down_path, residual, act, down, (m, dm.h, dm.inter), add)?;
+        self.all_reduce_residual()
+    }
+
+    /// The residual stream's rows of this step summed over the tensor-parallel ranks.
+    fn all_reduce_residual(&self) -> Result<()> {
+        if self.model.tp.is_none() {
+            return Ok(());
+        }
+        let n = self.tokens * self.model.cfg.hidden_size;
+        let rows = self
+            .p(&self.ws.residual)
+            .sub(0, n)
+            .ok_or(CudaError::Invalid {
+                kernel: "all_reduce",
+                msg: format!("{} tokens outside the residual buffer", self.tokens),
+            })?;
+        self.model.all_reduce_residual(rows)
     }
 
     /// act = silu(x gate^T) * (x up^T) of the normed residual stream, `w` = [gate; up].

@@ -30,6 +30,7 @@ pub mod sample;
 pub mod skinny;
 pub mod startup;
 pub mod timing;
+pub mod tp;
 pub mod tune;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr};
@@ -95,6 +96,17 @@ pub enum CudaError {
         /// The kernel.
         kernel: &'static str,
         /// What is wrong.
+        msg: String,
+    },
+    /// The NCCL library could not be loaded (tensor parallelism).
+    #[error("NCCL could not be loaded: {0}")]
+    NoNccl(String),
+    /// An NCCL call failed.
+    #[error("NCCL error during {what}: {msg}")]
+    Nccl {
+        /// What was being done.
+        what: String,
+        /// NCCL's message.
         msg: String,
     },
     /// The checkpoint or a start-up setting cannot be used.

@@ -14,7 +14,7 @@ pub use super::forward::{KvPool, RowSampling, StepInput, TokenPick, Workspace};
 use super::rope::cos_sin_table_scaled;
 use super::{CudaError, DriverCtx, Gpu, Result};
 use crate::model::weights::{LayerNames, EMBED, FINAL_NORM, LM_HEAD};
-use crate::model::{DType, ModelConfig, TensorRef, WeightStore};
+use crate::model::{DType, ModelConfig, Part, Shard, Split, TensorRef, WeightStore};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
@@ -55,6 +55,10 @@ pub struct GpuModel {
     pub checkpoint_bytes: usize,
     /// The thresholds of the per-step plan (plan.rs).
     pub kernels: KernelChoice,
+    /// This rank's communicator when the model is one shard of a tensor-parallel group
+    /// (`cfg` then holds the rank's own head and MLP widths; docs/cuda.md, "Tensor
+    /// parallelism").
+    pub(super) tp: Option<super::tp::RankComm>,
 }
 
 /// The thresholds the per-step plan ([`super::plan::StepPlan`]) reads: each depends on the
@@ -171,7 +175,22 @@ impl GpuModel {
         store: &WeightStore,
         max_pos: usize,
     ) -> Result<GpuModel> {
-        Self::check_supported(cfg)?;
+        Self::load_shard(gpu, cfg, store, Shard::SOLE, max_pos)
+    }
+
+    /// `shard`'s part of a checkpoint (all of it for [`Shard::SOLE`]): q/k/v and gate/up cut
+    /// by output rows, o and down by input columns (`crate::model::shard`), embedding and LM
+    /// head whole; the model's `cfg` is the rank's own shapes (`Shard::local_config`). The
+    /// caller has checked that the model splits `shard.size` ways.
+    pub fn load_shard(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        store: &WeightStore,
+        shard: Shard,
+        max_pos: usize,
+    ) -> Result<GpuModel> {
+        let local = shard.local_config(cfg);
+        Self::check_supported(&local)?;
         let (h, q, kv, i, d, v) = (
             cfg.hidden_size,
             cfg.q_dim(),
@@ -180,59 +199,66 @@ impl GpuModel {
             cfg.head_dim,
             cfg.vocab_size,
         );
-        let get = |name: &str, shape: &[usize]| -> Result<Vec<bf16>> {
-            store
+        // The checkpoint's tensor `name` of `shape`, cut to this rank's part of it.
+        let get = |name: &str, shape: &[usize], part: Part| -> Result<Vec<bf16>> {
+            let all = store
                 .get(name, shape)
                 .map(|t| to_bf16(&t))
-                .map_err(|e| unsupported(e.to_string()))
+                .map_err(|e| unsupported(e.to_string()))?;
+            Ok(match shard.split(cfg, part) {
+                Split::Replicated => all,
+                cut => cut.cut(&all, shape.get(1).copied().unwrap_or(1)),
+            })
         };
+        let whole = Part::Replicated;
         let up = |x: Vec<bf16>| gpu.upload(&x);
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let n = LayerNames::new(l);
-            let mut qkv = get(&n.q_proj, &[q, h])?;
-            qkv.extend(get(&n.k_proj, &[kv, h])?);
-            qkv.extend(get(&n.v_proj, &[kv, h])?);
-            let mut gu = get(&n.gate_proj, &[i, h])?;
-            gu.extend(get(&n.up_proj, &[i, h])?);
+            let mut qkv = get(&n.q_proj, &[q, h], Part::Q)?;
+            qkv.extend(get(&n.k_proj, &[kv, h], Part::Kv)?);
+            qkv.extend(get(&n.v_proj, &[kv, h], Part::Kv)?);
+            let mut gu = get(&n.gate_proj, &[i, h], Part::GateUp)?;
+            gu.extend(get(&n.up_proj, &[i, h], Part::GateUp)?);
             let qkv_bias = if cfg.qkv_bias {
-                let mut b = get(&n.q_bias, &[q])?;
-                b.extend(get(&n.k_bias, &[kv])?);
-                b.extend(get(&n.v_bias, &[kv])?);
+                let mut b = get(&n.q_bias, &[q], Part::Q)?;
+                b.extend(get(&n.k_bias, &[kv], Part::Kv)?);
+                b.extend(get(&n.v_bias, &[kv], Part::Kv)?);
                 Some(up(b)?)
             } else {
                 None
             };
             let (in_norm, post_norm) = (
-                up(get(&n.input_norm, &[h])?)?,
-                up(get(&n.post_norm, &[h])?)?,
+                up(get(&n.input_norm, &[h], whole)?)?,
+                up(get(&n.post_norm, &[h], whole)?)?,
             );
             layers.push(LayerWeights {
                 qkv: fold_norm(gpu, up(qkv)?, &in_norm)?,
                 qkv_bias,
                 q_norm: if cfg.qk_norm {
-                    Some(up(get(&n.q_norm, &[d])?)?)
+                    Some(up(get(&n.q_norm, &[d], whole)?)?)
                 } else {
                     None
                 },
                 k_norm: if cfg.qk_norm {
-                    Some(up(get(&n.k_norm, &[d])?)?)
+                    Some(up(get(&n.k_norm, &[d], whole)?)?)
                 } else {
                     None
                 },
-                o: up(get(&n.o_proj, &[h, q])?)?,
+                o: up(get(&n.o_proj, &[h, q], Part::O)?)?,
                 gate_up: fold_norm(gpu, up(gu)?, &post_norm)?,
-                down: up(get(&n.down_proj, &[h, i])?)?,
+                down: up(get(&n.down_proj, &[h, i], Part::Down)?)?,
             });
         }
-        let embed = up(get(EMBED, &[v, h])?)?;
+        // Embedding and LM head whole on every rank (each rank picks the same tokens).
+        let embed = up(get(EMBED, &[v, h], whole)?)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(up(get(LM_HEAD, &[v, h])?)?)
+            Some(up(get(LM_HEAD, &[v, h], whole)?)?)
         };
-        let final_norm = up(get(FINAL_NORM, &[h])?)?;
-        Self::assemble(gpu, cfg, embed, lm_head, final_norm, layers, max_pos)
+        let final_norm = up(get(FINAL_NORM, &[h], whole)?)?;
+        Self::assemble(gpu, &local, embed, lm_head, final_norm, layers, max_pos)
     }
 
     /// Random weights of `cfg`'s shapes (for benchmarks): uniform in [-a, a] with a = 0.05 for
@@ -354,6 +380,7 @@ impl GpuModel {
             weight_bytes: 2 * elems,
             checkpoint_bytes: checkpoint_bytes(cfg),
             kernels: KernelChoice::default(),
+            tp: None,
         })
     }
 

@@ -76,6 +76,35 @@ pub fn kv_tokens_for(
     tokens / page_size.max(1) * page_size.max(1)
 }
 
+/// The backend's sizes for the scheduler `sched` with `capacity` KV tokens.
+pub(super) fn backend_config(
+    sched: &SchedulerConfig,
+    opts: &CudaOptions,
+    capacity: usize,
+    context_len: usize,
+) -> CudaBackendConfig {
+    let mut s = sched.clone();
+    s.kv_capacity_tokens = capacity;
+    s.context_len = context_len;
+    let rows = s.effective_req_pool_size();
+    let max_running = s.effective_max_running();
+    // One plan holds at most one prefill budget (a whole prompt when chunking is off) plus
+    // one decode token per running request.
+    let prefill = match s.chunked_prefill_size {
+        Some(c) => s.max_prefill_tokens.max(c),
+        None => s.max_prefill_tokens.max(context_len),
+    };
+    CudaBackendConfig {
+        kv_capacity_tokens: capacity,
+        table_rows: rows,
+        context_len,
+        max_tokens: prefill + max_running,
+        max_seqs: max_running,
+        max_graph_batch: opts.cuda_graph_max_bs.min(max_running),
+        seed: opts.seed,
+    }
+}
+
 impl CudaBackend {
     /// A ready backend for the checkpoint in `dir`, sized for the scheduler `sched` (its
     /// `kv_capacity_tokens` is ignored: the capacity comes from `opts`), and the KV capacity in
@@ -129,26 +158,8 @@ impl CudaBackend {
                 model.weight_bytes as f64 / 1e9
             )));
         }
-        let mut s = sched.clone();
-        s.kv_capacity_tokens = capacity;
-        s.context_len = context_len;
-        let rows = s.effective_req_pool_size();
-        let max_running = s.effective_max_running();
-        // One plan holds at most one prefill budget (a whole prompt when chunking is off) plus
-        // one decode token per running request.
-        let prefill = match s.chunked_prefill_size {
-            Some(c) => s.max_prefill_tokens.max(c),
-            None => s.max_prefill_tokens.max(context_len),
-        };
-        let bcfg = CudaBackendConfig {
-            kv_capacity_tokens: capacity,
-            table_rows: rows,
-            context_len,
-            max_tokens: prefill + max_running,
-            max_seqs: max_running,
-            max_graph_batch: opts.cuda_graph_max_bs.min(max_running),
-            seed: opts.seed,
-        };
+        let bcfg = backend_config(sched, opts, capacity, context_len);
+        let (rows, max_running) = (bcfg.table_rows, bcfg.max_seqs);
         let backend = CudaBackend::new(gpu, model, bcfg)?;
         backend.gpu.sync()?;
         let (free_end, _) = backend.gpu.ctx.mem_get_info().ctx("reading memory info")?;

@@ -39,7 +39,10 @@ impl GpuModel {
         if gemm_path(k, tokens) == tuned {
             out = self.tune_projections(gpu, ws, tokens)?;
         }
-        if rows > k.lm_head_gemv_max.min(8) && rows >= k.gemm_lt_min_tokens {
+        // Tensor-parallel ranks keep cublasGemmEx's default LM head: each rank picks its own
+        // tokens from its own logits, so their GEMM must not depend on a per-rank timing.
+        let whole = self.shard().size == 1;
+        if whole && rows > k.lm_head_gemv_max.min(8) && rows >= k.gemm_lt_min_tokens {
             let h = c.hidden_size;
             out.extend(gpu.blas.tune(
                 GemmOut::F32(gpu.ptr(&ws.logits)),
@@ -69,7 +72,11 @@ impl GpuModel {
             self.layers.iter().map(|l| p(f(l))).collect()
         };
         let (blas, hidden) = (&gpu.blas, p(&ws.hidden));
-        let add_out = GemmOut::Bf16Acc(p(&ws.residual));
+        // o and down as this rank runs them (tensor parallel: only rank 0 adds; tp/mod.rs).
+        let add_out = match self.adds_residual() {
+            true => GemmOut::Bf16Acc(p(&ws.residual)),
+            false => GemmOut::Bf16(p(&ws.residual)),
+        };
         let mut out = Vec::new();
         let qkv = GemmOut::Bf16(p(&ws.qkv));
         out.extend(blas.tune(qkv, hidden, &all(|l| &l.qkv), (tokens, qkv_w, h), qkv_w)?);

@@ -129,6 +129,28 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// The shapes this rank computes with: `cfg` with its query heads, KV heads and MLP width
+    /// cut to this rank's share (hidden size, head width and vocabulary unchanged). A backend
+    /// that runs the whole-model code on a shard builds its buffers from this.
+    pub fn local_config(&self, cfg: &ModelConfig) -> ModelConfig {
+        ModelConfig {
+            num_heads: self.heads(cfg).len(),
+            num_kv_heads: self.kv_heads(cfg).len(),
+            intermediate_size: self.inter(cfg).len(),
+            ..cfg.clone()
+        }
+    }
+
+    /// Whether this rank adds its row-parallel partial sums (o and down) onto the residual
+    /// stream (beta = 1) or writes them alone (beta = 0): rank 0 adds, the others write, so
+    /// one all-reduce of the residual buffer gives residual + the sum of every rank's partial
+    /// on every rank, and the GEMM epilogues that add the residual stay fused.
+    pub fn adds_residual(&self) -> bool {
+        self.rank == 0
+    }
+}
+
 /// Check that `cfg` splits `size` ways: attention heads, KV heads and the MLP width must divide.
 pub fn check(cfg: &ModelConfig, size: usize) -> Result<(), TpError> {
     if size == 0 {
@@ -215,5 +237,121 @@ mod tests {
         );
         assert!(e.to_string().contains("num_key_value_heads (3)"));
         assert_eq!(check(&cfg, 0), Err(TpError::ZeroSize));
+    }
+
+    /// config.json of a real model's shapes: (name, hidden, inter, heads, kv heads, vocab).
+    fn real(name: &str) -> ModelConfig {
+        let (arch, h, i, nq, nk, v, tie) = match name {
+            "Qwen3-0.6B" => ("Qwen3ForCausalLM", 1024, 3072, 16, 8, 151936, true),
+            "Qwen3-8B" => ("Qwen3ForCausalLM", 4096, 12288, 32, 8, 151936, false),
+            "Llama-3.1-8B" => ("LlamaForCausalLM", 4096, 14336, 32, 8, 128256, false),
+            _ => unreachable!(),
+        };
+        let json = format!(
+            r#"{{"architectures": ["{arch}"], "hidden_size": {h}, "intermediate_size": {i},
+              "num_hidden_layers": 2, "num_attention_heads": {nq}, "num_key_value_heads": {nk},
+              "head_dim": 128, "vocab_size": {v}, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
+              "max_position_embeddings": 4096, "tie_word_embeddings": {tie},
+              "hidden_act": "silu", "torch_dtype": "bfloat16"}}"#
+        );
+        ModelConfig::parse(&json, Path::new("config.json")).unwrap()
+    }
+
+    fn range(s: Split) -> Range<usize> {
+        match s {
+            Split::Rows(r) | Split::Cols(r) => r,
+            Split::Replicated => panic!("a split part came back whole"),
+        }
+    }
+
+    #[test]
+    fn real_shapes_split_2_4_8_ways_into_disjoint_covering_slices() {
+        for name in ["Qwen3-0.6B", "Qwen3-8B", "Llama-3.1-8B"] {
+            let cfg = real(name);
+            for size in [2, 4, 8] {
+                let g = Shard::group(&cfg, size).unwrap();
+                let mut seen: [Vec<usize>; 5] = Default::default();
+                for s in &g {
+                    let parts = [Part::Q, Part::Kv, Part::O, Part::GateUp, Part::Down];
+                    for (k, p) in parts.into_iter().enumerate() {
+                        seen[k].extend(range(s.split(&cfg, p)));
+                    }
+                    // The rank's own shapes: every width cut by `size`, the rest whole.
+                    let local = s.local_config(&cfg);
+                    assert_eq!(local.q_dim() * size, cfg.q_dim(), "{name} tp{size}");
+                    assert_eq!(local.kv_dim() * size, cfg.kv_dim());
+                    assert_eq!(local.intermediate_size * size, cfg.intermediate_size);
+                    assert_eq!(
+                        local.num_heads / local.num_kv_heads,
+                        cfg.num_heads / cfg.num_kv_heads
+                    );
+                    assert_eq!(
+                        (local.hidden_size, local.vocab_size),
+                        (cfg.hidden_size, cfg.vocab_size)
+                    );
+                    assert_eq!(s.split(&cfg, Part::Replicated), Split::Replicated);
+                }
+                let full = [
+                    cfg.q_dim(),
+                    cfg.kv_dim(),
+                    cfg.q_dim(),
+                    cfg.intermediate_size,
+                    cfg.intermediate_size,
+                ];
+                for (k, n) in full.into_iter().enumerate() {
+                    assert_eq!(
+                        seen[k],
+                        (0..n).collect::<Vec<_>>(),
+                        "{name} tp{size} part {k}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rank_slices_of_real_models_are_the_sglang_ones() {
+        let q8 = real("Qwen3-8B");
+        let r1 = Shard { rank: 1, size: 4 };
+        assert_eq!(r1.split(&q8, Part::Q), Split::Rows(1024..2048));
+        assert_eq!(r1.split(&q8, Part::Kv), Split::Rows(256..512));
+        assert_eq!(r1.split(&q8, Part::O), Split::Cols(1024..2048));
+        assert_eq!(r1.split(&q8, Part::GateUp), Split::Rows(3072..6144));
+        assert_eq!(r1.split(&q8, Part::Down), Split::Cols(3072..6144));
+        let llama = real("Llama-3.1-8B");
+        let r7 = Shard { rank: 7, size: 8 };
+        assert_eq!(r7.split(&llama, Part::Kv), Split::Rows(896..1024));
+        assert_eq!(r7.split(&llama, Part::GateUp), Split::Rows(12544..14336));
+        let q06 = real("Qwen3-0.6B");
+        let r0 = Shard { rank: 0, size: 2 };
+        assert_eq!(r0.split(&q06, Part::Q), Split::Rows(0..1024));
+        assert_eq!(r0.split(&q06, Part::Kv), Split::Rows(0..512));
+        assert_eq!(r0.split(&q06, Part::Down), Split::Cols(0..1536));
+        // One rank: every part whole.
+        assert_eq!(Shard::SOLE.split(&q06, Part::Q), Split::Replicated);
+        assert_eq!(Shard::SOLE.local_config(&q06), q06);
+    }
+
+    #[test]
+    fn only_rank_0_adds_the_residual() {
+        let beta: Vec<bool> = (0..4)
+            .map(|rank| Shard { rank, size: 4 }.adds_residual())
+            .collect();
+        assert_eq!(beta, vec![true, false, false, false]);
+        assert!(Shard::SOLE.adds_residual());
+    }
+
+    #[test]
+    fn real_models_refuse_sizes_past_their_kv_heads() {
+        let e = check(&real("Qwen3-8B"), 16).unwrap_err();
+        assert_eq!(
+            e,
+            TpError::NotDivisible {
+                field: "num_key_value_heads",
+                value: 8,
+                size: 16
+            }
+        );
+        assert!(check(&real("Llama-3.1-8B"), 3).is_err());
     }
 }

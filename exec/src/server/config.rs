@@ -74,7 +74,7 @@ pub struct ServerConfig {
     pub reasoning_parser: Option<String>,
     /// Header and body read timeouts, the connection cap.
     pub conn: ConnLimits,
-    /// Tensor-parallel ranks (`--tp-size`; above 1 only on the CPU for now).
+    /// Tensor-parallel ranks (`--tp-size`: CPU worker threads, or GPUs from the CUDA device).
     pub tp_size: usize,
     /// Record every request as a trace (None: off).
     pub record: Option<super::record::RecordConfig>,

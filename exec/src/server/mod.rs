@@ -74,6 +74,8 @@ pub struct Info {
     pub disable_radix_cache: bool,
     /// Overlap order.
     pub overlap: bool,
+    /// Tensor-parallel ranks.
+    pub tp_size: usize,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// Architecture name (for /get_model_info).

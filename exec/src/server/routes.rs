@@ -271,7 +271,7 @@ async fn server_info(State(s): State<Arc<AppState>>) -> Json<Value> {
         "schedule_policy": i.policy,
         "disable_radix_cache": i.disable_radix_cache,
         "enable_overlap": i.overlap,
-        "tp_size": 1,
+        "tp_size": i.tp_size,
         "dp_size": 1,
         "tool_call_parser": i.tool_call_parser.map(|t| t.name()),
         "reasoning_parser": i.reasoning_parser.map(|r| r.name()),

@@ -269,6 +269,7 @@ impl Prelude {
             policy: sched.policy.name().to_string(),
             disable_radix_cache: sched.disable_radix_cache,
             overlap: cfg.overlap,
+            tp_size: cfg.tp_size,
             max_body_bytes: cfg.max_body_bytes,
             tool_call_parser: tool_call_parser.or(match facts.arch.as_str() {
                 "Llama" => Some(ToolFormat::Llama3),
@@ -305,13 +306,6 @@ impl Server {
     pub fn build(cfg: ServerConfig, backend: BackendKind) -> Result<Server, ServerError> {
         if cfg.tp_size == 0 {
             return Err(ServerError::Config("--tp-size must be at least 1".into()));
-        }
-        if cfg.tp_size > 1 && matches!(backend, BackendKind::Cuda { .. }) {
-            return Err(ServerError::Config(format!(
-                "--tp-size {}: {}",
-                cfg.tp_size,
-                crate::cpu_tp::CUDA_TP_UNBUILT
-            )));
         }
         let p = Prelude::new(&cfg, Instant::now())?;
         match &backend {
@@ -408,7 +402,7 @@ impl Server {
         mem_fraction_static: Option<f64>,
         cuda_graph_max_bs: usize,
     ) -> Result<Server, ServerError> {
-        use crate::cuda::{backend::CudaBackend, startup::CudaOptions};
+        use crate::cuda::{backend::CudaBackend, startup::CudaOptions, tp::backend::TpCudaBackend};
         let dir = cfg
             .model
             .clone()
@@ -425,28 +419,44 @@ impl Server {
             random_weights: cfg.load_format == LoadFormat::Dummy,
             seed: cfg.seed,
         };
-        let fail =
-            |e: &dyn std::fmt::Display| ServerError::Load(format!("--device cuda:{device}: {e}"));
-        let (mut backend, capacity) =
-            CudaBackend::from_checkpoint(&dir, &opts_cuda, &p.sched).map_err(|e| fail(&e))?;
-        p.sched.kv_capacity_tokens = capacity;
-        // Capture every decode graph before the first request, as SGLang does at start-up.
-        crate::warmup::warm_up(
-            &mut backend,
-            &p.sched,
-            mc.vocab_size,
-            cuda_graph_max_bs,
-            crate::warmup::PREFILL_BUCKETS,
-        )
-        .map_err(|e| fail(&e))?;
+        let tp = cfg.tp_size;
+        let fail = |e: &dyn std::fmt::Display| match tp {
+            1 => ServerError::Load(format!("--device cuda:{device}: {e}")),
+            _ => ServerError::Load(format!("--tp-size {tp} --device cuda:{device}: {e}")),
+        };
         p.opts.cuda_graph = cuda_graph_max_bs > 0;
         let facts = Facts {
             codec: Codec::Hf(Arc::new(tok)),
             name: dir_name(&dir),
-            backend_name: format!("cuda:{device}"),
+            backend_name: match tp {
+                1 => format!("cuda:{device}"),
+                _ => format!("cuda:{device}..{} (tp {tp})", device + tp - 1),
+            },
             vocab: mc.vocab_size,
             arch: format!("{:?}", mc.arch),
         };
+        // Capture every decode graph before the first request, as SGLang does at start-up.
+        if tp == 1 {
+            let (mut backend, capacity) =
+                CudaBackend::from_checkpoint(&dir, &opts_cuda, &p.sched).map_err(|e| fail(&e))?;
+            p.sched.kv_capacity_tokens = capacity;
+            warm_up_cuda(&mut backend, &p.sched, mc.vocab_size, cuda_graph_max_bs)
+                .map_err(|e| fail(&e))?;
+            return p.finish(cfg, backend, facts);
+        }
+        let (mut backend, capacity) =
+            TpCudaBackend::from_checkpoint(&dir, &opts_cuda, &p.sched, tp).map_err(|e| fail(&e))?;
+        p.sched.kv_capacity_tokens = capacity;
+        for (r, m) in backend.rank_memory().iter().enumerate() {
+            log::info(&format!(
+                "TP rank {r} (cuda:{}): {:.1} MiB of weights, {:.1} MiB of KV cache",
+                device + r,
+                m.weights as f64 / (1 << 20) as f64,
+                m.kv as f64 / (1 << 20) as f64
+            ));
+        }
+        warm_up_cuda(&mut backend, &p.sched, mc.vocab_size, cuda_graph_max_bs)
+            .map_err(|e| fail(&e))?;
         p.finish(cfg, backend, facts)
     }
 
@@ -567,4 +577,20 @@ fn grammars_for(
         }
         Codec::Synthetic => Err("no tokenizer (--model DIR gives the sim one)".into()),
     }
+}
+
+/// Capture every decode graph and meet the prefill shapes before the first request.
+fn warm_up_cuda<B: Backend>(
+    backend: &mut B,
+    sched: &SchedulerConfig,
+    vocab: usize,
+    cuda_graph_max_bs: usize,
+) -> Result<(), String> {
+    crate::warmup::warm_up(
+        backend,
+        sched,
+        vocab,
+        cuda_graph_max_bs,
+        crate::warmup::PREFILL_BUCKETS,
+    )
 }
