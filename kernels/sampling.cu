@@ -357,3 +357,49 @@ extern "C" __global__ void __launch_bounds__(256) apply_token_bitmask(
     const unsigned int w = mask[(size_t)m * words + (v >> 5)];
     if (!((w >> (v & 31)) & 1u)) logits[(size_t)r * vocab + v] = -INFINITY;
 }
+
+// Prompt logprobs: for each of n f32 logits rows, the log-softmax read at targets[r] and the k
+// most likely tokens with theirs (ties to the lower id, NaN as -inf: the CPU sampler's order).
+// The top-k are k argmax passes, pass j over the tokens ranked after pick j-1 (value lower, or
+// equal with a higher id), so no candidate set is kept; the row stays in L2 between passes. Only
+// 1 + 2k numbers per row leave the GPU. k <= vocab (the host clamps it). Grid n, block 256.
+extern "C" __global__ void __launch_bounds__(256) token_logprobs_rows(
+    const float* __restrict__ logits, const unsigned int* __restrict__ targets,
+    float* __restrict__ out_lp, float* __restrict__ top_lp, unsigned int* __restrict__ top_id,
+    int n, int vocab, int k) {
+    pdl_enter();
+    const int r = blockIdx.x;
+    if (r >= n) return;
+    const float* x = logits + (size_t)r * vocab;
+    ArgMax prev = row_argmax(x, vocab);
+    const float m = prev.v;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = x[i];
+        s += (v == v) ? expf(v - m) : 0.f;
+    }
+    s = block_sum_f(s);
+    const float lse = m + logf(s);
+    if (threadIdx.x == 0) {
+        float t = x[targets[r]];
+        out_lp[r] = (t == t ? t : -INFINITY) - lse;
+        if (k > 0) {
+            top_lp[(size_t)r * k] = m - lse;
+            top_id[(size_t)r * k] = (unsigned)prev.i;
+        }
+    }
+    for (int j = 1; j < k; j++) {
+        ArgMax a = {-INFINITY, 0x7fffffff};
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+            float v = x[i];
+            if (v != v) v = -INFINITY;
+            if (v < prev.v || (v == prev.v && i > prev.i)) a = better(a, ArgMax{v, i});
+        }
+        a = block_argmax(a);
+        if (threadIdx.x == 0) {
+            top_lp[(size_t)r * k + j] = a.v - lse;
+            top_id[(size_t)r * k + j] = (unsigned)a.i;
+        }
+        prev = a;
+    }
+}

@@ -2,9 +2,9 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use doppel_exec::cuda::bench_one_batch::{format_table, run, to_json, BenchOptions, BenchRow};
 use doppel_exec::cuda::model::KernelChoice;
 use doppel_exec::model::ModelConfig;
+use doppel_measure::bench_one_batch::{format_table, run, to_json, BenchOptions, BenchRow};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -134,7 +134,8 @@ fn bench_tp(
     ctx: usize,
     opts: &BenchOptions,
 ) -> anyhow::Result<ExitCode> {
-    use doppel_exec::cuda::tp::{bench::run_group, startup::load_group};
+    use doppel_exec::cuda::tp::startup::load_group;
+    use doppel_measure::bench_one_batch::tp::run_group;
     let n = a.tp_size;
     let store = match a.random_weights {
         true => None,

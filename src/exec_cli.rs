@@ -546,6 +546,8 @@ fn run_requests<B: Backend>(
                     }
                     finished.push(info);
                 }
+                // `exec generate` asks for no prompt logprobs.
+                Event::PromptLogprobs { .. } => {}
             }
         }
         if aborts.is_empty() && engine.is_idle() {

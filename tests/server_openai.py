@@ -58,6 +58,13 @@ assert sorted(ch.index for ch in r.choices) == [0, 1, 2], r
 assert len({ch.text for ch in r.choices}) == 1, r
 lp = r.choices[0].logprobs
 assert len(lp.tokens) == 4 and len(lp.token_logprobs) == 4 and all(len(t) == 2 for t in lp.top_logprobs), lp
+# echo with logprobs: the prompt's tokens first, the first with no logprob.
+e = client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0, echo=True, logprobs=2, extra_body=full)
+elp, n_prompt = e.choices[0].logprobs, e.usage.prompt_tokens
+assert e.choices[0].text == prompt + r.choices[0].text, e
+assert len(elp.tokens) == n_prompt + 4 and elp.token_logprobs[0] is None and elp.top_logprobs[0] is None, elp
+assert all(x <= 0 for x in elp.token_logprobs[1:]) and elp.text_offset[0] == 0, elp
+assert elp.token_logprobs[n_prompt:] == lp.token_logprobs, (elp, lp)
 a = client.completions.create(model=model, prompt="seed", max_tokens=6, temperature=1.0, seed=7, extra_body=full)
 b = client.completions.create(model=model, prompt="seed", max_tokens=6, temperature=1.0, seed=7, extra_body=full)
 assert a.choices[0].text == b.choices[0].text, (a, b)
@@ -133,18 +140,28 @@ for choice, parallel in [(named, True), ("required", False), ("required", True)]
     for call in ch.message.tool_calls:
         check_call(call.function.name, call.function.arguments)
     assert choice != named or [t.function.name for t in ch.message.tool_calls] == ["add"], c
-got, finish = {}, None
-for chunk in client.chat.completions.create(model=model, messages=msgs, tools=calc, tool_choice=named,
-                                            max_tokens=64, seed=3, stream=True):
-    for ch in chunk.choices:
-        assert not ch.delta.content, ch
-        for t in ch.delta.tool_calls or []:
-            g = got.setdefault(t.index, {"name": "", "arguments": ""})
-            g["name"] += t.function.name or ""
-            g["arguments"] += t.function.arguments or ""
-        finish = ch.finish_reason or finish
-assert finish == "tool_calls" and len(got) == 1 and got[0]["name"] == "add", (finish, got)
-check_call(got[0]["name"], got[0]["arguments"])
+# Streamed: each call's first delta names it, later deltas add argument text (as it is
+# generated); joined, they are the non-streamed answer's calls.
+for choice in [named, "required"]:
+    body = dict(model=model, messages=msgs, tools=calc, tool_choice=choice, max_tokens=64, seed=3)
+    whole = client.chat.completions.create(**body).choices[0].message.tool_calls
+    got, finish = {}, None
+    for chunk in client.chat.completions.create(**body, stream=True):
+        for ch in chunk.choices:
+            assert not ch.delta.content, ch
+            for t in ch.delta.tool_calls or []:
+                first = t.index not in got
+                g = got.setdefault(t.index, {"name": "", "arguments": ""})
+                assert first == bool(t.function.name) == bool(t.id), t
+                g["name"] += t.function.name or ""
+                g["arguments"] += t.function.arguments or ""
+            finish = ch.finish_reason or finish
+    assert finish == "tool_calls" and len(got) == len(whole), (finish, got, whole)
+    for i, w in enumerate(whole):
+        assert got[i]["name"] == w.function.name, (got, whole)
+        assert json.loads(got[i]["arguments"]) == json.loads(w.function.arguments), (got, whole)
+        check_call(got[i]["name"], got[i]["arguments"])
+    assert choice != named or got[0]["name"] == "add", got
 
 # Reasoning split (deepseek-r1: the output starts inside the think block), streamed and not.
 rc = openai.OpenAI(base_url=reasoning_base, api_key="unused", max_retries=0, timeout=60)

@@ -21,7 +21,8 @@ pub use config::{ConfigError, EvictionPolicy, Policy, SchedulerConfig};
 pub use engine::{Backend, Engine, Iteration};
 pub use ids::{KvSlot, NodeId, RequestId, RowId, TimeNs, TokenId, FUTURE_TOKEN};
 pub use plan::{
-    Event, FinishInfo, ForwardMode, Plan, PlanEntry, StepResult, TableWrite, TokenLogprob,
+    Event, FinishInfo, ForwardMode, Plan, PlanEntry, PromptRows, StepResult, TableWrite,
+    TokenLogprob,
 };
 pub use request::{
     Admitted, Constraint, ConstraintHandle, FinishReason, RequestSpec, SamplingParams, SubmitError,

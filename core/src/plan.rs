@@ -41,6 +41,26 @@ pub struct PlanEntry {
     pub is_decode: bool,
     /// The request's sampling parameters.
     pub sampling: Arc<SamplingParams>,
+    /// Prompt positions whose logits this step scores against the next prompt token.
+    pub prompt_logprobs: Option<PromptRows>,
+}
+
+/// Rows of an extend entry whose logits give prompt logprobs: row `i` is position `first + i`,
+/// and its log-softmax is read at `targets[i]`, the prompt token at position `first + i + 1`
+/// (given here because the last row's target may belong to the next prefill chunk).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromptRows {
+    /// Position of the first row (inside the entry's positions).
+    pub first: usize,
+    /// The token each row scores.
+    pub targets: Vec<TokenId>,
+}
+
+impl PromptRows {
+    /// Positions of the rows.
+    pub fn positions(&self) -> std::ops::Range<usize> {
+        self.first..self.first + self.targets.len()
+    }
 }
 
 impl PlanEntry {
@@ -146,6 +166,9 @@ pub struct StepResult {
     pub tokens: Vec<TokenId>,
     /// Empty, or one per entry (Some where the request asked for logprobs).
     pub logprobs: Vec<Option<TokenLogprob>>,
+    /// Prompt logprobs of the entries whose `prompt_logprobs` asked for them: (entry index,
+    /// one per row), in entry order.
+    pub prompt_logprobs: Vec<(usize, Vec<TokenLogprob>)>,
     /// When the step's results became available.
     pub done_at: TimeNs,
     /// Device execution time of the step (ns), where the backend measures it (CUDA events).
@@ -157,6 +180,7 @@ impl StepResult {
     pub fn clear(&mut self) {
         self.tokens.clear();
         self.logprobs.clear();
+        self.prompt_logprobs.clear();
         self.done_at = 0;
         self.device_ns = None;
     }
@@ -196,6 +220,16 @@ pub enum Event {
         at: TimeNs,
         /// Its logprob, if asked for.
         logprob: Option<TokenLogprob>,
+    },
+    /// Logprobs of prompt tokens (asked for with `prompt_logprobs_from`), before the request's
+    /// first token; a chunked prefill sends one per chunk, in position order.
+    PromptLogprobs {
+        /// The request.
+        id: RequestId,
+        /// Position of the prompt token `logprobs[0]` scores.
+        first: usize,
+        /// Logprob of each token (and the top alternatives at its position).
+        logprobs: Vec<TokenLogprob>,
     },
     /// The request ended; no more events for it.
     Finished(FinishInfo),

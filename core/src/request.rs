@@ -54,6 +54,10 @@ pub struct SamplingParams {
     pub return_logprob: bool,
     /// Also return this many top alternatives per position.
     pub top_logprobs: usize,
+    /// Return the logprobs of the prompt tokens after this position (SGLang's
+    /// `logprob_start_len`; the token at the position itself has none). A prefix-cache match
+    /// stops at this position, so every row it needs is computed. None: output tokens only.
+    pub prompt_logprobs_from: Option<usize>,
     /// Grammar the output must follow (the backend masks tokens; EOS only where it accepts).
     pub constraint: Option<ConstraintHandle>,
 }
@@ -76,6 +80,7 @@ impl Default for SamplingParams {
             seed: None,
             return_logprob: false,
             top_logprobs: 0,
+            prompt_logprobs_from: None,
             constraint: None,
         }
     }

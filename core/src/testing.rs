@@ -3,7 +3,7 @@
 
 use crate::engine::{Backend, Engine};
 use crate::ids::{RequestId, TimeNs, TokenId, FUTURE_TOKEN};
-use crate::plan::{Event, Plan, StepResult};
+use crate::plan::{Event, Plan, StepResult, TokenLogprob};
 use std::collections::{BTreeMap, VecDeque};
 
 /// Echo-style backend: the sampled token is a hash of (request, previous token), so outputs are
@@ -87,7 +87,28 @@ impl Backend for ToyBackend {
             }
             out.tokens.push(t);
         }
+        for (i, e) in plan.entries.iter().enumerate() {
+            if let Some(rows) = &e.prompt_logprobs {
+                let lps = rows
+                    .positions()
+                    .zip(&rows.targets)
+                    .map(|(p, &t)| Self::prompt_logprob(p, t))
+                    .collect();
+                out.prompt_logprobs.push((i, lps));
+            }
+        }
         Ok(())
+    }
+}
+
+impl ToyBackend {
+    /// The prompt logprob this backend reports for `target` scored at position `pos`: a
+    /// function of both only, so chunking and cache hits cannot change it.
+    pub fn prompt_logprob(pos: usize, target: TokenId) -> TokenLogprob {
+        TokenLogprob {
+            logprob: -(((pos as u64 * 31 + target as u64) % 97) as f32) / 8.0,
+            top: Vec::new(),
+        }
     }
 }
 

@@ -163,6 +163,8 @@ fn run(w: &Workload) -> Result<Outcome, TestCaseError> {
                     "finished twice"
                 );
             }
+            // These workloads ask for no prompt logprobs.
+            Event::PromptLogprobs { .. } => {}
         }
     }
     Ok(out)

@@ -7,7 +7,7 @@ use crate::cpu_tp::{RankMemory, TpModel, TpRunError};
 use crate::model::{
     CpuModel, ForwardErrorKind, KvCache, LoadError, LoadReport, LogitsWanted, ModelConfig, SeqInput,
 };
-use crate::sampling::RequestSampler;
+use crate::sampling::{logprobs, RequestSampler};
 use doppel_core::{
     Backend, KvSlot, Plan, RequestId, StepResult, TimeNs, TokenId, TokenLogprob, FUTURE_TOKEN,
 };
@@ -62,6 +62,7 @@ struct Done {
     step: u64,
     tokens: Vec<TokenId>,
     logprobs: Vec<Option<TokenLogprob>>,
+    prompt_logprobs: Vec<(usize, Vec<TokenLogprob>)>,
     done_at: TimeNs,
 }
 
@@ -215,10 +216,11 @@ impl CpuBackend {
             .map(|e| SeqInput {
                 tokens: &ids[e.offset..e.offset + e.extend_len],
                 kv_row: &self.rows[e.row.index()][..e.seq_len()],
-                logits: if e.need_logits {
-                    LogitsWanted::Last
-                } else {
-                    LogitsWanted::None
+                logits: match (&e.prompt_logprobs, e.need_logits) {
+                    // Prompt rows run to the entry's end (or to its sampled last position).
+                    (Some(r), _) => LogitsWanted::Tail(e.seq_len() - r.first),
+                    (None, true) => LogitsWanted::Last,
+                    (None, false) => LogitsWanted::None,
                 },
             })
             .collect();
@@ -239,10 +241,22 @@ impl CpuBackend {
             step: plan.step,
             tokens: Vec::with_capacity(plan.entries.len()),
             logprobs: Vec::new(),
+            prompt_logprobs: Vec::new(),
             done_at: 0,
         };
         let mut rows = logits.chunks_exact_mut(vocab.max(1));
-        for e in &plan.entries {
+        for (i, e) in plan.entries.iter().enumerate() {
+            if let Some(pr) = &e.prompt_logprobs {
+                // Raw log-softmax of each row at the next prompt token (SGLang's input logprobs
+                // are not temperature-scaled).
+                let lps = pr
+                    .targets
+                    .iter()
+                    .zip(rows.by_ref())
+                    .map(|(&t, row)| logprobs(row, Some(t), e.sampling.top_logprobs))
+                    .collect();
+                done.prompt_logprobs.push((i, lps));
+            }
             let sampler = self.samplers.entry(e.id).or_insert_with(|| {
                 RequestSampler::new(RequestSampler::seed_for(&e.sampling, self.seed, e.id.0))
             });
@@ -333,6 +347,7 @@ impl Backend for CpuBackend {
         .ok_or(CpuError::NothingLaunched(plan.step))?;
         out.tokens = done.tokens;
         out.logprobs = done.logprobs;
+        out.prompt_logprobs = done.prompt_logprobs;
         out.done_at = done.done_at;
         Ok(())
     }

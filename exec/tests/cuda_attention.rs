@@ -8,8 +8,9 @@ mod cuda_common;
 use cuda_common::kv::{decode_entries, KvSetup};
 use cuda_common::{f64s, open_gpu, Report, Rng};
 use doppel_exec::cuda::attention::{
-    AttnEntry, AttnShape, DecodeMeta, DecodeVariant, ExtendMeta, QRope,
+    AttnEntry, AttnShape, DecodeMeta, DecodeOut, DecodeVariant, ExtendMeta, QRope,
 };
+use doppel_exec::cuda::ops::QkvLayout;
 use doppel_exec::cuda::Gpu;
 use half::bf16;
 
@@ -206,8 +207,19 @@ fn attention_extend_q_rope(
         slots: gpu.ptr(&dslots),
         row_scale: None,
     };
-    gpu.qk_norm_rope_store(gpu.ptr(&dproc), &post, t, (nq, 0), d, q_stride, 1e-6)
-        .unwrap();
+    gpu.qk_norm_rope_store(
+        gpu.ptr(&dproc),
+        QkvLayout {
+            tokens: t,
+            nq,
+            nk: 0,
+            head_dim: d,
+            row_stride: q_stride,
+        },
+        &post,
+        1e-6,
+    )
+    .unwrap();
     let processed = gpu.download(&dproc).unwrap();
     let shape = kv.shape(nq, nk, d, q_stride);
     let meta = ExtendMeta::new(gpu, &entries, t, kv.rows, kv.stride, nq / nk).unwrap();
@@ -322,14 +334,17 @@ fn attention_decode(
             .upload(&vec![bf16::from_f32(f32::NAN); t * nq * d])
             .unwrap();
         gpu.attention_decode(
-            gpu.ptr(&dout),
             gpu.ptr(&dq),
             kv.view(gpu),
             &meta,
             &shape,
-            (gpu.ptr(&po), gpu.ptr(&pm)),
-            splits,
-            variant,
+            DecodeOut {
+                out: gpu.ptr(&dout),
+                part_o: gpu.ptr(&po),
+                part_ml: gpu.ptr(&pm),
+                splits,
+                variant,
+            },
             None,
         )
         .unwrap();
@@ -370,14 +385,17 @@ fn decode_graph_replay(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
     let graph = gpu
         .capture("decode attention graph", || {
             gpu.attention_decode(
-                gpu.ptr(&dout),
                 gpu.ptr(&dq),
                 kv.view(gpu),
                 &meta,
                 &shape,
-                (gpu.ptr(&po), gpu.ptr(&pm)),
-                splits,
-                DecodeVariant::Combine,
+                DecodeOut {
+                    out: gpu.ptr(&dout),
+                    part_o: gpu.ptr(&po),
+                    part_ml: gpu.ptr(&pm),
+                    splits,
+                    variant: DecodeVariant::Combine,
+                },
                 None,
             )
         })

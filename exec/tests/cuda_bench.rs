@@ -20,10 +20,14 @@ use cuda_common::{open_gpu, Rng};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaGraph, CudaSlice};
 use doppel_exec::cuda::attention::{
-    decode_splits, AttnEntry, DecodeMeta, DecodeVariant, ExtendMeta,
+    decode_splits, AttnEntry, DecodeMeta, DecodeOut, DecodeVariant, ExtendMeta,
 };
-use doppel_exec::cuda::model::{GpuModel, KvPool, RowSampling, StepInput, TokenPick, Workspace};
-use doppel_exec::cuda::skinny::{skinny_plan, SkinnyEpilogue, SkinnyScratch, SKINNY_COUNTERS};
+use doppel_exec::cuda::model::{
+    GpuModel, KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace,
+};
+use doppel_exec::cuda::skinny::{
+    skinny_plan, GemmIo, SkinnyEpilogue, SkinnyScratch, SKINNY_COUNTERS,
+};
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{Arch, ModelConfig, RopeScaling};
 use half::bf16;
@@ -117,7 +121,7 @@ pub(crate) fn decode_graph(
     splits: usize,
 ) -> CudaGraph {
     model
-        .capture_decode(gpu, kv, ws, meta, b, splits, TokenPick::Argmax)
+        .capture_decode(gpu, kv, ws, (meta, splits), b, TokenPick::Argmax)
         .unwrap()
 }
 
@@ -137,11 +141,13 @@ pub(crate) fn extend_step(
             gpu,
             kv,
             ws,
-            tokens,
-            Some(meta),
-            None,
-            rows,
-            TokenPick::Argmax,
+            StepBatch {
+                tokens,
+                extend: Some(meta),
+                decode: None,
+                rows,
+                pick: TokenPick::Argmax,
+            },
         )
         .unwrap()
 }
@@ -310,11 +316,13 @@ fn forward_passes(gpu: &Gpu, rng: &mut Rng) {
                     gpu,
                     &kv,
                     &ws,
-                    b,
-                    None,
-                    Some((&meta, splits)),
-                    b,
-                    TokenPick::Argmax,
+                    StepBatch {
+                        tokens: b,
+                        extend: None,
+                        decode: Some((&meta, splits)),
+                        rows: b,
+                        pick: TokenPick::Argmax,
+                    },
                 )
                 .unwrap()
         });

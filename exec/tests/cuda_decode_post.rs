@@ -10,8 +10,8 @@ mod cuda_common;
 
 use cuda_common::kv::{decode_entries, KvSetup};
 use cuda_common::{f64s, open_gpu, Report, Rng};
-use doppel_exec::cuda::attention::{AttnShape, DecodeMeta, DecodeVariant, KvView};
-use doppel_exec::cuda::ops::{QkvPost, RowScale};
+use doppel_exec::cuda::attention::{AttnShape, DecodeMeta, DecodeOut, DecodeVariant, KvView};
+use doppel_exec::cuda::ops::{QkvLayout, QkvPost, RowScale};
 use doppel_exec::cuda::rope::{cos_sin_table, plain_inv_freq};
 use doppel_exec::cuda::Gpu;
 use half::bf16;
@@ -141,12 +141,36 @@ fn compare(
         // Two kernels: the q/k pass in place on a copy of qkv, then the attention.
         let dq1 = gpu.upload(&qkv).unwrap();
         let post1 = post_for(&kv.dk, &kv.dv);
-        gpu.qk_norm_rope_store(gpu.ptr(&dq1), &post1, t, (nq, nk), d, width, eps)
-            .unwrap();
+        gpu.qk_norm_rope_store(
+            gpu.ptr(&dq1),
+            QkvLayout {
+                tokens: t,
+                nq,
+                nk,
+                head_dim: d,
+                row_stride: width,
+            },
+            &post1,
+            eps,
+        )
+        .unwrap();
         let (o1, q1, v1) = (gpu.ptr(&out1), gpu.ptr(&dq1), kv.view(gpu));
         let (p1, m1) = (gpu.ptr(&po), gpu.ptr(&pm));
-        gpu.attention_decode(o1, q1, v1, &meta, &shape, (p1, m1), splits, variant, None)
-            .unwrap();
+        gpu.attention_decode(
+            q1,
+            v1,
+            &meta,
+            &shape,
+            DecodeOut {
+                out: o1,
+                part_o: p1,
+                part_ml: m1,
+                splits,
+                variant,
+            },
+            None,
+        )
+        .unwrap();
         // Folded: the raw projection in, on a cache reset to its state before any new token was
         // stored, so a kernel that reads a new token's key before its q/k pass wrote it (and does
         // not read it again) sees stale values and fails.
@@ -157,14 +181,17 @@ fn compare(
         let (o2, q2) = (gpu.ptr(&out2), gpu.ptr(&dq2));
         let qk_pass = Some((&post2, eps));
         gpu.attention_decode(
-            o2,
             q2,
             view2,
             &meta,
             &shape,
-            (p1, m1),
-            splits,
-            variant,
+            DecodeOut {
+                out: o2,
+                part_o: p1,
+                part_ml: m1,
+                splits,
+                variant,
+            },
             qk_pass,
         )
         .unwrap();
@@ -232,18 +259,32 @@ fn compare(
             };
         let dq1 = gpu.upload(&scaled).unwrap();
         let post1 = post_for(&k1, &v1);
-        gpu.qk_norm_rope_store(gpu.ptr(&dq1), &post1, t, (nq, nk), d, width, eps)
-            .unwrap();
+        gpu.qk_norm_rope_store(
+            gpu.ptr(&dq1),
+            QkvLayout {
+                tokens: t,
+                nq,
+                nk,
+                head_dim: d,
+                row_stride: width,
+            },
+            &post1,
+            eps,
+        )
+        .unwrap();
         let (o1, q1) = (gpu.ptr(&out1), gpu.ptr(&dq1));
         gpu.attention_decode(
-            o1,
             q1,
             view(&k1, &v1),
             &meta,
             &shape,
-            (p1, m1),
-            splits,
-            variant,
+            DecodeOut {
+                out: o1,
+                part_o: p1,
+                part_ml: m1,
+                splits,
+                variant,
+            },
             None,
         )
         .unwrap();
@@ -258,14 +299,17 @@ fn compare(
         };
         let (o2, q2) = (gpu.ptr(&out2), gpu.ptr(&dq2));
         gpu.attention_decode(
-            o2,
             q2,
             view(&k2, &v2),
             &meta,
             &shape,
-            (p1, m1),
-            splits,
-            variant,
+            DecodeOut {
+                out: o2,
+                part_o: p1,
+                part_ml: m1,
+                splits,
+                variant,
+            },
             Some((&post2, eps)),
         )
         .unwrap();
@@ -291,8 +335,19 @@ fn compare(
     rep.check(
         "qk_norm_rope_store refuses a row scale",
         0.0,
-        gpu.qk_norm_rope_store(gpu.ptr(&dq), &bad, t, (nq, nk), d, width, eps)
-            .is_err(),
+        gpu.qk_norm_rope_store(
+            gpu.ptr(&dq),
+            QkvLayout {
+                tokens: t,
+                nq,
+                nk,
+                head_dim: d,
+                row_stride: width,
+            },
+            &bad,
+            eps,
+        )
+        .is_err(),
     );
     let left = gpu.download(&counters).unwrap();
     rep.check(

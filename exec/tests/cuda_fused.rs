@@ -5,7 +5,7 @@
 mod cuda_common;
 
 use cuda_common::{f64s, open_gpu, Report, Rng};
-use doppel_exec::cuda::ops::QkvPost;
+use doppel_exec::cuda::ops::{NormIn, QkvLayout, QkvPost};
 use doppel_exec::cuda::rope::{cos_sin_table, llama3_inv_freq, plain_inv_freq};
 use half::bf16;
 
@@ -65,8 +65,19 @@ fn fused_kernels_match_cpu_references() {
             slots: gpu.ptr(&ds),
             row_scale: None,
         };
-        gpu.qk_norm_rope_store(gpu.ptr(&dq), &post, t, (nq, nk), d, stride, eps)
-            .unwrap();
+        gpu.qk_norm_rope_store(
+            gpu.ptr(&dq),
+            QkvLayout {
+                tokens: t,
+                nq,
+                nk,
+                head_dim: d,
+                row_stride: stride,
+            },
+            &post,
+            eps,
+        )
+        .unwrap();
         let (out, k, v) = (
             gpu.download(&dq).unwrap(),
             gpu.download(&dk).unwrap(),
@@ -198,32 +209,50 @@ fn qkv_gemv_with_post(gpu: &doppel_exec::cuda::Gpu, rng: &mut Rng, rep: &mut Rep
             if fused {
                 gpu.gemv_norm_qkv(
                     gpu.ptr(&dq),
-                    gpu.ptr(&dr),
-                    gpu.ptr(&dn),
+                    QkvLayout {
+                        tokens: b,
+                        nq,
+                        nk,
+                        head_dim: d,
+                        row_stride: n,
+                    },
+                    NormIn {
+                        x: gpu.ptr(&dr),
+                        w: gpu.ptr(&dn),
+                        hidden: h,
+                        eps,
+                    },
                     gpu.ptr(&dw),
                     &post,
                     gpu.ptr(&counters),
-                    b,
-                    (nq, nk),
-                    d,
-                    h,
-                    eps,
                 )
                 .unwrap();
             } else {
                 gpu.gemv_norm(
                     gpu.ptr(&dq),
-                    gpu.ptr(&dr),
-                    gpu.ptr(&dn),
+                    NormIn {
+                        x: gpu.ptr(&dr),
+                        w: gpu.ptr(&dn),
+                        hidden: h,
+                        eps,
+                    },
                     gpu.ptr(&dw),
-                    b,
-                    n,
-                    h,
+                    (b, n),
+                )
+                .unwrap();
+                gpu.qk_norm_rope_store(
+                    gpu.ptr(&dq),
+                    QkvLayout {
+                        tokens: b,
+                        nq,
+                        nk,
+                        head_dim: d,
+                        row_stride: n,
+                    },
+                    &post,
                     eps,
                 )
                 .unwrap();
-                gpu.qk_norm_rope_store(gpu.ptr(&dq), &post, b, (nq, nk), d, n, eps)
-                    .unwrap();
             }
             // q heads (in place) and the caches; qkv's k/v columns hold the projection in both.
             let q: Vec<u16> = gpu
@@ -297,13 +326,14 @@ fn folded_gemvs(gpu: &doppel_exec::cuda::Gpu, rng: &mut Rng, rep: &mut Report) {
         let dy = gpu.upload(&vec![bf16::from_f32(f32::NAN); b * n]).unwrap();
         gpu.gemv_norm(
             gpu.ptr(&dy),
-            gpu.ptr(&dr),
-            gpu.ptr(&dn),
+            NormIn {
+                x: gpu.ptr(&dr),
+                w: gpu.ptr(&dn),
+                hidden: k,
+                eps: eps as f32,
+            },
             gpu.ptr(&dw),
-            b,
-            n,
-            k,
-            eps as f32,
+            (b, n),
         )
         .unwrap();
         let reference: Vec<f64> = (0..b * n).map(|i| dot(&xn, i / n, i % n)).collect();
@@ -315,13 +345,14 @@ fn folded_gemvs(gpu: &doppel_exec::cuda::Gpu, rng: &mut Rng, rep: &mut Report) {
         );
         gpu.gemv_gate_up_silu_norm(
             gpu.ptr(&dy),
-            gpu.ptr(&dr),
-            gpu.ptr(&dn),
+            NormIn {
+                x: gpu.ptr(&dr),
+                w: gpu.ptr(&dn),
+                hidden: k,
+                eps: eps as f32,
+            },
             gpu.ptr(&dw),
-            b,
-            n,
-            k,
-            eps as f32,
+            (b, n),
         )
         .unwrap();
         let reference: Vec<f64> = (0..b * n)
@@ -344,7 +375,7 @@ fn folded_gemvs(gpu: &doppel_exec::cuda::Gpu, rng: &mut Rng, rep: &mut Report) {
         let x = rng.bf16s(b * k, 1.0);
         let dx = gpu.upload(&x).unwrap();
         let xf = f64s(&x);
-        gpu.gemv_resadd(gpu.ptr(&dres), gpu.ptr(&dx), gpu.ptr(&dw), b, n, k, ldr)
+        gpu.gemv_resadd(gpu.ptr(&dres), gpu.ptr(&dx), gpu.ptr(&dw), (b, n, k), ldr)
             .unwrap();
         let out = f64s(&gpu.download(&dres).unwrap());
         let resf = f64s(&res);
@@ -374,7 +405,7 @@ fn folded_gemvs(gpu: &doppel_exec::cuda::Gpu, rng: &mut Rng, rep: &mut Report) {
 /// beta = 1, against f64 references from the same bf16 inputs.
 #[test]
 fn skinny_gemm_matches_cpu_reference() {
-    use doppel_exec::cuda::skinny::{SkinnyEpilogue, SkinnyPlan, SkinnyScratch};
+    use doppel_exec::cuda::skinny::{GemmIo, SkinnyEpilogue, SkinnyPlan, SkinnyScratch};
     let Some(gpu) = open_gpu() else { return };
     let mut rep = Report::default();
     let mut rng = Rng::new(0x5eed_0003);
@@ -443,12 +474,14 @@ fn skinny_gemm_matches_cpu_reference() {
         for round in 0..2 {
             let dy = gpu.upload(&init).unwrap();
             gpu.gemm_skinny(
-                gpu.ptr(&dy),
-                gpu.ptr(&dx),
-                gpu.ptr(&dw),
+                GemmIo {
+                    y: gpu.ptr(&dy),
+                    x: gpu.ptr(&dx),
+                    w: gpu.ptr(&dw),
+                    ldy,
+                },
                 &scratch,
                 (m, n, k),
-                ldy,
                 epi,
                 plan,
             )
@@ -484,7 +517,7 @@ fn skinny_gemm_matches_cpu_reference() {
         let (xf, wf) = (f64s(&x), f64s(&w));
         let (dx, dw) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
         let dy = gpu.upload(&vec![f32::NAN; b * n]).unwrap();
-        gpu.gemv_f32out(gpu.ptr(&dy), gpu.ptr(&dx), gpu.ptr(&dw), b, n, k, n)
+        gpu.gemv_f32out(gpu.ptr(&dy), gpu.ptr(&dx), gpu.ptr(&dw), (b, n, k), n)
             .unwrap();
         let reference: Vec<f64> = (0..b * n)
             .map(|i| {
@@ -520,7 +553,7 @@ fn skinny_gemm_matches_cpu_reference() {
             gpu.upload(&r).unwrap(),
         );
         gpu.blas
-            .gemm_bf16_acc(gpu.ptr(&dr), gpu.ptr(&dx), gpu.ptr(&dw), m, n, k, n)
+            .gemm_bf16_acc(gpu.ptr(&dr), gpu.ptr(&dx), gpu.ptr(&dw), (m, n, k), n)
             .unwrap();
         let reference: Vec<f64> = (0..m * n)
             .map(|i| {

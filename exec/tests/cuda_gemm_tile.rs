@@ -7,7 +7,7 @@ mod cuda_common;
 
 use cuda_common::{f64s, open_gpu, Report, Rng};
 use doppel_exec::cuda::gemm_tile::{tile_plan, TileEpilogue, TileKind, TilePlan};
-use doppel_exec::cuda::skinny::SkinnyScratch;
+use doppel_exec::cuda::skinny::{GemmIo, SkinnyScratch};
 use half::bf16;
 
 /// Kernel switches by case, so each is exercised (the result must not depend on them).
@@ -120,12 +120,14 @@ fn tiled_gemm_matches_cpu_reference() {
         for round in 0..2 {
             let dy = gpu.upload(&init).unwrap();
             gpu.gemm_tile(
-                gpu.ptr(&dy),
-                gpu.ptr(&dx),
-                gpu.ptr(&dw),
+                GemmIo {
+                    y: gpu.ptr(&dy),
+                    x: gpu.ptr(&dx),
+                    w: gpu.ptr(&dw),
+                    ldy,
+                },
                 &scratch,
                 (m, n, k),
-                ldy,
                 epi,
                 plan,
             )
@@ -206,12 +208,14 @@ fn tiled_gemm_matches_cpu_reference() {
             flags: TILE_PRESCALED | round_flags(m),
         };
         gpu.gemm_tile(
-            gpu.ptr(&dy),
-            gpu.ptr(&dx),
-            gpu.ptr(&dw),
+            GemmIo {
+                y: gpu.ptr(&dy),
+                x: gpu.ptr(&dx),
+                w: gpu.ptr(&dw),
+                ldy: nout,
+            },
             &scratch,
             (m, n, k),
-            nout,
             epi,
             plan,
         )
@@ -234,12 +238,14 @@ fn tiled_gemm_matches_cpu_reference() {
     let dx = gpu.zeros::<bf16>(64 * 1000).unwrap();
     let dw = gpu.zeros::<bf16>(1024 * 1000).unwrap();
     let bad = gpu.gemm_tile(
-        gpu.ptr(&dy),
-        gpu.ptr(&dx),
-        gpu.ptr(&dw),
+        GemmIo {
+            y: gpu.ptr(&dy),
+            x: gpu.ptr(&dx),
+            w: gpu.ptr(&dw),
+            ldy: 1024,
+        },
         &scratch,
         (64, 1024, 1000),
-        1024,
         TileEpilogue::ResAdd,
         TilePlan {
             nj: 4,

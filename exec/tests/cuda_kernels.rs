@@ -9,6 +9,7 @@ mod cuda_common;
 mod sampling;
 
 use cuda_common::{f64s, open_gpu, Report, Rng};
+use doppel_exec::cuda::ops::QkvLayout;
 use doppel_exec::cuda::rope::{cos_sin_table, llama3_inv_freq, plain_inv_freq};
 use doppel_exec::cuda::{CudaError, Gpu};
 use half::bf16;
@@ -69,11 +70,8 @@ fn embedding_and_gathers(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
         gpu.ptr(&d_out),
         gpu.ptr(&d_table),
         gpu.ptr(&d_ids),
-        gpu.ptr(&d_row),
-        gpu.ptr(&d_last),
-        t,
-        hidden,
-        vocab,
+        (gpu.ptr(&d_row), gpu.ptr(&d_last)),
+        (t, hidden, vocab),
     )
     .unwrap();
     let out = gpu.download(&d_out).unwrap();
@@ -158,8 +156,7 @@ fn norms(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
             gpu.ptr(&dx),
             gpu.ptr(&d_pick),
             gpu.ptr(&dw),
-            pick.len(),
-            h,
+            (pick.len(), h),
             eps,
         )
         .unwrap();
@@ -219,12 +216,14 @@ fn norms(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
         );
         gpu.qk_rmsnorm(
             gpu.ptr(&dq),
-            gpu.ptr(&dwq),
-            gpu.ptr(&dwk),
-            t,
-            (nq, nk),
-            d,
-            stride,
+            QkvLayout {
+                tokens: t,
+                nq,
+                nk,
+                head_dim: d,
+                row_stride: stride,
+            },
+            (gpu.ptr(&dwq), gpu.ptr(&dwk)),
             eps,
         )
         .unwrap();
@@ -290,12 +289,15 @@ fn rope_and_kv(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
         );
         gpu.rope_neox(
             gpu.ptr(&dq),
+            QkvLayout {
+                tokens: t,
+                nq,
+                nk,
+                head_dim: d,
+                row_stride: stride,
+            },
             gpu.ptr(&dp),
             gpu.ptr(&dt),
-            t,
-            (nq, nk),
-            d,
-            stride,
         )
         .unwrap();
         let out = gpu.download(&dq).unwrap();
@@ -331,14 +333,16 @@ fn rope_and_kv(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
     let (dk, dv) = (gpu.upload(&poison).unwrap(), gpu.upload(&poison).unwrap());
     let (dq, ds) = (gpu.upload(&qkv).unwrap(), gpu.upload(&slots).unwrap());
     gpu.kv_store(
-        gpu.ptr(&dk),
-        gpu.ptr(&dv),
+        (gpu.ptr(&dk), gpu.ptr(&dv)),
         gpu.ptr(&dq),
+        QkvLayout {
+            tokens: t,
+            nq,
+            nk,
+            head_dim: d,
+            row_stride: stride,
+        },
         gpu.ptr(&ds),
-        t,
-        (nq, nk),
-        d,
-        stride,
     )
     .unwrap();
     let (k, v) = (gpu.download(&dk).unwrap(), gpu.download(&dv).unwrap());
@@ -442,7 +446,7 @@ fn mlp_and_gemv(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
         let (dx, dw) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
         let reference = matmul_ref(&f64s(&x), &f64s(&w), b, n, k);
         let dy = gpu.upload(&vec![bf16::from_f32(f32::NAN); b * n]).unwrap();
-        gpu.gemv(gpu.ptr(&dy), gpu.ptr(&dx), gpu.ptr(&dw), b, n, k, n)
+        gpu.gemv(gpu.ptr(&dy), gpu.ptr(&dx), gpu.ptr(&dw), (b, n, k), n)
             .unwrap();
         rep.rel(
             &format!("gemv_bf16 B={b} N={n} K={k}"),
@@ -452,7 +456,7 @@ fn mlp_and_gemv(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
         );
         let dy2 = gpu.upload(&vec![bf16::from_f32(f32::NAN); b * n]).unwrap();
         gpu.blas
-            .gemm_bf16(gpu.ptr(&dy2), gpu.ptr(&dx), gpu.ptr(&dw), b, n, k, n)
+            .gemm_bf16(gpu.ptr(&dy2), gpu.ptr(&dx), gpu.ptr(&dw), (b, n, k), n)
             .unwrap();
         rep.rel(
             &format!("cuBLAS gemm_bf16 M={b} N={n} K={k}"),
@@ -462,7 +466,7 @@ fn mlp_and_gemv(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
         );
         let dy3 = gpu.upload(&vec![f32::NAN; b * n]).unwrap();
         gpu.blas
-            .gemm_bf16_f32out(gpu.ptr(&dy3), gpu.ptr(&dx), gpu.ptr(&dw), b, n, k, n)
+            .gemm_bf16_f32out(gpu.ptr(&dy3), gpu.ptr(&dx), gpu.ptr(&dw), (b, n, k), n)
             .unwrap();
         let y3: Vec<f64> = gpu
             .download(&dy3)
@@ -483,7 +487,7 @@ fn mlp_and_gemv(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
     let (dx, dw) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
     let dy = gpu.zeros::<bf16>(m * n).unwrap();
     gpu.blas
-        .gemm_bf16(gpu.ptr(&dy), gpu.ptr(&dx), gpu.ptr(&dw), m, n, k, n)
+        .gemm_bf16(gpu.ptr(&dy), gpu.ptr(&dx), gpu.ptr(&dw), (m, n, k), n)
         .unwrap();
     let reference = matmul_ref(&f64s(&x), &f64s(&w), m, n, k);
     rep.rel(

@@ -27,7 +27,9 @@ use doppel_core::{
 };
 use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
 use doppel_exec::cuda::backend::{CudaBackend, CudaBackendConfig};
-use doppel_exec::cuda::model::{GpuModel, KvPool, RowSampling, StepInput, TokenPick, Workspace};
+use doppel_exec::cuda::model::{
+    GpuModel, KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace,
+};
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{ModelConfig, WeightStore};
 use std::collections::BTreeMap;
@@ -97,11 +99,13 @@ fn run_step(
             gpu,
             kv,
             ws,
-            t,
-            ext.as_ref(),
-            dec.as_ref().map(|d| (d, splits)),
-            seqs.len(),
-            TokenPick::Argmax,
+            StepBatch {
+                tokens: t,
+                extend: ext.as_ref(),
+                decode: dec.as_ref().map(|d| (d, splits)),
+                rows: seqs.len(),
+                pick: TokenPick::Argmax,
+            },
         )
         .unwrap();
     let v = model.cfg.vocab_size;

@@ -25,7 +25,9 @@ use doppel_core::{
 };
 use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
 use doppel_exec::cuda::backend::CudaBackend;
-use doppel_exec::cuda::model::{GpuModel, KvPool, RowSampling, StepInput, TokenPick, Workspace};
+use doppel_exec::cuda::model::{
+    GpuModel, KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace,
+};
 use doppel_exec::cuda::startup::CudaOptions;
 use doppel_exec::cuda::tp::backend::TpCudaBackend;
 use doppel_exec::cuda::tp::startup::{load_group, RankModel};
@@ -148,11 +150,13 @@ fn run_steps(gpu: &Gpu, model: &GpuModel, ps: &[Vec<u32>]) -> Vec<f32> {
                 gpu,
                 &kv,
                 &ws,
-                t,
-                ext.as_ref(),
-                dec.as_ref().map(|d| (d, sp)),
-                n,
-                TokenPick::Argmax,
+                StepBatch {
+                    tokens: t,
+                    extend: ext.as_ref(),
+                    decode: dec.as_ref().map(|d| (d, sp)),
+                    rows: n,
+                    pick: TokenPick::Argmax,
+                },
             )
             .unwrap();
         let v = model.cfg.vocab_size;

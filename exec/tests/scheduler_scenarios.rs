@@ -78,6 +78,7 @@ fn run(cfg: SchedulerConfig, overlap: bool, waves: &[Vec<RequestSpec>]) -> Outco
                 v.push(token);
             }
             Event::Finished(f) => out.finished.push(f),
+            Event::PromptLogprobs { .. } => {}
         }
     }
     // The last logits recorded for an index win (a retracted request recomputes them).

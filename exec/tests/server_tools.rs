@@ -306,17 +306,12 @@ async fn every_field_takes_effect_or_is_refused_by_name() {
         ),
         (
             "/v1/completions",
-            json!({"prompt": "x", "echo": true, "logprobs": 1}),
-            "echo",
-        ),
-        (
-            "/v1/completions",
             json!({"prompt": "x", "lora_path": "a"}),
             "lora_path",
         ),
         (
             "/generate",
-            json!({"text": "x", "logprob_start_len": 0, "return_logprob": true}),
+            json!({"text": "x", "logprob_start_len": 0}),
             "logprob_start_len",
         ),
         (
@@ -354,6 +349,15 @@ async fn every_field_takes_effect_or_is_refused_by_name() {
         (
             "/generate",
             json!({"text": "x", "logprob_start_len": -1, "sampling_params": {"max_new_tokens": 2}}),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x y", "echo": true, "logprobs": 1, "max_tokens": 2}),
+        ),
+        (
+            "/generate",
+            json!({"text": "x y", "logprob_start_len": 0, "return_logprob": true,
+                   "sampling_params": {"max_new_tokens": 2}}),
         ),
     ];
     for (path, body) in accepted {

@@ -2,7 +2,9 @@
 //! wall clock. Clients see the profile's latencies; tokens are synthetic, drawn from the
 //! tokenizer's ordinary tokens when one is given, so every token has text.
 
-use doppel_core::{Backend, Plan, PlanEntry, StepResult, TimeNs, TokenId, TokenLogprob};
+use doppel_core::{
+    Backend, Plan, PlanEntry, PromptRows, StepResult, TimeNs, TokenId, TokenLogprob,
+};
 use doppel_exec::constraint::Synthesized;
 use doppel_exec::server::{load_tokenizer, ExternalBackend, Server, ServerConfig, ServerError};
 use doppel_sim::backend::{BackendError, SimBackend};
@@ -65,6 +67,42 @@ impl Tokens {
             top,
         }
     }
+
+    /// Prompt logprobs in the same spirit: the prompt token scored at each row gets p in
+    /// [0.05, 0.9] from (position, token) alone, so chunking and cache hits cannot change it;
+    /// synthetic alternatives share the rest, halving rank by rank, and the top list is the
+    /// most likely of them and the token itself (total mass below 1).
+    fn prompt_logprobs(&self, rows: &PromptRows, top_n: usize) -> Vec<TokenLogprob> {
+        rows.positions()
+            .zip(&rows.targets)
+            .map(|(pos, &t)| {
+                let h = mix(pos as u64, t as u64);
+                let p = 0.05 + 0.85 * (h % 1000) as f64 / 1000.0;
+                let n = top_n.min(self.ids.len());
+                let base = (h >> 20) as usize;
+                let mut mass = 1.0 - p;
+                let mut top: Vec<(TokenId, f64)> = (0..self.ids.len())
+                    .map(|j| self.ids[(base + j) % self.ids.len()])
+                    .filter(|&a| a != t)
+                    .take(n)
+                    .map(|a| {
+                        mass /= 2.0;
+                        (a, mass)
+                    })
+                    .collect();
+                top.push((t, p));
+                top.sort_by(|a, b| b.1.total_cmp(&a.1));
+                top.truncate(n);
+                TokenLogprob {
+                    logprob: p.ln() as f32,
+                    top: top
+                        .into_iter()
+                        .map(|(a, q)| (a, q.max(f64::MIN_POSITIVE).ln() as f32))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
 }
 
 /// The simulator's virtual GPU on the wall clock: results are released when the cost model says
@@ -95,6 +133,13 @@ impl<C: CostModel> Backend for Realtime<C> {
                     .zip(&picks)
                     .map(|(e, &r)| e.sampling.return_logprob.then(|| self.tokens.logprob(e, r))),
             );
+        }
+        out.prompt_logprobs.clear();
+        for (i, e) in plan.entries.iter().enumerate() {
+            if let Some(rows) = &e.prompt_logprobs {
+                let lps = self.tokens.prompt_logprobs(rows, e.sampling.top_logprobs);
+                out.prompt_logprobs.push((i, lps));
+            }
         }
         let due = self.start + Duration::from_nanos(out.done_at);
         let now = Instant::now();

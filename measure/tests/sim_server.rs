@@ -143,3 +143,47 @@ fn a_chat_template_without_a_tokenizer_is_an_error() {
     let e = sim_server::build(cfg, None).err().unwrap().to_string();
     assert!(e.contains("--chat-template needs a tokenizer"), "{e}");
 }
+
+/// /generate's prompt logprobs from the simulated server with chunked prefill of `chunk`.
+async fn prompt_logprobs(chunk: usize) -> Value {
+    let cfg = quiet(|c| {
+        c.model = Some(tokenizer_dir());
+        c.chunked_prefill_size = Some(chunk);
+    });
+    let server = sim_server::build(cfg, None).unwrap();
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
+    let o2 = out.clone();
+    with_server(server, |a| async move {
+        let req = json!({"text": "Tell me a story about a fox, a dog and a very long road",
+                         "return_logprob": true, "logprob_start_len": 0, "top_logprobs_num": 3,
+                         "sampling_params": {"max_new_tokens": 2}});
+        let r = post_json(&a, "/generate", &req).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        *o2.lock().unwrap() = r.json()["meta_info"].clone();
+    })
+    .await;
+    let v = out.lock().unwrap().clone();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_logprobs_are_numeric_deterministic_and_independent_of_chunking() {
+    let (a, b) = (prompt_logprobs(4).await, prompt_logprobs(4096).await);
+    assert_eq!(a["input_token_logprobs"], b["input_token_logprobs"]);
+    assert_eq!(a["input_top_logprobs"], b["input_top_logprobs"]);
+    let toks = a["input_token_logprobs"].as_array().unwrap();
+    assert_eq!(toks.len() as u64, a["prompt_tokens"].as_u64().unwrap());
+    assert!(toks[0][0].is_null());
+    let tops = a["input_top_logprobs"].as_array().unwrap();
+    for (t, top) in toks[1..].iter().zip(&tops[1..]) {
+        let v = t[0].as_f64().unwrap();
+        assert!(v < 0.0, "{t}");
+        let top = top.as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let vals: Vec<f64> = top.iter().map(|e| e[0].as_f64().unwrap()).collect();
+        assert!(vals.windows(2).all(|w| w[0] >= w[1]), "{top:?}");
+        // The scored token is listed exactly when it is among the three most likely.
+        let listed = top.iter().any(|e| e[1] == t[1]);
+        assert_eq!(listed, v >= vals[2], "{t} {top:?}");
+    }
+}

@@ -5,14 +5,14 @@
 #   $OUT/logs.tar.xz   every log and JSON the jobs wrote, and their consoles
 # JOBS (in order, default "tests"): tests = scripts/gpu/run-tests.sh (every CUDA check, then the
 # bench-one-batch A/B against carry/base/doppel); models = scripts/gpu/models.sh with
-# MODEL_STAGES (default "fixtures tiny archs"). The jobs share DEADLINE seconds (default 570) so
+# MODEL_STAGES (default "tiny archs"). The jobs share DEADLINE seconds (default 570) so
 # the packing still happens inside a 600 s device call; a job cut short reports exit 124.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:?set OUT to the folder the device call returns}
 JOBS=${JOBS:-tests}
 DEADLINE=${DEADLINE:-570}
-MODEL_STAGES=${MODEL_STAGES:-"fixtures tiny archs"}
+MODEL_STAGES=${MODEL_STAGES:-"tiny archs"}
 W=$(mktemp -d /tmp/doppel-verify.XXXXXX)
 mkdir -p "$OUT"
 start=$SECONDS

@@ -333,6 +333,8 @@ pub fn simulate_work(
                     clients.finished(&info, info.at + stream_ns, &mut out, &mut sent);
                     arrive(&mut sent, &out, &mut incoming);
                 }
+                // Workloads ask for no prompt logprobs.
+                Event::PromptLogprobs { .. } => {}
             }
         }
         out.end_ns = out.end_ns.max(now);

@@ -110,6 +110,7 @@ mod tests {
             need_logits: true,
             is_decode: extend_len == 1 && prefix_len >= 8,
             sampling: Arc::new(SamplingParams::greedy(4)),
+            prompt_logprobs: None,
         }
     }
 

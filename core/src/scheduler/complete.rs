@@ -10,9 +10,18 @@ impl Scheduler {
     /// Append sampled tokens, finish requests, cache prompts of requests that keep decoding.
     pub(super) fn apply(&mut self, plan: &Plan, result: &StepResult, events: &mut Vec<Event>) {
         let at = result.done_at;
+        let mut prompt_lps = result.prompt_logprobs.iter().peekable();
         for (i, e) in plan.entries.iter().enumerate() {
+            let lps = prompt_lps.next_if(|(at, _)| *at == i).map(|(_, l)| l);
             if self.lookup(e.handle, e.id).is_none() {
                 continue; // finished or aborted since the plan was formed
+            }
+            if let (Some(lps), Some(rows)) = (lps, &e.prompt_logprobs) {
+                events.push(Event::PromptLogprobs {
+                    id: e.id,
+                    first: rows.first + 1,
+                    logprobs: lps.clone(),
+                });
             }
             if !e.need_logits {
                 continue; // a non-final prefill chunk: nothing sampled

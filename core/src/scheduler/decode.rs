@@ -191,6 +191,7 @@ impl Scheduler {
             need_logits: true,
             is_decode: true,
             sampling: r.spec.sampling.clone(),
+            prompt_logprobs: None,
         });
         true
     }

@@ -1,13 +1,13 @@
 //! Prefill admission (SGLang's PrefillAdder) and the prefill / mixed plan.
 
-use super::req::State;
+use super::req::{Req, State};
 use super::Scheduler;
 use crate::config::{
     Policy, CLIP_MAX_NEW_TOKENS, IN_BATCH_PREFIX_CHECK_THRESHOLD,
     IN_BATCH_PREFIX_DEPRIORITIZE_THRESHOLD, LPM_FALLBACK_QUEUE_LEN,
 };
 use crate::ids::{KvSlot, NodeId, TokenId};
-use crate::plan::{ForwardMode, Plan, PlanEntry};
+use crate::plan::{ForwardMode, Plan, PlanEntry, PromptRows};
 use crate::policy::{self, Candidate};
 use crate::radix::RadixCache;
 
@@ -73,20 +73,34 @@ impl Budget {
 }
 
 /// The key a request matches against the cache: prompt ++ output minus the last token (at least
-/// one token is always computed, its logits give the next token).
-fn match_key<'a>(
-    prompt: &'a [TokenId],
-    output: &[TokenId],
-    buf: &'a mut Vec<TokenId>,
-) -> &'a [TokenId] {
+/// one token is always computed, its logits give the next token). A request that wants prompt
+/// logprobs from position `s` and has not had them yet matches at most `s` tokens, so every row
+/// they need is computed (SGLang caps the match at `logprob_start_len` the same way).
+fn match_key<'a>(r: &'a Req, buf: &'a mut Vec<TokenId>) -> &'a [TokenId] {
+    let (prompt, output) = (&r.spec.prompt, &r.output);
     if output.is_empty() {
-        &prompt[..prompt.len() - 1]
+        let cap = r.spec.sampling.prompt_logprobs_from.unwrap_or(usize::MAX);
+        &prompt[..(prompt.len() - 1).min(cap)]
     } else {
         buf.clear();
         buf.extend_from_slice(prompt);
         buf.extend_from_slice(&output[..output.len() - 1]);
         buf
     }
+}
+
+/// The prompt logprob rows among positions `from..to` of a request's (first) prefill.
+fn prompt_rows(r: &Req, from: usize, to: usize) -> Option<PromptRows> {
+    let start = r.spec.sampling.prompt_logprobs_from?;
+    if !r.output.is_empty() {
+        return None; // delivered with the first prefill; a re-prefill after retraction skips them
+    }
+    let p = &r.spec.prompt;
+    let (lo, hi) = (start.max(from), to.min(p.len() - 1));
+    (lo < hi).then(|| PromptRows {
+        first: lo,
+        targets: p[lo + 1..hi + 1].to_vec(),
+    })
 }
 
 impl Scheduler {
@@ -205,7 +219,7 @@ impl Scheduler {
                 let r = self.reqs[h as usize]
                     .as_ref()
                     .expect("waiting handle is live");
-                let key = match_key(&r.spec.prompt, &r.output, &mut key_buf);
+                let key = match_key(r, &mut key_buf);
                 let m = self
                     .tree
                     .match_prefix(r.spec.namespace, key, Some(&mut prefix_slots));
@@ -307,7 +321,7 @@ impl Scheduler {
                 let r = self.reqs[h as usize]
                     .as_ref()
                     .expect("waiting handle is live");
-                let key = match_key(&r.spec.prompt, &r.output, &mut key_buf);
+                let key = match_key(r, &mut key_buf);
                 let m = self.tree.match_prefix(r.spec.namespace, key, None);
                 cands[i].prefix_len = m.len;
                 cands[i].node = m.node;
@@ -465,6 +479,7 @@ impl Scheduler {
             r.inflight += 1;
         }
         let fill_len = r.fill_len() as u64;
+        let prompt_logprobs = prompt_rows(r, a.prefix_len, a.prefix_len + a.extend);
         plan.entries.push(PlanEntry {
             id: r.spec.id,
             handle: h,
@@ -476,6 +491,7 @@ impl Scheduler {
             need_logits,
             is_decode: false,
             sampling: r.spec.sampling.clone(),
+            prompt_logprobs,
         });
         if !a.cont {
             self.counters.prompt_tokens += fill_len;

@@ -5,6 +5,7 @@ use crate::plan::ForwardMode;
 use crate::request::SamplingParams;
 use crate::testing::{run_to_idle, ToyBackend};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 fn cfg(capacity: usize) -> SchedulerConfig {
     SchedulerConfig {
@@ -320,9 +321,8 @@ fn running_requests_reserve_their_remaining_output_at_new_token_ratio() {
         &p,
         &StepResult {
             tokens: vec![5],
-            logprobs: vec![],
             done_at: 1,
-            device_ns: None,
+            ..Default::default()
         },
         &mut ev,
     );
@@ -337,9 +337,8 @@ fn running_requests_reserve_their_remaining_output_at_new_token_ratio() {
         &p,
         &StepResult {
             tokens: vec![5],
-            logprobs: vec![],
             done_at: 1,
-            device_ns: None,
+            ..Default::default()
         },
         &mut ev,
     );
@@ -449,4 +448,64 @@ fn a_request_is_waiting_until_its_first_step_is_formed() {
     let mut plan = Plan::default();
     assert!(s.schedule(&mut plan));
     assert!(!s.is_waiting(RequestId(1)) && s.is_live(RequestId(1)));
+}
+
+/// The prompt logprob events of request `id`: (first position, values), in order, and whether
+/// they all came before its first token.
+fn prompt_events(events: &[Event], id: u64) -> (Vec<(usize, Vec<f32>)>, bool) {
+    let mut out = Vec::new();
+    let mut before_tokens = true;
+    let mut seen_token = false;
+    for e in events {
+        match e {
+            Event::PromptLogprobs {
+                id: i,
+                first,
+                logprobs,
+            } if i.0 == id => {
+                before_tokens &= !seen_token;
+                out.push((*first, logprobs.iter().map(|l| l.logprob).collect()));
+            }
+            Event::Token { id: i, .. } if i.0 == id => seen_token = true,
+            _ => {}
+        }
+    }
+    (out, before_tokens)
+}
+
+#[test]
+fn prompt_logprobs_cover_each_position_once_across_chunks_and_cap_the_cache_match() {
+    let mut c = cfg(10_000);
+    c.chunked_prefill_size = Some(32);
+    let p = prompt(5, 100);
+    let mut s = Scheduler::new(c).unwrap();
+    s.submit(spec(1, p.clone(), 3)).unwrap();
+    let mut e = Engine::new(s, ToyBackend::new(), true);
+    run_to_idle(&mut e, 0, 100).unwrap();
+    for (id, from) in [(2u64, 0usize), (3, 40), (4, 99)] {
+        let mut sp = spec(id, p.clone(), 3);
+        Arc::make_mut(&mut sp.sampling).prompt_logprobs_from = Some(from);
+        e.scheduler.submit(sp).unwrap();
+        let ev = run_to_idle(&mut e, 0, 100).unwrap();
+        // The cache serves at most `from` tokens: row `from` must be computed.
+        assert_eq!(finished(&ev)[0].cached_tokens, from.min(99));
+        let (chunks, before) = prompt_events(&ev, id);
+        assert!(before, "prompt logprobs come before the first token");
+        let mut next = from + 1;
+        let mut values = Vec::new();
+        for (first, lps) in &chunks {
+            assert_eq!(*first, next, "positions continue across chunks");
+            next += lps.len();
+            values.extend(lps.iter().copied());
+        }
+        assert_eq!(next, 100, "every prompt token after `from` is scored once");
+        let want: Vec<f32> = (from + 1..100)
+            .map(|q| ToyBackend::prompt_logprob(q - 1, p[q]).logprob)
+            .collect();
+        assert_eq!(values, want);
+        if from < 68 {
+            assert!(chunks.len() > 1, "a long remainder spans several chunks");
+        }
+    }
+    e.scheduler.check_invariants().unwrap();
 }

@@ -7,9 +7,11 @@
 //! ([`TokenMatcher::fill_mask`]), and advances it on the sampled token. See docs/structured.md.
 
 mod gbnf;
+mod structural;
 mod synth;
 
 pub use gbnf::gbnf_to_lark;
+pub use structural::{StructuralTag, Structure};
 pub use synth::Synthesized;
 
 use crate::tokenizer::Tokenizer;
@@ -50,6 +52,8 @@ pub enum ConstraintSpec {
     Ebnf(String),
     /// Output follows this grammar in llguidance's Lark syntax.
     Lark(String),
+    /// Free text in which each trigger opens one of the structures (SGLang's structural tag).
+    StructuralTag(StructuralTag),
 }
 
 impl ConstraintSpec {
@@ -81,6 +85,7 @@ impl ConstraintSpec {
             }
             ConstraintSpec::Ebnf(g) => TopLevelGrammar::from_lark(gbnf_to_lark(g)?),
             ConstraintSpec::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
+            ConstraintSpec::StructuralTag(t) => TopLevelGrammar::from_lark(t.to_lark()?),
         })
     }
 }

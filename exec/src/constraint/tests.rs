@@ -184,3 +184,68 @@ fn mask_sets_disallowed_logits_to_minus_infinity() {
         assert_eq!(*l == 1.0, [0, 33, 69].contains(&t), "token {t}");
     }
 }
+
+/// Feed `text` byte by byte; the number of bytes the grammar took (all of them when it accepts
+/// every one), and whether EOS is allowed after them.
+fn feed(spec: &ConstraintSpec, text: &str) -> (usize, bool) {
+    let h = grammars().compile(spec).unwrap();
+    let mut m = TokenMatcher::open(&h).unwrap();
+    let mut mask = vec![0u32; mask_words(VOCAB)];
+    for (i, b) in text.bytes().enumerate() {
+        m.fill_mask(&mut mask);
+        if !allowed(&mask).contains(&(b as TokenId)) {
+            return (i, false);
+        }
+        m.advance(i, b as TokenId).unwrap();
+    }
+    m.fill_mask(&mut mask);
+    (text.len(), allowed(&mask).contains(&EOS))
+}
+
+fn tag() -> ConstraintSpec {
+    let add = json!({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0,
+        "maximum": 9}}, "required": ["a"], "additionalProperties": false});
+    ConstraintSpec::StructuralTag(StructuralTag {
+        structures: vec![
+            Structure {
+                begin: "<f=add>".into(),
+                schema: add,
+                end: "</f>".into(),
+            },
+            Structure {
+                begin: "<f=now>".into(),
+                schema: json!({"type": "object", "additionalProperties": false}),
+                end: "</f>".into(),
+            },
+        ],
+        triggers: vec!["<f=".into()],
+    })
+}
+
+#[test]
+fn a_structural_tag_allows_free_text_and_forces_each_triggered_structure() {
+    let ok = "Sure. <f=add>{\"a\":3}</f> and <f=now>{}</f> done <f";
+    assert_eq!(feed(&tag(), ok), (ok.len(), true));
+    assert_eq!(feed(&tag(), "no calls at all"), (15, true));
+    // After the trigger only the structures' begins; inside, only schema-valid JSON.
+    let bad = "x <f=zz";
+    assert_eq!(feed(&tag(), bad).0, bad.len() - 2);
+    let bad = "<f=add>{\"a\":12";
+    assert_eq!(feed(&tag(), bad).0, bad.len() - 1);
+    let open = "<f=add>{\"a\":1}";
+    assert_eq!(
+        feed(&tag(), open),
+        (open.len(), false),
+        "the end tag is due"
+    );
+    let bad = ConstraintSpec::StructuralTag(StructuralTag {
+        structures: vec![Structure {
+            begin: "<g>".into(),
+            schema: json!({}),
+            end: "".into(),
+        }],
+        triggers: vec!["<f=".into()],
+    });
+    let e = grammars().compile(&bad).unwrap_err().to_string();
+    assert!(e.contains("structures[0].begin"), "{e}");
+}

@@ -8,34 +8,26 @@
 //! Kernel sources live in `kernels/*.cu` at the repository root and are embedded in the binary;
 //! `kernels/README.md` documents each kernel and the KV cache layout.
 
-pub mod attention;
 pub mod backend;
-pub mod bench_one_batch;
-pub mod blas;
-pub mod blas_lt;
-pub mod buffers;
-pub mod capture;
-pub mod compile;
-pub mod forward;
-pub mod fused;
-pub mod gemm_tile;
-pub mod kernels;
-mod launch;
-mod layer;
+pub mod gemm;
 pub mod model;
 pub mod ops;
-pub mod plan;
-pub mod rope;
-pub mod sample;
-pub mod skinny;
-pub mod startup;
-pub mod timing;
+pub mod runtime;
 pub mod tp;
-pub mod tune;
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr};
+// The modules by their earlier flat paths (`cuda::attention`, `cuda::blas`, ...), which the
+// tests and the binary name.
+pub use backend::startup;
+pub use gemm::{blas, blas_lt, gemm_tile, skinny, tune};
+use model::layer;
+pub use model::{buffers, forward, plan};
+pub use ops::{attention, fused, prompt_logprobs, rope, sample};
+pub use runtime::device::{open_context, Gpu};
+use runtime::{args, launch};
+pub use runtime::{capture, compile, kernels, timing};
+
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use std::marker::PhantomData;
-use std::sync::Arc;
 
 pub use blas::Blas;
 pub use compile::{KernelSource, KERNEL_SOURCES};
@@ -131,7 +123,8 @@ pub enum CudaError {
 pub type Result<T> = std::result::Result<T, CudaError>;
 
 /// Attach a description to a driver error.
-pub(crate) trait DriverCtx<T> {
+pub trait DriverCtx<T> {
+    /// The error as [`CudaError::Driver`] doing `what`.
     fn ctx(self, what: &str) -> Result<T>;
 }
 
@@ -199,124 +192,13 @@ impl<T> DPtr<T> {
     pub fn addr(&self) -> u64 {
         self.addr
     }
-}
 
-/// One GPU, ready to run doppel's kernels: context, stream, compiled kernels and cuBLAS.
-pub struct Gpu {
-    /// The context.
-    pub ctx: Arc<CudaContext>,
-    /// The stream every kernel and GEMM runs on.
-    pub stream: Arc<CudaStream>,
-    /// Compiled kernels.
-    pub kernels: Kernels,
-    /// cuBLAS handle bound to `stream`.
-    pub blas: Blas,
-    /// Compute capability (major, minor).
-    pub cc: (i32, i32),
-    /// Device name.
-    pub name: String,
-    /// Streaming multiprocessors (sizes the skinny GEMM's grid).
-    pub sms: usize,
-    /// Most dynamic shared memory one block may opt into (bytes): 227 KB on the H100, ~99 KB on
-    /// sm_86/sm_89, 163 KB on the A100.
-    pub smem_per_block: usize,
-    /// Launch kernels with programmatic dependent launch (see launch.rs).
-    pdl: std::sync::atomic::AtomicBool,
-}
-
-impl Gpu {
-    /// Open device `ordinal`, compile (or load from the cache) every kernel for its architecture,
-    /// and create a cuBLAS handle. Fails cleanly when no driver or device is present.
-    pub fn new(ordinal: usize) -> Result<Gpu> {
-        let ctx = open_context(ordinal)?;
-        let cc = ctx
-            .compute_capability()
-            .ctx("reading the compute capability")?;
-        let name = ctx.name().ctx("reading the device name")?;
-        // One stream, ordered work: cudarc's per-buffer event tracking would only add overhead
-        // and would break CUDA graph capture.
-        unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().ctx("creating a stream")?;
-        let kernels = Kernels::load(&ctx, cc)?;
-        let blas = Blas::new(stream.clone())?;
-        let sms = ctx
-            .attribute(
-                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-            )
-            .ctx("reading the SM count")?
-            .max(1) as usize;
-        let smem_per_block = ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-            .ctx("reading the shared memory per block")?
-            .max(0) as usize;
-        // Programmatic dependent launch needs sm_90; DOPPEL_PDL=0 turns it off (an A/B switch).
-        let pdl = cc.0 >= 9 && std::env::var("DOPPEL_PDL").map_or(true, |v| v != "0");
-        Ok(Gpu {
-            ctx,
-            stream,
-            kernels,
-            blas,
-            cc,
-            name,
-            sms,
-            smem_per_block,
-            pdl: pdl.into(),
-        })
+    /// The same range as bytes.
+    pub fn bytes(self) -> DPtr<u8> {
+        DPtr {
+            addr: self.addr,
+            len: self.len * std::mem::size_of::<T>(),
+            _t: PhantomData,
+        }
     }
-
-    /// Copy a host slice to a new device buffer.
-    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
-        self.stream.clone_htod(host).ctx("copying to the device")
-    }
-
-    /// Copy a device buffer back to the host (synchronises the stream).
-    pub fn download<T: DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
-        self.stream.clone_dtoh(buf).ctx("copying to the host")
-    }
-
-    /// A device buffer of `n` elements, zeroed.
-    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-        &self,
-        n: usize,
-    ) -> Result<CudaSlice<T>> {
-        self.stream.alloc_zeros(n).ctx("allocating device memory")
-    }
-
-    /// Raw pointer to all of `buf`.
-    pub fn ptr<T>(&self, buf: &CudaSlice<T>) -> DPtr<T> {
-        DPtr::of(buf, &self.stream)
-    }
-
-    /// Wait for all queued work.
-    pub fn sync(&self) -> Result<()> {
-        self.stream.synchronize().ctx("synchronising the stream")
-    }
-}
-
-/// Open a context on device `ordinal`, turning "no driver" and "no device" into clear errors
-/// (cudarc panics when the library is missing, so its presence is checked first).
-pub fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(CudaError::NoDriver(
-            "is the NVIDIA driver installed and libcuda.so.1 on the library path?".into(),
-        ));
-    }
-    // Lazy module loading (the CUDA 12+ default) loads a library kernel the first time it runs:
-    // cuBLAS picks a new kernel for each new GEMM shape, so the first prefills of new lengths
-    // paid milliseconds of loading on the host (measured: 4-37 ms launches on an H100 replay).
-    // A server wants that paid at start-up. Read by cuInit, so set before the first driver call;
-    // an explicit setting by the user wins.
-    if std::env::var_os("CUDA_MODULE_LOADING").is_none() {
-        std::env::set_var("CUDA_MODULE_LOADING", "EAGER");
-    }
-    let count = CudaContext::device_count().map_err(|e| CudaError::NoDevice(e.to_string()))?;
-    if count <= 0 {
-        return Err(CudaError::NoDevice("the driver reports 0 devices".into()));
-    }
-    if ordinal >= count as usize {
-        return Err(CudaError::NoDevice(format!(
-            "device {ordinal} requested, {count} present"
-        )));
-    }
-    CudaContext::new(ordinal).map_err(|e| CudaError::NoDevice(e.to_string()))
 }

@@ -146,6 +146,8 @@ pub enum LogitsWanted {
     Last,
     /// Every new token's.
     All,
+    /// The last `n` new tokens' (prompt logprob rows, then the sampled position).
+    Tail(usize),
 }
 
 /// One sequence of a forward batch.

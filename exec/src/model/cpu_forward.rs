@@ -237,6 +237,7 @@ impl CpuModel {
                 LogitsWanted::Last if len > 0 => rows.push(t0 + len - 1),
                 LogitsWanted::Last => {}
                 LogitsWanted::All => rows.extend(t0..t0 + len),
+                LogitsWanted::Tail(n) => rows.extend(t0 + len - n.min(len)..t0 + len),
             }
             t0 += len;
         }

@@ -2,7 +2,7 @@
 //! calls parsed from the rest; the same state machine makes the streamed deltas and the
 //! non-streamed message.
 
-use super::forced::Forced;
+use super::forced::{add_args, CallPart, Forced, ForcedStream};
 use super::reasoning::{ReasoningFormat, ReasoningSplit, Split};
 use super::toolcall::{ToolCall, ToolFormat, ToolStep, ToolStream};
 use serde_json::{json, Value};
@@ -34,12 +34,17 @@ pub struct Delta {
     pub content: String,
     /// Completed calls with their index in the answer.
     pub calls: Vec<(usize, ToolCall)>,
+    /// Pieces of forced calls as they are generated (streamed answers only).
+    pub parts: Vec<CallPart>,
 }
 
 impl Delta {
     /// Nothing new.
     pub fn is_empty(&self) -> bool {
-        self.reasoning.is_empty() && self.content.is_empty() && self.calls.is_empty()
+        self.reasoning.is_empty()
+            && self.content.is_empty()
+            && self.calls.is_empty()
+            && self.parts.is_empty()
     }
 
     /// Append a later delta.
@@ -47,6 +52,12 @@ impl Delta {
         self.reasoning.push_str(&other.reasoning);
         self.content.push_str(&other.content);
         self.calls.extend(other.calls);
+        for p in other.parts {
+            match p.name {
+                None => add_args(&mut self.parts, p.index, &p.arguments),
+                Some(_) => self.parts.push(p),
+            }
+        }
     }
 }
 
@@ -55,8 +66,10 @@ pub struct ChatOut {
     reasoning: Option<ReasoningSplit>,
     tools: Option<ToolStream>,
     forced: Option<Forced>,
-    /// Forced-call text held until the answer is whole.
+    /// Forced-call text held until the answer is whole (non-streamed answers).
     held_calls: String,
+    /// Forced calls cut into pieces as they stream (None for a whole answer).
+    forced_stream: Option<ForcedStream>,
     parallel: bool,
     stream_reasoning: bool,
     held_reasoning: String,
@@ -77,6 +90,7 @@ impl ChatOut {
                 .map(|(f, names)| ToolStream::new(*f, names.clone())),
             forced: cfg.forced.clone(),
             held_calls: String::new(),
+            forced_stream: cfg.forced.clone().map(ForcedStream::new),
             parallel: cfg.parallel_tool_calls,
             stream_reasoning: cfg.stream_reasoning,
             held_reasoning: String::new(),
@@ -116,6 +130,15 @@ impl ChatOut {
         self.held_reasoning.push_str(&split.reasoning);
         if self.stream_reasoning || last || !split.content.is_empty() {
             out.reasoning = std::mem::take(&mut self.held_reasoning);
+        }
+        if let Some(fs) = &mut self.forced_stream {
+            // Streamed: the call's name first, then its arguments as they are generated; an
+            // answer cut by max_tokens ends with partial arguments (finish reason `length`).
+            for p in fs.push(&split.content) {
+                self.calls += usize::from(p.name.is_some());
+                out.parts.push(p);
+            }
+            return out;
         }
         let steps = if let Some(forced) = &self.forced {
             self.held_calls.push_str(&split.content);
@@ -159,6 +182,7 @@ impl ChatOut {
 
     /// The whole answer at once (non-streamed).
     pub fn whole(&mut self, text: &str) -> Delta {
+        self.forced_stream = None;
         let mut d = self.push(text);
         d.add(self.finish());
         d
@@ -192,7 +216,24 @@ impl ChatOut {
                 .map(|(i, c)| self.call_json(*i, c, true))
                 .collect();
         }
+        if !d.parts.is_empty() {
+            v["tool_calls"] = d.parts.iter().map(|p| self.part_json(p)).collect();
+        }
         v
+    }
+
+    /// A streamed piece of a forced call: the first names it (with its id), the rest carry
+    /// argument text only.
+    fn part_json(&self, p: &CallPart) -> Value {
+        match &p.name {
+            Some(name) => json!({
+                "index": p.index,
+                "id": format!("{}{}", self.call_prefix, p.index),
+                "type": "function",
+                "function": {"name": name, "arguments": p.arguments},
+            }),
+            None => json!({"index": p.index, "function": {"arguments": p.arguments}}),
+        }
     }
 
     /// The non-streamed `message` object.
@@ -300,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn forced_calls_are_held_until_the_answer_is_whole() {
+    fn forced_calls_stream_their_arguments_and_are_whole_in_a_message() {
         let c = OutConfig {
             forced: Some(Forced::Named("add".into())),
             tools: None,
@@ -308,17 +349,25 @@ mod tests {
             ..cfg()
         };
         let mut o = ChatOut::new(&c, "r");
-        assert!(o.push("{\"a\":").is_empty());
-        assert!(o.push(" 1}").is_empty());
-        let d = o.finish();
+        let d = o.push("{\"a\":");
+        assert_eq!(d.parts.len(), 1);
+        assert_eq!(d.parts[0].name.as_deref(), Some("add"));
+        let json = o.delta_json(&d);
+        assert_eq!(json["tool_calls"][0]["id"], "call_r_0");
+        assert_eq!(json["tool_calls"][0]["function"]["arguments"], "{\"a\":");
+        let d = o.push(" 1}");
+        let json = o.delta_json(&d);
+        assert!(json["tool_calls"][0].get("id").is_none());
+        assert_eq!(json["tool_calls"][0]["function"]["arguments"], " 1}");
+        assert!(o.finish().is_empty());
+        assert_eq!(o.calls(), 1);
+        // Whole: the parsed call; cut short by max_tokens, the partial JSON is the text.
+        let d = ChatOut::new(&c, "r").whole("{\"a\": 1}");
         assert_eq!(d.content, "");
-        assert_eq!(d.calls.len(), 1);
         assert_eq!(
             (d.calls[0].1.name.as_str(), d.calls[0].1.arguments.as_str()),
             ("add", "{\"a\":1}")
         );
-        assert_eq!(o.calls(), 1);
-        // Cut short by max_tokens: the partial JSON is the text, with no call.
         let d = ChatOut::new(&c, "r").whole("{\"a\": 1");
         assert_eq!((d.content.as_str(), d.calls.len()), ("{\"a\": 1", 0));
     }

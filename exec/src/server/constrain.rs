@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use super::params::{kind, Fields, GenParams};
 use super::AppState;
-use crate::constraint::{ConstraintError, ConstraintSpec};
+use crate::constraint::{ConstraintError, ConstraintSpec, StructuralTag, Structure};
 use doppel_core::ConstraintHandle;
 use serde_json::Value;
 
@@ -40,9 +40,8 @@ pub fn read(f: &Fields) -> Result<Option<Requested>, ApiError> {
             found.push(r);
         }
     }
-    if f.get("structural_tag").is_some() {
-        let n = f.name("structural_tag");
-        return Err(ApiError::field(&n, format!("`{n}` is not supported")));
+    if let Some(v) = f.get("structural_tag") {
+        found.push(structural_tag_field(f, v)?);
     }
     if found.len() > 1 {
         let names: Vec<&str> = found.iter().map(|r| r.field.as_str()).collect();
@@ -97,14 +96,95 @@ fn response_format(f: &Fields) -> Result<Option<Requested>, ApiError> {
                 spec: schema,
             }))
         }
+        "structural_tag" => Ok(Some(Requested {
+            field: f.name("structures"),
+            spec: ConstraintSpec::StructuralTag(structural(f)?),
+        })),
         other => {
             let n = f.name("type");
             Err(ApiError::field(
                 &n,
-                format!("`{n}` must be text, json_object or json_schema, got {other:?}"),
+                format!(
+                    "`{n}` must be text, json_object, json_schema or structural_tag, got {other:?}"
+                ),
             ))
         }
     }
+}
+
+/// SGLang's `structural_tag` sampling parameter: the tag as a JSON string (or an object).
+fn structural_tag_field(f: &Fields, v: &Value) -> Result<Requested, ApiError> {
+    let n = f.name("structural_tag");
+    let parsed: Value = match v {
+        Value::String(t) => serde_json::from_str(t)
+            .map_err(|e| ApiError::field(&n, format!("`{n}` is not valid JSON: {e}")))?,
+        other => other.clone(),
+    };
+    let Some(m) = parsed.as_object() else {
+        return Err(ApiError::field(
+            &n,
+            format!("`{n}` must be an object with `structures` and `triggers`"),
+        ));
+    };
+    Ok(Requested {
+        field: n.clone(),
+        spec: ConstraintSpec::StructuralTag(structural(&Fields::new(m, &n))?),
+    })
+}
+
+/// `structures` (each `{begin, schema, end}`) and `triggers` of a structural tag.
+fn structural(f: &Fields) -> Result<StructuralTag, ApiError> {
+    let list = |k: &str| match f.get(k) {
+        Some(Value::Array(a)) if !a.is_empty() => Ok(a),
+        Some(v) => Err(f.range(k, "a non-empty list", kind(v))),
+        None => Err(ApiError::field(
+            &f.name(k),
+            format!("`{}` is required for a structural tag", f.name(k)),
+        )),
+    };
+    let mut structures = Vec::new();
+    for (i, v) in list("structures")?.iter().enumerate() {
+        let name = format!("{}[{i}]", f.name("structures"));
+        let Some(o) = v.as_object() else {
+            return Err(ApiError::field(
+                &name,
+                format!("`{name}` must be an object with begin, schema and end"),
+            ));
+        };
+        let sf = Fields::new(o, &name);
+        let text = |k: &str| {
+            sf.str(k)?.map(str::to_string).ok_or_else(|| {
+                ApiError::field(&sf.name(k), format!("`{}` is required", sf.name(k)))
+            })
+        };
+        let schema = match sf.get("schema") {
+            Some(s @ (Value::Object(_) | Value::Bool(_))) => s.clone(),
+            Some(v) => return Err(sf.range("schema", "a JSON schema (an object)", kind(v))),
+            None => return Err(sf.range("schema", "a JSON schema (an object)", "nothing")),
+        };
+        structures.push(Structure {
+            begin: text("begin")?,
+            schema,
+            end: text("end")?,
+        });
+    }
+    let mut triggers = Vec::new();
+    for (i, v) in list("triggers")?.iter().enumerate() {
+        match v.as_str() {
+            Some(t) if !t.is_empty() => triggers.push(t.to_string()),
+            _ => {
+                let name = format!("{}[{i}]", f.name("triggers"));
+                return Err(ApiError::field(
+                    &name,
+                    format!("`{name}` must be a non-empty string"),
+                ));
+            }
+        }
+    }
+    Ok(StructuralTag {
+        structures,
+        triggers,
+    })
 }
 
 /// Compile the constraint `gp` asked for, if any, into its sampling parameters.
@@ -221,6 +301,16 @@ mod tests {
             Some("response_format.json_schema.strict")
         );
         let e = rd(json!({"structural_tag": "{}"}), "").unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("structural_tag"));
+        assert_eq!(e.param.as_deref(), Some("structural_tag.structures"));
+        let e = rd(
+            json!({"response_format": {"type": "structural_tag", "triggers": ["<f"],
+                   "structures": [{"begin": "<f>", "schema": {}}]}}),
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.param.as_deref(),
+            Some("response_format.structures[0].end")
+        );
     }
 }

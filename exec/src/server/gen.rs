@@ -74,6 +74,9 @@ pub struct Chunk {
     pub tokens: Vec<TokenId>,
     /// Their logprobs (same length as `tokens` when asked for, else empty).
     pub logprobs: Vec<Option<TokenLogprob>>,
+    /// Logprobs of prompt tokens added (asked for with `prompt_logprobs_from`), in position
+    /// order: they all arrive before the first token.
+    pub prompt_logprobs: Vec<TokenLogprob>,
     /// Set on the last chunk.
     pub end: Option<End>,
 }
@@ -304,6 +307,7 @@ impl Generation {
             all.delta.push_str(&c.delta);
             all.tokens.extend(c.tokens);
             all.logprobs.extend(c.logprobs);
+            all.prompt_logprobs.extend(c.prompt_logprobs);
             if c.end.is_some() {
                 all.end = c.end;
             }
@@ -352,6 +356,9 @@ impl Generation {
                         });
                     }
                 }
+            }
+            Some(ReqEvent::PromptLogprobs { logprobs, .. }) => {
+                chunk.prompt_logprobs.extend(logprobs)
             }
             Some(ReqEvent::Finished(info)) => {
                 if self.stopped.is_none() {

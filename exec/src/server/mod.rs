@@ -13,6 +13,7 @@ mod conn;
 mod constrain;
 pub mod engine;
 mod error;
+mod fields;
 mod forced;
 mod gen;
 pub mod log;

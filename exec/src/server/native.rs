@@ -126,37 +126,18 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
         .unwrap_or(0) as usize;
     gp.sampling.return_logprob = return_logprob;
     gp.sampling.top_logprobs = if return_logprob { top } else { 0 };
+    let start = logprob_start(&f, &sf, return_logprob)?;
     let total = gp.check_total(p.ids.len(), p.field)?;
-    let rids: Option<Vec<String>> = match f.get("rid") {
-        None => None,
-        Some(Value::String(r)) if total == 1 => Some(vec![r.clone()]),
-        Some(Value::Array(a)) if a.len() == total && a.iter().all(Value::is_string) => Some(
-            a.iter()
-                .map(|v| v.as_str().unwrap_or_default().to_string())
-                .collect(),
-        ),
-        Some(v) => {
-            return Err(ApiError::field(
-                "rid",
-                format!(
-                    "`rid` must be a string (one request) or a list of {total} strings (one per prompt and choice), got {}",
-                    super::wire::clip(&v.to_string())
-                ),
-            ))
-        }
-    };
-    let mut sps = Vec::with_capacity(p.ids.len());
-    for (i, ids) in p.ids.iter().enumerate() {
-        let field = if p.batch {
-            format!("{}[{i}]", p.field)
-        } else {
-            p.field.to_string()
-        };
-        sps.push(gp.for_prompt(ids.len(), s.info.context_len, &field)?);
-    }
+    let rids = client_rids(&f, total)?;
+    let sps = per_prompt(&s, &p, &gp, return_logprob.then_some(start))?;
     let mut gens = Vec::with_capacity(total);
+    let mut prompts = Vec::with_capacity(total);
     for (ids, sp) in p.ids.into_iter().zip(sps) {
         for j in 0..gp.n {
+            prompts.push(sp.prompt_logprobs_from.map(|from| Prompt {
+                ids: ids.clone(),
+                from,
+            }));
             let mut sp = sp.clone();
             sp.seed = sp.seed.map(|x| x.wrapping_add(j as u64));
             let rid = rids.as_ref().map(|r| r[gens.len()].as_str());
@@ -168,10 +149,10 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
     let list = p.batch || gp.n > 1;
     if stream {
         let lp = return_logprob.then_some(text_in_logprobs);
-        return Ok(stream_response(s, gens, rids, list, lp));
+        return Ok(stream_response(s, gens, prompts, rids, list, lp));
     }
     let mut items = Vec::with_capacity(gens.len());
-    for (g, rid) in gens.iter_mut().zip(&rids) {
+    for ((g, rid), prompt) in gens.iter_mut().zip(&rids).zip(prompts) {
         let c = g.collect().await;
         if let Some(End {
             finish: Finish::Failed(m),
@@ -184,7 +165,7 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
                 m.clone(),
             ));
         }
-        let mut acc = Acc::new(g.prompt_tokens());
+        let mut acc = Acc::new(g.prompt_tokens(), prompt);
         acc.add(&c);
         items.push(acc.item(&s, rid, return_logprob.then_some(text_in_logprobs), None));
     }
@@ -195,22 +176,108 @@ async fn run(s: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
     })
 }
 
+/// The client's `rid`s: one for a single generation, else one per prompt and choice.
+fn client_rids(f: &Fields, total: usize) -> Result<Option<Vec<String>>, ApiError> {
+    match f.get("rid") {
+        None => Ok(None),
+        Some(Value::String(r)) if total == 1 => Ok(Some(vec![r.clone()])),
+        Some(Value::Array(a)) if a.len() == total && a.iter().all(Value::is_string) => Ok(Some(
+            a.iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect(),
+        )),
+        Some(v) => Err(ApiError::field(
+            "rid",
+            format!(
+                "`rid` must be a string (one request) or a list of {total} strings (one per prompt and choice), got {}",
+                super::wire::clip(&v.to_string())
+            ),
+        )),
+    }
+}
+
+/// Each prompt's sampling parameters; `start` (with `return_logprob`) is `logprob_start_len`.
+fn per_prompt(
+    s: &AppState,
+    p: &Prompts,
+    gp: &params::GenParams,
+    start: Option<Option<usize>>,
+) -> Result<Vec<doppel_core::SamplingParams>, ApiError> {
+    let mut sps = Vec::with_capacity(p.ids.len());
+    for (i, ids) in p.ids.iter().enumerate() {
+        let field = if p.batch {
+            format!("{}[{i}]", p.field)
+        } else {
+            p.field.to_string()
+        };
+        let mut sp = gp.for_prompt(ids.len(), s.info.context_len, &field)?;
+        if let Some(start) = start {
+            sp.prompt_logprobs_from = Some(prompt_start(start, ids.len(), &field)?);
+        }
+        sps.push(sp);
+    }
+    Ok(sps)
+}
+
+/// A prompt whose token logprobs are returned from position `from` on.
+struct Prompt {
+    ids: Vec<TokenId>,
+    from: usize,
+}
+
+/// `logprob_start_len` (top level, as SGLang reads it): None for SGLang's default (-1, only the
+/// last prompt token, which has no logprob).
+fn logprob_start(f: &Fields, sf: &Fields, return_logprob: bool) -> Result<Option<usize>, ApiError> {
+    if sf.get("logprob_start_len").is_some() {
+        return Err(ApiError::field(
+            "sampling_params.logprob_start_len",
+            "`logprob_start_len` goes at the top level of the request, next to `return_logprob`",
+        ));
+    }
+    match f.i64("logprob_start_len")? {
+        None | Some(-1) => Ok(None),
+        Some(v) if v < 0 => Err(f.range("logprob_start_len", "-1 or a prompt position >= 0", v)),
+        Some(v) if !return_logprob => Err(ApiError::field(
+            "logprob_start_len",
+            format!("`logprob_start_len` {v} needs `return_logprob: true`"),
+        )),
+        Some(v) => Ok(Some(v as usize)),
+    }
+}
+
+/// The first prompt position returned for a prompt of `len` tokens (SGLang refuses a start at or
+/// past the end).
+fn prompt_start(start: Option<usize>, len: usize, field: &str) -> Result<usize, ApiError> {
+    match start {
+        None => Ok(len - 1),
+        Some(s) if s < len => Ok(s),
+        Some(s) => Err(ApiError::field(
+            "logprob_start_len",
+            format!("`logprob_start_len` {s} is not below the {len} tokens of `{field}`"),
+        )),
+    }
+}
+
 /// Output so far of one generation.
 struct Acc {
     text: String,
     ids: Vec<TokenId>,
     lps: Vec<Option<TokenLogprob>>,
     prompt_tokens: usize,
+    prompt: Option<Prompt>,
+    prompt_lps: Vec<TokenLogprob>,
     end: Option<End>,
 }
 
 impl Acc {
-    fn new(prompt_tokens: usize) -> Acc {
+    fn new(prompt_tokens: usize, prompt: Option<Prompt>) -> Acc {
         Acc {
             text: String::new(),
             ids: Vec::new(),
             lps: Vec::new(),
             prompt_tokens,
+            prompt,
+            prompt_lps: Vec::new(),
             end: None,
         }
     }
@@ -219,6 +286,7 @@ impl Acc {
         self.text.push_str(&c.delta);
         self.ids.extend(&c.tokens);
         self.lps.extend(c.logprobs.iter().cloned());
+        self.prompt_lps.extend(c.prompt_logprobs.iter().cloned());
         if c.end.is_some() {
             self.end = c.end.clone();
         }
@@ -265,6 +333,11 @@ impl Acc {
                 .collect();
             meta["output_token_logprobs"] = Value::Array(toks);
             meta["output_top_logprobs"] = Value::Array(tops);
+            if let Some(p) = &self.prompt {
+                let (toks, tops) = input_logprobs(p, &self.prompt_lps, &text);
+                meta["input_token_logprobs"] = toks;
+                meta["input_top_logprobs"] = tops;
+            }
         }
         let mut v = json!({"text": self.text, "output_ids": self.ids, "meta_info": meta});
         if let Some(i) = index {
@@ -274,14 +347,38 @@ impl Acc {
     }
 }
 
+/// SGLang's `input_token_logprobs` ([logprob, id, text] from `from` on, the first with a null
+/// logprob: nothing scores it) and `input_top_logprobs` (null first).
+fn input_logprobs(
+    p: &Prompt,
+    lps: &[TokenLogprob],
+    text: &dyn Fn(TokenId) -> Value,
+) -> (Value, Value) {
+    let tail = &p.ids[p.from..];
+    let mut toks = vec![json!([Value::Null, tail[0], text(tail[0])])];
+    let mut tops = vec![Value::Null];
+    for (t, l) in tail[1..].iter().zip(lps) {
+        toks.push(json!([l.logprob, t, text(*t)]));
+        tops.push(Value::Array(
+            l.top.iter().map(|(a, q)| json!([q, a, text(*a)])).collect(),
+        ));
+    }
+    (Value::Array(toks), Value::Array(tops))
+}
+
 fn stream_response(
     s: Arc<AppState>,
     gens: Vec<Generation>,
+    prompts: Vec<Option<Prompt>>,
     rids: Vec<String>,
     list: bool,
     logprobs: Option<bool>,
 ) -> Response {
-    let accs: Vec<Acc> = gens.iter().map(|g| Acc::new(g.prompt_tokens())).collect();
+    let accs: Vec<Acc> = gens
+        .iter()
+        .zip(prompts)
+        .map(|(g, p)| Acc::new(g.prompt_tokens(), p))
+        .collect();
     let rx = gen::fan_in(gens);
     let st = Some((rx, accs, rids, s));
     let stream = futures_util::stream::unfold(st, move |st| async move {

@@ -3,6 +3,7 @@
 
 use super::cuda_common::Rng;
 use super::*;
+use doppel_exec::cuda::ops::QkvLayout;
 
 /// Each kernel of one decode step (b = 1 and 64) and of a 64 x 128 prefill, timed alone at the
 /// step's shapes, times the number of launches per step.
@@ -63,22 +64,24 @@ pub(crate) fn kernel_breakdown(
                    n: usize,
                    k: usize| {
             if t <= 1 {
-                gpu.gemv(p(y), p(x), p(w), t, n, k, n).unwrap()
+                gpu.gemv(p(y), p(x), p(w), (t, n, k), n).unwrap()
             } else if t <= 16 {
                 let plan = skinny_plan(n, k, SkinnyEpilogue::Plain, gpu.sms);
                 gpu.gemm_skinny(
-                    p(y),
-                    p(x),
-                    p(w),
+                    GemmIo {
+                        y: p(y),
+                        x: p(x),
+                        w: p(w),
+                        ldy: n,
+                    },
                     &scratch,
                     (t, n, k),
-                    n,
                     SkinnyEpilogue::Plain,
                     plan,
                 )
                 .unwrap()
             } else {
-                gpu.blas.gemm_bf16(p(y), p(x), p(w), t, n, k, n).unwrap()
+                gpu.blas.gemm_bf16(p(y), p(x), p(w), (t, n, k), n).unwrap()
             }
         };
         let mut rows: Vec<(&str, f64, usize)> = vec![
@@ -113,8 +116,19 @@ pub(crate) fn kernel_breakdown(
             (
                 "qk_rmsnorm",
                 time_ms(gpu, 9, 5, || {
-                    gpu.qk_rmsnorm(p(&y), p(&norm_w), p(&norm_w), t, (nq, nk), d, qkv_w, 1e-6)
-                        .unwrap()
+                    gpu.qk_rmsnorm(
+                        p(&y),
+                        QkvLayout {
+                            tokens: t,
+                            nq,
+                            nk,
+                            head_dim: d,
+                            row_stride: qkv_w,
+                        },
+                        (p(&norm_w), p(&norm_w)),
+                        1e-6,
+                    )
+                    .unwrap()
                 }),
                 layers,
             ),
@@ -123,12 +137,15 @@ pub(crate) fn kernel_breakdown(
                 time_ms(gpu, 9, 5, || {
                     gpu.rope_neox(
                         p(&y),
+                        QkvLayout {
+                            tokens: t,
+                            nq,
+                            nk,
+                            head_dim: d,
+                            row_stride: qkv_w,
+                        },
                         gpu.ptr(&ws.positions),
                         gpu.ptr(&cos),
-                        t,
-                        (nq, nk),
-                        d,
-                        qkv_w,
                     )
                     .unwrap()
                 }),
@@ -138,14 +155,16 @@ pub(crate) fn kernel_breakdown(
                 "kv_store",
                 time_ms(gpu, 9, 5, || {
                     gpu.kv_store(
-                        p(&kc),
-                        p(&vc),
+                        (p(&kc), p(&vc)),
                         p(&y),
+                        QkvLayout {
+                            tokens: t,
+                            nq,
+                            nk,
+                            head_dim: d,
+                            row_stride: qkv_w,
+                        },
                         gpu.ptr(&ws.out_slots),
-                        t,
-                        (nq, nk),
-                        d,
-                        qkv_w,
                     )
                     .unwrap()
                 }),
@@ -183,12 +202,14 @@ pub(crate) fn kernel_breakdown(
                 "gate_up + silu (skinny, fused)",
                 time_ms(gpu, 9, 5, || {
                     gpu.gemm_skinny(
-                        p(&y),
-                        p(&x),
-                        p(&wts[2]),
+                        GemmIo {
+                            y: p(&y),
+                            x: p(&x),
+                            w: p(&wts[2]),
+                            ldy: inter,
+                        },
                         &scratch,
                         (t, 2 * inter, h),
-                        inter,
                         SkinnyEpilogue::SiluMul,
                         plan,
                     )
@@ -212,8 +233,19 @@ pub(crate) fn kernel_breakdown(
         rows.push((
             "qk_norm_rope_store (fused)",
             time_ms(gpu, 9, 5, || {
-                gpu.qk_norm_rope_store(p(&y), &post, t, (nq, nk), d, qkv_w, 1e-6)
-                    .unwrap()
+                gpu.qk_norm_rope_store(
+                    p(&y),
+                    QkvLayout {
+                        tokens: t,
+                        nq,
+                        nk,
+                        head_dim: d,
+                        row_stride: qkv_w,
+                    },
+                    &post,
+                    1e-6,
+                )
+                .unwrap()
             }),
             if prefill { 0 } else { layers },
         ));
@@ -222,8 +254,19 @@ pub(crate) fn kernel_breakdown(
             rows.push((
                 "qk_norm_rope_store, k and v only",
                 time_ms(gpu, 9, 5, || {
-                    gpu.qk_norm_rope_store(kv_cols, &post, t, (0, nk), d, qkv_w, 1e-6)
-                        .unwrap()
+                    gpu.qk_norm_rope_store(
+                        kv_cols,
+                        QkvLayout {
+                            tokens: t,
+                            nq: 0,
+                            nk,
+                            head_dim: d,
+                            row_stride: qkv_w,
+                        },
+                        &post,
+                        1e-6,
+                    )
+                    .unwrap()
                 }),
                 layers,
             ));
@@ -292,14 +335,17 @@ pub(crate) fn kernel_breakdown(
                     label,
                     time_ms(gpu, 9, 5, || {
                         gpu.attention_decode(
-                            p(&y),
                             p(&x),
                             view,
                             &meta,
                             &shape,
-                            (gpu.ptr(&po), gpu.ptr(&pm)),
-                            sp,
-                            variant,
+                            DecodeOut {
+                                out: p(&y),
+                                part_o: gpu.ptr(&po),
+                                part_ml: gpu.ptr(&pm),
+                                splits: sp,
+                                variant,
+                            },
                             None,
                         )
                         .unwrap()
@@ -344,9 +390,7 @@ pub(crate) fn kernel_breakdown(
                         gpu.ptr(&logits),
                         p(&x),
                         p(&emb),
-                        b,
-                        c.vocab_size,
-                        h,
+                        (b, c.vocab_size, h),
                         c.vocab_size,
                     )
                     .unwrap()
@@ -361,9 +405,7 @@ pub(crate) fn kernel_breakdown(
                         gpu.ptr(&logits),
                         p(&x),
                         p(&emb),
-                        b,
-                        c.vocab_size,
-                        h,
+                        (b, c.vocab_size, h),
                         c.vocab_size,
                     )
                     .unwrap()

@@ -4,7 +4,9 @@
 
 use super::{rotated_weights, time_ms};
 use crate::cuda_common::Rng;
-use doppel_exec::cuda::skinny::{skinny_plan, SkinnyEpilogue, SkinnyScratch, SKINNY_COUNTERS};
+use doppel_exec::cuda::skinny::{
+    skinny_plan, GemmIo, SkinnyEpilogue, SkinnyScratch, SKINNY_COUNTERS,
+};
 use doppel_exec::cuda::Gpu;
 use half::bf16;
 
@@ -49,12 +51,14 @@ pub fn skinny_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
         let mut run = |m: usize, plan: SkinnyPlan| {
             time_ms(gpu, 9, copies, || {
                 gpu.gemm_skinny(
-                    gpu.ptr(&y),
-                    gpu.ptr(&x),
-                    gpu.ptr(&ws[i % copies]),
+                    GemmIo {
+                        y: gpu.ptr(&y),
+                        x: gpu.ptr(&x),
+                        w: gpu.ptr(&ws[i % copies]),
+                        ldy: nout,
+                    },
                     &scratch,
                     (m, n, k),
-                    nout,
                     epi,
                     plan,
                 )
@@ -72,9 +76,7 @@ pub fn skinny_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
                         gpu.ptr(&y),
                         gpu.ptr(&x),
                         gpu.ptr(&ws[j % copies]),
-                        m,
-                        n,
-                        k,
+                        (m, n, k),
                         n,
                     )
                     .unwrap();
@@ -86,9 +88,7 @@ pub fn skinny_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
                         gpu.ptr(&y),
                         gpu.ptr(&x),
                         gpu.ptr(&ws[j % copies]),
-                        m,
-                        n,
-                        k,
+                        (m, n, k),
                         n,
                     )
                     .unwrap();
@@ -144,7 +144,7 @@ pub fn ceilings(gpu: &Gpu) {
     let y = gpu.zeros::<bf16>(m * m).unwrap();
     let ms = time_ms(gpu, 5, 2, || {
         gpu.blas
-            .gemm_bf16(gpu.ptr(&y), gpu.ptr(&x), gpu.ptr(&x), m, m, m, m)
+            .gemm_bf16(gpu.ptr(&y), gpu.ptr(&x), gpu.ptr(&x), (m, m, m), m)
             .unwrap()
     });
     println!(
@@ -180,9 +180,7 @@ pub fn gemv_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
                     gpu.ptr(&y),
                     gpu.ptr(&x),
                     gpu.ptr(&ws[i % copies]),
-                    b,
-                    n,
-                    k,
+                    (b, n, k),
                     n,
                 )
                 .unwrap();
@@ -194,9 +192,7 @@ pub fn gemv_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
                         gpu.ptr(&y),
                         gpu.ptr(&x),
                         gpu.ptr(&ws[i % copies]),
-                        b,
-                        n,
-                        k,
+                        (b, n, k),
                         n,
                     )
                     .unwrap();

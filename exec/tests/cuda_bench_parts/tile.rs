@@ -8,7 +8,7 @@ use doppel_exec::cuda::blas::GemmOut;
 use doppel_exec::cuda::gemm_tile::{
     tile_plan, TileEpilogue, TileKind, TilePlan, TILE_DEPTHS, TILE_NO_PREFETCH, TILE_ROTATE,
 };
-use doppel_exec::cuda::skinny::{SkinnyScratch, SKINNY_COUNTERS};
+use doppel_exec::cuda::skinny::{GemmIo, SkinnyScratch, SKINNY_COUNTERS};
 use doppel_exec::cuda::Gpu;
 use half::bf16;
 
@@ -82,12 +82,14 @@ pub fn tile_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
             let tiled_with = |plan: TilePlan| {
                 graph_us(gpu, copies, |i| {
                     gpu.gemm_tile(
-                        out,
-                        gpu.ptr(&x),
-                        gpu.ptr(&ws[i]),
+                        GemmIo {
+                            y: out,
+                            x: gpu.ptr(&x),
+                            w: gpu.ptr(&ws[i]),
+                            ldy: nout,
+                        },
                         &scratch,
                         (m, n, k),
-                        nout,
                         epi,
                         plan,
                     )

@@ -368,6 +368,8 @@ pub fn replay<B: Backend>(
                 Event::Finished(info) => {
                     clients.finished(&info, info.at, &mut out, &mut incoming);
                 }
+                // Replayed traces ask for no prompt logprobs.
+                Event::PromptLogprobs { .. } => {}
             }
         }
         out.end_ns = out.end_ns.max(now_ns());

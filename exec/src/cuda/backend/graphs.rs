@@ -82,9 +82,9 @@ impl CudaBackend {
             self.model
                 .tune_gemms_or_default(&self.gpu, &self.ws, gb, gb);
         }
-        let graph = self
-            .model
-            .capture_decode(&self.gpu, &self.kv, &self.ws, &meta, gb, splits, pick)?;
+        let graph =
+            self.model
+                .capture_decode(&self.gpu, &self.kv, &self.ws, (&meta, splits), gb, pick)?;
         graph.launch().ctx("launching a decode graph")?;
         self.graphs.insert((gb, pick), Captured { graph, meta });
         Ok(())

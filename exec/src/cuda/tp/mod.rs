@@ -10,7 +10,6 @@
 //! Embedding and LM head are whole on every rank, so every rank picks the same tokens.
 
 pub mod backend;
-pub mod bench;
 pub mod nccl;
 pub mod startup;
 
@@ -54,7 +53,7 @@ impl GpuModel {
     }
 
     /// Sum `residual` over the ranks, in place (nothing without a group).
-    pub(in crate::cuda) fn all_reduce_residual(&self, residual: DPtr<bf16>) -> Result<()> {
+    pub fn all_reduce_residual(&self, residual: DPtr<bf16>) -> Result<()> {
         match &self.tp {
             Some(c) => c.all_reduce_bf16(residual),
             None => Ok(()),

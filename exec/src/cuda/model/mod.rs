@@ -1,0 +1,432 @@
+//! The decoder (Qwen3 / Llama) on the GPU: bf16 weights, a paged KV pool addressed by the core's
+//! slots, and one forward pass over a mixed batch of extend and decode entries.
+//!
+//! Per layer: RMSNorm (fused with the residual add from the previous layer), one fused QKV
+//! projection, Qwen3's q/k norm, RoPE, KV store, attention (extend kernel for extend entries,
+//! split-KV decode kernel for decode entries), output projection, fused add + RMSNorm, one fused
+//! gate/up projection, SiLU-and-mul, down projection. Projections use the custom GEMV (norms
+//! folded in) up to `gemv_max_tokens` tokens, the skinny tensor-core GEMM up to
+//! `KernelChoice::skinny_max_tokens`, and cuBLAS above. Only the rows that need logits reach the LM head.
+//! This file holds the weights; the step plan is in `plan.rs`, the forward pass in `forward.rs`
+//! and `layer.rs`, the KV pool and workspace in `buffers.rs`.
+
+pub mod buffers;
+pub mod forward;
+pub(crate) mod layer;
+pub mod plan;
+
+use crate::cuda::attention::MIN_KEYS_PER_SPLIT;
+pub use crate::cuda::forward::{KvPool, RowSampling, StepBatch, StepInput, TokenPick, Workspace};
+use crate::cuda::rope::cos_sin_table_scaled;
+use crate::cuda::{CudaError, DriverCtx, Gpu, Result};
+use crate::model::weights::{LayerNames, EMBED, FINAL_NORM, LM_HEAD};
+use crate::model::{DType, ModelConfig, Part, Shard, Split, TensorRef, WeightStore};
+use cudarc::driver::CudaSlice;
+use half::bf16;
+
+/// One decoder layer's weights on the GPU: the checkpoint's tensors, with the RMSNorm before
+/// the qkv and gate/up projections folded into their columns at load (`W diag(w)`, in place), so
+/// every path's norm before them applies only 1 / rms (docs/cuda.md, "Norm weights folded in").
+pub struct LayerWeights {
+    /// [q; k; v] rows: [(nq + 2 nk) * D, H], the input norm's weight folded in.
+    pub(in crate::cuda) qkv: CudaSlice<bf16>,
+    /// [q; k; v] biases (Qwen2), added to the projection's output after the whole input norm
+    /// (not scaled by 1 / rms), before the q/k pass.
+    pub(in crate::cuda) qkv_bias: Option<CudaSlice<bf16>>,
+    pub(in crate::cuda) q_norm: Option<CudaSlice<bf16>>,
+    pub(in crate::cuda) k_norm: Option<CudaSlice<bf16>>,
+    pub(in crate::cuda) o: CudaSlice<bf16>,
+    /// [gate; up] rows: [2 I, H], the post-attention norm's weight folded in.
+    pub(in crate::cuda) gate_up: CudaSlice<bf16>,
+    pub(in crate::cuda) down: CudaSlice<bf16>,
+}
+
+/// The model's weights and constant tables on the GPU.
+pub struct GpuModel {
+    /// The configuration.
+    pub cfg: ModelConfig,
+    pub(in crate::cuda) embed: CudaSlice<bf16>,
+    pub(in crate::cuda) lm_head: Option<CudaSlice<bf16>>,
+    pub(in crate::cuda) final_norm: CudaSlice<bf16>,
+    /// `hidden_size` ones: the norm weight of the RMSNorms whose weights are folded into the
+    /// projection after them.
+    pub(in crate::cuda) unit_norm: CudaSlice<bf16>,
+    pub(in crate::cuda) layers: Vec<LayerWeights>,
+    pub(in crate::cuda) cos_sin: CudaSlice<f32>,
+    /// Positions the RoPE table covers.
+    pub max_pos: usize,
+    /// Bytes of weights held on the GPU.
+    pub weight_bytes: usize,
+    /// Bytes of the checkpoint's weights as bf16 (norm weights included).
+    pub checkpoint_bytes: usize,
+    /// The thresholds of the per-step plan (plan.rs).
+    pub kernels: KernelChoice,
+    /// This rank's communicator when the model is one shard of a tensor-parallel group
+    /// (`cfg` then holds the rank's own head and MLP widths; docs/cuda.md, "Tensor
+    /// parallelism").
+    pub(super) tp: Option<super::tp::RankComm>,
+}
+
+/// The thresholds the per-step plan ([`crate::cuda::plan::StepPlan`]) reads: each depends on the
+/// hardware or the model's shapes, and each default was measured on the H100 (docs/cuda.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelChoice {
+    /// Steps of at most this many tokens (at most 8) run the custom GEMVs with the RMSNorms and
+    /// residual adds folded in. Default 1: from 2 tokens the skinny GEMM is faster
+    /// (docs/cuda.md, "Projections").
+    pub gemv_max_tokens: usize,
+    /// Projections with more tokens than the GEMV takes and at most this many (at most 64) use
+    /// the skinny tensor-core GEMM (0: none). Default 16: cuBLAS was faster at 64 tokens, the
+    /// skinny GEMM at 16 (docs/cuda.md, "Projections").
+    pub skinny_max_tokens: usize,
+    /// The LM head uses the GEMV (f32 logits) for at most this many rows (at most 8), cuBLAS
+    /// above. Default 2.
+    pub lm_head_gemv_max: usize,
+    /// cuBLAS GEMMs of at least this many rows run the algorithm measured fastest for their
+    /// shape (`GpuModel::tune_gemms`; usize::MAX: cublasGemmEx's default everywhere). Default
+    /// 4096: the 64 x 128 prefill gained 3-4 %, 1024-2048 rows 0-3 % for ~6 ms of tuning per
+    /// shape (docs/cuda.md, "Measured GEMM algorithms").
+    pub gemm_lt_min_tokens: usize,
+    /// Fewest keys per decode split at run time (`AttnShape::split_min_keys`): a CUDA graph
+    /// captured with splits for the longest context leaves the extra ones empty on short
+    /// sequences. Default [`MIN_KEYS_PER_SPLIT`].
+    pub decode_split_min_keys: usize,
+    /// Decode steps of at most this many rows run the tensor-core decode attention where its
+    /// shared memory fits (0: never). Default 8: faster at b=1-4, slower at 16 and 64 on the H100
+    /// (docs/cuda.md, "Decode attention").
+    pub decode_mma_max_tokens: usize,
+    /// Decode steps of up to this many rows not on the shared-memory tensor-core kernel run the
+    /// one fed from registers (`kernels/attention_decode_rmma.cu`), larger ones the CUDA-core
+    /// kernels (0: never). Default 32: faster at b=16-32, slower at 64 (docs/cuda.md, "Decode
+    /// attention").
+    pub decode_reg_mma_max_tokens: usize,
+    /// Pure decode steps of at least this many rows have the decode attention ask the o
+    /// projection's weights into L2 for the GEMM after it (usize::MAX: never). Default 32: b=32
+    /// and b=64 gained ~1 %, b=16 lost 3-8 us (docs/cuda.md, "Decode attention").
+    pub decode_prefetch_o_min_rows: usize,
+}
+
+impl Default for KernelChoice {
+    fn default() -> Self {
+        KernelChoice {
+            gemv_max_tokens: 1,
+            skinny_max_tokens: 16,
+            lm_head_gemv_max: 2,
+            gemm_lt_min_tokens: 4096,
+            decode_split_min_keys: MIN_KEYS_PER_SPLIT,
+            decode_mma_max_tokens: 8,
+            decode_reg_mma_max_tokens: 32,
+            decode_prefetch_o_min_rows: 32,
+        }
+    }
+}
+
+fn unsupported(msg: String) -> CudaError {
+    CudaError::Invalid {
+        kernel: "model",
+        msg,
+    }
+}
+
+/// A stored tensor as bf16 (bf16 is copied as is; f32/f16 are rounded).
+fn to_bf16(t: &TensorRef<'_>) -> Vec<bf16> {
+    match t.dtype {
+        DType::BF16 => t
+            .bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+            .collect(),
+        _ => t.to_f32().into_iter().map(bf16::from_f32).collect(),
+    }
+}
+
+impl GpuModel {
+    fn check_supported(cfg: &ModelConfig) -> Result<()> {
+        if cfg.o_bias {
+            return Err(unsupported(
+                "an o_proj bias (attention_bias on a Llama config) is not supported on the GPU"
+                    .into(),
+            ));
+        }
+        if cfg.head_dim != 64 && cfg.head_dim != 128 {
+            return Err(unsupported(format!(
+                "head_dim {} (the attention kernels take 64 or 128)",
+                cfg.head_dim
+            )));
+        }
+        if cfg.num_kv_heads == 0
+            || !cfg.num_heads.is_multiple_of(cfg.num_kv_heads)
+            || cfg.num_heads / cfg.num_kv_heads > 8
+        {
+            return Err(unsupported(format!(
+                "{} q heads over {} kv heads",
+                cfg.num_heads, cfg.num_kv_heads
+            )));
+        }
+        for (n, v) in [
+            ("hidden_size", cfg.hidden_size),
+            ("intermediate_size", cfg.intermediate_size),
+        ] {
+            if !v.is_multiple_of(8) {
+                return Err(unsupported(format!("{n} {v} is not a multiple of 8")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Load a checkpoint's weights (converted to bf16) onto the GPU.
+    pub fn load(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        store: &WeightStore,
+        max_pos: usize,
+    ) -> Result<GpuModel> {
+        Self::load_shard(gpu, cfg, store, Shard::SOLE, max_pos)
+    }
+
+    /// `shard`'s part of a checkpoint (all of it for [`Shard::SOLE`]): q/k/v and gate/up cut
+    /// by output rows, o and down by input columns (`crate::model::shard`), embedding and LM
+    /// head whole; the model's `cfg` is the rank's own shapes (`Shard::local_config`). The
+    /// caller has checked that the model splits `shard.size` ways.
+    pub fn load_shard(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        store: &WeightStore,
+        shard: Shard,
+        max_pos: usize,
+    ) -> Result<GpuModel> {
+        let local = shard.local_config(cfg);
+        Self::check_supported(&local)?;
+        let (h, q, kv, i, d, v) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+            cfg.head_dim,
+            cfg.vocab_size,
+        );
+        // The checkpoint's tensor `name` of `shape`, cut to this rank's part of it.
+        let get = |name: &str, shape: &[usize], part: Part| -> Result<Vec<bf16>> {
+            let all = store
+                .get(name, shape)
+                .map(|t| to_bf16(&t))
+                .map_err(|e| unsupported(e.to_string()))?;
+            Ok(match shard.split(cfg, part) {
+                Split::Replicated => all,
+                cut => cut.cut(&all, shape.get(1).copied().unwrap_or(1)),
+            })
+        };
+        let whole = Part::Replicated;
+        let up = |x: Vec<bf16>| gpu.upload(&x);
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let n = LayerNames::new(l);
+            let mut qkv = get(&n.q_proj, &[q, h], Part::Q)?;
+            qkv.extend(get(&n.k_proj, &[kv, h], Part::Kv)?);
+            qkv.extend(get(&n.v_proj, &[kv, h], Part::Kv)?);
+            let mut gu = get(&n.gate_proj, &[i, h], Part::GateUp)?;
+            gu.extend(get(&n.up_proj, &[i, h], Part::GateUp)?);
+            let qkv_bias = if cfg.qkv_bias {
+                let mut b = get(&n.q_bias, &[q], Part::Q)?;
+                b.extend(get(&n.k_bias, &[kv], Part::Kv)?);
+                b.extend(get(&n.v_bias, &[kv], Part::Kv)?);
+                Some(up(b)?)
+            } else {
+                None
+            };
+            let (in_norm, post_norm) = (
+                up(get(&n.input_norm, &[h], whole)?)?,
+                up(get(&n.post_norm, &[h], whole)?)?,
+            );
+            layers.push(LayerWeights {
+                qkv: fold_norm(gpu, up(qkv)?, &in_norm)?,
+                qkv_bias,
+                q_norm: if cfg.qk_norm {
+                    Some(up(get(&n.q_norm, &[d], whole)?)?)
+                } else {
+                    None
+                },
+                k_norm: if cfg.qk_norm {
+                    Some(up(get(&n.k_norm, &[d], whole)?)?)
+                } else {
+                    None
+                },
+                o: up(get(&n.o_proj, &[h, q], Part::O)?)?,
+                gate_up: fold_norm(gpu, up(gu)?, &post_norm)?,
+                down: up(get(&n.down_proj, &[h, i], Part::Down)?)?,
+            });
+        }
+        // Embedding and LM head whole on every rank (each rank picks the same tokens).
+        let embed = up(get(EMBED, &[v, h], whole)?)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(up(get(LM_HEAD, &[v, h], whole)?)?)
+        };
+        let final_norm = up(get(FINAL_NORM, &[h], whole)?)?;
+        Self::assemble(gpu, &local, embed, lm_head, final_norm, layers, max_pos)
+    }
+
+    /// Random weights of `cfg`'s shapes (for benchmarks): uniform in [-a, a] with a = 0.05 for
+    /// matrices and norms around 1. Filled on the device from one uploaded random block.
+    pub fn random(gpu: &Gpu, cfg: &ModelConfig, seed: u64, max_pos: usize) -> Result<GpuModel> {
+        Self::check_supported(cfg)?;
+        let (h, q, kv, i, d, v) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+            cfg.head_dim,
+            cfg.vocab_size,
+        );
+        let mut s = seed | 1;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        };
+        const BLOCK: usize = 1 << 22;
+        let mat: Vec<bf16> = (0..BLOCK + 4096)
+            .map(|_| bf16::from_f32((next() * 2.0 - 1.0) * 0.05))
+            .collect();
+        let norm: Vec<bf16> = (0..BLOCK + 4096)
+            .map(|_| bf16::from_f32(0.8 + 0.4 * next()))
+            .collect();
+        let (dmat, dnorm) = (gpu.upload(&mat)?, gpu.upload(&norm)?);
+        let mut counter = 0usize;
+        let mut fill = |n: usize, src: &CudaSlice<bf16>| -> Result<CudaSlice<bf16>> {
+            let mut dst = gpu.zeros::<bf16>(n)?;
+            let mut done = 0;
+            while done < n {
+                // A different offset each time, so no two tensors are identical.
+                counter = (counter * 7919 + 12345) % 4096;
+                let len = (n - done).min(BLOCK);
+                let srcv = src.slice(counter..counter + len);
+                let mut dstv = dst.slice_mut(done..done + len);
+                gpu.stream
+                    .memcpy_dtod(&srcv, &mut dstv)
+                    .ctx("filling random weights")?;
+                done += len;
+            }
+            Ok(dst)
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for _ in 0..cfg.num_layers {
+            let (in_norm, post_norm) = (fill(h, &dnorm)?, fill(h, &dnorm)?);
+            let qkv = fill((q + 2 * kv) * h, &dmat)?;
+            let qkv_bias = if cfg.qkv_bias {
+                Some(fill(q + 2 * kv, &dmat)?)
+            } else {
+                None
+            };
+            let (q_norm, k_norm) = if cfg.qk_norm {
+                (Some(fill(d, &dnorm)?), Some(fill(d, &dnorm)?))
+            } else {
+                (None, None)
+            };
+            let o = fill(h * q, &dmat)?;
+            let gate_up = fill(2 * i * h, &dmat)?;
+            layers.push(LayerWeights {
+                qkv: fold_norm(gpu, qkv, &in_norm)?,
+                qkv_bias,
+                q_norm,
+                k_norm,
+                o,
+                gate_up: fold_norm(gpu, gate_up, &post_norm)?,
+                down: fill(h * i, &dmat)?,
+            });
+        }
+        let embed = fill(v * h, &dmat)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(fill(v * h, &dmat)?)
+        };
+        let final_norm = fill(h, &dnorm)?;
+        Self::assemble(gpu, cfg, embed, lm_head, final_norm, layers, max_pos)
+    }
+
+    fn assemble(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        embed: CudaSlice<bf16>,
+        lm_head: Option<CudaSlice<bf16>>,
+        final_norm: CudaSlice<bf16>,
+        layers: Vec<LayerWeights>,
+        max_pos: usize,
+    ) -> Result<GpuModel> {
+        let max_pos = max_pos.max(1);
+        let cos_sin = gpu.upload(&cos_sin_table_scaled(
+            &cfg.rope_inv_freq(),
+            max_pos,
+            cfg.rope_attention_factor(),
+        ))?;
+        let unit_norm = gpu.upload(&vec![bf16::ONE; cfg.hidden_size])?;
+        let opt = |x: &Option<CudaSlice<bf16>>| x.as_ref().map_or(0, |x| x.len());
+        let mut elems = embed.len() + final_norm.len() + opt(&lm_head) + unit_norm.len();
+        for l in &layers {
+            elems += l.qkv.len()
+                + opt(&l.qkv_bias)
+                + opt(&l.q_norm)
+                + opt(&l.k_norm)
+                + l.o.len()
+                + l.gate_up.len()
+                + l.down.len();
+        }
+        Ok(GpuModel {
+            cfg: cfg.clone(),
+            embed,
+            lm_head,
+            final_norm,
+            unit_norm,
+            layers,
+            cos_sin,
+            max_pos,
+            weight_bytes: 2 * elems,
+            checkpoint_bytes: checkpoint_bytes(cfg),
+            kernels: KernelChoice::default(),
+            tp: None,
+        })
+    }
+
+    /// The weights held, for start-up lines: "weights X GB (checkpoint Y GB as bf16)".
+    pub fn weights_summary(&self) -> String {
+        format!(
+            "weights {:.3} GB (checkpoint {:.3} GB as bf16; norm weights folded into the projections)",
+            self.weight_bytes as f64 / 1e9,
+            self.checkpoint_bytes as f64 / 1e9
+        )
+    }
+
+    /// Bytes of KV cache per token slot (all layers, K and V).
+    pub fn kv_bytes_per_slot(&self) -> usize {
+        2 * self.cfg.num_layers * self.cfg.kv_dim() * 2
+    }
+}
+
+/// `w` (`[rows, hidden]`) with the RMSNorm weight `nw` (`[hidden]`) folded into its columns, in
+/// place: `w diag(nw)`, rounded to bf16 once.
+fn fold_norm(gpu: &Gpu, w: CudaSlice<bf16>, nw: &CudaSlice<bf16>) -> Result<CudaSlice<bf16>> {
+    let h = nw.len();
+    let wp = gpu.ptr(&w);
+    gpu.scale_cols(wp, wp, gpu.ptr(nw), w.len() / h.max(1), h)?;
+    Ok(w)
+}
+
+/// Bytes of a checkpoint of `cfg`'s shapes as bf16 (every tensor the loader reads).
+pub fn checkpoint_bytes(cfg: &ModelConfig) -> usize {
+    let (h, q, kv, i, d, v) = (
+        cfg.hidden_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.intermediate_size,
+        cfg.head_dim,
+        cfg.vocab_size,
+    );
+    let qk_norm = if cfg.qk_norm { 2 * d } else { 0 };
+    let bias = if cfg.qkv_bias { q + 2 * kv } else { 0 };
+    let layer = 2 * h + (q + 2 * kv) * h + bias + qk_norm + h * q + 3 * i * h;
+    let head = if cfg.tie_word_embeddings { 0 } else { v * h };
+    2 * (cfg.num_layers * layer + v * h + head + h)
+}
