@@ -32,6 +32,11 @@ pub enum SimCmd {
         /// the batch sequences differ only where the schedulers decide differently.
         #[arg(long)]
         timing_from: Option<String>,
+        /// Send each request when the client of this run did (a `doppel bench serve --json`
+        /// report of the same trace, open-loop only): a burst's requests leave over the time
+        /// the client takes to open their connections.
+        #[arg(long)]
+        sends_from: Option<String>,
     },
     /// SGLang's bench_one_batch straight from a profile's cost model.
     OneBatch {
@@ -214,6 +219,7 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             seed,
             profile,
             timing_from,
+            sends_from,
         } => {
             let timing_from = match timing_from {
                 Some(path) => {
@@ -235,7 +241,14 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             if let Some(profile) = profile {
                 t.profile = profile;
             }
-            let r = doppel_sim::replay(t, &trace, opts)?;
+            let r = match sends_from {
+                Some(path) => {
+                    let v = doppel_sim::compare::load_report(&path)?;
+                    let sends = doppel_sim::sends::load_sends(&v, &path)?;
+                    doppel_sim::replay_sent(t, &trace, opts, &sends, &path)?
+                }
+                None => doppel_sim::replay(t, &trace, opts)?,
+            };
             emit(&r.stdout(log_batches))?;
             if let Some(path) = json {
                 write(

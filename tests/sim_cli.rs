@@ -236,3 +236,50 @@ fn plan_prints_the_frontier_and_writes_an_svg_and_refuses_a_bad_slo() {
     ]);
     assert!(!ok && err.contains("--router random"), "{err}");
 }
+
+#[test]
+fn sends_from_a_report_replaces_a_burst_s_schedule_and_refuses_a_capped_trace() {
+    // A replay's own report as the "real" run: its requests were sent at 0.
+    let at0 = tmp("sends-at0.json");
+    let (ok, _, err) = doppel(&[
+        "sim",
+        "replay",
+        "traces/peers/doppel/w5.yaml",
+        "--json",
+        at0.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&at0).unwrap()).unwrap();
+    for r in v["requests"].as_array_mut().unwrap() {
+        let id = r["id"].as_u64().unwrap();
+        r["send"] = (id * 100_000).into();
+    }
+    let spread = tmp("sends-spread.json");
+    std::fs::write(&spread, v.to_string()).unwrap();
+    let out = tmp("sends-out.json");
+    let (ok, _, err) = doppel(&[
+        "sim",
+        "replay",
+        "traces/peers/doppel/w5.yaml",
+        "--sends-from",
+        spread.to_str().unwrap(),
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let o: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let reqs = o["requests"].as_array().unwrap();
+    assert_eq!(reqs[10]["send"].as_u64(), Some(1_000_000));
+    assert_eq!(reqs[1023]["send"].as_u64(), Some(102_300_000));
+    let (ok, _, err) = doppel(&[
+        "sim",
+        "replay",
+        "traces/peers/doppel/w3-c64.yaml",
+        "--sends-from",
+        spread.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("arrival.max_concurrency"), "{err}");
+}

@@ -128,7 +128,7 @@ pub struct RealTiming {
 /// Replay a trace (`origin` names it in errors).
 pub fn simulate(trace: &Trace, origin: &str, opts: SimOptions) -> Result<Outcome, SimError> {
     let profile = Profile::load(&trace.profile)?;
-    let work = expand(trace, profile.model.vocab);
+    let work = expand(trace, trace.prompt_vocab(profile.model.vocab));
     simulate_work(trace, &profile, work, origin, opts)
 }
 

@@ -23,6 +23,7 @@ pub mod plan;
 pub mod profile;
 pub mod report;
 pub mod router;
+pub mod sends;
 pub mod sweep;
 pub mod trace;
 pub mod workload;
@@ -91,16 +92,36 @@ pub fn replay_file(path: &str, opts: SimOptions) -> Result<Replay, SimError> {
 /// Replay a parsed trace (`origin` names it in errors).
 pub fn replay(trace: Trace, origin: &str, opts: SimOptions) -> Result<Replay, SimError> {
     let outcome = simulate(&trace, origin, opts)?;
+    Ok(replay_of(trace, outcome))
+}
+
+/// Replay a parsed open-loop trace with each request sent at `sends[i]` (a real run's send
+/// times, `sends::load_sends`; `file` names them in errors) instead of its schedule.
+pub fn replay_sent(
+    trace: Trace,
+    origin: &str,
+    opts: SimOptions,
+    sends: &[doppel_core::TimeNs],
+    file: &str,
+) -> Result<Replay, SimError> {
+    let profile = Profile::load(&trace.profile)?;
+    let mut work = workload::expand(&trace, trace.prompt_vocab(profile.model.vocab));
+    sends::apply_sends(&trace, &mut work, sends, file)?;
+    let outcome = driver::simulate_work(&trace, &profile, work, origin, opts)?;
+    Ok(replay_of(trace, outcome))
+}
+
+fn replay_of(trace: Trace, outcome: Outcome) -> Replay {
     let rate = match trace.arrival.pattern {
         trace::ArrivalPattern::Poisson | trace::ArrivalPattern::Gamma => trace.arrival.rate,
         _ => None,
     };
     let summary = summarize(&outcome, rate, trace.arrival.max_concurrency);
-    Ok(Replay {
+    Replay {
         trace,
         outcome,
         summary,
-    })
+    }
 }
 
 /// Re-exported so callers (and the workspace tests) can read the JSON reports with the same version.

@@ -123,6 +123,7 @@ pub fn dataset_trace(workload: Workload, arrival: Arrival, seed: u64, name: &str
         description: None,
         profile: "none".into(),
         seed,
+        vocab: None,
         engine: Default::default(),
         workload,
         arrival,

@@ -194,7 +194,8 @@ pub fn replay<B: Backend>(
     let clock = Instant::now();
     let rec = Recorder::new(backend, clock);
     let mut engine = Engine::new(scheduler, rec, trace.engine.overlap);
-    let mut work = expand(trace, vocab);
+    // A trace's own `vocab` wins; a token it puts outside the model's is refused below.
+    let mut work = expand(trace, trace.prompt_vocab(vocab));
     let n = work.requests.len();
     let mut out = Outcome {
         kv_capacity: cfg.capacity_tokens(),

@@ -231,7 +231,7 @@ fn absorb(into: &mut Outcome, o: Outcome, ids: &[usize]) {
 pub fn evaluate(base: &Trace, origin: &str, c: &Candidate) -> Result<Summary, SimError> {
     let t = configure(base, origin, c)?;
     let profile = Profile::load(&t.profile)?;
-    let work = expand(&t, profile.model.vocab);
+    let work = expand(&t, t.prompt_vocab(profile.model.vocab));
     let mut outcome = run_routed(&t, &profile, &work, c, None, origin)?;
     if c.router == Router::CacheAware && c.replicas > 1 {
         // The router balances on requests in flight: take them from the first pass's replay.

@@ -45,6 +45,11 @@ pub struct Trace {
     /// Seed for every generator (bench_serving's default is 1).
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Vocabulary the prompts' token ids are drawn from (absent: the profile model's). A bench
+    /// run made with `doppel bench serve --vocab N` replays exactly with `vocab: N`: the draws
+    /// that follow a prompt's (a shared-prefix workload's group order) depend on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<usize>,
     /// Engine configuration.
     #[serde(default)]
     pub engine: EngineSpec,
@@ -283,6 +288,11 @@ impl Trace {
         }
         t.validate(text, origin)?;
         Ok(t)
+    }
+
+    /// The vocabulary prompts are drawn from on a model of `model_vocab` tokens.
+    pub fn prompt_vocab(&self, model_vocab: usize) -> usize {
+        self.vocab.unwrap_or(model_vocab)
     }
 
     /// The trace's name.

@@ -78,3 +78,15 @@ fn explicit_requests_need_one_prompt_form() {
     let e = Trace::parse(text, "x.yaml").unwrap_err().to_string();
     assert!(e.contains("workload.requests[0].prompt"), "{e}");
 }
+
+#[test]
+fn vocab_defaults_to_the_model_s_and_zero_is_refused_by_name() {
+    let t = Trace::parse(GOOD, "t.yaml").unwrap();
+    assert_eq!(t.prompt_vocab(151_936), 151_936);
+    let t = Trace::parse(&format!("vocab: 32000\n{GOOD}"), "t.yaml").unwrap();
+    assert_eq!(t.prompt_vocab(151_936), 32_000);
+    let e = Trace::parse(&format!("vocab: 0\n{GOOD}"), "bad.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad.yaml") && e.contains("vocab"), "{e}");
+}

@@ -24,6 +24,9 @@ impl Trace {
             why: why.to_string(),
             line: find_line(text, field),
         };
+        if self.vocab == Some(0) {
+            return Err(bad("vocab", "0".into(), "must be at least 1"));
+        }
         let e = &self.engine;
         if Policy::parse(&e.policy).is_none() {
             let known: Vec<_> = Policy::ALL.iter().map(|p| p.name()).collect();
