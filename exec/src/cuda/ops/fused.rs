@@ -26,6 +26,28 @@ pub struct QkvLayout {
     pub row_stride: usize,
 }
 
+impl QkvLayout {
+    /// Fail unless each row holds `heads` heads and `qkv` holds every row (`kernel` names the
+    /// caller in the error).
+    pub(crate) fn need_rows(
+        &self,
+        kernel: &'static str,
+        qkv: &DPtr<bf16>,
+        heads: usize,
+    ) -> Result<()> {
+        let (stride, width) = (self.row_stride, heads * self.head_dim);
+        check(kernel, stride >= width, || {
+            format!("row stride {stride} too small")
+        })?;
+        need(
+            kernel,
+            "qkv",
+            qkv,
+            self.tokens.saturating_sub(1) * stride + width,
+        )
+    }
+}
+
 /// The rows a norm-folded GEMV normalises before its projection: `bf16(rmsnorm(x_b) * w)` over
 /// rows of `hidden` elements (the projection's k).
 #[derive(Clone, Copy, Debug)]
@@ -111,21 +133,13 @@ impl Gpu {
                 })
             }
         };
-        check(K, row_stride >= (nq + 2 * nk) * head_dim, || {
-            format!("row stride {row_stride} too small")
-        })?;
         check(K, post.cos_sin.len().is_multiple_of(head_dim), || {
             "cos/sin table is not [max_pos, head_dim]".into()
         })?;
         check(K, post.k_cache.len() == post.v_cache.len(), || {
             "K and V caches differ in size".into()
         })?;
-        need(
-            K,
-            "qkv",
-            &qkv,
-            tokens.saturating_sub(1) * row_stride + (nq + 2 * nk) * head_dim,
-        )?;
+        layout.need_rows(K, &qkv, nq + 2 * nk)?;
         need(K, "positions", &post.positions, tokens)?;
         need(K, "slots", &post.slots, tokens)?;
         if let Some((wq, wk)) = &post.qk_norm {

@@ -173,15 +173,7 @@ impl Gpu {
         check(K, cos_sin.len().is_multiple_of(head_dim), || {
             "cos/sin table is not [max_pos, head_dim]".into()
         })?;
-        check(K, row_stride >= (nq + nk) * head_dim, || {
-            format!("row stride {row_stride} too small")
-        })?;
-        need(
-            K,
-            "qkv",
-            &qkv,
-            tokens.saturating_sub(1) * row_stride + (nq + nk) * head_dim,
-        )?;
+        layout.need_rows(K, &qkv, nq + nk)?;
         need(K, "positions", &positions, tokens)?;
         if tokens == 0 {
             return Ok(());
@@ -224,18 +216,10 @@ impl Gpu {
         check(K, (nk * head_dim).is_multiple_of(8), || {
             "nk * head_dim is not a multiple of 8".into()
         })?;
-        check(K, row_stride >= (nq + 2 * nk) * head_dim, || {
-            format!("row stride {row_stride} too small")
-        })?;
         check(K, k_cache.len() == v_cache.len(), || {
             "K and V caches differ in size".into()
         })?;
-        need(
-            K,
-            "qkv",
-            &qkv,
-            tokens.saturating_sub(1) * row_stride + (nq + 2 * nk) * head_dim,
-        )?;
+        layout.need_rows(K, &qkv, nq + 2 * nk)?;
         need(K, "slots", &slots, tokens)?;
         if tokens == 0 {
             return Ok(());

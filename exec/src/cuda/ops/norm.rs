@@ -173,15 +173,7 @@ impl Gpu {
         check(K, head_dim.is_multiple_of(64) && head_dim <= 256, || {
             format!("head_dim {head_dim} is not 64, 128, 192 or 256")
         })?;
-        check(K, row_stride >= (nq + nk) * head_dim, || {
-            format!("row stride {row_stride} too small")
-        })?;
-        need(
-            K,
-            "qkv",
-            &qkv,
-            tokens.saturating_sub(1) * row_stride + (nq + nk) * head_dim,
-        )?;
+        layout.need_rows(K, &qkv, nq + nk)?;
         need(K, "wq", &wq, head_dim)?;
         need(K, "wk", &wk, head_dim)?;
         if tokens == 0 {
