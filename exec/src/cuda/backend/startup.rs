@@ -116,24 +116,9 @@ impl CudaBackend {
         sched: &SchedulerConfig,
     ) -> Result<(CudaBackend, usize)> {
         let t0 = Instant::now();
-        let model_err = |msg: String| CudaError::Model {
-            path: dir.display().to_string(),
-            msg,
-        };
-        if let Some(f) = opts.mem_fraction_static {
-            if !(f > 0.0 && f <= 1.0) {
-                return Err(model_err(format!(
-                    "mem_fraction_static {f}: must be in (0, 1]"
-                )));
-            }
-        }
-        let cfg = ModelConfig::load(dir).map_err(|e| model_err(e.to_string()))?;
+        let model_err = |msg: String| model_error(dir, msg);
+        let (cfg, context_len) = checked_config(dir, opts, sched)?;
         let gpu = Gpu::new(opts.device)?;
-        let context_len = if sched.context_len == 0 {
-            cfg.max_position_embeddings
-        } else {
-            sched.context_len
-        };
         let model = if opts.random_weights {
             GpuModel::random(&gpu, &cfg, opts.seed, context_len)?
         } else {
@@ -183,6 +168,37 @@ const _: fn() = || {
     fn send<T: Send>() {}
     send::<CudaBackend>();
 };
+
+/// An error about the checkpoint at `dir`.
+pub(crate) fn model_error(dir: &Path, msg: String) -> CudaError {
+    CudaError::Model {
+        path: dir.display().to_string(),
+        msg,
+    }
+}
+
+/// The checkpoint's config and the context length to serve (`sched.context_len`, 0 meaning the
+/// model's), after checking `opts`: the first step of every CUDA start-up, one GPU or a group.
+pub(crate) fn checked_config(
+    dir: &Path,
+    opts: &CudaOptions,
+    sched: &SchedulerConfig,
+) -> Result<(ModelConfig, usize)> {
+    if let Some(f) = opts.mem_fraction_static {
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(model_error(
+                dir,
+                format!("mem_fraction_static {f}: must be in (0, 1]"),
+            ));
+        }
+    }
+    let cfg = ModelConfig::load(dir).map_err(|e| model_error(dir, e.to_string()))?;
+    let context_len = match sched.context_len {
+        0 => cfg.max_position_embeddings,
+        n => n,
+    };
+    Ok((cfg, context_len))
+}
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,9 @@ use super::backend::TpCudaBackend;
 use super::{check_devices, ensure_nccl, init_group};
 use crate::cuda::backend::CudaBackend;
 use crate::cuda::model::GpuModel;
-use crate::cuda::startup::{backend_config, default_mem_fraction, kv_tokens_for, CudaOptions};
+use crate::cuda::startup::{
+    backend_config, checked_config, default_mem_fraction, kv_tokens_for, model_error, CudaOptions,
+};
 use crate::cuda::{open_context, CudaError, DriverCtx, Gpu, Result};
 use crate::model::{shard, ModelConfig, Shard, WeightStore};
 use cudarc::driver::CudaContext;
@@ -35,11 +37,7 @@ pub fn load_group(
     seed: u64,
     max_pos: usize,
 ) -> Result<Vec<RankModel>> {
-    let model_err = |msg: String| CudaError::Model {
-        path: dir.display().to_string(),
-        msg,
-    };
-    let shards = Shard::group(cfg, size).map_err(|e| model_err(e.to_string()))?;
+    let shards = Shard::group(cfg, size).map_err(|e| model_error(dir, e.to_string()))?;
     ensure_nccl()?;
     open_context(first)?;
     let count = CudaContext::device_count().map_err(|e| CudaError::NoDevice(e.to_string()))?;
@@ -73,23 +71,9 @@ impl TpCudaBackend {
         size: usize,
     ) -> Result<(TpCudaBackend, usize)> {
         let t0 = Instant::now();
-        let model_err = |msg: String| CudaError::Model {
-            path: dir.display().to_string(),
-            msg,
-        };
-        if let Some(f) = opts.mem_fraction_static {
-            if !(f > 0.0 && f <= 1.0) {
-                return Err(model_err(format!(
-                    "mem_fraction_static {f}: must be in (0, 1]"
-                )));
-            }
-        }
-        let cfg = ModelConfig::load(dir).map_err(|e| model_err(e.to_string()))?;
+        let model_err = |msg: String| model_error(dir, msg);
+        let (cfg, context_len) = checked_config(dir, opts, sched)?;
         shard::check(&cfg, size).map_err(|e| model_err(e.to_string()))?;
-        let context_len = match sched.context_len {
-            0 => cfg.max_position_embeddings,
-            n => n,
-        };
         let store = match opts.random_weights {
             true => None,
             false => Some(WeightStore::open(dir).map_err(|e| model_err(e.to_string()))?),
