@@ -203,18 +203,7 @@ pub fn to_svg(r: &SweepResult) -> String {
             "<text x=\"{left}\" y=\"{}\" font-size=\"13\">{title}</text>",
             top - 8.0
         );
-        for k in 0..=4 {
-            let v = ymax * k as f64 / 4.0;
-            let y = y_of(v);
-            let _ = writeln!(
-                s,
-                "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-                w - right,
-                left - 6.0,
-                y + 4.0,
-                fmt_num(v)
-            );
-        }
+        y_grid(&mut s, (left, w - right), ymax, y_of);
         let _ = writeln!(
             s,
             "<line x1=\"{left}\" y1=\"{bottom}\" x2=\"{}\" y2=\"{bottom}\" stroke=\"black\"/><line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{bottom}\" stroke=\"black\"/>",
@@ -277,6 +266,22 @@ pub(crate) fn fmt_num(v: f64) -> String {
         format!("{:.1}", v)
     } else {
         format!("{:.2}", v)
+    }
+}
+
+/// Five horizontal grid lines from 0 to `ymax` across `x0..x1`, each labelled at its left;
+/// `y_of` maps a value to its pixel row.
+pub(crate) fn y_grid(s: &mut String, (x0, x1): (f64, f64), ymax: f64, y_of: impl Fn(f64) -> f64) {
+    for k in 0..=4 {
+        let v = ymax * k as f64 / 4.0;
+        let y = y_of(v);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{x1:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            x0 - 6.0,
+            y + 4.0,
+            fmt_num(v)
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 //! frontier joined, the target's limit a dashed line.
 
 use super::PlanResult;
-use crate::sweep::{fmt_num, nice_max, xml};
+use crate::sweep::{fmt_num, nice_max, xml, y_grid};
 use std::fmt::Write;
 
 /// The chart as an SVG document.
@@ -124,18 +124,7 @@ fn axes(s: &mut String, f: &Frame, xmax: usize, label: &str) {
     let ymax = f.ymax;
     let y_of = |v: f64| f.y(v);
     let x_of = |g: usize| f.x(g);
-    for k in 0..=4 {
-        let v = ymax * k as f64 / 4.0;
-        let y = y_of(v);
-        let _ = writeln!(
-            s,
-            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            w - right,
-            left - 6.0,
-            y + 4.0,
-            fmt_num(v)
-        );
-    }
+    y_grid(s, (left, w - right), ymax, y_of);
     for g in 1..=xmax {
         let _ = writeln!(
             s,
