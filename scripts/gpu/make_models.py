@@ -101,6 +101,25 @@ def arg(flag, default=None):
     return default
 
 
+def rope_buffers(model):
+    """The rotary embeddings' inv_freq buffers (f32 until a cast) as copies, to put back after a
+    dtype cast. transformers computes them in f32 and reads them as f32 (from_pretrained leaves them so), but
+    Module.to(dtype) rounds them too: in bf16 that is an angle error of about position x 2^-9 rad
+    (0.4 rad at position 200), which made the references drift from the truth with prompt length
+    (docs/exec-model.md, "Transformers references")."""
+    return {n: b.detach().clone() for n, b in model.named_buffers() if n.endswith("inv_freq")}
+
+
+def to_dtype(model, dtype, rope):
+    """model.to(dtype) with the rotary buffers `rope` (from rope_buffers) kept in f32."""
+    model.to(dtype)
+    device = next(model.parameters()).device
+    for name, t in rope.items():
+        owner, attr = name.rsplit(".", 1)
+        setattr(model.get_submodule(owner), attr, t.to(device))
+    return model
+
+
 def build(cfg_dict, out):
     from transformers import AutoConfig, AutoModelForCausalLM
     os.makedirs(out, exist_ok=True)
@@ -113,7 +132,8 @@ def build(cfg_dict, out):
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
     torch.set_default_dtype(torch.float32)
-    model = model.to(device="cuda", dtype=torch.bfloat16)
+    model.doppel_rope = rope_buffers(model)
+    model = to_dtype(model, torch.bfloat16, model.doppel_rope)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith(".bias"):
@@ -160,6 +180,8 @@ def last_logits(model, prompt):
 
 @torch.no_grad()
 def reference(model, out, lengths, vocab):
+    rope = getattr(model, "doppel_rope", None) or rope_buffers(model)
+    assert all(t.dtype == torch.float32 for t in rope.values()), "rope buffers were rounded"
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
     logits, greedy = [], []
@@ -173,11 +195,16 @@ def reference(model, out, lengths, vocab):
     tensors = {"logits": torch.stack(logits).contiguous()}
     # The same weights in f32 (bf16 -> f32 is exact): the truth both bf16 forwards are measured
     # against, since transformers' own bf16 logits sit 1-3e-2 from it on deep random models
-    # (docs/exec-model.md). Skipped for very long prompts, whose f32 attention may not fit.
-    if max(lengths) <= 4096:
-        model.float()
+    # (docs/exec-model.md). At 8B the f32 copy takes 32 GB; a 32k prompt's f32 attention runs
+    # in sdpa's memory-efficient kernel. If it does not fit the reference has no truth and the
+    # check falls back to transformers' bf16 logits.
+    try:
+        to_dtype(model, torch.float32, rope)
         tensors["logits_f32"] = torch.stack([last_logits(model, p).cpu() for p in prompts])
-        model.to(torch.bfloat16)
+    except torch.cuda.OutOfMemoryError as e:
+        print(f"{out}: no f32 reference ({str(e).splitlines()[0]})")
+    to_dtype(model, torch.bfloat16, rope)
+    torch.cuda.empty_cache()
     ref = os.path.join(out, "reference")
     os.makedirs(ref, exist_ok=True)
     save_file(tensors, os.path.join(ref, "logits.safetensors"))

@@ -13,7 +13,7 @@ import sys
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from make_models import reference  # this folder: the reference files' one writer
+from make_models import reference, rope_buffers, to_dtype  # this folder: the reference files' one writer
 
 out = sys.argv[1]
 torch.manual_seed(0)
@@ -32,7 +32,9 @@ cfg = Qwen3Config(
     bos_token_id=151643,
     eos_token_id=151645,
 )
-model = Qwen3ForCausalLM(cfg).to(torch.bfloat16).cuda().eval()
+model = Qwen3ForCausalLM(cfg)
+model.doppel_rope = rope_buffers(model)
+model = to_dtype(model.cuda(), torch.bfloat16, model.doppel_rope).eval()
 model.save_pretrained(out)
 
 reference(model, out, [1, 7, 64, 200, 130, 33], cfg.vocab_size)

@@ -9,7 +9,7 @@
 #      the copy-bandwidth floor and bench-one-batch 1/4/16/64 at input 128 and 1024, output 64.
 #   BIN: staged executables (scripts/gpu/stage.sh -> carry/bin); OUT: logs (default /tmp/doppel-models)
 #   STAGES: subset of "tiny archs 8b" (default all); ARCHES: presets for stage archs.
-#   BASE_MODEL_TEST: an older build's cuda_model test executable (default carry/base/cuda_model):
+#   BASE_MODEL_TEST: an older build's cuda_model test executable (default none), e.g. carry/base/cuda_model:
 #   stage archs also runs it on each checkpoint, reported beside ours, never failing the stage.
 # Exit status non-zero if any correctness stage failed. Budget (H100): tiny ~0.5 min, archs ~3 min
 # (measured; more with BASE_MODEL_TEST), 8b ~5 min (estimated): two device calls, STAGES="tiny archs" then
@@ -22,7 +22,7 @@ mkdir -p "$OUT" "$W"
 source "$(dirname "$0")/env.sh"
 export PYTHONUNBUFFERED=1
 STAGES=${STAGES:-"tiny archs 8b"}
-BASE_MODEL_TEST=${BASE_MODEL_TEST:-carry/base/cuda_model}
+BASE_MODEL_TEST=${BASE_MODEL_TEST:-}
 ARCHES=${ARCHES:-"llama3.2-1b:0 mistral-7b-v0.3:4 qwen2.5-0.5b:0 qwen2.5-7b:4 qwen2.5-7b-yarn:4 qwen3-8b:4 qwen3-32b:4"}
 status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
