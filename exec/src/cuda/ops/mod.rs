@@ -64,6 +64,12 @@ pub(crate) fn ceil_div(a: usize, b: usize) -> u32 {
     a.div_ceil(b) as u32
 }
 
+/// A grid's y extent for `rows` rows of a kernel whose blocks stride over rows (y is at most
+/// 65535: a 64 x 1024-token prefill has 65536).
+fn grid_rows(rows: usize) -> u32 {
+    rows.min(65535) as u32
+}
+
 impl Gpu {
     /// `out[t] = table[ids[t]]`, resolving FUTURE_TOKEN ids from `last_token[tok_row[t]]` (and
     /// writing the resolved id back into `ids`).
@@ -292,7 +298,7 @@ impl Gpu {
         .launch(
             self,
             K,
-            cfg((ceil_div(inter / 8, 128), tokens as u32, 1), 128),
+            cfg((ceil_div(inter / 8, 128), grid_rows(tokens), 1), 128),
             Mode::Pdl,
         )
     }
@@ -327,7 +333,7 @@ impl Gpu {
         .launch(
             self,
             K,
-            cfg((ceil_div(width / 2, 256), rows as u32, 1), 256),
+            cfg((ceil_div(width / 2, 256), grid_rows(rows), 1), 256),
             Mode::Pdl,
         )
     }
