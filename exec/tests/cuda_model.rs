@@ -357,11 +357,16 @@ const TRUTH_RATIO: f64 = 1.25;
 const TRUTH_FLOOR: f64 = 1.6e-2;
 
 fn backend_cfg(s: &SchedulerConfig) -> CudaBackendConfig {
+    // As `exec serve` sizes it: one prefill budget (a chunk can exceed max_prefill_tokens) plus
+    // a decode token per running request.
+    let prefill = s
+        .max_prefill_tokens
+        .max(s.chunked_prefill_size.unwrap_or(s.context_len));
     CudaBackendConfig {
         kv_capacity_tokens: s.kv_capacity_tokens,
         table_rows: s.req_pool_size.unwrap_or(64),
         context_len: s.context_len,
-        max_tokens: s.max_prefill_tokens + s.req_pool_size.unwrap_or(64),
+        max_tokens: prefill + s.req_pool_size.unwrap_or(64),
         max_seqs: s.req_pool_size.unwrap_or(64),
         max_graph_batch: 16,
         seed: 99,
