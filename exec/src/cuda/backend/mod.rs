@@ -331,40 +331,27 @@ impl CudaBackend {
             _ => self.run_eager(&mut s, rows, pick)?,
         }
         let prompt = self.prompt_logprobs(plan)?;
-        if constrained {
-            let deferred = Deferred::new(plan, rows, sample, &host_rows, start_ev);
-            let result = self.next_result;
-            self.next_result ^= 1;
-            return Ok(Pending {
-                step: plan.step,
-                entries: plan.entries.len(),
-                want,
-                host: BTreeMap::new(),
-                result,
-                want_lp,
-                started,
-                now,
-                events: None,
-                done: None,
-                deferred: Some(deferred),
-                prompt,
-            });
-        }
-        // Rows that need host sampling: download their logits now (this waits for the step).
-        let host = self.sample_on_host(plan, rows, &host_rows)?;
         // Keep this step's samples apart from the next step's (overlap order collects late).
         // Alternate buffers: the engine has at most two steps launched and not collected. (A
         // launch that failed after this flip would leave the toggle out of step with `pending`;
         // launch errors are fatal to the engine today.)
         let result = self.next_result;
         self.next_result ^= 1;
-        let done = self.download_samples(rows, result)?;
-        let events = match start_ev {
-            Some(start) => Some(StepEvents {
-                start,
-                end: self.gpu.timing_event()?,
-            }),
-            None => None,
+        let (host, done, events, deferred) = if constrained {
+            let deferred = Deferred::new(plan, rows, sample, &host_rows, start_ev);
+            (BTreeMap::new(), None, None, Some(deferred))
+        } else {
+            // Rows that need host sampling: download their logits now (this waits for the step).
+            let host = self.sample_on_host(plan, rows, &host_rows)?;
+            let done = self.download_samples(rows, result)?;
+            let events = match start_ev {
+                Some(start) => Some(StepEvents {
+                    start,
+                    end: self.gpu.timing_event()?,
+                }),
+                None => None,
+            };
+            (host, Some(done), events, None)
         };
         Ok(Pending {
             step: plan.step,
@@ -376,8 +363,8 @@ impl CudaBackend {
             started,
             now,
             events,
-            done: Some(done),
-            deferred: None,
+            done,
+            deferred,
             prompt,
         })
     }
