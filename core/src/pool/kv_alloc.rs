@@ -9,7 +9,9 @@ pub struct KvAllocator {
     page_size: usize,
     num_pages: usize,
     free_pages: Vec<u32>,
-    is_free: Vec<bool>,
+    // One bit per page (1 = free): a bit, not a bool, so that the pool's map stays in cache
+    // while pages are handed out and freed token by token.
+    is_free: Vec<u64>,
     grouping: bool,
     pending: Vec<u32>,
 }
@@ -19,17 +21,19 @@ impl KvAllocator {
     pub fn new(capacity_tokens: usize, page_size: usize) -> Self {
         assert!(page_size > 0, "page_size validated by SchedulerConfig");
         let num_pages = capacity_tokens / page_size;
-        let mut is_free = vec![true; num_pages + 1];
-        is_free[0] = false;
-        KvAllocator {
+        let mut a = KvAllocator {
             page_size,
             num_pages,
             // Popping from the end hands out page 1 first.
             free_pages: (1..=num_pages as u32).rev().collect(),
-            is_free,
+            is_free: vec![0; (num_pages + 1).div_ceil(64)],
             grouping: false,
             pending: Vec::new(),
+        };
+        for page in 1..=num_pages {
+            a.set_free(page, true);
         }
+        a
     }
 
     /// Tokens per page.
@@ -99,7 +103,7 @@ impl KvAllocator {
         }
         for _ in 0..pages {
             let page = self.free_pages.pop().expect("checked above") as usize;
-            self.is_free[page] = false;
+            self.set_free(page, false);
             let take = remaining.min(ps);
             out.extend((0..take).map(|k| KvSlot((page * ps + k) as u32)));
             remaining -= take;
@@ -125,8 +129,8 @@ impl KvAllocator {
                 s.0
             );
             debug_assert!(page != 0, "freeing the dummy page");
-            debug_assert!(!self.is_free[page], "page {page} freed twice");
-            self.is_free[page] = true;
+            debug_assert!(!self.page_free(page), "page {page} freed twice");
+            self.set_free(page, true);
             if self.grouping {
                 self.pending.push(page as u32);
             } else {
@@ -149,7 +153,20 @@ impl KvAllocator {
 
     /// Whether the page holding `slot` is free (for invariant checks).
     pub fn is_slot_free(&self, slot: KvSlot) -> bool {
-        self.is_free[slot.0 as usize / self.page_size]
+        self.page_free(slot.0 as usize / self.page_size)
+    }
+
+    fn page_free(&self, page: usize) -> bool {
+        self.is_free[page / 64] >> (page % 64) & 1 == 1
+    }
+
+    fn set_free(&mut self, page: usize, free: bool) {
+        let (word, bit) = (&mut self.is_free[page / 64], 1u64 << (page % 64));
+        if free {
+            *word |= bit;
+        } else {
+            *word &= !bit;
+        }
     }
 }
 
