@@ -408,14 +408,8 @@ impl Scheduler {
                 self.running.push(h);
             }
         }
-        let admitted_new = admitted.iter().any(|a| !a.cont);
-        if admitted_new {
-            self.waiting.retain(|&h| {
-                self.reqs[h as usize]
-                    .as_ref()
-                    .is_some_and(|r| r.state == State::Waiting)
-            });
-        }
+        let admitted_new = admitted.iter().filter(|a| !a.cont).count();
+        self.remove_from_waiting(admitted_new);
         plan.mode = ForwardMode::Extend;
         plan.stats = stats;
         self.counters.prefill_steps += 1;
@@ -423,6 +417,26 @@ impl Scheduler {
             self.add_mixed_decode(plan, running_bs);
         }
         true
+    }
+
+    /// Drop the `n` requests that just left the waiting queue (they are Running now). They sit
+    /// at its head under FCFS, so the scan stops when the last is found and the rest of a long
+    /// queue moves in one copy instead of being visited request by request.
+    fn remove_from_waiting(&mut self, n: usize) {
+        let (mut left, mut kept, mut i) = (n, 0, 0);
+        while left > 0 && i < self.waiting.len() {
+            let h = self.waiting[i];
+            if self.req(h).state == State::Waiting {
+                self.waiting[kept] = h;
+                kept += 1;
+            } else {
+                left -= 1;
+            }
+            i += 1;
+        }
+        debug_assert_eq!(left, 0, "every admitted request was in the waiting queue");
+        self.waiting.copy_within(i.., kept);
+        self.waiting.truncate(self.waiting.len() - (i - kept));
     }
 
     /// Give one admitted request its row and KV slots and write its plan entry.
