@@ -26,6 +26,15 @@ pub(super) struct Admit {
     slots_at: Option<usize>,
 }
 
+/// How admission walks the waiting queue.
+#[derive(Clone, Copy)]
+enum Order {
+    /// The queue as it stands (FCFS: it is kept in arrival order).
+    Queue,
+    /// `scratch.cands`, in policy order; `matched`: their prefixes are matched already.
+    Cands { matched: bool },
+}
+
 #[derive(PartialEq, Eq)]
 enum BudgetState {
     Continue,
@@ -197,21 +206,31 @@ impl Scheduler {
 
     /// Walk the waiting queue in policy order, adding requests until a budget runs out.
     fn admit_waiting(&mut self, b: &mut Budget, admitted: &mut Vec<Admit>, running_bs: usize) {
-        let matched = self.order_waiting();
+        let order = self.order_waiting();
         let mut cands = std::mem::take(&mut self.scratch.cands);
         let mut key_buf = Vec::new();
         let mut prefix_slots = std::mem::take(&mut self.scratch.prefix_slots);
         prefix_slots.clear();
         let rows_free = self.table.available();
+        let n = match order {
+            Order::Queue => self.waiting.len(),
+            Order::Cands { .. } => cands.len(),
+        };
         // Every candidate before a break was admitted, so the index counts new admissions.
-        for (new_count, c) in cands.iter().enumerate() {
+        for new_count in 0..n {
             if running_bs + admitted.len() >= self.max_running || new_count >= rows_free {
                 break;
             }
-            let h = c.handle;
+            let (h, matched) = match order {
+                Order::Queue => (self.waiting[new_count], None),
+                Order::Cands { matched } => {
+                    let c = &cands[new_count];
+                    (c.handle, matched.then_some((c.prefix_len, c.node)))
+                }
+            };
             let slots_start = prefix_slots.len();
-            let (prefix_len, node, slots_at) = if matched {
-                (c.prefix_len, c.node, None)
+            let (prefix_len, node, slots_at) = if let Some((prefix_len, node)) = matched {
+                (prefix_len, node, None)
             } else if self.cfg.disable_radix_cache {
                 (0, self.req(h).node, None)
             } else {
@@ -274,9 +293,10 @@ impl Scheduler {
         self.scratch.prefix_slots = prefix_slots;
     }
 
-    /// Fill `scratch.cands` with the waiting queue in policy order. Returns true when prefixes
-    /// were matched (cache-aware policies), so admission need not match again.
-    fn order_waiting(&mut self) -> bool {
+    /// Choose the order admission walks the waiting queue in: the queue itself under FCFS (it
+    /// is kept in arrival order, and admission stops after a few requests, so a long queue is
+    /// not copied), else `scratch.cands` filled in policy order.
+    fn order_waiting(&mut self) -> Order {
         let mut policy = self.cfg.policy;
         if policy.is_cache_aware()
             && (self.cfg.disable_radix_cache
@@ -284,16 +304,12 @@ impl Scheduler {
         {
             policy = Policy::Fcfs;
         }
+        if policy == Policy::Fcfs {
+            return Order::Queue;
+        }
         let mut cands = std::mem::take(&mut self.scratch.cands);
         cands.clear();
-        // The queue is kept in FCFS order, and one step can admit at most this many requests,
-        // so FCFS needs only the head of a long queue.
-        let take = if policy == Policy::Fcfs {
-            (self.max_running.saturating_sub(self.running.len())).min(self.table.available()) + 1
-        } else {
-            usize::MAX
-        };
-        for &h in self.waiting.iter().take(take) {
+        for &h in &self.waiting {
             let r = self.req(h);
             cands.push(Candidate {
                 handle: h,
@@ -354,12 +370,10 @@ impl Scheduler {
             cands.truncate(kept);
             self.scratch.in_batch = Some(scratch_tree);
         }
-        if policy != Policy::Fcfs {
-            policy::order(policy, &mut cands, &self.tree, &mut self.rng);
-        }
+        policy::order(policy, &mut cands, &self.tree, &mut self.rng);
         cands.extend(deferred);
         self.scratch.cands = cands;
-        aware
+        Order::Cands { matched: aware }
     }
 
     /// Allocate rows and KV for the admitted requests and write the plan.
