@@ -63,6 +63,9 @@ impl KvAllocator {
 
     /// Pages needed to grow a sequence from `prefix_len` to `prefix_len + n` tokens.
     pub fn pages_needed(&self, prefix_len: usize, n: usize) -> usize {
+        if self.page_size == 1 {
+            return n;
+        }
         (prefix_len + n).div_ceil(self.page_size) - prefix_len.div_ceil(self.page_size)
     }
 
@@ -86,6 +89,18 @@ impl KvAllocator {
             return false;
         }
         let ps = self.page_size;
+        if ps == 1 {
+            // Token-granular: a page is a slot. Every slot is handed out token by token, so
+            // this path avoids the page arithmetic (divisions) of the general one.
+            let start = self.free_pages.len() - n;
+            for i in (start..self.free_pages.len()).rev() {
+                let page = self.free_pages[i];
+                self.set_free(page as usize, false);
+                out.push(KvSlot(page));
+            }
+            self.free_pages.truncate(start);
+            return true;
+        }
         let mut remaining = n;
         let in_page = prefix_len % ps;
         if in_page != 0 && remaining > 0 {
@@ -118,7 +133,12 @@ impl KvAllocator {
         let ps = self.page_size;
         let mut last_page = usize::MAX;
         for s in slots {
-            let page = s.0 as usize / ps;
+            // Token-granular pools (the common case) free every slot: no division.
+            let page = if ps == 1 {
+                s.0 as usize
+            } else {
+                s.0 as usize / ps
+            };
             if page == last_page {
                 continue;
             }
