@@ -48,6 +48,9 @@ impl Scheduler {
     }
 
     fn decode_tokens_needed(&self, batch: &[u32]) -> usize {
+        if self.cfg.page_size == 1 {
+            return batch.len(); // one slot each, without visiting the requests
+        }
         batch
             .iter()
             .map(|&h| self.alloc.tokens_needed(self.req(h).seq_len, 1))

@@ -11,6 +11,9 @@ use crate::plan::{ForwardMode, Plan, PlanEntry, PromptRows};
 use crate::policy::{self, Candidate};
 use crate::radix::RadixCache;
 
+/// Output tokens a request's buffer is sized for when it is first admitted.
+const OUTPUT_RESERVE: usize = 1024;
+
 /// One request chosen for this prefill step.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Admit {
@@ -495,6 +498,10 @@ impl Scheduler {
         let r = self.req_mut(h);
         r.fill_into(a.prefix_len, a.prefix_len + a.extend, &mut plan.input_ids);
         if !a.cont {
+            // Room for the output up front: growing it token by token reallocates it ~8 times
+            // (bounded, so a huge max_new_tokens does not reserve memory it may never use).
+            let want = r.max_new.min(OUTPUT_RESERVE);
+            r.output.reserve_exact(want.saturating_sub(r.output.len()));
             r.state = State::Running;
             r.row = Some(row);
             r.tree_len = a.prefix_len;
