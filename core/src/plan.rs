@@ -41,8 +41,9 @@ pub struct PlanEntry {
     pub is_decode: bool,
     /// The request's sampling parameters.
     pub sampling: Arc<SamplingParams>,
-    /// Prompt positions whose logits this step scores against the next prompt token.
-    pub prompt_logprobs: Option<PromptRows>,
+    /// Prompt positions whose logits this step scores against the next prompt token (boxed:
+    /// rare, and inline it would make every entry a third larger).
+    pub prompt_logprobs: Option<Box<PromptRows>>,
 }
 
 /// Rows of an extend entry whose logits give prompt logprobs: row `i` is position `first + i`,

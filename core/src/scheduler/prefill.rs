@@ -514,7 +514,7 @@ impl Scheduler {
             r.inflight += 1;
         }
         let fill_len = r.fill_len() as u64;
-        let prompt_logprobs = prompt_rows(r, a.prefix_len, a.prefix_len + a.extend);
+        let prompt_logprobs = prompt_rows(r, a.prefix_len, a.prefix_len + a.extend).map(Box::new);
         plan.entries.push(PlanEntry {
             id: r.spec.id,
             handle: h,
