@@ -12,7 +12,9 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
 mod extend;
+mod order;
 pub use extend::{gqa_tiles, ExtendMeta, QRope, EXTEND_TILE};
+pub use order::VisitOrder;
 
 /// One entry of an attention batch, as the host knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
