@@ -304,33 +304,35 @@ fn attention_decode(
     // Early: the first keys requested before the wait (the newest one after it).
     // Mma: the tensor-core kernel instead of the CUDA-core ones.
     // Rmma: the tensor-core kernel fed from registers (where mma is off).
-    for (splits, min_keys, early, mma, rmma) in [
-        (1usize, 1usize, false, false, false),
-        (7, 1, true, false, false),
-        (32, 1, false, false, false),
-        (7, 40, true, false, false),
-        (32, 40, true, false, false),
-        (1, 1, true, false, false),
-        (7, 40, false, false, false),
-        (32, 1, true, false, false),
-        (1, 1, false, true, false),
-        (1, 40, true, true, false),
-        (7, 1, true, true, false),
-        (7, 40, false, true, false),
-        (32, 1, true, true, false),
-        (32, 40, false, true, false),
-        (1, 1, false, false, true),
-        (1, 40, true, false, true),
-        (7, 1, false, false, true),
-        (7, 40, true, false, true),
-        (32, 1, false, false, true),
-        (32, 40, true, false, true),
+    // Pf: the whole-row KV prefetch (a hint: the outputs must not move).
+    for (splits, min_keys, early, mma, rmma, pf) in [
+        (1usize, 1usize, false, false, false, true),
+        (7, 1, true, false, false, false),
+        (32, 1, false, false, false, true),
+        (7, 40, true, false, false, true),
+        (32, 40, true, false, false, true),
+        (1, 1, true, false, false, true),
+        (7, 40, false, false, false, true),
+        (32, 1, true, false, false, true),
+        (1, 1, false, true, false, true),
+        (1, 40, true, true, false, true),
+        (7, 1, true, true, false, true),
+        (7, 40, false, true, false, true),
+        (32, 1, true, true, false, true),
+        (32, 40, false, true, false, false),
+        (1, 1, false, false, true, true),
+        (1, 40, true, false, true, true),
+        (7, 1, false, false, true, true),
+        (7, 40, true, false, true, false),
+        (32, 1, false, false, true, true),
+        (32, 40, true, false, true, true),
     ] {
         let shape = AttnShape {
             split_min_keys: min_keys,
             decode_early_kv: early,
             decode_mma: mma,
             decode_reg_mma: rmma,
+            decode_prefetch_kv: pf,
             ..shape
         };
         let n = entries.len();
@@ -361,7 +363,7 @@ fn attention_decode(
         let name = format!(
             "attention_decode {which:?} nq={nq} nk={nk} D={d} kv<=8191 splits={splits} \
              min keys {min_keys} early {early} tensor cores {mma} \
-             from registers {rmma}"
+             from registers {rmma} KV prefetch {pf}"
         );
         compare_rows(rep, &name, &out, &reference, 1e-2);
         let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<u16>>();

@@ -7,8 +7,10 @@
 //! (as the W5 trace's), and interleaved then sorted by `VisitOrder` (the backend's order). Also
 //! 256 rows (64 prefixes x 4) and an unshared control (every row its own prefix). Prints ms per
 //! call, the KV bytes of every row's positions and the unique ones (each prefix once), and the
-//! effective TB/s of both; checks that the sorted order gives the interleaved one's outputs bit
-//! for bit. GPU timing: ignored by default, run with `--ignored` on the GPU machine
+//! effective TB/s of both; each also without the whole-row KV prefetch the plan asks for
+//! (`KernelChoice::decode_prefetch_kv_max_rows`), since at 1,024 rows the blocks in flight ask
+//! for far more than L2 holds. Checks that the sorted order and the prefetch leave every output
+//! bit as it was. GPU timing: ignored by default, run with `--ignored` on the GPU machine
 //! (`JOBS=w5 scripts/gpu/verify.sh`); skips without a GPU.
 
 mod cuda_common;
@@ -257,6 +259,7 @@ impl Step {
             scale: 1.0 / (c.head_dim as f32).sqrt(),
             split_min_keys: self.min_keys,
             decode_early_kv: d.early_kv,
+            decode_prefetch_kv: d.prefetch_kv,
             decode_prefetch_next: d.prefetch_o.then(|| gpu.ptr(&b.o_weights)),
             decode_mma: d.kernel == DecodeKernel::TensorCore,
             decode_reg_mma: d.kernel == DecodeKernel::TensorCoreRegs,
@@ -351,8 +354,33 @@ fn bits(v: &[bf16]) -> Vec<u16> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// One batch (`rows` rows over `groups` prefixes) in each order: a table row per order, and
-/// the interleaved and sorted orders' outputs compared.
+/// A batch's KV bytes: every row's positions, and each slot once.
+struct Bytes {
+    all: usize,
+    unique: usize,
+}
+
+/// One table row: the batch, the order, the KV prefetch, ms, bytes, rates, same-prefix
+/// neighbours, the plan.
+fn print_row(what: &str, order: &str, pf: &str, ms: f64, by: &Bytes, adj: usize, plan: String) {
+    println!(
+        "{:<28} {:<26} {:>5} {:>8.3} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>5}  {}",
+        what,
+        order,
+        pf,
+        ms,
+        by.all as f64 / 1e9,
+        by.unique as f64 / 1e9,
+        by.all as f64 / ms / 1e9,
+        by.unique as f64 / ms / 1e9,
+        adj,
+        plan
+    );
+}
+
+/// One batch (`rows` rows over `groups` prefixes) in each order, with the plan's whole-row KV
+/// prefetch and without; the sorted order's outputs against the interleaved one's, and the
+/// prefetch's (a hint: the same bits).
 fn scenario(gpu: &Gpu, b: &mut Bench, rng: &mut Rng, rep: &mut Report, rows: usize, groups: usize) {
     let l = layout(rows, groups, rng);
     gpu.stream
@@ -367,42 +395,58 @@ fn scenario(gpu: &Gpu, b: &mut Bench, rng: &mut Rng, rep: &mut Report, rows: usi
     }
     orders.push(("interleaved (W5)", inter));
     orders.push(("interleaved + VisitOrder", fixed));
-    let all: usize = l.kv_len.iter().sum::<usize>() * POS_BYTES;
-    let unique = l.unique * POS_BYTES;
+    let by = Bytes {
+        all: l.kv_len.iter().sum::<usize>() * POS_BYTES,
+        unique: l.unique * POS_BYTES,
+    };
     let what = if groups < rows {
         format!("{rows} rows, {groups} prefixes x {}", rows / groups)
     } else {
         format!("{rows} rows, unshared")
     };
-    let k = KernelChoice::default();
+    let prefetch = [
+        ("plan", KernelChoice::default()),
+        (
+            "off",
+            KernelChoice {
+                decode_prefetch_kv_max_rows: 0,
+                ..KernelChoice::default()
+            },
+        ),
+    ];
     let mut outs = Vec::new();
     for (order, e) in &orders {
-        let step = Step::new(gpu, b, &l, e, &k);
-        let ms = time_ms(gpu, 7, 3, || step.launch(gpu, b));
-        println!(
-            "{:<28} {:<26} {:>8.3} {:>9.2} {:>9.2} {:>8.2} {:>8.2} {:>6}  {}",
-            what,
-            order,
-            ms,
-            all as f64 / 1e9,
-            unique as f64 / 1e9,
-            all as f64 / ms / 1e9,
-            unique as f64 / ms / 1e9,
-            neighbours(&l, e),
-            step.describe()
-        );
-        outs.push(gpu.download(&step.out).unwrap());
+        for (pf, k) in &prefetch {
+            let step = Step::new(gpu, b, &l, e, k);
+            let ms = time_ms(gpu, 7, 3, || step.launch(gpu, b));
+            print_row(
+                &what,
+                order,
+                pf,
+                ms,
+                &by,
+                neighbours(&l, e),
+                step.describe(),
+            );
+            outs.push(gpu.download(&step.out).unwrap());
+        }
     }
-    let (a, z) = (&outs[outs.len() - 2], &outs[outs.len() - 1]);
+    // [interleaved, plan], [interleaved, off], [sorted, plan], [sorted, off] are the last four.
+    let last: Vec<&Vec<bf16>> = outs.iter().rev().take(4).rev().collect();
     rep.check(
         &format!("{what}: every output written"),
         0.0,
-        a.iter().chain(z).all(|x| !x.to_f32().is_nan()),
+        outs.iter().flatten().all(|x| !x.to_f32().is_nan()),
     );
     rep.exact(
         &format!("{what}: VisitOrder's outputs = the interleaved order's"),
-        &bits(z),
-        &bits(a),
+        &bits(last[2]),
+        &bits(last[0]),
+    );
+    rep.exact(
+        &format!("{what}: outputs without the KV prefetch = with it"),
+        &bits(last[1]),
+        &bits(last[0]),
     );
 }
 
@@ -421,8 +465,8 @@ fn shared_prefix_decode_attention_by_row_order() {
         QUESTION + MAX_GEN
     );
     println!(
-        "{:<28} {:<26} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6}  plan",
-        "batch", "row order", "ms", "GB all", "GB uniq", "TB/s all", "TB/s uq", "adj"
+        "{:<28} {:<26} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5}  plan",
+        "batch", "row order", "KV pf", "ms", "GB all", "GB uniq", "TB/s all", "TB/s uq", "adj"
     );
     for (rows, groups) in [(1024, 64), (256, 64), (1024, 1024), (256, 256)] {
         scenario(&gpu, &mut b, &mut rng, &mut rep, rows, groups);
