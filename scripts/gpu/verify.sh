@@ -6,7 +6,9 @@
 # JOBS (in order, default "tests"): tests = scripts/gpu/run-tests.sh (every CUDA check, then the
 # bench-one-batch A/B against carry/base/doppel); models = scripts/gpu/models.sh with
 # MODEL_STAGES (default "tiny archs"); prompt = scripts/gpu/prompt-logprobs.sh; structured =
-# scripts/gpu/structured.sh; tp = scripts/gpu/tp.sh (its one-GPU stages on one GPU). The jobs
+# scripts/gpu/structured.sh; tp = scripts/gpu/tp.sh (its one-GPU stages on one GPU); w5 =
+# scripts/gpu/shared-prefix.sh (attention correctness, then the decode attention over shared
+# prefixes by row order). The jobs
 # share DEADLINE seconds (default 570) so the packing still happens inside a 600 s device call; a
 # job cut short reports exit 124.
 set -uo pipefail
@@ -43,8 +45,9 @@ for job in $JOBS; do
     prompt) cmd=(env OUT="$W/prompt" bash scripts/gpu/prompt-logprobs.sh) ;;
     structured) cmd=(env OUT="$W/structured" bash scripts/gpu/structured.sh) ;;
     tp) cmd=(env OUT="$W/tp" bash scripts/gpu/tp.sh) ;;
+    w5) cmd=(env OUT="$W/w5" bash scripts/gpu/shared-prefix.sh) ;;
     *)
-        echo "$job: unknown job (tests, models, prompt, structured, tp)" | tee -a "$OUT/summary.txt"
+        echo "$job: unknown job (tests, models, prompt, structured, tp, w5)" | tee -a "$OUT/summary.txt"
         status=1
         continue
         ;;
@@ -57,6 +60,8 @@ for job in $JOBS; do
         grep -E "^=== |FAILED|panicked|test result" "$W/$job/console.log" | tail -40
         echo "--- last lines ---"
         tail -12 "$W/$job/console.log"
+        # A job's own short summary (its table), where it writes one.
+        [ -f "$W/$job/summary.txt" ] && cat "$W/$job/summary.txt"
     } >>"$OUT/summary.txt"
     pack
 done
