@@ -215,22 +215,19 @@ impl Scheduler {
         let mut prefix_slots = std::mem::take(&mut self.scratch.prefix_slots);
         prefix_slots.clear();
         let rows_free = self.table.available();
-        let n = match order {
-            Order::Queue => self.waiting.len(),
-            Order::Cands { .. } => cands.len(),
-        };
+        // Admission leaves the queue as it is: lent out here so that it can be walked in place.
+        let waiting = std::mem::take(&mut self.waiting);
+        let picks = (0..).map_while(|i| match order {
+            Order::Queue => waiting.get(i).map(|&h| (h, None)),
+            Order::Cands { matched } => cands
+                .get(i)
+                .map(|c| (c.handle, matched.then_some((c.prefix_len, c.node)))),
+        });
         // Every candidate before a break was admitted, so the index counts new admissions.
-        for new_count in 0..n {
+        for (new_count, (h, matched)) in picks.enumerate() {
             if running_bs + admitted.len() >= self.max_running || new_count >= rows_free {
                 break;
             }
-            let (h, matched) = match order {
-                Order::Queue => (self.waiting[new_count], None),
-                Order::Cands { matched } => {
-                    let c = &cands[new_count];
-                    (c.handle, matched.then_some((c.prefix_len, c.node)))
-                }
-            };
             let slots_start = prefix_slots.len();
             let (prefix_len, node, slots_at) = if let Some((prefix_len, node)) = matched {
                 (prefix_len, node, None)
@@ -291,6 +288,7 @@ impl Scheduler {
                 break;
             }
         }
+        self.waiting = waiting;
         cands.clear();
         self.scratch.cands = cands;
         self.scratch.prefix_slots = prefix_slots;
