@@ -61,6 +61,11 @@ impl ReqToTokenPool {
         self.rows[row.index()].extend_from_slice(slots);
     }
 
+    /// Append one slot (a decode token's).
+    pub fn push(&mut self, row: RowId, slot: KvSlot) {
+        self.rows[row.index()].push(slot);
+    }
+
     /// Truncate a row to `len` positions.
     pub fn truncate(&mut self, row: RowId, len: usize) {
         self.rows[row.index()].truncate(len);

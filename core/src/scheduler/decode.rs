@@ -165,15 +165,16 @@ impl Scheduler {
             let r = self.req(h);
             (r.row.expect("running request has a row"), r.seq_len)
         };
-        let last = self.table.row(row)[seq_len - 1];
+        // The last slot matters only inside a partial page.
+        let last = (seq_len % self.cfg.page_size != 0).then(|| self.table.row(row)[seq_len - 1]);
         let offset = plan.out_slots.len();
         if !self
             .alloc
-            .alloc_extend(seq_len, Some(last), 1, &mut plan.out_slots)
+            .alloc_extend(seq_len, last, 1, &mut plan.out_slots)
         {
             return false;
         }
-        self.table.append(row, &plan.out_slots[offset..]);
+        self.table.push(row, plan.out_slots[offset]);
         let r = self.req_mut(h);
         let input = if r.inflight > 0 {
             FUTURE_TOKEN
