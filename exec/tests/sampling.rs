@@ -5,15 +5,17 @@
 
 mod sampling_parts;
 
+use doppel_core::{Engine, Scheduler, SchedulerConfig};
 use doppel_exec::cpu_backend::CpuBackend;
 use doppel_exec::model::CpuModel;
+use sampling_parts::scenarios::{scheduler_scenarios, Rounding};
 use sampling_parts::{checks, host, Batching, CdfOrder, Checks, Reference, Subject, Tolerance};
 
 #[test]
 fn sampling_checks_pass_on_the_cpu_backend() {
     let dir = sampling_parts::model_dir();
     let reference = Reference::load(dir.path());
-    let make = |cfg: &doppel_core::SchedulerConfig| {
+    let make = |cfg: &SchedulerConfig| {
         let (m, _) = CpuModel::load(dir.path(), false).unwrap();
         CpuBackend::new(m, cfg.kv_capacity_tokens, 99)
     };
@@ -25,7 +27,7 @@ fn sampling_checks_pass_on_the_cpu_backend() {
         tol: Tolerance {
             logit_rel: 0.0,
             logit_abs: 1e-5,
-            batch_rel: 0.0,
+            batch_logit: 1e-5,
         },
         plain_order: CdfOrder::HostSampler,
         batching: Batching::Invariant,
@@ -38,4 +40,28 @@ fn sampling_checks_pass_on_the_cpu_backend() {
     checks::seeded(&s, &mut c);
     host::penalty_and_bias_checks(&s, &mut c);
     c.finish("sampling checks, CPU backend");
+}
+
+/// The 8B scenarios of cuda_sampling.rs on the tiny model: the scenarios' own logic (a prefix
+/// hit, a retraction, the comparison) checked where every token must be equal.
+#[test]
+fn scheduler_scenarios_match_one_plain_pass_on_the_cpu_backend() {
+    let dir = sampling_parts::model_dir();
+    let reference = Reference::load(dir.path());
+    let engine = |sc: &SchedulerConfig, overlap: bool| {
+        let (m, _) = CpuModel::load(dir.path(), false).unwrap();
+        let backend = CpuBackend::new(m, sc.kv_capacity_tokens, 99);
+        Engine::new(Scheduler::new(sc.clone()).unwrap(), backend, overlap)
+    };
+    let exact = Rounding {
+        logprob: 0.0,
+        tie: 0.0,
+    };
+    scheduler_scenarios(
+        "scheduler scenarios, CPU backend",
+        &engine,
+        reference.vocab,
+        Batching::Invariant,
+        exact,
+    );
 }

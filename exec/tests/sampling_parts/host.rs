@@ -87,7 +87,10 @@ pub fn logprob_checks<B: Backend>(s: &Subject<'_, B>, c: &mut Checks) {
             ),
             problem.is_none(),
         );
-        let (n, bad) = explain(s, &r.prompt, p, &o.tokens[id]);
+        let toks = &o.tokens[id];
+        let rows = s.reference.rows(&r.prompt, toks);
+        let bad = explain(&rows, s.order(p), p, toks, s.draw_err());
+        let n = toks.len();
         c.add(
             format!("request {id}: tokens explained by the reference and their draws"),
             format!(

@@ -9,6 +9,7 @@
 
 pub mod checks;
 pub mod host;
+pub mod scenarios;
 pub mod stats;
 
 use doppel_core::{
@@ -40,8 +41,8 @@ pub struct Tolerance {
     pub logit_rel: f64,
     /// Plus this much, absolute.
     pub logit_abs: f64,
-    /// Relative error of one probability between two batch shapes of the backend itself.
-    pub batch_rel: f64,
+    /// Error of one logit between two batch shapes of the backend itself (absolute).
+    pub batch_logit: f64,
 }
 
 impl Tolerance {

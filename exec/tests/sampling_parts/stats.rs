@@ -52,27 +52,28 @@ pub fn softmax(logits: &[f32], temperature: f64) -> Vec<f64> {
     e.into_iter().map(|x| x / z).collect()
 }
 
-/// The kept sets of `logits` under `p`'s temperature, top-k, top-p and min-p (SGLang's cuts, as
-/// thresholds on the unfiltered probabilities), when every probability may be off by the factor
+/// The kept sets of `logits` under `p`'s temperature, top-k, top-p and min-p (SGLang's cuts on
+/// the unfiltered probabilities, all applied), when every probability may be off by the factor
 /// `1 ± rel` (so a cumulative sum by `rel` times itself).
 pub fn kept(logits: &[f32], p: &SamplingParams, rel: f64) -> Kept {
     let probs = softmax(logits, p.temperature as f64);
     let mut sorted = probs.clone();
     sorted.sort_by(|a, b| b.total_cmp(a));
     let top = sorted[0];
-    // (lowest, highest) threshold a token must reach.
-    let mut thr = (0.0f64, 0.0f64);
-    let mut raise = |lo: f64, hi: f64| thr = (thr.0.max(lo), thr.1.max(hi));
+    let (up, down) = (1.0 + rel, 1.0 - rel);
+    // Per active cut, the probability that keeps a token for sure and the one that may keep it.
+    let mut cuts: Vec<(f64, f64)> = Vec::new();
     if p.min_p > 0.0 {
         let t = p.min_p as f64 * top;
-        raise(t * (1.0 - rel), t * (1.0 + rel));
+        cuts.push((t * up / down, t * down / up));
     }
     if p.top_k > 0 && (p.top_k as usize) < probs.len() {
-        let t = sorted[p.top_k as usize - 1];
-        raise(t * (1.0 - rel), t * (1.0 + rel));
+        // Sure: beats the first token dropped under any error; maybe: can reach the k-th.
+        let k = p.top_k as usize;
+        cuts.push((sorted[k] * up / down, sorted[k - 1] * down / up));
     }
     if p.top_p < 1.0 {
-        // The last token whose exclusive cumulative mass is within top_p is kept.
+        // The last token whose exclusive cumulative mass is within the limit is kept.
         let cut = |limit: f64| {
             let (mut acc, mut last) = (0.0, sorted[0]);
             for &s in &sorted {
@@ -85,20 +86,15 @@ pub fn kept(logits: &[f32], p: &SamplingParams, rel: f64) -> Kept {
             last
         };
         let tp = p.top_p as f64;
-        raise(
-            cut(tp * (1.0 + rel)) * (1.0 - rel),
-            cut(tp * (1.0 - rel)) * (1.0 + rel),
-        );
+        cuts.push((cut(tp * down), cut(tp * up)));
     }
-    // The most likely token always survives.
-    let (lo, hi) = (thr.0.min(top), thr.1.min(top));
     let sure = probs
         .iter()
-        .map(|&x| x > 0.0 && (x * (1.0 - rel) >= hi || x == top))
+        .map(|&x| x > 0.0 && (x == top || cuts.iter().all(|c| x >= c.0)))
         .collect();
     let maybe = probs
         .iter()
-        .map(|&x| x > 0.0 && x * (1.0 + rel) >= lo)
+        .map(|&x| x > 0.0 && (x == top || cuts.iter().all(|c| x >= c.1)))
         .collect();
     Kept {
         p: probs,
