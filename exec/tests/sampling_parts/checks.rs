@@ -368,7 +368,7 @@ pub fn frequencies<B: Backend>(s: &Subject<'_, B>, c: &mut Checks, n: usize) {
                  {} tokens near a cut",
                 kk.ambiguous()
             ),
-            stat <= bound && outside == 0 && n_sure * 10 >= n * 9,
+            stat <= bound && outside == 0 && n_sure * 4 >= n * 3,
         );
     }
 }
