@@ -6,7 +6,7 @@ mod server_common;
 
 use doppel_exec::server::client::{self, get, post_json};
 use serde_json::{json, Value};
-use server_common::{assert_no_leak, idle_info, start};
+use server_common::{assert_no_leak, idle_info, start, start_in};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,4 +499,46 @@ async fn context_length_below_the_config_takes_effect_and_above_is_refused() {
         msg.contains("--context-length 4096") && msg.contains("max_position_embeddings (2048)"),
         "{msg}"
     );
+}
+
+/// A tokenizer that knows more tokens than the model embeds (here its chat template's special
+/// tokens) gets a 400 naming the prompt, and the engine keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_ids_past_the_model_vocabulary_get_a_400_and_the_engine_lives() {
+    use doppel_exec::testgen::{write_model, TinySpec};
+    let (dir, big) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut spec = TinySpec::tiny(doppel_exec::model::Arch::Qwen3);
+    spec.tokenizer_vocab = 260;
+    write_model(dir.path(), &spec).unwrap();
+    spec.tokenizer_vocab = 400;
+    write_model(big.path(), &spec).unwrap();
+    std::fs::copy(
+        big.path().join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let vocab = doppel_exec::model::ModelConfig::load(dir.path())
+        .unwrap()
+        .vocab_size;
+    let srv = start_in(dir, |_| {}).await;
+    let a = srv.addr.as_str();
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    let r = post_json(a, "/v1/chat/completions", &chat).await.unwrap();
+    let body = r.json();
+    assert_eq!(r.status, 400, "{body}");
+    let err = &body["error"];
+    assert_eq!(err["param"], "prompt", "{body}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("vocabulary of {vocab}")),
+        "{body}"
+    );
+    let gen = json!({"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 4}});
+    let r = post_json(a, "/generate", &gen).await.unwrap();
+    let body = r.json();
+    assert_eq!(r.status, 200, "{body}");
+    assert_eq!(body["meta_info"]["completion_tokens"], 4, "{body}");
+    srv.shutdown().await;
 }

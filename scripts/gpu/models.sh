@@ -4,7 +4,8 @@
 #   archs: per architecture, a random-weight checkpoint of the real shapes (4 layers unless the
 #      model is small: the layers repeat, the shapes are what differ) and the last-position logits
 #      of 6 prompts in 4 batch mixes vs transformers (exec/tests/cuda_model.rs: against its f32
-#      logits, at most 1.25 x its bf16 error);
+#      logits, at most 1.25 x its bf16 error), then the checkpoint served over HTTP
+#      (scripts/gpu/serve_check.py: /generate, seeded sampling, completions, chat, streaming);
 #   8b: Llama-3.1-8B at full size: the same check, then one 32000-token prompt (chunked prefill),
 #      the copy-bandwidth floor and bench-one-batch 1/4/16/64 at input 128 and 1024, output 64.
 #   BIN: staged executables (scripts/gpu/stage.sh -> carry/bin); OUT: logs (default /tmp/doppel-models)
@@ -36,6 +37,26 @@ hf_check() { # DIR LOG: the transformers comparison of exec/tests/cuda_model.rs 
     return $rc
 }
 
+serve_check() { # DIR NAME LOG: DIR served over HTTP by `doppel exec serve` (serve_check.py)
+    local port=30123 pid t0=$SECONDS rc
+    python3 scripts/gpu/serve_check.py tokenizer "$1" || return 1
+    "$BIN/doppel" exec serve --model "$1" --device cuda --host 127.0.0.1 --port $port --seed 0 \
+        --context-length 4096 >"$3.server" 2>&1 &
+    pid=$!
+    until python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null; do
+        if ! kill -0 $pid 2>/dev/null || [ $((SECONDS - t0)) -gt 180 ]; then
+            tail -20 "$3.server"; kill $pid 2>/dev/null; return 1
+        fi
+        sleep 1
+    done
+    grep -m1 "weights" "$3.server"
+    timeout 120 python3 scripts/gpu/serve_check.py check $port "$2" >"$3" 2>&1
+    rc=$?
+    cat "$3"
+    kill $pid; wait $pid 2>/dev/null
+    return $rc
+}
+
 for s in $STAGES; do
     echo "=== $s ==="
     rc=0
@@ -53,6 +74,7 @@ for s in $STAGES; do
             echo "--- $name (layers: ${layers/#0/all}) ---"
             if timeout 240 python3 scripts/gpu/make_models.py "$name" "$d" "${extra[@]}" >"$OUT/make-$name.log" 2>&1; then
                 hf_check "$d" "$OUT/check-$name.log" || { echo "$name: FAILED"; rc=1; }
+                serve_check "$d" "$name" "$OUT/serve-$name.log" || { echo "$name served: FAILED"; rc=1; }
                 # The same check by an older build's test (BASE_MODEL_TEST), for comparison
                 # only: architectures it did not support yet fail at load.
                 if [ -x "$BASE_MODEL_TEST" ]; then
@@ -70,6 +92,7 @@ for s in $STAGES; do
         {
             timeout 300 python3 scripts/gpu/make_models.py llama3.1-8b "$d" || echo "llama3.1-8b checkpoint: FAILED"
             hf_check "$d" "$OUT/check-llama3.1-8b.log" || echo "llama3.1-8b: FAILED"
+            serve_check "$d" llama3.1-8b "$OUT/serve-llama3.1-8b.log" || echo "llama3.1-8b served: FAILED"
             # The 32k prompt: same weights (links), its own reference.
             mkdir -p "$l" && ln -sf "$d"/*.safetensors "$d"/*.json "$l"/
             timeout 240 python3 scripts/gpu/make_models.py --reference-only "$l" --prompts 32000,100 &&

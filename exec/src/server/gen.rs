@@ -184,6 +184,7 @@ pub fn submit_as(
             "the server is shutting down",
         ));
     }
+    check_vocab(&prompt, state.info.vocab)?;
     let id = RequestId(state.next_id.fetch_add(1, Ordering::Relaxed));
     let rid = reserve_rid(state, rid, id)?;
     let (tx, rx) = unbounded_channel();
@@ -223,6 +224,23 @@ pub fn submit_as(
         .send(Command::Submit { spec, events: tx })
         .map_err(|_| engine_down())?;
     Ok(g)
+}
+
+/// Every prompt token must be a row of the model's embedding. Ids given by the client are
+/// checked where they are parsed; this also catches a tokenizer (or chat template) that emits
+/// ids past the model's vocabulary, which would otherwise stop the engine.
+fn check_vocab(prompt: &[TokenId], vocab: usize) -> Result<(), ApiError> {
+    match prompt.iter().position(|&t| t as usize >= vocab) {
+        Some(i) => Err(ApiError::field(
+            "prompt",
+            format!(
+                "prompt token {i} is id {}, outside the model's vocabulary of {vocab} \
+                 (the tokenizer knows more tokens than the model embeds)",
+                prompt[i]
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn engine_down() -> ApiError {

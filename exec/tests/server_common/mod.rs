@@ -31,10 +31,20 @@ impl Running {
 }
 
 pub async fn start(tweak: impl FnOnce(&mut ServerConfig)) -> Running {
-    let dir = tempfile::tempdir().unwrap();
     let mut spec = TinySpec::tiny(doppel_exec::model::Arch::Qwen3);
     spec.seed = 11;
-    write_model(dir.path(), &spec).unwrap();
+    start_spec(&spec, tweak).await
+}
+
+/// [`start`] over a tiny model of `spec`.
+pub async fn start_spec(spec: &TinySpec, tweak: impl FnOnce(&mut ServerConfig)) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), spec).unwrap();
+    start_in(dir, tweak).await
+}
+
+/// [`start`] over the model in `dir` (kept until the server is dropped).
+pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut ServerConfig)) -> Running {
     let mut cfg = ServerConfig {
         model: Some(dir.path().to_path_buf()),
         served_model_name: Some("tiny".into()),

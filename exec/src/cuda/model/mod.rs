@@ -23,6 +23,7 @@ use crate::model::weights::{LayerNames, EMBED, FINAL_NORM, LM_HEAD};
 use crate::model::{DType, ModelConfig, Part, Shard, Split, TensorRef, WeightStore};
 use cudarc::driver::CudaSlice;
 use half::bf16;
+use std::time::Instant;
 
 /// One decoder layer's weights on the GPU: the checkpoint's tensors, with the RMSNorm before
 /// the qkv and gate/up projections folded into their columns at load (`W diag(w)`, in place), so
@@ -59,6 +60,8 @@ pub struct GpuModel {
     pub weight_bytes: usize,
     /// Bytes of the checkpoint's weights as bf16 (norm weights included).
     pub checkpoint_bytes: usize,
+    /// Seconds reading, converting and uploading the checkpoint (None: random weights).
+    pub load_seconds: Option<f64>,
     /// The thresholds of the per-step plan (plan.rs).
     pub kernels: KernelChoice,
     /// This rank's communicator when the model is one shard of a tensor-parallel group
@@ -197,74 +200,31 @@ impl GpuModel {
     ) -> Result<GpuModel> {
         let local = shard.local_config(cfg);
         Self::check_supported(&local)?;
-        let (h, q, kv, i, d, v) = (
-            cfg.hidden_size,
-            cfg.q_dim(),
-            cfg.kv_dim(),
-            cfg.intermediate_size,
-            cfg.head_dim,
-            cfg.vocab_size,
-        );
-        // The checkpoint's tensor `name` of `shape`, cut to this rank's part of it.
-        let get = |name: &str, shape: &[usize], part: Part| -> Result<Vec<bf16>> {
-            let all = store
-                .get(name, shape)
-                .map(|t| to_bf16(&t))
-                .map_err(|e| unsupported(e.to_string()))?;
-            Ok(match shard.split(cfg, part) {
-                Split::Replicated => all,
-                cut => cut.cut(&all, shape.get(1).copied().unwrap_or(1)),
-            })
+        let start = Instant::now();
+        let r = ShardReader {
+            cfg,
+            store,
+            shard,
+            bar: load_bar(shard, checkpoint_bytes(&local)),
         };
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let whole = Part::Replicated;
         let up = |x: Vec<bf16>| gpu.upload(&x);
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
-            let n = LayerNames::new(l);
-            let mut qkv = get(&n.q_proj, &[q, h], Part::Q)?;
-            qkv.extend(get(&n.k_proj, &[kv, h], Part::Kv)?);
-            qkv.extend(get(&n.v_proj, &[kv, h], Part::Kv)?);
-            let mut gu = get(&n.gate_proj, &[i, h], Part::GateUp)?;
-            gu.extend(get(&n.up_proj, &[i, h], Part::GateUp)?);
-            let qkv_bias = if cfg.qkv_bias {
-                let mut b = get(&n.q_bias, &[q], Part::Q)?;
-                b.extend(get(&n.k_bias, &[kv], Part::Kv)?);
-                b.extend(get(&n.v_bias, &[kv], Part::Kv)?);
-                Some(up(b)?)
-            } else {
-                None
-            };
-            let (in_norm, post_norm) = (
-                up(get(&n.input_norm, &[h], whole)?)?,
-                up(get(&n.post_norm, &[h], whole)?)?,
-            );
-            layers.push(LayerWeights {
-                qkv: fold_norm(gpu, up(qkv)?, &in_norm)?,
-                qkv_bias,
-                q_norm: if cfg.qk_norm {
-                    Some(up(get(&n.q_norm, &[d], whole)?)?)
-                } else {
-                    None
-                },
-                k_norm: if cfg.qk_norm {
-                    Some(up(get(&n.k_norm, &[d], whole)?)?)
-                } else {
-                    None
-                },
-                o: up(get(&n.o_proj, &[h, q], Part::O)?)?,
-                gate_up: fold_norm(gpu, up(gu)?, &post_norm)?,
-                down: up(get(&n.down_proj, &[h, i], Part::Down)?)?,
-            });
-        }
+        let layers = (0..cfg.num_layers)
+            .map(|l| r.layer(gpu, l))
+            .collect::<Result<Vec<_>>>()?;
         // Embedding and LM head whole on every rank (each rank picks the same tokens).
-        let embed = up(get(EMBED, &[v, h], whole)?)?;
+        let embed = up(r.get(EMBED, &[v, h], whole)?)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(up(get(LM_HEAD, &[v, h], whole)?)?)
+            Some(up(r.get(LM_HEAD, &[v, h], whole)?)?)
         };
-        let final_norm = up(get(FINAL_NORM, &[h], whole)?)?;
-        Self::assemble(gpu, &local, embed, lm_head, final_norm, layers, max_pos)
+        let final_norm = up(r.get(FINAL_NORM, &[h], whole)?)?;
+        r.bar.finish_and_clear();
+        let mut model = Self::assemble(gpu, &local, embed, lm_head, final_norm, layers, max_pos)?;
+        model.load_seconds = Some(start.elapsed().as_secs_f64());
+        Ok(model)
     }
 
     /// Random weights of `cfg`'s shapes (for benchmarks): uniform in [-a, a] with a = 0.05 for
@@ -385,6 +345,7 @@ impl GpuModel {
             max_pos,
             weight_bytes: 2 * elems,
             checkpoint_bytes: checkpoint_bytes(cfg),
+            load_seconds: None,
             kernels: KernelChoice::default(),
             tp: None,
         })
@@ -392,8 +353,14 @@ impl GpuModel {
 
     /// The weights held, for start-up lines: "weights X GB (checkpoint Y GB as bf16)".
     pub fn weights_summary(&self) -> String {
+        let loaded = self.load_seconds.map_or(String::new(), |t| {
+            format!(
+                ", loaded in {t:.1} s ({:.1} GB/s)",
+                self.checkpoint_bytes as f64 / 1e9 / t.max(1e-9)
+            )
+        });
         format!(
-            "weights {:.3} GB (checkpoint {:.3} GB as bf16; norm weights folded into the projections)",
+            "weights {:.3} GB (checkpoint {:.3} GB as bf16; norm weights folded into the projections{loaded})",
             self.weight_bytes as f64 / 1e9,
             self.checkpoint_bytes as f64 / 1e9
         )
@@ -403,6 +370,91 @@ impl GpuModel {
     pub fn kv_bytes_per_slot(&self) -> usize {
         2 * self.cfg.num_layers * self.cfg.kv_dim() * 2
     }
+}
+
+/// Reads one rank's part of a checkpoint's tensors as bf16, counting them on the progress bar.
+struct ShardReader<'a> {
+    cfg: &'a ModelConfig,
+    store: &'a WeightStore,
+    shard: Shard,
+    bar: indicatif::ProgressBar,
+}
+
+impl ShardReader<'_> {
+    /// The checkpoint's tensor `name` of `shape`, cut to this rank's part of it.
+    fn get(&self, name: &str, shape: &[usize], part: Part) -> Result<Vec<bf16>> {
+        let all = self
+            .store
+            .get(name, shape)
+            .map(|t| to_bf16(&t))
+            .map_err(|e| unsupported(e.to_string()))?;
+        let mine = match self.shard.split(self.cfg, part) {
+            Split::Replicated => all,
+            cut => cut.cut(&all, shape.get(1).copied().unwrap_or(1)),
+        };
+        self.bar.inc(2 * mine.len() as u64);
+        Ok(mine)
+    }
+
+    /// Layer `l`'s weights on the GPU, q/k/v and gate/up concatenated, norms folded in.
+    fn layer(&self, gpu: &Gpu, l: usize) -> Result<LayerWeights> {
+        let cfg = self.cfg;
+        let (h, q, kv, i, d) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+            cfg.head_dim,
+        );
+        let (n, whole) = (LayerNames::new(l), Part::Replicated);
+        let up = |x: Vec<bf16>| gpu.upload(&x);
+        let get = |name: &str, shape: &[usize], part| self.get(name, shape, part);
+        let mut qkv = get(&n.q_proj, &[q, h], Part::Q)?;
+        qkv.extend(get(&n.k_proj, &[kv, h], Part::Kv)?);
+        qkv.extend(get(&n.v_proj, &[kv, h], Part::Kv)?);
+        let mut gu = get(&n.gate_proj, &[i, h], Part::GateUp)?;
+        gu.extend(get(&n.up_proj, &[i, h], Part::GateUp)?);
+        let qkv_bias = if cfg.qkv_bias {
+            let mut b = get(&n.q_bias, &[q], Part::Q)?;
+            b.extend(get(&n.k_bias, &[kv], Part::Kv)?);
+            b.extend(get(&n.v_bias, &[kv], Part::Kv)?);
+            Some(up(b)?)
+        } else {
+            None
+        };
+        let in_norm = up(get(&n.input_norm, &[h], whole)?)?;
+        let post_norm = up(get(&n.post_norm, &[h], whole)?)?;
+        let qk_norm = |name: &str| -> Result<Option<CudaSlice<bf16>>> {
+            match cfg.qk_norm {
+                true => Ok(Some(up(get(name, &[d], whole)?)?)),
+                false => Ok(None),
+            }
+        };
+        Ok(LayerWeights {
+            qkv: fold_norm(gpu, up(qkv)?, &in_norm)?,
+            qkv_bias,
+            q_norm: qk_norm(&n.q_norm)?,
+            k_norm: qk_norm(&n.k_norm)?,
+            o: up(get(&n.o_proj, &[h, q], Part::O)?)?,
+            gate_up: fold_norm(gpu, up(gu)?, &post_norm)?,
+            down: up(get(&n.down_proj, &[h, i], Part::Down)?)?,
+        })
+    }
+}
+
+/// The loading progress bar over `bytes` of bf16 weights: drawn by rank 0 only, and only when
+/// stderr is a terminal (indicatif hides it otherwise), so logs keep the one summary line.
+fn load_bar(shard: Shard, bytes: usize) -> indicatif::ProgressBar {
+    if shard.rank != 0 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(bytes as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "loading weights {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// `w` (`[rows, hidden]`) with the RMSNorm weight `nw` (`[hidden]`) folded into its columns, in
