@@ -57,11 +57,7 @@ fn scheduler_scenarios_match_one_plain_pass_on_the_cpu_backend() {
         logprob: 0.0,
         tie: 0.0,
     };
-    scheduler_scenarios(
-        "scheduler scenarios, CPU backend",
-        &engine,
-        reference.vocab,
-        Batching::Invariant,
-        exact,
-    );
+    let mut c = Checks::default();
+    scheduler_scenarios(&mut c, &engine, reference.vocab, Batching::Invariant, exact);
+    c.finish("scheduler scenarios, CPU backend");
 }

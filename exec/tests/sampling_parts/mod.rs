@@ -229,16 +229,19 @@ impl Reference {
 #[derive(Default)]
 pub struct Checks {
     rows: Vec<(String, String, bool)>,
+    /// Put before the names of the rows added from now on.
+    pub prefix: String,
 }
 
 impl Checks {
     pub fn add(&mut self, name: impl Into<String>, figure: impl Into<String>, ok: bool) {
-        self.rows.push((name.into(), figure.into(), ok));
+        let name = format!("{}{}", self.prefix, name.into());
+        self.rows.push((name, figure.into(), ok));
     }
 
     /// A line of information (never fails).
     pub fn note(&mut self, name: impl Into<String>, figure: impl Into<String>) {
-        self.rows.push((name.into(), figure.into(), true));
+        self.add(name, figure, true);
     }
 
     pub fn finish(self, title: &str) {

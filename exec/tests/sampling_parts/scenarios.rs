@@ -14,13 +14,37 @@
 use super::{prompt, req, run, Batching, Checks, Outcome};
 use doppel_core::{Backend, Engine, RequestSpec, SamplingParams, SchedulerConfig};
 
-/// How far a backend's results may move with the batch's shape.
+/// How far a backend's results may move with the batch's shape: floors, raised to what a
+/// control (every request in one batch, no cache, no chunking) measures against the plain pass.
 #[derive(Clone, Copy, Debug)]
 pub struct Rounding {
     /// Most a returned logprob may differ from the plain pass's.
     pub logprob: f64,
     /// A divergence is a near tie when the plain pass's top two logprobs are this close.
     pub tie: f64,
+}
+
+/// Largest difference between the logprobs (chosen token, and alternatives of the same id) of
+/// `got` and `want` over each request's positions before its tokens part.
+fn logprob_noise(reqs: &[RequestSpec], got: &Outcome, want: &Outcome) -> f64 {
+    let mut worst = 0.0f64;
+    for id in reqs.iter().map(|r| r.id.0) {
+        let (Some(g), Some(w)) = (got.tokens.get(&id), want.tokens.get(&id)) else {
+            continue;
+        };
+        let d = g.iter().zip(w).take_while(|(a, b)| a == b).count();
+        let (Some(glp), Some(wlp)) = (got.logprobs.get(&id), want.logprobs.get(&id)) else {
+            continue;
+        };
+        for (a, b) in glp.iter().zip(wlp).take(d) {
+            let (Some(a), Some(b)) = (a, b) else { continue };
+            worst = worst.max((a.logprob as f64 - b.logprob as f64).abs());
+            for (x, y) in a.top.iter().zip(&b.top).filter(|(x, y)| x.0 == y.0) {
+                worst = worst.max((x.1 as f64 - y.1 as f64).abs());
+            }
+        }
+    }
+    worst
 }
 
 /// A roomy pool, 16 request rows, prompts up to 2048 tokens.
@@ -72,17 +96,13 @@ fn compare(
     got: &Outcome,
     want: &Outcome,
 ) {
-    let (mut identical, mut ties, mut worst_lp, mut bad) = (0, Vec::new(), 0.0f64, Vec::new());
+    let (mut identical, mut ties, mut bad) = (0, Vec::new(), Vec::new());
+    let worst_lp = logprob_noise(reqs, got, want);
     for id in reqs.iter().map(|r| r.id.0) {
         let (id, w) = (&id, &want.tokens[&id]);
         let g = got.tokens.get(id).map_or(&[][..], |g| &g[..]);
         let d = g.iter().zip(w).take_while(|(a, b)| a == b).count();
-        let (glp, wlp) = (got.logprobs.get(id), &want.logprobs[id]);
-        for (a, b) in glp.into_iter().flatten().zip(wlp).take(d) {
-            if let (Some(a), Some(b)) = (a, b) {
-                worst_lp = worst_lp.max((a.logprob as f64 - b.logprob as f64).abs());
-            }
-        }
+        let wlp = &want.logprobs[id];
         if d == w.len() && g.len() == w.len() {
             identical += 1;
             continue;
@@ -116,22 +136,16 @@ fn compare(
 }
 
 /// The four scenarios against one plain pass per request, on engines from `engine` (a
-/// scheduler configuration and the overlap order) over a vocabulary of `vocab`; `rounding`
-/// None: the backend is batch invariant, so every token and logprob must be equal.
+/// scheduler configuration and the overlap order) over a vocabulary of `vocab`. A
+/// [`Batching::Invariant`] backend must give equal tokens and logprobs; otherwise `rounding`
+/// (raised by the control's measure) bounds the differences.
 pub fn scheduler_scenarios<B: Backend>(
-    title: &str,
+    c: &mut Checks,
     engine: &dyn Fn(&SchedulerConfig, bool) -> Engine<B>,
     vocab: usize,
     batching: Batching,
     rounding: Rounding,
 ) {
-    let r = match batching {
-        Batching::Invariant => Rounding {
-            logprob: 0.0,
-            tie: 0.0,
-        },
-        Batching::Rounding => rounding,
-    };
     let (main, retract) = requests(vocab);
     let plain = SchedulerConfig {
         disable_radix_cache: true,
@@ -148,7 +162,34 @@ pub fn scheduler_scenarios<B: Backend>(
         })
         .collect();
     let want = run(engine(&plain, false), &alone);
-    let mut c = Checks::default();
+    // The control: the same plain pass with every request in one batch. Batch-shape rounding
+    // alone moves its logprobs (bf16 at 32 layers of random weights amplifies it: the
+    // architecture checks measured 8.8e-2 between two bf16 forwards); the scenarios may move
+    // them 3x as much, a wrong cache entry moves them by whole units.
+    let all: Vec<RequestSpec> = alone.iter().flatten().cloned().collect();
+    let control = run(engine(&plain, false), std::slice::from_ref(&all));
+    let noise = logprob_noise(&all, &control, &want);
+    let r = match batching {
+        Batching::Invariant => Rounding {
+            logprob: 0.0,
+            tie: 0.0,
+        },
+        Batching::Rounding => {
+            let logprob = rounding.logprob.max(3.0 * noise);
+            Rounding {
+                logprob,
+                tie: rounding.tie.max(2.0 * logprob),
+            }
+        }
+    };
+    c.note(
+        "control: every request in one batch (no cache, no chunking) vs alone",
+        format!(
+            "logprobs differ by up to {noise:.3e}; limits: logprob {:.3}, near tie {:.3}",
+            r.logprob, r.tie
+        ),
+    );
+    compare(c, ("control, one batch", r), &all, &control, &want);
     // Prefix hit: the shared prefix cached by a first request.
     let warm = greedy(100, prompt(1, 200, vocab), 1);
     let hit = run(engine(&base(), true), &[vec![warm], main.clone()]);
@@ -158,27 +199,21 @@ pub fn scheduler_scenarios<B: Backend>(
         format!("{cached} tokens"),
         cached >= 192,
     );
-    compare(&mut c, ("prefix hit", r), &main, &hit, &want);
+    compare(c, ("prefix hit", r), &main, &hit, &want);
     let chunked = SchedulerConfig {
         chunked_prefill_size: Some(64),
         max_prefill_tokens: 256,
         ..base()
     };
     let got = run(engine(&chunked, true), std::slice::from_ref(&main));
-    compare(&mut c, ("chunked prefill (64)", r), &main, &got, &want);
+    compare(c, ("chunked prefill (64)", r), &main, &got, &want);
     let mixed = SchedulerConfig {
         chunked_prefill_size: Some(64),
         enable_mixed_chunk: true,
         ..base()
     };
     let got = run(engine(&mixed, true), std::slice::from_ref(&main));
-    compare(
-        &mut c,
-        ("mixed batch (chunks of 64)", r),
-        &main,
-        &got,
-        &want,
-    );
+    compare(c, ("mixed batch (chunks of 64)", r), &main, &got, &want);
     let tight = SchedulerConfig {
         kv_capacity_tokens: 160,
         init_new_token_ratio: 0.05,
@@ -190,6 +225,5 @@ pub fn scheduler_scenarios<B: Backend>(
         format!("{} retractions", got.retractions),
         got.retractions > 0,
     );
-    compare(&mut c, ("retraction", r), &retract, &got, &want);
-    c.finish(title);
+    compare(c, ("retraction", r), &retract, &got, &want);
 }
