@@ -163,8 +163,8 @@ pub fn penalty_and_bias_checks<B: Backend>(s: &Subject<'_, B>, c: &mut Checks) {
     bias_checks(s, c, &pr);
 }
 
-/// A +30 bias makes its token every pick (greedy and sampled); a -50 bias on the argmax makes
-/// the greedy pick the runner-up.
+/// A +60 bias (beyond any logit spread of this model) makes its token every pick (greedy and
+/// sampled); a -50 bias on the argmax makes the greedy pick the runner-up.
 fn bias_checks<B: Backend>(s: &Subject<'_, B>, c: &mut Checks, pr: &[u32]) {
     let first = s.reference.rows(pr, &[]).remove(0);
     let best = argmax(&first);
@@ -172,9 +172,9 @@ fn bias_checks<B: Backend>(s: &Subject<'_, B>, c: &mut Checks, pr: &[u32]) {
     order.sort_by(|&a, &b| first[b].total_cmp(&first[a]));
     let (runner_up, fifth) = (order[1] as u32, order[4] as u32);
     let mut g = SamplingParams::greedy(12);
-    g.logit_bias = vec![(fifth, 30.0)];
+    g.logit_bias = vec![(fifth, 60.0)];
     let mut t = sampled(1.0, -1, 1.0, 0.0, 11, 12);
-    t.logit_bias = vec![(fifth, 30.0)];
+    t.logit_bias = vec![(fifth, 60.0)];
     let mut neg = SamplingParams::greedy(1);
     neg.logit_bias = vec![(best, -50.0)];
     let reqs = vec![
@@ -187,7 +187,7 @@ fn bias_checks<B: Backend>(s: &Subject<'_, B>, c: &mut Checks, pr: &[u32]) {
         let all = o.tokens[&id].iter().all(|&x| x == fifth);
         c.add(
             format!(
-                "logit bias +30 on token {fifth} ({}): every token is it",
+                "logit bias +60 on token {fifth} ({}): every token is it",
                 ["greedy", "sampled"][id as usize - 1]
             ),
             format!("{:?}", o.tokens[&id]),
