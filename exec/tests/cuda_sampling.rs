@@ -8,8 +8,8 @@
 //!   `sample_rows` kernel; penalties, logit bias and logprobs on the host from the GPU's logits.
 //! * `scheduler_scenarios_at_8b_shapes`: sampling_parts/scenarios.rs (prefix hit, chunked
 //!   prefill, retraction, mixed batch against one plain pass per request) on CudaBackend over
-//!   random weights of Llama-3.1-8B's full shape (32 layers, 4096 wide, GQA 32/8, head dim 128,
-//!   vocabulary 128256, llama3 RoPE scaling).
+//!   random weights of Llama-3.1-8B's shapes (4096 wide, GQA 32/8, head dim 128, vocabulary
+//!   128256, llama3 RoPE scaling), at 4 layers and at all 32.
 
 mod cuda_common;
 mod sampling_parts;
