@@ -314,7 +314,8 @@ __device__ __forceinline__ void gqa_tile_math(float (&o)[D / 8][4], float (&mrow
 #define DECODE_KV_BEFORE_QK 8
 #define DECODE_PF_NEXT_EARLY 16
 struct DecodePost {
-    // DECODE_POST: the q/k pass is on; DECODE_PF_ROWS: prefetch whole KV rows; DECODE_EARLY_KV:
+    // DECODE_POST: the q/k pass is on; DECODE_PF_ROWS: prefetch the block's keys' whole KV rows
+    // (decode_prefetch_kv; without it no KV prefetch); DECODE_EARLY_KV:
     // request the first keys before waiting for the previous kernel; DECODE_KV_BEFORE_QK:
     // request them after the wait but before the q/k pass, so they arrive while it runs;
     // DECODE_PF_NEXT_EARLY: the pf_next prefetch below at the block's start, not its end.
@@ -434,27 +435,21 @@ __device__ __forceinline__ void decode_merge_store(const float* sm_m, const floa
     if (threadIdx.x == 0) counters[(size_t)b * nk + kvh] = 0u;
 }
 
-// Both decode kernels, before the PDL wait: ask L2 for the block's keys [k_begin, k_end) (the
-// lengths and the slot table were written before the previous kernel started). With `rows`,
-// whole rows (all kv heads of a slot, contiguous), each by one of the nk blocks that share this
-// key range: fewer, longer reads than each block asking for its own head's part of every row.
+// Every decode kernel, before the PDL wait, with `rows` (DECODE_PF_ROWS): ask L2 for the
+// block's keys [k_begin, k_end) (the lengths and the slot table were written before the previous
+// kernel started) as whole rows (all kv heads of a slot, contiguous), each by one of the nk
+// blocks that share this key range: fewer, longer reads than each block asking for its own
+// head's part of every row. Without it, nothing (the keys are only loaded).
 template <int D>
 __device__ __forceinline__ void decode_prefetch_kv(const __nv_bfloat16* k_cache,
                                                    const __nv_bfloat16* v_cache,
                                                    const unsigned int* trow, int k_begin, int k_end,
                                                    int kvh, int nk, bool rows) {
-    if (rows) {
-        for (int k = k_begin + kvh + (int)threadIdx.x * nk; k < k_end; k += blockDim.x * nk) {
-            const size_t off = (size_t)trow[k] * nk * D;
-            prefetch_l2(k_cache + off, nk * D * 2);
-            prefetch_l2(v_cache + off, nk * D * 2);
-        }
-    } else {
-        for (int k = k_begin + threadIdx.x; k < k_end; k += blockDim.x) {
-            const size_t off = (size_t)trow[k] * nk * D + (size_t)kvh * D;
-            prefetch_l2(k_cache + off, D * 2);
-            prefetch_l2(v_cache + off, D * 2);
-        }
+    if (!rows) return;
+    for (int k = k_begin + kvh + (int)threadIdx.x * nk; k < k_end; k += blockDim.x * nk) {
+        const size_t off = (size_t)trow[k] * nk * D;
+        prefetch_l2(k_cache + off, nk * D * 2);
+        prefetch_l2(v_cache + off, nk * D * 2);
     }
 }
 

@@ -1,7 +1,9 @@
 //! Attention kernels against an f64 CPU reference: extend (prefill over a cached prefix) and
 //! split-KV decode, on ragged batches whose positions sit in random KV slots (so prefixes cross
 //! pages arbitrarily), GQA groups 1 to 8, head_dim 64 and 128, KV up to 8191 tokens, and a decode
-//! CUDA graph replayed with new lengths. Skips without a GPU; see docs/cuda.md.
+//! CUDA graph replayed with new lengths; decode also with its entries in a permuted visit order
+//! (each entry keeps its token row: the same bits in the same rows). Skips without a GPU; see
+//! docs/cuda.md.
 
 mod cuda_common;
 
@@ -286,6 +288,10 @@ fn attention_decode(
     let dq = gpu.upload(&q).unwrap();
     let shape = kv.shape(nq, nk, d, q_stride);
     let meta = DecodeMeta::new(gpu, &entries, t, kv.rows, kv.stride).unwrap();
+    // The same entries visited in another order (as `VisitOrder` sorts them): each keeps its
+    // token row, so every output must land in the same row with the same bits.
+    let permuted = visit_permuted(&entries);
+    let meta_p = DecodeMeta::new(gpu, &permuted, t, kv.rows, kv.stride).unwrap();
     let reference = attn_ref(&q, &shape, &kv, &entries, t);
     // One counter buffer for all launches: the fused kernel must leave it zeroed.
     let counters = gpu.zeros::<u32>(entries.len() * nk).unwrap();
@@ -298,69 +304,84 @@ fn attention_decode(
     // Early: the first keys requested before the wait (the newest one after it).
     // Mma: the tensor-core kernel instead of the CUDA-core ones.
     // Rmma: the tensor-core kernel fed from registers (where mma is off).
-    for (splits, min_keys, early, mma, rmma) in [
-        (1usize, 1usize, false, false, false),
-        (7, 1, true, false, false),
-        (32, 1, false, false, false),
-        (7, 40, true, false, false),
-        (32, 40, true, false, false),
-        (1, 1, true, false, false),
-        (7, 40, false, false, false),
-        (32, 1, true, false, false),
-        (1, 1, false, true, false),
-        (1, 40, true, true, false),
-        (7, 1, true, true, false),
-        (7, 40, false, true, false),
-        (32, 1, true, true, false),
-        (32, 40, false, true, false),
-        (1, 1, false, false, true),
-        (1, 40, true, false, true),
-        (7, 1, false, false, true),
-        (7, 40, true, false, true),
-        (32, 1, false, false, true),
-        (32, 40, true, false, true),
+    // Pf: the whole-row KV prefetch (a hint: the outputs must not move).
+    for (splits, min_keys, early, mma, rmma, pf) in [
+        (1usize, 1usize, false, false, false, true),
+        (7, 1, true, false, false, false),
+        (32, 1, false, false, false, true),
+        (7, 40, true, false, false, true),
+        (32, 40, true, false, false, true),
+        (1, 1, true, false, false, true),
+        (7, 40, false, false, false, true),
+        (32, 1, true, false, false, true),
+        (1, 1, false, true, false, true),
+        (1, 40, true, true, false, true),
+        (7, 1, true, true, false, true),
+        (7, 40, false, true, false, true),
+        (32, 1, true, true, false, true),
+        (32, 40, false, true, false, false),
+        (1, 1, false, false, true, true),
+        (1, 40, true, false, true, true),
+        (7, 1, false, false, true, true),
+        (7, 40, true, false, true, false),
+        (32, 1, false, false, true, true),
+        (32, 40, true, false, true, true),
     ] {
         let shape = AttnShape {
             split_min_keys: min_keys,
             decode_early_kv: early,
             decode_mma: mma,
             decode_reg_mma: rmma,
+            decode_prefetch_kv: pf,
             ..shape
         };
         let n = entries.len();
         let po = gpu.zeros::<f32>(n * nq * splits * d).unwrap();
         let pm = gpu.zeros::<f32>(n * nq * splits * 2).unwrap();
-        let dout = gpu
-            .upload(&vec![bf16::from_f32(f32::NAN); t * nq * d])
+        let run = |meta: &DecodeMeta| {
+            let dout = gpu
+                .upload(&vec![bf16::from_f32(f32::NAN); t * nq * d])
+                .unwrap();
+            gpu.attention_decode(
+                gpu.ptr(&dq),
+                kv.view(gpu),
+                meta,
+                &shape,
+                DecodeOut {
+                    out: gpu.ptr(&dout),
+                    part_o: gpu.ptr(&po),
+                    part_ml: gpu.ptr(&pm),
+                    splits,
+                    variant,
+                },
+                None,
+            )
             .unwrap();
-        gpu.attention_decode(
-            gpu.ptr(&dq),
-            kv.view(gpu),
-            &meta,
-            &shape,
-            DecodeOut {
-                out: gpu.ptr(&dout),
-                part_o: gpu.ptr(&po),
-                part_ml: gpu.ptr(&pm),
-                splits,
-                variant,
-            },
-            None,
-        )
-        .unwrap();
-        let out = gpu.download(&dout).unwrap();
-        compare_rows(
-            rep,
-            &format!(
-                "attention_decode {which:?} nq={nq} nk={nk} D={d} kv<=8191 splits={splits} \
-                 min keys {min_keys} early {early} tensor cores {mma} \
-                 from registers {rmma}"
-            ),
-            &out,
-            &reference,
-            1e-2,
+            gpu.download(&dout).unwrap()
+        };
+        let (out, out_p) = (run(&meta), run(&meta_p));
+        let name = format!(
+            "attention_decode {which:?} nq={nq} nk={nk} D={d} kv<=8191 splits={splits} \
+             min keys {min_keys} early {early} tensor cores {mma} \
+             from registers {rmma} KV prefetch {pf}"
+        );
+        compare_rows(rep, &name, &out, &reference, 1e-2);
+        let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<u16>>();
+        rep.exact(
+            &format!("{name}, permuted visit order"),
+            &bits(&out_p),
+            &bits(&out),
         );
     }
+}
+
+/// `entries` in a visit order unlike the token order: rotated by half their count, so no entry
+/// keeps its index (at least 2 entries).
+fn visit_permuted(entries: &[AttnEntry]) -> Vec<AttnEntry> {
+    let mut p = entries.to_vec();
+    p.rotate_left(entries.len().div_ceil(2));
+    assert!(p.iter().zip(entries).all(|(a, b)| a != b));
+    p
 }
 
 /// A decode attention captured once in a CUDA graph and replayed with new lengths written into
@@ -374,9 +395,10 @@ fn decode_graph_replay(gpu: &Gpu, rng: &mut Rng, rep: &mut Report) {
     let q = rng.bf16s(t * q_stride, 1.0);
     let dq = gpu.upload(&q).unwrap();
     let shape = kv.shape(nq, nk, d, q_stride);
+    // B in a permuted visit order: the replay must follow each entry's token row too.
     let (a, b) = (
         decode_entries(&[100, 2000, 5], 0),
-        decode_entries(&[3000, 7, 1024], 0),
+        visit_permuted(&decode_entries(&[3000, 7, 1024], 0)),
     );
     let mut meta = DecodeMeta::new(gpu, &a, t, kv.rows, kv.stride).unwrap();
     let po = gpu.zeros::<f32>(t * nq * splits * d).unwrap();

@@ -6,8 +6,10 @@
 # JOBS (in order, default "tests"): tests = scripts/gpu/run-tests.sh (every CUDA check, then the
 # bench-one-batch A/B against carry/base/doppel); models = scripts/gpu/models.sh with
 # MODEL_STAGES (default "tiny archs"); prompt = scripts/gpu/prompt-logprobs.sh; structured =
-# scripts/gpu/structured.sh; tp = scripts/gpu/tp.sh (its one-GPU stages on one GPU); sampling =
-# scripts/gpu/sampling.sh (the sampling paths and the 8B scheduler scenarios, ~1-2 min). The jobs
+# scripts/gpu/structured.sh; tp = scripts/gpu/tp.sh (its one-GPU stages on one GPU); w5 =
+# scripts/gpu/shared-prefix.sh (attention correctness, then the decode attention over shared
+# prefixes by row order); sampling = scripts/gpu/sampling.sh (the sampling paths and the 8B
+# scheduler scenarios, ~1-2 min). The jobs
 # share DEADLINE seconds (default 570) so the packing still happens inside a 600 s device call; a
 # job cut short reports exit 124.
 set -uo pipefail
@@ -44,9 +46,10 @@ for job in $JOBS; do
     prompt) cmd=(env OUT="$W/prompt" bash scripts/gpu/prompt-logprobs.sh) ;;
     structured) cmd=(env OUT="$W/structured" bash scripts/gpu/structured.sh) ;;
     tp) cmd=(env OUT="$W/tp" bash scripts/gpu/tp.sh) ;;
+    w5) cmd=(env OUT="$W/w5" bash scripts/gpu/shared-prefix.sh) ;;
     sampling) cmd=(env OUT="$W/sampling" bash scripts/gpu/sampling.sh) ;;
     *)
-        echo "$job: unknown job (tests, models, prompt, structured, tp, sampling)" | tee -a "$OUT/summary.txt"
+        echo "$job: unknown job (tests, models, prompt, structured, tp, w5, sampling)" | tee -a "$OUT/summary.txt"
         status=1
         continue
         ;;
@@ -59,6 +62,8 @@ for job in $JOBS; do
         grep -E "^=== |FAILED|panicked|test result" "$W/$job/console.log" | tail -40
         echo "--- last lines ---"
         tail -12 "$W/$job/console.log"
+        # A job's own short summary (its table), where it writes one.
+        [ -f "$W/$job/summary.txt" ] && cat "$W/$job/summary.txt"
     } >>"$OUT/summary.txt"
     pack
 done

@@ -10,7 +10,7 @@
 //! with logit bias, penalties or logprobs are sampled on the host from downloaded logits.
 
 use crate::constraint::TokenMatcher;
-use crate::cuda::attention::decode_splits;
+use crate::cuda::attention::{decode_splits, VisitOrder};
 use crate::cuda::model::{GpuModel, KvPool, RowSampling, TokenPick, Workspace};
 use crate::cuda::timing::StepEvents;
 use crate::cuda::{CudaError, DriverCtx, Gpu, Result};
@@ -109,6 +109,9 @@ pub struct CudaBackend {
     /// Buffers for prompt logprobs (allocated with the backend, so a request that asks for
     /// them cannot meet a full device mid-serve).
     prompt_bufs: super::prompt_logprobs::PromptLogprobBufs,
+    /// Each table row's position-0 slot: decode rows sharing a cached prefix run side by side
+    /// (docs/cuda.md, "Decode attention").
+    visit: VisitOrder,
 }
 
 impl CudaBackend {
@@ -161,6 +164,7 @@ impl CudaBackend {
         let (mask_dev, mask_row_dev) = (gpu.zeros(1)?, gpu.zeros(1)?);
         let prompt_bufs = super::prompt_logprobs::PromptLogprobBufs::new(&gpu, &model)?;
         Ok(CudaBackend {
+            visit: VisitOrder::new(kv.rows),
             pad_row: cfg.table_rows,
             gpu,
             model,

@@ -90,6 +90,9 @@ impl CudaBackend {
                 self.last_row.insert(e.id, e.row.0);
             }
         }
+        // Rows sharing a cached prefix side by side in the decode grid, for L2 reuse (the
+        // entries keep their token rows, so nothing else moves).
+        self.visit.sort(&mut s.decode);
         Ok(StepInputs {
             s,
             want,

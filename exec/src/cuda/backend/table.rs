@@ -38,6 +38,9 @@ impl CudaBackend {
         if rows.is_empty() {
             return Ok(());
         }
+        for ((&r, &c), &v) in rows.iter().zip(&cols).zip(&vals) {
+            self.visit.note(r as usize, c as usize, v);
+        }
         let g = &self.gpu;
         let (r, c, v) = (g.upload(&rows)?, g.upload(&cols)?, g.upload(&vals)?);
         g.table_scatter(

@@ -115,6 +115,8 @@ pub struct DecodeAttn {
     pub early_kv: bool,
     /// The attention asks the o projection's weights into L2 for the GEMM after it.
     pub prefetch_o: bool,
+    /// Each block asks L2 for its keys' whole KV rows before the wait.
+    pub prefetch_kv: bool,
 }
 
 /// The gate/up projection with SiLU-and-mul.
@@ -209,6 +211,7 @@ impl StepPlan {
             combine_fused: splits == 1,
             early_kv: !qk_in_attn,
             prefetch_o: qk_in_attn && rows >= k.decode_prefetch_o_min_rows,
+            prefetch_kv: rows <= k.decode_prefetch_kv_max_rows,
         });
         let mlp = if fold {
             MlpStage::GemvFolded
@@ -400,6 +403,22 @@ mod tests {
             p.decode.map(|d| d.kernel),
             Some(DecodeKernel::TensorCoreRegs)
         );
+    }
+
+    #[test]
+    fn the_kv_prefetch_stops_above_its_row_threshold() {
+        let on = |rows, max| {
+            let k = KernelChoice {
+                decode_prefetch_kv_max_rows: max,
+                ..KernelChoice::default()
+            };
+            let p = StepPlan::new(&qwen3_06b(), &k, H100, decode(rows, 1));
+            p.decode.map(|d| d.prefetch_kv)
+        };
+        assert_eq!(on(1024, usize::MAX), Some(true));
+        assert_eq!(on(256, 256), Some(true));
+        assert_eq!(on(257, 256), Some(false));
+        assert_eq!(on(1, 0), Some(false));
     }
 
     #[test]

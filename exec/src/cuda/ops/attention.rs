@@ -12,7 +12,9 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
 mod extend;
+mod order;
 pub use extend::{gqa_tiles, ExtendMeta, QRope, EXTEND_TILE};
+pub use order::VisitOrder;
 
 /// One entry of an attention batch, as the host knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +187,9 @@ pub struct AttnShape {
     /// (a multiple of 8 elements) for the blocks to ask into L2 in equal shares, at each
     /// block's end.
     pub decode_prefetch_next: Option<DPtr<bf16>>,
+    /// Decode (every kernel): each block asks L2 for its keys' whole KV rows (all kv heads of
+    /// every nk-th key of its range) before waiting for the previous kernel.
+    pub decode_prefetch_kv: bool,
     /// Decode (V3 variants): the tensor-core kernel (`kernels/attention_decode_mma.cu`) instead
     /// of the CUDA-core ones; same plan, arguments and outputs.
     pub decode_mma: bool,
@@ -376,9 +381,11 @@ fn decode_args(
     const K: &str = "attention_decode";
     let p = post.map(|(p, _)| p);
     let rs = p.and_then(|p| p.row_scale);
-    // The kernel's flags (kernels/attention_decode.cu): 1 the q/k pass, 2 whole-row prefetch
-    // (always: docs/cuda.md, "Decode attention"), 4 the first keys requested before the wait.
-    let flags = i32::from(post.is_some()) | 2 | (i32::from(shape.decode_early_kv) << 2);
+    // The kernel's flags (kernels/prelude.cuh, DecodePost): 1 the q/k pass, 2 whole-row
+    // prefetch, 4 the first keys requested before the wait.
+    let flags = i32::from(post.is_some())
+        | (i32::from(shape.decode_prefetch_kv) << 1)
+        | (i32::from(shape.decode_early_kv) << 2);
     let pf_next = shape.decode_prefetch_next.map(DPtr::bytes);
     let pf_bytes = pf_next.map_or(0, |w| w.len());
     check(
@@ -541,6 +548,7 @@ mod tests {
                         scale: 1.0,
                         split_min_keys: 1,
                         decode_early_kv: false,
+                        decode_prefetch_kv: true,
                         decode_prefetch_next: None,
                         decode_mma: mma,
                         decode_reg_mma: reg,
