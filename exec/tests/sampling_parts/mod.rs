@@ -248,7 +248,10 @@ impl Checks {
         eprintln!("=== {title} ===");
         let mut failed = Vec::new();
         for (name, figure, ok) in &self.rows {
-            eprintln!("{:<4} {name:<70} {figure}", if *ok { "ok" } else { "FAIL" });
+            eprintln!(
+                "{:<6} {name:<70} {figure}",
+                if *ok { "ok" } else { "FAILED" }
+            );
             if !ok {
                 failed.push(name.clone());
             }
