@@ -75,7 +75,7 @@ fn sampling_checks_pass_on_the_cuda_backend() {
         batching: Batching::Rounding,
         measured: Default::default(),
     };
-    let mut c = Checks::default();
+    let mut c = Checks::new("sampling checks, CUDA backend");
     // The logprob checks first: they measure the error the draws are then checked with.
     host::logprob_checks(&s, &mut c);
     checks::frequencies(&s, &mut c, 2000);
@@ -85,7 +85,7 @@ fn sampling_checks_pass_on_the_cuda_backend() {
     );
     checks::seeded(&s, &mut c);
     host::penalty_and_bias_checks(&s, &mut c);
-    c.finish("sampling checks, CUDA backend");
+    c.finish();
 }
 
 const LLAMA31_8B: &str = r#"{
@@ -119,7 +119,8 @@ fn scheduler_scenarios_at_8b_shapes() {
         logprob: 0.25,
         tie: 0.5,
     };
-    let mut c = Checks::default();
+    let mut c =
+        Checks::new("scheduler scenarios, Llama-3.1-8B shapes (random weights), CUDA backend");
     for layers in [4, 32] {
         let cfg = llama31_8b(layers);
         let engine = |sc: &SchedulerConfig, overlap: bool| {
@@ -140,5 +141,5 @@ fn scheduler_scenarios_at_8b_shapes() {
         );
         c.note("time", format!("{:.1} s", start.elapsed().as_secs_f64()));
     }
-    c.finish("scheduler scenarios, Llama-3.1-8B shapes (random weights), CUDA backend");
+    c.finish();
 }

@@ -33,13 +33,13 @@ fn sampling_checks_pass_on_the_cpu_backend() {
         batching: Batching::Invariant,
         measured: Default::default(),
     };
-    let mut c = Checks::default();
+    let mut c = Checks::new("sampling checks, CPU backend");
     // The logprob checks first: they measure the error the draws are then checked with.
     host::logprob_checks(&s, &mut c);
     checks::frequencies(&s, &mut c, 2000);
     checks::seeded(&s, &mut c);
     host::penalty_and_bias_checks(&s, &mut c);
-    c.finish("sampling checks, CPU backend");
+    c.finish();
 }
 
 /// The 8B scenarios of cuda_sampling.rs on the tiny model: the scenarios' own logic (a prefix
@@ -57,7 +57,7 @@ fn scheduler_scenarios_match_one_plain_pass_on_the_cpu_backend() {
         logprob: 0.0,
         tie: 0.0,
     };
-    let mut c = Checks::default();
+    let mut c = Checks::new("scheduler scenarios, CPU backend");
     scheduler_scenarios(&mut c, &engine, reference.vocab, Batching::Invariant, exact);
-    c.finish("scheduler scenarios, CPU backend");
+    c.finish();
 }

@@ -224,19 +224,39 @@ impl Reference {
     }
 }
 
-/// Named pass/fail rows with a figure each, printed as a table; fails the test at the end if any
-/// row failed.
-#[derive(Default)]
+/// Named pass/fail rows with a figure each, printed as they come (so a run cut short still
+/// shows what it checked); fails the test at the end if any row failed.
 pub struct Checks {
-    rows: Vec<(String, String, bool)>,
+    title: String,
+    failed: Vec<String>,
+    passed: usize,
     /// Put before the names of the rows added from now on.
     pub prefix: String,
 }
 
 impl Checks {
+    pub fn new(title: &str) -> Checks {
+        eprintln!("=== {title} ===");
+        Checks {
+            title: title.to_string(),
+            failed: Vec::new(),
+            passed: 0,
+            prefix: String::new(),
+        }
+    }
+
     pub fn add(&mut self, name: impl Into<String>, figure: impl Into<String>, ok: bool) {
         let name = format!("{}{}", self.prefix, name.into());
-        self.rows.push((name, figure.into(), ok));
+        let figure = figure.into();
+        eprintln!(
+            "{:<6} {name:<70} {figure}",
+            if ok { "ok" } else { "FAILED" }
+        );
+        if ok {
+            self.passed += 1;
+        } else {
+            self.failed.push(name);
+        }
     }
 
     /// A line of information (never fails).
@@ -244,21 +264,11 @@ impl Checks {
         self.add(name, figure, true);
     }
 
-    pub fn finish(self, title: &str) {
-        eprintln!("=== {title} ===");
-        let mut failed = Vec::new();
-        for (name, figure, ok) in &self.rows {
-            eprintln!(
-                "{:<6} {name:<70} {figure}",
-                if *ok { "ok" } else { "FAILED" }
-            );
-            if !ok {
-                failed.push(name.clone());
-            }
-        }
+    pub fn finish(self) {
+        let (title, failed) = (&self.title, &self.failed);
         eprintln!(
             "{title}: {} checks ok, {} failed",
-            self.rows.len() - failed.len(),
+            self.passed,
             failed.len()
         );
         assert!(failed.is_empty(), "{title}: failed checks: {failed:#?}");
