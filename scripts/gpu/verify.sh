@@ -8,7 +8,8 @@
 # MODEL_STAGES (default "tiny archs"); prompt = scripts/gpu/prompt-logprobs.sh; structured =
 # scripts/gpu/structured.sh; tp = scripts/gpu/tp.sh (its one-GPU stages on one GPU); w5 =
 # scripts/gpu/shared-prefix.sh (attention correctness, then the decode attention over shared
-# prefixes by row order). The jobs
+# prefixes by row order); sampling = scripts/gpu/sampling.sh (the sampling paths and the 8B
+# scheduler scenarios, ~1-2 min). The jobs
 # share DEADLINE seconds (default 570) so the packing still happens inside a 600 s device call; a
 # job cut short reports exit 124.
 set -uo pipefail
@@ -46,8 +47,9 @@ for job in $JOBS; do
     structured) cmd=(env OUT="$W/structured" bash scripts/gpu/structured.sh) ;;
     tp) cmd=(env OUT="$W/tp" bash scripts/gpu/tp.sh) ;;
     w5) cmd=(env OUT="$W/w5" bash scripts/gpu/shared-prefix.sh) ;;
+    sampling) cmd=(env OUT="$W/sampling" bash scripts/gpu/sampling.sh) ;;
     *)
-        echo "$job: unknown job (tests, models, prompt, structured, tp, w5)" | tee -a "$OUT/summary.txt"
+        echo "$job: unknown job (tests, models, prompt, structured, tp, w5, sampling)" | tee -a "$OUT/summary.txt"
         status=1
         continue
         ;;
