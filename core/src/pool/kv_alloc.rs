@@ -9,9 +9,6 @@ pub struct KvAllocator {
     page_size: usize,
     num_pages: usize,
     free_pages: Vec<u32>,
-    // One bit per page (1 = free): a bit, not a bool, so that the pool's map stays in cache
-    // while pages are handed out and freed token by token.
-    is_free: Vec<u64>,
     grouping: bool,
     pending: Vec<u32>,
 }
@@ -21,19 +18,14 @@ impl KvAllocator {
     pub fn new(capacity_tokens: usize, page_size: usize) -> Self {
         assert!(page_size > 0, "page_size validated by SchedulerConfig");
         let num_pages = capacity_tokens / page_size;
-        let mut a = KvAllocator {
+        KvAllocator {
             page_size,
             num_pages,
             // Popping from the end hands out page 1 first.
             free_pages: (1..=num_pages as u32).rev().collect(),
-            is_free: vec![0; (num_pages + 1).div_ceil(64)],
             grouping: false,
             pending: Vec::new(),
-        };
-        for page in 1..=num_pages {
-            a.set_free(page, true);
         }
-        a
     }
 
     /// Tokens per page.
@@ -93,11 +85,7 @@ impl KvAllocator {
             // Token-granular: a page is a slot. Every slot is handed out token by token, so
             // this path avoids the page arithmetic (divisions) of the general one.
             let start = self.free_pages.len() - n;
-            for i in (start..self.free_pages.len()).rev() {
-                let page = self.free_pages[i];
-                self.set_free(page as usize, false);
-                out.push(KvSlot(page));
-            }
+            out.extend(self.free_pages[start..].iter().rev().map(|&p| KvSlot(p)));
             self.free_pages.truncate(start);
             return true;
         }
@@ -118,7 +106,6 @@ impl KvAllocator {
         }
         for _ in 0..pages {
             let page = self.free_pages.pop().expect("checked above") as usize;
-            self.set_free(page, false);
             let take = remaining.min(ps);
             out.extend((0..take).map(|k| KvSlot((page * ps + k) as u32)));
             remaining -= take;
@@ -149,8 +136,6 @@ impl KvAllocator {
                 s.0
             );
             debug_assert!(page != 0, "freeing the dummy page");
-            debug_assert!(!self.page_free(page), "page {page} freed twice");
-            self.set_free(page, true);
             if self.grouping {
                 self.pending.push(page as u32);
             } else {
@@ -171,28 +156,52 @@ impl KvAllocator {
         self.free_pages.append(&mut self.pending);
     }
 
-    /// Whether the page holding `slot` is free (for invariant checks).
-    pub fn is_slot_free(&self, slot: KvSlot) -> bool {
-        self.page_free(slot.0 as usize / self.page_size)
-    }
-
-    fn page_free(&self, page: usize) -> bool {
-        self.is_free[page / 64] >> (page % 64) & 1 == 1
-    }
-
-    fn set_free(&mut self, page: usize, free: bool) {
-        let (word, bit) = (&mut self.is_free[page / 64], 1u64 << (page % 64));
-        if free {
-            *word |= bit;
-        } else {
-            *word &= !bit;
+    /// Which pages are free (indexed by page; frees pending in an open group count), built from
+    /// the free lists for invariant checks (O(pool size)): kept as a map it would be written at
+    /// every allocation and free. A page listed twice (freed twice), the dummy page or a page
+    /// past the pool is an error.
+    pub fn free_page_map(&self) -> Result<Vec<bool>, String> {
+        let mut free = vec![false; self.num_pages + 1];
+        for &p in self.free_pages.iter().chain(&self.pending) {
+            let p = p as usize;
+            if p == 0 || p > self.num_pages {
+                return Err(format!(
+                    "free list holds page {p} of 1..={}",
+                    self.num_pages
+                ));
+            }
+            if std::mem::replace(&mut free[p], true) {
+                return Err(format!("page {p} is on the free list twice (freed twice)"));
+            }
         }
+        Ok(free)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_page_map_marks_listed_and_pending_pages_and_catches_a_double_free() {
+        let mut a = KvAllocator::new(8, 2);
+        let mut out = Vec::new();
+        assert!(a.alloc_extend(0, None, 6, &mut out));
+        assert_eq!(
+            a.free_page_map().unwrap(),
+            [false, false, false, false, true]
+        );
+        a.free_group_begin();
+        a.free(&out[..2]);
+        assert_eq!(
+            a.free_page_map().unwrap(),
+            [false, true, false, false, true]
+        );
+        a.free_group_end();
+        a.free(&out[..2]);
+        let err = a.free_page_map().unwrap_err();
+        assert!(err.contains("page 1") && err.contains("twice"), "{err}");
+    }
 
     #[test]
     fn token_allocator_skips_dummy_slot_and_fails_as_a_value() {

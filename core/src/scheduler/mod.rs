@@ -466,11 +466,10 @@ impl Scheduler {
                 return Err(format!("request {} holds KV without a row", r.spec.id));
             }
         }
-        let free_pages = (1..pages)
-            .filter(|&p| self.alloc.is_slot_free(KvSlot((p * ps) as u32)))
-            .count();
+        let free_map = self.alloc.free_page_map()?;
+        let free_pages = free_map.iter().filter(|&&f| f).count();
         for (p, &own) in owner.iter().enumerate().skip(1) {
-            let is_free = self.alloc.is_slot_free(KvSlot((p * ps) as u32));
+            let is_free = free_map.get(p).copied().unwrap_or(false);
             if is_free && own != 0 {
                 return Err(format!("page {p} is free and owned"));
             }
