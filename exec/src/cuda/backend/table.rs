@@ -38,8 +38,17 @@ impl CudaBackend {
         if rows.is_empty() {
             return Ok(());
         }
-        for ((&r, &c), &v) in rows.iter().zip(&cols).zip(&vals) {
-            self.visit.note(r as usize, c as usize, v);
+        // Only position 0 keys the decode rows' visit order: it is written by a table write
+        // from 0 or an entry without a prefix, so this looks at the plan, not at every write.
+        for w in plan.table_writes.iter().filter(|w| w.start == 0) {
+            if let Some(s) = plan.write_values(w).first() {
+                self.visit.note(w.row.index(), 0, s.0);
+            }
+        }
+        for e in &plan.entries {
+            if let Some((p, s)) = e.positions().zip(plan.entry_slots(e)).next() {
+                self.visit.note(e.row.index(), p, s.0);
+            }
         }
         let g = &self.gpu;
         let (r, c, v) = (g.upload(&rows)?, g.upload(&cols)?, g.upload(&vals)?);
