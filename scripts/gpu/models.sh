@@ -9,7 +9,8 @@
 #   8b: Llama-3.1-8B at full size: the same check, then one 32000-token prompt (chunked prefill),
 #      the copy-bandwidth floor and bench-one-batch 1/4/16/64 at input 128 and 1024, output 64.
 #   BIN: staged executables (scripts/gpu/stage.sh -> carry/bin); OUT: logs (default /tmp/doppel-models)
-#   STAGES: subset of "tiny archs 8b" (default all); ARCHES: presets for stage archs.
+#   STAGES: subset of "tiny archs 8b" (default all); ARCHES: presets for stage archs; NCU8B=1:
+#   stage 8b ends with ncu's per-kernel times of its b=1 decode (ncu-decode.sh, ncu_summary.py).
 #   BASE_MODEL_TEST: an older build's cuda_model test executable (default none), e.g. carry/base/cuda_model:
 #   stage archs also runs it on each checkpoint, reported beside ours, never failing the stage.
 # Exit status non-zero if any correctness stage failed. Budget (H100): tiny ~0.5 min, archs ~3 min
@@ -104,6 +105,12 @@ for s in $STAGES; do
                 tail -15 "$OUT/bob-8b-in$in_len.err"
                 cat "$OUT/bob-8b-in$in_len.json"
             done
+            # Per-kernel device time of the b=1 decode graph (where the time above the weights'
+            # floor goes), when NCU8B=1: about 1-2 min.
+            if [ "${NCU8B:-0}" = 1 ]; then
+                BIN="$BIN/doppel" MODEL="$d" OUT="$OUT" BATCH=1 NCU_COUNT=600 bash scripts/gpu/ncu-decode.sh
+                python3 scripts/gpu/ncu_summary.py "$OUT/ncu-b1.csv" | head -30
+            fi
         } 2>&1 | tee "$OUT/8b.log"
         grep -q FAILED "$OUT/8b.log" && rc=1
         rm -rf "$d" "$l" ;;
