@@ -432,7 +432,17 @@ fn scenario(gpu: &Gpu, b: &mut Bench, rng: &mut Rng, rep: &mut Report, rows: usi
         }
     }
     // [interleaved, plan], [interleaved, off], [sorted, plan], [sorted, off] are the last four.
-    let last: Vec<&Vec<bf16>> = outs.iter().rev().take(4).rev().collect();
+    let last: Vec<Vec<bf16>> = outs.iter().rev().take(4).rev().cloned().collect();
+    kernels(
+        gpu,
+        b,
+        &l,
+        &orders[orders.len() - 1].1,
+        &what,
+        &by,
+        &last[2],
+        rep,
+    );
     rep.check(
         &format!("{what}: every output written"),
         0.0,
@@ -440,14 +450,79 @@ fn scenario(gpu: &Gpu, b: &mut Bench, rng: &mut Rng, rep: &mut Report, rows: usi
     );
     rep.exact(
         &format!("{what}: VisitOrder's outputs = the interleaved order's"),
-        &bits(last[2]),
-        &bits(last[0]),
+        &bits(&last[2]),
+        &bits(&last[0]),
     );
     rep.exact(
         &format!("{what}: outputs without the KV prefetch = with it"),
-        &bits(last[1]),
-        &bits(last[0]),
+        &bits(&last[1]),
+        &bits(&last[0]),
     );
+}
+
+/// The same batch and order through each decode kernel family (the plan picks the CUDA-core
+/// kernel above `decode_reg_mma_max_tokens` rows): which one streams long shared and unshared
+/// contexts fastest at 256 and 1,024 rows, the shapes where W3 at 256 streams, W4 and W5 lose
+/// time. Their outputs must agree with the plan's within bf16 rounding.
+#[allow(clippy::too_many_arguments)]
+fn kernels(
+    gpu: &Gpu,
+    b: &Bench,
+    l: &Layout,
+    e: &[AttnEntry],
+    what: &str,
+    by: &Bytes,
+    plan_out: &[bf16],
+    rep: &mut Report,
+) {
+    let all = usize::MAX;
+    let choices = [
+        (
+            "tensor cores, cp.async ring",
+            KernelChoice {
+                decode_mma_max_tokens: all,
+                decode_reg_mma_max_tokens: all,
+                ..KernelChoice::default()
+            },
+        ),
+        (
+            "tensor cores, registers",
+            KernelChoice {
+                decode_mma_max_tokens: 0,
+                decode_reg_mma_max_tokens: all,
+                ..KernelChoice::default()
+            },
+        ),
+    ];
+    for (name, k) in &choices {
+        let step = Step::new(gpu, b, l, e, k);
+        let ms = time_ms(gpu, 7, 3, || step.launch(gpu, b));
+        let order = format!("VisitOrder, {name}");
+        print_row(
+            what,
+            &order,
+            "plan",
+            ms,
+            by,
+            neighbours(l, e),
+            step.describe(),
+        );
+        let out = gpu.download(&step.out).unwrap();
+        // Largest difference relative to the largest output: bf16 outputs of f32 sums taken in
+        // another order differ by an ulp or two.
+        let scale = plan_out
+            .iter()
+            .map(|x| x.to_f32().abs())
+            .fold(0.0f32, f32::max);
+        let worst = out
+            .iter()
+            .zip(plan_out)
+            .map(|(a, b)| (a.to_f32() - b.to_f32()).abs())
+            .fold(0.0f32, f32::max)
+            / scale.max(f32::MIN_POSITIVE);
+        let name = format!("{what}: {name} = the plan's kernel (rel. to largest)");
+        rep.check(&name, worst as f64, worst < 2e-2);
+    }
 }
 
 #[test]
