@@ -79,8 +79,7 @@ __device__ void decode_split_v3_impl(DECODE_IMPL_PARAMS) {
     // were written before it started, so this block's K and V rows can be asked into L2 now.
     // Only q and the newest token's K/V come from that kernel (a prefetch of a row it is still
     // writing is harmless: L2 is where the writes land).
-    decode_prefetch_kv<D>(k_cache, v_cache, trow, k_begin, k_end, kvh, nk,
-                          (post.flags & DECODE_PF_ROWS) != 0);
+    decode_prefetch_kv<D>(k_cache, v_cache, trow, k_begin, k_end, kvh, nk, post.pf_keys);
     const size_t kvw = (size_t)nk * D;
     const __nv_bfloat16* kb = k_cache + kvh * D + dl * 8;
     const __nv_bfloat16* vb = v_cache + kvh * D + dl * 8;

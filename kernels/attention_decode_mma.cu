@@ -54,8 +54,7 @@ __device__ void decode_mma_impl(DECODE_IMPL_PARAMS) {
     const unsigned int new_slot = post_on && fresh >= 0 ? post.slots[t] : 0u;
     const size_t kvw = (size_t)nk * D;
 
-    decode_prefetch_kv<D>(k_cache, v_cache, trow, k_begin, k_end, kvh, nk,
-                          (post.flags & DECODE_PF_ROWS) != 0);
+    decode_prefetch_kv<D>(k_cache, v_cache, trow, k_begin, k_end, kvh, nk, post.pf_keys);
     // The Q tile's rows past the group: zero, so their scores stay finite (never stored).
     for (int i = threadIdx.x; i < (16 - G) * CH; i += blockDim.x)
         *reinterpret_cast<uint4*>(smem + (G + i / CH) * ROWB + (i % CH) * 16) = make_uint4(0u, 0u, 0u, 0u);

@@ -59,8 +59,7 @@ __device__ void decode_rmma_impl(DECODE_IMPL_PARAMS) {
     const unsigned int new_slot = fresh >= 0 ? post.slots[t] : 0u;
     const size_t kvw = (size_t)nk * D;
 
-    decode_prefetch_kv<D>(k_cache, v_cache, trow, k_begin, k_end, kvh, nk,
-                          (post.flags & DECODE_PF_ROWS) != 0);
+    decode_prefetch_kv<D>(k_cache, v_cache, trow, k_begin, k_end, kvh, nk, post.pf_keys);
     // This warp's tiles: the i-th starts at key k_begin + (warp + 4 i) * TK. The slots of TPR
     // tiles come in one table read (lane l: tile g * TPR + l / TK, key l % TK), the next group's
     // read while the current one's are in use.

@@ -309,13 +309,11 @@ __device__ __forceinline__ void gqa_tile_math(float (&o)[D / 8][4], float (&mrow
 // The q/k pass (rope.cu's qk_norm_rope_store) folded into the decode kernels: per-head q/k norm
 // weights (null: none), each token's position and new KV slot, the RoPE cos/sin table.
 #define DECODE_POST 1
-#define DECODE_PF_ROWS 2
 #define DECODE_EARLY_KV 4
 #define DECODE_KV_BEFORE_QK 8
 #define DECODE_PF_NEXT_EARLY 16
 struct DecodePost {
-    // DECODE_POST: the q/k pass is on; DECODE_PF_ROWS: prefetch the block's keys' whole KV rows
-    // (decode_prefetch_kv; without it no KV prefetch); DECODE_EARLY_KV:
+    // DECODE_POST: the q/k pass is on; DECODE_EARLY_KV:
     // request the first keys before waiting for the previous kernel; DECODE_KV_BEFORE_QK:
     // request them after the wait but before the q/k pass, so they arrive while it runs;
     // DECODE_PF_NEXT_EARLY: the pf_next prefetch below at the block's start, not its end.
@@ -336,6 +334,8 @@ struct DecodePost {
     // into L2 in equal shares, as the attention leaves DRAM bandwidth unused.
     const char* pf_next;
     unsigned int pf_bytes;
+    // decode_prefetch_kv: the first pf_keys keys of the block's range (0: no KV prefetch).
+    int pf_keys;
 };
 
 // This block's share of post.pf_next into L2: one bulk prefetch, by thread 0.
@@ -371,9 +371,9 @@ __device__ __forceinline__ void decode_prefetch_next(const DecodePost& post) {
         __nv_bfloat16* out, unsigned int* counters, int min_keys, const __nv_bfloat16* wq,         \
         const __nv_bfloat16* wk, const int* positions, const float* cos_sin,                       \
         const unsigned int* slots, float eps, int flags, const __nv_bfloat16* xres, int hidden,    \
-        float xeps, const char* pf_next, unsigned int pf_bytes) {                                  \
-        const DecodePost post{flags,  wq,   wk,     positions, cos_sin, slots,                     \
-                              eps,    xres, hidden, xeps,      pf_next, pf_bytes};                 \
+        float xeps, const char* pf_next, unsigned int pf_bytes, int pf_keys) {                     \
+        const DecodePost post{flags, wq,   wk,     positions, cos_sin,  slots,                     \
+                              eps,   xres, hidden, xeps,      pf_next,  pf_bytes, pf_keys};        \
         __VA_ARGS__(part_o, part_ml, q, k_cache, v_cache, table, q_tok, kv_len, row, nq, nk,       \
                     q_stride, table_stride, scale, out, counters, min_keys, post);                 \
     }
@@ -435,18 +435,20 @@ __device__ __forceinline__ void decode_merge_store(const float* sm_m, const floa
     if (threadIdx.x == 0) counters[(size_t)b * nk + kvh] = 0u;
 }
 
-// Every decode kernel, before the PDL wait, with `rows` (DECODE_PF_ROWS): ask L2 for the
-// block's keys [k_begin, k_end) (the lengths and the slot table were written before the previous
-// kernel started) as whole rows (all kv heads of a slot, contiguous), each by one of the nk
-// blocks that share this key range: fewer, longer reads than each block asking for its own
-// head's part of every row. Without it, nothing (the keys are only loaded).
+// Every decode kernel, before the PDL wait, with pf_keys > 0: ask L2 for the first pf_keys of
+// the block's keys [k_begin, k_end) (the lengths and the slot table were written before the
+// previous kernel started) as whole rows (all kv heads of a slot, contiguous), each by one of the
+// nk blocks that share this key range: fewer, longer reads than each block asking for its own
+// head's part of every row. The host bounds pf_keys so that the resident blocks' requests fit
+// the L2 (beyond it they evict each other unread). pf_keys = 0: nothing (keys are only loaded).
 template <int D>
 __device__ __forceinline__ void decode_prefetch_kv(const __nv_bfloat16* k_cache,
                                                    const __nv_bfloat16* v_cache,
                                                    const unsigned int* trow, int k_begin, int k_end,
-                                                   int kvh, int nk, bool rows) {
-    if (!rows) return;
-    for (int k = k_begin + kvh + (int)threadIdx.x * nk; k < k_end; k += blockDim.x * nk) {
+                                                   int kvh, int nk, int pf_keys) {
+    if (pf_keys <= 0) return;
+    const int end = k_end - k_begin > pf_keys ? k_begin + pf_keys : k_end;
+    for (int k = k_begin + kvh + (int)threadIdx.x * nk; k < end; k += blockDim.x * nk) {
         const size_t off = (size_t)trow[k] * nk * D;
         prefetch_l2(k_cache + off, nk * D * 2);
         prefetch_l2(v_cache + off, nk * D * 2);

@@ -332,7 +332,12 @@ fn attention_decode(
             decode_early_kv: early,
             decode_mma: mma,
             decode_reg_mma: rmma,
-            decode_prefetch_kv: pf,
+            // The prefetch whole, cut short (5 keys) or off: a hint, the same outputs.
+            decode_prefetch_kv_keys: match (pf, early) {
+                (false, _) => 0,
+                (true, false) => usize::MAX,
+                (true, true) => 5,
+            },
             ..shape
         };
         let n = entries.len();

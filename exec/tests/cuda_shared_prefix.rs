@@ -7,10 +7,10 @@
 //! (as the W5 trace's), and interleaved then sorted by `VisitOrder` (the backend's order). Also
 //! 256 rows (64 prefixes x 4) and an unshared control (every row its own prefix). Prints ms per
 //! call, the KV bytes of every row's positions and the unique ones (each prefix once), and the
-//! effective TB/s of both; each also without the whole-row KV prefetch the plan asks for
-//! (`KernelChoice::decode_prefetch_kv_max_rows`), since at 1,024 rows the blocks in flight ask
-//! for far more than L2 holds. Checks that the sorted order and the prefetch leave every output
-//! bit as it was. GPU timing: ignored by default, run with `--ignored` on the GPU machine
+//! effective TB/s of both; each with the plan's KV prefetch (bounded by the L2), with every
+//! key's rows prefetched (the bound's predecessor: at 1,024 rows the resident blocks asked for
+//! far more than the L2 holds) and with none. Checks that the sorted order and the prefetch leave
+//! every output bit as it was; then the tensor-core kernels on the sorted order. GPU timing: ignored by default, run with `--ignored` on the GPU machine
 //! (`JOBS=w5 scripts/gpu/verify.sh`); skips without a GPU.
 
 mod cuda_common;
@@ -202,6 +202,8 @@ struct Step {
     plan: StepPlan,
     splits: usize,
     min_keys: usize,
+    /// Keys each block prefetches (the plan's unless a row of the table sets it).
+    pf_keys: usize,
 }
 
 impl Step {
@@ -233,6 +235,7 @@ impl Step {
             part_ml: gpu.zeros(n * c.num_heads * splits * 2).unwrap(),
             counters: gpu.zeros(n * c.num_kv_heads).unwrap(),
             out: gpu.upload(&nan).unwrap(),
+            pf_keys: plan.decode.map_or(0, |d| d.prefetch_kv_keys),
             plan,
             splits,
             min_keys: k.decode_split_min_keys,
@@ -259,7 +262,7 @@ impl Step {
             scale: 1.0 / (c.head_dim as f32).sqrt(),
             split_min_keys: self.min_keys,
             decode_early_kv: d.early_kv,
-            decode_prefetch_kv: d.prefetch_kv,
+            decode_prefetch_kv_keys: self.pf_keys,
             decode_prefetch_next: d.prefetch_o.then(|| gpu.ptr(&b.o_weights)),
             decode_mma: d.kernel == DecodeKernel::TensorCore,
             decode_reg_mma: d.kernel == DecodeKernel::TensorCoreRegs,
@@ -306,12 +309,13 @@ impl Step {
     fn describe(&self) -> String {
         let d = self.decode();
         format!(
-            "{:?}, {} split(s), combine {}, q/k pass {:?}, o prefetch {}",
+            "{:?}, {} split(s), combine {}, q/k pass {:?}, o prefetch {}, KV prefetch {} keys",
             d.kernel,
             self.splits,
             if d.combine_fused { "fused" } else { "kernel" },
             self.plan.qk,
-            d.prefetch_o
+            d.prefetch_o,
+            self.pf_keys.min(99_999)
         )
     }
 }
@@ -404,20 +408,19 @@ fn scenario(gpu: &Gpu, b: &mut Bench, rng: &mut Rng, rep: &mut Report, rows: usi
     } else {
         format!("{rows} rows, unshared")
     };
+    // The plan's prefetch (bounded by the L2), every key's rows (before the bound), none.
     let prefetch = [
-        ("plan", KernelChoice::default()),
-        (
-            "off",
-            KernelChoice {
-                decode_prefetch_kv_max_rows: 0,
-                ..KernelChoice::default()
-            },
-        ),
+        ("plan", None),
+        ("whole", Some(usize::MAX)),
+        ("off", Some(0)),
     ];
     let mut outs = Vec::new();
     for (order, e) in &orders {
-        for (pf, k) in &prefetch {
-            let step = Step::new(gpu, b, &l, e, k);
+        for (pf, keys) in &prefetch {
+            let mut step = Step::new(gpu, b, &l, e, &KernelChoice::default());
+            if let Some(n) = keys {
+                step.pf_keys = *n;
+            }
             let ms = time_ms(gpu, 7, 3, || step.launch(gpu, b));
             print_row(
                 &what,
@@ -431,18 +434,10 @@ fn scenario(gpu: &Gpu, b: &mut Bench, rng: &mut Rng, rep: &mut Report, rows: usi
             outs.push(gpu.download(&step.out).unwrap());
         }
     }
-    // [interleaved, plan], [interleaved, off], [sorted, plan], [sorted, off] are the last four.
-    let last: Vec<Vec<bf16>> = outs.iter().rev().take(4).rev().cloned().collect();
-    kernels(
-        gpu,
-        b,
-        &l,
-        &orders[orders.len() - 1].1,
-        &what,
-        &by,
-        &last[2],
-        rep,
-    );
+    // The interleaved order's plan, whole, off, then the sorted order's: the last six.
+    let last: Vec<Vec<bf16>> = outs.iter().rev().take(6).rev().cloned().collect();
+    let sorted_order = &orders[orders.len() - 1].1;
+    kernels(gpu, b, &l, sorted_order, &what, &by, &last[3], rep);
     rep.check(
         &format!("{what}: every output written"),
         0.0,
@@ -450,12 +445,17 @@ fn scenario(gpu: &Gpu, b: &mut Bench, rng: &mut Rng, rep: &mut Report, rows: usi
     );
     rep.exact(
         &format!("{what}: VisitOrder's outputs = the interleaved order's"),
-        &bits(&last[2]),
+        &bits(&last[3]),
         &bits(&last[0]),
     );
     rep.exact(
-        &format!("{what}: outputs without the KV prefetch = with it"),
+        &format!("{what}: outputs with the whole-row KV prefetch = the plan's"),
         &bits(&last[1]),
+        &bits(&last[0]),
+    );
+    rep.exact(
+        &format!("{what}: outputs without the KV prefetch = the plan's"),
+        &bits(&last[2]),
         &bits(&last[0]),
     );
 }

@@ -81,7 +81,7 @@ impl KvSetup {
             scale: 1.0 / (d as f32).sqrt(),
             split_min_keys: 1,
             decode_early_kv: false,
-            decode_prefetch_kv: true,
+            decode_prefetch_kv_keys: usize::MAX,
             decode_prefetch_next: None,
             decode_mma: false,
             decode_reg_mma: false,

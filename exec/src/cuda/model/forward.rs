@@ -176,7 +176,7 @@ impl GpuModel {
             scale: 1.0 / (c.head_dim as f32).sqrt(),
             split_min_keys: self.kernels.decode_split_min_keys,
             decode_early_kv: true,
-            decode_prefetch_kv: true,
+            decode_prefetch_kv_keys: usize::MAX,
             decode_prefetch_next: None,
             decode_mma: false,
             decode_reg_mma: false,

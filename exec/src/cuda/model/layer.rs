@@ -287,7 +287,7 @@ impl Step<'_> {
     fn decode_shape(&self, shape: AttnShape, plan: DecodeAttn, lw: &LayerWeights) -> AttnShape {
         AttnShape {
             decode_early_kv: plan.early_kv,
-            decode_prefetch_kv: plan.prefetch_kv,
+            decode_prefetch_kv_keys: plan.prefetch_kv_keys,
             decode_prefetch_next: plan.prefetch_o.then(|| self.p(&lw.o)),
             decode_mma: plan.kernel == DecodeKernel::TensorCore,
             decode_reg_mma: plan.kernel == DecodeKernel::TensorCoreRegs,

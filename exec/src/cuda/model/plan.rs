@@ -19,6 +19,8 @@ pub struct DeviceCaps {
     pub sms: usize,
     /// Most dynamic shared memory one block may opt into (bytes).
     pub smem_per_block: usize,
+    /// L2 cache bytes.
+    pub l2_bytes: usize,
 }
 
 impl DeviceCaps {
@@ -27,6 +29,7 @@ impl DeviceCaps {
         DeviceCaps {
             sms: gpu.sms,
             smem_per_block: gpu.smem_per_block,
+            l2_bytes: gpu.l2_bytes,
         }
     }
 }
@@ -115,8 +118,9 @@ pub struct DecodeAttn {
     pub early_kv: bool,
     /// The attention asks the o projection's weights into L2 for the GEMM after it.
     pub prefetch_o: bool,
-    /// Each block asks L2 for its keys' whole KV rows before the wait.
-    pub prefetch_kv: bool,
+    /// Each block asks L2 for the whole KV rows of the first this many keys of its range before
+    /// the wait (0: no prefetch; [`kv_prefetch_keys`]).
+    pub prefetch_kv_keys: usize,
 }
 
 /// The gate/up projection with SiLU-and-mul.
@@ -211,7 +215,11 @@ impl StepPlan {
             combine_fused: splits == 1,
             early_kv: !qk_in_attn,
             prefetch_o: qk_in_attn && rows >= k.decode_prefetch_o_min_rows,
-            prefetch_kv: rows <= k.decode_prefetch_kv_max_rows,
+            prefetch_kv_keys: if rows <= k.decode_prefetch_kv_max_rows {
+                kv_prefetch_keys(dev, rows * cfg.num_kv_heads * splits, cfg.head_dim)
+            } else {
+                0
+            },
         });
         let mlp = if fold {
             MlpStage::GemvFolded
@@ -287,6 +295,16 @@ fn gate_up_path(cfg: &ModelConfig, k: &KernelChoice, dev: DeviceCaps, m: usize) 
     }
 }
 
+/// Keys of its range each decode block asks L2 for up front: as many as keep what the blocks
+/// resident at once (at most 4 per SM) ask for within the L2's size. A block's prefetch covers
+/// head_dim x 4 bytes per key (K and V of every kv head, every nk-th key); past the L2's size
+/// the prefetched rows evict each other before they are read (docs/cuda.md, "Decode
+/// attention").
+fn kv_prefetch_keys(dev: DeviceCaps, blocks: usize, head_dim: usize) -> usize {
+    let resident = blocks.min(dev.sms * 4).max(1);
+    (dev.l2_bytes / (resident * head_dim * 4)).max(1)
+}
+
 /// The decode attention kernel for `rows` decode rows: the shared-memory tensor-core kernel up
 /// to `decode_mma_max_tokens` where its 3-stage shared memory fits (not sm_86/sm_89 at
 /// head_dim 128), the register-fed one up to `decode_reg_mma_max_tokens`, else CUDA cores.
@@ -313,6 +331,7 @@ mod tests {
     const H100: DeviceCaps = DeviceCaps {
         sms: 132,
         smem_per_block: 227 * 1024,
+        l2_bytes: 50 << 20,
     };
 
     fn qwen3_06b() -> ModelConfig {
@@ -397,6 +416,7 @@ mod tests {
         let sm89 = DeviceCaps {
             sms: 128,
             smem_per_block: 99 * 1024,
+            l2_bytes: 72 << 20,
         };
         let p = StepPlan::new(&qwen3_06b(), &KernelChoice::default(), sm89, decode(4, 2));
         assert_eq!(
@@ -413,12 +433,35 @@ mod tests {
                 ..KernelChoice::default()
             };
             let p = StepPlan::new(&qwen3_06b(), &k, H100, decode(rows, 1));
-            p.decode.map(|d| d.prefetch_kv)
+            p.decode.map(|d| d.prefetch_kv_keys > 0)
         };
         assert_eq!(on(1024, usize::MAX), Some(true));
         assert_eq!(on(256, 256), Some(true));
         assert_eq!(on(257, 256), Some(false));
         assert_eq!(on(1, 0), Some(false));
+    }
+
+    #[test]
+    fn the_kv_prefetch_of_the_resident_blocks_fits_the_l2() {
+        let keys = |rows| {
+            let p = StepPlan::new(
+                &qwen3_06b(),
+                &KernelChoice::default(),
+                H100,
+                decode(rows, 1),
+            );
+            p.decode.map_or(0, |d| d.prefetch_kv_keys)
+        };
+        // 64 rows x 8 kv heads = 512 blocks, all resident: 50 MiB / (512 x 512 B) = 200 keys,
+        // bench-one-batch's whole context at b = 64 (where the whole-row prefetch was measured).
+        assert_eq!(keys(64), 200);
+        // From 66 rows, 528 blocks (4 per SM) are resident: 193 keys whatever the batch.
+        assert_eq!(keys(256), 193);
+        assert_eq!(keys(1024), 193);
+        for rows in [1, 8, 64, 256, 1024] {
+            let resident = (rows * 8).min(132 * 4);
+            assert!(resident * keys(rows) * 128 * 4 <= 50 << 20, "{rows} rows");
+        }
     }
 
     #[test]

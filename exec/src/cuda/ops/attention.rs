@@ -187,9 +187,10 @@ pub struct AttnShape {
     /// (a multiple of 8 elements) for the blocks to ask into L2 in equal shares, at each
     /// block's end.
     pub decode_prefetch_next: Option<DPtr<bf16>>,
-    /// Decode (every kernel): each block asks L2 for its keys' whole KV rows (all kv heads of
-    /// every nk-th key of its range) before waiting for the previous kernel.
-    pub decode_prefetch_kv: bool,
+    /// Decode (every kernel): each block asks L2 for the whole KV rows (all kv heads of every
+    /// nk-th key) of the first this many keys of its range before waiting for the previous
+    /// kernel; 0: no prefetch.
+    pub decode_prefetch_kv_keys: usize,
     /// Decode (V3 variants): the tensor-core kernel (`kernels/attention_decode_mma.cu`) instead
     /// of the CUDA-core ones; same plan, arguments and outputs.
     pub decode_mma: bool,
@@ -381,11 +382,9 @@ fn decode_args(
     const K: &str = "attention_decode";
     let p = post.map(|(p, _)| p);
     let rs = p.and_then(|p| p.row_scale);
-    // The kernel's flags (kernels/prelude.cuh, DecodePost): 1 the q/k pass, 2 whole-row
-    // prefetch, 4 the first keys requested before the wait.
-    let flags = i32::from(post.is_some())
-        | (i32::from(shape.decode_prefetch_kv) << 1)
-        | (i32::from(shape.decode_early_kv) << 2);
+    // The kernel's flags (kernels/prelude.cuh, DecodePost): 1 the q/k pass, 4 the first keys
+    // requested before the wait (2, the whole-row prefetch, is now pf_keys > 0).
+    let flags = i32::from(post.is_some()) | (i32::from(shape.decode_early_kv) << 2);
     let pf_next = shape.decode_prefetch_next.map(DPtr::bytes);
     let pf_bytes = pf_next.map_or(0, |w| w.len());
     check(
@@ -426,6 +425,7 @@ fn decode_args(
         xeps: rs.map_or(0f32, |r| r.eps),
         pf_next,
         pf_bytes: pf_bytes as u32,
+        pf_keys: shape.decode_prefetch_kv_keys.min(i32::MAX as usize) as i32,
     })
 }
 
@@ -548,7 +548,7 @@ mod tests {
                         scale: 1.0,
                         split_min_keys: 1,
                         decode_early_kv: false,
-                        decode_prefetch_kv: true,
+                        decode_prefetch_kv_keys: usize::MAX,
                         decode_prefetch_next: None,
                         decode_mma: mma,
                         decode_reg_mma: reg,

@@ -337,6 +337,7 @@ kernel_args! {
         xeps: f32,
         pf_next: Option<DPtr<u8>>,
         pf_bytes: u32,
+        pf_keys: i32,
     }
 
     /// `kernels/attention_decode.cu`: the merge of a decode attention's splits.

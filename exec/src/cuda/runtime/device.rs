@@ -23,6 +23,8 @@ pub struct Gpu {
     /// Most dynamic shared memory one block may opt into (bytes): 227 KB on the H100, ~99 KB on
     /// sm_86/sm_89, 163 KB on the A100.
     pub smem_per_block: usize,
+    /// L2 cache bytes (50 MB on the H100): bounds the decode attention's KV prefetch.
+    pub l2_bytes: usize,
     /// Launch kernels with programmatic dependent launch (see launch.rs).
     pdl: std::sync::atomic::AtomicBool,
 }
@@ -52,6 +54,10 @@ impl Gpu {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .ctx("reading the shared memory per block")?
             .max(0) as usize;
+        let l2_bytes = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+            .ctx("reading the L2 size")?
+            .max(0) as usize;
         // Programmatic dependent launch needs sm_90; DOPPEL_PDL=0 turns it off (an A/B switch).
         let pdl = cc.0 >= 9 && std::env::var("DOPPEL_PDL").map_or(true, |v| v != "0");
         Ok(Gpu {
@@ -63,6 +69,7 @@ impl Gpu {
             name,
             sms,
             smem_per_block,
+            l2_bytes,
             pdl: pdl.into(),
         })
     }

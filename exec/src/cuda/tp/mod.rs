@@ -83,8 +83,12 @@ mod tests {
         vec![small.clone(), big(12288), big(14336)]
     }
 
-    /// The plan with the tiled GEMM's layout (which follows the width) left out.
+    /// The plan with the tiled GEMM's layout (which follows the width) and the KV prefetch's
+    /// length (which follows the rank's kv heads) left out; whether it prefetches stays.
     fn kinds(mut p: StepPlan) -> StepPlan {
+        if let Some(d) = &mut p.decode {
+            d.prefetch_kv_keys = d.prefetch_kv_keys.min(1);
+        }
         if let MlpStage::Separate {
             gate_up: GateUp::Tiled(t),
             ..
@@ -105,6 +109,7 @@ mod tests {
         let h100 = DeviceCaps {
             sms: 132,
             smem_per_block: 227 * 1024,
+            l2_bytes: 50 << 20,
         };
         let k = KernelChoice::default();
         let decode = |rows| StepShape {
