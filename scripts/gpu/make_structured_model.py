@@ -34,8 +34,13 @@ trainer = trainers.BpeTrainer(
 tok.train(files, trainer)
 tok.save(os.path.join(out, "tokenizer.json"))
 eos = tok.token_to_id("<|im_end|>")
+# ChatML, as Qwen's: the chat checks and the chat completions need a template.
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
-    json.dump({"eos_token": "<|im_end|>", "bos_token": None}, f)
+    json.dump({"eos_token": "<|im_end|>", "bos_token": None, "chat_template": CHATML}, f)
 
 torch.manual_seed(0)
 cfg = Qwen3Config(

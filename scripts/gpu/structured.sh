@@ -30,6 +30,7 @@ done
 grep -i "structured" "$OUT/server.log"
 echo "=== correctness ==="
 python3 scripts/gpu/structured_check.py "http://127.0.0.1:$PORT" 2>&1 | tee "$OUT/check.txt"
+check=${PIPESTATUS[0]}
 SCHEMA=$(python3 scripts/gpu/structured_check.py --schema20)
 EXTRA="{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": \"f20\", \"schema\": $SCHEMA}}}"
 bench() {
@@ -55,3 +56,5 @@ echo "=== summary (median ITL, ms) ==="
 for f in "$OUT"/free-*.txt "$OUT"/constrained-*.txt; do
     printf '%-20s %s\n' "$(basename "$f" .txt)" "$(grep 'Median ITL' "$f" | awk '{print $NF}')"
 done | tee "$OUT/summary.txt"
+# The correctness checks decide the exit status (the timings are read from the summary).
+exit "$check"
