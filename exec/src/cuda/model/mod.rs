@@ -107,10 +107,10 @@ pub struct KernelChoice {
     /// projection's weights into L2 for the GEMM after it (usize::MAX: never). Default 32: b=32
     /// and b=64 gained ~1 %, b=16 lost 3-8 us (docs/cuda.md, "Decode attention").
     pub decode_prefetch_o_min_rows: usize,
-    /// Decode steps of at most this many rows have each attention block ask L2 for its keys'
-    /// whole KV rows before the wait (usize::MAX: always; 0: never). Default usize::MAX: b=64
-    /// 1.609 against 1.638 ms (docs/cuda.md, "Decode attention"); unmeasured at 1,024 rows,
-    /// where the blocks in flight ask for far more than L2 holds.
+    /// Decode steps of at most this many rows have each attention block ask L2 for the whole KV
+    /// rows of its first keys before the wait (length bounded by the L2; usize::MAX: always; 0:
+    /// never). Default 256: b=64 1.609 against 1.638 ms without (H100); at 1,024 rows none is
+    /// 0-7 % faster, at 256 within 3 % either way (H200; docs/cuda.md, "Decode attention").
     pub decode_prefetch_kv_max_rows: usize,
 }
 
@@ -125,7 +125,7 @@ impl Default for KernelChoice {
             decode_mma_max_tokens: 8,
             decode_reg_mma_max_tokens: 32,
             decode_prefetch_o_min_rows: 32,
-            decode_prefetch_kv_max_rows: usize::MAX,
+            decode_prefetch_kv_max_rows: 256,
         }
     }
 }

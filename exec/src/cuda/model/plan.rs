@@ -455,9 +455,10 @@ mod tests {
         // 64 rows x 8 kv heads = 512 blocks, all resident: 50 MiB / (512 x 512 B) = 200 keys,
         // bench-one-batch's whole context at b = 64 (where the whole-row prefetch was measured).
         assert_eq!(keys(64), 200);
-        // From 66 rows, 528 blocks (4 per SM) are resident: 193 keys whatever the batch.
+        // From 66 rows, 528 blocks (4 per SM) are resident: 193 keys whatever the batch, up to
+        // the default's 256 rows; above them no prefetch.
         assert_eq!(keys(256), 193);
-        assert_eq!(keys(1024), 193);
+        assert_eq!(keys(1024), 0);
         for rows in [1, 8, 64, 256, 1024] {
             let resident = (rows * 8).min(132 * 4);
             assert!(resident * keys(rows) * 128 * 4 <= 50 << 20, "{rows} rows");
