@@ -383,7 +383,7 @@ fn decode_args(
     let p = post.map(|(p, _)| p);
     let rs = p.and_then(|p| p.row_scale);
     // The kernel's flags (kernels/prelude.cuh, DecodePost): 1 the q/k pass, 4 the first keys
-    // requested before the wait (2, the whole-row prefetch, is now pf_keys > 0).
+    // requested before the wait; the KV prefetch is the pf_keys argument.
     let flags = i32::from(post.is_some()) | (i32::from(shape.decode_early_kv) << 2);
     let pf_next = shape.decode_prefetch_next.map(DPtr::bytes);
     let pf_bytes = pf_next.map_or(0, |w| w.len());
