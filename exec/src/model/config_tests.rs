@@ -1,14 +1,8 @@
 //! Tests of config.rs: published configs, refusals, context length.
 use super::*;
 
-const LLAMA3: &str = r#"{
-  "architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
-  "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-  "vocab_size": 128256, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-  "max_position_embeddings": 131072, "tie_word_embeddings": false, "hidden_act": "silu",
-  "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
-  "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "torch_dtype": "bfloat16"}"#;
+// Llama-3.1-8B's published config.json (shapes, llama3 rope scaling, three EOS ids).
+const LLAMA3: &str = include_str!("../../../scripts/gpu/llama3.1-8b/config.json");
 
 #[test]
 fn parses_llama3() {
