@@ -18,13 +18,12 @@
 //! Both skip (printing why) without a GPU.
 
 mod cuda_common;
+mod engine_common;
 #[path = "cuda_model_parts/vs_cpu.rs"]
 mod vs_cpu;
 
 use cuda_common::{open_gpu, rel_err, Rng};
-use doppel_core::{
-    Engine, Event, RequestId, RequestSpec, SamplingParams, Scheduler, SchedulerConfig,
-};
+use doppel_core::{Engine, Event, RequestSpec, SamplingParams, Scheduler, SchedulerConfig};
 use doppel_exec::cuda::attention::{decode_splits, AttnEntry, DecodeMeta, ExtendMeta};
 use doppel_exec::cuda::backend::{CudaBackend, CudaBackendConfig};
 use doppel_exec::cuda::model::{
@@ -32,6 +31,7 @@ use doppel_exec::cuda::model::{
 };
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{ModelConfig, WeightStore};
+use engine_common::{req, run_waves};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -374,9 +374,7 @@ fn backend_cfg(s: &SchedulerConfig) -> CudaBackendConfig {
 }
 
 fn greedy_req(id: u64, prompt: Vec<u32>, n: usize) -> RequestSpec {
-    let mut p = SamplingParams::greedy(n);
-    p.ignore_eos = true;
-    RequestSpec::new(RequestId(id), prompt, p, 0)
+    req(id, prompt, SamplingParams::greedy(n))
 }
 
 /// Run waves of requests (each wave after the engine went idle); tokens by request.
@@ -384,20 +382,7 @@ fn run_engine<B: doppel_core::Backend>(
     mut engine: Engine<B>,
     waves: &[Vec<RequestSpec>],
 ) -> BTreeMap<u64, Vec<u32>> {
-    let mut events = Vec::new();
-    let mut now = 0;
-    for wave in waves {
-        for r in wave {
-            engine.scheduler.submit(r.clone()).unwrap();
-        }
-        let mut iters = 0;
-        while !engine.is_idle() {
-            engine.iterate(now, &mut events).unwrap();
-            now += 1000;
-            iters += 1;
-            assert!(iters < 20_000, "engine did not finish");
-        }
-    }
+    let events = run_waves(&mut engine, waves, 20_000, |_| {});
     let mut out: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     for e in events {
         if let Event::Token {

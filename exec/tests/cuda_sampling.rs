@@ -12,6 +12,7 @@
 //!   128256, llama3 RoPE scaling), at 4 layers and at all 32.
 
 mod cuda_common;
+mod engine_common;
 mod sampling_parts;
 
 use cuda_common::open_gpu;
@@ -21,7 +22,7 @@ use doppel_exec::cuda::model::GpuModel;
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::{ModelConfig, WeightStore};
 use sampling_parts::scenarios::{scheduler_scenarios, Rounding};
-use sampling_parts::{checks, host, Batching, CdfOrder, Checks, Reference, Subject, Tolerance};
+use sampling_parts::{Batching, CdfOrder, Checks, Reference, Subject, Tolerance};
 use std::path::Path;
 
 /// Sized as `exec serve` sizes it: one prefill budget plus a decode token per request row.
@@ -75,17 +76,7 @@ fn sampling_checks_pass_on_the_cuda_backend() {
         batching: Batching::Rounding,
         measured: Default::default(),
     };
-    let mut c = Checks::new("sampling checks, CUDA backend");
-    // The logprob checks first: they measure the error the draws are then checked with.
-    host::logprob_checks(&s, &mut c);
-    checks::frequencies(&s, &mut c, 2000);
-    c.note(
-        "largest logprob error vs the reference (draws checked with 3x it)",
-        format!("{:.3e}", s.measured.get()),
-    );
-    checks::seeded(&s, &mut c);
-    host::penalty_and_bias_checks(&s, &mut c);
-    c.finish();
+    s.check_all("sampling checks, CUDA backend");
 }
 
 const LLAMA31_8B: &str = include_str!("../../scripts/gpu/llama3.1-8b/config.json");

@@ -2,6 +2,8 @@
 //! the model's full logits at the position before the token, and chunked prefill, prefix-cache
 //! hits and the overlap order give the same values.
 
+mod engine_common;
+
 use doppel_core::{
     Engine, Event, FinishInfo, RequestId, RequestSpec, SamplingParams, Scheduler, SchedulerConfig,
     TokenLogprob,
@@ -10,6 +12,7 @@ use doppel_exec::cpu_backend::CpuBackend;
 use doppel_exec::model::{Arch, CpuModel, KvCache, LogitsWanted, SeqInput};
 use doppel_exec::sampling::logprobs;
 use doppel_exec::testgen::{write_model, TinySpec};
+use engine_common::run_waves;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -60,20 +63,7 @@ fn run(cfg: SchedulerConfig, overlap: bool, waves: &[Vec<RequestSpec>]) -> Got {
     let (model, _) = CpuModel::load(model_dir(), false).unwrap();
     let backend = CpuBackend::new(model, cfg.kv_capacity_tokens, 5);
     let mut engine = Engine::new(Scheduler::new(cfg).unwrap(), backend, overlap);
-    let mut events = Vec::new();
-    let mut now = 0;
-    for wave in waves {
-        for r in wave {
-            engine.scheduler.submit(r.clone()).unwrap();
-        }
-        let mut iters = 0;
-        while !engine.is_idle() {
-            engine.iterate(now, &mut events).unwrap();
-            now += 1000;
-            iters += 1;
-            assert!(iters < 10_000, "engine did not finish");
-        }
-    }
+    let events = run_waves(&mut engine, waves, 10_000, |_| {});
     let mut got = Got {
         prompt: Vec::new(),
         finished: Vec::new(),

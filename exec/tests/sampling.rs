@@ -3,13 +3,14 @@
 //! min-p, logprobs, penalties and logit bias. The logits here equal the reference's, so this
 //! validates the checks' statistics and tolerances; cuda_sampling.rs runs them on the GPU.
 
+mod engine_common;
 mod sampling_parts;
 
 use doppel_core::{Engine, Scheduler, SchedulerConfig};
 use doppel_exec::cpu_backend::CpuBackend;
 use doppel_exec::model::CpuModel;
 use sampling_parts::scenarios::{scheduler_scenarios, Rounding};
-use sampling_parts::{checks, host, Batching, CdfOrder, Checks, Reference, Subject, Tolerance};
+use sampling_parts::{Batching, CdfOrder, Checks, Reference, Subject, Tolerance};
 
 #[test]
 fn sampling_checks_pass_on_the_cpu_backend() {
@@ -33,13 +34,7 @@ fn sampling_checks_pass_on_the_cpu_backend() {
         batching: Batching::Invariant,
         measured: Default::default(),
     };
-    let mut c = Checks::new("sampling checks, CPU backend");
-    // The logprob checks first: they measure the error the draws are then checked with.
-    host::logprob_checks(&s, &mut c);
-    checks::frequencies(&s, &mut c, 2000);
-    checks::seeded(&s, &mut c);
-    host::penalty_and_bias_checks(&s, &mut c);
-    c.finish();
+    s.check_all("sampling checks, CPU backend");
 }
 
 /// The 8B scenarios of cuda_sampling.rs on the tiny model: the scenarios' own logic (a prefix

@@ -2,12 +2,15 @@
 //! hits, chunked prefill, retraction, overlap order, mixed batches) gives the same logits and
 //! tokens as the simplest plan.
 
+mod engine_common;
+
 use doppel_core::{
     Engine, Event, FinishInfo, RequestId, RequestSpec, SamplingParams, Scheduler, SchedulerConfig,
 };
 use doppel_exec::cpu_backend::{CpuBackend, RecordedLogits};
 use doppel_exec::model::{Arch, CpuModel, KvCache, LogitsWanted, SeqInput};
 use doppel_exec::testgen::{write_model, TinySpec};
+use engine_common::{req, run_waves};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -46,22 +49,10 @@ fn run(cfg: SchedulerConfig, overlap: bool, waves: &[Vec<RequestSpec>]) -> Outco
     let mut backend = CpuBackend::new(model, cfg.kv_capacity_tokens, 99);
     backend.record_logits();
     let mut engine = Engine::new(Scheduler::new(cfg).unwrap(), backend, overlap);
-    let mut events = Vec::new();
     let mut recorded: Vec<RecordedLogits> = Vec::new();
-    let mut now = 0;
-    for wave in waves {
-        for r in wave {
-            engine.scheduler.submit(r.clone()).unwrap();
-        }
-        let mut iters = 0;
-        while !engine.is_idle() {
-            engine.iterate(now, &mut events).unwrap();
-            now += 1000;
-            iters += 1;
-            assert!(iters < 10_000, "engine did not finish");
-        }
-        recorded.extend(engine.backend.take_recorded());
-    }
+    let events = run_waves(&mut engine, waves, 10_000, |e| {
+        recorded.extend(e.backend.take_recorded())
+    });
     let mut out = Outcome {
         tokens: BTreeMap::new(),
         logits: BTreeMap::new(),
@@ -98,12 +89,6 @@ fn prompt(seed: u32, len: usize) -> Vec<u32> {
     (0..len as u32)
         .map(|i| (i * 31 + seed * 17 + 3) % 380)
         .collect()
-}
-
-fn req(id: u64, prompt: Vec<u32>, p: SamplingParams) -> RequestSpec {
-    let mut p = p;
-    p.ignore_eos = true;
-    RequestSpec::new(RequestId(id), prompt, p, 0)
 }
 
 fn assert_same(a: &Outcome, b: &Outcome, what: &str) {

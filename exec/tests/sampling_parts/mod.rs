@@ -12,9 +12,10 @@ pub mod host;
 pub mod scenarios;
 pub mod stats;
 
+pub use crate::engine_common::req;
+use crate::engine_common::run_waves;
 use doppel_core::{
-    Backend, Engine, Event, RequestId, RequestSpec, SamplingParams, Scheduler, SchedulerConfig,
-    TokenLogprob,
+    Backend, Engine, Event, RequestSpec, SamplingParams, Scheduler, SchedulerConfig, TokenLogprob,
 };
 use doppel_exec::model::{Arch, CpuModel, DType, KvCache, LogitsWanted, RopeScaling, SeqInput};
 use doppel_exec::testgen::{write_model, TinySpec};
@@ -71,6 +72,21 @@ pub struct Subject<'a, B: Backend> {
 }
 
 impl<B: Backend> Subject<'_, B> {
+    /// Every sampling check on this backend, titled `title`; fails the test if any failed. The
+    /// logprob checks come first: they measure the error the draws are then checked with.
+    pub fn check_all(&self, title: &str) {
+        let mut c = Checks::new(title);
+        host::logprob_checks(self, &mut c);
+        checks::frequencies(self, &mut c, 2000);
+        c.note(
+            "largest logprob error vs the reference (draws checked with 3x it)",
+            format!("{:.3e}", self.measured.get()),
+        );
+        checks::seeded(self, &mut c);
+        host::penalty_and_bias_checks(self, &mut c);
+        c.finish();
+    }
+
     /// Bound on the logit error behind a draw: three times the largest logprob error measured
     /// against the reference so far (a log-softmax error is a logit error less a weighted mean
     /// of them, so of the same size; three times covers positions not measured), at least
@@ -115,20 +131,7 @@ pub struct Outcome {
 
 /// Run waves of requests on `engine`, each after it went idle.
 pub fn run<B: Backend>(mut engine: Engine<B>, waves: &[Vec<RequestSpec>]) -> Outcome {
-    let mut events = Vec::new();
-    let mut now = 0;
-    for wave in waves {
-        for r in wave {
-            engine.scheduler.submit(r.clone()).unwrap();
-        }
-        let mut iters = 0;
-        while !engine.is_idle() {
-            engine.iterate(now, &mut events).unwrap();
-            now += 1000;
-            iters += 1;
-            assert!(iters < 100_000, "engine did not finish");
-        }
-    }
+    let events = run_waves(&mut engine, waves, 100_000, |_| {});
     let mut out = Outcome {
         retractions: engine.scheduler.counters().retractions,
         ..Default::default()
@@ -168,13 +171,6 @@ pub fn model_dir() -> tempfile::TempDir {
     spec.tie_word_embeddings = false;
     write_model(d.path(), &spec).unwrap();
     d
-}
-
-/// A request that ignores EOS.
-pub fn req(id: u64, prompt: Vec<u32>, p: SamplingParams) -> RequestSpec {
-    let mut p = p;
-    p.ignore_eos = true;
-    RequestSpec::new(RequestId(id), prompt, p, 0)
 }
 
 /// Token ids spread over the vocabulary, distinct per seed.
