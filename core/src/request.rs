@@ -120,17 +120,18 @@ pub struct RequestSpec {
 }
 
 impl RequestSpec {
-    /// A request with default namespace and priority.
+    /// A request with default namespace and priority (its sampling parameters owned, or shared
+    /// with other requests).
     pub fn new(
         id: RequestId,
         prompt: Vec<TokenId>,
-        sampling: SamplingParams,
+        sampling: impl Into<Arc<SamplingParams>>,
         arrival: TimeNs,
     ) -> Self {
         RequestSpec {
             id,
             prompt,
-            sampling: Arc::new(sampling),
+            sampling: sampling.into(),
             namespace: None,
             priority: 0,
             arrival,

@@ -237,14 +237,7 @@ pub fn simulate_work(
                 })
                 .clone();
             submit_ns += eng.submit_ns + eng.submit_ns_per_token * prompt.len() as f64;
-            let spec = RequestSpec {
-                id: RequestId(i as u64),
-                prompt,
-                sampling,
-                namespace: None,
-                priority: 0,
-                arrival: t,
-            };
+            let spec = RequestSpec::new(RequestId(i as u64), prompt, sampling, t);
             if let Err(e) = engine.scheduler.submit(spec) {
                 clients.refused(i, t, e.to_string(), &mut out, &mut sent);
                 arrive(&mut sent, &out, &mut incoming);
