@@ -45,9 +45,9 @@ impl CudaBackend {
                 self.visit.note(w.row.index(), 0, s.0);
             }
         }
-        for e in &plan.entries {
-            if let Some((p, s)) = e.positions().zip(plan.entry_slots(e)).next() {
-                self.visit.note(e.row.index(), p, s.0);
+        for e in plan.entries.iter().filter(|e| e.prefix_len == 0) {
+            if let Some(s) = plan.entry_slots(e).first() {
+                self.visit.note(e.row.index(), 0, s.0);
             }
         }
         let g = &self.gpu;
