@@ -23,6 +23,7 @@ use crate::model::weights::{LayerNames, EMBED, FINAL_NORM, LM_HEAD};
 use crate::model::{DType, ModelConfig, Part, Shard, Split, TensorRef, WeightStore};
 use cudarc::driver::CudaSlice;
 use half::bf16;
+use rayon::prelude::*;
 use std::time::Instant;
 
 /// One decoder layer's weights on the GPU: the checkpoint's tensors, with the RMSNorm before
@@ -138,14 +139,24 @@ fn unsupported(msg: String) -> CudaError {
 }
 
 /// A stored tensor as bf16 (bf16 is copied as is; f32/f16 are rounded).
-fn to_bf16(t: &TensorRef<'_>) -> Vec<bf16> {
+/// Appends `t` converted to bf16 to `out`. In parallel: touching the mmapped pages and
+/// converting them is the CPU side of loading, and one thread reads a warm page cache at
+/// about 1 GB/s (docs/exec-model.md, "On the GPU").
+fn append_bf16(t: &TensorRef<'_>, out: &mut Vec<bf16>) {
+    let b = t.bytes;
     match t.dtype {
-        DType::BF16 => t
-            .bytes
-            .chunks_exact(2)
-            .map(|c| bf16::from_le_bytes([c[0], c[1]]))
-            .collect(),
-        _ => t.to_f32().into_iter().map(bf16::from_f32).collect(),
+        DType::BF16 => out.par_extend(
+            b.par_chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]])),
+        ),
+        DType::F16 => out.par_extend(
+            b.par_chunks_exact(2)
+                .map(|c| bf16::from_f32(half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        ),
+        DType::F32 => out.par_extend(
+            b.par_chunks_exact(4)
+                .map(|c| bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        ),
     }
 }
 
@@ -389,17 +400,29 @@ struct ShardReader<'a> {
 impl ShardReader<'_> {
     /// The checkpoint's tensor `name` of `shape`, cut to this rank's part of it.
     fn get(&self, name: &str, shape: &[usize], part: Part) -> Result<Vec<bf16>> {
-        let all = self
+        let mut v = Vec::new();
+        self.append(name, shape, part, &mut v)?;
+        Ok(v)
+    }
+
+    /// [`Self::get`] appended to `out`, so concatenated weights (q/k/v, gate/up) are written
+    /// once, in place.
+    fn append(&self, name: &str, shape: &[usize], part: Part, out: &mut Vec<bf16>) -> Result<()> {
+        let t = self
             .store
             .get(name, shape)
-            .map(|t| to_bf16(&t))
             .map_err(|e| unsupported(e.to_string()))?;
-        let mine = match self.shard.split(self.cfg, part) {
-            Split::Replicated => all,
-            cut => cut.cut(&all, shape.get(1).copied().unwrap_or(1)),
-        };
-        self.bar.inc(2 * mine.len() as u64);
-        Ok(mine)
+        let before = out.len();
+        match self.shard.split(self.cfg, part) {
+            Split::Replicated => append_bf16(&t, out),
+            cut => {
+                let mut all = Vec::new();
+                append_bf16(&t, &mut all);
+                out.extend(cut.cut(&all, shape.get(1).copied().unwrap_or(1)));
+            }
+        }
+        self.bar.inc(2 * (out.len() - before) as u64);
+        Ok(())
     }
 
     /// Layer `l`'s weights on the GPU, q/k/v and gate/up concatenated, norms folded in.
@@ -416,14 +439,14 @@ impl ShardReader<'_> {
         let up = |x: Vec<bf16>| gpu.upload(&x);
         let get = |name: &str, shape: &[usize], part| self.get(name, shape, part);
         let mut qkv = get(&n.q_proj, &[q, h], Part::Q)?;
-        qkv.extend(get(&n.k_proj, &[kv, h], Part::Kv)?);
-        qkv.extend(get(&n.v_proj, &[kv, h], Part::Kv)?);
+        self.append(&n.k_proj, &[kv, h], Part::Kv, &mut qkv)?;
+        self.append(&n.v_proj, &[kv, h], Part::Kv, &mut qkv)?;
         let mut gu = get(&n.gate_proj, &[i, h], Part::GateUp)?;
-        gu.extend(get(&n.up_proj, &[i, h], Part::GateUp)?);
+        self.append(&n.up_proj, &[i, h], Part::GateUp, &mut gu)?;
         let qkv_bias = if cfg.qkv_bias {
             let mut b = get(&n.q_bias, &[q], Part::Q)?;
-            b.extend(get(&n.k_bias, &[kv], Part::Kv)?);
-            b.extend(get(&n.v_bias, &[kv], Part::Kv)?);
+            self.append(&n.k_bias, &[kv], Part::Kv, &mut b)?;
+            self.append(&n.v_bias, &[kv], Part::Kv, &mut b)?;
             Some(up(b)?)
         } else {
             None
@@ -487,4 +510,44 @@ pub fn checkpoint_bytes(cfg: &ModelConfig) -> usize {
     let layer = 2 * h + (q + 2 * kv) * h + bias + qk_norm + h * q + 3 * i * h;
     let head = if cfg.tie_word_embeddings { 0 } else { v * h };
     2 * (cfg.num_layers * layer + v * h + head + h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn parallel_append_keeps_order_and_converts_each_dtype_like_to_f32() {
+        let vals: Vec<f32> = (0..100_003).map(|i| (i as f32 - 5e4) * 1.37e-3).collect();
+        let f32_bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16_bytes: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let bf16_bytes: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let shape = [vals.len()];
+        for (dtype, bytes) in [
+            (DType::F32, &f32_bytes),
+            (DType::F16, &f16_bytes),
+            (DType::BF16, &bf16_bytes),
+        ] {
+            let t = TensorRef {
+                name: "w",
+                file: Path::new("w.safetensors"),
+                dtype,
+                shape: &shape,
+                bytes,
+            };
+            let mut out = vec![bf16::ONE];
+            append_bf16(&t, &mut out);
+            let want: Vec<bf16> = std::iter::once(bf16::ONE)
+                .chain(t.to_f32().into_iter().map(bf16::from_f32))
+                .collect();
+            assert_eq!(out, want, "{:?}", t.dtype);
+        }
+    }
 }
