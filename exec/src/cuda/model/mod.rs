@@ -138,7 +138,6 @@ fn unsupported(msg: String) -> CudaError {
     }
 }
 
-/// A stored tensor as bf16 (bf16 is copied as is; f32/f16 are rounded).
 /// Appends `t` converted to bf16 to `out`. In parallel: touching the mmapped pages and
 /// converting them is the CPU side of loading, and one thread reads a warm page cache at
 /// about 1 GB/s (docs/exec-model.md, "On the GPU").
