@@ -151,7 +151,10 @@ mod tests {
         for (warps, rows, k) in [(14_336, 2, 4096), (4096, 1, 14_336), (128_256, 1, 4096)] {
             let p = pf(warps, rows, k);
             let resident = warps.min(H100_SMS * RESIDENT_WARPS_PER_SM) * rows;
-            assert!(p < 2 * k && p.is_multiple_of(16), "{warps} x {rows} x {k}: {p}");
+            assert!(
+                p < 2 * k && p.is_multiple_of(16),
+                "{warps} x {rows} x {k}: {p}"
+            );
             assert!(p * resident <= H100_L2 && (p + 16) * resident > H100_L2);
         }
         // No L2 (or one the caller zeroes to turn it off): no prefetch.
