@@ -97,6 +97,10 @@ pub enum SimCmd {
         /// Serving runs of the same engine (`doppel bench serve --json`), with --one-batch.
         #[arg(long, num_args = 1..)]
         serving: Vec<String>,
+        /// With --one-batch: the batch sizes whose prefill row is one prefill step (default:
+        /// every row; vLLM's table: 1, docs/fidelity.md says why).
+        #[arg(long, num_args = 1..)]
+        prefill_batch: Vec<usize>,
         /// Profile to start from: hardware sheet, model shape, engine figures (name or YAML file).
         #[arg(long, default_value = "h100-80g/qwen3-0.6b/sglang")]
         base: String,
@@ -164,6 +168,7 @@ fn write(path: &str, text: &str) -> anyhow::Result<()> {
 fn calibrate_peer(
     table: &str,
     serving: &[String],
+    prefill_batch: &[usize],
     base: &str,
     name: &str,
     out: &str,
@@ -174,11 +179,20 @@ fn calibrate_peer(
         .iter()
         .map(|p| peer::load_serving(p))
         .collect::<Result<Vec<_>, _>>()?;
+    let (prefill, rows_note) = if prefill_batch.is_empty() {
+        (peer::PrefillRows::All, String::new())
+    } else {
+        let b: Vec<String> = prefill_batch.iter().map(|b| b.to_string()).collect();
+        (
+            peer::PrefillRows::Batches(prefill_batch),
+            format!(" (prefill from batch {})", b.join(", ")),
+        )
+    };
     let source = format!(
-        "bench_one_batch table {table}; serving runs {}; fitted by doppel sim calibrate",
+        "bench_one_batch table {table}{rows_note}; serving runs {}; fitted by doppel sim calibrate",
         serving.join(", ")
     );
-    let p = peer::fit(&Profile::load(base)?, &rows, &runs, name, &source)?;
+    let p = peer::fit(&Profile::load(base)?, &rows, prefill, &runs, name, &source)?;
     write(out, &peer::profile_yaml(&p)?)?;
     let cost = RooflineCost::new(&p, 1);
     println!(
@@ -383,6 +397,7 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             measurements,
             one_batch,
             serving,
+            prefill_batch,
             base,
             name,
             out,
@@ -390,9 +405,12 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
         } => {
             use doppel_sim::calibrate;
             let measurements = match (measurements, one_batch) {
+                (Some(_), None) if !prefill_batch.is_empty() => anyhow::bail!(
+                    "--prefill-batch picks rows of a --one-batch table; a measurement file has none"
+                ),
                 (Some(m), None) => m,
                 (None, Some(table)) => {
-                    return calibrate_peer(&table, &serving, &base, &name, &out);
+                    return calibrate_peer(&table, &serving, &prefill_batch, &base, &name, &out);
                 }
                 _ => anyhow::bail!(
                     "give a measurement file (doppel exec profile) or --one-batch TABLE --serving RUN.json..., not both"
