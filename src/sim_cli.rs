@@ -102,7 +102,7 @@ pub enum SimCmd {
         #[arg(long, num_args = 1..)]
         prefill_batch: Vec<usize>,
         /// Profile to start from: hardware sheet, model shape, engine figures (name or YAML file).
-        #[arg(long, default_value = "h100-80g/qwen3-0.6b/sglang")]
+        #[arg(long, default_value = "h100-80g/qwen3-0.6b/roofline")]
         base: String,
         /// Name of the fitted profile.
         #[arg(long, default_value = "h100-80g/qwen3-0.6b/doppel")]

@@ -408,6 +408,36 @@ mod tests {
         assert!((d0 - 1.46e6).abs() <= 30e3, "decode fixed {d0}");
         let itl = replay_itl(&p, &run).unwrap();
         assert!((itl / run.median_itl_ms - 1.0).abs() < 0.01, "{itl}");
+        // Rows whose prefill is not one step (here 3x too slow) are left out when told to.
+        let mut slow = rows.clone();
+        for r in slow.iter_mut().filter(|r| r.batch > 1) {
+            r.prefill_s *= 3.0;
+        }
+        let all = fit(&base, &slow, PrefillRows::All, &[run.clone()], "p", "m").unwrap();
+        let one = fit(
+            &base,
+            &slow,
+            PrefillRows::Batches(&[1]),
+            &[run.clone()],
+            "p",
+            "m",
+        );
+        let one = one.unwrap();
+        let want = p.efficiency.prefill_step_ns;
+        assert!(
+            (one.efficiency.prefill_step_ns - want).abs() <= 30e3,
+            "{one:?}"
+        );
+        assert!(all.efficiency.prefill_step_ns > want + 10e6, "{all:?}");
+        let e = fit(
+            &base,
+            &rows,
+            PrefillRows::Batches(&[7]),
+            &[run.clone()],
+            "p",
+            "m",
+        );
+        assert!(e.unwrap_err().to_string().contains("--prefill-batch"));
         // Without a serving run the split is not identified: refused with the reason.
         let e = fit(&base, &rows, PrefillRows::All, &[], "peer", "made")
             .unwrap_err()
