@@ -195,16 +195,16 @@ fn calibrate_peer(
     let p = peer::fit(&Profile::load(base)?, &rows, prefill, &runs, name, &source)?;
     write(out, &peer::profile_yaml(&p)?)?;
     let cost = RooflineCost::new(&p, 1);
-    println!(
-        "fitted {name}: host {:.3} ms per step, decode fixed {:.3} ms, prefill fixed {:.3} ms; written to {out}",
+    let mut text = format!(
+        "fitted {name}: host {:.3} ms per step, decode fixed {:.3} ms, prefill fixed {:.3} ms; written to {out}\n",
         p.engine.schedule_ns_per_step / 1e6,
         p.efficiency.decode_step_ns / 1e6,
         p.efficiency.prefill_step_ns / 1e6
     );
     for r in &rows {
         let sim = one_batch::run(&cost, r.batch, r.input_len, r.output_len);
-        println!(
-            "  one-batch b={:<4} prefill {:+.1}%  decode {:+.1}%",
+        text += &format!(
+            "  one-batch b={:<4} prefill {:+.1}%  decode {:+.1}%\n",
             r.batch,
             (sim.prefill_s / r.prefill_s - 1.0) * 100.0,
             (sim.decode_median_s / r.decode_s - 1.0) * 100.0
@@ -212,13 +212,14 @@ fn calibrate_peer(
     }
     for run in &runs {
         let itl = peer::replay_itl(&p, run)?;
-        println!(
-            "  serving {}: median ITL {itl:.3} ms vs {:.3} ms ({:+.1}%)",
+        text += &format!(
+            "  serving {}: median ITL {itl:.3} ms vs {:.3} ms ({:+.1}%)\n",
             run.origin,
             run.median_itl_ms,
             (itl / run.median_itl_ms - 1.0) * 100.0
         );
     }
+    emit(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
