@@ -31,15 +31,17 @@ __device__ __forceinline__ uint4 ldx(const uint4* p) {
     }
 }
 
-// Programmatic dependent launch: every entry point first asks for its warp's weight row(s) in L2
-// (weights depend on nothing), then waits for the previous kernel (pdl_enter, prelude.cuh), so
-// the rows arrive during that kernel's tail.
-__device__ __forceinline__ void prefetch_row(const __nv_bfloat16* w, int n, int N, int K) {
-    if ((threadIdx.x & 31) == 0 && n < N) prefetch_l2(w + (size_t)n * K, (unsigned int)K * 2u);
+// Programmatic dependent launch: every entry point first asks for the first pf bytes of its
+// warp's weight row(s) in L2 (weights depend on nothing), then waits for the previous kernel
+// (pdl_enter, prelude.cuh), so they arrive during that kernel's tail. pf (a multiple of 16, at
+// most the row's bytes; 0: none) keeps what the resident warps ask for within the L2: past it
+// the prefetched rows evict each other before they are read (the host's row_prefetch_bytes).
+__device__ __forceinline__ void prefetch_row(const __nv_bfloat16* w, int n, int N, int K, int pf) {
+    if ((threadIdx.x & 31) == 0 && n < N && pf > 0) prefetch_l2(w + (size_t)n * K, (unsigned int)pf);
 }
 
-__device__ __forceinline__ void enter_after_rows(const __nv_bfloat16* w, int n, int N, int K) {
-    prefetch_row(w, n, N, K);
+__device__ __forceinline__ void enter_after_rows(const __nv_bfloat16* w, int n, int N, int K, int pf) {
+    prefetch_row(w, n, N, K, pf);
     pdl_enter();
 }
 
@@ -150,8 +152,8 @@ __device__ void gemv_body(TO* __restrict__ y, const __nv_bfloat16* x,
 extern "C" __global__ void __launch_bounds__(256) gemv_bf16(__nv_bfloat16* __restrict__ y,
                                                             const __nv_bfloat16* __restrict__ x,
                                                             const __nv_bfloat16* __restrict__ w,
-                                                            int B, int N, int K, int ldy) {
-    enter_after_rows(w, warp_row(), N, K);
+                                                            int B, int N, int K, int ldy, int pf) {
+    enter_after_rows(w, warp_row(), N, K, pf);
     gemv_body<false, false>(y, x, w, B, N, K, ldy);
 }
 
@@ -160,8 +162,8 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(__nv_bfloat16* __res
 extern "C" __global__ void __launch_bounds__(256) gemv_f32out(float* __restrict__ y,
                                                               const __nv_bfloat16* __restrict__ x,
                                                               const __nv_bfloat16* __restrict__ w,
-                                                              int B, int N, int K, int ldy) {
-    enter_after_rows(w, warp_row(), N, K);
+                                                              int B, int N, int K, int ldy, int pf) {
+    enter_after_rows(w, warp_row(), N, K, pf);
     gemv_body<false, false, float>(y, x, w, B, N, K, ldy);
 }
 
@@ -170,8 +172,8 @@ extern "C" __global__ void __launch_bounds__(256) gemv_f32out(float* __restrict_
 extern "C" __global__ void __launch_bounds__(256) gemv_resadd(__nv_bfloat16* __restrict__ r,
                                                               const __nv_bfloat16* __restrict__ x,
                                                               const __nv_bfloat16* __restrict__ w,
-                                                              int B, int N, int K, int ldr) {
-    enter_after_rows(w, warp_row(), N, K);
+                                                              int B, int N, int K, int ldr, int pf) {
+    enter_after_rows(w, warp_row(), N, K, pf);
     gemv_body<false, true>(r, x, w, B, N, K, ldr);
 }
 
@@ -181,8 +183,9 @@ extern "C" __global__ void __launch_bounds__(256) gemv_norm(__nv_bfloat16* __res
                                                             const __nv_bfloat16* __restrict__ r,
                                                             const __nv_bfloat16* __restrict__ nw,
                                                             const __nv_bfloat16* __restrict__ w,
-                                                            int B, int N, int K, int ldy, float eps) {
-    enter_after_rows(w, warp_row(), N, K);
+                                                            int B, int N, int K, int ldy, float eps,
+                                                            int pf) {
+    enter_after_rows(w, warp_row(), N, K, pf);
     extern __shared__ uint4 xs_raw[];
     __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(xs_raw);
     norm_rows_to_smem(xs, r, nw, B, K, eps);
@@ -253,9 +256,9 @@ __device__ void gate_up_body(__nv_bfloat16* __restrict__ y, const __nv_bfloat16*
 extern "C" __global__ void __launch_bounds__(256) gemv_gate_up_silu(__nv_bfloat16* __restrict__ y,
                                                                     const __nv_bfloat16* __restrict__ x,
                                                                     const __nv_bfloat16* __restrict__ w,
-                                                                    int B, int I, int K) {
-    prefetch_row(w, warp_row(), I, K);                   // gate row
-    enter_after_rows(w + (size_t)I * K, warp_row(), I, K);  // up row
+                                                                    int B, int I, int K, int pf) {
+    prefetch_row(w, warp_row(), I, K, pf);                   // gate row
+    enter_after_rows(w + (size_t)I * K, warp_row(), I, K, pf);  // up row
     gate_up_body<false>(y, x, w, B, I, K);
 }
 
@@ -264,9 +267,9 @@ extern "C" __global__ void __launch_bounds__(256) gemv_gate_up_silu(__nv_bfloat1
 extern "C" __global__ void __launch_bounds__(256) gemv_gate_up_silu_norm(
     __nv_bfloat16* __restrict__ y, const __nv_bfloat16* __restrict__ r,
     const __nv_bfloat16* __restrict__ nw, const __nv_bfloat16* __restrict__ w, int B, int I, int K,
-    float eps) {
-    prefetch_row(w, warp_row(), I, K);                   // gate row
-    enter_after_rows(w + (size_t)I * K, warp_row(), I, K);  // up row
+    float eps, int pf) {
+    prefetch_row(w, warp_row(), I, K, pf);                   // gate row
+    enter_after_rows(w + (size_t)I * K, warp_row(), I, K, pf);  // up row
     extern __shared__ uint4 xs_raw[];
     __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(xs_raw);
     norm_rows_to_smem(xs, r, nw, B, K, eps);
@@ -323,12 +326,12 @@ __device__ void gemv_norm_qkv_impl(__nv_bfloat16* __restrict__ qkv, const __nv_b
                                    const __nv_bfloat16* __restrict__ wk, const int* __restrict__ positions,
                                    const float* __restrict__ cos_sin, __nv_bfloat16* __restrict__ k_cache,
                                    __nv_bfloat16* __restrict__ v_cache, const unsigned int* __restrict__ slots,
-                                   int nq, int nk, unsigned int* __restrict__ counters) {
+                                   int nq, int nk, unsigned int* __restrict__ counters, int pf) {
     extern __shared__ uint4 xs_raw[];
     __shared__ bool last;
     __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(xs_raw);
     const int N = (nq + 2 * nk) * D;
-    enter_after_rows(w, warp_row(), N, K);
+    enter_after_rows(w, warp_row(), N, K, pf);
     norm_rows_to_smem(xs, r, nw, B, K, eps);
     gemv_body<true, false>(qkv, xs, w, B, N, K, N);  // N % 8 == 0: no warp leaves early
     __threadfence();
@@ -348,9 +351,9 @@ __device__ void gemv_norm_qkv_impl(__nv_bfloat16* __restrict__ qkv, const __nv_b
         __nv_bfloat16* qkv, const __nv_bfloat16* r, const __nv_bfloat16* nw, const __nv_bfloat16* w,      \
         int B, int K, float eps, const __nv_bfloat16* wq, const __nv_bfloat16* wk, const int* positions,   \
         const float* cos_sin, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache, const unsigned int* slots,  \
-        int nq, int nk, unsigned int* counters) {                                                          \
+        int nq, int nk, unsigned int* counters, int pf) {                                                  \
         gemv_norm_qkv_impl<D>(qkv, r, nw, w, B, K, eps, wq, wk, positions, cos_sin, k_cache, v_cache,     \
-                              slots, nq, nk, counters);                                                    \
+                              slots, nq, nk, counters, pf);                                                \
     }
 
 GEMV_NORM_QKV(64)

@@ -7,7 +7,8 @@
 #      logits, at most 1.25 x its bf16 error), then the checkpoint served over HTTP
 #      (scripts/gpu/serve_check.py: /generate, seeded sampling, completions, chat, streaming);
 #   8b: Llama-3.1-8B at full size: the same check, then one 32000-token prompt (chunked prefill),
-#      the copy-bandwidth floor and bench-one-batch 1/4/16/64 at input 128 and 1024, output 64.
+#      the copy-bandwidth floor, the GEMVs' row prefetch (cuda_bench) and bench-one-batch
+#      1/4/16/64 at input 128 and 1024, output 64.
 #   BIN: staged executables (scripts/gpu/stage.sh -> carry/bin); OUT: logs (default /tmp/doppel-models)
 #   STAGES: subset of "tiny archs 8b" (default all); ARCHES: presets for stage archs; NCU8B=1:
 #   stage 8b ends with ncu's per-kernel times of its b=1 decode (ncu-decode.sh, ncu_summary.py).
@@ -99,6 +100,9 @@ for s in $STAGES; do
             timeout 240 python3 scripts/gpu/make_models.py --reference-only "$l" --prompts 32000,100 &&
                 { hf_check "$l" "$OUT/check-llama3.1-8b-32k.log" || echo "llama3.1-8b 32k: FAILED"; }
             python3 scripts/gpu/make_models.py --floor "$OUT/floor.json" "$d"
+            # The GEMVs' weight-row prefetch at these shapes: L2-bounded, whole rows, none.
+            timeout 120 "$BIN/cuda_bench" bench_gemv_row_prefetch --ignored --nocapture \
+                --test-threads=1 2>&1 | tee "$OUT/gemv-prefetch.log" | grep -A8 "row prefetch"
             for in_len in 128 1024; do
                 timeout 150 "$BIN/doppel" exec bench-one-batch --model "$d" --batch-size 1 4 16 64 \
                     --input-len $in_len --output-len 64 --json >"$OUT/bob-8b-in$in_len.json" 2>"$OUT/bob-8b-in$in_len.err"

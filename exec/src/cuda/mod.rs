@@ -21,7 +21,7 @@ pub use backend::startup;
 pub use gemm::{blas, blas_lt, gemm_tile, skinny, tune};
 use model::layer;
 pub use model::{buffers, forward, plan};
-pub use ops::{attention, fused, prompt_logprobs, rope, sample};
+pub use ops::{attention, fused, gemv, prompt_logprobs, rope, sample};
 pub use runtime::device::{open_context, Gpu};
 use runtime::{args, launch};
 pub use runtime::{capture, compile, kernels, timing};

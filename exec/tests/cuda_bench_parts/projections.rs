@@ -4,6 +4,7 @@
 
 use super::{rotated_weights, time_ms};
 use crate::cuda_common::Rng;
+use doppel_exec::cuda::gemv::{row_prefetch_bytes, RowPrefetch};
 use doppel_exec::cuda::skinny::{
     skinny_plan, GemmIo, SkinnyEpilogue, SkinnyScratch, SKINNY_COUNTERS,
 };
@@ -206,5 +207,91 @@ pub fn gemv_vs_cublas(gpu: &Gpu, rng: &mut Rng) {
                 c / g
             );
         }
+    }
+}
+
+/// Which GEMV entry point a shape runs through.
+#[derive(Clone, Copy)]
+enum GemvKind {
+    Plain,
+    ResAdd,
+    GateUpSilu,
+    F32Out,
+}
+
+/// The GEMVs' weight-row prefetch at Llama-3.1-8B decode shapes, batch 1: the L2-bounded rule
+/// (`row_prefetch_bytes`) against whole rows (as if the L2 had no size) and none (as if it had
+/// none), weights rotated over >= 256 MB, each call launched after the previous one with PDL
+/// as in a decode step (docs/cuda.md, "Projections").
+pub fn gemv_row_prefetch_8b(gpu: &mut Gpu, rng: &mut Rng) {
+    let l2 = gpu.l2_bytes;
+    println!(
+        "\nGEMV weight-row prefetch, Llama-3.1-8B shapes, batch 1 (L2 {} MiB, PDL {}; median us per call)",
+        l2 >> 20,
+        gpu.pdl()
+    );
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>12} {:>9}",
+        "shape (N x K)", "bounded", "whole", "none", "bounded GB/s", "pf bytes"
+    );
+    let (h, inter, vocab) = (4096usize, 14_336usize, 128_256usize);
+    for (name, n, k, kind) in [
+        ("qkv 6144x4096", 6144usize, h, GemvKind::Plain),
+        ("o 4096x4096 (+res)", h, h, GemvKind::ResAdd),
+        (
+            "gate_up 28672x4096 (+silu)",
+            2 * inter,
+            h,
+            GemvKind::GateUpSilu,
+        ),
+        ("down 4096x14336 (+res)", h, inter, GemvKind::ResAdd),
+        ("lm_head 128256x4096", vocab, h, GemvKind::F32Out),
+    ] {
+        let ws = rotated_weights(gpu, rng, n, k);
+        let x = gpu.upload(&rng.bf16s(k, 1.0)).unwrap();
+        let y = gpu.zeros::<bf16>(n).unwrap();
+        let yf = gpu.zeros::<f32>(n).unwrap();
+        let mut i = 0;
+        let mut run = |gpu: &Gpu| {
+            time_ms(gpu, 9, ws.len(), || {
+                let w = gpu.ptr(&ws[i % ws.len()]);
+                i += 1;
+                let (y, x) = (gpu.ptr(&y), gpu.ptr(&x));
+                match kind {
+                    GemvKind::Plain => gpu.gemv(y, x, w, (1, n, k), n),
+                    GemvKind::ResAdd => gpu.gemv_resadd(y, x, w, (1, n, k), n),
+                    GemvKind::GateUpSilu => gpu.gemv_gate_up_silu(y, x, w, 1, n / 2, k),
+                    GemvKind::F32Out => gpu.gemv_f32out(gpu.ptr(&yf), x, w, (1, n, k), n),
+                }
+                .unwrap();
+            })
+        };
+        let bounded = run(gpu);
+        gpu.l2_bytes = usize::MAX;
+        let whole = run(gpu);
+        gpu.l2_bytes = 0;
+        let none = run(gpu);
+        gpu.l2_bytes = l2;
+        let (warps, rows) = match kind {
+            GemvKind::GateUpSilu => (n / 2, 2),
+            _ => (n, 1),
+        };
+        let pf = row_prefetch_bytes(
+            l2,
+            gpu.sms,
+            RowPrefetch {
+                warps,
+                rows_per_warp: rows,
+                row_bytes: 2 * k,
+            },
+        );
+        println!(
+            "{name:<28} {:>9.2} {:>9.2} {:>9.2} {:>12.0} {:>9}",
+            bounded * 1e3,
+            whole * 1e3,
+            none * 1e3,
+            (n * k * 2) as f64 / bounded / 1e6,
+            pf
+        );
     }
 }

@@ -197,6 +197,7 @@ impl Gpu {
             b: int(K, batch)?,
             i: int(K, inter)?,
             k: int(K, k)?,
+            pf: self.row_prefetch(K, inter, 2, k)?,
         }
         .launch(self, K, cfg((ceil_div(inter, 8), 1, 1), 256), Mode::Pdl)
     }
@@ -234,6 +235,7 @@ impl Gpu {
             n: int(K, n)?,
             k: int(K, k)?,
             ldr: int(K, ldr)?,
+            pf: self.row_prefetch(K, n, 1, k)?,
         }
         .launch(self, K, cfg((ceil_div(n, 8), 1, 1), 256), Mode::Pdl)
     }
@@ -291,6 +293,7 @@ impl Gpu {
             // y holds the rows back to back.
             ldy: int(K, n)?,
             eps,
+            pf: self.row_prefetch(K, n, 1, k)?,
         }
         .launch(self, K, c, Mode::Pdl)
     }
@@ -324,6 +327,7 @@ impl Gpu {
             i: int(K, inter)?,
             k: int(K, k)?,
             eps,
+            pf: self.row_prefetch(K, inter, 2, k)?,
         }
         .launch(self, K, c, Mode::Pdl)
     }
@@ -407,6 +411,7 @@ impl Gpu {
             nq: int(K, nq)?,
             nk: int(K, nk)?,
             counters,
+            pf: self.row_prefetch(K, n, 1, k)?,
         }
         .launch(self, name, lc, Mode::Pdl)
     }

@@ -26,6 +26,7 @@ impl Gpu {
             n: int(K, n)?,
             k: int(K, k)?,
             ldy: int(K, ldy)?,
+            pf: self.row_prefetch(K, n, 1, k)?,
         }
         .launch(self, K, cfg((ceil_div(n, 8), 1, 1), 256), Mode::Pdl)
     }
@@ -49,9 +50,50 @@ impl Gpu {
             n: int(K, n)?,
             k: int(K, k)?,
             ldy: int(K, ldy)?,
+            pf: self.row_prefetch(K, n, 1, k)?,
         }
         .launch(self, K, cfg((ceil_div(n, 8), 1, 1), 256), Mode::Pdl)
     }
+
+    /// [`row_prefetch_bytes`] on this device, as the kernel's `pf` argument.
+    pub(crate) fn row_prefetch(
+        &self,
+        kernel: &'static str,
+        warps: usize,
+        rows_per_warp: usize,
+        k: usize,
+    ) -> Result<i32> {
+        let shape = RowPrefetch {
+            warps,
+            rows_per_warp,
+            row_bytes: 2 * k,
+        };
+        int(kernel, row_prefetch_bytes(self.l2_bytes, self.sms, shape))
+    }
+}
+
+/// A small-batch GEMV's weight reads: one warp per output, each reading `rows_per_warp` rows
+/// (gate and up: 2) of `row_bytes`.
+#[derive(Clone, Copy, Debug)]
+pub struct RowPrefetch {
+    /// Warps in the grid.
+    pub warps: usize,
+    /// Weight rows each warp reads.
+    pub rows_per_warp: usize,
+    /// Bytes of one weight row.
+    pub row_bytes: usize,
+}
+
+/// Resident warps per SM at most: 8 blocks of 256 threads.
+const RESIDENT_WARPS_PER_SM: usize = 64;
+
+/// Bytes of each weight row a small-batch GEMV asks L2 for before its PDL wait: whole rows while
+/// the rows of every warp resident at once fit the L2, else the L2's share per resident row, a
+/// multiple of 16 (the bulk prefetch's unit). Past the L2's size the prefetched rows evict each
+/// other before they are read (docs/cuda.md, "Projections").
+pub fn row_prefetch_bytes(l2_bytes: usize, sms: usize, g: RowPrefetch) -> usize {
+    let resident = g.warps.min(sms * RESIDENT_WARPS_PER_SM).max(1) * g.rows_per_warp;
+    (l2_bytes / resident).min(g.row_bytes) / 16 * 16
 }
 
 /// The GEMVs' shape checks: 1-8 rows, `k` a multiple of 8, y (`y_len` elements, rows `ldy`
@@ -76,4 +118,48 @@ fn check_gemv(
     })?;
     need(K, "x", x, batch * k)?;
     need(K, "w", w, n * k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H100_L2: usize = 50 << 20;
+    const H100_SMS: usize = 132;
+
+    fn pf(warps: usize, rows_per_warp: usize, k: usize) -> usize {
+        let g = RowPrefetch {
+            warps,
+            rows_per_warp,
+            row_bytes: 2 * k,
+        };
+        row_prefetch_bytes(H100_L2, H100_SMS, g)
+    }
+
+    #[test]
+    fn row_prefetch_is_whole_rows_at_06b_and_within_l2_at_8b() {
+        // Qwen3-0.6B (hidden 1024, inter 3072, qkv 4096 rows, vocab 151936): whole rows.
+        for (warps, rows, k) in [(4096, 1, 1024), (1024, 1, 2048), (3072, 2, 1024)] {
+            assert_eq!(pf(warps, rows, k), 2 * k);
+        }
+        assert_eq!(pf(1024, 1, 3072), 2 * 3072);
+        assert_eq!(pf(151_936, 1, 1024), 2 * 1024);
+        // Llama-3.1-8B (hidden 4096, inter 14336, vocab 128256): qkv and o whole (they fit);
+        // gate/up, down and the LM head cut to the L2's share of each resident row.
+        assert_eq!(pf(6144, 1, 4096), 8192);
+        assert_eq!(pf(4096, 1, 4096), 8192);
+        for (warps, rows, k) in [(14_336, 2, 4096), (4096, 1, 14_336), (128_256, 1, 4096)] {
+            let p = pf(warps, rows, k);
+            let resident = warps.min(H100_SMS * RESIDENT_WARPS_PER_SM) * rows;
+            assert!(p < 2 * k && p.is_multiple_of(16), "{warps} x {rows} x {k}: {p}");
+            assert!(p * resident <= H100_L2 && (p + 16) * resident > H100_L2);
+        }
+        // No L2 (or one the caller zeroes to turn it off): no prefetch.
+        let g = RowPrefetch {
+            warps: 64,
+            rows_per_warp: 1,
+            row_bytes: 2048,
+        };
+        assert_eq!(row_prefetch_bytes(0, H100_SMS, g), 0);
+    }
 }

@@ -6,7 +6,7 @@
 
 pub mod attention;
 pub mod fused;
-mod gemv;
+pub mod gemv;
 mod norm;
 pub mod prompt_logprobs;
 pub mod rope;

@@ -163,6 +163,7 @@ kernel_args! {
         n: i32,
         k: i32,
         ldy: i32,
+        pf: i32,
     }
 
     /// `kernels/gemv.cu`: the small-batch GEMV, f32 out (the LM head).
@@ -174,6 +175,7 @@ kernel_args! {
         n: i32,
         k: i32,
         ldy: i32,
+        pf: i32,
     }
 
     /// `kernels/gemv.cu`: the GEMV added into the residual stream.
@@ -185,6 +187,7 @@ kernel_args! {
         n: i32,
         k: i32,
         ldr: i32,
+        pf: i32,
     }
 
     /// `kernels/gemv.cu`: the GEMV with the RMSNorm before it folded in.
@@ -198,6 +201,7 @@ kernel_args! {
         k: i32,
         ldy: i32,
         eps: f32,
+        pf: i32,
     }
 
     /// `kernels/gemv.cu`: the gate/up GEMV with SiLU-and-mul.
@@ -208,6 +212,7 @@ kernel_args! {
         b: i32,
         i: i32,
         k: i32,
+        pf: i32,
     }
 
     /// `kernels/gemv.cu`: the gate/up GEMV with the norm before it and SiLU-and-mul.
@@ -220,6 +225,7 @@ kernel_args! {
         i: i32,
         k: i32,
         eps: f32,
+        pf: i32,
     }
 
     /// `kernels/gemv.cu`: the qkv GEMV with the norm before it and the q/k pass after it.
@@ -241,6 +247,7 @@ kernel_args! {
         nq: i32,
         nk: i32,
         counters: DPtr<u32>,
+        pf: i32,
     }
 
     /// `kernels/gemm_skinny.cu`: the skinny tensor-core GEMM (every epilogue and tile shape).
