@@ -97,8 +97,12 @@ pub enum SimCmd {
         /// Serving runs of the same engine (`doppel bench serve --json`), with --one-batch.
         #[arg(long, num_args = 1..)]
         serving: Vec<String>,
+        /// With --one-batch: the batch sizes whose prefill row is one prefill step (default:
+        /// every row; vLLM's table: 1, docs/fidelity.md says why).
+        #[arg(long, num_args = 1..)]
+        prefill_batch: Vec<usize>,
         /// Profile to start from: hardware sheet, model shape, engine figures (name or YAML file).
-        #[arg(long, default_value = "h100-80g/qwen3-0.6b/sglang")]
+        #[arg(long, default_value = "h100-80g/qwen3-0.6b/roofline")]
         base: String,
         /// Name of the fitted profile.
         #[arg(long, default_value = "h100-80g/qwen3-0.6b/doppel")]
@@ -164,6 +168,7 @@ fn write(path: &str, text: &str) -> anyhow::Result<()> {
 fn calibrate_peer(
     table: &str,
     serving: &[String],
+    prefill_batch: &[usize],
     base: &str,
     name: &str,
     out: &str,
@@ -174,23 +179,32 @@ fn calibrate_peer(
         .iter()
         .map(|p| peer::load_serving(p))
         .collect::<Result<Vec<_>, _>>()?;
+    let (prefill, rows_note) = if prefill_batch.is_empty() {
+        (peer::PrefillRows::All, String::new())
+    } else {
+        let b: Vec<String> = prefill_batch.iter().map(|b| b.to_string()).collect();
+        (
+            peer::PrefillRows::Batches(prefill_batch),
+            format!(" (prefill from batch {})", b.join(", ")),
+        )
+    };
     let source = format!(
-        "bench_one_batch table {table}; serving runs {}; fitted by doppel sim calibrate",
+        "bench_one_batch table {table}{rows_note}; serving runs {}; fitted by doppel sim calibrate",
         serving.join(", ")
     );
-    let p = peer::fit(&Profile::load(base)?, &rows, &runs, name, &source)?;
+    let p = peer::fit(&Profile::load(base)?, &rows, prefill, &runs, name, &source)?;
     write(out, &peer::profile_yaml(&p)?)?;
     let cost = RooflineCost::new(&p, 1);
-    println!(
-        "fitted {name}: host {:.3} ms per step, decode fixed {:.3} ms, prefill fixed {:.3} ms; written to {out}",
+    let mut text = format!(
+        "fitted {name}: host {:.3} ms per step, decode fixed {:.3} ms, prefill fixed {:.3} ms; written to {out}\n",
         p.engine.schedule_ns_per_step / 1e6,
         p.efficiency.decode_step_ns / 1e6,
         p.efficiency.prefill_step_ns / 1e6
     );
     for r in &rows {
         let sim = one_batch::run(&cost, r.batch, r.input_len, r.output_len);
-        println!(
-            "  one-batch b={:<4} prefill {:+.1}%  decode {:+.1}%",
+        text += &format!(
+            "  one-batch b={:<4} prefill {:+.1}%  decode {:+.1}%\n",
             r.batch,
             (sim.prefill_s / r.prefill_s - 1.0) * 100.0,
             (sim.decode_median_s / r.decode_s - 1.0) * 100.0
@@ -198,13 +212,14 @@ fn calibrate_peer(
     }
     for run in &runs {
         let itl = peer::replay_itl(&p, run)?;
-        println!(
-            "  serving {}: median ITL {itl:.3} ms vs {:.3} ms ({:+.1}%)",
+        text += &format!(
+            "  serving {}: median ITL {itl:.3} ms vs {:.3} ms ({:+.1}%)\n",
             run.origin,
             run.median_itl_ms,
             (itl / run.median_itl_ms - 1.0) * 100.0
         );
     }
+    emit(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -383,6 +398,7 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
             measurements,
             one_batch,
             serving,
+            prefill_batch,
             base,
             name,
             out,
@@ -390,9 +406,12 @@ pub fn run(cmd: SimCmd) -> anyhow::Result<ExitCode> {
         } => {
             use doppel_sim::calibrate;
             let measurements = match (measurements, one_batch) {
+                (Some(_), None) if !prefill_batch.is_empty() => anyhow::bail!(
+                    "--prefill-batch picks rows of a --one-batch table; a measurement file has none"
+                ),
                 (Some(m), None) => m,
                 (None, Some(table)) => {
-                    return calibrate_peer(&table, &serving, &base, &name, &out);
+                    return calibrate_peer(&table, &serving, &prefill_batch, &base, &name, &out);
                 }
                 _ => anyhow::bail!(
                     "give a measurement file (doppel exec profile) or --one-batch TABLE --serving RUN.json..., not both"

@@ -231,7 +231,7 @@ impl Measurements {
 }
 
 /// A text file, decompressed when it starts with gzip's magic bytes.
-fn read_text(path: &str) -> std::io::Result<String> {
+pub(crate) fn read_text(path: &str) -> std::io::Result<String> {
     let bytes = std::fs::read(path)?;
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return String::from_utf8(bytes)

@@ -58,11 +58,16 @@ fn invalid(file: &str, field: &str, value: String, why: &str) -> SimError {
     }
 }
 
-fn read_json(path: &str) -> Result<Value, SimError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
+/// The file's text; gzipped files (the repository keeps reports compressed) are decompressed.
+fn read_text(path: &str) -> Result<String, SimError> {
+    crate::calibrate::read_text(path).map_err(|source| SimError::Io {
         path: path.to_string(),
         source,
-    })?;
+    })
+}
+
+fn read_json(path: &str) -> Result<Value, SimError> {
+    let text = read_text(path)?;
     serde_json::from_str(&text).map_err(|e| invalid(path, "(file)", String::new(), &e.to_string()))
 }
 
@@ -70,10 +75,7 @@ fn read_json(path: &str) -> Result<Value, SimError> {
 /// fields) or SGLang bench_one_batch's result lines (`--result-filename`, JSON per line, in
 /// seconds).
 pub fn load_one_batch(path: &str) -> Result<Vec<OneBatchRow>, SimError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
-        path: path.to_string(),
-        source,
-    })?;
+    let text = read_text(path)?;
     let values: Vec<Value> = match serde_json::from_str::<Value>(&text) {
         Ok(Value::Array(a)) => a,
         _ => text
@@ -181,8 +183,27 @@ pub fn load_serving(path: &str) -> Result<ServingRun, SimError> {
     })
 }
 
+/// Which of a table's rows time one prefill step.
+#[derive(Clone, Copy, Debug)]
+pub enum PrefillRows<'a> {
+    /// Every row (SGLang's bench_one_batch prefills the whole batch in one step).
+    All,
+    /// Only these batch sizes: a tool that hands its engine the requests one by one (vLLM's
+    /// `LLM.generate`) can split a batch's prefill over steps.
+    Batches(&'a [usize]),
+}
+
+impl PrefillRows<'_> {
+    fn has(&self, batch: usize) -> bool {
+        match self {
+            PrefillRows::All => true,
+            PrefillRows::Batches(b) => b.contains(&batch),
+        }
+    }
+}
+
 /// The profile with host time `host_ns` and the fixed device parts the table then implies.
-fn with_host(base: &Profile, rows: &[OneBatchRow], host_ns: f64) -> Profile {
+fn with_host(base: &Profile, rows: &[OneBatchRow], prefill: PrefillRows, host_ns: f64) -> Profile {
     let mut p = base.clone();
     p.engine.schedule_ns_per_step = host_ns;
     p.engine.schedule_ns_per_req = 0.0;
@@ -199,6 +220,7 @@ fn with_host(base: &Profile, rows: &[OneBatchRow], host_ns: f64) -> Profile {
         .collect();
     let mut pre: Vec<f64> = rows
         .iter()
+        .filter(|r| prefill.has(r.batch))
         .map(|r| {
             let s = BatchShape::prefill(r.batch, r.input_len);
             r.prefill_s * 1e9 - host_ns - zero.step_seconds(&s) * 1e9
@@ -252,6 +274,7 @@ pub fn replay_itl(p: &Profile, run: &ServingRun) -> Result<f64, SimError> {
 pub fn fit(
     base: &Profile,
     rows: &[OneBatchRow],
+    prefill: PrefillRows,
     runs: &[ServingRun],
     name: &str,
     source: &str,
@@ -264,12 +287,20 @@ pub fn fit(
             "the host/device split needs at least one serving run",
         ));
     }
+    if !rows.iter().any(|r| prefill.has(r.batch)) {
+        return Err(invalid(
+            "command line",
+            "--prefill-batch",
+            format!("{prefill:?}"),
+            "no row of the table has that batch size",
+        ));
+    }
     let top = rows
         .iter()
         .map(|r| r.decode_s * 1e9)
         .fold(f64::INFINITY, f64::min);
     let score = |h: f64| -> Result<f64, SimError> {
-        let p = with_host(base, rows, h);
+        let p = with_host(base, rows, prefill, h);
         let mut e = 0.0;
         for r in runs {
             e += (replay_itl(&p, r)? / r.median_itl_ms).ln().powi(2);
@@ -308,7 +339,7 @@ pub fn fit(
     let best = minima.iter().map(|x| x.1).fold(f64::INFINITY, f64::min);
     let tie = best + 0.005f64.powi(2) * runs.len() as f64;
     let fine = minima.iter().find(|x| x.1 <= tie).map_or(0.0, |x| x.0);
-    let mut p = with_host(base, rows, fine);
+    let mut p = with_host(base, rows, prefill, fine);
     p.name = name.to_string();
     p.calibrated = true;
     p.source = source.to_string();
@@ -361,7 +392,15 @@ mod tests {
         base.engine.schedule_ns_per_step = 0.0;
         base.efficiency.decode_step_ns = 0.0;
         base.efficiency.prefill_step_ns = 0.0;
-        let p = fit(&base, &rows, &[run.clone()], "peer", "made").unwrap();
+        let p = fit(
+            &base,
+            &rows,
+            PrefillRows::All,
+            &[run.clone()],
+            "peer",
+            "made",
+        )
+        .unwrap();
         assert!(p.calibrated);
         let host = p.engine.schedule_ns_per_step;
         assert!((host - 920e3).abs() <= 30e3, "host {host}");
@@ -369,8 +408,38 @@ mod tests {
         assert!((d0 - 1.46e6).abs() <= 30e3, "decode fixed {d0}");
         let itl = replay_itl(&p, &run).unwrap();
         assert!((itl / run.median_itl_ms - 1.0).abs() < 0.01, "{itl}");
+        // Rows whose prefill is not one step (here 3x too slow) are left out when told to.
+        let mut slow = rows.clone();
+        for r in slow.iter_mut().filter(|r| r.batch > 1) {
+            r.prefill_s *= 3.0;
+        }
+        let all = fit(&base, &slow, PrefillRows::All, &[run.clone()], "p", "m").unwrap();
+        let one = fit(
+            &base,
+            &slow,
+            PrefillRows::Batches(&[1]),
+            &[run.clone()],
+            "p",
+            "m",
+        );
+        let one = one.unwrap();
+        let want = p.efficiency.prefill_step_ns;
+        assert!(
+            (one.efficiency.prefill_step_ns - want).abs() <= 30e3,
+            "{one:?}"
+        );
+        assert!(all.efficiency.prefill_step_ns > want + 10e6, "{all:?}");
+        let e = fit(
+            &base,
+            &rows,
+            PrefillRows::Batches(&[7]),
+            &[run.clone()],
+            "p",
+            "m",
+        );
+        assert!(e.unwrap_err().to_string().contains("--prefill-batch"));
         // Without a serving run the split is not identified: refused with the reason.
-        let e = fit(&base, &rows, &[], "peer", "made")
+        let e = fit(&base, &rows, PrefillRows::All, &[], "peer", "made")
             .unwrap_err()
             .to_string();
         assert!(e.contains("serving run"), "{e}");

@@ -25,7 +25,7 @@ fn shapes() -> Vec<BatchShape> {
 }
 
 fn known() -> Profile {
-    let mut p = Profile::load("h100-80g/qwen3-0.6b/sglang").unwrap();
+    let mut p = Profile::load("h100-80g/qwen3-0.6b/roofline").unwrap();
     let e = &mut p.efficiency;
     e.gemm = vec![(1.0, 0.3), (1024.0, 0.45), (8192.0, 0.62)];
     e.weight_bandwidth = 0.55;
@@ -88,7 +88,7 @@ fn measurements(p: &Profile, shapes: &[BatchShape]) -> Measurements {
 fn fits_a_known_profile_back() {
     let truth = known();
     let m = measurements(&truth, &shapes());
-    let base = Profile::load("h100-80g/qwen3-0.6b/sglang").unwrap();
+    let base = Profile::load("h100-80g/qwen3-0.6b/roofline").unwrap();
     let fit = calibrate(&base, &m, "test/fitted", "generated").unwrap();
     let (mean, max) = fit.errors();
     assert!(mean < 0.005 && max < 0.02, "mean {mean} max {max}");
@@ -164,7 +164,7 @@ fn a_sustained_load_slowdown_is_fitted_from_runs_and_taken_off_the_rest() {
         }
     }
     let fit = calibrate(
-        &Profile::load("h100-80g/qwen3-0.6b/sglang").unwrap(),
+        &Profile::load("h100-80g/qwen3-0.6b/roofline").unwrap(),
         &m,
         "t",
         "g",
@@ -187,7 +187,7 @@ fn a_sustained_load_slowdown_is_fitted_from_runs_and_taken_off_the_rest() {
 }
 
 fn fit_of(m: &Measurements) -> Profile {
-    let base = Profile::load("h100-80g/qwen3-0.6b/sglang").unwrap();
+    let base = Profile::load("h100-80g/qwen3-0.6b/roofline").unwrap();
     calibrate(&base, m, "t", "g").unwrap().profile
 }
 
@@ -229,7 +229,7 @@ fn the_shipped_h100_profile_is_the_fit_of_the_shipped_measurements() {
         "/profiles/measurements/h100-80g_qwen3-0.6b_doppel.json.gz"
     );
     let m = Measurements::load(path).unwrap();
-    let base = Profile::load("h100-80g/qwen3-0.6b/sglang").unwrap();
+    let base = Profile::load("h100-80g/qwen3-0.6b/roofline").unwrap();
     let fit = calibrate(&base, &m, "h100-80g/qwen3-0.6b/doppel", path).unwrap();
     let shipped = Profile::load("h100-80g/qwen3-0.6b/doppel").unwrap();
     assert!(shipped.calibrated);

@@ -3,6 +3,7 @@
 //! than batch 16) is a known outlier and is excluded; so is the batch-4 total, which is not even
 //! consistent with its own rows (48.4 ms + 63 x 3.39 ms = 0.262 s, logged 0.373 s).
 
+use doppel_sim::calibrate_peer::{fit, load_one_batch, load_serving, PrefillRows};
 use doppel_sim::{one_batch, Profile, RooflineCost, SimOptions, Trace};
 
 /// (batch, prefill s, decode median ms, total s) measured with input 128, output 64.
@@ -105,11 +106,94 @@ fn a100_qwen3_serving_hides_the_host_time_that_bench_one_batch_pays() {
 fn uncalibrated_profiles_say_so() {
     for name in Profile::builtin_names() {
         let p = Profile::load(&name).unwrap();
-        // The A100 profile is fitted to SGLang's numbers, the H100 doppel one to our engine's.
-        let fitted = ["a100-80g/qwen3-0.6b/sglang", "h100-80g/qwen3-0.6b/doppel"];
+        // The A100 profile is fitted to SGLang's numbers, the H100 doppel one to our engine's,
+        // the H100 SGLang and vLLM ones to the peer harness's runs.
+        let fitted = [
+            "a100-80g/qwen3-0.6b/sglang",
+            "h100-80g/qwen3-0.6b/doppel",
+            "h100-80g/qwen3-0.6b/sglang",
+            "h100-80g/qwen3-0.6b/vllm",
+        ];
         assert_eq!(p.calibrated, fitted.contains(&name.as_str()), "{name}");
         if !p.calibrated {
             assert!(p.source.contains("roofline"), "{name}");
         }
     }
+}
+
+fn repo(rel: &str) -> String {
+    format!("{}/../{rel}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A peer's H100 profile against its one-batch table (docs/fidelity.md, "Profiles of the
+/// peers"), and re-fitted from the files kept in the repository: the shipped profile is that
+/// fit. `bounds` holds each row's |error| bound in percent (prefill, decode): the A100 test's
+/// 15 and 10 where met, else the measured error rounded up plus 2 points; a prefill bound of
+/// `None` is a row left out of the fit, which must then be slower than one simulated step.
+fn check_peer(engine: &str, prefill: PrefillRows, bounds: &[(usize, Option<f64>, f64)]) {
+    let name = format!("h100-80g/qwen3-0.6b/{engine}");
+    let p = Profile::load(&name).unwrap();
+    assert!(p.calibrated, "{name}");
+    let table = repo(&format!(
+        "sim/profiles/measurements/h100-80g_qwen3-0.6b_{engine}-onebatch.jsonl"
+    ));
+    let rows = load_one_batch(&table).unwrap();
+    assert_eq!(rows.len(), bounds.len());
+    let cost = RooflineCost::new(&p, 1);
+    for (r, &(batch, pre_bound, dec_bound)) in rows.iter().zip(bounds) {
+        assert_eq!(r.batch, batch);
+        let sim = one_batch::run(&cost, r.batch, r.input_len, r.output_len);
+        let pe = (sim.prefill_s / r.prefill_s - 1.0) * 100.0;
+        let de = (sim.decode_median_s / r.decode_s - 1.0) * 100.0;
+        eprintln!("{engine} b={batch}: prefill {pe:+.2} %, decode {de:+.2} %");
+        assert!(
+            de.abs() <= dec_bound,
+            "{engine} b={batch}: decode {de:+.2} %"
+        );
+        match pre_bound {
+            Some(b) => assert!(pe.abs() <= b, "{engine} b={batch}: prefill {pe:+.2} %"),
+            None => assert!(pe < 0.0, "{engine} b={batch}: prefill {pe:+.2} %"),
+        }
+    }
+    let dir = "sim/fidelity/h100-qwen3-0.6b-peers";
+    let runs: Vec<_> = ["w2", "w3-c64"]
+        .iter()
+        .map(|w| load_serving(&repo(&format!("{dir}/{engine}-{w}.json.gz"))).unwrap())
+        .collect();
+    let base = Profile::load("h100-80g/qwen3-0.6b/roofline").unwrap();
+    let f = fit(&base, &rows, prefill, &runs, &name, "test").unwrap();
+    let fitted = |q: &Profile| {
+        [
+            q.engine.schedule_ns_per_step,
+            q.efficiency.decode_step_ns,
+            q.efficiency.prefill_step_ns,
+        ]
+    };
+    assert_eq!(fitted(&f), fitted(&p), "{name} is not the fit of its files");
+}
+
+#[test]
+fn h100_sglang_profile_is_its_fit_and_reproduces_its_one_batch_table() {
+    // Batch 16's prefill (+19.3 %) and batch 64's decode (-12.7 %) miss.
+    let bounds = [
+        (1, Some(15.0), 10.0),
+        (4, Some(15.0), 10.0),
+        (16, Some(22.0), 10.0),
+        (64, Some(15.0), 15.0),
+    ];
+    check_peer("sglang", PrefillRows::All, &bounds);
+}
+
+#[test]
+fn h100_vllm_profile_is_its_fit_and_reproduces_its_one_batch_table() {
+    // Prefill from batch 1 only: vLLM's larger batches reach its engine request by request
+    // and are not one step (docs/fidelity.md). Batch 1's decode step (1.56 ms, against 2.22 ms
+    // at batch 4) is +42.5 %, batch 64's -23.1 %: three fitted figures cannot follow the jump.
+    let bounds = [
+        (1, Some(15.0), 45.0),
+        (4, None, 10.0),
+        (16, None, 10.0),
+        (64, None, 26.0),
+    ];
+    check_peer("vllm", PrefillRows::Batches(&[1]), &bounds);
 }

@@ -1,4 +1,4 @@
-//! The simulator against the side-by-side runs of doppel and SGLang on one H100
+//! The simulator against the side-by-side runs of doppel, SGLang and vLLM on one H100
 //! (docs/fidelity.md, "The side-by-side workloads"): the traces reproduce what the bench client
 //! sent, and the replays stay within the errors measured when the runs were compared. A guard
 //! against regressions of the simulator: the measured reports are fixed files.
@@ -38,6 +38,14 @@ fn peer_traces_expand_to_the_requests_the_bench_client_sent() {
         let t = trace("doppel", w);
         let work = expand(&t, t.prompt_vocab(151_936));
         for engine in ["doppel", "sglang", "vllm"] {
+            // Each engine's trace is the same workload; only the engine section differs.
+            let own = trace(engine, w);
+            let same = (&own.workload, &own.arrival, own.seed, own.vocab);
+            assert_eq!(
+                same,
+                (&t.workload, &t.arrival, t.seed, t.vocab),
+                "{engine} {w}"
+            );
             let real = measured(engine, w);
             let reqs = real["requests"].as_array().unwrap();
             assert_eq!(reqs.len(), work.requests.len(), "{engine} {w}");
@@ -72,24 +80,36 @@ fn peer_traces_expand_to_the_requests_the_bench_client_sent() {
 
 /// |error| bounds in percent: median TTFT, median ITL, output tok/s. Issue 22's targets (10, 5,
 /// 5) where the measured error met them, else the measured error rounded up plus 2 points
-/// (docs/fidelity.md has the errors).
+/// (docs/fidelity.md has the errors). The doppel profile was fitted before the decode-attention
+/// fix of docs/cuda.md ("Visit order"), so it is slower than the engine of these runs.
 const DOPPEL: [(&str, [f64; 3]); 6] = [
     ("w1", [20.0, 5.0, 5.0]),
-    ("w2", [21.0, 5.0, 5.0]),
-    ("w3-c64", [36.0, 5.0, 5.0]),
-    ("w3-c256", [36.0, 5.0, 5.0]),
-    ("w4", [14.0, 13.0, 11.0]),
-    ("w5", [10.0, 39.0, 57.0]),
+    ("w2", [17.0, 5.0, 5.0]),
+    ("w3-c64", [29.0, 23.0, 15.0]),
+    ("w3-c256", [23.0, 33.0, 21.0]),
+    ("w4", [25.0, 39.0, 24.0]),
+    ("w5", [10.0, 47.0, 32.0]),
 ];
 
-/// The uncalibrated SGLang profile (roofline only), same rule.
+/// `h100-80g/qwen3-0.6b/sglang`, fitted to this run's W2 and W3-c64 (the rest held out), same
+/// rule.
 const SGLANG: [(&str, [f64; 3]); 6] = [
-    ("w1", [66.0, 42.0, 5.0]),
-    ("w2", [56.0, 39.0, 69.0]),
-    ("w3-c64", [47.0, 25.0, 31.0]),
-    ("w3-c256", [97.0, 19.0, 29.0]),
-    ("w4", [56.0, 43.0, 87.0]),
-    ("w5", [59.0, 51.0, 5.0]),
+    ("w1", [46.0, 5.0, 5.0]),
+    ("w2", [44.0, 5.0, 5.0]),
+    ("w3-c64", [35.0, 20.0, 5.0]),
+    ("w3-c256", [98.0, 24.0, 15.0]),
+    ("w4", [55.0, 48.0, 92.0]),
+    ("w5", [64.0, 37.0, 12.0]),
+];
+
+/// `h100-80g/qwen3-0.6b/vllm`, fitted the same way, same rule.
+const VLLM: [(&str, [f64; 3]); 6] = [
+    ("w1", [55.0, 10.0, 5.0]),
+    ("w2", [40.0, 33.0, 20.0]),
+    ("w3-c64", [74.0, 25.0, 5.0]),
+    ("w3-c256", [91.0, 69.0, 13.0]),
+    ("w4", [47.0, 16.0, 38.0]),
+    ("w5", [55.0, 31.0, 18.0]),
 ];
 
 fn errors(engine: &str, w: &str) -> [f64; 3] {
@@ -145,6 +165,11 @@ fn doppel_profile_replays_the_side_by_side_runs_within_the_measured_errors() {
 }
 
 #[test]
-fn uncalibrated_sglang_profile_stays_within_its_measured_errors() {
+fn sglang_profile_meets_the_targets_or_its_measured_errors_on_held_out_runs() {
     check("sglang", &SGLANG);
+}
+
+#[test]
+fn vllm_profile_meets_the_targets_or_its_measured_errors_on_held_out_runs() {
+    check("vllm", &VLLM);
 }

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The simulator against the side-by-side runs (docs/fidelity.md): for ENGINE (doppel or
-# sglang) replay traces/peers/ENGINE/W.yaml on its profile and `sim compare` the replay with
+# The simulator against the side-by-side runs (docs/fidelity.md): for ENGINE (doppel, sglang or
+# vllm) replay traces/peers/ENGINE/W.yaml on its profile and `sim compare` the replay with
 # the measured report kept here (open-loop W1, W4, W5 at the client's real send times); one
 # row per workload, (sim - real) / real.
 #   compare.sh ENGINE [PROFILE]     (OUT: where reports go, default a temporary folder)
 set -euo pipefail
-E=${1:?usage: compare.sh doppel|sglang [PROFILE]}
+E=${1:?usage: compare.sh doppel|sglang|vllm [PROFILE]}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
 BIN=${BIN:-$ROOT/target/release/doppel}

@@ -18,7 +18,7 @@ import sys
 
 ENGINES = ["doppel", "vllm", "sglang"]
 WORKLOADS = ["w1", "w2", "w3-c64", "w3-c256", "w4", "w5"]
-KEEP = ["id", "send", "prompt_len", "output_tokens", "cached_tokens"]
+KEEP = ["id", "status", "send", "prompt_len", "output_tokens", "cached_tokens"]
 
 
 def main():

@@ -288,7 +288,7 @@ pub struct LaunchCosts {
 }
 
 /// Profiles shipped with doppel, embedded at build time: (file name, text).
-const BUILTIN: [(&str, &str); 7] = [
+const BUILTIN: [(&str, &str); 9] = [
     (
         "a100-80g_qwen3-0.6b_sglang.yaml",
         include_str!("../../profiles/a100-80g_qwen3-0.6b_sglang.yaml"),
@@ -296,6 +296,11 @@ const BUILTIN: [(&str, &str); 7] = [
     (
         "h100-80g_qwen3-0.6b_sglang.yaml",
         include_str!("../../profiles/h100-80g_qwen3-0.6b_sglang.yaml"),
+    ),
+    // The base the H100 Qwen3-0.6B fits start from (roofline only).
+    (
+        "h100-80g_qwen3-0.6b_roofline.yaml",
+        include_str!("../../profiles/h100-80g_qwen3-0.6b_roofline.yaml"),
     ),
     (
         "h200_qwen3-0.6b_sglang.yaml",
@@ -317,6 +322,11 @@ const BUILTIN: [(&str, &str); 7] = [
     (
         "h100-80g_qwen3-0.6b_doppel.yaml",
         include_str!("../../profiles/h100-80g_qwen3-0.6b_doppel.yaml"),
+    ),
+    // Fitted to vLLM's one-batch table and serving runs on an H100 (docs/fidelity.md).
+    (
+        "h100-80g_qwen3-0.6b_vllm.yaml",
+        include_str!("../../profiles/h100-80g_qwen3-0.6b_vllm.yaml"),
     ),
 ];
 
