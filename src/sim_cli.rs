@@ -196,10 +196,11 @@ fn calibrate_peer(
     write(out, &peer::profile_yaml(&p)?)?;
     let cost = RooflineCost::new(&p, 1);
     let mut text = format!(
-        "fitted {name}: host {:.3} ms per step, decode fixed {:.3} ms, prefill fixed {:.3} ms; written to {out}\n",
+        "fitted {name}: host {:.3} ms per step, decode fixed {:.3} ms, prefill fixed {:.3} ms, request path {:.3} ms; written to {out}\n",
         p.engine.schedule_ns_per_step / 1e6,
         p.efficiency.decode_step_ns / 1e6,
-        p.efficiency.prefill_step_ns / 1e6
+        p.efficiency.prefill_step_ns / 1e6,
+        p.engine.http_ns / 1e6
     );
     for r in &rows {
         let sim = one_batch::run(&cost, r.batch, r.input_len, r.output_len);
@@ -211,12 +212,16 @@ fn calibrate_peer(
         );
     }
     for run in &runs {
-        let itl = peer::replay_itl(&p, run)?;
+        let m = peer::replay(&p, run)?;
         text += &format!(
-            "  serving {}: median ITL {itl:.3} ms vs {:.3} ms ({:+.1}%)\n",
+            "  serving {}: median ITL {:.3} ms vs {:.3} ms ({:+.1}%), TTFT {:.2} ms vs {:.2} ms ({:+.1}%)\n",
             run.origin,
+            m.itl_ms,
             run.median_itl_ms,
-            (itl / run.median_itl_ms - 1.0) * 100.0
+            (m.itl_ms / run.median_itl_ms - 1.0) * 100.0,
+            m.ttft_ms,
+            run.median_ttft_ms,
+            (m.ttft_ms / run.median_ttft_ms - 1.0) * 100.0
         );
     }
     emit(&text)?;
