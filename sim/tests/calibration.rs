@@ -167,6 +167,7 @@ fn check_peer(engine: &str, prefill: PrefillRows, bounds: &[(usize, Option<f64>,
             q.engine.schedule_ns_per_step,
             q.efficiency.decode_step_ns,
             q.efficiency.prefill_step_ns,
+            q.engine.http_ns,
         ]
     };
     assert_eq!(fitted(&f), fitted(&p), "{name} is not the fit of its files");
