@@ -30,7 +30,8 @@ for s in $STAGES; do
         timeout 30 "$BIN/cuda_fused" --nocapture && timeout 30 "$BIN/cuda_gemm_tile" --nocapture &&
         timeout 30 "$BIN/cuda_decode_post" --nocapture; } 2>&1 | tee "$OUT/kernels.log" ;;
     startup) timeout 60 "$BIN/cuda_startup" --nocapture --test-threads=1 2>&1 | tee -a "$OUT/kernels.log" ;;
-    bench) timeout 150 "$BIN/cuda_bench" --ignored --nocapture --test-threads=1 2>&1 | tee "$OUT/bench.log" ;;
+    bench) { timeout 150 "$BIN/cuda_bench" bench_kernels_and_forward --ignored --nocapture --test-threads=1 &&
+        timeout 120 "$BIN/cuda_bench" bench_gemv_row_prefetch --ignored --nocapture; } 2>&1 | tee "$OUT/bench.log" ;;
     reference) timeout 110 python3 scripts/gpu/make_reference.py /tmp/qwen3-ref 2>&1 | tee "$OUT/reference.log" ;;
     model) DOPPEL_HF_REF=/tmp/qwen3-ref timeout 120 "$BIN/cuda_model" --nocapture --test-threads=1 2>&1 | tee "$OUT/model.log" ;;
     bob) {
