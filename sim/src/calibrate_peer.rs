@@ -140,30 +140,17 @@ pub fn load_one_batch(path: &str) -> Result<Vec<OneBatchRow>, SimError> {
 /// A serving run from `doppel bench serve --json` (or any replay report).
 pub fn load_serving(path: &str) -> Result<ServingRun, SimError> {
     let v = read_json(path)?;
-    let median_itl_ms = v
-        .pointer("/summary/itl_ms/median")
-        .and_then(Value::as_f64)
-        .filter(|x| *x > 0.0)
-        .ok_or_else(|| {
-            invalid(
-                path,
-                "summary.itl_ms.median",
-                String::new(),
-                "missing or not > 0",
-            )
-        })?;
-    let median_ttft_ms = v
-        .pointer("/summary/ttft_ms/median")
-        .and_then(Value::as_f64)
-        .filter(|x| *x > 0.0)
-        .ok_or_else(|| {
-            invalid(
-                path,
-                "summary.ttft_ms.median",
-                String::new(),
-                "missing or not > 0",
-            )
-        })?;
+    // The summary's median of `metric`, which must be > 0.
+    let median = |metric: &str| {
+        v.pointer(&format!("/summary/{metric}/median"))
+            .and_then(Value::as_f64)
+            .filter(|x| *x > 0.0)
+            .ok_or_else(|| {
+                let field = format!("summary.{metric}.median");
+                invalid(path, &field, String::new(), "missing or not > 0")
+            })
+    };
+    let (median_itl_ms, median_ttft_ms) = (median("itl_ms")?, median("ttft_ms")?);
     let list = v
         .get("requests")
         .and_then(Value::as_array)
@@ -380,7 +367,8 @@ pub fn fit(
 /// TTFT is the request path plus one prefill, and a peer's path (API server, tokenizer and
 /// detokenizer processes and their hand-overs) is what the one-batch table does not see. Alone,
 /// because a profile whose decode is slower than the peer's would otherwise overlap a request
-/// with the one before it and put that wait into the path. Two rounds: the first can clamp at 0.
+/// with the one before it and put that wait into the path. Alone, TTFT moves one for one with
+/// the path; the second round only absorbs the replay's rounding of arrivals to whole ns.
 fn fit_request_path(p: &mut Profile, runs: &[ServingRun]) -> Result<(), SimError> {
     let Some(light) = runs
         .iter()
@@ -390,10 +378,11 @@ fn fit_request_path(p: &mut Profile, runs: &[ServingRun]) -> Result<(), SimError
     };
     const GAP_MS: f64 = 1e5;
     let alone = ServingRun {
+        origin: light.origin.clone(),
         requests: (light.requests.iter().take(64).enumerate())
             .map(|(i, &(_, prompt, out))| (i as f64 * GAP_MS, prompt, out))
             .collect(),
-        ..light.clone()
+        ..*light
     };
     for _ in 0..2 {
         let sim = replay(p, &alone)?.ttft_ms;
