@@ -113,7 +113,7 @@ fn bench_kernels_and_forward() {
 #[ignore = "GPU timing; run explicitly on the GPU machine"]
 fn bench_gemv_row_prefetch() {
     let Some(mut gpu) = open_gpu() else { return };
-    projections::gemv_row_prefetch_8b(&mut gpu, &mut Rng::new(42));
+    projections::gemv_row_prefetch(&mut gpu, &mut Rng::new(42));
 }
 
 /// One decode step of `b` tokens with `splits` key splits, captured as a CUDA graph from the

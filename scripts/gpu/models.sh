@@ -100,9 +100,9 @@ for s in $STAGES; do
             timeout 240 python3 scripts/gpu/make_models.py --reference-only "$l" --prompts 32000,100 &&
                 { hf_check "$l" "$OUT/check-llama3.1-8b-32k.log" || echo "llama3.1-8b 32k: FAILED"; }
             python3 scripts/gpu/make_models.py --floor "$OUT/floor.json" "$d"
-            # The GEMVs' weight-row prefetch at these shapes: L2-bounded, half that, whole, none.
+            # The GEMVs' weight-row prefetch at 0.6B and 8B shapes: whole rows, none, the rule.
             timeout 120 "$BIN/cuda_bench" bench_gemv_row_prefetch --ignored --nocapture \
-                --test-threads=1 2>&1 | tee "$OUT/gemv-prefetch.log" | grep -A8 "row prefetch"
+                --test-threads=1 2>&1 | tee "$OUT/gemv-prefetch.log" | grep -A12 "row prefetch"
             for in_len in 128 1024; do
                 timeout 150 "$BIN/doppel" exec bench-one-batch --model "$d" --batch-size 1 4 16 64 \
                     --input-len $in_len --output-len 64 --json >"$OUT/bob-8b-in$in_len.json" 2>"$OUT/bob-8b-in$in_len.err"

@@ -68,7 +68,7 @@ impl Gpu {
             rows_per_warp,
             row_bytes: 2 * k,
         };
-        int(kernel, row_prefetch_bytes(self.l2_bytes, self.sms, shape))
+        int(kernel, row_prefetch_bytes(self.l2_bytes, shape))
     }
 }
 
@@ -84,16 +84,19 @@ pub struct RowPrefetch {
     pub row_bytes: usize,
 }
 
-/// Resident warps per SM at most: 8 blocks of 256 threads.
-const RESIDENT_WARPS_PER_SM: usize = 64;
-
-/// Bytes of each weight row a small-batch GEMV asks L2 for before its PDL wait: whole rows while
-/// the rows of every warp resident at once fit the L2, else the L2's share per resident row, a
-/// multiple of 16 (the bulk prefetch's unit). Past the L2's size the prefetched rows evict each
-/// other before they are read (docs/cuda.md, "Projections").
-pub fn row_prefetch_bytes(l2_bytes: usize, sms: usize, g: RowPrefetch) -> usize {
-    let resident = g.warps.min(sms * RESIDENT_WARPS_PER_SM).max(1) * g.rows_per_warp;
-    (l2_bytes / resident).min(g.row_bytes) / 16 * 16
+/// Bytes of each weight row a small-batch GEMV asks L2 for before its PDL wait: whole rows when
+/// the whole weight fits in half the L2, else none. A small GEMV is over in a few microseconds,
+/// so the rows arriving during the previous kernel's tail are much of its time; a large one is
+/// bandwidth-bound throughout, and at Llama-3.1-8B's shapes every prefetch measured slower than
+/// none, whole rows of qkv and o (fitting the L2) and the L2's share of gate/up, down and the
+/// LM head alike (docs/cuda.md, "Projections").
+pub fn row_prefetch_bytes(l2_bytes: usize, g: RowPrefetch) -> usize {
+    let weight = g.warps * g.rows_per_warp * g.row_bytes;
+    if weight <= l2_bytes / 2 {
+        g.row_bytes
+    } else {
+        0
+    }
 }
 
 /// The GEMVs' shape checks: 1-8 rows, `k` a multiple of 8, y (`y_len` elements, rows `ldy`
@@ -125,7 +128,6 @@ mod tests {
     use super::*;
 
     const H100_L2: usize = 50 << 20;
-    const H100_SMS: usize = 132;
 
     fn pf(warps: usize, rows_per_warp: usize, k: usize) -> usize {
         let g = RowPrefetch {
@@ -133,29 +135,31 @@ mod tests {
             rows_per_warp,
             row_bytes: 2 * k,
         };
-        row_prefetch_bytes(H100_L2, H100_SMS, g)
+        row_prefetch_bytes(H100_L2, g)
     }
 
     #[test]
-    fn row_prefetch_is_whole_rows_at_06b_and_within_l2_at_8b() {
-        // Qwen3-0.6B (hidden 1024, inter 3072, qkv 4096 rows, vocab 151936): whole rows.
-        for (warps, rows, k) in [(4096, 1, 1024), (1024, 1, 2048), (3072, 2, 1024)] {
+    fn row_prefetch_is_whole_rows_of_weights_within_half_the_l2_else_none() {
+        // Qwen3-0.6B (hidden 1024, inter 3072, qkv 4096 rows): whole rows; its LM head
+        // (151936 rows, 311 MB): none.
+        for (warps, rows, k) in [
+            (4096, 1, 1024),
+            (1024, 1, 2048),
+            (3072, 2, 1024),
+            (1024, 1, 3072),
+        ] {
             assert_eq!(pf(warps, rows, k), 2 * k);
         }
-        assert_eq!(pf(1024, 1, 3072), 2 * 3072);
-        assert_eq!(pf(151_936, 1, 1024), 2 * 1024);
-        // Llama-3.1-8B (hidden 4096, inter 14336, vocab 128256): qkv and o whole (they fit);
-        // gate/up, down and the LM head cut to the L2's share of each resident row.
-        assert_eq!(pf(6144, 1, 4096), 8192);
-        assert_eq!(pf(4096, 1, 4096), 8192);
-        for (warps, rows, k) in [(14_336, 2, 4096), (4096, 1, 14_336), (128_256, 1, 4096)] {
-            let p = pf(warps, rows, k);
-            let resident = warps.min(H100_SMS * RESIDENT_WARPS_PER_SM) * rows;
-            assert!(
-                p < 2 * k && p.is_multiple_of(16),
-                "{warps} x {rows} x {k}: {p}"
-            );
-            assert!(p * resident <= H100_L2 && (p + 16) * resident > H100_L2);
+        assert_eq!(pf(151_936, 1, 1024), 0);
+        // Llama-3.1-8B (hidden 4096, inter 14336, vocab 128256): none anywhere.
+        for (warps, rows, k) in [
+            (6144, 1, 4096),
+            (4096, 1, 4096),
+            (14_336, 2, 4096),
+            (4096, 1, 14_336),
+            (128_256, 1, 4096),
+        ] {
+            assert_eq!(pf(warps, rows, k), 0, "{warps} x {rows} x {k}");
         }
         // No L2 (or one the caller zeroes to turn it off): no prefetch.
         let g = RowPrefetch {
@@ -163,6 +167,6 @@ mod tests {
             rows_per_warp: 1,
             row_bytes: 2048,
         };
-        assert_eq!(row_prefetch_bytes(0, H100_SMS, g), 0);
+        assert_eq!(row_prefetch_bytes(0, g), 0);
     }
 }

@@ -65,7 +65,6 @@ impl GpuModel {
 mod tests {
     use super::*;
     use crate::cuda::buffers::TokenPick;
-    use crate::cuda::gemm_tile::TilePlan;
     use crate::cuda::model::KernelChoice;
     use crate::cuda::plan::{DeviceCaps, GateUp, MlpStage, StepPlan, StepShape};
     use crate::model::ModelConfig;
@@ -83,23 +82,19 @@ mod tests {
         vec![small.clone(), big(12288), big(14336)]
     }
 
-    /// The plan with the tiled GEMM's layout (which follows the width) and the KV prefetch's
-    /// length (which follows the rank's kv heads) left out; whether it prefetches stays.
+    /// The plan with the KV prefetch's length (which follows the rank's kv heads) left out,
+    /// whether it prefetches kept, and gate/up's tiled GEMM counted as cuBLAS + SiLU: whether
+    /// it is tiled follows the width (its column tiles must fit in one wave), and so does its
+    /// layout.
     fn kinds(mut p: StepPlan) -> StepPlan {
         if let Some(d) = &mut p.decode {
             d.prefetch_kv_keys = d.prefetch_kv_keys.min(1);
         }
-        if let MlpStage::Separate {
-            gate_up: GateUp::Tiled(t),
-            ..
-        } = &mut p.mlp
-        {
-            *t = TilePlan {
-                nj: 0,
-                splits: 0,
-                stages: 0,
-                flags: 0,
-            };
+        if let MlpStage::Separate { gate_up, .. } = &mut p.mlp {
+            if let GateUp::Tiled(_) = gate_up {
+                // The tiled GEMM takes at most 64 rows, where cuBLAS runs untuned.
+                *gate_up = GateUp::CublasThenSilu { tuned: false };
+            }
         }
         p
     }
