@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// Turn the prefix cache off.
     #[arg(long)]
     disable_radix_cache: bool,
+    /// Run the running requests' decode tokens in the same step as a prefill chunk (SGLang's
+    /// flag).
+    #[arg(long)]
+    enable_mixed_chunk: bool,
     /// Run the plain loop instead of SGLang's overlap order.
     #[arg(long)]
     disable_overlap_schedule: bool,
@@ -235,6 +239,7 @@ impl ServeArgs {
             max_prefill_tokens: self.max_prefill_tokens,
             policy,
             disable_radix_cache: self.disable_radix_cache,
+            enable_mixed_chunk: self.enable_mixed_chunk,
             overlap: !self.disable_overlap_schedule,
             max_queued_requests: self.max_queued_requests,
             max_body_bytes: self.max_body_bytes,

@@ -271,3 +271,38 @@ async fn openai_chat_stop_strings_logprobs_and_small_endpoints() {
     assert!(count >= 8, "{count}");
     srv.shutdown().await;
 }
+
+/// `--enable-mixed-chunk`: decode tokens ride in prefill chunks and the answers stay the plain
+/// server's (greedy), with the setting reported by /get_server_info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_chunk_server_answers_as_the_plain_one_and_says_so() {
+    let long = "one two three four five six seven eight nine ten ".repeat(6);
+    let mut answers = Vec::new();
+    for mixed in [false, true] {
+        let srv = start(|c| {
+            c.enable_mixed_chunk = mixed;
+            c.chunked_prefill_size = Some(16);
+        })
+        .await;
+        let a = srv.addr.clone();
+        // A short request decodes while a long one arrives and is prefilled in chunks of 16.
+        let short = json!({"text": "hello there", "sampling_params": {"max_new_tokens": 40, "temperature": 0, "ignore_eos": true}});
+        let first = tokio::spawn({
+            let a = a.clone();
+            async move { post_json(&a, "/generate", &short).await.unwrap().json() }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let req = json!({"text": long, "sampling_params": {"max_new_tokens": 8, "temperature": 0, "ignore_eos": true}});
+        let second = post_json(&a, "/generate", &req).await.unwrap().json();
+        let first = first.await.unwrap();
+        answers.push((first["output_ids"].clone(), second["output_ids"].clone()));
+        let info = get(&a, "/get_server_info").await.unwrap().json();
+        assert_eq!(info["enable_mixed_chunk"], mixed);
+        assert_no_leak(&idle_info(&a).await);
+        srv.shutdown().await;
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "mixed steps changed the greedy tokens"
+    );
+}

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub policy: Policy,
     /// Turn the prefix cache off.
     pub disable_radix_cache: bool,
+    /// Decode tokens ride in prefill steps (SGLang's `--enable-mixed-chunk`).
+    pub enable_mixed_chunk: bool,
     /// SGLang's overlap order.
     pub overlap: bool,
     /// Requests beyond this many waiting get 503 (None = unbounded).
@@ -93,6 +95,7 @@ impl Default for ServerConfig {
             max_prefill_tokens: None,
             policy: Policy::Fcfs,
             disable_radix_cache: false,
+            enable_mixed_chunk: false,
             overlap: true,
             max_queued_requests: None,
             max_body_bytes: 16 << 20,

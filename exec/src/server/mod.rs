@@ -73,6 +73,8 @@ pub struct Info {
     pub policy: String,
     /// Prefix cache off.
     pub disable_radix_cache: bool,
+    /// Mixed prefill + decode steps.
+    pub enable_mixed_chunk: bool,
     /// Overlap order.
     pub overlap: bool,
     /// Tensor-parallel ranks.

@@ -270,6 +270,7 @@ async fn server_info(State(s): State<Arc<AppState>>) -> Json<Value> {
         "max_queued_requests": i.max_queued_requests,
         "schedule_policy": i.policy,
         "disable_radix_cache": i.disable_radix_cache,
+        "enable_mixed_chunk": i.enable_mixed_chunk,
         "enable_overlap": i.overlap,
         "tp_size": i.tp_size,
         "dp_size": 1,

@@ -167,6 +167,7 @@ impl Prelude {
             max_running_requests: cfg.max_running_requests,
             policy: cfg.policy,
             disable_radix_cache: cfg.disable_radix_cache,
+            enable_mixed_chunk: cfg.enable_mixed_chunk,
             seed: cfg.seed,
             ..Default::default()
         };
@@ -268,6 +269,7 @@ impl Prelude {
             max_queued_requests: cfg.max_queued_requests,
             policy: sched.policy.name().to_string(),
             disable_radix_cache: sched.disable_radix_cache,
+            enable_mixed_chunk: sched.enable_mixed_chunk,
             overlap: cfg.overlap,
             tp_size: cfg.tp_size,
             max_body_bytes: cfg.max_body_bytes,
