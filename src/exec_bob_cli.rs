@@ -102,7 +102,16 @@ pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
         a.batch_size,
         gpu.kernels.load_seconds
     );
-    let rows = run(&gpu, &model, &opts)?;
+    // Each batch prefills in one step, as SGLang's does: its activations grow with
+    // batch x input, so a large shape can run out of memory where serving would chunk it.
+    let rows = run(&gpu, &model, &opts).with_context(|| {
+        format!(
+            "batch sizes {:?} at input {} (the largest prefills {} tokens in one step)",
+            a.batch_size,
+            a.input_len,
+            max_b * a.input_len
+        )
+    })?;
     print_rows(&a, &rows, None);
     Ok(ExitCode::SUCCESS)
 }
