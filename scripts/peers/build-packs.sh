@@ -34,6 +34,10 @@ for e in ${@:-vllm sglang}; do
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" \
     --python-version 3.12 --implementation cp --only-binary=:all: "${PLAT[@]}" "$wheels"/*.whl
   python3 "$HERE/prune.py" "$site" "$HERE/$e-prune.txt"
+  # pip records where each wheel came from (this checkout's path) in direct_url.json: drop it and
+  # its RECORD line, so the packs' bytes do not depend on where the checkout lives
+  find "$site" -path '*.dist-info/direct_url.json' -delete
+  sed -i '/\.dist-info\/direct_url\.json,/d' "$site"/*.dist-info/RECORD
   # console scripts: shebangs point at the GPU machine's interpreter (bin/ninja is an ELF binary)
   for f in "$site"/bin/*; do
     if [ "$(head -c 2 "$f")" = '#!' ]; then sed -i "1s|^#!.*python.*\$|#!$GPU_PY|" "$f"; fi

@@ -19,6 +19,7 @@
 # Env: DOPPEL (the doppel binary: carry/bin/doppel, copied to /tmp/doppel-bin for later calls;
 #      else target/release/doppel), PORT (30000),
 #      MEMFRAC (0.85: share of GPU memory for weights + KV), MAXLEN (8192), WAIT_S (300),
+#      DOPPEL_LOG (doppel's --log-level, default info: its batch log lines, as SGLang's),
 #      DOPPEL_BACKEND (doppel's backend flags; a dry run without a GPU:
 #      DOPPEL_BACKEND="--backend sim --profile h100-80g/qwen3-0.6b/doppel").
 set -euo pipefail
@@ -72,7 +73,7 @@ serve_cmd() {  # $1 engine, $2 model dir, $3 served name, rest: extra args -> ar
     # shellcheck disable=SC2206
     local backend=(${DOPPEL_BACKEND:---device cuda --mem-fraction-static $MEMFRAC})
     CMD=("$DOPPEL" exec serve --model "$dir" "${backend[@]}" --served-model-name "$name"
-         --context-length "$MAXLEN" --host 127.0.0.1 --port "$PORT" --seed 0 --log-level warning "$@") ;;
+         --context-length "$MAXLEN" --host 127.0.0.1 --port "$PORT" --seed 0 --log-level "${DOPPEL_LOG:-info}" "$@") ;;
   vllm)
     CMD=("$PY" -m vllm.entrypoints.openai.api_server --model "$dir" --served-model-name "$name"
          --dtype bfloat16 --max-model-len "$MAXLEN" --gpu-memory-utilization "$MEMFRAC" --seed 0
