@@ -34,8 +34,8 @@ __device__ __forceinline__ uint4 ldx(const uint4* p) {
 // Programmatic dependent launch: every entry point first asks for the first pf bytes of its
 // warp's weight row(s) in L2 (weights depend on nothing), then waits for the previous kernel
 // (pdl_enter, prelude.cuh), so they arrive during that kernel's tail. pf (a multiple of 16, at
-// most the row's bytes; 0: none) keeps what the resident warps ask for within the L2: past it
-// the prefetched rows evict each other before they are read (the host's row_prefetch_bytes).
+// most the row's bytes; 0: none) is the whole row for a weight that fits in half the L2 and 0
+// for a larger one, which is bandwidth-bound throughout (the host's row_prefetch_bytes).
 __device__ __forceinline__ void prefetch_row(const __nv_bfloat16* w, int n, int N, int K, int pf) {
     if ((threadIdx.x & 31) == 0 && n < N && pf > 0) prefetch_l2(w + (size_t)n * K, (unsigned int)pf);
 }

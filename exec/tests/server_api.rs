@@ -272,8 +272,8 @@ async fn openai_chat_stop_strings_logprobs_and_small_endpoints() {
     srv.shutdown().await;
 }
 
-/// `--enable-mixed-chunk`: decode tokens ride in prefill chunks and the answers stay the plain
-/// server's (greedy), with the setting reported by /get_server_info.
+/// `--enable-mixed-chunk`: decode tokens ride in prefill chunks (mixed steps counted) and the
+/// answers stay the plain server's (greedy), with the setting reported by /get_server_info.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_chunk_server_answers_as_the_plain_one_and_says_so() {
     let long = "one two three four five six seven eight nine ten ".repeat(6);
@@ -285,20 +285,38 @@ async fn mixed_chunk_server_answers_as_the_plain_one_and_says_so() {
         })
         .await;
         let a = srv.addr.clone();
-        // A short request decodes while a long one arrives and is prefilled in chunks of 16.
-        let short = json!({"text": "hello there", "sampling_params": {"max_new_tokens": 40, "temperature": 0, "ignore_eos": true}});
+        // A long-running request decodes while a long prompt arrives and is prefilled in
+        // chunks of 16: sent once the first has its first token.
+        let short = json!({"text": "hello there", "sampling_params": {"max_new_tokens": 400, "temperature": 0, "ignore_eos": true}});
         let first = tokio::spawn({
             let a = a.clone();
             async move { post_json(&a, "/generate", &short).await.unwrap().json() }
         });
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let mut decoding = false;
+        for _ in 0..500 {
+            let info = get(&a, "/get_server_info").await.unwrap().json();
+            if info["num_running_reqs"] == 1
+                && info["counters"]["generated_tokens"].as_u64() >= Some(1)
+            {
+                decoding = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert!(decoding, "the first request never started decoding");
         let req = json!({"text": long, "sampling_params": {"max_new_tokens": 8, "temperature": 0, "ignore_eos": true}});
         let second = post_json(&a, "/generate", &req).await.unwrap().json();
         let first = first.await.unwrap();
         answers.push((first["output_ids"].clone(), second["output_ids"].clone()));
-        let info = get(&a, "/get_server_info").await.unwrap().json();
+        let info = idle_info(&a).await;
         assert_eq!(info["enable_mixed_chunk"], mixed);
-        assert_no_leak(&idle_info(&a).await);
+        let mixed_steps = info["counters"]["mixed_steps"].as_u64().unwrap();
+        if mixed {
+            assert!(mixed_steps > 0, "no mixed step: {}", info["counters"]);
+        } else {
+            assert_eq!(mixed_steps, 0);
+        }
+        assert_no_leak(&info);
         srv.shutdown().await;
     }
     assert_eq!(

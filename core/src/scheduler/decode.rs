@@ -218,6 +218,7 @@ impl Scheduler {
             }
             plan.mode = ForwardMode::Mixed;
             plan.stats.decode_reqs = batch.len();
+            self.counters.mixed_steps += 1;
         }
         self.scratch.batch = batch;
     }

@@ -51,6 +51,8 @@ pub struct Counters {
     pub steps: u64,
     /// Prefill (extend or mixed) steps.
     pub prefill_steps: u64,
+    /// Of those, mixed steps: decode tokens of running requests rode along.
+    pub mixed_steps: u64,
     /// Decode steps.
     pub decode_steps: u64,
     /// Prompt tokens admitted (including re-prefills after retraction).

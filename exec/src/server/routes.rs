@@ -292,6 +292,7 @@ async fn server_info(State(s): State<Arc<AppState>>) -> Json<Value> {
         "counters": {
             "steps": c.steps,
             "prefill_steps": c.prefill_steps,
+            "mixed_steps": c.mixed_steps,
             "decode_steps": c.decode_steps,
             "prompt_tokens": c.prompt_tokens,
             "cached_tokens": c.cached_tokens,
