@@ -71,7 +71,9 @@ impl ProfilePlan {
             decode_batches: doppel_exec::cuda::backend::graph_sizes(256),
             decode_kv: vec![128, 512, 2048],
             decode_steps: 8,
-            mixed: vec![(16, 256), (64, 512), (128, 1024)],
+            // Up to 256 running rows: where mixed steps would run at 256 streams (docs/peers.md,
+            // the simulator's case for them).
+            mixed: vec![(16, 256), (64, 512), (128, 1024), (256, 1024)],
             // Batches of extends over cached prefixes, and single ones (a follow-up turn, a
             // question after a shared system prompt), which do not fill the GPU.
             prefix_hits: vec![
