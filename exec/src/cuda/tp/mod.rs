@@ -90,11 +90,13 @@ mod tests {
         if let Some(d) = &mut p.decode {
             d.prefetch_kv_keys = d.prefetch_kv_keys.min(1);
         }
-        if let MlpStage::Separate { gate_up, .. } = &mut p.mlp {
-            if let GateUp::Tiled(_) = gate_up {
-                // The tiled GEMM takes at most 64 rows, where cuBLAS runs untuned.
-                *gate_up = GateUp::CublasThenSilu { tuned: false };
-            }
+        if let MlpStage::Separate {
+            gate_up: gate_up @ GateUp::Tiled(_),
+            ..
+        } = &mut p.mlp
+        {
+            // The tiled GEMM takes at most 64 rows, where cuBLAS runs untuned.
+            *gate_up = GateUp::CublasThenSilu { tuned: false };
         }
         p
     }
