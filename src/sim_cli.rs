@@ -196,17 +196,19 @@ fn calibrate_peer(
     write(out, &peer::profile_yaml(&p)?)?;
     let cost = RooflineCost::new(&p, 1);
     let mut text = format!(
-        "fitted {name}: host {:.3} ms per step, decode fixed {:.3} ms, prefill fixed {:.3} ms, request path {:.3} ms; written to {out}\n",
+        "fitted {name}: host {:.3} ms per step, decode fixed {:.3} ms, prefill fixed {:.3} ms, request path {:.3} ms, KV read at {:.3} of the sheet; written to {out}\n",
         p.engine.schedule_ns_per_step / 1e6,
         p.efficiency.decode_step_ns / 1e6,
         p.efficiency.prefill_step_ns / 1e6,
-        p.engine.http_ns / 1e6
+        p.engine.http_ns / 1e6,
+        p.efficiency.kv_bandwidth,
     );
     for r in &rows {
         let sim = one_batch::run(&cost, r.batch, r.input_len, r.output_len);
         text += &format!(
-            "  one-batch b={:<4} prefill {:+.1}%  decode {:+.1}%\n",
+            "  one-batch b={:<4} in={:<5} prefill {:+.1}%  decode {:+.1}%\n",
             r.batch,
+            r.input_len,
             (sim.prefill_s / r.prefill_s - 1.0) * 100.0,
             (sim.decode_median_s / r.decode_s - 1.0) * 100.0
         );

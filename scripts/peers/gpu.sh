@@ -12,14 +12,16 @@
 #   gpu.sh bench ENGINE NAME OUTDIR [--quick] [--crosscheck]
 #                                        serve + suite.sh (+ SGLang's own client on W3 at 64 streams)
 #                                        + stop; logs and results in OUTDIR
-#   gpu.sh onebatch ENGINE NAME OUTDIR   the peer's one-batch table (batch 1/4/16/64, input 128,
-#                                        output 64, as doppel exec bench-one-batch) in
-#                                        OUTDIR/ENGINE-onebatch.jsonl for sim calibrate --one-batch;
+#   gpu.sh onebatch ENGINE NAME OUTDIR   the peer's one-batch table (batch 1/4/16/64, input 128
+#                                        and 1024, output 64, as doppel exec bench-one-batch) in
+#                                        OUTDIR/ENGINE-onebatch.jsonl for sim calibrate --one-batch
+#                                        (two input lengths: it fits the KV read rate too);
 #                                        no server may be running (docs/fidelity.md)
 # Env: DOPPEL (the doppel binary: carry/bin/doppel, copied to /tmp/doppel-bin for later calls;
 #      else target/release/doppel), PORT (30000),
 #      MEMFRAC (0.85: share of GPU memory for weights + KV), MAXLEN (8192), WAIT_S (300),
 #      DOPPEL_LOG (doppel's --log-level, default info: its batch log lines, as SGLang's),
+#      ONEBATCH_BATCH ("1 4 16 64"), ONEBATCH_INPUT ("128 1024"): the one-batch grid,
 #      DOPPEL_BACKEND (doppel's backend flags; a dry run without a GPU:
 #      DOPPEL_BACKEND="--backend sim --profile h100-80g/qwen3-0.6b/doppel").
 set -euo pipefail
@@ -155,6 +157,7 @@ crosscheck() {  # NAME OUT N: SGLang's bench_serving on the served engine, W3 at
 
 onebatch() {  # ENGINE NAME OUT: the engine's own one-batch bench, converted (onebatch.py)
   local e=$1 dir=$MODELS/$2 out=$3 raw=$3/onebatch-raw rc=0 src
+  local OB_BATCH=${ONEBATCH_BATCH:-1 4 16 64} OB_INPUT=${ONEBATCH_INPUT:-128 1024}
   [ -f "$dir/config.json" ] || die "$dir has no checkpoint: run 'gpu.sh model $2' first"
   healthy && die "a server answers on port $PORT: it would share the GPU (gpu.sh stop ENGINE)"
   engine_env "$e"
@@ -165,11 +168,11 @@ onebatch() {  # ENGINE NAME OUT: the engine's own one-batch bench, converted (on
     rm -f "$raw/sglang-bench_one_batch.jsonl"  # it appends
     PYTHONPATH=/tmp/site_sglang:$HERE/bench_stubs timeout 540 "$PY" -m sglang.bench_one_batch \
       --model-path "$dir" --dtype bfloat16 --mem-fraction-static "$MEMFRAC" --random-seed 0 \
-      --batch-size 1 4 16 64 --input-len 128 --output-len 64 \
+      --batch-size $OB_BATCH --input-len $OB_INPUT --output-len 64 \
       --result-filename "$raw/sglang-bench_one_batch.jsonl" > "$out/sglang-onebatch.log" 2>&1 || rc=$?
     src=$raw/sglang-bench_one_batch.jsonl ;;
   vllm)
-    timeout 540 "$PY" "$HERE/vllm_onebatch.py" "$dir" "$raw" --batch 1 4 16 64 --input-len 128 \
+    timeout 540 "$PY" "$HERE/vllm_onebatch.py" "$dir" "$raw" --batch $OB_BATCH --input-len $OB_INPUT \
       --output-len 64 --mem-fraction "$MEMFRAC" > "$out/vllm-onebatch.log" 2>&1 || rc=$?
     src=$raw ;;
   *) die "onebatch: expected vllm or sglang (doppel: doppel exec bench-one-batch --json)" ;;
@@ -232,5 +235,5 @@ keep)
   cp -f "$2"/*.jsonl "$3/" 2>/dev/null || true
   tar -C "$(dirname "$2")" -cJf "$3/$(basename "$2").tar.xz" "$(basename "$2")"
   ls -l "$3" ;;
-*) sed -n 2,23p "$0"; exit 2 ;;
+*) sed -n 2,26p "$0"; exit 2 ;;
 esac

@@ -4,7 +4,7 @@
     python3 onebatch.py vllm DIR OUT.jsonl
 
 OUT.jsonl has one JSON object a line: batch_size, input_len, output_len, prefill_latency and
-median_decode_latency (seconds), plus `source` (how the row was made); sim/src/calibrate_peer.rs
+median_decode_latency (seconds), plus `source` (how the row was made); sim/src/calibrate_peer/mod.rs
 reads these fields.
 
 sglang: RESULT.jsonl is `python -m sglang.bench_one_batch --result-filename`'s file (one object

@@ -1,14 +1,14 @@
 """vLLM's one-batch latencies in one process (what `vllm bench latency` measures per call).
 
-    python3 vllm_onebatch.py MODEL_DIR OUTDIR [--batch 1 4 16 64] [--input-len 128]
+    python3 vllm_onebatch.py MODEL_DIR OUTDIR [--batch 1 4 16 64] [--input-len 128 1024]
                              [--output-len 64] [--warmup 3] [--iters 10] [--mem-fraction 0.85]
 
-For each batch size B it times `LLM.generate` on B random token-id prompts of INPUT tokens with
-ignore_eos, once with OUTPUT tokens and once with one token, and writes
+For each batch size B and prompt length INPUT it times `LLM.generate` on B random token-id
+prompts with ignore_eos, once with OUTPUT tokens and once with one token, and writes
 OUTDIR/latency-bB-inINPUT-outO.json in `vllm bench latency --output-json`'s form
 ({"avg_latency", "latencies", "percentiles"}); onebatch.py turns the pairs into the table.
 `vllm bench latency` starts a new engine per call (about a minute each with compilation and
-graph capture): eight calls would not fit one device call, one engine here does.
+graph capture): sixteen calls would not fit one device call, one engine here does.
 """
 
 import argparse
@@ -36,7 +36,7 @@ def main():
     ap.add_argument("model")
     ap.add_argument("outdir")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16, 64])
-    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--input-len", type=int, nargs="+", default=[128])
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
@@ -44,11 +44,11 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.outdir, exist_ok=True)
     llm = LLM(model=a.model, dtype="bfloat16", seed=0, gpu_memory_utilization=a.mem_fraction,
-              max_model_len=a.input_len + a.output_len + 16, max_num_seqs=max(a.batch))
+              max_model_len=max(a.input_len) + a.output_len + 16, max_num_seqs=max(a.batch))
     # token ids below the dummy tokenizer's 32,000, as the serving suite sends
     rng = np.random.default_rng(0)
-    for b in a.batch:
-        prompts = [{"prompt_token_ids": rng.integers(0, 32000, a.input_len).tolist()} for _ in range(b)]
+    for b, n in ((b, n) for n in a.input_len for b in a.batch):
+        prompts = [{"prompt_token_ids": rng.integers(0, 32000, n).tolist()} for _ in range(b)]
         for o in sorted({1, a.output_len}):
             params = SamplingParams(n=1, temperature=1.0, top_p=1.0, ignore_eos=True,
                                     max_tokens=o, detokenize=False)
@@ -56,10 +56,10 @@ def main():
             pct = (10, 25, 50, 75, 90, 99)
             res = {"avg_latency": float(np.mean(lat)), "latencies": lat,
                    "percentiles": {str(p): float(v) for p, v in zip(pct, np.percentile(lat, pct))}}
-            path = os.path.join(a.outdir, f"latency-b{b}-in{a.input_len}-out{o}.json")
+            path = os.path.join(a.outdir, f"latency-b{b}-in{n}-out{o}.json")
             with open(path, "w", encoding="utf-8") as f:
                 json.dump(res, f)
-            print(f"b={b} out={o}: median {np.median(lat) * 1e3:.2f} ms over {a.iters}", flush=True)
+            print(f"b={b} in={n} out={o}: median {np.median(lat) * 1e3:.2f} ms over {a.iters}", flush=True)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,7 @@ fn check_peer(engine: &str, prefill: PrefillRows, bounds: &[(usize, Option<f64>,
             q.efficiency.decode_step_ns,
             q.efficiency.prefill_step_ns,
             q.engine.http_ns,
+            q.efficiency.kv_bandwidth,
         ]
     };
     assert_eq!(fitted(&f), fitted(&p), "{name} is not the fit of its files");

@@ -10,7 +10,9 @@
 //! row: measured - H - the roofline's variable part; the median over rows); H is the value whose
 //! profile replays the serving runs' median ITL best (squared log error, a grid of 50 us
 //! refined to 5 us; where a light run leaves two values, the smaller). A per-request host term is not separable from the device's per-request
-//! cost in these data and stays 0.
+//! cost in these data and stays 0. A table with rows of one batch size at two or more prompt
+//! lengths also gives the KV read rate (`efficiency.kv_bandwidth`, [`fit_kv_bandwidth`]),
+//! fitted first; otherwise the base's rate stays.
 
 use crate::cost::{BatchShape, RooflineCost};
 use crate::driver::simulate_work;
@@ -21,6 +23,9 @@ use crate::trace::{ExplicitRequest, Trace, Workload};
 use crate::workload::expand;
 use crate::SimOptions;
 use serde_json::Value;
+
+mod kv_rate;
+pub use kv_rate::fit_kv_bandwidth;
 
 /// One bench_one_batch row (seconds).
 #[derive(Clone, Debug, PartialEq)]
@@ -302,6 +307,12 @@ pub fn fit(
             "the host/device split needs at least one serving run",
         ));
     }
+    let mut base = base.clone();
+    let kv_fitted = fit_kv_bandwidth(&base, rows)?;
+    if let Some(share) = kv_fitted {
+        base.efficiency.kv_bandwidth = share;
+    }
+    let base = &base;
     if !rows.iter().any(|r| prefill.has(r.batch)) {
         return Err(invalid(
             "command line",
@@ -358,7 +369,10 @@ pub fn fit(
     fit_request_path(&mut p, runs)?;
     p.name = name.to_string();
     p.calibrated = true;
-    p.source = source.to_string();
+    p.source = match kv_fitted {
+        Some(_) => format!("{source}; KV read rate from the table's rows at two prompt lengths"),
+        None => source.to_string(),
+    };
     Ok(p)
 }
 
@@ -405,121 +419,4 @@ pub fn profile_yaml(p: &Profile) -> Result<String, SimError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::one_batch;
-
-    #[test]
-    fn a_table_and_a_serving_run_made_by_a_profile_give_back_its_split_and_request_path() {
-        let truth = Profile::load("a100-80g/qwen3-0.6b/sglang").unwrap();
-        let cost = RooflineCost::new(&truth, 1);
-        let rows: Vec<OneBatchRow> = [1, 4, 16, 64]
-            .iter()
-            .map(|&b| {
-                let r = one_batch::run(&cost, b, 128, 64);
-                OneBatchRow {
-                    batch: b,
-                    input_len: 128,
-                    output_len: 64,
-                    prefill_s: r.prefill_s,
-                    decode_s: r.decode_median_s,
-                }
-            })
-            .collect();
-        // One request at a time: its ITL is the device's decode step alone.
-        let mut run = ServingRun {
-            origin: "made.json".into(),
-            requests: (0..4).map(|i| (i as f64 * 400.0, 128, 64)).collect(),
-            median_itl_ms: 0.0,
-            median_ttft_ms: 0.0,
-        };
-        let made = replay(&truth, &run).unwrap();
-        (run.median_itl_ms, run.median_ttft_ms) = (made.itl_ms, made.ttft_ms);
-        let mut base = truth.clone();
-        base.engine.schedule_ns_per_step = 0.0;
-        base.efficiency.decode_step_ns = 0.0;
-        base.efficiency.prefill_step_ns = 0.0;
-        // A request path 5 ms off: the fit sets it from the run's median TTFT.
-        base.engine.http_ns = truth.engine.http_ns + 5e6;
-        let p = fit(
-            &base,
-            &rows,
-            PrefillRows::All,
-            &[run.clone()],
-            "peer",
-            "made",
-        )
-        .unwrap();
-        assert!(p.calibrated);
-        let host = p.engine.schedule_ns_per_step;
-        assert!((host - 920e3).abs() <= 30e3, "host {host}");
-        let d0 = p.efficiency.decode_step_ns;
-        assert!((d0 - 1.46e6).abs() <= 30e3, "decode fixed {d0}");
-        let http = p.engine.http_ns;
-        assert!((http - truth.engine.http_ns).abs() <= 50e3, "http {http}");
-        let itl = replay(&p, &run).unwrap().itl_ms;
-        assert!((itl / run.median_itl_ms - 1.0).abs() < 0.01, "{itl}");
-        // Rows whose prefill is not one step (here 3x too slow) are left out when told to.
-        let mut slow = rows.clone();
-        for r in slow.iter_mut().filter(|r| r.batch > 1) {
-            r.prefill_s *= 3.0;
-        }
-        let all = fit(&base, &slow, PrefillRows::All, &[run.clone()], "p", "m").unwrap();
-        let one = fit(
-            &base,
-            &slow,
-            PrefillRows::Batches(&[1]),
-            &[run.clone()],
-            "p",
-            "m",
-        );
-        let one = one.unwrap();
-        let want = p.efficiency.prefill_step_ns;
-        assert!(
-            (one.efficiency.prefill_step_ns - want).abs() <= 30e3,
-            "{one:?}"
-        );
-        assert!(all.efficiency.prefill_step_ns > want + 10e6, "{all:?}");
-        let e = fit(
-            &base,
-            &rows,
-            PrefillRows::Batches(&[7]),
-            &[run.clone()],
-            "p",
-            "m",
-        );
-        assert!(e.unwrap_err().to_string().contains("--prefill-batch"));
-        // Without a serving run the split is not identified: refused with the reason.
-        let e = fit(&base, &rows, PrefillRows::All, &[], "peer", "made")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("serving run"), "{e}");
-    }
-
-    #[test]
-    fn loads_both_table_forms_and_names_a_bad_field() {
-        let dir = std::env::temp_dir().join(format!("doppel-peer-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ours = dir.join("ours.json");
-        std::fs::write(&ours, r#"[{"batch_size": 4, "input_len": 128, "output_len": 64, "prefill_latency_ms": 20.0, "median_decode_latency_ms": 3.0}]"#).unwrap();
-        let sglang = dir.join("sglang.jsonl");
-        std::fs::write(&sglang, "{\"batch_size\": 4, \"input_len\": 128, \"output_len\": 64, \"prefill_latency\": 0.02, \"median_decode_latency\": 0.003}\n").unwrap();
-        let a = load_one_batch(ours.to_str().unwrap()).unwrap();
-        let b = load_one_batch(sglang.to_str().unwrap()).unwrap();
-        assert_eq!(a.len(), 1);
-        assert!(
-            (a[0].prefill_s - b[0].prefill_s).abs() < 1e-12
-                && (a[0].decode_s - 0.003).abs() < 1e-12
-        );
-        std::fs::write(
-            &ours,
-            r#"[{"batch_size": 0, "input_len": 128, "output_len": 64}]"#,
-        )
-        .unwrap();
-        let e = load_one_batch(ours.to_str().unwrap())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("[0].batch_size"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;
