@@ -3,6 +3,7 @@
     table.py line ENGINE MODEL WORKLOAD WANT RC REPORT.json ARGS   one summary line (JSON) to stdout
     table.py show FILE.jsonl [--last]                              the readable line(s)
     table.py table FILE.jsonl...                                   markdown tables, one per model
+    table.py ab A.jsonl B.jsonl                                    one engine's two runs, B / A
 
 A summary line keeps only what the table needs (output tok/s, TTFT and ITL median and p99, the
 request counts), so the raw reports can stay out of git. `line` exits 1 when the workload did not
@@ -105,6 +106,22 @@ def model_table(model, rows):
     return "\n".join(out) + "\n"
 
 
+def ab_table(a_rows, b_rows):
+    """Workload by workload, run A's and run B's lines and B / A of tok/s, TTFT and ITL medians."""
+    a = {r["workload"]: r for r in a_rows}
+    b = {r["workload"]: r for r in b_rows}
+    out = []
+    for w in [w for w in WORKLOADS if w in a or w in b]:
+        for tag, r in (("A", a.get(w)), ("B", b.get(w))):
+            out.append(f"{tag} {show(r)}" if r else f"{tag} {w}: not run")
+        ra, rb = a.get(w), b.get(w)
+        if ra and rb and "completed" in ra and "completed" in rb:
+            out.append(f"  B / A {w}: tok/s {ratio(rb['output_tok_s'], ra['output_tok_s'])}, "
+                       f"TTFT med {ratio(rb['ttft_median_ms'], ra['ttft_median_ms'])}, "
+                       f"ITL med {ratio(rb['itl_median_ms'], ra['itl_median_ms'])}")
+    return "\n".join(out)
+
+
 def main():
     a = sys.argv[1:]
     if len(a) == 8 and a[0] == "line":
@@ -120,6 +137,9 @@ def main():
         rows = read_rows(a[1:])
         models = sorted({r["model"] for r in rows})
         print("\n".join(model_table(m, rows) for m in models), end="")
+        return
+    if len(a) == 3 and a[0] == "ab":
+        print(ab_table(read_rows([a[1]]), read_rows([a[2]])))
         return
     sys.exit(__doc__)
 
