@@ -9,10 +9,11 @@
 //! (`prefill_step_ns`). For a host time H, the fixed device parts follow from the table (each
 //! row: measured - H - the roofline's variable part; the median over rows); H is the value whose
 //! profile replays the serving runs' median ITL best (squared log error, a grid of 50 us
-//! refined to 5 us; where a light run leaves two values, the smaller). A per-request host term is not separable from the device's per-request
-//! cost in these data and stays 0. A table with rows of one batch size at two or more prompt
-//! lengths also gives the KV read rate (`efficiency.kv_bandwidth`, [`fit_kv_bandwidth`]),
-//! fitted first; otherwise the base's rate stays.
+//! refined to 5 us; where a light run leaves two values, the smaller). A per-request host term
+//! is not separable from the device's per-request cost in these data and stays 0. A table with
+//! rows of one batch size at two or more prompt lengths also gives the KV read rate
+//! (`efficiency.kv_bandwidth`, [`fit_kv_bandwidth`]), fitted first; otherwise the base's rate
+//! stays.
 
 use crate::cost::{BatchShape, RooflineCost};
 use crate::driver::simulate_work;
