@@ -5,27 +5,20 @@
 
 use doppel_sim::calibrate_peer::{load_one_batch, OneBatchRow};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod common;
 
 fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("doppel-onebatch-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::scratch(&format!("onebatch-{name}"))
 }
 
 /// Runs the converter; (success, stderr).
 fn convert(engine: &str, input: &Path, out: &Path) -> (bool, String) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/peers/onebatch.py");
-    let o = Command::new("python3")
-        .arg(script)
-        .args([engine, input.to_str().unwrap(), out.to_str().unwrap()])
-        .output()
-        .expect("python3 is needed for this test");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let (ok, _, err) = common::peers_script(
+        "onebatch.py",
+        &[engine, input.to_str().unwrap(), out.to_str().unwrap()],
+    );
+    (ok, err)
 }
 
 fn close(a: f64, b: f64) -> bool {

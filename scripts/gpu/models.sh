@@ -113,7 +113,7 @@ for s in $STAGES; do
             # floor goes), when NCU8B=1: about 1-2 min.
             if [ "${NCU8B:-0}" = 1 ]; then
                 BIN="$BIN/doppel" MODEL="$d" OUT="$OUT" BATCH=1 NCU_COUNT=600 bash scripts/gpu/ncu-decode.sh
-                python3 scripts/gpu/ncu_summary.py "$OUT/ncu-b1.csv" | head -30
+                python3 scripts/gpu/ncu_summary.py "$OUT/ncu-b1-in128.csv" | head -30
             fi
         } 2>&1 | tee "$OUT/8b.log"
         grep -q FAILED "$OUT/8b.log" && rc=1

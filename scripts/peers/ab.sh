@@ -7,9 +7,10 @@
 # Env: ONLY (suite.sh's workloads), LIMIT_S (seconds per variant, default 270), DOPPEL_BASE
 # (the backend flags both share; a dry run without a GPU: "--backend sim --profile P").
 # Each variant's summary lines land in OUTDIR/A.jsonl and OUTDIR/B.jsonl, its reports and
-# server log in OUTDIR/A/ and OUTDIR/B/.
+# server log in OUTDIR/A/ and OUTDIR/B/. A always runs first: for a small difference, run it
+# again with the two swapped.
 set -uo pipefail
-[ $# -eq 4 ] || { sed -n 2,10p "$0"; exit 2; }
+[ $# -eq 4 ] || { sed -n 2,11p "$0"; exit 2; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 name=$1 out=$2
 base=${DOPPEL_BASE:---device cuda --mem-fraction-static ${MEMFRAC:-0.85}}
@@ -18,6 +19,7 @@ rc=0
 for v in A B; do
   if [ $v = A ]; then flags=$3; else flags=$4; fi
   echo "== $v: $base $flags"
+  rm -f "$out/$v/doppel.jsonl"  # a failed start must not leave an earlier run's lines in place
   DOPPEL_BACKEND="$base $flags" timeout "${LIMIT_S:-270}" bash "$HERE/gpu.sh" bench doppel "$name" "$out/$v" \
     > "$out/$v.log" 2>&1 || { rc=1; tail -5 "$out/$v.log"; }
   cp -f "$out/$v/doppel.jsonl" "$out/$v.jsonl" 2>/dev/null || : > "$out/$v.jsonl"

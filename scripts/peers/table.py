@@ -111,7 +111,8 @@ def ab_table(a_rows, b_rows):
     a = {r["workload"]: r for r in a_rows}
     b = {r["workload"]: r for r in b_rows}
     out = []
-    for w in [w for w in WORKLOADS if w in a or w in b]:
+    seen = set(a) | set(b)
+    for w in [w for w in WORKLOADS if w in seen] + sorted(seen - set(WORKLOADS)):
         for tag, r in (("A", a.get(w)), ("B", b.get(w))):
             out.append(f"{tag} {show(r)}" if r else f"{tag} {w}: not run")
         ra, rb = a.get(w), b.get(w)
@@ -139,7 +140,10 @@ def main():
         print("\n".join(model_table(m, rows) for m in models), end="")
         return
     if len(a) == 3 and a[0] == "ab":
-        print(ab_table(read_rows([a[1]]), read_rows([a[2]])))
+        ra, rb = read_rows([a[1]]), read_rows([a[2]])
+        if not ra and not rb:
+            sys.exit(f"table.py ab: no summary lines in {a[1]} or {a[2]}")
+        print(ab_table(ra, rb))
         return
     sys.exit(__doc__)
 

@@ -82,15 +82,38 @@ impl Drop for Served {
     }
 }
 
-/// A fresh temporary directory holding `model/`, a tiny Qwen3 with a 2,048-token vocabulary
-/// (the bench client's random ids stay below it). One per call: the tests of a file run in
-/// parallel in one process.
-pub fn scratch_with_tiny_qwen3(tag: &str) -> PathBuf {
+/// A fresh, empty temporary directory, one per call (the tests of a file run in parallel).
+pub fn scratch(tag: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let k = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("doppel-{tag}-{}-{k}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `scripts/peers/SCRIPT` with python3 and `args`: (success, stdout, stderr).
+pub fn peers_script(script: &str, args: &[&str]) -> (bool, String, String) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/peers")
+        .join(script);
+    let o = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("python3 is needed for this test");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A fresh temporary directory holding `model/`, a tiny Qwen3 with a 2,048-token vocabulary
+/// (the bench client's random ids stay below it). One per call: the tests of a file run in
+/// parallel in one process.
+pub fn scratch_with_tiny_qwen3(tag: &str) -> PathBuf {
+    let dir = scratch(tag);
     let mut spec = TinySpec::tiny(Arch::Qwen3);
     spec.vocab_size = Some(2048);
     write_model(&dir.join("model"), &spec).unwrap();

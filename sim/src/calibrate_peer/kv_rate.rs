@@ -1,9 +1,9 @@
 //! The peer's KV read rate from its one-batch table. Rows of one batch size at two or more
-//! prompt lengths differ in their decode steps only by the KV those steps read, so the slope of
-//! decode time over KV tokens read is the peer's own per-token cost; without such rows the
-//! base profile's generic rate stays. At serving loads (hundreds of rows of 1,000+ keys) the
-//! KV read is most of a decode step, which the 128-token tables cannot see
-//! (docs/fidelity.md, "`h100-80g/qwen3-0.6b/sglang` and `.../vllm`").
+//! context lengths (prompt + half the output) differ in their decode steps only by the KV those
+//! steps read, so the slope of decode time over KV tokens read is the peer's own per-token
+//! cost; without such rows the base profile's generic rate stays. At serving loads (hundreds of
+//! rows of 1,000+ keys) the KV read is most of a decode step, which the 128-token tables cannot
+//! see (docs/fidelity.md, "`h100-80g/qwen3-0.6b/sglang` and `.../vllm`").
 
 use super::{invalid, OneBatchRow};
 use crate::error::SimError;
@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 
 /// `efficiency.kv_bandwidth` (the share of the sheet's HBM bandwidth) that the table's decode
 /// rows imply: the pooled within-batch least-squares slope of decode seconds over KV tokens
-/// read per step (batch x the median step's context, input + output / 2). `None` when no batch
-/// size has rows at two different prompt lengths.
+/// read per step (batch x [`OneBatchRow::median_kv_len`]). `None` when no batch size has rows
+/// at two different context lengths.
 pub fn fit_kv_bandwidth(p: &Profile, rows: &[OneBatchRow]) -> Result<Option<f64>, SimError> {
     let mut by_batch: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
     for r in rows {
-        let kv = (r.batch * (r.input_len + r.output_len / 2)) as f64;
+        let kv = (r.batch * r.median_kv_len()) as f64;
         by_batch.entry(r.batch).or_default().push((kv, r.decode_s));
     }
     let (mut sxy, mut sxx) = (0.0, 0.0);

@@ -3,15 +3,17 @@
 //! (host + device per step, serially) and serving runs (`doppel bench serve --json`, where the
 //! overlap loop hides the host time).
 //!
-//! The base profile gives the model shape, the hardware sheet and the roofline efficiencies.
-//! Three figures are fitted: the host time per step (`engine.schedule_ns_per_step`), the decode
+//! The base profile gives the model shape, the hardware sheet and the roofline efficiencies
+//! (a base with a measured decode table is refused: the table would price every decode step).
+//! Fitted: the host time per step (`engine.schedule_ns_per_step`), the decode
 //! step's fixed device time (`efficiency.decode_step_ns`) and the prefill step's
-//! (`prefill_step_ns`). For a host time H, the fixed device parts follow from the table (each
+//! (`prefill_step_ns`), the request path (`engine.http_ns`) and, where the table allows, the
+//! KV read rate. For a host time H, the fixed device parts follow from the table (each
 //! row: measured - H - the roofline's variable part; the median over rows); H is the value whose
 //! profile replays the serving runs' median ITL best (squared log error, a grid of 50 us
 //! refined to 5 us; where a light run leaves two values, the smaller). A per-request host term
 //! is not separable from the device's per-request cost in these data and stays 0. A table with
-//! rows of one batch size at two or more prompt lengths also gives the KV read rate
+//! rows of one batch size at two or more context lengths gives the KV read rate
 //! (`efficiency.kv_bandwidth`, [`fit_kv_bandwidth`]), fitted first; otherwise the base's rate
 //! stays.
 
@@ -41,6 +43,13 @@ pub struct OneBatchRow {
     pub prefill_s: f64,
     /// Median decode step latency.
     pub decode_s: f64,
+}
+
+impl OneBatchRow {
+    /// The context of its median decode step: the prompt and half the output.
+    pub fn median_kv_len(&self) -> usize {
+        self.input_len + self.output_len / 2
+    }
 }
 
 /// One serving run: its requests (send ms, prompt, output) and its median ITL and TTFT (ms).
@@ -222,7 +231,7 @@ fn with_host(base: &Profile, rows: &[OneBatchRow], prefill: PrefillRows, host_ns
     let mut dec: Vec<f64> = rows
         .iter()
         .map(|r| {
-            let s = BatchShape::decode(r.batch, r.input_len + r.output_len / 2);
+            let s = BatchShape::decode(r.batch, r.median_kv_len());
             r.decode_s * 1e9 - host_ns - zero.step_seconds(&s) * 1e9
         })
         .collect();
@@ -306,6 +315,15 @@ pub fn fit(
             "--serving",
             String::new(),
             "the host/device split needs at least one serving run",
+        ));
+    }
+    if !base.decode_table.is_empty() {
+        return Err(invalid(
+            "command line",
+            "--base",
+            base.name.clone(),
+            "has a measured decode table, which would price every decode step and hide the \
+             fitted decode parts: use a roofline base",
         ));
     }
     let mut base = base.clone();

@@ -180,3 +180,21 @@ fn loads_both_table_forms_and_names_a_bad_field() {
     assert!(e.contains("[0].batch_size"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_base_with_a_measured_decode_table_is_refused_naming_it() {
+    let base = Profile::load("h100-80g/qwen3-0.6b/doppel").unwrap();
+    assert!(!base.decode_table.is_empty());
+    let rows = table(&base, &[1, 4], &[128]);
+    let e = fit(
+        &base,
+        &rows,
+        PrefillRows::All,
+        &[one_stream_run(&base)],
+        "p",
+        "m",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--base") && e.contains("decode table"), "{e}");
+}
