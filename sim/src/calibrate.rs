@@ -206,19 +206,24 @@ impl Measurements {
             message: e.to_string(),
         })?;
         if m.steps.is_empty() {
-            return Err(invalid(path, "steps", "[]", "no measured steps to fit"));
+            return Err(SimError::invalid(
+                path,
+                "steps",
+                "[]",
+                "no measured steps to fit",
+            ));
         }
         for (i, s) in m.steps.iter().enumerate() {
             if s.ns == 0 || s.tokens == 0 || !(s.attn_pairs.is_finite() && s.attn_pairs >= 0.0) {
-                return Err(invalid(
+                return Err(SimError::invalid(
                     path,
                     &format!("steps[{i}]"),
-                    &format!("{s:?}"),
+                    format!("{s:?}"),
                     "needs ns > 0, tokens > 0 and attn_pairs >= 0",
                 ));
             }
             if !matches!(s.mode.as_str(), "prefill" | "decode" | "mixed") {
-                return Err(invalid(
+                return Err(SimError::invalid(
                     path,
                     &format!("steps[{i}].mode"),
                     &s.mode,
@@ -240,16 +245,6 @@ pub(crate) fn read_text(path: &str) -> std::io::Result<String> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text)?;
     Ok(text)
-}
-
-fn invalid(file: &str, field: &str, value: &str, why: &str) -> SimError {
-    SimError::Invalid {
-        file: file.to_string(),
-        field: field.to_string(),
-        value: value.to_string(),
-        why: why.to_string(),
-        line: None,
-    }
 }
 
 /// The fitted profile and how well it fits.
@@ -361,10 +356,10 @@ pub fn calibrate(
         s.vocab,
     ];
     if m.shape != want {
-        return Err(invalid(
+        return Err(SimError::invalid(
             origin,
             "shape",
-            &format!("{:?}", m.shape),
+            format!("{:?}", m.shape),
             &format!(
                 "the base profile {} has model shape {want:?} (layers, hidden, heads, kv_heads, head_dim, intermediate, vocab)",
                 base.name
@@ -423,10 +418,10 @@ pub fn calibrate(
         ("host.stream_ns", h.stream_ns),
     ] {
         if !(v.is_finite() && v >= 0.0) {
-            return Err(invalid(
+            return Err(SimError::invalid(
                 origin,
                 field,
-                &v.to_string(),
+                v.to_string(),
                 "must be a non-negative number",
             ));
         }

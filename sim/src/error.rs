@@ -64,6 +64,18 @@ pub enum SimError {
 }
 
 impl SimError {
+    /// An `Invalid` error without a line: `field` of `file` holds `value`, which is wrong for
+    /// the reason `why`.
+    pub fn invalid(file: &str, field: &str, value: impl Into<String>, why: &str) -> SimError {
+        SimError::Invalid {
+            file: file.to_string(),
+            field: field.to_string(),
+            value: value.into(),
+            why: why.to_string(),
+            line: None,
+        }
+    }
+
     /// Wrap a serde_yaml error with its location.
     pub fn yaml(file: &str, e: &serde_yaml::Error) -> SimError {
         SimError::yaml_in(file, "", e)

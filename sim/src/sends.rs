@@ -13,22 +13,12 @@ use crate::workload::{Expanded, Start};
 use doppel_core::TimeNs;
 use serde_json::Value;
 
-fn invalid(file: &str, field: &str, value: String, why: &str) -> SimError {
-    SimError::Invalid {
-        file: file.to_string(),
-        field: field.to_string(),
-        value,
-        why: why.to_string(),
-        line: None,
-    }
-}
-
 /// Every request's send time (ns from the run's start) in a report, by request id.
 pub fn load_sends(report: &Value, file: &str) -> Result<Vec<TimeNs>, SimError> {
     let list = report
         .get("requests")
         .and_then(Value::as_array)
-        .ok_or_else(|| invalid(file, "requests", "-".into(), "missing from the report"))?;
+        .ok_or_else(|| SimError::invalid(file, "requests", "-", "missing from the report"))?;
     let mut sends = vec![None; list.len()];
     for (k, r) in list.iter().enumerate() {
         let id = r.get("id").and_then(Value::as_u64).map(|i| i as usize);
@@ -36,7 +26,7 @@ pub fn load_sends(report: &Value, file: &str) -> Result<Vec<TimeNs>, SimError> {
         match (id, send) {
             (Some(i), Some(t)) if i < sends.len() && sends[i].is_none() => sends[i] = Some(t),
             _ => {
-                return Err(invalid(
+                return Err(SimError::invalid(
                     file,
                     &format!("requests[{k}]"),
                     format!("id {id:?}, send {send:?}"),
@@ -57,7 +47,7 @@ pub fn apply_sends(
     file: &str,
 ) -> Result<(), SimError> {
     if let Some(c) = trace.arrival.max_concurrency {
-        return Err(invalid(
+        return Err(SimError::invalid(
             file,
             "arrival.max_concurrency",
             c.to_string(),
@@ -65,7 +55,7 @@ pub fn apply_sends(
         ));
     }
     if sends.len() != work.requests.len() {
-        return Err(invalid(
+        return Err(SimError::invalid(
             file,
             "requests",
             sends.len().to_string(),
@@ -76,7 +66,7 @@ pub fn apply_sends(
         match r.start {
             Start::At(_) => r.start = Start::At(t),
             Start::After { .. } => {
-                return Err(invalid(
+                return Err(SimError::invalid(
                     file,
                     &format!("requests[{i}]"),
                     t.to_string(),

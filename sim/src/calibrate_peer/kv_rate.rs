@@ -5,7 +5,7 @@
 //! rows of 1,000+ keys) the KV read is most of a decode step, which the 128-token tables cannot
 //! see (docs/fidelity.md, "`h100-80g/qwen3-0.6b/sglang` and `.../vllm`").
 
-use super::{invalid, OneBatchRow};
+use super::OneBatchRow;
 use crate::error::SimError;
 use crate::profile::Profile;
 use std::collections::BTreeMap;
@@ -37,7 +37,7 @@ pub fn fit_kv_bandwidth(p: &Profile, rows: &[OneBatchRow]) -> Result<Option<f64>
     let bytes = p.model.kv_bytes_per_token(1) as f64;
     let share = bytes / (per_token_s * p.hardware.hbm_bandwidth);
     if !(per_token_s > 0.0 && share <= 1.0) {
-        return Err(invalid(
+        return Err(SimError::invalid(
             "one-batch table",
             "median_decode_latency",
             format!("{:.3} ns per KV token read", per_token_s * 1e9),

@@ -65,16 +65,6 @@ pub struct ServingRun {
     pub median_ttft_ms: f64,
 }
 
-fn invalid(file: &str, field: &str, value: String, why: &str) -> SimError {
-    SimError::Invalid {
-        file: file.to_string(),
-        field: field.to_string(),
-        value,
-        why: why.to_string(),
-        line: None,
-    }
-}
-
 /// The file's text; gzipped files (the repository keeps reports compressed) are decompressed.
 fn read_text(path: &str) -> Result<String, SimError> {
     crate::calibrate::read_text(path).map_err(|source| SimError::Io {
@@ -85,7 +75,8 @@ fn read_text(path: &str) -> Result<String, SimError> {
 
 fn read_json(path: &str) -> Result<Value, SimError> {
     let text = read_text(path)?;
-    serde_json::from_str(&text).map_err(|e| invalid(path, "(file)", String::new(), &e.to_string()))
+    serde_json::from_str(&text)
+        .map_err(|e| SimError::invalid(path, "(file)", String::new(), &e.to_string()))
 }
 
 /// Rows of a bench_one_batch table: `doppel exec bench-one-batch --json`'s array (`*_ms`
@@ -100,7 +91,7 @@ pub fn load_one_batch(path: &str) -> Result<Vec<OneBatchRow>, SimError> {
             .filter(|l| !l.trim().is_empty())
             .map(serde_json::from_str)
             .collect::<Result<_, _>>()
-            .map_err(|e| invalid(path, "(line)", String::new(), &e.to_string()))?,
+            .map_err(|e| SimError::invalid(path, "(line)", String::new(), &e.to_string()))?,
     };
     let mut rows = Vec::new();
     for (i, v) in values.iter().enumerate() {
@@ -111,7 +102,7 @@ pub fn load_one_batch(path: &str) -> Result<Vec<OneBatchRow>, SimError> {
                 .filter(|x| *x >= 1.0)
                 .map(|x| x as usize)
                 .ok_or_else(|| {
-                    invalid(
+                    SimError::invalid(
                         path,
                         &field(k),
                         format!("{:?}", v.get(k)),
@@ -125,7 +116,7 @@ pub fn load_one_batch(path: &str) -> Result<Vec<OneBatchRow>, SimError> {
                 .or_else(|| num(s))
                 .filter(|x| *x > 0.0)
                 .ok_or_else(|| {
-                    invalid(
+                    SimError::invalid(
                         path,
                         &field(ms),
                         format!("{:?}", v.get(ms)),
@@ -142,10 +133,10 @@ pub fn load_one_batch(path: &str) -> Result<Vec<OneBatchRow>, SimError> {
         });
     }
     if rows.is_empty() {
-        return Err(invalid(
+        return Err(SimError::invalid(
             path,
             "(rows)",
-            "[]".into(),
+            "[]",
             "no bench_one_batch rows",
         ));
     }
@@ -162,14 +153,14 @@ pub fn load_serving(path: &str) -> Result<ServingRun, SimError> {
             .filter(|x| *x > 0.0)
             .ok_or_else(|| {
                 let field = format!("summary.{metric}.median");
-                invalid(path, &field, String::new(), "missing or not > 0")
+                SimError::invalid(path, &field, String::new(), "missing or not > 0")
             })
     };
     let (median_itl_ms, median_ttft_ms) = (median("itl_ms")?, median("ttft_ms")?);
     let list = v
         .get("requests")
         .and_then(Value::as_array)
-        .ok_or_else(|| invalid(path, "requests", String::new(), "missing"))?;
+        .ok_or_else(|| SimError::invalid(path, "requests", String::new(), "missing"))?;
     let mut requests = Vec::new();
     for r in list {
         let get = |k: &str| r.get(k).and_then(Value::as_u64);
@@ -185,10 +176,10 @@ pub fn load_serving(path: &str) -> Result<ServingRun, SimError> {
         }
     }
     if requests.is_empty() {
-        return Err(invalid(
+        return Err(SimError::invalid(
             path,
             "requests",
-            "[]".into(),
+            "[]",
             "no finished request",
         ));
     }
@@ -310,7 +301,7 @@ pub fn fit(
     source: &str,
 ) -> Result<Profile, SimError> {
     if runs.is_empty() {
-        return Err(invalid(
+        return Err(SimError::invalid(
             "command line",
             "--serving",
             String::new(),
@@ -318,7 +309,7 @@ pub fn fit(
         ));
     }
     if !base.decode_table.is_empty() {
-        return Err(invalid(
+        return Err(SimError::invalid(
             "command line",
             "--base",
             base.name.clone(),
@@ -333,7 +324,7 @@ pub fn fit(
     }
     let base = &base;
     if !rows.iter().any(|r| prefill.has(r.batch)) {
-        return Err(invalid(
+        return Err(SimError::invalid(
             "command line",
             "--prefill-batch",
             format!("{prefill:?}"),
