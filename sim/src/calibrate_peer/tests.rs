@@ -50,15 +50,10 @@ fn a_table_and_a_serving_run_made_by_a_profile_give_back_its_split_and_request_p
     let mut base = unfitted(&truth);
     // A request path 5 ms off: the fit sets it from the run's median TTFT.
     base.engine.http_ns = truth.engine.http_ns + 5e6;
-    let p = fit(
-        &base,
-        &rows,
-        PrefillRows::All,
-        std::slice::from_ref(&run),
-        "peer",
-        "made",
-    )
-    .unwrap();
+    let fit_to = |rows: &[OneBatchRow], prefill| {
+        fit(&base, rows, prefill, std::slice::from_ref(&run), "p", "m")
+    };
+    let p = fit_to(&rows, PrefillRows::All).unwrap();
     assert!(p.calibrated);
     let host = p.engine.schedule_ns_per_step;
     assert!((host - 920e3).abs() <= 30e3, "host {host}");
@@ -73,38 +68,15 @@ fn a_table_and_a_serving_run_made_by_a_profile_give_back_its_split_and_request_p
     for r in slow.iter_mut().filter(|r| r.batch > 1) {
         r.prefill_s *= 3.0;
     }
-    let all = fit(
-        &base,
-        &slow,
-        PrefillRows::All,
-        std::slice::from_ref(&run),
-        "p",
-        "m",
-    )
-    .unwrap();
-    let one = fit(
-        &base,
-        &slow,
-        PrefillRows::Batches(&[1]),
-        std::slice::from_ref(&run),
-        "p",
-        "m",
-    );
-    let one = one.unwrap();
+    let all = fit_to(&slow, PrefillRows::All).unwrap();
+    let one = fit_to(&slow, PrefillRows::Batches(&[1])).unwrap();
     let want = p.efficiency.prefill_step_ns;
     assert!(
         (one.efficiency.prefill_step_ns - want).abs() <= 30e3,
         "{one:?}"
     );
     assert!(all.efficiency.prefill_step_ns > want + 10e6, "{all:?}");
-    let e = fit(
-        &base,
-        &rows,
-        PrefillRows::Batches(&[7]),
-        std::slice::from_ref(&run),
-        "p",
-        "m",
-    );
+    let e = fit_to(&rows, PrefillRows::Batches(&[7]));
     assert!(e.unwrap_err().to_string().contains("--prefill-batch"));
     // Without a serving run the split is not identified: refused with the reason.
     let e = fit(&base, &rows, PrefillRows::All, &[], "peer", "made")
