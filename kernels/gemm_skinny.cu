@@ -62,7 +62,7 @@ template <int MT, int WN, int MODE>
 __device__ __forceinline__ void sk_body(__nv_bfloat16* __restrict__ y, const __nv_bfloat16* __restrict__ x,
                                         const __nv_bfloat16* __restrict__ w, float* __restrict__ part,
                                         unsigned int* __restrict__ counters, int M, int N, int K, int ldy,
-                                        int S) {
+                                        int S, int pf) {
     constexpr int WK = 8 / WN;
     constexpr int ROWS = MT * 16;
     constexpr int OC = (MODE == SK_SILU) ? 16 : 32;  // output columns per warp
@@ -109,10 +109,11 @@ __device__ __forceinline__ void sk_body(__nv_bfloat16* __restrict__ y, const __n
     const int sb = split * per;
     const int se = min(steps, sb + per);
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-    // Programmatic dependent launch: the first k-warp of each warp column asks for its 32 W rows'
-    // share of this split in L2 (weights depend on nothing), then every thread waits for the
-    // previous kernel before touching x, y, part or counters.
-    if (kw == 0) {
+    // Programmatic dependent launch: with pf set (the whole weight fits in half the L2), the first
+    // k-warp of each warp column asks for its 32 W rows' share of this split in L2 (weights depend
+    // on nothing), then every thread waits for the previous kernel before touching x, y, part or
+    // counters.
+    if (pf && kw == 0) {
         const int c = (MODE == SK_SILU) ? (lane & 15) : lane;
         const int row = (MODE == SK_SILU && lane >= 16 ? Nout : 0) + o0 + c;
         const int k0 = sb * 32, k1 = min(K, se * 32);
@@ -282,13 +283,14 @@ __device__ __forceinline__ void sk_body(__nv_bfloat16* __restrict__ y, const __n
 }
 
 // y: [M, ldy] bf16; x: [M, K] bf16; w: [N, K] bf16 (SILU: [gate; up], N = 2I, y is [M, I]);
-// part: f32 [S, M, N] (S > 1 only); counters: one per column tile, zero before the first launch.
+// part: f32 [S, M, N] (S > 1 only); counters: one per column tile, zero before the first launch;
+// pf: nonzero to prefetch the CTA's W slab into L2 before the PDL wait.
 // Grid (ceil(Nout / (OC * WN)), S), block 256. K % 8 == 0, M <= 16 * MT.
 #define SK_ENTRY(NAME, MT, WN, MODE)                                                                 \
     extern "C" __global__ void __launch_bounds__(SK_THREADS, 1)                                      \
         NAME(__nv_bfloat16* y, const __nv_bfloat16* x, const __nv_bfloat16* w, float* part,         \
-             unsigned int* counters, int M, int N, int K, int ldy, int S) {                          \
-        sk_body<MT, WN, MODE>(y, x, w, part, counters, M, N, K, ldy, S);                             \
+             unsigned int* counters, int M, int N, int K, int ldy, int S, int pf) {                  \
+        sk_body<MT, WN, MODE>(y, x, w, part, counters, M, N, K, ldy, S, pf);                         \
     }
 #define SK_MODES(MT, WN)                                                  \
     SK_ENTRY(gemm_skinny_plain_m##MT##_w##WN, MT, WN, SK_PLAIN)           \

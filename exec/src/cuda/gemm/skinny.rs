@@ -1,7 +1,8 @@
 //! Launch wrapper for the skinny tensor-core GEMM (`kernels/gemm_skinny.cu`): `y = x wᵀ` for
 //! up to 64 tokens, weights streamed by one wave of CTAs straight into tensor-core fragments
 //! (K can be split over CTAs, though no split measured faster), with the residual add or
-//! SiLU-and-mul folded into the epilogue.
+//! SiLU-and-mul folded into the epilogue. Each CTA asks L2 for its slab before the PDL wait only
+//! where the GEMVs prefetch rows ([`crate::cuda::ops::gemv::row_prefetch_bytes`]).
 
 use crate::cuda::args::GemmSkinny;
 use crate::cuda::launch::Mode;
@@ -187,6 +188,7 @@ impl Gpu {
             k: int(K, k)?,
             ldy: int(K, ldy)?,
             s: int(K, plan.splits)?,
+            pf: self.row_prefetch(K, n, 1, k)?,
         }
         .launch(self, name, c, Mode::Pdl)
     }

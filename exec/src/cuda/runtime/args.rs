@@ -275,6 +275,7 @@ kernel_args! {
         k: i32,
         ldy: i32,
         s: i32,
+        pf: i32,
     }
 
     /// `kernels/gemm_tile.cu`: the tiled tensor-core GEMM (every epilogue, width and depth).
