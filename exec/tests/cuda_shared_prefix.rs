@@ -10,8 +10,11 @@
 //! effective TB/s of both; each with the plan's KV prefetch (bounded by the L2), with every
 //! key's rows prefetched (the bound's predecessor: at 1,024 rows the resident blocks asked for
 //! far more than the L2 holds) and with none. Checks that the sorted order and the prefetch leave
-//! every output bit as it was; then the tensor-core kernels on the sorted order. GPU timing: ignored by default, run with `--ignored` on the GPU machine
-//! (`JOBS=w5 scripts/gpu/verify.sh`); skips without a GPU.
+//! every output bit as it was; then the tensor-core kernels on the sorted order. A second test
+//! runs the unshared 64- and 256-row batches at Llama-3.1-8B's heads (32 q / 8 kv, GQA group 4,
+//! the same KV layout): which kernel family streams them fastest where served 256-row steps are
+//! 1.19 x SGLang's (docs/peers.md, "Llama-3.1-8B"). GPU timing: ignored by default, run with
+//! `--ignored` on the GPU machine (`JOBS=w5 scripts/gpu/verify.sh`); skips without a GPU.
 
 mod cuda_common;
 
@@ -38,12 +41,16 @@ const QUESTION: usize = 128;
 const MAX_GEN: usize = 256;
 const STRIDE: usize = PREFIX + QUESTION + MAX_GEN;
 const MAX_ROWS: usize = 1024;
-/// Bytes of one KV position (K and V of 8 kv heads x 128 dims, bf16).
-const POS_BYTES: usize = 2 * 8 * 128 * 2;
+fn shipped_config(text: &str) -> ModelConfig {
+    ModelConfig::parse(text, Path::new("config.json")).expect("the shipped config parses")
+}
 
 fn qwen3_06b() -> ModelConfig {
-    let text = include_str!("../../scripts/gpu/qwen3-0.6b/config.json");
-    ModelConfig::parse(text, Path::new("config.json")).expect("the shipped config parses")
+    shipped_config(include_str!("../../scripts/gpu/qwen3-0.6b/config.json"))
+}
+
+fn llama31_8b() -> ModelConfig {
+    shipped_config(include_str!("../../scripts/gpu/llama3.1-8b/config.json"))
 }
 
 /// A batch's slot table: row r + 1 serves decode row r (row 0 is the padding row).
@@ -150,8 +157,7 @@ struct Bench {
 }
 
 impl Bench {
-    fn new(gpu: &Gpu, rng: &mut Rng, num_slots: usize) -> Bench {
-        let cfg = qwen3_06b();
+    fn new(gpu: &Gpu, rng: &mut Rng, num_slots: usize, cfg: ModelConfig) -> Bench {
         let w = cfg.kv_dim();
         // Random 16 MiB repeated over the pool: its values only have to be finite.
         let block = gpu.upload(&rng.bf16s(8 << 20, 1.0)).unwrap();
@@ -399,9 +405,11 @@ fn scenario(gpu: &Gpu, b: &mut Bench, rng: &mut Rng, rep: &mut Report, rows: usi
     }
     orders.push(("interleaved (W5)", inter));
     orders.push(("interleaved + VisitOrder", fixed));
+    // K and V of every kv head, bf16.
+    let pos_bytes = 2 * b.cfg.kv_dim() * 2;
     let by = Bytes {
-        all: l.kv_len.iter().sum::<usize>() * POS_BYTES,
-        unique: l.unique * POS_BYTES,
+        all: l.kv_len.iter().sum::<usize>() * pos_bytes,
+        unique: l.unique * pos_bytes,
     };
     let what = if groups < rows {
         format!("{rows} rows, {groups} prefixes x {}", rows / groups)
@@ -525,16 +533,10 @@ fn kernels(
     }
 }
 
-#[test]
-#[ignore = "GPU timing; run explicitly on the GPU machine"]
-fn shared_prefix_decode_attention_by_row_order() {
-    let Some(gpu) = open_gpu() else { return };
-    let mut rng = Rng::new(0x5eed_0024);
-    // Sized for the largest batch: 1,024 rows, nothing shared.
-    let mut b = Bench::new(&gpu, &mut rng, slots_needed(MAX_ROWS, MAX_ROWS));
-    let mut rep = Report::default();
+/// The table's header for a model's shapes.
+fn header(gpu: &Gpu, model: &str) {
     println!(
-        "\none layer's decode attention, Qwen3-0.6B shapes, {} SMs; prefixes of {PREFIX} slots, \
+        "\none layer's decode attention, {model} shapes, {} SMs; prefixes of {PREFIX} slots, \
          {QUESTION}-{} own per row; GB: KV read by every row's positions / each slot once",
         gpu.sms,
         QUESTION + MAX_GEN
@@ -543,8 +545,35 @@ fn shared_prefix_decode_attention_by_row_order() {
         "{:<28} {:<26} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5}  plan",
         "batch", "row order", "KV pf", "ms", "GB all", "GB uniq", "TB/s all", "TB/s uq", "adj"
     );
+}
+
+#[test]
+#[ignore = "GPU timing; run explicitly on the GPU machine"]
+fn shared_prefix_decode_attention_by_row_order() {
+    let Some(gpu) = open_gpu() else { return };
+    let mut rng = Rng::new(0x5eed_0024);
+    // Sized for the largest batch: 1,024 rows, nothing shared.
+    let slots = slots_needed(MAX_ROWS, MAX_ROWS);
+    let mut b = Bench::new(&gpu, &mut rng, slots, qwen3_06b());
+    let mut rep = Report::default();
+    header(&gpu, "Qwen3-0.6B");
     for (rows, groups) in [(1024, 64), (256, 64), (1024, 1024), (256, 256)] {
         scenario(&gpu, &mut b, &mut rng, &mut rep, rows, groups);
+    }
+    rep.finish();
+}
+
+#[test]
+#[ignore = "GPU timing; run explicitly on the GPU machine"]
+fn gqa_group_4_decode_attention_by_kernel() {
+    let Some(gpu) = open_gpu() else { return };
+    let mut rng = Rng::new(0x5eed_0824);
+    let slots = slots_needed(256, 256);
+    let mut b = Bench::new(&gpu, &mut rng, slots, llama31_8b());
+    let mut rep = Report::default();
+    header(&gpu, "Llama-3.1-8B");
+    for rows in [64, 256] {
+        scenario(&gpu, &mut b, &mut rng, &mut rep, rows, rows);
     }
     rep.finish();
 }

@@ -2,7 +2,8 @@
 # On the GPU machine, from the repository root (issue 24, W5; docs/cuda.md, "Decode attention"):
 # the attention correctness test (every decode configuration also in a permuted visit order),
 # then the decode attention over shared prefixes by row order (grouped, W5's interleaved, the
-# backend's VisitOrder; 1,024 and 256 rows, unshared controls). Under two minutes on an H100
+# backend's VisitOrder; 1,024 and 256 rows, unshared controls), and each decode kernel family at
+# Llama-3.1-8B's GQA group 4 (64 and 256 unshared rows). Under two minutes on an H100
 # (most of it the kernels' first compile on a fresh machine).
 #   T: the folder of the release test executables (scripts/gpu/stage.sh puts them in carry/bin;
 #   run with carry ["carry"]). Logs land in $OUT (summary.txt: the table and the checks); the
