@@ -132,8 +132,10 @@ do_stop() {
   for _ in $(seq 1 30); do healthy || break; sleep 1; done
 }
 
-versions() {  # what the table's header names: GPU, driver, engine version
+versions() {  # what the table's header names: GPU, driver, host CPU, engine version
   echo "gpu: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
+  # the peers' small-model rows are host-bound: the same H100 with another host moved them 25 %
+  echo "cpu: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores"
   case $1 in
   doppel) echo "doppel: $("$DOPPEL" --version)" ;;
   *) echo "$1: $(PYTHONPATH=/tmp/site_$1 "$PY" -c "import importlib.metadata as m; print(m.version('$1'))" 2>&1 | tail -1)" ;;
