@@ -6,7 +6,7 @@
 use doppel_sim::compare::{compare, report_with_steps};
 use doppel_sim::sends::load_sends;
 use doppel_sim::serde_json::Value;
-use doppel_sim::workload::{expand, Start};
+use doppel_sim::workload::{expand, SimRequest, Start};
 use doppel_sim::{replay, replay_sent, SimOptions, Trace};
 use std::io::Read;
 
@@ -16,10 +16,16 @@ fn root(rel: &str) -> String {
     format!("{}/../{rel}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The kept 0.6B runs' folder; the 8B runs (W2 and W3 only) are in `EIGHT_B`.
+const SMALL: &str = "sim/fidelity/h100-qwen3-0.6b-peers";
+const EIGHT_B: &str = "sim/fidelity/h100-llama-3.1-8b-peers";
+
 fn measured(engine: &str, w: &str) -> Value {
-    let path = root(&format!(
-        "sim/fidelity/h100-qwen3-0.6b-peers/{engine}-{w}.json.gz"
-    ));
+    measured_in(SMALL, engine, w)
+}
+
+fn measured_in(dir: &str, engine: &str, w: &str) -> Value {
+    let path = root(&format!("{dir}/{engine}-{w}.json.gz"));
     let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut text = String::new();
     flate2::read::GzDecoder::new(file)
@@ -30,6 +36,31 @@ fn measured(engine: &str, w: &str) -> Value {
 
 fn trace(engine: &str, w: &str) -> Trace {
     Trace::load(&root(&format!("traces/peers/{engine}/{w}.yaml"))).unwrap()
+}
+
+/// Each report's request `i` has id `i` and the workload's prompt and output lengths.
+fn assert_same_requests(reqs: &[Value], want: &[SimRequest], what: &str) {
+    assert_eq!(reqs.len(), want.len(), "{what}");
+    for (i, (r, s)) in reqs.iter().zip(want).enumerate() {
+        assert_eq!(r["id"].as_u64(), Some(i as u64), "{what}");
+        let lens = (r["prompt_len"].as_u64(), r["output_tokens"].as_u64());
+        let wanted = (Some(s.prompt_len as u64), Some(s.output_len as u64));
+        assert_eq!(lens, wanted, "{what} request {i}");
+    }
+}
+
+#[test]
+fn llama_8b_runs_sent_the_peer_traces_requests() {
+    // sim/fidelity/h100-llama-3.1-8b-peers/compare.sh replays these traces against them.
+    for w in ["w2", "w3-c64", "w3-c256"] {
+        let t = trace("doppel", w);
+        let work = expand(&t, t.prompt_vocab(128_256));
+        for engine in ["doppel", "sglang", "vllm"] {
+            let real = measured_in(EIGHT_B, engine, w);
+            let reqs = real["requests"].as_array().unwrap();
+            assert_same_requests(reqs, &work.requests, &format!("8B {engine} {w}"));
+        }
+    }
 }
 
 #[test]
@@ -48,13 +79,7 @@ fn peer_traces_expand_to_the_requests_the_bench_client_sent() {
             );
             let real = measured(engine, w);
             let reqs = real["requests"].as_array().unwrap();
-            assert_eq!(reqs.len(), work.requests.len(), "{engine} {w}");
-            for (i, (r, s)) in reqs.iter().zip(&work.requests).enumerate() {
-                assert_eq!(r["id"].as_u64(), Some(i as u64), "{engine} {w}");
-                let lens = (r["prompt_len"].as_u64(), r["output_tokens"].as_u64());
-                let want = (Some(s.prompt_len as u64), Some(s.output_len as u64));
-                assert_eq!(lens, want, "{engine} {w} request {i}");
-            }
+            assert_same_requests(reqs, &work.requests, &format!("{engine} {w}"));
             if w == "w1" {
                 // Poisson sends: never early, late by its timer's granularity (0.1-2.4 ms).
                 for (r, s) in reqs.iter().zip(&work.requests) {

@@ -4,7 +4,7 @@
     extract.py RESULTS_DIR [OUT_DIR]
 
 RESULTS_DIR holds ENGINE/ENGINE-W.json and ENGINE/ENGINE.jsonl as `gpu.sh keep` returns them
-(docs/peers.md). For each engine and workload it writes ENGINE-W.json: the report's `config` and
+(docs/peers.md); engines and workloads not there are skipped. For each engine and workload it writes ENGINE-W.json: the report's `config` and
 `summary` (what `doppel sim compare` reads) and its requests cut to send time, prompt and
 output length and server-reported cached tokens (what sim/tests/peers_fidelity.rs checks the
 traces against); gzipped without a time stamp so the bytes depend on the content only. The
@@ -25,9 +25,14 @@ def main():
     src = sys.argv[1]
     out = sys.argv[2] if len(sys.argv) > 2 else os.path.dirname(os.path.abspath(__file__))
     for e in ENGINES:
+        if not os.path.isdir(os.path.join(src, e)):
+            continue  # an engine not run (the 8B runs have no W1, W4, W5 either)
         shutil.copyfile(os.path.join(src, e, f"{e}.jsonl"), os.path.join(out, f"{e}.jsonl"))
         for w in WORKLOADS:
-            with open(os.path.join(src, e, f"{e}-{w}.json")) as f:
+            path = os.path.join(src, e, f"{e}-{w}.json")
+            if not os.path.exists(path):
+                continue
+            with open(path) as f:
                 r = json.load(f)
             kept = {
                 "config": r["config"],
