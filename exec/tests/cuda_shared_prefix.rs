@@ -41,6 +41,7 @@ const QUESTION: usize = 128;
 const MAX_GEN: usize = 256;
 const STRIDE: usize = PREFIX + QUESTION + MAX_GEN;
 const MAX_ROWS: usize = 1024;
+
 fn shipped_config(text: &str) -> ModelConfig {
     ModelConfig::parse(text, Path::new("config.json")).expect("the shipped config parses")
 }

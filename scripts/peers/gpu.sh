@@ -134,7 +134,7 @@ do_stop() {
 
 versions() {  # what the table's header names: GPU, driver, host CPU, engine version
   echo "gpu: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
-  # the peers' small-model rows are host-bound: the same H100 with another host moved them 25 %
+  # vLLM's 0.6B rows moved 25 % between two H100 machines while doppel's held (docs/peers.md)
   echo "cpu: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores"
   case $1 in
   doppel) echo "doppel: $("$DOPPEL" --version)" ;;

@@ -4,10 +4,10 @@
     extract.py RESULTS_DIR [OUT_DIR]
 
 RESULTS_DIR holds ENGINE/ENGINE-W.json and ENGINE/ENGINE.jsonl as `gpu.sh keep` returns them
-(docs/peers.md); engines and workloads not there are skipped. For each engine and workload it writes ENGINE-W.json: the report's `config` and
-`summary` (what `doppel sim compare` reads) and its requests cut to send time, prompt and
-output length and server-reported cached tokens (what sim/tests/peers_fidelity.rs checks the
-traces against); gzipped without a time stamp so the bytes depend on the content only. The
+(docs/peers.md); engines and workloads not there are skipped. For each engine and workload it
+writes ENGINE-W.json: the report's `config` and `summary` (what `doppel sim compare` reads)
+and its requests cut to send time, prompt and output length and server-reported cached tokens
+(what sim/tests/peers_fidelity.rs checks the traces against); gzipped without a time stamp so the bytes depend on the content only. The
 summary lines ENGINE.jsonl are copied as they are.
 """
 import gzip

@@ -84,12 +84,12 @@ pub struct RowPrefetch {
     pub row_bytes: usize,
 }
 
-/// Bytes of each weight row a small-batch GEMV (or the skinny GEMM, `gemm/skinny.rs`) asks L2 for
-/// before its PDL wait: whole rows when the whole weight fits in half the L2, else none. A small GEMV is over in a few microseconds,
-/// so the rows arriving during the previous kernel's tail are much of its time; a large one is
-/// bandwidth-bound throughout, and at Llama-3.1-8B's shapes every prefetch measured slower than
-/// none, whole rows of qkv and o (fitting the L2) and the L2's share of gate/up, down and the
-/// LM head alike (docs/cuda.md, "Projections").
+/// Bytes of each weight row a small-batch GEMV (or the skinny GEMM, `gemm/skinny.rs`) asks L2
+/// for before its PDL wait: whole rows when the whole weight fits in half the L2, else none. A
+/// small GEMV is over in a few microseconds, so the rows arriving during the previous kernel's
+/// tail are much of its time; a large one is bandwidth-bound throughout, and at Llama-3.1-8B's
+/// shapes every prefetch measured slower than none, whole rows of qkv and o (fitting the L2) and
+/// the L2's share of gate/up, down and the LM head alike (docs/cuda.md, "Projections").
 pub fn row_prefetch_bytes(l2_bytes: usize, g: RowPrefetch) -> usize {
     let weight = g.warps * g.rows_per_warp * g.row_bytes;
     if weight <= l2_bytes / 2 {
