@@ -284,12 +284,15 @@ DECODE_V3(attention_decode_v3_d64_g4, 64, 4, 4, 4, false)
 DECODE_V3(attention_decode_v3_d64_g8, 64, 8, 4, 2, false)
 DECODE_V3(attention_decode_v3_d128_g4, 128, 4, 4, 4, false)
 DECODE_V3(attention_decode_v3_d128_g8, 128, 8, 4, 2, false)
-// Groups of 1-2 pipelined (two buffers of 4 keys): the next keys are requested before the math
-// on the current ones, where the registers allow it.
+// Pipelined (two register buffers): the next keys are requested before the math on the current
+// ones. Groups 1-2 keep 4 keys a buffer; groups 3-4 take 2 (two buffers of 4 would not leave the
+// registers for 4 blocks/SM), the plan's choice by group (KernelChoice::decode_pipelined_max_group).
 DECODE_V3(attention_decode_v3p_d64_g1, 64, 1, 4, 4, true)
 DECODE_V3(attention_decode_v3p_d64_g2, 64, 2, 4, 4, true)
+DECODE_V3(attention_decode_v3p_d64_g4, 64, 4, 2, 4, true)
 DECODE_V3(attention_decode_v3p_d128_g1, 128, 1, 4, 4, true)
 DECODE_V3(attention_decode_v3p_d128_g2, 128, 2, 4, 4, true)
+DECODE_V3(attention_decode_v3p_d128_g4, 128, 4, 2, 4, true)
 
 #define DECODE_ENTRIES(D)                                                                          \
     extern "C" __global__ void attention_decode_combine_d##D(__nv_bfloat16* out,                   \

@@ -60,6 +60,11 @@ pub struct BenchOneBatchArgs {
     /// No o-weights prefetch from the decode attention at any batch size.
     #[arg(long, conflicts_with = "decode_prefetch_o_min_rows")]
     no_decode_prefetch_o: bool,
+    /// GQA groups up to this many (at most 4) run the pipelined CUDA-core decode attention,
+    /// larger ones the kernel that waits for each iteration's keys (default: the engine's, see
+    /// `KernelChoice::decode_pipelined_max_group`).
+    #[arg(long)]
+    decode_pipelined_max_group: Option<usize>,
 }
 
 pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
@@ -132,6 +137,9 @@ fn apply_kernel_flags(a: &BenchOneBatchArgs, k: &mut KernelChoice) {
     }
     if a.no_decode_prefetch_o {
         k.decode_prefetch_o_min_rows = usize::MAX;
+    }
+    if let Some(n) = a.decode_pipelined_max_group {
+        k.decode_pipelined_max_group = n;
     }
 }
 

@@ -9,6 +9,9 @@ mod cuda_common;
 
 use cuda_common::kv::{decode_entries, KvSetup};
 use cuda_common::{f64s, open_gpu, Report, Rng};
+use doppel_exec::cuda::attention::DecodeKernel::{
+    CudaCore, CudaCorePipelined, TensorCore, TensorCoreRegs,
+};
 use doppel_exec::cuda::attention::{
     AttnEntry, AttnShape, DecodeMeta, DecodeOut, DecodeVariant, ExtendMeta, QRope,
 };
@@ -302,36 +305,34 @@ fn attention_decode(
     // split_min_keys 40 (the model's default) leaves some launched splits empty on the short
     // sequences (1, 33, 64 keys) and uses fewer on the others.
     // Early: the first keys requested before the wait (the newest one after it).
-    // Mma: the tensor-core kernel instead of the CUDA-core ones.
-    // Rmma: the tensor-core kernel fed from registers (where mma is off).
+    // Kernel: each family; the pipelined CUDA-core one past group 4 runs the other's kernel.
     // Pf: the whole-row KV prefetch (a hint: the outputs must not move).
-    for (splits, min_keys, early, mma, rmma, pf) in [
-        (1usize, 1usize, false, false, false, true),
-        (7, 1, true, false, false, false),
-        (32, 1, false, false, false, true),
-        (7, 40, true, false, false, true),
-        (32, 40, true, false, false, true),
-        (1, 1, true, false, false, true),
-        (7, 40, false, false, false, true),
-        (32, 1, true, false, false, true),
-        (1, 1, false, true, false, true),
-        (1, 40, true, true, false, true),
-        (7, 1, true, true, false, true),
-        (7, 40, false, true, false, true),
-        (32, 1, true, true, false, true),
-        (32, 40, false, true, false, false),
-        (1, 1, false, false, true, true),
-        (1, 40, true, false, true, true),
-        (7, 1, false, false, true, true),
-        (7, 40, true, false, true, false),
-        (32, 1, false, false, true, true),
-        (32, 40, true, false, true, true),
+    for (splits, min_keys, early, kernel, pf) in [
+        (1usize, 1usize, false, CudaCorePipelined, true),
+        (7, 1, true, CudaCore, false),
+        (32, 1, false, CudaCorePipelined, true),
+        (7, 40, true, CudaCore, true),
+        (32, 40, true, CudaCorePipelined, true),
+        (1, 1, true, CudaCore, true),
+        (7, 40, false, CudaCorePipelined, true),
+        (32, 1, true, CudaCore, true),
+        (1, 1, false, TensorCore, true),
+        (1, 40, true, TensorCore, true),
+        (7, 1, true, TensorCore, true),
+        (7, 40, false, TensorCore, true),
+        (32, 1, true, TensorCore, true),
+        (32, 40, false, TensorCore, false),
+        (1, 1, false, TensorCoreRegs, true),
+        (1, 40, true, TensorCoreRegs, true),
+        (7, 1, false, TensorCoreRegs, true),
+        (7, 40, true, TensorCoreRegs, false),
+        (32, 1, false, TensorCoreRegs, true),
+        (32, 40, true, TensorCoreRegs, true),
     ] {
         let shape = AttnShape {
             split_min_keys: min_keys,
             decode_early_kv: early,
-            decode_mma: mma,
-            decode_reg_mma: rmma,
+            decode_kernel: kernel,
             // The prefetch whole, cut short (5 keys) or off: a hint, the same outputs.
             decode_prefetch_kv_keys: match (pf, early) {
                 (false, _) => 0,
@@ -367,8 +368,7 @@ fn attention_decode(
         let (out, out_p) = (run(&meta), run(&meta_p));
         let name = format!(
             "attention_decode {which:?} nq={nq} nk={nk} D={d} kv<=8191 splits={splits} \
-             min keys {min_keys} early {early} tensor cores {mma} \
-             from registers {rmma} KV prefetch {pf}"
+             min keys {min_keys} early {early} kernel {kernel:?} KV prefetch {pf}"
         );
         compare_rows(rep, &name, &out, &reference, 1e-2);
         let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<u16>>();

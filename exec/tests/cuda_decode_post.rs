@@ -10,6 +10,9 @@ mod cuda_common;
 
 use cuda_common::kv::{decode_entries, KvSetup};
 use cuda_common::{f64s, open_gpu, Report, Rng};
+use doppel_exec::cuda::attention::DecodeKernel::{
+    CudaCore, CudaCorePipelined, TensorCore, TensorCoreRegs,
+};
 use doppel_exec::cuda::attention::{AttnShape, DecodeMeta, DecodeOut, DecodeVariant, KvView};
 use doppel_exec::cuda::ops::{QkvLayout, QkvPost, RowScale};
 use doppel_exec::cuda::rope::{cos_sin_table, plain_inv_freq};
@@ -102,36 +105,35 @@ fn compare(
         )
     };
     // (splits, min keys per split, combine fused, first keys requested before the wait, the
-    // tensor-core kernel, the one fed from registers, the next weights prefetched into L2 at the
-    // blocks' end; with and without the pass). Groups of 1-2 run the pipelined kernels.
-    for (splits, min_keys, fused, early, mma, rmma, prefetch) in [
-        (1usize, 1usize, true, false, false, false, false),
-        (1, 1, true, true, false, false, false),
-        (1, 1, false, false, false, false, false),
-        (7, 40, false, true, false, false, false),
-        (7, 40, true, true, false, false, false),
-        (32, 1, false, true, false, false, false),
-        (1, 1, true, false, true, false, false),
-        (1, 1, true, true, true, false, false),
-        (7, 40, true, true, true, false, false),
-        (7, 40, false, false, true, false, false),
-        (32, 1, false, true, true, false, false),
-        (1, 1, true, false, false, true, false),
-        (1, 1, false, false, false, true, false),
-        (7, 40, true, false, false, true, false),
-        (32, 1, false, true, false, true, false),
-        (1, 1, true, false, false, false, true),
-        (7, 40, true, false, false, false, true),
-        (32, 1, false, false, false, false, true),
-        (1, 1, true, false, false, true, true),
-        (7, 40, false, false, false, true, true),
-        (32, 1, false, false, false, true, true),
+    // kernel family, the next weights prefetched into L2 at the blocks' end; with and without
+    // the pass). The pipelined CUDA-core family past group 4 runs the other's kernel.
+    for (splits, min_keys, fused, early, kernel, prefetch) in [
+        (1usize, 1usize, true, false, CudaCorePipelined, false),
+        (1, 1, true, true, CudaCore, false),
+        (1, 1, false, false, CudaCorePipelined, false),
+        (7, 40, false, true, CudaCore, false),
+        (7, 40, true, true, CudaCorePipelined, false),
+        (32, 1, false, true, CudaCore, false),
+        (1, 1, true, false, TensorCore, false),
+        (1, 1, true, true, TensorCore, false),
+        (7, 40, true, true, TensorCore, false),
+        (7, 40, false, false, TensorCore, false),
+        (32, 1, false, true, TensorCore, false),
+        (1, 1, true, false, TensorCoreRegs, false),
+        (1, 1, false, false, TensorCoreRegs, false),
+        (7, 40, true, false, TensorCoreRegs, false),
+        (32, 1, false, true, TensorCoreRegs, false),
+        (1, 1, true, false, CudaCorePipelined, true),
+        (7, 40, true, false, CudaCore, true),
+        (32, 1, false, false, CudaCorePipelined, true),
+        (1, 1, true, false, TensorCoreRegs, true),
+        (7, 40, false, false, TensorCoreRegs, true),
+        (32, 1, false, false, TensorCoreRegs, true),
     ] {
         let shape = AttnShape {
             split_min_keys: min_keys,
             decode_early_kv: early,
-            decode_mma: mma,
-            decode_reg_mma: rmma,
+            decode_kernel: kernel,
             // A hint: the outputs must not move.
             decode_prefetch_next: prefetch.then(|| gpu.ptr(&pf_buf)),
             ..kv.shape(nq, nk, d, width)
@@ -197,8 +199,8 @@ fn compare(
         .unwrap();
         let name = format!(
             "decode + q/k pass nq={nq} nk={nk} D={d} norm={norm} splits={splits} \
-             min keys {min_keys} fused {fused} early {early} tensor cores {mma} \
-             from registers {rmma} prefetch {prefetch}"
+             min keys {min_keys} fused {fused} early {early} kernel {kernel:?} \
+             prefetch {prefetch}"
         );
         let (a, b) = (gpu.download(&out1).unwrap(), gpu.download(&out2).unwrap());
         rep.check(
@@ -233,17 +235,16 @@ fn compare(
         })
         .collect();
     let dx = gpu.upload(&x).unwrap();
-    for (splits, fused, mma, rmma) in [
-        (1usize, true, false, false),
-        (7, false, false, false),
-        (1, true, true, false),
-        (1, true, false, true),
-        (7, false, false, true),
+    for (splits, fused, kernel) in [
+        (1usize, true, CudaCorePipelined),
+        (7, false, CudaCore),
+        (1, true, TensorCore),
+        (1, true, TensorCoreRegs),
+        (7, false, TensorCoreRegs),
     ] {
         let shape = AttnShape {
             split_min_keys: 40,
-            decode_mma: mma,
-            decode_reg_mma: rmma,
+            decode_kernel: kernel,
             ..kv.shape(nq, nk, d, width)
         };
         let variant = variant_of(fused);
@@ -315,7 +316,7 @@ fn compare(
         .unwrap();
         let name = format!(
             "decode + q/k pass with the row scale nq={nq} nk={nk} D={d} norm={norm} splits={splits} \
-             fused {fused} tensor cores {mma} from registers {rmma}"
+             fused {fused} kernel {kernel:?}"
         );
         let dl = |b: &cudarc::driver::CudaSlice<bf16>| f64s(&gpu.download(b).unwrap());
         rep.rel(&format!("{name}: output"), &dl(&out2), &dl(&out1), 2e-2);

@@ -26,9 +26,7 @@ use doppel_exec::cuda::attention::{
 };
 use doppel_exec::cuda::model::{KernelChoice, TokenPick};
 use doppel_exec::cuda::ops::{QkvPost, RowScale};
-use doppel_exec::cuda::plan::{
-    DecodeAttn, DecodeKernel, DeviceCaps, QkPass, QkvStage, StepPlan, StepShape,
-};
+use doppel_exec::cuda::plan::{DecodeAttn, DeviceCaps, QkPass, QkvStage, StepPlan, StepShape};
 use doppel_exec::cuda::rope::cos_sin_table;
 use doppel_exec::cuda::Gpu;
 use doppel_exec::model::ModelConfig;
@@ -271,8 +269,7 @@ impl Step {
             decode_early_kv: d.early_kv,
             decode_prefetch_kv_keys: self.pf_keys,
             decode_prefetch_next: d.prefetch_o.then(|| gpu.ptr(&b.o_weights)),
-            decode_mma: d.kernel == DecodeKernel::TensorCore,
-            decode_reg_mma: d.kernel == DecodeKernel::TensorCoreRegs,
+            decode_kernel: d.kernel,
         };
         let variant = if d.combine_fused {
             DecodeVariant::Fused(gpu.ptr(&self.counters))
@@ -469,10 +466,10 @@ fn scenario(gpu: &Gpu, b: &mut Bench, rng: &mut Rng, rep: &mut Report, rows: usi
     );
 }
 
-/// The same batch and order through each decode kernel family (the plan picks the CUDA-core
-/// kernel above `decode_reg_mma_max_tokens` rows): which one streams long shared and unshared
-/// contexts fastest at 256 and 1,024 rows, the shapes where W3 at 256 streams, W4 and W5 lose
-/// time. Their outputs must agree with the plan's within bf16 rounding.
+/// The same batch and order through each decode kernel family (the plan picks a CUDA-core
+/// kernel above `decode_reg_mma_max_tokens` rows, one of the last two): which one streams long
+/// shared and unshared contexts fastest at 64-1,024 rows, the shapes where W3 at 256 streams,
+/// W4 and W5 lose time. Their outputs must agree with the plan's within bf16 rounding.
 #[allow(clippy::too_many_arguments)]
 fn kernels(
     gpu: &Gpu,
@@ -499,6 +496,22 @@ fn kernels(
             KernelChoice {
                 decode_mma_max_tokens: 0,
                 decode_reg_mma_max_tokens: all,
+                ..KernelChoice::default()
+            },
+        ),
+        // Above 32 rows (every batch here) the plan runs CUDA cores: pipelined up to group 4,
+        // or waiting for each iteration's keys.
+        (
+            "CUDA cores, pipelined",
+            KernelChoice {
+                decode_pipelined_max_group: 4,
+                ..KernelChoice::default()
+            },
+        ),
+        (
+            "CUDA cores, waiting",
+            KernelChoice {
+                decode_pipelined_max_group: 0,
                 ..KernelChoice::default()
             },
         ),

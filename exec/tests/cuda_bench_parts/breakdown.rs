@@ -4,6 +4,7 @@
 use super::cuda_common::Rng;
 use super::*;
 use doppel_exec::cuda::ops::QkvLayout;
+use doppel_exec::cuda::plan::{decode_kernel, DeviceCaps};
 
 /// Each kernel of one decode step (b = 1 and 64) and of a 64 x 128 prefill, timed alone at the
 /// step's shapes, times the number of launches per step.
@@ -288,7 +289,7 @@ pub(crate) fn kernel_breakdown(
         };
         let shape = doppel_exec::cuda::attention::AttnShape {
             split_min_keys: 1,
-            decode_mma: b <= model.kernels.decode_mma_max_tokens,
+            decode_kernel: decode_kernel(&model.cfg, &model.kernels, DeviceCaps::of(gpu), b),
             ..model.attn_shape(kv)
         };
         if new == 1 {

@@ -2,7 +2,7 @@
 //! slots.
 
 use super::Rng;
-use doppel_exec::cuda::attention::{AttnEntry, AttnShape, KvView};
+use doppel_exec::cuda::attention::{AttnEntry, AttnShape, DecodeKernel, KvView};
 use doppel_exec::cuda::Gpu;
 use half::bf16;
 
@@ -83,8 +83,7 @@ impl KvSetup {
             decode_early_kv: false,
             decode_prefetch_kv_keys: usize::MAX,
             decode_prefetch_next: None,
-            decode_mma: false,
-            decode_reg_mma: false,
+            decode_kernel: DecodeKernel::CudaCore,
         }
     }
 }

@@ -126,6 +126,24 @@ fn kernel_choices() -> Vec<(&'static str, KernelChoice)> {
             },
         ),
         (
+            "decode attention on the CUDA-core kernel that waits for each iteration's keys",
+            KernelChoice {
+                decode_mma_max_tokens: 0,
+                decode_reg_mma_max_tokens: 0,
+                decode_pipelined_max_group: 0,
+                ..Default::default()
+            },
+        ),
+        (
+            "decode attention on the pipelined CUDA-core kernel up to GQA group 4",
+            KernelChoice {
+                decode_mma_max_tokens: 0,
+                decode_reg_mma_max_tokens: 0,
+                decode_pipelined_max_group: 4,
+                ..Default::default()
+            },
+        ),
+        (
             "decode attention on tensor cores fed from registers at every batch size",
             KernelChoice {
                 decode_mma_max_tokens: 0,

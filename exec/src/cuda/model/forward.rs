@@ -1,7 +1,7 @@
 //! The forward pass of [`GpuModel`]: a step's inputs uploaded, its plan built (plan.rs), then
 //! its stages queued (layer.rs): embed, per layer qkv / q/k pass / attention / MLP, the head.
 
-use crate::cuda::attention::{AttnShape, DecodeMeta, ExtendMeta};
+use crate::cuda::attention::{AttnShape, DecodeKernel, DecodeMeta, ExtendMeta};
 use crate::cuda::layer::Step;
 use crate::cuda::model::GpuModel;
 use crate::cuda::ops::{LastTokenStore, SamplingBufs};
@@ -178,8 +178,7 @@ impl GpuModel {
             decode_early_kv: true,
             decode_prefetch_kv_keys: usize::MAX,
             decode_prefetch_next: None,
-            decode_mma: false,
-            decode_reg_mma: false,
+            decode_kernel: DecodeKernel::CudaCore,
         }
     }
 }

@@ -10,9 +10,7 @@ use crate::cuda::buffers::{KvPool, Workspace};
 use crate::cuda::gemm_tile::TileEpilogue;
 use crate::cuda::model::{GpuModel, LayerWeights};
 use crate::cuda::ops::{NormIn, QkvLayout, QkvPost, RowScale};
-use crate::cuda::plan::{
-    DecodeAttn, DecodeKernel, GateUp, Gemm, MlpStage, QkPass, QkvStage, StepPlan,
-};
+use crate::cuda::plan::{DecodeAttn, GateUp, Gemm, MlpStage, QkPass, QkvStage, StepPlan};
 use crate::cuda::skinny::{skinny_plan, GemmIo, SkinnyEpilogue};
 use crate::cuda::{CudaError, DPtr, Gpu, Result};
 use cudarc::driver::CudaSlice;
@@ -289,8 +287,7 @@ impl Step<'_> {
             decode_early_kv: plan.early_kv,
             decode_prefetch_kv_keys: plan.prefetch_kv_keys,
             decode_prefetch_next: plan.prefetch_o.then(|| self.p(&lw.o)),
-            decode_mma: plan.kernel == DecodeKernel::TensorCore,
-            decode_reg_mma: plan.kernel == DecodeKernel::TensorCoreRegs,
+            decode_kernel: plan.kernel,
             ..shape
         }
     }

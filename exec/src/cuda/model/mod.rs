@@ -104,6 +104,11 @@ pub struct KernelChoice {
     /// kernels (0: never). Default 32: faster at b=16-32, slower at 64 (docs/cuda.md, "Decode
     /// attention").
     pub decode_reg_mma_max_tokens: usize,
+    /// Decode steps on the CUDA-core kernels run the pipelined one for GQA groups up to this
+    /// many (at most 4), the one that waits for each iteration's keys above. Default 2 (groups
+    /// 1-2, Qwen3-0.6B's); group 4 (Llama-3.1-8B, Qwen3-8B) is untimed: `cuda_shared_prefix`'s
+    /// `gqa_group_4_decode_attention_by_kernel` (docs/cuda.md, "Decode attention").
+    pub decode_pipelined_max_group: usize,
     /// Pure decode steps of at least this many rows have the decode attention ask the o
     /// projection's weights into L2 for the GEMM after it (usize::MAX: never). Default 32: b=32
     /// and b=64 gained ~1 %, b=16 lost 3-8 us (docs/cuda.md, "Decode attention").
@@ -125,6 +130,7 @@ impl Default for KernelChoice {
             decode_split_min_keys: MIN_KEYS_PER_SPLIT,
             decode_mma_max_tokens: 8,
             decode_reg_mma_max_tokens: 32,
+            decode_pipelined_max_group: 2,
             decode_prefetch_o_min_rows: 32,
             decode_prefetch_kv_max_rows: 256,
         }

@@ -3,6 +3,7 @@
 //! (docs/cuda.md, "The step plan"). The forward pass (forward.rs, layer.rs) only follows it.
 
 use crate::cuda::attention::decode_mma_smem;
+pub use crate::cuda::attention::DecodeKernel;
 use crate::cuda::buffers::TokenPick;
 use crate::cuda::gemm_tile::{
     tile_columns, tile_plan, TileKind, TilePlan, TILE_MAX_M, TILE_NO_PREFETCH, TILE_PRESCALED,
@@ -92,17 +93,6 @@ pub enum QkPass {
     AfterExtendQ(usize),
     /// One pass over every token.
     Separate,
-}
-
-/// Which decode attention kernel runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DecodeKernel {
-    /// Tensor cores through shared memory (`kernels/attention_decode_mma.cu`).
-    TensorCore,
-    /// Tensor cores fed from registers (`kernels/attention_decode_rmma.cu`).
-    TensorCoreRegs,
-    /// The CUDA-core kernels (`kernels/attention_decode.cu`).
-    CudaCore,
 }
 
 /// The decode attention of a step.
@@ -311,8 +301,9 @@ fn kv_prefetch_keys(dev: DeviceCaps, blocks: usize, head_dim: usize) -> usize {
 
 /// The decode attention kernel for `rows` decode rows: the shared-memory tensor-core kernel up
 /// to `decode_mma_max_tokens` where its 3-stage shared memory fits (not sm_86/sm_89 at
-/// head_dim 128), the register-fed one up to `decode_reg_mma_max_tokens`, else CUDA cores.
-fn decode_kernel(
+/// head_dim 128), the register-fed one up to `decode_reg_mma_max_tokens`, else CUDA cores,
+/// pipelined for GQA groups up to `decode_pipelined_max_group` (at most 4).
+pub fn decode_kernel(
     cfg: &ModelConfig,
     k: &KernelChoice,
     dev: DeviceCaps,
@@ -322,6 +313,8 @@ fn decode_kernel(
         DecodeKernel::TensorCore
     } else if rows <= k.decode_reg_mma_max_tokens {
         DecodeKernel::TensorCoreRegs
+    } else if cfg.num_heads / cfg.num_kv_heads <= k.decode_pipelined_max_group.min(4) {
+        DecodeKernel::CudaCorePipelined
     } else {
         DecodeKernel::CudaCore
     }
@@ -388,7 +381,8 @@ mod tests {
         let cublas = Gemm::Cublas { tuned: false };
         assert_eq!(p.qkv, QkvStage::RawResidual(cublas));
         let d = p.decode.expect("decode attention");
-        assert_eq!(d.kernel, DecodeKernel::CudaCore);
+        // GQA group 2: the pipelined CUDA-core kernel.
+        assert_eq!(d.kernel, DecodeKernel::CudaCorePipelined);
         assert!(d.prefetch_o, "64 rows prefetch the o weights");
         match p.mlp {
             MlpStage::Separate {
@@ -411,21 +405,51 @@ mod tests {
         );
         assert_eq!(
             plan(decode(33, 1)).decode.map(|d| d.kernel),
-            Some(DecodeKernel::CudaCore)
+            Some(DecodeKernel::CudaCorePipelined)
         );
+    }
+
+    fn llama_8b() -> ModelConfig {
+        let text = include_str!("../../../../scripts/gpu/llama3.1-8b/config.json");
+        ModelConfig::parse(text, Path::new("config.json")).expect("config parses")
     }
 
     #[test]
     fn sixty_four_decode_rows_on_llama_8b_run_gate_up_on_cublas_past_one_wave_of_tiles() {
-        let text = include_str!("../../../../scripts/gpu/llama3.1-8b/config.json");
-        let cfg = ModelConfig::parse(text, Path::new("config.json")).expect("config parses");
-        let p = StepPlan::new(&cfg, &KernelChoice::default(), H100, decode(64, 1));
+        let p = StepPlan::new(&llama_8b(), &KernelChoice::default(), H100, decode(64, 1));
         match p.mlp {
             MlpStage::Separate { gate_up, .. } => {
                 assert_eq!(gate_up, GateUp::CublasThenSilu { tuned: false })
             }
             other => panic!("64 rows: {other:?}"),
         }
+    }
+
+    #[test]
+    fn cuda_core_decode_is_pipelined_up_to_its_group_bound_and_never_past_group_4() {
+        let kernel = |cfg: &ModelConfig, max_group| {
+            let k = KernelChoice {
+                decode_pipelined_max_group: max_group,
+                ..KernelChoice::default()
+            };
+            let p = StepPlan::new(cfg, &k, H100, decode(64, 1));
+            p.decode.map(|d| d.kernel)
+        };
+        let (pipe, wait) = (
+            Some(DecodeKernel::CudaCorePipelined),
+            Some(DecodeKernel::CudaCore),
+        );
+        // Llama-3.1-8B: group 4.
+        let llama = llama_8b();
+        assert_eq!(kernel(&llama, 2), wait);
+        assert_eq!(kernel(&llama, 4), pipe);
+        assert_eq!(kernel(&qwen3_06b(), 0), wait);
+        // Group 8 has no pipelined instance, whatever the bound.
+        let g8 = ModelConfig {
+            num_heads: 64,
+            ..llama
+        };
+        assert_eq!(kernel(&g8, usize::MAX), wait);
     }
 
     #[test]

@@ -191,12 +191,32 @@ pub struct AttnShape {
     /// nk-th key) of the first this many keys of its range before waiting for the previous
     /// kernel; 0: no prefetch.
     pub decode_prefetch_kv_keys: usize,
-    /// Decode (V3 variants): the tensor-core kernel (`kernels/attention_decode_mma.cu`) instead
-    /// of the CUDA-core ones; same plan, arguments and outputs.
-    pub decode_mma: bool,
-    /// Decode (V3 variants, where `decode_mma` is off): the tensor-core kernel fed from
-    /// registers (`kernels/attention_decode_rmma.cu`); same plan, arguments and outputs.
-    pub decode_reg_mma: bool,
+    /// Decode: the kernel family (same plan, arguments and outputs for all).
+    pub decode_kernel: DecodeKernel,
+}
+
+/// Which decode attention kernel runs (the step plan's choice, `model/plan.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeKernel {
+    /// Tensor cores through shared memory (`kernels/attention_decode_mma.cu`).
+    TensorCore,
+    /// Tensor cores fed from registers (`kernels/attention_decode_rmma.cu`).
+    TensorCoreRegs,
+    /// CUDA cores (`kernels/attention_decode.cu`): a warp requests 4 keys, waits, then computes.
+    CudaCore,
+    /// CUDA cores with the next keys requested before the math on the current ones (two
+    /// register buffers); GQA groups up to 4 (above, [`DecodeKernel::CudaCore`]'s kernel runs).
+    CudaCorePipelined,
+}
+
+impl DecodeKernel {
+    /// Every family, for tests and benches that run them all.
+    pub const ALL: [DecodeKernel; 4] = [
+        DecodeKernel::TensorCore,
+        DecodeKernel::TensorCoreRegs,
+        DecodeKernel::CudaCore,
+        DecodeKernel::CudaCorePipelined,
+    ];
 }
 
 impl AttnShape {
@@ -286,7 +306,7 @@ impl Gpu {
         }
         let name = decode_kernel_name(shape);
         // The tensor-core kernel's 3 stages per warp (kernels/attention_decode_mma.cu).
-        let smem = if shape.decode_mma {
+        let smem = if shape.decode_kernel == DecodeKernel::TensorCore {
             decode_mma_smem(shape.head_dim, 3)
         } else {
             0
@@ -466,30 +486,32 @@ fn check_qk_pass(shape: &AttnShape, q: &DPtr<bf16>, tokens: usize, p: &QkvPost) 
     Ok(())
 }
 
-/// The decode kernel `shape` selects: the tensor-core one, the register-fed one, or the CUDA-core
-/// V3 kernel sized to the GQA group (pipelined for groups of 1-2).
+/// The decode kernel `shape` selects: its family, instanced by head_dim and (tensor cores
+/// through shared memory, CUDA cores) the GQA group.
 fn decode_kernel_name(shape: &AttnShape) -> &'static str {
+    use DecodeKernel::*;
     let group = shape.nq / shape.nk;
-    let mma = shape.decode_mma;
-    let rmma = !mma && shape.decode_reg_mma;
-    match (shape.head_dim, group) {
-        (64, 1) if mma => "attention_decode_mma_d64_g1",
-        (64, 2) if mma => "attention_decode_mma_d64_g2",
-        (64, 3..=4) if mma => "attention_decode_mma_d64_g4",
-        (64, _) if mma => "attention_decode_mma_d64_g8",
-        (_, 1) if mma => "attention_decode_mma_d128_g1",
-        (_, 2) if mma => "attention_decode_mma_d128_g2",
-        (_, 3..=4) if mma => "attention_decode_mma_d128_g4",
-        (_, _) if mma => "attention_decode_mma_d128_g8",
-        (64, _) if rmma => "attention_decode_rmma_d64",
-        (_, _) if rmma => "attention_decode_rmma_d128",
-        (64, 1) => "attention_decode_v3p_d64_g1",
-        (64, 2) => "attention_decode_v3p_d64_g2",
-        (64, 3..=4) => "attention_decode_v3_d64_g4",
-        (64, _) => "attention_decode_v3_d64_g8",
-        (_, 1) => "attention_decode_v3p_d128_g1",
-        (_, 2) => "attention_decode_v3p_d128_g2",
-        (_, 3..=4) => "attention_decode_v3_d128_g4",
+    let d64 = shape.head_dim == 64;
+    match (shape.decode_kernel, group) {
+        (TensorCore, 1) if d64 => "attention_decode_mma_d64_g1",
+        (TensorCore, 2) if d64 => "attention_decode_mma_d64_g2",
+        (TensorCore, 3..=4) if d64 => "attention_decode_mma_d64_g4",
+        (TensorCore, _) if d64 => "attention_decode_mma_d64_g8",
+        (TensorCore, 1) => "attention_decode_mma_d128_g1",
+        (TensorCore, 2) => "attention_decode_mma_d128_g2",
+        (TensorCore, 3..=4) => "attention_decode_mma_d128_g4",
+        (TensorCore, _) => "attention_decode_mma_d128_g8",
+        (TensorCoreRegs, _) if d64 => "attention_decode_rmma_d64",
+        (TensorCoreRegs, _) => "attention_decode_rmma_d128",
+        (CudaCorePipelined, 1) if d64 => "attention_decode_v3p_d64_g1",
+        (CudaCorePipelined, 2) if d64 => "attention_decode_v3p_d64_g2",
+        (CudaCorePipelined, 3..=4) if d64 => "attention_decode_v3p_d64_g4",
+        (CudaCorePipelined, 1) => "attention_decode_v3p_d128_g1",
+        (CudaCorePipelined, 2) => "attention_decode_v3p_d128_g2",
+        (CudaCorePipelined, 3..=4) => "attention_decode_v3p_d128_g4",
+        (_, ..=4) if d64 => "attention_decode_v3_d64_g4",
+        (_, _) if d64 => "attention_decode_v3_d64_g8",
+        (_, ..=4) => "attention_decode_v3_d128_g4",
         (_, _) => "attention_decode_v3_d128_g8",
     }
 }
@@ -536,7 +558,7 @@ mod tests {
         let mut picked = std::collections::BTreeSet::new();
         for head_dim in [64, 128] {
             for group in 1..=8 {
-                for (mma, reg) in [(false, false), (false, true), (true, false), (true, true)] {
+                for kernel in DecodeKernel::ALL {
                     let shape = AttnShape {
                         nq: 2 * group,
                         nk: 2,
@@ -550,8 +572,7 @@ mod tests {
                         decode_early_kv: false,
                         decode_prefetch_kv_keys: usize::MAX,
                         decode_prefetch_next: None,
-                        decode_mma: mma,
-                        decode_reg_mma: reg,
+                        decode_kernel: kernel,
                     };
                     picked.insert(decode_kernel_name(&shape));
                 }

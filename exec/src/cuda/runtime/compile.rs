@@ -63,8 +63,10 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
             "attention_decode_v3_d128_g8",
             "attention_decode_v3p_d64_g1",
             "attention_decode_v3p_d64_g2",
+            "attention_decode_v3p_d64_g4",
             "attention_decode_v3p_d128_g1",
             "attention_decode_v3p_d128_g2",
+            "attention_decode_v3p_d128_g4",
         ]
     ),
     kernel_source!(
