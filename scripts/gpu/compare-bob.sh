@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the GPU machine, from the repository root: bench-one-batch (batch 1/4/16/64, input 128,
+# On the GPU machine, from the repository root: bench-one-batch (batch 1/4/16/64, input INPUT,
 # output 64) of a baseline binary and of this build on the same checkpoint, alternated over
 # ROUNDS rounds so drift hits both alike; prints each binary's weight line and a comparison
 # table of the per-batch medians over the rounds (the table is the last thing printed).
@@ -7,21 +7,26 @@
 #   NEW: this build's binary (default carry/bin/doppel)
 #   MODEL: checkpoint directory (default /tmp/qwen3-ref, made by scripts/gpu/make_reference.py)
 #   OUT: folder for the JSON and logs (default /tmp/doppel-gpu-out)
+#   INPUT: prompt length (default 128; 1024 for the decode attention at W3's contexts)
+#   BASE_ARGS, NEW_ARGS: extra bench-one-batch flags of each side, e.g. one binary as both
+#   with NEW_ARGS="--decode-pipelined-max-group 4"
 set -uo pipefail
 BASE=${BASE:-carry/base/doppel}
 NEW=${NEW:-carry/bin/doppel}
 MODEL=${MODEL:-/tmp/qwen3-ref}
 OUT=${OUT:-/tmp/doppel-gpu-out}
 ROUNDS=${ROUNDS:-3}
+INPUT=${INPUT:-128}
 mkdir -p "$OUT"
 source "$(dirname "$0")/env.sh"
 status=0
 for r in $(seq 1 "$ROUNDS"); do
     for which in base new; do
-        bin=$BASE
-        [ "$which" = new ] && bin=$NEW
+        bin=$BASE args=${BASE_ARGS:-}
+        [ "$which" = new ] && bin=$NEW args=${NEW_ARGS:-}
+        # shellcheck disable=SC2086
         timeout 90 "$bin" exec bench-one-batch --model "$MODEL" --batch-size 1 4 16 64 \
-            --input-len 128 --output-len 64 --json >"$OUT/bob-$which-$r.json" 2>"$OUT/bob-$which-$r.log"
+            --input-len "$INPUT" --output-len 64 $args --json >"$OUT/bob-$which-$r.json" 2>"$OUT/bob-$which-$r.log"
         rc=$?
         [ "$rc" = 0 ] || status=1
         echo "$which round $r: exit $rc; $(grep -m1 -o 'weights [^;]*' "$OUT/bob-$which-$r.log")"
