@@ -42,6 +42,10 @@ pub struct BenchOneBatchArgs {
     /// measured fastest for its shape (cuBLASLt candidates included).
     #[arg(long)]
     no_gemm_tuning: bool,
+    /// Steps of at most this many tokens (above the GEMVs' one) run the skinny tensor-core GEMM,
+    /// larger ones cuBLAS (default: the engine's, see `KernelChoice::skinny_max_tokens`).
+    #[arg(long)]
+    skinny_max_rows: Option<usize>,
     /// Decode steps of at most this many rows run the tensor-core decode attention, larger ones
     /// the CUDA-core kernels (0: never; default: the engine's threshold, see
     /// `KernelChoice::decode_mma_max_tokens`).
@@ -125,6 +129,9 @@ pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
 fn apply_kernel_flags(a: &BenchOneBatchArgs, k: &mut KernelChoice) {
     if a.no_gemm_tuning {
         k.gemm_lt_min_tokens = usize::MAX;
+    }
+    if let Some(n) = a.skinny_max_rows {
+        k.skinny_max_tokens = n;
     }
     if let Some(n) = a.decode_mma_max_rows {
         k.decode_mma_max_tokens = n;
