@@ -11,8 +11,11 @@ use crate::cuda::{CudaError, DPtr, DriverCtx, Gpu, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
+mod decode_kernel;
 mod extend;
 mod order;
+use decode_kernel::decode_kernel_name;
+pub use decode_kernel::DecodeKernel;
 pub use extend::{gqa_tiles, ExtendMeta, QRope, EXTEND_TILE};
 pub use order::VisitOrder;
 
@@ -193,30 +196,6 @@ pub struct AttnShape {
     pub decode_prefetch_kv_keys: usize,
     /// Decode: the kernel family (same plan, arguments and outputs for all).
     pub decode_kernel: DecodeKernel,
-}
-
-/// Which decode attention kernel runs (the step plan's choice, `model/plan.rs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DecodeKernel {
-    /// Tensor cores through shared memory (`kernels/attention_decode_mma.cu`).
-    TensorCore,
-    /// Tensor cores fed from registers (`kernels/attention_decode_rmma.cu`).
-    TensorCoreRegs,
-    /// CUDA cores (`kernels/attention_decode.cu`): a warp requests 4 keys, waits, then computes.
-    CudaCore,
-    /// CUDA cores with the next keys requested before the math on the current ones (two
-    /// register buffers); GQA groups up to 4 (above, [`DecodeKernel::CudaCore`]'s kernel runs).
-    CudaCorePipelined,
-}
-
-impl DecodeKernel {
-    /// Every family, for tests and benches that run them all.
-    pub const ALL: [DecodeKernel; 4] = [
-        DecodeKernel::TensorCore,
-        DecodeKernel::TensorCoreRegs,
-        DecodeKernel::CudaCore,
-        DecodeKernel::CudaCorePipelined,
-    ];
 }
 
 impl AttnShape {
@@ -484,36 +463,6 @@ fn check_qk_pass(shape: &AttnShape, q: &DPtr<bf16>, tokens: usize, p: &QkvPost) 
         need(K, "row-scale rows", &rs.x, tokens * rs.hidden)?;
     }
     Ok(())
-}
-
-/// The decode kernel `shape` selects: its family, instanced by head_dim and (tensor cores
-/// through shared memory, CUDA cores) the GQA group.
-fn decode_kernel_name(shape: &AttnShape) -> &'static str {
-    use DecodeKernel::*;
-    let group = shape.nq / shape.nk;
-    let d64 = shape.head_dim == 64;
-    match (shape.decode_kernel, group) {
-        (TensorCore, 1) if d64 => "attention_decode_mma_d64_g1",
-        (TensorCore, 2) if d64 => "attention_decode_mma_d64_g2",
-        (TensorCore, 3..=4) if d64 => "attention_decode_mma_d64_g4",
-        (TensorCore, _) if d64 => "attention_decode_mma_d64_g8",
-        (TensorCore, 1) => "attention_decode_mma_d128_g1",
-        (TensorCore, 2) => "attention_decode_mma_d128_g2",
-        (TensorCore, 3..=4) => "attention_decode_mma_d128_g4",
-        (TensorCore, _) => "attention_decode_mma_d128_g8",
-        (TensorCoreRegs, _) if d64 => "attention_decode_rmma_d64",
-        (TensorCoreRegs, _) => "attention_decode_rmma_d128",
-        (CudaCorePipelined, 1) if d64 => "attention_decode_v3p_d64_g1",
-        (CudaCorePipelined, 2) if d64 => "attention_decode_v3p_d64_g2",
-        (CudaCorePipelined, 3..=4) if d64 => "attention_decode_v3p_d64_g4",
-        (CudaCorePipelined, 1) => "attention_decode_v3p_d128_g1",
-        (CudaCorePipelined, 2) => "attention_decode_v3p_d128_g2",
-        (CudaCorePipelined, 3..=4) => "attention_decode_v3p_d128_g4",
-        (_, ..=4) if d64 => "attention_decode_v3_d64_g4",
-        (_, _) if d64 => "attention_decode_v3_d64_g8",
-        (_, ..=4) => "attention_decode_v3_d128_g4",
-        (_, _) => "attention_decode_v3_d128_g8",
-    }
 }
 
 /// How a decode attention's splits are merged.
