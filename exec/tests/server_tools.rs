@@ -383,6 +383,22 @@ async fn every_field_takes_effect_or_is_refused_by_name() {
     srv.shutdown().await;
 }
 
+/// Poll /get_load until `want(requests, waiting)` holds.
+async fn wait_for_load(a: &str, what: &str, want: impl Fn(u64, u64) -> bool) {
+    for _ in 0..2000 {
+        let load = get(a, "/get_load").await.unwrap().json();
+        let (n, w) = (
+            load[0]["num_reqs"].as_u64(),
+            load[0]["num_waiting_reqs"].as_u64(),
+        );
+        if want(n.unwrap(), w.unwrap()) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    panic!("never {what}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_orders_the_waiting_queue() {
     let srv = start(|c| {
@@ -391,28 +407,30 @@ async fn priority_orders_the_waiting_queue() {
     })
     .await;
     let a = srv.addr.clone();
-    // A long request holds the only running slot while two more queue behind it.
+    // A long request holds the only running slot until both others wait behind it, then is
+    // aborted: no sleep decides the order (the tiny model can finish 1,500 tokens in 250 ms).
     let long = tokio::spawn({
         let a = a.clone();
         async move {
             post_json(
                 &a,
                 "/generate",
-                &json!({"text": "hold", "priority": 0,
-                "sampling_params": {"max_new_tokens": 1500, "ignore_eos": true}}),
+                &json!({"text": "hold", "priority": 0, "rid": "hold",
+                "sampling_params": {"max_new_tokens": 2000, "ignore_eos": true}}),
             )
             .await
             .unwrap()
         }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    wait_for_load(&a, "running the long request", |n, w| n == 1 && w == 0).await;
     let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
-    for (name, prio) in [("low", -5), ("high", 5)] {
-        let (a, order) = (a.clone(), order.clone());
+    // The low-priority request arrives first.
+    for (waiting, name, prio) in [(1, "low", -5), (2, "high", 5)] {
+        let (a2, order) = (a.clone(), order.clone());
         tasks.push(tokio::spawn(async move {
             let r = post_json(
-                &a,
+                &a2,
                 "/generate",
                 &json!({"text": name, "priority": prio,
                 "sampling_params": {"max_new_tokens": 4, "ignore_eos": true}}),
@@ -422,13 +440,18 @@ async fn priority_orders_the_waiting_queue() {
             assert_eq!(r.status, 200, "{}", r.text());
             order.lock().unwrap().push(name);
         }));
-        // The low-priority request arrives first.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        wait_for_load(&a, &format!("{waiting} waiting"), |_, w| w == waiting).await;
     }
+    let r = post_json(&a, "/abort_request", &json!({"rid": "hold"}))
+        .await
+        .unwrap();
+    assert_eq!(r.json()["aborted"], 1, "{}", r.text());
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(long.await.unwrap().status, 200);
+    let long = long.await.unwrap();
+    assert_eq!(long.status, 200);
+    assert_eq!(long.json()["meta_info"]["finish_reason"]["type"], "abort");
     assert_eq!(*order.lock().unwrap(), vec!["high", "low"]);
     srv.shutdown().await;
 }
