@@ -130,7 +130,11 @@ fn repo(rel: &str) -> String {
 /// fit. `bounds` holds each row's |error| bound in percent (prefill, decode): the A100 test's
 /// 15 and 10 where met, else the measured error rounded up plus 2 points; a prefill bound of
 /// `None` is a row left out of the fit, which must then be slower than one simulated step.
-fn check_peer(engine: &str, prefill: PrefillRows, bounds: &[(usize, Option<f64>, f64)]) {
+/// One-batch error bounds of a peer's profile, per (batch, prompt length) row: prefill (`None`:
+/// the profile must be faster than the table, its rows not being one step) and decode, in %.
+type RowBounds = [((usize, usize), Option<f64>, f64)];
+
+fn check_peer(engine: &str, prefill: PrefillRows, bounds: &RowBounds) {
     let name = format!("h100-80g/qwen3-0.6b/{engine}");
     let p = Profile::load(&name).unwrap();
     assert!(p.calibrated, "{name}");
@@ -138,21 +142,32 @@ fn check_peer(engine: &str, prefill: PrefillRows, bounds: &[(usize, Option<f64>,
         "sim/profiles/measurements/h100-80g_qwen3-0.6b_{engine}-onebatch.jsonl"
     ));
     let rows = load_one_batch(&table).unwrap();
-    assert_eq!(rows.len(), bounds.len());
+    // Every row has its bound and every bound its row: a new table needs its own bounds.
+    assert_eq!(rows.len(), bounds.len(), "{engine}: rows against bounds");
     let cost = RooflineCost::new(&p, 1);
-    for (r, &(batch, pre_bound, dec_bound)) in rows.iter().zip(bounds) {
-        assert_eq!(r.batch, batch);
+    for r in &rows {
+        let key = (r.batch, r.input_len);
+        let Some(&(_, pre_bound, dec_bound)) = bounds.iter().find(|b| b.0 == key) else {
+            panic!("{engine}: no bound for batch {} at input {}", key.0, key.1)
+        };
+        let (batch, input) = key;
         let sim = one_batch::run(&cost, r.batch, r.input_len, r.output_len);
         let pe = (sim.prefill_s / r.prefill_s - 1.0) * 100.0;
         let de = (sim.decode_median_s / r.decode_s - 1.0) * 100.0;
-        eprintln!("{engine} b={batch}: prefill {pe:+.2} %, decode {de:+.2} %");
+        eprintln!("{engine} b={batch} in={input}: prefill {pe:+.2} %, decode {de:+.2} %");
         assert!(
             de.abs() <= dec_bound,
-            "{engine} b={batch}: decode {de:+.2} %"
+            "{engine} b={batch} in={input}: decode {de:+.2} %"
         );
         match pre_bound {
-            Some(b) => assert!(pe.abs() <= b, "{engine} b={batch}: prefill {pe:+.2} %"),
-            None => assert!(pe < 0.0, "{engine} b={batch}: prefill {pe:+.2} %"),
+            Some(b) => assert!(
+                pe.abs() <= b,
+                "{engine} b={batch} in={input}: prefill {pe:+.2} %"
+            ),
+            None => assert!(
+                pe < 0.0,
+                "{engine} b={batch} in={input}: prefill {pe:+.2} %"
+            ),
         }
     }
     let dir = "sim/fidelity/h100-qwen3-0.6b-peers";
@@ -178,10 +193,10 @@ fn check_peer(engine: &str, prefill: PrefillRows, bounds: &[(usize, Option<f64>,
 fn h100_sglang_profile_is_its_fit_and_reproduces_its_one_batch_table() {
     // Batch 16's prefill (+19.3 %) and batch 64's decode (-12.7 %) miss.
     let bounds = [
-        (1, Some(15.0), 10.0),
-        (4, Some(15.0), 10.0),
-        (16, Some(22.0), 10.0),
-        (64, Some(15.0), 15.0),
+        ((1, 128), Some(15.0), 10.0),
+        ((4, 128), Some(15.0), 10.0),
+        ((16, 128), Some(22.0), 10.0),
+        ((64, 128), Some(15.0), 15.0),
     ];
     check_peer("sglang", PrefillRows::All, &bounds);
 }
@@ -192,10 +207,10 @@ fn h100_vllm_profile_is_its_fit_and_reproduces_its_one_batch_table() {
     // and are not one step (docs/fidelity.md). Batch 1's decode step (1.56 ms, against 2.22 ms
     // at batch 4) is +42.5 %, batch 64's -23.1 %: three fitted figures cannot follow the jump.
     let bounds = [
-        (1, Some(15.0), 45.0),
-        (4, None, 10.0),
-        (16, None, 10.0),
-        (64, None, 26.0),
+        ((1, 128), Some(15.0), 45.0),
+        ((4, 128), None, 10.0),
+        ((16, 128), None, 10.0),
+        ((64, 128), None, 26.0),
     ];
     check_peer("vllm", PrefillRows::Batches(&[1]), &bounds);
 }
