@@ -34,6 +34,16 @@ fn one_stream_run(p: &Profile) -> ServingRun {
 }
 
 /// `truth` with the figures the fit finds set to zero.
+/// `fit` over every row's prefill and `truth`'s one-stream run.
+fn fit_all_rows(
+    base: &Profile,
+    rows: &[OneBatchRow],
+    truth: &Profile,
+) -> Result<Profile, SimError> {
+    let run = one_stream_run(truth);
+    fit(base, rows, PrefillRows::All, &[run], "p", "m")
+}
+
 fn unfitted(truth: &Profile) -> Profile {
     let mut base = truth.clone();
     base.engine.schedule_ns_per_step = 0.0;
@@ -98,15 +108,7 @@ fn a_table_at_two_prompt_lengths_gives_back_the_kv_rate_that_made_it() {
     // The whole fit takes the rate first, then finds the same split as at the base's rate.
     let mut base = unfitted(&truth);
     base.efficiency.kv_bandwidth = 0.8;
-    let p = fit(
-        &base,
-        &rows,
-        PrefillRows::All,
-        &[one_stream_run(&truth)],
-        "p",
-        "m",
-    )
-    .unwrap();
+    let p = fit_all_rows(&base, &rows, &truth).unwrap();
     assert!(
         (p.efficiency.kv_bandwidth / 0.55 - 1.0).abs() < 0.01,
         "{p:?}"
@@ -158,15 +160,6 @@ fn a_base_with_a_measured_decode_table_is_refused_naming_it() {
     let base = Profile::load("h100-80g/qwen3-0.6b/doppel").unwrap();
     assert!(!base.decode_table.is_empty());
     let rows = table(&base, &[1, 4], &[128]);
-    let e = fit(
-        &base,
-        &rows,
-        PrefillRows::All,
-        &[one_stream_run(&base)],
-        "p",
-        "m",
-    )
-    .unwrap_err()
-    .to_string();
+    let e = fit_all_rows(&base, &rows, &base).unwrap_err().to_string();
     assert!(e.contains("--base") && e.contains("decode table"), "{e}");
 }

@@ -17,16 +17,6 @@ pub enum DecodeKernel {
     CudaCorePipelined,
 }
 
-impl DecodeKernel {
-    /// Every family, for tests and benches that run them all.
-    pub const ALL: [DecodeKernel; 4] = [
-        DecodeKernel::TensorCore,
-        DecodeKernel::TensorCoreRegs,
-        DecodeKernel::CudaCore,
-        DecodeKernel::CudaCorePipelined,
-    ];
-}
-
 /// The decode kernel `shape` selects: its family, instanced by head_dim and (tensor cores
 /// through shared memory, CUDA cores) the GQA group.
 pub(super) fn decode_kernel_name(shape: &AttnShape) -> &'static str {
