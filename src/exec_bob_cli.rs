@@ -1,8 +1,8 @@
 //! `doppel exec bench-one-batch`: SGLang's bench_one_batch on the GPU (see docs/cuda.md).
 
+use super::flags::KernelFlags;
 use anyhow::{bail, Context};
 use clap::Args;
-use doppel_exec::cuda::model::KernelChoice;
 use doppel_exec::model::ModelConfig;
 use doppel_measure::bench_one_batch::{format_table, run, to_json, BenchOptions, BenchRow};
 use std::path::PathBuf;
@@ -38,37 +38,8 @@ pub struct BenchOneBatchArgs {
     /// Tensor-parallel ranks: GPUs from --device on, joined by NCCL (1: one GPU, no NCCL).
     #[arg(long = "tp-size", visible_alias = "tp", default_value_t = 1)]
     tp_size: usize,
-    /// Run every cuBLAS-sized GEMM with cublasGemmEx's default algorithm instead of the one
-    /// measured fastest for its shape (cuBLASLt candidates included).
-    #[arg(long)]
-    no_gemm_tuning: bool,
-    /// Steps of at most this many tokens (above the GEMVs' one) run the skinny tensor-core GEMM,
-    /// larger ones cuBLAS (default: the engine's, see `KernelChoice::skinny_max_tokens`).
-    #[arg(long)]
-    skinny_max_rows: Option<usize>,
-    /// Decode steps of at most this many rows run the tensor-core decode attention, larger ones
-    /// the CUDA-core kernels (0: never; default: the engine's threshold, see
-    /// `KernelChoice::decode_mma_max_tokens`).
-    #[arg(long)]
-    decode_mma_max_rows: Option<usize>,
-    /// Decode steps above the tensor-core kernel's rows and up to this many run the tensor-core
-    /// decode attention fed from registers (0: never; default: the engine's threshold, see
-    /// `KernelChoice::decode_reg_mma_max_tokens`).
-    #[arg(long)]
-    decode_reg_mma_max_rows: Option<usize>,
-    /// Decode steps of at least this many rows ask the o projection's weights into L2 from the
-    /// decode attention (default: the engine's threshold, see
-    /// `KernelChoice::decode_prefetch_o_min_rows`).
-    #[arg(long)]
-    decode_prefetch_o_min_rows: Option<usize>,
-    /// No o-weights prefetch from the decode attention at any batch size.
-    #[arg(long, conflicts_with = "decode_prefetch_o_min_rows")]
-    no_decode_prefetch_o: bool,
-    /// GQA groups up to this many (at most 4) run the pipelined CUDA-core decode attention,
-    /// larger ones the kernel that waits for each iteration's keys (default: the engine's, see
-    /// `KernelChoice::decode_pipelined_max_group`).
-    #[arg(long)]
-    decode_pipelined_max_group: Option<usize>,
+    #[command(flatten)]
+    kernels: KernelFlags,
 }
 
 pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
@@ -98,7 +69,7 @@ pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
         let store = doppel_exec::model::WeightStore::open(&a.model)?;
         GpuModel::load(&gpu, &cfg, &store, ctx)?
     };
-    apply_kernel_flags(&a, &mut model.kernels);
+    model.kernels = a.kernels.choice();
     let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
     eprintln!(
         "{} (sm_{}{}): {}; KV cache {} tokens ({:.3} GB); decode CUDA graphs for batch sizes {:?}; kernels loaded in {:.2}s",
@@ -125,31 +96,6 @@ pub fn bench_one_batch(a: BenchOneBatchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The engine's kernel thresholds as the flags set them.
-fn apply_kernel_flags(a: &BenchOneBatchArgs, k: &mut KernelChoice) {
-    if a.no_gemm_tuning {
-        k.gemm_lt_min_tokens = usize::MAX;
-    }
-    if let Some(n) = a.skinny_max_rows {
-        k.skinny_max_tokens = n;
-    }
-    if let Some(n) = a.decode_mma_max_rows {
-        k.decode_mma_max_tokens = n;
-    }
-    if let Some(n) = a.decode_reg_mma_max_rows {
-        k.decode_reg_mma_max_tokens = n;
-    }
-    if let Some(n) = a.decode_prefetch_o_min_rows {
-        k.decode_prefetch_o_min_rows = n;
-    }
-    if a.no_decode_prefetch_o {
-        k.decode_prefetch_o_min_rows = usize::MAX;
-    }
-    if let Some(n) = a.decode_pipelined_max_group {
-        k.decode_pipelined_max_group = n;
-    }
-}
-
 /// bench-one-batch over `a.tp_size` GPUs: rank 0's table, and the all-reduce time per layer
 /// of each batch size (measured apart: a graph of the decode step's all-reduces).
 fn bench_tp(
@@ -169,7 +115,7 @@ fn bench_tp(
         .with_context(|| format!("--tp-size {n} --device {}", a.device))?;
     let max_b = a.batch_size.iter().copied().max().unwrap_or(1);
     for (r, rank) in ranks.iter_mut().enumerate() {
-        apply_kernel_flags(a, &mut rank.model.kernels);
+        rank.model.kernels = a.kernels.choice();
         let (gpu, m) = (&rank.gpu, &rank.model);
         eprintln!(
             "TP rank {r}/{n}: {} (sm_{}{}): weights {:.3} GB; KV cache {} tokens ({:.3} GB, {} of {} KV heads)",
@@ -196,7 +142,7 @@ fn print_rows(a: &BenchOneBatchArgs, rows: &[BenchRow], all_reduce: Option<&[f64
             "batch {}: GEMM shapes measured in {:.0} ms ({})",
             r.batch_size,
             r.gemm_tune_ms,
-            if !a.no_gemm_tuning {
+            if !a.kernels.no_gemm_tuning {
                 "fastest of cublasGemmEx and cuBLASLt per shape"
             } else {
                 "off: cublasGemmEx default"

@@ -20,6 +20,8 @@ use std::time::Instant;
 // serve.
 #[path = "exec_bob_cli.rs"]
 mod bob;
+#[path = "exec_kernel_flags.rs"]
+mod flags;
 #[path = "exec_serve_cli.rs"]
 mod serve;
 #[path = "exec_tools_cli.rs"]
@@ -441,6 +443,8 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
                 cuda_graph_max_bs: a.cuda_graph_max_bs,
                 random_weights: false,
                 seed: a.seed.unwrap_or(0),
+
+                ..Default::default()
             };
             let what = || format!("--tp-size {} --device {}", a.tp_size, a.device);
             if a.tp_size > 1 {

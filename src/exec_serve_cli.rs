@@ -1,6 +1,7 @@
 //! `doppel exec serve`: the HTTP server (see docs/server.md). Takes SGLang's launch flags
 //! (`--model-path`, `--tp`, `--api-key`, ...) so a user's command line works as typed.
 
+use super::flags::KernelFlags;
 use super::{check_tp, local_dir, parse_device};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
@@ -35,6 +36,9 @@ pub struct ServeArgs {
     /// CUDA: no CUDA graphs (same as --cuda-graph-max-bs 0).
     #[arg(long)]
     disable_cuda_graph: bool,
+    /// CUDA: the kernel thresholds (for A/B runs on one binary; defaults: the engine's).
+    #[command(flatten)]
+    kernels: KernelFlags,
     /// `auto` (the checkpoint's weights) or `dummy` (random weights from config.json; CUDA).
     #[arg(long, default_value = "auto")]
     load_format: String,
@@ -152,6 +156,7 @@ enum Serving {
 impl ServeArgs {
     fn serving(&self) -> anyhow::Result<Serving> {
         use doppel_exec::server::BackendKind;
+        let kernel_flag = self.kernels.first_set();
         match self.backend.as_str() {
             "sim" if self.tp != 1 => bail!(
                 "--tp {}: only --backend engine runs tensor parallelism",
@@ -163,6 +168,9 @@ impl ServeArgs {
                 }
                 if self.disable_cuda_graph {
                     bail!("--disable-cuda-graph has no effect with --backend sim (a profile models its engine as measured, graphs included); drop it");
+                }
+                if let Some(f) = kernel_flag {
+                    bail!("{f} has no effect with --backend sim (it sets a CUDA kernel threshold); drop it");
                 }
                 Ok(Serving::Sim(self.profile.clone()))
             }
@@ -181,12 +189,16 @@ impl ServeArgs {
                     bail!("--disable-cuda-graph has no effect with --device cpu (no CUDA graphs there); drop it");
                 }
                 check_tp(self.tp)?;
+                if let (Some(f), None) = (kernel_flag, dev) {
+                    bail!("{f} has no effect with --device cpu (it sets a CUDA kernel threshold); drop it");
+                }
                 Ok(Serving::Engine(match dev {
                     None => BackendKind::Cpu,
                     Some(device) => BackendKind::Cuda {
                         device,
                         mem_fraction_static: self.mem_fraction_static,
                         cuda_graph_max_bs: graphs,
+                        kernels: self.kernels.choice(),
                     },
                 }))
             }

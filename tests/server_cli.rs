@@ -325,6 +325,16 @@ fn bad_launches_say_how_to_fix_them() {
         e.contains("--disable-cuda-graph has no effect with --device cpu"),
         "{e}"
     );
+    let e = fails(&["--model", MODEL, "--decode-mma-max-rows", "256"]);
+    assert!(
+        e.contains("--decode-mma-max-rows has no effect with --device cpu"),
+        "{e}"
+    );
+    let e = fails(&["--backend", "sim", "--no-gemm-tuning"]);
+    assert!(
+        e.contains("--no-gemm-tuning has no effect with --backend sim"),
+        "{e}"
+    );
     let e = fails(&["--backend", "sim", "--profile", "h100/nope"]);
     assert!(
         e.contains("h100-80g/qwen3-0.6b/doppel") && e.contains("h100/nope"),

@@ -114,6 +114,7 @@ fn server_on_cuda_device() {
         device: 0,
         mem_fraction_static: Some(0.3),
         cuda_graph_max_bs: 4,
+        kernels: Default::default(),
     };
     let built = Server::build(cfg, cuda);
     if let Some(why) = has_gpu() {

@@ -65,6 +65,7 @@ fn cuda_tp_size_that_does_not_divide_is_refused_before_any_device() {
         device: 0,
         mem_fraction_static: None,
         cuda_graph_max_bs: 0,
+        kernels: Default::default(),
     };
     let e = Server::build(cfg, kind).err().expect("refused").to_string();
     assert!(

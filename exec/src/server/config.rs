@@ -21,6 +21,8 @@ pub enum BackendKind {
         mem_fraction_static: Option<f64>,
         /// Largest decode batch replayed from a CUDA graph (0 = none).
         cuda_graph_max_bs: usize,
+        /// The kernel thresholds of every step plan (`KernelChoice::default()`: the engine's).
+        kernels: crate::cuda::model::KernelChoice,
     },
 }
 

@@ -316,7 +316,15 @@ impl Server {
                 device,
                 mem_fraction_static,
                 cuda_graph_max_bs,
-            } => Self::build_cuda(p, &cfg, *device, *mem_fraction_static, *cuda_graph_max_bs),
+                kernels,
+            } => Self::build_cuda(
+                p,
+                &cfg,
+                *device,
+                *mem_fraction_static,
+                *cuda_graph_max_bs,
+                *kernels,
+            ),
         }
     }
 
@@ -403,6 +411,7 @@ impl Server {
         device: usize,
         mem_fraction_static: Option<f64>,
         cuda_graph_max_bs: usize,
+        kernels: crate::cuda::model::KernelChoice,
     ) -> Result<Server, ServerError> {
         use crate::cuda::{backend::CudaBackend, startup::CudaOptions, tp::backend::TpCudaBackend};
         let dir = cfg
@@ -420,6 +429,7 @@ impl Server {
             cuda_graph_max_bs,
             random_weights: cfg.load_format == LoadFormat::Dummy,
             seed: cfg.seed,
+            kernels,
         };
         let tp = cfg.tp_size;
         let fail = |e: &dyn std::fmt::Display| match tp {

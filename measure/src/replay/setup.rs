@@ -151,6 +151,8 @@ fn cuda_replay(
         cuda_graph_max_bs: graph_max_bs,
         random_weights: s.random_weights,
         seed: trace.seed,
+
+        ..Default::default()
     };
     let (mut backend, capacity) =
         CudaBackend::from_checkpoint(dir, &copts, &cfg).map_err(setup_err)?;

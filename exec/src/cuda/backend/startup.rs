@@ -3,7 +3,7 @@
 //! allocate the request table and activations, and log one summary.
 
 use crate::cuda::backend::{graph_sizes, CudaBackend, CudaBackendConfig};
-use crate::cuda::model::GpuModel;
+use crate::cuda::model::{GpuModel, KernelChoice};
 use crate::cuda::{CudaError, DriverCtx, Gpu, Result};
 use crate::model::{ModelConfig, WeightStore};
 use doppel_core::SchedulerConfig;
@@ -27,6 +27,8 @@ pub struct CudaOptions {
     pub random_weights: bool,
     /// Seed of requests that bring none (and of random weights).
     pub seed: u64,
+    /// The kernel thresholds every step plan uses (default: the engine's).
+    pub kernels: KernelChoice,
 }
 
 impl Default for CudaOptions {
@@ -38,6 +40,7 @@ impl Default for CudaOptions {
             cuda_graph_max_bs: 256,
             random_weights: false,
             seed: 0,
+            kernels: KernelChoice::default(),
         }
     }
 }
@@ -119,12 +122,13 @@ impl CudaBackend {
         let model_err = |msg: String| model_error(dir, msg);
         let (cfg, context_len) = checked_config(dir, opts, sched)?;
         let gpu = Gpu::new(opts.device)?;
-        let model = if opts.random_weights {
+        let mut model = if opts.random_weights {
             GpuModel::random(&gpu, &cfg, opts.seed, context_len)?
         } else {
             let store = WeightStore::open(dir).map_err(|e| model_err(e.to_string()))?;
             GpuModel::load(&gpu, &cfg, &store, context_len)?
         };
+        model.kernels = opts.kernels;
         gpu.sync()?;
         let (free, total) = gpu.ctx.mem_get_info().ctx("reading memory info")?;
         let page = sched.page_size.max(1);

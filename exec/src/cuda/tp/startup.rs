@@ -90,8 +90,9 @@ impl TpCudaBackend {
         }
         let bcfg = backend_config(sched, opts, capacity, context_len);
         let mut backends = Vec::with_capacity(size);
-        for (r, RankModel { gpu, model }) in ranks.into_iter().enumerate() {
+        for (r, RankModel { gpu, mut model }) in ranks.into_iter().enumerate() {
             gpu.ctx.bind_to_thread().ctx("binding a rank's context")?;
+            model.kernels = opts.kernels;
             let b = CudaBackend::new(gpu, model, bcfg.clone())?;
             b.gpu.sync()?;
             eprintln!(
