@@ -3,7 +3,7 @@
     table.py line ENGINE MODEL WORKLOAD WANT RC REPORT.json ARGS   one summary line (JSON) to stdout
     table.py show FILE.jsonl [--last]                              the readable line(s)
     table.py table FILE.jsonl...                                   markdown tables, one per model
-    table.py ab A.jsonl B.jsonl                                    one engine's two runs, B / A
+    table.py ab A.jsonl B.jsonl [C.jsonl...]                       one engine's runs, each / A
 
 A summary line keeps only what the table needs (output tok/s, TTFT and ITL median and p99, the
 request counts), so the raw reports can stay out of git. `line` exits 1 when the workload did not
@@ -106,20 +106,23 @@ def model_table(model, rows):
     return "\n".join(out) + "\n"
 
 
-def ab_table(a_rows, b_rows):
-    """Workload by workload, run A's and run B's lines and B / A of tok/s, TTFT and ITL medians."""
-    a = {r["workload"]: r for r in a_rows}
-    b = {r["workload"]: r for r in b_rows}
+def ab_table(runs):
+    """Workload by workload, each run's line (A, B, C, ...) and every later run / A of tok/s,
+    TTFT and ITL medians."""
+    tags = [chr(ord("A") + i) for i in range(len(runs))]
+    by = [{r["workload"]: r for r in rows} for rows in runs]
     out = []
-    seen = set(a) | set(b)
+    seen = set().union(*by)
     for w in [w for w in WORKLOADS if w in seen] + sorted(seen - set(WORKLOADS)):
-        for tag, r in (("A", a.get(w)), ("B", b.get(w))):
-            out.append(f"{tag} {show(r)}" if r else f"{tag} {w}: not run")
-        ra, rb = a.get(w), b.get(w)
-        if ra and rb and "completed" in ra and "completed" in rb:
-            out.append(f"  B / A {w}: tok/s {ratio(rb['output_tok_s'], ra['output_tok_s'])}, "
-                       f"TTFT med {ratio(rb['ttft_median_ms'], ra['ttft_median_ms'])}, "
-                       f"ITL med {ratio(rb['itl_median_ms'], ra['itl_median_ms'])}")
+        for tag, m in zip(tags, by):
+            out.append(f"{tag} {show(m[w])}" if w in m else f"{tag} {w}: not run")
+        ra = by[0].get(w)
+        for tag, m in zip(tags[1:], by[1:]):
+            rb = m.get(w)
+            if ra and rb and "completed" in ra and "completed" in rb:
+                out.append(f"  {tag} / A {w}: tok/s {ratio(rb['output_tok_s'], ra['output_tok_s'])}, "
+                           f"TTFT med {ratio(rb['ttft_median_ms'], ra['ttft_median_ms'])}, "
+                           f"ITL med {ratio(rb['itl_median_ms'], ra['itl_median_ms'])}")
     return "\n".join(out)
 
 
@@ -139,11 +142,11 @@ def main():
         models = sorted({r["model"] for r in rows})
         print("\n".join(model_table(m, rows) for m in models), end="")
         return
-    if len(a) == 3 and a[0] == "ab":
-        ra, rb = read_rows([a[1]]), read_rows([a[2]])
-        if not ra and not rb:
-            sys.exit(f"table.py ab: no summary lines in {a[1]} or {a[2]}")
-        print(ab_table(ra, rb))
+    if len(a) >= 3 and a[0] == "ab":
+        runs = [read_rows([p]) for p in a[1:]]
+        if not any(runs):
+            sys.exit(f"table.py ab: no summary lines in {', '.join(a[1:])}")
+        print(ab_table(runs))
         return
     sys.exit(__doc__)
 
