@@ -96,6 +96,12 @@ pub struct ServeArgs {
     /// flag).
     #[arg(long)]
     enable_mixed_chunk: bool,
+    /// With --enable-mixed-chunk: while the running requests are fewer than this many and at
+    /// most one request waits, a mixed step's prefill takes only the rest of this many tokens,
+    /// so a prompt rides several decode steps' idle compute (default: the chunk size; doppel's
+    /// flag, not SGLang's).
+    #[arg(long, requires = "enable_mixed_chunk")]
+    mixed_step_tokens: Option<usize>,
     /// Run the plain loop instead of SGLang's overlap order.
     #[arg(long)]
     disable_overlap_schedule: bool,
@@ -252,6 +258,7 @@ impl ServeArgs {
             policy,
             disable_radix_cache: self.disable_radix_cache,
             enable_mixed_chunk: self.enable_mixed_chunk,
+            mixed_step_tokens: self.mixed_step_tokens,
             overlap: !self.disable_overlap_schedule,
             max_queued_requests: self.max_queued_requests,
             max_body_bytes: self.max_body_bytes,

@@ -133,6 +133,10 @@ pub struct SchedulerConfig {
     pub disable_radix_cache: bool,
     /// Carry one decode token per running request inside prefill batches.
     pub enable_mixed_chunk: bool,
+    /// With mixing: while the decode rows are fewer than this many tokens and at most one
+    /// request waits, a mixed step's prefill fills only the rest of this budget, so prompts
+    /// spread over the decode steps' idle compute; otherwise the chunked-prefill budget.
+    pub mixed_step_tokens: Option<usize>,
     /// Multiplier on the initial new-token ratio (SGLang's schedule_conservativeness).
     pub schedule_conservativeness: f64,
     /// Initial new_token_ratio before conservativeness (0.7).
@@ -161,6 +165,7 @@ impl Default for SchedulerConfig {
             eviction: EvictionPolicy::Lru,
             disable_radix_cache: false,
             enable_mixed_chunk: false,
+            mixed_step_tokens: None,
             schedule_conservativeness: 1.0,
             init_new_token_ratio: 0.7,
             min_new_token_ratio_factor: 0.14,
@@ -180,6 +185,9 @@ pub enum ConfigError {
         /// The field name.
         field: &'static str,
     },
+    /// A mixed-step budget without mixed steps would have no effect.
+    #[error("mixed_step_tokens needs enable_mixed_chunk (it sizes mixed steps only)")]
+    MixedStepWithoutMixing,
     /// Chunks smaller than a page cannot make progress.
     #[error("chunked_prefill_size {chunk} is smaller than page_size {page}")]
     ChunkBelowPage {
@@ -237,6 +245,15 @@ impl SchedulerConfig {
             return Err(ConfigError::Zero {
                 field: "req_pool_size",
             });
+        }
+        match self.mixed_step_tokens {
+            Some(0) => {
+                return Err(ConfigError::Zero {
+                    field: "mixed_step_tokens",
+                })
+            }
+            Some(_) if !self.enable_mixed_chunk => return Err(ConfigError::MixedStepWithoutMixing),
+            _ => {}
         }
         if let Some(chunk) = self.chunked_prefill_size {
             if chunk < self.page_size {

@@ -31,9 +31,10 @@ fn arb_cfg() -> impl Strategy<Value = (SchedulerConfig, bool)> {
         any::<bool>(),
         prop::sample::select(vec![0.02f64, 0.05, 0.3, 0.7]),
         any::<u64>(),
+        prop::option::of(prop::sample::select(vec![24usize, 48, 96])),
     )
         .prop_map(
-            |(page, cap, policy, eviction, chunk, overlap, mixed, disable, ratio, seed)| {
+            |(page, cap, policy, eviction, chunk, overlap, mixed, disable, ratio, seed, step)| {
                 let cfg = SchedulerConfig {
                     kv_capacity_tokens: cap,
                     page_size: page,
@@ -46,6 +47,7 @@ fn arb_cfg() -> impl Strategy<Value = (SchedulerConfig, bool)> {
                     eviction,
                     disable_radix_cache: disable,
                     enable_mixed_chunk: mixed,
+                    mixed_step_tokens: step.filter(|_| mixed),
                     init_new_token_ratio: ratio,
                     eos_token_ids: vec![0],
                     seed,

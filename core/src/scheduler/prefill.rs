@@ -120,6 +120,28 @@ impl Scheduler {
         self.alloc.available_size() + self.tree.evictable_size()
     }
 
+    /// This step's chunk budget (None: no chunking) with `mixed_bs` decode rows joining it:
+    /// SGLang's chunk size less the decode rows, or, under `mixed_step_tokens` while the rows
+    /// leave a page of room and no queue has built up, only that room. The decode steps'
+    /// projections read every weight whatever their rows, so a few hundred prompt tokens ride
+    /// along at little cost; spread thinly, a prompt uses more steps' idle compute
+    /// (docs/core.md, "Thin mixed steps").
+    fn chunk_budget(&self, mixed_bs: usize) -> Option<i64> {
+        match self.cfg.mixed_step_tokens {
+            Some(t)
+                if mixed_bs > 0
+                    && mixed_bs + self.cfg.page_size <= t
+                    && self.waiting.len() <= 1 =>
+            {
+                Some((t - mixed_bs) as i64)
+            }
+            _ => self
+                .cfg
+                .chunked_prefill_size
+                .map(|c| c as i64 - mixed_bs as i64),
+        }
+    }
+
     /// Try to form a prefill (or mixed) step. Prefill always wins over decode.
     pub(super) fn form_prefill(&mut self, plan: &mut Plan) -> bool {
         // The chunked request's computed part goes into the cache before its next chunk
@@ -155,10 +177,7 @@ impl Scheduler {
         let mut b = Budget {
             page: self.cfg.page_size,
             rem_input: self.cfg.max_prefill_tokens as i64 - mixed_bs as i64,
-            rem_chunk: self
-                .cfg
-                .chunked_prefill_size
-                .map(|c| c as i64 - mixed_bs as i64),
+            rem_chunk: self.chunk_budget(mixed_bs),
             total_offset: mixed_bs as f64 + running_reserve,
             cur_offset: mixed_bs as i64,
         };

@@ -509,3 +509,79 @@ fn prompt_logprobs_cover_each_position_once_across_chunks_and_cap_the_cache_matc
     }
     e.scheduler.check_invariants().unwrap();
 }
+
+/// Mixing with a 40-token step budget: 4 requests decoding; then, per step, (mode, decode rows,
+/// extend lengths) of the steps that `submit` requests join.
+fn thin_mixed_steps(late: &[usize]) -> Vec<(ForwardMode, usize, Vec<usize>)> {
+    let mut c = cfg(10_000);
+    c.chunked_prefill_size = Some(8192);
+    c.enable_mixed_chunk = true;
+    c.mixed_step_tokens = Some(40);
+    let mut s = Scheduler::new(c).unwrap();
+    for i in 0..4 {
+        s.submit(spec(i, prompt(i as u32, 10), 50)).unwrap();
+    }
+    let (mut b, mut events, mut plan) = (ToyBackend::new(), Vec::new(), Plan::default());
+    let mut step = |s: &mut Scheduler, plan: &mut Plan| {
+        assert!(s.schedule(plan));
+        let mut r = StepResult::default();
+        crate::Backend::launch(&mut b, plan, 0).unwrap();
+        crate::Backend::collect(&mut b, plan, &mut r).unwrap();
+        s.complete(plan, &r, &mut events);
+        s.check_invariants().unwrap();
+        let decode = plan.entries.iter().filter(|e| e.is_decode).count();
+        let extend = plan.entries.iter().filter(|e| !e.is_decode);
+        (plan.mode, decode, extend.map(|e| e.extend_len).collect())
+    };
+    step(&mut s, &mut plan); // the four prompts
+    step(&mut s, &mut plan); // a decode step
+    for (i, &len) in late.iter().enumerate() {
+        s.submit(spec(10 + i as u64, prompt(10 + i as u32, len), 5))
+            .unwrap();
+    }
+    let mut out = Vec::new();
+    loop {
+        let st = step(&mut s, &mut plan);
+        if st.0 == ForwardMode::Decode {
+            return out;
+        }
+        out.push(st);
+    }
+}
+
+#[test]
+fn mixed_step_tokens_spread_a_lone_prompt_over_decode_steps() {
+    use ForwardMode::Mixed;
+    // 36 prompt tokens ride each step with the 4 decode rows: 36 + 36 + 28.
+    assert_eq!(
+        thin_mixed_steps(&[100]),
+        vec![(Mixed, 4, vec![36]), (Mixed, 4, vec![36]), (Mixed, 4, vec![28])]
+    );
+}
+
+#[test]
+fn mixed_step_tokens_give_way_to_the_chunk_size_when_a_queue_builds() {
+    // Two waiting: SGLang's budget (8192 less the decode rows) takes both at once.
+    assert_eq!(
+        thin_mixed_steps(&[100, 100]),
+        vec![(ForwardMode::Mixed, 4, vec![100, 100])]
+    );
+}
+
+#[test]
+fn mixed_step_tokens_need_mixing_and_a_positive_budget() {
+    let mut c = cfg(1000);
+    c.mixed_step_tokens = Some(64);
+    assert_eq!(
+        Scheduler::new(c.clone()).err(),
+        Some(ConfigError::MixedStepWithoutMixing)
+    );
+    c.enable_mixed_chunk = true;
+    c.mixed_step_tokens = Some(0);
+    assert_eq!(
+        Scheduler::new(c).err(),
+        Some(ConfigError::Zero {
+            field: "mixed_step_tokens"
+        })
+    );
+}

@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub disable_radix_cache: bool,
     /// Decode tokens ride in prefill steps (SGLang's `--enable-mixed-chunk`).
     pub enable_mixed_chunk: bool,
+    /// With mixing, a mixed step's token budget while its decode rows leave room
+    /// (`SchedulerConfig::mixed_step_tokens`; doppel's, not SGLang's).
+    pub mixed_step_tokens: Option<usize>,
     /// SGLang's overlap order.
     pub overlap: bool,
     /// Requests beyond this many waiting get 503 (None = unbounded).
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             policy: Policy::Fcfs,
             disable_radix_cache: false,
             enable_mixed_chunk: false,
+            mixed_step_tokens: None,
             overlap: true,
             max_queued_requests: None,
             max_body_bytes: 16 << 20,

@@ -75,6 +75,8 @@ pub struct Info {
     pub disable_radix_cache: bool,
     /// Mixed prefill + decode steps.
     pub enable_mixed_chunk: bool,
+    /// Mixed steps' token budget while the decode rows leave room.
+    pub mixed_step_tokens: Option<usize>,
     /// Overlap order.
     pub overlap: bool,
     /// Tensor-parallel ranks.

@@ -271,6 +271,7 @@ async fn server_info(State(s): State<Arc<AppState>>) -> Json<Value> {
         "schedule_policy": i.policy,
         "disable_radix_cache": i.disable_radix_cache,
         "enable_mixed_chunk": i.enable_mixed_chunk,
+        "mixed_step_tokens": i.mixed_step_tokens,
         "enable_overlap": i.overlap,
         "tp_size": i.tp_size,
         "dp_size": 1,

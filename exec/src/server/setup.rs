@@ -168,6 +168,7 @@ impl Prelude {
             policy: cfg.policy,
             disable_radix_cache: cfg.disable_radix_cache,
             enable_mixed_chunk: cfg.enable_mixed_chunk,
+            mixed_step_tokens: cfg.mixed_step_tokens,
             seed: cfg.seed,
             ..Default::default()
         };
@@ -270,6 +271,7 @@ impl Prelude {
             policy: sched.policy.name().to_string(),
             disable_radix_cache: sched.disable_radix_cache,
             enable_mixed_chunk: sched.enable_mixed_chunk,
+            mixed_step_tokens: sched.mixed_step_tokens,
             overlap: cfg.overlap,
             tp_size: cfg.tp_size,
             max_body_bytes: cfg.max_body_bytes,

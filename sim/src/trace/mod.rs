@@ -97,6 +97,10 @@ pub struct EngineSpec {
     /// Carry decode tokens inside prefill batches.
     #[serde(default)]
     pub enable_mixed_chunk: bool,
+    /// With mixing, the token budget of a mixed step while its decode rows leave room
+    /// (`SchedulerConfig::mixed_step_tokens`).
+    #[serde(default)]
+    pub mixed_step_tokens: Option<usize>,
     /// Disable prefix caching.
     #[serde(default)]
     pub disable_radix_cache: bool,
@@ -119,6 +123,7 @@ impl Default for EngineSpec {
             overlap: true,
             tp_size: 1,
             enable_mixed_chunk: false,
+            mixed_step_tokens: None,
             disable_radix_cache: false,
             schedule_conservativeness: 1.0,
         }
@@ -336,6 +341,7 @@ impl Trace {
             eviction: EvictionPolicy::parse(&e.eviction).unwrap_or(EvictionPolicy::Lru),
             disable_radix_cache: e.disable_radix_cache,
             enable_mixed_chunk: e.enable_mixed_chunk,
+            mixed_step_tokens: e.mixed_step_tokens,
             schedule_conservativeness: e.schedule_conservativeness,
             seed: self.seed,
             ..SchedulerConfig::default()
