@@ -555,7 +555,11 @@ fn mixed_step_tokens_spread_a_lone_prompt_over_decode_steps() {
     // 36 prompt tokens ride each step with the 4 decode rows: 36 + 36 + 28.
     assert_eq!(
         thin_mixed_steps(&[100]),
-        vec![(Mixed, 4, vec![36]), (Mixed, 4, vec![36]), (Mixed, 4, vec![28])]
+        vec![
+            (Mixed, 4, vec![36]),
+            (Mixed, 4, vec![36]),
+            (Mixed, 4, vec![28])
+        ]
     );
 }
 
