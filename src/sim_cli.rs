@@ -60,7 +60,8 @@ pub enum SimCmd {
     Sweep {
         /// The trace file.
         trace: String,
-        /// Parameter: rate, concurrency, policy, chunk, tp, kv, page, max-running, overlap, mixed.
+        /// Parameter: rate, concurrency, policy, chunk, tp, kv, page, max-running, overlap, mixed,
+        /// mixed-step (mixing on with that step budget, or off).
         #[arg(long)]
         param: String,
         /// Values to try.

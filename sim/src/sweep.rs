@@ -7,7 +7,7 @@ use crate::SimOptions;
 use std::fmt::Write;
 
 /// Parameters a sweep can vary.
-pub const PARAMS: [&str; 10] = [
+pub const PARAMS: [&str; 11] = [
     "rate",
     "concurrency",
     "policy",
@@ -18,6 +18,7 @@ pub const PARAMS: [&str; 10] = [
     "max-running",
     "overlap",
     "mixed",
+    "mixed-step",
 ];
 
 /// The runs of a sweep.
@@ -69,6 +70,14 @@ pub fn apply(trace: &Trace, origin: &str, param: &str, value: &str) -> Result<Tr
         "max-running" => e.max_running_requests = Some(parse(origin, param, value)?),
         "overlap" => e.overlap = parse(origin, param, value)?,
         "mixed" => e.enable_mixed_chunk = parse(origin, param, value)?,
+        // Thin mixed steps (docs/core.md) need mixing on; `off` leaves SGLang's budget.
+        "mixed-step" => {
+            e.enable_mixed_chunk = true;
+            e.mixed_step_tokens = match value {
+                "off" => None,
+                v => Some(parse(origin, param, v)?),
+            };
+        }
         _ => {
             return Err(SimError::Invalid {
                 file: origin.to_string(),

@@ -211,6 +211,7 @@ fn tp_and_chunking_and_policies_all_run() {
         ("tp", vec!["1", "2"]),
         ("page", vec!["1", "16"]),
         ("mixed", vec!["true"]),
+        ("mixed-step", vec!["off", "256"]),
     ] {
         for v in values {
             let t = doppel_sim::sweep::apply(&base, "s.yaml", param, v).unwrap();
