@@ -96,8 +96,8 @@ pub struct ServeArgs {
     /// flag).
     #[arg(long)]
     enable_mixed_chunk: bool,
-    /// With --enable-mixed-chunk: while the running requests are fewer than this many and at
-    /// most one request waits, a mixed step's prefill takes only the rest of this many tokens,
+    /// With --enable-mixed-chunk: while the decode rows leave a page under this many tokens and
+    /// at most one request waits, a mixed step's prefill takes only the rest of this many tokens,
     /// so a prompt rides several decode steps' idle compute (default: the chunk size; doppel's
     /// flag, not SGLang's).
     #[arg(long, requires = "enable_mixed_chunk")]

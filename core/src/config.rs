@@ -133,9 +133,9 @@ pub struct SchedulerConfig {
     pub disable_radix_cache: bool,
     /// Carry one decode token per running request inside prefill batches.
     pub enable_mixed_chunk: bool,
-    /// With mixing: while the decode rows are fewer than this many tokens and at most one
-    /// request waits, a mixed step's prefill fills only the rest of this budget, so prompts
-    /// spread over the decode steps' idle compute; otherwise the chunked-prefill budget.
+    /// With mixing: while the decode rows leave at least a page under this many tokens and at
+    /// most one request waits, a mixed step's prefill fills only the rest of this budget, so
+    /// prompts spread over the decode steps' idle compute; otherwise the chunked-prefill budget.
     pub mixed_step_tokens: Option<usize>,
     /// Multiplier on the initial new-token ratio (SGLang's schedule_conservativeness).
     pub schedule_conservativeness: f64,
