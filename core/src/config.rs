@@ -222,6 +222,8 @@ pub enum ConfigError {
 impl SchedulerConfig {
     /// Check every field; the scheduler only runs with a valid configuration.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // Unset optional fields count as positive.
+        let opt = |v: Option<usize>| v.unwrap_or(1);
         for (field, v) in [
             ("page_size", self.page_size),
             ("kv_capacity_tokens", self.kv_capacity_tokens),
@@ -231,29 +233,16 @@ impl SchedulerConfig {
                 "new_token_ratio_decay_steps",
                 self.new_token_ratio_decay_steps,
             ),
+            ("max_running_requests", opt(self.max_running_requests)),
+            ("req_pool_size", opt(self.req_pool_size)),
+            ("mixed_step_tokens", opt(self.mixed_step_tokens)),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero { field });
             }
         }
-        if self.max_running_requests == Some(0) {
-            return Err(ConfigError::Zero {
-                field: "max_running_requests",
-            });
-        }
-        if self.req_pool_size == Some(0) {
-            return Err(ConfigError::Zero {
-                field: "req_pool_size",
-            });
-        }
-        match self.mixed_step_tokens {
-            Some(0) => {
-                return Err(ConfigError::Zero {
-                    field: "mixed_step_tokens",
-                })
-            }
-            Some(_) if !self.enable_mixed_chunk => return Err(ConfigError::MixedStepWithoutMixing),
-            _ => {}
+        if self.mixed_step_tokens.is_some() && !self.enable_mixed_chunk {
+            return Err(ConfigError::MixedStepWithoutMixing);
         }
         if let Some(chunk) = self.chunked_prefill_size {
             if chunk < self.page_size {

@@ -72,6 +72,15 @@ fn second_identical_prompt_hits_the_cache() {
     e.scheduler.check_invariants().unwrap();
 }
 
+/// Run `plan` (just formed by `s`) on `b` and apply its result, checking the invariants after.
+fn run_step(s: &mut Scheduler, b: &mut ToyBackend, plan: &Plan, events: &mut Vec<Event>) {
+    let mut r = StepResult::default();
+    crate::Backend::launch(b, plan, 0).unwrap();
+    crate::Backend::collect(b, plan, &mut r).unwrap();
+    s.complete(plan, &r, events);
+    s.check_invariants().unwrap();
+}
+
 #[test]
 fn chunked_prefill_splits_long_prompts() {
     let mut c = cfg(10_000);
@@ -91,11 +100,7 @@ fn chunked_prefill_splits_long_prompts() {
             plan.entries[0].extend_len,
             plan.entries[0].need_logits,
         ));
-        let mut r = StepResult::default();
-        crate::Backend::launch(&mut b, &plan, 0).unwrap();
-        crate::Backend::collect(&mut b, &plan, &mut r).unwrap();
-        s.complete(&plan, &r, &mut events);
-        s.check_invariants().unwrap();
+        run_step(&mut s, &mut b, &plan, &mut events);
     }
     assert_eq!(
         lens,
@@ -524,11 +529,7 @@ fn thin_mixed_steps(late: &[usize]) -> Vec<(ForwardMode, usize, Vec<usize>)> {
     let (mut b, mut events, mut plan) = (ToyBackend::new(), Vec::new(), Plan::default());
     let mut step = |s: &mut Scheduler, plan: &mut Plan| {
         assert!(s.schedule(plan));
-        let mut r = StepResult::default();
-        crate::Backend::launch(&mut b, plan, 0).unwrap();
-        crate::Backend::collect(&mut b, plan, &mut r).unwrap();
-        s.complete(plan, &r, &mut events);
-        s.check_invariants().unwrap();
+        run_step(s, &mut b, plan, &mut events);
         let decode = plan.entries.iter().filter(|e| e.is_decode).count();
         let extend = plan.entries.iter().filter(|e| !e.is_decode);
         (plan.mode, decode, extend.map(|e| e.extend_len).collect())
